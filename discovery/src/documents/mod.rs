@@ -1,0 +1,1 @@
+//! The KV configuration documents: schema, types and validation.

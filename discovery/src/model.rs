@@ -1,0 +1,61 @@
+//! What the agent knows about the mesh, independent of where it came from
+//! (Consul or a config directory). Backends write it into the [`MeshStore`],
+//! the snapshot builder reads it.
+//!
+//! [`MeshStore`]: crate::store::MeshStore
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+/// The health of one service instance, as the backend reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Every check passing (Consul), or a static endpoint.
+    Healthy,
+    /// A check is critical (or warning): no traffic.
+    Unhealthy,
+}
+
+/// One address that serves a service: the instance itself, or its sidecar.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Endpoint {
+    /// IP address or DNS name.
+    pub address: String,
+    pub port: u16,
+    pub health: Health,
+    /// Relative load-balancing weight, at least 1.
+    pub weight: u32,
+    /// True when `address:port` is the instance's sidecar (a Consul Connect
+    /// proxy) rather than the app itself.
+    pub meshed: bool,
+    /// Catalog instance id (Consul service ID), for status pages and logs.
+    pub instance_id: String,
+    pub region: String,
+    pub zone: String,
+}
+
+/// A configuration document as the backend found it, before validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawDocument {
+    /// Key relative to the config root: `routes/<host>`, `destinations/<svc>`,
+    /// `policies/<svc>`.
+    pub key: String,
+    pub value: Bytes,
+    /// Where it came from, for error messages: `consul kv weft/routes/users`
+    /// or a file path.
+    pub origin: String,
+    /// Whether `value` is YAML (file backend) rather than JSON.
+    pub yaml: bool,
+}
+
+/// Everything the backends know, as one value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshState {
+    /// Service name -> all its known endpoints (healthy or not). A service
+    /// present with no endpoints is known but has no instances.
+    pub services: BTreeMap<String, Vec<Endpoint>>,
+    /// Document key -> document.
+    pub documents: BTreeMap<String, RawDocument>,
+}

@@ -1,0 +1,1 @@
+//! Where the mesh state comes from: Consul or a config directory.

@@ -1,0 +1,22 @@
+//! Compiles the .proto files with protox (pure Rust), so no system protoc is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/weft/discovery/v1/ads.proto",
+        "proto/weft/config/v1/cluster.proto",
+        "proto/weft/config/v1/endpoint.proto",
+        "proto/weft/config/v1/route.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    let mut config = tonic_prost_build::Config::new();
+    // Any::from_msg needs each message to know its own type URL.
+    config.enable_type_names();
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds_with_config(descriptors, config)?;
+    Ok(())
+}

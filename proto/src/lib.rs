@@ -1,0 +1,32 @@
+//! Weft's wire protocol: the aggregated discovery service and the config
+//! resources it carries. Generated from `proto/` at build time.
+#![forbid(unsafe_code)]
+
+pub mod discovery {
+    pub mod v1 {
+        tonic::include_proto!("weft.discovery.v1");
+    }
+}
+
+pub mod config {
+    pub mod v1 {
+        tonic::include_proto!("weft.config.v1");
+    }
+}
+
+/// Type URLs of the resource types, as carried in `DiscoveryRequest.type_url`
+/// and in each resource's `Any`.
+pub mod type_url {
+    pub const CLUSTER: &str = "type.googleapis.com/weft.config.v1.Cluster";
+    pub const CLUSTER_LOAD_ASSIGNMENT: &str =
+        "type.googleapis.com/weft.config.v1.ClusterLoadAssignment";
+    pub const ROUTE_CONFIGURATION: &str = "type.googleapis.com/weft.config.v1.RouteConfiguration";
+
+    /// All types, in the order a sidecar subscribes to them.
+    pub const ALL: [&str; 3] = [ROUTE_CONFIGURATION, CLUSTER, CLUSTER_LOAD_ASSIGNMENT];
+
+    /// The short name used in logs and /status ("Cluster").
+    pub fn short(type_url: &str) -> &str {
+        type_url.rsplit('.').next().unwrap_or(type_url)
+    }
+}
