@@ -3,11 +3,18 @@
 //!
 //! Data flow: `source` (Consul watches, or files) -> `store::MeshStore` ->
 //! `snapshot` (validate documents, build resources, debounce) -> `ads`
-//! (per-sidecar streams). `admin` serves health and status.
+//! (per-sidecar streams). `admin` serves health, status and metrics; `agent`
+//! wires them together.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod ads;
+pub mod agent;
 pub mod consul;
 pub mod documents;
+pub mod metrics;
 pub mod model;
+pub mod snapshot;
 pub mod source;
 pub mod store;
+pub mod telemetry;

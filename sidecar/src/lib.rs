@@ -1,1 +1,235 @@
+//! weft-sidecar: the Weft data plane beside every service.
+//!
+//! * `config` — start-up settings (flags, env, YAML).
+//! * `server` — the HTTP server both listeners share.
+//! * `proxy` — the request path, one tower layer per file.
+//! * `table` — the compiled, immutable routing table.
+//! * `xds` — the ADS client that builds the table from the agent's resources.
+//! * `upstream` — pooled connections to endpoints, DNS.
+//! * `admin` — /ready, /live, /config_dump, /clusters.
+//!
+//! Embedders and tests call [`start`], which binds every listener and
+//! returns a [`Running`] sidecar with its addresses and a [`ShutdownHandle`].
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod server;
+pub mod table;
+pub mod upstream;
+pub mod xds;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::Settings;
+
+use crate::proxy::Direction;
+use crate::server::{Drain, ServerSettings};
+use crate::table::cluster::{ClusterShared, Health};
+use crate::table::{Cluster, ClusterSettings, EndpointAddr, RoutingTable};
+use crate::upstream::{Dns, PoolSettings};
+use crate::xds::XdsState;
+use crate::xds::compile::EndpointSpec;
+
+/// Starts shutdown (stop accepting, drain) when triggered. Cheap to clone.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.tx.borrow()
+    }
+}
+
+/// A started sidecar.
+pub struct Running {
+    pub inbound_addr: SocketAddr,
+    pub outbound_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    /// `None` in static mode.
+    pub xds: Option<Arc<XdsState>>,
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    shutdown: ShutdownHandle,
+    drain: Drain,
+    drain_timeout: Duration,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+/// How shutdown ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection finished within the drain timeout.
+    Clean,
+    /// The drain timeout passed with connections still open.
+    TimedOut,
+}
+
+impl Running {
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Waits for shutdown to be triggered, then for listeners to stop and
+    /// in-flight requests to finish (at most the drain timeout).
+    pub async fn wait(self) -> Drained {
+        let mut rx = self.shutdown.tx.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+        for l in self.listeners {
+            let _ = l.await;
+        }
+        match tokio::time::timeout(self.drain_timeout, self.drain.wait()).await {
+            Ok(()) => Drained::Clean,
+            Err(_) => Drained::TimedOut,
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for {what} ({flag}): is the port already in use?")
+    })
+}
+
+/// The one-endpoint cluster of the local app.
+fn app_cluster(settings: &Settings, dns: &Dns) -> anyhow::Result<Arc<Cluster>> {
+    let cluster_settings = ClusterSettings {
+        request_timeout: settings.proxy.app_request_timeout,
+        max_requests: settings.proxy.app_max_requests,
+        pool: PoolSettings {
+            connect_timeout: settings.proxy.app_connect_timeout,
+            max_idle_per_endpoint: settings.proxy.max_idle_per_endpoint,
+            idle_timeout: settings.proxy.idle_timeout,
+        },
+        ..ClusterSettings::default()
+    };
+    let spec = EndpointSpec {
+        addr: EndpointAddr::Ip(settings.app),
+        health: Health::Healthy,
+        weight: 1,
+        meshed: false,
+        instance_id: settings.instance.clone(),
+        zone: String::new(),
+    };
+    let endpoint = xds::compile::endpoint(&spec, &cluster_settings.pool, None, dns)
+        .context("the --app address cannot be used as an HTTP authority")?;
+    Ok(Arc::new(Cluster::new(
+        "inbound".into(),
+        cluster_settings,
+        vec![endpoint],
+        Arc::new(ClusterShared::default()),
+    )))
+}
+
+/// Binds every listener and starts serving. Must run inside a tokio runtime.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let dns = Dns::default();
+    let (tx, shutdown_rx) = watch::channel(false);
+    let shutdown = ShutdownHandle { tx: Arc::new(tx) };
+    let drain = Drain::default();
+    let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+    let server_settings = ServerSettings {
+        header_read_timeout: settings.proxy.header_read_timeout,
+    };
+    let mut listeners = Vec::new();
+
+    let inbound = bind(settings.inbound, "inbound traffic", "--inbound").await?;
+    let inbound_addr = inbound.local_addr()?;
+    let app = app_cluster(&settings, &dns)?;
+    listeners.push(tokio::spawn(server::serve(
+        inbound,
+        proxy::inbound(app.clone()),
+        Direction::Inbound,
+        server_settings.clone(),
+        shutdown_rx.clone(),
+        drain.token(),
+    )));
+
+    let mut outbound_addr = None;
+    let mut xds_state = None;
+    if let Some(discovery) = &settings.discovery {
+        let state = Arc::new(XdsState::default());
+        let node = weft_proto::discovery::v1::Node {
+            id: format!(
+                "{}-{:06x}",
+                settings.instance,
+                rand::random::<u32>() & 0xff_ffff
+            ),
+            service: settings.service.clone(),
+            instance: settings.instance.clone(),
+            build_version: env!("CARGO_PKG_VERSION").into(),
+            metadata: Default::default(),
+        };
+        let core = xds::Core::new(node, table.clone(), dns.clone());
+        tokio::spawn(xds::client::run(
+            xds::client::ClientSettings::new(discovery.clone()),
+            core,
+            state.clone(),
+            dns.clone(),
+            shutdown_rx.clone(),
+        ));
+        xds_state = Some(state);
+        if let Some(addr) = settings.outbound {
+            let outbound = bind(addr, "the app's outbound calls", "--outbound").await?;
+            outbound_addr = Some(outbound.local_addr()?);
+            listeners.push(tokio::spawn(server::serve(
+                outbound,
+                proxy::outbound(table.clone()),
+                Direction::Outbound,
+                server_settings.clone(),
+                shutdown_rx.clone(),
+                drain.token(),
+            )));
+        }
+    }
+
+    let mut admin_addr = None;
+    if let Some(addr) = settings.admin {
+        let admin = bind(addr, "the admin endpoints", "--admin").await?;
+        admin_addr = Some(admin.local_addr()?);
+        let state = admin::AdminState {
+            xds: xds_state.clone(),
+            table: table.clone(),
+            inbound: app,
+            shutdown: shutdown_rx.clone(),
+        };
+        listeners.push(tokio::spawn(admin::serve(admin, state, drain.token())));
+    }
+
+    tracing::info!(
+        service = %settings.service,
+        inbound = %inbound_addr,
+        app = %settings.app,
+        outbound = ?outbound_addr,
+        admin = ?admin_addr,
+        mode = if settings.discovery.is_some() { "xds" } else { "static" },
+        "weft-sidecar started"
+    );
+    Ok(Running {
+        inbound_addr,
+        outbound_addr,
+        admin_addr,
+        xds: xds_state,
+        table,
+        shutdown,
+        drain,
+        drain_timeout: settings.drain_timeout,
+        listeners,
+    })
+}

@@ -1,1 +1,16 @@
-fn main() {}
+//! `weft-discovery`: the discovery agent. See `weft_discovery::agent`.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    weft_discovery::telemetry::init_logging();
+    let settings = weft_discovery::agent::Settings::parse();
+    match weft_discovery::agent::run(settings).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("weft-discovery: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

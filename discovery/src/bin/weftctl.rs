@@ -1,1 +1,598 @@
-fn main() {}
+//! weftctl: operator commands for Weft.
+//!
+//! - `weftctl validate FILE|DIR...` checks KV documents offline, with the
+//!   agent's own validation (schema, types, semantics).
+//! - `weftctl status` prints a running agent's `/status` as tables.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use weft_discovery::documents::{self, Document, DocumentKind, FieldError};
+use weft_discovery::model::RawDocument;
+
+/// How long `status` waits for the agent: it answers from memory, so a slow
+/// answer means something is wrong, and an operator should not stare at a
+/// hung terminal.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(
+    name = "weftctl",
+    version,
+    about = "Operate a Weft mesh: validate configuration documents, inspect the discovery agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check documents offline against the KV schema and Weft's semantic rules.
+    ///
+    /// Each file's key comes from its path below a `routes/`, `destinations/`
+    /// or `policies/` folder (`cfg/routes/users.yaml` is `routes/users`).
+    /// Directories are walked; files outside those folders are skipped.
+    /// Prints every error as key, field and reason; exits 1 if there is any.
+    Validate {
+        /// Files or directories (`.json`, `.yaml`, `.yml`).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Known services (comma separated). When given, every route
+        /// destination must be one of them or have a `destinations/` document
+        /// among the validated files; when absent, references are not checked.
+        #[arg(long, value_delimiter = ',')]
+        services: Option<Vec<String>>,
+    },
+    /// Print the discovery agent's status: connected sidecars with their
+    /// acknowledged versions and NACKs, and rejected documents.
+    Status {
+        /// The agent's admin address (its --admin).
+        #[arg(long, env = "WEFT_ADMIN", default_value = "http://127.0.0.1:15011")]
+        admin: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { paths, services } => validate(&paths, services.as_deref()),
+        Command::Status { admin } => status(&admin),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("weftctl: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ---- validate
+
+/// A document found on disk, with the key its path gives it.
+struct FoundDocument {
+    path: PathBuf,
+    key: String,
+}
+
+fn validate(paths: &[PathBuf], services: Option<&[String]>) -> anyhow::Result<ExitCode> {
+    let mut found = Vec::new();
+    let mut problems: Vec<(PathBuf, FieldError)> = Vec::new();
+    for path in paths {
+        let metadata = std::fs::metadata(path)
+            .with_context(|| format!("{}: cannot read it", path.display()))?;
+        if metadata.is_dir() {
+            walk(path, &mut found)?;
+        } else {
+            // A file named explicitly must be a document.
+            match document_key(path) {
+                Some(key) => found.push(FoundDocument { path: path.clone(), key }),
+                None => problems.push((
+                    path.clone(),
+                    FieldError::new(
+                        path.display().to_string(),
+                        documents::KEY_FIELD,
+                        "cannot tell which document this is: put it under a routes/, destinations/ or policies/ folder, with a .json, .yaml or .yml extension",
+                    ),
+                )),
+            }
+        }
+    }
+    found.sort_by(|a, b| a.key.cmp(&b.key).then(a.path.cmp(&b.path)));
+
+    let mut parsed = Vec::new();
+    for document in &found {
+        let bytes = match std::fs::read(&document.path) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                let error = FieldError::new(
+                    &document.key,
+                    documents::DOCUMENT_FIELD,
+                    format!("cannot read the file: {error}"),
+                );
+                problems.push((document.path.clone(), error));
+                continue;
+            }
+        };
+        let raw = RawDocument {
+            key: document.key.clone(),
+            value: Bytes::from(bytes),
+            origin: document.path.display().to_string(),
+            yaml: document.path.extension().is_some_and(|ext| ext != "json"),
+        };
+        match documents::parse_document(&raw) {
+            Ok(parsed_document) => parsed.push((document, parsed_document)),
+            Err(errors) => problems.extend(errors.into_iter().map(|e| (document.path.clone(), e))),
+        }
+    }
+
+    if let Some(services) = services {
+        // Known: the given services and every service with a destinations/
+        // document among the validated files (as the agent does).
+        let mut known: BTreeSet<&str> = services.iter().map(String::as_str).collect();
+        for (document, _) in &parsed {
+            if let Some(service) = document.key.strip_prefix("destinations/") {
+                known.insert(service);
+            }
+        }
+        for (document, parsed_document) in &parsed {
+            let errors = documents::validate_references(&document.key, parsed_document, &|name| {
+                known.contains(name)
+            });
+            problems.extend(errors.into_iter().map(|e| (document.path.clone(), e)));
+        }
+    }
+
+    for (path, error) in &problems {
+        println!(
+            "{}: {}: {}  ({})",
+            error.key,
+            error.field,
+            error.reason,
+            path.display()
+        );
+    }
+    let routes = parsed
+        .iter()
+        .filter(|(_, d)| matches!(d, Document::Route(_)))
+        .count();
+    let summary = format!(
+        "{} document(s) checked ({} route tables), {} error(s){}",
+        found.len(),
+        routes,
+        problems.len(),
+        if services.is_some() {
+            ""
+        } else {
+            "; references not checked (pass --services to check them)"
+        }
+    );
+    if problems.is_empty() {
+        println!("ok: {summary}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("invalid: {summary}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Collects every document file under `dir` (recursively, sorted).
+fn walk(dir: &Path, found: &mut Vec<FoundDocument>) -> anyhow::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list it", dir.display()))?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: cannot list it", dir.display()))?;
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            walk(&path, found)?;
+        } else if let Some(key) = document_key(&path) {
+            found.push(FoundDocument { path, key });
+        }
+    }
+    Ok(())
+}
+
+/// `anything/routes/users.yaml` -> `routes/users`: the path below the last
+/// `routes`, `destinations` or `policies` folder, without extension. None
+/// for files that are not documents (other extensions, hidden files, files
+/// outside those folders).
+fn document_key(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let extension = path.extension()?.to_str()?;
+    if name.starts_with('.') || !matches!(extension, "json" | "yaml" | "yml") {
+        return None;
+    }
+    let stem = path.with_extension("");
+    let parts: Vec<String> = stem
+        .components()
+        .map(|part| part.as_os_str().to_str().map(str::to_owned))
+        .collect::<Option<_>>()?;
+    let folder = parts[..parts.len().saturating_sub(1)]
+        .iter()
+        .rposition(|part| DocumentKind::from_folder(part).is_some())?;
+    Some(parts[folder..].join("/"))
+}
+
+// ---- status
+
+/// The agent's `/status`, as far as weftctl shows it. Every field has a
+/// default so that an older or newer agent still prints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Status {
+    ready: bool,
+    backend: String,
+    started_at_unix: u64,
+    sidecars: Vec<SidecarStatus>,
+    rejected_documents: Vec<RejectedDocument>,
+    counters: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SidecarStatus {
+    node_id: String,
+    service: String,
+    instance: String,
+    peer: String,
+    connected_at_unix: u64,
+    types: BTreeMap<String, TypeStatus>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TypeStatus {
+    subscribed: Vec<String>,
+    sent_version: Option<String>,
+    acked_version: Option<String>,
+    last_nack: Option<Nack>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Nack {
+    version: String,
+    message: String,
+    at_unix: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RejectedDocument {
+    key: String,
+    origin: String,
+    errors: Vec<FieldError>,
+    serving: String,
+}
+
+fn status(admin: &str) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let body = runtime.block_on(get_status(admin))?;
+    let status: Status = serde_json::from_slice(&body)
+        .with_context(|| format!("{admin}/status did not answer with the expected JSON (is it a weft-discovery admin port?)"))?;
+    print!("{}", render_status(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get_status(admin: &str) -> anyhow::Result<Bytes> {
+    let url = format!("{}/status", admin.trim_end_matches('/'));
+    let uri: http::Uri = url.parse().with_context(|| {
+        format!("--admin {admin:?} is not a URL (expected e.g. http://127.0.0.1:15011)")
+    })?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http"),
+        "--admin {admin:?}: only http:// is supported (the admin port is plain HTTP on loopback)"
+    );
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = async {
+        let response = client.get(uri).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    };
+    let (status, body) = tokio::time::timeout(STATUS_TIMEOUT, request)
+        .await
+        .map_err(|_| anyhow::anyhow!("{url}: no answer within {STATUS_TIMEOUT:?}"))?
+        .with_context(|| {
+            format!("cannot reach {url}: is weft-discovery running with this --admin address?")
+        })?;
+    anyhow::ensure!(
+        status.is_success(),
+        "{url} answered {status}: {}",
+        String::from_utf8_lossy(&body).trim()
+    );
+    Ok(body)
+}
+
+/// The resource types in the order a sidecar subscribes to them, then any
+/// others the agent reports.
+fn type_columns(status: &Status) -> Vec<String> {
+    let mut columns: Vec<String> = ["RouteConfiguration", "Cluster", "ClusterLoadAssignment"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for sidecar in &status.sidecars {
+        for name in sidecar.types.keys() {
+            let short = weft_proto::type_url::short(name).to_string();
+            if !columns.contains(&short) {
+                columns.push(short);
+            }
+        }
+    }
+    columns
+}
+
+fn render_status(status: &Status) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "agent: {}   backend: {}   started: {}\n",
+        if status.ready {
+            "ready"
+        } else {
+            "NOT READY (first sync not done)"
+        },
+        if status.backend.is_empty() {
+            "?"
+        } else {
+            &status.backend
+        },
+        status.started_at_unix
+    ));
+    if !status.counters.is_empty() {
+        let counters: Vec<String> = status
+            .counters
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        out.push_str(&format!("counters: {}\n", counters.join("  ")));
+    }
+
+    out.push_str(&format!("\nSIDECARS ({})\n", status.sidecars.len()));
+    let columns = type_columns(status);
+    let mut header = vec![
+        "SERVICE".to_string(),
+        "INSTANCE".into(),
+        "NODE ID".into(),
+        "PEER".into(),
+    ];
+    header.extend(columns.iter().map(|column| format!("{column} (acked)")));
+    header.push("LAST NACK".into());
+    let mut rows = vec![header];
+    for sidecar in &status.sidecars {
+        let types: BTreeMap<&str, &TypeStatus> = sidecar
+            .types
+            .iter()
+            .map(|(name, status)| (weft_proto::type_url::short(name), status))
+            .collect();
+        let mut row = vec![
+            sidecar.service.clone(),
+            sidecar.instance.clone(),
+            sidecar.node_id.clone(),
+            sidecar.peer.clone(),
+        ];
+        let mut nacks = Vec::new();
+        for column in &columns {
+            row.push(match types.get(column.as_str()) {
+                None => "-".into(),
+                Some(state) => {
+                    if let Some(nack) = &state.last_nack {
+                        nacks.push((
+                            nack.at_unix,
+                            format!(
+                                "{column} {}: {} (at {})",
+                                nack.version, nack.message, nack.at_unix
+                            ),
+                        ));
+                    }
+                    version_cell(state)
+                }
+            });
+        }
+        // The most recent NACK of any type.
+        nacks.sort();
+        row.push(nacks.pop().map_or_else(|| "-".into(), |(_, text)| text));
+        rows.push(row);
+    }
+    out.push_str(&table(&rows));
+    if status.sidecars.is_empty() {
+        out.push_str("(no sidecar connected)\n");
+    }
+
+    let errors: usize = status
+        .rejected_documents
+        .iter()
+        .map(|d| d.errors.len().max(1))
+        .sum();
+    out.push_str(&format!(
+        "\nREJECTED DOCUMENTS ({})\n",
+        status.rejected_documents.len()
+    ));
+    if errors == 0 {
+        out.push_str("(none)\n");
+    } else {
+        let mut rows = vec![vec![
+            "KEY".to_string(),
+            "FIELD".into(),
+            "REASON".into(),
+            "SERVING".into(),
+            "ORIGIN".into(),
+        ]];
+        for document in &status.rejected_documents {
+            if document.errors.is_empty() {
+                rows.push(vec![
+                    document.key.clone(),
+                    "-".into(),
+                    "-".into(),
+                    document.serving.clone(),
+                    document.origin.clone(),
+                ]);
+            }
+            for error in &document.errors {
+                rows.push(vec![
+                    document.key.clone(),
+                    error.field.clone(),
+                    error.reason.clone(),
+                    document.serving.clone(),
+                    document.origin.clone(),
+                ]);
+            }
+        }
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+/// The acked version; `acked->sent` while a newer version awaits its ACK.
+fn version_cell(state: &TypeStatus) -> String {
+    match (&state.acked_version, &state.sent_version) {
+        (Some(acked), Some(sent)) if acked != sent => format!("{acked}->{sent}"),
+        (Some(acked), _) => acked.clone(),
+        (None, Some(sent)) => format!("(none)->{sent}"),
+        (None, None) => "(none)".into(),
+    }
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            rows.iter()
+                .filter_map(|row| row.get(column))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let last = row.len().saturating_sub(1);
+        for (column, cell) in row.iter().enumerate() {
+            if column == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[column]));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_from_the_path_below_the_kind_folder() {
+        assert_eq!(
+            document_key(Path::new("cfg/routes/users.yaml")).as_deref(),
+            Some("routes/users")
+        );
+        assert_eq!(
+            document_key(Path::new("/a/routes/x/destinations/orders.json")).as_deref(),
+            Some("destinations/orders")
+        );
+        assert_eq!(
+            document_key(Path::new("policies/web.yml")).as_deref(),
+            Some("policies/web")
+        );
+        assert_eq!(document_key(Path::new("cfg/endpoints.yaml")), None);
+        assert_eq!(
+            document_key(Path::new("cfg/routes.json")),
+            None,
+            "the folder, not the file, names the kind"
+        );
+        assert_eq!(document_key(Path::new("cfg/routes/notes.txt")), None);
+        assert_eq!(document_key(Path::new("cfg/routes/.users.json")), None);
+    }
+
+    #[test]
+    fn status_renders_sidecars_and_rejections_as_tables() {
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "ready": true, "backend": "consul http://127.0.0.1:8500", "started_at_unix": 1700000000,
+            "sidecars": [ { "node_id": "users-1", "service": "users", "instance": "users-1", "peer": "127.0.0.1:5555",
+                "connected_at_unix": 1700000001,
+                "types": {
+                    "type.googleapis.com/weft.config.v1.RouteConfiguration": { "subscribed": ["*"], "sent_version": "ab12", "acked_version": "ab12", "last_nack": null },
+                    "Cluster": { "subscribed": ["users"], "sent_version": "cd34", "acked_version": "ef56",
+                                 "last_nack": { "version": "cd34", "message": "cluster users: bad timeout", "at_unix": 1700000002 } } } } ],
+            "rejected_documents": [ { "key": "routes/users", "origin": "consul kv weft/routes/users",
+                "errors": [ { "key": "routes/users", "field": "routes[0].match.path_regex", "reason": "invalid regex" } ],
+                "serving": "last good version" } ],
+            "counters": { "documents_rejected_total": 1 } }))
+        .unwrap();
+        let text = render_status(&status);
+        assert!(
+            text.starts_with("agent: ready   backend: consul http://127.0.0.1:8500"),
+            "{text}"
+        );
+        assert!(text.contains("documents_rejected_total=1"), "{text}");
+        let sidecar = text
+            .lines()
+            .find(|line| line.starts_with("users "))
+            .expect("a sidecar row");
+        assert!(
+            sidecar.contains("users-1") && sidecar.contains("127.0.0.1:5555"),
+            "{sidecar}"
+        );
+        assert!(sidecar.contains("ab12"), "acked route version: {sidecar}");
+        assert!(
+            sidecar.contains("ef56->cd34"),
+            "cluster version awaiting ACK: {sidecar}"
+        );
+        assert!(
+            sidecar.ends_with("Cluster cd34: cluster users: bad timeout (at 1700000002)"),
+            "{sidecar}"
+        );
+        assert!(
+            sidecar.contains(" - "),
+            "no endpoints subscription: {sidecar}"
+        );
+        let rejected = text
+            .lines()
+            .find(|line| line.starts_with("routes/users"))
+            .expect("a rejection row");
+        for cell in [
+            "routes[0].match.path_regex",
+            "invalid regex",
+            "last good version",
+            "consul kv weft/routes/users",
+        ] {
+            assert!(rejected.contains(cell), "{cell} in {rejected}");
+        }
+    }
+
+    #[test]
+    fn an_empty_status_still_prints() {
+        let text = render_status(&Status::default());
+        assert!(text.contains("NOT READY"));
+        assert!(text.contains("(no sidecar connected)"));
+        assert!(text.contains("REJECTED DOCUMENTS (0)\n(none)"));
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let rows = vec![
+            vec!["A".to_string(), "BB".into(), "C".into()],
+            vec!["aaa".into(), "b".into(), "c".into()],
+        ];
+        assert_eq!(table(&rows), "A    BB  C\naaa  b   c\n");
+    }
+}

@@ -1,1 +1,356 @@
-//! The KV configuration documents: schema, types and validation.
+//! The KV configuration documents: keys, schema, typed parse, validation and
+//! translation to the protocol's resources.
+//!
+//! A document goes through three checks, and every error of every check is
+//! reported at once (an operator fixes a document in one round trip):
+//! 1. syntax (JSON, or YAML from the file backend);
+//! 2. structure, against the published JSON Schema
+//!    (`discovery/schema/weft-kv.schema.json`, see [`schema`]);
+//! 3. meaning the schema cannot express: regexes compile, split weights do not
+//!    all equal 0, header names and values are valid, durations are > 0.
+//!
+//! References to other services need the catalog, so they are checked apart,
+//! by [`validate_references`], which the snapshot builder calls.
+//!
+//! The field-by-field reference is `docs/KV-SCHEMA.md`.
+
+mod destination;
+mod duration;
+mod error;
+mod policy;
+mod route;
+pub mod schema;
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::model::RawDocument;
+
+pub use destination::{
+    ConnectionPoolSettings, DestinationDocument, LoadBalancer, Protocol, default_cluster,
+};
+pub use duration::parse_duration;
+pub use error::FieldError;
+pub use policy::PolicyDocument;
+pub use route::{
+    HeaderMatcher, HeaderMutation, PathMatch, Route, RouteDocument, RouteMatch, RouteTarget,
+    StringMatch, WeightedDestination, default_route_configuration,
+};
+
+/// The field name used for errors about a document as a whole (syntax).
+pub const DOCUMENT_FIELD: &str = "(document)";
+/// The field name used for errors about a document's key.
+pub const KEY_FIELD: &str = "(key)";
+
+/// What a key (relative to the KV prefix or the config directory) names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DocumentKey {
+    /// `routes/<host>`: the route table for requests addressed to `<host>`.
+    Route { host: String },
+    /// `destinations/<service>`: the traffic policy for calls to `<service>`.
+    Destination { service: String },
+    /// `policies/<service>`: the inbound policy of `<service>`.
+    Policy { service: String },
+}
+
+/// The three kinds of documents, by their key's folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DocumentKind {
+    Route,
+    Destination,
+    Policy,
+}
+
+impl DocumentKind {
+    /// The key folder: `routes`, `destinations`, `policies`.
+    pub fn folder(self) -> &'static str {
+        match self {
+            DocumentKind::Route => "routes",
+            DocumentKind::Destination => "destinations",
+            DocumentKind::Policy => "policies",
+        }
+    }
+
+    /// The kind whose key folder is `folder`.
+    pub fn from_folder(folder: &str) -> Option<Self> {
+        match folder {
+            "routes" => Some(DocumentKind::Route),
+            "destinations" => Some(DocumentKind::Destination),
+            "policies" => Some(DocumentKind::Policy),
+            _ => None,
+        }
+    }
+}
+
+impl DocumentKey {
+    /// Parses `routes/<host>`, `destinations/<service>` or `policies/<service>`.
+    /// The name is one path segment of letters, digits, `.`, `_` and `-`
+    /// (a service or host name); anything else is an error naming the key.
+    pub fn parse(key: &str) -> Result<Self, FieldError> {
+        let error = |reason: String| FieldError::new(key, KEY_FIELD, reason);
+        let Some((folder, name)) = key.split_once('/') else {
+            return Err(error(
+                "not a document key: expected routes/<host>, destinations/<service> or policies/<service>".into(),
+            ));
+        };
+        let Some(kind) = DocumentKind::from_folder(folder) else {
+            return Err(error(format!(
+                "unknown document folder `{folder}`: expected routes, destinations or policies"
+            )));
+        };
+        if name.is_empty() {
+            return Err(error(format!("`{folder}/` needs a name after the slash")));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(error(format!(
+                "`{name}` is not a valid {} name: `{bad}` is not allowed (use letters, digits, `.`, `_`, `-`)",
+                match kind {
+                    DocumentKind::Route => "host",
+                    _ => "service",
+                }
+            )));
+        }
+        let name = name.to_string();
+        Ok(match kind {
+            DocumentKind::Route => DocumentKey::Route { host: name },
+            DocumentKind::Destination => DocumentKey::Destination { service: name },
+            DocumentKind::Policy => DocumentKey::Policy { service: name },
+        })
+    }
+
+    pub fn kind(&self) -> DocumentKind {
+        match self {
+            DocumentKey::Route { .. } => DocumentKind::Route,
+            DocumentKey::Destination { .. } => DocumentKind::Destination,
+            DocumentKey::Policy { .. } => DocumentKind::Policy,
+        }
+    }
+
+    /// The host or service the key names.
+    pub fn name(&self) -> &str {
+        match self {
+            DocumentKey::Route { host } => host,
+            DocumentKey::Destination { service } | DocumentKey::Policy { service } => service,
+        }
+    }
+}
+
+impl fmt::Display for DocumentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind().folder(), self.name())
+    }
+}
+
+/// A validated document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Document {
+    Route(RouteDocument),
+    Destination(DestinationDocument),
+    Policy(PolicyDocument),
+}
+
+/// Parses and validates one document: key, syntax, schema and semantic
+/// checks. Needs no catalog: references are checked by [`validate_references`].
+/// On failure returns every error found, each naming key, field and reason.
+pub fn parse_document(raw: &RawDocument) -> Result<Document, Vec<FieldError>> {
+    let key = DocumentKey::parse(&raw.key).map_err(|error| vec![error])?;
+    let value = decode(&raw.key, &raw.value, raw.yaml).map_err(|error| vec![error])?;
+    parse_value(&raw.key, key.kind(), &value)
+}
+
+/// Validates an already decoded document of a known kind (`key` only names
+/// it in errors).
+pub fn parse_value(
+    key: &str,
+    kind: DocumentKind,
+    value: &Value,
+) -> Result<Document, Vec<FieldError>> {
+    match kind {
+        DocumentKind::Route => route::parse(key, value).map(Document::Route),
+        DocumentKind::Destination => destination::parse(key, value).map(Document::Destination),
+        DocumentKind::Policy => policy::parse(key, value).map(Document::Policy),
+    }
+}
+
+/// Decodes the bytes of a document (JSON, or YAML when `yaml`) into a JSON value.
+fn decode(key: &str, bytes: &[u8], yaml: bool) -> Result<Value, FieldError> {
+    let error = |reason: String| FieldError::new(key, DOCUMENT_FIELD, reason);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        // An empty Consul key (or a folder marker) is not a document.
+        return Err(error("empty document: expected an object".into()));
+    }
+    if yaml {
+        serde_yaml::from_slice(bytes).map_err(|e| error(format!("not valid YAML: {e}")))
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| error(format!("not valid JSON: {e}")))
+    }
+}
+
+/// Checks that every service a document sends traffic to is known: `known`
+/// answers for a name that is in the catalog or has a `destinations/` document.
+/// Returns one error per unknown reference, with its field path.
+pub fn validate_references(
+    key: &str,
+    doc: &Document,
+    known: &dyn Fn(&str) -> bool,
+) -> Vec<FieldError> {
+    match doc {
+        Document::Route(routes) => routes
+            .destination_fields()
+            .into_iter()
+            .filter(|(_, service)| !known(service))
+            .map(|(field, service)| {
+                FieldError::new(
+                    key,
+                    field,
+                    format!(
+                        "unknown destination `{service}` (not in the catalog and no destinations/{service} document)"
+                    ),
+                )
+            })
+            .collect(),
+        // A destination or policy document names only its own service, which
+        // may legitimately come before the service is registered.
+        Document::Destination(_) | Document::Policy(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn raw(key: &str, value: &str) -> RawDocument {
+        RawDocument {
+            key: key.into(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            origin: format!("test {key}"),
+            yaml: false,
+        }
+    }
+
+    #[test]
+    fn keys_name_their_kind_and_name() {
+        assert_eq!(
+            DocumentKey::parse("routes/users").unwrap(),
+            DocumentKey::Route {
+                host: "users".into()
+            }
+        );
+        assert_eq!(
+            DocumentKey::parse("destinations/orders-v2").unwrap(),
+            DocumentKey::Destination {
+                service: "orders-v2".into()
+            }
+        );
+        assert_eq!(
+            DocumentKey::parse("policies/web").unwrap().to_string(),
+            "policies/web"
+        );
+    }
+
+    #[test]
+    fn bad_keys_are_rejected_with_the_reason() {
+        for (key, needle) in [
+            ("users", "not a document key"),
+            ("route/users", "unknown document folder `route`"),
+            ("routes/", "needs a name"),
+            ("routes/a/b", "`/` is not allowed"),
+            ("routes/a b", "` ` is not allowed"),
+        ] {
+            let error = DocumentKey::parse(key).unwrap_err();
+            assert_eq!(error.key, key);
+            assert_eq!(error.field, KEY_FIELD);
+            assert!(error.reason.contains(needle), "{key}: {error}");
+        }
+    }
+
+    #[test]
+    fn bad_json_is_one_document_error_with_line_and_column() {
+        let errors = parse_document(&raw("routes/users", "{ \"routes\": [ }")).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, DOCUMENT_FIELD);
+        assert!(errors[0].reason.contains("not valid JSON"), "{}", errors[0]);
+        assert!(errors[0].reason.contains("line 1 column"), "{}", errors[0]);
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with("routes/users: (document): not valid JSON")
+        );
+    }
+
+    #[test]
+    fn bad_yaml_is_one_document_error() {
+        let mut doc = raw("destinations/users", "load_balancer: [unclosed");
+        doc.yaml = true;
+        let errors = parse_document(&doc).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].reason.contains("not valid YAML"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn an_empty_value_is_not_a_document() {
+        let errors = parse_document(&raw("routes/users", "  ")).unwrap_err();
+        assert_eq!(errors[0].field, DOCUMENT_FIELD);
+        assert!(errors[0].reason.contains("empty document"));
+    }
+
+    #[test]
+    fn yaml_documents_parse_like_json() {
+        let mut doc = raw(
+            "routes/users",
+            "routes:\n  - match: { path_prefix: /api/ }\n    destination: users\n    timeout: 2s\n",
+        );
+        doc.yaml = true;
+        let Document::Route(routes) = parse_document(&doc).unwrap() else {
+            panic!("a routes/ key parses as a route document");
+        };
+        assert_eq!(routes.routes.len(), 1);
+    }
+
+    #[test]
+    fn unknown_destinations_are_reported_with_their_field() {
+        let doc = parse_document(&raw(
+            "routes/users",
+            r#"{ "routes": [
+                { "match": { "path_exact": "/health" }, "destination": "users" },
+                { "split": [ { "destination": "orders", "weight": 1 }, { "destination": "ghost", "weight": 1 } ] },
+                { "destination": "phantom" } ] }"#,
+        ))
+        .unwrap();
+        let known = |service: &str| matches!(service, "users" | "orders");
+        let errors = validate_references("routes/users", &doc, &known);
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["routes[1].split[1].destination", "routes[2].destination"]
+        );
+        assert_eq!(
+            errors[0].reason,
+            "unknown destination `ghost` (not in the catalog and no destinations/ghost document)"
+        );
+        assert!(validate_references("routes/users", &doc, &|_| true).is_empty());
+    }
+
+    #[test]
+    fn destination_and_policy_documents_reference_nothing() {
+        let doc = parse_document(&raw("destinations/ghost", "{}")).unwrap();
+        assert!(validate_references("destinations/ghost", &doc, &|_| false).is_empty());
+    }
+
+    #[test]
+    fn a_policy_document_is_an_empty_object_for_now() {
+        assert_eq!(
+            parse_document(&raw("policies/users", "{}")).unwrap(),
+            Document::Policy(PolicyDocument::default())
+        );
+        let errors = parse_document(&raw("policies/users", r#"{ "allow": ["web"] }"#)).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "allow");
+        assert!(errors[0].reason.contains("unknown field"), "{}", errors[0]);
+    }
+}

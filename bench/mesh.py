@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Weft mesh benchmark: app -> sidecar A -> sidecar B -> app, against app -> app.
+
+Measures, interleaved over REPS rounds (direct, mesh, direct, mesh, ...):
+  max      wrk -t1 -c50, 100-byte body, HTTP/1.1 keep-alive: req/s, p50, p99
+  rate     oha -q 2000 --latency-correction (open loop, corrects coordinated
+           omission): p50, p90, p99, p99.9, and what the mesh adds
+  cost     CPU microseconds per request of each sidecar (utime+stime from
+           /proc before/after), at max load and at 2,000 req/s
+  memory   RSS of each sidecar after >= 1,000,000 requests through the mesh
+
+Layout (2 cores): sidecar A (the caller's) pinned to CPU 0, sidecar B (the
+callee's) pinned to CPU 1, each with one runtime thread; the load generator
+and the upstream nginx are not pinned. The mesh is configured by a real
+weft-discovery agent with the file backend (no Consul needed for a benchmark).
+
+Usage: python3 bench/mesh.py [--reps 3] [--out DIR]
+Needs: nginx, wrk (apt-get install -y nginx wrk), oha (cargo install oha --locked).
+Prints a markdown report; raw outputs stay in --out.
+"""
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BODY = "x" * 99 + "\\n"  # 100 bytes, as in ../shared/peerbench
+PORTS = dict(upstream=19080, agent=19010, agent_admin=19011, a_out=19101, a_in=19106, a_admin=19120,
+             b_out=19201, b_in=19206, b_admin=19220)
+CLK = os.sysconf("SC_CLK_TCK")
+procs = []
+
+
+def start(argv, log, env=None, cpu=None):
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu)] + argv
+    p = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                         start_new_session=True)
+    procs.append(p)
+    return p
+
+
+def stop_all():
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def wait_http(url, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.05)
+    sys.exit(f"{what} not ready at {url}")
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listening on {port}")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wrk(url, host, seconds, out):
+    argv = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--timeout", "5s", "-s", out + ".lua", url]
+    if host:
+        argv[1:1] = ["-H", f"Host: {host}"]
+    with open(out + ".lua", "w") as f:
+        f.write(LUA)
+    text = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    open(out, "w").write(text)
+    for line in text.splitlines():
+        if line.startswith("WRK "):
+            d = json.loads(line[4:])
+            d["rps"] = d["requests"] / (d["duration_us"] / 1e6)
+            return d
+    raise RuntimeError(f"no WRK line in {out}")
+
+
+def oha(url, host, seconds, out, rate=2000):
+    argv = ["oha", "--no-tui", "--output-format", "json", "-q", str(rate), "-z", f"{seconds}s", "-w", "-c", "50",
+            "--latency-correction", "-t", "5s", url]
+    if host:
+        argv[1:1] = ["-H", f"Host: {host}"]
+    text = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    open(out, "w").write(text)
+    d = json.loads(text[text.find("{"):])
+    lp = d["latencyPercentiles"]
+    codes = d.get("statusCodeDistribution") or {}
+    bad = sum(v for k, v in codes.items() if not str(k).startswith("2")) + sum((d.get("errorDistribution") or {}).values())
+    total = sum(codes.values())
+    return {"requests": total, "errors": bad, **{k: lp[k] * 1e6 for k in ("p50", "p90", "p99", "p99.9")}}
+
+
+LUA = """done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests":%d,"duration_us":%d,"errors":%d,"p50":%d,"p99":%d,"p999":%d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--max-seconds", type=int, default=10)
+    ap.add_argument("--rate-seconds", type=int, default=15)
+    ap.add_argument("--out", default=tempfile.mkdtemp(prefix="weft-mesh-bench."))
+    a = ap.parse_args()
+    for tool in ("nginx", "wrk", "oha", "taskset"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            sys.exit(f"missing {tool}: apt-get install -y nginx wrk; cargo install oha --locked")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "weft-sidecar", "-p", "weft-discovery"], cwd=REPO,
+                   check=True)
+    rel = os.path.join(REPO, "target", "release")
+    out = a.out
+    os.makedirs(out, exist_ok=True)
+    try:
+        # upstream: nginx, 1 worker, fixed 100-byte body
+        up = os.path.join(out, "upstream")
+        os.makedirs(os.path.join(up, "tmp"), exist_ok=True)
+        with open(os.path.join(up, "nginx.conf"), "w") as f:
+            f.write(f"""worker_processes 1; daemon off; pid {up}/nginx.pid; error_log {up}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
+  client_body_temp_path {up}/tmp; proxy_temp_path {up}/tmp; fastcgi_temp_path {up}/tmp; uwsgi_temp_path {up}/tmp; scgi_temp_path {up}/tmp;
+  server {{ listen 127.0.0.1:{PORTS['upstream']} backlog=4096; location / {{ return 200 "{BODY}"; }} }} }}
+""")
+        start([shutil.which("nginx") or "/usr/sbin/nginx", "-p", up, "-c", os.path.join(up, "nginx.conf"), "-e",
+               os.path.join(up, "error.log")], os.path.join(out, "upstream.log"))
+        wait_port(PORTS["upstream"])
+
+        # agent with the file backend: service "bench" is sidecar B's inbound listener
+        cfg = os.path.join(out, "config")
+        os.makedirs(cfg, exist_ok=True)
+        with open(os.path.join(cfg, "endpoints.yaml"), "w") as f:
+            f.write(f"services:\n  bench:\n    - {{ address: 127.0.0.1, port: {PORTS['b_in']}, meshed: true }}\n")
+        start([os.path.join(rel, "weft-discovery"), "--config-dir", cfg, "--listen", f"127.0.0.1:{PORTS['agent']}",
+               "--admin", f"127.0.0.1:{PORTS['agent_admin']}"], os.path.join(out, "agent.log"))
+        wait_http(f"http://127.0.0.1:{PORTS['agent_admin']}/readyz", "weft-discovery")
+
+        one = {"TOKIO_WORKER_THREADS": "1"}
+        disc = f"http://127.0.0.1:{PORTS['agent']}"
+        side_a = start([os.path.join(rel, "weft-sidecar"), "--service", "client", "--discovery", disc,
+                        "--inbound", f"127.0.0.1:{PORTS['a_in']}", "--app", "127.0.0.1:9",
+                        "--outbound", f"127.0.0.1:{PORTS['a_out']}", "--admin", f"127.0.0.1:{PORTS['a_admin']}"],
+                       os.path.join(out, "sidecar-a.log"), one, cpu=0)
+        side_b = start([os.path.join(rel, "weft-sidecar"), "--service", "bench", "--discovery", disc,
+                        "--inbound", f"127.0.0.1:{PORTS['b_in']}", "--app", f"127.0.0.1:{PORTS['upstream']}",
+                        "--outbound", f"127.0.0.1:{PORTS['b_out']}", "--admin", f"127.0.0.1:{PORTS['b_admin']}"],
+                       os.path.join(out, "sidecar-b.log"), one, cpu=1)
+        for port in (PORTS["a_admin"], PORTS["b_admin"]):
+            wait_http(f"http://127.0.0.1:{port}/ready", "sidecar")
+
+        targets = {"direct": (f"http://127.0.0.1:{PORTS['upstream']}/", None),
+                   "mesh": (f"http://127.0.0.1:{PORTS['a_out']}/", "bench")}
+        rows = {t: {"max": [], "rate": []} for t in targets}
+        total_mesh = 0
+        for rep in range(a.reps):
+            for name, (url, host) in targets.items():
+                wrk(url, host, 2, os.path.join(out, f"warm-{name}-{rep}.txt"))
+                cpu0 = (cpu_seconds(side_a.pid), cpu_seconds(side_b.pid))
+                r = wrk(url, host, a.max_seconds, os.path.join(out, f"max-{name}-{rep}.txt"))
+                cpu1 = (cpu_seconds(side_a.pid), cpu_seconds(side_b.pid))
+                if name == "mesh":
+                    r["cpu_a_us"] = (cpu1[0] - cpu0[0]) / r["requests"] * 1e6
+                    r["cpu_b_us"] = (cpu1[1] - cpu0[1]) / r["requests"] * 1e6
+                    total_mesh += r["requests"]
+                rows[name]["max"].append(r)
+                cpu0 = (cpu_seconds(side_a.pid), cpu_seconds(side_b.pid))
+                r = oha(url, host, a.rate_seconds, os.path.join(out, f"rate-{name}-{rep}.json"))
+                cpu1 = (cpu_seconds(side_a.pid), cpu_seconds(side_b.pid))
+                if name == "mesh":
+                    r["cpu_a_us"] = (cpu1[0] - cpu0[0]) / max(r["requests"], 1) * 1e6
+                    r["cpu_b_us"] = (cpu1[1] - cpu0[1]) / max(r["requests"], 1) * 1e6
+                    total_mesh += r["requests"]
+                rows[name]["rate"].append(r)
+                print(f"rep {rep} {name}: {rows[name]['max'][-1]['rps']:.0f} req/s max, "
+                      f"p99 {rows[name]['rate'][-1]['p99']:.0f} us at 2000 req/s", file=sys.stderr)
+        while total_mesh < 1_000_000:
+            total_mesh += wrk(targets["mesh"][0], "bench", 10, os.path.join(out, "fill.txt"))["requests"]
+        rss = (rss_mib(side_a.pid), rss_mib(side_b.pid))
+        report(rows, total_mesh, rss, a)
+    finally:
+        stop_all()
+
+
+def med(rows, key):
+    return statistics.median(r[key] for r in rows)
+
+
+def report(rows, total, rss, a):
+    d, m = rows["direct"], rows["mesh"]
+    print(f"## Mesh benchmark: app -> sidecar -> sidecar -> app (medians of {a.reps} interleaved reps)\n")
+    print("| target | max req/s | % of direct | p50 us | p99 us | errors | sidecar A CPU us/req | sidecar B CPU us/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in (("direct", d), ("mesh", m)):
+        cpu = (f"{med(r['max'], 'cpu_a_us'):.1f} | {med(r['max'], 'cpu_b_us'):.1f}" if name == "mesh" else "- | -")
+        print(f"| {name} | {med(r['max'], 'rps'):,.0f} | {100 * med(r['max'], 'rps') / med(d['max'], 'rps'):.0f}% | "
+              f"{med(r['max'], 'p50'):,.0f} | {med(r['max'], 'p99'):,.0f} | {sum(x['errors'] for x in r['max'])} | {cpu} |")
+    print(f"\n### Fixed rate 2,000 req/s (oha, latency-corrected), {a.rate_seconds} s\n")
+    print("| target | p50 us | p90 us | p99 us | p99.9 us | added p50 | added p99 | added p99.9 | errors | sidecar A CPU us/req | sidecar B CPU us/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in (("direct", d), ("mesh", m)):
+        rr = r["rate"]
+        add = lambda k: "-" if name == "direct" else f"+{med(rr, k) - med(d['rate'], k):,.0f}"
+        cpu = (f"{med(rr, 'cpu_a_us'):.1f} | {med(rr, 'cpu_b_us'):.1f}" if name == "mesh" else "- | -")
+        print(f"| {name} | {med(rr, 'p50'):,.0f} | {med(rr, 'p90'):,.0f} | {med(rr, 'p99'):,.0f} | {med(rr, 'p99.9'):,.0f} | "
+              f"{add('p50')} | {add('p99')} | {add('p99.9')} | {sum(x['errors'] for x in rr)} | {cpu} |")
+    print(f"\nRSS after {total:,} requests through the mesh: sidecar A {rss[0]:.1f} MiB, sidecar B {rss[1]:.1f} MiB.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# A local Weft mesh in one command: Consul (dev agent), weft-discovery, and
+# demo services (web, users, users-v2, orders, orders-v2), each an app with its
+# own weft-sidecar, registered in Consul the Consul Connect way. Writes example
+# routes into Consul KV, sends traffic through the sidecars, prints what
+# happened and where to look, then keeps running until Ctrl-C.
+#
+#   ./deploy/local/demo.sh          # runs until Ctrl-C
+#   ./deploy/local/demo.sh --once   # prints the results and stops (used by CI-style checks)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+once=false; [[ "${1:-}" == "--once" ]] && once=true
+
+need() { command -v "$1" >/dev/null || { echo "demo: $1 is required: $2" >&2; exit 1; }; }
+need cargo "install Rust (https://rustup.rs) — Weft builds with cargo 1.88 or newer"
+if ! command -v curl >/dev/null; then apt-get install -y curl >/dev/null 2>&1 || need curl "apt-get install -y curl"; fi
+
+consul=$(./deploy/local/install-consul.sh)
+echo "== building Weft (cargo build --bins)"
+cargo build --quiet --bins
+bin="$repo/target/debug"
+
+demo="$repo/.demo"
+rm -rf "$demo"; mkdir -p "$demo"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_http() { # URL what
+  for _ in $(seq 1 300); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "demo: $2 did not become ready at $1; logs are in $demo" >&2; exit 1
+}
+
+CONSUL_HTTP=18500
+echo "== starting Consul dev agent on 127.0.0.1:$CONSUL_HTTP ($("$consul" version | head -n1))"
+"$consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port $CONSUL_HTTP -dns-port -1 -grpc-port -1 \
+  -serf-lan-port 18301 -serf-wan-port 18302 -server-port 18300 >"$demo/consul.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 300); do
+  leader=$(curl -fsS "http://127.0.0.1:$CONSUL_HTTP/v1/status/leader" 2>/dev/null || true)
+  [[ "$leader" == *:* ]] && break; sleep 0.1
+done
+export CONSUL_HTTP_ADDR="http://127.0.0.1:$CONSUL_HTTP"
+
+echo "== starting weft-discovery (ADS 127.0.0.1:18010, admin 127.0.0.1:18011)"
+"$bin/weft-discovery" --consul "$CONSUL_HTTP_ADDR" --listen 127.0.0.1:18010 --admin 127.0.0.1:18011 >"$demo/weft-discovery.log" 2>&1 &
+pids+=($!)
+wait_http http://127.0.0.1:18011/readyz weft-discovery
+
+# name app inbound outbound admin
+services=(
+  "web 18081 18601 18501 18701"
+  "users 18082 18602 18502 18702"
+  "users-v2 18083 18603 18503 18703"
+  "orders 18084 18604 18504 18704"
+  "orders-v2 18085 18605 18505 18705"
+)
+for line in "${services[@]}"; do
+  read -r name app inbound outbound admin <<<"$line"
+  "$bin/weft-testapp" --service "$name" --instance "$name-1" --listen "127.0.0.1:$app" >"$demo/app-$name.log" 2>&1 &
+  pids+=($!)
+  "$bin/weft-sidecar" --service "$name" --instance "$name-1" --discovery http://127.0.0.1:18010 \
+    --inbound "127.0.0.1:$inbound" --app "127.0.0.1:$app" --outbound "127.0.0.1:$outbound" \
+    --admin "127.0.0.1:$admin" >"$demo/sidecar-$name.log" 2>&1 &
+  pids+=($!)
+  cat >"$demo/register-$name.json" <<JSON
+{ "service": {
+    "name": "$name", "id": "$name-1", "address": "127.0.0.1", "port": $app,
+    "check": { "name": "app answers", "http": "http://127.0.0.1:$app/health", "interval": "1s" },
+    "connect": { "sidecar_service": {
+        "port": $inbound,
+        "check": { "name": "sidecar ready", "http": "http://127.0.0.1:$admin/ready", "interval": "1s" } } } } }
+JSON
+  "$consul" services register "$demo/register-$name.json" >/dev/null
+done
+echo "== registered web, users, users-v2, orders, orders-v2 in Consul, each with a Connect sidecar"
+
+"$consul" kv put weft/routes/users @deploy/local/demo/routes-users.json >/dev/null
+"$consul" kv put weft/routes/orders @deploy/local/demo/routes-orders.json >/dev/null
+echo "== wrote weft/routes/users and weft/routes/orders into Consul KV"
+
+for line in "${services[@]}"; do
+  read -r name _ _ _ admin <<<"$line"
+  wait_http "http://127.0.0.1:$admin/ready" "sidecar of $name"
+done
+
+web_out=http://127.0.0.1:18501
+# Wait until the mesh routes users to a healthy endpoint (Consul's first check runs within 1 s).
+for _ in $(seq 1 100); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: users' "$web_out/api/v1/users/42" || true)
+  [[ "$code" == 200 ]] && break; sleep 0.1
+done
+
+served_by() { sed -n 's/.*"instance":"\([^"]*\)".*/\1/p'; }
+echo
+echo "== traffic from web's sidecar (outbound $web_out)"
+echo "-- GET http://users/api/v1/users/42 (prefix route, rewritten to /42):"
+curl -sS -H 'Host: users' "$web_out/api/v1/users/42"; echo
+echo "-- same with x-api-version: v2 (header route -> users-v2):"
+curl -sS -H 'Host: users' -H 'x-api-version: v2' "$web_out/api/v1/users/42" | served_by
+echo "-- 200 requests to http://orders/ (90/10 split between orders and orders-v2):"
+for _ in $(seq 1 200); do curl -sS -H 'Host: orders' "$web_out/" | served_by; done | sort | uniq -c
+echo "-- a host the mesh does not know:"
+curl -sS -D - -o /dev/null -H 'Host: nowhere' "$web_out/" | grep -i -E '^(HTTP|x-weft-error)'
+echo
+cat <<TXT
+== where to look
+  Consul UI:            http://127.0.0.1:$CONSUL_HTTP/ui  (services, their Connect sidecars, KV weft/)
+  agent status:         curl -s http://127.0.0.1:18011/status | jq   (or: $bin/weftctl status --admin http://127.0.0.1:18011)
+  agent metrics:        curl -s http://127.0.0.1:18011/metrics
+  web sidecar:          curl -s http://127.0.0.1:18701/clusters | jq ; curl -s http://127.0.0.1:18701/config_dump | jq
+  call through the mesh: curl -H 'Host: users' $web_out/api/v1/users/7
+  change a route:       $consul kv put weft/routes/orders '{"routes":[{"match":{"path_prefix":"/"},"destination":"orders-v2"}]}'
+  logs:                 $demo/
+TXT
+if $once; then exit 0; fi
+echo "== the mesh keeps running; Ctrl-C stops it"
+wait

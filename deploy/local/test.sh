@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole test suite, installing what it needs: the command the README
+# names and CI (.ci/run) runs.
+#
+#   bash deploy/local/test.sh [extra `cargo test` arguments...]
+#
+# 1. Consul: deploy/local/install-consul.sh prints a consul binary (PATH,
+#    .tools/, or Debian's 1.8.7 fetched into .tools/); exported as
+#    WEFT_CONSUL_BIN for the end-to-end tests.
+# 2. `cargo build --workspace --bins`: the end-to-end tests run the real
+#    weft-discovery, weft-sidecar and weft-testapp binaries.
+# 3. `cargo test --workspace`, every test even after a failure.
+#
+# Each end-to-end test runs Consul, the agent, several sidecars and apps and
+# asserts 1 s convergence budgets, so tests run WEFT_TEST_THREADS at a time
+# (default 2, for a 2-core machine). Logs of every process are in
+# target/e2e-logs/<test binary>/<test>/ (a failed test prints their tails);
+# the latencies the tests measured are printed at the end.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+say() { echo "test.sh: $*" >&2; }
+
+WEFT_CONSUL_BIN=$(bash deploy/local/install-consul.sh) || {
+  say "could not install Consul (see above); the end-to-end tests need it"
+  exit 1
+}
+export WEFT_CONSUL_BIN
+say "consul: $WEFT_CONSUL_BIN ($("$WEFT_CONSUL_BIN" version | head -n1))"
+
+threads=${WEFT_TEST_THREADS:-2}
+measurements=target/e2e-logs/measurements.tsv
+mkdir -p target/e2e-logs
+rm -f "$measurements"
+
+start=$(date +%s)
+say "cargo build --workspace --bins"
+cargo build --workspace --bins
+say "cargo test --workspace (--test-threads=$threads)"
+status=0
+cargo test --workspace --no-fail-fast "$@" -- --test-threads="$threads" || status=$?
+
+if [[ -s "$measurements" ]]; then
+  echo
+  echo "Measured by the end-to-end tests (test, what, value):"
+  sort "$measurements" | column -t -s $'\t' || cat "$measurements"
+fi
+echo
+if [[ $status -eq 0 ]]; then
+  say "all tests passed in $(( $(date +%s) - start )) s"
+else
+  say "FAILED (cargo test exited $status) after $(( $(date +%s) - start )) s; process logs: target/e2e-logs/"
+fi
+exit "$status"

@@ -1,0 +1,151 @@
+//! What can go wrong talking to Consul, typed so that callers decide on
+//! retries from the variant, never from message text.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+/// An error from one Consul API call. Every variant names the request
+/// (`method` and `path`, which never contains the ACL token: that travels in
+/// a header) so a log line alone says what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    /// The configuration cannot work (bad address, unsupported scheme).
+    #[error("invalid Consul configuration: {field}: {reason}")]
+    Config {
+        /// The setting at fault, e.g. `CONSUL_HTTP_ADDR`.
+        field: &'static str,
+        reason: String,
+    },
+
+    /// No HTTP answer: connection refused or reset, DNS failure.
+    #[error(
+        "{method} {path}: cannot reach Consul at {address}: {source}; is Consul running at {address}?"
+    )]
+    Connect {
+        method: Method,
+        path: String,
+        address: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The request (including a blocking query's `wait`) took longer than
+    /// allowed; a stopped or overloaded agent looks like this.
+    #[error(
+        "{method} {path}: Consul at {address} did not answer within {timeout:?}; is it running and not overloaded?"
+    )]
+    Timeout {
+        method: Method,
+        path: String,
+        address: String,
+        timeout: Duration,
+    },
+
+    /// Consul answered with a status the endpoint does not expect.
+    /// `body` is Consul's own explanation (e.g. "No cluster leader",
+    /// "ACL not found"), truncated to a few hundred bytes.
+    #[error("{method} {path}: Consul answered HTTP {status}: {body}")]
+    Status {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        body: String,
+    },
+
+    /// Consul answered 2xx but the body is not what this client expects.
+    #[error("{method} {path}: cannot decode Consul's answer: {reason}")]
+    Decode {
+        method: Method,
+        path: String,
+        reason: String,
+    },
+}
+
+impl ConsulError {
+    /// Whether the same request may succeed later without anyone changing
+    /// anything: transport failures, timeouts, 5xx (leader elections answer
+    /// 500 "No cluster leader") and 429. A 4xx (bad ACL token, bad request)
+    /// or an undecodable body needs an operator, not a retry.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ConsulError::Connect { .. } | ConsulError::Timeout { .. } => true,
+            ConsulError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            ConsulError::Config { .. } | ConsulError::Decode { .. } => false,
+        }
+    }
+
+    /// The HTTP status Consul answered with, if it answered at all.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ConsulError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The request path (with query string) that failed, if a request was made.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            ConsulError::Connect { path, .. }
+            | ConsulError::Timeout { path, .. }
+            | ConsulError::Status { path, .. }
+            | ConsulError::Decode { path, .. } => Some(path),
+            ConsulError::Config { .. } => None,
+        }
+    }
+}
+
+/// The most of Consul's error body kept in [`ConsulError::Status`]: enough for
+/// its one-line messages, bounded so a proxy's HTML error page cannot flood logs.
+pub(crate) const MAX_ERROR_BODY: usize = 512;
+
+/// Consul's error body as text, cut at [`MAX_ERROR_BODY`] on a char boundary.
+pub(crate) fn error_body_text(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.len() <= MAX_ERROR_BODY {
+        return text.to_owned();
+    }
+    let mut end = MAX_ERROR_BODY;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> ConsulError {
+        ConsulError::Status {
+            method: Method::GET,
+            path: "/v1/kv/x".into(),
+            status: StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT),
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_retryable_client_errors_are_not() {
+        assert!(status(500).is_retryable());
+        assert!(status(503).is_retryable());
+        assert!(status(429).is_retryable());
+        assert!(!status(403).is_retryable());
+        assert!(!status(400).is_retryable());
+    }
+
+    #[test]
+    fn long_error_bodies_are_truncated_on_a_char_boundary() {
+        let body = "é".repeat(MAX_ERROR_BODY);
+        let text = error_body_text(body.as_bytes());
+        assert!(text.len() <= MAX_ERROR_BODY + '…'.len_utf8());
+        assert!(text.ends_with('…'));
+        assert_eq!(
+            error_body_text(b"  No cluster leader\n"),
+            "No cluster leader"
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! The agent's Prometheus metrics (served on the admin port at `/metrics`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Document versions rejected by validation (each version counted once).
+    pub documents_rejected: Counter,
+    pub snapshot_builds: Counter,
+    pub responses_sent: Counter,
+    pub nacks_received: Counter,
+    pub connected_sidecars: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft_discovery");
+        let documents_rejected = Counter::default();
+        let snapshot_builds = Counter::default();
+        let responses_sent = Counter::default();
+        let nacks_received = Counter::default();
+        let connected_sidecars = Gauge::default();
+        registry.register(
+            "documents_rejected",
+            "Configuration document versions rejected by validation",
+            documents_rejected.clone(),
+        );
+        registry.register(
+            "snapshot_builds",
+            "Snapshots built after a change in Consul or the config directory",
+            snapshot_builds.clone(),
+        );
+        registry.register(
+            "responses_sent",
+            "Discovery responses pushed to sidecars",
+            responses_sent.clone(),
+        );
+        registry.register(
+            "nacks_received",
+            "Discovery responses rejected by a sidecar",
+            nacks_received.clone(),
+        );
+        registry.register(
+            "connected_sidecars",
+            "Sidecars with an open discovery stream",
+            connected_sidecars.clone(),
+        );
+        Self {
+            registry,
+            documents_rejected,
+            snapshot_builds,
+            responses_sent,
+            nacks_received,
+            connected_sidecars,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,384 @@
+//! The discovery stream as a sidecar sees it: state of the world per type,
+//! ACK/NACK by nonce, content-hash versions, subscriptions by name, and no
+//! push when nothing a sidecar subscribed to changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use weft_discovery::ads::{AdsServer, SidecarRegistry};
+use weft_discovery::metrics::Metrics;
+use weft_discovery::model::{Endpoint, Health, RawDocument};
+use weft_discovery::snapshot::{self, DebounceConfig};
+use weft_discovery::store::MeshStore;
+use weft_proto::config::v1::{Cluster, ClusterLoadAssignment, RouteConfiguration};
+use weft_proto::discovery::v1::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use weft_proto::discovery::v1::{DiscoveryRequest, DiscoveryResponse, ErrorDetail, Node};
+use weft_proto::type_url;
+
+struct Agent {
+    store: Arc<MeshStore>,
+    registry: Arc<SidecarRegistry>,
+    address: String,
+}
+
+async fn start_agent() -> Agent {
+    let store = Arc::new(MeshStore::new());
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(SidecarRegistry::default());
+    let (publish, snapshots) = watch::channel(None);
+    tokio::spawn(snapshot::run_builder(
+        store.clone(),
+        DebounceConfig::default(),
+        publish,
+        metrics.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let service = AdsServer::new(snapshots, registry.clone(), metrics).into_service();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Agent {
+        store,
+        registry,
+        address,
+    }
+}
+
+fn endpoint(port: u16) -> Endpoint {
+    Endpoint {
+        address: "127.0.0.1".into(),
+        port,
+        health: Health::Healthy,
+        weight: 1,
+        meshed: true,
+        instance_id: format!("i-{port}"),
+        region: String::new(),
+        zone: String::new(),
+    }
+}
+
+fn document(key: &str, json: &str) -> (String, RawDocument) {
+    (
+        key.to_string(),
+        RawDocument {
+            key: key.to_string(),
+            value: Bytes::from(json.to_string()),
+            origin: format!("test {key}"),
+            yaml: false,
+        },
+    )
+}
+
+fn seed(store: &MeshStore) {
+    store.set_service_names(&["users".to_string(), "orders".to_string()].into());
+    store.set_endpoints("users", vec![endpoint(1001)]);
+    store.set_endpoints("orders", vec![endpoint(2001), endpoint(2002)]);
+    store.mark_synced();
+}
+
+/// A sidecar's end of the stream.
+struct Sidecar {
+    requests: mpsc::Sender<DiscoveryRequest>,
+    responses: Streaming<DiscoveryResponse>,
+}
+
+impl Sidecar {
+    async fn connect(agent: &Agent) -> Self {
+        let mut client = AggregatedDiscoveryServiceClient::connect(agent.address.clone())
+            .await
+            .unwrap();
+        let (requests, outbox) = mpsc::channel(16);
+        let responses = client
+            .stream_resources(ReceiverStream::new(outbox))
+            .await
+            .unwrap()
+            .into_inner();
+        Self {
+            requests,
+            responses,
+        }
+    }
+
+    async fn subscribe(&self, type_url: &str, names: &[&str]) {
+        self.send(type_url, names, "", "", None).await;
+    }
+
+    async fn send(
+        &self,
+        type_url: &str,
+        names: &[&str],
+        version: &str,
+        nonce: &str,
+        error: Option<&str>,
+    ) {
+        let request = DiscoveryRequest {
+            version_info: version.into(),
+            node: Some(Node {
+                id: "web-1".into(),
+                service: "web".into(),
+                instance: "web-1".into(),
+                ..Node::default()
+            }),
+            resource_names: names.iter().map(|name| name.to_string()).collect(),
+            type_url: type_url.into(),
+            response_nonce: nonce.into(),
+            error_detail: error.map(|message| ErrorDetail {
+                code: 3,
+                message: message.into(),
+            }),
+        };
+        self.requests.send(request).await.unwrap();
+    }
+
+    async fn next(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.responses.message())
+            .await
+            .expect("a response within 5 s")
+            .unwrap()
+            .expect("stream open")
+    }
+
+    /// Asserts that nothing arrives for a while (no needless push).
+    async fn expect_silence(&mut self) {
+        if let Ok(message) =
+            tokio::time::timeout(Duration::from_millis(400), self.responses.message()).await
+        {
+            panic!("expected no push, got {message:?}");
+        }
+    }
+
+    async fn ack(&self, response: &DiscoveryResponse, names: &[&str]) {
+        self.send(
+            &response.type_url,
+            names,
+            &response.version_info,
+            &response.nonce,
+            None,
+        )
+        .await;
+    }
+}
+
+fn decode<M: Message + Default>(response: &DiscoveryResponse) -> Vec<M> {
+    response
+        .resources
+        .iter()
+        .map(|any| M::decode(any.value.as_slice()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn wildcard_routes_then_named_clusters_and_endpoints() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let mut sidecar = Sidecar::connect(&agent).await;
+
+    sidecar.subscribe(type_url::ROUTE_CONFIGURATION, &[]).await;
+    let routes = sidecar.next().await;
+    assert_eq!(routes.type_url, type_url::ROUTE_CONFIGURATION);
+    let tables: Vec<RouteConfiguration> = decode(&routes);
+    let names: Vec<_> = tables.iter().map(|table| table.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["orders", "users"],
+        "one default route table per service"
+    );
+    assert_eq!(tables[1].virtual_hosts[0].domains, ["users", "users.weft"]);
+    sidecar.ack(&routes, &[]).await;
+
+    sidecar.subscribe(type_url::CLUSTER, &["users"]).await;
+    let clusters = sidecar.next().await;
+    let clusters: Vec<Cluster> = decode(&clusters);
+    assert_eq!(clusters.len(), 1, "only the subscribed cluster");
+    assert_eq!(clusters[0].name, "users");
+
+    sidecar
+        .subscribe(type_url::CLUSTER_LOAD_ASSIGNMENT, &["orders", "ghost"])
+        .await;
+    let assignments = sidecar.next().await;
+    let assignments: Vec<ClusterLoadAssignment> = decode(&assignments);
+    assert_eq!(assignments.len(), 2);
+    assert_eq!(assignments[1].cluster_name, "orders");
+    assert_eq!(assignments[1].endpoints.len(), 2);
+    assert_eq!(assignments[0].cluster_name, "ghost");
+    assert!(
+        assignments[0].endpoints.is_empty(),
+        "an unknown name is answered with no endpoints, so the sidecar can complete its config"
+    );
+}
+
+#[tokio::test]
+async fn pushes_only_the_types_whose_subscribed_resources_changed() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let mut sidecar = Sidecar::connect(&agent).await;
+    sidecar
+        .subscribe(type_url::CLUSTER_LOAD_ASSIGNMENT, &["users"])
+        .await;
+    let first = sidecar.next().await;
+    sidecar.ack(&first, &["users"]).await;
+
+    // A change to a service this sidecar does not subscribe to: no push.
+    agent
+        .store
+        .set_endpoints("orders", vec![endpoint(2001), endpoint(2003)]);
+    sidecar.expect_silence().await;
+
+    // A change to a subscribed one: pushed, with a new version and nonce.
+    agent
+        .store
+        .set_endpoints("users", vec![endpoint(1001), endpoint(1002)]);
+    let second = sidecar.next().await;
+    assert_ne!(second.version_info, first.version_info);
+    assert_ne!(second.nonce, first.nonce);
+    assert_eq!(
+        decode::<ClusterLoadAssignment>(&second)[0].endpoints.len(),
+        2
+    );
+
+    // Back to the first content: the version is the first one again (content hash).
+    sidecar.ack(&second, &["users"]).await;
+    agent.store.set_endpoints("users", vec![endpoint(1001)]);
+    let third = sidecar.next().await;
+    assert_eq!(third.version_info, first.version_info);
+}
+
+#[tokio::test]
+async fn a_nack_is_recorded_and_the_rejected_version_is_not_resent() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let mut sidecar = Sidecar::connect(&agent).await;
+    sidecar.subscribe(type_url::CLUSTER, &["users"]).await;
+    let response = sidecar.next().await;
+    sidecar
+        .send(
+            type_url::CLUSTER,
+            &["users"],
+            "",
+            &response.nonce,
+            Some("users: connect_timeout must be > 0"),
+        )
+        .await;
+    sidecar.expect_silence().await;
+
+    let status = agent.registry.list();
+    let cluster = &status[0].types["Cluster"];
+    let nack = cluster.last_nack.as_ref().expect("the NACK is in /status");
+    assert_eq!(nack.version, response.version_info);
+    assert!(nack.message.contains("connect_timeout"));
+    assert_eq!(status[0].service, "web");
+}
+
+#[tokio::test]
+async fn changing_the_subscription_answers_with_the_new_subset() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let mut sidecar = Sidecar::connect(&agent).await;
+    sidecar.subscribe(type_url::CLUSTER, &["users"]).await;
+    let first = sidecar.next().await;
+    // The ACK also carries the new names: the agent answers with both clusters.
+    sidecar.ack(&first, &["users", "orders"]).await;
+    let second = sidecar.next().await;
+    let names: Vec<String> = decode::<Cluster>(&second)
+        .into_iter()
+        .map(|cluster| cluster.name)
+        .collect();
+    assert_eq!(names, ["orders", "users"]);
+}
+
+#[tokio::test]
+async fn an_invalid_document_keeps_the_last_good_version_serving() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let good = r#"{ "routes": [ { "match": { "path_prefix": "/" }, "destination": "orders" } ] }"#;
+    agent
+        .store
+        .set_documents(BTreeMap::from([document("routes/users", good)]));
+    let mut sidecar = Sidecar::connect(&agent).await;
+    sidecar.subscribe(type_url::ROUTE_CONFIGURATION, &[]).await;
+    let first = sidecar.next().await;
+    sidecar.ack(&first, &[]).await;
+    let users_route = |response: &DiscoveryResponse| {
+        decode::<RouteConfiguration>(response)
+            .into_iter()
+            .find(|table| table.name == "users")
+            .unwrap()
+    };
+    let before = users_route(&first);
+
+    let bad = r#"{ "routes": [ { "match": { "path_regex": "([" }, "destination": "orders" } ] }"#;
+    agent
+        .store
+        .set_documents(BTreeMap::from([document("routes/users", bad)]));
+    sidecar.expect_silence().await;
+
+    // Nothing was pushed, and the rejection names key and field.
+    let (publish, _) = watch::channel(None::<()>);
+    drop(publish);
+    let mut builder = weft_discovery::snapshot::SnapshotBuilder::new();
+    let mut state = agent.store.state();
+    state
+        .documents
+        .insert("routes/users".into(), document("routes/users", good).1);
+    builder.build(&state);
+    state
+        .documents
+        .insert("routes/users".into(), document("routes/users", bad).1);
+    let (snapshot, newly_rejected) = builder.build(&state);
+    assert_eq!(newly_rejected.len(), 1);
+    assert_eq!(newly_rejected[0].key, "routes/users");
+    assert_eq!(newly_rejected[0].serving, "last good version");
+    assert!(
+        newly_rejected[0]
+            .errors
+            .iter()
+            .any(|error| error.field.contains("path_regex")),
+        "{:?}",
+        newly_rejected[0].errors
+    );
+    let served = snapshot
+        .select(
+            type_url::ROUTE_CONFIGURATION,
+            &weft_discovery::snapshot::Subscription::Wildcard,
+        )
+        .resources;
+    let served_users = served
+        .iter()
+        .map(|any| RouteConfiguration::decode(any.value.as_slice()).unwrap())
+        .find(|table| table.name == "users")
+        .unwrap();
+    assert_eq!(
+        served_users, before,
+        "the last good route table keeps serving"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_served_before_the_first_full_sync() {
+    let agent = start_agent().await;
+    agent.store.set_service_names(&["users".to_string()].into());
+    let mut sidecar = Sidecar::connect(&agent).await;
+    sidecar
+        .subscribe(type_url::CLUSTER_LOAD_ASSIGNMENT, &["users"])
+        .await;
+    // Endpoints not loaded yet: an empty set now would drain every caller.
+    sidecar.expect_silence().await;
+    agent.store.set_endpoints("users", vec![endpoint(1001)]);
+    agent.store.mark_synced();
+    let response = sidecar.next().await;
+    assert_eq!(
+        decode::<ClusterLoadAssignment>(&response)[0]
+            .endpoints
+            .len(),
+        1
+    );
+}

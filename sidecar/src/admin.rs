@@ -1,0 +1,198 @@
+//! The admin listener: `/ready`, `/live`, `/config_dump`, `/clusters`.
+//! Plain HTTP/1.1, one small handler; it reads shared state and never
+//! touches the data path's locks (there are none).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use weft_proto::type_url;
+
+use crate::server::DrainToken;
+use crate::table::{Cluster, RoutingTable};
+use crate::xds::{XdsState, dump};
+
+#[derive(Clone)]
+pub struct AdminState {
+    /// `None` in static mode (no agent).
+    pub xds: Option<Arc<XdsState>>,
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    /// The inbound (local app) cluster.
+    pub inbound: Arc<Cluster>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(v: &Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `(ready, reason if not)`.
+pub fn readiness(state: &AdminState) -> (bool, String) {
+    if *state.shutdown.borrow() {
+        return (false, "draining".into());
+    }
+    match &state.xds {
+        None => (true, String::new()),
+        Some(x) => {
+            let s = x.lock();
+            if s.ready {
+                (true, String::new())
+            } else {
+                let mut why = format!(
+                    "waiting for {}",
+                    if s.waiting_for.is_empty() {
+                        "config"
+                    } else {
+                        &s.waiting_for
+                    }
+                );
+                if !s.connected {
+                    why.push_str(" (not connected to the discovery agent)");
+                }
+                (false, why)
+            }
+        }
+    }
+}
+
+fn cluster_json(c: &Cluster, direction: &str) -> Value {
+    json!({
+        "name": &*c.name,
+        "direction": direction,
+        "lb_policy": format!("{:?}", c.settings.lb),
+        "max_requests": c.settings.max_requests,
+        "in_flight": c.shared.in_flight.load(Ordering::Relaxed),
+        "overflows_total": c.shared.overflows.load(Ordering::Relaxed),
+        "endpoints": c.endpoints.iter().map(|e| json!({
+            "address": e.addr.to_string(),
+            "health": e.health.as_str(),
+            "weight": e.weight,
+            "meshed": e.meshed,
+            "instance_id": e.instance_id,
+            "zone": e.zone,
+            "in_flight": e.stats.in_flight.load(Ordering::Relaxed),
+            "requests_total": e.stats.requests.load(Ordering::Relaxed),
+            "failures_total": e.stats.failures.load(Ordering::Relaxed),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn clusters(state: &AdminState) -> Value {
+    let table = state.table.load();
+    let mut names: Vec<_> = table.clusters.keys().collect();
+    names.sort();
+    let mut list: Vec<Value> = names
+        .into_iter()
+        .map(|n| cluster_json(&table.clusters[n], "outbound"))
+        .collect();
+    list.push(cluster_json(&state.inbound, "inbound"));
+    json!({ "clusters": list })
+}
+
+pub fn config_dump(state: &AdminState) -> Value {
+    let Some(x) = &state.xds else {
+        return json!({"mode": "static", "inbound": cluster_json(&state.inbound, "inbound")});
+    };
+    let s = x.lock();
+    let ty = |t: &str, resources: Vec<Value>| {
+        let ts = s.types.get(t).cloned().unwrap_or_default();
+        json!({
+            "type_url": t,
+            "version": ts.version,
+            "nonce": ts.nonce,
+            "last_nack": ts.last_nack,
+            "resources": resources,
+        })
+    };
+    json!({
+        "mode": "xds",
+        "node": s.node.as_ref().map(|n| json!({"id": n.id, "service": n.service, "instance": n.instance, "build_version": n.build_version})),
+        "connected": s.connected,
+        "ready": s.ready,
+        "waiting_for": s.waiting_for,
+        "subscribed_clusters": s.subscribed_clusters,
+        "RouteConfiguration": ty(type_url::ROUTE_CONFIGURATION, s.accepted.routes.values().map(dump::route_configuration).collect()),
+        "Cluster": ty(type_url::CLUSTER, s.accepted.clusters.values().map(dump::cluster).collect()),
+        "ClusterLoadAssignment": ty(type_url::CLUSTER_LOAD_ASSIGNMENT, s.accepted.assignments.values().map(dump::assignment).collect()),
+    })
+}
+
+pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+    }
+    match req.uri().path() {
+        "/ready" => match readiness(state) {
+            (true, _) => text(StatusCode::OK, "ready\n"),
+            (false, why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/config_dump" => json_response(&config_dump(state)),
+        "/clusters" => json_response(&clusters(state)),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin endpoints: /ready /live /config_dump /clusters\n",
+        ),
+    }
+}
+
+pub async fn serve(listener: TcpListener, state: AdminState, drain: DrainToken) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::server::shutdown_signal(&mut shutdown) => break,
+        };
+        let state = state.clone();
+        let token = drain.clone();
+        tokio::spawn(async move {
+            let _token = token;
+            let svc = hyper::service::service_fn(move |req| {
+                let resp = handle(&state, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                // One request per connection: admin callers are probes.
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = conn.await;
+        });
+    }
+}

@@ -1,0 +1,628 @@
+//! Start-up settings of the sidecar.
+//!
+//! Every setting comes from, in order of precedence: a command-line flag, an
+//! environment variable (`WEFT_*`), a YAML file (`--config FILE`), or its
+//! default. All values are read as text first and validated together, so a bad
+//! start-up names *every* missing or invalid setting at once (flag, env name
+//! and reason) instead of failing on the first.
+//!
+//! Without `--discovery` the sidecar runs in *static mode*: only the inbound
+//! path (`--inbound` -> `--app`), no agent, no xDS. Benchmarks use it as a
+//! plain reverse proxy.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Validated settings. Built by [`Settings::load`] (binary) or directly by
+/// tests and embedders.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The service this sidecar fronts (`--service`, `WEFT_SERVICE`).
+    /// Required with `--discovery`; in static mode it defaults to `static`.
+    pub service: String,
+    /// Instance id reported to the agent (`--instance`, `WEFT_INSTANCE`).
+    /// Default: `<service>-<random hex>`, unique per process.
+    pub instance: String,
+    /// The agent's ADS endpoint, e.g. `http://127.0.0.1:15010`
+    /// (`--discovery`, `WEFT_DISCOVERY`). `None` = static mode.
+    pub discovery: Option<http::Uri>,
+    /// Listener for traffic from other sidecars, forwarded to `app`
+    /// (`--inbound`, `WEFT_INBOUND`). Required.
+    pub inbound: SocketAddr,
+    /// The local application (`--app`, `WEFT_APP`). Required.
+    pub app: SocketAddr,
+    /// Listener for the app's outgoing calls (`--outbound`, `WEFT_OUTBOUND`).
+    /// Required with `--discovery`; unused in static mode.
+    pub outbound: Option<SocketAddr>,
+    /// Admin listener: /ready, /live, /config_dump, /clusters (`--admin`,
+    /// `WEFT_ADMIN`). Required with `--discovery`, optional in static mode.
+    pub admin: Option<SocketAddr>,
+    /// How long SIGTERM waits for in-flight requests before exiting
+    /// (`--drain-timeout`, `WEFT_DRAIN_TIMEOUT`). Default 10 s: longer than a
+    /// typical request, shorter than Kubernetes' 30 s grace period.
+    pub drain_timeout: Duration,
+    /// Tokio worker threads (`--workers`, `WEFT_WORKERS`). Default: tokio's
+    /// own choice (`TOKIO_WORKER_THREADS`, else one per core). 1 runs a
+    /// single-threaded runtime, the fastest setup for a sidecar pinned to one core.
+    pub workers: Option<usize>,
+    /// Timeouts and limits of the data path.
+    pub proxy: ProxySettings,
+}
+
+/// Data-path tunables. Defaults are chosen for a sidecar on loopback or in
+/// one data centre.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// A client must send a complete request head within this long
+    /// (`--header-read-timeout`, `WEFT_HEADER_READ_TIMEOUT`). Default 10 s:
+    /// bounds slow-loris connections without hurting slow mobile clients.
+    pub header_read_timeout: Duration,
+    /// Connect timeout to the local app (`--app-connect-timeout`,
+    /// `WEFT_APP_CONNECT_TIMEOUT`). Default 1 s: the app is on loopback.
+    pub app_connect_timeout: Duration,
+    /// Time the local app has to answer with response headers
+    /// (`--app-request-timeout`, `WEFT_APP_REQUEST_TIMEOUT`). Default 15 s,
+    /// Envoy's route default; `0s` disables it (long polls).
+    pub app_request_timeout: Option<Duration>,
+    /// Most requests in flight to the local app; more get 503 `overflow`
+    /// (`--app-max-requests`, `WEFT_APP_MAX_REQUESTS`). Default 10000.
+    pub app_max_requests: usize,
+    /// Most idle keep-alive connections kept to the app (and, unless a
+    /// Cluster says otherwise, to each upstream endpoint). Default 64.
+    pub max_idle_per_endpoint: usize,
+    /// Idle pooled connections are closed after this long. Default 90 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            app_connect_timeout: Duration::from_secs(1),
+            app_request_timeout: Some(Duration::from_secs(15)),
+            app_max_requests: 10_000,
+            max_idle_per_endpoint: 64,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+impl Settings {
+    /// Static-mode settings (no agent) for tests and embedders.
+    pub fn static_proxy(inbound: SocketAddr, app: SocketAddr) -> Self {
+        Self {
+            service: "static".into(),
+            instance: default_instance("static"),
+            discovery: None,
+            inbound,
+            app,
+            outbound: None,
+            admin: None,
+            drain_timeout: Duration::from_secs(10),
+            workers: None,
+            proxy: ProxySettings::default(),
+        }
+    }
+
+    /// Reads flags, environment and the optional YAML file.
+    pub fn load() -> Result<Self, ConfigError> {
+        let flags = Flags::parse();
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("WEFT_"))
+            .collect();
+        Self::from_sources(flags, &env)
+    }
+
+    /// Merges the three sources (flag > env > file) and validates the result.
+    pub fn from_sources(flags: Flags, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut errors = Vec::new();
+        // The config file's own path can come from a flag or the env only.
+        let config_path = flags
+            .config
+            .clone()
+            .or_else(|| env.get("WEFT_CONFIG").cloned());
+        let file = match config_path {
+            Some(path) => match read_file(&PathBuf::from(&path)) {
+                Ok(map) => map,
+                Err(e) => {
+                    errors.push(format!("--config / WEFT_CONFIG: {path}: {e}"));
+                    BTreeMap::new()
+                }
+            },
+            None => BTreeMap::new(),
+        };
+        for key in file.keys() {
+            if !FIELDS.iter().any(|f| f.key == *key) {
+                errors.push(format!(
+                    "config file: unknown key `{key}` (known: {})",
+                    FIELDS.iter().map(|f| f.key).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        let mut r = Reader {
+            flags: flags.values(),
+            env,
+            file: &file,
+            errors,
+        };
+
+        let discovery = r.get("discovery", parse_discovery_uri);
+        let static_mode = discovery.is_none() && r.raw("discovery").is_none();
+        let service = r.get("service", parse_service);
+        let instance = r.get("instance", parse_nonempty);
+        let inbound = r.get("inbound", parse_addr);
+        let app = r.get("app", parse_addr);
+        let outbound = r.get("outbound", parse_addr);
+        let admin = r.get("admin", parse_addr);
+        let drain_timeout = r.get("drain_timeout", parse_duration);
+        let workers = r.get("workers", parse_workers);
+        let header_read_timeout = r.get("header_read_timeout", parse_duration);
+        let app_connect_timeout = r.get("app_connect_timeout", parse_duration);
+        let app_request_timeout = r.get("app_request_timeout", parse_duration);
+        let app_max_requests = r.get("app_max_requests", parse_positive);
+
+        r.require("inbound", inbound.is_some());
+        r.require("app", app.is_some());
+        if !static_mode {
+            r.require("service", service.is_some());
+            r.require("outbound", outbound.is_some());
+            r.require("admin", admin.is_some());
+        }
+        if !r.errors.is_empty() {
+            return Err(ConfigError { errors: r.errors });
+        }
+        let (Some(inbound), Some(app)) = (inbound, app) else {
+            // Both were required just above; unreachable in practice.
+            return Err(ConfigError {
+                errors: vec!["--inbound and --app are required".into()],
+            });
+        };
+        let service = service.unwrap_or_else(|| "static".into());
+        let defaults = ProxySettings::default();
+        Ok(Self {
+            instance: instance.unwrap_or_else(|| default_instance(&service)),
+            service,
+            discovery,
+            inbound,
+            app,
+            outbound,
+            admin,
+            drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(10)),
+            workers,
+            proxy: ProxySettings {
+                header_read_timeout: header_read_timeout.unwrap_or(defaults.header_read_timeout),
+                app_connect_timeout: app_connect_timeout.unwrap_or(defaults.app_connect_timeout),
+                app_request_timeout: match app_request_timeout {
+                    Some(d) if d.is_zero() => None,
+                    Some(d) => Some(d),
+                    None => defaults.app_request_timeout,
+                },
+                app_max_requests: app_max_requests.unwrap_or(defaults.app_max_requests),
+                ..defaults
+            },
+        })
+    }
+}
+
+fn default_instance(service: &str) -> String {
+    format!("{service}-{:08x}", rand::random::<u32>())
+}
+
+/// Command-line flags, all read as text and validated in
+/// [`Settings::from_sources`] so that every error is reported together.
+#[derive(Parser, Debug, Default, Clone)]
+#[command(
+    name = "weft-sidecar",
+    version,
+    about = "Weft's sidecar proxy. Without --discovery it runs as a static reverse proxy (--inbound -> --app).",
+    after_help = "Every flag can also be set with its WEFT_* environment variable or in the --config YAML file \
+                  (same names in snake_case: service, discovery, inbound, ...). Precedence: flag > env > file > default."
+)]
+pub struct Flags {
+    /// Service this sidecar fronts [env: WEFT_SERVICE] (required with --discovery).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Agent ADS endpoint, e.g. http://127.0.0.1:15010 [env: WEFT_DISCOVERY]. Absent = static mode.
+    #[arg(long)]
+    pub discovery: Option<String>,
+    /// Inbound listener IP:PORT [env: WEFT_INBOUND] (required).
+    #[arg(long)]
+    pub inbound: Option<String>,
+    /// Local app IP:PORT [env: WEFT_APP] (required).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Outbound listener IP:PORT [env: WEFT_OUTBOUND] (required with --discovery).
+    #[arg(long)]
+    pub outbound: Option<String>,
+    /// Admin listener IP:PORT [env: WEFT_ADMIN] (required with --discovery).
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Instance id reported to the agent [env: WEFT_INSTANCE] [default: <service>-<random>].
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Drain time on SIGTERM, e.g. 10s, 500ms [env: WEFT_DRAIN_TIMEOUT] [default: 10s].
+    #[arg(long)]
+    pub drain_timeout: Option<String>,
+    /// YAML settings file [env: WEFT_CONFIG].
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Runtime worker threads [env: WEFT_WORKERS] [default: TOKIO_WORKER_THREADS, else one per core].
+    #[arg(long)]
+    pub workers: Option<String>,
+    /// Deadline for a request head [env: WEFT_HEADER_READ_TIMEOUT] [default: 10s].
+    #[arg(long)]
+    pub header_read_timeout: Option<String>,
+    /// Connect timeout to the app [env: WEFT_APP_CONNECT_TIMEOUT] [default: 1s].
+    #[arg(long)]
+    pub app_connect_timeout: Option<String>,
+    /// Response-header deadline for the app, 0s = none [env: WEFT_APP_REQUEST_TIMEOUT] [default: 15s].
+    #[arg(long)]
+    pub app_request_timeout: Option<String>,
+    /// Most requests in flight to the app [env: WEFT_APP_MAX_REQUESTS] [default: 10000].
+    #[arg(long)]
+    pub app_max_requests: Option<String>,
+}
+
+impl Flags {
+    fn values(&self) -> BTreeMap<&'static str, String> {
+        let pairs: [(&'static str, &Option<String>); 13] = [
+            ("service", &self.service),
+            ("discovery", &self.discovery),
+            ("inbound", &self.inbound),
+            ("app", &self.app),
+            ("outbound", &self.outbound),
+            ("admin", &self.admin),
+            ("instance", &self.instance),
+            ("drain_timeout", &self.drain_timeout),
+            ("workers", &self.workers),
+            ("header_read_timeout", &self.header_read_timeout),
+            ("app_connect_timeout", &self.app_connect_timeout),
+            ("app_request_timeout", &self.app_request_timeout),
+            ("app_max_requests", &self.app_max_requests),
+        ];
+        pairs
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+            .collect()
+    }
+}
+
+/// One setting's names in the three sources.
+struct Field {
+    /// Key in the YAML file.
+    key: &'static str,
+    flag: &'static str,
+    env: &'static str,
+}
+
+const FIELDS: &[Field] = &[
+    field("service", "--service", "WEFT_SERVICE"),
+    field("discovery", "--discovery", "WEFT_DISCOVERY"),
+    field("inbound", "--inbound", "WEFT_INBOUND"),
+    field("app", "--app", "WEFT_APP"),
+    field("outbound", "--outbound", "WEFT_OUTBOUND"),
+    field("admin", "--admin", "WEFT_ADMIN"),
+    field("instance", "--instance", "WEFT_INSTANCE"),
+    field("drain_timeout", "--drain-timeout", "WEFT_DRAIN_TIMEOUT"),
+    field("workers", "--workers", "WEFT_WORKERS"),
+    field(
+        "header_read_timeout",
+        "--header-read-timeout",
+        "WEFT_HEADER_READ_TIMEOUT",
+    ),
+    field(
+        "app_connect_timeout",
+        "--app-connect-timeout",
+        "WEFT_APP_CONNECT_TIMEOUT",
+    ),
+    field(
+        "app_request_timeout",
+        "--app-request-timeout",
+        "WEFT_APP_REQUEST_TIMEOUT",
+    ),
+    field(
+        "app_max_requests",
+        "--app-max-requests",
+        "WEFT_APP_MAX_REQUESTS",
+    ),
+];
+
+const fn field(key: &'static str, flag: &'static str, env: &'static str) -> Field {
+    Field { key, flag, env }
+}
+
+fn field_of(key: &str) -> &'static Field {
+    // Every key passed here is one of FIELDS (callers use literals).
+    FIELDS.iter().find(|f| f.key == key).unwrap_or(&FIELDS[0])
+}
+
+struct Reader<'a> {
+    flags: BTreeMap<&'static str, String>,
+    env: &'a BTreeMap<String, String>,
+    file: &'a BTreeMap<String, String>,
+    errors: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// The raw text of a setting and where it came from.
+    fn raw(&self, key: &str) -> Option<(String, &'static str)> {
+        let f = field_of(key);
+        if let Some(v) = self.flags.get(key) {
+            return Some((v.clone(), "flag"));
+        }
+        if let Some(v) = self.env.get(f.env) {
+            return Some((v.clone(), "env"));
+        }
+        self.file.get(key).map(|v| (v.clone(), "config file"))
+    }
+
+    fn get<T>(&mut self, key: &str, parse: fn(&str) -> Result<T, String>) -> Option<T> {
+        let (value, source) = self.raw(key)?;
+        match parse(value.trim()) {
+            Ok(v) => Some(v),
+            Err(why) => {
+                let f = field_of(key);
+                self.errors.push(format!(
+                    "{} / {}: invalid value {value:?} (from {source}): {why}",
+                    f.flag, f.env
+                ));
+                None
+            }
+        }
+    }
+
+    fn require(&mut self, key: &str, present: bool) {
+        if !present && self.raw(key).is_none() {
+            let f = field_of(key);
+            self.errors.push(format!(
+                "{} / {}: missing (set the flag, the env variable, or `{}` in the config file)",
+                f.flag, f.env, f.key
+            ));
+        }
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<BTreeMap<String, String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let serde_yaml::Value::Mapping(map) = value else {
+        if value.is_null() {
+            return Ok(BTreeMap::new());
+        }
+        return Err("expected a mapping of setting names to values".into());
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let key = k
+            .as_str()
+            .ok_or_else(|| format!("key {k:?} is not a string"))?
+            .to_owned();
+        let value = match v {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            other => return Err(format!("`{key}`: expected a scalar, got {other:?}")),
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:15001".to_owned())
+}
+
+fn parse_service(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err("use letters, digits, '-', '_' or '.'".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_nonempty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_discovery_uri(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected http://HOST:PORT"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("expected an http:// URL, e.g. http://127.0.0.1:15010".into());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("missing host, e.g. http://127.0.0.1:15010".into());
+    }
+    Ok(uri)
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err("expected a whole number from 1 to 1024".into()),
+    }
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number above 0".into()),
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let hint = "expected a duration like 10s, 500ms, 2m";
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| hint.to_owned())?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(hint.to_owned()),
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(hint.to_owned());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Every invalid or missing setting, one per line.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub errors: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid settings ({} problem{}):",
+            self.errors.len(),
+            if self.errors.len() == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            writeln!(f, "  - {e}")?;
+        }
+        write!(
+            f,
+            "run `weft-sidecar --help` for every setting and its default"
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::parse_from(std::iter::once("weft-sidecar").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn static_mode_needs_only_inbound_and_app() {
+        let s = Settings::from_sources(
+            flags(&["--inbound", "127.0.0.1:1000", "--app", "127.0.0.1:2000"]),
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(s.discovery.is_none());
+        assert_eq!(s.app, "127.0.0.1:2000".parse().unwrap());
+        assert_eq!(s.drain_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_at_once() {
+        let err = Settings::from_sources(
+            flags(&["--discovery", "http://127.0.0.1:15010", "--inbound", "nope"]),
+            &env(&[("WEFT_DRAIN_TIMEOUT", "soon")]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "--inbound / WEFT_INBOUND: invalid value \"nope\"",
+            "--drain-timeout / WEFT_DRAIN_TIMEOUT: invalid value \"soon\" (from env)",
+            "--app / WEFT_APP: missing",
+            "--service / WEFT_SERVICE: missing",
+            "--outbound / WEFT_OUTBOUND: missing",
+            "--admin / WEFT_ADMIN: missing",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+        }
+        assert_eq!(err.errors.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let dir = std::env::temp_dir().join(format!("weft-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sidecar.yaml");
+        std::fs::write(
+            &path,
+            "inbound: 127.0.0.1:1\napp: 127.0.0.1:2\nworkers: 3\ndrain_timeout: 1s\n",
+        )
+        .unwrap();
+        let s = Settings::from_sources(
+            flags(&["--config", path.to_str().unwrap(), "--app", "127.0.0.1:9"]),
+            &env(&[("WEFT_APP", "127.0.0.1:8"), ("WEFT_INBOUND", "127.0.0.1:7")]),
+        )
+        .unwrap();
+        assert_eq!(s.app.port(), 9, "flag wins over env and file");
+        assert_eq!(s.inbound.port(), 7, "env wins over file");
+        assert_eq!(
+            s.workers,
+            Some(3),
+            "file value used when nothing else sets it"
+        );
+        assert_eq!(s.drain_timeout, Duration::from_secs(1));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = std::env::temp_dir().join(format!("weft-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sidecar.yaml");
+        std::fs::write(&path, "inbound: 127.0.0.1:1\napp: 127.0.0.1:2\ninbund: x\n").unwrap();
+        let err = Settings::from_sources(flags(&["--config", path.to_str().unwrap()]), &env(&[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown key `inbund`"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1d").is_err());
+    }
+
+    #[test]
+    fn zero_app_timeout_disables_it() {
+        let s = Settings::from_sources(
+            flags(&[
+                "--inbound",
+                "127.0.0.1:1",
+                "--app",
+                "127.0.0.1:2",
+                "--app-request-timeout",
+                "0s",
+            ]),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(s.proxy.app_request_timeout, None);
+    }
+}

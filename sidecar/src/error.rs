@@ -1,0 +1,225 @@
+//! The data path's error type.
+//!
+//! Like pingora's, a [`ProxyError`] says what went wrong ([`ErrorKind`]),
+//! where it came from ([`ErrorSource`]) and whether the request may be sent
+//! again ([`Retry`]); a retry layer (later issue) reads those fields, never
+//! strings. Errors become HTTP responses in exactly one place, the
+//! `error_response` layer, through [`ProxyError::to_response`].
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// The response header that names the cause of a proxy-generated error.
+pub const ERROR_HEADER: &str = "x-weft-error";
+
+/// What went wrong, as a user can act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No virtual host for the authority, or no route in it matched. 404.
+    NoRoute,
+    /// The cluster has no HEALTHY/UNKNOWN endpoint (or is unknown). 503.
+    NoHealthyEndpoint,
+    /// TCP connect to the chosen endpoint failed or timed out. 503.
+    ConnectFailed,
+    /// The upstream closed or reset the connection before a response. 502.
+    UpstreamReset,
+    /// No response headers within the route/cluster timeout. 504.
+    Timeout,
+    /// The cluster's `max_requests` are all in flight. 503.
+    Overflow,
+    /// The downstream request cannot be proxied (no authority, bad URI...). 400.
+    BadRequest,
+    /// A bug or an unexpected state in the sidecar. 500.
+    Internal,
+}
+
+/// Which side of the proxy the error came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client that sent the request.
+    Downstream,
+    /// The endpoint (or the path to it).
+    Upstream,
+    /// The sidecar's own config or limits.
+    Internal,
+}
+
+/// Whether sending the request again (to another endpoint) is safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// The request never reached an upstream: always safe.
+    Safe,
+    /// It may have been processed: safe only for idempotent requests.
+    IfIdempotent,
+    /// Retrying cannot help (bad request, no route, limits).
+    Never,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoHealthyEndpoint | Self::ConnectFailed | Self::Overflow => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `x-weft-error` value.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no-route",
+            Self::NoHealthyEndpoint => "no-healthy-endpoint",
+            Self::ConnectFailed => "connect-failed",
+            Self::UpstreamReset => "upstream-reset",
+            Self::Timeout => "timeout",
+            Self::Overflow => "overflow",
+            Self::BadRequest => "bad-request",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn source(self) -> ErrorSource {
+        match self {
+            Self::BadRequest => ErrorSource::Downstream,
+            Self::ConnectFailed | Self::UpstreamReset | Self::Timeout => ErrorSource::Upstream,
+            Self::NoRoute | Self::NoHealthyEndpoint | Self::Overflow | Self::Internal => {
+                ErrorSource::Internal
+            }
+        }
+    }
+
+    pub fn retry(self) -> Retry {
+        match self {
+            Self::ConnectFailed => Retry::Safe,
+            Self::UpstreamReset => Retry::IfIdempotent,
+            _ => Retry::Never,
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failed proxied request.
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    /// A short human reason, sent as the response body (one line).
+    pub reason: Box<str>,
+    pub cause: Option<BoxError>,
+}
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind, reason: impl Into<Box<str>>) -> Self {
+        Self {
+            kind,
+            reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    pub fn with_cause(mut self, cause: impl Into<BoxError>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+
+    pub fn source_side(&self) -> ErrorSource {
+        self.kind.source()
+    }
+
+    pub fn retry(&self) -> Retry {
+        self.kind.retry()
+    }
+
+    /// The synthetic response: status, `x-weft-error`, a one-line text body.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let mut body = String::with_capacity(self.reason.len() + 1);
+        // Keep the body on one line whatever the reason contains.
+        body.extend(
+            self.reason
+                .chars()
+                .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+        );
+        body.push('\n');
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+        *resp.status_mut() = self.kind.status();
+        let headers = resp.headers_mut();
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.kind.code()));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+impl fmt::Debug for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.code(), self.reason)?;
+        if let Some(cause) = &self.cause {
+            write!(f, ": {cause}")?;
+            let mut source = cause.source();
+            while let Some(s) = source {
+                write!(f, ": {s}")?;
+                source = s.source();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_ref()
+            .map(|c| c.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn each_kind_maps_to_its_status_and_header() {
+        let cases = [
+            (ErrorKind::NoRoute, 404, "no-route"),
+            (ErrorKind::NoHealthyEndpoint, 503, "no-healthy-endpoint"),
+            (ErrorKind::ConnectFailed, 503, "connect-failed"),
+            (ErrorKind::UpstreamReset, 502, "upstream-reset"),
+            (ErrorKind::Timeout, 504, "timeout"),
+            (ErrorKind::Overflow, 503, "overflow"),
+            (ErrorKind::BadRequest, 400, "bad-request"),
+        ];
+        for (kind, status, code) in cases {
+            let resp = ProxyError::new(kind, "line one\nline two").to_response();
+            assert_eq!(resp.status().as_u16(), status, "{kind:?}");
+            assert_eq!(resp.headers()[ERROR_HEADER], code);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"line one line two\n");
+        }
+    }
+
+    #[test]
+    fn only_unsent_requests_are_always_retryable() {
+        assert_eq!(ErrorKind::ConnectFailed.retry(), Retry::Safe);
+        assert_eq!(ErrorKind::UpstreamReset.retry(), Retry::IfIdempotent);
+        assert_eq!(ErrorKind::Timeout.retry(), Retry::Never);
+        assert_eq!(ErrorKind::Timeout.source(), ErrorSource::Upstream);
+        assert_eq!(ErrorKind::BadRequest.source(), ErrorSource::Downstream);
+    }
+}

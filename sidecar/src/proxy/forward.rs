@@ -1,0 +1,168 @@
+//! Sends the request to the chosen endpoint over its pooled client and
+//! returns the response headers; the body streams through untouched.
+//!
+//! HTTP version: the cluster's `protocol`, or (AUTO) the one the caller
+//! used, so gRPC arriving as HTTP/2 leaves as HTTP/2 and is multiplexed on
+//! one connection per endpoint. For HTTP/1 the URI carries the endpoint
+//! (the Host header is forwarded as sent); for HTTP/2 it carries the logical
+//! authority, sent as `:authority`.
+//!
+//! A `101 Switching Protocols` answer to an Upgrade request is bridged: both
+//! sides are taken over with `hyper::upgrade::on` and bytes are copied both
+//! ways until either side closes.
+
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{HeaderValue, StatusCode, Version, header};
+use hyper_util::rt::TokioIo;
+use tower::Service;
+
+use super::{BoxFuture, ProxyRequest};
+use crate::body::ProxyBody;
+use crate::error::{ErrorKind, ProxyError};
+use crate::table::{Endpoint, cluster::Protocol};
+use crate::upstream::ConnectError;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Forward;
+
+fn prepare(
+    req: &mut http::Request<hyper::body::Incoming>,
+    endpoint: &Endpoint,
+    h2: bool,
+) -> Result<(), ProxyError> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let authority: Authority = if h2 {
+        let from_host = req
+            .headers_mut()
+            .remove(header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+        from_host
+            .or_else(|| req.uri().authority().cloned())
+            .unwrap_or_else(|| endpoint.authority.clone())
+    } else {
+        if !req.headers().contains_key(header::HOST) {
+            let host = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .unwrap_or_else(|| {
+                    HeaderValue::from_str(endpoint.authority.as_str())
+                        .unwrap_or(HeaderValue::from_static("localhost"))
+                });
+            req.headers_mut().insert(header::HOST, host);
+        }
+        endpoint.authority.clone()
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(pq);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| {
+        ProxyError::new(ErrorKind::BadRequest, "cannot build the upstream URI").with_cause(e)
+    })?;
+    *req.version_mut() = if h2 {
+        Version::HTTP_2
+    } else if req.version() == Version::HTTP_10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    Ok(())
+}
+
+fn classify(e: hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyError {
+    let is_connect = e.is_connect()
+        || std::error::Error::source(&e)
+            .is_some_and(|s| s.downcast_ref::<ConnectError>().is_some());
+    if is_connect {
+        ProxyError::new(
+            ErrorKind::ConnectFailed,
+            format!("cannot connect to {}", endpoint.addr),
+        )
+        .with_cause(e)
+    } else {
+        ProxyError::new(
+            ErrorKind::UpstreamReset,
+            format!("{} closed the connection before responding", endpoint.addr),
+        )
+        .with_cause(e)
+    }
+}
+
+impl Service<ProxyRequest> for Forward {
+    type Response = super::ProxyResponse;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: ProxyRequest) -> Self::Future {
+        Box::pin(async move {
+            let ProxyRequest { mut http, mut ctx } = req;
+            let (Some(endpoint), Some(cluster)) = (ctx.endpoint.clone(), ctx.cluster.as_ref())
+            else {
+                return Err(ProxyError::new(
+                    ErrorKind::Internal,
+                    "forward without an endpoint",
+                ));
+            };
+            let h2 = match cluster.settings.protocol {
+                Protocol::Auto => http.version() == Version::HTTP_2,
+                Protocol::Http1 => false,
+                Protocol::Http2 => true,
+            };
+            prepare(&mut http, &endpoint, h2)?;
+            let client = if h2 {
+                &endpoint.client.h2
+            } else {
+                &endpoint.client.h1
+            };
+            let result = client.request(http).await;
+            let mut resp = match result {
+                Ok(resp) => resp,
+                Err(e) => {
+                    endpoint.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(classify(e, &endpoint));
+                }
+            };
+            if resp.status().is_server_error() {
+                endpoint.stats.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(downstream) = ctx.upgrade.take()
+            {
+                let upstream = hyper::upgrade::on(&mut resp);
+                tokio::spawn(bridge(downstream, upstream));
+            }
+            // `ctx` (with the in-flight guards) is dropped here: the request
+            // counts as in flight until its response headers arrive.
+            drop(ctx);
+            Ok(resp.map(ProxyBody::Upstream))
+        })
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream.
+async fn bridge(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}

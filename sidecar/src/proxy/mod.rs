@@ -1,0 +1,164 @@
+//! The HTTP data path, one tower layer per file, read top to bottom:
+//!
+//! ```text
+//! outbound: server -> error_response -> request_id -> headers -> route -> split
+//!           -> rewrite -> timeout -> balance -> concurrency -> forward
+//! inbound:  server -> error_response -> request_id -> headers -> static_target
+//!           -> timeout -> balance -> concurrency -> forward
+//! ```
+//!
+//! Every layer takes and passes on a [`ProxyRequest`]: the HTTP request plus
+//! a [`RequestCtx`] that layers fill in for the ones below them (the routing
+//! table, the route, the cluster, the endpoint). Layers below
+//! `error_response` fail with a [`ProxyError`]; `error_response` is the one
+//! place errors become responses. Every layer is always ready (limits fail
+//! fast instead of applying backpressure), so the server calls a clone of
+//! the stack without `poll_ready`. Later features (mTLS, authz, retries,
+//! rate limits, metrics, tracing) are new layers in these chains.
+
+pub mod balance;
+pub mod concurrency;
+pub mod error_response;
+pub mod forward;
+pub mod headers;
+pub mod request_id;
+pub mod rewrite;
+pub mod route;
+pub mod split;
+pub mod static_target;
+pub mod timeout;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use tower::{Service, ServiceBuilder};
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::table::{Cluster, Endpoint, Route, RoutingTable, VirtualHost};
+
+pub type ProxyResponse = Response<ProxyBody>;
+pub type BoxFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyError>> + Send>>;
+
+/// The request as it travels down the stack.
+pub struct ProxyRequest {
+    pub http: Request<Incoming>,
+    pub ctx: RequestCtx,
+}
+
+/// Which listener a request arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the local app, to other services.
+    Outbound,
+    /// From other sidecars, to the local app.
+    Inbound,
+}
+
+/// What the layers above learned about a request.
+pub struct RequestCtx {
+    pub direction: Direction,
+    pub client_addr: SocketAddr,
+    /// The client IP, formatted once per connection for `x-forwarded-for`.
+    pub client_ip: HeaderValue,
+    /// Set by `route`: the table this request is served from, kept to the end.
+    pub table: Option<Arc<RoutingTable>>,
+    /// Set by `route`.
+    pub route: Option<RouteRef>,
+    /// Set by `split` (outbound) or `static_target` (inbound).
+    pub cluster: Option<Arc<Cluster>>,
+    /// Response-header deadline, set with the cluster.
+    pub timeout: Option<Duration>,
+    /// Set by `balance`.
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// Released when the request finishes (it lives as long as the ctx).
+    pub endpoint_guard: Option<balance::InFlightGuard>,
+    pub cluster_guard: Option<concurrency::ClusterGuard>,
+    /// Set by `headers` for an HTTP/1.1 Upgrade (WebSocket) request.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+impl RequestCtx {
+    pub fn new(direction: Direction, client_addr: SocketAddr, client_ip: HeaderValue) -> Self {
+        Self {
+            direction,
+            client_addr,
+            client_ip,
+            table: None,
+            route: None,
+            cluster: None,
+            timeout: None,
+            endpoint: None,
+            endpoint_guard: None,
+            cluster_guard: None,
+            upgrade: None,
+        }
+    }
+}
+
+/// A route inside the table a request started with.
+#[derive(Clone)]
+pub struct RouteRef {
+    pub vhost: Arc<VirtualHost>,
+    pub index: usize,
+}
+
+impl RouteRef {
+    pub fn route(&self) -> &Route {
+        &self.vhost.routes[self.index]
+    }
+}
+
+/// Trait alias for a complete stack, as the server runs it.
+pub trait HttpStack:
+    Service<ProxyRequest, Response = ProxyResponse, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> HttpStack for S where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The outbound stack: the app's calls, routed by the xDS table.
+pub fn outbound(table: Arc<ArcSwap<RoutingTable>>) -> impl HttpStack {
+    ServiceBuilder::new()
+        .layer(error_response::ErrorResponseLayer)
+        .layer(request_id::RequestIdLayer)
+        .layer(headers::ProxyHeadersLayer)
+        .layer(route::RouteLayer::new(table))
+        .layer(split::SplitLayer)
+        .layer(rewrite::RewriteLayer)
+        .layer(timeout::TimeoutLayer)
+        .layer(balance::BalanceLayer)
+        .layer(concurrency::ConcurrencyLimitLayer)
+        .service(forward::Forward)
+}
+
+/// The inbound stack: other sidecars' calls, to the local app.
+pub fn inbound(app: Arc<Cluster>) -> impl HttpStack {
+    ServiceBuilder::new()
+        .layer(error_response::ErrorResponseLayer)
+        .layer(request_id::RequestIdLayer)
+        .layer(headers::ProxyHeadersLayer)
+        .layer(static_target::StaticTargetLayer::new(app))
+        .layer(timeout::TimeoutLayer)
+        .layer(balance::BalanceLayer)
+        .layer(concurrency::ConcurrencyLimitLayer)
+        .service(forward::Forward)
+}

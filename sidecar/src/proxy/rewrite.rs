@@ -1,0 +1,153 @@
+//! Applies the route's rewrites: path prefix, Host / :authority, and the
+//! request and response header mutations.
+
+use std::task::{Context, Poll};
+
+use futures_util::future::Either;
+use http::header;
+use http::uri::{Authority, PathAndQuery, Uri};
+use tower::{Layer, Service};
+
+use super::{BoxFuture, ProxyRequest, ProxyResponse};
+use crate::error::{ErrorKind, ProxyError};
+use crate::table::PrefixRewrite;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RewriteLayer;
+
+impl<S> Layer<S> for RewriteLayer {
+    type Service = Rewrite<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Rewrite { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Rewrite<S> {
+    inner: S,
+}
+
+/// `/api/v1/users/42?x=1` with prefix `/api/v1/users/` -> `/` gives `/42?x=1`.
+pub fn rewrite_path(pq: &PathAndQuery, rw: &PrefixRewrite) -> Option<PathAndQuery> {
+    let rest = pq.path().strip_prefix(rw.matched_prefix.as_str())?;
+    let mut path = String::with_capacity(rw.replacement.len() + rest.len() + 1);
+    path.push_str(&rw.replacement);
+    // Avoid `//` when both sides bring a slash, and an empty path.
+    if path.ends_with('/') && rest.starts_with('/') {
+        path.push_str(&rest[1..]);
+    } else {
+        path.push_str(rest);
+    }
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    if let Some(q) = pq.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    PathAndQuery::try_from(path).ok()
+}
+
+fn set_uri(uri: &Uri, authority: Option<Authority>, pq: Option<PathAndQuery>) -> Option<Uri> {
+    let mut parts = uri.clone().into_parts();
+    if let Some(pq) = pq {
+        parts.path_and_query = Some(pq);
+    }
+    if parts.authority.is_some()
+        && let Some(a) = authority
+    {
+        parts.authority = Some(a);
+    }
+    Uri::from_parts(parts).ok()
+}
+
+fn apply(req: &mut ProxyRequest) -> Result<bool, ProxyError> {
+    let Some(route) = &req.ctx.route else {
+        return Err(ProxyError::new(
+            ErrorKind::Internal,
+            "rewrite without a route",
+        ));
+    };
+    let route = route.route();
+    let action = &route.action;
+    let new_pq = match (&action.prefix_rewrite, req.http.uri().path_and_query()) {
+        (Some(rw), Some(pq)) => rewrite_path(pq, rw),
+        _ => None,
+    };
+    let new_authority = action
+        .host_rewrite
+        .as_ref()
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    if (new_pq.is_some() || (new_authority.is_some() && req.http.uri().authority().is_some()))
+        && let Some(uri) = set_uri(req.http.uri(), new_authority, new_pq)
+    {
+        *req.http.uri_mut() = uri;
+    }
+    if let Some(host) = &action.host_rewrite {
+        req.http.headers_mut().insert(header::HOST, host.clone());
+    }
+    if !route.request_headers.is_empty() {
+        route.request_headers.apply(req.http.headers_mut());
+    }
+    Ok(!route.response_headers.is_empty())
+}
+
+impl<S> Service<ProxyRequest> for Rewrite<S>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = ProxyResponse;
+    type Error = ProxyError;
+    type Future = Either<S::Future, BoxFuture>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+        match apply(&mut req) {
+            Ok(false) => Either::Left(self.inner.call(req)),
+            Ok(true) => {
+                // Only routes with response mutations pay for the box.
+                let route = req.ctx.route.clone();
+                let fut = self.inner.call(req);
+                Either::Right(Box::pin(async move {
+                    let mut resp = fut.await?;
+                    if let Some(route) = route {
+                        route.route().response_headers.apply(resp.headers_mut());
+                    }
+                    Ok(resp)
+                }))
+            }
+            Err(e) => Either::Right(Box::pin(async move { Err(e) })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw(prefix: &str, repl: &str, path: &str) -> String {
+        let pq = PathAndQuery::try_from(path).unwrap();
+        rewrite_path(
+            &pq,
+            &PrefixRewrite {
+                matched_prefix: prefix.into(),
+                replacement: repl.into(),
+            },
+        )
+        .unwrap()
+        .to_string()
+    }
+
+    #[test]
+    fn prefix_rewrites() {
+        assert_eq!(rw("/api/v1/users/", "/", "/api/v1/users/42"), "/42");
+        assert_eq!(rw("/api/v1/users/", "/", "/api/v1/users/"), "/");
+        assert_eq!(rw("/api/v1/users", "/", "/api/v1/users/42"), "/42");
+        assert_eq!(rw("/old", "/new", "/old/x?a=1"), "/new/x?a=1");
+        assert_eq!(rw("/old/", "", "/old/x"), "/x");
+    }
+}

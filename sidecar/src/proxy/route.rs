@@ -1,0 +1,131 @@
+//! Picks the virtual host by authority (`users`, `users:80`, `users.weft`,
+//! or the authority of an absolute-form URI) and the first matching route in
+//! it. Loads the current routing table once; the request keeps that table
+//! until it finishes.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use futures_util::future::{Either, Ready, ready};
+use http::header;
+use tower::{Layer, Service};
+
+use super::{ProxyRequest, ProxyResponse, RouteRef};
+use crate::error::{ErrorKind, ProxyError};
+use crate::table::RoutingTable;
+
+#[derive(Clone)]
+pub struct RouteLayer {
+    table: Arc<ArcSwap<RoutingTable>>,
+}
+
+impl RouteLayer {
+    pub fn new(table: Arc<ArcSwap<RoutingTable>>) -> Self {
+        Self { table }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Route {
+            table: self.table.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Route<S> {
+    table: Arc<ArcSwap<RoutingTable>>,
+    inner: S,
+}
+
+/// The authority a request is addressed to: the URI's (absolute form, or
+/// HTTP/2 `:authority`), else the Host header.
+pub fn request_authority<B>(req: &http::Request<B>) -> Option<&str> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+}
+
+fn select(table: &Arc<RoutingTable>, req: &ProxyRequest) -> Result<RouteRef, ProxyError> {
+    let Some(authority) = request_authority(&req.http) else {
+        return Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            "request names no destination: send a Host header or an absolute URI",
+        ));
+    };
+    let Some(vhost) = table.virtual_host(authority) else {
+        return Err(ProxyError::new(
+            ErrorKind::NoRoute,
+            format!(
+                "no route table serves host {:?} (known services answer to NAME or NAME.weft)",
+                crate::table::strip_port(authority)
+            ),
+        ));
+    };
+    let Some(index) = vhost.route_for(&req.http) else {
+        return Err(ProxyError::new(
+            ErrorKind::NoRoute,
+            format!(
+                "no route of {} matches {} {}",
+                vhost.name,
+                req.http.method(),
+                req.http.uri().path()
+            ),
+        ));
+    };
+    Ok(RouteRef {
+        vhost: vhost.clone(),
+        index,
+    })
+}
+
+impl<S> Service<ProxyRequest> for Route<S>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+{
+    type Response = ProxyResponse;
+    type Error = ProxyError;
+    type Future = Either<Ready<Result<ProxyResponse, ProxyError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+        let table = self.table.load_full();
+        match select(&table, &req) {
+            Ok(route) => {
+                req.ctx.route = Some(route);
+                req.ctx.table = Some(table);
+                Either::Right(self.inner.call(req))
+            }
+            Err(e) => Either::Left(ready(Err(e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_from_uri_or_host() {
+        let r = http::Request::get("http://users/x").body(()).unwrap();
+        assert_eq!(request_authority(&r), Some("users"));
+        let r = http::Request::get("/x")
+            .header("host", "users:80")
+            .body(())
+            .unwrap();
+        assert_eq!(request_authority(&r), Some("users:80"));
+        let r = http::Request::get("/x").body(()).unwrap();
+        assert_eq!(request_authority(&r), None);
+    }
+}

@@ -1,0 +1,153 @@
+//! The HTTP server shared by the inbound and outbound listeners: HTTP/1.1
+//! and HTTP/2 (prior knowledge) on one port via hyper-util's auto builder,
+//! a header-read timeout, upgrades, and graceful shutdown.
+//!
+//! Each accepted connection is one task. On shutdown the accept loop stops
+//! and every connection is told to finish its in-flight requests and close
+//! (HTTP/1 after the current response, HTTP/2 with GOAWAY); [`Drain`] waits
+//! for the last one.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::proxy::{Direction, HttpStack, ProxyRequest, ProxyResponse, RequestCtx};
+
+/// Counts live connections; [`Drain::wait`] returns when all are gone.
+pub struct Drain {
+    tx: mpsc::Sender<Infallible>,
+    rx: mpsc::Receiver<Infallible>,
+}
+
+/// Held by each connection task (dropped when it ends).
+#[derive(Clone)]
+pub struct DrainToken(#[allow(dead_code)] mpsc::Sender<Infallible>);
+
+impl Default for Drain {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel(1);
+        Self { tx, rx }
+    }
+}
+
+impl Drain {
+    pub fn token(&self) -> DrainToken {
+        DrainToken(self.tx.clone())
+    }
+
+    /// Waits until every token is dropped.
+    pub async fn wait(self) {
+        let Self { tx, mut rx } = self;
+        drop(tx);
+        // `recv` returns None once all senders are gone (nothing is ever sent).
+        let _ = rx.recv().await;
+    }
+}
+
+/// Resolves once `rx` reads true (or its sender is gone).
+pub async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it right here.
+    let _ = rx.wait_for(|s| *s).await.is_ok();
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub header_read_timeout: Duration,
+}
+
+/// Adapts a tower stack to hyper for one connection.
+struct ConnService<S> {
+    stack: S,
+    direction: Direction,
+    client_addr: SocketAddr,
+    client_ip: HeaderValue,
+}
+
+impl<S: HttpStack> hyper::service::Service<Request<Incoming>> for ConnService<S> {
+    type Response = ProxyResponse;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let ctx = RequestCtx::new(self.direction, self.client_addr, self.client_ip.clone());
+        // Stacks are always ready (see proxy/mod.rs), so no poll_ready.
+        tower::Service::call(&mut self.stack.clone(), ProxyRequest { http: req, ctx })
+    }
+}
+
+fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        // Bounded: a client cannot open unlimited streams at once.
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Accepts on `listener` until `shutdown` turns true; each connection holds
+/// a token of `drain` until it has closed.
+pub async fn serve<S: HttpStack>(
+    listener: TcpListener,
+    stack: S,
+    direction: Direction,
+    settings: ServerSettings,
+    mut shutdown: watch::Receiver<bool>,
+    drain: DrainToken,
+) {
+    let builder = Arc::new(builder(&settings));
+    loop {
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off briefly
+                    // rather than spinning on the error.
+                    tracing::warn!(error = %e, ?direction, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown_signal(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = ConnService {
+            stack: stack.clone(),
+            direction,
+            client_addr: addr,
+            client_ip: HeaderValue::from_str(&addr.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+        };
+        let builder = builder.clone();
+        let mut shutdown = shutdown.clone();
+        let token = drain.clone();
+        tokio::spawn(async move {
+            let _token = token;
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown_signal(&mut shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, client = %addr, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,363 @@
+//! Clusters and endpoints as the data path sees them.
+//!
+//! A [`Cluster`] is rebuilt whenever its Cluster or ClusterLoadAssignment
+//! changes, but the state requests mutate survives: the round-robin position
+//! and in-flight count live in [`ClusterShared`], and each endpoint's
+//! counters and connection pool in [`EndpointStats`] / the endpoint's
+//! client, all carried over by address from the previous table.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::upstream::{PoolSettings, UpstreamClient};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Power of two random choices, the one with fewer in-flight requests
+    /// per unit of weight wins.
+    LeastRequest,
+    /// Smooth weighted round robin.
+    RoundRobin,
+}
+
+/// Which HTTP version to speak to the endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Whatever the caller used (HTTP/1.1 or HTTP/2).
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterSettings {
+    pub lb: LbPolicy,
+    /// Whole-request timeout (until response headers); `None` = none.
+    pub request_timeout: Option<Duration>,
+    /// Most requests in flight from this sidecar; more get 503 `overflow`.
+    pub max_requests: usize,
+    pub protocol: Protocol,
+    pub pool: PoolSettings,
+}
+
+impl Default for ClusterSettings {
+    /// Used for a cluster that routes name but whose Cluster resource has
+    /// not arrived (the agent sends one for every name, so this is brief).
+    fn default() -> Self {
+        Self {
+            lb: LbPolicy::LeastRequest,
+            // Envoy's route default: long enough for slow calls, short
+            // enough that a stuck upstream frees the caller.
+            request_timeout: Some(Duration::from_secs(15)),
+            // Proto default (cluster.proto, ConnectionPool.max_requests).
+            max_requests: 1024,
+            protocol: Protocol::Auto,
+            pool: PoolSettings::default(),
+        }
+    }
+}
+
+/// Counters and gauges that outlive table swaps (keyed by address).
+#[derive(Debug, Default)]
+pub struct ClusterShared {
+    pub rr_position: AtomicUsize,
+    pub in_flight: AtomicUsize,
+    pub overflows: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    pub in_flight: AtomicU64,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EndpointAddr {
+    Ip(SocketAddr),
+    /// A DNS name, resolved at connect time through hickory's TTL cache.
+    Name {
+        host: Arc<str>,
+        port: u16,
+    },
+}
+
+impl fmt::Display for EndpointAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ip(a) => write!(f, "{a}"),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Unknown,
+    Healthy,
+    Unhealthy,
+    Draining,
+}
+
+impl Health {
+    /// Only HEALTHY and UNKNOWN endpoints receive traffic.
+    pub fn serves(self) -> bool {
+        matches!(self, Self::Healthy | Self::Unknown)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "UNKNOWN",
+            Self::Healthy => "HEALTHY",
+            Self::Unhealthy => "UNHEALTHY",
+            Self::Draining => "DRAINING",
+        }
+    }
+}
+
+pub struct Endpoint {
+    pub addr: EndpointAddr,
+    /// `addr` as a URI authority, prebuilt for HTTP/1 requests.
+    pub authority: http::uri::Authority,
+    pub health: Health,
+    /// At least 1.
+    pub weight: u32,
+    pub meshed: bool,
+    pub instance_id: String,
+    pub zone: String,
+    pub stats: Arc<EndpointStats>,
+    pub client: UpstreamClient,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .field("health", &self.health)
+            .field("weight", &self.weight)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub settings: ClusterSettings,
+    /// Every endpoint of the assignment (for /clusters).
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// The endpoints that receive traffic (HEALTHY/UNKNOWN).
+    pub serving: Vec<Arc<Endpoint>>,
+    /// Smooth weighted round-robin order over `serving` (indices).
+    pub rr_schedule: Vec<u32>,
+    /// Cumulative weights of `serving`, for weighted random draws.
+    pub cumulative: Vec<u64>,
+    pub shared: Arc<ClusterShared>,
+}
+
+/// The longest round-robin schedule kept; larger total weights are scaled
+/// down (keeping proportions to within 1/MAX) so memory stays bounded.
+const MAX_SCHEDULE: u64 = 4096;
+
+impl Cluster {
+    pub fn new(
+        name: Arc<str>,
+        settings: ClusterSettings,
+        endpoints: Vec<Arc<Endpoint>>,
+        shared: Arc<ClusterShared>,
+    ) -> Self {
+        let serving: Vec<_> = endpoints
+            .iter()
+            .filter(|e| e.health.serves())
+            .cloned()
+            .collect();
+        let weights: Vec<u32> = serving.iter().map(|e| e.weight.max(1)).collect();
+        let rr_schedule = smooth_wrr_schedule(&weights);
+        let mut total = 0u64;
+        let cumulative = weights
+            .iter()
+            .map(|w| {
+                total += u64::from(*w);
+                total
+            })
+            .collect();
+        Self {
+            name,
+            settings,
+            endpoints,
+            serving,
+            rr_schedule,
+            cumulative,
+            shared,
+        }
+    }
+
+    /// Next endpoint in weighted round-robin order. Lock-free: one atomic
+    /// increment into a precomputed schedule.
+    pub fn pick_round_robin(&self) -> Option<&Arc<Endpoint>> {
+        if self.rr_schedule.is_empty() {
+            return None;
+        }
+        let n = self.shared.rr_position.fetch_add(1, Ordering::Relaxed);
+        let i = self.rr_schedule[n % self.rr_schedule.len()] as usize;
+        self.serving.get(i)
+    }
+
+    /// Weighted least-request, power of two choices: two weighted-random
+    /// candidates, the one with fewer in-flight requests per weight wins.
+    pub fn pick_least_request(&self, mut rand: impl FnMut(u64) -> u64) -> Option<&Arc<Endpoint>> {
+        let total = *self.cumulative.last()?;
+        let pick = |draw: u64| {
+            let i = self.cumulative.partition_point(|c| *c <= draw);
+            &self.serving[i.min(self.serving.len() - 1)]
+        };
+        let a = pick(rand(total));
+        if self.serving.len() == 1 {
+            return Some(a);
+        }
+        let b = pick(rand(total));
+        // Compare in_flight_a / weight_a with in_flight_b / weight_b
+        // without division.
+        let load = |e: &Endpoint, other_weight: u32| {
+            e.stats.in_flight.load(Ordering::Relaxed) * u64::from(other_weight)
+        };
+        Some(if load(b, a.weight) < load(a, b.weight) {
+            b
+        } else {
+            a
+        })
+    }
+}
+
+/// Interleaved weighted order (nginx's smooth weighted round robin), computed
+/// once per update: weights 5,1,1 give a a b a c a a, not a a a a a b c.
+pub fn smooth_wrr_schedule(weights: &[u32]) -> Vec<u32> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    let scaled: Vec<i64> = if total > MAX_SCHEDULE {
+        weights
+            .iter()
+            .map(|w| ((u64::from(*w) * MAX_SCHEDULE / total).max(1)) as i64)
+            .collect()
+    } else {
+        weights.iter().map(|w| i64::from(*w)).collect()
+    };
+    // Shorten by the common divisor: 50/50 is the same as 1/1.
+    let g = scaled.iter().fold(0i64, |g, w| gcd(g, *w)).max(1);
+    let scaled: Vec<i64> = scaled.iter().map(|w| w / g).collect();
+    let sum: i64 = scaled.iter().sum();
+    let mut current = vec![0i64; scaled.len()];
+    let mut out = Vec::with_capacity(sum as usize);
+    for _ in 0..sum {
+        let mut best = 0;
+        for i in 0..scaled.len() {
+            current[i] += scaled[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= sum;
+        out.push(best as u32);
+    }
+    out
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Dns;
+
+    fn endpoint(port: u16, weight: u32, health: Health) -> Arc<Endpoint> {
+        let addr = EndpointAddr::Ip(SocketAddr::from(([127, 0, 0, 1], port)));
+        Arc::new(Endpoint {
+            authority: addr.to_string().parse().unwrap(),
+            client: UpstreamClient::new(addr.clone(), PoolSettings::default(), Dns::default()),
+            addr,
+            health,
+            weight,
+            meshed: false,
+            instance_id: String::new(),
+            zone: String::new(),
+            stats: Arc::default(),
+        })
+    }
+
+    fn port(e: &Endpoint) -> u16 {
+        match e.addr {
+            EndpointAddr::Ip(a) => a.port(),
+            EndpointAddr::Name { port, .. } => port,
+        }
+    }
+
+    fn cluster(eps: Vec<Arc<Endpoint>>) -> Cluster {
+        Cluster::new("c".into(), ClusterSettings::default(), eps, Arc::default())
+    }
+
+    #[test]
+    fn schedule_interleaves_by_weight() {
+        assert_eq!(smooth_wrr_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wrr_schedule(&[50, 50]), [0, 1]);
+        let big = smooth_wrr_schedule(&[1_000_000, 1]);
+        assert!(big.len() as u64 <= MAX_SCHEDULE + 1);
+        assert!(big.contains(&1), "a tiny weight still gets a turn");
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy_and_honours_weights() {
+        let c = cluster(vec![
+            endpoint(1, 2, Health::Healthy),
+            endpoint(2, 1, Health::Unhealthy),
+            endpoint(3, 1, Health::Unknown),
+            endpoint(4, 1, Health::Draining),
+        ]);
+        let picks: Vec<u16> = (0..6)
+            .map(|_| port(c.pick_round_robin().unwrap()))
+            .collect();
+        assert_eq!(picks.iter().filter(|p| **p == 1).count(), 4);
+        assert_eq!(picks.iter().filter(|p| **p == 3).count(), 2);
+    }
+
+    #[test]
+    fn no_serving_endpoint_means_no_pick() {
+        let c = cluster(vec![endpoint(1, 1, Health::Unhealthy)]);
+        assert!(c.pick_round_robin().is_none());
+        assert!(c.pick_least_request(|_| 0).is_none());
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_loaded_candidate() {
+        let busy = endpoint(1, 1, Health::Healthy);
+        busy.stats.in_flight.store(5, Ordering::Relaxed);
+        let c = cluster(vec![busy, endpoint(2, 1, Health::Healthy)]);
+        // Draws 0 then 1 make the candidates endpoint 1 then endpoint 2.
+        let mut draws = [0u64, 1].into_iter();
+        let e = c.pick_least_request(|_| draws.next().unwrap()).unwrap();
+        assert_eq!(port(e), 2);
+        let mut draws = [1u64, 0].into_iter();
+        let e = c.pick_least_request(|_| draws.next().unwrap()).unwrap();
+        assert_eq!(port(e), 2);
+    }
+
+    #[test]
+    fn least_request_weights_load() {
+        // 4 in flight on weight 4 is lighter than 2 in flight on weight 1.
+        let heavy = endpoint(1, 4, Health::Healthy);
+        heavy.stats.in_flight.store(4, Ordering::Relaxed);
+        let light = endpoint(2, 1, Health::Healthy);
+        light.stats.in_flight.store(2, Ordering::Relaxed);
+        let c = cluster(vec![heavy, light]);
+        let mut draws = [4u64, 0].into_iter();
+        assert_eq!(
+            port(c.pick_least_request(|_| draws.next().unwrap()).unwrap()),
+            1
+        );
+    }
+}

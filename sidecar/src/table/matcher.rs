@@ -1,0 +1,205 @@
+//! Compiled request matchers. Regexes are compiled once, when a route table
+//! is accepted, and anchored so that they must match the whole value (as
+//! Envoy's `safe_regex` does): `/users/[0-9]+` does not match `/users/1/x`.
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::Regex;
+
+/// How a route matches the request path (without the query).
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// No path condition.
+    Any,
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(p) => path == p,
+            Self::Prefix(p) => path.starts_with(p.as_str()),
+            Self::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+/// How a header value or query parameter value matches.
+#[derive(Debug, Clone)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+    /// Present with any value.
+    Present,
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(e) => value == e,
+            Self::Prefix(p) => value.starts_with(p.as_str()),
+            Self::Regex(re) => re.is_match(value),
+            Self::Present => true,
+        }
+    }
+}
+
+/// Compiles `pattern` so it must match the whole input.
+pub fn full_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        // Bound the compiled program so a hostile pattern cannot eat memory.
+        .size_limit(1 << 20)
+        .build()
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    pub matcher: StringMatch,
+    /// Match when the header does NOT match (or is absent).
+    pub invert: bool,
+}
+
+impl HeaderMatch {
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter().peekable();
+        let hit = if values.peek().is_none() {
+            false
+        } else {
+            // A repeated header matches if any of its values does; a value
+            // that is not visible ASCII never matches a text pattern.
+            values.any(|v| v.to_str().is_ok_and(|v| self.matcher.matches(v)))
+        };
+        hit != self.invert
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryMatch {
+    pub name: String,
+    pub matcher: StringMatch,
+}
+
+impl QueryMatch {
+    /// Matches against the raw query string (`a=1&b=2`). Names and values
+    /// are compared as sent (not percent-decoded): that is what the route
+    /// author sees in their own requests.
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        let Some(query) = query else { return false };
+        query.split('&').any(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            name == self.name && self.matcher.matches(value)
+        })
+    }
+}
+
+/// Everything a route requires of a request; all conditions must hold.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub headers: Vec<HeaderMatch>,
+    /// Empty = any method.
+    pub methods: Vec<Method>,
+    pub query: Vec<QueryMatch>,
+}
+
+impl RouteMatch {
+    pub fn matches<B>(&self, req: &http::Request<B>) -> bool {
+        let uri = req.uri();
+        self.path.matches(uri.path())
+            && (self.methods.is_empty() || self.methods.contains(req.method()))
+            && self.headers.iter().all(|h| h.matches(req.headers()))
+            && self.query.iter().all(|q| q.matches(uri.query()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn any() -> RouteMatch {
+        RouteMatch {
+            path: PathMatch::Any,
+            headers: vec![],
+            methods: vec![],
+            query: vec![],
+        }
+    }
+
+    #[test]
+    fn path_matchers() {
+        assert!(PathMatch::Exact("/health".into()).matches("/health"));
+        assert!(!PathMatch::Exact("/health".into()).matches("/health/x"));
+        assert!(PathMatch::Prefix("/api/".into()).matches("/api/v1"));
+        assert!(!PathMatch::Prefix("/api/".into()).matches("/ap"));
+        let re = PathMatch::Regex(full_regex("/users/[0-9]+").unwrap());
+        assert!(re.matches("/users/42"));
+        assert!(
+            !re.matches("/users/42/orders"),
+            "regex must match the whole path"
+        );
+    }
+
+    #[test]
+    fn header_matchers_and_invert() {
+        let m = HeaderMatch {
+            name: HeaderName::from_static("x-api-version"),
+            matcher: StringMatch::Exact("v2".into()),
+            invert: false,
+        };
+        assert!(m.matches(req("GET", "/", &[("x-api-version", "v2")]).headers()));
+        assert!(!m.matches(req("GET", "/", &[("x-api-version", "v1")]).headers()));
+        assert!(!m.matches(req("GET", "/", &[]).headers()));
+        let inv = HeaderMatch { invert: true, ..m };
+        assert!(inv.matches(req("GET", "/", &[]).headers()));
+        assert!(!inv.matches(req("GET", "/", &[("x-api-version", "v2")]).headers()));
+
+        let present = HeaderMatch {
+            name: HeaderName::from_static("x-debug"),
+            matcher: StringMatch::Present,
+            invert: false,
+        };
+        assert!(present.matches(req("GET", "/", &[("x-debug", "")]).headers()));
+        let prefix = HeaderMatch {
+            name: HeaderName::from_static("user-agent"),
+            matcher: StringMatch::Prefix("curl/".into()),
+            invert: false,
+        };
+        assert!(prefix.matches(req("GET", "/", &[("user-agent", "curl/8.0")]).headers()));
+        let regex = HeaderMatch {
+            name: HeaderName::from_static("x-tenant"),
+            matcher: StringMatch::Regex(full_regex("t-[a-z]+").unwrap()),
+            invert: false,
+        };
+        assert!(regex.matches(req("GET", "/", &[("x-tenant", "t-acme")]).headers()));
+        assert!(!regex.matches(req("GET", "/", &[("x-tenant", "t-acme1")]).headers()));
+    }
+
+    #[test]
+    fn methods_and_query() {
+        let mut m = any();
+        m.methods = vec![Method::POST];
+        assert!(m.matches(&req("POST", "/", &[])));
+        assert!(!m.matches(&req("GET", "/", &[])));
+
+        let mut q = any();
+        q.query = vec![QueryMatch {
+            name: "debug".into(),
+            matcher: StringMatch::Exact("1".into()),
+        }];
+        assert!(q.matches(&req("GET", "/x?a=2&debug=1", &[])));
+        assert!(!q.matches(&req("GET", "/x?debug=0", &[])));
+        assert!(!q.matches(&req("GET", "/x", &[])));
+    }
+}

@@ -1,0 +1,786 @@
+//! Validation and compilation of xDS resources into the data path's types.
+//!
+//! Each resource is checked completely and every problem is reported with
+//! its field path (`virtual_hosts[0].routes[2].match.headers[0].regex:
+//! invalid regex ...`), so one NACK tells the operator everything. A
+//! resource is compiled once when accepted (regexes, header names, weights);
+//! [`build_table`] then only assembles Arcs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use weft_proto::config::v1 as pb;
+
+use crate::table::cluster::{ClusterShared, Health, Protocol};
+use crate::table::matcher::{
+    HeaderMatch, PathMatch, QueryMatch, RouteMatch, StringMatch, full_regex,
+};
+use crate::table::{
+    Cluster, ClusterSettings, Destination, Endpoint, EndpointAddr, HeaderMutation, LbPolicy,
+    PrefixRewrite, Route, RouteAction, RoutingTable, VirtualHost, WeightedClusters,
+};
+use crate::upstream::{Dns, PoolSettings, UpstreamClient};
+
+/// A route table, compiled.
+#[derive(Debug)]
+pub struct CompiledRoutes {
+    /// `(domains, virtual host)` in order.
+    pub vhosts: Vec<(Vec<String>, Arc<VirtualHost>)>,
+    /// Every cluster the routes name.
+    pub clusters: BTreeSet<String>,
+}
+
+/// One endpoint of an assignment, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSpec {
+    pub addr: EndpointAddr,
+    pub health: Health,
+    pub weight: u32,
+    pub meshed: bool,
+    pub instance_id: String,
+    pub zone: String,
+}
+
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn at(&mut self, path: &str, msg: impl std::fmt::Display) {
+        self.0.push(format!("{path}: {msg}"));
+    }
+}
+
+fn duration(d: &prost_types::Duration) -> Result<Duration, String> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(format!(
+            "invalid duration {}s {}ns (must be non-negative)",
+            d.seconds, d.nanos
+        ));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+fn string_match(
+    m: Option<&pb::StringMatcher>,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<StringMatch> {
+    use pb::string_matcher::Pattern;
+    match m.and_then(|m| m.pattern.as_ref()) {
+        // No pattern: match on presence, as `present: true` would.
+        None | Some(Pattern::Present(_)) => Some(StringMatch::Present),
+        Some(Pattern::Exact(e)) => Some(StringMatch::Exact(e.clone())),
+        Some(Pattern::Prefix(p)) => Some(StringMatch::Prefix(p.clone())),
+        Some(Pattern::Regex(r)) => match full_regex(r) {
+            Ok(re) => Some(StringMatch::Regex(re)),
+            Err(e) => {
+                errs.at(
+                    &format!("{path}.regex"),
+                    format!("invalid regex {r:?}: {e}"),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn header_name(name: &str, path: &str, errs: &mut Errors) -> Option<HeaderName> {
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(n) if !name.is_empty() => Some(n),
+        _ => {
+            errs.at(path, format!("invalid header name {name:?}"));
+            None
+        }
+    }
+}
+
+fn mutation(m: Option<&pb::HeaderMutation>, path: &str, errs: &mut Errors) -> HeaderMutation {
+    let mut out = HeaderMutation::default();
+    let Some(m) = m else { return out };
+    let pairs = |list: &[pb::HeaderValue], what: &str, errs: &mut Errors| {
+        let mut v = Vec::new();
+        for (i, hv) in list.iter().enumerate() {
+            let p = format!("{path}.{what}[{i}]");
+            let name = header_name(&hv.name, &format!("{p}.name"), errs);
+            let value = HeaderValue::from_str(&hv.value)
+                .map_err(|_| errs.at(&format!("{p}.value"), "invalid header value"))
+                .ok();
+            if let (Some(n), Some(val)) = (name, value) {
+                v.push((n, val));
+            }
+        }
+        v
+    };
+    out.set = pairs(&m.set, "set", errs);
+    out.add = pairs(&m.add, "add", errs);
+    for (i, name) in m.remove.iter().enumerate() {
+        if let Some(n) = header_name(name, &format!("{path}.remove[{i}]"), errs) {
+            out.remove.push(n);
+        }
+    }
+    out
+}
+
+fn route(
+    r: &pb::Route,
+    path: &str,
+    clusters: &mut BTreeSet<String>,
+    errs: &mut Errors,
+) -> Option<Route> {
+    use pb::route_match::Path;
+    let before = errs.0.len();
+    let m = r.r#match.clone().unwrap_or_default();
+    let path_match = match &m.path {
+        None => PathMatch::Any,
+        Some(Path::Exact(p)) => PathMatch::Exact(p.clone()),
+        Some(Path::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(Path::Regex(r)) => match full_regex(r) {
+            Ok(re) => PathMatch::Regex(re),
+            Err(e) => {
+                errs.at(
+                    &format!("{path}.match.regex"),
+                    format!("invalid regex {r:?}: {e}"),
+                );
+                PathMatch::Any
+            }
+        },
+    };
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        let p = format!("{path}.match.headers[{i}]");
+        let name = header_name(&h.name, &format!("{p}.name"), errs);
+        let matcher = string_match(h.matcher.as_ref(), &p, errs);
+        if let (Some(name), Some(matcher)) = (name, matcher) {
+            headers.push(HeaderMatch {
+                name,
+                matcher,
+                invert: h.invert,
+            });
+        }
+    }
+    let mut methods = Vec::new();
+    for (i, meth) in m.methods.iter().enumerate() {
+        match Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
+            Ok(mm) if !meth.is_empty() => methods.push(mm),
+            _ => errs.at(
+                &format!("{path}.match.methods[{i}]"),
+                format!("invalid method {meth:?}"),
+            ),
+        }
+    }
+    let mut query = Vec::new();
+    for (i, q) in m.query_parameters.iter().enumerate() {
+        let p = format!("{path}.match.query_parameters[{i}]");
+        if q.name.is_empty() {
+            errs.at(&format!("{p}.name"), "must not be empty");
+        }
+        if let Some(matcher) = string_match(q.matcher.as_ref(), &p, errs) {
+            query.push(QueryMatch {
+                name: q.name.clone(),
+                matcher,
+            });
+        }
+    }
+
+    let action = r.action.clone().unwrap_or_default();
+    use pb::route_action::Destination as D;
+    let destination = match &action.destination {
+        None => {
+            errs.at(
+                &format!("{path}.action"),
+                "no destination (cluster or weighted_clusters)",
+            );
+            None
+        }
+        Some(D::Cluster(c)) if c.is_empty() => {
+            errs.at(&format!("{path}.action.cluster"), "must not be empty");
+            None
+        }
+        Some(D::Cluster(c)) => {
+            clusters.insert(c.clone());
+            Some(Destination::Cluster(c.as_str().into()))
+        }
+        Some(D::WeightedClusters(w)) => {
+            for (i, c) in w.clusters.iter().enumerate() {
+                if c.name.is_empty() {
+                    errs.at(
+                        &format!("{path}.action.weighted_clusters.clusters[{i}].name"),
+                        "must not be empty",
+                    );
+                }
+            }
+            match WeightedClusters::new(
+                w.clusters
+                    .iter()
+                    .map(|c| (Arc::from(c.name.as_str()), c.weight)),
+            ) {
+                Some(wc) => {
+                    for (_, name) in &wc.entries {
+                        clusters.insert(name.to_string());
+                    }
+                    Some(Destination::Weighted(wc))
+                }
+                None => {
+                    errs.at(
+                        &format!("{path}.action.weighted_clusters"),
+                        "weights sum to 0",
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let prefix_rewrite = if action.prefix_rewrite.is_empty() {
+        None
+    } else {
+        match &m.path {
+            Some(Path::Prefix(p)) => Some(PrefixRewrite {
+                matched_prefix: p.clone(),
+                replacement: action.prefix_rewrite.clone(),
+            }),
+            _ => {
+                errs.at(
+                    &format!("{path}.action.prefix_rewrite"),
+                    "only allowed on a prefix path match",
+                );
+                None
+            }
+        }
+    };
+    let host_rewrite = if action.host_rewrite.is_empty() {
+        None
+    } else if http::uri::Authority::try_from(action.host_rewrite.as_str()).is_err() {
+        errs.at(
+            &format!("{path}.action.host_rewrite"),
+            format!("invalid host {:?}", action.host_rewrite),
+        );
+        None
+    } else {
+        HeaderValue::from_str(&action.host_rewrite).ok()
+    };
+    let timeout = match action.timeout.as_ref().map(duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            errs.at(&format!("{path}.action.timeout"), e);
+            None
+        }
+    };
+    let request_headers = mutation(
+        r.request_headers.as_ref(),
+        &format!("{path}.request_headers"),
+        errs,
+    );
+    let response_headers = mutation(
+        r.response_headers.as_ref(),
+        &format!("{path}.response_headers"),
+        errs,
+    );
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(Route {
+        name: r.name.clone(),
+        matcher: RouteMatch {
+            path: path_match,
+            headers,
+            methods,
+            query,
+        },
+        action: RouteAction {
+            destination: destination?,
+            prefix_rewrite,
+            host_rewrite,
+            timeout,
+        },
+        request_headers,
+        response_headers,
+    })
+}
+
+/// Compiles a RouteConfiguration; on error, every problem found.
+pub fn compile_routes(rc: &pb::RouteConfiguration) -> Result<CompiledRoutes, Vec<String>> {
+    let mut errs = Errors(Vec::new());
+    if rc.name.is_empty() {
+        errs.at("name", "must not be empty");
+    }
+    let mut clusters = BTreeSet::new();
+    let mut vhosts = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
+        let vpath = format!("virtual_hosts[{vi}]");
+        if vh.domains.is_empty() {
+            errs.at(&format!("{vpath}.domains"), "must name at least one domain");
+        }
+        let mut domains = Vec::new();
+        for (di, d) in vh.domains.iter().enumerate() {
+            let lower = d.to_ascii_lowercase();
+            let host = crate::table::strip_port(&lower).to_owned();
+            if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+                errs.at(
+                    &format!("{vpath}.domains[{di}]"),
+                    format!("invalid domain {d:?}"),
+                );
+            } else if !seen.insert(host.clone()) {
+                errs.at(
+                    &format!("{vpath}.domains[{di}]"),
+                    format!("domain {d:?} listed twice"),
+                );
+            } else {
+                domains.push(host);
+            }
+        }
+        let mut routes = Vec::new();
+        for (ri, r) in vh.routes.iter().enumerate() {
+            if let Some(r) = route(
+                r,
+                &format!("{vpath}.routes[{ri}]"),
+                &mut clusters,
+                &mut errs,
+            ) {
+                routes.push(r);
+            }
+        }
+        vhosts.push((
+            domains,
+            Arc::new(VirtualHost {
+                name: format!("{}/{}", rc.name, vh.name),
+                routes,
+            }),
+        ));
+    }
+    if errs.0.is_empty() {
+        Ok(CompiledRoutes { vhosts, clusters })
+    } else {
+        Err(errs.0)
+    }
+}
+
+/// Compiles a Cluster into settings; defaults are those of cluster.proto.
+pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> {
+    let mut errs = Errors(Vec::new());
+    let mut s = ClusterSettings::default();
+    if c.name.is_empty() {
+        errs.at("name", "must not be empty");
+    }
+    s.lb = match pb::cluster::LbPolicy::try_from(c.lb_policy) {
+        Ok(pb::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(pb::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        Err(_) => {
+            errs.at("lb_policy", format!("unknown value {}", c.lb_policy));
+            LbPolicy::LeastRequest
+        }
+    };
+    s.protocol = match pb::cluster::Protocol::try_from(c.protocol) {
+        Ok(pb::cluster::Protocol::Auto) => Protocol::Auto,
+        Ok(pb::cluster::Protocol::Http1) => Protocol::Http1,
+        Ok(pb::cluster::Protocol::Http2) => Protocol::Http2,
+        Err(_) => {
+            errs.at("protocol", format!("unknown value {}", c.protocol));
+            Protocol::Auto
+        }
+    };
+    if let Some(d) = &c.connect_timeout {
+        match duration(d) {
+            // Zero would fail every connect; read it as "default".
+            Ok(d) if d.is_zero() => {}
+            Ok(d) => s.pool.connect_timeout = d,
+            Err(e) => errs.at("connect_timeout", e),
+        }
+    }
+    if let Some(d) = &c.request_timeout {
+        match duration(d) {
+            Ok(d) if d.is_zero() => s.request_timeout = None,
+            Ok(d) => s.request_timeout = Some(d),
+            Err(e) => errs.at("request_timeout", e),
+        }
+    }
+    if let Some(p) = &c.connection_pool {
+        if p.max_requests > 0 {
+            s.max_requests = p.max_requests as usize;
+        }
+        if p.max_idle_per_endpoint > 0 {
+            s.pool.max_idle_per_endpoint = p.max_idle_per_endpoint as usize;
+        }
+        if let Some(d) = &p.idle_timeout {
+            match duration(d) {
+                Ok(d) => s.pool.idle_timeout = d,
+                Err(e) => errs.at("connection_pool.idle_timeout", e),
+            }
+        }
+    }
+    if errs.0.is_empty() {
+        Ok(s)
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Validates a ClusterLoadAssignment.
+pub fn compile_assignment(
+    cla: &pb::ClusterLoadAssignment,
+) -> Result<Vec<EndpointSpec>, Vec<String>> {
+    let mut errs = Errors(Vec::new());
+    if cla.cluster_name.is_empty() {
+        errs.at("cluster_name", "must not be empty");
+    }
+    let mut out = Vec::with_capacity(cla.endpoints.len());
+    for (i, e) in cla.endpoints.iter().enumerate() {
+        let p = format!("endpoints[{i}]");
+        let port = match u16::try_from(e.port) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                errs.at(
+                    &format!("{p}.port"),
+                    format!("{} is not a port (1-65535)", e.port),
+                );
+                None
+            }
+        };
+        let addr = if let Ok(ip) = e.address.parse::<IpAddr>() {
+            port.map(|port| EndpointAddr::Ip(SocketAddr::new(ip, port)))
+        } else if valid_hostname(&e.address) {
+            port.map(|port| EndpointAddr::Name {
+                host: e.address.to_ascii_lowercase().into(),
+                port,
+            })
+        } else {
+            errs.at(
+                &format!("{p}.address"),
+                format!("{:?} is neither an IP nor a DNS name", e.address),
+            );
+            None
+        };
+        let health = match pb::endpoint::Health::try_from(e.health) {
+            Ok(pb::endpoint::Health::Unknown) => Health::Unknown,
+            Ok(pb::endpoint::Health::Healthy) => Health::Healthy,
+            Ok(pb::endpoint::Health::Unhealthy) => Health::Unhealthy,
+            Ok(pb::endpoint::Health::Draining) => Health::Draining,
+            Err(_) => {
+                errs.at(
+                    &format!("{p}.health"),
+                    format!("unknown value {}", e.health),
+                );
+                Health::Unknown
+            }
+        };
+        if let Some(addr) = addr {
+            out.push(EndpointSpec {
+                addr,
+                health,
+                weight: e.weight.max(1),
+                meshed: e.meshed,
+                instance_id: e.instance_id.clone(),
+                zone: e
+                    .locality
+                    .as_ref()
+                    .map(|l| l.zone.clone())
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    if errs.0.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs.0)
+    }
+}
+
+/// An endpoint for the table, keeping the counters (and, when the pool
+/// settings did not change, the pooled connections) of the same address
+/// in the previous table.
+pub fn endpoint(
+    spec: &EndpointSpec,
+    pool: &PoolSettings,
+    prev: Option<&Arc<Endpoint>>,
+    dns: &Dns,
+) -> Option<Arc<Endpoint>> {
+    let authority = http::uri::Authority::try_from(spec.addr.to_string().as_str()).ok()?;
+    let stats = prev.map(|p| p.stats.clone()).unwrap_or_default();
+    let client = match prev {
+        Some(p) if p.client.settings == *pool => p.client.clone(),
+        _ => UpstreamClient::new(spec.addr.clone(), pool.clone(), dns.clone()),
+    };
+    Some(Arc::new(Endpoint {
+        addr: spec.addr.clone(),
+        authority,
+        health: spec.health,
+        weight: spec.weight,
+        meshed: spec.meshed,
+        instance_id: spec.instance_id.clone(),
+        zone: spec.zone.clone(),
+        stats,
+        client,
+    }))
+}
+
+/// Assembles a table from the accepted resources, carrying per-cluster and
+/// per-endpoint state over from `prev`.
+pub fn build_table(
+    prev: &RoutingTable,
+    routes: &BTreeMap<String, CompiledRoutes>,
+    clusters: &BTreeMap<String, ClusterSettings>,
+    assignments: &BTreeMap<String, Vec<EndpointSpec>>,
+    dns: &Dns,
+) -> RoutingTable {
+    let mut domains = HashMap::new();
+    for (name, compiled) in routes {
+        for (ds, vh) in &compiled.vhosts {
+            for d in ds {
+                if domains.contains_key(d.as_str()) {
+                    tracing::warn!(domain = %d, route_config = %name, "domain already served by another route table; ignored here");
+                    continue;
+                }
+                domains.insert(d.clone().into_boxed_str(), vh.clone());
+            }
+        }
+    }
+    let names: BTreeSet<&String> = clusters.keys().chain(assignments.keys()).collect();
+    let mut out = HashMap::new();
+    for name in names {
+        let settings = clusters.get(name).cloned().unwrap_or_default();
+        let old = prev.clusters.get(name.as_str());
+        let old_eps: HashMap<&EndpointAddr, &Arc<Endpoint>> = old
+            .map(|c| c.endpoints.iter().map(|e| (&e.addr, e)).collect())
+            .unwrap_or_default();
+        let eps = assignments
+            .get(name)
+            .map(|specs| {
+                specs
+                    .iter()
+                    .filter_map(|s| endpoint(s, &settings.pool, old_eps.get(&s.addr).copied(), dns))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let shared = old
+            .map(|c| c.shared.clone())
+            .unwrap_or_else(|| Arc::new(ClusterShared::default()));
+        let name: Arc<str> = name.as_str().into();
+        out.insert(
+            name.clone(),
+            Arc::new(Cluster::new(name, settings, eps, shared)),
+        );
+    }
+    RoutingTable {
+        domains,
+        clusters: out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::route_action::Destination as D;
+
+    fn prefix_route(prefix: &str, cluster: &str) -> pb::Route {
+        pb::Route {
+            name: String::new(),
+            r#match: Some(pb::RouteMatch {
+                path: Some(pb::route_match::Path::Prefix(prefix.into())),
+                ..Default::default()
+            }),
+            action: Some(pb::RouteAction {
+                destination: Some(D::Cluster(cluster.into())),
+                ..Default::default()
+            }),
+            request_headers: None,
+            response_headers: None,
+        }
+    }
+
+    fn rc(routes: Vec<pb::Route>) -> pb::RouteConfiguration {
+        pb::RouteConfiguration {
+            name: "users".into(),
+            virtual_hosts: vec![pb::VirtualHost {
+                name: "users".into(),
+                domains: vec!["users".into(), "users.weft".into()],
+                routes,
+            }],
+        }
+    }
+
+    #[test]
+    fn routes_compile_and_name_their_clusters() {
+        let mut split = prefix_route("/", "x");
+        split.action.as_mut().unwrap().destination =
+            Some(D::WeightedClusters(pb::WeightedClusters {
+                clusters: vec![
+                    pb::ClusterWeight {
+                        name: "orders".into(),
+                        weight: 90,
+                    },
+                    pb::ClusterWeight {
+                        name: "orders-v2".into(),
+                        weight: 10,
+                    },
+                ],
+            }));
+        let c = compile_routes(&rc(vec![prefix_route("/api/", "users"), split])).unwrap();
+        assert_eq!(
+            c.clusters.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["orders", "orders-v2", "users"]
+        );
+        assert_eq!(c.vhosts[0].0, ["users", "users.weft"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let mut bad_regex = prefix_route("/", "users");
+        bad_regex.r#match.as_mut().unwrap().path = Some(pb::route_match::Path::Regex("([".into()));
+        let mut zero = prefix_route("/", "x");
+        zero.action.as_mut().unwrap().destination =
+            Some(D::WeightedClusters(pb::WeightedClusters {
+                clusters: vec![pb::ClusterWeight {
+                    name: "a".into(),
+                    weight: 0,
+                }],
+            }));
+        let mut bad_header = prefix_route("/", "users");
+        bad_header.r#match.as_mut().unwrap().headers = vec![pb::HeaderMatcher {
+            name: "bad header".into(),
+            matcher: None,
+            invert: false,
+        }];
+        let errs = compile_routes(&rc(vec![bad_regex, zero, bad_header])).unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(errs[0].starts_with("virtual_hosts[0].routes[0].match.regex: invalid regex"));
+        assert!(errs[1].contains("routes[1].action.weighted_clusters: weights sum to 0"));
+        assert!(errs[2].contains("routes[2].match.headers[0].name: invalid header name"));
+    }
+
+    #[test]
+    fn prefix_rewrite_needs_a_prefix_match() {
+        let mut r = prefix_route("/", "users");
+        r.r#match.as_mut().unwrap().path = Some(pb::route_match::Path::Exact("/x".into()));
+        r.action.as_mut().unwrap().prefix_rewrite = "/y".into();
+        let errs = compile_routes(&rc(vec![r])).unwrap_err();
+        assert!(errs[0].contains("prefix_rewrite: only allowed on a prefix path match"));
+    }
+
+    #[test]
+    fn cluster_defaults_and_overrides() {
+        let s = compile_cluster(&pb::Cluster {
+            name: "users".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s, ClusterSettings::default());
+        let s = compile_cluster(&pb::Cluster {
+            name: "users".into(),
+            lb_policy: pb::cluster::LbPolicy::RoundRobin as i32,
+            request_timeout: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
+            connection_pool: Some(pb::ConnectionPool {
+                max_requests: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.lb, LbPolicy::RoundRobin);
+        assert_eq!(s.request_timeout, None, "explicit 0 disables the timeout");
+        assert_eq!(s.max_requests, 7);
+        assert!(
+            compile_cluster(&pb::Cluster {
+                name: "x".into(),
+                lb_policy: 9,
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn assignments_validate_addresses() {
+        let cla = pb::ClusterLoadAssignment {
+            cluster_name: "users".into(),
+            endpoints: vec![
+                pb::Endpoint {
+                    address: "10.0.0.1".into(),
+                    port: 80,
+                    weight: 0,
+                    ..Default::default()
+                },
+                pb::Endpoint {
+                    address: "users.service.consul".into(),
+                    port: 8080,
+                    ..Default::default()
+                },
+            ],
+        };
+        let eps = compile_assignment(&cla).unwrap();
+        assert_eq!(eps[0].weight, 1, "weight 0 reads as 1");
+        assert!(matches!(eps[1].addr, EndpointAddr::Name { .. }));
+        let bad = pb::ClusterLoadAssignment {
+            cluster_name: "users".into(),
+            endpoints: vec![pb::Endpoint {
+                address: "not valid!".into(),
+                port: 70000,
+                ..Default::default()
+            }],
+        };
+        assert_eq!(compile_assignment(&bad).unwrap_err().len(), 2);
+    }
+
+    #[test]
+    fn endpoint_state_survives_a_new_assignment() {
+        let dns = Dns::default();
+        let specs = |health| {
+            vec![EndpointSpec {
+                addr: EndpointAddr::Ip("127.0.0.1:9".parse().unwrap()),
+                health,
+                weight: 1,
+                meshed: false,
+                instance_id: "a".into(),
+                zone: String::new(),
+            }]
+        };
+        let clusters = BTreeMap::from([("users".to_string(), ClusterSettings::default())]);
+        let t1 = build_table(
+            &RoutingTable::default(),
+            &BTreeMap::new(),
+            &clusters,
+            &BTreeMap::from([("users".to_string(), specs(Health::Healthy))]),
+            &dns,
+        );
+        let e1 = t1.clusters["users"].endpoints[0].clone();
+        e1.stats
+            .requests
+            .store(42, std::sync::atomic::Ordering::Relaxed);
+        t1.clusters["users"]
+            .shared
+            .rr_position
+            .store(5, std::sync::atomic::Ordering::Relaxed);
+        let t2 = build_table(
+            &t1,
+            &BTreeMap::new(),
+            &clusters,
+            &BTreeMap::from([("users".to_string(), specs(Health::Unknown))]),
+            &dns,
+        );
+        let c2 = &t2.clusters["users"];
+        assert_eq!(c2.endpoints[0].health, Health::Unknown);
+        assert!(Arc::ptr_eq(&c2.endpoints[0].stats, &e1.stats));
+        assert_eq!(
+            c2.shared
+                .rr_position
+                .load(std::sync::atomic::Ordering::Relaxed),
+            5
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! JSON renderings of the resources for `/config_dump`. prost types do not
+//! derive serde, so each message is written out field by field (the same
+//! names as the .proto files).
+
+use serde_json::{Value, json};
+use weft_proto::config::v1 as pb;
+
+fn dur(d: &Option<prost_types::Duration>) -> Value {
+    match d {
+        None => Value::Null,
+        Some(d) => json!(format!("{}s", d.seconds as f64 + f64::from(d.nanos) / 1e9)),
+    }
+}
+
+fn string_matcher(m: &Option<pb::StringMatcher>) -> Value {
+    use pb::string_matcher::Pattern;
+    match m.as_ref().and_then(|m| m.pattern.as_ref()) {
+        None => json!({"present": true}),
+        Some(Pattern::Exact(v)) => json!({"exact": v}),
+        Some(Pattern::Prefix(v)) => json!({"prefix": v}),
+        Some(Pattern::Regex(v)) => json!({"regex": v}),
+        Some(Pattern::Present(v)) => json!({"present": v}),
+    }
+}
+
+fn mutation(m: &Option<pb::HeaderMutation>) -> Value {
+    let Some(m) = m else { return Value::Null };
+    let pairs = |l: &[pb::HeaderValue]| {
+        l.iter()
+            .map(|h| json!({"name": h.name, "value": h.value}))
+            .collect::<Vec<_>>()
+    };
+    json!({"set": pairs(&m.set), "add": pairs(&m.add), "remove": m.remove})
+}
+
+pub fn route_configuration(rc: &pb::RouteConfiguration) -> Value {
+    use pb::route_action::Destination;
+    use pb::route_match::Path;
+    let vhosts: Vec<Value> = rc
+        .virtual_hosts
+        .iter()
+        .map(|vh| {
+            let routes: Vec<Value> = vh
+                .routes
+                .iter()
+                .map(|r| {
+                    let m = r.r#match.clone().unwrap_or_default();
+                    let path = match &m.path {
+                        None => Value::Null,
+                        Some(Path::Prefix(p)) => json!({"prefix": p}),
+                        Some(Path::Exact(p)) => json!({"exact": p}),
+                        Some(Path::Regex(p)) => json!({"regex": p}),
+                    };
+                    let a = r.action.clone().unwrap_or_default();
+                    let dest = match &a.destination {
+                        None => Value::Null,
+                        Some(Destination::Cluster(c)) => json!({"cluster": c}),
+                        Some(Destination::WeightedClusters(w)) => json!({"weighted_clusters":
+                            w.clusters.iter().map(|c| json!({"name": c.name, "weight": c.weight})).collect::<Vec<_>>()}),
+                    };
+                    json!({
+                        "name": r.name,
+                        "match": {
+                            "path": path,
+                            "headers": m.headers.iter().map(|h| json!({"name": h.name, "matcher": string_matcher(&h.matcher), "invert": h.invert})).collect::<Vec<_>>(),
+                            "methods": m.methods,
+                            "query_parameters": m.query_parameters.iter().map(|q| json!({"name": q.name, "matcher": string_matcher(&q.matcher)})).collect::<Vec<_>>(),
+                        },
+                        "action": {
+                            "destination": dest,
+                            "prefix_rewrite": a.prefix_rewrite,
+                            "host_rewrite": a.host_rewrite,
+                            "timeout": dur(&a.timeout),
+                        },
+                        "request_headers": mutation(&r.request_headers),
+                        "response_headers": mutation(&r.response_headers),
+                    })
+                })
+                .collect();
+            json!({"name": vh.name, "domains": vh.domains, "routes": routes})
+        })
+        .collect();
+    json!({"name": rc.name, "virtual_hosts": vhosts})
+}
+
+pub fn cluster(c: &pb::Cluster) -> Value {
+    let lb = pb::cluster::LbPolicy::try_from(c.lb_policy)
+        .map(|p| p.as_str_name())
+        .unwrap_or("INVALID");
+    let proto = pb::cluster::Protocol::try_from(c.protocol)
+        .map(|p| p.as_str_name())
+        .unwrap_or("INVALID");
+    json!({
+        "name": c.name,
+        "lb_policy": lb,
+        "connect_timeout": dur(&c.connect_timeout),
+        "request_timeout": dur(&c.request_timeout),
+        "connection_pool": c.connection_pool.as_ref().map(|p| json!({
+            "max_requests": p.max_requests,
+            "max_idle_per_endpoint": p.max_idle_per_endpoint,
+            "idle_timeout": dur(&p.idle_timeout),
+        })),
+        "protocol": proto,
+    })
+}
+
+pub fn assignment(c: &pb::ClusterLoadAssignment) -> Value {
+    json!({
+        "cluster_name": c.cluster_name,
+        "endpoints": c.endpoints.iter().map(|e| json!({
+            "address": e.address,
+            "port": e.port,
+            "health": pb::endpoint::Health::try_from(e.health).map(|h| h.as_str_name()).unwrap_or("INVALID"),
+            "weight": e.weight,
+            "locality": e.locality.as_ref().map(|l| json!({"region": l.region, "zone": l.zone})),
+            "meshed": e.meshed,
+            "instance_id": e.instance_id,
+        })).collect::<Vec<_>>(),
+    })
+}

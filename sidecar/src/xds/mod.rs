@@ -1,0 +1,362 @@
+//! The xDS client: one ADS stream to the agent, ACK/NACK per
+//! `proto/README.md`, and the routing table it compiles.
+//!
+//! [`Core`] is the protocol state machine (no I/O, unit-tested): it takes a
+//! `DiscoveryResponse`, validates and accepts or rejects it, and returns the
+//! requests to send back. `client.rs` runs it over a tonic stream with
+//! reconnects. [`XdsState`] is what the admin endpoints read.
+
+pub mod backoff;
+pub mod client;
+pub mod compile;
+pub mod dump;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use prost::Message;
+use weft_proto::config::v1 as pb;
+use weft_proto::discovery::v1::{DiscoveryRequest, DiscoveryResponse, ErrorDetail, Node};
+use weft_proto::type_url;
+
+use crate::table::{ClusterSettings, RoutingTable};
+use crate::upstream::Dns;
+use compile::{CompiledRoutes, EndpointSpec};
+
+/// Per resource type: what the sidecar holds and what it last said.
+#[derive(Clone, Debug, Default)]
+pub struct TypeState {
+    /// Version of the last accepted response ("" before the first).
+    pub version: String,
+    /// Nonce of the last response received of this type.
+    pub nonce: String,
+    /// Whether a response of this type was ever accepted.
+    pub accepted: bool,
+    /// The last NACK's error detail, until a later response is accepted.
+    pub last_nack: Option<String>,
+}
+
+/// The accepted resources, as received (for /config_dump).
+#[derive(Clone, Debug, Default)]
+pub struct Accepted {
+    pub routes: BTreeMap<String, pb::RouteConfiguration>,
+    pub clusters: BTreeMap<String, pb::Cluster>,
+    pub assignments: BTreeMap<String, pb::ClusterLoadAssignment>,
+}
+
+/// What /ready, /config_dump read. Updated by the client on every change;
+/// never touched by the data path.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub connected: bool,
+    pub ready: bool,
+    /// Why not ready yet ("RouteConfiguration", "Cluster users, orders").
+    pub waiting_for: String,
+    pub node: Option<Node>,
+    /// Keyed by type URL.
+    pub types: BTreeMap<&'static str, TypeState>,
+    pub subscribed_clusters: Vec<String>,
+    pub accepted: Accepted,
+}
+
+#[derive(Debug, Default)]
+pub struct XdsState {
+    pub status: Mutex<Status>,
+}
+
+impl XdsState {
+    /// A poisoned lock only means a panic elsewhere; the data is still the
+    /// last consistent snapshot we wrote, so keep serving it.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The protocol state machine of one sidecar; survives reconnects.
+pub struct Core {
+    node: Node,
+    types: BTreeMap<&'static str, TypeState>,
+    /// Clusters (and assignments) the accepted routes name.
+    clusters_wanted: BTreeSet<String>,
+    routes: BTreeMap<String, CompiledRoutes>,
+    clusters: BTreeMap<String, ClusterSettings>,
+    assignments: BTreeMap<String, Vec<EndpointSpec>>,
+    accepted: Accepted,
+    ready: bool,
+    table: Arc<ArcSwap<RoutingTable>>,
+    dns: Dns,
+}
+
+fn canonical(t: &str) -> Option<&'static str> {
+    type_url::ALL.into_iter().find(|u| *u == t)
+}
+
+impl Core {
+    pub fn new(node: Node, table: Arc<ArcSwap<RoutingTable>>, dns: Dns) -> Self {
+        Self {
+            node,
+            types: type_url::ALL
+                .into_iter()
+                .map(|t| (t, TypeState::default()))
+                .collect(),
+            clusters_wanted: BTreeSet::new(),
+            routes: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            assignments: BTreeMap::new(),
+            accepted: Accepted::default(),
+            ready: false,
+            table,
+            dns,
+        }
+    }
+
+    fn names(&self, t: &str) -> Vec<String> {
+        if t == type_url::ROUTE_CONFIGURATION {
+            Vec::new() // wildcard: every route table
+        } else {
+            self.clusters_wanted.iter().cloned().collect()
+        }
+    }
+
+    fn request(&self, t: &'static str, nonce: String, error: Option<String>) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: self.types[t].version.clone(),
+            node: None,
+            resource_names: self.names(t),
+            type_url: t.to_owned(),
+            response_nonce: nonce,
+            error_detail: error.map(|message| ErrorDetail { code: 3, message }),
+        }
+    }
+
+    /// The requests that open a stream: one per type, routes first; the
+    /// first carries the node; versions are those held (empty on first start).
+    pub fn initial_requests(&self) -> Vec<DiscoveryRequest> {
+        type_url::ALL
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut r = self.request(t, String::new(), None);
+                if i == 0 {
+                    r.node = Some(self.node.clone());
+                }
+                r
+            })
+            .collect()
+    }
+
+    /// Handles one response; returns the requests to send (ACK or NACK,
+    /// plus subscription updates when the routes name other clusters).
+    pub fn handle(&mut self, resp: DiscoveryResponse) -> Vec<DiscoveryRequest> {
+        let Some(t) = canonical(&resp.type_url) else {
+            tracing::warn!(type_url = %resp.type_url, "ignoring a response of an unknown type");
+            return Vec::new();
+        };
+        let nonce = resp.nonce.clone();
+        if let Some(state) = self.types.get_mut(t) {
+            state.nonce = nonce.clone();
+        }
+        if self.types[t].accepted && self.types[t].version == resp.version_info {
+            // Same content as held (e.g. after a reconnect): ACK, no rebuild.
+            return vec![self.request(t, nonce, None)];
+        }
+        let result = match t {
+            type_url::ROUTE_CONFIGURATION => self.accept_routes(&resp),
+            type_url::CLUSTER => self.accept_clusters(&resp),
+            _ => self.accept_assignments(&resp),
+        };
+        match result {
+            Err(errors) => {
+                let detail = errors.join("\n");
+                tracing::warn!(
+                    r#type = type_url::short(t),
+                    version = %resp.version_info,
+                    errors = %detail,
+                    "rejected config (NACK); keeping the last good one"
+                );
+                if let Some(s) = self.types.get_mut(t) {
+                    s.last_nack = Some(detail.clone());
+                }
+                vec![self.request(t, nonce, Some(detail))]
+            }
+            Ok(resubscribe) => {
+                if let Some(s) = self.types.get_mut(t) {
+                    s.version = resp.version_info.clone();
+                    s.accepted = true;
+                    s.last_nack = None;
+                }
+                tracing::info!(r#type = type_url::short(t), version = %resp.version_info, resources = resp.resources.len(), "accepted config");
+                self.rebuild();
+                let mut out = vec![self.request(t, nonce, None)];
+                if resubscribe {
+                    for t in [type_url::CLUSTER, type_url::CLUSTER_LOAD_ASSIGNMENT] {
+                        out.push(self.request(t, self.types[t].nonce.clone(), None));
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    fn decode<M: Message + Default>(resp: &DiscoveryResponse, errors: &mut Vec<String>) -> Vec<M> {
+        let mut out = Vec::new();
+        for (i, any) in resp.resources.iter().enumerate() {
+            if any.type_url != resp.type_url {
+                errors.push(format!(
+                    "resources[{i}]: type {} in a {} response",
+                    any.type_url, resp.type_url
+                ));
+                continue;
+            }
+            match M::decode(any.value.as_slice()) {
+                Ok(m) => out.push(m),
+                Err(e) => errors.push(format!("resources[{i}]: cannot decode: {e}")),
+            }
+        }
+        out
+    }
+
+    /// Returns whether the cluster subscription changed.
+    fn accept_routes(&mut self, resp: &DiscoveryResponse) -> Result<bool, Vec<String>> {
+        let mut errors = Vec::new();
+        let msgs: Vec<pb::RouteConfiguration> = Self::decode(resp, &mut errors);
+        let mut compiled = BTreeMap::new();
+        for m in &msgs {
+            match compile::compile_routes(m) {
+                Ok(c) => {
+                    compiled.insert(m.name.clone(), c);
+                }
+                Err(errs) => errors.extend(
+                    errs.into_iter()
+                        .map(|e| format!("RouteConfiguration {}: {e}", m.name)),
+                ),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let wanted: BTreeSet<String> = compiled
+            .values()
+            .flat_map(|c| c.clusters.iter().cloned())
+            .collect();
+        let changed = wanted != self.clusters_wanted;
+        self.clusters_wanted = wanted;
+        self.routes = compiled;
+        self.accepted.routes = msgs.into_iter().map(|m| (m.name.clone(), m)).collect();
+        Ok(changed)
+    }
+
+    fn accept_clusters(&mut self, resp: &DiscoveryResponse) -> Result<bool, Vec<String>> {
+        let mut errors = Vec::new();
+        let msgs: Vec<pb::Cluster> = Self::decode(resp, &mut errors);
+        let mut compiled = BTreeMap::new();
+        for m in &msgs {
+            match compile::compile_cluster(m) {
+                Ok(c) => {
+                    compiled.insert(m.name.clone(), c);
+                }
+                Err(errs) => {
+                    errors.extend(errs.into_iter().map(|e| format!("Cluster {}: {e}", m.name)))
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        self.clusters = compiled;
+        self.accepted.clusters = msgs.into_iter().map(|m| (m.name.clone(), m)).collect();
+        Ok(false)
+    }
+
+    fn accept_assignments(&mut self, resp: &DiscoveryResponse) -> Result<bool, Vec<String>> {
+        let mut errors = Vec::new();
+        let msgs: Vec<pb::ClusterLoadAssignment> = Self::decode(resp, &mut errors);
+        let mut compiled = BTreeMap::new();
+        for m in &msgs {
+            match compile::compile_assignment(m) {
+                Ok(c) => {
+                    compiled.insert(m.cluster_name.clone(), c);
+                }
+                Err(errs) => errors.extend(
+                    errs.into_iter()
+                        .map(|e| format!("ClusterLoadAssignment {}: {e}", m.cluster_name)),
+                ),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        self.assignments = compiled;
+        self.accepted.assignments = msgs
+            .into_iter()
+            .map(|m| (m.cluster_name.clone(), m))
+            .collect();
+        Ok(false)
+    }
+
+    fn rebuild(&mut self) {
+        let prev = self.table.load();
+        let table = compile::build_table(
+            &prev,
+            &self.routes,
+            &self.clusters,
+            &self.assignments,
+            &self.dns,
+        );
+        self.table.store(Arc::new(table));
+        if !self.ready && self.waiting_for().is_empty() {
+            self.ready = true;
+            tracing::info!("first complete config received; ready");
+        }
+    }
+
+    /// What is missing for a complete config; empty when complete.
+    pub fn waiting_for(&self) -> String {
+        if !self.types[type_url::ROUTE_CONFIGURATION].accepted {
+            return "RouteConfiguration".into();
+        }
+        let missing = |held: &dyn Fn(&String) -> bool| {
+            self.clusters_wanted
+                .iter()
+                .filter(|n| !held(n))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let no_cluster = missing(&|n| self.clusters.contains_key(n));
+        let no_cla = missing(&|n| self.assignments.contains_key(n));
+        let mut parts = Vec::new();
+        if !self.types[type_url::CLUSTER].accepted || !no_cluster.is_empty() {
+            parts.push(
+                format!("Cluster {}", no_cluster.join(", "))
+                    .trim_end()
+                    .to_owned(),
+            );
+        }
+        if !self.types[type_url::CLUSTER_LOAD_ASSIGNMENT].accepted || !no_cla.is_empty() {
+            parts.push(
+                format!("ClusterLoadAssignment {}", no_cla.join(", "))
+                    .trim_end()
+                    .to_owned(),
+            );
+        }
+        parts.join("; ")
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Copies the state the admin endpoints show.
+    pub fn publish(&self, status: &mut Status) {
+        status.ready = self.ready;
+        status.waiting_for = self.waiting_for();
+        status.node = Some(self.node.clone());
+        status.types = self.types.clone();
+        status.subscribed_clusters = self.clusters_wanted.iter().cloned().collect();
+        status.accepted = self.accepted.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! Specs of the xDS protocol state machine (no network).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prost::Message;
+use weft_proto::config::v1 as pb;
+use weft_proto::discovery::v1::{DiscoveryResponse, Node};
+use weft_proto::type_url::{
+    CLUSTER, CLUSTER_LOAD_ASSIGNMENT as CLA, ROUTE_CONFIGURATION as ROUTES,
+};
+
+use super::Core;
+use crate::table::RoutingTable;
+use crate::upstream::Dns;
+
+fn core() -> (Core, Arc<ArcSwap<RoutingTable>>) {
+    let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+    let node = Node {
+        id: "web-1-abc".into(),
+        service: "web".into(),
+        instance: "web-1".into(),
+        ..Default::default()
+    };
+    (Core::new(node, table.clone(), Dns::default()), table)
+}
+
+fn response<M: Message>(t: &str, version: &str, nonce: &str, msgs: &[M]) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: version.into(),
+        resources: msgs
+            .iter()
+            .map(|m| prost_types::Any {
+                type_url: t.into(),
+                value: m.encode_to_vec(),
+            })
+            .collect(),
+        type_url: t.into(),
+        nonce: nonce.into(),
+    }
+}
+
+fn routes(cluster: &str, regex: Option<&str>) -> pb::RouteConfiguration {
+    pb::RouteConfiguration {
+        name: "users".into(),
+        virtual_hosts: vec![pb::VirtualHost {
+            name: "users".into(),
+            domains: vec!["users".into(), "users.weft".into()],
+            routes: vec![pb::Route {
+                r#match: Some(pb::RouteMatch {
+                    path: Some(match regex {
+                        Some(r) => pb::route_match::Path::Regex(r.into()),
+                        None => pb::route_match::Path::Prefix("/".into()),
+                    }),
+                    ..Default::default()
+                }),
+                action: Some(pb::RouteAction {
+                    destination: Some(pb::route_action::Destination::Cluster(cluster.into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        }],
+    }
+}
+
+fn cluster(name: &str) -> pb::Cluster {
+    pb::Cluster {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn cla(name: &str, port: u32) -> pb::ClusterLoadAssignment {
+    pb::ClusterLoadAssignment {
+        cluster_name: name.into(),
+        endpoints: vec![pb::Endpoint {
+            address: "127.0.0.1".into(),
+            port,
+            health: pb::endpoint::Health::Healthy as i32,
+            ..Default::default()
+        }],
+    }
+}
+
+#[test]
+fn a_stream_opens_with_one_request_per_type_routes_first() {
+    let (core, _) = core();
+    let reqs = core.initial_requests();
+    let types: Vec<_> = reqs.iter().map(|r| r.type_url.as_str()).collect();
+    assert_eq!(types, [ROUTES, CLUSTER, CLA]);
+    assert_eq!(
+        reqs[0].node.as_ref().unwrap().service,
+        "web",
+        "node on the first request"
+    );
+    assert!(reqs[1].node.is_none());
+    assert!(
+        reqs.iter()
+            .all(|r| r.version_info.is_empty() && r.response_nonce.is_empty())
+    );
+    assert!(
+        reqs[0].resource_names.is_empty(),
+        "routes are a wildcard subscription"
+    );
+}
+
+#[test]
+fn accepted_routes_are_acked_and_subscribe_to_their_clusters() {
+    let (mut core, table) = core();
+    let out = core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
+    assert_eq!(out.len(), 3, "ACK + Cluster and CLA subscriptions");
+    assert_eq!(
+        (
+            out[0].type_url.as_str(),
+            out[0].version_info.as_str(),
+            out[0].response_nonce.as_str()
+        ),
+        (ROUTES, "r1", "1")
+    );
+    assert!(out[0].error_detail.is_none());
+    for (r, t) in out[1..].iter().zip([CLUSTER, CLA]) {
+        assert_eq!(r.type_url, t);
+        assert_eq!(r.resource_names, ["users"]);
+    }
+    assert!(
+        table.load().virtual_host("users.weft").is_some(),
+        "table swapped in"
+    );
+    assert!(!core.is_ready());
+    assert_eq!(
+        core.waiting_for(),
+        "Cluster users; ClusterLoadAssignment users"
+    );
+}
+
+#[test]
+fn ready_after_routes_and_every_named_cluster_and_assignment() {
+    let (mut core, table) = core();
+    core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
+    core.handle(response(CLUSTER, "c1", "2", &[cluster("users")]));
+    assert!(!core.is_ready());
+    assert_eq!(core.waiting_for(), "ClusterLoadAssignment users");
+    let out = core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
+    assert_eq!(out.len(), 1);
+    assert!(core.is_ready());
+    assert_eq!(table.load().clusters["users"].serving.len(), 1);
+
+    // New routes naming a new cluster: subscription grows, readiness stays.
+    let out = core.handle(response(ROUTES, "r2", "4", &[routes("orders", None)]));
+    assert_eq!(out[1].resource_names, ["orders"]);
+    assert_eq!(
+        out[1].response_nonce, "2",
+        "subscription updates carry the type's latest nonce"
+    );
+    assert_eq!(out[1].version_info, "c1");
+    assert!(core.is_ready(), "readiness is sticky");
+}
+
+#[test]
+fn an_invalid_response_is_nacked_and_the_last_good_table_kept() {
+    let (mut core, table) = core();
+    core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
+    let before = table.load_full();
+    let out = core.handle(response(ROUTES, "r2", "2", &[routes("users", Some("(["))]));
+    assert_eq!(out.len(), 1);
+    let nack = &out[0];
+    assert_eq!(nack.version_info, "r1", "NACK names the version still held");
+    assert_eq!(nack.response_nonce, "2");
+    let detail = &nack.error_detail.as_ref().unwrap().message;
+    assert!(
+        detail.starts_with(
+            "RouteConfiguration users: virtual_hosts[0].routes[0].match.regex: invalid regex"
+        ),
+        "{detail}"
+    );
+    assert!(Arc::ptr_eq(&before, &table.load_full()), "table untouched");
+
+    let mut status = super::Status::default();
+    core.publish(&mut status);
+    assert!(status.types[ROUTES].last_nack.is_some());
+}
+
+#[test]
+fn undecodable_resources_are_nacked() {
+    let (mut core, _) = core();
+    let mut resp = response(CLUSTER, "c1", "1", &[cluster("users")]);
+    resp.resources[0].value = vec![0xff, 0xff, 0xff];
+    let out = core.handle(resp);
+    assert!(
+        out[0]
+            .error_detail
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("resources[0]: cannot decode")
+    );
+}
+
+#[test]
+fn a_response_with_the_held_version_is_acked_without_a_rebuild() {
+    let (mut core, table) = core();
+    core.handle(response(CLUSTER, "c1", "1", &[cluster("users")]));
+    let before = table.load_full();
+    // After a reconnect the agent resends what we already hold.
+    let out = core.handle(response(CLUSTER, "c1", "7", &[cluster("users")]));
+    assert_eq!(
+        (out[0].version_info.as_str(), out[0].response_nonce.as_str()),
+        ("c1", "7")
+    );
+    assert!(Arc::ptr_eq(&before, &table.load_full()));
+    // And the reconnect's opening requests carry the versions held.
+    assert_eq!(core.initial_requests()[1].version_info, "c1");
+}
+
+#[test]
+fn unhealthy_endpoints_get_no_traffic_but_are_listed() {
+    let (mut core, table) = core();
+    let mut a = cla("users", 8080);
+    a.endpoints.push(pb::Endpoint {
+        address: "127.0.0.1".into(),
+        port: 8081,
+        health: pb::endpoint::Health::Unhealthy as i32,
+        ..Default::default()
+    });
+    core.handle(response(CLA, "e1", "1", &[a]));
+    let t = table.load();
+    let c = &t.clusters["users"];
+    assert_eq!((c.endpoints.len(), c.serving.len()), (2, 1));
+}

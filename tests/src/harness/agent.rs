@@ -1,0 +1,135 @@
+//! The discovery agent (`weft-discovery`) as a child process.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use super::binaries::binary;
+use super::eventually::eventually;
+use super::http::HttpClient;
+use super::ports::free_port;
+use super::process::Process;
+
+/// Time for the agent to start and finish its first full sync (`/readyz`).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the agent gets the mesh from.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// `--consul <address>`.
+    Consul(String),
+    /// `--config-dir <dir>`: the embedded file backend.
+    ConfigDir(PathBuf),
+}
+
+/// A running `weft-discovery`, restartable on the same ports.
+pub struct Agent {
+    process: Process,
+    listen_port: u16,
+    admin_port: u16,
+    http: HttpClient,
+}
+
+impl Agent {
+    /// Starts the agent on free ports and waits for `/readyz`.
+    pub async fn start(log_dir: &Path, backend: &Backend) -> anyhow::Result<Self> {
+        let listen_port = free_port()?;
+        let admin_port = free_port()?;
+        let mut args = match backend {
+            Backend::Consul(address) => vec!["--consul".to_owned(), address.clone()],
+            Backend::ConfigDir(dir) => vec!["--config-dir".to_owned(), dir.display().to_string()],
+        };
+        args.extend([
+            "--listen".to_owned(),
+            format!("127.0.0.1:{listen_port}"),
+            "--admin".to_owned(),
+            format!("127.0.0.1:{admin_port}"),
+        ]);
+        let process = Process::spawn_with_env(
+            "weft-discovery",
+            &binary("weft-discovery")?,
+            &args,
+            &[("RUST_LOG", "info,weft_discovery=debug")],
+            log_dir,
+        )?;
+        let mut agent = Self {
+            process,
+            listen_port,
+            admin_port,
+            http: HttpClient::new(),
+        };
+        agent.wait_ready().await?;
+        Ok(agent)
+    }
+
+    /// What a sidecar's `--discovery` takes.
+    pub fn discovery_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.listen_port)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// Waits until `/readyz` answers 200 (first full sync done).
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let url = format!("{}/readyz", self.admin_url());
+        wait_for_200(&mut self.process, &self.http, &url, READY_TIMEOUT).await
+    }
+
+    /// Kills the agent (SIGKILL: like a crash, nothing gets a goodbye) and
+    /// starts it again on the same ports, then waits for `/readyz`.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.restart()?;
+        self.wait_ready().await
+    }
+
+    /// The agent's `/status` JSON.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let reply = self
+            .http
+            .get(&format!("{}/status", self.admin_url()))
+            .await?;
+        if !reply.status.is_success() {
+            bail!("agent /status answered {}: {}", reply.status, reply.text());
+        }
+        reply.json().context("agent /status")
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+/// Polls `url` until it answers 200, failing at once (with the log) if the
+/// process dies meanwhile.
+pub(crate) async fn wait_for_200(
+    process: &mut Process,
+    http: &HttpClient,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let name = process.name().to_owned();
+    let result = eventually(timeout, &format!("{name} answers 200 on {url}"), || {
+        let alive = process.check_running();
+        let http = http.clone();
+        async move {
+            alive?;
+            let reply = http.get(url).await?;
+            if reply.status.is_success() {
+                Ok(())
+            } else {
+                bail!("{} {}", reply.status, reply.text())
+            }
+        }
+    })
+    .await;
+    result.map_err(|error| {
+        anyhow::anyhow!(
+            "{error:#}\nlast lines of {}:\n{}",
+            process.log_path().display(),
+            process.tail()
+        )
+    })
+}

@@ -1,0 +1,238 @@
+//! A whole test mesh: Consul (or a config directory), the agent, and helpers
+//! that start instances the way an operator would.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt as _;
+
+use super::agent::{Agent, Backend};
+use super::app::App;
+use super::consul::{Consul, Registration};
+use super::eventually::eventually;
+use super::http::{Call, Echo, HttpClient};
+use super::ports::free_port;
+use super::sidecar::{Sidecar, SidecarSpec};
+use crate::TestCtx;
+
+/// Time a setup step (a new route, a new instance) gets to show up before
+/// the test gives up; the 1 s convergence budgets are asserted separately.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An app with its sidecar.
+pub struct MeshedInstance {
+    pub app: App,
+    pub sidecar: Sidecar,
+    pub registration: Registration,
+}
+
+/// Consul, the agent on Consul, and the test's HTTP client.
+pub struct Mesh {
+    pub log_dir: PathBuf,
+    pub consul: Consul,
+    pub agent: Agent,
+    pub http: HttpClient,
+}
+
+impl Mesh {
+    /// Starts Consul and the agent, both ready.
+    pub async fn start(ctx: &TestCtx) -> anyhow::Result<Self> {
+        let consul = Consul::start(&ctx.log_dir).await?;
+        let agent = Agent::start(&ctx.log_dir, &Backend::Consul(consul.address())).await?;
+        Ok(Self {
+            log_dir: ctx.log_dir.clone(),
+            consul,
+            agent,
+            http: HttpClient::new(),
+        })
+    }
+
+    /// Starts an app and registers it as a plain (not meshed) instance:
+    /// sidecars reach it directly, in plaintext.
+    pub async fn plain_instance(&self, service: &str, id: &str) -> anyhow::Result<App> {
+        self.plain_instance_with(service, id, |_| {}).await
+    }
+
+    /// Like [`Mesh::plain_instance`], adjusting the registration (a weight, say).
+    pub async fn plain_instance_with(
+        &self,
+        service: &str,
+        id: &str,
+        adjust: impl FnOnce(&mut Registration),
+    ) -> anyhow::Result<App> {
+        let app = App::start(&self.log_dir, service, id).await?;
+        let mut registration = Registration::plain(service, id, app.port());
+        adjust(&mut registration);
+        self.consul.register(&registration).await?;
+        Ok(app)
+    }
+
+    /// Starts an app, registers it meshed (Connect sidecar service on the
+    /// sidecar's inbound port) and starts its sidecar.
+    pub async fn meshed_instance(&self, service: &str, id: &str) -> anyhow::Result<MeshedInstance> {
+        let app = App::start(&self.log_dir, service, id).await?;
+        let inbound_port = free_port()?;
+        let registration = Registration::meshed(service, id, app.port(), inbound_port);
+        self.consul.register(&registration).await?;
+        let sidecar = Sidecar::start(
+            &self.log_dir,
+            SidecarSpec {
+                service: service.to_owned(),
+                instance: id.to_owned(),
+                discovery: self.agent.discovery_url(),
+                app_port: app.port(),
+                inbound_port: Some(inbound_port),
+            },
+        )
+        .await?;
+        Ok(MeshedInstance {
+            app,
+            sidecar,
+            registration,
+        })
+    }
+
+    /// The calling side of most tests: a meshed `client` service whose
+    /// sidecar's outbound listener the test sends requests to.
+    pub async fn client(&self) -> anyhow::Result<MeshedInstance> {
+        self.meshed_instance("client", "client-1").await
+    }
+
+    /// Writes a document under the agent's KV prefix: `key` is
+    /// `routes/<host>`, `destinations/<svc>` or `policies/<svc>`.
+    pub async fn put_document(
+        &self,
+        key: &str,
+        document: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.consul
+            .kv_put(&format!("weft/{key}"), &document.to_string())
+            .await
+    }
+
+    /// Writes raw bytes (for invalid documents) under the KV prefix.
+    pub async fn put_raw_document(&self, key: &str, document: &str) -> anyhow::Result<()> {
+        self.consul.kv_put(&format!("weft/{key}"), document).await
+    }
+}
+
+/// The agent on the embedded file backend: no Consul at all.
+pub struct FileMesh {
+    pub log_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub agent: Agent,
+    pub http: HttpClient,
+}
+
+impl FileMesh {
+    /// Writes `files` (path relative to the config dir -> content) into a
+    /// fresh config dir under the test's log dir, then starts the agent on it.
+    pub async fn start(ctx: &TestCtx, files: &[(&str, String)]) -> anyhow::Result<Self> {
+        let config_dir = ctx.log_dir.join("config");
+        for (path, content) in files {
+            write_file(&config_dir.join(path), content)?;
+        }
+        let agent = Agent::start(&ctx.log_dir, &Backend::ConfigDir(config_dir.clone())).await?;
+        Ok(Self {
+            log_dir: ctx.log_dir.clone(),
+            config_dir,
+            agent,
+            http: HttpClient::new(),
+        })
+    }
+
+    /// Starts an app and a sidecar with no registration (the config dir says
+    /// where services are).
+    pub async fn sidecar(&self, service: &str, id: &str) -> anyhow::Result<(App, Sidecar)> {
+        let app = App::start(&self.log_dir, service, id).await?;
+        let sidecar = Sidecar::start(
+            &self.log_dir,
+            SidecarSpec {
+                service: service.to_owned(),
+                instance: id.to_owned(),
+                discovery: self.agent.discovery_url(),
+                app_port: app.port(),
+                inbound_port: None,
+            },
+        )
+        .await?;
+        Ok((app, sidecar))
+    }
+
+    /// Rewrites one file of the config dir (atomically: write then rename, so
+    /// the watcher never sees half a document).
+    pub fn write(&self, path: &str, content: &str) -> anyhow::Result<()> {
+        write_file(&self.config_dir.join(path), content)
+    }
+}
+
+fn write_file(path: &Path, content: &str) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let staging = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|name| name.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    std::fs::write(&staging, content).with_context(|| format!("writing {}", staging.display()))?;
+    std::fs::rename(&staging, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Waits until a call through `outbound` is answered by an app for which
+/// `expect` holds, and returns that answer. For setup steps; convergence
+/// times are measured by the tests themselves.
+pub async fn wait_for_route(
+    http: &HttpClient,
+    outbound: SocketAddr,
+    call: Call<'_>,
+    what: &str,
+    expect: impl Fn(&Echo) -> bool,
+) -> anyhow::Result<Echo> {
+    eventually(SETUP_TIMEOUT, what, || {
+        let call = call.clone();
+        let expect = &expect;
+        async move {
+            let echo = http.call(outbound, call).await?.echo()?;
+            if expect(&echo) {
+                Ok(echo)
+            } else {
+                bail!(
+                    "answered by {} ({}) at path {}",
+                    echo.instance,
+                    echo.service,
+                    echo.path
+                )
+            }
+        }
+    })
+    .await
+}
+
+/// Sends `count` calls (16 at a time) and counts the answering instances.
+/// Any failed call fails the tally.
+pub async fn tally(
+    http: &HttpClient,
+    outbound: SocketAddr,
+    call: Call<'_>,
+    count: usize,
+) -> anyhow::Result<BTreeMap<String, usize>> {
+    let results: Vec<anyhow::Result<Echo>> = futures_util::stream::iter(0..count)
+        .map(|_| {
+            let call = call.clone();
+            async move { http.call(outbound, call).await?.echo() }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut counts = BTreeMap::new();
+    for result in results {
+        *counts.entry(result?.instance).or_default() += 1;
+    }
+    Ok(counts)
+}

@@ -1,0 +1,16 @@
+//! The end-to-end harness: real processes on loopback ports, readiness
+//! endpoints instead of sleeps, logs under `target/e2e-logs/<test>/`.
+
+pub mod agent;
+pub mod app;
+pub mod binaries;
+pub mod consul;
+pub mod eventually;
+pub mod fixtures;
+pub mod grpc;
+pub mod http;
+pub mod mesh;
+pub mod ports;
+pub mod process;
+pub mod sidecar;
+pub mod traffic;

@@ -1,0 +1,127 @@
+//! Sidecars (`weft-sidecar`) as child processes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use super::agent::wait_for_200;
+use super::binaries::binary;
+use super::http::HttpClient;
+use super::ports::free_port;
+use super::process::Process;
+
+/// Time for a sidecar to start, connect and receive its first complete config.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a sidecar is started with.
+#[derive(Clone, Debug)]
+pub struct SidecarSpec {
+    pub service: String,
+    pub instance: String,
+    pub discovery: String,
+    pub app_port: u16,
+    /// The inbound port, when it must be known before the sidecar starts
+    /// (it is registered in Consul first); a free one otherwise.
+    pub inbound_port: Option<u16>,
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    process: Process,
+    pub service: String,
+    pub instance: String,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    http: HttpClient,
+}
+
+impl Sidecar {
+    /// Starts a sidecar and waits for its `/ready`.
+    pub async fn start(log_dir: &Path, spec: SidecarSpec) -> anyhow::Result<Self> {
+        let inbound = loopback(match spec.inbound_port {
+            Some(port) => port,
+            None => free_port()?,
+        });
+        let outbound = loopback(free_port()?);
+        let admin = loopback(free_port()?);
+        let args = vec![
+            "--service".to_owned(),
+            spec.service.clone(),
+            "--instance".to_owned(),
+            spec.instance.clone(),
+            "--discovery".to_owned(),
+            spec.discovery.clone(),
+            "--inbound".to_owned(),
+            inbound.to_string(),
+            "--app".to_owned(),
+            loopback(spec.app_port).to_string(),
+            "--outbound".to_owned(),
+            outbound.to_string(),
+            "--admin".to_owned(),
+            admin.to_string(),
+        ];
+        let process = Process::spawn_with_env(
+            &format!("sidecar-{}", spec.instance),
+            &binary("weft-sidecar")?,
+            &args,
+            &[("RUST_LOG", "info,weft_sidecar=debug")],
+            log_dir,
+        )?;
+        let mut sidecar = Self {
+            process,
+            service: spec.service,
+            instance: spec.instance,
+            inbound,
+            outbound,
+            admin,
+            http: HttpClient::new(),
+        };
+        let url = format!("http://{}/ready", sidecar.admin);
+        wait_for_200(&mut sidecar.process, &sidecar.http, &url, READY_TIMEOUT).await?;
+        Ok(sidecar)
+    }
+
+    /// `/config_dump` as JSON.
+    pub async fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
+        self.admin_json("/config_dump").await
+    }
+
+    /// `/clusters` as JSON.
+    pub async fn clusters(&self) -> anyhow::Result<serde_json::Value> {
+        self.admin_json("/clusters").await
+    }
+
+    /// An error (with the log) if the sidecar died.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.process.check_running()
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    async fn admin_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let reply = self
+            .http
+            .get(&format!("http://{}{path}", self.admin))
+            .await?;
+        if !reply.status.is_success() {
+            bail!(
+                "sidecar {} {path} answered {}: {}",
+                self.instance,
+                reply.status,
+                reply.text()
+            );
+        }
+        reply
+            .json()
+            .with_context(|| format!("sidecar {} {path}", self.instance))
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
