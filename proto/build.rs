@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     // Any::from_msg needs each message to know its own type URL.
     config.enable_type_names();
+    // ...and type URLs in the form xDS (and our type_url constants) use.
+    config.type_name_domain(["."], "type.googleapis.com");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

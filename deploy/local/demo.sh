@@ -92,14 +92,20 @@ for line in "${services[@]}"; do
   wait_http "http://127.0.0.1:$admin/ready" "sidecar of $name"
 done
 
-web_out=http://127.0.0.1:18501
-# Wait until the mesh routes users to a healthy endpoint (Consul's first check runs within 1 s).
+echo "== waiting for Consul's first health checks to pass (they run every second)"
 for _ in $(seq 1 100); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: users' "$web_out/api/v1/users/42" || true)
-  [[ "$code" == 200 ]] && break; sleep 0.1
+  [[ "$(curl -fsS "$CONSUL_HTTP_ADDR/v1/health/state/critical" 2>/dev/null)" == "[]" ]] && break; sleep 0.1
+done
+web_out=http://127.0.0.1:18501
+# Wait until the routes from KV reached web's sidecar and users-v2 passes its
+# first Consul health check (checks run every second).
+for _ in $(seq 1 100); do
+  answer=$(curl -s -H 'Host: users' -H 'x-api-version: v2' "$web_out/api/v1/users/42" || true)
+  [[ "$answer" == *'"instance":"users-v2-1"'* ]] && break; sleep 0.1
 done
 
-served_by() { sed -n 's/.*"instance":"\([^"]*\)".*/\1/p'; }
+# The instance that answered, from the test app's JSON echo (which ends without a newline).
+served_by() { { cat; echo; } | sed -n 's/.*"instance":"\([^"]*\)".*/\1/p'; }
 echo
 echo "== traffic from web's sidecar (outbound $web_out)"
 echo "-- GET http://users/api/v1/users/42 (prefix route, rewritten to /42):"

@@ -172,7 +172,10 @@ fn decode<M: Message + Default>(response: &DiscoveryResponse) -> Vec<M> {
     response
         .resources
         .iter()
-        .map(|any| M::decode(any.value.as_slice()).unwrap())
+        .map(|any| {
+            assert_eq!(any.type_url, response.type_url, "each resource names its type");
+            M::decode(any.value.as_slice()).unwrap()
+        })
         .collect()
 }
 

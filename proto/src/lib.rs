@@ -30,3 +30,21 @@ pub mod type_url {
         type_url.rsplit('.').next().unwrap_or(type_url)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Name;
+
+    use super::config::v1::{Cluster, ClusterLoadAssignment, RouteConfiguration};
+    use super::type_url;
+
+    #[test]
+    fn generated_type_urls_are_the_ones_on_the_wire() {
+        assert_eq!(Cluster::type_url(), type_url::CLUSTER);
+        assert_eq!(
+            ClusterLoadAssignment::type_url(),
+            type_url::CLUSTER_LOAD_ASSIGNMENT
+        );
+        assert_eq!(RouteConfiguration::type_url(), type_url::ROUTE_CONFIGURATION);
+    }
+}

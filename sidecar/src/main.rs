@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use weft_sidecar::{Drained, Settings};
 
+/// jemalloc: fewer CPU cycles than glibc malloc for the data path's many
+/// small per-request allocations, and it returns freed memory steadily.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let settings = match Settings::load() {
         Ok(s) => s,

@@ -23,7 +23,7 @@ use super::{BoxFuture, ProxyRequest};
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Endpoint, cluster::Protocol};
-use crate::upstream::ConnectError;
+use crate::upstream::{ConnectError, H1Error};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Forward;
@@ -38,15 +38,24 @@ fn prepare(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let authority: Authority = if h2 {
-        let from_host = req
+    if h2 {
+        // HTTP/2 carries the host as :authority, taken from the URI.
+        let authority: Authority = req
             .headers_mut()
             .remove(header::HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok());
-        from_host
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
             .or_else(|| req.uri().authority().cloned())
-            .unwrap_or_else(|| endpoint.authority.clone())
+            .unwrap_or_else(|| endpoint.authority.clone());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(pq);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| {
+            ProxyError::new(ErrorKind::BadRequest, "cannot build the upstream URI").with_cause(e)
+        })?;
+        *req.version_mut() = Version::HTTP_2;
     } else {
+        // HTTP/1.1: origin-form request line, the host in Host.
         if !req.headers().contains_key(header::HOST) {
             let host = req
                 .uri()
@@ -58,22 +67,11 @@ fn prepare(
                 });
             req.headers_mut().insert(header::HOST, host);
         }
-        endpoint.authority.clone()
-    };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(pq);
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| {
-        ProxyError::new(ErrorKind::BadRequest, "cannot build the upstream URI").with_cause(e)
-    })?;
-    *req.version_mut() = if h2 {
-        Version::HTTP_2
-    } else if req.version() == Version::HTTP_10 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
+        *req.uri_mut() = Uri::from(pq);
+        if req.version() != Version::HTTP_10 {
+            *req.version_mut() = Version::HTTP_11;
+        }
+    }
     Ok(())
 }
 
@@ -93,6 +91,21 @@ fn classify(e: hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyE
             format!("{} closed the connection before responding", endpoint.addr),
         )
         .with_cause(e)
+    }
+}
+
+fn classify_h1(e: H1Error, endpoint: &Endpoint) -> ProxyError {
+    match e {
+        H1Error::Connect(_) | H1Error::Handshake(_) => ProxyError::new(
+            ErrorKind::ConnectFailed,
+            format!("cannot connect to {}", endpoint.addr),
+        )
+        .with_cause(e),
+        H1Error::Send(_) => ProxyError::new(
+            ErrorKind::UpstreamReset,
+            format!("{} closed the connection before responding", endpoint.addr),
+        )
+        .with_cause(e),
     }
 }
 
@@ -121,17 +134,28 @@ impl Service<ProxyRequest> for Forward {
                 Protocol::Http2 => true,
             };
             prepare(&mut http, &endpoint, h2)?;
-            let client = if h2 {
-                &endpoint.client.h2
+            let result = if h2 {
+                endpoint
+                    .client
+                    .h2
+                    .request(http)
+                    .await
+                    .map(|r| r.map(ProxyBody::Upstream))
+                    .map_err(|e| classify(e, &endpoint))
             } else {
-                &endpoint.client.h1
+                endpoint
+                    .client
+                    .h1
+                    .send(http)
+                    .await
+                    .map(|r| r.map(ProxyBody::Pooled))
+                    .map_err(|e| classify_h1(e, &endpoint))
             };
-            let result = client.request(http).await;
             let mut resp = match result {
                 Ok(resp) => resp,
                 Err(e) => {
                     endpoint.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    return Err(classify(e, &endpoint));
+                    return Err(e);
                 }
             };
             if resp.status().is_server_error() {
@@ -146,7 +170,7 @@ impl Service<ProxyRequest> for Forward {
             // `ctx` (with the in-flight guards) is dropped here: the request
             // counts as in flight until its response headers arrive.
             drop(ctx);
-            Ok(resp.map(ProxyBody::Upstream))
+            Ok(resp)
         })
     }
 }

@@ -10,6 +10,7 @@
 
 mod connector;
 mod dns;
+mod h1_pool;
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use connector::{ConnectError, Connector};
 pub use dns::Dns;
+pub use h1_pool::{H1Error, H1Pool, PooledBody};
 
 use crate::table::EndpointAddr;
 
@@ -52,7 +54,8 @@ pub type HttpClient = Client<Connector, Incoming>;
 #[derive(Clone)]
 pub struct UpstreamClient {
     pub settings: PoolSettings,
-    pub h1: HttpClient,
+    /// HTTP/1.1: a bounded pool of keep-alive connections.
+    pub h1: H1Pool,
     /// HTTP/2 with prior knowledge: one multiplexed connection per authority.
     pub h2: HttpClient,
 }
@@ -60,6 +63,7 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     pub fn new(addr: EndpointAddr, settings: PoolSettings, dns: Dns) -> Self {
         let connector = Connector::new(addr, settings.connect_timeout, dns);
+        let h1 = H1Pool::new(connector.clone(), settings.clone());
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -70,9 +74,8 @@ impl UpstreamClient {
             // connection is safe (hyper only does this for unsent requests).
             .retry_canceled_requests(true)
             // The app's Host header is forwarded as is; never invent one.
-            .set_host(false);
-        let h1 = b.build(connector.clone());
-        b.http2_only(true)
+            .set_host(false)
+            .http2_only(true)
             // Detect dead HTTP/2 connections (same values as the ADS stream).
             .http2_keep_alive_interval(Duration::from_secs(10))
             .http2_keep_alive_timeout(Duration::from_secs(20));

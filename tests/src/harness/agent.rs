@@ -50,7 +50,7 @@ impl Agent {
             "weft-discovery",
             &binary("weft-discovery")?,
             &args,
-            &[("RUST_LOG", "info,weft_discovery=debug")],
+            &[("RUST_LOG", "info,weft_discovery=debug"), ("NO_COLOR", "1")],
             log_dir,
         )?;
         let mut agent = Self {

@@ -214,6 +214,34 @@ pub async fn wait_for_route(
     .await
 }
 
+/// Waits until every one of `instances` has answered a call through
+/// `outbound`: the route and all those endpoints are in place. For setup,
+/// before steady traffic starts.
+pub async fn wait_for_instances(
+    http: &HttpClient,
+    outbound: SocketAddr,
+    call: Call<'_>,
+    instances: &[&str],
+) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    let what = format!("every one of {instances:?} answers {}{}", call.host, call.path);
+    eventually(SETUP_TIMEOUT, &what, || {
+        let call = call.clone();
+        let seen = &mut seen;
+        async move {
+            let echo = http.call(outbound, call).await?.echo()?;
+            seen.insert(echo.instance);
+            let missing: Vec<&&str> = instances.iter().filter(|i| !seen.contains(**i)).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                bail!("not answered yet by {missing:?}")
+            }
+        }
+    })
+    .await
+}
+
 /// Sends `count` calls (16 at a time) and counts the answering instances.
 /// Any failed call fails the tally.
 pub async fn tally(

@@ -67,7 +67,7 @@ impl Sidecar {
             &format!("sidecar-{}", spec.instance),
             &binary("weft-sidecar")?,
             &args,
-            &[("RUST_LOG", "info,weft_sidecar=debug")],
+            &[("RUST_LOG", "info,weft_sidecar=debug"), ("NO_COLOR", "1")],
             log_dir,
         )?;
         let mut sidecar = Self {
