@@ -56,3 +56,34 @@ async fn app_timeout_is_504() {
         (504, "timeout")
     );
 }
+
+#[tokio::test]
+async fn keep_alive_connections_to_the_app_are_reused() {
+    let (app, connections) = counting_upstream("app").await;
+    let s = Settings::static_proxy("127.0.0.1:0".parse().unwrap(), app);
+    let sc = weft_sidecar::start(s).await.unwrap();
+    for i in 0..20 {
+        // A new client connection each time: only the upstream side pools.
+        let r = get(sc.inbound_addr, "users", &format!("/{i}"), &[]).await;
+        assert_eq!(r.body, format!("app GET /{i}"));
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled connection serves them all"
+    );
+
+    // A HEAD response has no body to read: the connection still goes back.
+    let r = raw(
+        sc.inbound_addr,
+        "HEAD / HTTP/1.1\r\nHost: users\r\nConnection: close\r\n\r\n",
+        "\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(
+        get(sc.inbound_addr, "users", "/again", &[]).await.status,
+        200
+    );
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -21,7 +21,9 @@ use std::path::PathBuf;
 
 pub use harness::eventually::eventually;
 pub use harness::http::{Call, Echo, HttpClient, Reply};
-pub use harness::mesh::{FileMesh, Mesh, MeshedInstance, tally, wait_for_instances, wait_for_route};
+pub use harness::mesh::{
+    FileMesh, Mesh, MeshedInstance, tally, wait_for_instances, wait_for_route,
+};
 pub use harness::traffic::{Traffic, TrafficReport, TrafficSpec};
 
 /// How many lines of each process log a failed test prints.

@@ -12,7 +12,9 @@ use anyhow::{Context as _, ensure};
 use tokio::time::Instant;
 use weft_e2e::harness::consul::Registration;
 use weft_e2e::harness::mesh::SETUP_TIMEOUT;
-use weft_e2e::{Call, Mesh, Traffic, TrafficSpec, eventually, run, wait_for_route};
+use weft_e2e::{
+    Call, Mesh, Traffic, TrafficSpec, eventually, run, wait_for_instances, wait_for_route,
+};
 
 /// The budget the issue sets for Consul -> sidecar convergence.
 const BUDGET: Duration = Duration::from_secs(1);
@@ -120,10 +122,14 @@ fn a_deregistered_instance_stops_receiving_traffic_within_1s() {
         let _users_1 = mesh.plain_instance("users", "users-1").await?;
         let _users_2 = mesh.plain_instance("users", "users-2").await?;
         let client = mesh.client().await?;
+        wait_for_instances(
+            &mesh.http,
+            client.sidecar.outbound,
+            Call::get("users", "/"),
+            &["users-1", "users-2"],
+        )
+        .await?;
         let traffic = traffic_to_users(&mesh, client.sidecar.outbound);
-        let start = Instant::now();
-        first_hit_after(&traffic, "users-1", start).await?;
-        first_hit_after(&traffic, "users-2", start).await?;
 
         mesh.consul.deregister("users-2").await?;
         let deregistered = Instant::now();
@@ -147,10 +153,14 @@ fn an_instance_whose_check_turns_critical_stops_receiving_traffic_within_1s() {
         let _users_1 = mesh.plain_instance("users", "users-1").await?;
         let _users_2 = mesh.plain_instance("users", "users-2").await?;
         let client = mesh.client().await?;
+        wait_for_instances(
+            &mesh.http,
+            client.sidecar.outbound,
+            Call::get("users", "/"),
+            &["users-1", "users-2"],
+        )
+        .await?;
         let traffic = traffic_to_users(&mesh, client.sidecar.outbound);
-        let start = Instant::now();
-        first_hit_after(&traffic, "users-1", start).await?;
-        first_hit_after(&traffic, "users-2", start).await?;
 
         mesh.consul
             .set_check(
@@ -194,10 +204,14 @@ fn a_meshed_instance_whose_check_turns_critical_stops_receiving_traffic_within_1
         let _users_1 = mesh.meshed_instance("users", "users-1").await?;
         let users_2 = mesh.meshed_instance("users", "users-2").await?;
         let client = mesh.client().await?;
+        wait_for_instances(
+            &mesh.http,
+            client.sidecar.outbound,
+            Call::get("users", "/"),
+            &["users-1", "users-2"],
+        )
+        .await?;
         let traffic = traffic_to_users(&mesh, client.sidecar.outbound);
-        let start = Instant::now();
-        first_hit_after(&traffic, "users-1", start).await?;
-        first_hit_after(&traffic, "users-2", start).await?;
 
         mesh.consul.set_health(&users_2.registration, false).await?;
         let critical = Instant::now();

@@ -8,7 +8,7 @@ use anyhow::{Context as _, ensure};
 use tokio::time::Instant;
 use weft_e2e::harness::fixtures::all_to;
 use weft_e2e::harness::mesh::SETUP_TIMEOUT;
-use weft_e2e::{Call, Mesh, Traffic, TrafficSpec, eventually, run, wait_for_route};
+use weft_e2e::{Call, Mesh, Traffic, TrafficSpec, eventually, run, wait_for_instances};
 
 const RATE: u32 = 100;
 
@@ -38,9 +38,16 @@ fn consul_stopped_for_10s_under_steady_traffic_fails_no_request() {
     run(|ctx| async move {
         let mut mesh = Mesh::start(&ctx).await?;
         let _users_1 = mesh.meshed_instance("users", "users-1").await?;
-        let _users_2 = mesh.plain_instance("users", "users-2").await?;
+        let _users_2 = mesh.meshed_instance("users", "users-2").await?;
         let _users_v2 = mesh.plain_instance("users-v2", "users-v2-1").await?;
         let client = mesh.client().await?;
+        wait_for_instances(
+            &mesh.http,
+            client.sidecar.outbound,
+            Call::get("users", "/"),
+            &["users-1", "users-2"],
+        )
+        .await?;
         let traffic = Traffic::start(
             mesh.http.clone(),
             TrafficSpec {
@@ -107,15 +114,14 @@ fn the_agent_restarted_under_steady_traffic_fails_no_request_and_sidecars_resync
     run(|ctx| async move {
         let mut mesh = Mesh::start(&ctx).await?;
         let _users_1 = mesh.meshed_instance("users", "users-1").await?;
-        let _users_2 = mesh.plain_instance("users", "users-2").await?;
+        let _users_2 = mesh.meshed_instance("users", "users-2").await?;
         let _users_v2 = mesh.plain_instance("users-v2", "users-v2-1").await?;
         let client = mesh.client().await?;
-        wait_for_route(
+        wait_for_instances(
             &mesh.http,
             client.sidecar.outbound,
             Call::get("users", "/"),
-            "users is routed",
-            |_| true,
+            &["users-1", "users-2"],
         )
         .await?;
         let traffic = Traffic::start(

@@ -3,9 +3,9 @@
 //!
 //! HTTP version: the cluster's `protocol`, or (AUTO) the one the caller
 //! used, so gRPC arriving as HTTP/2 leaves as HTTP/2 and is multiplexed on
-//! one connection per endpoint. For HTTP/1 the URI carries the endpoint
-//! (the Host header is forwarded as sent); for HTTP/2 it carries the logical
-//! authority, sent as `:authority`.
+//! one connection per endpoint. HTTP/1.1 goes out in origin form with the
+//! Host header as sent (or rewritten) over the endpoint's keep-alive pool;
+//! HTTP/2 carries the logical authority as `:authority`.
 //!
 //! A `101 Switching Protocols` answer to an Upgrade request is bridged: both
 //! sides are taken over with `hyper::upgrade::on` and bytes are copied both

@@ -1,12 +1,13 @@
-//! Connections to upstream endpoints: one pooled client per endpoint.
+//! Connections to upstream endpoints: pooled clients per endpoint.
 //!
-//! Each endpoint gets its own hyper client whose connector always dials that
-//! endpoint, so the pool is naturally per endpoint and bounded by
-//! `max_idle_per_endpoint`, keep-alive and idle timeouts come from the
-//! Cluster, and the request URI can carry the *logical* authority (which
-//! HTTP/2 sends as `:authority`). Clients are carried over between table
-//! swaps while their settings do not change, so pooled connections survive
-//! config updates.
+//! Each endpoint gets its own clients whose connector always dials that
+//! endpoint, so pools are naturally per endpoint and bounded by
+//! `max_idle_per_endpoint`, with the Cluster's connect and idle timeouts.
+//! HTTP/1.1 uses [`H1Pool`] (cheapest per request); HTTP/2 uses hyper-util's
+//! client, which multiplexes requests on one connection, with the request
+//! URI carrying the *logical* authority (sent as `:authority`). Clients are
+//! carried over between table swaps while their settings do not change, so
+//! pooled connections survive config updates.
 
 mod connector;
 mod dns;

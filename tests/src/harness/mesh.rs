@@ -223,13 +223,18 @@ pub async fn wait_for_instances(
     call: Call<'_>,
     instances: &[&str],
 ) -> anyhow::Result<()> {
-    let mut seen = std::collections::BTreeSet::new();
-    let what = format!("every one of {instances:?} answers {}{}", call.host, call.path);
+    // Shared by the attempts, each holding it only between awaits.
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let what = format!(
+        "every one of {instances:?} answers {}{}",
+        call.host, call.path
+    );
     eventually(SETUP_TIMEOUT, &what, || {
         let call = call.clone();
-        let seen = &mut seen;
+        let seen = &seen;
         async move {
             let echo = http.call(outbound, call).await?.echo()?;
+            let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             seen.insert(echo.instance);
             let missing: Vec<&&str> = instances.iter().filter(|i| !seen.contains(**i)).collect();
             if missing.is_empty() {
