@@ -79,7 +79,12 @@ pub struct Core {
     types: BTreeMap<&'static str, TypeState>,
     /// Clusters (and assignments) the accepted routes name.
     clusters_wanted: BTreeSet<String>,
+    /// The route tables in the routing table now.
     routes: BTreeMap<String, CompiledRoutes>,
+    /// Accepted route tables that name a cluster whose Cluster or assignment
+    /// has not arrived yet: they go live when it has (make before break), so
+    /// a new destination never answers 503 during the round trip.
+    pending_routes: Option<BTreeMap<String, CompiledRoutes>>,
     clusters: BTreeMap<String, ClusterSettings>,
     assignments: BTreeMap<String, Vec<EndpointSpec>>,
     accepted: Accepted,
@@ -102,6 +107,7 @@ impl Core {
                 .collect(),
             clusters_wanted: BTreeSet::new(),
             routes: BTreeMap::new(),
+            pending_routes: None,
             clusters: BTreeMap::new(),
             assignments: BTreeMap::new(),
             accepted: Accepted::default(),
@@ -132,9 +138,13 @@ impl Core {
 
     /// The requests that open a stream: one per type, routes first; the
     /// first carries the node; versions are those held (empty on first start).
+    /// Clusters and assignments are asked for by name, so before the first
+    /// routes name any there is nothing to ask (an empty list would mean "all").
     pub fn initial_requests(&self) -> Vec<DiscoveryRequest> {
+        let know_clusters = self.types[type_url::ROUTE_CONFIGURATION].accepted;
         type_url::ALL
             .into_iter()
+            .filter(|t| *t == type_url::ROUTE_CONFIGURATION || know_clusters)
             .enumerate()
             .map(|(i, t)| {
                 let mut r = self.request(t, String::new(), None);
@@ -189,7 +199,11 @@ impl Core {
                 tracing::info!(r#type = type_url::short(t), version = %resp.version_info, resources = resp.resources.len(), "accepted config");
                 self.rebuild();
                 let mut out = vec![self.request(t, nonce, None)];
-                if resubscribe {
+                // The first routes also open the cluster subscriptions
+                // (initial_requests holds them back until names are known).
+                let never_asked = self.types[type_url::CLUSTER].nonce.is_empty()
+                    && !self.types[type_url::CLUSTER].accepted;
+                if resubscribe || (t == type_url::ROUTE_CONFIGURATION && never_asked) {
                     for t in [type_url::CLUSTER, type_url::CLUSTER_LOAD_ASSIGNMENT] {
                         out.push(self.request(t, self.types[t].nonce.clone(), None));
                     }
@@ -242,7 +256,7 @@ impl Core {
             .collect();
         let changed = wanted != self.clusters_wanted;
         self.clusters_wanted = wanted;
-        self.routes = compiled;
+        self.pending_routes = Some(compiled);
         self.accepted.routes = msgs.into_iter().map(|m| (m.name.clone(), m)).collect();
         Ok(changed)
     }
@@ -296,6 +310,17 @@ impl Core {
     }
 
     fn rebuild(&mut self) {
+        if let Some(pending) = &self.pending_routes {
+            let held = pending
+                .values()
+                .flat_map(|routes| routes.clusters.iter())
+                .all(|name| {
+                    self.clusters.contains_key(name) && self.assignments.contains_key(name)
+                });
+            if held {
+                self.routes = self.pending_routes.take().unwrap_or_default();
+            }
+        }
         let prev = self.table.load();
         let table = compile::build_table(
             &prev,

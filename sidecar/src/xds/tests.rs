@@ -84,25 +84,37 @@ fn cla(name: &str, port: u32) -> pb::ClusterLoadAssignment {
 }
 
 #[test]
-fn a_stream_opens_with_one_request_per_type_routes_first() {
+fn a_new_stream_opens_with_routes_only_as_cluster_names_are_not_known_yet() {
     let (core, _) = core();
     let reqs = core.initial_requests();
     let types: Vec<_> = reqs.iter().map(|r| r.type_url.as_str()).collect();
-    assert_eq!(types, [ROUTES, CLUSTER, CLA]);
+    assert_eq!(
+        types,
+        [ROUTES],
+        "an empty Cluster name list would mean every cluster in the mesh"
+    );
     assert_eq!(
         reqs[0].node.as_ref().unwrap().service,
         "web",
         "node on the first request"
     );
-    assert!(reqs[1].node.is_none());
-    assert!(
-        reqs.iter()
-            .all(|r| r.version_info.is_empty() && r.response_nonce.is_empty())
-    );
+    assert!(reqs[0].version_info.is_empty() && reqs[0].response_nonce.is_empty());
     assert!(
         reqs[0].resource_names.is_empty(),
         "routes are a wildcard subscription"
     );
+}
+
+#[test]
+fn a_reconnect_opens_with_one_request_per_type_and_the_versions_held() {
+    let (mut core, _) = core();
+    core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
+    let reqs = core.initial_requests();
+    let types: Vec<_> = reqs.iter().map(|r| r.type_url.as_str()).collect();
+    assert_eq!(types, [ROUTES, CLUSTER, CLA]);
+    assert!(reqs[1].node.is_none());
+    assert_eq!(reqs[0].version_info, "r1");
+    assert_eq!(reqs[1].resource_names, ["users"]);
 }
 
 #[test]
@@ -123,15 +135,58 @@ fn accepted_routes_are_acked_and_subscribe_to_their_clusters() {
         assert_eq!(r.type_url, t);
         assert_eq!(r.resource_names, ["users"]);
     }
-    assert!(
-        table.load().virtual_host("users.weft").is_some(),
-        "table swapped in"
-    );
     assert!(!core.is_ready());
     assert_eq!(
         core.waiting_for(),
         "Cluster users; ClusterLoadAssignment users"
     );
+    assert!(
+        table.load().virtual_host("users.weft").is_none(),
+        "routes wait for their cluster (make before break)"
+    );
+    core.handle(response(CLUSTER, "c1", "2", &[cluster("users")]));
+    core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
+    assert!(
+        table.load().virtual_host("users.weft").is_some(),
+        "table swapped in once its clusters are held"
+    );
+}
+
+#[test]
+fn a_route_to_a_new_destination_goes_live_only_with_its_endpoints() {
+    let (mut core, table) = core();
+    core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
+    core.handle(response(CLUSTER, "c1", "2", &[cluster("users")]));
+    core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
+    let cluster_of = |table: &RoutingTable| {
+        format!(
+            "{:?}",
+            table.virtual_host("users").map(|vhost| &vhost.routes[0])
+        )
+    };
+    let before = cluster_of(&table.load());
+
+    // The route now sends users' traffic to users-v2, not yet known here.
+    core.handle(response(ROUTES, "r2", "4", &[routes("users-v2", None)]));
+    assert_eq!(cluster_of(&table.load()), before, "old routes keep serving");
+    core.handle(response(
+        CLUSTER,
+        "c2",
+        "5",
+        &[cluster("users"), cluster("users-v2")],
+    ));
+    assert_eq!(
+        cluster_of(&table.load()),
+        before,
+        "still no endpoints for users-v2"
+    );
+    core.handle(response(
+        CLA,
+        "e2",
+        "6",
+        &[cla("users", 8080), cla("users-v2", 9090)],
+    ));
+    assert_ne!(cluster_of(&table.load()), before, "new routes live");
 }
 
 #[test]
@@ -210,6 +265,7 @@ fn a_response_with_the_held_version_is_acked_without_a_rebuild() {
     );
     assert!(Arc::ptr_eq(&before, &table.load_full()));
     // And the reconnect's opening requests carry the versions held.
+    core.handle(response(ROUTES, "r1", "8", &[routes("users", None)]));
     assert_eq!(core.initial_requests()[1].version_info, "c1");
 }
 
