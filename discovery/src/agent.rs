@@ -91,6 +91,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     tracing::info!(%backend, listen = %settings.listen, admin = %settings.admin, "weft-discovery starting");
 
+    // While the backend loads its first state.
+    tokio::task::spawn_blocking(crate::documents::schema::precompile)
+        .await
+        .context("compiling the document schema")?
+        .map_err(|reason| anyhow::anyhow!("the embedded document schema is broken: {reason}"))?;
+
     tokio::spawn(snapshot::run_builder(
         store.clone(),
         DebounceConfig {

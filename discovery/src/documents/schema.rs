@@ -60,6 +60,13 @@ fn compile() -> Result<Compiled, String> {
     })
 }
 
+/// Compiles the schema now rather than on the first document: compiling
+/// takes a few hundred milliseconds in a debug build, which must not delay
+/// the first route change an operator makes.
+pub fn precompile() -> Result<(), String> {
+    COMPILED.as_ref().map(|_| ()).map_err(Clone::clone)
+}
+
 /// The parsed schema document (for tools that want to print or inspect it).
 pub fn schema_value() -> Result<&'static Value, String> {
     COMPILED

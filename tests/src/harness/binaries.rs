@@ -1,6 +1,9 @@
 //! Finding the workspace's binaries next to the test executable.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
 
@@ -33,5 +36,54 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
+    warn_if_stale(name, &path);
     Ok(path)
+}
+
+/// `cargo test -p weft-e2e` does not rebuild the other crates' binaries, so
+/// a test may run an old `weft-sidecar` against new sources. Say so (once
+/// per binary) in the test's output, which is shown when it fails.
+fn warn_if_stale(name: &str, binary: &Path) {
+    static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let sources: &[&str] = match name {
+        "weft-discovery" => &["discovery/src", "proto"],
+        "weft-sidecar" => &["sidecar/src", "proto"],
+        _ => return,
+    };
+    let Ok(built) = std::fs::metadata(binary).and_then(|m| m.modified()) else {
+        return;
+    };
+    let root = super::consul::repo_root();
+    let newer = sources
+        .iter()
+        .filter_map(|dir| newest_modification(&root.join(dir)))
+        .any(|modified| modified > built);
+    let first_time = WARNED
+        .lock()
+        .map(|mut warned| warned.insert(name.to_owned()))
+        .unwrap_or(false);
+    if newer && first_time {
+        eprintln!(
+            "WARNING: {} is older than its sources; run `cargo build --workspace --bins` to test the current code",
+            binary.display()
+        );
+    }
+}
+
+fn newest_modification(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else if let Ok(modified) = metadata.modified() {
+                newest = newest.max(Some(modified));
+            }
+        }
+    }
+    newest
 }

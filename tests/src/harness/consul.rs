@@ -6,7 +6,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde_json::json;
+use weft_discovery::consul::{
+    CheckRegistration, ConnectRegistration, ConsulClient, ConsulConfig, ServiceRegistration,
+    Weights,
+};
 
 use super::eventually::eventually;
 use super::http::HttpClient;
@@ -78,7 +81,11 @@ pub fn repo_root() -> PathBuf {
 pub struct Consul {
     process: Process,
     http_port: u16,
+    /// For readiness polling and raw reads.
     http: HttpClient,
+    /// The project's own typed client (weft_discovery::consul) for every
+    /// write the tests make: registrations, checks, KV.
+    client: ConsulClient,
     paused: bool,
 }
 
@@ -113,10 +120,15 @@ impl Consul {
             "debug".into(),
         ];
         let process = Process::spawn("consul", &binary, &args, log_dir)?;
+        let address = format!("http://127.0.0.1:{http_port}");
+        let client = ConsulConfig::new(&address, None, None)
+            .and_then(ConsulClient::new)
+            .with_context(|| format!("building a Consul client for {address}"))?;
         let mut consul = Self {
             process,
             http_port,
             http: HttpClient::new(),
+            client,
             paused: false,
         };
         consul.wait_for_leader().await?;
@@ -170,36 +182,41 @@ impl Consul {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// The project's Consul client, pointed at this agent.
+    pub fn client(&self) -> &ConsulClient {
+        &self.client
+    }
+
     /// Registers an instance with the local agent (`PUT /v1/agent/service/register`).
     pub async fn register(&self, instance: &Registration) -> anyhow::Result<()> {
-        let body = instance.to_json();
-        self.call_put(
-            "/v1/agent/service/register",
-            body.to_string(),
-            &format!("registering {}", instance.id),
-        )
-        .await
+        self.client
+            .agent_service_register(&instance.to_registration())
+            .await
+            .with_context(|| format!("registering {}", instance.id))
     }
 
     /// Deregisters an instance (and the sidecar proxy Consul created for it).
     pub async fn deregister(&self, id: &str) -> anyhow::Result<()> {
-        self.call_put(
-            &format!("/v1/agent/service/deregister/{id}"),
-            String::new(),
-            &format!("deregistering {id}"),
-        )
-        .await
+        self.client
+            .agent_service_deregister(id)
+            .await
+            .with_context(|| format!("deregistering {id}"))
     }
 
     /// Sets a TTL check passing or critical (`/v1/agent/check/pass|fail/<id>`).
     pub async fn set_check(&self, check_id: &str, passing: bool) -> anyhow::Result<()> {
-        let verb = if passing { "pass" } else { "fail" };
-        self.call_put(
-            &format!("/v1/agent/check/{verb}/{check_id}?note=set+by+weft-e2e"),
-            String::new(),
-            &format!("setting check {check_id} to {verb}"),
-        )
-        .await
+        let note = "set by weft-e2e";
+        let result = if passing {
+            self.client.agent_check_pass(check_id, note).await
+        } else {
+            self.client.agent_check_fail(check_id, note).await
+        };
+        result.with_context(|| {
+            format!(
+                "setting check {check_id} {}",
+                if passing { "passing" } else { "critical" }
+            )
+        })
     }
 
     /// Sets every check of an instance (its app's and its proxy's) passing
@@ -213,25 +230,21 @@ impl Consul {
 
     /// Writes a KV entry.
     pub async fn kv_put(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.call_put(
-            &format!("/v1/kv/{key}"),
-            value.to_owned(),
-            &format!("writing KV {key}"),
-        )
-        .await
+        let written = self
+            .client
+            .kv_put(key, value.to_owned())
+            .await
+            .with_context(|| format!("writing KV {key}"))?;
+        anyhow::ensure!(written, "writing KV {key}: Consul answered false");
+        Ok(())
     }
 
     /// Deletes a KV entry.
     pub async fn kv_delete(&self, key: &str) -> anyhow::Result<()> {
-        let url = format!("{}/v1/kv/{key}", self.address());
-        let reply = self.http.delete(&url).await?;
-        if !reply.status.is_success() {
-            bail!(
-                "deleting KV {key}: consul answered {}: {}",
-                reply.status,
-                reply.text()
-            );
-        }
+        self.client
+            .kv_delete(key)
+            .await
+            .with_context(|| format!("deleting KV {key}"))?;
         Ok(())
     }
 
@@ -251,19 +264,6 @@ impl Consul {
 
     pub fn log_path(&self) -> &Path {
         self.process.log_path()
-    }
-
-    async fn call_put(&self, path: &str, body: String, what: &str) -> anyhow::Result<()> {
-        let url = format!("{}{path}", self.address());
-        let reply = self
-            .http
-            .put(&url, body)
-            .await
-            .with_context(|| what.to_owned())?;
-        if !reply.status.is_success() {
-            bail!("{what}: consul answered {}: {}", reply.status, reply.text());
-        }
-        Ok(())
     }
 }
 
@@ -341,37 +341,40 @@ impl Registration {
             .collect()
     }
 
-    fn to_json(&self) -> serde_json::Value {
-        let mut body = json!({
-            "ID": self.id,
-            "Name": self.service,
-            "Address": "127.0.0.1",
-            "Port": self.port,
-            "Check": {
-                "CheckID": self.check_id(),
-                "Name": "set by the test",
-                // Long enough never to expire during a test by itself.
-                "TTL": "1h",
-                "Status": "passing",
-            },
-        });
-        if let Some(weight) = self.weight {
-            body["Weights"] = json!({ "Passing": weight, "Warning": 1 });
+    /// The registration as the project's Consul client sends it.
+    pub fn to_registration(&self) -> ServiceRegistration {
+        ServiceRegistration {
+            id: self.id.clone(),
+            name: self.service.clone(),
+            address: "127.0.0.1".to_owned(),
+            port: self.port,
+            weights: self.weight.map(|passing| Weights {
+                passing,
+                warning: 1,
+            }),
+            checks: Some(vec![ttl_check(self.check_id())]),
+            connect: self.sidecar_port.map(|port| ConnectRegistration {
+                sidecar_service: Some(Box::new(ServiceRegistration {
+                    port,
+                    checks: Some(self.proxy_check_id().into_iter().map(ttl_check).collect()),
+                    ..ServiceRegistration::default()
+                })),
+                ..ConnectRegistration::default()
+            }),
+            ..ServiceRegistration::default()
         }
-        if let Some(sidecar_port) = self.sidecar_port {
-            body["Connect"] = json!({
-                "SidecarService": {
-                    "Port": sidecar_port,
-                    "Checks": [ {
-                        "CheckID": self.proxy_check_id(),
-                        "Name": "set by the test",
-                        "TTL": "1h",
-                        "Status": "passing",
-                    } ],
-                }
-            });
-        }
-        body
+    }
+}
+
+/// A TTL check, passing from the start, that only the test changes: its TTL
+/// is far longer than any test.
+fn ttl_check(check_id: String) -> CheckRegistration {
+    CheckRegistration {
+        check_id,
+        name: "set by the test".to_owned(),
+        ttl: Some(Duration::from_secs(3_600)),
+        status: "passing".to_owned(),
+        ..CheckRegistration::default()
     }
 }
 
