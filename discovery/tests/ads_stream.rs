@@ -173,7 +173,10 @@ fn decode<M: Message + Default>(response: &DiscoveryResponse) -> Vec<M> {
         .resources
         .iter()
         .map(|any| {
-            assert_eq!(any.type_url, response.type_url, "each resource names its type");
+            assert_eq!(
+                any.type_url, response.type_url,
+                "each resource names its type"
+            );
             M::decode(any.value.as_slice()).unwrap()
         })
         .collect()

@@ -45,6 +45,9 @@ mod tests {
             ClusterLoadAssignment::type_url(),
             type_url::CLUSTER_LOAD_ASSIGNMENT
         );
-        assert_eq!(RouteConfiguration::type_url(), type_url::ROUTE_CONFIGURATION);
+        assert_eq!(
+            RouteConfiguration::type_url(),
+            type_url::ROUTE_CONFIGURATION
+        );
     }
 }
