@@ -108,14 +108,22 @@ done
 served_by() { { cat; echo; } | sed -n 's/.*"instance":"\([^"]*\)".*/\1/p'; }
 echo
 echo "== traffic from web's sidecar (outbound $web_out)"
+problems=()
 echo "-- GET http://users/api/v1/users/42 (prefix route, rewritten to /42):"
-curl -sS -H 'Host: users' "$web_out/api/v1/users/42"; echo
+answer=$(curl -sS -H 'Host: users' "$web_out/api/v1/users/42"); echo "$answer"
+[[ "$answer" == *'"path":"/42"'* ]] || problems+=("the prefix route did not rewrite /api/v1/users/42 to /42")
 echo "-- same with x-api-version: v2 (header route -> users-v2):"
-curl -sS -H 'Host: users' -H 'x-api-version: v2' "$web_out/api/v1/users/42" | served_by
+answer=$(curl -sS -H 'Host: users' -H 'x-api-version: v2' "$web_out/api/v1/users/42" | served_by); echo "$answer"
+[[ "$answer" == users-v2-1 ]] || problems+=("the header route did not reach users-v2")
 echo "-- 200 requests to http://orders/ (90/10 split between orders and orders-v2):"
-for _ in $(seq 1 200); do curl -sS -H 'Host: orders' "$web_out/" | served_by; done | sort | uniq -c
+tally=$(for _ in $(seq 1 200); do curl -sS -H 'Host: orders' "$web_out/" | served_by; done | sort | uniq -c)
+echo "$tally"
+v1=$(awk '$2 == "orders-1" { print $1 }' <<<"$tally"); v2=$(awk '$2 == "orders-v2-1" { print $1 }' <<<"$tally")
+(( ${v1:-0} + ${v2:-0} == 200 )) || problems+=("not every request to orders was answered")
+(( ${v2:-0} >= 5 && ${v2:-0} <= 40 )) || problems+=("orders-v2 got ${v2:-0} of 200 requests, expected about 20")
 echo "-- a host the mesh does not know:"
-curl -sS -D - -o /dev/null -H 'Host: nowhere' "$web_out/" | grep -i -E '^(HTTP|x-weft-error)'
+answer=$(curl -sS -D - -o /dev/null -H 'Host: nowhere' "$web_out/" | grep -i -E '^(HTTP|x-weft-error)'); echo "$answer"
+[[ "$answer" == *"404"*"no-route"* ]] || problems+=("an unknown host did not get 404 no-route")
 echo
 cat <<TXT
 == where to look
@@ -127,6 +135,10 @@ cat <<TXT
   change a route:       $consul kv put weft/routes/orders '{"routes":[{"match":{"path_prefix":"/"},"destination":"orders-v2"}]}'
   logs:                 $demo/
 TXT
+if (( ${#problems[@]} > 0 )); then
+  printf 'demo: PROBLEM: %s\n' "${problems[@]}" >&2
+  exit 1
+fi
 if $once; then exit 0; fi
 echo "== the mesh keeps running; Ctrl-C stops it"
 wait

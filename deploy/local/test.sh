@@ -10,6 +10,7 @@
 # 2. `cargo build --workspace --bins`: the end-to-end tests run the real
 #    weft-discovery, weft-sidecar and weft-testapp binaries.
 # 3. `cargo test --workspace`, every test even after a failure.
+# 4. The demo (deploy/local/demo.sh --once) as a smoke test of the README.
 #
 # Each end-to-end test runs Consul, the agent, several sidecars and apps and
 # asserts 1 s convergence budgets, so tests run WEFT_TEST_THREADS at a time
@@ -40,6 +41,17 @@ cargo build --workspace --bins
 say "cargo test --workspace (--test-threads=$threads)"
 status=0
 cargo test --workspace --no-fail-fast "$@" -- --test-threads="$threads" || status=$?
+
+# The README's other command, as a smoke test: the demo mesh comes up from
+# this checkout and routes as it says (it exits non-zero when it does not).
+if [[ $status -eq 0 ]]; then
+  say "deploy/local/demo.sh --once"
+  ./deploy/local/demo.sh --once > target/e2e-logs/demo.out 2>&1 || {
+    status=$?
+    tail -n 40 target/e2e-logs/demo.out >&2
+    say "the demo failed; its process logs are in .demo/"
+  }
+fi
 
 if [[ -s "$measurements" ]]; then
   echo

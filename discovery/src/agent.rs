@@ -13,7 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
 use crate::ads::{AdsServer, SidecarRegistry, unix_now};
-use crate::consul::{ConsulClient, ConsulConfig};
+use crate::consul::{ConsulClient, ConsulConfig, ConsulError};
 use crate::metrics::Metrics;
 use crate::snapshot::{self, DebounceConfig};
 use crate::store::MeshStore;
@@ -28,9 +28,33 @@ pub struct Settings {
     /// ACL token sent to Consul.
     #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
     pub consul_token: Option<String>,
-    /// CA certificate (PEM) to verify Consul's HTTPS certificate.
+    /// CA certificate(s) (PEM) to verify Consul's HTTPS certificate; without
+    /// it, the system bundle /etc/ssl/certs/ca-certificates.crt.
     #[arg(long, env = "CONSUL_CACERT")]
     pub consul_cacert: Option<PathBuf>,
+    /// Reach Consul over HTTPS even when --consul is a bare host:port (or
+    /// http://), as Consul's CLI does. `--consul-http-ssl` alone means true.
+    #[arg(
+        long,
+        env = "CONSUL_HTTP_SSL",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = parse_consul_bool
+    )]
+    pub consul_http_ssl: bool,
+    /// Client certificate (PEM) presented to Consul over HTTPS, for a Consul
+    /// with verify_incoming; set with --consul-client-key.
+    #[arg(long, env = "CONSUL_CLIENT_CERT")]
+    pub consul_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --consul-client-cert.
+    #[arg(long, env = "CONSUL_CLIENT_KEY")]
+    pub consul_client_key: Option<PathBuf>,
+    /// The name Consul's HTTPS certificate is verified against (and sent as
+    /// SNI), e.g. server.dc1.consul; default: the host of --consul.
+    #[arg(long, env = "CONSUL_TLS_SERVER_NAME")]
+    pub consul_tls_server_name: Option<String>,
     /// Serve from a directory of documents and static endpoints instead of
     /// Consul (the embedded file backend); takes precedence over --consul.
     #[arg(long, env = "WEFT_CONFIG_DIR")]
@@ -72,12 +96,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         });
         description
     } else if let Some(address) = &settings.consul {
-        let config = ConsulConfig::new(
-            address,
-            settings.consul_token.clone(),
-            settings.consul_cacert.clone(),
-        )
-        .with_context(|| format!("invalid --consul / CONSUL_HTTP_ADDR {address:?}"))?;
+        let config = consul_config(&settings, address)
+            .with_context(|| format!("invalid Consul settings for --consul {address:?}"))?;
         let client = ConsulClient::new(config).context("cannot create the Consul client")?;
         let description = format!("consul {address}");
         let store = store.clone();
@@ -132,6 +152,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Consul client settings from the `--consul*` flags (each also its
+/// `CONSUL_*` variable).
+fn consul_config(settings: &Settings, address: &str) -> Result<ConsulConfig, ConsulError> {
+    ConsulConfig::new(
+        address,
+        settings.consul_token.clone(),
+        settings.consul_cacert.clone(),
+    )?
+    .with_http_ssl(settings.consul_http_ssl)?
+    .with_client_cert(
+        settings.consul_client_cert.clone(),
+        settings.consul_client_key.clone(),
+    )
+    .map(|config| config.with_tls_server_name(settings.consul_tls_server_name.clone()))
+}
+
+/// `CONSUL_HTTP_SSL` / `--consul-http-ssl` read as Consul's CLI reads it.
+fn parse_consul_bool(text: &str) -> Result<bool, String> {
+    crate::consul::parse_bool(text)
+        .ok_or_else(|| format!("{text:?} is not a boolean; use true or false"))
+}
+
 async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -146,4 +188,71 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, clap::Error> {
+        Settings::try_parse_from(std::iter::once("weft-discovery").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn tls_flags_reach_the_consul_config() {
+        let parsed = settings(&[
+            "--consul",
+            "127.0.0.1:8501",
+            "--consul-http-ssl",
+            "--consul-cacert",
+            "/etc/consul/ca.pem",
+            "--consul-client-cert",
+            "/etc/consul/client.pem",
+            "--consul-client-key",
+            "/etc/consul/client-key.pem",
+            "--consul-tls-server-name",
+            "server.dc1.consul",
+        ]);
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => panic!("valid flags rejected: {error}"),
+        };
+        let config = match consul_config(&parsed, "127.0.0.1:8501") {
+            Ok(config) => config,
+            Err(error) => panic!("valid settings rejected: {error}"),
+        };
+        assert_eq!(config.address.to_string(), "https://127.0.0.1:8501/");
+        assert_eq!(config.ca_cert, Some(PathBuf::from("/etc/consul/ca.pem")));
+        assert_eq!(
+            config.client_cert,
+            Some(PathBuf::from("/etc/consul/client.pem"))
+        );
+        assert_eq!(
+            config.client_key,
+            Some(PathBuf::from("/etc/consul/client-key.pem"))
+        );
+        assert_eq!(config.tls_server_name.as_deref(), Some("server.dc1.consul"));
+    }
+
+    #[test]
+    fn consul_http_ssl_takes_consuls_booleans() {
+        let ssl = |args: &[&str]| settings(args).map(|parsed| parsed.consul_http_ssl).ok();
+        assert_eq!(ssl(&["--consul-http-ssl=false"]), Some(false));
+        assert_eq!(ssl(&["--consul-http-ssl=1"]), Some(true));
+        assert_eq!(ssl(&["--consul-http-ssl=maybe"]), None);
+    }
+
+    #[test]
+    fn a_client_certificate_without_its_key_stops_start_up_naming_it() {
+        let parsed = settings(&["--consul-client-cert", "/etc/consul/client.pem"]);
+        let error = parsed
+            .map_err(anyhow::Error::from)
+            .and_then(|parsed| Ok(consul_config(&parsed, "127.0.0.1:8500")?))
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("CONSUL_CLIENT_KEY"), "{error}");
+    }
 }

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use super::dns::HickoryResolver;
 use super::error::error_body_text;
 use super::query::NON_BLOCKING_TIMEOUT;
+use super::tls::{self, ConsulConnector, Tls};
 use super::types::RawKvPair;
 use super::{
     CaRoots, ConfigEntry, ConsulConfig, ConsulError, Intention, KvPair, LeafCert, QueryMeta,
@@ -38,7 +39,8 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// How long to wait for a TCP connection to the agent: it is normally local,
-/// so a slow connect means it is down.
+/// so a slow connect means it is down. (The TLS handshake after it is bounded
+/// by the request timeout.)
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A typed client for Consul's HTTP API. Cheap to clone (shares one
@@ -49,10 +51,13 @@ pub struct ConsulClient {
 }
 
 struct Inner {
-    http: Client<HttpConnector<HickoryResolver>, Full<Bytes>>,
+    http: Client<ConsulConnector, Full<Bytes>>,
     /// `scheme://authority`, no trailing slash.
     base: String,
     token: Option<HeaderValue>,
+    /// The TLS setup for `https://` (shared with the connector), to explain
+    /// TLS failures; `None` for plain HTTP.
+    tls: Option<Arc<Tls>>,
 }
 
 impl std::fmt::Debug for ConsulClient {
@@ -75,31 +80,22 @@ struct Answer {
 impl ConsulClient {
     /// A client for `config`.
     ///
-    /// TLS hook: an `https://` address is refused for now with an error
-    /// saying so. HTTPS (with `ca_cert`) arrives with the identity issue,
-    /// which brings rustls into the workspace; it slots in here as a
-    /// connector wrapping [`HttpConnector`], nothing else changes.
+    /// For an `https://` address this reads the CA file (or the system
+    /// bundle) and the client certificate and key now, so a bad path or PEM
+    /// fails here with the setting named, not at the first request. The TLS
+    /// settings are ignored for `http://`.
     pub fn new(config: ConsulConfig) -> Result<Self, ConsulError> {
         let address = config.address.to_string();
-        match config.address.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(ConsulError::Config {
-                    field: "CONSUL_HTTP_ADDR",
-                    reason: format!(
-                        "{address} uses https, but TLS to Consul arrives with the identity issue; \
-                         use Consul's plain HTTP port for now (CONSUL_CACERT is accepted and will \
-                         be used then)"
-                    ),
-                });
-            }
+        let (scheme, tls) = match config.address.scheme_str() {
+            Some("http") => ("http", None),
+            Some("https") => ("https", Some(Arc::new(Tls::new(&config)?))),
             _ => {
                 return Err(ConsulError::Config {
                     field: "CONSUL_HTTP_ADDR",
-                    reason: format!("{address} must start with http://"),
+                    reason: format!("{address} must start with http:// or https://"),
                 });
             }
-        }
+        };
         let Some(authority) = config.address.authority() else {
             return Err(ConsulError::Config {
                 field: "CONSUL_HTTP_ADDR",
@@ -129,19 +125,22 @@ impl ConsulClient {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let http = Client::builder(TokioExecutor::new())
             // Idle connections are reused by the next blocking query at once;
-            // one minute keeps a pool warm across quiet watches.
+            // one minute keeps a pool warm across quiet watches (and, over
+            // HTTPS, saves a handshake per request).
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .build(ConsulConnector::new(connector, tls.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
-                base: format!("http://{authority}"),
+                base: format!("{scheme}://{authority}"),
                 token,
+                tls,
             }),
         })
     }
 
-    /// The agent's address, for log messages (`http://127.0.0.1:8500`).
+    /// The agent's address, for log messages (`http://127.0.0.1:8500`,
+    /// `https://consul.service:8501`).
     pub fn address(&self) -> &str {
         &self.inner.base
     }
@@ -497,40 +496,32 @@ impl ConsulClient {
                 reason: format!("cannot build a request for {uri}: {error}"),
             })?;
 
-        let exchange =
-            async {
-                let response = self.inner.http.request(request).await.map_err(|error| {
-                    ConsulError::Connect {
-                        method: method.clone(),
-                        path: path.clone(),
-                        address: self.inner.base.clone(),
-                        source: Box::new(error),
-                    }
-                })?;
-                let status = response.status();
-                let meta = query_meta(response.headers());
-                let body = Limited::new(response.into_body(), MAX_BODY)
-                    .collect()
-                    .await
-                    .map_err(|error| {
-                        if error.is::<http_body_util::LengthLimitError>() {
-                            ConsulError::Decode {
-                                method: method.clone(),
-                                path: path.clone(),
-                                reason: format!("answer larger than {MAX_BODY} bytes"),
-                            }
-                        } else {
-                            ConsulError::Connect {
-                                method: method.clone(),
-                                path: path.clone(),
-                                address: self.inner.base.clone(),
-                                source: error,
-                            }
+        let exchange = async {
+            let response = self
+                .inner
+                .http
+                .request(request)
+                .await
+                .map_err(|error| self.transport_error(&method, &path, Box::new(error)))?;
+            let status = response.status();
+            let meta = query_meta(response.headers());
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|error| {
+                    if error.is::<http_body_util::LengthLimitError>() {
+                        ConsulError::Decode {
+                            method: method.clone(),
+                            path: path.clone(),
+                            reason: format!("answer larger than {MAX_BODY} bytes"),
                         }
-                    })?
-                    .to_bytes();
-                Ok(Answer { status, meta, body })
-            };
+                    } else {
+                        self.transport_error(&method, &path, error)
+                    }
+                })?
+                .to_bytes();
+            Ok(Answer { status, meta, body })
+        };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(answer) => answer,
             Err(_elapsed) => Err(ConsulError::Timeout {
@@ -539,6 +530,36 @@ impl ConsulClient {
                 address: self.inner.base.clone(),
                 timeout,
             }),
+        }
+    }
+}
+
+impl ConsulClient {
+    /// A request that got no (complete) answer: a TLS failure, explained
+    /// with a hint, or else a connection failure.
+    fn transport_error(
+        &self,
+        method: &Method,
+        path: &str,
+        error: Box<dyn std::error::Error + Send + Sync>,
+    ) -> ConsulError {
+        if let Some(tls) = &self.inner.tls
+            && let Some((reason, retryable)) = tls::explain(error.as_ref(), &tls.context)
+        {
+            return ConsulError::Tls {
+                method: method.clone(),
+                path: path.to_owned(),
+                address: self.inner.base.clone(),
+                reason,
+                retryable,
+                source: error,
+            };
+        }
+        ConsulError::Connect {
+            method: method.clone(),
+            path: path.to_owned(),
+            address: self.inner.base.clone(),
+            source: error,
         }
     }
 }
@@ -644,14 +665,29 @@ mod tests {
     }
 
     #[test]
-    fn https_is_refused_with_a_pointer_to_the_identity_issue() {
-        let config = ConsulConfig::new("https://127.0.0.1:8501", None, None);
+    fn https_with_a_missing_ca_file_fails_at_construction_naming_it() {
+        let config = ConsulConfig::new(
+            "https://127.0.0.1:8501",
+            None,
+            Some("/nonexistent/ca.pem".into()),
+        );
         let error = config
             .and_then(ConsulClient::new)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(error.contains("identity issue"), "{error}");
+        assert!(error.contains("CONSUL_CACERT"), "{error}");
+        assert!(error.contains("/nonexistent/ca.pem"), "{error}");
+    }
+
+    #[test]
+    fn plain_http_ignores_tls_settings() {
+        let config = ConsulConfig::new("127.0.0.1:8500", None, Some("/nonexistent/ca.pem".into()));
+        let client = config.and_then(ConsulClient::new);
+        assert_eq!(
+            client.map(|client| client.address().to_owned()).ok(),
+            Some("http://127.0.0.1:8500".to_owned())
+        );
     }
 
     #[test]

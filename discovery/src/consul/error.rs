@@ -10,7 +10,8 @@ use http::{Method, StatusCode};
 /// a header) so a log line alone says what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
-    /// The configuration cannot work (bad address, unsupported scheme).
+    /// The configuration cannot work (bad address, unsupported scheme, an
+    /// unreadable CA file or client key).
     #[error("invalid Consul configuration: {field}: {reason}")]
     Config {
         /// The setting at fault, e.g. `CONSUL_HTTP_ADDR`.
@@ -26,6 +27,25 @@ pub enum ConsulError {
         method: Method,
         path: String,
         address: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The TLS handshake with Consul failed, or Consul ended the TLS session
+    /// with an alert (a TLS 1.3 server refuses a missing client certificate
+    /// only after the handshake). `reason` says what and ends with a hint
+    /// naming the setting to check (`CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
+    /// `CONSUL_TLS_SERVER_NAME`...).
+    #[error("{method} {path}: TLS with Consul at {address} failed: {reason}")]
+    Tls {
+        method: Method,
+        path: String,
+        address: String,
+        reason: String,
+        /// `false` when the failure is configuration (an untrusted or
+        /// misnamed certificate, a refused client certificate): retrying
+        /// cannot help until someone changes a setting or a certificate.
+        retryable: bool,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -70,6 +90,7 @@ impl ConsulError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ConsulError::Connect { .. } | ConsulError::Timeout { .. } => true,
+            ConsulError::Tls { retryable, .. } => *retryable,
             ConsulError::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
@@ -89,6 +110,7 @@ impl ConsulError {
     pub fn path(&self) -> Option<&str> {
         match self {
             ConsulError::Connect { path, .. }
+            | ConsulError::Tls { path, .. }
             | ConsulError::Timeout { path, .. }
             | ConsulError::Status { path, .. }
             | ConsulError::Decode { path, .. } => Some(path),

@@ -28,24 +28,34 @@
 //!
 //! Raw hyper calls to 1.8.7 worked for everything (blocking queries woke 2-14
 //! ms after a change), and the client is a few hundred lines on the HTTP stack
-//! the workspace already has (hyper 1, one rustls later), so we own it.
+//! the workspace already has (hyper 1, one rustls), so we own it.
 //!
 //! # TLS
 //!
-//! Plain HTTP only for now: [`ConsulClient::new`] refuses `https://` with an
-//! error saying TLS to Consul arrives with the identity issue (which brings
-//! rustls, ring-only, into the workspace). `CONSUL_CACERT` is already read
-//! into [`ConsulConfig::ca_cert`] so nothing user-facing changes then.
+//! An `https://` address (or `CONSUL_HTTP_SSL=true` with a bare
+//! `host:port`, as in Consul's CLI) speaks HTTPS through rustls with ring as
+//! the only provider. Consul's certificate is verified against
+//! `CONSUL_CACERT` (a PEM file, one or more CAs), else the system bundle
+//! [`SYSTEM_CA_BUNDLE`]; with neither, [`ConsulClient::new`] fails naming
+//! `CONSUL_CACERT`. The name checked (and sent as SNI) is the address's host
+//! or `CONSUL_TLS_SERVER_NAME`. `CONSUL_CLIENT_CERT` + `CONSUL_CLIENT_KEY`
+//! present a client certificate, which a Consul with `verify_incoming`
+//! requires. The TLS session sits in the one connector the client has,
+//! after hickory DNS and the TCP connect (`tls.rs`); plain HTTP is
+//! unchanged. A failed handshake, or a TLS alert after it (TLS 1.3 servers
+//! refuse a missing client certificate then), is a [`ConsulError::Tls`]
+//! with the address and a hint naming the setting to check.
 
 mod client;
 mod config;
 mod dns;
 mod error;
 mod query;
+mod tls;
 mod types;
 
 pub use client::ConsulClient;
-pub use config::{ConsulConfig, DEFAULT_ADDRESS, parse_address};
+pub use config::{ConsulConfig, DEFAULT_ADDRESS, SYSTEM_CA_BUNDLE, parse_address, parse_bool};
 pub use error::ConsulError;
 pub use query::{
     CONSUL_DEFAULT_WAIT, CONSUL_MAX_WAIT, NON_BLOCKING_TIMEOUT, QueryMeta, QueryOptions,

@@ -8,9 +8,11 @@
 
 #![allow(dead_code)] // each test binary uses a different part of it
 
+pub mod certs;
+
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -30,8 +32,28 @@ pub struct DevConsul {
     /// HTTP, Serf LAN, Serf WAN, server RPC.
     ports: [u16; 4],
     pub http_port: u16,
+    /// The HTTPS port, when started with [`DevConsul::start_https`].
+    pub https_port: Option<u16>,
+    /// The plain-HTTP client (readiness, test set-up): the HTTP port stays
+    /// open beside HTTPS and never asks for a client certificate.
     pub client: ConsulClient,
     log: PathBuf,
+    /// The `-config-file` enabling HTTPS, removed on drop.
+    config_file: Option<PathBuf>,
+}
+
+/// What a dev agent needs to serve HTTPS (Consul's own config keys).
+#[derive(Clone, Debug)]
+pub struct HttpsSettings {
+    /// `cert_file`: the server certificate (SANs 127.0.0.1 and localhost).
+    pub cert_file: PathBuf,
+    /// `key_file`.
+    pub key_file: PathBuf,
+    /// `ca_file`: the CA client certificates must chain to.
+    pub ca_file: PathBuf,
+    /// `verify_incoming`: in 1.8 the HTTPS listener then refuses clients
+    /// without a certificate signed by `ca_file`.
+    pub verify_incoming: bool,
 }
 
 impl DevConsul {
@@ -43,7 +65,7 @@ impl DevConsul {
         // A port picked free can be taken by someone else before Consul binds
         // it; a second try with new ports makes that race harmless.
         for _ in 0..3 {
-            match Self::try_start(&binary).await {
+            match Self::try_start(&binary, None).await {
                 Ok(consul) => return Ok(consul),
                 Err(error) => last_error = Some(error),
             }
@@ -51,11 +73,41 @@ impl DevConsul {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("consul did not start")))
     }
 
-    async fn try_start(binary: &PathBuf) -> anyhow::Result<Self> {
+    /// A dev agent that also serves HTTPS on [`https_port`](Self::https_port)
+    /// with `https`'s certificates; ready like [`start`](Self::start).
+    pub async fn start_https(https: &HttpsSettings) -> anyhow::Result<Self> {
+        let binary = consul_binary()?;
+        let mut last_error = None;
+        for _ in 0..3 {
+            match Self::try_start(&binary, Some(https)).await {
+                Ok(consul) => return Ok(consul),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("consul did not start")))
+    }
+
+    /// `https://127.0.0.1:<https_port>` (empty without HTTPS).
+    pub fn https_address(&self) -> String {
+        self.https_port
+            .map(|port| format!("https://127.0.0.1:{port}"))
+            .unwrap_or_default()
+    }
+
+    async fn try_start(binary: &PathBuf, https: Option<&HttpsSettings>) -> anyhow::Result<Self> {
         let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
         let http = ports[0];
         let log = std::env::temp_dir().join(format!("weft-consul-{http}.log"));
-        let child = spawn_agent(binary, ports, &log)?;
+        let (https_port, config_file) = match https {
+            Some(https) => {
+                let port = free_port()?;
+                let file = std::env::temp_dir().join(format!("weft-consul-{http}-https.json"));
+                write_https_config(&file, port, https)?;
+                (Some(port), Some(file))
+            }
+            None => (None, None),
+        };
+        let child = spawn_agent(binary, ports, &log, config_file.as_deref())?;
         let client =
             ConsulClient::new(ConsulConfig::new(&format!("127.0.0.1:{http}"), None, None)?)?;
         let mut consul = Self {
@@ -63,8 +115,10 @@ impl DevConsul {
             binary: binary.clone(),
             ports,
             http_port: http,
+            https_port,
             client,
             log,
+            config_file,
         };
         consul.wait_ready().await?;
         Ok(consul)
@@ -75,7 +129,12 @@ impl DevConsul {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_agent(&self.binary, self.ports, &self.log)?;
+        self.child = spawn_agent(
+            &self.binary,
+            self.ports,
+            &self.log,
+            self.config_file.as_deref(),
+        )?;
         self.wait_ready().await
     }
 
@@ -139,14 +198,36 @@ impl Drop for DevConsul {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+        if let Some(file) = &self.config_file {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 
-fn spawn_agent(binary: &PathBuf, ports: [u16; 4], log: &PathBuf) -> anyhow::Result<Child> {
+/// A `-config-file` that opens the HTTPS port with `https`'s files.
+fn write_https_config(file: &Path, port: u16, https: &HttpsSettings) -> anyhow::Result<()> {
+    let config = serde_json::json!({
+        "ports": { "https": port },
+        "cert_file": https.cert_file,
+        "key_file": https.key_file,
+        "ca_file": https.ca_file,
+        "verify_incoming": https.verify_incoming,
+    });
+    std::fs::write(file, config.to_string())
+        .with_context(|| format!("writing consul config {}", file.display()))
+}
+
+fn spawn_agent(
+    binary: &PathBuf,
+    ports: [u16; 4],
+    log: &PathBuf,
+    config_file: Option<&Path>,
+) -> anyhow::Result<Child> {
     let [http, serf_lan, serf_wan, server] = ports;
     let log_file = std::fs::File::create(log)
         .with_context(|| format!("creating consul log {}", log.display()))?;
-    Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args([
             "agent",
             "-dev",
@@ -160,7 +241,11 @@ fn spawn_agent(binary: &PathBuf, ports: [u16; 4], log: &PathBuf) -> anyhow::Resu
         .args(["-dns-port", "-1", "-grpc-port", "-1"])
         .args(["-serf-lan-port", &serf_lan.to_string()])
         .args(["-serf-wan-port", &serf_wan.to_string()])
-        .args(["-server-port", &server.to_string()])
+        .args(["-server-port", &server.to_string()]);
+    if let Some(file) = config_file {
+        command.arg(format!("-config-file={}", file.display()));
+    }
+    command
         .stdout(Stdio::from(log_file.try_clone()?))
         .stderr(Stdio::from(log_file))
         .spawn()
