@@ -137,8 +137,10 @@ def main():
     for tool in ("nginx", "wrk", "oha", "taskset"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"missing {tool}: apt-get install -y nginx wrk; cargo install oha --locked")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "weft-sidecar", "-p", "weft-discovery"], cwd=REPO,
-                   check=True)
+    # One package per build, as bench/peerbench.sh does: building them together
+    # unifies features differently and would relink a different sidecar binary.
+    for package in ("weft-sidecar", "weft-discovery"):
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", package], cwd=REPO, check=True)
     rel = os.path.join(REPO, "target", "release")
     out = a.out
     os.makedirs(out, exist_ok=True)
