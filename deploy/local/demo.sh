@@ -14,7 +14,9 @@ once=false; [[ "${1:-}" == "--once" ]] && once=true
 
 need() { command -v "$1" >/dev/null || { echo "demo: $1 is required: $2" >&2; exit 1; }; }
 need cargo "install Rust (https://rustup.rs) — Weft builds with cargo 1.88 or newer"
-if ! command -v curl >/dev/null; then apt-get install -y curl >/dev/null 2>&1 || need curl "apt-get install -y curl"; fi
+if ! command -v curl >/dev/null; then
+  { apt-get update && apt-get install -y curl; } >/dev/null 2>&1 || need curl "apt-get install -y curl"
+fi
 
 consul=$(./deploy/local/install-consul.sh)
 echo "== building Weft (cargo build --bins)"
