@@ -8,10 +8,14 @@
 //! for the last one.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -49,6 +53,24 @@ impl Drain {
         drop(tx);
         // `recv` returns None once all senders are gone (nothing is ever sent).
         let _ = rx.recv().await;
+    }
+}
+
+/// Wakes the connection task for the shutdown signal and records that it
+/// was this signal that woke it.
+struct ShutdownWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ShutdownWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
@@ -138,13 +160,33 @@ pub async fn serve<S: HttpStack>(
             let _token = token;
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown_signal(&mut shutdown) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            // Once `shutdown` turns true, ask the connection to finish
+            // gracefully. The signal is polled only after it has woken the
+            // task, not on each of the connection's read and write wakes.
+            let flag = Arc::new(ShutdownWake {
+                // Poll the signal once at the start to register its waker.
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            });
+            let signal_waker = Waker::from(flag.clone());
+            let mut signal = std::pin::pin!(shutdown_signal(&mut shutdown));
+            let mut draining = false;
+            let result = std::future::poll_fn(|cx| {
+                if !draining {
+                    flag.task.register(cx.waker());
+                    if flag.woken.swap(false, Ordering::AcqRel)
+                        && signal
+                            .as_mut()
+                            .poll(&mut Context::from_waker(&signal_waker))
+                            .is_ready()
+                    {
+                        conn.as_mut().graceful_shutdown();
+                        draining = true;
+                    }
                 }
-            };
+                conn.as_mut().poll(cx)
+            })
+            .await;
             if let Err(e) = result {
                 tracing::debug!(error = %e, client = %addr, "connection ended with an error");
             }

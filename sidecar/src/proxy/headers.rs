@@ -47,43 +47,107 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
+// One bit per hop-by-hop header, to find which are present in one pass.
+const HOP_CONNECTION: u8 = 1;
+const HOP_KEEP_ALIVE: u8 = 1 << 1;
+const HOP_PROXY_CONNECTION: u8 = 1 << 2;
+const HOP_PROXY_AUTHORIZATION: u8 = 1 << 3;
+const HOP_TRANSFER_ENCODING: u8 = 1 << 4;
+const HOP_TE: u8 = 1 << 5;
+const HOP_UPGRADE: u8 = 1 << 6;
+
+fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
+    let mut present = 0;
+    for name in headers.keys() {
+        present |= if name == header::CONNECTION {
+            HOP_CONNECTION
+        } else if name == KEEP_ALIVE {
+            HOP_KEEP_ALIVE
+        } else if name == PROXY_CONNECTION {
+            HOP_PROXY_CONNECTION
+        } else if name == header::PROXY_AUTHORIZATION {
+            HOP_PROXY_AUTHORIZATION
+        } else if name == header::TRANSFER_ENCODING {
+            HOP_TRANSFER_ENCODING
+        } else if name == header::TE {
+            HOP_TE
+        } else if name == header::UPGRADE {
+            HOP_UPGRADE
+        } else {
+            0
+        };
+    }
+    present
+}
+
+/// True for the common `Connection: keep-alive`, which names no header
+/// beyond `Keep-Alive` (always removed).
+fn only_keep_alive(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    matches!(
+        (values.next(), values.next()),
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+    )
+}
+
 /// Removes the headers that only concern one connection. With `upgrading`,
 /// keeps `Upgrade` and sends `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // One scan instead of a lookup per name: usually none or only
+    // `Connection` is present.
+    let present = hop_by_hop_present(headers);
     // Headers the sender named in Connection are hop-by-hop too. This is
     // rare, so the common path allocates nothing.
-    if headers.contains_key(header::CONNECTION) {
+    if present & HOP_CONNECTION != 0 && !only_keep_alive(headers) {
+        // `keep-alive` (the usual token) is removed below anyway; skipping
+        // it here saves parsing it into an allocated custom name.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !(upgrading && n == header::UPGRADE))
             .collect();
         for name in named {
             headers.remove(name);
         }
+    }
+    if present & HOP_CONNECTION != 0 {
         headers.remove(header::CONNECTION);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::TRANSFER_ENCODING);
+    // A bit clear means the header was absent from the start (removing the
+    // named ones above cannot add any), so its removal would be a no-op.
+    if present & HOP_KEEP_ALIVE != 0 {
+        headers.remove(KEEP_ALIVE);
+    }
+    if present & HOP_PROXY_CONNECTION != 0 {
+        headers.remove(PROXY_CONNECTION);
+    }
+    if present & HOP_PROXY_AUTHORIZATION != 0 {
+        headers.remove(header::PROXY_AUTHORIZATION);
+    }
+    if present & HOP_TRANSFER_ENCODING != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
     // TE is hop-by-hop, but `TE: trailers` must reach gRPC servers.
-    if let Some(te) = headers.get(header::TE)
-        && !te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    {
-        headers.remove(header::TE);
-    } else if headers.contains_key(header::TE) {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if present & HOP_TE != 0 {
+        if let Some(te) = headers.get(header::TE)
+            && !te.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        {
+            headers.remove(header::TE);
+        } else if headers.contains_key(header::TE) {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
     if upgrading {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & HOP_UPGRADE != 0 {
         headers.remove(header::UPGRADE);
     }
 }
@@ -175,6 +239,21 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn plain_keep_alive_connection_is_removed() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+        let mut h = map(&[("x-kept", "yes")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
     }
 
     #[test]

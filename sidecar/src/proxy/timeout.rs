@@ -2,13 +2,18 @@
 //! route's timeout, else the cluster's); a miss is 504 `timeout`. The body
 //! may stream for longer (downloads, gRPC streams).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::future::Either;
 use tower::{Layer, Service};
 
-use super::{BoxFuture, ProxyRequest, ProxyResponse};
+use super::{ProxyRequest, ProxyResponse};
 use crate::error::{ErrorKind, ProxyError};
+use crate::table::Cluster;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TimeoutLayer;
@@ -25,6 +30,40 @@ pub struct Timeout<S> {
     inner: S,
 }
 
+pin_project_lite::pin_project! {
+    /// The inner future under a deadline, without a boxed wrapper.
+    pub struct Deadline<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        limit: Duration,
+        // Only read on a miss, for the message.
+        cluster: Option<Arc<Cluster>>,
+    }
+}
+
+impl<F> Future for Deadline<F>
+where
+    F: Future<Output = Result<ProxyResponse, ProxyError>>,
+{
+    type Output = Result<ProxyResponse, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(ProxyError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no response from {} within {:?}",
+                    this.cluster.as_ref().map_or("upstream", |c| &*c.name),
+                    this.limit
+                ),
+            ))),
+        }
+    }
+}
+
 impl<S> Service<ProxyRequest> for Timeout<S>
 where
     S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
@@ -32,7 +71,7 @@ where
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
-    type Future = Either<S::Future, BoxFuture>;
+    type Future = Either<S::Future, Deadline<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -42,19 +81,12 @@ where
         let Some(limit) = req.ctx.timeout else {
             return Either::Left(self.inner.call(req));
         };
-        let cluster = req.ctx.cluster.as_ref().map(|c| c.name.clone());
+        let cluster = req.ctx.cluster.clone();
         let fut = self.inner.call(req);
-        Either::Right(Box::pin(async move {
-            match tokio::time::timeout(limit, fut).await {
-                Ok(result) => result,
-                Err(_) => Err(ProxyError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no response from {} within {limit:?}",
-                        cluster.as_deref().unwrap_or("upstream")
-                    ),
-                )),
-            }
-        }))
+        Either::Right(Deadline {
+            inner: tokio::time::timeout(limit, fut),
+            limit,
+            cluster,
+        })
     }
 }
