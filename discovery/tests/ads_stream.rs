@@ -327,9 +327,7 @@ async fn an_invalid_document_keeps_the_last_good_version_serving() {
         .set_documents(BTreeMap::from([document("routes/users", bad)]));
     sidecar.expect_silence().await;
 
-    // Nothing was pushed, and the rejection names key and field.
-    let (publish, _) = watch::channel(None::<()>);
-    drop(publish);
+    // Nothing was pushed; the builder's verdict names key and field.
     let mut builder = weft_discovery::snapshot::SnapshotBuilder::new();
     let mut state = agent.store.state();
     state

@@ -21,36 +21,7 @@ const BUDGET: Duration = Duration::from_secs(1);
 const RATE: u32 = 200;
 
 fn traffic_to_users(mesh: &Mesh, outbound: std::net::SocketAddr) -> Traffic {
-    Traffic::start(
-        mesh.http.clone(),
-        TrafficSpec {
-            outbound,
-            host: "users".into(),
-            path: "/".into(),
-            rate: RATE,
-        },
-    )
-}
-
-/// Waits until `instance` has answered a request sent after `since`, and
-/// returns how long after `since` that request was sent.
-async fn first_hit_after(
-    traffic: &Traffic,
-    instance: &str,
-    since: Instant,
-) -> anyhow::Result<Duration> {
-    eventually(
-        SETUP_TIMEOUT,
-        &format!("{instance} receives traffic"),
-        || async {
-            let report = traffic.report();
-            let hit = report.first_hit(instance, since).with_context(|| {
-                format!("no request reached {instance} yet: {}", report.summary())
-            })?;
-            Ok(hit.saturating_duration_since(since))
-        },
-    )
-    .await
+    Traffic::start(mesh.http.clone(), TrafficSpec::get(outbound, "users", RATE))
 }
 
 /// Waits until `instance` has had no request for a full second of traffic
@@ -100,7 +71,7 @@ fn a_registered_instance_receives_traffic_within_1s() {
             .register(&Registration::plain("users", "users-2", app.port()))
             .await?;
         let registered = Instant::now();
-        let latency = first_hit_after(&traffic, "users-2", registered).await?;
+        let latency = traffic.reaches("users-2", registered).await?;
         ctx.measured("new instance receives traffic after registration", latency);
 
         let report = traffic.stop().await;
@@ -177,7 +148,7 @@ fn an_instance_whose_check_turns_critical_stops_receiving_traffic_within_1s() {
             .set_check(&Registration::plain("users", "users-2", 0).check_id(), true)
             .await?;
         let passing = Instant::now();
-        let back = first_hit_after(&traffic, "users-2", passing).await?;
+        let back = traffic.reaches("users-2", passing).await?;
         ctx.measured("recovered instance receives traffic again", back);
 
         let report = traffic.stop().await;
@@ -220,7 +191,7 @@ fn a_meshed_instance_whose_check_turns_critical_stops_receiving_traffic_within_1
 
         mesh.consul.set_health(&users_2.registration, true).await?;
         let passing = Instant::now();
-        let back = first_hit_after(&traffic, "users-2", passing).await?;
+        let back = traffic.reaches("users-2", passing).await?;
         ctx.measured("meshed instance receives traffic again after passing", back);
 
         mesh.consul.deregister("users-1").await?;

@@ -112,12 +112,7 @@ fn file_changes_apply_within_1s() {
         .await?;
         let traffic = Traffic::start(
             mesh.http.clone(),
-            TrafficSpec {
-                outbound: client.outbound,
-                host: "users".into(),
-                path: "/".into(),
-                rate: 200,
-            },
+            TrafficSpec::get(client.outbound, "users", 200),
         );
 
         // A new endpoint in endpoints.yaml.

@@ -31,12 +31,7 @@ fn a_kv_route_change_applies_within_1s() {
         .await?;
         let traffic = Traffic::start(
             mesh.http.clone(),
-            TrafficSpec {
-                outbound: client.sidecar.outbound,
-                host: "users".into(),
-                path: "/".into(),
-                rate: 200,
-            },
+            TrafficSpec::get(client.sidecar.outbound, "users", 200),
         );
 
         mesh.put_document("routes/users", &all_to("users-v2"))
@@ -125,15 +120,7 @@ fn an_invalid_kv_document_is_rejected_and_the_last_good_one_keeps_serving() {
             |e| e.service == "users-v2",
         )
         .await?;
-        let traffic = Traffic::start(
-            mesh.http.clone(),
-            TrafficSpec {
-                outbound,
-                host: "users".into(),
-                path: "/".into(),
-                rate: 100,
-            },
-        );
+        let traffic = Traffic::start(mesh.http.clone(), TrafficSpec::get(outbound, "users", 100));
 
         let mut previous: Option<Value> = None;
         for invalid in invalid_documents() {

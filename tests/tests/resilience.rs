@@ -12,27 +12,6 @@ use weft_e2e::{Call, Mesh, Traffic, TrafficSpec, eventually, run, wait_for_insta
 
 const RATE: u32 = 100;
 
-/// Waits until the traffic reaches `instance` (a request sent after `since`)
-/// and returns how long after `since` that was.
-async fn traffic_reaches(
-    traffic: &Traffic,
-    instance: &str,
-    since: Instant,
-) -> anyhow::Result<Duration> {
-    eventually(
-        SETUP_TIMEOUT,
-        &format!("traffic reaches {instance}"),
-        || async {
-            let report = traffic.report();
-            let hit = report
-                .first_hit(instance, since)
-                .with_context(|| format!("not yet: {}", report.summary()))?;
-            Ok(hit.saturating_duration_since(since))
-        },
-    )
-    .await
-}
-
 #[test]
 fn consul_stopped_for_10s_under_steady_traffic_fails_no_request() {
     run(|ctx| async move {
@@ -50,16 +29,11 @@ fn consul_stopped_for_10s_under_steady_traffic_fails_no_request() {
         .await?;
         let traffic = Traffic::start(
             mesh.http.clone(),
-            TrafficSpec {
-                outbound: client.sidecar.outbound,
-                host: "users".into(),
-                path: "/".into(),
-                rate: RATE,
-            },
+            TrafficSpec::get(client.sidecar.outbound, "users", RATE),
         );
         let start = Instant::now();
-        traffic_reaches(&traffic, "users-1", start).await?;
-        traffic_reaches(&traffic, "users-2", start).await?;
+        traffic.reaches("users-1", start).await?;
+        traffic.reaches("users-2", start).await?;
 
         mesh.consul.pause()?;
         let paused = Instant::now();
@@ -85,7 +59,7 @@ fn consul_stopped_for_10s_under_steady_traffic_fails_no_request() {
         mesh.put_document("routes/users", &all_to("users-v2"))
             .await?;
         let written = Instant::now();
-        let latency = traffic_reaches(&traffic, "users-v2-1", written).await?;
+        let latency = traffic.reaches("users-v2-1", written).await?;
         ctx.measured("KV change applied after Consul resumed", latency);
         ctx.measured(
             "Consul resumed -> KV change applied",
@@ -126,16 +100,11 @@ fn the_agent_restarted_under_steady_traffic_fails_no_request_and_sidecars_resync
         .await?;
         let traffic = Traffic::start(
             mesh.http.clone(),
-            TrafficSpec {
-                outbound: client.sidecar.outbound,
-                host: "users".into(),
-                path: "/".into(),
-                rate: RATE,
-            },
+            TrafficSpec::get(client.sidecar.outbound, "users", RATE),
         );
         let start = Instant::now();
-        traffic_reaches(&traffic, "users-1", start).await?;
-        traffic_reaches(&traffic, "users-2", start).await?;
+        traffic.reaches("users-1", start).await?;
+        traffic.reaches("users-2", start).await?;
 
         // SIGKILL, like a crash: no stream gets a goodbye.
         let killed = Instant::now();
@@ -178,7 +147,7 @@ fn the_agent_restarted_under_steady_traffic_fails_no_request_and_sidecars_resync
         mesh.put_document("routes/users", &all_to("users-v2"))
             .await?;
         let written = Instant::now();
-        let latency = traffic_reaches(&traffic, "users-v2-1", written).await?;
+        let latency = traffic.reaches("users-v2-1", written).await?;
         ctx.measured("KV change applied after the agent restart", latency);
 
         let report = traffic.stop().await;

@@ -13,7 +13,11 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use anyhow::Context as _;
+
+use super::eventually::eventually;
 use super::http::{Call, HttpClient};
+use super::mesh::SETUP_TIMEOUT;
 
 /// Requests in flight at most; beyond it the driver waits (a stuck mesh shows
 /// up as failures and a lower rate, not as unbounded memory).
@@ -28,6 +32,18 @@ pub struct TrafficSpec {
     pub path: String,
     /// Requests per second.
     pub rate: u32,
+}
+
+impl TrafficSpec {
+    /// `GET http://<host>/` through `outbound`, `rate` times a second.
+    pub fn get(outbound: SocketAddr, host: &str, rate: u32) -> Self {
+        Self {
+            outbound,
+            host: host.into(),
+            path: "/".into(),
+            rate,
+        }
+    }
 }
 
 /// A request an app instance answered.
@@ -159,6 +175,23 @@ impl Traffic {
     /// A copy of what was recorded so far.
     pub fn report(&self) -> TrafficReport {
         lock(&self.report).clone()
+    }
+
+    /// Waits until `instance` has answered a request sent after `since`, and
+    /// returns how long after `since` that request was sent.
+    pub async fn reaches(&self, instance: &str, since: Instant) -> anyhow::Result<Duration> {
+        eventually(
+            SETUP_TIMEOUT,
+            &format!("traffic reaches {instance}"),
+            || async {
+                let report = self.report();
+                let hit = report.first_hit(instance, since).with_context(|| {
+                    format!("no request reached {instance} yet: {}", report.summary())
+                })?;
+                Ok(hit.saturating_duration_since(since))
+            },
+        )
+        .await
     }
 
     /// Stops sending, waits for the requests in flight, returns the report.
