@@ -27,6 +27,9 @@ pub enum ErrorKind {
     ConnectFailed,
     /// The upstream closed or reset the connection before a response. 502.
     UpstreamReset,
+    /// The upstream's response is not valid HTTP (bad head, framing or
+    /// size). 502; like Envoy's `UPE`.
+    UpstreamProtocol,
     /// No response headers within the route/cluster timeout. 504.
     Timeout,
     /// The cluster's `max_requests` are all in flight. 503.
@@ -66,7 +69,7 @@ impl ErrorKind {
             Self::NoHealthyEndpoint | Self::ConnectFailed | Self::Overflow => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Self::UpstreamReset | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,6 +83,7 @@ impl ErrorKind {
             Self::NoHealthyEndpoint => "no-healthy-endpoint",
             Self::ConnectFailed => "connect-failed",
             Self::UpstreamReset => "upstream-reset",
+            Self::UpstreamProtocol => "upstream-protocol-error",
             Self::Timeout => "timeout",
             Self::Overflow => "overflow",
             Self::BadRequest => "bad-request",
@@ -90,7 +94,9 @@ impl ErrorKind {
     pub fn source(self) -> ErrorSource {
         match self {
             Self::BadRequest => ErrorSource::Downstream,
-            Self::ConnectFailed | Self::UpstreamReset | Self::Timeout => ErrorSource::Upstream,
+            Self::ConnectFailed | Self::UpstreamReset | Self::UpstreamProtocol | Self::Timeout => {
+                ErrorSource::Upstream
+            }
             Self::NoRoute | Self::NoHealthyEndpoint | Self::Overflow | Self::Internal => {
                 ErrorSource::Internal
             }
@@ -201,6 +207,7 @@ mod tests {
             (ErrorKind::NoHealthyEndpoint, 503, "no-healthy-endpoint"),
             (ErrorKind::ConnectFailed, 503, "connect-failed"),
             (ErrorKind::UpstreamReset, 502, "upstream-reset"),
+            (ErrorKind::UpstreamProtocol, 502, "upstream-protocol-error"),
             (ErrorKind::Timeout, 504, "timeout"),
             (ErrorKind::Overflow, 503, "overflow"),
             (ErrorKind::BadRequest, 400, "bad-request"),

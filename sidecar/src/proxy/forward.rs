@@ -17,13 +17,14 @@ use std::task::{Context, Poll};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, StatusCode, Version, header};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tower::Service;
 
 use super::{BoxFuture, ProxyRequest};
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Endpoint, cluster::Protocol};
-use crate::upstream::{ConnectError, H1Error};
+use crate::upstream::{ConnectError, H1Error, Upgraded};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Forward;
@@ -95,18 +96,25 @@ fn classify(e: hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyE
 }
 
 fn classify_h1(e: H1Error, endpoint: &Endpoint) -> ProxyError {
-    match e {
-        H1Error::Connect(_) | H1Error::Handshake(_) => ProxyError::new(
+    let (kind, reason) = match &e {
+        H1Error::Connect(_) => (
             ErrorKind::ConnectFailed,
             format!("cannot connect to {}", endpoint.addr),
-        )
-        .with_cause(e),
-        H1Error::Send(_) => ProxyError::new(
+        ),
+        H1Error::Closed(_) | H1Error::Write(_) | H1Error::Read(_) => (
             ErrorKind::UpstreamReset,
             format!("{} closed the connection before responding", endpoint.addr),
-        )
-        .with_cause(e),
-    }
+        ),
+        H1Error::Protocol(_) => (
+            ErrorKind::UpstreamProtocol,
+            format!("{} sent an invalid HTTP/1.1 response", endpoint.addr),
+        ),
+        H1Error::RequestBody(_) => (
+            ErrorKind::BadRequest,
+            "the request body ended with an error".to_string(),
+        ),
+    };
+    ProxyError::new(kind, reason).with_cause(e)
 }
 
 impl Service<ProxyRequest> for Forward {
@@ -140,7 +148,7 @@ impl Service<ProxyRequest> for Forward {
                     .h2
                     .request(http)
                     .await
-                    .map(|r| r.map(ProxyBody::Upstream))
+                    .map(|r| r.map(ProxyBody::Http2))
                     .map_err(|e| classify(e, &endpoint))
             } else {
                 endpoint
@@ -148,7 +156,7 @@ impl Service<ProxyRequest> for Forward {
                     .h1
                     .send(http)
                     .await
-                    .map(|r| r.map(ProxyBody::Pooled))
+                    .map(|r| r.map(ProxyBody::Http1))
                     .map_err(|e| classify_h1(e, &endpoint))
             };
             let mut resp = match result {
@@ -164,8 +172,18 @@ impl Service<ProxyRequest> for Forward {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(downstream) = ctx.upgrade.take()
             {
-                let upstream = hyper::upgrade::on(&mut resp);
-                tokio::spawn(bridge(downstream, upstream));
+                match resp.body_mut() {
+                    ProxyBody::Http1(body) => {
+                        if let Some(upstream) = body.take_upgrade() {
+                            tokio::spawn(bridge(downstream, upstream));
+                        }
+                    }
+                    ProxyBody::Http2(_) => {
+                        let upstream = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(bridge_h2(downstream, upstream));
+                    }
+                    ProxyBody::Full(_) => {}
+                }
             }
             // `ctx` (with the in-flight guards) is dropped here: the request
             // counts as in flight until its response headers arrive.
@@ -175,8 +193,34 @@ impl Service<ProxyRequest> for Forward {
     }
 }
 
-/// Copies bytes both ways between an upgraded client and upstream.
-async fn bridge(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Copies bytes both ways between an upgraded client and the upstream's
+/// raw connection, starting with what the upstream sent after its 101.
+async fn bridge(downstream: hyper::upgrade::OnUpgrade, upstream: Upgraded) {
+    let down = match downstream.await {
+        Ok(down) => down,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let Upgraded {
+        io: mut up,
+        buffered,
+    } = upstream;
+    if !buffered.is_empty()
+        && let Err(e) = down.write_all(&buffered).await
+    {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+        return;
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+/// The same over HTTP/2 (extended CONNECT), where hyper owns both sides.
+async fn bridge_h2(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     let (down, up) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
         Err(e) => {

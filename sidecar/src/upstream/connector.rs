@@ -97,23 +97,27 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, _dst: Uri) -> Self::Future {
-        let addr = self.addr.clone();
-        let timeout = self.timeout;
-        let dns = self.dns.clone();
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, connect(&addr, &dns)).await {
-                Ok(Ok(s)) => Ok(TokioIo::new(s)),
-                Ok(Err(source)) => Err(ConnectError {
-                    addr: addr.to_string(),
-                    timed_out: false,
-                    source,
-                }),
-                Err(_) => Err(ConnectError {
-                    addr: addr.to_string(),
-                    timed_out: true,
-                    source: io::Error::new(io::ErrorKind::TimedOut, "connect timeout"),
-                }),
-            }
-        })
+        let this = self.clone();
+        Box::pin(async move { this.connect().await.map(TokioIo::new) })
+    }
+}
+
+impl Connector {
+    /// Dials the endpoint (every resolved address in turn for a name),
+    /// within the connect timeout.
+    pub async fn connect(&self) -> Result<TcpStream, ConnectError> {
+        match tokio::time::timeout(self.timeout, connect(&self.addr, &self.dns)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(source)) => Err(ConnectError {
+                addr: self.addr.to_string(),
+                timed_out: false,
+                source,
+            }),
+            Err(_) => Err(ConnectError {
+                addr: self.addr.to_string(),
+                timed_out: true,
+                source: io::Error::new(io::ErrorKind::TimedOut, "connect timeout"),
+            }),
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! Each endpoint gets its own clients whose connector always dials that
 //! endpoint, so pools are naturally per endpoint and bounded by
 //! `max_idle_per_endpoint`, with the Cluster's connect and idle timeouts.
-//! HTTP/1.1 uses [`H1Pool`] (cheapest per request); HTTP/2 uses hyper-util's
+//! HTTP/1.1 uses the sidecar's own client, [`H1Pool`] (cheapest per request); HTTP/2 uses hyper-util's
 //! client, which multiplexes requests on one connection, with the request
 //! URI carrying the *logical* authority (sent as `:authority`). Clients are
 //! carried over between table swaps while their settings do not change, so
@@ -11,7 +11,7 @@
 
 mod connector;
 mod dns;
-mod h1_pool;
+mod http1;
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use connector::{ConnectError, Connector};
 pub use dns::Dns;
-pub use h1_pool::{H1Error, H1Pool, PooledBody};
+pub use http1::{H1Error, H1Pool, ProtocolError, ResponseBody, Upgraded};
 
 use crate::table::EndpointAddr;
 
