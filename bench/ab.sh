@@ -8,9 +8,7 @@
 #   bench/ab.sh /tmp/weft-sidecar-before target/release/weft-sidecar [ROUNDS=5] [SECONDS=8]
 #
 # For a noise-free view of user-space cost, count instructions instead:
-#   valgrind --tool=callgrind target/release/weft-sidecar --inbound ... --app ...
-# under a fixed number of requests (e.g. `wrk ... -d` replaced by a fixed-count
-# client) and compare Ir per request.
+# bench/instructions.sh BINARY.
 set -euo pipefail
 a=${1:?binary A}; b=${2:?binary B}; rounds=${3:-5}; seconds=${4:-8}
 for tool in nginx wrk taskset; do command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || {
