@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Weft mesh benchmark: app -> sidecar A -> sidecar B -> app, against app -> app.
+"""Weft mesh benchmark: app -> sidecar A -> sidecar B -> app, against app -> app,
+and the same over mutual TLS (sidecar C -> sidecar D, HTTP/2 on the tunnel).
 
 Measures, interleaved over REPS rounds (direct, mesh, direct, mesh, ...):
   max      wrk -t1 -c50, 100-byte body, HTTP/1.1 keep-alive: req/s, p50, p99
@@ -9,10 +10,12 @@ Measures, interleaved over REPS rounds (direct, mesh, direct, mesh, ...):
            /proc before/after), at max load and at 2,000 req/s
   memory   RSS of each sidecar after >= 1,000,000 requests through the mesh
 
-Layout (2 cores): sidecar A (the caller's) pinned to CPU 0, sidecar B (the
-callee's) pinned to CPU 1, each with one runtime thread; the load generator
-and the upstream nginx are not pinned. The mesh is configured by a real
-weft-discovery agent with the file backend (no Consul needed for a benchmark).
+Layout (2 cores): the callers' sidecars (A plaintext, C with mTLS) pinned to
+CPU 0, the callees' (B, D) to CPU 1, each with one runtime thread; the load
+generator and the upstream nginx are not pinned. The mesh is configured by a
+real weft-discovery agent with the file backend and a CA made by
+`weftctl ca init`; C and D get their certificates with join tokens, A and B
+have none and talk plaintext.
 
 Usage: python3 bench/mesh.py [--reps 3] [--out DIR]
 Needs: nginx, wrk (apt-get install -y nginx wrk), oha (cargo install oha --locked).
@@ -23,7 +26,8 @@ import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY = "x" * 99 + "\\n"  # 100 bytes, as in ../shared/peerbench
 PORTS = dict(upstream=19080, agent=19010, agent_admin=19011, a_out=19101, a_in=19106, a_admin=19120,
-             b_out=19201, b_in=19206, b_admin=19220)
+             b_out=19201, b_in=19206, b_admin=19220, c_out=19301, c_in=19306, c_admin=19320,
+             d_out=19401, d_in=19406, d_admin=19420)
 CLK = os.sysconf("SC_CLK_TCK")
 procs = []
 
@@ -139,7 +143,7 @@ def main():
             sys.exit(f"missing {tool}: apt-get install -y nginx wrk; cargo install oha --locked")
     # One package per build, as bench/peerbench.sh does: building them together
     # unifies features differently and would relink a different sidecar binary.
-    for package in ("weft-sidecar", "weft-discovery"):
+    for package in ("weft-sidecar", "weft-discovery"):  # weftctl is in weft-discovery
         subprocess.run(["cargo", "build", "--release", "-q", "-p", package], cwd=REPO, check=True)
     rel = os.path.join(REPO, "target", "release")
     out = a.out
@@ -159,55 +163,68 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
                os.path.join(up, "error.log")], os.path.join(out, "upstream.log"))
         wait_port(PORTS["upstream"])
 
-        # agent with the file backend: service "bench" is sidecar B's inbound listener
+        # agent with the file backend: service "bench" is sidecar B's inbound
+        # listener, "bench-tls" sidecar D's; a CA and join tokens for C and D
         cfg = os.path.join(out, "config")
         os.makedirs(cfg, exist_ok=True)
         with open(os.path.join(cfg, "endpoints.yaml"), "w") as f:
-            f.write(f"services:\n  bench:\n    - {{ address: 127.0.0.1, port: {PORTS['b_in']}, meshed: true }}\n")
+            f.write(f"services:\n  bench:\n    - {{ address: 127.0.0.1, port: {PORTS['b_in']}, meshed: true }}\n"
+                    f"  bench-tls:\n    - {{ address: 127.0.0.1, port: {PORTS['d_in']}, meshed: true }}\n")
+        ca = os.path.join(out, "ca")
+        subprocess.run([os.path.join(rel, "weftctl"), "ca", "init", "--trust-domain", "bench.weft", "--out", ca,
+                        "--force"], check=True, capture_output=True)
+        tokens = {"client-tls": os.urandom(16).hex(), "bench-tls": os.urandom(16).hex()}
+        with open(os.path.join(out, "join-tokens.json"), "w") as f:
+            json.dump(tokens, f)
         start([os.path.join(rel, "weft-discovery"), "--config-dir", cfg, "--listen", f"127.0.0.1:{PORTS['agent']}",
-               "--admin", f"127.0.0.1:{PORTS['agent_admin']}"], os.path.join(out, "agent.log"))
+               "--admin", f"127.0.0.1:{PORTS['agent_admin']}", "--ca-dir", ca,
+               "--join-tokens", os.path.join(out, "join-tokens.json")], os.path.join(out, "agent.log"))
         wait_http(f"http://127.0.0.1:{PORTS['agent_admin']}/readyz", "weft-discovery")
 
         one = {"TOKIO_WORKER_THREADS": "1"}
         disc = f"http://127.0.0.1:{PORTS['agent']}"
-        side_a = start([os.path.join(rel, "weft-sidecar"), "--service", "client", "--discovery", disc,
-                        "--inbound", f"127.0.0.1:{PORTS['a_in']}", "--app", "127.0.0.1:9",
-                        "--outbound", f"127.0.0.1:{PORTS['a_out']}", "--admin", f"127.0.0.1:{PORTS['a_admin']}"],
-                       os.path.join(out, "sidecar-a.log"), one, cpu=0)
-        side_b = start([os.path.join(rel, "weft-sidecar"), "--service", "bench", "--discovery", disc,
-                        "--inbound", f"127.0.0.1:{PORTS['b_in']}", "--app", f"127.0.0.1:{PORTS['upstream']}",
-                        "--outbound", f"127.0.0.1:{PORTS['b_out']}", "--admin", f"127.0.0.1:{PORTS['b_admin']}"],
-                       os.path.join(out, "sidecar-b.log"), one, cpu=1)
-        for port in (PORTS["a_admin"], PORTS["b_admin"]):
-            wait_http(f"http://127.0.0.1:{port}/ready", "sidecar")
 
-        targets = {"direct": (f"http://127.0.0.1:{PORTS['upstream']}/", None),
-                   "mesh": (f"http://127.0.0.1:{PORTS['a_out']}/", "bench")}
+        def sidecar(letter, service, app, cpu, token=None):
+            argv = [os.path.join(rel, "weft-sidecar"), "--service", service, "--discovery", disc,
+                    "--inbound", f"127.0.0.1:{PORTS[letter + '_in']}", "--app", app,
+                    "--outbound", f"127.0.0.1:{PORTS[letter + '_out']}",
+                    "--admin", f"127.0.0.1:{PORTS[letter + '_admin']}"]
+            env = dict(one, **({"WEFT_IDENTITY_TOKEN": token} if token else {}))
+            return start(argv, os.path.join(out, f"sidecar-{letter}.log"), env, cpu=cpu)
+
+        upstream = f"127.0.0.1:{PORTS['upstream']}"
+        side_a = sidecar("a", "client", "127.0.0.1:9", 0)
+        side_b = sidecar("b", "bench", upstream, 1)
+        side_c = sidecar("c", "client-tls", "127.0.0.1:9", 0, tokens["client-tls"])
+        side_d = sidecar("d", "bench-tls", upstream, 1, tokens["bench-tls"])
+        for letter in "abcd":
+            wait_http(f"http://127.0.0.1:{PORTS[letter + '_admin']}/ready", f"sidecar {letter}")
+
+        targets = {"direct": (f"http://127.0.0.1:{PORTS['upstream']}/", None, None),
+                   "mesh": (f"http://127.0.0.1:{PORTS['a_out']}/", "bench", (side_a, side_b)),
+                   "mesh-mtls": (f"http://127.0.0.1:{PORTS['c_out']}/", "bench-tls", (side_c, side_d))}
         rows = {t: {"max": [], "rate": []} for t in targets}
-        total_mesh = 0
+        through = {"mesh": 0, "mesh-mtls": 0}
         for rep in range(a.reps):
-            for name, (url, host) in targets.items():
+            for name, (url, host, sides) in targets.items():
                 wrk(url, host, 2, os.path.join(out, f"warm-{name}-{rep}.txt"))
-                cpu0 = (cpu_seconds(side_a.pid), cpu_seconds(side_b.pid))
-                r = wrk(url, host, a.max_seconds, os.path.join(out, f"max-{name}-{rep}.txt"))
-                cpu1 = (cpu_seconds(side_a.pid), cpu_seconds(side_b.pid))
-                if name == "mesh":
-                    r["cpu_a_us"] = (cpu1[0] - cpu0[0]) / r["requests"] * 1e6
-                    r["cpu_b_us"] = (cpu1[1] - cpu0[1]) / r["requests"] * 1e6
-                    total_mesh += r["requests"]
-                rows[name]["max"].append(r)
-                cpu0 = (cpu_seconds(side_a.pid), cpu_seconds(side_b.pid))
-                r = oha(url, host, a.rate_seconds, os.path.join(out, f"rate-{name}-{rep}.json"))
-                cpu1 = (cpu_seconds(side_a.pid), cpu_seconds(side_b.pid))
-                if name == "mesh":
-                    r["cpu_a_us"] = (cpu1[0] - cpu0[0]) / max(r["requests"], 1) * 1e6
-                    r["cpu_b_us"] = (cpu1[1] - cpu0[1]) / max(r["requests"], 1) * 1e6
-                    total_mesh += r["requests"]
-                rows[name]["rate"].append(r)
+                for kind in ("max", "rate"):
+                    cpu0 = [cpu_seconds(p.pid) for p in sides or ()]
+                    if kind == "max":
+                        r = wrk(url, host, a.max_seconds, os.path.join(out, f"max-{name}-{rep}.txt"))
+                    else:
+                        r = oha(url, host, a.rate_seconds, os.path.join(out, f"rate-{name}-{rep}.json"))
+                    if sides:
+                        cpu1 = [cpu_seconds(p.pid) for p in sides]
+                        r["cpu_a_us"] = (cpu1[0] - cpu0[0]) / max(r["requests"], 1) * 1e6
+                        r["cpu_b_us"] = (cpu1[1] - cpu0[1]) / max(r["requests"], 1) * 1e6
+                        through[name] += r["requests"]
+                    rows[name][kind].append(r)
                 print(f"rep {rep} {name}: {rows[name]['max'][-1]['rps']:.0f} req/s max, "
                       f"p99 {rows[name]['rate'][-1]['p99']:.0f} us at 2000 req/s", file=sys.stderr)
-        while total_mesh < 1_000_000:
-            total_mesh += wrk(targets["mesh"][0], "bench", 10, os.path.join(out, "fill.txt"))["requests"]
+        while through["mesh"] < 1_000_000:
+            through["mesh"] += wrk(targets["mesh"][0], "bench", 10, os.path.join(out, "fill.txt"))["requests"]
+        total_mesh = through["mesh"]
         rss = (rss_mib(side_a.pid), rss_mib(side_b.pid))
         report(rows, total_mesh, rss, a)
     finally:
@@ -219,24 +236,31 @@ def med(rows, key):
 
 
 def report(rows, total, rss, a):
-    d, m = rows["direct"], rows["mesh"]
+    d = rows["direct"]
+    names = list(rows)
     print(f"## Mesh benchmark: app -> sidecar -> sidecar -> app (medians of {a.reps} interleaved reps)\n")
-    print("| target | max req/s | % of direct | p50 us | p99 us | errors | sidecar A CPU us/req | sidecar B CPU us/req |")
+    print("mesh: plaintext between the sidecars; mesh-mtls: mutual TLS (SPIFFE identities, HTTP/2 on the tunnel).\n")
+    print("| target | max req/s | % of direct | p50 us | p99 us | errors | caller sidecar CPU us/req | callee sidecar CPU us/req |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in (("direct", d), ("mesh", m)):
-        cpu = (f"{med(r['max'], 'cpu_a_us'):.1f} | {med(r['max'], 'cpu_b_us'):.1f}" if name == "mesh" else "- | -")
+    for name in names:
+        r = rows[name]
+        cpu = (f"{med(r['max'], 'cpu_a_us'):.1f} | {med(r['max'], 'cpu_b_us'):.1f}" if name != "direct" else "- | -")
         print(f"| {name} | {med(r['max'], 'rps'):,.0f} | {100 * med(r['max'], 'rps') / med(d['max'], 'rps'):.0f}% | "
               f"{med(r['max'], 'p50'):,.0f} | {med(r['max'], 'p99'):,.0f} | {sum(x['errors'] for x in r['max'])} | {cpu} |")
     print(f"\n### Fixed rate 2,000 req/s (oha, latency-corrected), {a.rate_seconds} s\n")
-    print("| target | p50 us | p90 us | p99 us | p99.9 us | added p50 | added p99 | added p99.9 | errors | sidecar A CPU us/req | sidecar B CPU us/req |")
+    print("| target | p50 us | p90 us | p99 us | p99.9 us | added p50 | added p99 | added p99.9 | errors | caller sidecar CPU us/req | callee sidecar CPU us/req |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in (("direct", d), ("mesh", m)):
-        rr = r["rate"]
+    for name in names:
+        rr = rows[name]["rate"]
         add = lambda k: "-" if name == "direct" else f"+{med(rr, k) - med(d['rate'], k):,.0f}"
-        cpu = (f"{med(rr, 'cpu_a_us'):.1f} | {med(rr, 'cpu_b_us'):.1f}" if name == "mesh" else "- | -")
+        cpu = (f"{med(rr, 'cpu_a_us'):.1f} | {med(rr, 'cpu_b_us'):.1f}" if name != "direct" else "- | -")
         print(f"| {name} | {med(rr, 'p50'):,.0f} | {med(rr, 'p90'):,.0f} | {med(rr, 'p99'):,.0f} | {med(rr, 'p99.9'):,.0f} | "
               f"{add('p50')} | {add('p99')} | {add('p99.9')} | {sum(x['errors'] for x in rr)} | {cpu} |")
-    print(f"\nRSS after {total:,} requests through the mesh: sidecar A {rss[0]:.1f} MiB, sidecar B {rss[1]:.1f} MiB.")
+    if "mesh-mtls" in rows:
+        plain, tls = med(rows["mesh"]["rate"], "p99"), med(rows["mesh-mtls"]["rate"], "p99")
+        print(f"\nmTLS vs plaintext mesh at 2,000 req/s: p99 {tls:,.0f} vs {plain:,.0f} us "
+              f"({100 * (tls / plain - 1):+.0f} %).")
+    print(f"\nRSS after {total:,} requests through the plaintext mesh: sidecar A {rss[0]:.1f} MiB, sidecar B {rss[1]:.1f} MiB.")
 
 
 if __name__ == "__main__":

@@ -52,8 +52,25 @@ for _ in $(seq 1 300); do
 done
 export CONSUL_HTTP_ADDR="http://127.0.0.1:$CONSUL_HTTP"
 
+# The mesh's CA and a join token per service: every hop between sidecars is
+# mutual TLS with SPIFFE identities.
+"$bin/weftctl" ca init --trust-domain demo.weft --out "$demo/ca" --force >/dev/null
+declare -A tokens
+for name in web users users-v2 orders orders-v2; do
+  tokens[$name]=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+done
+{ echo "{"; first=true
+  for name in "${!tokens[@]}"; do
+    $first || echo ","; first=false
+    printf '  "%s": "%s"' "$name" "${tokens[$name]}"
+  done
+  echo; echo "}"; } >"$demo/join-tokens.json"
+chmod 600 "$demo/join-tokens.json"
+echo "== made a CA for trust domain demo.weft ($demo/ca) and join tokens ($demo/join-tokens.json)"
+
 echo "== starting weft-discovery (ADS 127.0.0.1:18010, admin 127.0.0.1:18011)"
-"$bin/weft-discovery" --consul "$CONSUL_HTTP_ADDR" --listen 127.0.0.1:18010 --admin 127.0.0.1:18011 >"$demo/weft-discovery.log" 2>&1 &
+"$bin/weft-discovery" --consul "$CONSUL_HTTP_ADDR" --listen 127.0.0.1:18010 --admin 127.0.0.1:18011 \
+  --ca-dir "$demo/ca" --join-tokens "$demo/join-tokens.json" >"$demo/weft-discovery.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:18011/readyz weft-discovery
 
@@ -69,6 +86,7 @@ for line in "${services[@]}"; do
   read -r name app inbound outbound admin <<<"$line"
   "$bin/weft-testapp" --service "$name" --instance "$name-1" --listen "127.0.0.1:$app" >"$demo/app-$name.log" 2>&1 &
   pids+=($!)
+  WEFT_IDENTITY_TOKEN="${tokens[$name]}" \
   "$bin/weft-sidecar" --service "$name" --instance "$name-1" --discovery http://127.0.0.1:18010 \
     --inbound "127.0.0.1:$inbound" --app "127.0.0.1:$app" --outbound "127.0.0.1:$outbound" \
     --admin "127.0.0.1:$admin" >"$demo/sidecar-$name.log" 2>&1 &
@@ -123,6 +141,16 @@ echo "$tally"
 v1=$(awk '$2 == "orders-1" { print $1 }' <<<"$tally"); v2=$(awk '$2 == "orders-v2-1" { print $1 }' <<<"$tally")
 (( ${v1:-0} + ${v2:-0} == 200 )) || problems+=("not every request to orders was answered")
 (( ${v2:-0} >= 5 && ${v2:-0} <= 40 )) || problems+=("orders-v2 got ${v2:-0} of 200 requests, expected about 20")
+echo "-- who called, as users' app sees it (the caller's SPIFFE ID from the mTLS handshake):"
+answer=$(curl -sS -H 'Host: users' "$web_out/whoami"); echo "$answer" | grep -o '"x-weft-peer-identity":"[^"]*"' || true
+[[ "$answer" == *'"x-weft-peer-identity":"spiffe://demo.weft/ns/default/svc/web"'* ]] \
+  || problems+=("users' app did not see web's SPIFFE ID: the hop was not mutual TLS")
+echo "-- plaintext straight to users' sidecar (127.0.0.1:18602), which accepts only mTLS:"
+if answer=$(curl -sS --max-time 5 -H 'Host: users' http://127.0.0.1:18602/ 2>&1); then
+  echo "$answer"; problems+=("users' inbound listener answered plaintext")
+else
+  echo "refused: no HTTP answer (curl: ${answer##*curl: })"
+fi
 echo "-- a host the mesh does not know:"
 answer=$(curl -sS -D - -o /dev/null -H 'Host: nowhere' "$web_out/" | grep -i -E '^(HTTP|x-weft-error)'); echo "$answer"
 [[ "$answer" == *"404"*"no-route"* ]] || problems+=("an unknown host did not get 404 no-route")
@@ -133,6 +161,7 @@ cat <<TXT
   agent status:         curl -s http://127.0.0.1:18011/status | jq   (or: $bin/weftctl status --admin http://127.0.0.1:18011)
   agent metrics:        curl -s http://127.0.0.1:18011/metrics
   web sidecar:          curl -s http://127.0.0.1:18701/clusters | jq ; curl -s http://127.0.0.1:18701/config_dump | jq
+  web's identity:       curl -s http://127.0.0.1:18701/identity | jq
   call through the mesh: curl -H 'Host: users' $web_out/api/v1/users/7
   change a route:       $consul kv put weft/routes/orders '{"routes":[{"match":{"path_prefix":"/"},"destination":"orders-v2"}]}'
   logs:                 $demo/

@@ -1,5 +1,6 @@
 //! The agent process: settings, and the wiring of source -> store ->
-//! snapshot builder -> discovery server, plus the admin server.
+//! snapshot builder -> discovery server (with the identity service beside
+//! it), plus the admin server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,8 +15,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admin::{self, AdminState};
 use crate::ads::{AdsServer, SidecarRegistry, unix_now};
 use crate::consul::{ConsulClient, ConsulConfig, ConsulError};
+use crate::identity::{Identity, IdentityConfig};
 use crate::metrics::Metrics;
-use crate::snapshot::{self, DebounceConfig};
+use crate::snapshot::{self, DebounceConfig, SnapshotBuilder};
 use crate::store::MeshStore;
 
 /// Command-line settings (each also from the environment variable named).
@@ -72,6 +74,34 @@ pub struct Settings {
     /// Consul updates becomes one push).
     #[arg(long, env = "WEFT_DEBOUNCE", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
+    /// The mesh CA directory (from `weftctl ca init`). Set, the agent signs
+    /// sidecars' certificates (weft.identity.v1, on --listen) and every
+    /// Cluster names its destination's SPIFFE ID, so sidecars talk mTLS;
+    /// unset, the mesh is plaintext. Reloaded when its files change
+    /// (`weftctl ca rotate`).
+    #[arg(long, env = "WEFT_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Join tokens (JSON: {"<service>": "<token>" | ["<token>", ...]}): the
+    /// credential a sidecar presents without Consul. With --consul, a Consul
+    /// ACL token with service:write on the service works too.
+    #[arg(long, env = "WEFT_JOIN_TOKENS")]
+    pub join_tokens: Option<PathBuf>,
+    /// How long a sidecar's leaf certificate is valid; sidecars renew at
+    /// two thirds of it. A day: a stolen key is useful for hours, and a CA
+    /// outage of 8 h goes unnoticed. Under a minute is for tests (warned).
+    #[arg(long, env = "WEFT_LEAF_TTL", default_value = "24h", value_parser = parse_leaf_ttl)]
+    pub leaf_ttl: Duration,
+}
+
+impl Settings {
+    /// The identity part of the settings.
+    pub fn identity_config(&self) -> IdentityConfig {
+        IdentityConfig {
+            ca_dir: self.ca_dir.clone(),
+            join_tokens: self.join_tokens.clone(),
+            leaf_ttl: self.leaf_ttl,
+        }
+    }
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -85,6 +115,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen for sidecars on --listen {}", settings.listen))?;
     let admin_listener = admin::bind(settings.admin).await?;
 
+    // The Consul client when Consul is the backend; identity checks ACL
+    // tokens against the same Consul.
+    let consul = match (&settings.config_dir, &settings.consul) {
+        (None, Some(address)) => {
+            let config = consul_config(&settings, address)
+                .with_context(|| format!("invalid Consul settings for --consul {address:?}"))?;
+            Some(ConsulClient::new(config).context("cannot create the Consul client")?)
+        }
+        _ => None,
+    };
+    let identity = Identity::start(&settings.identity_config(), consul.clone(), metrics.clone())
+        .map_err(|reason| anyhow::anyhow!("identity: {reason}"))?;
+
     let backend = if let Some(dir) = &settings.config_dir {
         let dir = dir.clone();
         let description = format!("config-dir {}", dir.display());
@@ -95,10 +138,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         });
         description
-    } else if let Some(address) = &settings.consul {
-        let config = consul_config(&settings, address)
-            .with_context(|| format!("invalid Consul settings for --consul {address:?}"))?;
-        let client = ConsulClient::new(config).context("cannot create the Consul client")?;
+    } else if let (Some(client), Some(address)) = (consul, &settings.consul) {
         let description = format!("consul {address}");
         let store = store.clone();
         let prefix = settings.kv_prefix.clone();
@@ -117,7 +157,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("compiling the document schema")?
         .map_err(|reason| anyhow::anyhow!("the embedded document schema is broken: {reason}"))?;
 
-    tokio::spawn(snapshot::run_builder(
+    let builder = match identity.trust_domain() {
+        Some(trust_domain) => SnapshotBuilder::with_trust_domain(trust_domain),
+        None => SnapshotBuilder::new(),
+    };
+    tokio::spawn(snapshot::run_builder_with(
+        builder,
         store.clone(),
         DebounceConfig {
             quiet: settings.debounce,
@@ -145,6 +190,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_nodelay(true)
         .add_service(ads)
+        .add_service(identity.service())
         .serve_with_incoming_shutdown(TcpListenerStream::new(ads_listener), shutdown_signal())
         .await
         .context("discovery server failed")?;
@@ -166,6 +212,15 @@ fn consul_config(settings: &Settings, address: &str) -> Result<ConsulConfig, Con
         settings.consul_client_key.clone(),
     )
     .map(|config| config.with_tls_server_name(settings.consul_tls_server_name.clone()))
+}
+
+/// `--leaf-ttl`: a humantime duration longer than zero.
+fn parse_leaf_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if ttl.is_zero() {
+        return Err("a leaf must be valid for some time, e.g. 24h".into());
+    }
+    Ok(ttl)
 }
 
 /// `CONSUL_HTTP_SSL` / `--consul-http-ssl` read as Consul's CLI reads it.
@@ -242,6 +297,35 @@ mod tests {
         assert_eq!(ssl(&["--consul-http-ssl=false"]), Some(false));
         assert_eq!(ssl(&["--consul-http-ssl=1"]), Some(true));
         assert_eq!(ssl(&["--consul-http-ssl=maybe"]), None);
+    }
+
+    #[test]
+    fn identity_flags_reach_the_identity_config() {
+        let parsed = settings(&[
+            "--config-dir",
+            "/etc/weft",
+            "--ca-dir",
+            "/etc/weft/ca",
+            "--join-tokens",
+            "/etc/weft/tokens.json",
+            "--leaf-ttl",
+            "10s",
+        ])
+        .map(|parsed| parsed.identity_config());
+        let config = match parsed {
+            Ok(config) => config,
+            Err(error) => panic!("valid flags rejected: {error}"),
+        };
+        assert_eq!(config.ca_dir, Some(PathBuf::from("/etc/weft/ca")));
+        assert_eq!(
+            config.join_tokens,
+            Some(PathBuf::from("/etc/weft/tokens.json"))
+        );
+        assert_eq!(config.leaf_ttl, Duration::from_secs(10));
+        let default_ttl = settings(&[]).map(|parsed| parsed.leaf_ttl).ok();
+        assert_eq!(default_ttl, Some(Duration::from_secs(24 * 3600)));
+        let zero = settings(&["--leaf-ttl", "0s"]).err().map(|e| e.to_string());
+        assert!(zero.is_some_and(|error| error.contains("valid for some time")));
     }
 
     #[test]

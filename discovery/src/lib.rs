@@ -3,8 +3,8 @@
 //!
 //! Data flow: `source` (Consul watches, or files) -> `store::MeshStore` ->
 //! `snapshot` (validate documents, build resources, debounce) -> `ads`
-//! (per-sidecar streams). `admin` serves health, status and metrics; `agent`
-//! wires them together.
+//! (per-sidecar streams). `identity` signs sidecars' certificates (mTLS);
+//! `admin` serves health, status and metrics; `agent` wires them together.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,6 +12,8 @@ pub mod ads;
 pub mod agent;
 pub mod consul;
 pub mod documents;
+pub mod fs_watch;
+pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod snapshot;

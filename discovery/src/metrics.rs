@@ -1,8 +1,18 @@
 //! The agent's Prometheus metrics (served on the admin port at `/metrics`).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::identity::RefusalReason;
+
+/// The labels of `certificates_refused`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateRefusalLabels {
+    pub reason: RefusalReason,
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -12,6 +22,10 @@ pub struct Metrics {
     pub responses_sent: Counter,
     pub nacks_received: Counter,
     pub connected_sidecars: Gauge,
+    /// Leaf certificates signed for sidecars.
+    pub certificates_issued: Counter,
+    /// Certificate requests refused, by reason (`denied`, `invalid_csr`...).
+    pub certificates_refused: Family<CertificateRefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -28,6 +42,8 @@ impl Metrics {
         let responses_sent = Counter::default();
         let nacks_received = Counter::default();
         let connected_sidecars = Gauge::default();
+        let certificates_issued = Counter::default();
+        let certificates_refused = Family::<CertificateRefusalLabels, Counter>::default();
         registry.register(
             "documents_rejected",
             "Configuration document versions rejected by validation",
@@ -53,6 +69,16 @@ impl Metrics {
             "Sidecars with an open discovery stream",
             connected_sidecars.clone(),
         );
+        registry.register(
+            "certificates_issued",
+            "Leaf certificates signed for sidecars",
+            certificates_issued.clone(),
+        );
+        registry.register(
+            "certificates_refused",
+            "Certificate requests refused, by reason",
+            certificates_refused.clone(),
+        );
         Self {
             registry,
             documents_rejected,
@@ -60,7 +86,16 @@ impl Metrics {
             responses_sent,
             nacks_received,
             connected_sidecars,
+            certificates_issued,
+            certificates_refused,
         }
+    }
+
+    /// Counts one refused certificate request.
+    pub fn certificate_refused(&self, reason: RefusalReason) {
+        self.certificates_refused
+            .get_or_create(&CertificateRefusalLabels { reason })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

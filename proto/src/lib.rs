@@ -14,6 +14,12 @@ pub mod config {
     }
 }
 
+pub mod identity {
+    pub mod v1 {
+        tonic::include_proto!("weft.identity.v1");
+    }
+}
+
 /// Type URLs of the resource types, as carried in `DiscoveryRequest.type_url`
 /// and in each resource's `Any`.
 pub mod type_url {
@@ -21,8 +27,9 @@ pub mod type_url {
     pub const CLUSTER_LOAD_ASSIGNMENT: &str =
         "type.googleapis.com/weft.config.v1.ClusterLoadAssignment";
     pub const ROUTE_CONFIGURATION: &str = "type.googleapis.com/weft.config.v1.RouteConfiguration";
+    pub const TRUST_BUNDLE: &str = "type.googleapis.com/weft.config.v1.TrustBundle";
 
-    /// All types, in the order a sidecar subscribes to them.
+    /// The types every sidecar subscribes to, in subscription order.
     pub const ALL: [&str; 3] = [ROUTE_CONFIGURATION, CLUSTER, CLUSTER_LOAD_ASSIGNMENT];
 
     /// The short name used in logs and /status ("Cluster").
@@ -35,7 +42,7 @@ pub mod type_url {
 mod tests {
     use prost::Name;
 
-    use super::config::v1::{Cluster, ClusterLoadAssignment, RouteConfiguration};
+    use super::config::v1::{Cluster, ClusterLoadAssignment, RouteConfiguration, TrustBundle};
     use super::type_url;
 
     #[test]
@@ -49,5 +56,6 @@ mod tests {
             RouteConfiguration::type_url(),
             type_url::ROUTE_CONFIGURATION
         );
+        assert_eq!(TrustBundle::type_url(), type_url::TRUST_BUNDLE);
     }
 }

@@ -29,6 +29,8 @@ pub struct AdminState {
     /// The inbound (local app) cluster.
     pub inbound: Arc<Cluster>,
     pub shutdown: watch::Receiver<bool>,
+    /// The mesh identity, when mTLS is on.
+    pub identity: Option<Arc<weft_certs::IdentityStore>>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -142,6 +144,24 @@ pub fn config_dump(state: &AdminState) -> Value {
     })
 }
 
+/// The current leaf and trust bundle (no key material).
+fn identity(store: &weft_certs::IdentityStore) -> serde_json::Value {
+    let leaf = store.leaf();
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    serde_json::json!({
+        "spiffe_id": leaf.identity().to_string(),
+        "serial": leaf.serial(),
+        "not_before_unix": unix(leaf.not_before()),
+        "not_after_unix": unix(leaf.not_after()),
+        "renew_at_unix": unix(leaf.rotate_at()),
+        "trusted_roots": store.bundle().len(),
+    })
+}
+
 pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
@@ -157,9 +177,13 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
         "/live" => text(StatusCode::OK, "live\n"),
         "/config_dump" => json_response(&config_dump(state)),
         "/clusters" => json_response(&clusters(state)),
+        "/identity" => match &state.identity {
+            Some(store) => json_response(&identity(store)),
+            None => text(StatusCode::NOT_FOUND, "mTLS is off: no identity\n"),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /ready /live /config_dump /clusters\n",
+            "admin endpoints: /ready /live /config_dump /clusters /identity\n",
         ),
     }
 }

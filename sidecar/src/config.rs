@@ -50,8 +50,40 @@ pub struct Settings {
     /// own choice (`TOKIO_WORKER_THREADS`, else one per core). 1 runs a
     /// single-threaded runtime, the fastest setup for a sidecar pinned to one core.
     pub workers: Option<usize>,
+    /// Proof that this sidecar may act as `service` when asking the agent
+    /// for its certificate: a Consul ACL token with service:write on the
+    /// service, or its join token (`--identity-token`,
+    /// `WEFT_IDENTITY_TOKEN`). With `--discovery`, setting it turns mesh
+    /// mTLS on: the inbound listener then requires TLS and calls to meshed
+    /// endpoints go over mTLS.
+    pub identity_token: Option<Secret>,
+    /// Whether the inbound listener also accepts plaintext while mTLS is on
+    /// (`--inbound-tls strict|permissive`, `WEFT_INBOUND_TLS`). Default
+    /// strict; permissive is for migrating a service into the mesh.
+    pub inbound_tls: InboundTls,
     /// Timeouts and limits of the data path.
     pub proxy: ProxySettings,
+}
+
+/// A credential: printed as `<redacted>` by `Debug`, so settings can be
+/// logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// What the inbound listener accepts when mTLS is on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InboundTls {
+    /// Only mTLS with a certificate from the mesh's CA.
+    #[default]
+    Strict,
+    /// mTLS, and plaintext from callers outside the mesh.
+    Permissive,
 }
 
 /// Data-path tunables. Defaults are chosen for a sidecar on loopback or in
@@ -105,6 +137,8 @@ impl Settings {
             admin: None,
             drain_timeout: Duration::from_secs(10),
             workers: None,
+            identity_token: None,
+            inbound_tls: InboundTls::Strict,
             proxy: ProxySettings::default(),
         }
     }
@@ -165,6 +199,8 @@ impl Settings {
         let app_connect_timeout = r.get("app_connect_timeout", parse_duration);
         let app_request_timeout = r.get("app_request_timeout", parse_duration);
         let app_max_requests = r.get("app_max_requests", parse_positive);
+        let identity_token = r.get("identity_token", |s| parse_nonempty(s).map(Secret));
+        let inbound_tls = r.get("inbound_tls", parse_inbound_tls);
 
         r.require("inbound", inbound.is_some());
         r.require("app", app.is_some());
@@ -194,6 +230,8 @@ impl Settings {
             admin,
             drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(10)),
             workers,
+            identity_token,
+            inbound_tls: inbound_tls.unwrap_or_default(),
             proxy: ProxySettings {
                 header_read_timeout: header_read_timeout.unwrap_or(defaults.header_read_timeout),
                 app_connect_timeout: app_connect_timeout.unwrap_or(defaults.app_connect_timeout),
@@ -266,11 +304,17 @@ pub struct Flags {
     /// Most requests in flight to the app [env: WEFT_APP_MAX_REQUESTS] [default: 10000].
     #[arg(long)]
     pub app_max_requests: Option<String>,
+    /// Consul ACL token or join token for this service's certificate; turns mTLS on [env: WEFT_IDENTITY_TOKEN].
+    #[arg(long)]
+    pub identity_token: Option<String>,
+    /// strict (mTLS only) or permissive (also plaintext) [env: WEFT_INBOUND_TLS] [default: strict].
+    #[arg(long)]
+    pub inbound_tls: Option<String>,
 }
 
 impl Flags {
     fn values(&self) -> BTreeMap<&'static str, String> {
-        let pairs: [(&'static str, &Option<String>); 13] = [
+        let pairs: [(&'static str, &Option<String>); 15] = [
             ("service", &self.service),
             ("discovery", &self.discovery),
             ("inbound", &self.inbound),
@@ -284,6 +328,8 @@ impl Flags {
             ("app_connect_timeout", &self.app_connect_timeout),
             ("app_request_timeout", &self.app_request_timeout),
             ("app_max_requests", &self.app_max_requests),
+            ("identity_token", &self.identity_token),
+            ("inbound_tls", &self.inbound_tls),
         ];
         pairs
             .into_iter()
@@ -330,6 +376,8 @@ const FIELDS: &[Field] = &[
         "--app-max-requests",
         "WEFT_APP_MAX_REQUESTS",
     ),
+    field("identity_token", "--identity-token", "WEFT_IDENTITY_TOKEN"),
+    field("inbound_tls", "--inbound-tls", "WEFT_INBOUND_TLS"),
 ];
 
 const fn field(key: &'static str, flag: &'static str, env: &'static str) -> Field {
@@ -456,6 +504,14 @@ fn parse_workers(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
         _ => Err("expected a whole number from 1 to 1024".into()),
+    }
+}
+
+fn parse_inbound_tls(s: &str) -> Result<InboundTls, String> {
+    match s {
+        "strict" => Ok(InboundTls::Strict),
+        "permissive" => Ok(InboundTls::Permissive),
+        _ => Err("expected strict or permissive".into()),
     }
 }
 

@@ -146,24 +146,31 @@ impl ProxyError {
 
     /// The synthetic response: status, `x-weft-error`, a one-line text body.
     pub fn to_response(&self) -> Response<ProxyBody> {
-        let mut body = String::with_capacity(self.reason.len() + 1);
-        // Keep the body on one line whatever the reason contains.
-        body.extend(
-            self.reason
-                .chars()
-                .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
-        );
-        body.push('\n');
-        let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
-        *resp.status_mut() = self.kind.status();
-        let headers = resp.headers_mut();
-        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.kind.code()));
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        resp
+        error_response(self.kind.status(), self.kind.code(), &self.reason)
     }
+}
+
+/// A response the sidecar makes itself: `status`, `x-weft-error: code`, and
+/// `reason` as a one-line text body. Every such response (proxy errors,
+/// JWT denials) has this shape.
+pub fn error_response(status: StatusCode, code: &'static str, reason: &str) -> Response<ProxyBody> {
+    let mut body = String::with_capacity(reason.len() + 1);
+    // Keep the body on one line whatever the reason contains.
+    body.extend(
+        reason
+            .chars()
+            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+    );
+    body.push('\n');
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 impl fmt::Debug for ProxyError {

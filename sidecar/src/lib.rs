@@ -7,15 +7,18 @@
 //! * `xds` — the ADS client that builds the table from the agent's resources.
 //! * `upstream` — pooled connections to endpoints, DNS.
 //! * `admin` — /ready, /live, /config_dump, /clusters.
+//! * `authn` — JWT authentication of inbound requests (a tower layer).
 //!
 //! Embedders and tests call [`start`], which binds every listener and
 //! returns a [`Running`] sidecar with its addresses and a [`ShutdownHandle`].
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authn;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod proxy;
 pub mod server;
 pub mod table;
@@ -34,8 +37,9 @@ use tokio::task::JoinHandle;
 
 pub use config::Settings;
 
+use crate::config::InboundTls;
 use crate::proxy::Direction;
-use crate::server::{Drain, ServerSettings};
+use crate::server::{Drain, ServerSettings, Transport};
 use crate::table::cluster::{ClusterShared, Health};
 use crate::table::{Cluster, ClusterSettings, EndpointAddr, RoutingTable};
 use crate::upstream::{Dns, PoolSettings};
@@ -127,7 +131,7 @@ fn app_cluster(settings: &Settings, dns: &Dns) -> anyhow::Result<Arc<Cluster>> {
         instance_id: settings.instance.clone(),
         zone: String::new(),
     };
-    let endpoint = xds::compile::endpoint(&spec, &cluster_settings.pool, None, dns)
+    let endpoint = xds::compile::endpoint(&spec, &cluster_settings.pool, None, None, dns)
         .context("the --app address cannot be used as an HTTP authority")?;
     Ok(Arc::new(Cluster::new(
         "inbound".into(),
@@ -149,6 +153,32 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
     let mut listeners = Vec::new();
 
+    // Mesh identity first: without it the inbound listener could not
+    // accept mTLS. Waits while the agent is unreachable; a refusal (bad
+    // token, no CA) fails the start with the agent's reason.
+    let identity = match (&settings.discovery, &settings.identity_token) {
+        (Some(discovery), Some(token)) => {
+            let identity_settings = identity::IdentitySettings {
+                service: settings.service.clone(),
+                agent: xds::client::ClientSettings::new(discovery.clone()),
+                token: token.0.clone(),
+            };
+            let store = identity::obtain(&identity_settings, &dns).await?;
+            tokio::spawn(identity::renew(
+                store.clone(),
+                identity_settings,
+                dns.clone(),
+                shutdown_rx.clone(),
+            ));
+            Some(store)
+        }
+        _ => None,
+    };
+    let inbound_transport = match &identity {
+        Some(store) => Transport::mtls(store, settings.inbound_tls == InboundTls::Permissive),
+        None => Transport::Plain,
+    };
+
     let inbound = bind(settings.inbound, "inbound traffic", "--inbound").await?;
     let inbound_addr = inbound.local_addr()?;
     let app = app_cluster(&settings, &dns)?;
@@ -156,6 +186,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         inbound,
         proxy::inbound(app.clone()),
         Direction::Inbound,
+        inbound_transport,
         server_settings.clone(),
         shutdown_rx.clone(),
         drain.token(),
@@ -176,7 +207,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             build_version: env!("CARGO_PKG_VERSION").into(),
             metadata: Default::default(),
         };
-        let core = xds::Core::new(node, table.clone(), dns.clone());
+        let mut core = xds::Core::new(node, table.clone(), dns.clone());
+        if let Some(store) = &identity {
+            core = core.with_identity(store.clone());
+        }
         tokio::spawn(xds::client::run(
             xds::client::ClientSettings::new(discovery.clone()),
             core,
@@ -192,6 +226,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 outbound,
                 proxy::outbound(table.clone()),
                 Direction::Outbound,
+                Transport::Plain,
                 server_settings.clone(),
                 shutdown_rx.clone(),
                 drain.token(),
@@ -208,6 +243,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             table: table.clone(),
             inbound: app,
             shutdown: shutdown_rx.clone(),
+            identity: identity.clone(),
         };
         listeners.push(tokio::spawn(admin::serve(admin, state, drain.token())));
     }
@@ -219,6 +255,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         outbound = ?outbound_addr,
         admin = ?admin_addr,
         mode = if settings.discovery.is_some() { "xds" } else { "static" },
+        mtls = identity.is_some(),
         "weft-sidecar started"
     );
     Ok(Running {

@@ -23,7 +23,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::proxy::{Direction, HttpStack, ProxyRequest, ProxyResponse, RequestCtx};
+use crate::proxy::{Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx};
 
 /// Counts live connections; [`Drain::wait`] returns when all are gone.
 pub struct Drain {
@@ -85,12 +85,38 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
 }
 
+/// What a listener speaks on the wire.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plaintext HTTP (the app's outbound listener; inbound without mTLS).
+    Plain,
+    /// Mesh mTLS: the client must present a leaf from the mesh's CA
+    /// (HTTP/2 or HTTP/1.1 by ALPN). `permissive` also lets plaintext in,
+    /// told apart by the first byte, for services joining the mesh.
+    Mtls {
+        acceptor: tokio_rustls::TlsAcceptor,
+        permissive: bool,
+    },
+}
+
+impl Transport {
+    pub fn mtls(store: &Arc<weft_certs::IdentityStore>, permissive: bool) -> Self {
+        let config = weft_certs::tls::server_config(store, weft_certs::tls::HTTP_ALPN);
+        Self::Mtls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            permissive,
+        }
+    }
+}
+
 /// Adapts a tower stack to hyper for one connection.
 struct ConnService<S> {
     stack: S,
     direction: Direction,
     client_addr: SocketAddr,
     client_ip: HeaderValue,
+    /// The verified caller, for a connection that arrived over mTLS.
+    peer: Option<PeerIdentity>,
 }
 
 impl<S: HttpStack> hyper::service::Service<Request<Incoming>> for ConnService<S> {
@@ -99,7 +125,8 @@ impl<S: HttpStack> hyper::service::Service<Request<Incoming>> for ConnService<S>
     type Future = S::Future;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let ctx = RequestCtx::new(self.direction, self.client_addr, self.client_ip.clone());
+        let mut ctx = RequestCtx::new(self.direction, self.client_addr, self.client_ip.clone());
+        ctx.peer_identity = self.peer.clone();
         // Stacks are always ready (see proxy/mod.rs), so no poll_ready.
         tower::Service::call(&mut self.stack.clone(), ProxyRequest { http: req, ctx })
     }
@@ -126,6 +153,7 @@ pub async fn serve<S: HttpStack>(
     listener: TcpListener,
     stack: S,
     direction: Direction,
+    transport: Transport,
     settings: ServerSettings,
     mut shutdown: watch::Receiver<bool>,
     drain: DrainToken,
@@ -152,44 +180,119 @@ pub async fn serve<S: HttpStack>(
             client_addr: addr,
             client_ip: HeaderValue::from_str(&addr.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
+            peer: None,
         };
         let builder = builder.clone();
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
         let token = drain.clone();
-        tokio::spawn(async move {
-            let _token = token;
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            // Once `shutdown` turns true, ask the connection to finish
-            // gracefully. The signal is polled only after it has woken the
-            // task, not on each of the connection's read and write wakes.
-            let flag = Arc::new(ShutdownWake {
-                // Poll the signal once at the start to register its waker.
-                woken: AtomicBool::new(true),
-                task: AtomicWaker::new(),
-            });
-            let signal_waker = Waker::from(flag.clone());
-            let mut signal = std::pin::pin!(shutdown_signal(&mut shutdown));
-            let mut draining = false;
-            let result = std::future::poll_fn(|cx| {
-                if !draining {
-                    flag.task.register(cx.waker());
-                    if flag.woken.swap(false, Ordering::AcqRel)
-                        && signal
-                            .as_mut()
-                            .poll(&mut Context::from_waker(&signal_waker))
-                            .is_ready()
-                    {
-                        conn.as_mut().graceful_shutdown();
-                        draining = true;
-                    }
-                }
-                conn.as_mut().poll(cx)
-            })
-            .await;
-            if let Err(e) = result {
-                tracing::debug!(error = %e, client = %addr, "connection ended with an error");
+        match &transport {
+            Transport::Plain => {
+                tokio::spawn(serve_connection(stream, svc, builder, shutdown, token));
             }
-        });
+            Transport::Mtls {
+                acceptor,
+                permissive,
+            } => {
+                let acceptor = acceptor.clone();
+                let permissive = *permissive;
+                // The handshake shares the request head's deadline, so a
+                // silent client cannot hold a connection open either way.
+                let deadline = settings.header_read_timeout;
+                tokio::spawn(async move {
+                    let handshake = accept_mtls(stream, acceptor, permissive, svc);
+                    match tokio::time::timeout(deadline, handshake).await {
+                        Ok(Ok(Accepted::Tls(tls, svc))) => {
+                            serve_connection(tls, svc, builder, shutdown, token).await
+                        }
+                        Ok(Ok(Accepted::Plain(tcp, svc))) => {
+                            serve_connection(tcp, svc, builder, shutdown, token).await
+                        }
+                        Ok(Err(e)) => {
+                            let why = weft_certs::PeerRejection::from_io_error(&e)
+                                .map(|r| r.to_string())
+                                .unwrap_or_else(|| e.to_string());
+                            tracing::info!(client = %addr, reason = %why, "mTLS handshake refused");
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %addr, "mTLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+enum Accepted<S> {
+    /// Boxed: a TLS session is large, and the plaintext case should not pay
+    /// for it.
+    Tls(
+        Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        ConnService<S>,
+    ),
+    Plain(tokio::net::TcpStream, ConnService<S>),
+}
+
+async fn accept_mtls<S>(
+    stream: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    permissive: bool,
+    mut svc: ConnService<S>,
+) -> std::io::Result<Accepted<S>> {
+    if permissive && !weft_certs::tls::sniff_tls(&stream).await? {
+        return Ok(Accepted::Plain(stream, svc));
+    }
+    let tls = acceptor.accept(stream).await?;
+    // The verifier refused any leaf without a SPIFFE ID, so a completed
+    // handshake always has one.
+    svc.peer = weft_certs::tls::peer_identity(tls.get_ref().1).map(PeerIdentity::new);
+    Ok(Accepted::Tls(Box::new(tls), svc))
+}
+
+/// Serves one connection until it closes; once `shutdown` turns true it is
+/// asked to finish gracefully.
+async fn serve_connection<S, I>(
+    io: I,
+    svc: ConnService<S>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+    token: DrainToken,
+) where
+    S: HttpStack,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let _token = token;
+    let client = svc.client_addr;
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // Once `shutdown` turns true, ask the connection to finish
+    // gracefully. The signal is polled only after it has woken the task,
+    // not on each of the connection's read and write wakes.
+    let flag = Arc::new(ShutdownWake {
+        // Poll the signal once at the start to register its waker.
+        woken: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
+    let signal_waker = Waker::from(flag.clone());
+    let mut signal = std::pin::pin!(shutdown_signal(&mut shutdown));
+    let mut draining = false;
+    let result = std::future::poll_fn(|cx| {
+        if !draining {
+            flag.task.register(cx.waker());
+            if flag.woken.swap(false, Ordering::AcqRel)
+                && signal
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&signal_waker))
+                    .is_ready()
+            {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %client, "connection ended with an error");
     }
 }

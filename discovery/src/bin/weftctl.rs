@@ -3,6 +3,8 @@
 //! - `weftctl validate FILE|DIR...` checks KV documents offline, with the
 //!   agent's own validation (schema, types, semantics).
 //! - `weftctl status` prints a running agent's `/status` as tables.
+//! - `weftctl ca init|rotate` creates the mesh CA directory and rotates its
+//!   root without an outage (the bundle keeps old and new roots).
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,6 +19,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
+use weft_certs::Ca;
+use weft_certs::ca::files as ca_files;
 use weft_discovery::documents::{self, Document, DocumentKind, FieldError};
 use weft_discovery::model::RawDocument;
 
@@ -61,6 +65,43 @@ enum Command {
         #[arg(long, env = "WEFT_ADMIN", default_value = "http://127.0.0.1:15011")]
         admin: String,
     },
+    /// Manage the mesh CA directory (root certificate, key, trust bundle).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA: a self-signed ECDSA P-256 root for the trust domain,
+    /// its key (mode 0600) and a trust bundle holding the root.
+    Init {
+        /// The mesh's trust domain (lower-case, e.g. `mesh.example.org`).
+        #[arg(long)]
+        trust_domain: String,
+        /// The directory to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the root is valid (`3650days`, `10years`, `8760h`).
+        #[arg(long, default_value = "3650days", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Replace a CA already in the directory. Sidecars that trust only
+        /// the old root will refuse leaves of the new one: prefer `rotate`.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Generate a new root that signs from now on, keeping the old roots in
+    /// the bundle so leaves of old and new roots both verify while sidecars
+    /// pick up the new bundle and renew their leaves.
+    Rotate {
+        /// The CA directory (as written by `ca init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// How long the new root is valid.
+        #[arg(long, default_value = "3650days", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +109,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { paths, services } => validate(&paths, services.as_deref()),
         Command::Status { admin } => status(&admin),
+        Command::Ca { command } => match command {
+            CaCommand::Init {
+                trust_domain,
+                out,
+                ttl,
+                force,
+            } => ca_init(&trust_domain, &out, ttl, force),
+            CaCommand::Rotate { dir, ttl } => ca_rotate(&dir, ttl),
+        },
     };
     match result {
         Ok(code) => code,
@@ -224,6 +274,98 @@ fn document_key(path: &Path) -> Option<String> {
         .iter()
         .rposition(|part| DocumentKind::from_folder(part).is_some())?;
     Some(parts[folder..].join("/"))
+}
+
+// ---- ca
+
+fn ca_init(trust_domain: &str, out: &Path, ttl: Duration, force: bool) -> anyhow::Result<ExitCode> {
+    let trust_domain = trust_domain
+        .parse()
+        .context("--trust-domain is not a valid SPIFFE trust domain")?;
+    let existing: Vec<&str> = [ca_files::CA_CERT, ca_files::CA_KEY, ca_files::BUNDLE]
+        .into_iter()
+        .filter(|name| out.join(name).exists())
+        .collect();
+    anyhow::ensure!(
+        existing.is_empty() || force,
+        "{} already holds a CA ({}); not overwriting it. Use `weftctl ca rotate --dir {}` to replace its root without an outage, or --force to discard it",
+        out.display(),
+        existing.join(", "),
+        out.display()
+    );
+    let ca = Ca::generate_root(&trust_domain, ttl).context("cannot generate the root")?;
+    let written = ca.save(out).context("cannot write the CA")?;
+    println!(
+        "created a CA for trust domain {} in {}",
+        ca.trust_domain(),
+        out.display()
+    );
+    println!("  signing root: {}", describe_root(&ca));
+    print_written(&written);
+    println!(
+        "hand {} to every sidecar and keep {} secret",
+        ca_files::BUNDLE,
+        ca_files::CA_KEY
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ca_rotate(dir: &Path, ttl: Duration) -> anyhow::Result<ExitCode> {
+    let old = Ca::load(dir).with_context(|| format!("cannot load the CA in {}", dir.display()))?;
+    let new = old.rotate_root(ttl).context("cannot rotate the root")?;
+    let written = new.save(dir).context("cannot write the rotated CA")?;
+    println!(
+        "rotated the root of trust domain {} in {}",
+        new.trust_domain(),
+        dir.display()
+    );
+    println!("  previous root: {}", describe_root(&old));
+    println!("  signing root:  {}", describe_root(&new));
+    println!(
+        "  bundle holds {} root(s): {}",
+        new.bundle().len(),
+        new.bundle()
+            .roots()
+            .iter()
+            .map(|root| fingerprint(root))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    print_written(&written);
+    println!(
+        "next: distribute {} to every sidecar and let leaves renew from the new root; remove the old root from the bundle only after that",
+        ca_files::BUNDLE
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_root(ca: &Ca) -> String {
+    format!(
+        "sha256 {}, valid until {}",
+        fingerprint(ca.certificate()),
+        humantime::format_rfc3339_seconds(ca.not_after())
+    )
+}
+
+fn print_written(paths: &[PathBuf]) {
+    for path in paths {
+        let note = if path
+            .file_name()
+            .is_some_and(|name| name == ca_files::CA_KEY)
+        {
+            " (private key, mode 0600)"
+        } else {
+            ""
+        };
+        println!("  wrote {}{note}", path.display());
+    }
+}
+
+/// SHA-256 of the certificate's DER, in hex: what `openssl x509
+/// -fingerprint -sha256` prints (without colons), to tell roots apart.
+fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(der))
 }
 
 // ---- status

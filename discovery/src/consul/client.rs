@@ -308,6 +308,30 @@ impl ConsulClient {
         self.read(path, options).await
     }
 
+    /// [`connect_ca_leaf`](Self::connect_ca_leaf) asked with `token` (not
+    /// the client's own token), answered within `timeout`. Consul signs a
+    /// leaf only for a token that grants `service:write` on `service`, so
+    /// this asks Consul whether the holder of `token` may act as `service`:
+    /// a [`ConsulError::Status`] 403 means it may not.
+    pub async fn connect_ca_leaf_with_token(
+        &self,
+        service: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<LeafCert, ConsulError> {
+        let mut token = HeaderValue::from_str(token).map_err(|_| ConsulError::Config {
+            field: "X-Consul-Token",
+            reason: "the token contains characters not allowed in an HTTP header".into(),
+        })?;
+        token.set_sensitive(true);
+        let path = format!("/v1/agent/connect/ca/leaf/{}", segment(service));
+        let answer = self
+            .call_as(Method::GET, path.clone(), None, timeout, Some(&token))
+            .await?;
+        let answer = expect_success(Method::GET, &path, answer)?;
+        decode(&Method::GET, &path, &answer.body)
+    }
+
     /// All intentions.
     pub async fn intentions(
         &self,
@@ -473,7 +497,7 @@ impl ConsulClient {
         expect_success(method, &path, answer).map(drop)
     }
 
-    /// One request, with the token, within `timeout` (headers and body).
+    /// One request, with the client's token, within `timeout` (headers and body).
     async fn call(
         &self,
         method: Method,
@@ -481,9 +505,22 @@ impl ConsulClient {
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<Answer, ConsulError> {
+        self.call_as(method, path, body, timeout, self.inner.token.as_ref())
+            .await
+    }
+
+    /// One request sent with `token` (none: Consul's anonymous token).
+    async fn call_as(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Bytes>,
+        timeout: Duration,
+        token: Option<&HeaderValue>,
+    ) -> Result<Answer, ConsulError> {
         let uri = format!("{}{}", self.inner.base, path);
         let mut request = Request::builder().method(method.clone()).uri(&uri);
-        if let Some(token) = &self.inner.token {
+        if let Some(token) = token {
             request = request.header("X-Consul-Token", token.clone());
         }
         if body.is_some() {

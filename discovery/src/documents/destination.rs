@@ -175,6 +175,8 @@ impl DestinationDocument {
                 Protocol::Http2 => proto::cluster::Protocol::Http2,
             }
             .into(),
+            // Set by the snapshot builder when the mesh has a CA.
+            identity: String::new(),
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use weft_certs::{SpiffeId, TrustDomain};
 use weft_proto::config::v1::{self as config, ClusterLoadAssignment, endpoint};
 use weft_proto::type_url;
 
@@ -35,11 +36,23 @@ struct Evaluated {
 pub struct SnapshotBuilder {
     last_good: BTreeMap<String, (Bytes, Document)>,
     evaluated: BTreeMap<String, Evaluated>,
+    /// The mesh's trust domain when the agent issues certificates: every
+    /// Cluster then names the SPIFFE ID its destination must present.
+    trust_domain: Option<TrustDomain>,
 }
 
 impl SnapshotBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A builder whose Clusters carry `identity =
+    /// spiffe://<trust_domain>/ns/default/svc/<cluster name>`.
+    pub fn with_trust_domain(trust_domain: TrustDomain) -> Self {
+        Self {
+            trust_domain: Some(trust_domain),
+            ..Self::default()
+        }
     }
 
     /// Builds the snapshot for `state`. Returns it with the rejections that
@@ -78,7 +91,8 @@ impl SnapshotBuilder {
         for (host, route) in routes {
             snapshot.insert(type_url::ROUTE_CONFIGURATION, Resource::new(host, &route));
         }
-        for (name, cluster) in destinations {
+        for (name, mut cluster) in destinations {
+            cluster.identity = self.identity_of(&name);
             let endpoints = state
                 .services
                 .get(&name)
@@ -100,6 +114,24 @@ impl SnapshotBuilder {
             .filter_map(|evaluated| evaluated.verdict.clone().err())
             .collect();
         (snapshot, newly_rejected)
+    }
+
+    /// The SPIFFE ID a destination's sidecars must present; empty (plaintext)
+    /// without a trust domain. A name that is no valid SPIFFE path segment
+    /// stays empty too: no sidecar can get a certificate for it either.
+    fn identity_of(&self, cluster: &str) -> String {
+        self.trust_domain
+            .as_ref()
+            .and_then(|trust_domain| {
+                SpiffeId::service_identity(
+                    trust_domain.as_str(),
+                    crate::identity::NAMESPACE,
+                    cluster,
+                )
+                .ok()
+            })
+            .map(|identity| identity.to_string())
+            .unwrap_or_default()
     }
 
     /// Judges every document that changed since the last build.
@@ -213,5 +245,60 @@ fn to_proto_endpoint(endpoint: &Endpoint) -> config::Endpoint {
         }),
         meshed: endpoint.meshed,
         instance_id: endpoint.instance_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    fn cluster_identities(builder: &mut SnapshotBuilder) -> Vec<(String, String)> {
+        let mut state = MeshState::default();
+        state.services.insert("users".into(), Vec::new());
+        state.services.insert("orders".into(), Vec::new());
+        let (snapshot, _) = builder.build(&state);
+        snapshot
+            .resources(type_url::CLUSTER)
+            .into_iter()
+            .flatten()
+            .map(|(name, resource)| {
+                let cluster =
+                    config::Cluster::decode(resource.any.value.as_slice()).unwrap_or_default();
+                (name.clone(), cluster.identity)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn with_a_trust_domain_every_cluster_names_its_destinations_spiffe_id() {
+        let trust_domain = "mesh.test"
+            .parse()
+            .unwrap_or_else(|error| panic!("{error}"));
+        let mut builder = SnapshotBuilder::with_trust_domain(trust_domain);
+        assert_eq!(
+            cluster_identities(&mut builder),
+            [
+                (
+                    "orders".into(),
+                    "spiffe://mesh.test/ns/default/svc/orders".into()
+                ),
+                (
+                    "users".into(),
+                    "spiffe://mesh.test/ns/default/svc/users".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_trust_domain_clusters_carry_no_identity() {
+        let mut builder = SnapshotBuilder::new();
+        assert!(
+            cluster_identities(&mut builder)
+                .iter()
+                .all(|(_, identity)| identity.is_empty())
+        );
     }
 }

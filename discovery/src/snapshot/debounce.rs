@@ -39,12 +39,23 @@ pub async fn run_builder(
     publish: watch::Sender<Option<Arc<Snapshot>>>,
     metrics: Arc<Metrics>,
 ) {
+    run_builder_with(SnapshotBuilder::new(), store, debounce, publish, metrics).await;
+}
+
+/// [`run_builder`] with a builder set up by the caller (e.g.
+/// [`SnapshotBuilder::with_trust_domain`]).
+pub async fn run_builder_with(
+    mut builder: SnapshotBuilder,
+    store: Arc<MeshStore>,
+    debounce: DebounceConfig,
+    publish: watch::Sender<Option<Arc<Snapshot>>>,
+    metrics: Arc<Metrics>,
+) {
     let mut changes = store.subscribe();
     let mut synced = store.subscribe_synced();
     if synced.wait_for(|synced| *synced).await.is_err() {
         return;
     }
-    let mut builder = SnapshotBuilder::new();
     loop {
         changes.borrow_and_update();
         let (snapshot, newly_rejected) = builder.build(&store.state());

@@ -8,7 +8,7 @@ mod builder;
 mod debounce;
 
 pub use builder::{RejectedDocument, SnapshotBuilder};
-pub use debounce::{DebounceConfig, run_builder};
+pub use debounce::{DebounceConfig, run_builder, run_builder_with};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

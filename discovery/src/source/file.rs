@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -80,33 +80,13 @@ pub async fn run(dir: PathBuf, store: Arc<MeshStore>) -> anyhow::Result<()> {
         // Wait for a relevant event, then for DEBOUNCE of quiet.
         loop {
             match changes.recv().await {
-                Some(event) if is_relevant(&event) => break,
+                Some(event) if crate::fs_watch::is_relevant(&event, "config dir") => break,
                 Some(_) => continue,
                 None => anyhow::bail!("the config dir watcher stopped"),
             }
         }
         while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {}
         source.reload().await;
-    }
-}
-
-/// Everything but reads: our own reads (inotify reports opens) must not
-/// trigger another read.
-fn is_relevant(event: &notify::Result<notify::Event>) -> bool {
-    match event {
-        Ok(event) => match event.kind {
-            EventKind::Access(notify::event::AccessKind::Close(
-                notify::event::AccessMode::Write,
-            )) => true,
-            EventKind::Access(_) => false,
-            _ => true,
-        },
-        Err(error) => {
-            // E.g. the inotify queue overflowed: some events are lost, so
-            // re-reading everything is the right answer.
-            tracing::warn!("config dir watcher: {error}; re-reading the directory");
-            true
-        }
     }
 }
 

@@ -38,7 +38,7 @@ pub struct DevConsul {
     /// open beside HTTPS and never asks for a client certificate.
     pub client: ConsulClient,
     log: PathBuf,
-    /// The `-config-file` enabling HTTPS, removed on drop.
+    /// The `-config-file` enabling HTTPS or ACLs, removed on drop.
     config_file: Option<PathBuf>,
 }
 
@@ -65,7 +65,7 @@ impl DevConsul {
         // A port picked free can be taken by someone else before Consul binds
         // it; a second try with new ports makes that race harmless.
         for _ in 0..3 {
-            match Self::try_start(&binary, None).await {
+            match Self::try_start(&binary, None, None).await {
                 Ok(consul) => return Ok(consul),
                 Err(error) => last_error = Some(error),
             }
@@ -79,7 +79,22 @@ impl DevConsul {
         let binary = consul_binary()?;
         let mut last_error = None;
         for _ in 0..3 {
-            match Self::try_start(&binary, Some(https)).await {
+            match Self::try_start(&binary, Some(https), None).await {
+                Ok(consul) => return Ok(consul),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("consul did not start")))
+    }
+
+    /// A dev agent with ACLs on (`default_policy = "deny"`) whose master
+    /// (bootstrap) token is `master_token`; [`client`](Self::client) sends
+    /// it. Ready like [`start`](Self::start).
+    pub async fn start_with_acls(master_token: &str) -> anyhow::Result<Self> {
+        let binary = consul_binary()?;
+        let mut last_error = None;
+        for _ in 0..3 {
+            match Self::try_start(&binary, None, Some(master_token)).await {
                 Ok(consul) => return Ok(consul),
                 Err(error) => last_error = Some(error),
             }
@@ -94,22 +109,37 @@ impl DevConsul {
             .unwrap_or_default()
     }
 
-    async fn try_start(binary: &PathBuf, https: Option<&HttpsSettings>) -> anyhow::Result<Self> {
+    async fn try_start(
+        binary: &PathBuf,
+        https: Option<&HttpsSettings>,
+        acl_master_token: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
         let http = ports[0];
         let log = std::env::temp_dir().join(format!("weft-consul-{http}.log"));
-        let (https_port, config_file) = match https {
-            Some(https) => {
+        let (https_port, config_file) = match (https, acl_master_token) {
+            (Some(_), Some(_)) => {
+                bail!("a dev agent with both HTTPS and ACLs is not supported here")
+            }
+            (Some(https), None) => {
                 let port = free_port()?;
                 let file = std::env::temp_dir().join(format!("weft-consul-{http}-https.json"));
                 write_https_config(&file, port, https)?;
                 (Some(port), Some(file))
             }
-            None => (None, None),
+            (None, Some(token)) => {
+                let file = std::env::temp_dir().join(format!("weft-consul-{http}-acl.hcl"));
+                write_acl_config(&file, token)?;
+                (None, Some(file))
+            }
+            (None, None) => (None, None),
         };
         let child = spawn_agent(binary, ports, &log, config_file.as_deref())?;
-        let client =
-            ConsulClient::new(ConsulConfig::new(&format!("127.0.0.1:{http}"), None, None)?)?;
+        let client = ConsulClient::new(ConsulConfig::new(
+            &format!("127.0.0.1:{http}"),
+            acl_master_token.map(str::to_owned),
+            None,
+        )?)?;
         let mut consul = Self {
             child,
             binary: binary.clone(),
@@ -214,6 +244,25 @@ fn write_https_config(file: &Path, port: u16, https: &HttpsSettings) -> anyhow::
         "verify_incoming": https.verify_incoming,
     });
     std::fs::write(file, config.to_string())
+        .with_context(|| format!("writing consul config {}", file.display()))
+}
+
+/// A `-config-file` turning ACLs on, default deny, in Consul 1.8's syntax
+/// (`tokens.master`; later versions call it `initial_management`). The agent
+/// token lets the dev agent register itself in the catalog.
+fn write_acl_config(file: &Path, master_token: &str) -> anyhow::Result<()> {
+    let config = format!(
+        r#"acl {{
+  enabled = true
+  default_policy = "deny"
+  tokens {{
+    master = "{master_token}"
+    agent = "{master_token}"
+  }}
+}}
+"#
+    );
+    std::fs::write(file, config)
         .with_context(|| format!("writing consul config {}", file.display()))
 }
 

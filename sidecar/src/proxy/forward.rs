@@ -1,9 +1,10 @@
 //! Sends the request to the chosen endpoint over its pooled client and
 //! returns the response headers; the body streams through untouched.
 //!
-//! HTTP version: the cluster's `protocol`, or (AUTO) the one the caller
-//! used, so gRPC arriving as HTTP/2 leaves as HTTP/2 and is multiplexed on
-//! one connection per endpoint. HTTP/1.1 goes out in origin form with the
+//! HTTP version: to a peer sidecar over mTLS, always HTTP/2 (one
+//! multiplexed connection per endpoint); otherwise the cluster's
+//! `protocol`, or (AUTO) the one the caller used, so gRPC arriving as
+//! HTTP/2 leaves as HTTP/2. HTTP/1.1 goes out in origin form with the
 //! Host header as sent (or rewritten) over the endpoint's keep-alive pool;
 //! HTTP/2 carries the logical authority as `:authority`.
 //!
@@ -136,13 +137,20 @@ impl Service<ProxyRequest> for Forward {
                     "forward without an endpoint",
                 ));
             };
-            let h2 = match cluster.settings.protocol {
-                Protocol::Auto => http.version() == Version::HTTP_2,
-                Protocol::Http1 => false,
-                Protocol::Http2 => true,
-            };
+            // Between sidecars (mTLS on), always HTTP/2 on the tunnel.
+            let h2 = endpoint.client.mesh.is_some()
+                || match cluster.settings.protocol {
+                    Protocol::Auto => http.version() == Version::HTTP_2,
+                    Protocol::Http1 => false,
+                    Protocol::Http2 => true,
+                };
             prepare(&mut http, &endpoint, h2)?;
-            let result = if h2 {
+            let result = if let Some((_, mesh)) = &endpoint.client.mesh {
+                mesh.request(http)
+                    .await
+                    .map(|r| r.map(ProxyBody::Http2))
+                    .map_err(|e| classify(e, &endpoint))
+            } else if h2 {
                 endpoint
                     .client
                     .h2

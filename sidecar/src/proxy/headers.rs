@@ -10,11 +10,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use tower::{Layer, Service};
 
-use super::{ProxyRequest, ProxyResponse};
+use super::{Direction, ProxyRequest, ProxyResponse};
 use crate::error::ProxyError;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The caller's SPIFFE ID as verified by the inbound mTLS handshake, for
+/// the app (like Linkerd's `l5d-client-id`). Only the sidecar sets it.
+pub const X_WEFT_PEER_IDENTITY: HeaderName = HeaderName::from_static("x-weft-peer-identity");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -183,8 +186,21 @@ where
         strip_hop_by_hop(headers, upgrading);
         append_forwarded_for(headers, &req.ctx.client_ip);
         if !headers.contains_key(X_FORWARDED_PROTO) {
-            // Plaintext listeners only, for now; mTLS will say "https".
+            // What the app's own client spoke: mTLS between sidecars is
+            // the mesh's business, not the request's scheme.
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if req.ctx.direction == Direction::Inbound {
+            // Never trust a caller's copy: only a verified handshake says who
+            // called.
+            match &req.ctx.peer_identity {
+                Some(peer) => {
+                    headers.insert(X_WEFT_PEER_IDENTITY, peer.header.clone());
+                }
+                None => {
+                    headers.remove(X_WEFT_PEER_IDENTITY);
+                }
+            }
         }
         self.inner.call(req).map(on_response as OnResponse)
     }

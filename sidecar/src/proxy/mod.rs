@@ -83,6 +83,28 @@ pub struct RequestCtx {
     pub cluster_guard: Option<concurrency::ClusterGuard>,
     /// Set by `headers` for an HTTP/1.1 Upgrade (WebSocket) request.
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The caller's verified SPIFFE ID: set per connection when it arrived
+    /// over mTLS (inbound), `None` for plaintext.
+    pub peer_identity: Option<PeerIdentity>,
+}
+
+/// A verified peer identity with its header value made once per
+/// connection.
+#[derive(Clone, Debug)]
+pub struct PeerIdentity {
+    pub id: Arc<weft_certs::SpiffeId>,
+    pub header: HeaderValue,
+}
+
+impl PeerIdentity {
+    pub fn new(id: weft_certs::SpiffeId) -> Self {
+        let header =
+            HeaderValue::from_str(&id.to_string()).unwrap_or(HeaderValue::from_static("invalid"));
+        Self {
+            id: Arc::new(id),
+            header,
+        }
+    }
 }
 
 impl RequestCtx {
@@ -99,6 +121,7 @@ impl RequestCtx {
             endpoint_guard: None,
             cluster_guard: None,
             upgrade: None,
+            peer_identity: None,
         }
     }
 }

@@ -41,6 +41,10 @@ pub struct ClusterSettings {
     pub max_requests: usize,
     pub protocol: Protocol,
     pub pool: PoolSettings,
+    /// The SPIFFE ID the destination's sidecars must present; meshed
+    /// endpoints are reached over mTLS when set and this sidecar has an
+    /// identity of its own.
+    pub identity: Option<weft_certs::SpiffeId>,
 }
 
 impl Default for ClusterSettings {
@@ -56,6 +60,7 @@ impl Default for ClusterSettings {
             max_requests: 1024,
             protocol: Protocol::Auto,
             pool: PoolSettings::default(),
+            identity: None,
         }
     }
 }
@@ -279,7 +284,12 @@ mod tests {
         let addr = EndpointAddr::Ip(SocketAddr::from(([127, 0, 0, 1], port)));
         Arc::new(Endpoint {
             authority: addr.to_string().parse().unwrap(),
-            client: UpstreamClient::new(addr.clone(), PoolSettings::default(), Dns::default()),
+            client: UpstreamClient::new(
+                addr.clone(),
+                PoolSettings::default(),
+                Dns::default(),
+                None,
+            ),
             addr,
             health,
             weight,

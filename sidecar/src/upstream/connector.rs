@@ -103,6 +103,19 @@ impl tower::Service<Uri> for Connector {
 }
 
 impl Connector {
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A connect error about this endpoint (e.g. a failed TLS handshake).
+    pub fn error(&self, source: io::Error) -> ConnectError {
+        ConnectError {
+            addr: self.addr.to_string(),
+            timed_out: source.kind() == io::ErrorKind::TimedOut,
+            source,
+        }
+    }
+
     /// Dials the endpoint (every resolved address in turn for a name),
     /// within the connect timeout.
     pub async fn connect(&self) -> Result<TcpStream, ConnectError> {

@@ -12,6 +12,7 @@
 mod connector;
 mod dns;
 mod http1;
+mod mesh_tls;
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub use connector::{ConnectError, Connector};
 pub use dns::Dns;
 pub use http1::{H1Error, H1Pool, ProtocolError, ResponseBody, Upgraded};
+pub use mesh_tls::{MeshStream, MeshTls, TlsConnector};
 
 use crate::table::EndpointAddr;
 
@@ -50,6 +52,7 @@ impl Default for PoolSettings {
 }
 
 pub type HttpClient = Client<Connector, Incoming>;
+pub type MeshClient = Client<TlsConnector, Incoming>;
 
 /// The pooled HTTP/1.1 and HTTP/2 clients of one endpoint. Cheap to clone.
 #[derive(Clone)]
@@ -59,28 +62,56 @@ pub struct UpstreamClient {
     pub h1: H1Pool,
     /// HTTP/2 with prior knowledge: one multiplexed connection per authority.
     pub h2: HttpClient,
+    /// To a meshed endpoint while mTLS is on: HTTP/2 over mTLS, whatever
+    /// the caller spoke. When set, every request goes this way.
+    pub mesh: Option<(MeshTls, MeshClient)>,
 }
 
 impl UpstreamClient {
-    pub fn new(addr: EndpointAddr, settings: PoolSettings, dns: Dns) -> Self {
+    /// `mesh_tls`: set for a meshed endpoint of a cluster with an identity,
+    /// while this sidecar has one.
+    pub fn new(
+        addr: EndpointAddr,
+        settings: PoolSettings,
+        dns: Dns,
+        mesh_tls: Option<MeshTls>,
+    ) -> Self {
         let connector = Connector::new(addr, settings.connect_timeout, dns);
         let h1 = H1Pool::new(connector.clone(), settings.clone());
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(settings.max_idle_per_endpoint)
-            // A pooled keep-alive connection the upstream closed just as we
-            // reused it: the request never left, so sending it on a fresh
-            // connection is safe (hyper only does this for unsent requests).
-            .retry_canceled_requests(true)
-            // The app's Host header is forwarded as is; never invent one.
-            .set_host(false)
-            .http2_only(true)
-            // Detect dead HTTP/2 connections (same values as the ADS stream).
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .http2_keep_alive_timeout(Duration::from_secs(20));
-        let h2 = b.build(connector);
-        Self { settings, h1, h2 }
+        let h2 = h2_client(&settings).build(connector.clone());
+        let mesh = mesh_tls.map(|tls| {
+            let client = h2_client(&settings).build(TlsConnector::new(connector, tls.clone()));
+            (tls, client)
+        });
+        Self {
+            settings,
+            h1,
+            h2,
+            mesh,
+        }
     }
+
+    /// The identity required of this endpoint, if reached over mTLS.
+    pub fn mesh_identity(&self) -> Option<&MeshTls> {
+        self.mesh.as_ref().map(|(tls, _)| tls)
+    }
+}
+
+fn h2_client(settings: &PoolSettings) -> hyper_util::client::legacy::Builder {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(settings.idle_timeout)
+        .pool_max_idle_per_host(settings.max_idle_per_endpoint)
+        // A pooled connection the upstream closed just as we reused it:
+        // the request never left, so sending it on a fresh connection is
+        // safe (hyper only does this for unsent requests).
+        .retry_canceled_requests(true)
+        // The app's Host header is forwarded as is; never invent one.
+        .set_host(false)
+        .http2_only(true)
+        // Detect dead HTTP/2 connections (same values as the ADS stream).
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_timeout(Duration::from_secs(20));
+    b
 }

@@ -54,7 +54,7 @@ async fn resolve(uri: &Uri, dns: &Dns) -> Result<Uri, String> {
         .map_err(|e| format!("resolved address {addr} is not a URI: {e}"))
 }
 
-async fn connect(settings: &ClientSettings, dns: &Dns) -> Result<Channel, String> {
+pub(crate) async fn connect(settings: &ClientSettings, dns: &Dns) -> Result<Channel, String> {
     let uri = resolve(&settings.discovery, dns).await?;
     Endpoint::from(uri)
         .connect_timeout(settings.connect_timeout)

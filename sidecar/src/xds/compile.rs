@@ -22,7 +22,8 @@ use crate::table::{
     Cluster, ClusterSettings, Destination, Endpoint, EndpointAddr, HeaderMutation, LbPolicy,
     PrefixRewrite, Route, RouteAction, RoutingTable, VirtualHost, WeightedClusters,
 };
-use crate::upstream::{Dns, PoolSettings, UpstreamClient};
+use crate::upstream::{Dns, MeshTls, PoolSettings, UpstreamClient};
+use weft_certs::IdentityStore;
 
 /// A route table, compiled.
 #[derive(Debug)]
@@ -382,6 +383,12 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
             Protocol::Auto
         }
     };
+    if !c.identity.is_empty() {
+        match c.identity.parse::<weft_certs::SpiffeId>() {
+            Ok(id) => s.identity = Some(id),
+            Err(e) => errs.at("identity", e.to_string()),
+        }
+    }
     if let Some(d) = &c.connect_timeout {
         match duration(d) {
             // Zero would fail every connect; read it as "default".
@@ -500,19 +507,29 @@ pub fn compile_assignment(
 }
 
 /// An endpoint for the table, keeping the counters (and, when the pool
-/// settings did not change, the pooled connections) of the same address
-/// in the previous table.
+/// settings and the mTLS identity did not change, the pooled connections)
+/// of the same address in the previous table. `mesh_tls` applies to meshed
+/// endpoints only: a plain endpoint is an app outside the mesh.
 pub fn endpoint(
     spec: &EndpointSpec,
     pool: &PoolSettings,
+    mesh_tls: Option<&MeshTls>,
     prev: Option<&Arc<Endpoint>>,
     dns: &Dns,
 ) -> Option<Arc<Endpoint>> {
     let authority = http::uri::Authority::try_from(spec.addr.to_string().as_str()).ok()?;
     let stats = prev.map(|p| p.stats.clone()).unwrap_or_default();
+    let mesh_tls = mesh_tls.filter(|_| spec.meshed);
     let client = match prev {
-        Some(p) if p.client.settings == *pool => p.client.clone(),
-        _ => UpstreamClient::new(spec.addr.clone(), pool.clone(), dns.clone()),
+        Some(p) if p.client.settings == *pool && p.client.mesh_identity() == mesh_tls => {
+            p.client.clone()
+        }
+        _ => UpstreamClient::new(
+            spec.addr.clone(),
+            pool.clone(),
+            dns.clone(),
+            mesh_tls.cloned(),
+        ),
     };
     Some(Arc::new(Endpoint {
         addr: spec.addr.clone(),
@@ -534,6 +551,7 @@ pub fn build_table(
     routes: &BTreeMap<String, CompiledRoutes>,
     clusters: &BTreeMap<String, ClusterSettings>,
     assignments: &BTreeMap<String, Vec<EndpointSpec>>,
+    identity: Option<&Arc<IdentityStore>>,
     dns: &Dns,
 ) -> RoutingTable {
     let mut domains = HashMap::new();
@@ -556,12 +574,20 @@ pub fn build_table(
         let old_eps: HashMap<&EndpointAddr, &Arc<Endpoint>> = old
             .map(|c| c.endpoints.iter().map(|e| (&e.addr, e)).collect())
             .unwrap_or_default();
+        // One TLS config per destination identity, shared by its endpoints.
+        let mesh_tls = match (identity, &settings.identity) {
+            (Some(store), Some(id)) => Some(MeshTls::new(store, id.clone())),
+            _ => None,
+        };
         let eps = assignments
             .get(name)
             .map(|specs| {
                 specs
                     .iter()
-                    .filter_map(|s| endpoint(s, &settings.pool, old_eps.get(&s.addr).copied(), dns))
+                    .filter_map(|s| {
+                        let prev = old_eps.get(&s.addr).copied();
+                        endpoint(s, &settings.pool, mesh_tls.as_ref(), prev, dns)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -756,6 +782,7 @@ mod tests {
             &BTreeMap::new(),
             &clusters,
             &BTreeMap::from([("users".to_string(), specs(Health::Healthy))]),
+            None,
             &dns,
         );
         let e1 = t1.clusters["users"].endpoints[0].clone();
@@ -771,6 +798,7 @@ mod tests {
             &BTreeMap::new(),
             &clusters,
             &BTreeMap::from([("users".to_string(), specs(Health::Unknown))]),
+            None,
             &dns,
         );
         let c2 = &t2.clusters["users"];

@@ -91,6 +91,8 @@ pub struct Core {
     ready: bool,
     table: Arc<ArcSwap<RoutingTable>>,
     dns: Dns,
+    /// This sidecar's mesh identity, when mTLS is on.
+    identity: Option<Arc<weft_certs::IdentityStore>>,
 }
 
 fn canonical(t: &str) -> Option<&'static str> {
@@ -114,7 +116,15 @@ impl Core {
             ready: false,
             table,
             dns,
+            identity: None,
         }
+    }
+
+    /// Turns mesh mTLS on: meshed endpoints of clusters with an identity
+    /// are reached over mTLS with this sidecar's leaf.
+    pub fn with_identity(mut self, identity: Arc<weft_certs::IdentityStore>) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     fn names(&self, t: &str) -> Vec<String> {
@@ -327,6 +337,7 @@ impl Core {
             &self.routes,
             &self.clusters,
             &self.assignments,
+            self.identity.as_ref(),
             &self.dns,
         );
         self.table.store(Arc::new(table));

@@ -34,6 +34,15 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent on free ports and waits for `/readyz`.
     pub async fn start(log_dir: &Path, backend: &Backend) -> anyhow::Result<Self> {
+        Self::start_with(log_dir, backend, &[]).await
+    }
+
+    /// Like [`Agent::start`], with more flags (`--ca-dir ...`).
+    pub async fn start_with(
+        log_dir: &Path,
+        backend: &Backend,
+        extra_args: &[String],
+    ) -> anyhow::Result<Self> {
         let listen_port = free_port()?;
         let admin_port = free_port()?;
         let mut args = match backend {
@@ -46,6 +55,7 @@ impl Agent {
             "--admin".to_owned(),
             format!("127.0.0.1:{admin_port}"),
         ]);
+        args.extend_from_slice(extra_args);
         let process = Process::spawn_with_env(
             "weft-discovery",
             &binary("weft-discovery")?,

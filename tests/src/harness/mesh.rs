@@ -40,8 +40,14 @@ pub struct Mesh {
 impl Mesh {
     /// Starts Consul and the agent, both ready.
     pub async fn start(ctx: &TestCtx) -> anyhow::Result<Self> {
+        Self::start_with(ctx, &[]).await
+    }
+
+    /// Like [`Mesh::start`], with more agent flags (e.g. a CA's).
+    pub async fn start_with(ctx: &TestCtx, agent_args: &[String]) -> anyhow::Result<Self> {
         let consul = Consul::start(&ctx.log_dir).await?;
-        let agent = Agent::start(&ctx.log_dir, &Backend::Consul(consul.address())).await?;
+        let agent =
+            Agent::start_with(&ctx.log_dir, &Backend::Consul(consul.address()), agent_args).await?;
         Ok(Self {
             log_dir: ctx.log_dir.clone(),
             consul,
@@ -73,6 +79,16 @@ impl Mesh {
     /// Starts an app, registers it meshed (Connect sidecar service on the
     /// sidecar's inbound port) and starts its sidecar.
     pub async fn meshed_instance(&self, service: &str, id: &str) -> anyhow::Result<MeshedInstance> {
+        self.meshed_instance_with(service, id, &[]).await
+    }
+
+    /// Like [`Mesh::meshed_instance`], with more sidecar flags.
+    pub async fn meshed_instance_with(
+        &self,
+        service: &str,
+        id: &str,
+        sidecar_args: &[String],
+    ) -> anyhow::Result<MeshedInstance> {
         let app = App::start(&self.log_dir, service, id).await?;
         let inbound_port = free_port()?;
         let registration = Registration::meshed(service, id, app.port(), inbound_port);
@@ -85,6 +101,7 @@ impl Mesh {
                 discovery: self.agent.discovery_url(),
                 app_port: app.port(),
                 inbound_port: Some(inbound_port),
+                extra_args: sidecar_args.to_vec(),
             },
         )
         .await?;
@@ -156,6 +173,7 @@ impl FileMesh {
                 discovery: self.agent.discovery_url(),
                 app_port: app.port(),
                 inbound_port: None,
+                extra_args: Vec::new(),
             },
         )
         .await?;

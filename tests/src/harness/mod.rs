@@ -9,6 +9,7 @@ pub mod eventually;
 pub mod fixtures;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod mesh;
 pub mod ports;
 pub mod process;

@@ -25,6 +25,8 @@ pub struct SidecarSpec {
     /// The inbound port, when it must be known before the sidecar starts
     /// (it is registered in Consul first); a free one otherwise.
     pub inbound_port: Option<u16>,
+    /// More flags (`--identity-token ...`).
+    pub extra_args: Vec<String>,
 }
 
 /// A running sidecar.
@@ -63,6 +65,7 @@ impl Sidecar {
             "--admin".to_owned(),
             admin.to_string(),
         ];
+        let args = [args, spec.extra_args.clone()].concat();
         let process = Process::spawn_with_env(
             &format!("sidecar-{}", spec.instance),
             &binary("weft-sidecar")?,
@@ -87,6 +90,11 @@ impl Sidecar {
     /// `/config_dump` as JSON.
     pub async fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
         self.admin_json("/config_dump").await
+    }
+
+    /// `/identity` as JSON (mTLS on).
+    pub async fn identity(&self) -> anyhow::Result<serde_json::Value> {
+        self.admin_json("/identity").await
     }
 
     /// `/clusters` as JSON.

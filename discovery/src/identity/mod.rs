@@ -1,0 +1,161 @@
+//! Certificate issuance for sidecars: `weft.identity.v1.IdentityService`,
+//! served on the same port as the discovery stream.
+//!
+//! A sidecar sends its service name, a CSR for a key it generated itself,
+//! and a credential. The agent checks the credential ([`credentials`]: a
+//! join token, or a Consul ACL token Consul grants `service:write` on the
+//! service), signs a leaf whose only identity is
+//! `spiffe://<trust domain>/ns/default/svc/<service>` with the mesh CA
+//! ([`authority`], reloaded when `weftctl ca rotate` rewrites it), and
+//! answers with the chain, the trust bundle, the identity and the expiry
+//! ([`server`]).
+//!
+//! [`Identity::start`] validates the whole setup at start, so a wrong
+//! directory or token file stops the agent with file and reason instead of
+//! failing sidecars one request at a time.
+
+pub mod authority;
+pub mod consul_acl;
+pub mod credentials;
+pub mod join_tokens;
+pub mod refusal;
+pub mod server;
+pub mod service_name;
+
+pub use authority::{CertificateAuthority, LoadError, ReloadStatus};
+pub use consul_acl::{CONSUL_CHECK_TIMEOUT, ConsulAclCheck};
+pub use credentials::{Credential, Credentials};
+pub use join_tokens::JoinTokens;
+pub use refusal::{Refusal, RefusalReason};
+pub use server::IdentityServer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use weft_certs::TrustDomain;
+use weft_proto::config::v1::TrustBundle;
+use weft_proto::identity::v1::identity_service_server::IdentityServiceServer;
+
+use crate::consul::ConsulClient;
+use crate::metrics::Metrics;
+
+/// The namespace of every Weft identity (Consul OSS has one namespace).
+pub const NAMESPACE: &str = "default";
+
+/// Leaves shorter-lived than this are allowed (tests use seconds) but
+/// warned about: sidecars renew at two thirds of the lifetime, so the CA
+/// sees a request per sidecar every 40 s at one minute.
+pub const SHORT_LEAF_TTL: Duration = Duration::from_secs(60);
+
+/// The identity settings (`--ca-dir`, `--join-tokens`, `--leaf-ttl`).
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    /// The CA directory; `None` turns issuance off.
+    pub ca_dir: Option<PathBuf>,
+    /// The join tokens file.
+    pub join_tokens: Option<PathBuf>,
+    /// How long each leaf is valid (clipped to the CA's own expiry).
+    pub leaf_ttl: Duration,
+}
+
+/// Issuance as set up at start: the CA (if any) and the gRPC service.
+pub struct Identity {
+    authority: Option<CertificateAuthority>,
+    server: IdentityServer,
+}
+
+impl Identity {
+    /// Validates `config` and sets issuance up: loads the CA, reads the
+    /// join tokens, and starts watching the CA directory for rotations.
+    /// `consul` is the agent's Consul client when it runs with `--consul`:
+    /// its address is where ACL tokens are checked (never with its own
+    /// token). Must run inside the tokio runtime.
+    pub fn start(
+        config: &IdentityConfig,
+        consul: Option<ConsulClient>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let Some(dir) = &config.ca_dir else {
+            if let Some(tokens) = &config.join_tokens {
+                return Err(format!(
+                    "--join-tokens {} is set but --ca-dir is not: without a CA the agent issues no certificates; set --ca-dir DIR (WEFT_CA_DIR) too, or drop --join-tokens",
+                    tokens.display()
+                ));
+            }
+            tracing::info!(
+                "no --ca-dir: certificate issuance is off and clusters carry no identity (plaintext mesh)"
+            );
+            return Ok(Self {
+                authority: None,
+                server: IdentityServer::disabled(metrics),
+            });
+        };
+        if config.leaf_ttl.is_zero() {
+            return Err("--leaf-ttl must be longer than zero".into());
+        }
+        let authority = CertificateAuthority::load(dir).map_err(|error| error.to_string())?;
+        let join_tokens = config
+            .join_tokens
+            .as_deref()
+            .map(JoinTokens::load)
+            .transpose()?;
+        let credentials = Credentials::new(join_tokens, consul.map(ConsulAclCheck::new))?;
+        authority.watch_dir()?;
+
+        if config.leaf_ttl < SHORT_LEAF_TTL {
+            tracing::warn!(
+                leaf_ttl = %humantime::format_duration(config.leaf_ttl),
+                "--leaf-ttl is under a minute: fine for tests, but every sidecar will ask for a new certificate at two thirds of it"
+            );
+        }
+        let ca = authority.current();
+        if ca.not_after() < SystemTime::now() + config.leaf_ttl {
+            tracing::warn!(
+                ca_not_after = %humantime::format_rfc3339_seconds(ca.not_after()),
+                "the CA certificate expires within --leaf-ttl: leaves are cut short to its expiry; rotate it with `weftctl ca rotate`"
+            );
+        }
+        tracing::info!(
+            ca_dir = %dir.display(),
+            trust_domain = %authority.trust_domain(),
+            roots = ca.bundle().len(),
+            leaf_ttl = %humantime::format_duration(config.leaf_ttl),
+            credentials = %credentials.describe(),
+            "issuing certificates"
+        );
+        let server =
+            IdentityServer::issuing(authority.clone(), credentials, config.leaf_ttl, metrics);
+        Ok(Self {
+            authority: Some(authority),
+            server,
+        })
+    }
+
+    /// The mesh's trust domain, when issuing: the snapshot builder names
+    /// every Cluster's identity in it.
+    pub fn trust_domain(&self) -> Option<TrustDomain> {
+        self.authority
+            .as_ref()
+            .map(|authority| authority.trust_domain().clone())
+    }
+
+    /// The current trust bundle as a `TrustBundle` resource, updated when a
+    /// CA reload changes the roots; `None` when not issuing.
+    pub fn trust_bundle(&self) -> Option<watch::Receiver<TrustBundle>> {
+        self.authority
+            .as_ref()
+            .map(CertificateAuthority::trust_bundle)
+    }
+
+    /// The CA, when issuing (its reload status, current CA...).
+    pub fn authority(&self) -> Option<&CertificateAuthority> {
+        self.authority.as_ref()
+    }
+
+    /// The gRPC service to add beside ADS.
+    pub fn service(&self) -> IdentityServiceServer<IdentityServer> {
+        self.server.clone().into_service()
+    }
+}

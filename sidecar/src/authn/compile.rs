@@ -1,0 +1,824 @@
+//! From a policy document to the structures requests are checked against,
+//! validating everything on the way and reporting every problem at once
+//! (field path and reason). Pure: nothing is fetched or started here, so
+//! `AuthnConfig::validate` and `weftctl`-style checks can use it.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::header::HeaderName;
+use http::{Method, Uri};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use super::config::{AuthnConfig, JwksConfig, ProviderConfig, RequiredClaim, RuleConfig};
+use super::error::{ConfigError, ConfigErrors};
+use super::jwks::{RemoteJwks, RemoteSettings};
+use super::keys::KeySet;
+use super::provider::{ClaimRequirement, Provider, ProviderKeys};
+use super::rules::{PathMatch, RoleRequirement, Rule, normalized_path};
+use super::token::TokenSource;
+use crate::table::EndpointAddr;
+
+/// A compiled policy: everything but the service name.
+pub(crate) struct Compiled {
+    pub providers: Vec<Provider>,
+    pub rules: Vec<Rule>,
+    /// Every distinct place any provider reads a token from, in order of
+    /// first mention.
+    pub sources: Vec<TokenSource>,
+    /// Claim headers outside `x-weft-jwt-*` (those are removed by prefix).
+    pub strip: Vec<HeaderName>,
+}
+
+/// Every algorithm a provider can be given.
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const ALGORITHM_NAMES: &str = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, \
+                               HS256, HS384, HS512 (HS* with shared_secret only)";
+
+/// The prefix of the headers the sidecar sets from claims; callers can
+/// never send them.
+pub(crate) const CLAIM_HEADER_PREFIX: &str = "x-weft-jwt-";
+
+/// Headers a claim must never overwrite: routing, framing, the proxy's own
+/// headers, and the credentials themselves.
+const RESERVED_HEADERS: [&str; 14] = [
+    "host",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-weft-error",
+];
+
+/// HMAC keys shorter than the hash output weaken HS256 (RFC 7518 §3.2).
+const MIN_SECRET_BYTES: usize = 32;
+/// More skew than this accepts tokens long expired.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// A fetch slower than this holds requests too long to be useful.
+const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigError::new(field, reason));
+    }
+}
+
+pub(crate) fn compile(config: &AuthnConfig) -> Result<Compiled, ConfigErrors> {
+    let mut errors = Errors(Vec::new());
+    let mut sources: Vec<TokenSource> = Vec::new();
+    let mut providers = Vec::with_capacity(config.providers.len());
+    if config.providers.is_empty() {
+        errors.add(
+            "providers",
+            "no provider: list at least one identity provider",
+        );
+    }
+    let mut names = HashSet::new();
+    let mut issuers = HashSet::new();
+    for (i, p) in config.providers.iter().enumerate() {
+        let field = format!("providers[{i}]");
+        if !p.name.is_empty() && !names.insert(p.name.as_str()) {
+            errors.add(
+                format!("{field}.name"),
+                format!("`{}` names two providers", p.name),
+            );
+        }
+        if !p.issuer.is_empty() && !issuers.insert(p.issuer.as_str()) {
+            errors.add(
+                format!("{field}.issuer"),
+                format!(
+                    "`{}` is the issuer of two providers: tokens are matched to providers by issuer",
+                    p.issuer
+                ),
+            );
+        }
+        if let Some(provider) = compile_provider(p, &field, &mut sources, &mut errors) {
+            providers.push(provider);
+        }
+    }
+    let rules = config
+        .rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| compile_rule(r, &format!("rules[{i}]"), &mut errors))
+        .collect();
+    if !errors.0.is_empty() {
+        return Err(ConfigErrors(errors.0));
+    }
+    let mut strip: Vec<HeaderName> = Vec::new();
+    for (_, header) in providers.iter().flat_map(|p: &Provider| &p.claim_headers) {
+        if !header.as_str().starts_with(CLAIM_HEADER_PREFIX) && !strip.contains(header) {
+            strip.push(header.clone());
+        }
+    }
+    Ok(Compiled {
+        providers,
+        rules,
+        sources,
+        strip,
+    })
+}
+
+fn compile_provider(
+    p: &ProviderConfig,
+    field: &str,
+    sources: &mut Vec<TokenSource>,
+    errors: &mut Errors,
+) -> Option<Provider> {
+    let before = errors.0.len();
+    if p.name.trim().is_empty() {
+        errors.add(format!("{field}.name"), "empty: give the provider a name");
+    }
+    if p.issuer.trim().is_empty() {
+        errors.add(
+            format!("{field}.issuer"),
+            "empty: give the exact `iss` of the provider's tokens",
+        );
+    }
+    if p.audiences.is_empty() {
+        errors.add(
+            format!("{field}.audiences"),
+            "empty: list the `aud` values this service accepts (usually its own name), \
+             so a token minted for another service is refused",
+        );
+    }
+    for (j, a) in p.audiences.iter().enumerate() {
+        if a.is_empty() {
+            errors.add(format!("{field}.audiences[{j}]"), "empty audience");
+        }
+    }
+
+    let secret = p.shared_secret.as_ref().and_then(|s| {
+        match decode_secret(&s.0) {
+            Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => Some(DecodingKey::from_secret(&bytes)),
+            Ok(bytes) => {
+                errors.add(
+                    format!("{field}.shared_secret"),
+                    format!(
+                        "{} bytes is too short for an HMAC key: use at least {MIN_SECRET_BYTES} random bytes",
+                        bytes.len()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                errors.add(
+                    format!("{field}.shared_secret"),
+                    format!("not base64: {e}"),
+                );
+                None
+            }
+        }
+    });
+
+    let keys = match &p.jwks {
+        None => {
+            if p.shared_secret.is_none() {
+                errors.add(
+                    format!("{field}.jwks"),
+                    "missing: give `jwks` (inline or uri), or a `shared_secret` for HS256",
+                );
+            }
+            ProviderKeys::None
+        }
+        Some(jwks) => compile_jwks(jwks, &format!("{field}.jwks"), errors),
+    };
+
+    let algorithms = compile_algorithms(p, field, errors);
+
+    if p.from.is_empty() {
+        errors.add(
+            format!("{field}.from"),
+            "empty: say where the token is (default: the Authorization: Bearer header)",
+        );
+    }
+    let mut source_indices = Vec::with_capacity(p.from.len());
+    for (j, s) in p.from.iter().enumerate() {
+        if let Some(source) = compile_source(s, &format!("{field}.from[{j}]"), errors) {
+            let index = match sources.iter().position(|x| *x == source) {
+                Some(index) => index,
+                None => {
+                    sources.push(source);
+                    sources.len() - 1
+                }
+            };
+            if !source_indices.contains(&index) {
+                source_indices.push(index);
+            }
+        }
+    }
+
+    if p.clock_leeway > MAX_LEEWAY {
+        errors.add(
+            format!("{field}.clock_leeway"),
+            format!(
+                "{:?} is more than {MAX_LEEWAY:?}: that accepts tokens long expired; fix the clocks instead",
+                p.clock_leeway
+            ),
+        );
+    }
+
+    let mut required_claims = Vec::with_capacity(p.required_claims.len());
+    for (name, want) in &p.required_claims {
+        let field = format!("{field}.required_claims.{name}");
+        if name.is_empty() {
+            errors.add(field, "empty claim name");
+            continue;
+        }
+        match want {
+            RequiredClaim::Present(p) if p.present => {
+                required_claims.push((name.as_str().into(), ClaimRequirement::Present));
+            }
+            RequiredClaim::Present(_) => errors.add(
+                field,
+                "`present: false` requires nothing: remove the claim from the list",
+            ),
+            RequiredClaim::Equals(
+                v @ (serde_json::Value::String(_)
+                | serde_json::Value::Number(_)
+                | serde_json::Value::Bool(_)),
+            ) => required_claims.push((name.as_str().into(), ClaimRequirement::Equals(v.clone()))),
+            RequiredClaim::Equals(other) => errors.add(
+                field,
+                format!("expected a string, number, boolean or {{\"present\": true}}, not {other}"),
+            ),
+        }
+    }
+
+    let mut claim_headers = Vec::with_capacity(p.claim_headers.len());
+    for (claim, header) in &p.claim_headers {
+        let field = format!("{field}.claim_headers.{claim}");
+        if claim.is_empty() {
+            errors.add(field, "empty claim name");
+            continue;
+        }
+        match HeaderName::from_bytes(header.as_bytes()) {
+            Err(_) => errors.add(field, format!("`{header}` is not a valid header name")),
+            Ok(name) if RESERVED_HEADERS.contains(&name.as_str()) => errors.add(
+                field,
+                format!("`{name}` is reserved: a claim must not overwrite it; use an `{CLAIM_HEADER_PREFIX}*` name"),
+            ),
+            Ok(name)
+                if name.as_str().starts_with("x-weft-")
+                    && !name.as_str().starts_with(CLAIM_HEADER_PREFIX) =>
+            {
+                errors.add(
+                    field,
+                    format!("`{name}`: the sidecar's own `x-weft-*` headers are reserved, except `{CLAIM_HEADER_PREFIX}*`"),
+                )
+            }
+            Ok(name) => claim_headers.push((claim.as_str().into(), name)),
+        }
+    }
+
+    if errors.0.len() > before {
+        return None;
+    }
+    let leeway = p.clock_leeway.as_secs() + u64::from(p.clock_leeway.subsec_nanos() > 0);
+    let validations = algorithms
+        .iter()
+        .map(|&alg| (alg, validation(alg, p, leeway)))
+        .collect();
+    Some(Provider {
+        name: Arc::from(p.name.as_str()),
+        issuer: p.issuer.as_str().into(),
+        keys,
+        secret,
+        validations,
+        sources: source_indices,
+        required_claims,
+        forward_token: p.forward_token,
+        claim_headers,
+    })
+}
+
+/// What jsonwebtoken checks after the signature, for tokens with `alg`.
+fn validation(alg: Algorithm, p: &ProviderConfig, leeway: u64) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = leeway;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = true;
+    v.set_issuer(&[&p.issuer]);
+    v.set_audience(&p.audiences);
+    // Without `exp` a token would be valid forever; `iss` and `aud` are
+    // checked only when present unless required.
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    v
+}
+
+fn compile_algorithms(p: &ProviderConfig, field: &str, errors: &mut Errors) -> Vec<Algorithm> {
+    let has_keys = p.jwks.is_some();
+    let has_secret = p.shared_secret.is_some();
+    let Some(names) = &p.algorithms else {
+        let mut algs = Vec::new();
+        if has_keys {
+            algs.extend(ASYMMETRIC);
+        }
+        if has_secret {
+            algs.push(Algorithm::HS256);
+        }
+        return algs;
+    };
+    let field = format!("{field}.algorithms");
+    if names.is_empty() {
+        errors.add(
+            &field,
+            "empty: no token could ever be accepted; leave it out for the default",
+        );
+    }
+    let mut algs = Vec::with_capacity(names.len());
+    for (j, name) in names.iter().enumerate() {
+        let field = format!("{field}[{j}]");
+        if name.eq_ignore_ascii_case("none") {
+            errors.add(field, "`none` is never allowed: tokens must be signed");
+            continue;
+        }
+        let Ok(alg) = Algorithm::from_str(name) else {
+            errors.add(
+                field,
+                format!("unknown algorithm `{name}` (known: {ALGORITHM_NAMES})"),
+            );
+            continue;
+        };
+        if HMAC.contains(&alg) && !has_secret {
+            errors.add(
+                field,
+                format!("{name} needs `shared_secret`: an HMAC key is never taken from the JWKS"),
+            );
+            continue;
+        }
+        if ASYMMETRIC.contains(&alg) && !has_keys {
+            errors.add(field, format!("{name} needs `jwks` with public keys"));
+            continue;
+        }
+        if !algs.contains(&alg) {
+            algs.push(alg);
+        }
+    }
+    if has_secret && !names.is_empty() && !algs.iter().any(|a| HMAC.contains(a)) {
+        errors.add(
+            field,
+            "`shared_secret` is set but no HS algorithm is allowed: add HS256 or remove the secret",
+        );
+    }
+    algs
+}
+
+fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> ProviderKeys {
+    match (&jwks.inline, &jwks.uri) {
+        (Some(_), Some(_)) => {
+            errors.add(field, "both `inline` and `uri`: give one");
+            ProviderKeys::None
+        }
+        (None, None) => {
+            errors.add(field, "neither `inline` nor `uri`: give one");
+            ProviderKeys::None
+        }
+        (Some(doc), None) => {
+            if jwks.cache_duration.is_some() {
+                errors.add(
+                    format!("{field}.cache_duration"),
+                    "only with `uri`: inline keys are never refreshed",
+                );
+            }
+            match KeySet::from_value(doc) {
+                Ok((set, skipped)) => {
+                    for s in skipped {
+                        tracing::warn!(field, key = %s, "inline JWKS key skipped");
+                    }
+                    ProviderKeys::Static(set)
+                }
+                Err(e) => {
+                    errors.add(format!("{field}.inline"), e);
+                    ProviderKeys::None
+                }
+            }
+        }
+        (None, Some(uri)) => {
+            let before = errors.0.len();
+            if jwks.cache_duration.is_some_and(|d| d.is_zero()) {
+                errors.add(format!("{field}.cache_duration"), "must be above 0");
+            }
+            if jwks.fetch_timeout.is_zero() || jwks.fetch_timeout > MAX_FETCH_TIMEOUT {
+                errors.add(
+                    format!("{field}.fetch_timeout"),
+                    format!("must be above 0 and at most {MAX_FETCH_TIMEOUT:?}"),
+                );
+            }
+            if jwks.min_refetch_interval.is_zero() {
+                errors.add(
+                    format!("{field}.min_refetch_interval"),
+                    "must be above 0: tokens with made-up `kid`s would each cause a fetch",
+                );
+            }
+            let target = parse_jwks_uri(uri).map_err(|e| errors.add(format!("{field}.uri"), e));
+            match target {
+                Ok((uri, addr)) if errors.0.len() == before => {
+                    ProviderKeys::Remote(RemoteJwks::new(RemoteSettings {
+                        uri,
+                        addr,
+                        cache_duration: jwks.cache_duration,
+                        fetch_timeout: jwks.fetch_timeout,
+                        min_refetch_interval: jwks.min_refetch_interval,
+                    }))
+                }
+                _ => ProviderKeys::None,
+            }
+        }
+    }
+}
+
+/// An `http://host[:port]/path` URL and the address to dial.
+fn parse_jwks_uri(text: &str) -> Result<(Uri, EndpointAddr), String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "`{text}`: https is not supported yet (the sidecar has no TLS client for it): \
+                 serve the JWKS over http on a trusted network, or inline it"
+            ));
+        }
+        _ => return Err(format!("`{text}` is not an http:// URL")),
+    }
+    let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
+        return Err(format!("`{text}` has no host"));
+    };
+    let port = uri.port_u16().unwrap_or(80);
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => EndpointAddr::Ip((ip, port).into()),
+        Err(_) => EndpointAddr::Name {
+            host: Arc::from(host),
+            port,
+        },
+    };
+    Ok((uri, addr))
+}
+
+fn compile_source(
+    s: &super::config::TokenSourceConfig,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<TokenSource> {
+    let given = [s.header.is_some(), s.cookie.is_some(), s.query.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        errors.add(field, "give exactly one of `header`, `cookie`, `query`");
+        return None;
+    }
+    if s.prefix.is_some() && s.header.is_none() {
+        errors.add(format!("{field}.prefix"), "only with `header`");
+        return None;
+    }
+    if let Some(header) = &s.header {
+        let Ok(name) = HeaderName::from_bytes(header.as_bytes()) else {
+            errors.add(
+                format!("{field}.header"),
+                format!("`{header}` is not a valid header name"),
+            );
+            return None;
+        };
+        return Some(TokenSource::Header {
+            name,
+            prefix: s.prefix.as_deref().map(Into::into),
+        });
+    }
+    let (kind, name) = match (&s.cookie, &s.query) {
+        (Some(c), _) => ("cookie", c),
+        (_, Some(q)) => ("query", q),
+        _ => return None,
+    };
+    if name.is_empty() || name.contains(['=', ';', '&', ' ']) {
+        errors.add(
+            format!("{field}.{kind}"),
+            format!("`{name}` is not a {kind} name"),
+        );
+        return None;
+    }
+    Some(if kind == "cookie" {
+        TokenSource::Cookie(name.as_str().into())
+    } else {
+        TokenSource::Query(name.as_str().into())
+    })
+}
+
+fn compile_rule(r: &RuleConfig, field: &str, errors: &mut Errors) -> Option<Rule> {
+    let before = errors.0.len();
+    let m = &r.matches;
+    let path = match (&m.path_prefix, &m.path_exact) {
+        (Some(_), Some(_)) => {
+            errors.add(
+                format!("{field}.match"),
+                "both `path_prefix` and `path_exact`: give one",
+            );
+            PathMatch::Any
+        }
+        (Some(p), None) => {
+            check_rule_path(p, &format!("{field}.match.path_prefix"), errors);
+            PathMatch::Prefix(p.as_str().into())
+        }
+        (None, Some(p)) => {
+            check_rule_path(p, &format!("{field}.match.path_exact"), errors);
+            PathMatch::Exact(p.as_str().into())
+        }
+        (None, None) => PathMatch::Any,
+    };
+    let mut methods = Vec::with_capacity(m.methods.len());
+    for (j, name) in m.methods.iter().enumerate() {
+        match Method::from_bytes(name.as_bytes()) {
+            Ok(method) if name.bytes().all(|b| !b.is_ascii_lowercase()) => methods.push(method),
+            _ => errors.add(
+                format!("{field}.match.methods[{j}]"),
+                format!("`{name}` is not an upper-case HTTP method"),
+            ),
+        }
+    }
+    if r.public && !r.required_roles.is_empty() {
+        errors.add(
+            format!("{field}.required_roles"),
+            "a public rule cannot require roles: drop `public` or the roles",
+        );
+    }
+    for (j, role) in r.required_roles.iter().enumerate() {
+        if role.is_empty() || role.contains(char::is_whitespace) {
+            errors.add(
+                format!("{field}.required_roles[{j}]"),
+                format!(
+                    "`{role}` is not a role: roles are single words (scopes are split at spaces)"
+                ),
+            );
+        }
+    }
+    if r.roles_claim.as_deref() == Some("") {
+        errors.add(format!("{field}.roles_claim"), "empty claim name");
+    }
+    if errors.0.len() > before {
+        return None;
+    }
+    let roles = (!r.required_roles.is_empty()).then(|| RoleRequirement {
+        roles: r.required_roles.iter().map(|s| s.as_str().into()).collect(),
+        claim: r.roles_claim.as_deref().map(Into::into),
+        all: r.roles_match == super::config::RolesMatch::All,
+    });
+    Some(Rule {
+        name: r.name.as_deref().map(Into::into),
+        path,
+        methods,
+        public: r.public,
+        roles,
+    })
+}
+
+fn check_rule_path(path: &str, field: &str, errors: &mut Errors) {
+    if !path.starts_with('/') {
+        errors.add(field, format!("`{path}` does not start with `/`"));
+    } else if normalized_path(path).as_deref() != Some(path) {
+        errors.add(
+            field,
+            format!(
+                "`{path}` is not a normalized path (dot segments, `//`, backslashes or \
+                 percent-encoded letters never match a request)"
+            ),
+        );
+    }
+}
+
+/// Standard or URL-safe base64, with or without padding.
+fn decode_secret(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let trimmed = text.trim().trim_end_matches('=');
+    if trimmed.contains(['-', '_']) {
+        URL_SAFE_NO_PAD.decode(trimmed)
+    } else {
+        STANDARD
+            .decode(text.trim())
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::config::{Secret, TokenSourceConfig};
+    use serde_json::json;
+
+    fn errors_of(config: serde_json::Value) -> Vec<(String, String)> {
+        let bytes = serde_json::to_vec(&config).unwrap();
+        match AuthnConfig::from_json(&bytes) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| (e.field, e.reason)).collect(),
+        }
+    }
+
+    fn has(errors: &[(String, String)], field: &str, reason_part: &str) -> bool {
+        errors
+            .iter()
+            .any(|(f, r)| f == field && r.contains(reason_part))
+    }
+
+    fn inline_jwks() -> serde_json::Value {
+        json!({ "inline": { "keys": [ { "kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB" } ] } })
+    }
+
+    #[test]
+    fn a_valid_policy_compiles() {
+        let e = errors_of(json!({ "providers": [ {
+            "name": "idp", "issuer": "https://idp", "audiences": ["users"], "jwks": inline_jwks(),
+            "algorithms": ["RS256", "PS256"],
+            "from": [ { "header": "authorization", "prefix": "Bearer " }, { "cookie": "s" }, { "query": "t" } ],
+            "required_claims": { "tenant": "acme", "email": { "present": true }, "level": 3 },
+            "claim_headers": { "sub": "x-weft-jwt-sub", "email": "x-user-email" } } ],
+            "rules": [ { "match": { "path_prefix": "/public/" }, "public": true },
+                       { "match": { "path_exact": "/admin", "methods": ["POST"] },
+                         "required_roles": ["admin"], "roles_match": "any" } ] }));
+        assert!(e.is_empty(), "{e:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_field_and_reason() {
+        let e = errors_of(json!({ "providers": [
+            { "name": "", "issuer": "", "audiences": [], "jwks": inline_jwks(),
+              "algorithms": ["HS256", "none", "RS999", "ES256"] },
+            { "name": "b", "issuer": "https://b", "audiences": ["x"],
+              "from": [ { "header": "a", "cookie": "b" }, { "cookie": "x;y" } ],
+              "clock_leeway": "1h",
+              "required_claims": { "t": { "present": false }, "u": ["a"] },
+              "claim_headers": { "sub": "host", "email": "x-weft-error", "n": "bad header" } } ],
+            "rules": [ { "match": { "path_prefix": "/a", "path_exact": "/b" } },
+                       { "match": { "path_prefix": "/x/../y", "methods": ["get"] } },
+                       { "public": true, "required_roles": ["admin", "two words"] } ] }));
+        for (field, reason) in [
+            ("providers[0].name", "empty"),
+            ("providers[0].issuer", "empty"),
+            ("providers[0].audiences", "empty"),
+            ("providers[0].algorithms[0]", "needs `shared_secret`"),
+            ("providers[0].algorithms[1]", "never allowed"),
+            ("providers[0].algorithms[2]", "unknown algorithm `RS999`"),
+            ("providers[1].jwks", "missing"),
+            ("providers[1].from[0]", "exactly one"),
+            ("providers[1].from[1].cookie", "not a cookie name"),
+            ("providers[1].clock_leeway", "long expired"),
+            ("providers[1].required_claims.t", "requires nothing"),
+            ("providers[1].required_claims.u", "expected a string"),
+            ("providers[1].claim_headers.sub", "reserved"),
+            ("providers[1].claim_headers.email", "reserved"),
+            ("providers[1].claim_headers.n", "not a valid header name"),
+            ("rules[0].match", "both"),
+            ("rules[1].match.path_prefix", "not a normalized path"),
+            ("rules[1].match.methods[0]", "upper-case"),
+            ("rules[2].required_roles", "public rule"),
+            ("rules[2].required_roles[1]", "not a role"),
+        ] {
+            assert!(
+                has(&e, field, reason),
+                "no `{field}: ..{reason}..` in {e:#?}"
+            );
+        }
+        // ES256 with a JWKS is fine.
+        assert!(
+            !e.iter().any(|(f, _)| f == "providers[0].algorithms[3]"),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn hmac_needs_a_long_enough_secret_and_an_hs_algorithm() {
+        let mut p = ProviderConfig::new("idp", "https://idp", &["users"], None);
+        p.shared_secret = Some(Secret("c2hvcnQ=".into()));
+        let errs = compile(&AuthnConfig {
+            providers: vec![p.clone()],
+            rules: vec![],
+        })
+        .err()
+        .unwrap();
+        assert_eq!(errs.0[0].field, "providers[0].shared_secret");
+        assert!(errs.0[0].reason.contains("too short"), "{errs}");
+
+        p.shared_secret = Some(Secret(
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        ));
+        p.algorithms = Some(vec![]);
+        let errs = compile(&AuthnConfig {
+            providers: vec![p.clone()],
+            rules: vec![],
+        })
+        .err()
+        .unwrap();
+        assert_eq!(errs.0[0].field, "providers[0].algorithms");
+
+        p.algorithms = None;
+        let compiled = compile(&AuthnConfig {
+            providers: vec![p],
+            rules: vec![],
+        })
+        .ok()
+        .unwrap();
+        let algs: Vec<Algorithm> = compiled.providers[0]
+            .validations
+            .iter()
+            .map(|(a, _)| *a)
+            .collect();
+        assert_eq!(algs, [Algorithm::HS256]);
+    }
+
+    #[test]
+    fn jwks_urls_are_checked() {
+        for (uri, reason) in [
+            ("https://idp/jwks", "https is not supported"),
+            ("ftp://idp/jwks", "not an http:// URL"),
+            ("not a url", "not a URL"),
+        ] {
+            let e = errors_of(
+                json!({ "providers": [ { "name": "a", "issuer": "i", "audiences": ["x"],
+                "jwks": { "uri": uri } } ] }),
+            );
+            assert!(has(&e, "providers[0].jwks.uri", reason), "{uri}: {e:?}");
+        }
+        let e = errors_of(
+            json!({ "providers": [ { "name": "a", "issuer": "i", "audiences": ["x"],
+            "jwks": { "uri": "http://127.0.0.1:9/k", "fetch_timeout": "5m", "cache_duration": "0s" } } ] }),
+        );
+        assert!(
+            has(&e, "providers[0].jwks.fetch_timeout", "at most"),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "providers[0].jwks.cache_duration", "above 0"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn shared_token_sources_are_read_once() {
+        let mut a = ProviderConfig::new(
+            "a",
+            "https://a",
+            &["x"],
+            Some(JwksConfig::inline(
+                json!({ "keys": [ { "kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB" } ] }),
+            )),
+        );
+        let mut b = a.clone();
+        b.name = "b".into();
+        b.issuer = "https://b".into();
+        b.from.push(TokenSourceConfig::cookie("s"));
+        a.claim_headers.insert("email".into(), "x-email".into());
+        let c = compile(&AuthnConfig {
+            providers: vec![a, b],
+            rules: vec![],
+        })
+        .ok()
+        .unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.providers[0].sources, [0]);
+        assert_eq!(c.providers[1].sources, [0, 1]);
+        assert_eq!(c.strip, [HeaderName::from_static("x-email")]);
+    }
+
+    #[test]
+    fn two_providers_cannot_share_an_issuer_or_a_name() {
+        let a = ProviderConfig::new(
+            "a",
+            "https://a",
+            &["x"],
+            Some(JwksConfig::inline(
+                json!({ "keys": [ { "kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB" } ] }),
+            )),
+        );
+        let errs = compile(&AuthnConfig {
+            providers: vec![a.clone(), a],
+            rules: vec![],
+        })
+        .err()
+        .unwrap();
+        let fields: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["providers[1].name", "providers[1].issuer"]);
+    }
+}
