@@ -50,6 +50,27 @@ pub struct RawDocument {
     pub yaml: bool,
 }
 
+/// What an intention decides for its source's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentionAction {
+    Allow,
+    Deny,
+}
+
+/// An intention kept outside Weft's documents (Consul's, today): whether
+/// calls from `source` to `destination` are allowed. Either name may be
+/// `*`, for every service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Intention {
+    /// The backend's id for it (Consul's intention ID), for logs and the
+    /// origin a sidecar reports when it denies a request.
+    pub id: String,
+    pub source: String,
+    pub destination: String,
+    pub action: IntentionAction,
+}
+
 /// Everything the backends know, as one value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MeshState {
@@ -58,4 +79,7 @@ pub struct MeshState {
     pub services: BTreeMap<String, Vec<Endpoint>>,
     /// Document key -> document.
     pub documents: BTreeMap<String, RawDocument>,
+    /// Consul's intentions, sorted (so that their order is never a change).
+    /// Always empty with the file backend.
+    pub intentions: Vec<Intention>,
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use crate::model::{Endpoint, MeshState, RawDocument};
+use crate::model::{Endpoint, Intention, MeshState, RawDocument};
 
 pub struct MeshStore {
     state: Mutex<MeshState>,
@@ -119,6 +119,18 @@ impl MeshStore {
         });
     }
 
+    /// Replaces every intention at once (Consul lists them whole).
+    pub fn set_intentions(&self, mut intentions: Vec<Intention>) {
+        intentions.sort();
+        self.update(|state| {
+            if state.intentions == intentions {
+                return false;
+            }
+            state.intentions = intentions;
+            true
+        });
+    }
+
     fn update(&self, change: impl FnOnce(&mut MeshState) -> bool) {
         let changed = change(&mut self.lock());
         if changed {
@@ -132,5 +144,37 @@ impl MeshStore {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IntentionAction;
+
+    fn intention(id: &str, source: &str) -> Intention {
+        Intention {
+            id: id.into(),
+            source: source.into(),
+            destination: "db".into(),
+            action: IntentionAction::Deny,
+        }
+    }
+
+    #[test]
+    fn intentions_are_a_change_only_when_their_set_changes() {
+        let store = MeshStore::new();
+        let changes = store.subscribe();
+        store.set_intentions(vec![intention("2", "web"), intention("1", "api")]);
+        assert_eq!(*changes.borrow(), 1);
+        assert_eq!(store.state().intentions[0].id, "1", "kept sorted");
+
+        // The same set in another order (Consul's list order) is no change.
+        store.set_intentions(vec![intention("1", "api"), intention("2", "web")]);
+        assert_eq!(*changes.borrow(), 1);
+
+        store.set_intentions(Vec::new());
+        assert_eq!(*changes.borrow(), 2);
+        assert!(store.state().intentions.is_empty());
     }
 }

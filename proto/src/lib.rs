@@ -28,9 +28,18 @@ pub mod type_url {
         "type.googleapis.com/weft.config.v1.ClusterLoadAssignment";
     pub const ROUTE_CONFIGURATION: &str = "type.googleapis.com/weft.config.v1.RouteConfiguration";
     pub const TRUST_BUNDLE: &str = "type.googleapis.com/weft.config.v1.TrustBundle";
+    pub const INBOUND_POLICY: &str = "type.googleapis.com/weft.config.v1.InboundPolicy";
 
     /// The types every sidecar subscribes to, in subscription order.
-    pub const ALL: [&str; 3] = [ROUTE_CONFIGURATION, CLUSTER, CLUSTER_LOAD_ASSIGNMENT];
+    /// INBOUND_POLICY is subscribed by name: the sidecar's own service.
+    /// TRUST_BUNDLE is not among them: sidecars get the bundle with their
+    /// certificate (`weft.identity.v1`).
+    pub const ALL: [&str; 4] = [
+        ROUTE_CONFIGURATION,
+        CLUSTER,
+        CLUSTER_LOAD_ASSIGNMENT,
+        INBOUND_POLICY,
+    ];
 
     /// The short name used in logs and /status ("Cluster").
     pub fn short(type_url: &str) -> &str {
@@ -42,7 +51,9 @@ pub mod type_url {
 mod tests {
     use prost::Name;
 
-    use super::config::v1::{Cluster, ClusterLoadAssignment, RouteConfiguration, TrustBundle};
+    use super::config::v1::{
+        Cluster, ClusterLoadAssignment, InboundPolicy, RouteConfiguration, TrustBundle,
+    };
     use super::type_url;
 
     #[test]
@@ -57,5 +68,6 @@ mod tests {
             type_url::ROUTE_CONFIGURATION
         );
         assert_eq!(TrustBundle::type_url(), type_url::TRUST_BUNDLE);
+        assert_eq!(InboundPolicy::type_url(), type_url::INBOUND_POLICY);
     }
 }

@@ -141,6 +141,7 @@ pub fn config_dump(state: &AdminState) -> Value {
         "RouteConfiguration": ty(type_url::ROUTE_CONFIGURATION, s.accepted.routes.values().map(dump::route_configuration).collect()),
         "Cluster": ty(type_url::CLUSTER, s.accepted.clusters.values().map(dump::cluster).collect()),
         "ClusterLoadAssignment": ty(type_url::CLUSTER_LOAD_ASSIGNMENT, s.accepted.assignments.values().map(dump::assignment).collect()),
+        "InboundPolicy": ty(type_url::INBOUND_POLICY, s.accepted.policy.iter().map(dump::inbound_policy).collect()),
     })
 }
 

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     Overflow,
     /// The downstream request cannot be proxied (no authority, bad URI...). 400.
     BadRequest,
+    /// The service's policy does not let this caller make this request
+    /// (an intention, or the default deny). 403.
+    Denied,
     /// A bug or an unexpected state in the sidecar. 500.
     Internal,
 }
@@ -72,6 +75,7 @@ impl ErrorKind {
             Self::UpstreamReset | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::Denied => StatusCode::FORBIDDEN,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,13 +91,14 @@ impl ErrorKind {
             Self::Timeout => "timeout",
             Self::Overflow => "overflow",
             Self::BadRequest => "bad-request",
+            Self::Denied => "denied",
             Self::Internal => "internal",
         }
     }
 
     pub fn source(self) -> ErrorSource {
         match self {
-            Self::BadRequest => ErrorSource::Downstream,
+            Self::BadRequest | Self::Denied => ErrorSource::Downstream,
             Self::ConnectFailed | Self::UpstreamReset | Self::UpstreamProtocol | Self::Timeout => {
                 ErrorSource::Upstream
             }
@@ -218,6 +223,7 @@ mod tests {
             (ErrorKind::Timeout, 504, "timeout"),
             (ErrorKind::Overflow, 503, "overflow"),
             (ErrorKind::BadRequest, 400, "bad-request"),
+            (ErrorKind::Denied, 403, "denied"),
         ];
         for (kind, status, code) in cases {
             let resp = ProxyError::new(kind, "line one\nline two").to_response();

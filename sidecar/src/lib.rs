@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod authn;
+pub mod authz;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -179,12 +180,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None => Transport::Plain,
     };
 
+    // The inbound policy (intentions): allow until the agent sends one.
+    let authz: authz::SharedAuthz = Default::default();
+
     let inbound = bind(settings.inbound, "inbound traffic", "--inbound").await?;
     let inbound_addr = inbound.local_addr()?;
     let app = app_cluster(&settings, &dns)?;
     listeners.push(tokio::spawn(server::serve(
         inbound,
-        proxy::inbound(app.clone()),
+        proxy::inbound(app.clone(), authz.clone()),
         Direction::Inbound,
         inbound_transport,
         server_settings.clone(),
@@ -207,7 +211,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             build_version: env!("CARGO_PKG_VERSION").into(),
             metadata: Default::default(),
         };
-        let mut core = xds::Core::new(node, table.clone(), dns.clone());
+        let mut core = xds::Core::new(node, table.clone(), dns.clone()).with_authz(authz.clone());
         if let Some(store) = &identity {
             core = core.with_identity(store.clone());
         }

@@ -51,6 +51,7 @@ async fn two_services() -> (Snapshot, SocketAddr, SocketAddr) {
             assignment("users", &[healthy(users)]),
             assignment("orders", &[healthy(orders)]),
         ],
+        ..Default::default()
     };
     (snap, users, orders)
 }
@@ -162,6 +163,7 @@ async fn header_match_prefix_rewrite_and_header_mutations() {
             assignment("users", &[healthy(users)]),
             assignment("users-v2", &[healthy(users_v2)]),
         ],
+        ..Default::default()
     })
     .await;
     let sc = start_ready(&ads).await;
@@ -223,6 +225,7 @@ async fn errors_name_their_cause() {
             assignment("slow", &[healthy(slow)]),
             assignment("sick", &[(sick, pb::endpoint::Health::Unhealthy)]),
         ],
+        ..Default::default()
     })
     .await;
     let sc = start_ready(&ads).await;
@@ -267,6 +270,7 @@ async fn overflow_past_max_requests() {
         routes: vec![route_config("slow", vec![route("/", "slow")])],
         clusters: vec![c],
         assignments: vec![assignment("slow", &[healthy(slow)])],
+        ..Default::default()
     })
     .await;
     let sc = start_ready(&ads).await;

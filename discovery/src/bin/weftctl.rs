@@ -153,7 +153,7 @@ fn validate(paths: &[PathBuf], services: Option<&[String]>) -> anyhow::Result<Ex
                     FieldError::new(
                         path.display().to_string(),
                         documents::KEY_FIELD,
-                        "cannot tell which document this is: put it under a routes/, destinations/ or policies/ folder, with a .json, .yaml or .yml extension",
+                        "cannot tell which document this is: put it under a routes/, destinations/ or policies/ folder (or name it defaults), with a .json, .yaml or .yml extension",
                     ),
                 )),
             }
@@ -256,7 +256,8 @@ fn walk(dir: &Path, found: &mut Vec<FoundDocument>) -> anyhow::Result<()> {
 }
 
 /// `anything/routes/users.yaml` -> `routes/users`: the path below the last
-/// `routes`, `destinations` or `policies` folder, without extension. None
+/// `routes`, `destinations` or `policies` folder, without extension, and
+/// `defaults.*` outside them -> `defaults`. None
 /// for files that are not documents (other extensions, hidden files, files
 /// outside those folders).
 fn document_key(path: &Path) -> Option<String> {
@@ -272,8 +273,13 @@ fn document_key(path: &Path) -> Option<String> {
         .collect::<Option<_>>()?;
     let folder = parts[..parts.len().saturating_sub(1)]
         .iter()
-        .rposition(|part| DocumentKind::from_folder(part).is_some())?;
-    Some(parts[folder..].join("/"))
+        .rposition(|part| DocumentKind::from_folder(part).is_some());
+    match folder {
+        Some(folder) => Some(parts[folder..].join("/")),
+        // The mesh-wide defaults live at the top of a config directory.
+        None if parts.last().is_some_and(|last| last == "defaults") => Some("defaults".into()),
+        None => None,
+    }
 }
 
 // ---- ca
@@ -654,6 +660,10 @@ mod tests {
         assert_eq!(
             document_key(Path::new("policies/web.yml")).as_deref(),
             Some("policies/web")
+        );
+        assert_eq!(
+            document_key(Path::new("cfg/defaults.json")).as_deref(),
+            Some("defaults")
         );
         assert_eq!(document_key(Path::new("cfg/endpoints.yaml")), None);
         assert_eq!(

@@ -440,6 +440,12 @@ pub struct Intention {
     pub description: String,
     pub source_name: String,
     pub destination_name: String,
+    /// The namespaces (Consul Enterprise); OSS sends `default`. Empty on
+    /// create means the default namespace.
+    #[serde(rename = "SourceNS", skip_serializing_if = "String::is_empty")]
+    pub source_ns: String,
+    #[serde(rename = "DestinationNS", skip_serializing_if = "String::is_empty")]
+    pub destination_ns: String,
     /// `consul` for service sources.
     pub source_type: String,
     /// `allow` or `deny`.

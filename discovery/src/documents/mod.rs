@@ -1,5 +1,7 @@
 //! The KV configuration documents: keys, schema, typed parse, validation and
-//! translation to the protocol's resources.
+//! translation to the protocol's resources. Four kinds: route tables
+//! (`routes/<host>`), traffic policies (`destinations/<service>`), inbound
+//! policies (`policies/<service>`) and the mesh-wide `defaults`.
 //!
 //! A document goes through three checks, and every error of every check is
 //! reported at once (an operator fixes a document in one round trip):
@@ -7,7 +9,8 @@
 //! 2. structure, against the published JSON Schema
 //!    (`discovery/schema/weft-kv.schema.json`, see [`schema`]);
 //! 3. meaning the schema cannot express: regexes compile, split weights do not
-//!    all equal 0, header names and values are valid, durations are > 0.
+//!    all equal 0, header names and values are valid, durations are > 0, a
+//!    policy names each source once.
 //!
 //! References to other services need the catalog, so they are checked apart,
 //! by [`validate_references`], which the snapshot builder calls.
@@ -32,7 +35,10 @@ pub use destination::{
 };
 pub use duration::parse_duration;
 pub use error::FieldError;
-pub use policy::PolicyDocument;
+pub use policy::{
+    ANY_SERVICE, Action, DefaultsDocument, IntentionRule, Permission, PolicyDocument,
+    PolicyIntention,
+};
 pub use route::{
     HeaderMatcher, HeaderMutation, PathMatch, Route, RouteDocument, RouteMatch, RouteTarget,
     StringMatch, WeightedDestination, default_route_configuration,
@@ -42,6 +48,9 @@ pub use route::{
 pub const DOCUMENT_FIELD: &str = "(document)";
 /// The field name used for errors about a document's key.
 pub const KEY_FIELD: &str = "(key)";
+/// The key of the mesh-wide defaults document (`weft/defaults` in Consul
+/// KV, `defaults.json|yaml|yml` at the root of the config dir).
+pub const DEFAULTS_KEY: &str = "defaults";
 
 /// What a key (relative to the KV prefix or the config directory) names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,27 +61,35 @@ pub enum DocumentKey {
     Destination { service: String },
     /// `policies/<service>`: the inbound policy of `<service>`.
     Policy { service: String },
+    /// `defaults`: the mesh-wide defaults.
+    Defaults,
 }
 
-/// The three kinds of documents, by their key's folder.
+/// The kinds of documents, by their key's folder (or, for the defaults,
+/// their key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DocumentKind {
     Route,
     Destination,
     Policy,
+    Defaults,
 }
 
 impl DocumentKind {
-    /// The key folder: `routes`, `destinations`, `policies`.
+    /// The key folder: `routes`, `destinations`, `policies`; for the one
+    /// defaults document, its whole key `defaults` (a file at the root of
+    /// the config dir, not a folder).
     pub fn folder(self) -> &'static str {
         match self {
             DocumentKind::Route => "routes",
             DocumentKind::Destination => "destinations",
             DocumentKind::Policy => "policies",
+            DocumentKind::Defaults => DEFAULTS_KEY,
         }
     }
 
-    /// The kind whose key folder is `folder`.
+    /// The kind whose key folder is `folder` (never [`DocumentKind::Defaults`]:
+    /// it has no folder).
     pub fn from_folder(folder: &str) -> Option<Self> {
         match folder {
             "routes" => Some(DocumentKind::Route),
@@ -84,14 +101,18 @@ impl DocumentKind {
 }
 
 impl DocumentKey {
-    /// Parses `routes/<host>`, `destinations/<service>` or `policies/<service>`.
-    /// The name is one path segment of letters, digits, `.`, `_` and `-`
-    /// (a service or host name); anything else is an error naming the key.
+    /// Parses `routes/<host>`, `destinations/<service>`, `policies/<service>`
+    /// or `defaults`. The name is one path segment of letters, digits, `.`,
+    /// `_` and `-` (a service or host name); anything else is an error naming
+    /// the key.
     pub fn parse(key: &str) -> Result<Self, FieldError> {
         let error = |reason: String| FieldError::new(key, KEY_FIELD, reason);
+        if key == DEFAULTS_KEY {
+            return Ok(DocumentKey::Defaults);
+        }
         let Some((folder, name)) = key.split_once('/') else {
             return Err(error(
-                "not a document key: expected routes/<host>, destinations/<service> or policies/<service>".into(),
+                "not a document key: expected routes/<host>, destinations/<service>, policies/<service> or defaults".into(),
             ));
         };
         let Some(kind) = DocumentKind::from_folder(folder) else {
@@ -119,6 +140,7 @@ impl DocumentKey {
             DocumentKind::Route => DocumentKey::Route { host: name },
             DocumentKind::Destination => DocumentKey::Destination { service: name },
             DocumentKind::Policy => DocumentKey::Policy { service: name },
+            DocumentKind::Defaults => DocumentKey::Defaults,
         })
     }
 
@@ -127,21 +149,27 @@ impl DocumentKey {
             DocumentKey::Route { .. } => DocumentKind::Route,
             DocumentKey::Destination { .. } => DocumentKind::Destination,
             DocumentKey::Policy { .. } => DocumentKind::Policy,
+            DocumentKey::Defaults => DocumentKind::Defaults,
         }
     }
 
-    /// The host or service the key names.
+    /// The host or service the key names (empty for `defaults`, which
+    /// names the whole mesh).
     pub fn name(&self) -> &str {
         match self {
             DocumentKey::Route { host } => host,
             DocumentKey::Destination { service } | DocumentKey::Policy { service } => service,
+            DocumentKey::Defaults => "",
         }
     }
 }
 
 impl fmt::Display for DocumentKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.kind().folder(), self.name())
+        match self {
+            DocumentKey::Defaults => f.write_str(DEFAULTS_KEY),
+            _ => write!(f, "{}/{}", self.kind().folder(), self.name()),
+        }
     }
 }
 
@@ -151,6 +179,7 @@ pub enum Document {
     Route(RouteDocument),
     Destination(DestinationDocument),
     Policy(PolicyDocument),
+    Defaults(DefaultsDocument),
 }
 
 /// Parses and validates one document: key, syntax, schema and semantic
@@ -173,6 +202,7 @@ pub fn parse_value(
         DocumentKind::Route => route::parse(key, value).map(Document::Route),
         DocumentKind::Destination => destination::parse(key, value).map(Document::Destination),
         DocumentKind::Policy => policy::parse(key, value).map(Document::Policy),
+        DocumentKind::Defaults => policy::parse_defaults(key, value).map(Document::Defaults),
     }
 }
 
@@ -214,8 +244,9 @@ pub fn validate_references(
             })
             .collect(),
         // A destination or policy document names only its own service, which
-        // may legitimately come before the service is registered.
-        Document::Destination(_) | Document::Policy(_) => Vec::new(),
+        // may legitimately come before the service is registered; a policy's
+        // sources may name callers that do not exist yet (as in Consul).
+        Document::Destination(_) | Document::Policy(_) | Document::Defaults(_) => Vec::new(),
     }
 }
 
@@ -343,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_document_is_an_empty_object_for_now() {
+    fn an_empty_policy_document_sets_nothing_and_unknown_fields_are_rejected() {
         assert_eq!(
             parse_document(&raw("policies/users", "{}")).unwrap(),
             Document::Policy(PolicyDocument::default())
@@ -352,5 +383,28 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, "allow");
         assert!(errors[0].reason.contains("unknown field"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn defaults_is_a_key_of_its_own() {
+        assert_eq!(
+            DocumentKey::parse("defaults").unwrap(),
+            DocumentKey::Defaults
+        );
+        assert_eq!(DocumentKey::Defaults.to_string(), "defaults");
+        assert_eq!(DocumentKind::from_folder("defaults"), None);
+        let error = DocumentKey::parse("defaults/users").unwrap_err();
+        assert!(error.reason.contains("unknown document folder"), "{error}");
+        assert_eq!(
+            parse_document(&raw("defaults", r#"{ "default": "deny" }"#)).unwrap(),
+            Document::Defaults(DefaultsDocument {
+                default_action: Some(Action::Deny)
+            })
+        );
+        let errors = parse_document(&raw("defaults", r#"{ "default": "block" }"#)).unwrap_err();
+        assert_eq!(
+            (errors[0].key.as_str(), errors[0].field.as_str()),
+            ("defaults", "default")
+        );
     }
 }

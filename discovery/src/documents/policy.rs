@@ -1,22 +1,709 @@
-//! Policy documents (`policies/<service>`): the inbound policy of a service.
-//! Empty for now; the authorization and rate-limit issues add fields. Unknown
-//! fields are rejected so that a policy written for a newer agent is not
-//! silently ignored by an older one.
+//! Policy documents (`policies/<service>`): who may call a service
+//! (intentions, L4 or L7) and what happens to everybody else (`default`);
+//! and the mesh-wide defaults document (`defaults`). Their translation to
+//! protocol messages is here too; merging them with Consul's intentions into
+//! one `InboundPolicy` is the snapshot builder's job.
+//!
+//! Unknown fields are rejected, so that a policy written for a newer agent
+//! (say, with a `jwt` section) is never silently ignored by an older one.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
+use weft_proto::config::v1 as proto;
 
-use super::error::{FieldError, from_serde};
-use super::{DocumentKind, schema};
+use super::error::{FieldError, from_serde, join};
+use super::route::{check_header_name, check_regex};
+use super::{DocumentKind, PathMatch, StringMatch, schema};
 
+/// `*`: as a source, every caller (also callers without a mesh identity);
+/// as a Consul intention's destination, every service.
+pub const ANY_SERVICE: &str = "*";
+
+/// The decision an intention or a default makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl From<Action> for proto::Action {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Allow => proto::Action::Allow,
+            Action::Deny => proto::Action::Deny,
+        }
+    }
+}
+
+/// The inbound policy of one service, as its document says it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyDocument {}
+pub struct PolicyDocument {
+    /// What happens to a request no intention matches. Default: the
+    /// mesh-wide `defaults` document's, else allow.
+    #[serde(default, rename = "default")]
+    pub default_action: Option<Action>,
+    /// At most one per source. Their order in the document does not decide
+    /// anything: exact sources always come before `*`.
+    #[serde(default)]
+    pub intentions: Vec<PolicyIntention>,
+}
 
+/// The mesh-wide defaults (key `defaults`, the file `defaults.*` at the
+/// root of the config dir).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsDocument {
+    /// The default of every service whose policy document sets none.
+    /// Default: allow (as Consul with ACLs off).
+    #[serde(default, rename = "default")]
+    pub default_action: Option<Action>,
+}
+
+/// Whether one source may call the service.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "IntentionWire")]
+pub struct PolicyIntention {
+    /// A service name, or [`ANY_SERVICE`].
+    pub source: String,
+    pub rule: IntentionRule,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntentionRule {
+    /// L4: this decision for every request from the source.
+    Action(Action),
+    /// L7: the first permission that matches decides; none matching denies.
+    /// Never empty.
+    Permissions(Vec<Permission>),
+}
+
+/// One L7 rule: every condition given must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "PermissionWire")]
+pub struct Permission {
+    pub action: Action,
+    /// None: any path.
+    pub path: Option<PathMatch>,
+    /// Upper case; empty: any method.
+    pub methods: Vec<String>,
+    /// Lower-case header name -> matcher; all must match.
+    pub headers: BTreeMap<String, StringMatch>,
+}
+
+// ---- Wire forms, turned into the model by TryFrom so that impossible
+// combinations cannot exist in it. The schema rejects them first, with
+// better messages; these guard code that deserializes without the schema.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntentionWire {
+    source: String,
+    #[serde(default)]
+    action: Option<Action>,
+    #[serde(default)]
+    permissions: Option<Vec<Permission>>,
+}
+
+impl TryFrom<IntentionWire> for PolicyIntention {
+    type Error = String;
+
+    fn try_from(wire: IntentionWire) -> Result<Self, String> {
+        let rule = match (wire.action, wire.permissions) {
+            (Some(action), None) => IntentionRule::Action(action),
+            (None, Some(permissions)) if !permissions.is_empty() => {
+                IntentionRule::Permissions(permissions)
+            }
+            (None, Some(_)) => return Err("`permissions` must not be empty".into()),
+            (Some(_), Some(_)) => return Err("set only one of `action` or `permissions`".into()),
+            (None, None) => return Err("needs one of `action` or `permissions`".into()),
+        };
+        Ok(Self {
+            source: wire.source,
+            rule,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PermissionWire {
+    action: Action,
+    #[serde(default)]
+    path_exact: Option<String>,
+    #[serde(default)]
+    path_prefix: Option<String>,
+    #[serde(default)]
+    path_regex: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, super::route::MatcherObject>,
+}
+
+impl TryFrom<PermissionWire> for Permission {
+    type Error = String;
+
+    fn try_from(wire: PermissionWire) -> Result<Self, String> {
+        let path = match (wire.path_exact, wire.path_prefix, wire.path_regex) {
+            (None, None, None) => None,
+            (Some(exact), None, None) => Some(PathMatch::Exact(exact)),
+            (None, Some(prefix), None) => Some(PathMatch::Prefix(prefix)),
+            (None, None, Some(regex)) => Some(PathMatch::Regex(regex)),
+            _ => return Err("set at most one of `path_exact`, `path_prefix`, `path_regex`".into()),
+        };
+        let headers = wire
+            .headers
+            .into_iter()
+            .map(|(name, matcher)| {
+                let matcher = matcher
+                    .into_match()
+                    .map_err(|why| format!("header `{name}`: {why}"))?;
+                Ok((name, matcher))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            action: wire.action,
+            path,
+            methods: wire.methods,
+            headers,
+        })
+    }
+}
+
+// ---- Parse and check.
+
+/// Schema, then the checks the schema cannot express, then the typed
+/// parse; every error of the first two at once.
 pub(super) fn parse(key: &str, value: &Value) -> Result<PolicyDocument, Vec<FieldError>> {
-    let errors = schema::validate(key, DocumentKind::Policy, value);
+    let mut errors = schema::validate(key, DocumentKind::Policy, value);
+    let semantic: Vec<FieldError> = semantic_errors(key, value)
+        .into_iter()
+        .filter(|error| !errors.iter().any(|known| known.field == error.field))
+        .collect();
+    errors.extend(semantic);
     if !errors.is_empty() {
         return Err(errors);
     }
     serde_path_to_error::deserialize(value).map_err(|error| vec![from_serde(key, "", error)])
+}
+
+/// The defaults document: its schema, then the typed parse.
+pub(super) fn parse_defaults(
+    key: &str,
+    value: &Value,
+) -> Result<DefaultsDocument, Vec<FieldError>> {
+    let errors = schema::validate(key, DocumentKind::Defaults, value);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    serde_path_to_error::deserialize(value).map_err(|error| vec![from_serde(key, "", error)])
+}
+
+/// The checks a schema cannot express, on the untyped document so that
+/// they also run where the schema found something else wrong: one source
+/// per document, regexes compile (as the sidecar compiles them), header
+/// names are valid and written in lower case. Only values that are strings
+/// are looked at; the schema reports the others.
+fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let Some(intentions) = document.get("intentions").and_then(Value::as_array) else {
+        return errors;
+    };
+    let mut first_index_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for (index, intention) in intentions.iter().enumerate() {
+        let at = format!("intentions[{index}]");
+        if let Some(source) = intention.get("source").and_then(Value::as_str) {
+            if let Some(first) = first_index_of.get(source) {
+                errors.push(FieldError::new(
+                    key,
+                    join(&at, "source"),
+                    format!(
+                        "`{source}` already has an intention at intentions[{first}]: one intention per source (put its permissions in one list)"
+                    ),
+                ));
+            } else {
+                first_index_of.insert(source, index);
+            }
+        }
+        let Some(permissions) = intention.get("permissions").and_then(Value::as_array) else {
+            continue;
+        };
+        for (number, permission) in permissions.iter().enumerate() {
+            let at = format!("{at}.permissions[{number}]");
+            if let Some(pattern) = permission.get("path_regex").and_then(Value::as_str)
+                && let Err(reason) = check_regex(pattern)
+            {
+                errors.push(FieldError::new(key, join(&at, "path_regex"), reason));
+            }
+            let Some(headers) = permission.get("headers").and_then(Value::as_object) else {
+                continue;
+            };
+            for (name, matcher) in headers {
+                let at = join(&join(&at, "headers"), name);
+                if let Err(reason) = check_lower_case_header_name(name) {
+                    errors.push(FieldError::new(key, at.clone(), reason));
+                }
+                if let Some(pattern) = matcher.get("regex").and_then(Value::as_str)
+                    && let Err(reason) = check_regex(pattern)
+                {
+                    errors.push(FieldError::new(key, join(&at, "regex"), reason));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Policies name headers in lower case, as HTTP/2 sends them and the
+/// sidecar compares them: a policy never depends on how a caller spelled
+/// a name, and one header cannot be named twice in different case.
+fn check_lower_case_header_name(name: &str) -> Result<(), String> {
+    check_header_name(name)?;
+    if name.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        return Err(format!(
+            "header names are written in lower case here: `{}`",
+            name.to_ascii_lowercase()
+        ));
+    }
+    Ok(())
+}
+
+// ---- Translation.
+
+impl PolicyIntention {
+    /// The protocol's intention, with `origin` naming where it came from.
+    pub fn to_proto(&self, origin: &str) -> proto::Intention {
+        let (action, permissions) = match &self.rule {
+            IntentionRule::Action(action) => (*action, Vec::new()),
+            // With permissions, the action is unused: a request no
+            // permission matches is denied. DENY says so in config dumps.
+            IntentionRule::Permissions(permissions) => (
+                Action::Deny,
+                permissions.iter().map(Permission::to_proto).collect(),
+            ),
+        };
+        proto::Intention {
+            source: self.source.clone(),
+            action: proto::Action::from(action).into(),
+            permissions,
+            origin: origin.to_string(),
+        }
+    }
+
+    /// The decision this intention makes when it has no permissions.
+    pub fn action(&self) -> Option<Action> {
+        match self.rule {
+            IntentionRule::Action(action) => Some(action),
+            IntentionRule::Permissions(_) => None,
+        }
+    }
+}
+
+impl Permission {
+    fn to_proto(&self) -> proto::Permission {
+        use proto::permission::Path;
+        use proto::string_matcher::Pattern;
+
+        let path = self.path.as_ref().map(|path| match path {
+            PathMatch::Exact(exact) => Path::PathExact(exact.clone()),
+            PathMatch::Prefix(prefix) => Path::PathPrefix(prefix.clone()),
+            PathMatch::Regex(regex) => Path::PathRegex(regex.clone()),
+        });
+        let headers = self
+            .headers
+            .iter()
+            .map(|(name, matcher)| proto::HeaderMatcher {
+                name: name.clone(),
+                matcher: Some(proto::StringMatcher {
+                    pattern: Some(match matcher {
+                        StringMatch::Exact(value) => Pattern::Exact(value.clone()),
+                        StringMatch::Prefix(value) => Pattern::Prefix(value.clone()),
+                        StringMatch::Regex(value) => Pattern::Regex(value.clone()),
+                        StringMatch::Present => Pattern::Present(true),
+                    }),
+                }),
+                invert: false,
+            })
+            .collect();
+        proto::Permission {
+            action: proto::Action::from(self.action).into(),
+            path,
+            methods: self.methods.clone(),
+            headers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::permission::Path;
+    use proto::string_matcher::Pattern;
+    use serde_json::json;
+
+    const KEY: &str = "policies/users";
+
+    fn parse_ok(value: Value) -> PolicyDocument {
+        parse(KEY, &value).unwrap_or_else(|errors| panic!("{errors:#?}"))
+    }
+
+    /// Every error as `field: reason`, each checked to name the key.
+    fn parse_err(value: Value) -> Vec<String> {
+        parse(KEY, &value)
+            .expect_err("the document is invalid")
+            .into_iter()
+            .map(|error| {
+                assert_eq!(error.key, KEY);
+                format!("{}: {}", error.field, error.reason)
+            })
+            .collect()
+    }
+
+    fn fields(errors: &[String]) -> Vec<&str> {
+        errors
+            .iter()
+            .map(|error| error.split(": ").next().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_policy_sets_nothing() {
+        assert_eq!(parse_ok(json!({})), PolicyDocument::default());
+    }
+
+    #[test]
+    fn l4_and_l7_intentions_parse_into_the_model() {
+        let document = parse_ok(json!({
+            "default": "deny",
+            "intentions": [
+                { "source": "web", "action": "allow" },
+                { "source": "*", "action": "deny" },
+                { "source": "admin", "permissions": [
+                    { "action": "allow", "path_prefix": "/admin/", "methods": ["GET", "POST"],
+                      "headers": { "x-role": { "exact": "ops" }, "x-trace": { "present": true },
+                                   "x-v": { "regex": "v[0-9]+" }, "x-t": { "prefix": "abc" } } },
+                    { "action": "deny", "path_regex": "/internal/.*" },
+                    { "action": "allow", "path_exact": "/health" },
+                    { "action": "deny" } ] } ] }));
+        assert_eq!(document.default_action, Some(Action::Deny));
+        assert_eq!(document.intentions.len(), 3);
+        assert_eq!(document.intentions[0].source, "web");
+        assert_eq!(
+            document.intentions[0].rule,
+            IntentionRule::Action(Action::Allow)
+        );
+        assert_eq!(document.intentions[1].source, ANY_SERVICE);
+        let IntentionRule::Permissions(permissions) = &document.intentions[2].rule else {
+            panic!("the admin intention is L7");
+        };
+        assert_eq!(permissions.len(), 4);
+        assert_eq!(
+            permissions[0].path,
+            Some(PathMatch::Prefix("/admin/".into()))
+        );
+        assert_eq!(permissions[0].methods, ["GET", "POST"]);
+        assert_eq!(
+            permissions[0].headers["x-role"],
+            StringMatch::Exact("ops".into())
+        );
+        assert_eq!(permissions[0].headers["x-trace"], StringMatch::Present);
+        assert_eq!(
+            permissions[1].path,
+            Some(PathMatch::Regex("/internal/.*".into()))
+        );
+        assert_eq!(permissions[3].path, None, "no path: any path");
+    }
+
+    #[test]
+    fn translation_keeps_permission_order_and_names_the_origin() {
+        let document = parse_ok(json!({ "intentions": [
+            { "source": "web", "action": "allow" },
+            { "source": "admin", "permissions": [
+                { "action": "deny", "path_exact": "/admin/keys", "methods": ["DELETE"] },
+                { "action": "allow", "path_prefix": "/admin/", "headers": { "x-role": { "exact": "ops" } } } ] } ] }));
+        let web = document.intentions[0].to_proto("kv:weft/policies/users");
+        assert_eq!(web.source, "web");
+        assert_eq!(web.action(), proto::Action::Allow);
+        assert!(web.permissions.is_empty());
+        assert_eq!(web.origin, "kv:weft/policies/users");
+
+        let admin = document.intentions[1].to_proto("kv:weft/policies/users");
+        assert_eq!(
+            admin.action(),
+            proto::Action::Deny,
+            "with permissions, no match is a deny"
+        );
+        assert_eq!(admin.permissions.len(), 2);
+        assert_eq!(admin.permissions[0].action(), proto::Action::Deny);
+        assert_eq!(
+            admin.permissions[0].path,
+            Some(Path::PathExact("/admin/keys".into()))
+        );
+        assert_eq!(admin.permissions[0].methods, ["DELETE"]);
+        let header = &admin.permissions[1].headers[0];
+        assert_eq!(header.name, "x-role");
+        assert_eq!(
+            header.matcher.as_ref().and_then(|m| m.pattern.clone()),
+            Some(Pattern::Exact("ops".into()))
+        );
+        assert!(!header.invert);
+    }
+
+    #[test]
+    fn an_intention_needs_exactly_one_of_action_or_permissions() {
+        assert_eq!(
+            parse_err(json!({ "intentions": [ { "source": "web" } ] })),
+            ["intentions[0]: needs one of `action`, `permissions`"]
+        );
+        assert_eq!(
+            parse_err(
+                json!({ "intentions": [ { "source": "web", "action": "allow",
+                "permissions": [ { "action": "deny" } ] } ] })
+            ),
+            ["intentions[0].permissions: not allowed together with `action`"]
+        );
+        let errors = parse_err(json!({ "intentions": [ { "source": "web", "permissions": [] } ] }));
+        assert_eq!(fields(&errors), ["intentions[0].permissions"], "{errors:?}");
+        assert!(errors[0].contains("less than 1 item"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_source_is_a_service_name_or_a_star() {
+        let errors = parse_err(json!({ "intentions": [
+            { "source": "web/1", "action": "allow" },
+            { "source": "", "action": "allow" },
+            { "source": "web*", "action": "allow" } ] }));
+        assert_eq!(
+            fields(&errors),
+            [
+                "intentions[0].source",
+                "intentions[1].source",
+                "intentions[2].source"
+            ],
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].ends_with("is not a service name (letters, digits, `.`, `_` and `-`, starting and ending with a letter or digit), or `*` for any caller"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            parse_err(json!({ "intentions": [ { "action": "allow" } ] })),
+            ["intentions[0].source: required field is missing"]
+        );
+    }
+
+    #[test]
+    fn a_source_twice_is_rejected_naming_both_intentions() {
+        let errors = parse_err(json!({ "intentions": [
+            { "source": "web", "action": "allow" },
+            { "source": "*", "action": "deny" },
+            { "source": "web", "action": "deny" } ] }));
+        assert_eq!(
+            errors,
+            [
+                "intentions[2].source: `web` already has an intention at intentions[0]: one intention per source (put its permissions in one list)"
+            ]
+        );
+    }
+
+    #[test]
+    fn actions_are_allow_or_deny() {
+        let errors = parse_err(json!({ "default": "reject",
+            "intentions": [ { "source": "web", "action": "ALLOW" } ] }));
+        assert_eq!(
+            fields(&errors),
+            ["default", "intentions[0].action"],
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("is not one of"), "{errors:?}");
+    }
+
+    #[test]
+    fn bad_regexes_are_rejected_as_the_sidecar_compiles_them() {
+        let errors = parse_err(json!({ "intentions": [ { "source": "web", "permissions": [
+            { "action": "allow", "path_regex": "/items/[0-9+" },
+            { "action": "allow", "headers": { "x-v": { "regex": "a)(b" } } } ] } ] }));
+        assert_eq!(
+            errors,
+            [
+                "intentions[0].permissions[0].path_regex: invalid regex `/items/[0-9+`: unclosed character class",
+                "intentions[0].permissions[1].headers.x-v.regex: invalid regex `a)(b`: unopened group",
+            ]
+        );
+    }
+
+    #[test]
+    fn methods_are_known_upper_case_tokens_named_once() {
+        let errors = parse_err(json!({ "intentions": [ { "source": "web", "permissions": [
+            { "action": "allow", "methods": ["get"] },
+            { "action": "allow", "methods": ["FETCH"] },
+            { "action": "allow", "methods": ["GET", "GET"] },
+            { "action": "allow", "methods": [] } ] } ] }));
+        assert_eq!(
+            fields(&errors),
+            [
+                "intentions[0].permissions[0].methods[0]",
+                "intentions[0].permissions[1].methods[0]",
+                "intentions[0].permissions[2].methods",
+                "intentions[0].permissions[3].methods",
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("\"get\" is not one of"), "{errors:?}");
+        assert!(errors[0].contains("upper case"), "{errors:?}");
+    }
+
+    #[test]
+    fn header_names_are_valid_and_lower_case() {
+        let errors = parse_err(json!({ "intentions": [ { "source": "web", "permissions": [
+            { "action": "allow", "headers": { "X-Role": { "exact": "ops" }, "bad name": { "present": true } } } ] } ] }));
+        assert_eq!(
+            errors,
+            [
+                "intentions[0].permissions[0].headers.X-Role: header names are written in lower case here: `x-role`",
+                "intentions[0].permissions[0].headers.bad name: `bad name` is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+            ]
+        );
+    }
+
+    #[test]
+    fn header_matchers_take_exactly_one_form() {
+        let errors = parse_err(json!({ "intentions": [ { "source": "web", "permissions": [
+            { "action": "allow", "headers": {
+                "x-a": { "exact": "1", "prefix": "2" },
+                "x-b": { "present": false },
+                "x-c": "plain",
+                "x-d": {} } } ] } ] }));
+        assert_eq!(
+            fields(&errors),
+            [
+                "intentions[0].permissions[0].headers.x-a.prefix",
+                "intentions[0].permissions[0].headers.x-b.present",
+                "intentions[0].permissions[0].headers.x-c",
+                "intentions[0].permissions[0].headers.x-d",
+            ],
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn one_path_condition_at_most() {
+        assert_eq!(
+            parse_err(json!({ "intentions": [ { "source": "web", "permissions": [
+                { "action": "allow", "path_prefix": "/a", "path_exact": "/a" } ] } ] })),
+            ["intentions[0].permissions[0].path_exact: not allowed together with `path_prefix`"]
+        );
+        let errors = parse_err(json!({ "intentions": [ { "source": "web", "permissions": [
+            { "action": "allow", "path_prefix": "api" } ] } ] }));
+        assert_eq!(
+            errors,
+            [
+                "intentions[0].permissions[0].path_prefix: \"api\" is not a URL path, starting with /"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_permission_needs_an_action_and_knows_its_fields() {
+        let errors = parse_err(json!({ "intentions": [ { "source": "web", "permissions": [
+            { "path_prefix": "/" }, { "action": "allow", "path": "/" } ] } ] }));
+        assert_eq!(
+            fields(&errors),
+            [
+                "intentions[0].permissions[0].action",
+                "intentions[0].permissions[1].path"
+            ],
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("unknown field (allowed here: "),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_jwt_included_for_now() {
+        let errors = parse_err(json!({ "jwt": {}, "allow": ["web"] }));
+        assert_eq!(fields(&errors), ["allow", "jwt"], "{errors:?}");
+        assert!(errors[0].contains("`default`, `intentions`"), "{errors:?}");
+    }
+
+    #[test]
+    fn every_error_of_a_document_is_reported_at_once() {
+        // A schema error in intention 0, a semantic one in 1, both in 2.
+        let errors = parse_err(json!({ "intentions": [
+            { "source": "web", "action": "maybe" },
+            { "source": "api", "permissions": [ { "action": "allow", "path_regex": "(" } ] },
+            { "source": "web", "permissions": [ { "action": "allow", "methods": ["get"],
+                "headers": { "X-A": { "regex": "[" } } } ] } ] }));
+        assert_eq!(
+            fields(&errors),
+            [
+                "intentions[0].action",
+                "intentions[2].permissions[0].methods[0]",
+                "intentions[1].permissions[0].path_regex",
+                "intentions[2].source",
+                "intentions[2].permissions[0].headers.X-A",
+                "intentions[2].permissions[0].headers.X-A.regex",
+            ],
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn the_defaults_document_sets_the_mesh_wide_default() {
+        assert_eq!(
+            parse_defaults("defaults", &json!({ "default": "deny" })),
+            Ok(DefaultsDocument {
+                default_action: Some(Action::Deny)
+            })
+        );
+        assert_eq!(
+            parse_defaults("defaults", &json!({})),
+            Ok(DefaultsDocument::default())
+        );
+        let errors = parse_defaults("defaults", &json!({ "default": "nope", "intentions": [] }))
+            .expect_err("invalid");
+        let found: Vec<_> = errors
+            .iter()
+            .map(|e| (e.key.as_str(), e.field.as_str()))
+            .collect();
+        assert_eq!(found, [("defaults", "default"), ("defaults", "intentions")]);
+    }
+
+    #[test]
+    fn the_typed_model_refuses_impossible_intentions_without_the_schema() {
+        for (intention, reason) in [
+            (json!({ "source": "a" }), "needs one of"),
+            (
+                json!({ "source": "a", "action": "allow", "permissions": [ { "action": "deny" } ] }),
+                "only one of",
+            ),
+            (
+                json!({ "source": "a", "permissions": [] }),
+                "must not be empty",
+            ),
+            (
+                json!({ "source": "a", "permissions": [ { "action": "deny", "path_exact": "/", "path_regex": "x" } ] }),
+                "at most one of",
+            ),
+            (
+                json!({ "source": "a", "permissions": [ { "action": "deny", "headers": { "x": { "present": false } } } ] }),
+                "`present: false` is not supported",
+            ),
+            (
+                json!({ "source": "a", "permissions": [ { "action": "deny", "headers": { "x": { "exact": "1", "prefix": "2" } } } ] }),
+                "exactly one of",
+            ),
+        ] {
+            let error = serde_json::from_value::<PolicyIntention>(intention.clone())
+                .expect_err("impossible")
+                .to_string();
+            assert!(error.contains(reason), "{intention}: {error}");
+        }
+    }
 }

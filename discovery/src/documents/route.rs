@@ -251,9 +251,12 @@ enum MatcherWire {
     Object(MatcherObject),
 }
 
+/// `{exact|prefix|regex|present, invert?}`: header and query matchers of
+/// routes, and header matchers of policy permissions (their schema has no
+/// `invert`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MatcherObject {
+pub(super) struct MatcherObject {
     #[serde(default)]
     exact: Option<String>,
     #[serde(default)]
@@ -278,11 +281,16 @@ impl MatcherWire {
     }
 
     fn into_match(self) -> Result<StringMatch, String> {
-        let object = match self {
-            MatcherWire::Plain(value) => return Ok(StringMatch::Exact(value)),
-            MatcherWire::Object(object) => object,
-        };
-        match (object.exact, object.prefix, object.regex, object.present) {
+        match self {
+            MatcherWire::Plain(value) => Ok(StringMatch::Exact(value)),
+            MatcherWire::Object(object) => object.into_match(),
+        }
+    }
+}
+
+impl MatcherObject {
+    pub(super) fn into_match(self) -> Result<StringMatch, String> {
+        match (self.exact, self.prefix, self.regex, self.present) {
             (Some(exact), None, None, None) => Ok(StringMatch::Exact(exact)),
             (None, Some(prefix), None, None) => Ok(StringMatch::Prefix(prefix)),
             (None, None, Some(regex), None) => Ok(StringMatch::Regex(regex)),
@@ -656,7 +664,7 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Compiles `pattern` the way the sidecar does: anchored to match the whole
 /// value, with a bounded program size.
-fn check_regex(pattern: &str) -> Result<(), String> {
+pub(super) fn check_regex(pattern: &str) -> Result<(), String> {
     // The pattern alone first: anchoring could hide an unbalanced `a)(b`.
     regex::Regex::new(pattern)
         .and_then(|_| {
@@ -677,7 +685,7 @@ fn check_regex(pattern: &str) -> Result<(), String> {
         })
 }
 
-fn check_header_name(name: &str) -> Result<(), String> {
+pub(super) fn check_header_name(name: &str) -> Result<(), String> {
     http::HeaderName::from_bytes(name.as_bytes())
         .map(drop)
         .map_err(|_| {

@@ -30,6 +30,7 @@ struct Compiled {
     route: Validator,
     destination: Validator,
     policy: Validator,
+    defaults: Validator,
 }
 
 /// Compiled once. A failure is a bug in the embedded schema (a unit test
@@ -56,6 +57,7 @@ fn compile() -> Result<Compiled, String> {
         route: validator("route_document")?,
         destination: validator("destination_document")?,
         policy: validator("policy_document")?,
+        defaults: validator("defaults_document")?,
         schema,
     })
 }
@@ -85,6 +87,7 @@ pub fn validate(key: &str, kind: DocumentKind, value: &Value) -> Vec<FieldError>
         DocumentKind::Route => &compiled.route,
         DocumentKind::Destination => &compiled.destination,
         DocumentKind::Policy => &compiled.policy,
+        DocumentKind::Defaults => &compiled.defaults,
     };
     let mut errors: Vec<FieldError> = validator
         .iter_errors(value)
@@ -272,6 +275,7 @@ fn resolve<'s>(schema: &'s Value, kind: DocumentKind, keyword_path: &str) -> Opt
         DocumentKind::Route => "route_document",
         DocumentKind::Destination => "destination_document",
         DocumentKind::Policy => "policy_document",
+        DocumentKind::Defaults => "defaults_document",
     };
     // The validator's root is `{"$ref": "#/$defs/<definition>", ...}`.
     let mut current = schema.get("$defs")?.get(definition)?;

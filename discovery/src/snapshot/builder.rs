@@ -1,6 +1,7 @@
 //! Builds a [`Snapshot`] from the mesh state: validates documents (keeping
 //! the last good version of each), adds the default route of every service
-//! without a route document, and turns catalog endpoints into assignments.
+//! without a route document, turns catalog endpoints into assignments, and
+//! merges policy documents and Consul's intentions into inbound policies.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,8 +10,8 @@ use weft_certs::{SpiffeId, TrustDomain};
 use weft_proto::config::v1::{self as config, ClusterLoadAssignment, endpoint};
 use weft_proto::type_url;
 
-use super::{Resource, Snapshot};
-use crate::documents::{self, Document, DocumentKey, FieldError};
+use super::{Resource, Snapshot, policy};
+use crate::documents::{self, ANY_SERVICE, Document, DocumentKey, FieldError, PolicyDocument};
 use crate::model::{Endpoint, Health, MeshState};
 
 /// A document whose latest version was rejected, with every reason.
@@ -62,6 +63,8 @@ impl SnapshotBuilder {
 
         let mut routes: BTreeMap<String, config::RouteConfiguration> = BTreeMap::new();
         let mut destinations: BTreeMap<String, config::Cluster> = BTreeMap::new();
+        let mut policy_documents: BTreeMap<String, &PolicyDocument> = BTreeMap::new();
+        let mut mesh_default = None;
         for service in state.services.keys() {
             routes.insert(
                 service.clone(),
@@ -82,7 +85,12 @@ impl SnapshotBuilder {
                 (Ok(DocumentKey::Destination { service }), Document::Destination(policy)) => {
                     destinations.insert(service.clone(), policy.to_cluster(&service));
                 }
-                // Inbound policies carry nothing the sidecar consumes yet.
+                (Ok(DocumentKey::Policy { service }), Document::Policy(policy)) => {
+                    policy_documents.insert(service, policy);
+                }
+                (Ok(DocumentKey::Defaults), Document::Defaults(defaults)) => {
+                    mesh_default = defaults.default_action;
+                }
                 _ => {}
             }
         }
@@ -108,6 +116,38 @@ impl SnapshotBuilder {
             );
             snapshot.insert(type_url::CLUSTER, Resource::new(name, &cluster));
         }
+        // A policy for every service that is known, has a policy document,
+        // or is the exact destination of an intention (its sidecar may
+        // start before it registers); any other name gets the policy of a
+        // service without a document, built once here.
+        let protected: BTreeSet<&str> = state
+            .services
+            .keys()
+            .map(String::as_str)
+            .chain(policy_documents.keys().map(String::as_str))
+            .chain(
+                state
+                    .intentions
+                    .iter()
+                    .map(|intention| intention.destination.as_str())
+                    .filter(|destination| *destination != ANY_SERVICE),
+            )
+            .collect();
+        for service in protected {
+            let document = policy_documents.get(service).copied();
+            let inbound =
+                policy::inbound_policy(service, document, mesh_default, &state.intentions);
+            snapshot.insert(
+                type_url::INBOUND_POLICY,
+                Resource::new(service.to_string(), &inbound),
+            );
+        }
+        snapshot.unknown_service_policy = Some(policy::inbound_policy(
+            "",
+            None,
+            mesh_default,
+            &state.intentions,
+        ));
         snapshot.rejected = self
             .evaluated
             .values()
@@ -253,6 +293,8 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+    use crate::model::{Intention, IntentionAction};
+    use crate::snapshot::Subscription;
 
     fn cluster_identities(builder: &mut SnapshotBuilder) -> Vec<(String, String)> {
         let mut state = MeshState::default();
@@ -290,6 +332,187 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    fn raw(key: &str, json: &str) -> crate::model::RawDocument {
+        crate::model::RawDocument {
+            key: key.into(),
+            value: Bytes::from(json.to_string()),
+            origin: format!("test {key}"),
+            yaml: false,
+        }
+    }
+
+    fn intention(id: &str, source: &str, destination: &str, allow: bool) -> Intention {
+        Intention {
+            id: id.into(),
+            source: source.into(),
+            destination: destination.into(),
+            action: if allow {
+                IntentionAction::Allow
+            } else {
+                IntentionAction::Deny
+            },
+        }
+    }
+
+    /// Every served InboundPolicy by name, plus the answer for `ghost`,
+    /// a name the agent knows nothing about.
+    fn policies(snapshot: &Snapshot) -> BTreeMap<String, config::InboundPolicy> {
+        let names = Subscription::Names(
+            snapshot
+                .resources(type_url::INBOUND_POLICY)
+                .into_iter()
+                .flatten()
+                .map(|(name, _)| name.clone())
+                .chain(["ghost".to_string()])
+                .collect(),
+        );
+        snapshot
+            .select(type_url::INBOUND_POLICY, &names)
+            .resources
+            .iter()
+            .map(|any| {
+                let policy = config::InboundPolicy::decode(any.value.as_slice())
+                    .unwrap_or_else(|error| panic!("{error}"));
+                (policy.service.clone(), policy)
+            })
+            .collect()
+    }
+
+    fn sources(policy: &config::InboundPolicy) -> Vec<(&str, &str)> {
+        policy
+            .intentions
+            .iter()
+            .map(|i| (i.source.as_str(), i.origin.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn every_service_document_and_intention_destination_has_a_policy_and_others_get_the_default() {
+        let mut state = MeshState::default();
+        state.services.insert("users".into(), Vec::new());
+        state.documents.insert(
+            "policies/billing".into(),
+            raw(
+                "policies/billing",
+                r#"{ "default": "deny", "intentions": [ { "source": "web", "action": "allow" } ] }"#,
+            ),
+        );
+        state.documents.insert(
+            "defaults".into(),
+            raw("defaults", r#"{ "default": "deny" }"#),
+        );
+        state.intentions = vec![
+            intention("c1", "web", "db", false),
+            intention("c2", "monitor", "*", true),
+        ];
+        let (snapshot, rejected) = SnapshotBuilder::new().build(&state);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let policies = policies(&snapshot);
+        assert_eq!(
+            policies.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["billing", "db", "ghost", "users"]
+        );
+        assert_eq!(
+            sources(&policies["billing"]),
+            [
+                ("web", "kv:weft/policies/billing"),
+                ("monitor", "consul:c2")
+            ]
+        );
+        assert_eq!(
+            sources(&policies["db"]),
+            [("web", "consul:c1"), ("monitor", "consul:c2")]
+        );
+        for (name, policy) in &policies {
+            assert_eq!(
+                policy.default_action(),
+                config::Action::Deny,
+                "{name}: the mesh-wide default"
+            );
+        }
+        let ghost = &policies["ghost"];
+        assert_eq!(
+            sources(ghost),
+            [("monitor", "consul:c2")],
+            "an unknown service still gets the intentions for every destination"
+        );
+        assert_eq!(ghost.service, "ghost");
+    }
+
+    #[test]
+    fn a_mesh_without_policies_allows_every_caller() {
+        let mut state = MeshState::default();
+        state.services.insert("users".into(), Vec::new());
+        let (snapshot, _) = SnapshotBuilder::new().build(&state);
+        for policy in policies(&snapshot).values() {
+            assert_eq!(policy.default_action(), config::Action::Allow);
+            assert!(policy.intentions.is_empty());
+        }
+        // Even a snapshot that was never built answers unknown names.
+        let empty = Snapshot::default();
+        assert_eq!(
+            policies(&empty)["ghost"].default_action(),
+            config::Action::Allow
+        );
+    }
+
+    #[test]
+    fn a_rejected_policy_or_defaults_document_keeps_its_last_good_version_serving() {
+        let mut builder = SnapshotBuilder::new();
+        let mut state = MeshState::default();
+        state.services.insert("users".into(), Vec::new());
+        let good = r#"{ "intentions": [ { "source": "web", "action": "deny" } ] }"#;
+        state
+            .documents
+            .insert("policies/users".into(), raw("policies/users", good));
+        state.documents.insert(
+            "defaults".into(),
+            raw("defaults", r#"{ "default": "deny" }"#),
+        );
+        let (first, _) = builder.build(&state);
+        let version = |snapshot: &Snapshot| {
+            snapshot
+                .select(
+                    type_url::INBOUND_POLICY,
+                    &Subscription::Names(["users".to_string()].into()),
+                )
+                .version
+        };
+
+        let bad = r#"{ "intentions": [ { "source": "web", "action": "deny" }, { "source": "web", "action": "allow" } ] }"#;
+        state
+            .documents
+            .insert("policies/users".into(), raw("policies/users", bad));
+        state.documents.insert(
+            "defaults".into(),
+            raw("defaults", r#"{ "default": "open" }"#),
+        );
+        let (second, rejected) = builder.build(&state);
+        let rejected: Vec<_> = rejected
+            .iter()
+            .map(|r| (r.key.as_str(), r.errors[0].field.as_str(), r.serving))
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                ("defaults", "default", "last good version"),
+                (
+                    "policies/users",
+                    "intentions[1].source",
+                    "last good version"
+                ),
+            ]
+        );
+        assert_eq!(
+            version(&second),
+            version(&first),
+            "the same policy keeps serving, with the same version"
+        );
+        let users = &policies(&second)["users"];
+        assert_eq!(users.default_action(), config::Action::Deny);
+        assert_eq!(sources(users), [("web", "kv:weft/policies/users")]);
     }
 
     #[test]

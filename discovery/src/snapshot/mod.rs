@@ -6,6 +6,7 @@
 
 mod builder;
 mod debounce;
+pub mod policy;
 
 pub use builder::{RejectedDocument, SnapshotBuilder};
 pub use debounce::{DebounceConfig, run_builder, run_builder_with};
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use prost_types::Any;
 use sha2::{Digest, Sha256};
-use weft_proto::config::v1::ClusterLoadAssignment;
+use weft_proto::config::v1::{ClusterLoadAssignment, InboundPolicy};
 use weft_proto::type_url;
 
 /// One encoded resource and the hash of its encoding.
@@ -60,6 +61,11 @@ impl Subscription {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     resources: BTreeMap<&'static str, BTreeMap<String, Arc<Resource>>>,
+    /// The inbound policy of a service the agent knows nothing about (its
+    /// `service` left empty): the mesh-wide default and the intentions
+    /// whose destination is `*`, which apply to every service. None: a
+    /// mesh without policies (allow, no intentions).
+    unknown_service_policy: Option<InboundPolicy>,
     /// Documents whose latest version was rejected.
     pub rejected: Vec<RejectedDocument>,
 }
@@ -86,7 +92,10 @@ impl Snapshot {
     /// The resources of `type_url` named by `subscription`. A named Cluster or
     /// ClusterLoadAssignment the agent does not know is still answered (a
     /// default cluster with no endpoints), so a sidecar can always complete its
-    /// config; requests to such a destination fail with 503, not the whole config.
+    /// config; requests to such a destination fail with 503, not the whole
+    /// config. So is a named InboundPolicy: an unknown service gets the
+    /// policy every service without a document gets (the mesh-wide default
+    /// and the intentions for destination `*`).
     pub fn select(&self, type_url: &str, subscription: &Subscription) -> Selection {
         let empty = BTreeMap::new();
         let known = self.resources.get(type_url).unwrap_or(&empty);
@@ -98,7 +107,7 @@ impl Snapshot {
                     known
                         .get(name)
                         .cloned()
-                        .or_else(|| placeholder(type_url, name).map(Arc::new))
+                        .or_else(|| self.placeholder(type_url, name).map(Arc::new))
                 })
                 .collect(),
         };
@@ -115,8 +124,25 @@ impl Snapshot {
             resources: chosen.iter().map(|resource| resource.any.clone()).collect(),
         }
     }
+
+    fn placeholder(&self, type_url: &str, name: &str) -> Option<Resource> {
+        match type_url {
+            type_url::INBOUND_POLICY => {
+                let policy = match &self.unknown_service_policy {
+                    Some(template) => InboundPolicy {
+                        service: name.to_string(),
+                        ..template.clone()
+                    },
+                    None => policy::inbound_policy(name, None, None, &[]),
+                };
+                Some(Resource::new(name.to_string(), &policy))
+            }
+            _ => placeholder(type_url, name),
+        }
+    }
 }
 
+/// The placeholder of an unknown name for the types that need no state.
 fn placeholder(type_url: &str, name: &str) -> Option<Resource> {
     match type_url {
         type_url::CLUSTER => Some(Resource::new(

@@ -11,6 +11,10 @@
 //!   gateways) is infrastructure and is not a destination (Consul 1.8 ignores
 //!   `filter` on the catalog endpoint, so the kind comes from here).
 //! - `<prefix>?recurse` in KV: the configuration documents.
+//! - `/v1/connect/intentions`: Consul's intentions (who may call whom),
+//!   merged with the `policies/` documents into each service's inbound
+//!   policy. The first full sync waits for them too: serving policies
+//!   without Consul's denies, even briefly, would let denied callers in.
 //!
 //! # Meshed services
 //!
@@ -56,10 +60,10 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::consul::{
-    ConsulClient, ConsulError, KvPair, QueryMeta, QueryOptions, ServiceEntry, ServiceKind,
-    next_index,
+    ConsulClient, ConsulError, Intention as ConsulIntention, KvPair, QueryMeta, QueryOptions,
+    ServiceEntry, ServiceKind, next_index,
 };
-use crate::model::{Endpoint, Health, RawDocument};
+use crate::model::{Endpoint, Health, Intention, IntentionAction, RawDocument};
 use crate::store::MeshStore;
 
 /// The KV prefix documents live under unless configured otherwise.
@@ -141,6 +145,7 @@ enum Target {
     Catalog,
     Service(String),
     Kv(String),
+    Intentions,
 }
 
 impl fmt::Display for Target {
@@ -149,6 +154,7 @@ impl fmt::Display for Target {
             Target::Catalog => f.write_str("/v1/catalog/services"),
             Target::Service(name) => write!(f, "/v1/health/service/{name}"),
             Target::Kv(prefix) => write!(f, "/v1/kv/{prefix}?recurse"),
+            Target::Intentions => f.write_str("/v1/connect/intentions"),
         }
     }
 }
@@ -158,6 +164,7 @@ enum Payload {
     Catalog(BTreeSet<String>),
     Service(Vec<ServiceEntry>),
     Kv(Vec<KvPair>),
+    Intentions(Vec<ConsulIntention>),
 }
 
 impl Target {
@@ -178,6 +185,10 @@ impl Target {
             Target::Kv(prefix) => {
                 let (pairs, meta) = client.kv_list(prefix, options).await?;
                 (Payload::Kv(pairs), meta)
+            }
+            Target::Intentions => {
+                let (intentions, meta) = client.intentions(options).await?;
+                (Payload::Intentions(intentions), meta)
             }
         })
     }
@@ -226,6 +237,7 @@ struct Supervisor {
     tasks: JoinSet<()>,
     catalog_loaded: bool,
     kv_loaded: bool,
+    intentions_loaded: bool,
     services: BTreeMap<String, ServiceWatch>,
     next_epoch: u64,
 }
@@ -244,6 +256,7 @@ impl Supervisor {
             tasks: JoinSet::new(),
             catalog_loaded: false,
             kv_loaded: false,
+            intentions_loaded: false,
             services: BTreeMap::new(),
             next_epoch: 0,
         }
@@ -253,6 +266,7 @@ impl Supervisor {
         tracing::info!(consul = %self.client.address(), kv_prefix = %self.options.kv_prefix, "watching Consul");
         self.spawn(Target::Catalog);
         self.spawn(Target::Kv(self.options.kv_prefix.clone()));
+        self.spawn(Target::Intentions);
         loop {
             tokio::select! {
                 Some(event) = self.events.recv() => self.handle(event),
@@ -286,6 +300,10 @@ impl Supervisor {
                 self.store
                     .set_documents(documents(&self.options.kv_prefix, pairs));
             }
+            (Target::Intentions, Update::Loaded(Payload::Intentions(intentions))) => {
+                self.intentions_loaded = true;
+                self.store.set_intentions(mesh_intentions(intentions));
+            }
             (Target::Service(name), update) => {
                 let Some(watch) = self.services.get_mut(&name) else {
                     return; // a watch stopped since
@@ -305,8 +323,8 @@ impl Supervisor {
                     Update::Loaded(_) => return,
                 }
             }
-            // A failed first catalog or KV read changes nothing: the store
-            // stays unsynced until they load.
+            // A failed first catalog, KV or intentions read changes
+            // nothing: the store stays unsynced until they load.
             _ => return,
         }
         self.publish();
@@ -374,7 +392,7 @@ impl Supervisor {
             .services
             .values()
             .all(|watch| matches!(watch.state, ServiceState::Loaded(_)));
-        if self.kv_loaded && all_loaded && !self.store.is_synced() {
+        if self.kv_loaded && self.intentions_loaded && all_loaded && !self.store.is_synced() {
             tracing::info!(services = names.len(), "first full sync from Consul done");
             self.store.mark_synced();
         }
@@ -525,6 +543,48 @@ fn documents(prefix: &str, pairs: Vec<KvPair>) -> BTreeMap<String, RawDocument> 
                 yaml: false,
             };
             Some((key, document))
+        })
+        .collect()
+}
+
+/// Consul's intentions as the mesh model holds them. Intentions in another
+/// namespace than `default` (Consul Enterprise) name services Weft does not
+/// serve (its identities are all in `default`) and are left out. An action
+/// other than allow or deny (a newer Consul's L7 intention, which Weft reads
+/// from its own documents instead) is taken as deny: failing closed never
+/// lets in a caller the operator meant to restrict.
+fn mesh_intentions(intentions: Vec<ConsulIntention>) -> Vec<Intention> {
+    let in_default = |namespace: &str| namespace.is_empty() || namespace == "default";
+    intentions
+        .into_iter()
+        .filter(|intention| {
+            let kept = in_default(&intention.source_ns) && in_default(&intention.destination_ns);
+            if !kept {
+                tracing::debug!(id = %intention.id, source_ns = %intention.source_ns, destination_ns = %intention.destination_ns, "intention outside the default namespace; ignored");
+            }
+            kept
+        })
+        .map(|intention| {
+            let action = match intention.action.as_str() {
+                "allow" => IntentionAction::Allow,
+                "deny" => IntentionAction::Deny,
+                other => {
+                    tracing::warn!(
+                        id = %intention.id,
+                        source = %intention.source_name,
+                        destination = %intention.destination_name,
+                        action = other,
+                        "Consul intention with an action other than allow or deny; enforcing it as deny"
+                    );
+                    IntentionAction::Deny
+                }
+            };
+            Intention {
+                id: intention.id,
+                source: intention.source_name,
+                destination: intention.destination_name,
+                action,
+            }
         })
         .collect()
 }
@@ -810,6 +870,45 @@ mod tests {
         assert!(
             docs["empty"].value.is_empty(),
             "kept for the validator to reject"
+        );
+    }
+
+    #[test]
+    fn intentions_keep_their_id_and_names_and_unknown_actions_deny() {
+        let consul =
+            |id: &str, source: &str, destination: &str, action: &str, ns: &str| ConsulIntention {
+                id: id.into(),
+                source_name: source.into(),
+                destination_name: destination.into(),
+                source_ns: ns.into(),
+                destination_ns: ns.into(),
+                action: action.into(),
+                ..ConsulIntention::default()
+            };
+        let intentions = mesh_intentions(vec![
+            consul("1", "web", "db", "allow", "default"),
+            consul("2", "*", "*", "deny", ""),
+            consul("3", "web", "db", "", "default"),
+            consul("4", "web", "db", "allow", "team-a"),
+        ]);
+        let found: Vec<_> = intentions
+            .iter()
+            .map(|i| {
+                (
+                    i.id.as_str(),
+                    i.source.as_str(),
+                    i.destination.as_str(),
+                    i.action,
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("1", "web", "db", IntentionAction::Allow),
+                ("2", "*", "*", IntentionAction::Deny),
+                ("3", "web", "db", IntentionAction::Deny),
+            ]
         );
     }
 

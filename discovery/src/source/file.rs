@@ -4,6 +4,7 @@
 //! - `routes/<host>.json|yaml|yml`, `destinations/<service>.*`,
 //!   `policies/<service>.*`: documents in the KV schema, keyed by their path
 //!   relative to DIR without extension (`routes/users`);
+//! - `defaults.json|yaml|yml`: the mesh-wide defaults document (key `defaults`);
 //! - `endpoints.yaml|yml|json`: the static endpoints of every service:
 //!   ```yaml
 //!   services:
@@ -29,7 +30,7 @@ use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::documents::DocumentKind;
+use crate::documents::{DEFAULTS_KEY, DocumentKind};
 use crate::model::{Endpoint, Health, RawDocument};
 use crate::store::MeshStore;
 
@@ -169,8 +170,9 @@ impl FileSource {
     }
 }
 
-/// Reads every document under `routes/`, `destinations/` and `policies/`.
-/// A file that exists but cannot be read keeps its `previous` content.
+/// Reads every document under `routes/`, `destinations/` and `policies/`,
+/// and the `defaults` document at the root. A file that exists but cannot
+/// be read keeps its `previous` content.
 fn read_documents(
     dir: &Path,
     previous: &BTreeMap<String, RawDocument>,
@@ -188,6 +190,15 @@ fn read_documents(
                     found.entry(key).or_default().push(path.to_path_buf());
                 }
             });
+        }
+    }
+    for extension in DOCUMENT_EXTENSIONS {
+        let path = dir.join(format!("{DEFAULTS_KEY}.{extension}"));
+        if path.is_file() {
+            found
+                .entry(DEFAULTS_KEY.to_string())
+                .or_default()
+                .push(path);
         }
     }
 

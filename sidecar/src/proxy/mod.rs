@@ -3,8 +3,8 @@
 //! ```text
 //! outbound: server -> error_response -> request_id -> headers -> route -> split
 //!           -> rewrite -> timeout -> balance -> concurrency -> forward
-//! inbound:  server -> error_response -> request_id -> headers -> static_target
-//!           -> timeout -> balance -> concurrency -> forward
+//! inbound:  server (mTLS) -> error_response -> request_id -> headers -> authorize
+//!           -> static_target -> timeout -> balance -> concurrency -> forward
 //! ```
 //!
 //! Every layer takes and passes on a [`ProxyRequest`]: the HTTP request plus
@@ -174,11 +174,13 @@ pub fn outbound(table: Arc<ArcSwap<RoutingTable>>) -> impl HttpStack {
 }
 
 /// The inbound stack: other sidecars' calls, to the local app.
-pub fn inbound(app: Arc<Cluster>) -> impl HttpStack {
+pub fn inbound(app: Arc<Cluster>, authz: crate::authz::SharedAuthz) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
         .layer(request_id::RequestIdLayer)
         .layer(headers::ProxyHeadersLayer)
+        // Before anything reaches the app: who may call (intentions).
+        .layer(crate::authz::AuthorizeLayer::new(authz))
         .layer(static_target::StaticTargetLayer::new(app))
         .layer(timeout::TimeoutLayer)
         .layer(balance::BalanceLayer)

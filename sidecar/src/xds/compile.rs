@@ -45,10 +45,10 @@ pub struct EndpointSpec {
     pub zone: String,
 }
 
-struct Errors(Vec<String>);
+pub(crate) struct Errors(pub(crate) Vec<String>);
 
 impl Errors {
-    fn at(&mut self, path: &str, msg: impl std::fmt::Display) {
+    pub(crate) fn at(&mut self, path: &str, msg: impl std::fmt::Display) {
         self.0.push(format!("{path}: {msg}"));
     }
 }
@@ -124,6 +124,41 @@ fn mutation(m: Option<&pb::HeaderMutation>, path: &str, errs: &mut Errors) -> He
     out
 }
 
+/// Header conditions (routes, authorization permissions); `path` names the
+/// list in errors (`routes[0].match.headers`).
+pub(crate) fn header_matches(
+    list: &[pb::HeaderMatcher],
+    path: &str,
+    errs: &mut Errors,
+) -> Vec<HeaderMatch> {
+    let mut headers = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let name = header_name(&h.name, &format!("{p}.name"), errs);
+        let matcher = string_match(h.matcher.as_ref(), &p, errs);
+        if let (Some(name), Some(matcher)) = (name, matcher) {
+            headers.push(HeaderMatch {
+                name,
+                matcher,
+                invert: h.invert,
+            });
+        }
+    }
+    headers
+}
+
+/// HTTP methods, upper-cased.
+pub(crate) fn methods(list: &[String], path: &str, errs: &mut Errors) -> Vec<Method> {
+    let mut methods = Vec::new();
+    for (i, meth) in list.iter().enumerate() {
+        match Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
+            Ok(mm) if !meth.is_empty() => methods.push(mm),
+            _ => errs.at(&format!("{path}[{i}]"), format!("invalid method {meth:?}")),
+        }
+    }
+    methods
+}
+
 fn route(
     r: &pb::Route,
     path: &str,
@@ -148,29 +183,8 @@ fn route(
             }
         },
     };
-    let mut headers = Vec::new();
-    for (i, h) in m.headers.iter().enumerate() {
-        let p = format!("{path}.match.headers[{i}]");
-        let name = header_name(&h.name, &format!("{p}.name"), errs);
-        let matcher = string_match(h.matcher.as_ref(), &p, errs);
-        if let (Some(name), Some(matcher)) = (name, matcher) {
-            headers.push(HeaderMatch {
-                name,
-                matcher,
-                invert: h.invert,
-            });
-        }
-    }
-    let mut methods = Vec::new();
-    for (i, meth) in m.methods.iter().enumerate() {
-        match Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
-            Ok(mm) if !meth.is_empty() => methods.push(mm),
-            _ => errs.at(
-                &format!("{path}.match.methods[{i}]"),
-                format!("invalid method {meth:?}"),
-            ),
-        }
-    }
+    let headers = header_matches(&m.headers, &format!("{path}.match.headers"), errs);
+    let methods = methods(&m.methods, &format!("{path}.match.methods"), errs);
     let mut query = Vec::new();
     for (i, q) in m.query_parameters.iter().enumerate() {
         let p = format!("{path}.match.query_parameters[{i}]");

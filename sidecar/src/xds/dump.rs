@@ -118,3 +118,39 @@ pub fn assignment(c: &pb::ClusterLoadAssignment) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+fn action(a: i32) -> &'static str {
+    pb::Action::try_from(a)
+        .map(|a| a.as_str_name())
+        .unwrap_or("INVALID")
+}
+
+pub fn inbound_policy(p: &pb::InboundPolicy) -> Value {
+    let permission = |perm: &pb::Permission| {
+        use pb::permission::Path;
+        let path = match &perm.path {
+            None => Value::Null,
+            Some(Path::PathExact(v)) => json!({"exact": v}),
+            Some(Path::PathPrefix(v)) => json!({"prefix": v}),
+            Some(Path::PathRegex(v)) => json!({"regex": v}),
+        };
+        json!({
+            "action": action(perm.action),
+            "path": path,
+            "methods": perm.methods,
+            "headers": perm.headers.iter().map(|h| json!({
+                "name": h.name, "matcher": string_matcher(&h.matcher), "invert": h.invert,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    json!({
+        "service": p.service,
+        "default_action": action(p.default_action),
+        "intentions": p.intentions.iter().map(|i| json!({
+            "source": i.source,
+            "action": action(i.action),
+            "permissions": i.permissions.iter().map(permission).collect::<Vec<_>>(),
+            "origin": i.origin,
+        })).collect::<Vec<_>>(),
+    })
+}

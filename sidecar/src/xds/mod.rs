@@ -20,6 +20,7 @@ use weft_proto::config::v1 as pb;
 use weft_proto::discovery::v1::{DiscoveryRequest, DiscoveryResponse, ErrorDetail, Node};
 use weft_proto::type_url;
 
+use crate::authz::{AuthzPolicy, SharedAuthz};
 use crate::table::{ClusterSettings, RoutingTable};
 use crate::upstream::Dns;
 use compile::{CompiledRoutes, EndpointSpec};
@@ -43,6 +44,8 @@ pub struct Accepted {
     pub routes: BTreeMap<String, pb::RouteConfiguration>,
     pub clusters: BTreeMap<String, pb::Cluster>,
     pub assignments: BTreeMap<String, pb::ClusterLoadAssignment>,
+    /// This service's inbound policy.
+    pub policy: Option<pb::InboundPolicy>,
 }
 
 /// What /ready, /config_dump read. Updated by the client on every change;
@@ -93,6 +96,8 @@ pub struct Core {
     dns: Dns,
     /// This sidecar's mesh identity, when mTLS is on.
     identity: Option<Arc<weft_certs::IdentityStore>>,
+    /// Where the accepted inbound policy goes (read by the authorize layer).
+    authz: SharedAuthz,
 }
 
 fn canonical(t: &str) -> Option<&'static str> {
@@ -117,7 +122,14 @@ impl Core {
             table,
             dns,
             identity: None,
+            authz: SharedAuthz::default(),
         }
+    }
+
+    /// Where accepted inbound policies are published for the data path.
+    pub fn with_authz(mut self, authz: SharedAuthz) -> Self {
+        self.authz = authz;
+        self
     }
 
     /// Turns mesh mTLS on: meshed endpoints of clusters with an identity
@@ -128,10 +140,10 @@ impl Core {
     }
 
     fn names(&self, t: &str) -> Vec<String> {
-        if t == type_url::ROUTE_CONFIGURATION {
-            Vec::new() // wildcard: every route table
-        } else {
-            self.clusters_wanted.iter().cloned().collect()
+        match t {
+            type_url::ROUTE_CONFIGURATION => Vec::new(), // wildcard: every route table
+            type_url::INBOUND_POLICY => vec![self.node.service.clone()], // our own
+            _ => self.clusters_wanted.iter().cloned().collect(),
         }
     }
 
@@ -154,7 +166,11 @@ impl Core {
         let know_clusters = self.types[type_url::ROUTE_CONFIGURATION].accepted;
         type_url::ALL
             .into_iter()
-            .filter(|t| *t == type_url::ROUTE_CONFIGURATION || know_clusters)
+            .filter(|t| {
+                *t == type_url::ROUTE_CONFIGURATION
+                    || *t == type_url::INBOUND_POLICY
+                    || know_clusters
+            })
             .enumerate()
             .map(|(i, t)| {
                 let mut r = self.request(t, String::new(), None);
@@ -184,6 +200,7 @@ impl Core {
         let result = match t {
             type_url::ROUTE_CONFIGURATION => self.accept_routes(&resp),
             type_url::CLUSTER => self.accept_clusters(&resp),
+            type_url::INBOUND_POLICY => self.accept_policy(&resp),
             _ => self.accept_assignments(&resp),
         };
         match result {
@@ -293,6 +310,36 @@ impl Core {
         Ok(false)
     }
 
+    /// This service's policy compiled and swapped in for the authorize
+    /// layer; policies for other names (there should be none) are ignored.
+    fn accept_policy(&mut self, resp: &DiscoveryResponse) -> Result<bool, Vec<String>> {
+        let mut errors = Vec::new();
+        let msgs: Vec<pb::InboundPolicy> = Self::decode(resp, &mut errors);
+        let ours = msgs.into_iter().find(|m| m.service == self.node.service);
+        let compiled = match &ours {
+            Some(m) => match crate::authz::compile(m) {
+                Ok(p) => Some(p),
+                Err(errs) => {
+                    errors.extend(
+                        errs.into_iter()
+                            .map(|e| format!("InboundPolicy {}: {e}", m.service)),
+                    );
+                    None
+                }
+            },
+            // An empty answer is "no policy": allow, as before any arrived.
+            None => Some(AuthzPolicy::default()),
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if let Some(p) = compiled {
+            self.authz.store(Arc::new(p));
+        }
+        self.accepted.policy = ours;
+        Ok(false)
+    }
+
     fn accept_assignments(&mut self, resp: &DiscoveryResponse) -> Result<bool, Vec<String>> {
         let mut errors = Vec::new();
         let msgs: Vec<pb::ClusterLoadAssignment> = Self::decode(resp, &mut errors);
@@ -362,6 +409,9 @@ impl Core {
         let no_cluster = missing(&|n| self.clusters.contains_key(n));
         let no_cla = missing(&|n| self.assignments.contains_key(n));
         let mut parts = Vec::new();
+        if !self.types[type_url::INBOUND_POLICY].accepted {
+            parts.push("InboundPolicy".to_owned());
+        }
         if !self.types[type_url::CLUSTER].accepted || !no_cluster.is_empty() {
             parts.push(
                 format!("Cluster {}", no_cluster.join(", "))

@@ -7,7 +7,8 @@ use prost::Message;
 use weft_proto::config::v1 as pb;
 use weft_proto::discovery::v1::{DiscoveryResponse, Node};
 use weft_proto::type_url::{
-    CLUSTER, CLUSTER_LOAD_ASSIGNMENT as CLA, ROUTE_CONFIGURATION as ROUTES,
+    CLUSTER, CLUSTER_LOAD_ASSIGNMENT as CLA, INBOUND_POLICY as POLICY,
+    ROUTE_CONFIGURATION as ROUTES,
 };
 
 use super::Core;
@@ -37,6 +38,21 @@ fn response<M: Message>(t: &str, version: &str, nonce: &str, msgs: &[M]) -> Disc
             .collect(),
         type_url: t.into(),
         nonce: nonce.into(),
+    }
+}
+
+/// web's inbound policy: allow by default, one intention.
+fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
+    pb::InboundPolicy {
+        service: "web".into(),
+        default_action: pb::Action::Allow as i32,
+        intentions: vec![pb::Intention {
+            source: intention_source.into(),
+            action: action as i32,
+            permissions: vec![],
+            origin: "kv:weft/policies/web".into(),
+        }],
+        jwt_json: String::new(),
     }
 }
 
@@ -90,9 +106,10 @@ fn a_new_stream_opens_with_routes_only_as_cluster_names_are_not_known_yet() {
     let types: Vec<_> = reqs.iter().map(|r| r.type_url.as_str()).collect();
     assert_eq!(
         types,
-        [ROUTES],
+        [ROUTES, POLICY],
         "an empty Cluster name list would mean every cluster in the mesh"
     );
+    assert_eq!(reqs[1].resource_names, ["web"], "our own policy only");
     assert_eq!(
         reqs[0].node.as_ref().unwrap().service,
         "web",
@@ -111,7 +128,7 @@ fn a_reconnect_opens_with_one_request_per_type_and_the_versions_held() {
     core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
     let reqs = core.initial_requests();
     let types: Vec<_> = reqs.iter().map(|r| r.type_url.as_str()).collect();
-    assert_eq!(types, [ROUTES, CLUSTER, CLA]);
+    assert_eq!(types, [ROUTES, CLUSTER, CLA, POLICY]);
     assert!(reqs[1].node.is_none());
     assert_eq!(reqs[0].version_info, "r1");
     assert_eq!(reqs[1].resource_names, ["users"]);
@@ -138,7 +155,7 @@ fn accepted_routes_are_acked_and_subscribe_to_their_clusters() {
     assert!(!core.is_ready());
     assert_eq!(
         core.waiting_for(),
-        "Cluster users; ClusterLoadAssignment users"
+        "InboundPolicy; Cluster users; ClusterLoadAssignment users"
     );
     assert!(
         table.load().virtual_host("users.weft").is_none(),
@@ -192,6 +209,12 @@ fn a_route_to_a_new_destination_goes_live_only_with_its_endpoints() {
 #[test]
 fn ready_after_routes_and_every_named_cluster_and_assignment() {
     let (mut core, table) = core();
+    core.handle(response(
+        POLICY,
+        "p1",
+        "0",
+        &[policy("*", pb::Action::Allow)],
+    ));
     core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
     core.handle(response(CLUSTER, "c1", "2", &[cluster("users")]));
     assert!(!core.is_ready());
@@ -210,6 +233,41 @@ fn ready_after_routes_and_every_named_cluster_and_assignment() {
     );
     assert_eq!(out[1].version_info, "c1");
     assert!(core.is_ready(), "readiness is sticky");
+}
+
+#[test]
+fn the_inbound_policy_is_swapped_in_for_the_data_path_and_an_invalid_one_nacked() {
+    let authz = crate::authz::SharedAuthz::default();
+    let (core, _) = core();
+    let mut core = core.with_authz(authz.clone());
+    let req = http::Request::get("/").body(()).unwrap();
+    assert!(
+        authz.load().decide(Some("billing"), &req).is_ok(),
+        "allow before any policy"
+    );
+
+    let out = core.handle(response(
+        POLICY,
+        "p1",
+        "1",
+        &[policy("billing", pb::Action::Deny)],
+    ));
+    assert!(out[0].error_detail.is_none());
+    let denial = authz.load().decide(Some("billing"), &req).unwrap_err();
+    assert_eq!(&*denial.origin, "kv:weft/policies/web");
+
+    let mut bad = policy("billing", pb::Action::Allow);
+    bad.intentions[0].source = String::new();
+    let out = core.handle(response(POLICY, "p2", "2", &[bad]));
+    let detail = &out[0].error_detail.as_ref().unwrap().message;
+    assert!(
+        detail.contains("InboundPolicy web: intentions[0].source: must not be empty"),
+        "{detail}"
+    );
+    assert!(
+        authz.load().decide(Some("billing"), &req).is_err(),
+        "the last good policy keeps deciding"
+    );
 }
 
 #[test]

@@ -55,6 +55,9 @@ pub struct Snapshot {
     pub routes: Vec<pb::RouteConfiguration>,
     pub clusters: Vec<pb::Cluster>,
     pub assignments: Vec<pb::ClusterLoadAssignment>,
+    /// Inbound policies; a requested service without one gets the default
+    /// (allow), as the real agent answers every name.
+    pub policies: Vec<pb::InboundPolicy>,
 }
 
 impl Snapshot {
@@ -76,6 +79,22 @@ impl Snapshot {
                 .clusters
                 .iter()
                 .filter_map(|c| any(&c.name, c.encode_to_vec()))
+                .collect(),
+            type_url::INBOUND_POLICY => names
+                .iter()
+                .filter_map(|name| {
+                    let policy = self
+                        .policies
+                        .iter()
+                        .find(|p| &p.service == name)
+                        .cloned()
+                        .unwrap_or_else(|| pb::InboundPolicy {
+                            service: name.clone(),
+                            default_action: pb::Action::Allow as i32,
+                            ..Default::default()
+                        });
+                    any(name, policy.encode_to_vec())
+                })
                 .collect(),
             _ => self
                 .assignments

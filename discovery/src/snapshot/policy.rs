@@ -1,0 +1,296 @@
+//! Inbound policies: one `InboundPolicy` per service, merging the service's
+//! policy document (`policies/<service>`), the mesh-wide `defaults` and
+//! Consul's intentions.
+//!
+//! # Order
+//!
+//! A sidecar applies the first intention whose source matches the caller,
+//! so the order is the decision. It is Consul's:
+//!
+//! 1. precedence, highest first: exact destination and exact source 9,
+//!    exact destination and `*` source 8, `*` destination and exact source
+//!    6, `*` and `*` 5 (Consul's numbers for the default namespace; a
+//!    policy document's destination is always exact);
+//! 2. at equal precedence, a deny before an allow (an intention with
+//!    permissions counts as an allow: it lets some requests in);
+//! 3. then Weft's documents before Consul's intentions;
+//! 4. then by source name, then by Consul ID, so that equal inputs always
+//!    give equal bytes (and equal versions).
+//!
+//! `default_action` is the document's `default`, else the `defaults`
+//! document's, else ALLOW: a mesh with no policies behaves like Consul with
+//! ACLs off, so turning Weft on never breaks traffic. Production meshes
+//! should write `{"default": "deny"}` to `defaults`.
+
+use std::cmp::Reverse;
+
+use weft_proto::config::v1 as proto;
+
+use crate::documents::{ANY_SERVICE, Action, PolicyDocument};
+use crate::model::{Intention, IntentionAction};
+
+/// The action of a mesh with no policy anywhere.
+pub const MESH_DEFAULT_ACTION: Action = Action::Allow;
+
+/// Consul's precedence of an intention from `source` to `destination`
+/// (either may be `*`).
+pub fn precedence(source: &str, destination: &str) -> u8 {
+    match (destination == ANY_SERVICE, source == ANY_SERVICE) {
+        (false, false) => 9,
+        (false, true) => 8,
+        (true, false) => 6,
+        (true, true) => 5,
+    }
+}
+
+/// The origin a sidecar reports for an intention of a policy document.
+pub fn document_origin(service: &str) -> String {
+    format!("kv:weft/policies/{service}")
+}
+
+/// The origin a sidecar reports for a Consul intention.
+pub fn consul_origin(id: &str) -> String {
+    format!("consul:{id}")
+}
+
+/// The inbound policy of `service`: `document` is its last good policy
+/// document (if any), `mesh_default` the last good `defaults` document's
+/// `default` (if any), and `intentions` every Consul intention (those for
+/// other destinations are skipped here).
+pub fn inbound_policy(
+    service: &str,
+    document: Option<&PolicyDocument>,
+    mesh_default: Option<Action>,
+    intentions: &[Intention],
+) -> proto::InboundPolicy {
+    let mut ranked: Vec<Ranked> = Vec::new();
+    if let Some(document) = document {
+        let origin = document_origin(service);
+        for intention in &document.intentions {
+            ranked.push(Ranked {
+                precedence: precedence(&intention.source, service),
+                denies: intention.action() == Some(Action::Deny),
+                from_consul: false,
+                source: intention.source.clone(),
+                id: String::new(),
+                intention: intention.to_proto(&origin),
+            });
+        }
+    }
+    for intention in intentions.iter().filter(|intention| {
+        intention.destination == service || intention.destination == ANY_SERVICE
+    }) {
+        let action = match intention.action {
+            IntentionAction::Allow => proto::Action::Allow,
+            IntentionAction::Deny => proto::Action::Deny,
+        };
+        ranked.push(Ranked {
+            precedence: precedence(&intention.source, &intention.destination),
+            denies: intention.action == IntentionAction::Deny,
+            from_consul: true,
+            source: intention.source.clone(),
+            id: intention.id.clone(),
+            intention: proto::Intention {
+                source: intention.source.clone(),
+                action: action.into(),
+                permissions: Vec::new(),
+                origin: consul_origin(&intention.id),
+            },
+        });
+    }
+    ranked.sort_by(|a, b| a.key().cmp(&b.key()));
+
+    let default_action = document
+        .and_then(|document| document.default_action)
+        .or(mesh_default)
+        .unwrap_or(MESH_DEFAULT_ACTION);
+    proto::InboundPolicy {
+        service: service.to_string(),
+        default_action: proto::Action::from(default_action).into(),
+        intentions: ranked.into_iter().map(|ranked| ranked.intention).collect(),
+        // JWT authentication is not wired yet.
+        jwt_json: String::new(),
+    }
+}
+
+/// One intention with what orders it.
+struct Ranked {
+    precedence: u8,
+    denies: bool,
+    from_consul: bool,
+    source: String,
+    id: String,
+    intention: proto::Intention,
+}
+
+impl Ranked {
+    fn key(&self) -> (Reverse<u8>, bool, bool, &str, &str) {
+        (
+            Reverse(self.precedence),
+            !self.denies,
+            self.from_consul,
+            &self.source,
+            &self.id,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::documents::{Document, parse_document};
+    use crate::model::RawDocument;
+
+    fn consul(id: &str, source: &str, destination: &str, action: IntentionAction) -> Intention {
+        Intention {
+            id: id.into(),
+            source: source.into(),
+            destination: destination.into(),
+            action,
+        }
+    }
+
+    fn document(value: serde_json::Value) -> PolicyDocument {
+        let raw = RawDocument {
+            key: "policies/db".into(),
+            value: value.to_string().into(),
+            origin: "test".into(),
+            yaml: false,
+        };
+        match parse_document(&raw) {
+            Ok(Document::Policy(policy)) => policy,
+            other => panic!("not a valid policy: {other:?}"),
+        }
+    }
+
+    /// The policy's intentions as `source action origin`.
+    fn order(policy: &proto::InboundPolicy) -> Vec<String> {
+        policy
+            .intentions
+            .iter()
+            .map(|intention| {
+                let action = if intention.permissions.is_empty() {
+                    format!("{:?}", intention.action()).to_lowercase()
+                } else {
+                    "l7".to_string()
+                };
+                format!("{} {action} {}", intention.source, intention.origin)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn precedence_is_consuls_for_the_default_namespace() {
+        for (source, destination, expected) in [
+            ("web", "db", 9),
+            ("*", "db", 8),
+            ("web", "*", 6),
+            ("*", "*", 5),
+        ] {
+            assert_eq!(
+                precedence(source, destination),
+                expected,
+                "{source} -> {destination}"
+            );
+        }
+    }
+
+    #[test]
+    fn intentions_are_ordered_by_precedence_then_deny_then_kv_before_consul() {
+        use IntentionAction::{Allow, Deny};
+        let policy_document = document(json!({ "intentions": [
+            { "source": "*", "action": "allow" },
+            { "source": "web", "action": "allow" },
+            { "source": "api", "permissions": [ { "action": "allow", "path_prefix": "/v1/" } ] },
+            { "source": "batch", "action": "deny" } ] }));
+        let intentions = [
+            consul("c1", "*", "*", Deny),
+            consul("c2", "web", "*", Allow),
+            consul("c3", "*", "db", Deny),
+            consul("c4", "web", "db", Deny),
+            consul("c5", "api", "db", Allow),
+            consul("c6", "ops", "*", Deny),
+            consul("c7", "web", "users", Deny),
+            consul("c8", "batch", "db", Deny),
+        ];
+        let policy = inbound_policy("db", Some(&policy_document), None, &intentions);
+        assert_eq!(policy.service, "db");
+        assert_eq!(
+            order(&policy),
+            [
+                // 9: exact -> exact; denies first, then KV before Consul.
+                "batch deny kv:weft/policies/db",
+                "batch deny consul:c8",
+                "web deny consul:c4",
+                "api l7 kv:weft/policies/db",
+                "web allow kv:weft/policies/db",
+                "api allow consul:c5",
+                // 8: * -> exact.
+                "* deny consul:c3",
+                "* allow kv:weft/policies/db",
+                // 6: exact -> *.
+                "ops deny consul:c6",
+                "web allow consul:c2",
+                // 5: * -> *.
+                "* deny consul:c1",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_order_does_not_depend_on_the_order_of_the_inputs() {
+        use IntentionAction::{Allow, Deny};
+        let mut intentions = vec![
+            consul("b", "web", "db", Allow),
+            consul("a", "api", "db", Allow),
+            consul("c", "*", "*", Deny),
+        ];
+        let first = inbound_policy("db", None, None, &intentions);
+        intentions.reverse();
+        assert_eq!(inbound_policy("db", None, None, &intentions), first);
+        assert_eq!(
+            order(&first),
+            [
+                "api allow consul:a",
+                "web allow consul:b",
+                "* deny consul:c"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_default_comes_from_the_document_then_the_mesh_then_allow() {
+        let deny = proto::Action::Deny;
+        let allow = proto::Action::Allow;
+        let with_default = document(json!({ "default": "allow" }));
+        let without_default = document(json!({ "intentions": [] }));
+        for (document, mesh_default, expected) in [
+            (Some(&with_default), Some(Action::Deny), allow),
+            (Some(&without_default), Some(Action::Deny), deny),
+            (None, Some(Action::Deny), deny),
+            (Some(&without_default), None, allow),
+            (None, None, allow),
+        ] {
+            let policy = inbound_policy("db", document, mesh_default, &[]);
+            assert_eq!(
+                policy.default_action(),
+                expected,
+                "document {document:?}, mesh default {mesh_default:?}"
+            );
+            assert!(policy.intentions.is_empty());
+            assert!(policy.jwt_json.is_empty(), "JWT is not wired yet");
+        }
+    }
+
+    #[test]
+    fn intentions_for_other_destinations_are_not_included() {
+        let intentions = [
+            consul("1", "web", "users", IntentionAction::Deny),
+            consul("2", "web", "*", IntentionAction::Deny),
+        ];
+        let policy = inbound_policy("db", None, None, &intentions);
+        assert_eq!(order(&policy), ["web deny consul:2"]);
+    }
+}

@@ -1,0 +1,137 @@
+//! Inbound policies with the file backend (no Consul): `policies/<svc>.*`
+//! and the mesh-wide `defaults.*` at the root of the config dir become the
+//! InboundPolicy the snapshot serves, and an edit of `defaults` reaches it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::sync::watch;
+use weft_discovery::metrics::Metrics;
+use weft_discovery::snapshot::{self, DebounceConfig, Snapshot, Subscription};
+use weft_discovery::source::file;
+use weft_discovery::store::MeshStore;
+use weft_proto::config::v1::{Action, InboundPolicy};
+use weft_proto::type_url;
+
+/// How long a change may take to reach the snapshot.
+const WITHIN: Duration = Duration::from_secs(1);
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct ConfigDir(PathBuf);
+
+impl ConfigDir {
+    fn new(test: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("weft-policy-files-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(path.join("policies")).expect("create the test dir");
+        Self(path)
+    }
+
+    fn write(&self, relative: &str, content: &str) {
+        std::fs::write(self.0.join(relative), content).expect("write a test file");
+    }
+}
+
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the file backend and the snapshot builder on `dir`.
+fn start(dir: &ConfigDir) -> watch::Receiver<Option<Arc<Snapshot>>> {
+    let store = Arc::new(MeshStore::new());
+    let (publish, snapshots) = watch::channel(None);
+    tokio::spawn(file::run(dir.0.clone(), store.clone()));
+    tokio::spawn(snapshot::run_builder(
+        store,
+        DebounceConfig::default(),
+        publish,
+        Arc::new(Metrics::new()),
+    ));
+    snapshots
+}
+
+fn policy(snapshot: &Snapshot, service: &str) -> InboundPolicy {
+    let selection = snapshot.select(
+        type_url::INBOUND_POLICY,
+        &Subscription::Names([service.to_string()].into()),
+    );
+    InboundPolicy::decode(selection.resources[0].value.as_slice()).expect("a policy")
+}
+
+/// Waits until the served policy of `service` satisfies `check`.
+async fn eventually(
+    snapshots: &mut watch::Receiver<Option<Arc<Snapshot>>>,
+    service: &str,
+    check: impl Fn(&InboundPolicy) -> bool,
+) -> InboundPolicy {
+    let found = tokio::time::timeout(
+        WITHIN,
+        snapshots.wait_for(|snapshot| {
+            snapshot
+                .as_ref()
+                .is_some_and(|snapshot| check(&policy(snapshot, service)))
+        }),
+    )
+    .await
+    .expect("the policy is served within 1 s")
+    .expect("the builder runs");
+    policy(found.as_ref().expect("a snapshot"), service)
+}
+
+#[tokio::test]
+async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
+    let dir = ConfigDir::new("defaults");
+    dir.write(
+        "endpoints.yaml",
+        "services:\n  users: [ { address: 127.0.0.1, port: 18081 } ]\n  orders: []\n",
+    );
+    dir.write(
+        "policies/users.yaml",
+        "intentions:\n  - { source: web, action: allow }\n  - { source: '*', permissions: [ { action: allow, path_exact: /health } ] }\n",
+    );
+    dir.write("defaults.yaml", "default: deny\n");
+    let mut snapshots = start(&dir);
+
+    let users = eventually(&mut snapshots, "users", |policy| {
+        policy.default_action() == Action::Deny
+    })
+    .await;
+    let found: Vec<_> = users
+        .intentions
+        .iter()
+        .map(|i| (i.source.as_str(), i.origin.as_str(), i.permissions.len()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("web", "kv:weft/policies/users", 0),
+            ("*", "kv:weft/policies/users", 1)
+        ]
+    );
+    let orders = eventually(&mut snapshots, "orders", |_| true).await;
+    assert_eq!(
+        orders.default_action(),
+        Action::Deny,
+        "the mesh-wide default"
+    );
+    assert!(orders.intentions.is_empty());
+
+    // A JSON defaults file wins over the YAML one, as for every document;
+    // editing it reaches the policy of every service without its own default.
+    dir.write("defaults.json", r#"{ "default": "allow" }"#);
+    let ghost = eventually(&mut snapshots, "ghost", |policy| {
+        policy.default_action() == Action::Allow
+    })
+    .await;
+    assert_eq!(
+        ghost.service, "ghost",
+        "an unknown name still gets an answer"
+    );
+    let users = eventually(&mut snapshots, "users", |_| true).await;
+    assert_eq!(users.default_action(), Action::Allow);
+}

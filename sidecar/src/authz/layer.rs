@@ -1,0 +1,73 @@
+//! The tower layer: a denied request is answered 403 here and never
+//! reaches the app; an allowed one goes on untouched. One atomic load of
+//! the current policy per request.
+
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use tower::{Layer, Service};
+
+use super::SharedAuthz;
+use crate::error::{ErrorKind, ProxyError};
+use crate::proxy::{ProxyRequest, ProxyResponse};
+
+#[derive(Clone)]
+pub struct AuthorizeLayer {
+    policy: SharedAuthz,
+}
+
+impl AuthorizeLayer {
+    pub fn new(policy: SharedAuthz) -> Self {
+        Self { policy }
+    }
+}
+
+impl<S> Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorize {
+            policy: self.policy.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authorize<S> {
+    policy: SharedAuthz,
+    inner: S,
+}
+
+impl<S> Service<ProxyRequest> for Authorize<S>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+{
+    type Response = ProxyResponse;
+    type Error = ProxyError;
+    type Future = Either<S::Future, Ready<Result<ProxyResponse, ProxyError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ProxyRequest) -> Self::Future {
+        let source = req.ctx.peer_identity.as_ref().map(|p| p.id.service());
+        match self.policy.load().decide(source, &req.http) {
+            Ok(()) => Either::Left(self.inner.call(req)),
+            Err(denial) => {
+                tracing::info!(
+                    caller = source.unwrap_or("-"),
+                    client = %req.ctx.client_addr,
+                    method = %req.http.method(),
+                    path = req.http.uri().path(),
+                    rule = %denial.origin,
+                    "request denied"
+                );
+                Either::Right(ready(Err(ProxyError::new(
+                    ErrorKind::Denied,
+                    denial.reason,
+                ))))
+            }
+        }
+    }
+}
