@@ -227,6 +227,10 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
         total_mesh = through["mesh"]
         rss = (rss_mib(side_a.pid), rss_mib(side_b.pid))
         report(rows, total_mesh, rss, a)
+        failed = {name: sum(x["errors"] for kind in ("max", "rate") for x in r[kind]) for name, r in rows.items()}
+        if any(failed.values()):
+            sys.exit(f"requests failed during the benchmark ({failed}): the figures above are not valid; "
+                     f"logs in {out}")
     finally:
         stop_all()
 

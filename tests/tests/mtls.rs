@@ -75,6 +75,8 @@ fn calls_between_sidecars_are_mutual_tls_and_the_app_learns_the_caller() {
             .await?
             .echo()?;
         ensure!(echo.path == "/hello", "{echo:?}");
+        // HTTP/2 on the tunnel only: the app gets the HTTP/1.1 its caller spoke.
+        ensure!(echo.version == "HTTP/1.1", "the app saw {}", echo.version);
         // The caller's identity, from the handshake, reaches the app.
         ensure!(
             echo.header("x-weft-peer-identity") == Some(MeshCa::identity_of("client").as_str()),

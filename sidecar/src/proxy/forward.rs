@@ -27,6 +27,11 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Endpoint, cluster::Protocol};
 use crate::upstream::{ConnectError, H1Error, Upgraded};
 
+/// The HTTP version the app's request had before the sidecar-to-sidecar
+/// hop carried it as HTTP/2. Set by the calling sidecar, honoured and
+/// removed by the receiving one (only from a verified mesh peer).
+pub const ORIGINAL_PROTOCOL: http::HeaderName = http::HeaderName::from_static("x-weft-orig-proto");
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Forward;
 
@@ -137,7 +142,17 @@ impl Service<ProxyRequest> for Forward {
                     "forward without an endpoint",
                 ));
             };
-            // Between sidecars (mTLS on), always HTTP/2 on the tunnel.
+            // Between sidecars (mTLS on), always HTTP/2 on the tunnel; an
+            // HTTP/1 request says so, so the far side hands it to its app
+            // as HTTP/1 again (as Linkerd's l5d-orig-proto does).
+            if endpoint.client.mesh.is_some() && http.version() != Version::HTTP_2 {
+                let original = if http.version() == Version::HTTP_10 {
+                    HeaderValue::from_static("HTTP/1.0")
+                } else {
+                    HeaderValue::from_static("HTTP/1.1")
+                };
+                http.headers_mut().insert(ORIGINAL_PROTOCOL, original);
+            }
             let h2 = endpoint.client.mesh.is_some()
                 || match cluster.settings.protocol {
                     Protocol::Auto => http.version() == Version::HTTP_2,

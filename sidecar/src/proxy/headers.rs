@@ -10,6 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use tower::{Layer, Service};
 
+use super::forward::ORIGINAL_PROTOCOL;
 use super::{Direction, ProxyRequest, ProxyResponse};
 use crate::error::ProxyError;
 
@@ -196,9 +197,19 @@ where
             match &req.ctx.peer_identity {
                 Some(peer) => {
                     headers.insert(X_WEFT_PEER_IDENTITY, peer.header.clone());
+                    // A peer sidecar carried an HTTP/1 request over its
+                    // HTTP/2 tunnel: the app gets HTTP/1 back.
+                    if let Some(original) = headers.remove(ORIGINAL_PROTOCOL) {
+                        *req.http.version_mut() = if original == "HTTP/1.0" {
+                            Version::HTTP_10
+                        } else {
+                            Version::HTTP_11
+                        };
+                    }
                 }
                 None => {
                     headers.remove(X_WEFT_PEER_IDENTITY);
+                    headers.remove(ORIGINAL_PROTOCOL);
                 }
             }
         }
