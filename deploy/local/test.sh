@@ -35,6 +35,10 @@ measurements=target/e2e-logs/measurements.tsv
 mkdir -p target/e2e-logs
 rm -f "$measurements"
 
+# A one-off build (CI, a fresh clone) gains nothing from incremental
+# compilation data, which would take gigabytes of disk.
+if [[ -n "${CI:-}" ]]; then export CARGO_INCREMENTAL=0; fi
+
 start=$(date +%s)
 say "cargo build --workspace --bins"
 cargo build --workspace --bins
