@@ -39,6 +39,9 @@ pub enum ErrorKind {
     /// The service's policy does not let this caller make this request
     /// (an intention, or the default deny). 403.
     Denied,
+    /// The request needs something this sidecar cannot do on that path yet
+    /// (an HTTP/1.1 Upgrade over the mTLS HTTP/2 tunnel). 501.
+    Unsupported,
     /// A bug or an unexpected state in the sidecar. 500.
     Internal,
 }
@@ -76,6 +79,7 @@ impl ErrorKind {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Denied => StatusCode::FORBIDDEN,
+            Self::Unsupported => StatusCode::NOT_IMPLEMENTED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +96,7 @@ impl ErrorKind {
             Self::Overflow => "overflow",
             Self::BadRequest => "bad-request",
             Self::Denied => "denied",
+            Self::Unsupported => "unsupported",
             Self::Internal => "internal",
         }
     }
@@ -102,9 +107,11 @@ impl ErrorKind {
             Self::ConnectFailed | Self::UpstreamReset | Self::UpstreamProtocol | Self::Timeout => {
                 ErrorSource::Upstream
             }
-            Self::NoRoute | Self::NoHealthyEndpoint | Self::Overflow | Self::Internal => {
-                ErrorSource::Internal
-            }
+            Self::NoRoute
+            | Self::NoHealthyEndpoint
+            | Self::Overflow
+            | Self::Internal
+            | Self::Unsupported => ErrorSource::Internal,
         }
     }
 
@@ -224,6 +231,7 @@ mod tests {
             (ErrorKind::Overflow, 503, "overflow"),
             (ErrorKind::BadRequest, 400, "bad-request"),
             (ErrorKind::Denied, 403, "denied"),
+            (ErrorKind::Unsupported, 501, "unsupported"),
         ];
         for (kind, status, code) in cases {
             let resp = ProxyError::new(kind, "line one\nline two").to_response();

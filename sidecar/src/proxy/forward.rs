@@ -142,6 +142,21 @@ impl Service<ProxyRequest> for Forward {
                     "forward without an endpoint",
                 ));
             };
+            if endpoint.client.mesh.is_some() && ctx.upgrade.is_some() {
+                // hyper's HTTP/2 client cannot carry an HTTP/1.1 Upgrade; say
+                // so instead of failing as an opaque upstream error.
+                return Err(ProxyError::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "an Upgrade ({}) to {} cannot cross the mTLS HTTP/2 tunnel yet",
+                        http.headers()
+                            .get(header::UPGRADE)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("?"),
+                        endpoint.addr
+                    ),
+                ));
+            }
             // Between sidecars (mTLS on), always HTTP/2 on the tunnel; an
             // HTTP/1 request says so, so the far side hands it to its app
             // as HTTP/1 again (as Linkerd's l5d-orig-proto does).

@@ -6,6 +6,7 @@
 //! byte for byte.
 
 use std::fmt;
+use std::io::Write as _;
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
@@ -104,12 +105,7 @@ pub fn encode_request_head(
     out.push(b' ');
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    encode_fields(headers, out);
     if framing == RequestFraming::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -121,7 +117,8 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     if data.is_empty() {
         return; // an empty chunk would read as the last one
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{:x}\r\n", data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
@@ -129,13 +126,20 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
 /// Appends the last chunk, with trailers if any.
 pub fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
+    if let Some(trailers) = trailers {
+        encode_fields(trailers, out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `name: value` lines, in the map's order (headers and trailers alike).
+fn encode_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
+    for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
