@@ -57,10 +57,6 @@ pub struct Settings {
     /// mTLS on: the inbound listener then requires TLS and calls to meshed
     /// endpoints go over mTLS.
     pub identity_token: Option<Secret>,
-    /// Whether the inbound listener also accepts plaintext while mTLS is on
-    /// (`--inbound-tls strict|permissive`, `WEFT_INBOUND_TLS`). Default
-    /// strict; permissive is for migrating a service into the mesh.
-    pub inbound_tls: InboundTls,
     /// Timeouts and limits of the data path.
     pub proxy: ProxySettings,
 }
@@ -74,16 +70,6 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
-}
-
-/// What the inbound listener accepts when mTLS is on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum InboundTls {
-    /// Only mTLS with a certificate from the mesh's CA.
-    #[default]
-    Strict,
-    /// mTLS, and plaintext from callers outside the mesh.
-    Permissive,
 }
 
 /// Data-path tunables. Defaults are chosen for a sidecar on loopback or in
@@ -138,7 +124,6 @@ impl Settings {
             drain_timeout: Duration::from_secs(10),
             workers: None,
             identity_token: None,
-            inbound_tls: InboundTls::Strict,
             proxy: ProxySettings::default(),
         }
     }
@@ -170,8 +155,13 @@ impl Settings {
             },
             None => BTreeMap::new(),
         };
+        // A removed setting is an error that says where it went, never
+        // silently ignored: a sidecar meant to take plaintext would not.
+        if env.contains_key("WEFT_INBOUND_TLS") || file.contains_key("inbound_tls") {
+            errors.push(INBOUND_TLS_REMOVED.to_owned());
+        }
         for key in file.keys() {
-            if !FIELDS.iter().any(|f| f.key == *key) {
+            if key != "inbound_tls" && !FIELDS.iter().any(|f| f.key == *key) {
                 errors.push(format!(
                     "config file: unknown key `{key}` (known: {})",
                     FIELDS.iter().map(|f| f.key).collect::<Vec<_>>().join(", ")
@@ -200,7 +190,6 @@ impl Settings {
         let app_request_timeout = r.get("app_request_timeout", parse_duration);
         let app_max_requests = r.get("app_max_requests", parse_positive);
         let identity_token = r.get("identity_token", |s| parse_nonempty(s).map(Secret));
-        let inbound_tls = r.get("inbound_tls", parse_inbound_tls);
 
         r.require("inbound", inbound.is_some());
         r.require("app", app.is_some());
@@ -231,7 +220,6 @@ impl Settings {
             drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(10)),
             workers,
             identity_token,
-            inbound_tls: inbound_tls.unwrap_or_default(),
             proxy: ProxySettings {
                 header_read_timeout: header_read_timeout.unwrap_or(defaults.header_read_timeout),
                 app_connect_timeout: app_connect_timeout.unwrap_or(defaults.app_connect_timeout),
@@ -307,14 +295,11 @@ pub struct Flags {
     /// Consul ACL token or join token for this service's certificate; turns mTLS on [env: WEFT_IDENTITY_TOKEN].
     #[arg(long)]
     pub identity_token: Option<String>,
-    /// strict (mTLS only) or permissive (also plaintext) [env: WEFT_INBOUND_TLS] [default: strict].
-    #[arg(long)]
-    pub inbound_tls: Option<String>,
 }
 
 impl Flags {
     fn values(&self) -> BTreeMap<&'static str, String> {
-        let pairs: [(&'static str, &Option<String>); 15] = [
+        let pairs: [(&'static str, &Option<String>); 14] = [
             ("service", &self.service),
             ("discovery", &self.discovery),
             ("inbound", &self.inbound),
@@ -329,7 +314,6 @@ impl Flags {
             ("app_request_timeout", &self.app_request_timeout),
             ("app_max_requests", &self.app_max_requests),
             ("identity_token", &self.identity_token),
-            ("inbound_tls", &self.inbound_tls),
         ];
         pairs
             .into_iter()
@@ -337,6 +321,12 @@ impl Flags {
             .collect()
     }
 }
+
+/// `--inbound-tls` / `WEFT_INBOUND_TLS` / `inbound_tls` until the mode
+/// moved into the service's policy.
+const INBOUND_TLS_REMOVED: &str = "WEFT_INBOUND_TLS / inbound_tls: removed: the inbound mTLS mode \
+     comes from the service's policy now: `\"mtls\": \"permissive\"` in weft/policies/<service> \
+     (or weft/defaults for the whole mesh); the default is strict";
 
 /// One setting's names in the three sources.
 struct Field {
@@ -377,7 +367,6 @@ const FIELDS: &[Field] = &[
         "WEFT_APP_MAX_REQUESTS",
     ),
     field("identity_token", "--identity-token", "WEFT_IDENTITY_TOKEN"),
-    field("inbound_tls", "--inbound-tls", "WEFT_INBOUND_TLS"),
 ];
 
 const fn field(key: &'static str, flag: &'static str, env: &'static str) -> Field {
@@ -504,14 +493,6 @@ fn parse_workers(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
         _ => Err("expected a whole number from 1 to 1024".into()),
-    }
-}
-
-fn parse_inbound_tls(s: &str) -> Result<InboundTls, String> {
-    match s {
-        "strict" => Ok(InboundTls::Strict),
-        "permissive" => Ok(InboundTls::Permissive),
-        _ => Err("expected strict or permissive".into()),
     }
 }
 
@@ -653,6 +634,16 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("unknown key `inbund`"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_removed_inbound_tls_setting_says_where_the_mode_went() {
+        let err = Settings::from_sources(
+            flags(&["--inbound", "127.0.0.1:1", "--app", "127.0.0.1:2"]),
+            &env(&[("WEFT_INBOUND_TLS", "permissive")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("weft/policies/<service>"), "{err}");
     }
 
     #[test]

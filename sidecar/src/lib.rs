@@ -8,6 +8,8 @@
 //! * `upstream` — pooled connections to endpoints, DNS.
 //! * `admin` — /ready, /live, /config_dump, /clusters.
 //! * `authn` — JWT authentication of inbound requests (a tower layer).
+//! * `authz` — intentions: which services may call this one (a tower layer).
+//! * `mtls_mode` — STRICT or PERMISSIVE inbound, from the policy.
 //!
 //! Embedders and tests call [`start`], which binds every listener and
 //! returns a [`Running`] sidecar with its addresses and a [`ShutdownHandle`].
@@ -20,6 +22,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod mtls_mode;
 pub mod proxy;
 pub mod server;
 pub mod table;
@@ -38,7 +41,6 @@ use tokio::task::JoinHandle;
 
 pub use config::Settings;
 
-use crate::config::InboundTls;
 use crate::proxy::Direction;
 use crate::server::{Drain, ServerSettings, Transport};
 use crate::table::cluster::{ClusterShared, Health};
@@ -175,20 +177,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         _ => None,
     };
+    // The inbound policy, until the agent sends one: allow every caller
+    // (intentions), no JWT checks, mTLS only.
+    let authz: authz::SharedAuthz = Default::default();
+    let authn = authn::AuthnPolicy::default();
+    let mtls_mode = mtls_mode::SharedMtlsMode::default();
     let inbound_transport = match &identity {
-        Some(store) => Transport::mtls(store, settings.inbound_tls == InboundTls::Permissive),
+        Some(store) => Transport::mtls(store, mtls_mode.clone()),
         None => Transport::Plain,
     };
-
-    // The inbound policy (intentions): allow until the agent sends one.
-    let authz: authz::SharedAuthz = Default::default();
 
     let inbound = bind(settings.inbound, "inbound traffic", "--inbound").await?;
     let inbound_addr = inbound.local_addr()?;
     let app = app_cluster(&settings, &dns)?;
     listeners.push(tokio::spawn(server::serve(
         inbound,
-        proxy::inbound(app.clone(), authz.clone()),
+        proxy::inbound(app.clone(), authn.clone(), authz.clone()),
         Direction::Inbound,
         inbound_transport,
         server_settings.clone(),
@@ -211,7 +215,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             build_version: env!("CARGO_PKG_VERSION").into(),
             metadata: Default::default(),
         };
-        let mut core = xds::Core::new(node, table.clone(), dns.clone()).with_authz(authz.clone());
+        let mut core = xds::Core::new(node, table.clone(), dns.clone())
+            .with_authz(authz.clone())
+            .with_authn(authn.clone())
+            .with_mtls_mode(mtls_mode.clone());
         if let Some(store) = &identity {
             core = core.with_identity(store.clone());
         }

@@ -23,6 +23,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::mtls_mode::{MtlsMode, SharedMtlsMode};
 use crate::proxy::{Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx};
 
 /// Counts live connections; [`Drain::wait`] returns when all are gone.
@@ -91,20 +92,22 @@ pub enum Transport {
     /// Plaintext HTTP (the app's outbound listener; inbound without mTLS).
     Plain,
     /// Mesh mTLS: the client must present a leaf from the mesh's CA
-    /// (HTTP/2 or HTTP/1.1 by ALPN). `permissive` also lets plaintext in,
-    /// told apart by the first byte, for services joining the mesh.
+    /// (HTTP/2 or HTTP/1.1 by ALPN). In PERMISSIVE `mode` plaintext gets in
+    /// too, told apart by the first byte, for services joining the mesh;
+    /// the mode is read once per accepted connection, so the policy can
+    /// change it at any time without touching open connections.
     Mtls {
         acceptor: tokio_rustls::TlsAcceptor,
-        permissive: bool,
+        mode: SharedMtlsMode,
     },
 }
 
 impl Transport {
-    pub fn mtls(store: &Arc<weft_certs::IdentityStore>, permissive: bool) -> Self {
+    pub fn mtls(store: &Arc<weft_certs::IdentityStore>, mode: SharedMtlsMode) -> Self {
         let config = weft_certs::tls::server_config(store, weft_certs::tls::HTTP_ALPN);
         Self::Mtls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            permissive,
+            mode,
         }
     }
 }
@@ -189,12 +192,9 @@ pub async fn serve<S: HttpStack>(
             Transport::Plain => {
                 tokio::spawn(serve_connection(stream, svc, builder, shutdown, token));
             }
-            Transport::Mtls {
-                acceptor,
-                permissive,
-            } => {
+            Transport::Mtls { acceptor, mode } => {
                 let acceptor = acceptor.clone();
-                let permissive = *permissive;
+                let permissive = mode.get() == MtlsMode::Permissive;
                 // The handshake shares the request head's deadline, so a
                 // silent client cannot hold a connection open either way.
                 let deadline = settings.header_read_timeout;

@@ -1091,6 +1091,33 @@ async fn keys_that_were_never_fetched_make_requests_fail_with_503() {
 }
 
 #[tokio::test]
+async fn a_silent_jwks_endpoint_holds_a_request_no_longer_than_the_fetch_timeout() {
+    // Accepts connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let mut jwks = JwksConfig::uri(&url);
+    jwks.fetch_timeout = Duration::from_millis(300);
+    let provider = ProviderConfig::new("idp", ISSUER, &[AUDIENCE], Some(jwks));
+    let sc = Inbound::enforcing(single_provider(provider)).await;
+    let key = SigningKey::es256("ec-1");
+    let start = std::time::Instant::now();
+    let r = sc.get_with_token("/api", &key.token()).await;
+    let took = start.elapsed();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.header("x-weft-error"), "jwt-keys-unavailable");
+    // The fetch timeout plus the waiter's 500 ms scheduling margin.
+    assert!(took < Duration::from_millis(1500), "held for {took:?}");
+    assert_eq!(sc.app_calls(), 0);
+    held.abort();
+}
+
+#[tokio::test]
 async fn a_policy_update_keeps_the_fetched_keys() {
     let key = SigningKey::es256("ec-1");
     let idp = Idp::start(jwks(&[&key])).await;

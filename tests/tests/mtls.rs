@@ -6,12 +6,13 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use weft_e2e::harness::identity::MeshCa;
-use weft_e2e::harness::mesh::MeshedInstance;
-use weft_e2e::{Call, Mesh, Traffic, TrafficSpec, run, wait_for_instances};
+use weft_e2e::harness::mesh::{SETUP_TIMEOUT, mtls_users_and_client};
+use weft_e2e::{Call, Mesh, Traffic, TrafficSpec, eventually, run};
 
 /// Sends a plaintext HTTP request straight to `addr` and returns what came
 /// back before the connection closed (empty if nothing did).
@@ -39,36 +40,10 @@ async fn plaintext_exchange(addr: std::net::SocketAddr) -> anyhow::Result<String
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// A mesh with a CA, `users` and `client` instances with their join
-/// tokens (`users` started with `users_args` too), and the route from the
-/// client to users working.
-async fn users_and_client(
-    ctx: &weft_e2e::TestCtx,
-    leaf_ttl: &str,
-    users_args: &[&str],
-) -> anyhow::Result<(MeshCa, Mesh, MeshedInstance, MeshedInstance)> {
-    let ca = MeshCa::create(&ctx.log_dir, &["client", "users"])?;
-    let mesh = Mesh::start_with(ctx, &ca.agent_args(leaf_ttl)).await?;
-    let mut args = ca.sidecar_args("users");
-    args.extend(users_args.iter().map(|a| (*a).to_owned()));
-    let users = mesh.meshed_instance_with("users", "users-1", &args).await?;
-    let client = mesh
-        .meshed_instance_with("client", "client-1", &ca.sidecar_args("client"))
-        .await?;
-    wait_for_instances(
-        &mesh.http,
-        client.sidecar.outbound,
-        Call::get("users", "/"),
-        &["users-1"],
-    )
-    .await?;
-    Ok((ca, mesh, users, client))
-}
-
 #[test]
 fn calls_between_sidecars_are_mutual_tls_and_the_app_learns_the_caller() {
     run(|ctx| async move {
-        let (_ca, mesh, users, client) = users_and_client(&ctx, "24h", &[]).await?;
+        let (_ca, mesh, users, client) = mtls_users_and_client(&ctx, "24h").await?;
         let echo = mesh
             .http
             .call(client.sidecar.outbound, Call::get("users", "/hello"))
@@ -133,12 +108,44 @@ fn calls_between_sidecars_are_mutual_tls_and_the_app_learns_the_caller() {
     });
 }
 
-#[test]
-fn a_permissive_inbound_listener_also_serves_plaintext_without_an_identity() {
-    run(|ctx| async move {
-        let (_ca, mesh, users, client) =
-            users_and_client(&ctx, "24h", &["--inbound-tls", "permissive"]).await?;
+/// Whether a plaintext request to `addr` was answered (PERMISSIVE) or
+/// not (STRICT), after which it returns the answer.
+async fn until_plaintext(
+    addr: std::net::SocketAddr,
+    answered: bool,
+    what: &str,
+) -> anyhow::Result<(String, Duration)> {
+    let start = Instant::now();
+    let answer = eventually(SETUP_TIMEOUT, what, || async {
+        let plain = plaintext_exchange(addr).await?;
+        ensure!(
+            plain.starts_with("HTTP/") == answered,
+            "plaintext answered: {plain:?}"
+        );
+        Ok(plain)
+    })
+    .await?;
+    Ok((answer, start.elapsed()))
+}
 
+#[test]
+fn the_inbound_mtls_mode_comes_from_the_policy_and_switches_without_a_restart() {
+    run(|ctx| async move {
+        let (_ca, mesh, users, client) = mtls_users_and_client(&ctx, "24h").await?;
+        // STRICT by default: tested in the first test above.
+
+        // PERMISSIVE from users' policy document: a caller outside the
+        // mesh gets in over plaintext, with no identity, within a second.
+        mesh.put_document("policies/users", &json!({ "mtls": "permissive" }))
+            .await?;
+        let (plain, took_permissive) =
+            until_plaintext(users.sidecar.inbound, true, "users turns permissive").await?;
+        ctx.measured("mtls permissive in KV -> plaintext served", took_permissive);
+        ensure!(plain.starts_with("HTTP/1.1 200"), "{plain:?}");
+        ensure!(
+            !plain.to_ascii_lowercase().contains("x-weft-peer-identity"),
+            "{plain}"
+        );
         // Meshed callers still come over mTLS, with their identity.
         let echo = mesh
             .http
@@ -150,13 +157,26 @@ fn a_permissive_inbound_listener_also_serves_plaintext_without_an_identity() {
             "{echo:?}"
         );
 
-        // A caller outside the mesh gets in over plaintext, with no identity.
-        let plain = plaintext_exchange(users.sidecar.inbound).await?;
-        ensure!(plain.starts_with("HTTP/1.1 200"), "{plain:?}");
+        // Back to STRICT: plaintext is refused again.
+        mesh.put_document("policies/users", &json!({ "mtls": "strict" }))
+            .await?;
+        let (_, took_strict) =
+            until_plaintext(users.sidecar.inbound, false, "users turns strict").await?;
+        ctx.measured("mtls strict in KV -> plaintext refused", took_strict);
         ensure!(
-            !plain.to_ascii_lowercase().contains("x-weft-peer-identity"),
-            "{plain}"
+            took_permissive < Duration::from_secs(1) && took_strict < Duration::from_secs(1),
+            "the mode took {took_permissive:?} / {took_strict:?} to switch"
         );
+
+        // The mesh-wide default applies to a service whose document sets
+        // none, and a document's own mode wins over it.
+        mesh.put_document("defaults", &json!({ "mtls": "permissive" }))
+            .await?;
+        mesh.put_document("policies/users", &json!({})).await?;
+        until_plaintext(users.sidecar.inbound, true, "the mesh default applies").await?;
+        mesh.put_document("policies/users", &json!({ "mtls": "strict" }))
+            .await?;
+        until_plaintext(users.sidecar.inbound, false, "the document wins").await?;
         Ok(())
     });
 }
@@ -186,7 +206,7 @@ fn a_sidecar_whose_token_is_for_another_service_gets_no_certificate() {
 fn leaves_rotate_under_steady_traffic_without_a_failed_request() {
     run(|ctx| async move {
         // 6 s leaves: each sidecar renews about every 4 s.
-        let (_ca, mesh, users, client) = users_and_client(&ctx, "6s", &[]).await?;
+        let (_ca, mesh, users, client) = mtls_users_and_client(&ctx, "6s").await?;
         let first_users = users.sidecar.identity().await?["serial"].clone();
         let first_client = client.sidecar.identity().await?["serial"].clone();
 

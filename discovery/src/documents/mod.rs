@@ -36,7 +36,7 @@ pub use destination::{
 pub use duration::parse_duration;
 pub use error::FieldError;
 pub use policy::{
-    ANY_SERVICE, Action, DefaultsDocument, IntentionRule, Permission, PolicyDocument,
+    ANY_SERVICE, Action, DefaultsDocument, IntentionRule, MtlsMode, Permission, PolicyDocument,
     PolicyIntention,
 };
 pub use route::{
@@ -398,7 +398,8 @@ mod tests {
         assert_eq!(
             parse_document(&raw("defaults", r#"{ "default": "deny" }"#)).unwrap(),
             Document::Defaults(DefaultsDocument {
-                default_action: Some(Action::Deny)
+                default_action: Some(Action::Deny),
+                mtls: None,
             })
         );
         let errors = parse_document(&raw("defaults", r#"{ "default": "block" }"#)).unwrap_err();

@@ -1,11 +1,17 @@
 //! Policy documents (`policies/<service>`): who may call a service
-//! (intentions, L4 or L7) and what happens to everybody else (`default`);
-//! and the mesh-wide defaults document (`defaults`). Their translation to
-//! protocol messages is here too; merging them with Consul's intentions into
-//! one `InboundPolicy` is the snapshot builder's job.
+//! (intentions, L4 or L7), what happens to everybody else (`default`),
+//! whether its inbound listener also takes plaintext (`mtls`), and how end
+//! users authenticate (`jwt`); and the mesh-wide defaults document
+//! (`defaults`). Their translation to protocol messages is here too;
+//! merging them with Consul's intentions into one `InboundPolicy` is the
+//! snapshot builder's job.
+//!
+//! The `jwt` section's structure is checked here against the schema (which
+//! mirrors the sidecar's `authn::config`); it is kept as written and passed
+//! on as JSON, and the sidecar, which compiles it, checks its meaning.
 //!
 //! Unknown fields are rejected, so that a policy written for a newer agent
-//! (say, with a `jwt` section) is never silently ignored by an older one.
+//! is never silently ignored by an older one.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +44,25 @@ impl From<Action> for proto::Action {
     }
 }
 
+/// What a service's inbound listener accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsMode {
+    /// Only mutual TLS with a leaf of the mesh's CA.
+    Strict,
+    /// Also plaintext from callers outside the mesh (for migration).
+    Permissive,
+}
+
+impl From<MtlsMode> for proto::MtlsMode {
+    fn from(mode: MtlsMode) -> Self {
+        match mode {
+            MtlsMode::Strict => proto::MtlsMode::Strict,
+            MtlsMode::Permissive => proto::MtlsMode::Permissive,
+        }
+    }
+}
+
 /// The inbound policy of one service, as its document says it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +75,14 @@ pub struct PolicyDocument {
     /// anything: exact sources always come before `*`.
     #[serde(default)]
     pub intentions: Vec<PolicyIntention>,
+    /// Whether the inbound listener also takes plaintext. Default: the
+    /// mesh-wide `defaults` document's, else strict.
+    #[serde(default)]
+    pub mtls: Option<MtlsMode>,
+    /// JWT authentication, as written (structure checked by the schema;
+    /// the sidecar compiles it and checks the rest).
+    #[serde(default)]
+    pub jwt: Option<Value>,
 }
 
 /// The mesh-wide defaults (key `defaults`, the file `defaults.*` at the
@@ -61,6 +94,10 @@ pub struct DefaultsDocument {
     /// Default: allow (as Consul with ACLs off).
     #[serde(default, rename = "default")]
     pub default_action: Option<Action>,
+    /// The mTLS mode of every service whose policy document sets none.
+    /// Default: strict.
+    #[serde(default)]
+    pub mtls: Option<MtlsMode>,
 }
 
 /// Whether one source may call the service.
@@ -626,10 +663,128 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_rejected_jwt_included_for_now() {
-        let errors = parse_err(json!({ "jwt": {}, "allow": ["web"] }));
-        assert_eq!(fields(&errors), ["allow", "jwt"], "{errors:?}");
-        assert!(errors[0].contains("`default`, `intentions`"), "{errors:?}");
+    fn unknown_fields_are_rejected_and_listed() {
+        let errors = parse_err(json!({ "allow": ["web"] }));
+        assert_eq!(fields(&errors), ["allow"], "{errors:?}");
+        assert!(
+            errors[0].contains("`default`, `intentions`, `jwt`, `mtls`"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn the_mtls_mode_is_strict_or_permissive() {
+        assert_eq!(
+            parse_ok(json!({ "mtls": "permissive" })).mtls,
+            Some(MtlsMode::Permissive)
+        );
+        assert_eq!(parse_ok(json!({})).mtls, None);
+        let errors = parse_err(json!({ "mtls": "off" }));
+        assert_eq!(fields(&errors), ["mtls"], "{errors:?}");
+        assert!(errors[0].contains("is not one of"), "{errors:?}");
+    }
+
+    /// A JWT section with every field the sidecar's `authn::config` knows.
+    fn full_jwt() -> Value {
+        json!({
+            "providers": [
+                { "name": "corp", "issuer": "https://idp.example.com", "audiences": ["users"],
+                  "jwks": { "uri": "http://idp.internal:8080/jwks.json", "cache_duration": "10m",
+                            "fetch_timeout": "2s", "min_refetch_interval": "30s" },
+                  "algorithms": ["RS256", "ES256", "EdDSA"],
+                  "from": [ { "header": "authorization", "prefix": "Bearer " },
+                            { "cookie": "session" }, { "query": "access_token" } ],
+                  "clock_leeway": "30s",
+                  "required_claims": { "tenant": "acme", "level": 3, "verified": true,
+                                       "email": { "present": true } },
+                  "forward_token": false,
+                  "claim_headers": { "sub": "x-weft-jwt-sub", "email": "x-weft-jwt-email" } },
+                { "name": "ci", "issuer": "ci", "audiences": ["users"],
+                  "shared_secret": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA",
+                  "algorithms": ["HS256"] },
+                { "name": "static", "issuer": "static", "audiences": ["users"],
+                  "jwks": { "inline": { "keys": [ { "kty": "OKP", "crv": "Ed25519", "x": "abc" } ] } } } ],
+            "rules": [
+                { "name": "health", "match": { "path_prefix": "/health" }, "public": true },
+                { "match": { "path_exact": "/admin", "methods": ["POST", "PURGE"] },
+                  "required_roles": ["admin", "ops"], "roles_claim": "realm_access.roles",
+                  "roles_match": "any" } ]
+        })
+    }
+
+    #[test]
+    fn a_jwt_section_is_kept_as_written() {
+        let document = parse_ok(json!({ "jwt": full_jwt() }));
+        assert_eq!(document.jwt, Some(full_jwt()));
+    }
+
+    #[test]
+    fn a_structurally_invalid_jwt_section_is_rejected_field_by_field() {
+        let errors = parse_err(json!({ "jwt": {
+            "providers": [
+                { "name": "a", "issuer": "x", "audiences": [],
+                  "jwks": { "inline": { "keys": [] }, "uri": "http://idp/jwks" },
+                  "algorithms": ["none"], "clock_leway": "5s" },
+                { "name": "b", "issuer": "y", "audiences": ["u"],
+                  "jwks": { "uri": "https://idp/jwks", "fetch_timeout": "soon" },
+                  "from": [ { "header": "authorization", "cookie": "s" }, { "prefix": "Bearer " } ],
+                  "required_claims": { "email": { "present": false } },
+                  "claim_headers": { "sub": "bad header" } },
+                { "name": "c", "issuer": "z", "audiences": ["u"] } ],
+            "rules": [ { "match": { "path_prefix": "/a", "path_exact": "/a", "methods": ["get"] },
+                         "required_roles": ["two words"], "roles_match": "some" } ] } }));
+        assert_eq!(
+            fields(&errors),
+            [
+                "jwt.providers[0].algorithms[0]",
+                "jwt.providers[0].audiences",
+                "jwt.providers[0].jwks.uri",
+                "jwt.providers[0].clock_leway",
+                "jwt.providers[1].claim_headers.sub",
+                "jwt.providers[1].from[0].cookie",
+                "jwt.providers[1].from[1]",
+                "jwt.providers[1].jwks.fetch_timeout",
+                "jwt.providers[1].jwks.uri",
+                "jwt.providers[1].required_claims.email.present",
+                "jwt.providers[2]",
+                "jwt.rules[0].match.methods[0]",
+                "jwt.rules[0].match.path_exact",
+                "jwt.rules[0].required_roles[0]",
+                "jwt.rules[0].roles_match",
+            ],
+            "{errors:#?}"
+        );
+        let said = errors.join("\n");
+        for reason in [
+            "jwt.providers[0].jwks.uri: not allowed together with `inline`",
+            "jwt.providers[0].clock_leway: unknown field (allowed here: ",
+            "jwt.providers[1].from[1]: needs one of `header`, `cookie`, `query`",
+            "jwt.providers[2]: needs one of `jwks`, `shared_secret`",
+            "jwt.providers[1].jwks.uri: \"https://idp/jwks\" is not an http:// URL",
+        ] {
+            assert!(said.contains(reason), "missing {reason:?} in {said}");
+        }
+    }
+
+    #[test]
+    fn a_jwt_section_needs_providers() {
+        assert_eq!(
+            parse_err(json!({ "jwt": {} })),
+            ["jwt.providers: required field is missing"]
+        );
+        let errors = parse_err(json!({ "jwt": { "providers": [] } }));
+        assert_eq!(fields(&errors), ["jwt.providers"], "{errors:?}");
+    }
+
+    #[test]
+    fn a_short_shared_secret_is_never_quoted_by_the_agent() {
+        // The sidecar judges secrets (length, base64) without showing them;
+        // the agent only checks it is a non-empty string.
+        let document = parse_ok(
+            json!({ "jwt": { "providers": [ { "name": "ci", "issuer": "ci",
+            "audiences": ["u"], "shared_secret": "hunter2" } ] } }),
+        );
+        assert!(document.jwt.is_some());
     }
 
     #[test]
@@ -659,20 +814,38 @@ mod tests {
         assert_eq!(
             parse_defaults("defaults", &json!({ "default": "deny" })),
             Ok(DefaultsDocument {
-                default_action: Some(Action::Deny)
+                default_action: Some(Action::Deny),
+                mtls: None,
             })
         );
         assert_eq!(
             parse_defaults("defaults", &json!({})),
             Ok(DefaultsDocument::default())
         );
-        let errors = parse_defaults("defaults", &json!({ "default": "nope", "intentions": [] }))
-            .expect_err("invalid");
+        assert_eq!(
+            parse_defaults("defaults", &json!({ "mtls": "permissive" })),
+            Ok(DefaultsDocument {
+                default_action: None,
+                mtls: Some(MtlsMode::Permissive)
+            })
+        );
+        let errors = parse_defaults(
+            "defaults",
+            &json!({ "default": "nope", "mtls": "loose", "intentions": [] }),
+        )
+        .expect_err("invalid");
         let found: Vec<_> = errors
             .iter()
             .map(|e| (e.key.as_str(), e.field.as_str()))
             .collect();
-        assert_eq!(found, [("defaults", "default"), ("defaults", "intentions")]);
+        assert_eq!(
+            found,
+            [
+                ("defaults", "default"),
+                ("defaults", "mtls"),
+                ("defaults", "intentions")
+            ]
+        );
     }
 
     #[test]

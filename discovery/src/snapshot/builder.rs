@@ -64,7 +64,7 @@ impl SnapshotBuilder {
         let mut routes: BTreeMap<String, config::RouteConfiguration> = BTreeMap::new();
         let mut destinations: BTreeMap<String, config::Cluster> = BTreeMap::new();
         let mut policy_documents: BTreeMap<String, &PolicyDocument> = BTreeMap::new();
-        let mut mesh_default = None;
+        let mut defaults = None;
         for service in state.services.keys() {
             routes.insert(
                 service.clone(),
@@ -88,8 +88,8 @@ impl SnapshotBuilder {
                 (Ok(DocumentKey::Policy { service }), Document::Policy(policy)) => {
                     policy_documents.insert(service, policy);
                 }
-                (Ok(DocumentKey::Defaults), Document::Defaults(defaults)) => {
-                    mesh_default = defaults.default_action;
+                (Ok(DocumentKey::Defaults), Document::Defaults(mesh_defaults)) => {
+                    defaults = Some(mesh_defaults);
                 }
                 _ => {}
             }
@@ -135,8 +135,7 @@ impl SnapshotBuilder {
             .collect();
         for service in protected {
             let document = policy_documents.get(service).copied();
-            let inbound =
-                policy::inbound_policy(service, document, mesh_default, &state.intentions);
+            let inbound = policy::inbound_policy(service, document, defaults, &state.intentions);
             snapshot.insert(
                 type_url::INBOUND_POLICY,
                 Resource::new(service.to_string(), &inbound),
@@ -145,7 +144,7 @@ impl SnapshotBuilder {
         snapshot.unknown_service_policy = Some(policy::inbound_policy(
             "",
             None,
-            mesh_default,
+            defaults,
             &state.intentions,
         ));
         snapshot.rejected = self

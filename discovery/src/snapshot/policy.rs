@@ -21,16 +21,26 @@
 //! document's, else ALLOW: a mesh with no policies behaves like Consul with
 //! ACLs off, so turning Weft on never breaks traffic. Production meshes
 //! should write `{"default": "deny"}` to `defaults`.
+//!
+//! `mtls_mode` is the document's `mtls`, else the `defaults` document's,
+//! else STRICT: a sidecar with mTLS on never takes plaintext unless someone
+//! said so. `jwt_json` is the document's `jwt` object as JSON (empty
+//! without one); the sidecar compiles it.
 
 use std::cmp::Reverse;
 
+use serde_json::Value;
+
 use weft_proto::config::v1 as proto;
 
-use crate::documents::{ANY_SERVICE, Action, PolicyDocument};
+use crate::documents::{ANY_SERVICE, Action, DefaultsDocument, MtlsMode, PolicyDocument};
 use crate::model::{Intention, IntentionAction};
 
 /// The action of a mesh with no policy anywhere.
 pub const MESH_DEFAULT_ACTION: Action = Action::Allow;
+
+/// The inbound mTLS mode of a mesh with no policy anywhere.
+pub const MESH_DEFAULT_MTLS: MtlsMode = MtlsMode::Strict;
 
 /// Consul's precedence of an intention from `source` to `destination`
 /// (either may be `*`).
@@ -54,13 +64,13 @@ pub fn consul_origin(id: &str) -> String {
 }
 
 /// The inbound policy of `service`: `document` is its last good policy
-/// document (if any), `mesh_default` the last good `defaults` document's
-/// `default` (if any), and `intentions` every Consul intention (those for
-/// other destinations are skipped here).
+/// document (if any), `defaults` the last good `defaults` document (if
+/// any), and `intentions` every Consul intention (those for other
+/// destinations are skipped here).
 pub fn inbound_policy(
     service: &str,
     document: Option<&PolicyDocument>,
-    mesh_default: Option<Action>,
+    defaults: Option<&DefaultsDocument>,
     intentions: &[Intention],
 ) -> proto::InboundPolicy {
     let mut ranked: Vec<Ranked> = Vec::new();
@@ -102,14 +112,21 @@ pub fn inbound_policy(
 
     let default_action = document
         .and_then(|document| document.default_action)
-        .or(mesh_default)
+        .or(defaults.and_then(|defaults| defaults.default_action))
         .unwrap_or(MESH_DEFAULT_ACTION);
+    let mtls = document
+        .and_then(|document| document.mtls)
+        .or(defaults.and_then(|defaults| defaults.mtls))
+        .unwrap_or(MESH_DEFAULT_MTLS);
     proto::InboundPolicy {
         service: service.to_string(),
         default_action: proto::Action::from(default_action).into(),
         intentions: ranked.into_iter().map(|ranked| ranked.intention).collect(),
-        // JWT authentication is not wired yet.
-        jwt_json: String::new(),
+        jwt_json: document
+            .and_then(|document| document.jwt.as_ref())
+            .map(Value::to_string)
+            .unwrap_or_default(),
+        mtls_mode: proto::MtlsMode::from(mtls).into(),
     }
 }
 
@@ -266,22 +283,68 @@ mod tests {
         let allow = proto::Action::Allow;
         let with_default = document(json!({ "default": "allow" }));
         let without_default = document(json!({ "intentions": [] }));
-        for (document, mesh_default, expected) in [
-            (Some(&with_default), Some(Action::Deny), allow),
-            (Some(&without_default), Some(Action::Deny), deny),
-            (None, Some(Action::Deny), deny),
+        let mesh_deny = DefaultsDocument {
+            default_action: Some(Action::Deny),
+            mtls: None,
+        };
+        for (document, defaults, expected) in [
+            (Some(&with_default), Some(&mesh_deny), allow),
+            (Some(&without_default), Some(&mesh_deny), deny),
+            (None, Some(&mesh_deny), deny),
             (Some(&without_default), None, allow),
             (None, None, allow),
         ] {
-            let policy = inbound_policy("db", document, mesh_default, &[]);
+            let policy = inbound_policy("db", document, defaults, &[]);
             assert_eq!(
                 policy.default_action(),
                 expected,
-                "document {document:?}, mesh default {mesh_default:?}"
+                "document {document:?}, defaults {defaults:?}"
             );
             assert!(policy.intentions.is_empty());
-            assert!(policy.jwt_json.is_empty(), "JWT is not wired yet");
+            assert!(policy.jwt_json.is_empty(), "no document sets `jwt`");
         }
+    }
+
+    #[test]
+    fn the_mtls_mode_comes_from_the_document_then_the_mesh_then_strict() {
+        let strict = proto::MtlsMode::Strict;
+        let permissive = proto::MtlsMode::Permissive;
+        let strict_document = document(json!({ "mtls": "strict" }));
+        let silent_document = document(json!({}));
+        let mesh_permissive = DefaultsDocument {
+            default_action: None,
+            mtls: Some(MtlsMode::Permissive),
+        };
+        for (document, defaults, expected) in [
+            (Some(&strict_document), Some(&mesh_permissive), strict),
+            (Some(&silent_document), Some(&mesh_permissive), permissive),
+            (None, Some(&mesh_permissive), permissive),
+            (Some(&silent_document), None, strict),
+            (None, None, strict),
+        ] {
+            let policy = inbound_policy("db", document, defaults, &[]);
+            assert_eq!(
+                policy.mtls_mode(),
+                expected,
+                "document {document:?}, defaults {defaults:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_jwt_section_travels_as_the_json_the_document_wrote() {
+        let jwt = json!({ "providers": [ { "name": "idp", "issuer": "https://idp",
+            "audiences": ["db"], "jwks": { "uri": "http://127.0.0.1:9/jwks" } } ],
+            "rules": [ { "match": { "path_prefix": "/health" }, "public": true } ] });
+        let policy = inbound_policy(
+            "db",
+            Some(&document(json!({ "jwt": jwt.clone() }))),
+            None,
+            &[],
+        );
+        let sent: serde_json::Value =
+            serde_json::from_str(&policy.jwt_json).expect("jwt_json is JSON");
+        assert_eq!(sent, jwt);
     }
 
     #[test]

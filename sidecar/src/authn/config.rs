@@ -437,6 +437,69 @@ mod tests {
         assert_eq!(err.0[0].field, "providers[0].clock_leeway");
     }
 
+    /// The agent validates policy documents with the published JSON Schema
+    /// before they reach a sidecar: its `jwt_*` definitions must name
+    /// exactly the fields this module reads, or a valid policy would be
+    /// refused (or a typo let through to the sidecar).
+    #[test]
+    fn the_published_schema_knows_exactly_these_fields() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../discovery/schema/weft-kv.schema.json"
+        ))
+        .unwrap();
+        let mut provider = ProviderConfig::new("idp", "https://idp", &["users"], None);
+        provider.jwks = Some(JwksConfig {
+            inline: Some(serde_json::json!({ "keys": [] })),
+            uri: Some("http://idp/jwks".into()),
+            cache_duration: Some(Duration::from_secs(60)),
+            ..JwksConfig::uri("")
+        });
+        provider.algorithms = Some(vec!["RS256".into()]);
+        provider.shared_secret = Some(Secret("s".into()));
+        provider.required_claims =
+            BTreeMap::from([("tenant".to_owned(), RequiredClaim::Equals("acme".into()))]);
+        provider.from = vec![TokenSourceConfig {
+            header: Some("authorization".into()),
+            prefix: Some("Bearer ".into()),
+            cookie: Some("session".into()),
+            query: Some("token".into()),
+        }];
+        let config = AuthnConfig {
+            providers: vec![provider],
+            rules: vec![RuleConfig {
+                name: Some("admin".into()),
+                matches: RuleMatch {
+                    path_prefix: Some("/a".into()),
+                    path_exact: Some("/a".into()),
+                    methods: vec!["GET".into()],
+                },
+                public: false,
+                required_roles: vec!["admin".into()],
+                roles_claim: Some("roles".into()),
+                roles_match: RolesMatch::Any,
+            }],
+        };
+        let written = serde_json::to_value(&config).unwrap();
+        let fields = |value: &serde_json::Value| -> Vec<String> {
+            let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        let published = |definition: &str| fields(&schema["$defs"][definition]["properties"]);
+        let provider = &written["providers"][0];
+        let rule = &written["rules"][0];
+        for (definition, value) in [
+            ("jwt_policy", &written),
+            ("jwt_provider", provider),
+            ("jwt_jwks", &provider["jwks"]),
+            ("jwt_token_source", &provider["from"][0]),
+            ("jwt_rule", rule),
+            ("jwt_rule_match", &rule["match"]),
+        ] {
+            assert_eq!(published(definition), fields(value), "{definition}");
+        }
+    }
+
     #[test]
     fn round_trips_through_json_without_showing_secrets_in_debug() {
         let mut p = ProviderConfig::new("idp", "https://idp", &["users"], None);

@@ -236,6 +236,7 @@ mod tests {
             default_action: default as i32,
             intentions,
             jwt_json: String::new(),
+            mtls_mode: pb::MtlsMode::Strict.into(),
         })
         .unwrap()
     }
@@ -339,6 +340,7 @@ mod tests {
                 origin: String::new(),
             }],
             jwt_json: String::new(),
+            mtls_mode: pb::MtlsMode::Strict.into(),
         };
         let errors = compile(&bad).unwrap_err().join("\n");
         for want in [

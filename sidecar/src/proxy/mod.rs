@@ -3,9 +3,18 @@
 //! ```text
 //! outbound: server -> error_response -> request_id -> headers -> route -> split
 //!           -> rewrite -> timeout -> balance -> concurrency -> forward
-//! inbound:  server (mTLS) -> error_response -> request_id -> headers -> authorize
-//!           -> static_target -> timeout -> balance -> concurrency -> forward
+//! inbound:  server (mTLS) -> error_response -> request_id -> headers -> jwt_authn
+//!           -> authorize -> static_target -> timeout -> balance -> concurrency -> forward
 //! ```
+//!
+//! On the inbound side `jwt_authn` (the end user, from a token) runs before
+//! `authorize` (the calling service, from the mTLS handshake), as Envoy
+//! runs jwt_authn before RBAC: by the time intentions look at a request,
+//! caller-sent `x-weft-jwt-*` headers are gone and the claim headers are
+//! the verified ones, so an L7 permission may rely on them. The price is
+//! that a token is verified before a caller no intention allows is
+//! refused; a service without a JWT policy pays nothing (one atomic load),
+//! and request-driven JWKS refetches are rate-limited per key set.
 //!
 //! Every layer takes and passes on a [`ProxyRequest`]: the HTTP request plus
 //! a [`RequestCtx`] that layers fill in for the ones below them (the routing
@@ -174,12 +183,18 @@ pub fn outbound(table: Arc<ArcSwap<RoutingTable>>) -> impl HttpStack {
 }
 
 /// The inbound stack: other sidecars' calls, to the local app.
-pub fn inbound(app: Arc<Cluster>, authz: crate::authz::SharedAuthz) -> impl HttpStack {
+pub fn inbound(
+    app: Arc<Cluster>,
+    authn: crate::authn::AuthnPolicy,
+    authz: crate::authz::SharedAuthz,
+) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
         .layer(request_id::RequestIdLayer)
         .layer(headers::ProxyHeadersLayer)
-        // Before anything reaches the app: who may call (intentions).
+        // Before anything reaches the app: who the end user is (JWT), then
+        // who may call (intentions).
+        .layer(crate::authn::JwtAuthnLayer::new(authn))
         .layer(crate::authz::AuthorizeLayer::new(authz))
         .layer(static_target::StaticTargetLayer::new(app))
         .layer(timeout::TimeoutLayer)

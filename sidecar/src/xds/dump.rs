@@ -145,6 +145,8 @@ pub fn inbound_policy(p: &pb::InboundPolicy) -> Value {
     };
     json!({
         "service": p.service,
+        "mtls_mode": pb::MtlsMode::try_from(p.mtls_mode).map(|m| m.as_str_name()).unwrap_or("INVALID"),
+        "jwt": jwt(&p.jwt_json),
         "default_action": action(p.default_action),
         "intentions": p.intentions.iter().map(|i| json!({
             "source": i.source,
@@ -153,4 +155,42 @@ pub fn inbound_policy(p: &pb::InboundPolicy) -> Value {
             "origin": i.origin,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The JWT policy as the document wrote it, shared secrets redacted (the
+/// dump is for debugging; a secret in it would end up in tickets).
+fn jwt(text: &str) -> Value {
+    if text.is_empty() {
+        return Value::Null;
+    }
+    let Ok(mut policy) = serde_json::from_str::<Value>(text) else {
+        return json!("<not JSON>");
+    };
+    if let Some(providers) = policy.get_mut("providers").and_then(Value::as_array_mut) {
+        for provider in providers {
+            if let Some(secret) = provider.get_mut("shared_secret") {
+                *secret = json!("<redacted>");
+            }
+        }
+    }
+    policy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dumped_jwt_policy_never_shows_a_shared_secret() {
+        let dumped = inbound_policy(&pb::InboundPolicy {
+            service: "users".into(),
+            jwt_json: r#"{"providers":[{"name":"ci","issuer":"ci","audiences":["users"],"shared_secret":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}]}"#.into(),
+            mtls_mode: pb::MtlsMode::Permissive.into(),
+            ..Default::default()
+        });
+        assert_eq!(dumped["mtls_mode"], "PERMISSIVE");
+        assert_eq!(dumped["jwt"]["providers"][0]["name"], "ci");
+        assert_eq!(dumped["jwt"]["providers"][0]["shared_secret"], "<redacted>");
+        assert!(!dumped.to_string().contains("c2VjcmV0"));
+    }
 }

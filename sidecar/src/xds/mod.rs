@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod client;
 pub mod compile;
 pub mod dump;
+mod inbound;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,9 @@ use weft_proto::config::v1 as pb;
 use weft_proto::discovery::v1::{DiscoveryRequest, DiscoveryResponse, ErrorDetail, Node};
 use weft_proto::type_url;
 
-use crate::authz::{AuthzPolicy, SharedAuthz};
+use crate::authn::AuthnPolicy;
+use crate::authz::SharedAuthz;
+use crate::mtls_mode::SharedMtlsMode;
 use crate::table::{ClusterSettings, RoutingTable};
 use crate::upstream::Dns;
 use compile::{CompiledRoutes, EndpointSpec};
@@ -96,8 +99,11 @@ pub struct Core {
     dns: Dns,
     /// This sidecar's mesh identity, when mTLS is on.
     identity: Option<Arc<weft_certs::IdentityStore>>,
-    /// Where the accepted inbound policy goes (read by the authorize layer).
+    /// Where the accepted inbound policy goes: intentions (read by the
+    /// authorize layer), JWT (the authn layer), mTLS mode (the listener).
     authz: SharedAuthz,
+    authn: AuthnPolicy,
+    mtls: SharedMtlsMode,
 }
 
 fn canonical(t: &str) -> Option<&'static str> {
@@ -123,12 +129,26 @@ impl Core {
             dns,
             identity: None,
             authz: SharedAuthz::default(),
+            authn: AuthnPolicy::default(),
+            mtls: SharedMtlsMode::default(),
         }
     }
 
     /// Where accepted inbound policies are published for the data path.
     pub fn with_authz(mut self, authz: SharedAuthz) -> Self {
         self.authz = authz;
+        self
+    }
+
+    /// Where accepted JWT policies are published for the data path.
+    pub fn with_authn(mut self, authn: AuthnPolicy) -> Self {
+        self.authn = authn;
+        self
+    }
+
+    /// Where the accepted inbound mTLS mode is published for the listener.
+    pub fn with_mtls_mode(mut self, mtls: SharedMtlsMode) -> Self {
+        self.mtls = mtls;
         self
     }
 
@@ -310,32 +330,30 @@ impl Core {
         Ok(false)
     }
 
-    /// This service's policy compiled and swapped in for the authorize
-    /// layer; policies for other names (there should be none) are ignored.
+    /// This service's policy compiled whole (intentions, JWT, mTLS mode)
+    /// and only then swapped in, all parts together; policies for other
+    /// names (there should be none) are ignored.
     fn accept_policy(&mut self, resp: &DiscoveryResponse) -> Result<bool, Vec<String>> {
         let mut errors = Vec::new();
         let msgs: Vec<pb::InboundPolicy> = Self::decode(resp, &mut errors);
-        let ours = msgs.into_iter().find(|m| m.service == self.node.service);
-        let compiled = match &ours {
-            Some(m) => match crate::authz::compile(m) {
-                Ok(p) => Some(p),
-                Err(errs) => {
-                    errors.extend(
-                        errs.into_iter()
-                            .map(|e| format!("InboundPolicy {}: {e}", m.service)),
-                    );
-                    None
-                }
-            },
-            // An empty answer is "no policy": allow, as before any arrived.
-            None => Some(AuthzPolicy::default()),
-        };
         if !errors.is_empty() {
             return Err(errors);
         }
-        if let Some(p) = compiled {
-            self.authz.store(Arc::new(p));
-        }
+        let ours = msgs.into_iter().find(|m| m.service == self.node.service);
+        let compiled = match &ours {
+            Some(m) => {
+                inbound::compile(m, self.authn.get().as_deref(), &self.dns).map_err(|errs| {
+                    errs.into_iter()
+                        .map(|e| format!("InboundPolicy {}: {e}", m.service))
+                        .collect::<Vec<_>>()
+                })?
+            }
+            // An empty answer is "no policy": as before any arrived.
+            None => inbound::CompiledInbound::default(),
+        };
+        self.authz.store(Arc::new(compiled.authz));
+        self.authn.set(compiled.authn);
+        self.mtls.set(compiled.mtls);
         self.accepted.policy = ours;
         Ok(false)
     }

@@ -53,6 +53,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
             origin: "kv:weft/policies/web".into(),
         }],
         jwt_json: String::new(),
+        mtls_mode: pb::MtlsMode::Strict.into(),
     }
 }
 
@@ -268,6 +269,90 @@ fn the_inbound_policy_is_swapped_in_for_the_data_path_and_an_invalid_one_nacked(
         authz.load().decide(Some("billing"), &req).is_err(),
         "the last good policy keeps deciding"
     );
+}
+
+/// A JWT section with one inline Ed25519 key (RFC 8037's example key).
+const JWT_JSON: &str = r#"{ "providers": [ { "name": "idp", "issuer": "https://idp",
+    "audiences": ["web"], "jwks": { "inline": { "keys": [ { "kty": "OKP", "crv": "Ed25519",
+    "kid": "k1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" } ] } } } ] }"#;
+
+#[test]
+fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
+    let authz = crate::authz::SharedAuthz::default();
+    let authn = crate::authn::AuthnPolicy::default();
+    let mtls = crate::mtls_mode::SharedMtlsMode::default();
+    let (core, _) = core();
+    let mut core = core
+        .with_authz(authz.clone())
+        .with_authn(authn.clone())
+        .with_mtls_mode(mtls.clone());
+    let req = http::Request::get("/").body(()).unwrap();
+    assert_eq!(
+        mtls.get(),
+        crate::mtls_mode::MtlsMode::Strict,
+        "strict before any policy"
+    );
+    assert!(authn.get().is_none(), "no JWT checks before any policy");
+
+    let mut good = policy("billing", pb::Action::Deny);
+    good.jwt_json = JWT_JSON.into();
+    good.mtls_mode = pb::MtlsMode::Permissive.into();
+    let out = core.handle(response(POLICY, "p1", "1", &[good]));
+    assert!(out[0].error_detail.is_none(), "{:?}", out[0].error_detail);
+    assert_eq!(mtls.get(), crate::mtls_mode::MtlsMode::Permissive);
+    assert_eq!(
+        authn.get().map(|a| a.service().to_owned()).as_deref(),
+        Some("web")
+    );
+    assert!(authz.load().decide(Some("billing"), &req).is_err());
+
+    // A bad JWT section: nothing of this policy applies, not even its
+    // good intentions and mode; every problem is named with its field.
+    let mut bad = policy("billing", pb::Action::Allow);
+    bad.jwt_json = JWT_JSON
+        .replace(r#""audiences": ["web"]"#, r#""audiences": []"#)
+        .replace("Ed25519", "Ed448");
+    let out = core.handle(response(POLICY, "p2", "2", &[bad]));
+    let detail = &out[0].error_detail.as_ref().unwrap().message;
+    assert!(
+        detail.contains("InboundPolicy web: jwt.providers[0].audiences: empty"),
+        "{detail}"
+    );
+    assert!(detail.contains("jwt.providers[0].jwks.inline"), "{detail}");
+    assert!(
+        authz.load().decide(Some("billing"), &req).is_err(),
+        "old intentions"
+    );
+    assert!(authn.get().is_some(), "old JWT policy");
+    assert_eq!(
+        mtls.get(),
+        crate::mtls_mode::MtlsMode::Permissive,
+        "old mode"
+    );
+
+    // JSON that is not JSON, and a mode from a newer agent.
+    let mut bad = policy("billing", pb::Action::Allow);
+    bad.jwt_json = "{".into();
+    bad.mtls_mode = 9;
+    let out = core.handle(response(POLICY, "p3", "3", &[bad]));
+    let detail = &out[0].error_detail.as_ref().unwrap().message;
+    assert!(
+        detail.contains("InboundPolicy web: mtls_mode: unknown value 9"),
+        "{detail}"
+    );
+    assert!(detail.contains("InboundPolicy web: jwt: "), "{detail}");
+
+    // A policy without `jwt` turns JWT checks off; the mode goes back to strict.
+    let out = core.handle(response(
+        POLICY,
+        "p4",
+        "4",
+        &[policy("billing", pb::Action::Allow)],
+    ));
+    assert!(out[0].error_detail.is_none());
+    assert!(authn.get().is_none());
+    assert_eq!(mtls.get(), crate::mtls_mode::MtlsMode::Strict);
+    assert!(authz.load().decide(Some("billing"), &req).is_ok());
 }
 
 #[test]

@@ -14,6 +14,7 @@ use super::app::App;
 use super::consul::{Consul, Registration};
 use super::eventually::eventually;
 use super::http::{Call, Echo, HttpClient};
+use super::identity::MeshCa;
 use super::ports::free_port;
 use super::sidecar::{Sidecar, SidecarSpec};
 use crate::TestCtx;
@@ -134,6 +135,31 @@ impl Mesh {
     pub async fn put_raw_document(&self, key: &str, document: &str) -> anyhow::Result<()> {
         self.consul.kv_put(&format!("weft/{key}"), document).await
     }
+}
+
+/// The mesh of the identity tests: a CA whose leaves are valid `leaf_ttl`,
+/// `users` and `client` meshed with their join tokens (instances `users-1`
+/// and `client-1`), and the client's route to users working.
+pub async fn mtls_users_and_client(
+    ctx: &TestCtx,
+    leaf_ttl: &str,
+) -> anyhow::Result<(MeshCa, Mesh, MeshedInstance, MeshedInstance)> {
+    let ca = MeshCa::create(&ctx.log_dir, &["client", "users"])?;
+    let mesh = Mesh::start_with(ctx, &ca.agent_args(leaf_ttl)).await?;
+    let users = mesh
+        .meshed_instance_with("users", "users-1", &ca.sidecar_args("users"))
+        .await?;
+    let client = mesh
+        .meshed_instance_with("client", "client-1", &ca.sidecar_args("client"))
+        .await?;
+    wait_for_instances(
+        &mesh.http,
+        client.sidecar.outbound,
+        Call::get("users", "/"),
+        &["users-1"],
+    )
+    .await?;
+    Ok((ca, mesh, users, client))
 }
 
 /// The agent on the embedded file backend: no Consul at all.
