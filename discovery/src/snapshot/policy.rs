@@ -110,6 +110,8 @@ pub fn inbound_policy(
         intentions: ranked.into_iter().map(|ranked| ranked.intention).collect(),
         // JWT authentication is not wired yet.
         jwt_json: String::new(),
+        // Set by the snapshot builder from the destination document.
+        opaque_tcp: false,
     }
 }
 

@@ -146,6 +146,7 @@ pub fn inbound_policy(p: &pb::InboundPolicy) -> Value {
     json!({
         "service": p.service,
         "default_action": action(p.default_action),
+        "opaque_tcp": p.opaque_tcp,
         "intentions": p.intentions.iter().map(|i| json!({
             "source": i.source,
             "action": action(i.action),

@@ -53,6 +53,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
             origin: "kv:weft/policies/web".into(),
         }],
         jwt_json: String::new(),
+        opaque_tcp: false,
     }
 }
 
