@@ -16,7 +16,7 @@ use weft_e2e::harness::mesh::{MeshedInstance, SETUP_TIMEOUT};
 use weft_e2e::harness::ports::free_port;
 use weft_e2e::harness::redis::{Redis, RespConn};
 use weft_e2e::harness::sidecar::Sidecar;
-use weft_e2e::{Mesh, eventually, run};
+use weft_e2e::{Call, Mesh, eventually, run};
 
 /// Redis behind its meshed sidecar, and a meshed `client` whose sidecar
 /// serves Redis on a local port (`tcp`).
@@ -167,6 +167,20 @@ fn redis_commands_cross_the_mtls_tunnel_and_redis_side_knows_the_caller() {
             .clone();
         let outbound = m.client.sidecar.tcp_stats().await?;
         ensure!(outbound["outbound"][0]["active"] == 1, "{outbound}");
+
+        // HTTP to an opaque TCP destination is refused, not sent as bytes.
+        let reply = m
+            .mesh
+            .http
+            .call(m.client.sidecar.outbound, Call::get("redis", "/"))
+            .await?;
+        ensure!(
+            reply.status.as_u16() == 501 && reply.weft_error() == Some("unsupported"),
+            "HTTP to redis: {} {:?} {}",
+            reply.status,
+            reply.weft_error(),
+            reply.text()
+        );
 
         // Closing the client closes the server side: the connection leaves
         // Redis's CLIENT LIST and the tunnel is no longer active.
