@@ -217,7 +217,10 @@ impl Settings {
         let identity_token = r.get("identity_token", |s| parse_nonempty(s).map(Secret));
         let inbound_tls = r.get("inbound_tls", parse_inbound_tls);
         let tcp_upstreams = r.get("tcp_upstream", parse_tcp_upstreams);
-        let tcp_idle_timeout = r.get("tcp_idle_timeout", parse_duration);
+        let tcp_idle_timeout = r.get("tcp_idle_timeout", |s| match parse_duration(s)? {
+            d if d.is_zero() => Err("must be greater than 0".into()),
+            d => Ok(d),
+        });
 
         r.require("inbound", inbound.is_some());
         r.require("app", app.is_some());
@@ -265,10 +268,7 @@ impl Settings {
                     None => defaults.app_request_timeout,
                 },
                 app_max_requests: app_max_requests.unwrap_or(defaults.app_max_requests),
-                tcp_idle_timeout: match tcp_idle_timeout {
-                    Some(d) if !d.is_zero() => d,
-                    _ => defaults.tcp_idle_timeout,
-                },
+                tcp_idle_timeout: tcp_idle_timeout.unwrap_or(defaults.tcp_idle_timeout),
                 ..defaults
             },
         })
@@ -821,6 +821,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(text.contains("needs --discovery"), "{text}");
+        let text = with(&["--tcp-idle-timeout", "0s"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("--tcp-idle-timeout / WEFT_TCP_IDLE_TIMEOUT")
+                && text.contains("greater than 0"),
+            "{text}"
+        );
     }
 
     #[test]
