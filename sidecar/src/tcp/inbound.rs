@@ -18,6 +18,7 @@
 //! app sees as its client, e.g. in Redis's `CLIENT LIST`).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -114,9 +115,7 @@ impl Tunnels {
         let caller = peer.id.service();
         let counters = self.stats.caller(caller);
         let refuse = |kind: ErrorKind, reason: String| {
-            counters
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counters.failed.fetch_add(1, Ordering::Relaxed);
             ProxyError::new(kind, reason)
         };
         let policy = self.authz.load_full();
@@ -143,9 +142,7 @@ impl Tunnels {
             ));
         }
         if let Err(denial) = policy.decide_tcp(Some(caller)) {
-            counters
-                .denied
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counters.denied.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 caller,
                 %client,

@@ -16,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -108,7 +109,7 @@ impl Upstream {
                 } else {
                     &self.counters.failed
                 };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counter.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     upstream = %self.service,
                     %client,
@@ -133,7 +134,7 @@ impl Upstream {
                 .endpoint
                 .stats
                 .failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(
             upstream = %self.service,
@@ -203,10 +204,7 @@ impl Upstream {
             }),
             Err(refusal) => {
                 if !refusal.denied {
-                    endpoint
-                        .stats
-                        .failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    endpoint.stats.failures.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(refusal)
             }
