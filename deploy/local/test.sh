@@ -7,10 +7,12 @@
 # 1. Consul: deploy/local/install-consul.sh prints a consul binary (PATH,
 #    .tools/, or Debian's 1.8.7 fetched into .tools/); exported as
 #    WEFT_CONSUL_BIN for the end-to-end tests.
-# 2. `cargo build --workspace --bins`: the end-to-end tests run the real
+# 2. Redis: the opaque TCP tests (tests/tests/tcp.rs) run a real
+#    redis-server; installed with apt-get (sudo when not root) if missing.
+# 3. `cargo build --workspace --bins`: the end-to-end tests run the real
 #    weft-discovery, weft-sidecar and weft-testapp binaries.
-# 3. `cargo test --workspace`, every test even after a failure.
-# 4. The demo (deploy/local/demo.sh --once) as a smoke test of the README.
+# 4. `cargo test --workspace`, every test even after a failure.
+# 5. The demo (deploy/local/demo.sh --once) as a smoke test of the README.
 #
 # Each end-to-end test runs Consul, the agent, several sidecars and apps and
 # asserts 1 s convergence budgets, so tests run WEFT_TEST_THREADS at a time
@@ -29,6 +31,18 @@ WEFT_CONSUL_BIN=$(bash deploy/local/install-consul.sh) || {
 }
 export WEFT_CONSUL_BIN
 say "consul: $WEFT_CONSUL_BIN ($("$WEFT_CONSUL_BIN" version | head -n1))"
+
+if ! command -v redis-server >/dev/null 2>&1 && [[ -z "${WEFT_REDIS_BIN:-}" ]]; then
+  say "installing redis-server (apt-get) for the opaque TCP tests"
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  mkdir -p target
+  { $sudo apt-get update && $sudo apt-get install -y redis-server; } >target/redis-install.log 2>&1 || {
+    tail -n 20 target/redis-install.log >&2
+    say "could not install redis-server; install it (sudo apt-get install -y redis-server) or set WEFT_REDIS_BIN"
+    exit 1
+  }
+fi
+say "redis: $(command -v redis-server || echo "$WEFT_REDIS_BIN") ($("${WEFT_REDIS_BIN:-redis-server}" --version | head -n1))"
 
 threads=${WEFT_TEST_THREADS:-2}
 measurements=target/e2e-logs/measurements.tsv

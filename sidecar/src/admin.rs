@@ -1,4 +1,5 @@
-//! The admin listener: `/ready`, `/live`, `/config_dump`, `/clusters`.
+//! The admin listener: `/ready`, `/live`, `/config_dump`, `/clusters`,
+//! `/identity`, `/tcp`.
 //! Plain HTTP/1.1, one small handler; it reads shared state and never
 //! touches the data path's locks (there are none).
 
@@ -31,6 +32,8 @@ pub struct AdminState {
     pub shutdown: watch::Receiver<bool>,
     /// The mesh identity, when mTLS is on.
     pub identity: Option<Arc<weft_certs::IdentityStore>>,
+    /// Opaque TCP counters (`/tcp`).
+    pub tcp: Arc<crate::tcp::TcpStats>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -178,6 +181,7 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
         "/live" => text(StatusCode::OK, "live\n"),
         "/config_dump" => json_response(&config_dump(state)),
         "/clusters" => json_response(&clusters(state)),
+        "/tcp" => json_response(&state.tcp.json()),
         "/identity" => match &state.identity {
             Some(store) => json_response(&identity(store)),
             None => text(StatusCode::NOT_FOUND, "mTLS is off: no identity\n"),

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub use crate::tcp::TcpUpstream;
+
 /// Validated settings. Built by [`Settings::load`] (binary) or directly by
 /// tests and embedders.
 #[derive(Clone, Debug)]
@@ -57,6 +59,12 @@ pub struct Settings {
     /// mTLS on: the inbound listener then requires TLS and calls to meshed
     /// endpoints go over mTLS.
     pub identity_token: Option<Secret>,
+    /// Local ports for opaque TCP destinations (`--tcp-upstream
+    /// <service>=<IP:PORT>`, repeatable; `WEFT_TCP_UPSTREAM` or the file's
+    /// `tcp_upstream` as a comma-separated list or a YAML list). The app
+    /// connects to the port, the sidecar carries the bytes to `<service>`
+    /// (marked `protocol: tcp`). Needs `--discovery`.
+    pub tcp_upstreams: Vec<TcpUpstream>,
     /// Timeouts and limits of the data path.
     pub proxy: ProxySettings,
 }
@@ -95,6 +103,11 @@ pub struct ProxySettings {
     pub max_idle_per_endpoint: usize,
     /// Idle pooled connections are closed after this long. Default 90 s.
     pub idle_timeout: Duration,
+    /// An opaque TCP connection (either side) with no byte either way for
+    /// this long is closed (`--tcp-idle-timeout`, `WEFT_TCP_IDLE_TIMEOUT`).
+    /// Default 1 h, Envoy's TCP proxy default: long enough for a pooled
+    /// database connection, short enough to reclaim abandoned ones.
+    pub tcp_idle_timeout: Duration,
 }
 
 impl Default for ProxySettings {
@@ -106,6 +119,7 @@ impl Default for ProxySettings {
             app_max_requests: 10_000,
             max_idle_per_endpoint: 64,
             idle_timeout: Duration::from_secs(90),
+            tcp_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -124,6 +138,7 @@ impl Settings {
             drain_timeout: Duration::from_secs(10),
             workers: None,
             identity_token: None,
+            tcp_upstreams: Vec::new(),
             proxy: ProxySettings::default(),
         }
     }
@@ -190,6 +205,11 @@ impl Settings {
         let app_request_timeout = r.get("app_request_timeout", parse_duration);
         let app_max_requests = r.get("app_max_requests", parse_positive);
         let identity_token = r.get("identity_token", |s| parse_nonempty(s).map(Secret));
+        let tcp_upstreams = r.get("tcp_upstream", parse_tcp_upstreams);
+        let tcp_idle_timeout = r.get("tcp_idle_timeout", |s| match parse_duration(s)? {
+            d if d.is_zero() => Err("must be greater than 0".into()),
+            d => Ok(d),
+        });
 
         r.require("inbound", inbound.is_some());
         r.require("app", app.is_some());
@@ -197,6 +217,12 @@ impl Settings {
             r.require("service", service.is_some());
             r.require("outbound", outbound.is_some());
             r.require("admin", admin.is_some());
+        } else if tcp_upstreams.as_ref().is_some_and(|u| !u.is_empty()) {
+            let f = field_of("tcp_upstream");
+            r.errors.push(format!(
+                "{} / {}: needs --discovery (the destination's endpoints come from the agent)",
+                f.flag, f.env
+            ));
         }
         if !r.errors.is_empty() {
             return Err(ConfigError { errors: r.errors });
@@ -220,6 +246,7 @@ impl Settings {
             drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(10)),
             workers,
             identity_token,
+            tcp_upstreams: tcp_upstreams.unwrap_or_default(),
             proxy: ProxySettings {
                 header_read_timeout: header_read_timeout.unwrap_or(defaults.header_read_timeout),
                 app_connect_timeout: app_connect_timeout.unwrap_or(defaults.app_connect_timeout),
@@ -229,6 +256,7 @@ impl Settings {
                     None => defaults.app_request_timeout,
                 },
                 app_max_requests: app_max_requests.unwrap_or(defaults.app_max_requests),
+                tcp_idle_timeout: tcp_idle_timeout.unwrap_or(defaults.tcp_idle_timeout),
                 ..defaults
             },
         })
@@ -295,11 +323,19 @@ pub struct Flags {
     /// Consul ACL token or join token for this service's certificate; turns mTLS on [env: WEFT_IDENTITY_TOKEN].
     #[arg(long)]
     pub identity_token: Option<String>,
+    /// A local port for an opaque TCP destination, SERVICE=IP:PORT; repeatable [env: WEFT_TCP_UPSTREAM, comma-separated].
+    #[arg(long)]
+    pub tcp_upstream: Vec<String>,
+    /// Close an opaque TCP connection idle this long [env: WEFT_TCP_IDLE_TIMEOUT] [default: 1h].
+    #[arg(long)]
+    pub tcp_idle_timeout: Option<String>,
 }
 
 impl Flags {
     fn values(&self) -> BTreeMap<&'static str, String> {
-        let pairs: [(&'static str, &Option<String>); 14] = [
+        // Repeated flags are one comma-separated list, as in the env.
+        let tcp_upstream = (!self.tcp_upstream.is_empty()).then(|| self.tcp_upstream.join(","));
+        let pairs: [(&'static str, &Option<String>); 16] = [
             ("service", &self.service),
             ("discovery", &self.discovery),
             ("inbound", &self.inbound),
@@ -314,6 +350,8 @@ impl Flags {
             ("app_request_timeout", &self.app_request_timeout),
             ("app_max_requests", &self.app_max_requests),
             ("identity_token", &self.identity_token),
+            ("tcp_upstream", &tcp_upstream),
+            ("tcp_idle_timeout", &self.tcp_idle_timeout),
         ];
         pairs
             .into_iter()
@@ -367,6 +405,12 @@ const FIELDS: &[Field] = &[
         "WEFT_APP_MAX_REQUESTS",
     ),
     field("identity_token", "--identity-token", "WEFT_IDENTITY_TOKEN"),
+    field("tcp_upstream", "--tcp-upstream", "WEFT_TCP_UPSTREAM"),
+    field(
+        "tcp_idle_timeout",
+        "--tcp-idle-timeout",
+        "WEFT_TCP_IDLE_TIMEOUT",
+    ),
 ];
 
 const fn field(key: &'static str, flag: &'static str, env: &'static str) -> Field {
@@ -444,6 +488,17 @@ fn read_file(path: &PathBuf) -> Result<BTreeMap<String, String>, String> {
             serde_yaml::Value::String(s) => s,
             serde_yaml::Value::Number(n) => n.to_string(),
             serde_yaml::Value::Bool(b) => b.to_string(),
+            // A list (`tcp_upstream`) is read like the env's comma list.
+            serde_yaml::Value::Sequence(items) => items
+                .iter()
+                .map(|item| match item {
+                    serde_yaml::Value::String(s) => Ok(s.clone()),
+                    other => Err(format!(
+                        "`{key}`: expected a list of strings, got {other:?}"
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
             other => return Err(format!("`{key}`: expected a scalar, got {other:?}")),
         };
         out.insert(key, value);
@@ -494,6 +549,28 @@ fn parse_workers(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
         _ => Err("expected a whole number from 1 to 1024".into()),
     }
+}
+
+/// `redis=127.0.0.1:16379,db=127.0.0.1:15432`: service names and listen
+/// addresses, each used once.
+fn parse_tcp_upstreams(s: &str) -> Result<Vec<TcpUpstream>, String> {
+    let mut out: Vec<TcpUpstream> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (service, listen) = item.split_once('=').ok_or_else(|| {
+            format!("{item:?}: expected SERVICE=IP:PORT, e.g. redis=127.0.0.1:16379")
+        })?;
+        let service =
+            parse_service(service.trim()).map_err(|e| format!("{item:?}: service {e}"))?;
+        let listen = parse_addr(listen.trim()).map_err(|e| format!("{item:?}: {e}"))?;
+        if out.iter().any(|u| u.service == service) {
+            return Err(format!("{service} is given twice"));
+        }
+        if out.iter().any(|u| u.listen == listen) {
+            return Err(format!("{listen} is given twice"));
+        }
+        out.push(TcpUpstream { service, listen });
+    }
+    Ok(out)
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -644,6 +721,105 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("weft/policies/<service>"), "{err}");
+    }
+
+    #[test]
+    fn tcp_upstreams_come_from_repeated_flags_the_env_list_or_a_yaml_list() {
+        let base = [
+            "--discovery",
+            "http://127.0.0.1:15010",
+            "--service",
+            "web",
+            "--inbound",
+            "127.0.0.1:1",
+            "--app",
+            "127.0.0.1:2",
+            "--outbound",
+            "127.0.0.1:3",
+            "--admin",
+            "127.0.0.1:4",
+        ];
+        let upstream = |service: &str, port: u16| TcpUpstream {
+            service: service.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let with = |extra: &[&str], env_pairs: &[(&str, &str)]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Settings::from_sources(flags(&args), &env(env_pairs))
+        };
+        let s = with(
+            &[
+                "--tcp-upstream",
+                "redis=127.0.0.1:6380",
+                "--tcp-upstream",
+                "db=127.0.0.1:5433",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.tcp_upstreams,
+            [upstream("redis", 6380), upstream("db", 5433)]
+        );
+        let s = with(
+            &[],
+            &[(
+                "WEFT_TCP_UPSTREAM",
+                "redis=127.0.0.1:6380, db=127.0.0.1:5433",
+            )],
+        )
+        .unwrap();
+        assert_eq!(s.tcp_upstreams.len(), 2);
+        assert_eq!(s.proxy.tcp_idle_timeout, Duration::from_secs(3600));
+
+        let dir = std::env::temp_dir().join(format!("weft-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sidecar.yaml");
+        std::fs::write(
+            &path,
+            "tcp_upstream:\n  - redis=127.0.0.1:6380\ntcp_idle_timeout: 5m\n",
+        )
+        .unwrap();
+        let s = with(&["--config", path.to_str().unwrap()], &[]).unwrap();
+        assert_eq!(s.tcp_upstreams, [upstream("redis", 6380)]);
+        assert_eq!(s.proxy.tcp_idle_timeout, Duration::from_secs(300));
+        std::fs::remove_dir_all(dir).unwrap();
+
+        for (bad, why) in [
+            ("redis", "expected SERVICE=IP:PORT"),
+            ("redis=6380", "expected IP:PORT"),
+            ("re dis=127.0.0.1:1", "service use letters"),
+            ("a=127.0.0.1:1,a=127.0.0.1:2", "a is given twice"),
+            ("a=127.0.0.1:1,b=127.0.0.1:1", "127.0.0.1:1 is given twice"),
+        ] {
+            let text = with(&["--tcp-upstream", bad], &[]).unwrap_err().to_string();
+            assert!(
+                text.contains("--tcp-upstream / WEFT_TCP_UPSTREAM") && text.contains(why),
+                "{bad}: {text}"
+            );
+        }
+        let text = Settings::from_sources(
+            flags(&[
+                "--inbound",
+                "127.0.0.1:1",
+                "--app",
+                "127.0.0.1:2",
+                "--tcp-upstream",
+                "redis=127.0.0.1:3",
+            ]),
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("needs --discovery"), "{text}");
+        let text = with(&["--tcp-idle-timeout", "0s"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("--tcp-idle-timeout / WEFT_TCP_IDLE_TIMEOUT")
+                && text.contains("greater than 0"),
+            "{text}"
+        );
     }
 
     #[test]

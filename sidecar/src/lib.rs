@@ -10,6 +10,8 @@
 //! * `authn` — JWT authentication of inbound requests (a tower layer).
 //! * `authz` — intentions: which services may call this one (a tower layer).
 //! * `mtls_mode` — STRICT or PERMISSIVE inbound, from the policy.
+//! * `tcp` — opaque TCP: `--tcp-upstream` listeners, CONNECT tunnels over
+//!   mTLS, the inbound side that accepts them.
 //!
 //! Embedders and tests call [`start`], which binds every listener and
 //! returns a [`Running`] sidecar with its addresses and a [`ShutdownHandle`].
@@ -26,6 +28,7 @@ pub mod mtls_mode;
 pub mod proxy;
 pub mod server;
 pub mod table;
+pub mod tcp;
 pub mod upstream;
 pub mod xds;
 
@@ -187,12 +190,25 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None => Transport::Plain,
     };
 
+    let tcp_stats = Arc::new(tcp::TcpStats::new(&settings.tcp_upstreams));
+    let tunnels = tcp::inbound::Tunnels {
+        service: settings.service.as_str().into(),
+        authz: authz.clone(),
+        app: upstream::Connector::new(
+            EndpointAddr::Ip(settings.app),
+            settings.proxy.app_connect_timeout,
+            dns.clone(),
+        ),
+        idle_timeout: settings.proxy.tcp_idle_timeout,
+        stats: tcp_stats.clone(),
+    };
+
     let inbound = bind(settings.inbound, "inbound traffic", "--inbound").await?;
     let inbound_addr = inbound.local_addr()?;
     let app = app_cluster(&settings, &dns)?;
     listeners.push(tokio::spawn(server::serve(
         inbound,
-        proxy::inbound(app.clone(), authn.clone(), authz.clone()),
+        proxy::inbound(app.clone(), authn.clone(), authz.clone(), tunnels),
         Direction::Inbound,
         inbound_transport,
         server_settings.clone(),
@@ -218,7 +234,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         let mut core = xds::Core::new(node, table.clone(), dns.clone())
             .with_authz(authz.clone())
             .with_authn(authn.clone())
-            .with_mtls_mode(mtls_mode.clone());
+            .with_mtls_mode(mtls_mode.clone())
+            .with_required_clusters(settings.tcp_upstreams.iter().map(|u| u.service.clone()));
         if let Some(store) = &identity {
             core = core.with_identity(store.clone());
         }
@@ -243,6 +260,23 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 drain.token(),
             )));
         }
+        for (upstream, counters) in &tcp_stats.upstreams {
+            let flag = format!("--tcp-upstream {}", upstream.service);
+            let listener = bind(upstream.listen, "an opaque TCP destination", &flag).await?;
+            let served = Arc::new(tcp::outbound::Upstream {
+                service: upstream.service.as_str().into(),
+                table: table.clone(),
+                dns: dns.clone(),
+                idle_timeout: settings.proxy.tcp_idle_timeout,
+                counters: counters.clone(),
+            });
+            listeners.push(tokio::spawn(tcp::outbound::serve(
+                listener,
+                served,
+                shutdown_rx.clone(),
+                drain.token(),
+            )));
+        }
     }
 
     let mut admin_addr = None;
@@ -255,6 +289,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             inbound: app,
             shutdown: shutdown_rx.clone(),
             identity: identity.clone(),
+            tcp: tcp_stats.clone(),
         };
         listeners.push(tokio::spawn(admin::serve(admin, state, drain.token())));
     }
@@ -265,6 +300,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         app = %settings.app,
         outbound = ?outbound_addr,
         admin = ?admin_addr,
+        tcp_upstreams = ?settings.tcp_upstreams.iter().map(|u| format!("{}={}", u.service, u.listen)).collect::<Vec<_>>(),
         mode = if settings.discovery.is_some() { "xds" } else { "static" },
         mtls = identity.is_some(),
         "weft-sidecar started"

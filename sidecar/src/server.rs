@@ -162,21 +162,7 @@ pub async fn serve<S: HttpStack>(
     drain: DrainToken,
 ) {
     let builder = Arc::new(builder(&settings));
-    loop {
-        let (stream, addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors or similar: back off briefly
-                    // rather than spinning on the error.
-                    tracing::warn!(error = %e, ?direction, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown_signal(&mut shutdown) => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, addr)) = accept(&listener, &mut shutdown, direction).await {
         let svc = ConnService {
             stack: stack.clone(),
             direction,
@@ -219,6 +205,32 @@ pub async fn serve<S: HttpStack>(
                     }
                 });
             }
+        }
+    }
+}
+
+/// The next connection (with TCP_NODELAY), or `None` once `shutdown` turns
+/// true. `what` names the listener in the log.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    what: impl std::fmt::Debug,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, addr));
+                }
+                Err(e) => {
+                    // Out of file descriptors or similar: back off briefly
+                    // rather than spinning on the error.
+                    tracing::warn!(error = %e, listener = ?what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown_signal(shutdown) => return None,
         }
     }
 }

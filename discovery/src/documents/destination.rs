@@ -66,6 +66,10 @@ pub enum Protocol {
     Auto,
     Http1,
     Http2,
+    /// Opaque TCP: bytes, no HTTP (a database, a cache). Callers reach it
+    /// through their sidecar's `--tcp-upstream` port; its own sidecar
+    /// accepts tunnels only for it, decided by L4 intentions.
+    Tcp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -173,6 +177,7 @@ impl DestinationDocument {
                 Protocol::Auto => proto::cluster::Protocol::Auto,
                 Protocol::Http1 => proto::cluster::Protocol::Http1,
                 Protocol::Http2 => proto::cluster::Protocol::Http2,
+                Protocol::Tcp => proto::cluster::Protocol::Tcp,
             }
             .into(),
             // Set by the snapshot builder when the mesh has a CA.
@@ -235,6 +240,14 @@ mod tests {
         let pool = cluster.connection_pool.unwrap();
         assert_eq!((pool.max_requests, pool.max_idle_per_endpoint), (10, 2));
         assert_eq!(pool.idle_timeout, secs(5));
+    }
+
+    #[test]
+    fn protocol_tcp_marks_an_opaque_tcp_destination() {
+        let document = parse("destinations/redis", &json!({ "protocol": "tcp" })).unwrap();
+        assert_eq!(document.to_cluster("redis").protocol(), ProtoProtocol::Tcp);
+        let errors = parse("destinations/redis", &json!({ "protocol": "udp" })).unwrap_err();
+        assert_eq!(errors[0].field, "protocol", "{errors:?}");
     }
 
     #[test]

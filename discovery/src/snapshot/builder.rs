@@ -95,6 +95,13 @@ impl SnapshotBuilder {
             }
         }
 
+        // Services whose destination document says `protocol: tcp`: their
+        // sidecars accept CONNECT tunnels (InboundPolicy.opaque_tcp).
+        let opaque_tcp: BTreeSet<String> = destinations
+            .values()
+            .filter(|cluster| cluster.protocol() == config::cluster::Protocol::Tcp)
+            .map(|cluster| cluster.name.clone())
+            .collect();
         let mut snapshot = Snapshot::default();
         for (host, route) in routes {
             snapshot.insert(type_url::ROUTE_CONFIGURATION, Resource::new(host, &route));
@@ -125,6 +132,7 @@ impl SnapshotBuilder {
             .keys()
             .map(String::as_str)
             .chain(policy_documents.keys().map(String::as_str))
+            .chain(opaque_tcp.iter().map(String::as_str))
             .chain(
                 state
                     .intentions
@@ -135,7 +143,9 @@ impl SnapshotBuilder {
             .collect();
         for service in protected {
             let document = policy_documents.get(service).copied();
-            let inbound = policy::inbound_policy(service, document, defaults, &state.intentions);
+            let mut inbound =
+                policy::inbound_policy(service, document, defaults, &state.intentions);
+            inbound.opaque_tcp = opaque_tcp.contains(service);
             snapshot.insert(
                 type_url::INBOUND_POLICY,
                 Resource::new(service.to_string(), &inbound),
@@ -438,6 +448,26 @@ mod tests {
             "an unknown service still gets the intentions for every destination"
         );
         assert_eq!(ghost.service, "ghost");
+    }
+
+    #[test]
+    fn a_tcp_destination_document_makes_its_policy_accept_tunnels() {
+        let mut state = MeshState::default();
+        state.services.insert("users".into(), Vec::new());
+        // redis is not registered yet: its sidecar may start first.
+        state.documents.insert(
+            "destinations/redis".into(),
+            raw("destinations/redis", r#"{ "protocol": "tcp" }"#),
+        );
+        let (snapshot, rejected) = SnapshotBuilder::new().build(&state);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let policies = policies(&snapshot);
+        assert!(policies["redis"].opaque_tcp);
+        assert!(
+            !policies["users"].opaque_tcp,
+            "an HTTP service refuses tunnels"
+        );
+        assert!(!policies["ghost"].opaque_tcp);
     }
 
     #[test]

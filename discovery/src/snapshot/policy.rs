@@ -127,6 +127,8 @@ pub fn inbound_policy(
             .map(Value::to_string)
             .unwrap_or_default(),
         mtls_mode: proto::MtlsMode::from(mtls).into(),
+        // Set by the snapshot builder from the destination document.
+        opaque_tcp: false,
     }
 }
 

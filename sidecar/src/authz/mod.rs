@@ -29,6 +29,9 @@ use crate::xds::compile::{Errors, header_matches, methods};
 #[derive(Debug)]
 pub struct AuthzPolicy {
     pub default: Decision,
+    /// The service speaks opaque TCP: CONNECT tunnels are accepted (and
+    /// decided by [`AuthzPolicy::decide_tcp`]); otherwise refused.
+    pub opaque_tcp: bool,
     intentions: Vec<Intention>,
     /// Where the default comes from, for the 403's reason.
     default_origin: Arc<str>,
@@ -71,6 +74,7 @@ impl Default for AuthzPolicy {
     fn default() -> Self {
         Self {
             default: Decision::Allow,
+            opaque_tcp: false,
             intentions: Vec::new(),
             default_origin: "default".into(),
         }
@@ -85,22 +89,9 @@ impl AuthzPolicy {
     /// when it has no verified identity).
     pub fn decide<B>(&self, source: Option<&str>, req: &http::Request<B>) -> Result<(), Denial> {
         let caller = source.unwrap_or("an unauthenticated caller");
-        for intention in &self.intentions {
-            let applies = match &intention.source {
-                None => true,
-                Some(name) => source == Some(name.as_str()),
-            };
-            if !applies {
-                continue;
-            }
+        if let Some(intention) = self.intention_for(source) {
             if intention.permissions.is_empty() {
-                return match intention.action {
-                    Decision::Allow => Ok(()),
-                    Decision::Deny => Err(Denial {
-                        origin: intention.origin.clone(),
-                        reason: format!("{caller} is denied by intention {}", intention.origin),
-                    }),
-                };
+                return intention.l4(caller);
             }
             let matched = intention.permissions.iter().find(|p| p.matches(req));
             return match matched.map(|p| p.action) {
@@ -126,11 +117,57 @@ impl AuthzPolicy {
                 }),
             };
         }
+        self.by_default(caller)
+    }
+
+    /// Decides for an opaque TCP connection from `source`: L4 only. An
+    /// intention with L7 permissions cannot judge bytes, so it denies
+    /// (Consul refuses L7 intentions for a tcp service outright; denying
+    /// here keeps a tunnel from being wider than the rules meant).
+    pub fn decide_tcp(&self, source: Option<&str>) -> Result<(), Denial> {
+        let caller = source.unwrap_or("an unauthenticated caller");
+        match self.intention_for(source) {
+            Some(intention) if !intention.permissions.is_empty() => Err(Denial {
+                origin: intention.origin.clone(),
+                reason: format!(
+                    "intention {} for {caller} has L7 permissions, which cannot apply to opaque TCP",
+                    intention.origin
+                ),
+            }),
+            Some(intention) => intention.l4(caller),
+            None => self.by_default(caller),
+        }
+    }
+
+    /// The first intention whose source matches the caller.
+    fn intention_for(&self, source: Option<&str>) -> Option<&Intention> {
+        self.intentions
+            .iter()
+            .find(|intention| match &intention.source {
+                None => true,
+                Some(name) => source == Some(name.as_str()),
+            })
+    }
+
+    fn by_default(&self, caller: &str) -> Result<(), Denial> {
         match self.default {
             Decision::Allow => Ok(()),
             Decision::Deny => Err(Denial {
                 origin: self.default_origin.clone(),
                 reason: format!("no intention allows {caller}, and the default is deny"),
+            }),
+        }
+    }
+}
+
+impl Intention {
+    /// The decision of an intention without permissions.
+    fn l4(&self, caller: &str) -> Result<(), Denial> {
+        match self.action {
+            Decision::Allow => Ok(()),
+            Decision::Deny => Err(Denial {
+                origin: self.origin.clone(),
+                reason: format!("{caller} is denied by intention {}", self.origin),
             }),
         }
     }
@@ -212,6 +249,7 @@ pub fn compile(policy: &pb::InboundPolicy) -> Result<AuthzPolicy, Vec<String>> {
     }
     Ok(AuthzPolicy {
         default,
+        opaque_tcp: policy.opaque_tcp,
         intentions,
         default_origin: format!("default of {}", policy.service).into(),
     })
@@ -237,6 +275,7 @@ mod tests {
             intentions,
             jwt_json: String::new(),
             mtls_mode: pb::MtlsMode::Strict.into(),
+            opaque_tcp: true,
         })
         .unwrap()
     }
@@ -324,6 +363,43 @@ mod tests {
     }
 
     #[test]
+    fn tcp_connections_are_decided_by_l4_intentions_and_an_l7_one_denies() {
+        let l7 = pb::Intention {
+            permissions: vec![pb::Permission {
+                action: pb::Action::Allow as i32,
+                ..Default::default()
+            }],
+            ..l4("reports", pb::Action::Allow, "kv:weft/policies/redis")
+        };
+        let p = policy(
+            pb::Action::Deny,
+            vec![
+                l4("web", pb::Action::Allow, "kv:weft/policies/redis"),
+                l4("billing", pb::Action::Deny, "consul:abc"),
+                l7,
+            ],
+        );
+        assert_eq!(p.decide_tcp(Some("web")), Ok(()));
+        let denied = p.decide_tcp(Some("billing")).unwrap_err();
+        assert_eq!(&*denied.origin, "consul:abc");
+        let l7_denied = p.decide_tcp(Some("reports")).unwrap_err();
+        assert!(
+            l7_denied.reason.contains("L7 permissions"),
+            "{}",
+            l7_denied.reason
+        );
+        // Nobody else is named: the default (deny) decides, also without identity.
+        assert!(
+            p.decide_tcp(Some("ops"))
+                .unwrap_err()
+                .reason
+                .contains("default is deny")
+        );
+        assert!(p.decide_tcp(None).is_err());
+        assert!(p.opaque_tcp);
+    }
+
+    #[test]
     fn invalid_policies_name_every_problem() {
         let bad = pb::InboundPolicy {
             service: "users".into(),
@@ -341,6 +417,7 @@ mod tests {
             }],
             jwt_json: String::new(),
             mtls_mode: pb::MtlsMode::Strict.into(),
+            opaque_tcp: false,
         };
         let errors = compile(&bad).unwrap_err().join("\n");
         for want in [

@@ -32,6 +32,15 @@ pub struct Balance<S> {
 /// One request in flight on an endpoint; dropping it ends the request.
 pub struct InFlightGuard(Arc<EndpointStats>);
 
+impl InFlightGuard {
+    /// Counts one more request (or TCP connection) on `endpoint`.
+    pub fn enter(endpoint: &Endpoint) -> Self {
+        endpoint.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        endpoint.stats.requests.fetch_add(1, Ordering::Relaxed);
+        Self(endpoint.stats.clone())
+    }
+}
+
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -78,9 +87,7 @@ where
             ))));
         };
         let endpoint = endpoint.clone();
-        endpoint.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        endpoint.stats.requests.fetch_add(1, Ordering::Relaxed);
-        req.ctx.endpoint_guard = Some(InFlightGuard(endpoint.stats.clone()));
+        req.ctx.endpoint_guard = Some(InFlightGuard::enter(&endpoint));
         req.ctx.endpoint = Some(endpoint);
         Either::Right(self.inner.call(req))
     }

@@ -142,6 +142,15 @@ impl Service<ProxyRequest> for Forward {
                     "forward without an endpoint",
                 ));
             };
+            if cluster.settings.protocol == Protocol::Tcp {
+                return Err(ProxyError::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{} is an opaque TCP service (protocol tcp): reach it through a --tcp-upstream port, not HTTP",
+                        cluster.name
+                    ),
+                ));
+            }
             if endpoint.client.mesh.is_some() && ctx.upgrade.is_some() {
                 // hyper's HTTP/2 client cannot carry an HTTP/1.1 Upgrade; say
                 // so instead of failing as an opaque upstream error.
@@ -173,6 +182,8 @@ impl Service<ProxyRequest> for Forward {
                     Protocol::Auto => http.version() == Version::HTTP_2,
                     Protocol::Http1 => false,
                     Protocol::Http2 => true,
+                    // Refused above.
+                    Protocol::Tcp => false,
                 };
             prepare(&mut http, &endpoint, h2)?;
             let result = if let Some((_, mesh)) = &endpoint.client.mesh {

@@ -3,8 +3,9 @@
 //! ```text
 //! outbound: server -> error_response -> request_id -> headers -> route -> split
 //!           -> rewrite -> timeout -> balance -> concurrency -> forward
-//! inbound:  server (mTLS) -> error_response -> request_id -> headers -> jwt_authn
-//!           -> authorize -> static_target -> timeout -> balance -> concurrency -> forward
+//! inbound:  server (mTLS) -> error_response -> tunnel (CONNECT: tcp::inbound)
+//!           -> request_id -> headers -> jwt_authn -> authorize -> static_target
+//!           -> timeout -> balance -> concurrency -> forward
 //! ```
 //!
 //! On the inbound side `jwt_authn` (the end user, from a token) runs before
@@ -182,14 +183,17 @@ pub fn outbound(table: Arc<ArcSwap<RoutingTable>>) -> impl HttpStack {
         .service(forward::Forward)
 }
 
-/// The inbound stack: other sidecars' calls, to the local app.
+/// The inbound stack: other sidecars' calls, to the local app. A CONNECT
+/// (an opaque TCP tunnel) leaves it at the top for `crate::tcp::inbound`.
 pub fn inbound(
     app: Arc<Cluster>,
     authn: crate::authn::AuthnPolicy,
     authz: crate::authz::SharedAuthz,
+    tunnels: crate::tcp::inbound::Tunnels,
 ) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
+        .layer(crate::tcp::inbound::TunnelLayer::new(tunnels))
         .layer(request_id::RequestIdLayer)
         .layer(headers::ProxyHeadersLayer)
         // Before anything reaches the app: who the end user is (JWT), then

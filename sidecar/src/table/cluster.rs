@@ -23,13 +23,16 @@ pub enum LbPolicy {
     RoundRobin,
 }
 
-/// Which HTTP version to speak to the endpoints.
+/// How to talk to the endpoints: which HTTP version, or opaque TCP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     /// Whatever the caller used (HTTP/1.1 or HTTP/2).
     Auto,
     Http1,
     Http2,
+    /// Opaque bytes (`crate::tcp`): reached through a `--tcp-upstream`
+    /// port; an HTTP request routed here is refused (501 `unsupported`).
+    Tcp,
 }
 
 #[derive(Clone, Debug, PartialEq)]

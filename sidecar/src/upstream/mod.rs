@@ -53,6 +53,10 @@ impl Default for PoolSettings {
 
 pub type HttpClient = Client<Connector, Incoming>;
 pub type MeshClient = Client<TlsConnector, Incoming>;
+/// Opens opaque TCP tunnels (HTTP/2 CONNECT streams, `crate::tcp`) to a
+/// peer sidecar over mTLS. Its own client because a CONNECT carries no
+/// request body, which the HTTP client's body type (the app's) cannot say.
+pub type TunnelClient = Client<TlsConnector, http_body_util::Empty<bytes::Bytes>>;
 
 /// The pooled HTTP/1.1 and HTTP/2 clients of one endpoint. Cheap to clone.
 #[derive(Clone)]
@@ -65,6 +69,9 @@ pub struct UpstreamClient {
     /// To a meshed endpoint while mTLS is on: HTTP/2 over mTLS, whatever
     /// the caller spoke. When set, every request goes this way.
     pub mesh: Option<(MeshTls, MeshClient)>,
+    /// Beside `mesh`: tunnels for opaque TCP, multiplexed on one mTLS
+    /// connection per endpoint (opened on the first tunnel).
+    pub tunnel: Option<TunnelClient>,
 }
 
 impl UpstreamClient {
@@ -79,15 +86,21 @@ impl UpstreamClient {
         let connector = Connector::new(addr, settings.connect_timeout, dns);
         let h1 = H1Pool::new(connector.clone(), settings.clone());
         let h2 = h2_client(&settings).build(connector.clone());
-        let mesh = mesh_tls.map(|tls| {
-            let client = h2_client(&settings).build(TlsConnector::new(connector, tls.clone()));
-            (tls, client)
-        });
+        let (mesh, tunnel) = match mesh_tls {
+            Some(tls) => {
+                let tls_connector = TlsConnector::new(connector, tls.clone());
+                let client = h2_client(&settings).build(tls_connector.clone());
+                let tunnel = h2_client(&settings).build(tls_connector);
+                (Some((tls, client)), Some(tunnel))
+            }
+            None => (None, None),
+        };
         Self {
             settings,
             h1,
             h2,
             mesh,
+            tunnel,
         }
     }
 

@@ -392,6 +392,7 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
         Ok(pb::cluster::Protocol::Auto) => Protocol::Auto,
         Ok(pb::cluster::Protocol::Http1) => Protocol::Http1,
         Ok(pb::cluster::Protocol::Http2) => Protocol::Http2,
+        Ok(pb::cluster::Protocol::Tcp) => Protocol::Tcp,
         Err(_) => {
             errs.at("protocol", format!("unknown value {}", c.protocol));
             Protocol::Auto

@@ -148,6 +148,7 @@ pub fn inbound_policy(p: &pb::InboundPolicy) -> Value {
         "mtls_mode": pb::MtlsMode::try_from(p.mtls_mode).map(|m| m.as_str_name()).unwrap_or("INVALID"),
         "jwt": jwt(&p.jwt_json),
         "default_action": action(p.default_action),
+        "opaque_tcp": p.opaque_tcp,
         "intentions": p.intentions.iter().map(|i| json!({
             "source": i.source,
             "action": action(i.action),

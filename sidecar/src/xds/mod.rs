@@ -83,8 +83,11 @@ impl XdsState {
 pub struct Core {
     node: Node,
     types: BTreeMap<&'static str, TypeState>,
-    /// Clusters (and assignments) the accepted routes name.
+    /// Clusters (and assignments) the accepted routes name, plus `required`.
     clusters_wanted: BTreeSet<String>,
+    /// Clusters wanted whatever the routes say (`--tcp-upstream`
+    /// destinations: no route names them, there is no Host header).
+    required: BTreeSet<String>,
     /// The route tables in the routing table now.
     routes: BTreeMap<String, CompiledRoutes>,
     /// Accepted route tables that name a cluster whose Cluster or assignment
@@ -119,6 +122,7 @@ impl Core {
                 .map(|t| (t, TypeState::default()))
                 .collect(),
             clusters_wanted: BTreeSet::new(),
+            required: BTreeSet::new(),
             routes: BTreeMap::new(),
             pending_routes: None,
             clusters: BTreeMap::new(),
@@ -149,6 +153,14 @@ impl Core {
     /// Where the accepted inbound mTLS mode is published for the listener.
     pub fn with_mtls_mode(mut self, mtls: SharedMtlsMode) -> Self {
         self.mtls = mtls;
+        self
+    }
+
+    /// Clusters to hold whatever the routes name (the sidecar is ready only
+    /// once they have arrived).
+    pub fn with_required_clusters(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.required = names.into_iter().collect();
+        self.clusters_wanted = self.required.clone();
         self
     }
 
@@ -300,6 +312,7 @@ impl Core {
         let wanted: BTreeSet<String> = compiled
             .values()
             .flat_map(|c| c.clusters.iter().cloned())
+            .chain(self.required.iter().cloned())
             .collect();
         let changed = wanted != self.clusters_wanted;
         self.clusters_wanted = wanted;

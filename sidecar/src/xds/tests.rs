@@ -54,6 +54,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
         }],
         jwt_json: String::new(),
         mtls_mode: pb::MtlsMode::Strict.into(),
+        opaque_tcp: false,
     }
 }
 
@@ -426,4 +427,35 @@ fn unhealthy_endpoints_get_no_traffic_but_are_listed() {
     let t = table.load();
     let c = &t.clusters["users"];
     assert_eq!((c.endpoints.len(), c.serving.len()), (2, 1));
+}
+
+#[test]
+fn a_tcp_upstream_destination_is_held_whatever_the_routes_name() {
+    let (core, table) = core();
+    let mut core = core.with_required_clusters(["redis".to_owned()]);
+    core.handle(response(
+        POLICY,
+        "p1",
+        "0",
+        &[policy("*", pb::Action::Allow)],
+    ));
+    let out = core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
+    assert_eq!(out[1].resource_names, ["redis", "users"]);
+    core.handle(response(
+        CLUSTER,
+        "c1",
+        "2",
+        &[cluster("users"), cluster("redis")],
+    ));
+    core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
+    assert!(!core.is_ready(), "redis's endpoints have not arrived");
+    assert_eq!(core.waiting_for(), "ClusterLoadAssignment redis");
+    core.handle(response(
+        CLA,
+        "e2",
+        "4",
+        &[cla("users", 8080), cla("redis", 6379)],
+    ));
+    assert!(core.is_ready());
+    assert_eq!(table.load().clusters["redis"].serving.len(), 1);
 }

@@ -91,8 +91,27 @@ impl Mesh {
         sidecar_args: &[String],
     ) -> anyhow::Result<MeshedInstance> {
         let app = App::start(&self.log_dir, service, id).await?;
+        let (sidecar, registration) = self
+            .sidecar_for(service, id, app.port(), sidecar_args)
+            .await?;
+        Ok(MeshedInstance {
+            app,
+            sidecar,
+            registration,
+        })
+    }
+
+    /// Registers an app already listening on `app_port` (any server, e.g.
+    /// Redis) as a meshed instance and starts its sidecar.
+    pub async fn sidecar_for(
+        &self,
+        service: &str,
+        id: &str,
+        app_port: u16,
+        sidecar_args: &[String],
+    ) -> anyhow::Result<(Sidecar, Registration)> {
         let inbound_port = free_port()?;
-        let registration = Registration::meshed(service, id, app.port(), inbound_port);
+        let registration = Registration::meshed(service, id, app_port, inbound_port);
         self.consul.register(&registration).await?;
         let sidecar = Sidecar::start(
             &self.log_dir,
@@ -100,17 +119,13 @@ impl Mesh {
                 service: service.to_owned(),
                 instance: id.to_owned(),
                 discovery: self.agent.discovery_url(),
-                app_port: app.port(),
+                app_port,
                 inbound_port: Some(inbound_port),
                 extra_args: sidecar_args.to_vec(),
             },
         )
         .await?;
-        Ok(MeshedInstance {
-            app,
-            sidecar,
-            registration,
-        })
+        Ok((sidecar, registration))
     }
 
     /// The calling side of most tests: a meshed `client` service whose

@@ -13,5 +13,6 @@ pub mod identity;
 pub mod mesh;
 pub mod ports;
 pub mod process;
+pub mod redis;
 pub mod sidecar;
 pub mod traffic;

@@ -102,6 +102,17 @@ impl Sidecar {
         self.admin_json("/clusters").await
     }
 
+    /// `/tcp` (opaque TCP counters) as JSON.
+    pub async fn tcp_stats(&self) -> anyhow::Result<serde_json::Value> {
+        self.admin_json("/tcp").await
+    }
+
+    /// The sidecar's log so far.
+    pub fn log(&self) -> anyhow::Result<String> {
+        let path = self.process.log_path();
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+
     /// An error (with the log) if the sidecar died.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         self.process.check_running()
