@@ -161,6 +161,7 @@ fn identity(store: &weft_certs::IdentityStore) -> serde_json::Value {
     serde_json::json!({
         "spiffe_id": leaf.identity().to_string(),
         "serial": leaf.serial(),
+        "issuer": leaf.issuer(),
         "not_before_unix": unix(leaf.not_before()),
         "not_after_unix": unix(leaf.not_after()),
         "renew_at_unix": unix(leaf.rotate_at()),
