@@ -358,6 +358,11 @@ mod tests {
             Some(PathBuf::from("/etc/weft/tokens.json"))
         );
         assert_eq!(config.leaf_ttl, Duration::from_secs(10));
+        assert_eq!(config.source, IdentitySource::Weft, "the default");
+        let consul = settings(&["--identity-source", "consul"])
+            .map(|parsed| parsed.identity_config().source);
+        assert_eq!(consul.ok(), Some(IdentitySource::Consul));
+        assert!(settings(&["--identity-source", "vault"]).is_err());
         let default_ttl = settings(&[]).map(|parsed| parsed.leaf_ttl).ok();
         assert_eq!(default_ttl, Some(Duration::from_secs(24 * 3600)));
         let zero = settings(&["--leaf-ttl", "0s"]).err().map(|e| e.to_string());

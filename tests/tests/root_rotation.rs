@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use anyhow::ensure;
-use serde_json::Value;
 use tokio::time::Instant;
 use weft_e2e::harness::eventually::eventually;
 use weft_e2e::harness::identity::MeshCa;
@@ -17,17 +16,7 @@ use weft_e2e::{Call, Traffic, TrafficSpec, run, wait_for_instances};
 /// 100 ms file debounce, the snapshot debounce and one push.
 const BUDGET: Duration = Duration::from_secs(1);
 
-/// The subjects of the roots a sidecar trusts, from its `/identity`.
-fn root_subjects(identity: &Value) -> Vec<String> {
-    identity["roots"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|root| root["subject"].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// Asks `from`'s sidecar to call `to` and checks the callee saw `from`'s
+/// Asks `caller` to call `callee` and checks the callee saw `from`'s
 /// identity, proven by the mTLS handshake.
 async fn calls(
     mesh: &weft_e2e::Mesh,
@@ -72,13 +61,10 @@ fn a_rotated_root_reaches_every_sidecar_at_once_and_old_and_new_leaves_talk_both
             .await?;
         calls(&mesh, &client.sidecar, "users", "users-1").await?;
         calls(&mesh, &users.sidecar, "client", "client-1").await?;
-        let old_leaf = users.sidecar.identity().await?;
-        let old_roots = root_subjects(&old_leaf);
-        ensure!(old_roots.len() == 1, "one root before: {old_leaf}");
-        ensure!(
-            old_leaf["issuer"].as_str() == Some(old_roots[0].as_str()),
-            "{old_leaf}"
-        );
+        let old_leaf = users.sidecar.trust().await?;
+        let old_roots = old_leaf.roots.clone();
+        ensure!(old_roots.len() == 1, "one root before: {old_leaf:?}");
+        ensure!(old_leaf.issuer == old_roots[0], "{old_leaf:?}");
 
         let to_users = Traffic::start(
             mesh.http.clone(),
@@ -96,7 +82,7 @@ fn a_rotated_root_reaches_every_sidecar_at_once_and_old_and_new_leaves_talk_both
             async move {
                 let mut new_roots = Vec::new();
                 for sidecar in sidecars {
-                    let roots = root_subjects(&sidecar.identity().await?);
+                    let roots = sidecar.trust().await?.roots;
                     ensure!(
                         roots.len() == 2 && roots.contains(&old_roots[0]),
                         "{} trusts {roots:?}",
@@ -112,7 +98,7 @@ fn a_rotated_root_reaches_every_sidecar_at_once_and_old_and_new_leaves_talk_both
         .await?;
         let took = rotated.elapsed();
         ensure!(
-            users.sidecar.identity().await?["serial"] == old_leaf["serial"],
+            users.sidecar.trust().await?.serial == old_leaf.serial,
             "users renewed its leaf: this test is about the bundle alone"
         );
 
@@ -121,10 +107,10 @@ fn a_rotated_root_reaches_every_sidecar_at_once_and_old_and_new_leaves_talk_both
         let orders = mesh
             .meshed_instance_with("orders", "orders-1", &ca.sidecar_args("orders"))
             .await?;
-        let fresh = orders.sidecar.identity().await?;
+        let fresh = orders.sidecar.trust().await?;
         ensure!(
-            fresh["issuer"].as_str() == Some(new_root.as_str()),
-            "the new sidecar's leaf is not from the new root {new_root}: {fresh}"
+            fresh.issuer == new_root,
+            "the new sidecar's leaf is not from the new root {new_root}: {fresh:?}"
         );
         calls(&mesh, &client.sidecar, "orders", "orders-1").await?;
         calls(&mesh, &orders.sidecar, "users", "users-1").await?;
