@@ -237,3 +237,46 @@ impl Identity {
         self.server.clone().into_service()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consul_config(ca_dir: Option<&str>, join_tokens: Option<&str>) -> IdentityConfig {
+        IdentityConfig {
+            source: IdentitySource::Consul,
+            ca_dir: ca_dir.map(PathBuf::from),
+            join_tokens: join_tokens.map(PathBuf::from),
+            leaf_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn consuls_ca_refuses_the_agent_ca_settings_and_a_mesh_without_consul() {
+        let metrics = Arc::new(Metrics::new());
+        let refused = |result: Result<Identity, String>| match result {
+            Ok(_) => panic!("accepted"),
+            Err(reason) => reason,
+        };
+        let both = refused(
+            Identity::start_consul(
+                &consul_config(Some("/etc/weft/ca"), None),
+                None,
+                metrics.clone(),
+            )
+            .await,
+        );
+        assert!(both.contains("drop --ca-dir"), "{both}");
+        let tokens = refused(
+            Identity::start_consul(&consul_config(None, Some("/t.json")), None, metrics.clone())
+                .await,
+        );
+        assert!(tokens.contains("drop --join-tokens"), "{tokens}");
+        let no_consul = refused(
+            Identity::start_consul(&consul_config(None, None), None, metrics.clone()).await,
+        );
+        assert!(no_consul.contains("set --consul"), "{no_consul}");
+        let wrong_entry = refused(Identity::start(&consul_config(None, None), None, metrics));
+        assert!(wrong_entry.contains("start_consul"), "{wrong_entry}");
+    }
+}
