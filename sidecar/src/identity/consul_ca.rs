@@ -267,10 +267,14 @@ impl ConsulCa {
                 "Consul's answer to {path} is not the expected JSON: {e}"
             ))
         })?;
+        if index_header == 0 {
+            // Without it there is nothing to block on: asking again at once
+            // would spin. Consul's agent endpoints always send it.
+            return Err(unavailable("no X-Consul-Index in the answer".into()));
+        }
         Ok(Indexed {
             value,
-            // Consul's rule: an index never 0, and never going back.
-            index: index_header.max(1),
+            index: index_header,
         })
     }
 
@@ -419,5 +423,123 @@ impl ConsulCa {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::Secret;
+
+    /// A one-shot fake Consul: answers every request with `status`, `body`
+    /// and `X-Consul-Index: 7`, and hands back the request heads it saw.
+    async fn fake_consul(
+        status: &'static str,
+        body: String,
+    ) -> (ConsulSettings, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            while let Ok(Ok((mut stream, _))) =
+                tokio::time::timeout(Duration::from_millis(500), listener.accept()).await
+            {
+                let mut head = vec![0u8; 4096];
+                let read = stream.read(&mut head).await.unwrap_or(0);
+                heads.push(String::from_utf8_lossy(&head[..read]).into_owned());
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nX-Consul-Index: 7\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+            heads
+        });
+        let settings = ConsulSettings {
+            address: format!("http://{address}").parse().unwrap(),
+            token: Some(Secret("sidecar-token".into())),
+        };
+        (settings, seen)
+    }
+
+    #[tokio::test]
+    async fn consuls_refusal_stops_the_start_with_consuls_words_and_sends_the_token() {
+        let (settings, seen) = fake_consul("403 Forbidden", "Permission denied".into()).await;
+        let source = ConsulCa::new(&settings, "users", Dns::default());
+        let error = match source.obtain().await {
+            Err(error) => error,
+            Ok(_) => panic!("a 403 was taken for a certificate"),
+        };
+        let text = error.to_string();
+        assert!(
+            matches!(error, IdentityError::ConsulRefused { .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("HTTP 403 Forbidden: Permission denied"),
+            "{text}"
+        );
+        assert!(!text.contains("sidecar-token"), "never the token: {text}");
+        let heads = seen.await.unwrap();
+        assert!(
+            heads[0].starts_with("GET /v1/agent/connect/ca/roots "),
+            "{heads:?}"
+        );
+        assert!(
+            heads[0]
+                .to_ascii_lowercase()
+                .contains("x-consul-token: sidecar-token"),
+            "{heads:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_root_and_its_intermediates_make_the_bundle_and_blocking_reads_carry_the_index() {
+        let ca = |name: &str| {
+            weft_certs::Ca::generate_root(&name.parse().unwrap(), Duration::from_secs(3600))
+                .unwrap()
+                .bundle()
+                .to_pem()
+        };
+        let (old, new, intermediate) = (ca("a.consul"), ca("b.consul"), ca("c.consul"));
+        let body = serde_json::json!({
+            "TrustDomain": "a.consul",
+            "Roots": [
+                { "RootCert": old, "IntermediateCerts": null, "Active": false },
+                { "RootCert": new, "IntermediateCerts": [intermediate], "Active": true },
+            ]
+        });
+        let (settings, seen) = fake_consul("200 OK", body.to_string()).await;
+        let source = ConsulCa::new(&settings, "users", Dns::default());
+        let roots = source.roots(3).await.unwrap();
+        assert_eq!(roots.index, 7);
+        assert_eq!(roots.value.len(), 3, "two roots and an intermediate");
+        let heads = seen.await.unwrap();
+        assert!(
+            heads[0].starts_with("GET /v1/agent/connect/ca/roots?index=3&wait=60s "),
+            "{heads:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_consul_is_worth_retrying() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let settings = ConsulSettings {
+            address: format!("http://{address}").parse().unwrap(),
+            token: None,
+        };
+        let source = ConsulCa::new(&settings, "users", Dns::default());
+        let error = source.roots(0).await.err();
+        assert!(
+            matches!(&error, Some(IdentityError::Unavailable(reason)) if reason.contains("is the Consul agent running?")),
+            "{error:?}"
+        );
     }
 }
