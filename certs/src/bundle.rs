@@ -94,6 +94,32 @@ impl TrustBundle {
         self.roots.len()
     }
 
+    /// What each root is (subject, serial, validity), in the order of
+    /// [`roots`](Self::roots), for status pages. Every root parsed when it
+    /// was added; one that did not would show as `<unparsable>`.
+    pub fn describe(&self) -> Vec<RootFacts> {
+        self.roots
+            .iter()
+            .map(|root| match x509::parse("root", root) {
+                Ok(certificate) => {
+                    let validity = certificate.validity();
+                    RootFacts {
+                        subject: certificate.subject().to_string(),
+                        serial: x509::hex(certificate.raw_serial()),
+                        not_before: x509::system_time(validity.not_before),
+                        not_after: x509::system_time(validity.not_after),
+                    }
+                }
+                Err(_) => RootFacts {
+                    subject: "<unparsable>".into(),
+                    serial: String::new(),
+                    not_before: std::time::UNIX_EPOCH,
+                    not_after: std::time::UNIX_EPOCH,
+                },
+            })
+            .collect()
+    }
+
     /// True when the bundle trusts nothing.
     pub fn is_empty(&self) -> bool {
         self.roots.is_empty()
@@ -116,6 +142,17 @@ impl TrustBundle {
         }
         Ok(store)
     }
+}
+
+/// The facts of one trusted root, as [`TrustBundle::describe`] gives them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootFacts {
+    /// The subject DN, e.g. `CN=Weft Root CA ...`.
+    pub subject: String,
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    pub not_before: std::time::SystemTime,
+    pub not_after: std::time::SystemTime,
 }
 
 impl std::fmt::Debug for TrustBundle {

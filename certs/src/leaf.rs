@@ -54,6 +54,7 @@ impl fmt::Debug for LeafKey {
 pub struct LeafInfo {
     identity: SpiffeId,
     serial: String,
+    issuer: String,
     not_before: SystemTime,
     not_after: SystemTime,
 }
@@ -74,6 +75,7 @@ impl LeafInfo {
         Ok(Self {
             identity,
             serial: x509::hex(certificate.raw_serial()),
+            issuer: certificate.issuer().to_string(),
             not_before: x509::system_time(validity.not_before),
             not_after: x509::system_time(validity.not_after),
         })
@@ -87,6 +89,12 @@ impl LeafInfo {
     /// The serial number, lower-case hex: tells two leaves apart in logs.
     pub fn serial(&self) -> &str {
         &self.serial
+    }
+
+    /// The issuer's DN (`CN=Weft root CA 1a2b3c4d, O=Weft`): which root
+    /// signed the leaf, during a rotation.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
     }
 
     /// Start of validity.

@@ -21,7 +21,7 @@ pub mod spiffe;
 pub mod tls;
 mod x509;
 
-pub use bundle::TrustBundle;
+pub use bundle::{RootFacts, TrustBundle};
 pub use ca::{Ca, DEFAULT_LEAF_TTL, DEFAULT_ROOT_TTL};
 pub use error::Error;
 pub use leaf::{LeafInfo, LeafKey};

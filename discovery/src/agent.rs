@@ -15,8 +15,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admin::{self, AdminState};
 use crate::ads::{AdsServer, SidecarRegistry, unix_now};
 use crate::consul::{ConsulClient, ConsulConfig, ConsulError};
-use crate::identity::{Identity, IdentityConfig};
+use crate::identity::{Identity, IdentityConfig, IdentitySource};
 use crate::metrics::Metrics;
+use crate::model::TrustRoots;
 use crate::snapshot::{self, DebounceConfig, SnapshotBuilder};
 use crate::store::MeshStore;
 
@@ -74,6 +75,12 @@ pub struct Settings {
     /// Consul updates becomes one push).
     #[arg(long, env = "WEFT_DEBOUNCE", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
+    /// Who signs the mesh's leaves: `weft` (this agent's CA, --ca-dir) or
+    /// `consul` (Consul's Connect CA: sidecars ask Consul, and Clusters
+    /// name identities in Consul's form and trust domain, read from Consul
+    /// at start; needs --consul, and agent:read for the datacenter).
+    #[arg(long, env = "WEFT_IDENTITY_SOURCE", value_enum, default_value = "weft")]
+    pub identity_source: IdentitySource,
     /// The mesh CA directory (from `weftctl ca init`). Set, the agent signs
     /// sidecars' certificates (weft.identity.v1, on --listen) and every
     /// Cluster names its destination's SPIFFE ID, so sidecars talk mTLS;
@@ -97,6 +104,7 @@ impl Settings {
     /// The identity part of the settings.
     pub fn identity_config(&self) -> IdentityConfig {
         IdentityConfig {
+            source: self.identity_source,
             ca_dir: self.ca_dir.clone(),
             join_tokens: self.join_tokens.clone(),
             leaf_ttl: self.leaf_ttl,
@@ -125,8 +133,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let identity = Identity::start(&settings.identity_config(), consul.clone(), metrics.clone())
-        .map_err(|reason| anyhow::anyhow!("identity: {reason}"))?;
+    let identity_config = settings.identity_config();
+    let identity = match identity_config.source {
+        IdentitySource::Weft => Identity::start(&identity_config, consul.clone(), metrics.clone()),
+        IdentitySource::Consul => {
+            Identity::start_consul(&identity_config, consul.as_ref(), metrics.clone()).await
+        }
+    }
+    .map_err(|reason| anyhow::anyhow!("identity: {reason}"))?;
+    if let Some(bundle) = identity.trust_bundle() {
+        tokio::spawn(publish_trust_bundle(bundle, store.clone()));
+    }
 
     let backend = if let Some(dir) = &settings.config_dir {
         let dir = dir.clone();
@@ -157,8 +174,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("compiling the document schema")?
         .map_err(|reason| anyhow::anyhow!("the embedded document schema is broken: {reason}"))?;
 
-    let builder = match identity.trust_domain() {
-        Some(trust_domain) => SnapshotBuilder::with_trust_domain(trust_domain),
+    let builder = match identity.service_identities() {
+        Some(identities) => SnapshotBuilder::with_identities(identities),
         None => SnapshotBuilder::new(),
     };
     tokio::spawn(snapshot::run_builder_with(
@@ -196,6 +213,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("discovery server failed")?;
     tracing::info!("weft-discovery stopped");
     Ok(())
+}
+
+/// Copies the CA's trust bundle into the store as it changes (a
+/// `weftctl ca rotate`), so the next snapshot pushes it to every sidecar
+/// subscribed to the `TrustBundle` resource.
+async fn publish_trust_bundle(
+    mut bundle: watch::Receiver<weft_proto::config::v1::TrustBundle>,
+    store: Arc<MeshStore>,
+) {
+    loop {
+        let current = bundle.borrow_and_update().clone();
+        store.set_trust_roots(TrustRoots {
+            trust_domain: current.trust_domain,
+            roots_pem: current.roots_pem,
+        });
+        if bundle.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The Consul client settings from the `--consul*` flags (each also its
@@ -322,6 +358,11 @@ mod tests {
             Some(PathBuf::from("/etc/weft/tokens.json"))
         );
         assert_eq!(config.leaf_ttl, Duration::from_secs(10));
+        assert_eq!(config.source, IdentitySource::Weft, "the default");
+        let consul = settings(&["--identity-source", "consul"])
+            .map(|parsed| parsed.identity_config().source);
+        assert_eq!(consul.ok(), Some(IdentitySource::Consul));
+        assert!(settings(&["--identity-source", "vault"]).is_err());
         let default_ttl = settings(&[]).map(|parsed| parsed.leaf_ttl).ok();
         assert_eq!(default_ttl, Some(Duration::from_secs(24 * 3600)));
         let zero = settings(&["--leaf-ttl", "0s"]).err().map(|e| e.to_string());

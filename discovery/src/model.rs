@@ -82,4 +82,16 @@ pub struct MeshState {
     /// Consul's intentions, sorted (so that their order is never a change).
     /// Always empty with the file backend.
     pub intentions: Vec<Intention>,
+    /// The roots sidecars must trust, when the agent issues certificates
+    /// (served as the `TrustBundle` resource, pushed on a CA rotation).
+    pub trust_roots: Option<TrustRoots>,
+}
+
+/// The mesh CA's trust bundle as the agent publishes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustRoots {
+    /// The trust domain: also the resource's name.
+    pub trust_domain: String,
+    /// Every root currently trusted, PEM (both during a rotation).
+    pub roots_pem: String,
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use crate::model::{Endpoint, Intention, MeshState, RawDocument};
+use crate::model::{Endpoint, Intention, MeshState, RawDocument, TrustRoots};
 
 pub struct MeshStore {
     state: Mutex<MeshState>,
@@ -127,6 +127,17 @@ impl MeshStore {
                 return false;
             }
             state.intentions = intentions;
+            true
+        });
+    }
+
+    /// Replaces the trust bundle (the CA loaded new roots).
+    pub fn set_trust_roots(&self, roots: TrustRoots) {
+        self.update(|state| {
+            if state.trust_roots.as_ref() == Some(&roots) {
+                return false;
+            }
+            state.trust_roots = Some(roots);
             true
         });
     }

@@ -29,7 +29,7 @@ use weft_certs::ca::files;
 use weft_certs::tls::{self, HTTP_ALPN};
 use weft_certs::{Ca, IdentityStore, LeafInfo, LeafKey, SpiffeId, TrustBundle};
 use weft_discovery::consul::{ConsulClient, ConsulConfig, QueryOptions};
-use weft_discovery::identity::{CertificateAuthority, Identity, IdentityConfig};
+use weft_discovery::identity::{CertificateAuthority, Identity, IdentityConfig, IdentitySource};
 use weft_discovery::metrics::Metrics;
 use weft_proto::config::v1::{Cluster, TrustBundle as TrustBundleResource};
 use weft_proto::discovery::v1::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -145,6 +145,7 @@ async fn start_agent(config: IdentityConfig, consul: Option<ConsulClient>) -> Ag
 /// An agent issuing from a fresh CA with the web and db join tokens.
 async fn start_issuing_agent(scratch: &Scratch) -> Agent {
     let config = IdentityConfig {
+        source: IdentitySource::Weft,
         ca_dir: Some(init_ca(scratch)),
         join_tokens: Some(join_tokens(scratch)),
         leaf_ttl: LEAF_TTL,
@@ -373,6 +374,7 @@ async fn a_wrong_token_or_another_services_token_is_permission_denied() {
 #[tokio::test]
 async fn without_a_ca_every_request_is_failed_precondition_saying_how_to_enable_it() {
     let config = IdentityConfig {
+        source: IdentitySource::Weft,
         ca_dir: None,
         join_tokens: None,
         leaf_ttl: LEAF_TTL,
@@ -459,6 +461,7 @@ async fn a_consul_token_with_service_write_gets_a_leaf_for_that_service_only() {
     .await;
     let scratch = Scratch::new("consul");
     let config = IdentityConfig {
+        source: IdentitySource::Weft,
         ca_dir: Some(init_ca(&scratch)),
         join_tokens: None,
         leaf_ttl: LEAF_TTL,
@@ -513,6 +516,7 @@ async fn a_consul_token_with_service_write_gets_a_leaf_for_that_service_only() {
 async fn with_consul_a_join_token_works_too_and_an_unreachable_consul_is_unavailable() {
     let scratch = Scratch::new("consul-down");
     let config = IdentityConfig {
+        source: IdentitySource::Weft,
         ca_dir: Some(init_ca(&scratch)),
         join_tokens: Some(join_tokens(&scratch)),
         leaf_ttl: LEAF_TTL,

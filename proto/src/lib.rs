@@ -30,15 +30,18 @@ pub mod type_url {
     pub const TRUST_BUNDLE: &str = "type.googleapis.com/weft.config.v1.TrustBundle";
     pub const INBOUND_POLICY: &str = "type.googleapis.com/weft.config.v1.InboundPolicy";
 
-    /// The types every sidecar subscribes to, in subscription order.
+    /// The types the agent serves, in subscription order.
     /// INBOUND_POLICY is subscribed by name: the sidecar's own service.
-    /// TRUST_BUNDLE is not among them: sidecars get the bundle with their
-    /// certificate (`weft.identity.v1`).
-    pub const ALL: [&str; 4] = [
+    /// TRUST_BUNDLE is subscribed by name too (the sidecar's trust domain),
+    /// and only by sidecars whose certificate comes from the agent: the
+    /// bundle also arrives with each certificate, but a root rotation
+    /// reaches them over ADS at once.
+    pub const ALL: [&str; 5] = [
         ROUTE_CONFIGURATION,
         CLUSTER,
         CLUSTER_LOAD_ASSIGNMENT,
         INBOUND_POLICY,
+        TRUST_BUNDLE,
     ];
 
     /// The short name used in logs and /status ("Cluster").

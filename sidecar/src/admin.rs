@@ -14,6 +14,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
+use sha2::Digest as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_proto::type_url;
@@ -145,12 +146,16 @@ pub fn config_dump(state: &AdminState) -> Value {
         "Cluster": ty(type_url::CLUSTER, s.accepted.clusters.values().map(dump::cluster).collect()),
         "ClusterLoadAssignment": ty(type_url::CLUSTER_LOAD_ASSIGNMENT, s.accepted.assignments.values().map(dump::assignment).collect()),
         "InboundPolicy": ty(type_url::INBOUND_POLICY, s.accepted.policy.iter().map(dump::inbound_policy).collect()),
+        "TrustBundle": ty(type_url::TRUST_BUNDLE, s.accepted.trust_bundle.iter().map(|b| json!({"trust_domain": b.trust_domain, "roots_pem": b.roots_pem})).collect()),
     })
 }
 
-/// The current leaf and trust bundle (no key material).
+/// The current leaf and trust bundle (no key material): every root with
+/// its subject, serial, SHA-256 fingerprint (as `weftctl ca` prints it)
+/// and validity.
 fn identity(store: &weft_certs::IdentityStore) -> serde_json::Value {
     let leaf = store.leaf();
+    let bundle = store.bundle();
     let unix = |t: std::time::SystemTime| {
         t.duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -159,10 +164,23 @@ fn identity(store: &weft_certs::IdentityStore) -> serde_json::Value {
     serde_json::json!({
         "spiffe_id": leaf.identity().to_string(),
         "serial": leaf.serial(),
+        "issuer": leaf.issuer(),
         "not_before_unix": unix(leaf.not_before()),
         "not_after_unix": unix(leaf.not_after()),
         "renew_at_unix": unix(leaf.rotate_at()),
-        "trusted_roots": store.bundle().len(),
+        "trusted_roots": bundle.len(),
+        "roots": bundle
+            .describe()
+            .into_iter()
+            .zip(bundle.roots())
+            .map(|(root, der)| json!({
+                "subject": root.subject,
+                "serial": root.serial,
+                "sha256_fingerprint": hex::encode(sha2::Sha256::digest(der)),
+                "not_before_unix": unix(root.not_before),
+                "not_after_unix": unix(root.not_after),
+            }))
+            .collect::<Vec<_>>(),
     })
 }
 

@@ -65,6 +65,11 @@ pub struct Settings {
     /// connects to the port, the sidecar carries the bytes to `<service>`
     /// (marked `protocol: tcp`). Needs `--discovery`.
     pub tcp_upstreams: Vec<TcpUpstream>,
+    /// Who signs this sidecar's leaf (`--identity-source weft|consul`,
+    /// `WEFT_IDENTITY_SOURCE`). Default `weft`: the agent, with
+    /// `--identity-token`. `consul`: Consul's Connect CA, with `--consul`
+    /// and `--consul-token`; this turns mesh mTLS on by itself.
+    pub identity_source: IdentitySource,
     /// Timeouts and limits of the data path.
     pub proxy: ProxySettings,
 }
@@ -79,6 +84,35 @@ impl fmt::Debug for Secret {
         f.write_str("<redacted>")
     }
 }
+
+/// Where the sidecar's leaf and roots come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The agent signs a CSR (`--identity-token`); mTLS is on when a token
+    /// is set.
+    #[default]
+    Weft,
+    /// Consul's Connect CA: leaf and roots from the local Consul agent,
+    /// watched with blocking queries.
+    Consul(ConsulSettings),
+}
+
+/// How the sidecar reaches Consul in `--identity-source consul`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsulSettings {
+    /// The local Consul agent's HTTP API (`--consul`, `WEFT_CONSUL`, else
+    /// `CONSUL_HTTP_ADDR` like Consul's CLI). Default
+    /// `http://127.0.0.1:8500`, Consul's own default. Plain HTTP only: the
+    /// sidecar talks to the Consul agent on its own host.
+    pub address: http::Uri,
+    /// An ACL token with `service:write` on the service (`--consul-token`,
+    /// `WEFT_CONSUL_TOKEN`, else `CONSUL_HTTP_TOKEN`); none for a Consul
+    /// without ACLs.
+    pub token: Option<Secret>,
+}
+
+/// Consul's CLI default address.
+pub const DEFAULT_CONSUL_ADDRESS: &str = "http://127.0.0.1:8500";
 
 /// Data-path tunables. Defaults are chosen for a sidecar on loopback or in
 /// one data centre.
@@ -139,6 +173,7 @@ impl Settings {
             workers: None,
             identity_token: None,
             tcp_upstreams: Vec::new(),
+            identity_source: IdentitySource::Weft,
             proxy: ProxySettings::default(),
         }
     }
@@ -147,7 +182,9 @@ impl Settings {
     pub fn load() -> Result<Self, ConfigError> {
         let flags = Flags::parse();
         let env: BTreeMap<String, String> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("WEFT_"))
+            .filter(|(k, _)| {
+                k.starts_with("WEFT_") || FIELDS.iter().any(|f| f.fallback_env == Some(k.as_str()))
+            })
             .collect();
         Self::from_sources(flags, &env)
     }
@@ -210,6 +247,34 @@ impl Settings {
             d if d.is_zero() => Err("must be greater than 0".into()),
             d => Ok(d),
         });
+        let consul_mode = r.get("identity_source", parse_identity_source);
+        let consul_address = r.get("consul", parse_consul_address);
+        let consul_token = r.get("consul_token", |s| parse_nonempty(s).map(Secret));
+        let identity_source = match consul_mode {
+            Some(true) => {
+                if static_mode {
+                    r.errors.push(
+                        "--identity-source consul needs --discovery: the agent says which identity each destination presents"
+                            .into(),
+                    );
+                }
+                if identity_token.is_some() {
+                    r.errors.push(
+                        "--identity-token / WEFT_IDENTITY_TOKEN is for --identity-source weft (a credential for the agent); with consul the sidecar sends --consul-token / WEFT_CONSUL_TOKEN (or CONSUL_HTTP_TOKEN) to Consul"
+                            .into(),
+                    );
+                }
+                let address = match consul_address {
+                    Some(address) => address,
+                    None => http::Uri::from_static(DEFAULT_CONSUL_ADDRESS),
+                };
+                IdentitySource::Consul(ConsulSettings {
+                    address,
+                    token: consul_token,
+                })
+            }
+            _ => IdentitySource::Weft,
+        };
 
         r.require("inbound", inbound.is_some());
         r.require("app", app.is_some());
@@ -247,6 +312,7 @@ impl Settings {
             workers,
             identity_token,
             tcp_upstreams: tcp_upstreams.unwrap_or_default(),
+            identity_source,
             proxy: ProxySettings {
                 header_read_timeout: header_read_timeout.unwrap_or(defaults.header_read_timeout),
                 app_connect_timeout: app_connect_timeout.unwrap_or(defaults.app_connect_timeout),
@@ -329,13 +395,22 @@ pub struct Flags {
     /// Close an opaque TCP connection idle this long [env: WEFT_TCP_IDLE_TIMEOUT] [default: 1h].
     #[arg(long)]
     pub tcp_idle_timeout: Option<String>,
+    /// weft (the agent signs, with --identity-token) or consul (Consul's Connect CA; turns mTLS on) [env: WEFT_IDENTITY_SOURCE] [default: weft].
+    #[arg(long)]
+    pub identity_source: Option<String>,
+    /// Consul's HTTP address for --identity-source consul [env: WEFT_CONSUL, else CONSUL_HTTP_ADDR] [default: http://127.0.0.1:8500].
+    #[arg(long)]
+    pub consul: Option<String>,
+    /// Consul ACL token with service:write on the service, for --identity-source consul [env: WEFT_CONSUL_TOKEN, else CONSUL_HTTP_TOKEN].
+    #[arg(long)]
+    pub consul_token: Option<String>,
 }
 
 impl Flags {
     fn values(&self) -> BTreeMap<&'static str, String> {
         // Repeated flags are one comma-separated list, as in the env.
         let tcp_upstream = (!self.tcp_upstream.is_empty()).then(|| self.tcp_upstream.join(","));
-        let pairs: [(&'static str, &Option<String>); 16] = [
+        let pairs: [(&'static str, &Option<String>); 19] = [
             ("service", &self.service),
             ("discovery", &self.discovery),
             ("inbound", &self.inbound),
@@ -352,6 +427,9 @@ impl Flags {
             ("identity_token", &self.identity_token),
             ("tcp_upstream", &tcp_upstream),
             ("tcp_idle_timeout", &self.tcp_idle_timeout),
+            ("identity_source", &self.identity_source),
+            ("consul", &self.consul),
+            ("consul_token", &self.consul_token),
         ];
         pairs
             .into_iter()
@@ -372,6 +450,8 @@ struct Field {
     key: &'static str,
     flag: &'static str,
     env: &'static str,
+    /// Another variable read when `env` is unset (Consul's CLI variables).
+    fallback_env: Option<&'static str>,
 }
 
 const FIELDS: &[Field] = &[
@@ -411,10 +491,28 @@ const FIELDS: &[Field] = &[
         "--tcp-idle-timeout",
         "WEFT_TCP_IDLE_TIMEOUT",
     ),
+    field(
+        "identity_source",
+        "--identity-source",
+        "WEFT_IDENTITY_SOURCE",
+    ),
+    Field {
+        fallback_env: Some("CONSUL_HTTP_ADDR"),
+        ..field("consul", "--consul", "WEFT_CONSUL")
+    },
+    Field {
+        fallback_env: Some("CONSUL_HTTP_TOKEN"),
+        ..field("consul_token", "--consul-token", "WEFT_CONSUL_TOKEN")
+    },
 ];
 
 const fn field(key: &'static str, flag: &'static str, env: &'static str) -> Field {
-    Field { key, flag, env }
+    Field {
+        key,
+        flag,
+        env,
+        fallback_env: None,
+    }
 }
 
 fn field_of(key: &str) -> &'static Field {
@@ -437,6 +535,9 @@ impl Reader<'_> {
             return Some((v.clone(), "flag"));
         }
         if let Some(v) = self.env.get(f.env) {
+            return Some((v.clone(), "env"));
+        }
+        if let Some(v) = f.fallback_env.and_then(|name| self.env.get(name)) {
             return Some((v.clone(), "env"));
         }
         self.file.get(key).map(|v| (v.clone(), "config file"))
@@ -571,6 +672,41 @@ fn parse_tcp_upstreams(s: &str) -> Result<Vec<TcpUpstream>, String> {
         out.push(TcpUpstream { service, listen });
     }
     Ok(out)
+}
+
+/// `weft` or `consul`; true for consul.
+fn parse_identity_source(s: &str) -> Result<bool, String> {
+    match s {
+        "weft" => Ok(false),
+        "consul" => Ok(true),
+        _ => Err("expected weft or consul".into()),
+    }
+}
+
+/// `http://HOST:PORT`, or a bare `HOST:PORT` as CONSUL_HTTP_ADDR allows.
+fn parse_consul_address(s: &str) -> Result<http::Uri, String> {
+    let with_scheme = if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("http://{s}")
+    };
+    let uri: http::Uri = with_scheme
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected http://HOST:PORT"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "HTTPS to Consul is not supported by the sidecar: use the local Consul agent's HTTP port, e.g. http://127.0.0.1:8500"
+                    .into(),
+            );
+        }
+        _ => return Err("expected an http:// URL, e.g. http://127.0.0.1:8500".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("missing host, e.g. http://127.0.0.1:8500".into());
+    }
+    Ok(uri)
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -830,6 +966,104 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1d").is_err());
+    }
+
+    fn xds_flags(more: &[&str]) -> Flags {
+        let base = [
+            "--service",
+            "users",
+            "--discovery",
+            "http://127.0.0.1:15010",
+            "--inbound",
+            "127.0.0.1:1",
+            "--app",
+            "127.0.0.1:2",
+            "--outbound",
+            "127.0.0.1:3",
+            "--admin",
+            "127.0.0.1:4",
+        ];
+        flags(&[&base[..], more].concat())
+    }
+
+    #[test]
+    fn the_consul_identity_source_reads_consuls_cli_variables() {
+        let s = Settings::from_sources(
+            xds_flags(&["--identity-source", "consul"]),
+            &env(&[
+                ("CONSUL_HTTP_ADDR", "127.0.0.1:8501"),
+                ("CONSUL_HTTP_TOKEN", "secret-token"),
+            ]),
+        )
+        .unwrap();
+        let IdentitySource::Consul(consul) = &s.identity_source else {
+            panic!("{:?}", s.identity_source);
+        };
+        assert_eq!(consul.address.to_string(), "http://127.0.0.1:8501/");
+        assert_eq!(consul.token, Some(Secret("secret-token".into())));
+        assert!(
+            !format!("{s:?}").contains("secret-token"),
+            "the token is never printed"
+        );
+
+        // WEFT_* wins over Consul's variables; the default is Consul's.
+        let s = Settings::from_sources(
+            xds_flags(&[]),
+            &env(&[
+                ("WEFT_IDENTITY_SOURCE", "consul"),
+                ("WEFT_CONSUL_TOKEN", "weft"),
+                ("CONSUL_HTTP_TOKEN", "cli"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.identity_source,
+            IdentitySource::Consul(ConsulSettings {
+                address: http::Uri::from_static(DEFAULT_CONSUL_ADDRESS),
+                token: Some(Secret("weft".into())),
+            })
+        );
+
+        // Consul's variables alone do not switch the source.
+        let s =
+            Settings::from_sources(xds_flags(&[]), &env(&[("CONSUL_HTTP_TOKEN", "t")])).unwrap();
+        assert_eq!(s.identity_source, IdentitySource::Weft);
+    }
+
+    #[test]
+    fn the_consul_identity_source_refuses_what_belongs_to_the_agents_ca() {
+        let err = Settings::from_sources(
+            xds_flags(&[
+                "--identity-source",
+                "consul",
+                "--identity-token",
+                "join",
+                "--consul",
+                "https://consul:8501",
+            ]),
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--identity-token / WEFT_IDENTITY_TOKEN is for --identity-source weft"),
+            "{err}"
+        );
+        assert!(err.contains("HTTPS to Consul is not supported"), "{err}");
+        let err = Settings::from_sources(
+            flags(&[
+                "--inbound",
+                "127.0.0.1:1",
+                "--app",
+                "127.0.0.1:2",
+                "--identity-source",
+                "vault",
+            ]),
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("expected weft or consul"), "{err}");
     }
 
     #[test]

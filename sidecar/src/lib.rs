@@ -162,24 +162,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // Mesh identity first: without it the inbound listener could not
     // accept mTLS. Waits while the agent is unreachable; a refusal (bad
     // token, no CA) fails the start with the agent's reason.
-    let identity = match (&settings.discovery, &settings.identity_token) {
-        (Some(discovery), Some(token)) => {
-            let identity_settings = identity::IdentitySettings {
-                service: settings.service.clone(),
-                agent: xds::client::ClientSettings::new(discovery.clone()),
-                token: token.0.clone(),
-            };
-            let store = identity::obtain(&identity_settings, &dns).await?;
-            tokio::spawn(identity::renew(
-                store.clone(),
-                identity_settings,
-                dns.clone(),
-                shutdown_rx.clone(),
-            ));
-            Some(store)
-        }
-        _ => None,
-    };
+    let started = identity::start(&settings, &dns, shutdown_rx.clone()).await?;
+    let agent_bundle = started.as_ref().and_then(|s| s.agent_bundle.clone());
+    let identity = started.map(|s| s.store);
     // The inbound policy, until the agent sends one: allow every caller
     // (intentions), no JWT checks, mTLS only.
     let authz: authz::SharedAuthz = Default::default();
@@ -238,6 +223,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .with_required_clusters(settings.tcp_upstreams.iter().map(|u| u.service.clone()));
         if let Some(store) = &identity {
             core = core.with_identity(store.clone());
+        }
+        if let Some(trust_domain) = agent_bundle {
+            core = core.with_trust_bundle_updates(trust_domain);
         }
         tokio::spawn(xds::client::run(
             xds::client::ClientSettings::new(discovery.clone()),

@@ -286,6 +286,27 @@ impl ConsulClient {
         self.write_unit(Method::PUT, path, None).await
     }
 
+    // ----------------------------------------------------------------- agent
+
+    /// `/v1/agent/self`: the local agent's datacenter (`Config.Datacenter`).
+    /// Needs `agent:read` with ACLs on.
+    pub async fn agent_datacenter(&self) -> Result<String, ConsulError> {
+        #[derive(serde::Deserialize)]
+        struct AgentSelf {
+            #[serde(rename = "Config")]
+            config: AgentConfig,
+        }
+        #[derive(serde::Deserialize)]
+        struct AgentConfig {
+            #[serde(rename = "Datacenter")]
+            datacenter: String,
+        }
+        let (agent, _) = self
+            .read::<AgentSelf>("/v1/agent/self".into(), &QueryOptions::default())
+            .await?;
+        Ok(agent.config.datacenter)
+    }
+
     // --------------------------------------------------------------- Connect
 
     /// The Connect CA's root certificates (blocking: wakes on rotation).

@@ -16,8 +16,10 @@
 
 pub mod authority;
 pub mod consul_acl;
+pub mod consul_ca;
 pub mod credentials;
 pub mod join_tokens;
+pub mod naming;
 pub mod refusal;
 pub mod server;
 pub mod service_name;
@@ -26,6 +28,7 @@ pub use authority::{CertificateAuthority, LoadError, ReloadStatus};
 pub use consul_acl::{CONSUL_CHECK_TIMEOUT, ConsulAclCheck};
 pub use credentials::{Credential, Credentials};
 pub use join_tokens::JoinTokens;
+pub use naming::ServiceIdentities;
 pub use refusal::{Refusal, RefusalReason};
 pub use server::IdentityServer;
 
@@ -49,9 +52,23 @@ pub const NAMESPACE: &str = "default";
 /// sees a request per sidecar every 40 s at one minute.
 pub const SHORT_LEAF_TTL: Duration = Duration::from_secs(60);
 
-/// The identity settings (`--ca-dir`, `--join-tokens`, `--leaf-ttl`).
+/// Who signs the mesh's leaves (`--identity-source`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentitySource {
+    /// The agent's own CA (`--ca-dir`), sidecars ask the agent.
+    #[default]
+    Weft,
+    /// Consul's Connect CA: sidecars ask Consul, and Clusters name
+    /// identities in Consul's form and trust domain.
+    Consul,
+}
+
+/// The identity settings (`--identity-source`, `--ca-dir`,
+/// `--join-tokens`, `--leaf-ttl`).
 #[derive(Clone, Debug)]
 pub struct IdentityConfig {
+    /// Who signs leaves.
+    pub source: IdentitySource,
     /// The CA directory; `None` turns issuance off.
     pub ca_dir: Option<PathBuf>,
     /// The join tokens file.
@@ -64,6 +81,8 @@ pub struct IdentityConfig {
 pub struct Identity {
     authority: Option<CertificateAuthority>,
     server: IdentityServer,
+    /// Consul's identities, with `--identity-source consul`.
+    consul_identities: Option<ServiceIdentities>,
 }
 
 impl Identity {
@@ -77,6 +96,12 @@ impl Identity {
         consul: Option<ConsulClient>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
+        if config.source == IdentitySource::Consul {
+            return Err(
+                "--identity-source consul needs Consul's identities: use Identity::start_consul"
+                    .into(),
+            );
+        }
         let Some(dir) = &config.ca_dir else {
             if let Some(tokens) = &config.join_tokens {
                 return Err(format!(
@@ -90,6 +115,7 @@ impl Identity {
             return Ok(Self {
                 authority: None,
                 server: IdentityServer::disabled(metrics),
+                consul_identities: None,
             });
         };
         if config.leaf_ttl.is_zero() {
@@ -130,6 +156,58 @@ impl Identity {
         Ok(Self {
             authority: Some(authority),
             server,
+            consul_identities: None,
+        })
+    }
+
+    /// `--identity-source consul`: no CA here (sidecars take leaves and
+    /// roots from Consul); learns Consul's trust domain and datacenter,
+    /// waiting while Consul cannot answer yet. Refuses settings that
+    /// belong to the agent's own CA, and a setup without Consul.
+    pub async fn start_consul(
+        config: &IdentityConfig,
+        consul: Option<&ConsulClient>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        if let Some(dir) = &config.ca_dir {
+            return Err(format!(
+                "--identity-source consul and --ca-dir {} are both set: with Consul's Connect CA the agent signs nothing; drop --ca-dir, or use --identity-source weft",
+                dir.display()
+            ));
+        }
+        if let Some(tokens) = &config.join_tokens {
+            return Err(format!(
+                "--identity-source consul and --join-tokens {} are both set: sidecars authenticate to Consul with ACL tokens; drop --join-tokens",
+                tokens.display()
+            ));
+        }
+        let Some(consul) = consul else {
+            return Err(
+                "--identity-source consul needs Consul: set --consul URL (CONSUL_HTTP_ADDR); the file backend has no Connect CA"
+                    .into(),
+            );
+        };
+        let identities = consul_ca::consul_identities(consul).await?;
+        tracing::info!(
+            consul = %consul.address(),
+            trust_domain = %identities.trust_domain(),
+            example = %identities.of("web").map(|id| id.to_string()).unwrap_or_default(),
+            "identities from Consul's Connect CA: sidecars take leaves and roots from Consul"
+        );
+        Ok(Self {
+            authority: None,
+            server: IdentityServer::consul_ca(metrics),
+            consul_identities: Some(identities),
+        })
+    }
+
+    /// How Clusters name their destination's identity: in the agent CA's
+    /// trust domain, or in Consul's form; `None` for a plaintext mesh.
+    pub fn service_identities(&self) -> Option<ServiceIdentities> {
+        self.consul_identities.clone().or_else(|| {
+            self.authority
+                .as_ref()
+                .map(|authority| ServiceIdentities::Weft(authority.trust_domain().clone()))
         })
     }
 
@@ -157,5 +235,48 @@ impl Identity {
     /// The gRPC service to add beside ADS.
     pub fn service(&self) -> IdentityServiceServer<IdentityServer> {
         self.server.clone().into_service()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consul_config(ca_dir: Option<&str>, join_tokens: Option<&str>) -> IdentityConfig {
+        IdentityConfig {
+            source: IdentitySource::Consul,
+            ca_dir: ca_dir.map(PathBuf::from),
+            join_tokens: join_tokens.map(PathBuf::from),
+            leaf_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn consuls_ca_refuses_the_agent_ca_settings_and_a_mesh_without_consul() {
+        let metrics = Arc::new(Metrics::new());
+        let refused = |result: Result<Identity, String>| match result {
+            Ok(_) => panic!("accepted"),
+            Err(reason) => reason,
+        };
+        let both = refused(
+            Identity::start_consul(
+                &consul_config(Some("/etc/weft/ca"), None),
+                None,
+                metrics.clone(),
+            )
+            .await,
+        );
+        assert!(both.contains("drop --ca-dir"), "{both}");
+        let tokens = refused(
+            Identity::start_consul(&consul_config(None, Some("/t.json")), None, metrics.clone())
+                .await,
+        );
+        assert!(tokens.contains("drop --join-tokens"), "{tokens}");
+        let no_consul = refused(
+            Identity::start_consul(&consul_config(None, None), None, metrics.clone()).await,
+        );
+        assert!(no_consul.contains("set --consul"), "{no_consul}");
+        let wrong_entry = refused(Identity::start(&consul_config(None, None), None, metrics));
+        assert!(wrong_entry.contains("start_consul"), "{wrong_entry}");
     }
 }

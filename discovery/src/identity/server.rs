@@ -27,6 +27,8 @@ const MAX_CSR_BYTES: usize = 16 * 1024;
 enum Mode {
     /// No `--ca-dir`: every request is refused with how to enable issuance.
     Disabled,
+    /// `--identity-source consul`: sidecars must ask Consul instead.
+    ConsulCa,
     Issuing {
         authority: CertificateAuthority,
         credentials: Credentials,
@@ -68,6 +70,15 @@ impl IdentityServer {
         }
     }
 
+    /// A server for a mesh on Consul's Connect CA: answers
+    /// FAILED_PRECONDITION pointing the sidecar at Consul.
+    pub fn consul_ca(metrics: Arc<Metrics>) -> Self {
+        Self {
+            mode: Arc::new(Mode::ConsulCa),
+            metrics,
+        }
+    }
+
     pub fn into_service(self) -> IdentityServiceServer<Self> {
         IdentityServiceServer::new(self)
     }
@@ -76,16 +87,24 @@ impl IdentityServer {
         &self,
         request: &SignCertificateRequest,
     ) -> Result<(SignCertificateResponse, LeafInfo, Credential), Refusal> {
-        let Mode::Issuing {
-            authority,
-            credentials,
-            leaf_ttl,
-        } = &*self.mode
-        else {
-            return Err(Refusal::new(
-                RefusalReason::NoCa,
-                "this agent issues no certificates: start weft-discovery with --ca-dir DIR (WEFT_CA_DIR), a CA directory made by `weftctl ca init --trust-domain <domain> --out DIR`, and --join-tokens FILE or --consul",
-            ));
+        let (authority, credentials, leaf_ttl) = match &*self.mode {
+            Mode::Issuing {
+                authority,
+                credentials,
+                leaf_ttl,
+            } => (authority, credentials, leaf_ttl),
+            Mode::Disabled => {
+                return Err(Refusal::new(
+                    RefusalReason::NoCa,
+                    "this agent issues no certificates: start weft-discovery with --ca-dir DIR (WEFT_CA_DIR), a CA directory made by `weftctl ca init --trust-domain <domain> --out DIR`, and --join-tokens FILE or --consul",
+                ));
+            }
+            Mode::ConsulCa => {
+                return Err(Refusal::new(
+                    RefusalReason::NoCa,
+                    "this mesh takes certificates from Consul's Connect CA (the agent runs with --identity-source consul): start the sidecar with --identity-source consul and a Consul ACL token (--consul-token)",
+                ));
+            }
         };
         let service = request.service.as_str();
         check_service_name(service)

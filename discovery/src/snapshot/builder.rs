@@ -6,12 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use weft_certs::{SpiffeId, TrustDomain};
+use weft_certs::TrustDomain;
 use weft_proto::config::v1::{self as config, ClusterLoadAssignment, endpoint};
 use weft_proto::type_url;
 
 use super::{Resource, Snapshot, policy};
 use crate::documents::{self, ANY_SERVICE, Document, DocumentKey, FieldError, PolicyDocument};
+use crate::identity::ServiceIdentities;
 use crate::model::{Endpoint, Health, MeshState};
 
 /// A document whose latest version was rejected, with every reason.
@@ -37,9 +38,9 @@ struct Evaluated {
 pub struct SnapshotBuilder {
     last_good: BTreeMap<String, (Bytes, Document)>,
     evaluated: BTreeMap<String, Evaluated>,
-    /// The mesh's trust domain when the agent issues certificates: every
+    /// How service identities are named when the mesh has mTLS: every
     /// Cluster then names the SPIFFE ID its destination must present.
-    trust_domain: Option<TrustDomain>,
+    identities: Option<ServiceIdentities>,
 }
 
 impl SnapshotBuilder {
@@ -50,8 +51,14 @@ impl SnapshotBuilder {
     /// A builder whose Clusters carry `identity =
     /// spiffe://<trust_domain>/ns/default/svc/<cluster name>`.
     pub fn with_trust_domain(trust_domain: TrustDomain) -> Self {
+        Self::with_identities(ServiceIdentities::Weft(trust_domain))
+    }
+
+    /// A builder whose Clusters carry the identities `identities` names
+    /// (the agent's CA or Consul's).
+    pub fn with_identities(identities: ServiceIdentities) -> Self {
         Self {
-            trust_domain: Some(trust_domain),
+            identities: Some(identities),
             ..Self::default()
         }
     }
@@ -151,6 +158,16 @@ impl SnapshotBuilder {
                 Resource::new(service.to_string(), &inbound),
             );
         }
+        if let Some(roots) = &state.trust_roots {
+            let bundle = config::TrustBundle {
+                trust_domain: roots.trust_domain.clone(),
+                roots_pem: roots.roots_pem.clone(),
+            };
+            snapshot.insert(
+                type_url::TRUST_BUNDLE,
+                Resource::new(roots.trust_domain.clone(), &bundle),
+            );
+        }
         snapshot.unknown_service_policy = Some(policy::inbound_policy(
             "",
             None,
@@ -169,16 +186,9 @@ impl SnapshotBuilder {
     /// without a trust domain. A name that is no valid SPIFFE path segment
     /// stays empty too: no sidecar can get a certificate for it either.
     fn identity_of(&self, cluster: &str) -> String {
-        self.trust_domain
+        self.identities
             .as_ref()
-            .and_then(|trust_domain| {
-                SpiffeId::service_identity(
-                    trust_domain.as_str(),
-                    crate::identity::NAMESPACE,
-                    cluster,
-                )
-                .ok()
-            })
+            .and_then(|identities| identities.of(cluster))
             .map(|identity| identity.to_string())
             .unwrap_or_default()
     }
@@ -542,6 +552,58 @@ mod tests {
         let users = &policies(&second)["users"];
         assert_eq!(users.default_action(), config::Action::Deny);
         assert_eq!(sources(users), [("web", "kv:weft/policies/users")]);
+    }
+
+    #[test]
+    fn the_cas_roots_are_served_as_the_trust_bundle_named_by_its_trust_domain() {
+        let mut builder = SnapshotBuilder::with_trust_domain(
+            "mesh.test"
+                .parse()
+                .unwrap_or_else(|error| panic!("{error}")),
+        );
+        let mut state = MeshState::default();
+        let (snapshot, _) = builder.build(&state);
+        assert!(
+            snapshot.resources(type_url::TRUST_BUNDLE).is_none(),
+            "no roots yet"
+        );
+
+        state.trust_roots = Some(crate::model::TrustRoots {
+            trust_domain: "mesh.test".into(),
+            roots_pem: "ROOTS".into(),
+        });
+        let (snapshot, _) = builder.build(&state);
+        let wanted = crate::snapshot::Subscription::from_names(&["mesh.test".to_string()]);
+        let selection = snapshot.select(type_url::TRUST_BUNDLE, &wanted);
+        let bundles: Vec<config::TrustBundle> = selection
+            .resources
+            .iter()
+            .map(|any| config::TrustBundle::decode(any.value.as_slice()).unwrap_or_default())
+            .collect();
+        assert_eq!(
+            bundles,
+            [config::TrustBundle {
+                trust_domain: "mesh.test".into(),
+                roots_pem: "ROOTS".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn with_consul_identities_clusters_name_consuls_form() {
+        let mut builder = SnapshotBuilder::with_identities(ServiceIdentities::Consul {
+            trust_domain: "abc.consul"
+                .parse()
+                .unwrap_or_else(|error| panic!("{error}")),
+            datacenter: "dc1".into(),
+        });
+        assert_eq!(
+            cluster_identities(&mut builder)[1],
+            (
+                "users".into(),
+                "spiffe://abc.consul/ns/default/dc/dc1/svc/users".into()
+            )
+        );
     }
 
     #[test]

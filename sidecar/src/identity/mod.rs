@@ -7,6 +7,12 @@
 //! already open carry on untouched; renewal failures are retried with
 //! backoff for the remaining third. Both the leaf and the bundle live in a
 //! [`weft_certs::IdentityStore`], read by every TLS config at handshake time.
+//!
+//! That is the `weft` source (the agent signs). With `--identity-source
+//! consul` the leaf and roots come from Consul's Connect CA instead
+//! ([`consul_ca`]); [`start`] picks the source.
+
+pub mod consul_ca;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,6 +23,7 @@ use weft_certs::{IdentityStore, LeafInfo, LeafKey, SpiffeId, TrustBundle};
 use weft_proto::identity::v1::SignCertificateRequest;
 use weft_proto::identity::v1::identity_service_client::IdentityServiceClient;
 
+use crate::config::{IdentitySource, Settings};
 use crate::upstream::Dns;
 use crate::xds::backoff::Backoff;
 use crate::xds::client::{ClientSettings, connect};
@@ -50,12 +57,73 @@ pub enum IdentityError {
     /// would not help, the operator must act.
     #[error("the agent refused to sign a certificate for {service}: {message}")]
     Refused { service: String, message: String },
+    /// Consul's Connect CA refused (a token without `service:write` on
+    /// the service, an unknown token); `message` is Consul's answer.
+    #[error("Consul refused to sign a certificate for {service}: {message}")]
+    ConsulRefused { service: String, message: String },
     /// The agent was unreachable or could not decide now.
     #[error("cannot reach the agent for a certificate: {0}")]
     Unavailable(String),
     /// The agent's answer could not be used.
     #[error("the agent's certificate cannot be used: {0}")]
     Invalid(String),
+}
+
+/// The sidecar's identity once obtained.
+pub struct Started {
+    pub store: Arc<IdentityStore>,
+    /// The trust domain whose `TrustBundle` the agent pushes over ADS:
+    /// set for the `weft` source (a root rotation then reaches the sidecar
+    /// at once), `None` for Consul (its roots come from Consul).
+    pub agent_bundle: Option<String>,
+}
+
+/// Obtains the identity from the configured source and keeps it fresh in
+/// the background until `shutdown`; `None` when mTLS is off (no
+/// `--identity-token` with the `weft` source, or static mode). Waits while
+/// the source is unreachable; a refusal fails with the source's reason.
+pub async fn start(
+    settings: &Settings,
+    dns: &Dns,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<Started>, IdentityError> {
+    let Some(discovery) = &settings.discovery else {
+        return Ok(None);
+    };
+    match &settings.identity_source {
+        IdentitySource::Weft => {
+            let Some(token) = &settings.identity_token else {
+                return Ok(None);
+            };
+            let identity_settings = IdentitySettings {
+                service: settings.service.clone(),
+                agent: ClientSettings::new(discovery.clone()),
+                token: token.0.clone(),
+            };
+            let store = obtain(&identity_settings, dns).await?;
+            tokio::spawn(renew(
+                store.clone(),
+                identity_settings,
+                dns.clone(),
+                shutdown,
+            ));
+            let trust_domain = store.leaf().identity().trust_domain().to_string();
+            Ok(Some(Started {
+                store,
+                agent_bundle: Some(trust_domain),
+            }))
+        }
+        IdentitySource::Consul(consul) => {
+            let source = consul_ca::ConsulCa::new(consul, &settings.service, dns.clone());
+            let initial = source.obtain().await?;
+            let store = initial.store.clone();
+            tokio::spawn(source.watch(initial, shutdown));
+            Ok(Some(Started {
+                store,
+                agent_bundle: None,
+            }))
+        }
+    }
 }
 
 /// One issuance: a fresh key, a CSR, the agent's signature.

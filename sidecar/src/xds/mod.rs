@@ -49,6 +49,8 @@ pub struct Accepted {
     pub assignments: BTreeMap<String, pb::ClusterLoadAssignment>,
     /// This service's inbound policy.
     pub policy: Option<pb::InboundPolicy>,
+    /// The trust bundle last accepted over ADS.
+    pub trust_bundle: Option<pb::TrustBundle>,
 }
 
 /// What /ready, /config_dump read. Updated by the client on every change;
@@ -102,6 +104,10 @@ pub struct Core {
     dns: Dns,
     /// This sidecar's mesh identity, when mTLS is on.
     identity: Option<Arc<weft_certs::IdentityStore>>,
+    /// The trust domain whose `TrustBundle` this sidecar subscribes to:
+    /// set when its leaf comes from the agent, so root rotations arrive
+    /// at once instead of with the next leaf.
+    bundle_trust_domain: Option<String>,
     /// Where the accepted inbound policy goes: intentions (read by the
     /// authorize layer), JWT (the authn layer), mTLS mode (the listener).
     authz: SharedAuthz,
@@ -132,6 +138,7 @@ impl Core {
             table,
             dns,
             identity: None,
+            bundle_trust_domain: None,
             authz: SharedAuthz::default(),
             authn: AuthnPolicy::default(),
             mtls: SharedMtlsMode::default(),
@@ -171,8 +178,17 @@ impl Core {
         self
     }
 
+    /// Subscribes to the agent's `TrustBundle` for `trust_domain`; each
+    /// valid push replaces the bundle in the identity store (set with
+    /// [`Core::with_identity`]).
+    pub fn with_trust_bundle_updates(mut self, trust_domain: String) -> Self {
+        self.bundle_trust_domain = Some(trust_domain);
+        self
+    }
+
     fn names(&self, t: &str) -> Vec<String> {
         match t {
+            type_url::TRUST_BUNDLE => self.bundle_trust_domain.iter().cloned().collect(),
             type_url::ROUTE_CONFIGURATION => Vec::new(), // wildcard: every route table
             type_url::INBOUND_POLICY => vec![self.node.service.clone()], // our own
             _ => self.clusters_wanted.iter().cloned().collect(),
@@ -198,10 +214,10 @@ impl Core {
         let know_clusters = self.types[type_url::ROUTE_CONFIGURATION].accepted;
         type_url::ALL
             .into_iter()
-            .filter(|t| {
-                *t == type_url::ROUTE_CONFIGURATION
-                    || *t == type_url::INBOUND_POLICY
-                    || know_clusters
+            .filter(|t| match *t {
+                type_url::ROUTE_CONFIGURATION | type_url::INBOUND_POLICY => true,
+                type_url::TRUST_BUNDLE => self.bundle_trust_domain.is_some(),
+                _ => know_clusters,
             })
             .enumerate()
             .map(|(i, t)| {
@@ -233,6 +249,7 @@ impl Core {
             type_url::ROUTE_CONFIGURATION => self.accept_routes(&resp),
             type_url::CLUSTER => self.accept_clusters(&resp),
             type_url::INBOUND_POLICY => self.accept_policy(&resp),
+            type_url::TRUST_BUNDLE => self.accept_trust_bundle(&resp),
             _ => self.accept_assignments(&resp),
         };
         match result {
@@ -256,7 +273,11 @@ impl Core {
                     s.last_nack = None;
                 }
                 tracing::info!(r#type = type_url::short(t), version = %resp.version_info, resources = resp.resources.len(), "accepted config");
-                self.rebuild();
+                // The bundle lives in the identity store, read at handshake
+                // time: the routing table does not change.
+                if t != type_url::TRUST_BUNDLE {
+                    self.rebuild();
+                }
                 let mut out = vec![self.request(t, nonce, None)];
                 // The first routes also open the cluster subscriptions
                 // (initial_requests holds them back until names are known).
@@ -368,6 +389,37 @@ impl Core {
         self.authn.set(compiled.authn);
         self.mtls.set(compiled.mtls);
         self.accepted.policy = ours;
+        Ok(false)
+    }
+
+    /// The bundle of our trust domain, swapped into the identity store for
+    /// new handshakes (open connections keep theirs). Garbage, a bundle
+    /// with no root, or no bundle at all is refused: the store keeps the
+    /// roots it has, which still verify every peer they did.
+    fn accept_trust_bundle(&mut self, resp: &DiscoveryResponse) -> Result<bool, Vec<String>> {
+        let mut errors = Vec::new();
+        let msgs: Vec<pb::TrustBundle> = Self::decode(resp, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let (Some(store), Some(trust_domain)) = (&self.identity, &self.bundle_trust_domain) else {
+            return Err(vec![
+                "TrustBundle: this sidecar has no mesh identity to apply it to".into(),
+            ]);
+        };
+        let Some(ours) = msgs.into_iter().find(|m| m.trust_domain == *trust_domain) else {
+            return Err(vec![format!(
+                "TrustBundle {trust_domain}: missing from the response; an empty bundle would refuse every peer, keeping the current roots"
+            )]);
+        };
+        let bundle = weft_certs::TrustBundle::from_pem(&ours.roots_pem)
+            .map_err(|e| vec![format!("TrustBundle {trust_domain}: {e}")])?;
+        let roots = bundle.len();
+        store
+            .set_bundle(bundle)
+            .map_err(|e| vec![format!("TrustBundle {trust_domain}: {e}")])?;
+        tracing::info!(%trust_domain, roots, "trust bundle updated; new handshakes verify peers against it");
+        self.accepted.trust_bundle = Some(ours);
         Ok(false)
     }
 

@@ -459,3 +459,93 @@ fn a_tcp_upstream_destination_is_held_whatever_the_routes_name() {
     assert!(core.is_ready());
     assert_eq!(table.load().clusters["redis"].serving.len(), 1);
 }
+
+/// web's identity store (leaf and bundle of a fresh CA in `mesh.test`),
+/// and that CA.
+fn identity() -> (Arc<weft_certs::IdentityStore>, weft_certs::Ca) {
+    use std::time::Duration;
+    let trust_domain = "mesh.test";
+    let ca =
+        weft_certs::Ca::generate_root(&trust_domain.parse().unwrap(), Duration::from_secs(3600))
+            .unwrap();
+    let key = weft_certs::LeafKey::generate().unwrap();
+    let id = weft_certs::SpiffeId::service_identity(trust_domain, "default", "web").unwrap();
+    let chain = ca
+        .sign_csr(
+            key.csr_pem(&id).unwrap().as_bytes(),
+            &id,
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let store = weft_certs::IdentityStore::new(&chain, &key.private_key_pem(), ca.bundle().clone())
+        .unwrap();
+    (store, ca)
+}
+
+#[test]
+fn a_pushed_trust_bundle_replaces_the_roots_and_a_bad_one_is_nacked_keeping_them() {
+    use std::time::Duration;
+    use weft_proto::type_url::TRUST_BUNDLE;
+    let (store, ca) = identity();
+    let (core, _) = core();
+    let mut core = core
+        .with_identity(store.clone())
+        .with_trust_bundle_updates("mesh.test".into());
+    let opening = core.initial_requests();
+    let bundle_request = opening
+        .iter()
+        .find(|r| r.type_url == TRUST_BUNDLE)
+        .expect("a sidecar with an agent-signed leaf subscribes to its bundle");
+    assert_eq!(
+        bundle_request.resource_names,
+        ["mesh.test"],
+        "its own trust domain only"
+    );
+
+    // `weftctl ca rotate`: the agent pushes old and new root.
+    let rotated = ca.rotate_root(Duration::from_secs(3600)).unwrap();
+    let both = pb::TrustBundle {
+        trust_domain: "mesh.test".into(),
+        roots_pem: rotated.bundle().to_pem(),
+    };
+    let out = core.handle(response(TRUST_BUNDLE, "v1", "1", &[both]));
+    assert!(out[0].error_detail.is_none(), "{out:?}");
+    assert_eq!(out[0].version_info, "v1");
+    assert_eq!(
+        store.bundle(),
+        *rotated.bundle(),
+        "new handshakes trust both roots"
+    );
+
+    // Garbage, an empty bundle or none at all: NACK with the reason, and
+    // the roots stay.
+    let garbage = pb::TrustBundle {
+        trust_domain: "mesh.test".into(),
+        roots_pem: "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".into(),
+    };
+    let empty = pb::TrustBundle {
+        trust_domain: "mesh.test".into(),
+        roots_pem: String::new(),
+    };
+    let other_domain = pb::TrustBundle {
+        trust_domain: "other.test".into(),
+        roots_pem: ca.bundle().to_pem(),
+    };
+    for (nonce, pushed) in [
+        ("2", vec![garbage]),
+        ("3", vec![empty]),
+        ("4", vec![other_domain]),
+        ("5", vec![]),
+    ] {
+        let out = core.handle(response(TRUST_BUNDLE, "bad", nonce, &pushed));
+        let detail = out[0].error_detail.as_ref().map(|d| d.message.clone());
+        assert!(
+            detail
+                .as_deref()
+                .is_some_and(|d| d.contains("TrustBundle mesh.test")),
+            "{pushed:?} got {detail:?}"
+        );
+        assert_eq!(out[0].version_info, "v1", "still holding v1");
+        assert_eq!(store.bundle().len(), 2, "the roots stay");
+    }
+}

@@ -86,6 +86,9 @@ pub struct Consul {
     /// The project's own typed client (weft_discovery::consul) for every
     /// write the tests make: registrations, checks, KV.
     client: ConsulClient,
+    /// The ACL master token, when ACLs are on: sent with every call the
+    /// harness makes.
+    master_token: Option<String>,
     paused: bool,
 }
 
@@ -93,9 +96,20 @@ impl Consul {
     /// Starts a dev agent on free ports (DNS and gRPC off: nothing uses them)
     /// and waits until it has elected itself leader.
     pub async fn start(log_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_configured(log_dir, None).await
+    }
+
+    /// Like [`Consul::start`] with ACLs on, default deny, and
+    /// `master_token` as the bootstrap token (also the agent's own, so it
+    /// can register its node). Every call the harness makes sends it.
+    pub async fn start_with_acls(log_dir: &Path, master_token: &str) -> anyhow::Result<Self> {
+        Self::start_configured(log_dir, Some(master_token)).await
+    }
+
+    async fn start_configured(log_dir: &Path, master_token: Option<&str>) -> anyhow::Result<Self> {
         let binary = consul_binary()?;
         let http_port = free_port()?;
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "agent".into(),
             "-dev".into(),
             "-bind".into(),
@@ -119,9 +133,15 @@ impl Consul {
             "-log-level".into(),
             "debug".into(),
         ];
+        if let Some(token) = master_token {
+            let file = log_dir.join("consul-acl.hcl");
+            std::fs::write(&file, acl_config(token))
+                .with_context(|| format!("writing {}", file.display()))?;
+            args.push(format!("-config-file={}", file.display()));
+        }
         let process = Process::spawn("consul", &binary, &args, log_dir)?;
         let address = format!("http://127.0.0.1:{http_port}");
-        let client = ConsulConfig::new(&address, None, None)
+        let client = ConsulConfig::new(&address, master_token.map(str::to_owned), None)
             .and_then(ConsulClient::new)
             .with_context(|| format!("building a Consul client for {address}"))?;
         let mut consul = Self {
@@ -129,6 +149,7 @@ impl Consul {
             http_port,
             http: HttpClient::new(),
             client,
+            master_token: master_token.map(str::to_owned),
             paused: false,
         };
         consul.wait_for_leader().await?;
@@ -142,7 +163,7 @@ impl Consul {
             self.address(),
             node_name(self.http_port)
         );
-        let http = self.http.clone();
+        let http = self.api();
         // Check the process first so a crash (port taken) fails at once with its log.
         let process = &mut self.process;
         eventually(LEADER_TIMEOUT, "consul elects itself leader", || {
@@ -175,6 +196,86 @@ impl Consul {
         })
         .await
         .map_err(|error| anyhow::anyhow!("{error:#}\n{}", self.process.tail()))
+    }
+
+    /// Consul's HTTP API as the harness calls it: with the master token
+    /// when ACLs are on.
+    pub fn api(&self) -> ConsulApi {
+        ConsulApi {
+            http: self.http.clone(),
+            token: self.master_token.clone(),
+        }
+    }
+
+    /// `PUT <path>` with a JSON body (master token), Consul's answer as JSON
+    /// (`null` for an empty one); an error unless 2xx.
+    pub async fn api_put(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.address());
+        let reply = self
+            .api()
+            .send(http::Method::PUT, &url, body.to_string())
+            .await?;
+        if !reply.status.is_success() {
+            bail!("PUT {path}: {} {}", reply.status, reply.text());
+        }
+        if reply.body.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        reply.json().with_context(|| format!("PUT {path}"))
+    }
+
+    /// `GET <path>` (master token) as JSON; an error unless 2xx.
+    pub async fn api_get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.address());
+        let reply = self.api().get(&url).await?;
+        if !reply.status.is_success() {
+            bail!("GET {path}: {} {}", reply.status, reply.text());
+        }
+        reply.json().with_context(|| format!("GET {path}"))
+    }
+
+    /// An ACL policy `name` with `rules` and a token holding it (ACLs on);
+    /// returns the token's secret.
+    pub async fn acl_token(&self, name: &str, rules: &str) -> anyhow::Result<String> {
+        self.api_put(
+            "/v1/acl/policy",
+            &serde_json::json!({ "Name": name, "Rules": rules }),
+        )
+        .await?;
+        let token = self
+            .api_put(
+                "/v1/acl/token",
+                &serde_json::json!({ "Description": name, "Policies": [{ "Name": name }] }),
+            )
+            .await?;
+        token["SecretID"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no SecretID in {token}"))
+    }
+
+    /// Waits until the Connect CA has an active root (a dev agent sets it
+    /// up a moment after electing itself) and returns the roots answer.
+    pub async fn connect_ca_ready(&self) -> anyhow::Result<serde_json::Value> {
+        eventually(
+            LEADER_TIMEOUT,
+            "Consul's Connect CA has an active root",
+            || async {
+                let roots = self.api_get("/v1/agent/connect/ca/roots").await?;
+                let active = roots["Roots"]
+                    .as_array()
+                    .is_some_and(|roots| roots.iter().any(|root| root["Active"] == true));
+                if !active {
+                    bail!("no active root yet: {roots}");
+                }
+                Ok(roots)
+            },
+        )
+        .await
     }
 
     /// `http://127.0.0.1:<http port>`, what `--consul` takes.
@@ -376,6 +477,51 @@ fn ttl_check(check_id: String) -> CheckRegistration {
         status: "passing".to_owned(),
         ..CheckRegistration::default()
     }
+}
+
+/// Consul's HTTP API through the test client, with a token when set.
+#[derive(Clone)]
+pub struct ConsulApi {
+    http: HttpClient,
+    token: Option<String>,
+}
+
+impl ConsulApi {
+    pub async fn get(&self, url: &str) -> anyhow::Result<super::http::Reply> {
+        self.send(http::Method::GET, url, String::new()).await
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: String,
+    ) -> anyhow::Result<super::http::Reply> {
+        let mut request = http::Request::builder().method(method.clone()).uri(url);
+        if let Some(token) = &self.token {
+            request = request.header("x-consul-token", token);
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .with_context(|| format!("building {method} {url}"))?;
+        self.http.send(request).await
+    }
+}
+
+/// A `-config-file` turning ACLs on, default deny, in Consul 1.8's syntax
+/// (`tokens.master`; later versions say `initial_management`).
+fn acl_config(master_token: &str) -> String {
+    format!(
+        r#"acl {{
+  enabled = true
+  default_policy = "deny"
+  tokens {{
+    master = "{master_token}"
+    agent = "{master_token}"
+  }}
+}}
+"#
+    )
 }
 
 /// The dev agent's node name: unique per test, and known before it starts.

@@ -47,6 +47,16 @@ impl Mesh {
     /// Like [`Mesh::start`], with more agent flags (e.g. a CA's).
     pub async fn start_with(ctx: &TestCtx, agent_args: &[String]) -> anyhow::Result<Self> {
         let consul = Consul::start(&ctx.log_dir).await?;
+        Self::start_on(ctx, consul, agent_args).await
+    }
+
+    /// The agent (with `agent_args`) on a Consul the test started itself
+    /// (e.g. with ACLs on).
+    pub async fn start_on(
+        ctx: &TestCtx,
+        consul: Consul,
+        agent_args: &[String],
+    ) -> anyhow::Result<Self> {
         let agent =
             Agent::start_with(&ctx.log_dir, &Backend::Consul(consul.address()), agent_args).await?;
         Ok(Self {

@@ -97,6 +97,22 @@ impl Sidecar {
         self.admin_json("/identity").await
     }
 
+    /// What the sidecar trusts and presents, from `/identity`.
+    pub async fn trust(&self) -> anyhow::Result<Trust> {
+        let identity = self.identity().await?;
+        let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_owned();
+        Ok(Trust {
+            roots: identity["roots"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|root| text(&root["subject"]))
+                .collect(),
+            issuer: text(&identity["issuer"]),
+            serial: text(&identity["serial"]),
+        })
+    }
+
     /// `/clusters` as JSON.
     pub async fn clusters(&self) -> anyhow::Result<serde_json::Value> {
         self.admin_json("/clusters").await
@@ -139,6 +155,17 @@ impl Sidecar {
             .json()
             .with_context(|| format!("sidecar {} {path}", self.instance))
     }
+}
+
+/// A sidecar's trust bundle and leaf, as `/identity` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trust {
+    /// The subject of every trusted root, in bundle order.
+    pub roots: Vec<String>,
+    /// The subject of the CA that signed the leaf.
+    pub issuer: String,
+    /// The leaf's serial.
+    pub serial: String,
 }
 
 fn loopback(port: u16) -> SocketAddr {
