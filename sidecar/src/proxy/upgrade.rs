@@ -7,13 +7,14 @@
 //! the same multiplexed connection as every other request:
 //!
 //! ```text
-//! caller app           caller sidecar (forward)          callee sidecar (UpgradeLayer)        callee app
-//! GET /ws HTTP/1.1 ──► CONNECT :protocol websocket ─────► GET /ws HTTP/1.1, Upgrade ─► jwt_authn,
-//! Upgrade: websocket   :path /ws, the request's headers,  websocket (the request as   authorize ─► GET /ws
-//!                      x-weft-orig-method: GET,            the caller sent it)                     HTTP/1.1
-//!                      x-weft-orig-proto: HTTP/1.1
-//! 101 + app's headers ◄ 200 + app's headers ◄──────────── 200 ◄───────────────────────────────── 101
-//! then bytes: app socket ⇄ h2 stream ⇄ app socket, each side copied by tcp::copy
+//! caller sidecar (forward)                   callee sidecar
+//! GET /ws HTTP/1.1, Upgrade: websocket
+//!   ──► CONNECT :protocol websocket, :path /ws, the request's headers,
+//!       x-weft-orig-method: GET, x-weft-orig-proto: HTTP/1.1
+//!                                            UpgradeLayer: GET /ws HTTP/1.1, Upgrade: websocket
+//!                                            ► jwt_authn ► authorize ► … ► forward ──► app
+//! 101 + the app's headers ◄── 200 + the app's headers ◄──────────── 101 from the app
+//! then each sidecar copies bytes between its two sides (tcp::copy)
 //! ```
 //!
 //! The callee runs the rebuilt request through its whole inbound stack, so
@@ -131,6 +132,7 @@ pub fn restore_response<B>(resp: &mut Response<B>, upgrade: HeaderValue) {
         return;
     }
     if let Some(original) = resp.headers_mut().remove(ORIGINAL_STATUS)
+        && resp.status() == DECLINED_CARRIER
         && let Some(status) = std::str::from_utf8(original.as_bytes())
             .ok()
             .and_then(|s| s.parse::<u16>().ok())
@@ -193,9 +195,10 @@ where
     }
 }
 
-/// Rebuilds the HTTP/1.1 Upgrade request an extended CONNECT from a peer
-/// sidecar (`from_peer`: its identity was verified) carries. Only called for CONNECT (a plain one is an opaque TCP
-/// tunnel and never gets here).
+/// Rebuilds the HTTP/1.1 Upgrade request that an extended CONNECT from a
+/// peer sidecar carries (`from_peer`: the caller's identity was verified).
+/// Only called for CONNECT; a plain one is an opaque TCP tunnel, taken by
+/// the layer above.
 fn from_extended_connect<B>(http: &mut Request<B>, from_peer: bool) -> Result<(), ProxyError> {
     let Some(protocol) = http.extensions_mut().remove::<Protocol>() else {
         return Err(ProxyError::new(
