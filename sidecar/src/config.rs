@@ -137,8 +137,9 @@ pub struct ProxySettings {
     pub max_idle_per_endpoint: usize,
     /// Idle pooled connections are closed after this long. Default 90 s.
     pub idle_timeout: Duration,
-    /// An opaque TCP connection (either side) with no byte either way for
-    /// this long is closed (`--tcp-idle-timeout`, `WEFT_TCP_IDLE_TIMEOUT`).
+    /// An opaque TCP connection or an upgraded HTTP connection (WebSocket),
+    /// either side, with no byte either way for this long is closed
+    /// (`--tcp-idle-timeout`, `WEFT_TCP_IDLE_TIMEOUT`).
     /// Default 1 h, Envoy's TCP proxy default: long enough for a pooled
     /// database connection, short enough to reclaim abandoned ones.
     pub tcp_idle_timeout: Duration,
@@ -392,7 +393,7 @@ pub struct Flags {
     /// A local port for an opaque TCP destination, SERVICE=IP:PORT; repeatable [env: WEFT_TCP_UPSTREAM, comma-separated].
     #[arg(long)]
     pub tcp_upstream: Vec<String>,
-    /// Close an opaque TCP connection idle this long [env: WEFT_TCP_IDLE_TIMEOUT] [default: 1h].
+    /// Close an opaque TCP or upgraded (WebSocket) connection idle this long [env: WEFT_TCP_IDLE_TIMEOUT] [default: 1h].
     #[arg(long)]
     pub tcp_idle_timeout: Option<String>,
     /// weft (the agent signs, with --identity-token) or consul (Consul's Connect CA; turns mTLS on) [env: WEFT_IDENTITY_SOURCE] [default: weft].

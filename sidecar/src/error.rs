@@ -39,8 +39,9 @@ pub enum ErrorKind {
     /// The service's policy does not let this caller make this request
     /// (an intention, or the default deny). 403.
     Denied,
-    /// The request needs something this sidecar cannot do on that path yet
-    /// (an HTTP/1.1 Upgrade over the mTLS HTTP/2 tunnel). 501.
+    /// The request needs something this sidecar does not do on that path
+    /// (HTTP to an opaque TCP service, an Upgrade request with a body over
+    /// the mTLS HTTP/2 tunnel, a client's own extended CONNECT). 501.
     Unsupported,
     /// A bug or an unexpected state in the sidecar. 500.
     Internal,

@@ -156,6 +156,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
     let server_settings = ServerSettings {
         header_read_timeout: settings.proxy.header_read_timeout,
+        upgrade_idle_timeout: settings.proxy.tcp_idle_timeout,
     };
     let mut listeners = Vec::new();
 

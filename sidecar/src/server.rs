@@ -16,7 +16,7 @@ use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Method, Request, Version, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::mtls_mode::{MtlsMode, SharedMtlsMode};
+use crate::proxy::upgrade::BridgeSettings;
 use crate::proxy::{Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx};
 
 /// Counts live connections; [`Drain::wait`] returns when all are gone.
@@ -84,6 +85,9 @@ pub async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
     pub header_read_timeout: Duration,
+    /// An upgraded connection (WebSocket) with no byte either way for this
+    /// long is closed (`--tcp-idle-timeout`).
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// What a listener speaks on the wire.
@@ -120,6 +124,15 @@ struct ConnService<S> {
     client_ip: HeaderValue,
     /// The verified caller, for a connection that arrived over mTLS.
     peer: Option<PeerIdentity>,
+    /// Handed to requests that may switch protocols: their bridge outlives
+    /// the connection's task (HTTP/1) and must hold off the drain itself.
+    bridge: BridgeSettings,
+}
+
+/// An HTTP/1.1 Upgrade or a CONNECT: the requests that may end up bridged.
+fn may_upgrade(req: &Request<Incoming>) -> bool {
+    (req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE))
+        || req.method() == Method::CONNECT
 }
 
 impl<S: HttpStack> hyper::service::Service<Request<Incoming>> for ConnService<S> {
@@ -130,12 +143,15 @@ impl<S: HttpStack> hyper::service::Service<Request<Incoming>> for ConnService<S>
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let mut ctx = RequestCtx::new(self.direction, self.client_addr, self.client_ip.clone());
         ctx.peer_identity = self.peer.clone();
+        if may_upgrade(&req) {
+            ctx.bridge = Some(self.bridge.clone());
+        }
         // Stacks are always ready (see proxy/mod.rs), so no poll_ready.
         tower::Service::call(&mut self.stack.clone(), ProxyRequest { http: req, ctx })
     }
 }
 
-fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+fn builder(settings: &ServerSettings, direction: Direction) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -147,6 +163,11 @@ fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(1024)
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
+    if direction == Direction::Inbound {
+        // RFC 8441: a peer sidecar carries an HTTP/1.1 Upgrade (WebSocket)
+        // over the mTLS HTTP/2 connection as an extended CONNECT.
+        b.http2().enable_connect_protocol();
+    }
     b
 }
 
@@ -161,7 +182,7 @@ pub async fn serve<S: HttpStack>(
     mut shutdown: watch::Receiver<bool>,
     drain: DrainToken,
 ) {
-    let builder = Arc::new(builder(&settings));
+    let builder = Arc::new(builder(&settings, direction));
     while let Some((stream, addr)) = accept(&listener, &mut shutdown, direction).await {
         let svc = ConnService {
             stack: stack.clone(),
@@ -170,6 +191,10 @@ pub async fn serve<S: HttpStack>(
             client_ip: HeaderValue::from_str(&addr.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
             peer: None,
+            bridge: BridgeSettings {
+                drain: Some(drain.clone()),
+                idle_timeout: settings.upgrade_idle_timeout,
+            },
         };
         let builder = builder.clone();
         let shutdown = shutdown.clone();

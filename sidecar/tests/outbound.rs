@@ -14,6 +14,10 @@ use weft_proto::config::v1 as pb;
 use weft_sidecar::{Drained, Running, Settings};
 
 async fn start_sidecar(ads: &FakeAds) -> Running {
+    start_sidecar_with(ads, |_| {}).await
+}
+
+async fn start_sidecar_with(ads: &FakeAds, adjust: impl FnOnce(&mut Settings)) -> Running {
     let app = upstream("local-app").await;
     let mut s = Settings::static_proxy("127.0.0.1:0".parse().unwrap(), app);
     s.service = "client".into();
@@ -21,6 +25,7 @@ async fn start_sidecar(ads: &FakeAds) -> Running {
     s.outbound = Some("127.0.0.1:0".parse().unwrap());
     s.admin = Some("127.0.0.1:0".parse().unwrap());
     s.drain_timeout = Duration::from_secs(5);
+    adjust(&mut s);
     weft_sidecar::start(s).await.unwrap()
 }
 
@@ -296,15 +301,10 @@ async fn overflow_past_max_requests() {
     assert_eq!(first.await.unwrap(), 200);
 }
 
-#[tokio::test]
-async fn websocket_upgrade_is_bridged() {
-    let (snap, _, _) = two_services().await;
-    let ads = FakeAds::start(snap).await;
-    let sc = start_ready(&ads).await;
-    let mut s = tokio::net::TcpStream::connect(sc.outbound_addr.unwrap())
-        .await
-        .unwrap();
+/// Sends an Upgrade request to users through `out` and reads the 101.
+async fn upgraded(out: SocketAddr) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: users\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )
@@ -322,12 +322,76 @@ async fn websocket_upgrade_is_bridged() {
         head.to_ascii_lowercase().contains("upgrade: websocket"),
         "{head}"
     );
+    s
+}
+
+async fn echoes(s: &mut tokio::net::TcpStream, msg: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(msg).await.unwrap();
+    let mut echo = vec![0u8; msg.len()];
+    s.read_exact(&mut echo).await.unwrap();
+    assert_eq!(echo, msg);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_bridged() {
+    let (snap, _, _) = two_services().await;
+    let ads = FakeAds::start(snap).await;
+    let sc = start_ready(&ads).await;
+    let mut s = upgraded(sc.outbound_addr.unwrap()).await;
     for msg in [&b"hello"[..], b"second frame"] {
-        s.write_all(msg).await.unwrap();
-        let mut echo = vec![0u8; msg.len()];
-        s.read_exact(&mut echo).await.unwrap();
-        assert_eq!(echo, msg);
+        echoes(&mut s, msg).await;
     }
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_idle_past_the_tcp_idle_timeout_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let (snap, _, _) = two_services().await;
+    let ads = FakeAds::start(snap).await;
+    let idle = Duration::from_millis(300);
+    let sc = start_sidecar_with(&ads, |s| s.proxy.tcp_idle_timeout = idle).await;
+    eventually("sidecar ready", Duration::from_secs(10), || ready(&sc)).await;
+    let mut s = upgraded(sc.outbound_addr.unwrap()).await;
+    echoes(&mut s, b"alive").await;
+    let silent = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection was not closed")
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        silent.elapsed() >= idle,
+        "closed after {:?}",
+        silent.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_an_upgraded_connection_until_it_closes() {
+    let (snap, _, _) = two_services().await;
+    let ads = FakeAds::start(snap).await;
+    let sc = start_ready(&ads).await;
+    let mut s = upgraded(sc.outbound_addr.unwrap()).await;
+    let handle = sc.shutdown_handle();
+    let mut waiting = tokio::spawn(sc.wait());
+    handle.shutdown();
+    // The bridge keeps working while the sidecar drains...
+    echoes(&mut s, b"still open").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "shutdown did not wait for the open upgraded connection"
+    );
+    // ...and the drain ends once the client closes it.
+    drop(s);
+    let drained = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the drain did not end after the client closed")
+        .unwrap();
+    assert_eq!(drained, Drained::Clean);
 }
 
 #[tokio::test]

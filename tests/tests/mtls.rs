@@ -73,24 +73,6 @@ fn calls_between_sidecars_are_mutual_tls_and_the_app_learns_the_caller() {
             "a forged identity got through: {forged:?}"
         );
 
-        // An HTTP/1.1 Upgrade cannot cross the HTTP/2 tunnel yet: a clear
-        // 501, not an opaque upstream failure.
-        let upgrade = mesh
-            .http
-            .call(
-                client.sidecar.outbound,
-                Call::get("users", "/ws")
-                    .headers(&[("connection", "upgrade"), ("upgrade", "websocket")]),
-            )
-            .await?;
-        ensure!(
-            upgrade.status == 501 && upgrade.weft_error() == Some("unsupported"),
-            "{} {:?}: {}",
-            upgrade.status,
-            upgrade.weft_error(),
-            upgrade.text()
-        );
-
         // Each sidecar holds a leaf for its own service only.
         let identity = users.sidecar.identity().await?;
         ensure!(

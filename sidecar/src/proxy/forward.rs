@@ -10,22 +10,21 @@
 //!
 //! A `101 Switching Protocols` answer to an Upgrade request is bridged: both
 //! sides are taken over with `hyper::upgrade::on` and bytes are copied both
-//! ways until either side closes.
+//! ways (`upgrade.rs`). To a peer sidecar over mTLS the Upgrade travels as
+//! an extended CONNECT on the HTTP/2 connection (`upgrade.rs` says how).
 
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, StatusCode, Version, header};
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 use tower::Service;
 
-use super::{BoxFuture, ProxyRequest};
+use super::{BoxFuture, ProxyRequest, upgrade};
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Endpoint, cluster::Protocol};
-use crate::upstream::{ConnectError, H1Error, Upgraded};
+use crate::upstream::{ConnectError, H1Error};
 
 /// The HTTP version the app's request had before the sidecar-to-sidecar
 /// hop carried it as HTTP/2. Set by the calling sidecar, honoured and
@@ -151,21 +150,13 @@ impl Service<ProxyRequest> for Forward {
                     ),
                 ));
             }
-            if endpoint.client.mesh.is_some() && ctx.upgrade.is_some() {
-                // hyper's HTTP/2 client cannot carry an HTTP/1.1 Upgrade; say
-                // so instead of failing as an opaque upstream error.
-                return Err(ProxyError::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "an Upgrade ({}) to {} cannot cross the mTLS HTTP/2 tunnel yet",
-                        http.headers()
-                            .get(header::UPGRADE)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("?"),
-                        endpoint.addr
-                    ),
-                ));
-            }
+            // HTTP/2 has no Upgrade: to a peer sidecar over mTLS it becomes
+            // an extended CONNECT, and its answer a 101 again below.
+            let carried_upgrade = if endpoint.client.mesh.is_some() && ctx.upgrade.is_some() {
+                Some(upgrade::to_extended_connect(&mut http)?)
+            } else {
+                None
+            };
             // Between sidecars (mTLS on), always HTTP/2 on the tunnel; an
             // HTTP/1 request says so, so the far side hands it to its app
             // as HTTP/1 again (as Linkerd's l5d-orig-proto does).
@@ -215,21 +206,26 @@ impl Service<ProxyRequest> for Forward {
                     return Err(e);
                 }
             };
+            if let Some(token) = carried_upgrade {
+                upgrade::restore_response(&mut resp, token);
+            }
             if resp.status().is_server_error() {
                 endpoint.stats.failures.fetch_add(1, Ordering::Relaxed);
             }
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(downstream) = ctx.upgrade.take()
             {
+                let settings = ctx.bridge.take().unwrap_or_default();
                 match resp.body_mut() {
                     ProxyBody::Http1(body) => {
                         if let Some(upstream) = body.take_upgrade() {
-                            tokio::spawn(bridge(downstream, upstream));
+                            tokio::spawn(upgrade::bridge_to_h1(downstream, upstream, settings));
                         }
                     }
+                    // The tunnel of an extended CONNECT.
                     ProxyBody::Http2(_) => {
                         let upstream = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(bridge_h2(downstream, upstream));
+                        tokio::spawn(upgrade::bridge_streams(downstream, upstream, settings));
                     }
                     ProxyBody::Full(_) => {}
                 }
@@ -239,47 +235,5 @@ impl Service<ProxyRequest> for Forward {
             drop(ctx);
             Ok(resp)
         })
-    }
-}
-
-/// Copies bytes both ways between an upgraded client and the upstream's
-/// raw connection, starting with what the upstream sent after its 101.
-async fn bridge(downstream: hyper::upgrade::OnUpgrade, upstream: Upgraded) {
-    let down = match downstream.await {
-        Ok(down) => down,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut down = TokioIo::new(down);
-    let Upgraded {
-        io: mut up,
-        buffered,
-    } = upstream;
-    if !buffered.is_empty()
-        && let Err(e) = down.write_all(&buffered).await
-    {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
-        return;
-    }
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
-    }
-}
-
-/// The same over HTTP/2 (extended CONNECT), where hyper owns both sides.
-async fn bridge_h2(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (down, up) = match tokio::try_join!(downstream, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut down = TokioIo::new(down);
-    let mut up = TokioIo::new(up);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
 }

@@ -4,7 +4,7 @@
 //! outbound: server -> error_response -> request_id -> headers -> route -> split
 //!           -> rewrite -> timeout -> balance -> concurrency -> forward
 //! inbound:  server (mTLS) -> error_response -> tunnel (CONNECT: tcp::inbound)
-//!           -> request_id -> headers -> jwt_authn -> authorize -> static_target
+//!           -> upgrade (extended CONNECT: an HTTP/1.1 Upgrade) -> request_id -> headers -> jwt_authn -> authorize -> static_target
 //!           -> timeout -> balance -> concurrency -> forward
 //! ```
 //!
@@ -37,6 +37,7 @@ pub mod route;
 pub mod split;
 pub mod static_target;
 pub mod timeout;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -93,6 +94,9 @@ pub struct RequestCtx {
     pub cluster_guard: Option<concurrency::ClusterGuard>,
     /// Set by `headers` for an HTTP/1.1 Upgrade (WebSocket) request.
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// Set by the server for a request that may switch protocols: what the
+    /// bridge of the upgraded connection needs.
+    pub bridge: Option<upgrade::BridgeSettings>,
     /// The caller's verified SPIFFE ID: set per connection when it arrived
     /// over mTLS (inbound), `None` for plaintext.
     pub peer_identity: Option<PeerIdentity>,
@@ -131,6 +135,7 @@ impl RequestCtx {
             endpoint_guard: None,
             cluster_guard: None,
             upgrade: None,
+            bridge: None,
             peer_identity: None,
         }
     }
@@ -183,8 +188,10 @@ pub fn outbound(table: Arc<ArcSwap<RoutingTable>>) -> impl HttpStack {
         .service(forward::Forward)
 }
 
-/// The inbound stack: other sidecars' calls, to the local app. A CONNECT
-/// (an opaque TCP tunnel) leaves it at the top for `crate::tcp::inbound`.
+/// The inbound stack: other sidecars' calls, to the local app. A plain
+/// CONNECT (an opaque TCP tunnel) leaves it at the top for
+/// `crate::tcp::inbound`; an extended CONNECT (a carried Upgrade) goes on
+/// as the HTTP/1.1 request it carries.
 pub fn inbound(
     app: Arc<Cluster>,
     authn: crate::authn::AuthnPolicy,
@@ -194,6 +201,9 @@ pub fn inbound(
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
         .layer(crate::tcp::inbound::TunnelLayer::new(tunnels))
+        // A peer's WebSocket arrives as an extended CONNECT: rebuilt into
+        // the Upgrade request before anything judges it.
+        .layer(upgrade::UpgradeLayer)
         .layer(request_id::RequestIdLayer)
         .layer(headers::ProxyHeadersLayer)
         // Before anything reaches the app: who the end user is (JWT), then

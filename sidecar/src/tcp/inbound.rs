@@ -76,8 +76,9 @@ pub struct Tunnel<S> {
     inner: S,
 }
 
-/// A plain CONNECT; an extended CONNECT (`:protocol`, e.g. WebSocket over
-/// HTTP/2) is an HTTP request for the app and goes on.
+/// A plain CONNECT; an extended CONNECT (`:protocol`: an HTTP/1.1 Upgrade
+/// a peer sidecar carries) is an HTTP request for the app and goes on to
+/// `proxy::upgrade`, below.
 fn is_tunnel(req: &http::Request<hyper::body::Incoming>) -> bool {
     req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none()
 }

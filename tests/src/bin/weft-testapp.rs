@@ -7,6 +7,9 @@
 //! - `/status/<code>`: the same JSON with that status code;
 //! - `/delay/<ms>`: the same JSON after waiting that long;
 //! - `/ws`: a WebSocket echo (text and binary frames come back unchanged);
+//!   every WebSocket upgrade request, on any path, is logged
+//!   (`websocket upgrade requested`); on another path it gets that path's
+//!   ordinary answer, the way an app declines an upgrade;
 //! - `content-type: application/grpc*`: the `weft.test.echo.Echo` gRPC service.
 //!
 //! It prints `READY <addr>` on stdout once listening (`--listen` may use port 0),
@@ -143,8 +146,12 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 
 async fn handle_http(identity: &Identity, mut req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    if path == "/ws" && is_websocket_upgrade(&req) {
-        return websocket_upgrade(&mut req);
+    if is_websocket_upgrade(&req) {
+        // The tests read this line to tell whether an upgrade reached the app.
+        tracing::info!(%path, "websocket upgrade requested");
+        if path == "/ws" {
+            return websocket_upgrade(&mut req);
+        }
     }
     let mut status = StatusCode::OK;
     if let Some(code) = path.strip_prefix("/status/") {

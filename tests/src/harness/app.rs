@@ -49,6 +49,13 @@ impl App {
         })
     }
 
+    /// The app's log so far (it logs every WebSocket upgrade it is asked
+    /// for, with the path).
+    pub fn log(&self) -> anyhow::Result<String> {
+        let path = self.process.log_path();
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }

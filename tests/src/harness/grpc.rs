@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::echo::echo_client::EchoClient;
@@ -35,21 +37,78 @@ pub async fn websocket(
     host: &str,
     path: &str,
 ) -> anyhow::Result<WebSocketStream<TcpStream>> {
+    websocket_with(via, host, path, &[]).await
+}
+
+/// Like [`websocket`], with more request headers (a token, say).
+pub async fn websocket_with(
+    via: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<WebSocketStream<TcpStream>> {
+    match handshake(via, host, path, headers).await? {
+        Ok(socket) => Ok(socket),
+        Err(refusal) => anyhow::bail!(
+            "WebSocket handshake with {host}{path} answered {}: {}",
+            refusal.status(),
+            String::from_utf8_lossy(refusal.body().as_deref().unwrap_or_default())
+        ),
+    }
+}
+
+/// The answer to a WebSocket handshake that must not switch protocols
+/// (status, headers, body); an error if it did.
+pub async fn websocket_refusal(
+    via: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<http::Response<Option<Vec<u8>>>> {
+    match handshake(via, host, path, headers).await? {
+        Ok(_) => anyhow::bail!("the WebSocket handshake with {host}{path} succeeded"),
+        Err(refusal) => Ok(refusal),
+    }
+}
+
+/// A WebSocket handshake: the socket, or the answer that refused it.
+async fn handshake(
+    via: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Result<WebSocketStream<TcpStream>, http::Response<Option<Vec<u8>>>>> {
+    let mut request = format!("ws://{host}{path}")
+        .into_client_request()
+        .with_context(|| format!("building a WebSocket request for {host}{path}"))?;
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes())?,
+            http::HeaderValue::from_str(value)?,
+        );
+    }
     let tcp = TcpStream::connect(via)
         .await
         .with_context(|| format!("connecting to {via} for a WebSocket to {host}"))?;
     tcp.set_nodelay(true)?;
-    let (socket, response) = tokio::time::timeout(
+    let answer = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::client_async(format!("ws://{host}{path}"), tcp),
+        tokio_tungstenite::client_async(request, tcp),
     )
     .await
-    .with_context(|| format!("WebSocket handshake with {host}{path} via {via} timed out"))?
-    .with_context(|| format!("WebSocket handshake with {host}{path} via {via}"))?;
-    anyhow::ensure!(
-        response.status() == http::StatusCode::SWITCHING_PROTOCOLS,
-        "WebSocket handshake answered {}",
-        response.status()
-    );
-    Ok(socket)
+    .with_context(|| format!("WebSocket handshake with {host}{path} via {via} timed out"))?;
+    match answer {
+        Ok((socket, response)) => {
+            anyhow::ensure!(
+                response.status() == http::StatusCode::SWITCHING_PROTOCOLS,
+                "WebSocket handshake answered {}",
+                response.status()
+            );
+            Ok(Ok(socket))
+        }
+        Err(WsError::Http(refusal)) => Ok(Err(refusal)),
+        Err(e) => {
+            Err(e).with_context(|| format!("WebSocket handshake with {host}{path} via {via}"))
+        }
+    }
 }
