@@ -3,6 +3,11 @@
 //! per `min_refetch_interval`) when a token names a key the set lacks, and
 //! kept as it is when a fetch fails.
 //!
+//! An `https://` URL is fetched over TLS with the provider's `JwksTls`
+//! (built when the policy was compiled); a certificate the client does not
+//! accept fails the fetch like any other error, and nothing falls back to
+//! plain http.
+//!
 //! One task per URL does every fetch, so fetches never overlap. Requests
 //! read the current set with one atomic load (`ArcSwapOption`); a request
 //! that needs a refetch waits for the task's next completed fetch through a
@@ -18,9 +23,11 @@ use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, HOST, HeaderMap, USER_
 use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::jwks_tls::JwksTls;
 use super::keys::KeySet;
 use crate::table::EndpointAddr;
 use crate::upstream::{Connector, Dns};
@@ -45,6 +52,8 @@ const RETRY_FLOOR: Duration = Duration::from_millis(250);
 pub(crate) struct RemoteSettings {
     pub uri: Uri,
     pub addr: EndpointAddr,
+    /// For an `https://` URI; `None` for `http://`.
+    pub tls: Option<Arc<JwksTls>>,
     pub cache_duration: Option<Duration>,
     pub fetch_timeout: Duration,
     pub min_refetch_interval: Duration,
@@ -53,6 +62,7 @@ pub(crate) struct RemoteSettings {
 impl PartialEq for RemoteSettings {
     fn eq(&self, other: &Self) -> bool {
         self.uri == other.uri
+            && self.tls == other.tls
             && self.cache_duration == other.cache_duration
             && self.fetch_timeout == other.fetch_timeout
             && self.min_refetch_interval == other.min_refetch_interval
@@ -107,6 +117,7 @@ impl RemoteJwks {
             wake: self.wake.clone(),
             alive: self.alive.clone(),
             connector: Connector::new(self.settings.addr.clone(), self.settings.fetch_timeout, dns),
+            tls: self.settings.tls.clone(),
             uri: self.settings.uri.clone(),
             timeout: self.settings.fetch_timeout,
         };
@@ -154,6 +165,7 @@ struct FetchTask {
     wake: Arc<Notify>,
     alive: watch::Receiver<()>,
     connector: Connector,
+    tls: Option<Arc<JwksTls>>,
     uri: Uri,
     timeout: Duration,
 }
@@ -211,9 +223,20 @@ impl FetchTask {
     }
 
     /// One GET on a fresh connection (fetches are minutes apart: nothing to
-    /// pool). Returns the body and the response's `max-age`.
+    /// pool), over TLS for an `https://` URI. Returns the body and the
+    /// response's `max-age`.
     async fn fetch(&self) -> Result<(Bytes, Option<Duration>), String> {
-        let stream = self.connector.connect().await.map_err(|e| e.to_string())?;
+        let tcp = self.connector.connect().await.map_err(|e| e.to_string())?;
+        match &self.tls {
+            None => self.get(tcp).await,
+            Some(tls) => self.get(tls.handshake(tcp).await?).await,
+        }
+    }
+
+    async fn get<S>(&self, stream: S) -> Result<(Bytes, Option<Duration>), String>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
@@ -323,6 +346,7 @@ mod tests {
         RemoteJwks::new(RemoteSettings {
             uri: Uri::from_static("http://127.0.0.1:9/jwks"),
             addr: EndpointAddr::Ip(([127, 0, 0, 1], 9).into()),
+            tls: None,
             cache_duration: None,
             fetch_timeout: Duration::from_secs(2),
             min_refetch_interval: interval,
