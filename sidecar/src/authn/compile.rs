@@ -408,17 +408,7 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
                     "only with `uri`: inline keys are never refreshed",
                 );
             }
-            for (name, given) in [
-                ("ca_pem", jwks.ca_pem.is_some()),
-                ("ca_file", jwks.ca_file.is_some()),
-            ] {
-                if given {
-                    errors.add(
-                        format!("{field}.{name}"),
-                        "only with an https:// `uri`: inline keys are not fetched",
-                    );
-                }
-            }
+            refuse_cas(jwks, field, "inline keys are not fetched", errors);
             match KeySet::from_value(doc) {
                 Ok((set, skipped)) => {
                     for s in skipped {
@@ -455,18 +445,8 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
                     compile_tls(jwks, uri, field, errors).map(Arc::new)
                 }
                 Ok(_) => {
-                    for (name, given) in [
-                        ("ca_pem", jwks.ca_pem.is_some()),
-                        ("ca_file", jwks.ca_file.is_some()),
-                    ] {
-                        if given {
-                            errors.add(
-                                format!("{field}.{name}"),
-                                "only with an https:// `uri`: a plain http fetch has no \
-                                 certificate to verify",
-                            );
-                        }
-                    }
+                    let why = "a plain http fetch has no certificate to verify";
+                    refuse_cas(jwks, field, why, errors);
                     None
                 }
                 Err(()) => None,
@@ -512,6 +492,21 @@ fn compile_tls(jwks: &JwksConfig, uri: &Uri, field: &str, errors: &mut Errors) -
     JwksTls::new(bare_host(uri), own)
         .map_err(|e| errors.add(format!("{field}.uri"), e))
         .ok()
+}
+
+/// `ca_pem` and `ca_file` where no TLS happens: a CA that is never used
+/// is a mistake (the operator thinks the fetch is verified).
+fn refuse_cas(jwks: &JwksConfig, field: &str, why: &str, errors: &mut Errors) {
+    let given = [
+        ("ca_pem", jwks.ca_pem.is_some()),
+        ("ca_file", jwks.ca_file.is_some()),
+    ];
+    for (name, _) in given.into_iter().filter(|(_, given)| *given) {
+        errors.add(
+            format!("{field}.{name}"),
+            format!("only with an https:// `uri`: {why}"),
+        );
+    }
 }
 
 /// The host of `uri` as TLS and DNS want it: `[::1]` is `::1`.
@@ -848,12 +843,7 @@ mod tests {
         let e = errors_of(provider(json!({ "uri": "https://[::1]:8443/jwks" })));
         assert!(e.is_empty(), "{e:?}");
 
-        let ca = {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            params.self_signed(&key).unwrap().pem()
-        };
+        let ca = crate::authn::jwks_tls::test_ca::TestCa::new("idp").pem();
         let e = errors_of(provider(
             json!({ "uri": "https://idp.internal/jwks", "ca_pem": ca }),
         ));

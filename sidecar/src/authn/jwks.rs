@@ -317,6 +317,9 @@ fn max_age(headers: &HeaderMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::super::jwks_tls::test_ca::TestCa;
     use super::*;
 
     fn headers(values: &[&str]) -> HeaderMap {
@@ -386,6 +389,115 @@ mod tests {
         assert!(waiter.await.unwrap());
         // Joining did not use up the rate limit.
         assert!(jwks.last_on_demand.lock().unwrap().is_none());
+    }
+
+    /// A JWKS endpoint over TLS on loopback, with the certificate of
+    /// `server`; counts the requests it answers (none when no handshake
+    /// succeeds).
+    async fn https_jwks(
+        server: Arc<rustls::ServerConfig>,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counter = answered.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                let service = hyper::service::service_fn(move |_| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let body =
+                        r#"{ "keys": [ { "kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB" } ] }"#;
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(body.as_bytes())),
+                        ))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service),
+                );
+            }
+        });
+        (addr, answered)
+    }
+
+    fn over_https(addr: std::net::SocketAddr, tls: JwksTls) -> RemoteSettings {
+        RemoteSettings {
+            uri: format!("https://127.0.0.1:{}/jwks", addr.port())
+                .parse()
+                .unwrap(),
+            addr: EndpointAddr::Ip(addr),
+            tls: Some(Arc::new(tls)),
+            cache_duration: None,
+            fetch_timeout: Duration::from_secs(2),
+            min_refetch_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// One fetch as the task makes it, for its error.
+    async fn fetch_once(settings: RemoteSettings) -> Result<(Bytes, Option<Duration>), String> {
+        let task = FetchTask {
+            jwks: Weak::new(),
+            wake: Arc::new(Notify::new()),
+            alive: watch::channel(()).1,
+            connector: Connector::new(
+                settings.addr.clone(),
+                settings.fetch_timeout,
+                Dns::default(),
+            ),
+            tls: settings.tls.clone(),
+            uri: settings.uri.clone(),
+            timeout: settings.fetch_timeout,
+        };
+        task.fetch().await
+    }
+
+    #[tokio::test]
+    async fn keys_are_fetched_over_https_from_a_server_the_providers_ca_vouches_for() {
+        let ca = TestCa::new("idp");
+        let (addr, answered) = https_jwks(ca.server(&["127.0.0.1"])).await;
+        let tls = JwksTls::new("127.0.0.1", ca.trusted()).unwrap();
+        let jwks = RemoteJwks::new(over_https(addr, tls));
+        jwks.start(Dns::default());
+        assert!(jwks.refetch().await, "a fetch completed");
+        assert_eq!(jwks.current().map(|k| k.len()), Some(1));
+        assert!(answered.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_the_client_does_not_trust_gets_no_request() {
+        let ca = TestCa::new("idp");
+        let stranger = TestCa::new("stranger");
+        let (addr, answered) = https_jwks(stranger.server(&["127.0.0.1"])).await;
+        let untrusted = over_https(addr, JwksTls::new("127.0.0.1", ca.trusted()).unwrap());
+        let reason = fetch_once(untrusted.clone())
+            .await
+            .err()
+            .unwrap_or_default();
+        assert!(reason.contains("certificate is not trusted"), "{reason}");
+
+        let (addr, misnamed_answered) = https_jwks(ca.server(&["idp.example.com"])).await;
+        let misnamed = over_https(addr, JwksTls::new("127.0.0.1", ca.trusted()).unwrap());
+        let reason = fetch_once(misnamed).await.err().unwrap_or_default();
+        assert!(reason.contains("not valid for `127.0.0.1`"), "{reason}");
+
+        // Through the task: the fetch completes as a failure, no keys.
+        let jwks = RemoteJwks::new(untrusted);
+        jwks.start(Dns::default());
+        assert!(jwks.refetch().await);
+        assert!(jwks.current().is_none());
+        assert_eq!(
+            answered.load(Ordering::SeqCst),
+            0,
+            "nothing sent unverified"
+        );
+        assert_eq!(misnamed_answered.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

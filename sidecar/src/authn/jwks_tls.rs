@@ -184,25 +184,24 @@ impl JwksTls {
         };
         let name = self.server_name.to_str();
         match tls {
-            rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            ) => format!(
-                "TLS: the server's certificate is not valid for `{name}` ({tls}); the URL must \
-                 use a name or address the certificate lists"
-            ),
-            rustls::Error::InvalidCertificate(
+            rustls::Error::InvalidCertificate(problem) => match problem {
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => format!(
+                    "TLS: the server's certificate is not valid for `{name}` ({tls}); the URL \
+                     must use a name or address the certificate lists"
+                ),
                 CertificateError::Expired
                 | CertificateError::ExpiredContext { .. }
                 | CertificateError::NotValidYet
-                | CertificateError::NotValidYetContext { .. },
-            ) => format!(
-                "TLS: the server's certificate is outside its validity period ({tls}); \
-                 or is this machine's clock wrong?"
-            ),
-            rustls::Error::InvalidCertificate(_) => format!(
-                "TLS: the server's certificate is not trusted ({tls}); verified against {}",
-                self.trust
-            ),
+                | CertificateError::NotValidYetContext { .. } => format!(
+                    "TLS: the server's certificate is outside its validity period ({tls}); \
+                     or is this machine's clock wrong?"
+                ),
+                _ => format!(
+                    "TLS: the server's certificate is not trusted ({tls}); verified against {}",
+                    self.trust
+                ),
+            },
             rustls::Error::AlertReceived(alert) => {
                 format!("TLS: the server ended the handshake with alert {alert:?}")
             }
@@ -245,21 +244,202 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
         .clone()
 }
 
+/// A private CA minting server certificates, for tests of TLS fetches.
+#[cfg(test)]
+pub(crate) mod test_ca {
+    use std::sync::Arc;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+        KeyPair,
+    };
+    use rustls::ServerConfig;
+    use rustls::pki_types::PrivateKeyDer;
+
+    use super::CaSource;
+
+    /// A private CA, as a company IdP would have.
+    pub(crate) struct TestCa(CertifiedIssuer<'static, KeyPair>);
+
+    impl TestCa {
+        /// Named `name`: issuers are found by name, so two test CAs must
+        /// not share one.
+        pub fn new(name: &str) -> Self {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name = DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("{name} test CA"));
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
+        }
+
+        pub fn pem(&self) -> String {
+            self.0.pem()
+        }
+
+        /// This CA as a provider's only trust anchor (`ca_pem`).
+        pub fn trusted(&self) -> Vec<CaSource> {
+            vec![CaSource::from_pem(&self.pem()).unwrap()]
+        }
+
+        /// A TLS server config with a certificate for `names` (DNS names
+        /// or IP addresses), offering h2 before http/1.1.
+        pub fn server(&self, names: &[&str]) -> Arc<ServerConfig> {
+            let key = KeyPair::generate().unwrap();
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &self.0)
+                .unwrap();
+            let mut config = ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Arc::new(config)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use rustls::ServerConfig;
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+    use tokio_rustls::TlsAcceptor;
+
+    use super::test_ca::TestCa;
     use super::*;
 
-    fn ca_pem() -> String {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.self_signed(&key).unwrap().pem()
+    /// Accepts one TLS connection on loopback; the task yields the SNI the
+    /// client sent, once the handshake is over (`None` if it failed).
+    async fn serve_once(config: Arc<ServerConfig>) -> (SocketAddr, JoinHandle<Option<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.ok()?;
+            let tls = TlsAcceptor::from(config).accept(tcp).await.ok()?;
+            Some(tls.get_ref().1.server_name().unwrap_or_default().to_owned())
+        });
+        (addr, task)
+    }
+
+    async fn handshake_with(
+        client: &JwksTls,
+        server: Arc<ServerConfig>,
+    ) -> (Result<TlsStream<TcpStream>, String>, Option<String>) {
+        let (addr, served) = serve_once(server).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let result = client.handshake(tcp).await;
+        // The server side ends when the client has finished or given up.
+        let sni = match &result {
+            Ok(_) => served.await.unwrap(),
+            Err(_) => {
+                served.abort();
+                None
+            }
+        };
+        (result, sni)
+    }
+
+    #[tokio::test]
+    async fn the_providers_ca_verifies_the_server_by_address_or_by_name() {
+        let ca = TestCa::new("idp");
+        let server = ca.server(&["127.0.0.1", "localhost"]);
+
+        let by_ip = JwksTls::new("127.0.0.1", ca.trusted()).unwrap();
+        let (stream, sni) = handshake_with(&by_ip, server.clone()).await;
+        let stream = stream.unwrap();
+        assert_eq!(
+            stream.get_ref().1.alpn_protocol(),
+            Some(&b"http/1.1"[..]),
+            "only HTTP/1.1 is offered"
+        );
+        assert_eq!(sni.as_deref(), Some(""), "no SNI for an IP address");
+
+        let by_name = JwksTls::new("localhost", ca.trusted()).unwrap();
+        let (stream, sni) = handshake_with(&by_name, server).await;
+        assert!(stream.is_ok(), "{:?}", stream.err());
+        assert_eq!(sni.as_deref(), Some("localhost"));
+    }
+
+    #[tokio::test]
+    async fn a_certificate_from_another_ca_is_refused_naming_what_was_trusted() {
+        let ours = TestCa::new("ours");
+        let theirs = TestCa::new("theirs");
+        let client = JwksTls::new("127.0.0.1", ours.trusted()).unwrap();
+        let (result, _) = handshake_with(&client, theirs.server(&["127.0.0.1"])).await;
+        let reason = result.err().unwrap_or_default();
+        assert!(reason.contains("certificate is not trusted"), "{reason}");
+        assert!(reason.contains("UnknownIssuer"), "{reason}");
+        assert!(reason.contains("verified against `ca_pem`"), "{reason}");
+
+        // Without a CA of its own, a provider trusts the system store, which
+        // knows no private CA.
+        let system = JwksTls::new("127.0.0.1", Vec::new()).unwrap();
+        let (result, _) = handshake_with(&system, theirs.server(&["127.0.0.1"])).await;
+        let reason = result.err().unwrap_or_default();
+        assert!(
+            reason.contains("verified against the system trust store"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_for_another_host_is_refused() {
+        let ca = TestCa::new("idp");
+        let client = JwksTls::new("127.0.0.1", ca.trusted()).unwrap();
+        let (result, _) = handshake_with(&client, ca.server(&["idp.example.com"])).await;
+        let reason = result.err().unwrap_or_default();
+        assert!(
+            reason.contains("certificate is not valid for `127.0.0.1`"),
+            "{reason}"
+        );
+
+        let client = JwksTls::new("localhost", ca.trusted()).unwrap();
+        let (result, _) = handshake_with(&client, ca.server(&["127.0.0.1"])).await;
+        let reason = result.err().unwrap_or_default();
+        assert!(
+            reason.contains("certificate is not valid for `localhost`"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_http_server_is_reported_as_not_speaking_tls() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let plain = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let _ = tcp
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let client = JwksTls::new("127.0.0.1", TestCa::new("other").trusted()).unwrap();
+        let reason = client
+            .handshake(TcpStream::connect(addr).await.unwrap())
+            .await
+            .err()
+            .unwrap_or_default();
+        assert!(reason.contains("does not speak TLS"), "{reason}");
+        plain.await.unwrap();
     }
 
     #[test]
     fn a_ca_pem_must_hold_usable_certificates() {
-        assert!(CaSource::from_pem(&ca_pem()).is_ok());
-        let two = format!("{}{}", ca_pem(), ca_pem());
+        assert!(CaSource::from_pem(&TestCa::new("idp").pem()).is_ok());
+        let two = format!("{}{}", TestCa::new("a").pem(), TestCa::new("b").pem());
         assert_eq!(CaSource::from_pem(&two).unwrap().certificates.len(), 2);
 
         let none = CaSource::from_pem("just text").unwrap_err();
@@ -288,7 +468,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weft-jwks-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ca.pem");
-        std::fs::write(&path, ca_pem()).unwrap();
+        std::fs::write(&path, TestCa::new("idp").pem()).unwrap();
         let source = CaSource::from_file(&path).unwrap();
         assert_eq!(source.origin, format!("`ca_file` {}", path.display()));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -296,13 +476,12 @@ mod tests {
 
     #[test]
     fn clients_are_equal_when_they_verify_alike() {
-        let pem = ca_pem();
-        let own = |pem: &str| vec![CaSource::from_pem(pem).unwrap()];
-        let a = JwksTls::new("idp.example.com", own(&pem)).unwrap();
-        assert_eq!(a, JwksTls::new("idp.example.com", own(&pem)).unwrap());
-        assert_ne!(a, JwksTls::new("idp.example.com", own(&ca_pem())).unwrap());
-        assert_ne!(a, JwksTls::new("other.example.com", own(&pem)).unwrap());
-        let ip = JwksTls::new("127.0.0.1", own(&pem)).unwrap();
-        assert!(matches!(ip.server_name, ServerName::IpAddress(_)));
+        let ca = TestCa::new("idp");
+        let a = JwksTls::new("idp.example.com", ca.trusted()).unwrap();
+        assert_eq!(a, JwksTls::new("idp.example.com", ca.trusted()).unwrap());
+        let other = TestCa::new("other").trusted();
+        assert_ne!(a, JwksTls::new("idp.example.com", other).unwrap());
+        assert_ne!(a, JwksTls::new("other.example.com", ca.trusted()).unwrap());
+        assert_ne!(a, JwksTls::new("idp.example.com", Vec::new()).unwrap());
     }
 }
