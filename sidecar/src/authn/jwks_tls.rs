@@ -70,9 +70,14 @@ impl CaSource {
         }
         let mut check = RootCertStore::empty();
         for (i, cert) in certificates.iter().enumerate() {
-            check
-                .add(cert.clone())
-                .map_err(|e| format!("certificate {} cannot be a trust anchor: {e}", i + 1))?;
+            check.add(cert.clone()).map_err(|e| {
+                // rustls words this for peers ("invalid peer certificate").
+                let why = match e {
+                    rustls::Error::InvalidCertificate(problem) => format!("{problem:?}"),
+                    other => other.to_string(),
+                };
+                format!("certificate {} cannot be a trust anchor ({why})", i + 1)
+            })?;
         }
         Ok(Self {
             origin,
