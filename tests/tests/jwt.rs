@@ -2,8 +2,9 @@
 //! `jwt` section in the service's KV policy document, the agent passes it
 //! on, and the service's sidecar verifies tokens before anything reaches
 //! the app. Tokens are minted here with Ed25519 keys generated per test;
-//! for the JWKS-by-URL case a small HTTP server in the test plays the
-//! identity provider and counts its fetches.
+//! for the JWKS-by-URL cases a small HTTP(S) server in the test plays the
+//! identity provider and counts its fetches (over https with a certificate
+//! from a private CA minted here).
 //!
 //! The whole token matrix is specified in `sidecar/tests/jwt.rs`; these
 //! tests prove it is wired: through the agent, the ADS stream, the mTLS
@@ -25,9 +26,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rustls::ServerConfig;
+use rustls::pki_types::PrivateKeyDer;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use weft_e2e::harness::mesh::{MeshedInstance, SETUP_TIMEOUT, mtls_users_and_client};
 use weft_e2e::{Call, Mesh, Reply, eventually, run};
 
@@ -83,10 +88,51 @@ fn unsigned_token() -> String {
     )
 }
 
+/// A private CA, as a company IdP has, and the PEM a policy trusts it by.
+struct PrivateCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl PrivateCa {
+    /// Named `name`: certificate chains are built by issuer name, so two
+    /// test CAs must not share one.
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate()?)?;
+        Ok(Self { issuer })
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A TLS server with a certificate for `host` signed by this CA.
+    fn server(&self, host: &str) -> anyhow::Result<TlsAcceptor> {
+        let key = rcgen::KeyPair::generate()?;
+        let cert =
+            rcgen::CertificateParams::new(vec![host.to_owned()])?.signed_by(&key, &self.issuer)?;
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    PrivateKeyDer::try_from(key.serialize_der()).map_err(anyhow::Error::msg)?,
+                )?;
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
 /// The identity provider's JWKS endpoint: serves the current key set at
-/// any path and counts the fetches.
+/// any path, over http or https, and counts the fetches.
 struct JwksServer {
     addr: SocketAddr,
+    scheme: &'static str,
     keys: Arc<Mutex<Value>>,
     fetches: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -94,38 +140,40 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(keys: Value) -> anyhow::Result<Self> {
+        Self::serve(keys, None).await
+    }
+
+    /// Over https with `tls`: a client that does not accept its
+    /// certificate is never answered (nor counted).
+    async fn start_https(keys: Value, tls: TlsAcceptor) -> anyhow::Result<Self> {
+        Self::serve(keys, Some(tls)).await
+    }
+
+    async fn serve(keys: Value, tls: Option<TlsAcceptor>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let keys = Arc::new(Mutex::new(keys));
         let fetches = Arc::new(AtomicUsize::new(0));
         let (served, counted) = (keys.clone(), fetches.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (served, counted) = (served.clone(), counted.clone());
-                let service = hyper::service::service_fn(move |_: Request<Incoming>| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    let body = served
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .to_string();
-                    async move {
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .header("content-type", "application/jwk-set+json")
-                                .header("cache-control", "public, max-age=300")
-                                .body(Full::new(Bytes::from(body)))
-                                .unwrap_or_default(),
-                        )
+                let (served, counted, tls) = (served.clone(), counted.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => answer(stream, served, counted).await,
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                answer(stream, served, counted).await;
+                            }
+                        }
                     }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
-                );
             }
         });
         Ok(Self {
             addr,
+            scheme,
             keys,
             fetches,
             task,
@@ -133,7 +181,7 @@ impl JwksServer {
     }
 
     fn uri(&self) -> String {
-        format!("http://{}/.well-known/jwks.json", self.addr)
+        format!("{}://{}/.well-known/jwks.json", self.scheme, self.addr)
     }
 
     fn fetches(&self) -> usize {
@@ -143,6 +191,33 @@ impl JwksServer {
     fn publish(&self, keys: Value) {
         *self.keys.lock().unwrap_or_else(PoisonError::into_inner) = keys;
     }
+}
+
+/// Serves the key set on one connection until the client closes it,
+/// counting the requests.
+async fn answer<S>(stream: S, keys: Arc<Mutex<Value>>, fetches: Arc<AtomicUsize>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+        fetches.fetch_add(1, Ordering::SeqCst);
+        let body = keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .to_string();
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/jwk-set+json")
+                    .header("cache-control", "public, max-age=300")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap_or_default(),
+            )
+        }
+    });
+    let _closed = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 impl Drop for JwksServer {
@@ -211,6 +286,19 @@ async fn eventually_status(
         let got = status_of(mesh, client, authorization.clone()).await?;
         ensure!(got == expected, "got {got}");
         Ok(())
+    })
+    .await
+}
+
+/// Waits until the instance's sidecar has refused an inbound policy (a
+/// NACK), and returns what it said.
+async fn sidecar_refusal(instance: &MeshedInstance) -> anyhow::Result<String> {
+    eventually(SETUP_TIMEOUT, "the sidecar refuses the policy", || async {
+        let dump = instance.sidecar.config_dump().await?;
+        dump["InboundPolicy"]["last_nack"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no NACK yet")
     })
     .await
 }
@@ -377,6 +465,68 @@ fn tokens_are_verified_against_a_jwks_url_before_anything_reaches_the_app() {
 }
 
 #[test]
+fn keys_are_fetched_over_https_verified_against_the_providers_ca() {
+    run(|ctx| async move {
+        let (_ca, mesh, users, client) = mtls_users_and_client(&ctx, "24h").await?;
+        let key = SigningKey::generate("key-1")?;
+        let idp_ca = PrivateCa::new("idp")?;
+        let idp = JwksServer::start_https(jwks(&[&key]), idp_ca.server("127.0.0.1")?).await?;
+        let trusting = |ca_pem: &str| {
+            jwt_policy(json!({ "uri": idp.uri(), "ca_pem": ca_pem, "fetch_timeout": "1s" }))
+        };
+        let valid = format!("Bearer {}", key.token(json!({}))?);
+
+        // The IdP's CA in the policy: keys come over https, tokens verify.
+        mesh.put_document("policies/users", &trusting(&idp_ca.pem()))
+            .await?;
+        let what = "the policy applies".to_owned();
+        eventually_status(&mesh, &client, String::new(), 401, what).await?;
+        let reply = call(&mesh, &client, "/", &[("authorization", &valid)]).await?;
+        ensure!(
+            reply.status == 200,
+            "with keys fetched over https: {}",
+            reply.text()
+        );
+        let fetched = idp.fetches();
+        ensure!(fetched >= 1, "the JWKS was never fetched");
+
+        // A CA that is no certificate: the sidecar refuses the policy
+        // naming the field, and the previous one keeps serving.
+        let broken =
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+        mesh.put_document("policies/users", &trusting(broken))
+            .await?;
+        let nack = sidecar_refusal(&users).await?;
+        ensure!(nack.contains("jwt.providers[0].jwks.ca_pem"), "{nack}");
+        ensure!(
+            status_of(&mesh, &client, valid.clone()).await? == 200,
+            "previous policy"
+        );
+
+        // Another CA: the IdP's certificate is refused, never a request is
+        // sent, and without keys every token gets 503; the log says why.
+        let other_ca = PrivateCa::new("other")?;
+        mesh.put_document("policies/users", &trusting(&other_ca.pem()))
+            .await?;
+        let what = "tokens fail without keys".to_owned();
+        eventually_status(&mesh, &client, valid.clone(), 503, what).await?;
+        let reply = call(&mesh, &client, "/", &[("authorization", &valid)]).await?;
+        ensure_refused(&reply, 503, "jwt-keys-unavailable", "untrusted IdP")?;
+        ensure!(
+            idp.fetches() == fetched,
+            "a request reached an untrusted IdP"
+        );
+        let log = users.sidecar.log()?;
+        ensure!(
+            log.contains("certificate is not trusted"),
+            "the sidecar's log does not say why: {}",
+            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        );
+        Ok(())
+    });
+}
+
+#[test]
 fn jwt_policies_change_in_kv_without_a_restart_and_invalid_ones_are_refused() {
     run(|ctx| async move {
         let (_ca, mesh, users, client) = mtls_users_and_client(&ctx, "24h").await?;
@@ -456,14 +606,7 @@ fn jwt_policies_change_in_kv_without_a_restart_and_invalid_ones_are_refused() {
             json!({ "keys": [ { "kty": "OKP", "crv": "Ed25519", "kid": "x", "x": "!!" } ] });
         mesh.put_document("policies/users", &jwt_policy(json!({ "inline": bogus })))
             .await?;
-        let nack = eventually(SETUP_TIMEOUT, "the sidecar refuses it", || async {
-            let dump = users.sidecar.config_dump().await?;
-            dump["InboundPolicy"]["last_nack"]
-                .as_str()
-                .map(str::to_owned)
-                .context("no NACK yet")
-        })
-        .await?;
+        let nack = sidecar_refusal(&users).await?;
         ensure!(
             nack.contains("InboundPolicy users: jwt.providers[0].jwks.inline"),
             "{nack}"

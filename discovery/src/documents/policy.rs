@@ -699,6 +699,10 @@ mod tests {
                                        "email": { "present": true } },
                   "forward_token": false,
                   "claim_headers": { "sub": "x-weft-jwt-sub", "email": "x-weft-jwt-email" } },
+                { "name": "private", "issuer": "https://sso.internal", "audiences": ["users"],
+                  "jwks": { "uri": "https://sso.internal/certs",
+                            "ca_pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                            "ca_file": "/etc/weft/sso-ca.pem" } },
                 { "name": "ci", "issuer": "ci", "audiences": ["users"],
                   "shared_secret": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA",
                   "algorithms": ["HS256"] },
@@ -726,7 +730,7 @@ mod tests {
                   "jwks": { "inline": { "keys": [] }, "uri": "http://idp/jwks" },
                   "algorithms": ["none"], "clock_leway": "5s" },
                 { "name": "b", "issuer": "y", "audiences": ["u"],
-                  "jwks": { "uri": "https://idp/jwks", "fetch_timeout": "soon" },
+                  "jwks": { "uri": "ftp://idp/jwks", "fetch_timeout": "soon", "ca_file": "ca.pem" },
                   "from": [ { "header": "authorization", "cookie": "s" }, { "prefix": "Bearer " } ],
                   "required_claims": { "email": { "present": false } },
                   "claim_headers": { "sub": "bad header" } },
@@ -743,6 +747,7 @@ mod tests {
                 "jwt.providers[1].claim_headers.sub",
                 "jwt.providers[1].from[0].cookie",
                 "jwt.providers[1].from[1]",
+                "jwt.providers[1].jwks.ca_file",
                 "jwt.providers[1].jwks.fetch_timeout",
                 "jwt.providers[1].jwks.uri",
                 "jwt.providers[1].required_claims.email.present",
@@ -760,7 +765,8 @@ mod tests {
             "jwt.providers[0].clock_leway: unknown field (allowed here: ",
             "jwt.providers[1].from[1]: needs one of `header`, `cookie`, `query`",
             "jwt.providers[2]: needs one of `jwks`, `shared_secret`",
-            "jwt.providers[1].jwks.uri: \"https://idp/jwks\" is not an http:// URL",
+            "jwt.providers[1].jwks.uri: \"ftp://idp/jwks\" is not an https:// or http:// URL",
+            "jwt.providers[1].jwks.ca_file: \"ca.pem\" is not an absolute path",
         ] {
             assert!(said.contains(reason), "missing {reason:?} in {said}");
         }

@@ -1,7 +1,8 @@
 //! From a policy document to the structures requests are checked against,
 //! validating everything on the way and reporting every problem at once
-//! (field path and reason). Pure: nothing is fetched or started here, so
-//! `AuthnConfig::validate` and `weftctl`-style checks can use it.
+//! (field path and reason). Nothing is fetched or started here (the only
+//! I/O is reading a JWKS `ca_file`), so `AuthnConfig::validate` and
+//! `weftctl`-style checks can use it.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -16,6 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use super::config::{AuthnConfig, JwksConfig, ProviderConfig, RequiredClaim, RuleConfig};
 use super::error::{ConfigError, ConfigErrors};
 use super::jwks::{RemoteJwks, RemoteSettings};
+use super::jwks_tls::{CaSource, JwksTls};
 use super::keys::KeySet;
 use super::provider::{ClaimRequirement, Provider, ProviderKeys};
 use super::rules::{PathMatch, RoleRequirement, Rule, normalized_path};
@@ -406,6 +408,7 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
                     "only with `uri`: inline keys are never refreshed",
                 );
             }
+            refuse_cas(jwks, field, "inline keys are not fetched", errors);
             match KeySet::from_value(doc) {
                 Ok((set, skipped)) => {
                     for s in skipped {
@@ -437,11 +440,23 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
                 );
             }
             let target = parse_jwks_uri(uri).map_err(|e| errors.add(format!("{field}.uri"), e));
+            let tls = match &target {
+                Ok((uri, _)) if uri.scheme_str() == Some("https") => {
+                    compile_tls(jwks, uri, field, errors).map(Arc::new)
+                }
+                Ok(_) => {
+                    let why = "a plain http fetch has no certificate to verify";
+                    refuse_cas(jwks, field, why, errors);
+                    None
+                }
+                Err(()) => None,
+            };
             match target {
                 Ok((uri, addr)) if errors.0.len() == before => {
                     ProviderKeys::Remote(RemoteJwks::new(RemoteSettings {
                         uri,
                         addr,
+                        tls,
                         cache_duration: jwks.cache_duration,
                         fetch_timeout: jwks.fetch_timeout,
                         min_refetch_interval: jwks.min_refetch_interval,
@@ -453,26 +468,70 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
     }
 }
 
-/// An `http://host[:port]/path` URL and the address to dial.
+/// The TLS client of an `https://` JWKS URL: the provider's own CAs
+/// (`ca_pem`, `ca_file`), else the system trust store; `None` after adding
+/// the errors.
+fn compile_tls(jwks: &JwksConfig, uri: &Uri, field: &str, errors: &mut Errors) -> Option<JwksTls> {
+    let before = errors.0.len();
+    let mut own = Vec::new();
+    if let Some(pem) = &jwks.ca_pem {
+        match CaSource::from_pem(pem) {
+            Ok(source) => own.push(source),
+            Err(e) => errors.add(format!("{field}.ca_pem"), e),
+        }
+    }
+    if let Some(path) = &jwks.ca_file {
+        match CaSource::from_file(path) {
+            Ok(source) => own.push(source),
+            Err(e) => errors.add(format!("{field}.ca_file"), e),
+        }
+    }
+    if errors.0.len() > before {
+        return None;
+    }
+    JwksTls::new(bare_host(uri), own)
+        .map_err(|e| errors.add(format!("{field}.uri"), e))
+        .ok()
+}
+
+/// `ca_pem` and `ca_file` where no TLS happens: a CA that is never used
+/// is a mistake (the operator thinks the fetch is verified).
+fn refuse_cas(jwks: &JwksConfig, field: &str, why: &str, errors: &mut Errors) {
+    let given = [
+        ("ca_pem", jwks.ca_pem.is_some()),
+        ("ca_file", jwks.ca_file.is_some()),
+    ];
+    for (name, _) in given.into_iter().filter(|(_, given)| *given) {
+        errors.add(
+            format!("{field}.{name}"),
+            format!("only with an https:// `uri`: {why}"),
+        );
+    }
+}
+
+/// The host of `uri` as TLS and DNS want it: `[::1]` is `::1`.
+fn bare_host(uri: &Uri) -> &str {
+    uri.host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
+/// An `https://` or `http://` `host[:port]/path` URL and the address to dial.
 fn parse_jwks_uri(text: &str) -> Result<(Uri, EndpointAddr), String> {
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "`{text}`: https is not supported yet (the sidecar has no TLS client for it): \
-                 serve the JWKS over http on a trusted network, or inline it"
-            ));
-        }
-        _ => return Err(format!("`{text}` is not an http:// URL")),
-    }
+    let default_port = match uri.scheme_str() {
+        Some("https") => 443,
+        Some("http") => 80,
+        _ => return Err(format!("`{text}` is not an https:// or http:// URL")),
+    };
     let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
         return Err(format!("`{text}` has no host"));
     };
-    let port = uri.port_u16().unwrap_or(80);
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(default_port);
+    let bare = bare_host(&uri);
     let addr = match bare.parse::<std::net::IpAddr>() {
         Ok(ip) => EndpointAddr::Ip((ip, port).into()),
         Err(_) => EndpointAddr::Name {
@@ -751,8 +810,8 @@ mod tests {
     #[test]
     fn jwks_urls_are_checked() {
         for (uri, reason) in [
-            ("https://idp/jwks", "https is not supported"),
-            ("ftp://idp/jwks", "not an http:// URL"),
+            ("ftp://idp/jwks", "not an https:// or http:// URL"),
+            ("https:///jwks", "not a URL"),
             ("not a url", "not a URL"),
         ] {
             let e = errors_of(
@@ -771,6 +830,54 @@ mod tests {
         );
         assert!(
             has(&e, "providers[0].jwks.cache_duration", "above 0"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn https_jwks_urls_trust_the_system_store_or_the_providers_own_cas() {
+        let provider = |jwks: serde_json::Value| json!({ "providers": [ { "name": "a", "issuer": "i", "audiences": ["x"], "jwks": jwks } ] });
+        // The system trust store (this host has one).
+        let e = errors_of(provider(json!({ "uri": "https://idp.example.com/jwks" })));
+        assert!(e.is_empty(), "{e:?}");
+        let e = errors_of(provider(json!({ "uri": "https://[::1]:8443/jwks" })));
+        assert!(e.is_empty(), "{e:?}");
+
+        let ca = crate::authn::jwks_tls::test_ca::TestCa::new("idp").pem();
+        let e = errors_of(provider(
+            json!({ "uri": "https://idp.internal/jwks", "ca_pem": ca }),
+        ));
+        assert!(e.is_empty(), "{e:?}");
+
+        // A bad CA is an error naming its field; so are CAs where nothing
+        // is verified.
+        let e = errors_of(provider(json!({ "uri": "https://idp.internal/jwks",
+            "ca_pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "ca_file": "/nonexistent/weft/idp-ca.pem" })));
+        assert!(
+            has(&e, "providers[0].jwks.ca_pem", "cannot be a trust anchor"),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "providers[0].jwks.ca_file",
+                "/nonexistent/weft/idp-ca.pem"
+            ),
+            "{e:?}"
+        );
+        let e = errors_of(provider(
+            json!({ "uri": "http://idp.internal/jwks", "ca_pem": ca }),
+        ));
+        assert!(
+            has(&e, "providers[0].jwks.ca_pem", "only with an https://"),
+            "{e:?}"
+        );
+        let e = errors_of(provider(
+            json!({ "inline": { "keys": [] }, "ca_file": "/etc/ca.pem" }),
+        ));
+        assert!(
+            has(&e, "providers[0].jwks.ca_file", "only with an https://"),
             "{e:?}"
         );
     }

@@ -10,7 +10,7 @@
 //! ```json
 //! { "providers": [
 //!     { "name": "corp", "issuer": "https://idp.example.com", "audiences": ["users"],
-//!       "jwks": { "uri": "http://idp.internal/jwks.json", "fetch_timeout": "2s" },
+//!       "jwks": { "uri": "https://idp.example.com/.well-known/jwks.json", "fetch_timeout": "2s" },
 //!       "algorithms": ["RS256", "ES256"],
 //!       "from": [ { "header": "authorization", "prefix": "Bearer " }, { "cookie": "session" } ],
 //!       "clock_leeway": "60s",
@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -109,10 +110,21 @@ pub struct JwksConfig {
     /// A JWKS document (`{ "keys": [ ... ] }`) as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<serde_json::Value>,
-    /// An `http://` URL serving the JWKS document (`https://` is refused
-    /// for now: the sidecar has no TLS client for it yet).
+    /// An `https://` (or `http://`) URL serving the JWKS document. Over
+    /// https the server's certificate is always verified, against the
+    /// system trust store unless `ca_pem` or `ca_file` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    /// Only with an `https://` `uri`: PEM certificates of the CA(s) that
+    /// sign the JWKS server's certificate, for a private IdP. With this (or
+    /// `ca_file`) the system trust store is not used for this provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Only with an `https://` `uri`: the absolute path of a PEM file of such
+    /// CA certificates on the sidecar's host, read when the policy is
+    /// applied. Trusted together with `ca_pem` when both are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// How long fetched keys are used before a refresh. Default: the
     /// response's `Cache-Control: max-age`, bounded to 30 s – 24 h, or 5
     /// minutes without one.
@@ -282,6 +294,8 @@ impl JwksConfig {
         Self {
             inline: None,
             uri: (!uri.is_empty()).then(|| uri.to_owned()),
+            ca_pem: None,
+            ca_file: None,
             cache_duration: None,
             fetch_timeout: default_fetch_timeout(),
             min_refetch_interval: default_refetch_interval(),
@@ -450,7 +464,9 @@ mod tests {
         let mut provider = ProviderConfig::new("idp", "https://idp", &["users"], None);
         provider.jwks = Some(JwksConfig {
             inline: Some(serde_json::json!({ "keys": [] })),
-            uri: Some("http://idp/jwks".into()),
+            uri: Some("https://idp/jwks".into()),
+            ca_pem: Some("-----BEGIN CERTIFICATE-----".into()),
+            ca_file: Some("/etc/weft/idp-ca.pem".into()),
             cache_duration: Some(Duration::from_secs(60)),
             ..JwksConfig::uri("")
         });

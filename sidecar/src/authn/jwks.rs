@@ -3,6 +3,11 @@
 //! per `min_refetch_interval`) when a token names a key the set lacks, and
 //! kept as it is when a fetch fails.
 //!
+//! An `https://` URL is fetched over TLS with the provider's `JwksTls`
+//! (built when the policy was compiled); a certificate the client does not
+//! accept fails the fetch like any other error, and nothing falls back to
+//! plain http.
+//!
 //! One task per URL does every fetch, so fetches never overlap. Requests
 //! read the current set with one atomic load (`ArcSwapOption`); a request
 //! that needs a refetch waits for the task's next completed fetch through a
@@ -18,9 +23,11 @@ use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, HOST, HeaderMap, USER_
 use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::jwks_tls::JwksTls;
 use super::keys::KeySet;
 use crate::table::EndpointAddr;
 use crate::upstream::{Connector, Dns};
@@ -45,6 +52,8 @@ const RETRY_FLOOR: Duration = Duration::from_millis(250);
 pub(crate) struct RemoteSettings {
     pub uri: Uri,
     pub addr: EndpointAddr,
+    /// For an `https://` URI; `None` for `http://`.
+    pub tls: Option<Arc<JwksTls>>,
     pub cache_duration: Option<Duration>,
     pub fetch_timeout: Duration,
     pub min_refetch_interval: Duration,
@@ -53,6 +62,7 @@ pub(crate) struct RemoteSettings {
 impl PartialEq for RemoteSettings {
     fn eq(&self, other: &Self) -> bool {
         self.uri == other.uri
+            && self.tls == other.tls
             && self.cache_duration == other.cache_duration
             && self.fetch_timeout == other.fetch_timeout
             && self.min_refetch_interval == other.min_refetch_interval
@@ -107,6 +117,7 @@ impl RemoteJwks {
             wake: self.wake.clone(),
             alive: self.alive.clone(),
             connector: Connector::new(self.settings.addr.clone(), self.settings.fetch_timeout, dns),
+            tls: self.settings.tls.clone(),
             uri: self.settings.uri.clone(),
             timeout: self.settings.fetch_timeout,
         };
@@ -154,6 +165,7 @@ struct FetchTask {
     wake: Arc<Notify>,
     alive: watch::Receiver<()>,
     connector: Connector,
+    tls: Option<Arc<JwksTls>>,
     uri: Uri,
     timeout: Duration,
 }
@@ -211,9 +223,20 @@ impl FetchTask {
     }
 
     /// One GET on a fresh connection (fetches are minutes apart: nothing to
-    /// pool). Returns the body and the response's `max-age`.
+    /// pool), over TLS for an `https://` URI. Returns the body and the
+    /// response's `max-age`.
     async fn fetch(&self) -> Result<(Bytes, Option<Duration>), String> {
-        let stream = self.connector.connect().await.map_err(|e| e.to_string())?;
+        let tcp = self.connector.connect().await.map_err(|e| e.to_string())?;
+        match &self.tls {
+            None => self.get(tcp).await,
+            Some(tls) => self.get(tls.handshake(tcp).await?).await,
+        }
+    }
+
+    async fn get<S>(&self, stream: S) -> Result<(Bytes, Option<Duration>), String>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
@@ -294,6 +317,9 @@ fn max_age(headers: &HeaderMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::super::jwks_tls::test_ca::TestCa;
     use super::*;
 
     fn headers(values: &[&str]) -> HeaderMap {
@@ -323,6 +349,7 @@ mod tests {
         RemoteJwks::new(RemoteSettings {
             uri: Uri::from_static("http://127.0.0.1:9/jwks"),
             addr: EndpointAddr::Ip(([127, 0, 0, 1], 9).into()),
+            tls: None,
             cache_duration: None,
             fetch_timeout: Duration::from_secs(2),
             min_refetch_interval: interval,
@@ -362,6 +389,115 @@ mod tests {
         assert!(waiter.await.unwrap());
         // Joining did not use up the rate limit.
         assert!(jwks.last_on_demand.lock().unwrap().is_none());
+    }
+
+    /// A JWKS endpoint over TLS on loopback, with the certificate of
+    /// `server`; counts the requests it answers (none when no handshake
+    /// succeeds).
+    async fn https_jwks(
+        server: Arc<rustls::ServerConfig>,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counter = answered.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                let service = hyper::service::service_fn(move |_| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let body =
+                        r#"{ "keys": [ { "kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB" } ] }"#;
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(body.as_bytes())),
+                        ))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service),
+                );
+            }
+        });
+        (addr, answered)
+    }
+
+    fn over_https(addr: std::net::SocketAddr, tls: JwksTls) -> RemoteSettings {
+        RemoteSettings {
+            uri: format!("https://127.0.0.1:{}/jwks", addr.port())
+                .parse()
+                .unwrap(),
+            addr: EndpointAddr::Ip(addr),
+            tls: Some(Arc::new(tls)),
+            cache_duration: None,
+            fetch_timeout: Duration::from_secs(2),
+            min_refetch_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// One fetch as the task makes it, for its error.
+    async fn fetch_once(settings: RemoteSettings) -> Result<(Bytes, Option<Duration>), String> {
+        let task = FetchTask {
+            jwks: Weak::new(),
+            wake: Arc::new(Notify::new()),
+            alive: watch::channel(()).1,
+            connector: Connector::new(
+                settings.addr.clone(),
+                settings.fetch_timeout,
+                Dns::default(),
+            ),
+            tls: settings.tls.clone(),
+            uri: settings.uri.clone(),
+            timeout: settings.fetch_timeout,
+        };
+        task.fetch().await
+    }
+
+    #[tokio::test]
+    async fn keys_are_fetched_over_https_from_a_server_the_providers_ca_vouches_for() {
+        let ca = TestCa::new("idp");
+        let (addr, answered) = https_jwks(ca.server(&["127.0.0.1"])).await;
+        let tls = JwksTls::new("127.0.0.1", ca.trusted()).unwrap();
+        let jwks = RemoteJwks::new(over_https(addr, tls));
+        jwks.start(Dns::default());
+        assert!(jwks.refetch().await, "a fetch completed");
+        assert_eq!(jwks.current().map(|k| k.len()), Some(1));
+        assert!(answered.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_the_client_does_not_trust_gets_no_request() {
+        let ca = TestCa::new("idp");
+        let stranger = TestCa::new("stranger");
+        let (addr, answered) = https_jwks(stranger.server(&["127.0.0.1"])).await;
+        let untrusted = over_https(addr, JwksTls::new("127.0.0.1", ca.trusted()).unwrap());
+        let reason = fetch_once(untrusted.clone())
+            .await
+            .err()
+            .unwrap_or_default();
+        assert!(reason.contains("certificate is not trusted"), "{reason}");
+
+        let (addr, misnamed_answered) = https_jwks(ca.server(&["idp.example.com"])).await;
+        let misnamed = over_https(addr, JwksTls::new("127.0.0.1", ca.trusted()).unwrap());
+        let reason = fetch_once(misnamed).await.err().unwrap_or_default();
+        assert!(reason.contains("not valid for `127.0.0.1`"), "{reason}");
+
+        // Through the task: the fetch completes as a failure, no keys.
+        let jwks = RemoteJwks::new(untrusted);
+        jwks.start(Dns::default());
+        assert!(jwks.refetch().await);
+        assert!(jwks.current().is_none());
+        assert_eq!(
+            answered.load(Ordering::SeqCst),
+            0,
+            "nothing sent unverified"
+        );
+        assert_eq!(misnamed_answered.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

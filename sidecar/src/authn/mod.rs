@@ -14,7 +14,8 @@
 //! * `authenticator` — the verification core and header rewriting.
 //! * `provider` — verifying one token against one provider.
 //! * `token` — finding the token (header, cookie, query parameter).
-//! * `keys` — a parsed JWKS; `jwks` — fetching, caching and refreshing one.
+//! * `keys` — a parsed JWKS; `jwks` — fetching, caching and refreshing one;
+//!   `jwks_tls` — the verified TLS client of an `https://` JWKS URL.
 //! * `rules` — per-path requirements and roles.
 //! * `claims` — verified claims and claim headers.
 //! * `error` — config errors, denials, and the denial response.
@@ -26,6 +27,7 @@ mod compile;
 pub mod config;
 mod error;
 mod jwks;
+mod jwks_tls;
 mod keys;
 mod layer;
 mod provider;
