@@ -55,6 +55,9 @@ pub mod files {
     pub const BUNDLE: &str = "bundle.pem";
     /// The trust domain, one line.
     pub const TRUST_DOMAIN: &str = "trust-domain";
+    /// The signing root cross-signed by the root(s) it replaced
+    /// (`weftctl ca rotate`); absent when there was no rotation.
+    pub const CROSS_SIGNED: &str = "cross-signed.pem";
 }
 
 /// A signing CA: certificate, key, the chain sent with each leaf, and the
@@ -67,6 +70,12 @@ pub struct Ca {
     /// Certificates sent after each leaf: empty for a root (peers hold it in
     /// their bundle); the intermediate and its own issuers otherwise.
     chain: Vec<CertificateDer<'static>>,
+    /// After a rotation: the signing root cross-signed by the root it
+    /// replaced, sent after each leaf. A peer that does not have the new
+    /// root yet then still verifies the leaf through the old root, so a
+    /// sidecar renewing right after a rotation is never refused by one that
+    /// has not received the new bundle.
+    cross_signed: Vec<CertificateDer<'static>>,
     bundle: TrustBundle,
 }
 
@@ -75,29 +84,7 @@ impl Ca {
     /// bundle holds just itself.
     pub fn generate_root(trust_domain: &TrustDomain, ttl: Duration) -> Result<Ca, Error> {
         let key = generate_key("generating the root key")?;
-        let serial = random_serial();
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::OrganizationName, "Weft");
-        // Two roots coexist during a rotation: a distinct name per root keeps
-        // path building and operators' eyes from mixing them up.
-        name.push(
-            DnType::CommonName,
-            format!("Weft root CA {}", &x509::hex(&serial.to_bytes())[..8]),
-        );
-        params.distinguished_name = name;
-        params.serial_number = Some(serial);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.subject_alt_names = vec![uri_san(&trust_domain.id())?];
-        let now = SystemTime::now();
-        params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + ttl).into();
-        let certificate = params
+        let certificate = root_params(trust_domain, ttl)?
             .self_signed(&key)
             .map_err(|error| Error::signing("self-signing the root", error))?;
         let certificate = certificate.der().clone();
@@ -192,6 +179,7 @@ impl Ca {
             not_after,
             issuer,
             chain,
+            cross_signed: Vec::new(),
             bundle,
         })
     }
@@ -279,7 +267,7 @@ impl Ca {
             .signed_by(&public_key, &self.issuer)
             .map_err(|error| Error::signing(format!("signing a leaf for {identity}"), error))?;
         let mut pem = x509::to_pem("CERTIFICATE", leaf.der());
-        for certificate in &self.chain {
+        for certificate in self.chain.iter().chain(&self.cross_signed) {
             pem.push_str(&x509::to_pem("CERTIFICATE", certificate));
         }
         Ok(pem)
@@ -287,8 +275,12 @@ impl Ca {
 
     /// A new root for the same trust domain that becomes the signing CA,
     /// with a bundle holding the old roots *and* the new one, so leaves of
-    /// either verify until the operator drops the old root. An intermediate
-    /// cannot rotate itself: its root belongs to the operator.
+    /// either verify until the operator drops the old root. The new root is
+    /// also cross-signed by the current one, and that certificate goes out
+    /// with every new leaf: a peer still holding only the old bundle (the
+    /// push has not reached it yet, or it was disconnected) verifies new
+    /// leaves through the old root, as Consul's CA does on rotation. An
+    /// intermediate cannot rotate itself: its root belongs to the operator.
     pub fn rotate_root(&self, ttl: Duration) -> Result<Ca, Error> {
         if self.is_intermediate() {
             return Err(Error::certificate(
@@ -296,11 +288,36 @@ impl Ca {
                 "this CA is an intermediate of an operator root: ask the operator for a new intermediate instead",
             ));
         }
-        let mut next = Ca::generate_root(&self.trust_domain, ttl)?;
+        let key = generate_key("generating the new root key")?;
+        let mut params = root_params(&self.trust_domain, ttl)?;
+        let root = params
+            .self_signed(&key)
+            .map_err(|error| Error::signing("self-signing the new root", error))?
+            .der()
+            .clone();
+        // Same name and key, issued by the current root; never outliving it.
+        params.serial_number = Some(random_serial());
+        params.not_after = (SystemTime::now() + ttl).min(self.not_after).into();
+        params.use_authority_key_identifier_extension = true;
+        let cross_signed = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|error| Error::signing("cross-signing the new root by the old one", error))?
+            .der()
+            .clone();
         let mut bundle = self.bundle.clone();
-        bundle.add(next.certificate.clone())?;
-        next.bundle = bundle;
+        bundle.add(root.clone())?;
+        let mut next = Ca::assemble(self.trust_domain.clone(), root, key, Vec::new(), bundle)?;
+        // Only the newest: cross-signatures do not chain (every root is
+        // path-length 0), and a peer missing two rotations in a row has
+        // missed far more than a root.
+        next.cross_signed = vec![cross_signed];
         Ok(next)
+    }
+
+    /// The cross-signed certificates sent after each leaf (see
+    /// [`Ca::rotate_root`]); empty before any rotation.
+    pub fn cross_signed(&self) -> &[CertificateDer<'static>] {
+        &self.cross_signed
     }
 
     /// Writes the CA into `dir` (created if missing) and returns the paths
@@ -335,6 +352,29 @@ impl Ca {
             write_atomically(&path, contents.as_bytes(), secret)?;
             written.push(path);
         }
+        let cross_signed = dir.join(files::CROSS_SIGNED);
+        if self.cross_signed.is_empty() {
+            // A CA made anew over an old directory must not send the old
+            // CA's cross-signatures.
+            match fs::remove_file(&cross_signed) {
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io {
+                        path: cross_signed,
+                        action: "remove the previous CA's cross-signed certificates",
+                        source,
+                    });
+                }
+                _ => {}
+            }
+        } else {
+            let pem: String = self
+                .cross_signed
+                .iter()
+                .map(|certificate| x509::to_pem("CERTIFICATE", certificate))
+                .collect();
+            write_atomically(&cross_signed, pem.as_bytes(), false)?;
+            written.push(cross_signed);
+        }
         Ok(written)
     }
 
@@ -365,7 +405,20 @@ impl Ca {
         } else {
             certificates.clone()
         };
-        Ca::assemble(trust_domain, certificates[0].clone(), key, chain, bundle)
+        let mut ca = Ca::assemble(trust_domain, certificates[0].clone(), key, chain, bundle)?;
+        let cross_signed_path = dir.join(files::CROSS_SIGNED);
+        if root && cross_signed_path.exists() {
+            let what = cross_signed_path.display().to_string();
+            let cross_signed = x509::certificates_from_pem(&what, &read(files::CROSS_SIGNED)?)?;
+            // Only what still leads to a root peers trust is worth sending:
+            // once the operator drops an old root from the bundle, its
+            // cross-signature is dead weight.
+            ca.cross_signed = cross_signed
+                .into_iter()
+                .filter(|certificate| signed_by_a_root(certificate, &ca.bundle))
+                .collect();
+        }
+        Ok(ca)
     }
 }
 
@@ -379,6 +432,35 @@ impl fmt::Debug for Ca {
             .field("bundle", &self.bundle)
             .finish_non_exhaustive()
     }
+}
+
+/// A root certificate's parameters: a distinct name per root (two coexist
+/// during a rotation), CA for leaves only (path length 0), the trust
+/// domain's SPIFFE ID, valid from a little in the past for `ttl`.
+fn root_params(trust_domain: &TrustDomain, ttl: Duration) -> Result<CertificateParams, Error> {
+    let serial = random_serial();
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Weft");
+    // Two roots coexist during a rotation: a distinct name per root keeps
+    // path building and operators' eyes from mixing them up.
+    name.push(
+        DnType::CommonName,
+        format!("Weft root CA {}", &x509::hex(&serial.to_bytes())[..8]),
+    );
+    params.distinguished_name = name;
+    params.serial_number = Some(serial);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.subject_alt_names = vec![uri_san(&trust_domain.id())?];
+    let now = SystemTime::now();
+    params.not_before = (now - CLOCK_SKEW).into();
+    params.not_after = (now + ttl).into();
+    Ok(params)
 }
 
 /// A positive 128-bit serial: random, so that re-signing the same key
@@ -451,11 +533,7 @@ fn check_chain_reaches_bundle(
     bundle: &TrustBundle,
 ) -> Result<(), Error> {
     let last = x509::parse("intermediate chain", &chain[chain.len() - 1])?;
-    let signed_by_a_root = bundle.roots().iter().any(|root| {
-        x509::parse("root", root)
-            .is_ok_and(|root| last.verify_signature(Some(root.public_key())).is_ok())
-    });
-    if signed_by_a_root {
+    if signed_by_a_root(&chain[chain.len() - 1], bundle) {
         Ok(())
     } else {
         Err(Error::certificate(
@@ -466,6 +544,20 @@ fn check_chain_reaches_bundle(
             ),
         ))
     }
+}
+
+/// Whether one of the bundle's roots signed `certificate`.
+fn signed_by_a_root(certificate: &CertificateDer<'_>, bundle: &TrustBundle) -> bool {
+    let Ok(certificate) = x509::parse("certificate", certificate) else {
+        return false;
+    };
+    bundle.roots().iter().any(|root| {
+        x509::parse("root", root).is_ok_and(|root| {
+            certificate
+                .verify_signature(Some(root.public_key()))
+                .is_ok()
+        })
+    })
 }
 
 /// The CSR's public key, once its self-signature verifies.

@@ -83,3 +83,43 @@ fn a_directory_whose_key_belongs_to_another_ca_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&other).unwrap();
 }
+
+#[test]
+fn a_rotated_ca_keeps_its_cross_signature_on_disk_until_the_old_root_leaves_the_bundle() {
+    let dir = scratch_dir("rotate");
+    let trust_domain = "mesh.test".parse().unwrap();
+    let old = Ca::generate_root(&trust_domain, Duration::from_secs(3600)).unwrap();
+    old.save(&dir).unwrap();
+    assert!(!dir.join(files::CROSS_SIGNED).exists());
+
+    let rotated = Ca::load(&dir)
+        .unwrap()
+        .rotate_root(Duration::from_secs(3600))
+        .unwrap();
+    rotated.save(&dir).unwrap();
+    let loaded = Ca::load(&dir).unwrap();
+    assert_eq!(loaded.cross_signed(), rotated.cross_signed());
+    assert_eq!(loaded.cross_signed().len(), 1);
+
+    // Every new leaf goes out with it: leaf, then the cross-signed root.
+    let identity: SpiffeId = "spiffe://mesh.test/ns/default/svc/users".parse().unwrap();
+    let csr = LeafKey::generate().unwrap().csr_pem(&identity).unwrap();
+    let chain = loaded
+        .sign_csr(csr.as_bytes(), &identity, weft_certs::DEFAULT_LEAF_TTL)
+        .unwrap();
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+
+    // The operator drops the old root: its cross-signature is no longer sent.
+    let mut new_root_only = loaded.bundle().clone();
+    assert!(new_root_only.remove(old.certificate()));
+    std::fs::write(dir.join(files::BUNDLE), new_root_only.to_pem()).unwrap();
+    assert!(Ca::load(&dir).unwrap().cross_signed().is_empty());
+
+    // `ca init --force` over the directory leaves no stale cross-signature.
+    Ca::generate_root(&trust_domain, Duration::from_secs(3600))
+        .unwrap()
+        .save(&dir)
+        .unwrap();
+    assert!(!dir.join(files::CROSS_SIGNED).exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

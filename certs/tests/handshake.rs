@@ -394,6 +394,53 @@ async fn during_a_root_rotation_both_roots_verify_until_the_old_one_is_removed()
 }
 
 #[tokio::test]
+async fn a_leaf_of_the_rotated_root_verifies_at_peers_still_holding_only_the_old_root() {
+    // The window a pushed bundle cannot close by itself: a sidecar renews
+    // right after `weftctl ca rotate`, before a peer has the new root (or
+    // while that peer is cut off from the agent). The cross-signature sent
+    // with the leaf carries it to the old root.
+    let old_ca = new_ca();
+    let new_ca = old_ca.rotate_root(24 * HOUR).unwrap();
+    assert_eq!(new_ca.cross_signed().len(), 1);
+    let old_bundle_only = old_ca.bundle().clone();
+    let with = |ca: &Ca, service: &str, bundle: &TrustBundle| {
+        let (chain, key) = issue(ca, &id(service));
+        IdentityStore::new(&chain, &key, bundle.clone()).unwrap()
+    };
+
+    // A renewed client, a server that has not heard of the new root.
+    let users = with(&old_ca, "users", &old_bundle_only);
+    let mut server = Server::start(&users).await;
+    let renewed_web = with(&new_ca, "web", new_ca.bundle());
+    let mut stream = connect(&renewed_web, &id("users"), server.addr)
+        .await
+        .unwrap();
+    round_trip(&mut stream, b"hello").await.unwrap();
+    assert_eq!(server.next().await.unwrap(), Some(id("web")));
+
+    // A renewed server, a client that has not heard of the new root.
+    let renewed_users = with(&new_ca, "users", new_ca.bundle());
+    let mut server = Server::start(&renewed_users).await;
+    let old_web = with(&old_ca, "web", &old_bundle_only);
+    let mut stream = connect(&old_web, &id("users"), server.addr).await.unwrap();
+    round_trip(&mut stream, b"hello").await.unwrap();
+    assert_eq!(server.next().await.unwrap(), Some(id("web")));
+    assert_eq!(server_leaf(&stream).identity(), &id("users"));
+
+    // A second rotation replaces the cross-signature: the newest root is
+    // vouched for by the one before it.
+    let newest_ca = new_ca.rotate_root(24 * HOUR).unwrap();
+    assert_eq!(newest_ca.cross_signed().len(), 1);
+    let newest_web = with(&newest_ca, "web", newest_ca.bundle());
+    let mut server = Server::start(&renewed_users).await;
+    let mut stream = connect(&newest_web, &id("users"), server.addr)
+        .await
+        .unwrap();
+    round_trip(&mut stream, b"hello").await.unwrap();
+    assert_eq!(server.next().await.unwrap(), Some(id("web")));
+}
+
+#[tokio::test]
 async fn a_new_leaf_serves_new_handshakes_while_open_connections_carry_on() {
     let ca = new_ca();
     let users = store(&ca, "users");

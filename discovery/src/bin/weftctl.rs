@@ -339,6 +339,9 @@ fn ca_rotate(dir: &Path, ttl: Duration) -> anyhow::Result<ExitCode> {
     );
     print_written(&written);
     println!(
+        "  new leaves carry the new root cross-signed by the previous one, so peers that still trust only the previous root accept them"
+    );
+    println!(
         "next: distribute {} to every sidecar and let leaves renew from the new root; remove the old root from the bundle only after that",
         ca_files::BUNDLE
     );
