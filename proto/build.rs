@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/weft/discovery/v1/ads.proto",
         "proto/weft/config/v1/cluster.proto",
+        "proto/weft/config/v1/breaker.proto",
         "proto/weft/config/v1/endpoint.proto",
         "proto/weft/config/v1/route.proto",
         "proto/weft/config/v1/trust.proto",

@@ -87,6 +87,7 @@ pub fn readiness(state: &AdminState) -> (bool, String) {
 }
 
 fn cluster_json(c: &Cluster, direction: &str) -> Value {
+    let now = tokio::time::Instant::now();
     json!({
         "name": &*c.name,
         "direction": direction,
@@ -94,6 +95,9 @@ fn cluster_json(c: &Cluster, direction: &str) -> Value {
         "max_requests": c.settings.max_requests,
         "in_flight": c.shared.in_flight.load(Ordering::Relaxed),
         "overflows_total": c.shared.overflows.load(Ordering::Relaxed),
+        "retries_in_flight": c.shared.retries.in_flight.load(Ordering::Relaxed),
+        "retry_overflows_total": c.shared.retries.overflows.load(Ordering::Relaxed),
+        "breaker": breaker_json(c, now),
         "endpoints": c.endpoints.iter().map(|e| json!({
             "address": e.addr.to_string(),
             "health": e.health.as_str(),
@@ -104,7 +108,29 @@ fn cluster_json(c: &Cluster, direction: &str) -> Value {
             "in_flight": e.stats.in_flight.load(Ordering::Relaxed),
             "requests_total": e.stats.requests.load(Ordering::Relaxed),
             "failures_total": e.stats.failures.load(Ordering::Relaxed),
+            "ejected_for_ms": e.stats.outlier.ejected_for(now).map(|d| d.as_millis() as u64),
+            "times_ejected": e.stats.outlier.times_ejected(),
+            "ejections_total": e.stats.outlier.ejections_total.load(Ordering::Relaxed),
         })).collect::<Vec<_>>(),
+    })
+}
+
+/// The breaker's state and counters; `null` for a cluster without one.
+fn breaker_json(c: &Cluster, now: tokio::time::Instant) -> Value {
+    let Some(settings) = &c.settings.breaker else {
+        return Value::Null;
+    };
+    let b = &c.shared.breaker;
+    let (requests, failures) = b.window_counts(settings, now);
+    json!({
+        "state": b.state().as_str(),
+        "open_remaining_ms": b.open_remaining(now).map(|d| d.as_millis() as u64),
+        "window_requests": requests,
+        "window_failures": failures,
+        "opened_total": b.opened_total.load(Ordering::Relaxed),
+        "half_opened_total": b.half_opened_total.load(Ordering::Relaxed),
+        "closed_total": b.closed_total.load(Ordering::Relaxed),
+        "rejected_total": b.rejected_total.load(Ordering::Relaxed),
     })
 }
 

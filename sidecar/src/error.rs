@@ -32,8 +32,12 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// No response headers within the route/cluster timeout. 504.
     Timeout,
-    /// The cluster's `max_requests` are all in flight. 503.
+    /// A concurrency threshold of the cluster is reached (which one:
+    /// `x-weft-overflow`). 503.
     Overflow,
+    /// The cluster's circuit breaker is open (or half-open with its probes
+    /// taken). 503.
+    CircuitOpen,
     /// The downstream request cannot be proxied (no authority, bad URI...). 400.
     BadRequest,
     /// The service's policy does not let this caller make this request
@@ -73,7 +77,7 @@ impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoHealthyEndpoint | Self::ConnectFailed | Self::Overflow => {
+            Self::NoHealthyEndpoint | Self::ConnectFailed | Self::Overflow | Self::CircuitOpen => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UpstreamReset | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
@@ -95,6 +99,7 @@ impl ErrorKind {
             Self::UpstreamProtocol => "upstream-protocol-error",
             Self::Timeout => "timeout",
             Self::Overflow => "overflow",
+            Self::CircuitOpen => "circuit-open",
             Self::BadRequest => "bad-request",
             Self::Denied => "denied",
             Self::Unsupported => "unsupported",
@@ -111,6 +116,7 @@ impl ErrorKind {
             Self::NoRoute
             | Self::NoHealthyEndpoint
             | Self::Overflow
+            | Self::CircuitOpen
             | Self::Internal
             | Self::Unsupported => ErrorSource::Internal,
         }
@@ -133,6 +139,9 @@ pub struct ProxyError {
     /// A short human reason, sent as the response body (one line).
     pub reason: Box<str>,
     pub cause: Option<BoxError>,
+    /// Headers the response carries besides `x-weft-error` (e.g.
+    /// `x-weft-overflow`).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl ProxyError {
@@ -141,7 +150,13 @@ impl ProxyError {
             kind,
             reason: reason.into(),
             cause: None,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn with_cause(mut self, cause: impl Into<BoxError>) -> Self {
@@ -159,7 +174,11 @@ impl ProxyError {
 
     /// The synthetic response: status, `x-weft-error`, a one-line text body.
     pub fn to_response(&self) -> Response<ProxyBody> {
-        error_response(self.kind.status(), self.kind.code(), &self.reason)
+        let mut resp = error_response(self.kind.status(), self.kind.code(), &self.reason);
+        for (name, value) in &self.headers {
+            resp.headers_mut().append(name.clone(), value.clone());
+        }
+        resp
     }
 }
 
@@ -230,6 +249,7 @@ mod tests {
             (ErrorKind::UpstreamProtocol, 502, "upstream-protocol-error"),
             (ErrorKind::Timeout, 504, "timeout"),
             (ErrorKind::Overflow, 503, "overflow"),
+            (ErrorKind::CircuitOpen, 503, "circuit-open"),
             (ErrorKind::BadRequest, 400, "bad-request"),
             (ErrorKind::Denied, 403, "denied"),
             (ErrorKind::Unsupported, 501, "unsupported"),

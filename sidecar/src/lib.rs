@@ -21,6 +21,7 @@ pub mod admin;
 pub mod authn;
 pub mod authz;
 pub mod body;
+pub mod breaker;
 pub mod config;
 pub mod error;
 pub mod identity;

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
+use super::breaker::{Breaker, CircuitBreakers, OutlierDetection};
 use super::error::{FieldError, from_serde, join};
 use super::{DocumentKind, duration, schema};
 
@@ -45,6 +46,15 @@ pub struct DestinationDocument {
     pub protocol: Protocol,
     #[serde(default)]
     pub connection_pool: ConnectionPoolSettings,
+    /// Default: no limits beyond `connection_pool.max_requests`.
+    #[serde(default)]
+    pub circuit_breakers: CircuitBreakers,
+    /// Default: no breaker.
+    #[serde(default)]
+    pub breaker: Option<Breaker>,
+    /// Default: no ejection.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -104,6 +114,9 @@ impl Default for DestinationDocument {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             protocol: Protocol::default(),
             connection_pool: ConnectionPoolSettings::default(),
+            circuit_breakers: CircuitBreakers::default(),
+            breaker: None,
+            outlier_detection: None,
         }
     }
 }
@@ -142,7 +155,7 @@ pub(super) fn parse(key: &str, value: &Value) -> Result<DestinationDocument, Vec
 
 impl DestinationDocument {
     fn check(&self, key: &str) -> Vec<FieldError> {
-        [
+        let mut errors: Vec<FieldError> = [
             ("connect_timeout".to_string(), self.connect_timeout),
             ("request_timeout".to_string(), self.request_timeout),
             (
@@ -153,7 +166,14 @@ impl DestinationDocument {
         .into_iter()
         .filter(|(_, duration)| duration.is_zero())
         .map(|(field, _)| FieldError::new(key, field, "must be greater than 0"))
-        .collect()
+        .collect();
+        if let Some(breaker) = &self.breaker {
+            breaker.check(key, &mut errors);
+        }
+        if let Some(outlier) = &self.outlier_detection {
+            outlier.check(key, &mut errors);
+        }
+        errors
     }
 
     /// The cluster for calls to `service`, every field explicit (no
@@ -182,6 +202,12 @@ impl DestinationDocument {
             .into(),
             // Set by the snapshot builder when the mesh has a CA.
             identity: String::new(),
+            circuit_breakers: Some(self.circuit_breakers.to_proto()),
+            breaker: self.breaker.as_ref().map(Breaker::to_proto),
+            outlier_detection: self
+                .outlier_detection
+                .as_ref()
+                .map(OutlierDetection::to_proto),
         }
     }
 }

@@ -17,6 +17,7 @@
 //!
 //! The field-by-field reference is `docs/KV-SCHEMA.md`.
 
+mod breaker;
 mod destination;
 mod duration;
 mod error;
@@ -30,6 +31,7 @@ use serde_json::Value;
 
 use crate::model::RawDocument;
 
+pub use breaker::{Breaker, CircuitBreakers, Failure, OutlierDetection, Ratio};
 pub use destination::{
     ConnectionPoolSettings, DestinationDocument, LoadBalancer, Protocol, default_cluster,
 };

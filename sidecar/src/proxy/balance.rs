@@ -1,6 +1,8 @@
 //! Picks an endpoint of the request's cluster: weighted round robin or
 //! weighted least-request (power of two choices), over HEALTHY/UNKNOWN
-//! endpoints only. Counts the request against the endpoint until it ends.
+//! endpoints only, skipping the ones outlier ejection took out. Counts the
+//! request against the endpoint until it ends, and (with outlier detection
+//! on) tells the endpoint's ejection state how it ended.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +12,12 @@ use futures_util::future::{Either, Ready, ready};
 use rand::Rng;
 use tower::{Layer, Service};
 
+use tokio::time::Instant;
+
 use super::{ProxyRequest, ProxyResponse};
+use crate::breaker::Outcome;
+use crate::breaker::ejection::Verdict;
+use crate::breaker::outcome::{Observed, Observer};
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Cluster, Endpoint, EndpointStats, LbPolicy};
 
@@ -47,13 +54,98 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// A draw that lands on an ejected endpoint draws again, this many times,
+/// before the serving endpoints are scanned in order.
+const REDRAWS: usize = 3;
+
 pub fn pick(cluster: &Cluster) -> Option<&Arc<Endpoint>> {
-    match cluster.settings.lb {
+    let draw = || match cluster.settings.lb {
         LbPolicy::RoundRobin => cluster.pick_round_robin(),
         LbPolicy::LeastRequest => {
             let mut rng = rand::rng();
             cluster.pick_least_request(|n| rng.random_range(0..n))
         }
+    };
+    let first = draw()?;
+    if cluster.settings.outlier.is_none() || available(cluster, first) {
+        return Some(first);
+    }
+    (0..REDRAWS)
+        .filter_map(|_| draw())
+        .find(|e| available(cluster, e))
+        .or_else(|| cluster.serving.iter().find(|e| available(cluster, e)))
+}
+
+/// Not ejected; notes (and logs) an ejection that has just ended.
+fn available(cluster: &Cluster, endpoint: &Endpoint) -> bool {
+    let outlier = &endpoint.stats.outlier;
+    if outlier.is_ejected(Instant::now) {
+        return false;
+    }
+    if outlier.note_return(Instant::now()) {
+        tracing::info!(
+            cluster = %cluster.name,
+            endpoint = %endpoint.addr,
+            reason = "ejection time over",
+            "outlier endpoint returned to the balancer"
+        );
+    }
+    true
+}
+
+/// The request's endpoint, told how it ended.
+pub struct EndpointOutcome {
+    cluster: Arc<Cluster>,
+    endpoint: Arc<Endpoint>,
+}
+
+impl Observer for EndpointOutcome {
+    fn finished(self, outcome: Outcome) {
+        observe(&self.cluster, &self.endpoint, outcome);
+    }
+
+    /// Timeouts and cancellations say nothing about the endpoint.
+    fn abandoned(self) {}
+}
+
+/// Counts an outcome of `endpoint`; ejects it when it became an outlier
+/// and the cluster's ejection share allows.
+pub fn observe(cluster: &Cluster, endpoint: &Endpoint, outcome: Outcome) {
+    let Some(settings) = &cluster.settings.outlier else {
+        return;
+    };
+    let Verdict::Eject(reason) = endpoint.stats.outlier.observe(settings, outcome) else {
+        return;
+    };
+    let ejected_now = |now: Instant| {
+        cluster
+            .serving
+            .iter()
+            .filter(|e| e.stats.outlier.is_ejected(|| now))
+            .count()
+    };
+    match endpoint.stats.outlier.eject(
+        settings,
+        &cluster.shared.ejection_lock,
+        ejected_now,
+        cluster.serving.len(),
+        Instant::now(),
+    ) {
+        Ok(time) => tracing::info!(
+            cluster = %cluster.name,
+            endpoint = %endpoint.addr,
+            reason,
+            ejected_for = ?time,
+            times = endpoint.stats.outlier.times_ejected(),
+            "outlier endpoint ejected"
+        ),
+        Err(why) => tracing::info!(
+            cluster = %cluster.name,
+            endpoint = %endpoint.addr,
+            reason,
+            not_ejected = why,
+            "outlier endpoint kept"
+        ),
     }
 }
 
@@ -63,7 +155,8 @@ where
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
-    type Future = Either<Ready<Result<ProxyResponse, ProxyError>>, S::Future>;
+    type Future =
+        Either<Ready<Result<ProxyResponse, ProxyError>>, Observed<S::Future, EndpointOutcome>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -81,14 +174,18 @@ where
             return Either::Left(ready(Err(ProxyError::new(
                 ErrorKind::NoHealthyEndpoint,
                 format!(
-                    "cluster {} has no healthy endpoint ({total} known, none HEALTHY or UNKNOWN)",
+                    "cluster {} has no healthy endpoint ({total} known, none HEALTHY or UNKNOWN and not ejected)",
                     cluster.name
                 ),
             ))));
         };
         let endpoint = endpoint.clone();
+        let observed = cluster.settings.outlier.is_some().then(|| EndpointOutcome {
+            cluster: cluster.clone(),
+            endpoint: endpoint.clone(),
+        });
         req.ctx.endpoint_guard = Some(InFlightGuard::enter(&endpoint));
         req.ctx.endpoint = Some(endpoint);
-        Either::Right(self.inner.call(req))
+        Either::Right(Observed::new(self.inner.call(req), observed))
     }
 }

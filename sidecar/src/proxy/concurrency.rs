@@ -10,6 +10,7 @@ use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use super::{ProxyRequest, ProxyResponse};
+use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::cluster::ClusterShared;
 
@@ -73,12 +74,10 @@ where
                 req.ctx.cluster_guard = Some(guard);
                 Either::Right(self.inner.call(req))
             }
-            None => Either::Left(ready(Err(ProxyError::new(
-                ErrorKind::Overflow,
-                format!(
-                    "cluster {} already has {max} requests in flight (max_requests)",
-                    cluster.name
-                ),
+            None => Either::Left(ready(Err(Overflow::Requests.error(
+                &cluster.name,
+                max,
+                "connection_pool.max_requests",
             )))),
         }
     }

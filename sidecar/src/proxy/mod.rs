@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! outbound: server -> error_response -> request_id -> headers -> route -> split
-//!           -> rewrite -> timeout -> balance -> concurrency -> forward
+//!           -> rewrite -> timeout -> breaker -> balance (outlier ejection)
+//!           -> concurrency -> forward
 //! inbound:  server (mTLS) -> error_response -> tunnel (CONNECT: tcp::inbound)
 //!           -> upgrade (extended CONNECT: an HTTP/1.1 Upgrade) -> request_id -> headers -> jwt_authn -> authorize -> static_target
 //!           -> timeout -> balance -> concurrency -> forward
@@ -27,6 +28,7 @@
 //! rate limits, metrics, tracing) are new layers in these chains.
 
 pub mod balance;
+pub mod breaker;
 pub mod concurrency;
 pub mod error_response;
 pub mod forward;
@@ -183,6 +185,7 @@ pub fn outbound(table: Arc<ArcSwap<RoutingTable>>) -> impl HttpStack {
         .layer(split::SplitLayer)
         .layer(rewrite::RewriteLayer)
         .layer(timeout::TimeoutLayer)
+        .layer(breaker::BreakerLayer)
         .layer(balance::BalanceLayer)
         .layer(concurrency::ConcurrencyLimitLayer)
         .service(forward::Forward)

@@ -48,6 +48,12 @@ pub struct ClusterSettings {
     /// endpoints are reached over mTLS when set and this sidecar has an
     /// identity of its own.
     pub identity: Option<weft_certs::SpiffeId>,
+    /// Concurrency thresholds beside `max_requests` (circuit_breakers).
+    pub thresholds: crate::breaker::Thresholds,
+    /// The closed/open/half-open breaker; `None` = none.
+    pub breaker: Option<crate::breaker::BreakerSettings>,
+    /// Per-endpoint outlier ejection; `None` = none.
+    pub outlier: Option<crate::breaker::OutlierSettings>,
 }
 
 impl Default for ClusterSettings {
@@ -64,6 +70,9 @@ impl Default for ClusterSettings {
             protocol: Protocol::Auto,
             pool: PoolSettings::default(),
             identity: None,
+            thresholds: crate::breaker::Thresholds::default(),
+            breaker: None,
+            outlier: None,
         }
     }
 }
@@ -74,6 +83,12 @@ pub struct ClusterShared {
     pub rr_position: AtomicUsize,
     pub in_flight: AtomicUsize,
     pub overflows: AtomicU64,
+    /// Retries in flight (`circuit_breakers.max_retries`).
+    pub retries: crate::breaker::thresholds::RetryCounter,
+    /// The breaker's state: open stays open across unrelated updates.
+    pub breaker: crate::breaker::circuit::BreakerState,
+    /// Serialises ejection decisions (the max_ejection_percent check).
+    pub ejection_lock: crate::breaker::ejection::EjectionLock,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +96,8 @@ pub struct EndpointStats {
     pub in_flight: AtomicU64,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// Outlier ejection state: kept while the address stays in the set.
+    pub outlier: crate::breaker::ejection::EjectionState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

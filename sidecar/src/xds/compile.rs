@@ -53,7 +53,7 @@ impl Errors {
     }
 }
 
-fn duration(d: &prost_types::Duration) -> Result<Duration, String> {
+pub(crate) fn duration(d: &prost_types::Duration) -> Result<Duration, String> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(format!(
             "invalid duration {}s {}ns (must be non-negative)",
@@ -433,6 +433,7 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
             }
         }
     }
+    crate::breaker::compile::compile(c, &mut s, &mut errs);
     if errs.0.is_empty() {
         Ok(s)
     } else {
@@ -606,9 +607,17 @@ pub fn build_table(
                     .collect()
             })
             .unwrap_or_default();
-        let shared = old
-            .map(|c| c.shared.clone())
-            .unwrap_or_else(|| Arc::new(ClusterShared::default()));
+        let shared = match old {
+            Some(c) => {
+                // The breaker keeps its state unless its own settings
+                // changed (then its counts mean something else).
+                if c.settings.breaker != settings.breaker {
+                    c.shared.breaker.reset();
+                }
+                c.shared.clone()
+            }
+            None => Arc::new(ClusterShared::default()),
+        };
         let name: Arc<str> = name.as_str().into();
         out.insert(
             name.clone(),

@@ -1,0 +1,225 @@
+//! Cluster fields 12-14 (breaker.proto) into [`ClusterSettings`]: 0 or
+//! unset means the documented default, as elsewhere in cluster.proto.
+
+use std::time::Duration;
+
+use weft_proto::config::v1 as pb;
+
+use super::{BreakerSettings, FailureOn, OutlierSettings, Thresholds};
+use crate::table::ClusterSettings;
+use crate::xds::compile::{Errors, duration};
+
+pub(crate) fn compile(c: &pb::Cluster, s: &mut ClusterSettings, errs: &mut Errors) {
+    if let Some(t) = &c.circuit_breakers {
+        s.thresholds = Thresholds {
+            max_retries: (t.max_retries > 0).then_some(t.max_retries as usize),
+        };
+    }
+    if let Some(b) = &c.breaker {
+        s.breaker = Some(breaker(b, errs));
+    }
+    if let Some(o) = &c.outlier_detection {
+        s.outlier = Some(outlier(o, errs));
+    }
+}
+
+/// A set duration, or `default` when unset or zero.
+fn duration_or(
+    d: Option<&prost_types::Duration>,
+    default: Duration,
+    path: &str,
+    errs: &mut Errors,
+) -> Duration {
+    match d.map(duration) {
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Err(e)) => {
+            errs.at(path, e);
+            default
+        }
+        _ => default,
+    }
+}
+
+fn nonzero_or(v: u32, default: u32) -> u32 {
+    if v == 0 { default } else { v }
+}
+
+fn breaker(b: &pb::Breaker, errs: &mut Errors) -> BreakerSettings {
+    let d = BreakerSettings::default();
+    if !(0.0..=1.0).contains(&b.failure_ratio) {
+        errs.at(
+            "breaker.failure_ratio",
+            format!("{} is not a ratio between 0 and 1", b.failure_ratio),
+        );
+    }
+    let mut failure_on = if b.failure_on.is_empty() {
+        FailureOn::default()
+    } else {
+        FailureOn {
+            server_error: false,
+            gateway_error: false,
+            connect_failure: false,
+            timeout: false,
+            grpc_statuses: Vec::new(),
+        }
+    };
+    for (i, f) in b.failure_on.iter().enumerate() {
+        match pb::breaker::Failure::try_from(*f) {
+            Ok(pb::breaker::Failure::ServerError) => failure_on.server_error = true,
+            Ok(pb::breaker::Failure::GatewayError) => failure_on.gateway_error = true,
+            Ok(pb::breaker::Failure::ConnectFailure) => failure_on.connect_failure = true,
+            Ok(pb::breaker::Failure::Timeout) => failure_on.timeout = true,
+            Ok(pb::breaker::Failure::Unspecified) | Err(_) => {
+                errs.at(
+                    &format!("breaker.failure_on[{i}]"),
+                    format!("unknown value {f}"),
+                );
+            }
+        }
+    }
+    for (i, g) in b.grpc_statuses.iter().enumerate() {
+        if *g > 16 {
+            errs.at(
+                &format!("breaker.grpc_statuses[{i}]"),
+                format!("{g} is not a gRPC status (0-16)"),
+            );
+        }
+    }
+    failure_on.grpc_statuses = b.grpc_statuses.clone();
+    let consecutive_failures = b.consecutive_failures;
+    let failure_ratio = b.failure_ratio.clamp(0.0, 1.0);
+    if consecutive_failures == 0 && failure_ratio == 0.0 {
+        errs.at(
+            "breaker",
+            "sets neither consecutive_failures nor failure_ratio: it could never open",
+        );
+    }
+    BreakerSettings {
+        consecutive_failures,
+        failure_ratio,
+        window: duration_or(b.window.as_ref(), d.window, "breaker.window", errs),
+        min_requests: nonzero_or(b.min_requests, d.min_requests),
+        open_interval: duration_or(
+            b.open_interval.as_ref(),
+            d.open_interval,
+            "breaker.open_interval",
+            errs,
+        ),
+        max_open_interval: duration_or(
+            b.max_open_interval.as_ref(),
+            d.max_open_interval,
+            "breaker.max_open_interval",
+            errs,
+        ),
+        half_open_probes: nonzero_or(b.half_open_probes, d.half_open_probes),
+        failure_on,
+    }
+}
+
+fn outlier(o: &pb::OutlierDetection, errs: &mut Errors) -> OutlierSettings {
+    let d = OutlierSettings::default();
+    if o.max_ejection_percent > 100 {
+        errs.at(
+            "outlier_detection.max_ejection_percent",
+            format!("{} is over 100", o.max_ejection_percent),
+        );
+    }
+    if o.consecutive_5xx == 0 && o.consecutive_gateway_errors == 0 {
+        errs.at(
+            "outlier_detection",
+            "sets neither consecutive_5xx nor consecutive_gateway_errors: it could never eject",
+        );
+    }
+    OutlierSettings {
+        consecutive_5xx: o.consecutive_5xx,
+        consecutive_gateway_errors: o.consecutive_gateway_errors,
+        base_ejection_time: duration_or(
+            o.base_ejection_time.as_ref(),
+            d.base_ejection_time,
+            "outlier_detection.base_ejection_time",
+            errs,
+        ),
+        max_ejection_time: duration_or(
+            o.max_ejection_time.as_ref(),
+            d.max_ejection_time,
+            "outlier_detection.max_ejection_time",
+            errs,
+        ),
+        max_ejection_percent: o.max_ejection_percent.min(100),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(c: pb::Cluster) -> Result<ClusterSettings, Vec<String>> {
+        let mut s = ClusterSettings::default();
+        let mut errs = Errors(Vec::new());
+        compile(&c, &mut s, &mut errs);
+        if errs.0.is_empty() {
+            Ok(s)
+        } else {
+            Err(errs.0)
+        }
+    }
+
+    #[test]
+    fn absent_means_off_and_zeros_mean_defaults() {
+        let s = compiled(pb::Cluster::default()).unwrap();
+        assert!(s.breaker.is_none() && s.outlier.is_none());
+        assert_eq!(s.thresholds.max_retries, None);
+        let s = compiled(pb::Cluster {
+            breaker: Some(pb::Breaker {
+                consecutive_failures: 3,
+                ..Default::default()
+            }),
+            outlier_detection: Some(pb::OutlierDetection {
+                consecutive_5xx: 2,
+                max_ejection_percent: 50,
+                ..Default::default()
+            }),
+            circuit_breakers: Some(pb::CircuitBreakerThresholds { max_retries: 4 }),
+            ..Default::default()
+        })
+        .unwrap();
+        let b = s.breaker.unwrap();
+        assert_eq!(b.consecutive_failures, 3);
+        assert_eq!(b.open_interval, BreakerSettings::default().open_interval);
+        assert_eq!(b.failure_on, FailureOn::default());
+        assert_eq!(
+            s.outlier.unwrap().base_ejection_time,
+            Duration::from_secs(30)
+        );
+        assert_eq!(s.thresholds.max_retries, Some(4));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let errs = compiled(pb::Cluster {
+            breaker: Some(pb::Breaker {
+                failure_ratio: 1.5,
+                failure_on: vec![0, 9],
+                grpc_statuses: vec![17],
+                ..Default::default()
+            }),
+            outlier_detection: Some(pb::OutlierDetection {
+                max_ejection_percent: 101,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        let joined = errs.join("\n");
+        for field in [
+            "breaker.failure_ratio:",
+            "breaker.failure_on[0]:",
+            "breaker.failure_on[1]:",
+            "breaker.grpc_statuses[0]:",
+            "outlier_detection.max_ejection_percent:",
+            "outlier_detection:",
+        ] {
+            assert!(joined.contains(field), "{field} missing in {joined}");
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Circuit breaking for one destination, on the caller's side (Envoy's
+//! circuit breakers and outlier detection, Hystrix's breaker states):
+//!
+//! - [`thresholds`]: concurrency limits over which a request fails fast with
+//!   503 `overflow` and `x-weft-overflow: <which>` (the `requests` one is
+//!   `proxy::concurrency`; `retries` is a guard the retry layer takes);
+//! - [`circuit`]: the closed / open / half-open breaker of a cluster;
+//! - [`ejection`]: per-endpoint outlier ejection, read by the balancer;
+//! - [`outcome`]: what a finished request counts as.
+//!
+//! Settings are compiled from the Cluster ([`settings`]); the runtime state
+//! lives in `ClusterShared` / `EndpointStats`, which table rebuilds carry
+//! over, so a breaker stays open and an endpoint stays ejected across
+//! config updates. The hot path is atomics only; a short mutex is taken
+//! on state transitions.
+
+pub mod circuit;
+pub(crate) mod compile;
+pub mod ejection;
+pub mod outcome;
+pub mod settings;
+pub mod thresholds;
+
+pub use outcome::Outcome;
+pub use settings::{BreakerSettings, FailureOn, OutlierSettings, Thresholds};
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Milliseconds since `epoch`, plus one: 0 means "never" in the atomics
+/// that store these, and differences stay exact.
+fn millis_since(epoch: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX - 1) + 1
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

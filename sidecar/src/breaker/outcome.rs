@@ -1,0 +1,193 @@
+//! What a finished (or abandoned) request counts as, for the breaker and
+//! for outlier ejection.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::HeaderMap;
+
+use crate::error::{ErrorKind, ProxyError};
+
+use super::FailureOn;
+
+/// The result of one request, as far as resilience cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Response headers arrived; `grpc` is a `grpc-status` among them
+    /// (a trailers-only gRPC answer).
+    Response {
+        status: u16,
+        grpc: Option<u32>,
+    },
+    ConnectFailure,
+    /// Reset, closed or invalid HTTP before a response.
+    Reset,
+    /// No response headers in time.
+    Timeout,
+    /// Not the endpoint's doing (the sidecar's own limits, a bad request):
+    /// counts neither way.
+    Neutral,
+}
+
+impl Outcome {
+    pub fn of_response(status: http::StatusCode, headers: &HeaderMap) -> Self {
+        let grpc = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Self::Response {
+            status: status.as_u16(),
+            grpc,
+        }
+    }
+
+    pub fn of_error(e: &ProxyError) -> Self {
+        match e.kind {
+            ErrorKind::ConnectFailed => Self::ConnectFailure,
+            ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => Self::Reset,
+            ErrorKind::Timeout => Self::Timeout,
+            _ => Self::Neutral,
+        }
+    }
+
+    pub fn of_result(r: &Result<crate::proxy::ProxyResponse, ProxyError>) -> Self {
+        match r {
+            Ok(resp) => Self::of_response(resp.status(), resp.headers()),
+            Err(e) => Self::of_error(e),
+        }
+    }
+
+    /// Whether the breaker counts this as a failure.
+    pub fn is_failure(self, on: &FailureOn) -> bool {
+        match self {
+            Self::Response { status, grpc } => {
+                (on.server_error && status >= 500)
+                    || (on.gateway_error && matches!(status, 502..=504))
+                    || grpc.is_some_and(|g| on.grpc_statuses.contains(&g))
+            }
+            Self::ConnectFailure => on.connect_failure,
+            Self::Reset => on.server_error || on.gateway_error,
+            Self::Timeout => on.timeout,
+            Self::Neutral => false,
+        }
+    }
+
+    /// Whether the breaker counts this as a success (neutral outcomes and
+    /// failures it was not told to count are neither).
+    pub fn is_success(self) -> bool {
+        matches!(self, Self::Response { .. })
+    }
+
+    /// 5xx or nothing at all from the endpoint (outlier `consecutive_5xx`).
+    pub fn is_5xx(self) -> bool {
+        match self {
+            Self::Response { status, .. } => status >= 500,
+            Self::ConnectFailure | Self::Reset => true,
+            Self::Timeout | Self::Neutral => false,
+        }
+    }
+
+    /// 502/503/504 or nothing at all (outlier `consecutive_gateway_errors`).
+    pub fn is_gateway_error(self) -> bool {
+        match self {
+            Self::Response { status, .. } => matches!(status, 502..=504),
+            Self::ConnectFailure | Self::Reset => true,
+            Self::Timeout | Self::Neutral => false,
+        }
+    }
+}
+
+/// Told how a request ended: the breaker and outlier ejection.
+pub trait Observer {
+    fn finished(self, outcome: Outcome);
+    /// Dropped before it ended (a deadline above it, or the caller left).
+    fn abandoned(self);
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future that tells its observer how it ended, once.
+    pub struct Observed<F, O: Observer> {
+        #[pin]
+        inner: F,
+        observer: Option<O>,
+    }
+
+    impl<F, O: Observer> PinnedDrop for Observed<F, O> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(observer) = this.project().observer.take() {
+                observer.abandoned();
+            }
+        }
+    }
+}
+
+impl<F, O: Observer> Observed<F, O> {
+    pub fn new(inner: F, observer: Option<O>) -> Self {
+        Self { inner, observer }
+    }
+}
+
+impl<F, O> Future for Observed<F, O>
+where
+    F: Future<Output = Result<crate::proxy::ProxyResponse, ProxyError>>,
+    O: Observer,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Some(observer) = this.observer.take() {
+            observer.finished(Outcome::of_result(&result));
+        }
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(s: u16) -> Outcome {
+        Outcome::Response {
+            status: s,
+            grpc: None,
+        }
+    }
+
+    #[test]
+    fn what_counts_as_failure_follows_failure_on() {
+        let default = FailureOn::default();
+        assert!(status(500).is_failure(&default));
+        assert!(!status(404).is_failure(&default));
+        assert!(Outcome::Timeout.is_failure(&default));
+        assert!(Outcome::ConnectFailure.is_failure(&default));
+        assert!(!Outcome::Neutral.is_failure(&default));
+
+        let gateway_only = FailureOn {
+            server_error: false,
+            gateway_error: true,
+            connect_failure: false,
+            timeout: false,
+            grpc_statuses: vec![14],
+        };
+        assert!(!status(500).is_failure(&gateway_only));
+        assert!(status(503).is_failure(&gateway_only));
+        assert!(!Outcome::Timeout.is_failure(&gateway_only));
+        let unavailable = Outcome::Response {
+            status: 200,
+            grpc: Some(14),
+        };
+        assert!(unavailable.is_failure(&gateway_only));
+        assert!(unavailable.is_success());
+    }
+
+    #[test]
+    fn outlier_kinds() {
+        assert!(status(500).is_5xx() && !status(500).is_gateway_error());
+        assert!(status(503).is_gateway_error());
+        assert!(Outcome::Reset.is_gateway_error() && Outcome::ConnectFailure.is_5xx());
+        assert!(!Outcome::Timeout.is_5xx());
+    }
+}
