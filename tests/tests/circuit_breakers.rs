@@ -482,3 +482,57 @@ fn breaker_settings_apply_from_kv_within_1s_and_an_open_breaker_survives_unrelat
         Ok(())
     });
 }
+
+#[test]
+fn only_what_failure_on_names_counts_and_timeouts_do() {
+    run(|ctx| async move {
+        let (mesh, apps, client) = users_behind_client(
+            &ctx,
+            &["users-1"],
+            Some(json!({ "request_timeout": "200ms",
+                         "breaker": { "consecutive_failures": 2, "failure_on": ["timeout"],
+                                      "open_interval": "30s" } })),
+        )
+        .await?;
+        let (users, sidecar) = (&apps[0], &client.sidecar);
+        until_cluster(sidecar, "users", "the breaker is configured", |c| {
+            breaker_state(c) == "closed"
+        })
+        .await?;
+
+        // 500s are not timeouts: they pass and do not count.
+        users
+            .inject(&mesh.http, Fault::Status(500), Some(3))
+            .await?;
+        for _ in 0..3 {
+            let reply = get(&mesh.http, sidecar, "/").await?;
+            ensure!(reply.status == 500, "{}", reply.status);
+        }
+        let c = cluster(sidecar, "users").await?;
+        ensure!(breaker_state(&c) == "closed", "{c}");
+
+        // Two timeouts (504 from the sidecar) in a row open it.
+        users
+            .inject(&mesh.http, Fault::Delay(Duration::from_secs(1)), None)
+            .await?;
+        for _ in 0..2 {
+            let reply = get(&mesh.http, sidecar, "/").await?;
+            ensure!(
+                reply.status == 504 && reply.weft_error() == Some("timeout"),
+                "{} {:?}",
+                reply.status,
+                reply.weft_error()
+            );
+        }
+        let reply = get(&mesh.http, sidecar, "/").await?;
+        ensure!(
+            reply.status == 503 && reply.weft_error() == Some("circuit-open"),
+            "{} {:?}",
+            reply.status,
+            reply.weft_error()
+        );
+        let c = cluster(sidecar, "users").await?;
+        ensure!(breaker_state(&c) == "open", "{c}");
+        Ok(())
+    });
+}

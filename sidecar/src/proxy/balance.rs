@@ -189,3 +189,59 @@ where
         Either::Right(Observed::new(self.inner.call(req), observed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::OutlierSettings;
+    use crate::table::ClusterSettings;
+    use crate::table::cluster::{Health, test_endpoint};
+
+    fn cluster(lb: LbPolicy) -> Cluster {
+        let settings = ClusterSettings {
+            lb,
+            outlier: Some(OutlierSettings::default()),
+            ..ClusterSettings::default()
+        };
+        let endpoints = (1..=3)
+            .map(|p| test_endpoint(p, 1, Health::Healthy))
+            .collect();
+        Cluster::new("users".into(), settings, endpoints, Arc::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_endpoints_get_no_traffic_until_they_return() {
+        for lb in [LbPolicy::RoundRobin, LbPolicy::LeastRequest] {
+            let c = cluster(lb);
+            let out = &c.endpoints[1];
+            let five_503s = Outcome::Response {
+                status: 503,
+                grpc: None,
+            };
+            for _ in 0..5 {
+                observe(&c, out, five_503s);
+            }
+            assert_eq!(out.stats.outlier.ejections_total.load(Ordering::Relaxed), 1);
+            for _ in 0..100 {
+                assert!(!Arc::ptr_eq(pick(&c).unwrap(), out), "{lb:?}");
+            }
+            // A second failing endpoint is kept: 2 of 3 is over 50 %.
+            for _ in 0..5 {
+                observe(&c, &c.endpoints[0], five_503s);
+            }
+            assert_eq!(
+                c.endpoints[0]
+                    .stats
+                    .outlier
+                    .ejections_total
+                    .load(Ordering::Relaxed),
+                0
+            );
+            tokio::time::advance(OutlierSettings::default().base_ejection_time).await;
+            assert!(
+                (0..100).any(|_| Arc::ptr_eq(pick(&c).unwrap(), out)),
+                "{lb:?}"
+            );
+        }
+    }
+}

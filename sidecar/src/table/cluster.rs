@@ -295,30 +295,36 @@ fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// A loopback endpoint for unit tests.
+#[cfg(test)]
+pub(crate) fn test_endpoint(port: u16, weight: u32, health: Health) -> Arc<Endpoint> {
+    let addr = EndpointAddr::Ip(SocketAddr::from(([127, 0, 0, 1], port)));
+    Arc::new(Endpoint {
+        authority: addr
+            .to_string()
+            .parse()
+            .expect("a socket address is an authority"),
+        client: UpstreamClient::new(
+            addr.clone(),
+            PoolSettings::default(),
+            crate::upstream::Dns::default(),
+            None,
+        ),
+        addr,
+        health,
+        weight,
+        meshed: false,
+        instance_id: String::new(),
+        zone: String::new(),
+        stats: Arc::default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::Dns;
 
-    fn endpoint(port: u16, weight: u32, health: Health) -> Arc<Endpoint> {
-        let addr = EndpointAddr::Ip(SocketAddr::from(([127, 0, 0, 1], port)));
-        Arc::new(Endpoint {
-            authority: addr.to_string().parse().unwrap(),
-            client: UpstreamClient::new(
-                addr.clone(),
-                PoolSettings::default(),
-                Dns::default(),
-                None,
-            ),
-            addr,
-            health,
-            weight,
-            meshed: false,
-            instance_id: String::new(),
-            zone: String::new(),
-            stats: Arc::default(),
-        })
-    }
+    use test_endpoint as endpoint;
 
     fn port(e: &Endpoint) -> u16 {
         match e.addr {
