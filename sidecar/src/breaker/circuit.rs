@@ -207,8 +207,14 @@ impl BreakerState {
                         });
                     }
                     if took.is_ok() {
-                        // The state moved under us; give the slot back and look again.
-                        self.release_probe(generation);
+                        // The state moved under us: give back the slot we
+                        // took (whichever half-open it counted in; entering
+                        // half-open resets the count) and look again.
+                        let _ = self.probes_admitted.fetch_update(
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                            |n| n.checked_sub(1),
+                        );
                         continue;
                     }
                     self.rejected_total.fetch_add(1, Ordering::Relaxed);

@@ -101,6 +101,25 @@ pub fn cluster(c: &pb::Cluster) -> Value {
             "idle_timeout": dur(&p.idle_timeout),
         })),
         "protocol": proto,
+        "circuit_breakers": c.circuit_breakers.as_ref().map(|t| json!({ "max_retries": t.max_retries })),
+        "breaker": c.breaker.as_ref().map(|b| json!({
+            "consecutive_failures": b.consecutive_failures,
+            "failure_ratio": b.failure_ratio,
+            "window": dur(&b.window),
+            "min_requests": b.min_requests,
+            "open_interval": dur(&b.open_interval),
+            "max_open_interval": dur(&b.max_open_interval),
+            "half_open_probes": b.half_open_probes,
+            "failure_on": b.failure_on().map(|f| f.as_str_name()).collect::<Vec<_>>(),
+            "grpc_statuses": b.grpc_statuses,
+        })),
+        "outlier_detection": c.outlier_detection.as_ref().map(|o| json!({
+            "consecutive_5xx": o.consecutive_5xx,
+            "consecutive_gateway_errors": o.consecutive_gateway_errors,
+            "base_ejection_time": dur(&o.base_ejection_time),
+            "max_ejection_time": dur(&o.max_ejection_time),
+            "max_ejection_percent": o.max_ejection_percent,
+        })),
     })
 }
 
