@@ -560,6 +560,44 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_requests_keep_the_transitions_consistent() {
+        let s = BreakerSettings {
+            consecutive_failures: 2,
+            open_interval: Duration::from_millis(1),
+            max_open_interval: Duration::from_millis(2),
+            half_open_probes: 2,
+            ..BreakerSettings::default()
+        };
+        let b = BreakerState::default();
+        std::thread::scope(|scope| {
+            for t in 0..4u32 {
+                let (b, s) = (&b, &s);
+                scope.spawn(move || {
+                    for i in 0..20_000u32 {
+                        let outcome = if (i * 7 + t) % 3 == 0 { FAIL } else { OK };
+                        let now = Instant::now();
+                        if let Ok(admitted) = b.admit(s, "c", now) {
+                            b.record(s, "c", admitted, Some(outcome), now);
+                        }
+                    }
+                });
+            }
+        });
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (opened, half, closed) = (
+            load(&b.opened_total),
+            load(&b.half_opened_total),
+            load(&b.closed_total),
+        );
+        assert!(opened > 0 && closed > 0, "{opened} {half} {closed}");
+        // Every half-open followed an open, every close a half-open, and
+        // only the last episode may still be going.
+        assert!(half <= opened && opened <= half + 1, "{opened} {half}");
+        assert!(closed <= half, "{half} {closed}");
+        assert!(b.probes_admitted.load(Ordering::Relaxed) <= s.half_open_probes);
+    }
+
+    #[test]
     fn open_interval_doubles_up_to_the_cap() {
         let s = settings();
         let got: Vec<_> = (0..4).map(|n| open_interval(&s, n).as_secs()).collect();
