@@ -6,8 +6,9 @@
 //! - the breaker goes closed -> open -> half-open -> open (a failed probe,
 //!   with a doubled interval) -> half-open -> closed, at the configured
 //!   counts and times, as callers and `/clusters` see it;
-//! - an endpoint that keeps failing is ejected and returns after its
-//!   ejection time, and never more than `max_ejection_percent` are out;
+//! - an endpoint that keeps failing is ejected (and stays so across an
+//!   endpoint set change) and returns after its ejection time, and never
+//!   more than `max_ejection_percent` are out;
 //! - a KV change applies within 1 s with no restart, keeps an open
 //!   breaker open when it changes something else, and an invalid document
 //!   is rejected naming key, field and reason while the last good one serves.
@@ -302,7 +303,7 @@ fn ejected(c: &Value) -> Vec<String> {
 }
 
 #[test]
-fn a_failing_endpoint_is_ejected_and_returns_and_the_share_is_never_exceeded() {
+fn a_failing_endpoint_is_ejected_across_eds_updates_and_returns_and_the_share_is_never_exceeded() {
     run(|ctx| async move {
         let (mesh, apps, client) = users_behind_client(
             &ctx,
@@ -342,6 +343,18 @@ fn a_failing_endpoint_is_ejected_and_returns_and_the_share_is_never_exceeded() {
                 .any(|l| l.contains("outlier endpoint kept") && l.contains("max_ejection_percent")),
             "no line saying why the second failing endpoint stayed"
         );
+
+        // The endpoint set changes (a 4th instance): the ejection stays.
+        let _users_4 = mesh.plain_instance("users", "users-4").await?;
+        let c = until_cluster(sidecar, "users", "users-4 joins the endpoints", |c| {
+            c["endpoints"].as_array().is_some_and(|e| e.len() == 4)
+        })
+        .await?;
+        ensure!(
+            ejected(&c) == [out.clone()],
+            "the ejection did not survive the endpoint update: {c}"
+        );
+        ctx.measured("EDS update applied while ejected", ejected_at.elapsed());
 
         // Healed, the ejected endpoint gets traffic again after ~2 s.
         apps[0].clear_fault(&mesh.http).await?;
