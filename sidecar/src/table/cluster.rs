@@ -1,10 +1,11 @@
 //! Clusters and endpoints as the data path sees them.
 //!
 //! A [`Cluster`] is rebuilt whenever its Cluster or ClusterLoadAssignment
-//! changes, but the state requests mutate survives: the round-robin position
-//! and in-flight count live in [`ClusterShared`], and each endpoint's
-//! counters and connection pool in [`EndpointStats`] / the endpoint's
-//! client, all carried over by address from the previous table.
+//! changes, but the state requests mutate survives: the round-robin position,
+//! in-flight count and circuit breaker live in [`ClusterShared`], and each
+//! endpoint's counters, outlier ejection and connection pool in
+//! [`EndpointStats`] / the endpoint's client, all carried over by address
+//! from the previous table.
 
 use std::fmt;
 use std::net::SocketAddr;
