@@ -8,6 +8,7 @@ use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
 use super::error::{FieldError, from_serde, join};
+use super::rate_limit::{RateLimitsSection, Side};
 use super::{DocumentKind, duration, schema};
 
 /// Default TCP connect timeout: long enough for a loaded host on the same
@@ -45,6 +46,9 @@ pub struct DestinationDocument {
     pub protocol: Protocol,
     #[serde(default)]
     pub connection_pool: ConnectionPoolSettings,
+    /// Limits every caller's sidecar enforces on its calls here. Default: none.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimitsSection>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -104,6 +108,7 @@ impl Default for DestinationDocument {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             protocol: Protocol::default(),
             connection_pool: ConnectionPoolSettings::default(),
+            rate_limits: None,
         }
     }
 }
@@ -142,6 +147,10 @@ pub(super) fn parse(key: &str, value: &Value) -> Result<DestinationDocument, Vec
 
 impl DestinationDocument {
     fn check(&self, key: &str) -> Vec<FieldError> {
+        let rate_limits = self
+            .rate_limits
+            .iter()
+            .flat_map(|limits| limits.check(key, Side::Destination));
         [
             ("connect_timeout".to_string(), self.connect_timeout),
             ("request_timeout".to_string(), self.request_timeout),
@@ -153,6 +162,7 @@ impl DestinationDocument {
         .into_iter()
         .filter(|(_, duration)| duration.is_zero())
         .map(|(field, _)| FieldError::new(key, field, "must be greater than 0"))
+        .chain(rate_limits)
         .collect()
     }
 
@@ -182,6 +192,7 @@ impl DestinationDocument {
             .into(),
             // Set by the snapshot builder when the mesh has a CA.
             identity: String::new(),
+            rate_limits: self.rate_limits.as_ref().map(RateLimitsSection::to_proto),
         }
     }
 }

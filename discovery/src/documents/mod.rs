@@ -21,6 +21,7 @@ mod destination;
 mod duration;
 mod error;
 mod policy;
+mod rate_limit;
 mod route;
 pub mod schema;
 
@@ -39,6 +40,7 @@ pub use policy::{
     ANY_SERVICE, Action, DefaultsDocument, IntentionRule, MtlsMode, Permission, PolicyDocument,
     PolicyIntention,
 };
+pub use rate_limit::{KeyKind, RateLimitsSection, Unavailable};
 pub use route::{
     HeaderMatcher, HeaderMutation, PathMatch, Route, RouteDocument, RouteMatch, RouteTarget,
     StringMatch, WeightedDestination, default_route_configuration,

@@ -48,6 +48,9 @@ pub struct ClusterSettings {
     /// endpoints are reached over mTLS when set and this sidecar has an
     /// identity of its own.
     pub identity: Option<weft_certs::SpiffeId>,
+    /// The destination's rate limits, with their buckets (kept across
+    /// updates that leave a limit alone); `None`: no limits.
+    pub rate_limits: Option<Arc<crate::ratelimit::RateLimiter>>,
 }
 
 impl Default for ClusterSettings {
@@ -64,6 +67,7 @@ impl Default for ClusterSettings {
             protocol: Protocol::Auto,
             pool: PoolSettings::default(),
             identity: None,
+            rate_limits: None,
         }
     }
 }
