@@ -8,7 +8,7 @@ use anyhow::{Context as _, ensure};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 use weft_e2e::echo::EchoRequest;
-use weft_e2e::harness::app::App;
+use weft_e2e::harness::app::{App, Fault};
 use weft_e2e::harness::consul::{Consul, Registration};
 use weft_e2e::harness::grpc::{echo_client, websocket};
 use weft_e2e::{HttpClient, run};
@@ -42,6 +42,39 @@ fn testapp_echoes_what_it_received_and_who_it_is() {
             .await?
             .echo()?;
         ensure!(start.elapsed() >= Duration::from_millis(100), "no delay");
+        Ok(())
+    });
+}
+
+#[test]
+fn testapp_faults_on_command_and_counts_what_it_sees() {
+    run(|ctx| async move {
+        let app = App::start(&ctx.log_dir, "users", "users-1").await?;
+        let http = HttpClient::new();
+        let url = format!("http://{}/x", app.addr);
+
+        app.inject(&http, Fault::Status(503), Some(2)).await?;
+        for want in [503, 503, 200] {
+            let got = http.get(&url).await?.status.as_u16();
+            ensure!(got == want, "expected {want}, got {got}");
+        }
+
+        app.inject(&http, Fault::Reset, None).await?;
+        ensure!(http.get(&url).await.is_err(), "a reset answers nothing");
+        ensure!(http.get(&url).await.is_err(), "until cleared");
+        app.clear_fault(&http).await?;
+        http.get(&url).await?.echo()?;
+
+        app.inject(&http, Fault::Delay(Duration::from_millis(100)), Some(1))
+            .await?;
+        let start = std::time::Instant::now();
+        http.get(&url).await?.echo()?;
+        ensure!(start.elapsed() >= Duration::from_millis(100), "no delay");
+
+        ensure!(
+            app.requests_seen(&http).await? == 7,
+            "3 status, 2 resets, 1 normal, 1 delayed"
+        );
         Ok(())
     });
 }

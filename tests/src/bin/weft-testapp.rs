@@ -10,18 +10,26 @@
 //!   every WebSocket upgrade request, on any path, is logged
 //!   (`websocket upgrade requested`); on another path it gets that path's
 //!   ordinary answer, the way an app declines an upgrade;
-//! - `content-type: application/grpc*`: the `weft.test.echo.Echo` gRPC service.
+//! - `content-type: application/grpc*`: the `weft.test.echo.Echo` gRPC service;
+//! - faults on command, for resilience tests (never faulted or counted
+//!   themselves): `PUT /_weft/fault` with `{"status": 503}`,
+//!   `{"delay_ms": 500}` or `{"reset": true}` (the connection is closed
+//!   without an answer), each with an optional `"count": N` (the next N
+//!   requests; without it, until cleared), applies to every other request;
+//!   `DELETE /_weft/fault` clears it; `GET /_weft/stats` answers
+//!   `{"requests": N}`, the requests this instance has seen (faulted ones
+//!   included, control ones not).
 //!
 //! It prints `READY <addr>` on stdout once listening (`--listen` may use port 0),
 //! which is what the harness waits on.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -61,6 +69,114 @@ struct Args {
 struct Identity {
     service: String,
     instance: String,
+    faults: Faults,
+}
+
+/// The fault switch and the request counter (see the module docs).
+#[derive(Default)]
+struct Faults {
+    /// A test app: a plain mutex, held for a few instructions, is fine.
+    current: Mutex<Option<Fault>>,
+    requests: AtomicU64,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fault {
+    #[serde(default)]
+    status: Option<u16>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
+    #[serde(default)]
+    reset: bool,
+    /// Requests left to fault; `None`: until cleared.
+    #[serde(default)]
+    count: Option<u64>,
+}
+
+/// What to do with one request.
+enum Injected {
+    None,
+    Status(StatusCode),
+    Delay(Duration),
+    Reset,
+}
+
+impl Faults {
+    /// Counts the request and takes one use of the current fault.
+    fn next(&self) -> Injected {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fault) = current.as_mut() else {
+            return Injected::None;
+        };
+        let injected = if fault.reset {
+            Injected::Reset
+        } else if let Some(ms) = fault.delay_ms {
+            Injected::Delay(Duration::from_millis(ms))
+        } else {
+            fault
+                .status
+                .and_then(|code| StatusCode::from_u16(code).ok())
+                .map_or(Injected::None, Injected::Status)
+        };
+        if let Some(count) = fault.count.as_mut() {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                *current = None;
+            }
+        }
+        injected
+    }
+}
+
+/// The answer to a `/_weft/...` control request.
+async fn control(identity: &Identity, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match (req.method().as_str(), path.as_str()) {
+        ("GET", "/_weft/stats") => {
+            let requests = identity.faults.requests.load(Ordering::Relaxed);
+            text(StatusCode::OK, format!("{{\"requests\":{requests}}}\n"))
+        }
+        ("DELETE", "/_weft/fault") => {
+            *identity
+                .faults
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+            text(StatusCode::OK, "fault cleared\n".into())
+        }
+        ("PUT", "/_weft/fault") => {
+            let body = match req.into_body().collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the body: {error}\n"),
+                    );
+                }
+            };
+            match serde_json::from_slice::<Fault>(&body) {
+                Ok(fault) if fault.count == Some(0) => {
+                    text(StatusCode::BAD_REQUEST, "count must be at least 1\n".into())
+                }
+                Ok(fault) => {
+                    tracing::info!(?fault, "fault set");
+                    *identity
+                        .faults
+                        .current
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(fault);
+                    text(StatusCode::OK, "fault set\n".into())
+                }
+                Err(error) => text(StatusCode::BAD_REQUEST, format!("bad fault: {error}\n")),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("no control endpoint {path}\n"),
+        ),
+    }
 }
 
 #[tokio::main]
@@ -82,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             .instance
             .unwrap_or_else(|| format!("{}-{}", args.service, addr.port())),
         service: args.service,
+        faults: Faults::default(),
     });
     let grpc = EchoServer::new(EchoService {
         identity: identity.clone(),
@@ -119,9 +236,26 @@ async fn main() -> anyhow::Result<()> {
                             Ok(response) => response,
                             Err(never) => match never {},
                         };
-                        return Ok::<_, Infallible>(
+                        return Ok::<_, std::io::Error>(
                             response.map(|body| body.map_err(BoxError::from).boxed_unsync()),
                         );
+                    }
+                    if req.uri().path().starts_with("/_weft/") {
+                        return Ok(control(&identity, req).await);
+                    }
+                    match identity.faults.next() {
+                        // An error from the service makes hyper drop the
+                        // connection without an answer.
+                        Injected::Reset => {
+                            return Err(std::io::Error::other("injected reset"));
+                        }
+                        Injected::Delay(delay) => tokio::time::sleep(delay).await,
+                        Injected::Status(status) => {
+                            let mut response = handle_http(&identity, req).await;
+                            *response.status_mut() = status;
+                            return Ok(response);
+                        }
+                        Injected::None => {}
                     }
                     Ok(handle_http(&identity, req).await)
                 }

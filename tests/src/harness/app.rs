@@ -7,10 +7,22 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::binaries::binary;
+use super::http::HttpClient;
 use super::process::Process;
 
 /// The app binds and prints READY in milliseconds; generous for a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A misbehaviour the app can be switched to (its `/_weft/fault` endpoint).
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Answer with this status code.
+    Status(u16),
+    /// Answer after this long.
+    Delay(Duration),
+    /// Close the connection without an answer.
+    Reset,
+}
 
 /// A running `weft-testapp` that answers as `service`/`instance`.
 pub struct App {
@@ -58,6 +70,58 @@ impl App {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// Makes the app misbehave for its next `count` requests (`None`: until
+    /// [`App::clear_fault`]). Sent to the app directly, not through a
+    /// sidecar.
+    pub async fn inject(
+        &self,
+        http: &HttpClient,
+        fault: Fault,
+        count: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let mut body = match fault {
+            Fault::Status(code) => serde_json::json!({ "status": code }),
+            Fault::Delay(delay) => serde_json::json!({ "delay_ms": delay.as_millis() as u64 }),
+            Fault::Reset => serde_json::json!({ "reset": true }),
+        };
+        if let Some(count) = count {
+            body["count"] = count.into();
+        }
+        let reply = http
+            .put(
+                &format!("http://{}/_weft/fault", self.addr),
+                body.to_string(),
+            )
+            .await?;
+        anyhow::ensure!(
+            reply.status.is_success(),
+            "app {} refused the fault {fault:?}: {}",
+            self.instance,
+            reply.text()
+        );
+        Ok(())
+    }
+
+    /// Back to normal answers.
+    pub async fn clear_fault(&self, http: &HttpClient) -> anyhow::Result<()> {
+        let reply = http
+            .delete(&format!("http://{}/_weft/fault", self.addr))
+            .await?;
+        anyhow::ensure!(reply.status.is_success(), "{}", reply.text());
+        Ok(())
+    }
+
+    /// How many requests the app has seen (faulted ones included, its
+    /// control endpoints not): what reached it through the mesh.
+    pub async fn requests_seen(&self, http: &HttpClient) -> anyhow::Result<u64> {
+        let reply = http
+            .get(&format!("http://{}/_weft/stats", self.addr))
+            .await?;
+        reply.json()?["requests"]
+            .as_u64()
+            .with_context(|| format!("app {} stats: {}", self.instance, reply.text()))
     }
 
     /// Kills the app (its instance stays registered: connections to it fail).
