@@ -44,7 +44,7 @@ pub fn redis_binary() -> anyhow::Result<PathBuf> {
 
 /// A running `redis-server`, killed when dropped.
 pub struct Redis {
-    _process: Process,
+    process: Process,
     pub addr: SocketAddr,
 }
 
@@ -72,14 +72,38 @@ impl Redis {
             conn.expect_simple(&[b"PING"], "PONG").await
         })
         .await?;
-        Ok(Self {
-            _process: process,
-            addr,
-        })
+        Ok(Self { process, addr })
     }
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// `redis://127.0.0.1:<port>`, for documents that name this Redis.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Kills Redis (SIGKILL: clients see their connections reset and new
+    /// ones refused), keeping its port for [`Redis::restart`].
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts Redis again on the same port (empty: no persistence) and
+    /// waits until it answers PING.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.restart()?;
+        let addr = self.addr;
+        eventually(
+            READY_TIMEOUT,
+            "the restarted redis-server answers PING",
+            || async move {
+                let mut conn = RespConn::connect(addr).await?;
+                conn.expect_simple(&[b"PING"], "PONG").await
+            },
+        )
+        .await
     }
 
     /// A direct connection, bypassing the mesh.
