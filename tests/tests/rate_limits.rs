@@ -14,6 +14,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+use weft_e2e::harness::identity::MeshCa;
 use weft_e2e::harness::mesh::SETUP_TIMEOUT;
 use weft_e2e::harness::redis::Redis;
 use weft_e2e::{
@@ -219,6 +220,75 @@ fn a_local_limit_holds_its_rate_per_api_key_and_refused_requests_never_reach_the
             seen == allowed,
             "the app saw {seen} requests, the callers got {allowed} answers: refused requests reached it"
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn an_inbound_limit_keyed_by_source_counts_each_verified_caller_apart() {
+    run(|ctx| async move {
+        // mTLS: the callee's sidecar knows each caller from its handshake.
+        let ca = MeshCa::create(&ctx.log_dir, &["client", "web", "users"])?;
+        let mesh = Mesh::start_with(&ctx, &ca.agent_args("24h")).await?;
+        let users = mesh
+            .meshed_instance_with("users", "users-1", &ca.sidecar_args("users"))
+            .await?;
+        let mut callers = Vec::new();
+        for service in ["client", "web"] {
+            let caller = mesh
+                .meshed_instance_with(service, &format!("{service}-1"), &ca.sidecar_args(service))
+                .await?;
+            let outbound = caller.sidecar.outbound;
+            wait_for_instances(&mesh.http, outbound, Call::get("users", "/"), &["users-1"]).await?;
+            callers.push(caller);
+        }
+        // Each calling service may make 5 calls a minute, whatever headers
+        // it sends (a caller cannot pretend to be another).
+        mesh.put_document(
+            "policies/users",
+            &json!({ "rate_limits": { "limits": [
+                local_limit("per-caller", json!({ "key": "source" }), 5, "1m", 5) ] } }),
+        )
+        .await?;
+        let client = callers[0].sidecar.outbound;
+        until_limited(
+            &mesh.http,
+            client,
+            "users",
+            &[(
+                "x-weft-peer-identity",
+                "spiffe://weft.local/ns/default/svc/web",
+            )],
+        )
+        .await?;
+
+        // client's bucket is empty; web's is untouched: 5 go through, then 429.
+        let web = callers[1].sidecar.outbound;
+        let seen_before = users.app.requests_seen(&mesh.http).await?;
+        let sent = offer(
+            &mesh.http,
+            web,
+            "users",
+            vec![],
+            20,
+            Duration::from_millis(500),
+        )
+        .await;
+        ensure!(failures(&sent).is_empty(), "{:?}", failures(&sent));
+        ensure!(
+            count(&sent, StatusCode::OK) == 5,
+            "web got {} of {} through",
+            count(&sent, StatusCode::OK),
+            sent.len()
+        );
+        let reply = mesh.http.call(client, Call::get("users", "/")).await?;
+        ensure!(
+            reply.status == StatusCode::TOO_MANY_REQUESTS,
+            "client: {}",
+            reply.status
+        );
+        let seen = users.app.requests_seen(&mesh.http).await? - seen_before;
+        ensure!(seen == 5, "the app saw {seen} requests, 5 were allowed");
         Ok(())
     });
 }
