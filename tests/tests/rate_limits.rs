@@ -604,7 +604,7 @@ fn one_global_decision_costs_one_redis_round_trip() {
     run(|ctx| async move {
         use weft_sidecar::ratelimit::redis::RedisBackend;
         let redis = Redis::start(&ctx.log_dir).await?;
-        let backend = RedisBackend::new(&redis.url(), Duration::from_millis(50))
+        let backend = RedisBackend::new(&redis.url(), Duration::from_millis(50), None)
             .map_err(anyhow::Error::msg)?;
         // Warm up: the connection and the script's SHA in Redis.
         for _ in 0..100 {
@@ -640,6 +640,79 @@ fn one_global_decision_costs_one_redis_round_trip() {
             "p99 {:?} is over the default timeout",
             p(0.99)
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_global_limit_reaches_redis_over_tls_with_a_password_and_a_private_ca() {
+    run(|ctx| async move {
+        use weft_sidecar::ratelimit::redis::RedisBackend;
+        // A private CA and a certificate for 127.0.0.1, as a managed Redis
+        // with its own CA has.
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "redis test CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &ca)?;
+        let file = |name: &str, pem: String| -> anyhow::Result<String> {
+            let path = ctx.log_dir.join(name);
+            std::fs::write(&path, pem)?;
+            Ok(path.display().to_string())
+        };
+        let tls_port = weft_e2e::harness::ports::free_port()?;
+        let args: Vec<String> = vec![
+            "--requirepass".into(),
+            "s3cret".into(),
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            file("redis.crt", cert.pem())?,
+            "--tls-key-file".into(),
+            file("redis.key", key.serialize_pem())?,
+            "--tls-ca-cert-file".into(),
+            file("ca.crt", ca.pem())?,
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let redis = Redis::start_with(&ctx.log_dir, &args).await?;
+        let timeout = Duration::from_millis(200);
+        let window = Duration::from_secs(60);
+        let tls = format!("rediss://:s3cret@127.0.0.1:{tls_port}");
+
+        // TLS, verified against the private CA, and the password: decides.
+        let backend =
+            RedisBackend::new(&tls, timeout, Some(&ca.pem())).map_err(anyhow::Error::msg)?;
+        let decision = backend.decide("weft:rl:{tls:a}", 1, window).await;
+        ensure!(decision.is_ok(), "over TLS with the CA: {decision:?}");
+
+        // Without the CA the certificate is unknown: no decision.
+        let backend = RedisBackend::new(&tls, timeout, None).map_err(anyhow::Error::msg)?;
+        let decision = backend.decide("weft:rl:{tls:b}", 1, window).await;
+        ensure!(
+            decision.is_err(),
+            "a certificate no trusted CA signed was accepted: {decision:?}"
+        );
+
+        // A wrong password: no decision either.
+        let wrong = format!("rediss://:wrong@127.0.0.1:{tls_port}");
+        let backend =
+            RedisBackend::new(&wrong, timeout, Some(&ca.pem())).map_err(anyhow::Error::msg)?;
+        let decision = backend.decide("weft:rl:{tls:c}", 1, window).await;
+        ensure!(
+            decision.is_err(),
+            "a wrong password was accepted: {decision:?}"
+        );
+
+        // Plain redis:// with the password, on the same server.
+        let plain = format!("redis://:s3cret@{}", redis.addr);
+        let backend = RedisBackend::new(&plain, timeout, None).map_err(anyhow::Error::msg)?;
+        let decision = backend.decide("weft:rl:{plain:a}", 1, window).await;
+        ensure!(decision.is_ok(), "plain with the password: {decision:?}");
         Ok(())
     });
 }

@@ -52,6 +52,9 @@ pub struct RedisSection {
     /// 429 or 503 (the schema says which); default 503.
     #[serde(default = "default_fail_closed_status")]
     pub fail_closed_status: u16,
+    /// With `rediss://` only: the CA(s) of a private Redis's certificate.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -209,6 +212,13 @@ impl RateLimitsSection {
             if let Err(reason) = check_redis_url(&redis.url) {
                 errors.push(FieldError::new(key, join(&at, "url"), reason));
             }
+            if redis.ca_pem.is_some() && !redis.url.starts_with("rediss://") {
+                errors.push(FieldError::new(
+                    key,
+                    join(&at, "ca_pem"),
+                    "only with a rediss:// (TLS) url",
+                ));
+            }
             if redis.timeout.is_zero() || redis.timeout > MAX_REDIS_TIMEOUT {
                 errors.push(FieldError::new(
                     key,
@@ -266,6 +276,7 @@ impl RateLimitsSection {
                 }
                 .into(),
                 fail_closed_status: u32::from(redis.fail_closed_status),
+                ca_pem: redis.ca_pem.clone().unwrap_or_default(),
             }),
         }
     }

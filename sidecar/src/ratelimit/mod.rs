@@ -89,8 +89,8 @@ impl PartialEq for RateLimiter {
     fn eq(&self, other: &Self) -> bool {
         self.scope == other.scope
             && self.on_unavailable == other.on_unavailable
-            && self.redis.as_ref().map(|r| (&r.url, r.timeout))
-                == other.redis.as_ref().map(|r| (&r.url, r.timeout))
+            && self.redis.as_ref().map(|r| (&r.url, r.timeout, &r.ca_pem))
+                == other.redis.as_ref().map(|r| (&r.url, r.timeout, &r.ca_pem))
             && self.limits.len() == other.limits.len()
             && self
                 .limits
@@ -281,8 +281,9 @@ impl RateLimiter {
                     }
                 };
                 match timeout.and_then(|timeout| {
-                    RedisBackend::new(&settings.url, timeout)
-                        .map_err(|e| format!("rate_limits.redis.url: {e}"))
+                    let ca_pem = Some(settings.ca_pem.as_str()).filter(|pem| !pem.is_empty());
+                    RedisBackend::new(&settings.url, timeout, ca_pem)
+                        .map_err(|e| format!("rate_limits.redis.{e}"))
                 }) {
                     Ok(backend) => Some(Arc::new(backend)),
                     Err(e) => {
@@ -315,7 +316,7 @@ impl RateLimiter {
 
     /// This limiter with the state of `previous` wherever the config is
     /// the same: buckets of unchanged limits (by name), and the Redis
-    /// connection when URL and timeout are unchanged.
+    /// connection when URL, timeout and CA are unchanged.
     pub fn keeping_state_of(mut self, previous: &RateLimiter) -> Self {
         for limit in &mut self.limits {
             if let Some(old) = previous.limits.iter().find(|old| old.same_config(limit)) {
@@ -323,7 +324,7 @@ impl RateLimiter {
             }
         }
         if let (Some(new), Some(old)) = (&self.redis, &previous.redis)
-            && (&new.url, new.timeout) == (&old.url, old.timeout)
+            && (&new.url, new.timeout, &new.ca_pem) == (&old.url, old.timeout, &old.ca_pem)
         {
             self.redis = Some(old.clone());
         }

@@ -67,6 +67,8 @@ pub struct Unavailable(pub String);
 pub struct RedisBackend {
     pub url: String,
     pub timeout: Duration,
+    /// The CA(s) trusted for a `rediss://` URL instead of the system store.
+    pub ca_pem: Option<String>,
     client: redis::Client,
     connection: OnceLock<ConnectionManager>,
     script: redis::Script,
@@ -92,13 +94,33 @@ pub fn redacted(url: &str) -> String {
 }
 
 impl RedisBackend {
-    /// Parses the URL (no connection yet).
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url)
-            .map_err(|e| format!("`{}` is not a usable Redis URL: {e}", redacted(url)))?;
+    /// Parses the URL and, given, the CA certificates (no connection yet).
+    /// Errors start with the field they are about (`url: ` or `ca_pem: `).
+    pub fn new(url: &str, timeout: Duration, ca_pem: Option<&str>) -> Result<Self, String> {
+        let bad_url = |e: redis::RedisError| {
+            format!("url: `{}` is not a usable Redis URL: {e}", redacted(url))
+        };
+        let client = match ca_pem {
+            None => redis::Client::open(url).map_err(bad_url)?,
+            Some(pem) => {
+                if !url.starts_with("rediss://") {
+                    return Err("ca_pem: only used with a rediss:// (TLS) url".into());
+                }
+                check_ca_pem(pem)?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.as_bytes().to_vec()),
+                    },
+                )
+                .map_err(bad_url)?
+            }
+        };
         Ok(Self {
             url: url.to_owned(),
             timeout,
+            ca_pem: ca_pem.map(str::to_owned),
             client,
             connection: OnceLock::new(),
             script: redis::Script::new(SLIDING_WINDOW),
@@ -152,6 +174,25 @@ impl RedisBackend {
     }
 }
 
+/// Every block of `pem` is a certificate usable as a trust anchor, and
+/// there is at least one: checked when the limits compile, so a broken CA
+/// is refused then (NACK) rather than failing every decision.
+fn check_ca_pem(pem: &str) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("ca_pem: not PEM certificates: {e}"))?;
+        store
+            .add(cert)
+            .map_err(|e| format!("ca_pem: not a usable CA certificate: {e}"))?;
+    }
+    if store.is_empty() {
+        return Err("ca_pem: no CERTIFICATE block".into());
+    }
+    Ok(())
+}
+
 /// The Redis key of one limit's window for one request key:
 /// `weft:rl:{<scope>:<limit>:<key>}` (the braces are the hash tag).
 pub fn window_key(scope: &str, limit: &str, key: &str) -> String {
@@ -169,10 +210,22 @@ mod tests {
             "rediss://<credentials>@cache:6380/0"
         );
         assert_eq!(redacted("redis://cache:6379"), "redis://cache:6379");
-        let backend =
-            RedisBackend::new("redis://user:hunter2@cache:6379", Duration::from_millis(50))
-                .unwrap();
+        let backend = RedisBackend::new(
+            "redis://user:hunter2@cache:6379",
+            Duration::from_millis(50),
+            None,
+        )
+        .unwrap();
         assert!(!format!("{backend:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_ca_that_does_not_parse_is_refused_when_the_limits_compile() {
+        let timeout = Duration::from_millis(50);
+        let refused = RedisBackend::new("rediss://cache:6380", timeout, Some("not a PEM"));
+        assert!(refused.is_err());
+        let refused = RedisBackend::new("redis://cache:6379", timeout, Some("x"));
+        assert!(refused.is_err(), "a CA for a plaintext URL");
     }
 
     #[test]
@@ -186,7 +239,8 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_redis_is_unavailable_within_the_timeout() {
         // A port nothing listens on (1 is reserved, connect is refused).
-        let backend = RedisBackend::new("redis://127.0.0.1:1", Duration::from_millis(50)).unwrap();
+        let backend =
+            RedisBackend::new("redis://127.0.0.1:1", Duration::from_millis(50), None).unwrap();
         let started = std::time::Instant::now();
         let decision = backend.decide("k", 1, Duration::from_secs(1)).await;
         assert!(decision.is_err(), "{decision:?}");

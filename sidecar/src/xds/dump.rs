@@ -140,6 +140,7 @@ fn rate_limits(r: &Option<pb::RateLimits>) -> Value {
             "on_unavailable": pb::redis_settings::Unavailable::try_from(s.on_unavailable)
                 .map(|u| u.as_str_name()).unwrap_or("INVALID"),
             "fail_closed_status": s.fail_closed_status,
+            "ca_pem": (!s.ca_pem.is_empty()).then(|| format!("<{} bytes>", s.ca_pem.len())),
         })),
     })
 }
