@@ -361,7 +361,9 @@ impl RateLimiter {
                             return Err(self.limited(limit, retry_after));
                         }
                         Err(unavailable) => {
-                            tracing::warn!(limit = %limit.name, scope = %self.scope, reason = %unavailable.0, fail = ?self.on_unavailable, "global rate limit undecided");
+                            if redis.should_warn(now_nanos() / 1_000_000_000) {
+                                tracing::warn!(limit = %limit.name, scope = %self.scope, reason = %unavailable.0, fail = ?self.on_unavailable, "global rate limit undecided");
+                            }
                             if let OnUnavailable::FailClosed(status) = self.on_unavailable {
                                 return Err(Refusal::Unavailable {
                                     name: limit.name.clone(),

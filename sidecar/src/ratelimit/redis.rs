@@ -14,6 +14,7 @@
 //! crate's `ConnectionManager`, which reconnects in the background.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -72,6 +73,9 @@ pub struct RedisBackend {
     client: redis::Client,
     connection: OnceLock<ConnectionManager>,
     script: redis::Script,
+    /// When (seconds on the limiter's clock) Redis trouble was last logged:
+    /// once a second at most, however many requests meet it.
+    last_warned: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -124,7 +128,14 @@ impl RedisBackend {
             client,
             connection: OnceLock::new(),
             script: redis::Script::new(SLIDING_WINDOW),
+            last_warned: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Whether trouble seen at `now_seconds` should be logged: the first
+    /// time in each second.
+    pub fn should_warn(&self, now_seconds: u64) -> bool {
+        self.last_warned.swap(now_seconds, Ordering::Relaxed) != now_seconds
     }
 
     fn connection(&self) -> Result<ConnectionManager, Unavailable> {
@@ -217,6 +228,15 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{backend:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn trouble_is_logged_once_a_second() {
+        let backend =
+            RedisBackend::new("redis://cache:6379", Duration::from_millis(50), None).unwrap();
+        assert!(backend.should_warn(7));
+        assert!(!backend.should_warn(7));
+        assert!(backend.should_warn(8));
     }
 
     #[test]
