@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weft/config/v1/route.proto",
         "proto/weft/config/v1/trust.proto",
         "proto/weft/config/v1/policy.proto",
+        "proto/weft/config/v1/ratelimit.proto",
         "proto/weft/identity/v1/identity.proto",
     ];
     for file in files {

@@ -33,7 +33,7 @@ export WEFT_CONSUL_BIN
 say "consul: $WEFT_CONSUL_BIN ($("$WEFT_CONSUL_BIN" version | head -n1))"
 
 if ! command -v redis-server >/dev/null 2>&1 && [[ -z "${WEFT_REDIS_BIN:-}" ]]; then
-  say "installing redis-server (apt-get) for the opaque TCP tests"
+  say "installing redis-server (apt-get) for the opaque TCP and rate limit tests"
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   mkdir -p target
   { $sudo apt-get update && $sudo apt-get install -y redis-server; } >target/redis-install.log 2>&1 || {

@@ -47,6 +47,9 @@ pub enum ErrorKind {
     /// (HTTP to an opaque TCP service, an Upgrade request with a body over
     /// the mTLS HTTP/2 tunnel, a client's own extended CONNECT). 501.
     Unsupported,
+    /// A rate limit refused the request (with Retry-After and the
+    /// RateLimit fields, made by `crate::ratelimit::headers`). 429.
+    RateLimited,
     /// A bug or an unexpected state in the sidecar. 500.
     Internal,
 }
@@ -85,6 +88,7 @@ impl ErrorKind {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Denied => StatusCode::FORBIDDEN,
             Self::Unsupported => StatusCode::NOT_IMPLEMENTED,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -103,13 +107,14 @@ impl ErrorKind {
             Self::BadRequest => "bad-request",
             Self::Denied => "denied",
             Self::Unsupported => "unsupported",
+            Self::RateLimited => "rate-limited",
             Self::Internal => "internal",
         }
     }
 
     pub fn source(self) -> ErrorSource {
         match self {
-            Self::BadRequest | Self::Denied => ErrorSource::Downstream,
+            Self::BadRequest | Self::Denied | Self::RateLimited => ErrorSource::Downstream,
             Self::ConnectFailed | Self::UpstreamReset | Self::UpstreamProtocol | Self::Timeout => {
                 ErrorSource::Upstream
             }
@@ -253,6 +258,7 @@ mod tests {
             (ErrorKind::BadRequest, 400, "bad-request"),
             (ErrorKind::Denied, 403, "denied"),
             (ErrorKind::Unsupported, 501, "unsupported"),
+            (ErrorKind::RateLimited, 429, "rate-limited"),
         ];
         for (kind, status, code) in cases {
             let resp = ProxyError::new(kind, "line one\nline two").to_response();

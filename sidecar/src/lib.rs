@@ -10,6 +10,8 @@
 //! * `authn` — JWT authentication of inbound requests (a tower layer).
 //! * `authz` — intentions: which services may call this one (a tower layer).
 //! * `mtls_mode` — STRICT or PERMISSIVE inbound, from the policy.
+//! * `ratelimit` — local token buckets and global Redis windows, outbound
+//!   (a destination's limits) and inbound (the service's own).
 //! * `tcp` — opaque TCP: `--tcp-upstream` listeners, CONNECT tunnels over
 //!   mTLS, the inbound side that accepts them.
 //!
@@ -27,6 +29,7 @@ pub mod error;
 pub mod identity;
 pub mod mtls_mode;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;
 pub mod table;
 pub mod tcp;
@@ -172,6 +175,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let authz: authz::SharedAuthz = Default::default();
     let authn = authn::AuthnPolicy::default();
     let mtls_mode = mtls_mode::SharedMtlsMode::default();
+    let rate_limits = ratelimit::SharedRateLimits::default();
     let inbound_transport = match &identity {
         Some(store) => Transport::mtls(store, mtls_mode.clone()),
         None => Transport::Plain,
@@ -195,7 +199,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let app = app_cluster(&settings, &dns)?;
     listeners.push(tokio::spawn(server::serve(
         inbound,
-        proxy::inbound(app.clone(), authn.clone(), authz.clone(), tunnels),
+        proxy::inbound(
+            app.clone(),
+            authn.clone(),
+            authz.clone(),
+            tunnels,
+            rate_limits.clone(),
+        ),
         Direction::Inbound,
         inbound_transport,
         server_settings.clone(),
@@ -222,6 +232,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .with_authz(authz.clone())
             .with_authn(authn.clone())
             .with_mtls_mode(mtls_mode.clone())
+            .with_rate_limits(rate_limits.clone())
             .with_required_clusters(settings.tcp_upstreams.iter().map(|u| u.service.clone()));
         if let Some(store) = &identity {
             core = core.with_identity(store.clone());
@@ -242,7 +253,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             outbound_addr = Some(outbound.local_addr()?);
             listeners.push(tokio::spawn(server::serve(
                 outbound,
-                proxy::outbound(table.clone()),
+                proxy::outbound(table.clone(), &settings.service),
                 Direction::Outbound,
                 Transport::Plain,
                 server_settings.clone(),

@@ -9,6 +9,7 @@ use weft_proto::config::v1 as proto;
 
 use super::breaker::{Breaker, CircuitBreakers, OutlierDetection};
 use super::error::{FieldError, from_serde, join};
+use super::rate_limit::{RateLimitsSection, Side};
 use super::{DocumentKind, duration, schema};
 
 /// Default TCP connect timeout: long enough for a loaded host on the same
@@ -55,6 +56,9 @@ pub struct DestinationDocument {
     /// Default: no ejection.
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Limits every caller's sidecar enforces on its calls here. Default: none.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimitsSection>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -117,6 +121,7 @@ impl Default for DestinationDocument {
             circuit_breakers: CircuitBreakers::default(),
             breaker: None,
             outlier_detection: None,
+            rate_limits: None,
         }
     }
 }
@@ -155,6 +160,10 @@ pub(super) fn parse(key: &str, value: &Value) -> Result<DestinationDocument, Vec
 
 impl DestinationDocument {
     fn check(&self, key: &str) -> Vec<FieldError> {
+        let rate_limits = self
+            .rate_limits
+            .iter()
+            .flat_map(|limits| limits.check(key, Side::Destination));
         let mut errors: Vec<FieldError> = [
             ("connect_timeout".to_string(), self.connect_timeout),
             ("request_timeout".to_string(), self.request_timeout),
@@ -166,6 +175,7 @@ impl DestinationDocument {
         .into_iter()
         .filter(|(_, duration)| duration.is_zero())
         .map(|(field, _)| FieldError::new(key, field, "must be greater than 0"))
+        .chain(rate_limits)
         .collect();
         if let Some(breaker) = &self.breaker {
             breaker.check(key, &mut errors);
@@ -208,6 +218,7 @@ impl DestinationDocument {
                 .outlier_detection
                 .as_ref()
                 .map(OutlierDetection::to_proto),
+            rate_limits: self.rate_limits.as_ref().map(RateLimitsSection::to_proto),
         }
     }
 }

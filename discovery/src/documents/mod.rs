@@ -22,6 +22,7 @@ mod destination;
 mod duration;
 mod error;
 mod policy;
+mod rate_limit;
 mod route;
 pub mod schema;
 
@@ -41,6 +42,7 @@ pub use policy::{
     ANY_SERVICE, Action, DefaultsDocument, IntentionRule, MtlsMode, Permission, PolicyDocument,
     PolicyIntention,
 };
+pub use rate_limit::{KeyKind, RateLimitsSection, Unavailable};
 pub use route::{
     HeaderMatcher, HeaderMutation, PathMatch, Route, RouteDocument, RouteMatch, RouteTarget,
     StringMatch, WeightedDestination, default_route_configuration,

@@ -20,6 +20,7 @@ use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
 use super::error::{FieldError, from_serde, join};
+use super::rate_limit::{RateLimitsSection, Side};
 use super::route::{check_header_name, check_regex};
 use super::{DocumentKind, PathMatch, StringMatch, schema};
 
@@ -83,6 +84,9 @@ pub struct PolicyDocument {
     /// the sidecar compiles it and checks the rest).
     #[serde(default)]
     pub jwt: Option<Value>,
+    /// Limits the service's sidecars enforce on requests to it.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimitsSection>,
 }
 
 /// The mesh-wide defaults (key `defaults`, the file `defaults.*` at the
@@ -225,7 +229,18 @@ pub(super) fn parse(key: &str, value: &Value) -> Result<PolicyDocument, Vec<Fiel
     if !errors.is_empty() {
         return Err(errors);
     }
-    serde_path_to_error::deserialize(value).map_err(|error| vec![from_serde(key, "", error)])
+    let document: PolicyDocument = serde_path_to_error::deserialize(value)
+        .map_err(|error| vec![from_serde(key, "", error)])?;
+    let errors: Vec<FieldError> = document
+        .rate_limits
+        .iter()
+        .flat_map(|limits| limits.check(key, Side::Policy))
+        .collect();
+    if errors.is_empty() {
+        Ok(document)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The defaults document: its schema, then the typed parse.

@@ -129,6 +129,9 @@ pub fn inbound_policy(
         mtls_mode: proto::MtlsMode::from(mtls).into(),
         // Set by the snapshot builder from the destination document.
         opaque_tcp: false,
+        rate_limits: document
+            .and_then(|document| document.rate_limits.as_ref())
+            .map(|limits| limits.to_proto()),
     }
 }
 

@@ -276,6 +276,7 @@ mod tests {
             jwt_json: String::new(),
             mtls_mode: pb::MtlsMode::Strict.into(),
             opaque_tcp: true,
+            rate_limits: None,
         })
         .unwrap()
     }
@@ -418,6 +419,7 @@ mod tests {
             jwt_json: String::new(),
             mtls_mode: pb::MtlsMode::Strict.into(),
             opaque_tcp: false,
+            rate_limits: None,
         };
         let errors = compile(&bad).unwrap_err().join("\n");
         for want in [

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! outbound: server -> error_response -> request_id -> headers -> route -> split
-//!           -> rewrite -> timeout -> breaker -> balance (outlier ejection)
+//!           -> rewrite -> ratelimit -> timeout -> breaker -> balance (outlier ejection)
 //!           -> concurrency -> forward
 //! inbound:  server (mTLS) -> error_response -> tunnel (CONNECT: tcp::inbound)
-//!           -> upgrade (extended CONNECT: an HTTP/1.1 Upgrade) -> request_id -> headers -> jwt_authn -> authorize -> static_target
+//!           -> upgrade (extended CONNECT: an HTTP/1.1 Upgrade) -> request_id -> headers
+//!           -> jwt_authn -> authorize -> ratelimit -> static_target
 //!           -> timeout -> balance -> concurrency -> forward
 //! ```
 //!
@@ -176,7 +177,7 @@ impl<S> HttpStack for S where
 }
 
 /// The outbound stack: the app's calls, routed by the xDS table.
-pub fn outbound(table: Arc<ArcSwap<RoutingTable>>) -> impl HttpStack {
+pub fn outbound(table: Arc<ArcSwap<RoutingTable>>, service: &str) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
         .layer(request_id::RequestIdLayer)
@@ -184,6 +185,9 @@ pub fn outbound(table: Arc<ArcSwap<RoutingTable>>) -> impl HttpStack {
         .layer(route::RouteLayer::new(table))
         .layer(split::SplitLayer)
         .layer(rewrite::RewriteLayer)
+        // Be a good client: the destination's limits, before any timeout
+        // or endpoint is spent on a request that would be refused.
+        .layer(crate::ratelimit::OutboundRateLimitLayer::new(service))
         .layer(timeout::TimeoutLayer)
         .layer(breaker::BreakerLayer)
         .layer(balance::BalanceLayer)
@@ -200,6 +204,7 @@ pub fn inbound(
     authn: crate::authn::AuthnPolicy,
     authz: crate::authz::SharedAuthz,
     tunnels: crate::tcp::inbound::Tunnels,
+    rate_limits: crate::ratelimit::SharedRateLimits,
 ) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
@@ -213,6 +218,8 @@ pub fn inbound(
         // who may call (intentions).
         .layer(crate::authn::JwtAuthnLayer::new(authn))
         .layer(crate::authz::AuthorizeLayer::new(authz))
+        // Protect me: only allowed callers count against the limits.
+        .layer(crate::ratelimit::InboundRateLimitLayer::new(rate_limits))
         .layer(static_target::StaticTargetLayer::new(app))
         .layer(timeout::TimeoutLayer)
         .layer(balance::BalanceLayer)

@@ -55,6 +55,9 @@ pub struct ClusterSettings {
     pub breaker: Option<crate::breaker::BreakerSettings>,
     /// Per-endpoint outlier ejection; `None` = none.
     pub outlier: Option<crate::breaker::OutlierSettings>,
+    /// The destination's rate limits, with their buckets (kept across
+    /// updates that leave a limit alone); `None`: no limits.
+    pub rate_limits: Option<Arc<crate::ratelimit::RateLimiter>>,
 }
 
 impl Default for ClusterSettings {
@@ -74,6 +77,7 @@ impl Default for ClusterSettings {
             thresholds: crate::breaker::Thresholds::default(),
             breaker: None,
             outlier: None,
+            rate_limits: None,
         }
     }
 }

@@ -434,6 +434,12 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
         }
     }
     crate::breaker::compile::compile(c, &mut s, &mut errs);
+    if let Some(limits) = &c.rate_limits {
+        match crate::ratelimit::RateLimiter::compile(limits, &format!("out:{}", c.name)) {
+            Ok(limiter) => s.rate_limits = Some(Arc::new(limiter)),
+            Err(e) => errs.0.extend(e),
+        }
+    }
     if errs.0.is_empty() {
         Ok(s)
     } else {

@@ -120,6 +120,47 @@ pub fn cluster(c: &pb::Cluster) -> Value {
             "max_ejection_time": dur(&o.max_ejection_time),
             "max_ejection_percent": o.max_ejection_percent,
         })),
+        "rate_limits": rate_limits(&c.rate_limits),
+    })
+}
+
+/// Rate limits as configured; the Redis URL without its password.
+fn rate_limits(r: &Option<pb::RateLimits>) -> Value {
+    use pb::rate_limit::Algorithm;
+    use pb::rate_limit_key::Kind;
+    let Some(r) = r else { return Value::Null };
+    let limits: Vec<Value> = r
+        .limits
+        .iter()
+        .map(|l| {
+            let key = match l.key.as_ref().and_then(|k| k.kind.as_ref()) {
+                None => Value::Null,
+                Some(Kind::Whole(_)) => json!("whole"),
+                Some(Kind::Route(_)) => json!("route"),
+                Some(Kind::Source(_)) => json!("source"),
+                Some(Kind::ClientIp(_)) => json!("client_ip"),
+                Some(Kind::Header(h)) => json!({"header": h}),
+            };
+            let algorithm = match &l.algorithm {
+                None => Value::Null,
+                Some(Algorithm::Local(b)) => json!({"local": {
+                    "requests": b.requests, "per": dur(&b.per), "burst": b.burst}}),
+                Some(Algorithm::Global(g)) => json!({"global": {
+                    "requests": g.requests, "window": dur(&g.window)}}),
+            };
+            json!({"name": l.name, "key": key, "algorithm": algorithm, "max_keys": l.max_keys})
+        })
+        .collect();
+    json!({
+        "limits": limits,
+        "redis": r.redis.as_ref().map(|s| json!({
+            "url": crate::ratelimit::redis::redacted(&s.url),
+            "timeout": dur(&s.timeout),
+            "on_unavailable": pb::redis_settings::Unavailable::try_from(s.on_unavailable)
+                .map(|u| u.as_str_name()).unwrap_or("INVALID"),
+            "fail_closed_status": s.fail_closed_status,
+            "ca_pem": (!s.ca_pem.is_empty()).then(|| format!("<{} bytes>", s.ca_pem.len())),
+        })),
     })
 }
 
@@ -168,6 +209,7 @@ pub fn inbound_policy(p: &pb::InboundPolicy) -> Value {
         "jwt": jwt(&p.jwt_json),
         "default_action": action(p.default_action),
         "opaque_tcp": p.opaque_tcp,
+        "rate_limits": rate_limits(&p.rate_limits),
         "intentions": p.intentions.iter().map(|i| json!({
             "source": i.source,
             "action": action(i.action),

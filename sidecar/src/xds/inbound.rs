@@ -9,6 +9,7 @@ use weft_proto::config::v1 as pb;
 use crate::authn::{Authenticator, AuthnConfig, ConfigErrors};
 use crate::authz::AuthzPolicy;
 use crate::mtls_mode::MtlsMode;
+use crate::ratelimit::RateLimiter;
 use crate::upstream::Dns;
 
 /// A policy ready to be swapped in.
@@ -17,6 +18,8 @@ pub(crate) struct CompiledInbound {
     /// `None`: the policy has no `jwt` section, so no JWT checks.
     pub authn: Option<Authenticator>,
     pub mtls: MtlsMode,
+    /// `None`: the policy sets no rate limits.
+    pub rate_limits: Option<RateLimiter>,
 }
 
 impl Default for CompiledInbound {
@@ -27,6 +30,7 @@ impl Default for CompiledInbound {
             authz: AuthzPolicy::default(),
             authn: None,
             mtls: MtlsMode::Strict,
+            rate_limits: None,
         }
     }
 }
@@ -49,6 +53,12 @@ pub(crate) fn compile(
     let mtls = MtlsMode::from_proto(policy.mtls_mode)
         .map_err(|e| errors.push(format!("mtls_mode: {e}")))
         .ok();
+    let rate_limits = match &policy.rate_limits {
+        None => None,
+        Some(limits) => RateLimiter::compile(limits, &format!("in:{}", policy.service))
+            .map_err(|e| errors.extend(e))
+            .ok(),
+    };
     let jwt = if policy.jwt_json.is_empty() {
         None
     } else {
@@ -73,7 +83,12 @@ pub(crate) fn compile(
             Some(built.map_err(|e| jwt_errors(&e))?)
         }
     };
-    Ok(CompiledInbound { authz, authn, mtls })
+    Ok(CompiledInbound {
+        authz,
+        authn,
+        mtls,
+        rate_limits,
+    })
 }
 
 fn jwt_errors(errors: &ConfigErrors) -> Vec<String> {

@@ -24,6 +24,7 @@ use weft_proto::type_url;
 use crate::authn::AuthnPolicy;
 use crate::authz::SharedAuthz;
 use crate::mtls_mode::SharedMtlsMode;
+use crate::ratelimit::{RateLimiter, SharedRateLimits};
 use crate::table::{ClusterSettings, RoutingTable};
 use crate::upstream::Dns;
 use compile::{CompiledRoutes, EndpointSpec};
@@ -113,6 +114,8 @@ pub struct Core {
     authz: SharedAuthz,
     authn: AuthnPolicy,
     mtls: SharedMtlsMode,
+    /// The service's inbound rate limits (read by the ratelimit layer).
+    rate_limits: SharedRateLimits,
 }
 
 fn canonical(t: &str) -> Option<&'static str> {
@@ -142,7 +145,14 @@ impl Core {
             authz: SharedAuthz::default(),
             authn: AuthnPolicy::default(),
             mtls: SharedMtlsMode::default(),
+            rate_limits: SharedRateLimits::default(),
         }
+    }
+
+    /// Where accepted inbound rate limits are published for the data path.
+    pub fn with_rate_limits(mut self, rate_limits: SharedRateLimits) -> Self {
+        self.rate_limits = rate_limits;
+        self
     }
 
     /// Where accepted inbound policies are published for the data path.
@@ -348,7 +358,16 @@ impl Core {
         let mut compiled = BTreeMap::new();
         for m in &msgs {
             match compile::compile_cluster(m) {
-                Ok(c) => {
+                Ok(mut c) => {
+                    // Buckets of limits that did not change stay as they are.
+                    let previous = self
+                        .clusters
+                        .get(&m.name)
+                        .and_then(|p| p.rate_limits.as_ref());
+                    c.rate_limits = c
+                        .rate_limits
+                        .take()
+                        .map(|new| RateLimiter::carry_over(new, previous.map(|p| &**p)));
                     compiled.insert(m.name.clone(), c);
                 }
                 Err(errs) => {
@@ -386,6 +405,12 @@ impl Core {
             None => inbound::CompiledInbound::default(),
         };
         self.authz.store(Arc::new(compiled.authz));
+        let previous_limits = self.rate_limits.load_full();
+        self.rate_limits.store(
+            compiled
+                .rate_limits
+                .map(|new| RateLimiter::carry_over(Arc::new(new), previous_limits.as_deref())),
+        );
         self.authn.set(compiled.authn);
         self.mtls.set(compiled.mtls);
         self.accepted.policy = ours;

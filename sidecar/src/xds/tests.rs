@@ -55,6 +55,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
         jwt_json: String::new(),
         mtls_mode: pb::MtlsMode::Strict.into(),
         opaque_tcp: false,
+        rate_limits: None,
     }
 }
 

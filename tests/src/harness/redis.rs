@@ -44,15 +44,22 @@ pub fn redis_binary() -> anyhow::Result<PathBuf> {
 
 /// A running `redis-server`, killed when dropped.
 pub struct Redis {
-    _process: Process,
+    process: Process,
     pub addr: SocketAddr,
 }
 
 impl Redis {
     /// Starts Redis on a free port and waits until it answers PING.
     pub async fn start(log_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(log_dir, &[]).await
+    }
+
+    /// Like [`Redis::start`] with more `redis-server` arguments (a
+    /// password, a TLS port); a password-protected Redis is ready when it
+    /// asks for the password.
+    pub async fn start_with(log_dir: &Path, extra_args: &[String]) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--port",
             &port.to_string(),
             "--bind",
@@ -65,21 +72,48 @@ impl Redis {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        args.extend_from_slice(extra_args);
         let process = Process::spawn("redis", &redis_binary()?, &args, log_dir)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        eventually(READY_TIMEOUT, "redis-server answers PING", || async move {
-            let mut conn = RespConn::connect(addr).await?;
-            conn.expect_simple(&[b"PING"], "PONG").await
-        })
-        .await?;
-        Ok(Self {
-            _process: process,
-            addr,
-        })
+        let redis = Self { process, addr };
+        redis.wait_ready("redis-server answers PING").await?;
+        Ok(redis)
     }
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// `redis://127.0.0.1:<port>`, for documents that name this Redis.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Kills Redis (SIGKILL: clients see their connections reset and new
+    /// ones refused), keeping its port for [`Redis::restart`].
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts Redis again on the same port (empty: no persistence) and
+    /// waits until it answers PING.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.restart()?;
+        self.wait_ready("the restarted redis-server answers PING")
+            .await
+    }
+
+    async fn wait_ready(&self, what: &str) -> anyhow::Result<()> {
+        let addr = self.addr;
+        eventually(READY_TIMEOUT, what, || async move {
+            let mut conn = RespConn::connect(addr).await?;
+            match conn.command(&[b"PING"]).await? {
+                Reply::Simple(pong) if pong == "PONG" => Ok(()),
+                Reply::Error(e) if e.starts_with("NOAUTH") => Ok(()),
+                other => bail!("PING answered {other:?}"),
+            }
+        })
+        .await
     }
 
     /// A direct connection, bypassing the mesh.

@@ -1,0 +1,161 @@
+//! The `ratelimit` tower layers. Outbound (after `rewrite`): the limits of
+//! the cluster `split` chose, keyed with this sidecar's own service as the
+//! source. Inbound (after `authorize`): the service's own limits, keyed
+//! with the caller's verified identity. A refused request is answered here
+//! (429, or the fail-closed status) and never reaches the layers below,
+//! the upstream or the app. A request with no limits costs one load.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::Either;
+use tower::{Layer, Service};
+
+use super::{RateLimiter, RequestFacts, SharedRateLimits};
+use crate::error::ProxyError;
+use crate::proxy::{BoxFuture, ProxyRequest, ProxyResponse};
+
+/// Runs `limiter` on `req`, then `inner` if every limit allows it.
+fn limited_call<S>(
+    limiter: Arc<RateLimiter>,
+    source: Option<Arc<str>>,
+    inner: &mut S,
+    req: ProxyRequest,
+) -> BoxFuture
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    // The clone that was polled ready goes into the future (tower's rule).
+    let clone = inner.clone();
+    let mut inner = std::mem::replace(inner, clone);
+    Box::pin(async move {
+        let route = req.ctx.route.as_ref().map(|r| {
+            let route = r.route();
+            if route.name.is_empty() {
+                r.index.to_string()
+            } else {
+                route.name.clone()
+            }
+        });
+        let source = match &source {
+            Some(own) => Some(own.clone()),
+            None => req
+                .ctx
+                .peer_identity
+                .as_ref()
+                .map(|p| p.id.service().into()),
+        };
+        let facts = RequestFacts {
+            route: route.as_deref(),
+            source: source.as_deref(),
+            headers: req.http.headers(),
+            client_ip: req.ctx.client_addr.ip(),
+        };
+        match limiter.check(&facts).await {
+            Ok(()) => inner.call(req).await,
+            Err(refusal) => Ok(refusal.into_response()),
+        }
+    })
+}
+
+/// Where a request's limits come from: the side of the proxy.
+pub trait LimitSource: Clone {
+    /// The limits for `req` and, when the side knows it regardless of the
+    /// request, the `source` key's value.
+    fn limits_for(&self, req: &ProxyRequest) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)>;
+}
+
+/// Outbound: the destination's limits (`Cluster.rate_limits`, on the
+/// cluster `split` chose); the source is this sidecar's own service.
+#[derive(Clone)]
+pub struct Outbound {
+    service: Arc<str>,
+}
+
+impl LimitSource for Outbound {
+    fn limits_for(&self, req: &ProxyRequest) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)> {
+        let limiter = req.ctx.cluster.as_ref()?.settings.rate_limits.clone()?;
+        Some((limiter, Some(self.service.clone())))
+    }
+}
+
+/// Inbound: the service's own limits (`InboundPolicy.rate_limits`); the
+/// source is the caller's verified identity.
+#[derive(Clone)]
+pub struct Inbound {
+    limits: SharedRateLimits,
+}
+
+impl LimitSource for Inbound {
+    fn limits_for(&self, _req: &ProxyRequest) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)> {
+        self.limits.load_full().map(|limiter| (limiter, None))
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimitLayer<L> {
+    source: L,
+}
+
+pub type OutboundRateLimitLayer = RateLimitLayer<Outbound>;
+pub type InboundRateLimitLayer = RateLimitLayer<Inbound>;
+
+impl RateLimitLayer<Outbound> {
+    /// `service`: this sidecar's, the `source` key of its calls.
+    pub fn new(service: &str) -> Self {
+        Self {
+            source: Outbound {
+                service: service.into(),
+            },
+        }
+    }
+}
+
+impl RateLimitLayer<Inbound> {
+    pub fn new(limits: SharedRateLimits) -> Self {
+        Self {
+            source: Inbound { limits },
+        }
+    }
+}
+
+impl<S, L: LimitSource> Layer<S> for RateLimitLayer<L> {
+    type Service = RateLimit<S, L>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            source: self.source.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimit<S, L> {
+    source: L,
+    inner: S,
+}
+
+impl<S, L> Service<ProxyRequest> for RateLimit<S, L>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    L: LimitSource,
+{
+    type Response = ProxyResponse;
+    type Error = ProxyError;
+    type Future = Either<S::Future, BoxFuture>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ProxyRequest) -> Self::Future {
+        match self.source.limits_for(&req) {
+            None => Either::Left(self.inner.call(req)),
+            Some((limiter, source)) => {
+                Either::Right(limited_call(limiter, source, &mut self.inner, req))
+            }
+        }
+    }
+}
