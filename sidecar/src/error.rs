@@ -15,6 +15,9 @@ use crate::body::ProxyBody;
 
 /// The response header that names the cause of a proxy-generated error.
 pub const ERROR_HEADER: &str = "x-weft-error";
+/// How many tries a request took, on the responses of destinations (or
+/// routes) with a retry policy.
+pub const ATTEMPTS_HEADER: &str = "x-weft-attempts";
 
 /// What went wrong, as a user can act on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +136,8 @@ pub struct ProxyError {
     /// A short human reason, sent as the response body (one line).
     pub reason: Box<str>,
     pub cause: Option<BoxError>,
+    /// Tries made, for a request with a retry policy (`x-weft-attempts`).
+    pub attempts: Option<u32>,
 }
 
 impl ProxyError {
@@ -141,7 +146,13 @@ impl ProxyError {
             kind,
             reason: reason.into(),
             cause: None,
+            attempts: None,
         }
+    }
+
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = Some(attempts);
+        self
     }
 
     pub fn with_cause(mut self, cause: impl Into<BoxError>) -> Self {
@@ -159,7 +170,13 @@ impl ProxyError {
 
     /// The synthetic response: status, `x-weft-error`, a one-line text body.
     pub fn to_response(&self) -> Response<ProxyBody> {
-        error_response(self.kind.status(), self.kind.code(), &self.reason)
+        let mut response = error_response(self.kind.status(), self.kind.code(), &self.reason);
+        if let Some(attempts) = self.attempts {
+            response
+                .headers_mut()
+                .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+        }
+        response
     }
 }
 

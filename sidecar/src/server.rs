@@ -18,6 +18,8 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Method, Request, Version, header};
 use hyper::body::Incoming;
+
+use crate::body::RequestBody;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -147,7 +149,13 @@ impl<S: HttpStack> hyper::service::Service<Request<Incoming>> for ConnService<S>
             ctx.bridge = Some(self.bridge.clone());
         }
         // Stacks are always ready (see proxy/mod.rs), so no poll_ready.
-        tower::Service::call(&mut self.stack.clone(), ProxyRequest { http: req, ctx })
+        tower::Service::call(
+            &mut self.stack.clone(),
+            ProxyRequest {
+                http: req.map(RequestBody::Streaming),
+                ctx,
+            },
+        )
     }
 }
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
 use super::error::{FieldError, from_serde, join};
+use super::retry::RetryDocument;
 use super::{DocumentKind, duration, schema};
 
 /// Default TCP connect timeout: long enough for a loaded host on the same
@@ -45,6 +46,9 @@ pub struct DestinationDocument {
     pub protocol: Protocol,
     #[serde(default)]
     pub connection_pool: ConnectionPoolSettings,
+    /// Default: none (no request is retried).
+    #[serde(default)]
+    pub retries: Option<RetryDocument>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -104,6 +108,7 @@ impl Default for DestinationDocument {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             protocol: Protocol::default(),
             connection_pool: ConnectionPoolSettings::default(),
+            retries: None,
         }
     }
 }
@@ -142,7 +147,7 @@ pub(super) fn parse(key: &str, value: &Value) -> Result<DestinationDocument, Vec
 
 impl DestinationDocument {
     fn check(&self, key: &str) -> Vec<FieldError> {
-        [
+        let mut errors: Vec<FieldError> = [
             ("connect_timeout".to_string(), self.connect_timeout),
             ("request_timeout".to_string(), self.request_timeout),
             (
@@ -153,7 +158,11 @@ impl DestinationDocument {
         .into_iter()
         .filter(|(_, duration)| duration.is_zero())
         .map(|(field, _)| FieldError::new(key, field, "must be greater than 0"))
-        .collect()
+        .collect();
+        if let Some(retries) = &self.retries {
+            errors.extend(retries.check(key, "retries"));
+        }
+        errors
     }
 
     /// The cluster for calls to `service`, every field explicit (no
@@ -182,6 +191,7 @@ impl DestinationDocument {
             .into(),
             // Set by the snapshot builder when the mesh has a CA.
             identity: String::new(),
+            retry_policy: self.retries.as_ref().map(RetryDocument::to_proto),
         }
     }
 }
@@ -243,6 +253,35 @@ mod tests {
     }
 
     #[test]
+    fn retries_translate_and_are_checked_with_their_field() {
+        let document = parse(
+            "destinations/users",
+            &json!({ "retries": { "max_attempts": 3, "per_try_timeout": "300ms" } }),
+        )
+        .unwrap();
+        let policy = document.to_cluster("users").retry_policy.unwrap();
+        assert_eq!(policy.max_attempts, 3);
+        assert!(default_cluster("users").retry_policy.is_none());
+        let errors = parse(
+            "destinations/users",
+            &json!({ "retries": { "max_attempts": 0, "retry_on": ["sometimes"] } }),
+        )
+        .unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field.starts_with("retries.retry_on")),
+            "{errors:?}"
+        );
+        let errors = parse(
+            "destinations/users",
+            &json!({ "retries": { "max_attempts": 11 } }),
+        )
+        .unwrap_err();
+        assert_eq!(errors[0].field, "retries.max_attempts", "{errors:?}");
+    }
+
+    #[test]
     fn protocol_tcp_marks_an_opaque_tcp_destination() {
         let document = parse("destinations/redis", &json!({ "protocol": "tcp" })).unwrap();
         assert_eq!(document.to_cluster("redis").protocol(), ProtoProtocol::Tcp);
@@ -286,11 +325,11 @@ mod tests {
     fn unknown_fields_and_out_of_range_values_are_rejected() {
         let errors = parse(
             "destinations/users",
-            &json!({ "retries": 3, "connection_pool": { "max_requests": 0 } }),
+            &json!({ "colour": 3, "connection_pool": { "max_requests": 0 } }),
         )
         .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert!(fields.contains(&"retries"), "{errors:?}");
+        assert!(fields.contains(&"colour"), "{errors:?}");
         assert!(
             fields.contains(&"connection_pool.max_requests"),
             "{errors:?}"

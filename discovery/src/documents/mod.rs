@@ -21,6 +21,7 @@ mod destination;
 mod duration;
 mod error;
 mod policy;
+mod retry;
 mod route;
 pub mod schema;
 
@@ -39,6 +40,7 @@ pub use policy::{
     ANY_SERVICE, Action, DefaultsDocument, IntentionRule, MtlsMode, Permission, PolicyDocument,
     PolicyIntention,
 };
+pub use retry::{BackoffDocument, BudgetDocument, RetryDocument, RetryOn};
 pub use route::{
     HeaderMatcher, HeaderMutation, PathMatch, Route, RouteDocument, RouteMatch, RouteTarget,
     StringMatch, WeightedDestination, default_route_configuration,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! outbound: server -> error_response -> request_id -> headers -> route -> split
-//!           -> rewrite -> timeout -> balance -> concurrency -> forward
+//!           -> rewrite -> timeout -> retry -> balance -> concurrency -> forward
 //! inbound:  server (mTLS) -> error_response -> tunnel (CONNECT: tcp::inbound)
 //!           -> upgrade (extended CONNECT: an HTTP/1.1 Upgrade) -> request_id -> headers -> jwt_authn -> authorize -> static_target
 //!           -> timeout -> balance -> concurrency -> forward
@@ -32,6 +32,7 @@ pub mod error_response;
 pub mod forward;
 pub mod headers;
 pub mod request_id;
+pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod split;
@@ -48,10 +49,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::table::{Cluster, Endpoint, Route, RoutingTable, VirtualHost};
 
@@ -60,7 +60,7 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyErro
 
 /// The request as it travels down the stack.
 pub struct ProxyRequest {
-    pub http: Request<Incoming>,
+    pub http: Request<RequestBody>,
     pub ctx: RequestCtx,
 }
 
@@ -100,6 +100,9 @@ pub struct RequestCtx {
     /// The caller's verified SPIFFE ID: set per connection when it arrived
     /// over mTLS (inbound), `None` for plaintext.
     pub peer_identity: Option<PeerIdentity>,
+    /// Set by `retry` for each try of a request with a retry policy: the
+    /// endpoints `balance` should avoid, and where it sent this try.
+    pub attempt: Option<Arc<retry::Attempt>>,
 }
 
 /// A verified peer identity with its header value made once per
@@ -137,6 +140,7 @@ impl RequestCtx {
             upgrade: None,
             bridge: None,
             peer_identity: None,
+            attempt: None,
         }
     }
 }
@@ -183,6 +187,8 @@ pub fn outbound(table: Arc<ArcSwap<RoutingTable>>) -> impl HttpStack {
         .layer(split::SplitLayer)
         .layer(rewrite::RewriteLayer)
         .layer(timeout::TimeoutLayer)
+        // Inside the overall timeout, which bounds every try and backoff.
+        .layer(retry::RetryLayer)
         .layer(balance::BalanceLayer)
         .layer(concurrency::ConcurrencyLimitLayer)
         .service(forward::Forward)

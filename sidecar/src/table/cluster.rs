@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::proxy::retry::{RetryPolicy, RetryState};
 use crate::upstream::{PoolSettings, UpstreamClient};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,9 @@ pub struct ClusterSettings {
     /// endpoints are reached over mTLS when set and this sidecar has an
     /// identity of its own.
     pub identity: Option<weft_certs::SpiffeId>,
+    /// Retries of requests to this cluster (a route may replace it);
+    /// `None` = none.
+    pub retry: Option<Arc<RetryPolicy>>,
 }
 
 impl Default for ClusterSettings {
@@ -64,6 +68,7 @@ impl Default for ClusterSettings {
             protocol: Protocol::Auto,
             pool: PoolSettings::default(),
             identity: None,
+            retry: None,
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct ClusterShared {
     pub rr_position: AtomicUsize,
     pub in_flight: AtomicUsize,
     pub overflows: AtomicU64,
+    /// Retry budget and counters.
+    pub retry: RetryState,
 }
 
 #[derive(Debug, Default)]

@@ -283,6 +283,16 @@ fn route(
             None
         }
     };
+    let retry =
+        action.retry_policy.as_ref().and_then(|p| {
+            match crate::proxy::retry::policy::compile(p, &format!("{path}.action.retry_policy")) {
+                Ok(policy) => Some(Arc::new(policy)),
+                Err(errors) => {
+                    errs.0.extend(errors);
+                    None
+                }
+            }
+        });
     let request_headers = mutation(
         r.request_headers.as_ref(),
         &format!("{path}.request_headers"),
@@ -309,6 +319,7 @@ fn route(
             prefix_rewrite,
             host_rewrite,
             timeout,
+            retry,
         },
         request_headers,
         response_headers,
@@ -417,6 +428,12 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
             Ok(d) if d.is_zero() => s.request_timeout = None,
             Ok(d) => s.request_timeout = Some(d),
             Err(e) => errs.at("request_timeout", e),
+        }
+    }
+    if let Some(p) = &c.retry_policy {
+        match crate::proxy::retry::policy::compile(p, "retry_policy") {
+            Ok(policy) => s.retry = Some(Arc::new(policy)),
+            Err(errors) => errs.0.extend(errors),
         }
     }
     if let Some(p) = &c.connection_pool {
