@@ -98,6 +98,7 @@ fn retries(c: &Cluster) -> Value {
             "per_try_timeout_ms": p.per_try_timeout.map(|d| d.as_millis() as u64),
             "budget_ratio": p.budget.ratio,
             "budget_min_retries_per_second": p.budget.min_retries_per_second,
+            "retry_non_idempotent": p.retry_non_idempotent,
         })),
         "window_requests": requests,
         "window_retries": retries,
