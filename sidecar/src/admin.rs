@@ -99,6 +99,7 @@ fn retries(c: &Cluster) -> Value {
             "budget_ratio": p.budget.ratio,
             "budget_min_retries_per_second": p.budget.min_retries_per_second,
             "retry_non_idempotent": p.retry_non_idempotent,
+            "max_body_bytes": p.max_body_bytes,
         })),
         "window_requests": requests,
         "window_retries": retries,

@@ -170,6 +170,21 @@ fn cluster_of(clusters: &Value) -> anyhow::Result<&Value> {
         .with_context(|| format!("no outbound users cluster: {clusters}"))
 }
 
+/// Waits until the client's sidecar holds a `users` policy whose `field`
+/// is `value` (as `/clusters` shows it).
+async fn policy_says(client: &MeshedInstance, field: &str, value: Value) -> anyhow::Result<()> {
+    eventually(
+        SETUP_TIMEOUT,
+        &format!("{field} = {value} applies"),
+        || async {
+            let retries = retries_of(&client.sidecar.clusters().await?)?;
+            ensure!(retries["policy"][field] == value, "{retries}");
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// Its retry policy and counters.
 fn retries_of(clusters: &Value) -> anyhow::Result<Value> {
     Ok(cluster_of(clusters)?["retries"].clone())
@@ -208,15 +223,7 @@ fn a_post_is_retried_only_when_the_policy_allows_it_and_its_body_is_sent_again()
             &json!({ "retries": { "max_attempts": 3, "retry_on": ["5xx"], "retry_non_idempotent": true } }),
         )
         .await?;
-        eventually(SETUP_TIMEOUT, "retry_non_idempotent applies", || async {
-            let retries = retries_of(&client.sidecar.clusters().await?)?;
-            ensure!(
-                retries["policy"]["retry_non_idempotent"] == true,
-                "{retries}"
-            );
-            Ok(())
-        })
-        .await?;
+        policy_says(&client, "retry_non_idempotent", json!(true)).await?;
         users
             .inject(&mesh.http, Fault::Status(503), Some(2))
             .await?;
@@ -230,6 +237,45 @@ fn a_post_is_retried_only_when_the_policy_allows_it_and_its_body_is_sent_again()
         ensure!(
             echo.method == "POST" && echo.body == "{\"item\":42}",
             "the third try carried the whole body: {echo:?}"
+        );
+
+        // A body over max_body_bytes is streamed through once, never held
+        // for a retry, even for an idempotent PUT.
+        mesh.put_document(
+            "destinations/users",
+            &json!({ "retries": { "max_attempts": 3, "retry_on": ["5xx"], "max_body_bytes": 1024 } }),
+        )
+        .await?;
+        policy_says(&client, "max_body_bytes", json!(1024)).await?;
+        users
+            .inject(&mesh.http, Fault::Status(503), Some(1))
+            .await?;
+        let mut small = Call::get("users", "/items/1").post("small");
+        small.method = http::Method::PUT;
+        let reply = mesh.http.call(client.sidecar.outbound, small).await?;
+        ensure!(
+            attempts(&reply) == Some(2),
+            "a small PUT is retried: {:?}",
+            reply.headers
+        );
+        let big = "x".repeat(4096);
+        let mut put = Call::get("users", "/items/1").post(&big);
+        put.method = http::Method::PUT;
+        users
+            .inject(&mesh.http, Fault::Status(503), Some(1))
+            .await?;
+        let reply = mesh.http.call(client.sidecar.outbound, put.clone()).await?;
+        ensure!(
+            reply.status.as_u16() == 503 && attempts(&reply) == Some(1),
+            "a 4 KiB PUT over a 1 KiB max_body_bytes is tried once: {} {:?}",
+            reply.status,
+            reply.headers
+        );
+        let echo = mesh.http.call(client.sidecar.outbound, put).await?.echo()?;
+        ensure!(
+            echo.body.len() == 4096,
+            "streamed whole: {} bytes",
+            echo.body.len()
         );
         Ok(())
     });
