@@ -996,6 +996,28 @@ mod tests {
     }
 
     #[test]
+    fn a_routes_retries_translate_and_are_checked_with_their_field() {
+        let document = parse_ok(json!({ "routes": [
+            { "destination": "users", "retries": { "max_attempts": 3, "retry_non_idempotent": true } },
+            { "destination": "users" } ] }));
+        let rc = document.to_route_configuration("users");
+        let action = |i: usize| rc.virtual_hosts[0].routes[i].action.clone().unwrap();
+        let policy = action(0).retry_policy.unwrap();
+        assert_eq!(policy.max_attempts, 3);
+        assert!(policy.retry_non_idempotent);
+        assert!(
+            action(1).retry_policy.is_none(),
+            "the destination's applies"
+        );
+        let errors = parse_err(json!({ "routes": [
+            { "destination": "users", "retries": { "backoff": { "base": "1s", "max": "1ms" } } } ] }));
+        assert!(
+            errors[0].starts_with("routes[0].retries.backoff.max:"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn bad_and_zero_durations_are_rejected() {
         let errors = parse_err(json!({ "routes": [
             { "destination": "users", "timeout": "2 s" },

@@ -286,11 +286,12 @@ fn gcd(a: i64, b: i64) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::upstream::Dns;
 
-    fn endpoint(port: u16, weight: u32, health: Health) -> Arc<Endpoint> {
+    /// An endpoint on 127.0.0.1:`port` (never dialed by these tests).
+    pub(crate) fn endpoint(port: u16, weight: u32, health: Health) -> Arc<Endpoint> {
         let addr = EndpointAddr::Ip(SocketAddr::from(([127, 0, 0, 1], port)));
         Arc::new(Endpoint {
             authority: addr.to_string().parse().unwrap(),

@@ -720,6 +720,51 @@ mod tests {
     }
 
     #[test]
+    fn retry_policies_compile_on_clusters_and_routes_and_bad_ones_name_their_field() {
+        let policy = |max_attempts| pb::RetryPolicy {
+            max_attempts,
+            on_gateway_error: true,
+            ..Default::default()
+        };
+        let cluster = compile_cluster(&pb::Cluster {
+            name: "users".into(),
+            retry_policy: Some(policy(3)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cluster.retry.unwrap().max_attempts, 3);
+        assert!(
+            compile_cluster(&pb::Cluster {
+                name: "users".into(),
+                ..Default::default()
+            })
+            .unwrap()
+            .retry
+            .is_none(),
+            "no policy, no retries"
+        );
+        let errs = compile_cluster(&pb::Cluster {
+            name: "users".into(),
+            retry_policy: Some(policy(0)),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(errs[0].starts_with("retry_policy.max_attempts"), "{errs:?}");
+
+        let mut route = prefix_route("/", "users");
+        route.action.as_mut().unwrap().retry_policy = Some(policy(2));
+        let compiled = compile_routes(&rc(vec![route.clone()])).unwrap();
+        let action = &compiled.vhosts[0].1.routes[0].action;
+        assert_eq!(action.retry.as_ref().unwrap().max_attempts, 2);
+        route.action.as_mut().unwrap().retry_policy = Some(policy(11));
+        let errs = compile_routes(&rc(vec![route])).unwrap_err();
+        assert!(
+            errs[0].starts_with("virtual_hosts[0].routes[0].action.retry_policy.max_attempts"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn prefix_rewrite_needs_a_prefix_match() {
         let mut r = prefix_route("/", "users");
         r.r#match.as_mut().unwrap().path = Some(pb::route_match::Path::Exact("/x".into()));

@@ -266,8 +266,11 @@ enum Buffered {
 
 /// Reads the request body into memory, up to `limit` bytes.
 async fn buffer(body: RequestBody, limit: usize) -> Result<Buffered, ProxyError> {
-    let RequestBody::Streaming(mut body) = body else {
-        return Ok(Buffered::TooLarge(body));
+    let mut body = match body {
+        RequestBody::Streaming(body) => body,
+        // Already in memory: as replayable as it gets.
+        RequestBody::Buffered(body) => return Ok(Buffered::Whole(body)),
+        prefixed @ RequestBody::Prefixed { .. } => return Ok(Buffered::TooLarge(prefixed)),
     };
     if hyper::body::Body::is_end_stream(&body) {
         return Ok(Buffered::Whole(BufferedBody::default()));
@@ -316,4 +319,211 @@ async fn buffer(body: RequestBody, limit: usize) -> Result<Buffered, ProxyError>
     }
     let data = joined.map(BytesMut::freeze).or(first);
     Ok(Buffered::Whole(BufferedBody { data, trailers }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use http::StatusCode;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::body::ProxyBody;
+    use crate::proxy::Direction;
+    use crate::proxy::balance::BalanceLayer;
+    use crate::table::cluster::tests::endpoint;
+    use crate::table::cluster::{ClusterSettings, EndpointAddr, Health};
+    use weft_proto::config::v1 as pb;
+
+    fn cluster(ports: &[u16], policy: pb::RetryPolicy) -> Arc<Cluster> {
+        let settings = ClusterSettings {
+            retry: Some(Arc::new(policy::compile(&policy, "retry_policy").unwrap())),
+            ..ClusterSettings::default()
+        };
+        let endpoints = ports
+            .iter()
+            .map(|p| endpoint(*p, 1, Health::Healthy))
+            .collect();
+        Arc::new(Cluster::new(
+            "users".into(),
+            settings,
+            endpoints,
+            Arc::default(),
+        ))
+    }
+
+    fn gateway_errors(max_attempts: u32) -> pb::RetryPolicy {
+        pb::RetryPolicy {
+            max_attempts,
+            on_gateway_error: true,
+            budget_ratio: 0.2,
+            budget_min_retries_per_second: 10,
+            backoff_base: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 1_000_000,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(cluster: &Arc<Cluster>, method: http::Method) -> ProxyRequest {
+        let mut ctx = RequestCtx::new(
+            Direction::Outbound,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            HeaderValue::from_static("127.0.0.1"),
+        );
+        ctx.cluster = Some(cluster.clone());
+        let mut http = Request::new(RequestBody::Buffered(BufferedBody::default()));
+        *http.method_mut() = method;
+        ProxyRequest { http, ctx }
+    }
+
+    /// An upstream where the endpoints on `failing` ports answer 503 (after
+    /// `delay`), the others 200; it records the port of every try.
+    fn upstream(
+        failing: &'static [u16],
+        delay: Duration,
+        tries: Arc<Mutex<Vec<u16>>>,
+    ) -> impl Service<
+        ProxyRequest,
+        Response = ProxyResponse,
+        Error = ProxyError,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        let upstream = tower::service_fn(move |req: ProxyRequest| {
+            let tries = tries.clone();
+            async move {
+                let port = match req.ctx.endpoint.as_ref().map(|e| &e.addr) {
+                    Some(EndpointAddr::Ip(addr)) => addr.port(),
+                    _ => 0,
+                };
+                tries.lock().unwrap().push(port);
+                tokio::time::sleep(delay).await;
+                let mut response = http::Response::new(ProxyBody::empty());
+                if failing.contains(&port) {
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, ProxyError>(response)
+            }
+        });
+        BalanceLayer.layer(upstream)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_try_is_retried_on_another_endpoint_and_counted() {
+        let cluster = cluster(&[1, 2], gateway_errors(2));
+        let tries = Arc::new(Mutex::new(Vec::new()));
+        let service = RetryLayer.layer(upstream(&[1], Duration::ZERO, tries.clone()));
+        for _ in 0..20 {
+            tries.lock().unwrap().clear();
+            let response = service
+                .clone()
+                .oneshot(request(&cluster, http::Method::GET))
+                .await
+                .unwrap();
+            let seen = tries.lock().unwrap().clone();
+            assert_eq!(response.status(), StatusCode::OK, "tries {seen:?}");
+            assert_eq!(response.headers()[ATTEMPTS_HEADER], seen.len().to_string());
+            assert_eq!(seen.last(), Some(&2), "{seen:?}");
+        }
+        assert!(cluster.shared.retry.retries.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_is_tried_once_unless_the_policy_allows_more() {
+        let cluster = cluster(&[1], gateway_errors(3));
+        let tries = Arc::new(Mutex::new(Vec::new()));
+        let service = RetryLayer.layer(upstream(&[1], Duration::ZERO, tries.clone()));
+        let response = service
+            .clone()
+            .oneshot(request(&cluster, http::Method::POST))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[ATTEMPTS_HEADER], "1");
+        assert_eq!(tries.lock().unwrap().len(), 1);
+
+        let response = service
+            .oneshot(request(&cluster, http::Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()[ATTEMPTS_HEADER],
+            "3",
+            "the only endpoint is tried again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_budget_answers_the_failure_at_once() {
+        let cluster = cluster(
+            &[1],
+            pb::RetryPolicy {
+                budget_ratio: 0.0,
+                budget_min_retries_per_second: 0,
+                ..gateway_errors(3)
+            },
+        );
+        let tries = Arc::new(Mutex::new(Vec::new()));
+        let service = RetryLayer.layer(upstream(&[1], Duration::ZERO, tries.clone()));
+        let response = service
+            .oneshot(request(&cluster, http::Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[ATTEMPTS_HEADER], "1");
+        let state = &cluster.shared.retry;
+        assert_eq!(state.budget_exhausted.load(Ordering::Relaxed), 1);
+        assert_eq!(state.retries.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_try_gets_the_per_try_timeout_and_the_last_miss_is_a_504() {
+        let cluster = cluster(
+            &[1, 2],
+            pb::RetryPolicy {
+                per_try_timeout: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 100_000_000,
+                }),
+                backoff_max: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 1_000_000,
+                }),
+                ..gateway_errors(2)
+            },
+        );
+        let tries = Arc::new(Mutex::new(Vec::new()));
+        let service = RetryLayer.layer(upstream(&[], Duration::from_secs(5), tries.clone()));
+        let start = tokio::time::Instant::now();
+        let Err(error) = service.oneshot(request(&cluster, http::Method::GET)).await else {
+            panic!("a try that never answers must fail");
+        };
+        let took = start.elapsed();
+        assert_eq!(error.kind, ErrorKind::Timeout);
+        assert_eq!(error.attempts, Some(2));
+        assert!(
+            took >= Duration::from_millis(200) && took <= Duration::from_millis(202),
+            "{took:?}"
+        );
+        let response = error.to_response();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(response.headers()[ATTEMPTS_HEADER], "2");
+        assert_eq!(
+            cluster
+                .shared
+                .retry
+                .per_try_timeouts
+                .load(Ordering::Relaxed),
+            2
+        );
+        let mut seen = tries.lock().unwrap().clone();
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 2], "the retry went to the other endpoint");
+    }
 }
