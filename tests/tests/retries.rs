@@ -13,6 +13,7 @@ use anyhow::{Context as _, ensure};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use weft_e2e::harness::app::{App, Fault};
+use weft_e2e::harness::identity::MeshCa;
 use weft_e2e::harness::mesh::SETUP_TIMEOUT;
 use weft_e2e::{Call, Mesh, MeshedInstance, Reply, Traffic, TrafficSpec, eventually, run};
 
@@ -30,14 +31,19 @@ async fn two_users(mesh: &Mesh) -> anyhow::Result<(App, App, MeshedInstance)> {
     let users_1 = mesh.plain_instance("users", "users-1").await?;
     let users_2 = mesh.plain_instance("users", "users-2").await?;
     let client = mesh.client().await?;
+    both_users_answer(mesh, &client).await?;
+    Ok((users_1, users_2, client))
+}
+
+/// Waits until both `users` instances have answered through the client.
+async fn both_users_answer(mesh: &Mesh, client: &MeshedInstance) -> anyhow::Result<()> {
     weft_e2e::wait_for_instances(
         &mesh.http,
         client.sidecar.outbound,
         Call::get("users", "/"),
         &["users-1", "users-2"],
     )
-    .await?;
-    Ok((users_1, users_2, client))
+    .await
 }
 
 /// Writes `destinations/users` and waits until a call shows the policy is
@@ -484,6 +490,59 @@ fn an_invalid_retry_policy_is_rejected_with_key_field_and_reason() {
             .await?;
         reply.echo()?;
         ensure!(attempts(&reply) == Some(1), "{:?}", reply.headers);
+        Ok(())
+    });
+}
+
+#[test]
+fn over_mtls_between_sidecars_a_failed_try_is_retried_on_the_other_instance_body_included() {
+    run(|ctx| async move {
+        let ca = MeshCa::create(&ctx.log_dir, &["client", "users"])?;
+        let mesh = Mesh::start_with(&ctx, &ca.agent_args("1h")).await?;
+        let users_1 = mesh
+            .meshed_instance_with("users", "users-1", &ca.sidecar_args("users"))
+            .await?;
+        let _users_2 = mesh
+            .meshed_instance_with("users", "users-2", &ca.sidecar_args("users"))
+            .await?;
+        let client = mesh
+            .meshed_instance_with("client", "client-1", &ca.sidecar_args("client"))
+            .await?;
+        both_users_answer(&mesh, &client).await?;
+        mesh.put_document(
+            "destinations/users",
+            &json!({ "retries": { "max_attempts": 2, "retry_non_idempotent": true } }),
+        )
+        .await?;
+        policy_says(&client, "retry_non_idempotent", json!(true)).await?;
+
+        // users-1's app resets every connection: its sidecar answers 502
+        // upstream-reset over the mTLS hop, a gateway error the caller's
+        // sidecar retries on users-2, body and all, over HTTP/2.
+        users_1.app.inject(&mesh.http, Fault::Reset, None).await?;
+        let post = Call::get("users", "/orders").post("{\"item\":7}");
+        let mut retried = 0;
+        for _ in 0..20 {
+            let reply = mesh
+                .http
+                .call(client.sidecar.outbound, post.clone())
+                .await?;
+            let echo = reply.echo()?;
+            ensure!(
+                echo.instance == "users-2" && echo.body == "{\"item\":7}",
+                "{echo:?}"
+            );
+            ensure!(
+                echo.header("x-weft-peer-identity")
+                    .is_some_and(|id| id.ends_with("/svc/client")),
+                "over mTLS: {echo:?}"
+            );
+            if attempts(&reply) == Some(2) {
+                retried += 1;
+            }
+        }
+        println!("over mTLS: 20 POSTs, {retried} retried on users-2");
+        ensure!(retried > 0, "no POST tried users-1 first");
         Ok(())
     });
 }
