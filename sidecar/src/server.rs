@@ -18,13 +18,12 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Method, Request, Version, header};
 use hyper::body::Incoming;
-
-use crate::body::RequestBody;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::body::RequestBody;
 use crate::mtls_mode::{MtlsMode, SharedMtlsMode};
 use crate::proxy::upgrade::BridgeSettings;
 use crate::proxy::{Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx};

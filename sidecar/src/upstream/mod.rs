@@ -16,7 +16,6 @@ mod mesh_tls;
 
 use std::time::Duration;
 
-use crate::body::RequestBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -25,6 +24,7 @@ pub use dns::Dns;
 pub use http1::{H1Error, H1Pool, ProtocolError, ResponseBody, Upgraded};
 pub use mesh_tls::{MeshStream, MeshTls, TlsConnector};
 
+use crate::body::RequestBody;
 use crate::table::EndpointAddr;
 
 /// Connection settings of one cluster (from `Cluster.connect_timeout` and

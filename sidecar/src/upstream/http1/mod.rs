@@ -27,14 +27,13 @@ use std::time::Instant;
 use http::{Request, Response};
 use hyper::body::Body;
 
-use crate::body::RequestBody;
-
 pub use body::{ResponseBody, Upgraded};
 pub use codec::ProtocolError;
 use codec::RequestFraming;
 use conn::Connection;
 
 use super::{ConnectError, Connector, PoolSettings};
+use crate::body::RequestBody;
 
 /// Why an HTTP/1 exchange failed.
 #[derive(Debug)]
