@@ -79,7 +79,10 @@ pub enum RequestBody {
     Buffered(BufferedBody),
     /// A body the `retry` layer started to buffer and found too large: the
     /// bytes read so far, then the rest as it streams. Never retried.
-    Prefixed { head: Option<Bytes>, rest: Incoming },
+    /// Boxed, like the trailers of [`BufferedBody`], so that this enum is no
+    /// larger than `Incoming` and the streaming path moves no more bytes
+    /// than before.
+    Prefixed(Box<PrefixedBody>),
 }
 
 /// A request body held in memory: its data and any trailers. Cloning shares
@@ -87,7 +90,13 @@ pub enum RequestBody {
 #[derive(Clone, Debug, Default)]
 pub struct BufferedBody {
     pub data: Option<Bytes>,
-    pub trailers: Option<http::HeaderMap>,
+    pub trailers: Option<Box<http::HeaderMap>>,
+}
+
+/// See [`RequestBody::Prefixed`].
+pub struct PrefixedBody {
+    pub head: Option<Bytes>,
+    pub rest: Incoming,
 }
 
 impl From<Incoming> for RequestBody {
@@ -109,13 +118,13 @@ impl Body for RequestBody {
             Self::Buffered(body) => Poll::Ready(
                 match body.data.take().filter(|d| !d.is_empty()) {
                     Some(data) => Some(Frame::data(data)),
-                    None => body.trailers.take().map(Frame::trailers),
+                    None => body.trailers.take().map(|t| Frame::trailers(*t)),
                 }
                 .map(Ok),
             ),
-            Self::Prefixed { head, rest } => match head.take() {
+            Self::Prefixed(body) => match body.head.take() {
                 Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                None => Pin::new(rest).poll_frame(cx),
+                None => Pin::new(&mut body.rest).poll_frame(cx),
             },
         }
     }
@@ -126,7 +135,7 @@ impl Body for RequestBody {
             Self::Buffered(body) => {
                 body.data.as_ref().is_none_or(Bytes::is_empty) && body.trailers.is_none()
             }
-            Self::Prefixed { head, rest } => head.is_none() && rest.is_end_stream(),
+            Self::Prefixed(body) => body.head.is_none() && body.rest.is_end_stream(),
         }
     }
 
@@ -140,9 +149,9 @@ impl Body for RequestBody {
             Self::Buffered(body) => {
                 SizeHint::with_exact(body.data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Self::Prefixed { head, rest } => {
-                let head = head.as_ref().map_or(0, |d| d.len() as u64);
-                let rest = rest.size_hint();
+            Self::Prefixed(body) => {
+                let head = body.head.as_ref().map_or(0, |d| d.len() as u64);
+                let rest = body.rest.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(rest.lower() + head);
                 if let Some(upper) = rest.upper() {
@@ -151,5 +160,20 @@ impl Body for RequestBody {
                 hint
             }
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_body_is_no_larger_than_the_callers_body() {
+        // Every request's future holds one: a larger enum would cost every
+        // request a longer copy, retries or not.
+        assert!(
+            std::mem::size_of::<RequestBody>() <= std::mem::size_of::<Incoming>() + 8,
+            "{} bytes",
+            std::mem::size_of::<RequestBody>()
+        );
     }
 }

@@ -34,7 +34,7 @@ use rand::Rng as _;
 use tower::{Layer, Service};
 
 use super::{BoxFuture, ProxyRequest, ProxyResponse, RequestCtx};
-use crate::body::{BufferedBody, RequestBody};
+use crate::body::{BufferedBody, PrefixedBody, RequestBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Cluster, Endpoint};
 
@@ -270,7 +270,7 @@ async fn buffer(body: RequestBody, limit: usize) -> Result<Buffered, ProxyError>
         RequestBody::Streaming(body) => body,
         // Already in memory: as replayable as it gets.
         RequestBody::Buffered(body) => return Ok(Buffered::Whole(body)),
-        prefixed @ RequestBody::Prefixed { .. } => return Ok(Buffered::TooLarge(prefixed)),
+        prefixed @ RequestBody::Prefixed(_) => return Ok(Buffered::TooLarge(prefixed)),
     };
     if hyper::body::Body::is_end_stream(&body) {
         return Ok(Buffered::Whole(BufferedBody::default()));
@@ -294,7 +294,7 @@ async fn buffer(body: RequestBody, limit: usize) -> Result<Buffered, ProxyError>
         let data = match frame.into_data() {
             Ok(data) => data,
             Err(frame) => {
-                trailers = frame.into_trailers().ok();
+                trailers = frame.into_trailers().ok().map(Box::new);
                 continue;
             }
         };
@@ -311,10 +311,8 @@ async fn buffer(body: RequestBody, limit: usize) -> Result<Buffered, ProxyError>
         }
         if len > limit {
             let head = joined.map(BytesMut::freeze).or(first);
-            return Ok(Buffered::TooLarge(RequestBody::Prefixed {
-                head,
-                rest: body,
-            }));
+            let rest = PrefixedBody { head, rest: body };
+            return Ok(Buffered::TooLarge(RequestBody::Prefixed(Box::new(rest))));
         }
     }
     let data = joined.map(BytesMut::freeze).or(first);
