@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weft/config/v1/breaker.proto",
         "proto/weft/config/v1/endpoint.proto",
         "proto/weft/config/v1/route.proto",
+        "proto/weft/config/v1/retry.proto",
         "proto/weft/config/v1/trust.proto",
         "proto/weft/config/v1/policy.proto",
         "proto/weft/config/v1/ratelimit.proto",

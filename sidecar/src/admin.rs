@@ -86,6 +86,29 @@ pub fn readiness(state: &AdminState) -> (bool, String) {
     }
 }
 
+/// The cluster's retry policy in brief, its budget window and counters
+/// (the counters survive config updates; a route's own policy is in
+/// /config_dump).
+fn retries(c: &Cluster) -> Value {
+    let state = &c.shared.retry;
+    let (requests, retries) = state.budget.window();
+    json!({
+        "policy": c.settings.retry.as_ref().map(|p| json!({
+            "max_attempts": p.max_attempts,
+            "per_try_timeout_ms": p.per_try_timeout.map(|d| d.as_millis() as u64),
+            "budget_ratio": p.budget.ratio,
+            "budget_min_retries_per_second": p.budget.min_retries_per_second,
+            "retry_non_idempotent": p.retry_non_idempotent,
+            "max_body_bytes": p.max_body_bytes,
+        })),
+        "window_requests": requests,
+        "window_retries": retries,
+        "retries_total": state.retries.load(Ordering::Relaxed),
+        "budget_exhausted_total": state.budget_exhausted.load(Ordering::Relaxed),
+        "per_try_timeouts_total": state.per_try_timeouts.load(Ordering::Relaxed),
+    })
+}
+
 fn cluster_json(c: &Cluster, direction: &str) -> Value {
     let now = tokio::time::Instant::now();
     json!({
@@ -98,6 +121,7 @@ fn cluster_json(c: &Cluster, direction: &str) -> Value {
         "retries_in_flight": c.shared.retries.in_flight.load(Ordering::Relaxed),
         "retry_overflows_total": c.shared.retries.overflows.load(Ordering::Relaxed),
         "breaker": breaker_json(c, now),
+        "retries": retries(c),
         "endpoints": c.endpoints.iter().map(|e| json!({
             "address": e.addr.to_string(),
             "health": e.health.as_str(),

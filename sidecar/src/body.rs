@@ -65,3 +65,115 @@ impl Body for ProxyBody {
         }
     }
 }
+
+/// The one request body type of the data path: the caller's body streamed
+/// through as it arrives (every request, unless its destination retries),
+/// or a body the `retry` layer buffered so that each try can send it again.
+/// An enum, like [`ProxyBody`], so the streaming path costs one branch per
+/// frame and no allocation.
+pub enum RequestBody {
+    /// The caller's body, streamed through untouched.
+    Streaming(Incoming),
+    /// A whole body in memory, sent as it is (a retriable request's; each
+    /// try gets its own cheap clone of the bytes).
+    Buffered(BufferedBody),
+    /// A body the `retry` layer started to buffer and found too large: the
+    /// bytes read so far, then the rest as it streams. Never retried.
+    /// Boxed, like the trailers of [`BufferedBody`], so that this enum is no
+    /// larger than `Incoming` and the streaming path moves no more bytes
+    /// than before.
+    Prefixed(Box<PrefixedBody>),
+}
+
+/// A request body held in memory: its data and any trailers. Cloning shares
+/// the bytes (reference counted), it does not copy them.
+#[derive(Clone, Debug, Default)]
+pub struct BufferedBody {
+    pub data: Option<Bytes>,
+    pub trailers: Option<Box<http::HeaderMap>>,
+}
+
+/// See [`RequestBody::Prefixed`].
+pub struct PrefixedBody {
+    pub head: Option<Bytes>,
+    pub rest: Incoming,
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> Self {
+        Self::Streaming(body)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Streaming(body) => Pin::new(body).poll_frame(cx),
+            Self::Buffered(body) => Poll::Ready(
+                match body.data.take().filter(|d| !d.is_empty()) {
+                    Some(data) => Some(Frame::data(data)),
+                    None => body.trailers.take().map(|t| Frame::trailers(*t)),
+                }
+                .map(Ok),
+            ),
+            Self::Prefixed(body) => match body.head.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Pin::new(&mut body.rest).poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streaming(body) => body.is_end_stream(),
+            Self::Buffered(body) => {
+                body.data.as_ref().is_none_or(Bytes::is_empty) && body.trailers.is_none()
+            }
+            Self::Prefixed(body) => body.head.is_none() && body.rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Streaming(body) => body.size_hint(),
+            // Trailers need chunked framing on HTTP/1.1: no exact length.
+            Self::Buffered(BufferedBody {
+                trailers: Some(_), ..
+            }) => SizeHint::default(),
+            Self::Buffered(body) => {
+                SizeHint::with_exact(body.data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Self::Prefixed(body) => {
+                let head = body.head.as_ref().map_or(0, |d| d.len() as u64);
+                let rest = body.rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + head);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + head);
+                }
+                hint
+            }
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_body_is_no_larger_than_the_callers_body() {
+        // Every request's future holds one: a larger enum would cost every
+        // request a longer copy, retries or not.
+        assert!(
+            std::mem::size_of::<RequestBody>() <= std::mem::size_of::<Incoming>() + 8,
+            "{} bytes",
+            std::mem::size_of::<RequestBody>()
+        );
+    }
+}

@@ -15,6 +15,9 @@ use crate::body::ProxyBody;
 
 /// The response header that names the cause of a proxy-generated error.
 pub const ERROR_HEADER: &str = "x-weft-error";
+/// How many tries a request took, on the responses of destinations (or
+/// routes) with a retry policy.
+pub const ATTEMPTS_HEADER: &str = "x-weft-attempts";
 
 /// What went wrong, as a user can act on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +150,8 @@ pub struct ProxyError {
     /// Headers the response carries besides `x-weft-error` (e.g.
     /// `x-weft-overflow`).
     pub headers: Vec<(http::HeaderName, HeaderValue)>,
+    /// Tries made, for a request with a retry policy (`x-weft-attempts`).
+    pub attempts: Option<u32>,
 }
 
 impl ProxyError {
@@ -156,11 +161,17 @@ impl ProxyError {
             reason: reason.into(),
             cause: None,
             headers: Vec::new(),
+            attempts: None,
         }
     }
 
     pub fn with_header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
+        self
+    }
+
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = Some(attempts);
         self
     }
 
@@ -179,11 +190,16 @@ impl ProxyError {
 
     /// The synthetic response: status, `x-weft-error`, a one-line text body.
     pub fn to_response(&self) -> Response<ProxyBody> {
-        let mut resp = error_response(self.kind.status(), self.kind.code(), &self.reason);
+        let mut response = error_response(self.kind.status(), self.kind.code(), &self.reason);
         for (name, value) in &self.headers {
-            resp.headers_mut().append(name.clone(), value.clone());
+            response.headers_mut().append(name.clone(), value.clone());
         }
-        resp
+        if let Some(attempts) = self.attempts {
+            response
+                .headers_mut()
+                .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+        }
+        response
     }
 }
 

@@ -23,6 +23,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::body::RequestBody;
 use crate::mtls_mode::{MtlsMode, SharedMtlsMode};
 use crate::proxy::upgrade::BridgeSettings;
 use crate::proxy::{Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx};
@@ -147,7 +148,13 @@ impl<S: HttpStack> hyper::service::Service<Request<Incoming>> for ConnService<S>
             ctx.bridge = Some(self.bridge.clone());
         }
         // Stacks are always ready (see proxy/mod.rs), so no poll_ready.
-        tower::Service::call(&mut self.stack.clone(), ProxyRequest { http: req, ctx })
+        tower::Service::call(
+            &mut self.stack.clone(),
+            ProxyRequest {
+                http: req.map(RequestBody::Streaming),
+                ctx,
+            },
+        )
     }
 }
 

@@ -772,7 +772,14 @@ async fn inbound(policy: AuthnPolicy) -> Inbound {
                         peer,
                         HeaderValue::from_static("127.0.0.1"),
                     );
-                    async move { stack.call(ProxyRequest { http: req, ctx }).await }
+                    async move {
+                        stack
+                            .call(ProxyRequest {
+                                http: req.map(Into::into),
+                                ctx,
+                            })
+                            .await
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)

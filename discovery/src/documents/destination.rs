@@ -10,6 +10,7 @@ use weft_proto::config::v1 as proto;
 use super::breaker::{Breaker, CircuitBreakers, OutlierDetection};
 use super::error::{FieldError, from_serde, join};
 use super::rate_limit::{RateLimitsSection, Side};
+use super::retry::RetryDocument;
 use super::{DocumentKind, duration, schema};
 
 /// Default TCP connect timeout: long enough for a loaded host on the same
@@ -59,6 +60,9 @@ pub struct DestinationDocument {
     /// Limits every caller's sidecar enforces on its calls here. Default: none.
     #[serde(default)]
     pub rate_limits: Option<RateLimitsSection>,
+    /// Default: none (no request is retried).
+    #[serde(default)]
+    pub retries: Option<RetryDocument>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -122,6 +126,7 @@ impl Default for DestinationDocument {
             breaker: None,
             outlier_detection: None,
             rate_limits: None,
+            retries: None,
         }
     }
 }
@@ -183,6 +188,9 @@ impl DestinationDocument {
         if let Some(outlier) = &self.outlier_detection {
             outlier.check(key, &mut errors);
         }
+        if let Some(retries) = &self.retries {
+            errors.extend(retries.check(key, "retries"));
+        }
         errors
     }
 
@@ -219,6 +227,7 @@ impl DestinationDocument {
                 .as_ref()
                 .map(OutlierDetection::to_proto),
             rate_limits: self.rate_limits.as_ref().map(RateLimitsSection::to_proto),
+            retry_policy: self.retries.as_ref().map(RetryDocument::to_proto),
         }
     }
 }
@@ -280,6 +289,35 @@ mod tests {
     }
 
     #[test]
+    fn retries_translate_and_are_checked_with_their_field() {
+        let document = parse(
+            "destinations/users",
+            &json!({ "retries": { "max_attempts": 3, "per_try_timeout": "300ms" } }),
+        )
+        .unwrap();
+        let policy = document.to_cluster("users").retry_policy.unwrap();
+        assert_eq!(policy.max_attempts, 3);
+        assert!(default_cluster("users").retry_policy.is_none());
+        let errors = parse(
+            "destinations/users",
+            &json!({ "retries": { "max_attempts": 0, "retry_on": ["sometimes"] } }),
+        )
+        .unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field.starts_with("retries.retry_on")),
+            "{errors:?}"
+        );
+        let errors = parse(
+            "destinations/users",
+            &json!({ "retries": { "max_attempts": 11 } }),
+        )
+        .unwrap_err();
+        assert_eq!(errors[0].field, "retries.max_attempts", "{errors:?}");
+    }
+
+    #[test]
     fn protocol_tcp_marks_an_opaque_tcp_destination() {
         let document = parse("destinations/redis", &json!({ "protocol": "tcp" })).unwrap();
         assert_eq!(document.to_cluster("redis").protocol(), ProtoProtocol::Tcp);
@@ -323,11 +361,11 @@ mod tests {
     fn unknown_fields_and_out_of_range_values_are_rejected() {
         let errors = parse(
             "destinations/users",
-            &json!({ "retries": 3, "connection_pool": { "max_requests": 0 } }),
+            &json!({ "colour": 3, "connection_pool": { "max_requests": 0 } }),
         )
         .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert!(fields.contains(&"retries"), "{errors:?}");
+        assert!(fields.contains(&"colour"), "{errors:?}");
         assert!(
             fields.contains(&"connection_pool.max_requests"),
             "{errors:?}"

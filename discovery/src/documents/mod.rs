@@ -23,6 +23,7 @@ mod duration;
 mod error;
 mod policy;
 mod rate_limit;
+mod retry;
 mod route;
 pub mod schema;
 
@@ -43,6 +44,7 @@ pub use policy::{
     PolicyIntention,
 };
 pub use rate_limit::{KeyKind, RateLimitsSection, Unavailable};
+pub use retry::{BackoffDocument, BudgetDocument, RetryDocument, RetryOn};
 pub use route::{
     HeaderMatcher, HeaderMutation, PathMatch, Route, RouteDocument, RouteMatch, RouteTarget,
     StringMatch, WeightedDestination, default_route_configuration,
@@ -181,7 +183,9 @@ impl fmt::Display for DocumentKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Document {
     Route(RouteDocument),
-    Destination(DestinationDocument),
+    /// Boxed: with every resilience section it is several times the size
+    /// of the others.
+    Destination(Box<DestinationDocument>),
     Policy(PolicyDocument),
     Defaults(DefaultsDocument),
 }
@@ -204,7 +208,9 @@ pub fn parse_value(
 ) -> Result<Document, Vec<FieldError>> {
     match kind {
         DocumentKind::Route => route::parse(key, value).map(Document::Route),
-        DocumentKind::Destination => destination::parse(key, value).map(Document::Destination),
+        DocumentKind::Destination => {
+            destination::parse(key, value).map(|document| Document::Destination(Box::new(document)))
+        }
         DocumentKind::Policy => policy::parse(key, value).map(Document::Policy),
         DocumentKind::Defaults => policy::parse_defaults(key, value).map(Document::Defaults),
     }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
 use super::error::{FieldError, from_serde, join};
+use super::retry::RetryDocument;
 use super::{DocumentKind, duration, schema};
 
 /// The route table for requests addressed to one host.
@@ -38,6 +39,8 @@ pub struct Route {
     pub host_rewrite: Option<String>,
     /// Overrides the destination's request timeout. Default: the destination's.
     pub timeout: Option<Duration>,
+    /// Replaces the destination's retry policy. Default: the destination's.
+    pub retries: Option<RetryDocument>,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
 }
@@ -153,6 +156,8 @@ struct RouteWire {
     #[serde(default, deserialize_with = "duration::text::deserialize_option")]
     timeout: Option<Duration>,
     #[serde(default)]
+    retries: Option<RetryDocument>,
+    #[serde(default)]
     request_headers: HeaderMutation,
     #[serde(default)]
     response_headers: HeaderMutation,
@@ -178,6 +183,7 @@ impl TryFrom<RouteWire> for Route {
             rewrite_prefix: wire.rewrite_prefix,
             host_rewrite: wire.host_rewrite,
             timeout: wire.timeout,
+            retries: wire.retries,
             request_headers: wire.request_headers,
             response_headers: wire.response_headers,
         })
@@ -522,6 +528,11 @@ impl Route {
         if self.timeout == Some(Duration::ZERO) {
             error(join(field, "timeout"), "must be greater than 0".into());
         }
+        if let Some(retries) = &self.retries {
+            for e in retries.check(key, &join(field, "retries")) {
+                error(e.field, e.reason);
+            }
+        }
         if let Some(host) = &self.host_rewrite
             && host.parse::<http::uri::Authority>().is_err()
         {
@@ -611,6 +622,7 @@ impl Route {
                 prefix_rewrite: self.rewrite_prefix.clone().unwrap_or_default(),
                 host_rewrite: self.host_rewrite.clone().unwrap_or_default(),
                 timeout: self.timeout.map(duration::to_proto),
+                retry_policy: self.retries.as_ref().map(RetryDocument::to_proto),
             }),
             request_headers: header_mutation(&self.request_headers),
             response_headers: header_mutation(&self.response_headers),
@@ -981,6 +993,28 @@ mod tests {
             "{errors:?}"
         );
         assert!(errors[0].contains("`path_prefix`"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_routes_retries_translate_and_are_checked_with_their_field() {
+        let document = parse_ok(json!({ "routes": [
+            { "destination": "users", "retries": { "max_attempts": 3, "retry_non_idempotent": true } },
+            { "destination": "users" } ] }));
+        let rc = document.to_route_configuration("users");
+        let action = |i: usize| rc.virtual_hosts[0].routes[i].action.clone().unwrap();
+        let policy = action(0).retry_policy.unwrap();
+        assert_eq!(policy.max_attempts, 3);
+        assert!(policy.retry_non_idempotent);
+        assert!(
+            action(1).retry_policy.is_none(),
+            "the destination's applies"
+        );
+        let errors = parse_err(json!({ "routes": [
+            { "destination": "users", "retries": { "backoff": { "base": "1s", "max": "1ms" } } } ] }));
+        assert!(
+            errors[0].starts_with("routes[0].retries.backoff.max:"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! weighted least-request (power of two choices), over HEALTHY/UNKNOWN
 //! endpoints only, skipping the ones outlier ejection took out. Counts the
 //! request against the endpoint until it ends, and (with outlier detection
-//! on) tells the endpoint's ejection state how it ended.
+//! on) tells the endpoint's ejection state how it ended. A retry
+//! (`retry.rs`) avoids the endpoints its request already tried while
+//! another one serves.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -149,6 +151,31 @@ pub fn observe(cluster: &Cluster, endpoint: &Endpoint, outcome: Outcome) {
     }
 }
 
+/// A pick for a retry: weighted random over the serving endpoints the
+/// request has not tried yet; when it has tried them all, an ordinary pick.
+pub fn pick_avoiding<'a>(
+    cluster: &'a Cluster,
+    excluded: &[Arc<Endpoint>],
+) -> Option<&'a Arc<Endpoint>> {
+    if excluded.is_empty() {
+        return pick(cluster);
+    }
+    let fresh = |e: &&Arc<Endpoint>| !excluded.iter().any(|x| x.addr == e.addr);
+    let weight = |e: &Arc<Endpoint>| u64::from(e.weight.max(1));
+    let total: u64 = cluster.serving.iter().filter(fresh).map(weight).sum();
+    if total == 0 {
+        return pick(cluster);
+    }
+    let mut draw = rand::rng().random_range(0..total);
+    for endpoint in cluster.serving.iter().filter(fresh) {
+        if draw < weight(endpoint) {
+            return Some(endpoint);
+        }
+        draw -= weight(endpoint);
+    }
+    pick(cluster)
+}
+
 impl<S> Service<ProxyRequest> for Balance<S>
 where
     S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
@@ -169,7 +196,11 @@ where
                 "balance without a cluster",
             ))));
         };
-        let Some(endpoint) = pick(cluster) else {
+        let picked = match &req.ctx.attempt {
+            Some(attempt) => pick_avoiding(cluster, &attempt.excluded),
+            None => pick(cluster),
+        };
+        let Some(endpoint) = picked else {
             let total = cluster.endpoints.len();
             return Either::Left(ready(Err(ProxyError::new(
                 ErrorKind::NoHealthyEndpoint,
@@ -184,6 +215,9 @@ where
             cluster: cluster.clone(),
             endpoint: endpoint.clone(),
         });
+        if let Some(attempt) = &req.ctx.attempt {
+            attempt.picked.store(Some(endpoint.clone()));
+        }
         req.ctx.endpoint_guard = Some(InFlightGuard::enter(&endpoint));
         req.ctx.endpoint = Some(endpoint);
         Either::Right(Observed::new(self.inner.call(req), observed))

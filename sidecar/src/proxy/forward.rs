@@ -21,7 +21,7 @@ use http::{HeaderValue, StatusCode, Version, header};
 use tower::Service;
 
 use super::{BoxFuture, ProxyRequest, upgrade};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Endpoint, cluster::Protocol};
 use crate::upstream::{ConnectError, H1Error};
@@ -35,7 +35,7 @@ pub const ORIGINAL_PROTOCOL: http::HeaderName = http::HeaderName::from_static("x
 pub struct Forward;
 
 fn prepare(
-    req: &mut http::Request<hyper::body::Incoming>,
+    req: &mut http::Request<RequestBody>,
     endpoint: &Endpoint,
     h2: bool,
 ) -> Result<(), ProxyError> {

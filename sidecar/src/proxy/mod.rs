@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! outbound: server -> error_response -> request_id -> headers -> route -> split
-//!           -> rewrite -> ratelimit -> timeout -> breaker -> balance (outlier ejection)
-//!           -> concurrency -> forward
+//!           -> rewrite -> ratelimit -> timeout -> retry -> breaker
+//!           -> balance (outlier ejection) -> concurrency -> forward
 //! inbound:  server (mTLS) -> error_response -> tunnel (CONNECT: tcp::inbound)
 //!           -> upgrade (extended CONNECT: an HTTP/1.1 Upgrade) -> request_id -> headers
 //!           -> jwt_authn -> authorize -> ratelimit -> static_target
@@ -35,6 +35,7 @@ pub mod error_response;
 pub mod forward;
 pub mod headers;
 pub mod request_id;
+pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod split;
@@ -51,10 +52,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::table::{Cluster, Endpoint, Route, RoutingTable, VirtualHost};
 
@@ -63,7 +63,7 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyErro
 
 /// The request as it travels down the stack.
 pub struct ProxyRequest {
-    pub http: Request<Incoming>,
+    pub http: Request<RequestBody>,
     pub ctx: RequestCtx,
 }
 
@@ -103,6 +103,9 @@ pub struct RequestCtx {
     /// The caller's verified SPIFFE ID: set per connection when it arrived
     /// over mTLS (inbound), `None` for plaintext.
     pub peer_identity: Option<PeerIdentity>,
+    /// Set by `retry` for each try of a request with a retry policy: the
+    /// endpoints `balance` should avoid, and where it sent this try.
+    pub attempt: Option<Arc<retry::Attempt>>,
 }
 
 /// A verified peer identity with its header value made once per
@@ -140,6 +143,7 @@ impl RequestCtx {
             upgrade: None,
             bridge: None,
             peer_identity: None,
+            attempt: None,
         }
     }
 }
@@ -189,6 +193,9 @@ pub fn outbound(table: Arc<ArcSwap<RoutingTable>>, service: &str) -> impl HttpSt
         // or endpoint is spent on a request that would be refused.
         .layer(crate::ratelimit::OutboundRateLimitLayer::new(service))
         .layer(timeout::TimeoutLayer)
+        // Inside the overall timeout, which bounds every try and backoff.
+        .layer(retry::RetryLayer)
+        // Every try passes the breaker, and its outcome counts there.
         .layer(breaker::BreakerLayer)
         .layer(balance::BalanceLayer)
         .layer(concurrency::ConcurrencyLimitLayer)

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::proxy::retry::{RetryPolicy, RetryState};
 use crate::upstream::{PoolSettings, UpstreamClient};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +59,9 @@ pub struct ClusterSettings {
     /// The destination's rate limits, with their buckets (kept across
     /// updates that leave a limit alone); `None`: no limits.
     pub rate_limits: Option<Arc<crate::ratelimit::RateLimiter>>,
+    /// Retries of requests to this cluster (a route may replace it);
+    /// `None` = none.
+    pub retry: Option<Arc<RetryPolicy>>,
 }
 
 impl Default for ClusterSettings {
@@ -78,6 +82,7 @@ impl Default for ClusterSettings {
             breaker: None,
             outlier: None,
             rate_limits: None,
+            retry: None,
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct ClusterShared {
     pub breaker: crate::breaker::circuit::BreakerState,
     /// Serialises ejection decisions (the max_ejection_percent check).
     pub ejection_lock: crate::breaker::ejection::EjectionLock,
+    /// Retry budget and counters.
+    pub retry: RetryState,
 }
 
 #[derive(Debug, Default)]
@@ -326,10 +333,10 @@ pub(crate) fn test_endpoint(port: u16, weight: u32, health: Health) -> Arc<Endpo
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    use test_endpoint as endpoint;
+    pub(crate) use super::test_endpoint as endpoint;
 
     fn port(e: &Endpoint) -> u16 {
         match e.addr {

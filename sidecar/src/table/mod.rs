@@ -92,6 +92,8 @@ pub struct RouteAction {
     pub host_rewrite: Option<HeaderValue>,
     /// Overrides the cluster's request timeout; `Some(ZERO)` = no timeout.
     pub timeout: Option<Duration>,
+    /// Replaces the cluster's retry policy for this route's requests.
+    pub retry: Option<Arc<crate::proxy::retry::RetryPolicy>>,
 }
 
 #[derive(Debug)]

@@ -79,7 +79,7 @@ pub struct Tunnel<S> {
 /// A plain CONNECT; an extended CONNECT (`:protocol`: an HTTP/1.1 Upgrade
 /// a peer sidecar carries) is an HTTP request for the app and goes on to
 /// `proxy::upgrade`, below.
-fn is_tunnel(req: &http::Request<hyper::body::Incoming>) -> bool {
+fn is_tunnel<B>(req: &http::Request<B>) -> bool {
     req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none()
 }
 

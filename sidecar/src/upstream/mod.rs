@@ -16,7 +16,6 @@ mod mesh_tls;
 
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -25,6 +24,7 @@ pub use dns::Dns;
 pub use http1::{H1Error, H1Pool, ProtocolError, ResponseBody, Upgraded};
 pub use mesh_tls::{MeshStream, MeshTls, TlsConnector};
 
+use crate::body::RequestBody;
 use crate::table::EndpointAddr;
 
 /// Connection settings of one cluster (from `Cluster.connect_timeout` and
@@ -51,8 +51,8 @@ impl Default for PoolSettings {
     }
 }
 
-pub type HttpClient = Client<Connector, Incoming>;
-pub type MeshClient = Client<TlsConnector, Incoming>;
+pub type HttpClient = Client<Connector, RequestBody>;
+pub type MeshClient = Client<TlsConnector, RequestBody>;
 /// Opens opaque TCP tunnels (HTTP/2 CONNECT streams, `crate::tcp`) to a
 /// peer sidecar over mTLS. Its own client because a CONNECT carries no
 /// request body, which the HTTP client's body type (the app's) cannot say.

@@ -283,6 +283,16 @@ fn route(
             None
         }
     };
+    let retry =
+        action.retry_policy.as_ref().and_then(|p| {
+            match crate::proxy::retry::policy::compile(p, &format!("{path}.action.retry_policy")) {
+                Ok(policy) => Some(Arc::new(policy)),
+                Err(errors) => {
+                    errs.0.extend(errors);
+                    None
+                }
+            }
+        });
     let request_headers = mutation(
         r.request_headers.as_ref(),
         &format!("{path}.request_headers"),
@@ -309,6 +319,7 @@ fn route(
             prefix_rewrite,
             host_rewrite,
             timeout,
+            retry,
         },
         request_headers,
         response_headers,
@@ -417,6 +428,12 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
             Ok(d) if d.is_zero() => s.request_timeout = None,
             Ok(d) => s.request_timeout = Some(d),
             Err(e) => errs.at("request_timeout", e),
+        }
+    }
+    if let Some(p) = &c.retry_policy {
+        match crate::proxy::retry::policy::compile(p, "retry_policy") {
+            Ok(policy) => s.retry = Some(Arc::new(policy)),
+            Err(errors) => errs.0.extend(errors),
         }
     }
     if let Some(p) = &c.connection_pool {
@@ -715,6 +732,51 @@ mod tests {
         assert!(errs[0].starts_with("virtual_hosts[0].routes[0].match.regex: invalid regex"));
         assert!(errs[1].contains("routes[1].action.weighted_clusters: weights sum to 0"));
         assert!(errs[2].contains("routes[2].match.headers[0].name: invalid header name"));
+    }
+
+    #[test]
+    fn retry_policies_compile_on_clusters_and_routes_and_bad_ones_name_their_field() {
+        let policy = |max_attempts| pb::RetryPolicy {
+            max_attempts,
+            on_gateway_error: true,
+            ..Default::default()
+        };
+        let cluster = compile_cluster(&pb::Cluster {
+            name: "users".into(),
+            retry_policy: Some(policy(3)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cluster.retry.unwrap().max_attempts, 3);
+        assert!(
+            compile_cluster(&pb::Cluster {
+                name: "users".into(),
+                ..Default::default()
+            })
+            .unwrap()
+            .retry
+            .is_none(),
+            "no policy, no retries"
+        );
+        let errs = compile_cluster(&pb::Cluster {
+            name: "users".into(),
+            retry_policy: Some(policy(0)),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(errs[0].starts_with("retry_policy.max_attempts"), "{errs:?}");
+
+        let mut route = prefix_route("/", "users");
+        route.action.as_mut().unwrap().retry_policy = Some(policy(2));
+        let compiled = compile_routes(&rc(vec![route.clone()])).unwrap();
+        let action = &compiled.vhosts[0].1.routes[0].action;
+        assert_eq!(action.retry.as_ref().unwrap().max_attempts, 2);
+        route.action.as_mut().unwrap().retry_policy = Some(policy(11));
+        let errs = compile_routes(&rc(vec![route])).unwrap_err();
+        assert!(
+            errs[0].starts_with("virtual_hosts[0].routes[0].action.retry_policy.max_attempts"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -9,13 +9,14 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use http::Method;
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::H1Error;
 use super::codec::{self, RequestFraming, ResponseHead};
+use crate::body::RequestBody;
 
 /// Read-buffer growth per read: most response heads and small bodies fit
 /// in one read.
@@ -62,7 +63,7 @@ impl Connection {
     pub(super) async fn exchange(
         &mut self,
         method: &Method,
-        body: &mut Incoming,
+        body: &mut RequestBody,
         framing: RequestFraming,
     ) -> Result<ResponseHead, H1Error> {
         match self.write_request(body, framing).await {
@@ -82,7 +83,7 @@ impl Connection {
 
     async fn write_request(
         &mut self,
-        body: &mut Incoming,
+        body: &mut RequestBody,
         framing: RequestFraming,
     ) -> Result<(), H1Error> {
         if framing == RequestFraming::Empty {

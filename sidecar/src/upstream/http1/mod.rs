@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 
 pub use body::{ResponseBody, Upgraded};
 pub use codec::ProtocolError;
@@ -33,6 +33,7 @@ use codec::RequestFraming;
 use conn::Connection;
 
 use super::{ConnectError, Connector, PoolSettings};
+use crate::body::RequestBody;
 
 /// Why an HTTP/1 exchange failed.
 #[derive(Debug)]
@@ -119,7 +120,7 @@ impl H1Pool {
     /// connection, but only if it is idempotent and has no body (RFC 9110
     /// §9.2.2): it may have been processed, and a streamed body cannot be
     /// replayed.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, H1Error> {
+    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<ResponseBody>, H1Error> {
         let (parts, mut body) = req.into_parts();
         let mut headers = parts.headers;
         let framing = codec::request_framing(&mut headers, body.size_hint().exact());
