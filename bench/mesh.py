@@ -10,6 +10,13 @@ Measures, interleaved over REPS rounds (direct, mesh, direct, mesh, ...):
            /proc before/after), at max load and at 2,000 req/s
   memory   RSS of each sidecar after >= 1,000,000 requests through the mesh
 
+With --resilience, a fourth target, mesh-resilience: the same sidecars A -> B
+as the plaintext mesh, to a destination `bench-res` whose document turns on
+every caller-side feature of issue 4 (a breaker, outlier detection, retries
+with a budget and max_retries, and a local per-client-IP rate limit set far
+above the offered load, so nothing is refused or retried): what those
+layers cost when they decide on every request but never trip.
+
 Layout (2 cores): the callers' sidecars (A plaintext, C with mTLS) pinned to
 CPU 0, the callees' (B, D) to CPU 1, each with one runtime thread; the load
 generator and the upstream nginx are not pinned. The mesh is configured by a
@@ -17,7 +24,7 @@ real weft-discovery agent with the file backend and a CA made by
 `weftctl ca init`; C and D get their certificates with join tokens, A and B
 have none and talk plaintext.
 
-Usage: python3 bench/mesh.py [--reps 3] [--out DIR]
+Usage: python3 bench/mesh.py [--reps 3] [--resilience] [--out DIR]
 Needs: nginx, wrk (apt-get install -y nginx wrk), oha (cargo install oha --locked).
 Prints a markdown report; raw outputs stay in --out.
 """
@@ -122,6 +129,17 @@ def oha(url, host, seconds, out, rate=2000):
     return {"requests": total, "errors": bad, **{k: lp[k] * 1e6 for k in ("p50", "p90", "p99", "p99.9")}}
 
 
+# Every caller-side resilience feature on, none tripping at the offered load.
+RESILIENCE = {
+    "retries": {"max_attempts": 2, "retry_on": ["gateway-error", "connect-failure", "reset"],
+                "budget": {"ratio": 0.2, "min_retries_per_second": 10}},
+    "circuit_breakers": {"max_retries": 100},
+    "breaker": {"consecutive_failures": 5, "failure_ratio": 0.5, "min_requests": 20},
+    "outlier_detection": {"consecutive_5xx": 5},
+    "rate_limits": {"limits": [{"name": "per-ip", "key": "client_ip",
+                                "local": {"requests": 10000000, "per": "1s", "burst": 10000000}}]},
+}
+
 LUA = """done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('WRK {"requests":%d,"duration_us":%d,"errors":%d,"p50":%d,"p99":%d,"p999":%d}\\n',
@@ -136,6 +154,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--max-seconds", type=int, default=10)
     ap.add_argument("--rate-seconds", type=int, default=15)
+    ap.add_argument("--resilience", action="store_true",
+                    help="also measure the plaintext mesh with breaker, retries and a local rate limit on")
     ap.add_argument("--out", default=tempfile.mkdtemp(prefix="weft-mesh-bench."))
     a = ap.parse_args()
     for tool in ("nginx", "wrk", "oha", "taskset"):
@@ -169,7 +189,11 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
         os.makedirs(cfg, exist_ok=True)
         with open(os.path.join(cfg, "endpoints.yaml"), "w") as f:
             f.write(f"services:\n  bench:\n    - {{ address: 127.0.0.1, port: {PORTS['b_in']}, meshed: true }}\n"
-                    f"  bench-tls:\n    - {{ address: 127.0.0.1, port: {PORTS['d_in']}, meshed: true }}\n")
+                    f"  bench-tls:\n    - {{ address: 127.0.0.1, port: {PORTS['d_in']}, meshed: true }}\n"
+                    f"  bench-res:\n    - {{ address: 127.0.0.1, port: {PORTS['b_in']}, meshed: true }}\n")
+        os.makedirs(os.path.join(cfg, "destinations"), exist_ok=True)
+        with open(os.path.join(cfg, "destinations", "bench-res.json"), "w") as f:
+            json.dump(RESILIENCE, f)
         ca = os.path.join(out, "ca")
         subprocess.run([os.path.join(rel, "weftctl"), "ca", "init", "--trust-domain", "bench.weft", "--out", ca,
                         "--force"], check=True, capture_output=True)
@@ -203,8 +227,10 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
         targets = {"direct": (f"http://127.0.0.1:{PORTS['upstream']}/", None, None),
                    "mesh": (f"http://127.0.0.1:{PORTS['a_out']}/", "bench", (side_a, side_b)),
                    "mesh-mtls": (f"http://127.0.0.1:{PORTS['c_out']}/", "bench-tls", (side_c, side_d))}
+        if a.resilience:
+            targets["mesh-resilience"] = (f"http://127.0.0.1:{PORTS['a_out']}/", "bench-res", (side_a, side_b))
         rows = {t: {"max": [], "rate": []} for t in targets}
-        through = {"mesh": 0, "mesh-mtls": 0}
+        through = {name: 0 for name in targets if name != "direct"}
         for rep in range(a.reps):
             for name, (url, host, sides) in targets.items():
                 wrk(url, host, 2, os.path.join(out, f"warm-{name}-{rep}.txt"))
@@ -260,6 +286,12 @@ def report(rows, total, rss, a):
         cpu = (f"{med(rr, 'cpu_a_us'):.1f} | {med(rr, 'cpu_b_us'):.1f}" if name != "direct" else "- | -")
         print(f"| {name} | {med(rr, 'p50'):,.0f} | {med(rr, 'p90'):,.0f} | {med(rr, 'p99'):,.0f} | {med(rr, 'p99.9'):,.0f} | "
               f"{add('p50')} | {add('p99')} | {add('p99.9')} | {sum(x['errors'] for x in rr)} | {cpu} |")
+    if "mesh-resilience" in rows:
+        plain, res = rows["mesh"], rows["mesh-resilience"]
+        print(f"\nResilience layers on (breaker, outlier detection, retries, local rate limit) vs off, same sidecars: "
+              f"max throughput {100 * (med(res['max'], 'rps') / med(plain['max'], 'rps') - 1):+.1f} %, "
+              f"p99 at 2,000 req/s {100 * (med(res['rate'], 'p99') / med(plain['rate'], 'p99') - 1):+.0f} %, "
+              f"caller CPU per request at max {100 * (med(res['max'], 'cpu_a_us') / med(plain['max'], 'cpu_a_us') - 1):+.1f} %.")
     if "mesh-mtls" in rows:
         plain, tls = med(rows["mesh"]["rate"], "p99"), med(rows["mesh-mtls"]["rate"], "p99")
         print(f"\nmTLS vs plaintext mesh at 2,000 req/s: p99 {tls:,.0f} vs {plain:,.0f} us "
