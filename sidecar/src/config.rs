@@ -862,27 +862,12 @@ mod tests {
 
     #[test]
     fn tcp_upstreams_come_from_repeated_flags_the_env_list_or_a_yaml_list() {
-        let base = [
-            "--discovery",
-            "http://127.0.0.1:15010",
-            "--service",
-            "web",
-            "--inbound",
-            "127.0.0.1:1",
-            "--app",
-            "127.0.0.1:2",
-            "--outbound",
-            "127.0.0.1:3",
-            "--admin",
-            "127.0.0.1:4",
-        ];
         let upstream = |service: &str, port: u16| TcpUpstream {
             service: service.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
         };
         let with = |extra: &[&str], env_pairs: &[(&str, &str)]| {
-            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
-            Settings::from_sources(flags(&args), &env(env_pairs))
+            Settings::from_sources(xds_flags(extra), &env(env_pairs))
         };
         let s = with(
             &[
