@@ -17,8 +17,10 @@
 //!   without an answer), each with an optional `"count": N` (the next N
 //!   requests; without it, until cleared), applies to every other request;
 //!   `DELETE /_weft/fault` clears it; `GET /_weft/stats` answers
-//!   `{"requests": N}`, the requests this instance has seen (faulted ones
-//!   included, control ones not).
+//!   `{"requests": N, "connections": C, "peak_connections": P}`: the
+//!   requests this instance has seen (faulted ones included, control ones
+//!   not), the connections open now and the most open at once since the
+//!   last `DELETE /_weft/stats/peak` (which resets it to the current count).
 //!
 //! It prints `READY <addr>` on stdout once listening (`--listen` may use port 0),
 //! which is what the harness waits on.
@@ -78,6 +80,37 @@ struct Faults {
     /// A test app: a plain mutex, held for a few instructions, is fine.
     current: Mutex<Option<Fault>>,
     requests: AtomicU64,
+    connections: ConnectionCount,
+}
+
+/// Connections open now and the most open at once (what a sidecar's
+/// connection limit is checked against).
+#[derive(Default)]
+struct ConnectionCount {
+    open: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Identity {
+    fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+        let counts = &self.faults.connections;
+        let open = counts.open.fetch_add(1, Ordering::SeqCst) + 1;
+        counts.peak.fetch_max(open, Ordering::SeqCst);
+        OpenConnection(self.clone())
+    }
+}
+
+/// One accepted connection; dropping it counts it closed.
+struct OpenConnection(Arc<Identity>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .faults
+            .connections
+            .open
+            .fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -136,7 +169,21 @@ async fn control(identity: &Identity, req: Request<Incoming>) -> Response<Body> 
     match (req.method().as_str(), path.as_str()) {
         ("GET", "/_weft/stats") => {
             let requests = identity.faults.requests.load(Ordering::Relaxed);
-            text(StatusCode::OK, format!("{{\"requests\":{requests}}}\n"))
+            let connections = identity.faults.connections.open.load(Ordering::SeqCst);
+            let peak = identity.faults.connections.peak.load(Ordering::SeqCst);
+            text(
+                StatusCode::OK,
+                format!(
+                    "{{\"requests\":{requests},\"connections\":{connections},\"peak_connections\":{peak}}}\n"
+                ),
+            )
+        }
+        ("DELETE", "/_weft/stats/peak") => {
+            let counts = &identity.faults.connections;
+            counts
+                .peak
+                .store(counts.open.load(Ordering::SeqCst), Ordering::SeqCst);
+            text(StatusCode::OK, "peak reset\n".into())
         }
         ("DELETE", "/_weft/fault") => {
             *identity
@@ -226,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
         let identity = identity.clone();
         let grpc = grpc.clone();
         tokio::spawn(async move {
+            let _open = identity.connection_opened();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let identity = identity.clone();
                 let mut grpc = grpc.clone();

@@ -124,6 +124,31 @@ impl App {
             .with_context(|| format!("app {} stats: {}", self.instance, reply.text()))
     }
 
+    /// Connections open to the app now, and the most open at once since
+    /// [`App::reset_peak_connections`]. Both count the connection this
+    /// question travels on, if the client keeps one to the app.
+    pub async fn connections(&self, http: &HttpClient) -> anyhow::Result<(u64, u64)> {
+        let reply = http
+            .get(&format!("http://{}/_weft/stats", self.addr))
+            .await?;
+        let stats = reply.json()?;
+        let count = |field: &str| {
+            stats[field]
+                .as_u64()
+                .with_context(|| format!("app {} stats: {}", self.instance, reply.text()))
+        };
+        Ok((count("connections")?, count("peak_connections")?))
+    }
+
+    /// Starts counting the peak of open connections afresh.
+    pub async fn reset_peak_connections(&self, http: &HttpClient) -> anyhow::Result<()> {
+        let reply = http
+            .delete(&format!("http://{}/_weft/stats/peak", self.addr))
+            .await?;
+        anyhow::ensure!(reply.status.is_success(), "{}", reply.text());
+        Ok(())
+    }
+
     /// Kills the app (its instance stays registered: connections to it fail).
     pub fn kill(&mut self) {
         self.process.kill();
