@@ -120,6 +120,7 @@ fn cluster_json(c: &Cluster, direction: &str) -> Value {
         "overflows_total": c.shared.overflows.load(Ordering::Relaxed),
         "retries_in_flight": c.shared.retries.in_flight.load(Ordering::Relaxed),
         "retry_overflows_total": c.shared.retries.overflows.load(Ordering::Relaxed),
+        "connections": connections_json(c),
         "breaker": breaker_json(c, now),
         "retries": retries(c),
         "endpoints": c.endpoints.iter().map(|e| json!({
@@ -136,6 +137,23 @@ fn cluster_json(c: &Cluster, direction: &str) -> Value {
             "times_ejected": e.stats.outlier.times_ejected(),
             "ejections_total": e.stats.outlier.ejections_total.load(Ordering::Relaxed),
         })).collect::<Vec<_>>(),
+    })
+}
+
+/// Connections open to the cluster and requests waiting for one, against
+/// `circuit_breakers.max_connections` / `max_pending_requests` (`null`:
+/// no cap).
+fn connections_json(c: &Cluster) -> Value {
+    let limit = &c.shared.connections;
+    let thresholds = &c.settings.thresholds;
+    json!({
+        "open": limit.open(),
+        "max": thresholds.max_connections,
+        "pending": limit.pending(),
+        "max_pending": thresholds.max_pending_requests,
+        "waited_total": limit.waited_total.load(Ordering::Relaxed),
+        "pending_overflows_total": limit.pending_overflows_total.load(Ordering::Relaxed),
+        "idle_closed_total": limit.idle_closed_total.load(Ordering::Relaxed),
     })
 }
 

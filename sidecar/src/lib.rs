@@ -141,13 +141,21 @@ fn app_cluster(settings: &Settings, dns: &Dns) -> anyhow::Result<Arc<Cluster>> {
         instance_id: settings.instance.clone(),
         zone: String::new(),
     };
-    let endpoint = xds::compile::endpoint(&spec, &cluster_settings.pool, None, None, dns)
-        .context("the --app address cannot be used as an HTTP authority")?;
+    let shared = Arc::new(ClusterShared::default());
+    let endpoint = xds::compile::endpoint(
+        &spec,
+        &cluster_settings.pool,
+        None,
+        None,
+        dns,
+        &shared.connections,
+    )
+    .context("the --app address cannot be used as an HTTP authority")?;
     Ok(Arc::new(Cluster::new(
         "inbound".into(),
         cluster_settings,
         vec![endpoint],
-        Arc::new(ClusterShared::default()),
+        shared,
     )))
 }
 

@@ -22,7 +22,8 @@ use std::path::PathBuf;
 pub use harness::eventually::eventually;
 pub use harness::http::{Call, Echo, HttpClient, Reply};
 pub use harness::mesh::{
-    FileMesh, Mesh, MeshedInstance, tally, wait_for_instances, wait_for_route,
+    FileMesh, Mesh, MeshedInstance, plain_users_behind_client, tally, wait_for_instances,
+    wait_for_route,
 };
 pub use harness::traffic::{Traffic, TrafficReport, TrafficSpec};
 

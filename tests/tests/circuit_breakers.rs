@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use weft_e2e::harness::app::{App, Fault};
 use weft_e2e::harness::mesh::{MeshedInstance, SETUP_TIMEOUT};
 use weft_e2e::harness::sidecar::Sidecar;
-use weft_e2e::{Call, HttpClient, Mesh, eventually, run, wait_for_instances};
+use weft_e2e::{Call, HttpClient, Mesh, eventually, plain_users_behind_client, run};
 
 /// Timer tolerance for the open interval and ejection times, on 2 shared
 /// cores (a poll every 20 ms, plus scheduling).
@@ -66,23 +66,7 @@ async fn users_behind_client(
     ids: &[&str],
     destination: Option<Value>,
 ) -> anyhow::Result<(Mesh, Vec<App>, MeshedInstance)> {
-    let mesh = Mesh::start(ctx).await?;
-    let mut apps = Vec::new();
-    for id in ids {
-        apps.push(mesh.plain_instance("users", id).await?);
-    }
-    if let Some(document) = destination {
-        mesh.put_document("destinations/users", &document).await?;
-    }
-    let client = mesh.client().await?;
-    wait_for_instances(
-        &mesh.http,
-        client.sidecar.outbound,
-        Call::get("users", "/"),
-        ids,
-    )
-    .await?;
-    Ok((mesh, apps, client))
+    plain_users_behind_client(ctx, ids, destination.as_ref()).await
 }
 
 async fn get(http: &HttpClient, sidecar: &Sidecar, path: &str) -> anyhow::Result<weft_e2e::Reply> {
@@ -125,12 +109,7 @@ fn max_requests_trips_at_exactly_its_value_and_recovers() {
         let reply = get(&mesh.http, sidecar, "/fourth").await?;
         let took = start.elapsed();
         ensure!(
-            reply.status == 503
-                && reply.weft_error() == Some("overflow")
-                && reply
-                    .headers
-                    .get("x-weft-overflow")
-                    .is_some_and(|v| v == "requests"),
+            reply.is_overflow("requests"),
             "the 4th request: {} {:?} {}",
             reply.status,
             reply.headers,

@@ -34,6 +34,15 @@ pub struct CircuitBreakers {
     /// Most retries in flight at once from one sidecar; absent = no limit.
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Most connections open at once from one sidecar to all of the
+    /// service's endpoints; absent = no limit.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Most requests waiting for a connection (over `max_connections`);
+    /// absent = no limit beyond `connection_pool.max_requests`, 0 = none
+    /// may wait.
+    #[serde(default)]
+    pub max_pending_requests: Option<u32>,
 }
 
 /// A ratio in [0, 1] (JSON has no NaN, so equality is total).
@@ -248,6 +257,8 @@ impl CircuitBreakers {
     pub(super) fn to_proto(&self) -> proto::CircuitBreakerThresholds {
         proto::CircuitBreakerThresholds {
             max_retries: self.max_retries.unwrap_or(0),
+            max_connections: self.max_connections.unwrap_or(0),
+            max_pending_requests: self.max_pending_requests,
         }
     }
 }
@@ -269,7 +280,10 @@ mod tests {
             .to_cluster("users");
         assert_eq!(cluster.breaker, None);
         assert_eq!(cluster.outlier_detection, None);
-        assert_eq!(cluster.circuit_breakers.unwrap().max_retries, 0);
+        let thresholds = cluster.circuit_breakers.unwrap();
+        assert_eq!(thresholds.max_retries, 0);
+        assert_eq!(thresholds.max_connections, 0);
+        assert_eq!(thresholds.max_pending_requests, None);
     }
 
     #[test]
@@ -311,7 +325,7 @@ mod tests {
         let cluster = parse(
             "destinations/users",
             &json!({
-                "circuit_breakers": { "max_retries": 3 },
+                "circuit_breakers": { "max_retries": 3, "max_connections": 8, "max_pending_requests": 0 },
                 "breaker": { "consecutive_failures": 0, "failure_ratio": 0.5, "window": "30s", "min_requests": 10,
                              "open_interval": "1s", "max_open_interval": "8s", "half_open_probes": 2,
                              "failure_on": ["gateway-error", "timeout"], "grpc_statuses": [14] },
@@ -321,7 +335,15 @@ mod tests {
         )
         .unwrap()
         .to_cluster("users");
-        assert_eq!(cluster.circuit_breakers.unwrap().max_retries, 3);
+        let thresholds = cluster.circuit_breakers.unwrap();
+        assert_eq!(
+            (
+                thresholds.max_retries,
+                thresholds.max_connections,
+                thresholds.max_pending_requests
+            ),
+            (3, 8, Some(0))
+        );
         let b = cluster.breaker.unwrap();
         assert_eq!(b.failure_ratio, 0.5);
         assert_eq!(
@@ -366,7 +388,8 @@ mod tests {
         let errors = parse(
             "destinations/users",
             &json!({ "breaker": { "failure_ratio": 1.5, "failure_on": ["4xx"] },
-                     "outlier_detection": { "max_ejection_percent": 101 } }),
+                     "outlier_detection": { "max_ejection_percent": 101 },
+                     "circuit_breakers": { "max_connections": 0, "max_pending_requests": -1 } }),
         )
         .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
@@ -374,6 +397,8 @@ mod tests {
             "breaker.failure_ratio",
             "breaker.failure_on[0]",
             "outlier_detection.max_ejection_percent",
+            "circuit_breakers.max_connections",
+            "circuit_breakers.max_pending_requests",
         ] {
             assert!(fields.contains(&field), "{field} not in {errors:?}");
         }

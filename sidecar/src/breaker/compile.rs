@@ -13,6 +13,8 @@ pub(crate) fn compile(c: &pb::Cluster, s: &mut ClusterSettings, errs: &mut Error
     if let Some(t) = &c.circuit_breakers {
         s.thresholds = Thresholds {
             max_retries: (t.max_retries > 0).then_some(t.max_retries as usize),
+            max_connections: (t.max_connections > 0).then_some(t.max_connections as usize),
+            max_pending_requests: t.max_pending_requests.map(|n| n as usize),
         };
     }
     if let Some(b) = &c.breaker {
@@ -179,7 +181,11 @@ mod tests {
                 max_ejection_percent: 50,
                 ..Default::default()
             }),
-            circuit_breakers: Some(pb::CircuitBreakerThresholds { max_retries: 4 }),
+            circuit_breakers: Some(pb::CircuitBreakerThresholds {
+                max_retries: 4,
+                max_connections: 0,
+                max_pending_requests: Some(0),
+            }),
             ..Default::default()
         })
         .unwrap();
@@ -192,6 +198,12 @@ mod tests {
             Duration::from_secs(30)
         );
         assert_eq!(s.thresholds.max_retries, Some(4));
+        assert_eq!(s.thresholds.max_connections, None, "0 is no cap");
+        assert_eq!(
+            s.thresholds.max_pending_requests,
+            Some(0),
+            "0 is none may wait"
+        );
     }
 
     #[test]

@@ -8,6 +8,11 @@ use std::time::Duration;
 pub struct Thresholds {
     /// Most retries in flight at once; `None` = no limit.
     pub max_retries: Option<usize>,
+    /// Most connections open to the cluster at once; `None` = no limit.
+    pub max_connections: Option<usize>,
+    /// Most requests waiting for a connection; `None` = no limit (beyond
+    /// `max_requests`), 0 = none may wait.
+    pub max_pending_requests: Option<usize>,
 }
 
 /// What counts as a failure for the breaker.

@@ -1,7 +1,9 @@
 //! Concurrency thresholds and the `x-weft-overflow` header that says which
 //! one a refused request hit. `requests` is enforced by
 //! `proxy::concurrency`; `retries` by the retry layer, through
-//! [`ClusterShared::try_retry`].
+//! [`ClusterShared::try_retry`]; `pending` (and the connection cap it
+//! guards) by the connection pools, through
+//! `upstream::connection_limit`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +22,8 @@ pub const OVERFLOW_HEADER: http::HeaderName = http::HeaderName::from_static("x-w
 pub enum Overflow {
     Requests,
     Retries,
+    /// `max_connections` open and `max_pending_requests` waiting.
+    Pending,
 }
 
 impl Overflow {
@@ -27,19 +31,22 @@ impl Overflow {
         match self {
             Self::Requests => "requests",
             Self::Retries => "retries",
+            Self::Pending => "pending",
         }
     }
 
     /// The fail-fast error for `cluster`, with `x-weft-overflow`.
     pub fn error(self, cluster: &str, max: usize, field: &str) -> ProxyError {
-        ProxyError::new(
-            ErrorKind::Overflow,
-            format!(
-                "cluster {cluster} already has {max} {} in flight ({field})",
-                self.as_str()
-            ),
-        )
-        .with_header(OVERFLOW_HEADER, HeaderValue::from_static(self.as_str()))
+        self.error_because(format!(
+            "cluster {cluster} already has {max} {} in flight ({field})",
+            self.as_str()
+        ))
+    }
+
+    /// The fail-fast error with `x-weft-overflow`, for `reason`.
+    pub fn error_because(self, reason: String) -> ProxyError {
+        ProxyError::new(ErrorKind::Overflow, reason)
+            .with_header(OVERFLOW_HEADER, HeaderValue::from_static(self.as_str()))
     }
 }
 
@@ -101,6 +108,7 @@ mod tests {
         let settings = ClusterSettings {
             thresholds: Thresholds {
                 max_retries: Some(2),
+                ..Thresholds::default()
             },
             ..ClusterSettings::default()
         };

@@ -22,8 +22,10 @@ use tower::Service;
 
 use super::{BoxFuture, ProxyRequest, upgrade};
 use crate::body::{ProxyBody, RequestBody};
+use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Endpoint, cluster::Protocol};
+use crate::upstream::connection_limit::PendingOverflow;
 use crate::upstream::{ConnectError, H1Error};
 
 /// The HTTP version the app's request had before the sidecar-to-sidecar
@@ -82,9 +84,12 @@ fn prepare(
 }
 
 fn classify(e: hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyError {
-    let is_connect = e.is_connect()
-        || std::error::Error::source(&e)
-            .is_some_and(|s| s.downcast_ref::<ConnectError>().is_some());
+    let connect_error =
+        std::error::Error::source(&e).and_then(|s| s.downcast_ref::<ConnectError>());
+    if let Some(overflow) = connect_error.and_then(|c| c.overflow) {
+        return pending_overflow(overflow, endpoint);
+    }
+    let is_connect = e.is_connect() || connect_error.is_some();
     if is_connect {
         ProxyError::new(
             ErrorKind::ConnectFailed,
@@ -100,9 +105,25 @@ fn classify(e: hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyE
     }
 }
 
+/// Not the endpoint's doing: the cluster's connections are all busy and
+/// `max_pending_requests` requests already wait.
+fn pending_overflow(overflow: PendingOverflow, endpoint: &Endpoint) -> ProxyError {
+    Overflow::Pending.error_because(format!(
+        "no connection to {} opened: {overflow} (circuit_breakers.max_connections, max_pending_requests)",
+        endpoint.addr
+    ))
+}
+
 fn classify_h1(e: H1Error, endpoint: &Endpoint) -> ProxyError {
+    if let H1Error::Pending(ConnectError {
+        overflow: Some(overflow),
+        ..
+    }) = &e
+    {
+        return pending_overflow(*overflow, endpoint);
+    }
     let (kind, reason) = match &e {
-        H1Error::Connect(_) => (
+        H1Error::Connect(_) | H1Error::Pending(_) => (
             ErrorKind::ConnectFailed,
             format!("cannot connect to {}", endpoint.addr),
         ),

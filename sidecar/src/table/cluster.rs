@@ -101,6 +101,9 @@ pub struct ClusterShared {
     pub ejection_lock: crate::breaker::ejection::EjectionLock,
     /// Retry budget and counters.
     pub retry: RetryState,
+    /// Connections open to the cluster, under `max_connections`; shared
+    /// by every endpoint's connector.
+    pub connections: Arc<crate::upstream::ConnectionLimit>,
 }
 
 #[derive(Debug, Default)]
@@ -321,6 +324,7 @@ pub(crate) fn test_endpoint(port: u16, weight: u32, health: Health) -> Arc<Endpo
             PoolSettings::default(),
             crate::upstream::Dns::default(),
             None,
+            Arc::default(),
         ),
         addr,
         health,

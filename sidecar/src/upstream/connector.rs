@@ -1,6 +1,9 @@
 //! The TCP connector of one endpoint: always dials that endpoint (whatever
 //! the request URI says), with the cluster's connect timeout and
-//! TCP_NODELAY (requests are small and latency-bound).
+//! TCP_NODELAY (requests are small and latency-bound). A cluster's
+//! connectors share its [`ConnectionLimit`]: [`Connector::open`] takes a
+//! slot under it first, and the connection ([`UpstreamTcp`]) holds the
+//! slot until it closes.
 
 use std::fmt;
 use std::future::Future;
@@ -12,10 +15,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Dns;
+use super::connection_limit::{ConnectionLimit, ConnectionSlot, PendingOverflow};
 use crate::table::EndpointAddr;
 
 #[derive(Clone)]
@@ -23,6 +29,9 @@ pub struct Connector {
     addr: Arc<EndpointAddr>,
     timeout: Duration,
     dns: Dns,
+    /// The cluster's cap on connections; `None` for connections outside a
+    /// cluster's pools (JWKS fetches, the local app).
+    limit: Option<Arc<ConnectionLimit>>,
 }
 
 impl Connector {
@@ -31,7 +40,18 @@ impl Connector {
             addr: Arc::new(addr),
             timeout,
             dns,
+            limit: None,
         }
+    }
+
+    /// A connector whose connections count against `limit`.
+    pub fn limited(mut self, limit: Arc<ConnectionLimit>) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    pub fn limit(&self) -> Option<&Arc<ConnectionLimit>> {
+        self.limit.as_ref()
     }
 }
 
@@ -40,12 +60,17 @@ impl Connector {
 pub struct ConnectError {
     pub addr: String,
     pub timed_out: bool,
+    /// Not dialed at all: the cluster's connections are all busy and too
+    /// many requests already wait for one (`x-weft-overflow: pending`).
+    pub overflow: Option<PendingOverflow>,
     pub source: io::Error,
 }
 
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.timed_out {
+        if let Some(overflow) = &self.overflow {
+            write!(f, "no connection to {} opened: {overflow}", self.addr)
+        } else if self.timed_out {
             write!(f, "connect to {} timed out", self.addr)
         } else {
             write!(f, "connect to {}: {}", self.addr, self.source)
@@ -87,8 +112,61 @@ async fn connect(addr: &EndpointAddr, dns: &Dns) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// A TCP connection to an endpoint of a cluster, holding its place under
+/// the cluster's connection cap until it is dropped.
+pub struct UpstreamTcp {
+    stream: TcpStream,
+    _slot: Option<ConnectionSlot>,
+}
+
+impl Connection for UpstreamTcp {
+    fn connected(&self) -> Connected {
+        self.stream.connected()
+    }
+}
+
+impl AsyncRead for UpstreamTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
 impl tower::Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<UpstreamTcp>;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
 
@@ -98,7 +176,7 @@ impl tower::Service<Uri> for Connector {
 
     fn call(&mut self, _dst: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.connect().await.map(TokioIo::new) })
+        Box::pin(async move { this.open().await.map(TokioIo::new) })
     }
 }
 
@@ -112,8 +190,42 @@ impl Connector {
         ConnectError {
             addr: self.addr.to_string(),
             timed_out: source.kind() == io::ErrorKind::TimedOut,
+            overflow: None,
             source,
         }
+    }
+
+    /// The error for a request refused a connection by the cluster's cap.
+    pub fn overflow_error(&self, overflow: PendingOverflow) -> ConnectError {
+        ConnectError {
+            addr: self.addr.to_string(),
+            timed_out: false,
+            overflow: Some(overflow),
+            source: io::Error::other(overflow.to_string()),
+        }
+    }
+
+    /// Takes a place under the cluster's connection cap (waiting for one
+    /// if need be), then dials.
+    pub async fn open(&self) -> Result<UpstreamTcp, ConnectError> {
+        let slot = match &self.limit {
+            Some(limit) => Some(
+                limit
+                    .acquire()
+                    .await
+                    .map_err(|overflow| self.overflow_error(overflow))?,
+            ),
+            None => None,
+        };
+        self.dial(slot).await
+    }
+
+    /// Dials, the connection holding `slot` (already taken).
+    pub async fn dial(&self, slot: Option<ConnectionSlot>) -> Result<UpstreamTcp, ConnectError> {
+        Ok(UpstreamTcp {
+            stream: self.connect().await?,
+            _slot: slot,
+        })
     }
 
     /// Dials the endpoint (every resolved address in turn for a name),
@@ -124,11 +236,13 @@ impl Connector {
             Ok(Err(source)) => Err(ConnectError {
                 addr: self.addr.to_string(),
                 timed_out: false,
+                overflow: None,
                 source,
             }),
             Err(_) => Err(ConnectError {
                 addr: self.addr.to_string(),
                 timed_out: true,
+                overflow: None,
                 source: io::Error::new(io::ErrorKind::TimedOut, "connect timeout"),
             }),
         }

@@ -19,12 +19,11 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use weft_certs::tls::{ALPN_H2, client_config};
 use weft_certs::{IdentityStore, PeerRejection, SpiffeId};
 
-use super::{ConnectError, Connector};
+use super::{ConnectError, Connector, UpstreamTcp};
 
 /// How to reach the meshed endpoints of one cluster: the identity their
 /// sidecars must present, and the TLS config that checks it.
@@ -86,7 +85,7 @@ impl tower::Service<Uri> for TlsConnector {
     fn call(&mut self, _dst: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = this.tcp.connect().await?;
+            let tcp = this.tcp.open().await?;
             let connector = tokio_rustls::TlsConnector::from(this.tls.config.clone());
             let name = ServerName::try_from(SNI).expect("a valid DNS name");
             // The handshake is bounded by the same connect timeout as TCP.
@@ -115,7 +114,7 @@ impl tower::Service<Uri> for TlsConnector {
 }
 
 /// An established mTLS connection to a peer sidecar.
-pub struct MeshStream(TlsStream<TcpStream>);
+pub struct MeshStream(TlsStream<UpstreamTcp>);
 
 impl Connection for MeshStream {
     fn connected(&self) -> Connected {

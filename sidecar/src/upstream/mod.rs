@@ -9,17 +9,20 @@
 //! carried over between table swaps while their settings do not change, so
 //! pooled connections survive config updates.
 
+pub mod connection_limit;
 mod connector;
 mod dns;
 mod http1;
 mod mesh_tls;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use connector::{ConnectError, Connector};
+pub use connection_limit::ConnectionLimit;
+pub use connector::{ConnectError, Connector, UpstreamTcp};
 pub use dns::Dns;
 pub use http1::{H1Error, H1Pool, ProtocolError, ResponseBody, Upgraded};
 pub use mesh_tls::{MeshStream, MeshTls, TlsConnector};
@@ -76,14 +79,16 @@ pub struct UpstreamClient {
 
 impl UpstreamClient {
     /// `mesh_tls`: set for a meshed endpoint of a cluster with an identity,
-    /// while this sidecar has one.
+    /// while this sidecar has one. Every connection counts against the
+    /// cluster's `limit`.
     pub fn new(
         addr: EndpointAddr,
         settings: PoolSettings,
         dns: Dns,
         mesh_tls: Option<MeshTls>,
+        limit: Arc<ConnectionLimit>,
     ) -> Self {
-        let connector = Connector::new(addr, settings.connect_timeout, dns);
+        let connector = Connector::new(addr, settings.connect_timeout, dns).limited(limit);
         let h1 = H1Pool::new(connector.clone(), settings.clone());
         let h2 = h2_client(&settings).build(connector.clone());
         let (mesh, tunnel) = match mesh_tls {

@@ -22,7 +22,7 @@ use crate::table::{
     Cluster, ClusterSettings, Destination, Endpoint, EndpointAddr, HeaderMutation, LbPolicy,
     PrefixRewrite, Route, RouteAction, RoutingTable, VirtualHost, WeightedClusters,
 };
-use crate::upstream::{Dns, MeshTls, PoolSettings, UpstreamClient};
+use crate::upstream::{ConnectionLimit, Dns, MeshTls, PoolSettings, UpstreamClient};
 use weft_certs::IdentityStore;
 
 /// A route table, compiled.
@@ -548,13 +548,15 @@ pub fn compile_assignment(
 /// An endpoint for the table, keeping the counters (and, when the pool
 /// settings and the mTLS identity did not change, the pooled connections)
 /// of the same address in the previous table. `mesh_tls` applies to meshed
-/// endpoints only: a plain endpoint is an app outside the mesh.
+/// endpoints only: a plain endpoint is an app outside the mesh. Its
+/// connections count against the cluster's `limit`.
 pub fn endpoint(
     spec: &EndpointSpec,
     pool: &PoolSettings,
     mesh_tls: Option<&MeshTls>,
     prev: Option<&Arc<Endpoint>>,
     dns: &Dns,
+    limit: &Arc<ConnectionLimit>,
 ) -> Option<Arc<Endpoint>> {
     let authority = http::uri::Authority::try_from(spec.addr.to_string().as_str()).ok()?;
     let stats = prev.map(|p| p.stats.clone()).unwrap_or_default();
@@ -568,6 +570,7 @@ pub fn endpoint(
             pool.clone(),
             dns.clone(),
             mesh_tls.cloned(),
+            limit.clone(),
         ),
     };
     Some(Arc::new(Endpoint {
@@ -618,18 +621,6 @@ pub fn build_table(
             (Some(store), Some(id)) => Some(MeshTls::new(store, id.clone())),
             _ => None,
         };
-        let eps = assignments
-            .get(name)
-            .map(|specs| {
-                specs
-                    .iter()
-                    .filter_map(|s| {
-                        let prev = old_eps.get(&s.addr).copied();
-                        endpoint(s, &settings.pool, mesh_tls.as_ref(), prev, dns)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         let shared = match old {
             Some(c) => {
                 // The breaker keeps its state unless its own settings
@@ -641,6 +632,29 @@ pub fn build_table(
             }
             None => Arc::new(ClusterShared::default()),
         };
+        let thresholds = &settings.thresholds;
+        shared
+            .connections
+            .set_caps(thresholds.max_connections, thresholds.max_pending_requests);
+        let eps = assignments
+            .get(name)
+            .map(|specs| {
+                specs
+                    .iter()
+                    .filter_map(|s| {
+                        let prev = old_eps.get(&s.addr).copied();
+                        endpoint(
+                            s,
+                            &settings.pool,
+                            mesh_tls.as_ref(),
+                            prev,
+                            dns,
+                            &shared.connections,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let name: Arc<str> = name.as_str().into();
         out.insert(
             name.clone(),

@@ -101,7 +101,11 @@ pub fn cluster(c: &pb::Cluster) -> Value {
             "idle_timeout": dur(&p.idle_timeout),
         })),
         "protocol": proto,
-        "circuit_breakers": c.circuit_breakers.as_ref().map(|t| json!({ "max_retries": t.max_retries })),
+        "circuit_breakers": c.circuit_breakers.as_ref().map(|t| json!({
+            "max_retries": t.max_retries,
+            "max_connections": t.max_connections,
+            "max_pending_requests": t.max_pending_requests,
+        })),
         "breaker": c.breaker.as_ref().map(|b| json!({
             "consecutive_failures": b.consecutive_failures,
             "failure_ratio": b.failure_ratio,

@@ -170,6 +170,17 @@ impl Reply {
             .and_then(|value| value.to_str().ok())
     }
 
+    /// Whether this is the sidecar's fail-fast 503 for the concurrency
+    /// threshold `which` (`x-weft-overflow`).
+    pub fn is_overflow(&self, which: &str) -> bool {
+        self.status == 503
+            && self.weft_error() == Some("overflow")
+            && self
+                .headers
+                .get("x-weft-overflow")
+                .is_some_and(|v| v == which)
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }

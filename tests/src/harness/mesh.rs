@@ -187,6 +187,33 @@ pub async fn mtls_users_and_client(
     Ok((ca, mesh, users, client))
 }
 
+/// The mesh of the resilience tests: plain (unmeshed) `users` instances
+/// with these ids, the destination document (if any) in KV before the
+/// client starts, and the client's sidecar reaching every instance.
+pub async fn plain_users_behind_client(
+    ctx: &TestCtx,
+    ids: &[&str],
+    destination: Option<&serde_json::Value>,
+) -> anyhow::Result<(Mesh, Vec<App>, MeshedInstance)> {
+    let mesh = Mesh::start(ctx).await?;
+    let mut apps = Vec::new();
+    for id in ids {
+        apps.push(mesh.plain_instance("users", id).await?);
+    }
+    if let Some(document) = destination {
+        mesh.put_document("destinations/users", document).await?;
+    }
+    let client = mesh.client().await?;
+    wait_for_instances(
+        &mesh.http,
+        client.sidecar.outbound,
+        Call::get("users", "/"),
+        ids,
+    )
+    .await?;
+    Ok((mesh, apps, client))
+}
+
 /// The agent on the embedded file backend: no Consul at all.
 pub struct FileMesh {
     pub log_dir: PathBuf,

@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use http::Method;
 use hyper::body::{Body, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::H1Error;
@@ -24,9 +23,9 @@ pub(super) const READ_CHUNK: usize = 8 * 1024;
 /// Request-body bytes buffered before they are written out.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
-/// The stream under the HTTP/1 connection. (Upstream TLS, in the identity
-/// work, makes this an enum of plain and TLS streams.)
-pub(super) type Io = TcpStream;
+/// The stream under the HTTP/1 connection (with its place under the
+/// cluster's connection cap).
+pub(super) type Io = crate::upstream::UpstreamTcp;
 
 pub(super) struct Connection {
     pub(super) io: Io,

@@ -15,12 +15,18 @@
 //! exchange, or inside the [`ResponseBody`] streaming its response, which
 //! returns it at the body's end. The pool's lock is per endpoint and held
 //! only to push or pop one entry.
+//!
+//! Under the cluster's `max_connections` (see `connection_limit`), a
+//! request that finds no idle connection and no free slot waits for
+//! whichever comes first: a connection of this endpoint coming back, or a
+//! slot. A connection coming back while only other endpoints' requests
+//! wait is closed, which frees its slot for them.
 
 mod body;
 mod codec;
 mod conn;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -32,6 +38,7 @@ pub use codec::ProtocolError;
 use codec::RequestFraming;
 use conn::Connection;
 
+use super::connection_limit::{ConnectionLimit, ConnectionSlot, IdleConnections};
 use super::{ConnectError, Connector, PoolSettings};
 use crate::body::RequestBody;
 
@@ -47,6 +54,9 @@ pub enum H1Error {
     Write(std::io::Error),
     /// Reading the response head failed part-way.
     Read(std::io::Error),
+    /// Not sent: the cluster's connections are all busy and
+    /// `max_pending_requests` requests already wait for one.
+    Pending(ConnectError),
     /// The upstream's response is not valid HTTP/1.1.
     Protocol(ProtocolError),
     /// The downstream's request body failed (the client went away).
@@ -56,7 +66,7 @@ pub enum H1Error {
 impl std::fmt::Display for H1Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Connect(e) => write!(f, "{e}"),
+            Self::Connect(e) | Self::Pending(e) => write!(f, "{e}"),
             Self::Closed(e) => write!(f, "connection closed before a response: {e}"),
             Self::Write(e) => write!(f, "writing the request: {e}"),
             Self::Read(e) => write!(f, "reading the response: {e}"),
@@ -69,7 +79,7 @@ impl std::fmt::Display for H1Error {
 impl std::error::Error for H1Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connect(e) => Some(e),
+            Self::Connect(e) | Self::Pending(e) => Some(e),
             Self::Closed(e) | Self::Write(e) | Self::Read(e) => Some(e),
             Self::Protocol(e) => Some(e),
             Self::RequestBody(e) => Some(e),
@@ -87,6 +97,16 @@ struct Inner {
     connector: Connector,
     settings: PoolSettings,
     reaper_started: AtomicBool,
+    /// Requests of this endpoint waiting for a connection (cluster cap
+    /// reached), and the signal a returned connection gives them.
+    waiting: AtomicUsize,
+    returned: tokio::sync::Notify,
+}
+
+/// What a request waiting under the connection cap got first.
+enum Room {
+    Returned(Connection),
+    Slot(ConnectionSlot),
 }
 
 #[derive(Clone)]
@@ -96,14 +116,19 @@ pub struct H1Pool {
 
 impl H1Pool {
     pub fn new(connector: Connector, settings: PoolSettings) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                idle: Mutex::new(Vec::new()),
-                connector,
-                settings,
-                reaper_started: AtomicBool::new(false),
-            }),
+        let inner = Arc::new(Inner {
+            idle: Mutex::new(Vec::new()),
+            connector,
+            settings,
+            reaper_started: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            returned: tokio::sync::Notify::new(),
+        });
+        if let Some(limit) = inner.connector.limit() {
+            let weak: Weak<dyn IdleConnections> = Arc::downgrade(&inner) as _;
+            limit.register(weak);
         }
+        Self { inner }
     }
 
     /// Idle connections currently pooled.
@@ -155,16 +180,62 @@ impl H1Pool {
         if let Some(conn) = self.inner.checkout() {
             return Ok((conn, true));
         }
+        let slot = match self.inner.connector.limit() {
+            Some(limit) => match limit.try_open() {
+                Some(slot) => Some(slot),
+                None => match Box::pin(self.wait_for_room(limit)).await? {
+                    Room::Returned(conn) => return Ok((conn, true)),
+                    Room::Slot(slot) => Some(slot),
+                },
+            },
+            None => None,
+        };
         // Boxed: dialing (DNS resolution included) is a large future, and
         // it would otherwise be part of every request's future, moved and
         // copied with it, though pooled connections never need it.
-        let io = Box::pin(self.inner.connector.connect())
+        let io = Box::pin(self.inner.connector.dial(slot))
             .await
             .map_err(H1Error::Connect)?;
         Ok((Connection::new(io), false))
     }
 
+    /// Under the cluster's connection cap: the first of a connection of
+    /// this endpoint coming back and a free slot.
+    async fn wait_for_room(&self, limit: &Arc<ConnectionLimit>) -> Result<Room, H1Error> {
+        let _waiting = WaitingHere::new(&self.inner.waiting);
+        let slot = limit.acquire();
+        tokio::pin!(slot);
+        loop {
+            let returned = self.inner.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(conn) = self.inner.checkout() {
+                return Ok(Room::Returned(conn));
+            }
+            tokio::select! {
+                slot = &mut slot => {
+                    return slot.map(Room::Slot).map_err(|overflow| {
+                        H1Error::Pending(self.inner.connector.overflow_error(overflow))
+                    });
+                }
+                () = &mut returned => {}
+            }
+        }
+    }
+
     fn put(&self, conn: Connection) {
+        let waiting_here = self.inner.waiting.load(Ordering::SeqCst) > 0;
+        if !waiting_here
+            && self
+                .inner
+                .connector
+                .limit()
+                .is_some_and(|limit| limit.has_waiters())
+        {
+            // Requests of other endpoints wait for a slot: closing this
+            // connection gives them one.
+            return;
+        }
         let mut idle = self.inner.lock();
         if idle.len() >= self.inner.settings.max_idle_per_endpoint {
             return; // over the bound: the connection closes when dropped
@@ -174,6 +245,9 @@ impl H1Pool {
             since: Instant::now(),
         });
         drop(idle);
+        if waiting_here {
+            self.inner.returned.notify_one();
+        }
         if !self.inner.reaper_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(Arc::downgrade(&self.inner)));
         }
@@ -203,6 +277,37 @@ impl Inner {
         let timeout = self.settings.idle_timeout;
         self.lock()
             .retain_mut(|e| e.since.elapsed() < timeout && e.conn.is_reusable());
+    }
+}
+
+/// A request of this endpoint waiting for a connection, counted until
+/// dropped (also when its wait is cancelled).
+struct WaitingHere<'a>(&'a AtomicUsize);
+
+impl<'a> WaitingHere<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for WaitingHere<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl IdleConnections for Inner {
+    fn close_one_idle(&self) -> bool {
+        let mut idle = self.lock();
+        if idle.is_empty() {
+            return false;
+        }
+        // The oldest: the least likely to be reused soon.
+        let closed = idle.remove(0);
+        drop(idle);
+        drop(closed);
+        true
     }
 }
 
