@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use weft_e2e::echo::EchoRequest;
 use weft_e2e::echo::echo_client::EchoClient;
 use weft_e2e::harness::app::{App, Fault};
-use weft_e2e::harness::grpc::echo_client;
+use weft_e2e::harness::grpc::{echo_client, streamed_messages};
 use weft_e2e::harness::mesh::{MeshedInstance, SETUP_TIMEOUT};
 use weft_e2e::harness::sidecar::Sidecar;
 use weft_e2e::{Call, HttpClient, Mesh, eventually, run, wait_for_instances};
@@ -697,6 +697,10 @@ fn a_grpc_status_in_the_trailers_opens_the_breaker_only_when_grpc_statuses_lists
         })
         .await?;
 
+        // A healthy stream passes whole and counts when it ends, as answered.
+        let replies = streamed_messages(&mut grpc, "tick", 3).await?;
+        ensure!(replies == ["tick-0", "tick-1", "tick-2"], "{replies:?}");
+
         // Every call gets one reply, then UNAVAILABLE in the trailers.
         users
             .inject(&mesh.http, Fault::GrpcStatusInTrailers(14), None)
@@ -711,9 +715,9 @@ fn a_grpc_status_in_the_trailers_opens_the_breaker_only_when_grpc_statuses_lists
         let c = cluster(sidecar, "users").await?;
         ensure!(
             breaker_state(&c) == "closed"
-                && c["breaker"]["window_requests"] == 5
+                && c["breaker"]["window_requests"] == 6
                 && c["breaker"]["window_failures"] == 0,
-            "not listed: 5 calls answered, none failed: {c}"
+            "not listed: 6 calls answered, none failed: {c}"
         );
 
         // Listed: the third such call in a row opens it.
