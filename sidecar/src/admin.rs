@@ -100,6 +100,7 @@ fn retries(c: &Cluster) -> Value {
             "budget_min_retries_per_second": p.budget.min_retries_per_second,
             "retry_non_idempotent": p.retry_non_idempotent,
             "max_body_bytes": p.max_body_bytes,
+            "grpc_statuses": &p.grpc_statuses,
         })),
         "window_requests": requests,
         "window_retries": retries,
@@ -167,6 +168,7 @@ fn breaker_json(c: &Cluster, now: tokio::time::Instant) -> Value {
     json!({
         "state": b.state().as_str(),
         "open_remaining_ms": b.open_remaining(now).map(|d| d.as_millis() as u64),
+        "grpc_statuses": &settings.failure_on.grpc_statuses,
         "window_requests": requests,
         "window_failures": failures,
         "opened_total": b.opened_total.load(Ordering::Relaxed),

@@ -6,6 +6,10 @@
 //! - the breaker goes closed -> open -> half-open -> open (a failed probe,
 //!   with a doubled interval) -> half-open -> closed, at the configured
 //!   counts and times, as callers and `/clusters` see it;
+//! - a gRPC status in the trailers (after a reply) opens it when
+//!   `breaker.grpc_statuses` lists it, and not when it does not;
+//! - the failure-ratio trigger opens it once the share of failures in the
+//!   window is reached over at least `min_requests`, never below;
 //! - an endpoint that keeps failing is ejected (and stays so across an
 //!   endpoint set change) and returns after its ejection time, and never
 //!   more than `max_ejection_percent` are out;
@@ -18,7 +22,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use tonic::Code;
+use tonic::transport::Channel;
+use weft_e2e::echo::EchoRequest;
+use weft_e2e::echo::echo_client::EchoClient;
 use weft_e2e::harness::app::{App, Fault};
+use weft_e2e::harness::grpc::{echo_client, streamed_messages};
 use weft_e2e::harness::mesh::{MeshedInstance, SETUP_TIMEOUT};
 use weft_e2e::harness::sidecar::Sidecar;
 use weft_e2e::{Call, HttpClient, Mesh, eventually, plain_users_behind_client, run};
@@ -525,6 +534,203 @@ fn only_what_failure_on_names_counts_and_timeouts_do() {
         );
         let c = cluster(sidecar, "users").await?;
         ensure!(breaker_state(&c) == "open", "{c}");
+        Ok(())
+    });
+}
+
+#[test]
+fn the_failure_ratio_opens_the_breaker_only_over_min_requests() {
+    run(|ctx| async move {
+        let (mesh, apps, client) = users_behind_client(&ctx, &["users-1"], None).await?;
+        let (users, sidecar) = (&apps[0], &client.sidecar);
+        // Written once the client has warmed up, so that the window holds
+        // only the requests below.
+        mesh.put_document(
+            "destinations/users",
+            &json!({ "breaker": { "consecutive_failures": 0, "failure_ratio": 0.5,
+                                  "window": "10s", "min_requests": 10,
+                                  "open_interval": "30s" } }),
+        )
+        .await?;
+        until_cluster(sidecar, "users", "the breaker is configured", |c| {
+            breaker_state(c) == "closed"
+        })
+        .await?;
+
+        // 5 failures of 9 requests: over half, but fewer than 10 requests.
+        users
+            .inject(&mesh.http, Fault::Status(503), Some(5))
+            .await?;
+        for i in 0..9 {
+            let reply = get(&mesh.http, sidecar, "/").await?;
+            let want = if i < 5 { 503 } else { 200 };
+            ensure!(
+                reply.status == want && reply.weft_error().is_none(),
+                "request {i}: the app's own answer passes: {} {:?}",
+                reply.status,
+                reply.weft_error()
+            );
+        }
+        let c = cluster(sidecar, "users").await?;
+        ensure!(
+            breaker_state(&c) == "closed"
+                && c["breaker"]["window_requests"] == 9
+                && c["breaker"]["window_failures"] == 5,
+            "5 of 9 failed, below min_requests: {c}"
+        );
+
+        // The 10th request fails: 6 of 10, the ratio with enough requests.
+        users
+            .inject(&mesh.http, Fault::Status(503), Some(1))
+            .await?;
+        let reply = get(&mesh.http, sidecar, "/").await?;
+        ensure!(
+            reply.status == 503 && reply.weft_error().is_none(),
+            "the 10th is the app's answer: {:?}",
+            reply.weft_error()
+        );
+        let seen = users.requests_seen(&mesh.http).await?;
+        let reply = get(&mesh.http, sidecar, "/").await?;
+        ensure!(
+            reply.status == 503 && reply.weft_error() == Some("circuit-open"),
+            "open after 6 of 10: {} {:?} {}",
+            reply.status,
+            reply.weft_error(),
+            reply.text()
+        );
+        ensure!(
+            users.requests_seen(&mesh.http).await? == seen,
+            "a refused request never reaches the app"
+        );
+        let c = cluster(sidecar, "users").await?;
+        ensure!(
+            breaker_state(&c) == "open" && c["breaker"]["opened_total"] == 1,
+            "{c}"
+        );
+        let log = sidecar.log()?;
+        ensure!(
+            log.lines()
+                .any(|l| l.contains("circuit breaker opened")
+                    && l.contains("6 of 10 requests failed")),
+            "no log line gives the ratio that opened it"
+        );
+        Ok(())
+    });
+}
+
+/// One unary echo call, and the status it ends with (OK included).
+async fn grpc_status_of(grpc: &mut EchoClient<Channel>, message: &str) -> tonic::Status {
+    let call = EchoRequest {
+        message: message.into(),
+        repeat: 0,
+    };
+    match grpc.unary(call).await {
+        Ok(_) => tonic::Status::new(Code::Ok, ""),
+        Err(status) => status,
+    }
+}
+
+/// A gRPC caller's view of a call the breaker refuses: the head of the
+/// sidecar's answer says `x-weft-error: circuit-open`, and the call fails.
+async fn grpc_refused_by_the_breaker(grpc: &mut EchoClient<Channel>) -> anyhow::Result<()> {
+    let call = EchoRequest {
+        message: "refused?".into(),
+        repeat: 1,
+    };
+    // A streaming call hands over the answer's head before its messages.
+    let response = match grpc.server_stream(call).await {
+        Ok(response) => response,
+        Err(status) => bail!("not refused by the breaker: {status:?}"),
+    };
+    let error = response
+        .metadata()
+        .get("x-weft-error")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    ensure!(
+        error.as_deref() == Some("circuit-open"),
+        "x-weft-error {error:?}: {:?}",
+        response.metadata()
+    );
+    ensure!(
+        response.into_inner().message().await.is_err(),
+        "the refused call does not succeed"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_grpc_status_in_the_trailers_opens_the_breaker_only_when_grpc_statuses_lists_it() {
+    run(|ctx| async move {
+        let (mesh, apps, client) = users_behind_client(&ctx, &["users-1"], None).await?;
+        let (users, sidecar) = (&apps[0], &client.sidecar);
+        let mut grpc = echo_client(sidecar.outbound, "users").await?;
+        let breaker = |grpc_statuses: &[u32]| {
+            json!({ "breaker": { "consecutive_failures": 3, "open_interval": "30s",
+                                 "grpc_statuses": grpc_statuses } })
+        };
+        mesh.put_document("destinations/users", &breaker(&[]))
+            .await?;
+        until_cluster(sidecar, "users", "the breaker is configured", |c| {
+            breaker_state(c) == "closed" && c["breaker"]["grpc_statuses"] == json!([])
+        })
+        .await?;
+
+        // A healthy stream passes whole and counts when it ends, as answered.
+        let replies = streamed_messages(&mut grpc, "tick", 3).await?;
+        ensure!(replies == ["tick-0", "tick-1", "tick-2"], "{replies:?}");
+
+        // Every call gets one reply, then UNAVAILABLE in the trailers.
+        users
+            .inject(&mesh.http, Fault::GrpcStatusInTrailers(14), None)
+            .await?;
+        for i in 0..5 {
+            let status = grpc_status_of(&mut grpc, &format!("unlisted {i}")).await;
+            ensure!(
+                status.code() == Code::Unavailable && status.message() == "injected fault",
+                "call {i}: {status:?}"
+            );
+        }
+        let c = cluster(sidecar, "users").await?;
+        ensure!(
+            breaker_state(&c) == "closed"
+                && c["breaker"]["window_requests"] == 6
+                && c["breaker"]["window_failures"] == 0,
+            "not listed: 6 calls answered, none failed: {c}"
+        );
+
+        // Listed: the third such call in a row opens it.
+        mesh.put_document("destinations/users", &breaker(&[14]))
+            .await?;
+        until_cluster(sidecar, "users", "grpc_statuses [14] applied", |c| {
+            c["breaker"]["grpc_statuses"] == json!([14])
+        })
+        .await?;
+        for i in 0..3 {
+            let status = grpc_status_of(&mut grpc, &format!("listed {i}")).await;
+            ensure!(
+                status.code() == Code::Unavailable && status.message() == "injected fault",
+                "the app's own answers pass while closed; call {i}: {status:?}"
+            );
+        }
+        let c = cluster(sidecar, "users").await?;
+        ensure!(
+            breaker_state(&c) == "open" && c["breaker"]["opened_total"] == 1,
+            "{c}"
+        );
+        let seen = users.grpc_requests_seen(&mesh.http).await?;
+        grpc_refused_by_the_breaker(&mut grpc).await?;
+        ensure!(
+            users.grpc_requests_seen(&mesh.http).await? == seen,
+            "a refused call never reaches the app"
+        );
+        let log = sidecar.log()?;
+        ensure!(
+            log.lines().any(|l| l.contains("circuit breaker opened")
+                && l.contains("users")
+                && l.contains("grpc: Some(14)")),
+            "no log line says the gRPC status opened it"
+        );
         Ok(())
     });
 }

@@ -1,7 +1,8 @@
 //! Retries and timeouts, configured in Consul KV (`destinations/<svc>`
 //! `retries`, a route's own `retries` and `timeout`), against real sidecars
 //! and test apps that fail on command: a transient failure is retried on
-//! the other endpoint and succeeds; a POST only when the policy says so
+//! the other endpoint and succeeds (a gRPC UNAVAILABLE too, when the
+//! policy lists it, and only then); a POST only when the policy says so
 //! (its body sent again whole); with every request failing, the retries
 //! stay within the budget; per-try and overall timeouts answer 504 on time;
 //! a policy change applies within 1 s without a failed request; an invalid
@@ -12,7 +13,9 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use weft_e2e::echo::EchoRequest;
 use weft_e2e::harness::app::{App, Fault};
+use weft_e2e::harness::grpc::echo_client;
 use weft_e2e::harness::identity::MeshCa;
 use weft_e2e::harness::mesh::SETUP_TIMEOUT;
 use weft_e2e::{Call, Mesh, MeshedInstance, Reply, Traffic, TrafficSpec, eventually, run};
@@ -543,6 +546,112 @@ fn over_mtls_between_sidecars_a_failed_try_is_retried_on_the_other_instance_body
         }
         println!("over mTLS: 20 POSTs, {retried} retried on users-2");
         ensure!(retried > 0, "no POST tried users-1 first");
+        Ok(())
+    });
+}
+
+fn echo(message: &str) -> EchoRequest {
+    EchoRequest {
+        message: message.into(),
+        repeat: 0,
+    }
+}
+
+/// `x-weft-attempts` in a gRPC answer's metadata (its head).
+fn grpc_attempts(metadata: &tonic::metadata::MetadataMap) -> Option<u32> {
+    metadata.get(ATTEMPTS)?.to_str().ok()?.parse().ok()
+}
+
+#[test]
+fn a_grpc_unavailable_is_retried_on_the_other_endpoint_only_when_the_policy_lists_it() {
+    run(|ctx| async move {
+        let mesh = Mesh::start(&ctx).await?;
+        let (users_1, _users_2, client) = two_users(&mesh).await?;
+        let mut grpc = echo_client(client.sidecar.outbound, "users").await?;
+        // gRPC calls are POSTs: retried only with retry_non_idempotent.
+        let retries = |statuses: &[&str]| {
+            json!({ "retries": { "max_attempts": 2, "retry_non_idempotent": true,
+                                 "retriable_grpc_statuses": statuses } })
+        };
+        mesh.put_document("destinations/users", &retries(&["unavailable"]))
+            .await?;
+        policy_says(&client, "grpc_statuses", json!([14])).await?;
+
+        // users-1 fails every call before it starts: UNAVAILABLE in a
+        // trailers-only answer.
+        users_1
+            .inject(&mesh.http, Fault::GrpcStatus(14), None)
+            .await?;
+        let seen = users_1.grpc_requests_seen(&mesh.http).await?;
+        let (mut retried, mut first_time) = (0u64, 0u64);
+        for i in 0..20 {
+            let reply = grpc
+                .unary(echo(&format!("call {i}")))
+                .await
+                .with_context(|| format!("call {i}, users-1 failing, unavailable listed"))?;
+            match grpc_attempts(reply.metadata()) {
+                Some(2) => retried += 1,
+                Some(1) => first_time += 1,
+                other => anyhow::bail!("call {i}: x-weft-attempts {other:?}"),
+            }
+            let reply = reply.into_inner();
+            ensure!(
+                reply.served_by == "users-2" && reply.message == format!("call {i}"),
+                "call {i}: {reply:?}"
+            );
+        }
+        let failed_on_1 = users_1.grpc_requests_seen(&mesh.http).await? - seen;
+        println!(
+            "unavailable listed: 20 calls succeeded, {retried} retried (x-weft-attempts: 2), {first_time} first time; users-1 saw {failed_on_1}"
+        );
+        ensure!(retried > 0, "no call ever tried users-1 first");
+        ensure!(
+            failed_on_1 == retried,
+            "each retried call failed once on users-1: {failed_on_1} calls there, {retried} retried"
+        );
+
+        // Not listed: the caller gets users-1's UNAVAILABLE, tried once.
+        mesh.put_document("destinations/users", &retries(&["resource_exhausted"]))
+            .await?;
+        policy_says(&client, "grpc_statuses", json!([8])).await?;
+        let seen = users_1.grpc_requests_seen(&mesh.http).await?;
+        let (mut failed, mut succeeded) = (0u64, 0u64);
+        for i in 0..20 {
+            match grpc.unary(echo(&format!("call {i}"))).await {
+                Ok(reply) => {
+                    ensure!(
+                        grpc_attempts(reply.metadata()) == Some(1),
+                        "call {i}: {:?}",
+                        reply.metadata()
+                    );
+                    ensure!(reply.into_inner().served_by == "users-2", "call {i}");
+                    succeeded += 1;
+                }
+                Err(status) => {
+                    ensure!(
+                        status.code() == tonic::Code::Unavailable
+                            && status.message() == "injected fault"
+                            && grpc_attempts(status.metadata()) == Some(1),
+                        "call {i}: users-1's own answer, tried once: {status:?}"
+                    );
+                    failed += 1;
+                }
+            }
+        }
+        let reached_1 = users_1.grpc_requests_seen(&mesh.http).await? - seen;
+        println!(
+            "unavailable not listed: {failed} of 20 calls got UNAVAILABLE (x-weft-attempts: 1), {succeeded} succeeded; users-1 saw {reached_1}"
+        );
+        ensure!(failed > 0, "no call went to users-1");
+        ensure!(
+            reached_1 == failed,
+            "no call was sent twice: users-1 saw {reached_1}, {failed} failed"
+        );
+        let retries = retries_of(&client.sidecar.clusters().await?)?;
+        ensure!(
+            retries["retries_total"].as_u64() == Some(retried),
+            "only the listed status was retried: {retries}"
+        );
         Ok(())
     });
 }

@@ -243,6 +243,30 @@ mod tests {
         assert!(matches!(e.observe(&gateway, E503), Verdict::Eject(_)));
     }
 
+    #[test]
+    fn grpc_statuses_count_as_the_http_status_they_stand_for() {
+        let grpc = |code| Outcome::Response {
+            status: 200,
+            grpc: Some(code),
+        };
+        let gateway = OutlierSettings {
+            consecutive_5xx: 0,
+            consecutive_gateway_errors: 2,
+            ..settings()
+        };
+        let e = EjectionState::default();
+        // INTERNAL is a 500, not a gateway error; NOT_FOUND resets.
+        assert!(matches!(e.observe(&gateway, grpc(14)), Verdict::Keep));
+        assert!(matches!(e.observe(&gateway, grpc(13)), Verdict::Keep));
+        assert!(matches!(e.observe(&gateway, grpc(14)), Verdict::Keep));
+        assert!(matches!(e.observe(&gateway, grpc(5)), Verdict::Keep));
+        assert!(matches!(e.observe(&gateway, grpc(14)), Verdict::Keep));
+        assert!(matches!(e.observe(&gateway, grpc(4)), Verdict::Eject(_)));
+        let e = EjectionState::default();
+        assert!(matches!(e.observe(&settings(), grpc(13)), Verdict::Keep));
+        assert!(matches!(e.observe(&settings(), grpc(2)), Verdict::Eject(_)));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_ejected_endpoint_returns_and_a_second_ejection_lasts_longer() {
         let (e, s, lock) = (

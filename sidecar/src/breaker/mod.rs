@@ -6,7 +6,8 @@
 //!   `proxy::concurrency`; `retries` is a guard the retry layer takes);
 //! - [`circuit`]: the closed / open / half-open breaker of a cluster;
 //! - [`ejection`]: per-endpoint outlier ejection, read by the balancer;
-//! - [`outcome`]: what a finished request counts as.
+//! - [`outcome`]: what a finished request counts as;
+//! - [`grpc`]: gRPC statuses as outcomes, from the head or the trailers.
 //!
 //! Settings are compiled from the Cluster ([`settings`]); the runtime state
 //! lives in `ClusterShared` / `EndpointStats`, which table rebuilds carry
@@ -17,6 +18,7 @@
 pub mod circuit;
 pub(crate) mod compile;
 pub mod ejection;
+pub mod grpc;
 pub mod outcome;
 pub mod settings;
 pub mod thresholds;

@@ -1,5 +1,7 @@
 //! What a finished (or abandoned) request counts as, for the breaker and
-//! for outlier ejection.
+//! for outlier ejection. A request is finished when its response head
+//! arrives, except a gRPC answer without `grpc-status` in its head: that
+//! one is finished by its trailers (`grpc.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,13 +11,13 @@ use http::HeaderMap;
 
 use crate::error::{ErrorKind, ProxyError};
 
-use super::FailureOn;
+use super::{FailureOn, grpc};
 
 /// The result of one request, as far as resilience cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Response headers arrived; `grpc` is a `grpc-status` among them
-    /// (a trailers-only gRPC answer).
+    /// Response headers arrived; `grpc` is the call's `grpc-status`, from
+    /// them (a trailers-only gRPC answer) or from the trailers.
     Response {
         status: u16,
         grpc: Option<u32>,
@@ -32,13 +34,9 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn of_response(status: http::StatusCode, headers: &HeaderMap) -> Self {
-        let grpc = headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
         Self::Response {
             status: status.as_u16(),
-            grpc,
+            grpc: grpc::status_in(headers),
         }
     }
 
@@ -58,7 +56,8 @@ impl Outcome {
         }
     }
 
-    /// Whether the breaker counts this as a failure.
+    /// Whether the breaker counts this as a failure. gRPC statuses count
+    /// only when `grpc_statuses` lists them (`5xx` is about HTTP statuses).
     pub fn is_failure(self, on: &FailureOn) -> bool {
         match self {
             Self::Response { status, grpc } => {
@@ -79,19 +78,30 @@ impl Outcome {
         matches!(self, Self::Response { .. })
     }
 
-    /// 5xx or nothing at all from the endpoint (outlier `consecutive_5xx`).
+    /// The HTTP status outlier ejection judges: a gRPC status stands for
+    /// the HTTP status it maps to (as Envoy's outlier detection sees it).
+    fn outlier_status(status: u16, grpc: Option<u32>) -> u16 {
+        grpc.map_or(status, grpc::as_http_status)
+    }
+
+    /// 5xx or nothing at all from the endpoint (outlier `consecutive_5xx`);
+    /// gRPC UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+    /// UNAVAILABLE and DATA_LOSS count as 5xx.
     pub fn is_5xx(self) -> bool {
         match self {
-            Self::Response { status, .. } => status >= 500,
+            Self::Response { status, grpc } => Self::outlier_status(status, grpc) >= 500,
             Self::ConnectFailure | Self::Reset => true,
             Self::Timeout | Self::Neutral => false,
         }
     }
 
-    /// 502/503/504 or nothing at all (outlier `consecutive_gateway_errors`).
+    /// 502/503/504 or nothing at all (outlier `consecutive_gateway_errors`);
+    /// gRPC UNAVAILABLE (503) and DEADLINE_EXCEEDED (504) count too.
     pub fn is_gateway_error(self) -> bool {
         match self {
-            Self::Response { status, .. } => matches!(status, 502..=504),
+            Self::Response { status, grpc } => {
+                matches!(Self::outlier_status(status, grpc), 502..=504)
+            }
             Self::ConnectFailure | Self::Reset => true,
             Self::Timeout | Self::Neutral => false,
         }
@@ -101,8 +111,21 @@ impl Outcome {
 /// Told how a request ended: the breaker and outlier ejection.
 pub trait Observer {
     fn finished(self, outcome: Outcome);
-    /// Dropped before it ended (a deadline above it, or the caller left).
+    /// Dropped before its response head arrived (a deadline above it, or
+    /// the caller left).
     fn abandoned(self);
+}
+
+/// An observer a gRPC answer's body carries until its trailers, boxed so
+/// that one body can carry the breaker's and the balancer's.
+pub trait Pending: Send {
+    fn settle(self: Box<Self>, outcome: Outcome);
+}
+
+impl<O: Observer + Send + 'static> Pending for O {
+    fn settle(self: Box<Self>, outcome: Outcome) {
+        (*self).finished(outcome);
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -131,15 +154,21 @@ impl<F, O: Observer> Observed<F, O> {
 impl<F, O> Future for Observed<F, O>
 where
     F: Future<Output = Result<crate::proxy::ProxyResponse, ProxyError>>,
-    O: Observer,
+    O: Observer + Send + 'static,
 {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
+        let mut result = std::task::ready!(this.inner.poll(cx));
         if let Some(observer) = this.observer.take() {
-            observer.finished(Outcome::of_result(&result));
+            match &mut result {
+                // The head says nothing yet: the trailers will.
+                Ok(response) if grpc::awaits_trailers(response) => {
+                    grpc::settle_on_trailers(response, Box::new(observer));
+                }
+                _ => observer.finished(Outcome::of_result(&result)),
+            }
         }
         Poll::Ready(result)
     }

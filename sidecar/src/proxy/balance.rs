@@ -2,7 +2,9 @@
 //! weighted least-request (power of two choices), over HEALTHY/UNKNOWN
 //! endpoints only, skipping the ones outlier ejection took out. Counts the
 //! request against the endpoint until it ends, and (with outlier detection
-//! on) tells the endpoint's ejection state how it ended. A retry
+//! on) tells the endpoint's ejection state how it ended (a gRPC answer
+//! without `grpc-status` in its head: when its trailers arrive; the
+//! in-flight count still ends with the head). A retry
 //! (`retry.rs`) avoids the endpoints its request already tried while
 //! another one serves.
 

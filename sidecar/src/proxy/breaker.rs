@@ -1,7 +1,9 @@
 //! The cluster's circuit breaker on the request path: while it is open (or
 //! half-open with every probe taken) a request fails fast with 503
 //! `circuit-open` and never reaches the balancer; otherwise it goes on and
-//! its outcome is recorded when it ends. A request dropped from above
+//! its outcome is recorded when it ends: when its response head arrives, or
+//! for a gRPC answer without `grpc-status` in its head when its trailers do
+//! (a half-open probe holds its slot until then). A request dropped from above
 //! before it ends counts as a timeout when its deadline had passed (the
 //! `timeout` layer drops it) and as nothing otherwise (the caller left).
 //! A cluster without a breaker costs one branch.
@@ -118,5 +120,99 @@ where
                 Either::Left(ready(Err(ProxyError::new(ErrorKind::CircuitOpen, reason))))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::{HeaderValue, Request, StatusCode, header};
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::body::{BufferedBody, ProxyBody, RequestBody};
+    use crate::breaker::BreakerSettings;
+    use crate::proxy::{Direction, RequestCtx};
+    use crate::table::ClusterSettings;
+
+    fn cluster() -> Arc<Cluster> {
+        let settings = ClusterSettings {
+            breaker: Some(BreakerSettings {
+                consecutive_failures: 1,
+                open_interval: Duration::from_secs(1),
+                half_open_probes: 1,
+                ..BreakerSettings::default()
+            }),
+            ..ClusterSettings::default()
+        };
+        Arc::new(Cluster::new(
+            "echo".into(),
+            settings,
+            Vec::new(),
+            Arc::default(),
+        ))
+    }
+
+    fn request(cluster: &Arc<Cluster>) -> ProxyRequest {
+        let mut ctx = RequestCtx::new(
+            Direction::Outbound,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            HeaderValue::from_static("127.0.0.1"),
+        );
+        ctx.cluster = Some(cluster.clone());
+        let http = Request::new(RequestBody::Buffered(BufferedBody::default()));
+        ProxyRequest { http, ctx }
+    }
+
+    /// An upstream that answers every call with a gRPC head (no
+    /// `grpc-status`) and one message, then ends without trailers.
+    fn grpc_upstream() -> impl Service<
+        ProxyRequest,
+        Response = ProxyResponse,
+        Error = ProxyError,
+        Future = Ready<Result<ProxyResponse, ProxyError>>,
+    > + Clone {
+        tower::service_fn(|_: ProxyRequest| {
+            let mut response =
+                http::Response::new(ProxyBody::full(Bytes::from_static(b"\0\0\0\0\0")));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            ready(Ok(response))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_probe_holds_its_slot_until_its_body_ends() {
+        let cluster = cluster();
+        let breaker = &cluster.shared.breaker;
+        let service = BreakerLayer.layer(grpc_upstream());
+        // A gRPC answer's head counts for nothing; its end without trailers
+        // is a failure, and opens the breaker (1 failure).
+        let answer = service.clone().oneshot(request(&cluster)).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(breaker.state(), State::Closed, "nothing known at the head");
+        answer.into_body().collect().await.unwrap();
+        assert_eq!(breaker.state(), State::Open);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = service.clone().oneshot(request(&cluster)).await.unwrap();
+        assert_eq!(breaker.state(), State::HalfOpen);
+        let refused = service.clone().oneshot(request(&cluster)).await;
+        assert!(
+            matches!(&refused, Err(e) if e.kind == ErrorKind::CircuitOpen),
+            "the probe's slot is taken while its outcome is unknown"
+        );
+        // The caller goes away: neutral, the slot is free again.
+        drop(probe);
+        assert_eq!(breaker.state(), State::HalfOpen);
+        let probe = service.clone().oneshot(request(&cluster)).await.unwrap();
+        probe.into_body().collect().await.unwrap();
+        assert_eq!(breaker.state(), State::Open, "a failed probe reopens");
     }
 }

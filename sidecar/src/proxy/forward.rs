@@ -248,7 +248,7 @@ impl Service<ProxyRequest> for Forward {
                         let upstream = hyper::upgrade::on(&mut resp);
                         tokio::spawn(upgrade::bridge_streams(downstream, upstream, settings));
                     }
-                    ProxyBody::Full(_) => {}
+                    ProxyBody::Full(_) | ProxyBody::Grpc(_) => {}
                 }
             }
             // `ctx` (with the in-flight guards) is dropped here: the request

@@ -17,10 +17,19 @@
 //!   without an answer), each with an optional `"count": N` (the next N
 //!   requests; without it, until cleared), applies to every other request;
 //!   `DELETE /_weft/fault` clears it; `GET /_weft/stats` answers
-//!   `{"requests": N, "connections": C, "peak_connections": P}`: the
-//!   requests this instance has seen (faulted ones included, control ones
-//!   not), the connections open now and the most open at once since the
-//!   last `DELETE /_weft/stats/peak` (which resets it to the current count).
+//!   `{"requests": N, "connections": C, "peak_connections": P,
+//!   "grpc_requests": G}`: the (non-gRPC) requests this instance has seen
+//!   (faulted ones included, control ones not), the connections open now
+//!   and the most open at once since the last `DELETE /_weft/stats/peak`
+//!   (which resets it to the current count), and the gRPC calls it has seen;
+//! - gRPC faults, for the echo service's calls only (other faults leave
+//!   gRPC alone, and these leave plain HTTP alone): `{"grpc_status": 14}`
+//!   answers every call with that status in a trailers-only answer (the
+//!   status in the response head, no message), the way a call fails
+//!   before it starts; with `"grpc_trailers_only": false` the answer is one
+//!   reply message, then the status in the trailers (a call that fails
+//!   after it started). `"count": N` as above; `grpc_status` cannot be
+//!   combined with `status`, `delay_ms` or `reset`.
 //!
 //! It prints `READY <addr>` on stdout once listening (`--listen` may use port 0),
 //! which is what the harness waits on.
@@ -81,6 +90,7 @@ struct Faults {
     current: Mutex<Option<Fault>>,
     requests: AtomicU64,
     connections: ConnectionCount,
+    grpc_requests: AtomicU64,
 }
 
 /// Connections open now and the most open at once (what a sidecar's
@@ -125,6 +135,51 @@ struct Fault {
     /// Requests left to fault; `None`: until cleared.
     #[serde(default)]
     count: Option<u64>,
+    /// A gRPC status (1-16) for the echo service's calls.
+    #[serde(default)]
+    grpc_status: Option<i32>,
+    /// With `grpc_status`: in the head, no message (`true`, the default),
+    /// or in the trailers after one reply (`false`).
+    #[serde(default)]
+    grpc_trailers_only: Option<bool>,
+}
+
+impl Fault {
+    /// Why this fault cannot be set, if it cannot.
+    fn invalid(&self) -> Option<&'static str> {
+        if self.count == Some(0) {
+            return Some("count must be at least 1");
+        }
+        match self.grpc_status {
+            Some(code) if !(1..=16).contains(&code) => {
+                Some("grpc_status must be a failing gRPC status, 1-16")
+            }
+            Some(_) if self.status.is_some() || self.delay_ms.is_some() || self.reset => Some(
+                "grpc_status applies to gRPC calls only: it cannot be combined with status, delay_ms or reset",
+            ),
+            None if self.grpc_trailers_only.is_some() => {
+                Some("grpc_trailers_only needs a grpc_status")
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes one use; true when it was the last.
+    fn spend(&mut self) -> bool {
+        match self.count.as_mut() {
+            Some(count) => {
+                *count = count.saturating_sub(1);
+                *count == 0
+            }
+            None => false,
+        }
+    }
+}
+
+/// A gRPC failure to answer one call with.
+struct GrpcFailure {
+    code: i32,
+    trailers_only: bool,
 }
 
 /// What to do with one request.
@@ -140,7 +195,8 @@ impl Faults {
     fn next(&self) -> Injected {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(fault) = current.as_mut() else {
+        // A gRPC fault is not this request's.
+        let Some(fault) = current.as_mut().filter(|f| f.grpc_status.is_none()) else {
             return Injected::None;
         };
         let injected = if fault.reset {
@@ -161,6 +217,21 @@ impl Faults {
         }
         injected
     }
+
+    /// Counts a call of the echo service and takes one use of a gRPC fault.
+    fn next_grpc(&self) -> Option<GrpcFailure> {
+        self.grpc_requests.fetch_add(1, Ordering::Relaxed);
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let fault = current.as_mut()?;
+        let failure = GrpcFailure {
+            code: fault.grpc_status?,
+            trailers_only: fault.grpc_trailers_only.unwrap_or(true),
+        };
+        if fault.spend() {
+            *current = None;
+        }
+        Some(failure)
+    }
 }
 
 /// The answer to a `/_weft/...` control request.
@@ -171,10 +242,11 @@ async fn control(identity: &Identity, req: Request<Incoming>) -> Response<Body> 
             let requests = identity.faults.requests.load(Ordering::Relaxed);
             let connections = identity.faults.connections.open.load(Ordering::SeqCst);
             let peak = identity.faults.connections.peak.load(Ordering::SeqCst);
+            let grpc = identity.faults.grpc_requests.load(Ordering::Relaxed);
             text(
                 StatusCode::OK,
                 format!(
-                    "{{\"requests\":{requests},\"connections\":{connections},\"peak_connections\":{peak}}}\n"
+                    "{{\"requests\":{requests},\"connections\":{connections},\"peak_connections\":{peak},\"grpc_requests\":{grpc}}}\n"
                 ),
             )
         }
@@ -204,9 +276,10 @@ async fn control(identity: &Identity, req: Request<Incoming>) -> Response<Body> 
                 }
             };
             match serde_json::from_slice::<Fault>(&body) {
-                Ok(fault) if fault.count == Some(0) => {
-                    text(StatusCode::BAD_REQUEST, "count must be at least 1\n".into())
-                }
+                Ok(fault) if fault.invalid().is_some() => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad fault: {}\n", fault.invalid().unwrap_or_default()),
+                ),
                 Ok(fault) => {
                     tracing::info!(?fault, "fault set");
                     *identity
@@ -279,6 +352,11 @@ async fn main() -> anyhow::Result<()> {
                 let mut grpc = grpc.clone();
                 async move {
                     if is_grpc(&req) {
+                        if req.uri().path().starts_with(ECHO_PATH)
+                            && let Some(failure) = identity.faults.next_grpc()
+                        {
+                            return Ok(grpc_failure(&identity, req, failure).await);
+                        }
                         // EchoServer is always ready (no backpressure), so call directly.
                         let response = match grpc.call(req).await {
                             Ok(response) => response,
@@ -317,6 +395,62 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+}
+
+/// The path prefix of the echo service's calls.
+const ECHO_PATH: &str = "/weft.test.echo.Echo/";
+
+/// A failed call, answered by hand: tonic's server would always fail a
+/// unary call in a trailers-only answer.
+async fn grpc_failure(
+    identity: &Identity,
+    req: Request<Incoming>,
+    failure: GrpcFailure,
+) -> Response<Body> {
+    // Read the call first, as a server does, so the answer never races it.
+    let _ = req.into_body().collect().await;
+    let status = header::HeaderValue::from(failure.code);
+    let message = header::HeaderValue::from_static("injected fault");
+    let (body, trailers_only) = if failure.trailers_only {
+        (
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            true,
+        )
+    } else {
+        let reply = prost::Message::encode_to_vec(&EchoReply {
+            message: "before the failure".into(),
+            served_by: identity.instance.clone(),
+        });
+        // The gRPC message frame: not compressed, big-endian length.
+        let mut framed = Vec::with_capacity(5 + reply.len());
+        framed.push(0);
+        framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&reply);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", status.clone());
+        trailers.insert("grpc-message", message.clone());
+        let frames: [Result<hyper::body::Frame<Bytes>, BoxError>; 2] = [
+            Ok(hyper::body::Frame::data(Bytes::from(framed))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        (
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync(),
+            false,
+        )
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/grpc"),
+    );
+    if trailers_only {
+        headers.insert("grpc-status", status);
+        headers.insert("grpc-message", message);
+    }
+    response
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {

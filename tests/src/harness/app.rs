@@ -22,6 +22,12 @@ pub enum Fault {
     Delay(Duration),
     /// Close the connection without an answer.
     Reset,
+    /// Fail the echo service's gRPC calls with this status in a
+    /// trailers-only answer (the status in the head, no message). Plain
+    /// HTTP requests are left alone, as the other faults leave gRPC.
+    GrpcStatus(i32),
+    /// Fail them after one reply message, with the status in the trailers.
+    GrpcStatusInTrailers(i32),
 }
 
 /// A running `weft-testapp` that answers as `service`/`instance`.
@@ -85,6 +91,10 @@ impl App {
             Fault::Status(code) => serde_json::json!({ "status": code }),
             Fault::Delay(delay) => serde_json::json!({ "delay_ms": delay.as_millis() as u64 }),
             Fault::Reset => serde_json::json!({ "reset": true }),
+            Fault::GrpcStatus(code) => serde_json::json!({ "grpc_status": code }),
+            Fault::GrpcStatusInTrailers(code) => {
+                serde_json::json!({ "grpc_status": code, "grpc_trailers_only": false })
+            }
         };
         if let Some(count) = count {
             body["count"] = count.into();
@@ -120,6 +130,16 @@ impl App {
             .get(&format!("http://{}/_weft/stats", self.addr))
             .await?;
         reply.json()?["requests"]
+            .as_u64()
+            .with_context(|| format!("app {} stats: {}", self.instance, reply.text()))
+    }
+
+    /// How many gRPC calls the app has seen (faulted ones included).
+    pub async fn grpc_requests_seen(&self, http: &HttpClient) -> anyhow::Result<u64> {
+        let reply = http
+            .get(&format!("http://{}/_weft/stats", self.addr))
+            .await?;
+        reply.json()?["grpc_requests"]
             .as_u64()
             .with_context(|| format!("app {} stats: {}", self.instance, reply.text()))
     }

@@ -31,6 +31,33 @@ pub async fn echo_client(via: SocketAddr, authority: &str) -> anyhow::Result<Ech
     Ok(EchoClient::new(channel))
 }
 
+/// A server-streaming echo of `message`, `repeat` times: the messages of
+/// every reply, once the stream has ended (an error if it failed).
+pub async fn streamed_messages(
+    grpc: &mut EchoClient<Channel>,
+    message: &str,
+    repeat: u32,
+) -> anyhow::Result<Vec<String>> {
+    let request = crate::echo::EchoRequest {
+        message: message.into(),
+        repeat,
+    };
+    let mut stream = grpc
+        .server_stream(request)
+        .await
+        .with_context(|| format!("server stream of {message:?}"))?
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(reply) = stream
+        .message()
+        .await
+        .with_context(|| format!("server stream of {message:?}, after {messages:?}"))?
+    {
+        messages.push(reply.message);
+    }
+    Ok(messages)
+}
+
 /// Opens a WebSocket to `ws://host{path}` over a TCP connection to `via`.
 pub async fn websocket(
     via: SocketAddr,

@@ -12,6 +12,13 @@ use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
 
 /// The gRPC status a trailers-only answer carries in its headers.
+///
+/// Retries judge a try by its response head only, as Envoy does: once a
+/// gRPC answer's head has gone on without a status, its messages are on
+/// their way to the caller and a status in the trailers comes too late to
+/// try again. A call that fails before any message (the usual UNAVAILABLE)
+/// is a trailers-only answer, and is retried. (The breaker and outlier
+/// ejection do wait for the trailers: `breaker::grpc`.)
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Defaults for fields a policy leaves at proto zero (the agent always sets
