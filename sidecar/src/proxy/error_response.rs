@@ -1,14 +1,26 @@
 //! Turns every [`ProxyError`] from the layers below into a response with
 //! `x-weft-error`: the one place where errors become responses.
+//!
+//! To a gRPC call the sidecar's own refusals (errors, and the 401/403/429
+//! answers of the authentication and rate-limit layers) are gRPC answers,
+//! as Envoy's local replies are: HTTP 200, trailers-only, `grpc-status`
+//! mapped from the HTTP status (the mapping gRPC documents; a timeout is
+//! DEADLINE_EXCEEDED), the reason in `grpc-message`, `x-weft-error` and
+//! the other headers kept. A plain 503 would reach a gRPC client as a
+//! protocol error (tonic says INTERNAL) instead of UNAVAILABLE, which is
+//! what its retry and failover logic acts on.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::future::{FutureExt, Map};
+use http::{HeaderValue, StatusCode, header};
 use tower::{Layer, Service};
 
 use super::{ProxyRequest, ProxyResponse};
-use crate::error::{ErrorSource, ProxyError};
+use crate::body::ProxyBody;
+use crate::error::{ERROR_HEADER, ErrorSource, ProxyError};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ErrorResponseLayer;
@@ -56,6 +68,144 @@ where
     }
 
     fn call(&mut self, req: ProxyRequest) -> Self::Future {
-        self.inner.call(req).map(respond as Respond)
+        let respond = if is_grpc(&req.http) {
+            respond_grpc as Respond
+        } else {
+            respond as Respond
+        };
+        self.inner.call(req).map(respond)
+    }
+}
+
+fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn respond_grpc(result: Result<ProxyResponse, ProxyError>) -> Result<ProxyResponse, Infallible> {
+    let Ok(response) = respond(result);
+    Ok(as_grpc_reply(response))
+}
+
+/// gRPC status codes the sidecar answers with.
+mod grpc_code {
+    pub const UNKNOWN: u8 = 2;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+    pub const UNAUTHENTICATED: u8 = 16;
+}
+
+/// The gRPC status of a sidecar-made answer (gRPC's
+/// doc/http-grpc-status-mapping.md, plus DEADLINE_EXCEEDED for a timeout).
+fn grpc_status_of(status: StatusCode, weft_error: &[u8]) -> u8 {
+    use grpc_code::*;
+    if weft_error == b"timeout" {
+        return DEADLINE_EXCEEDED;
+    }
+    match status.as_u16() {
+        400 => INTERNAL,
+        401 => UNAUTHENTICATED,
+        403 => PERMISSION_DENIED,
+        404 => UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => UNAVAILABLE,
+        _ => UNKNOWN,
+    }
+}
+
+/// A sidecar-made refusal (not 200, `x-weft-error` set) as a trailers-only
+/// gRPC answer; anything else (the app's answers, a peer sidecar's already
+/// converted refusal) passes as it is.
+fn as_grpc_reply(response: ProxyResponse) -> ProxyResponse {
+    let Some(weft_error) = response.headers().get(ERROR_HEADER) else {
+        return response;
+    };
+    if response.status() == StatusCode::OK {
+        return response;
+    }
+    let code = grpc_status_of(response.status(), weft_error.as_bytes());
+    let (mut parts, body) = response.into_parts();
+    let reason = match body {
+        ProxyBody::Full(Some(text)) => text,
+        _ => Bytes::new(),
+    };
+    parts.status = StatusCode::OK;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    parts
+        .headers
+        .insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(message) = HeaderValue::from_str(&grpc_message(reason.trim_ascii())) {
+        parts.headers.insert("grpc-message", message);
+    }
+    http::Response::from_parts(parts, ProxyBody::empty())
+}
+
+/// `grpc-message` is percent-encoded: bytes outside printable ASCII, and
+/// `%` itself (gRPC's PROTOCOL-HTTP2).
+fn grpc_message(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn grpc_reply(e: ProxyError) -> ProxyResponse {
+        as_grpc_reply(e.to_response())
+    }
+
+    #[test]
+    fn a_refusal_to_a_grpc_call_is_a_trailers_only_grpc_answer() {
+        let reply = grpc_reply(ProxyError::new(
+            ErrorKind::CircuitOpen,
+            "circuit open for users: 100% sure",
+        ));
+        assert_eq!(reply.status(), 200);
+        let headers = reply.headers();
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["grpc-status"], "14");
+        assert_eq!(
+            headers["grpc-message"],
+            "circuit open for users: 100%25 sure"
+        );
+        assert_eq!(headers["x-weft-error"], "circuit-open");
+        assert!(hyper::body::Body::is_end_stream(reply.body()));
+    }
+
+    #[test]
+    fn statuses_map_as_grpc_documents_and_a_timeout_is_deadline_exceeded() {
+        let status = |kind| grpc_reply(ProxyError::new(kind, "x")).headers()["grpc-status"].clone();
+        assert_eq!(status(ErrorKind::Timeout), "4");
+        assert_eq!(status(ErrorKind::Overflow), "14");
+        assert_eq!(status(ErrorKind::RateLimited), "14");
+        assert_eq!(status(ErrorKind::Denied), "7");
+        assert_eq!(status(ErrorKind::NoRoute), "12");
+        assert_eq!(status(ErrorKind::BadRequest), "13");
+        assert_eq!(status(ErrorKind::Internal), "2");
+    }
+
+    #[test]
+    fn the_apps_answers_pass_unchanged() {
+        let mut app = http::Response::new(ProxyBody::full(Bytes::from_static(b"oops")));
+        *app.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        let passed = as_grpc_reply(app);
+        assert_eq!(passed.status(), 500);
+        assert!(passed.headers().get("grpc-status").is_none());
     }
 }
