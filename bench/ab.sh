@@ -15,14 +15,8 @@ for tool in nginx wrk taskset; do command -v "$tool" >/dev/null || [[ -x /usr/sb
   echo "missing $tool: apt-get install -y nginx wrk" >&2; exit 2; }; done
 work=$(mktemp -d /tmp/weft-ab.XXXXXX)
 up_port=19380; proxy_port=19381
-cat > "$work/up.conf" <<CONF
-worker_processes 1; daemon off; pid $work/up.pid; error_log $work/up.err warn;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 127.0.0.1:$up_port backlog=4096;
-    location / { return 200 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n"; } } }
-CONF
+. "$(dirname "$0")/upstream-nginx.sh"
+write_upstream_conf "$work" "$up_port"
 taskset -c 1 "$(command -v nginx || echo /usr/sbin/nginx)" -p "$work" -c "$work/up.conf" -e "$work/up.err" &
 upstream=$!
 trap 'kill $upstream 2>/dev/null || true' EXIT

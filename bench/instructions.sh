@@ -18,14 +18,8 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 [[ -x $nginx_bin ]] || { echo "missing nginx: apt-get install -y nginx" >&2; exit 2; }
 work=$(mktemp -d /tmp/weft-instructions.XXXXXX)
 up_port=19480; proxy_port=19481; requests=20000
-cat > "$work/up.conf" <<CONF
-worker_processes 1; daemon off; pid $work/up.pid; error_log $work/up.err warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 127.0.0.1:$up_port;
-    location / { return 200 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n"; } } }
-CONF
+. "$(dirname "$0")/upstream-nginx.sh"
+write_upstream_conf "$work" "$up_port"
 "$nginx_bin" -p "$work" -c "$work/up.conf" -e "$work/up.err" &
 upstream=$!
 TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \

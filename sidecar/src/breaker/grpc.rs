@@ -38,15 +38,41 @@ pub fn status_in(headers: &HeaderMap) -> Option<u32> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Whether this answer's outcome is only known from its trailers: a gRPC
-/// answer (200, `application/grpc*`) without `grpc-status` in its head.
+/// What a response head says of its outcome.
+pub enum Head {
+    /// Known now: the status, and a `grpc-status` in the head of a gRPC
+    /// answer (a trailers-only one).
+    Known(Outcome),
+    /// A gRPC answer (200, `application/grpc*`) without `grpc-status` in
+    /// its head: only its trailers will tell.
+    AwaitsTrailers,
+}
+
+/// Reads a response head: one content-type lookup for a plain HTTP
+/// answer (the common case), `grpc-status` only on a gRPC one.
+pub fn read_head(response: &ProxyResponse) -> Head {
+    let status = response.status();
+    let is_grpc = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc = if is_grpc {
+        status_in(response.headers())
+    } else {
+        None
+    };
+    if is_grpc && grpc.is_none() && status == StatusCode::OK {
+        return Head::AwaitsTrailers;
+    }
+    Head::Known(Outcome::Response {
+        status: status.as_u16(),
+        grpc,
+    })
+}
+
+/// Whether this answer's outcome is only known from its trailers.
 pub fn awaits_trailers(response: &ProxyResponse) -> bool {
-    response.status() == StatusCode::OK
-        && response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-        && !response.headers().contains_key(GRPC_STATUS)
+    matches!(read_head(response), Head::AwaitsTrailers)
 }
 
 /// The HTTP status a gRPC status stands for where only HTTP statuses are

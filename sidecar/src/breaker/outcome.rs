@@ -7,8 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::HeaderMap;
-
 use crate::error::{ErrorKind, ProxyError};
 
 use super::{FailureOn, grpc};
@@ -33,26 +31,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn of_response(status: http::StatusCode, headers: &HeaderMap) -> Self {
-        Self::Response {
-            status: status.as_u16(),
-            grpc: grpc::status_in(headers),
-        }
-    }
-
     pub fn of_error(e: &ProxyError) -> Self {
         match e.kind {
             ErrorKind::ConnectFailed => Self::ConnectFailure,
             ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => Self::Reset,
             ErrorKind::Timeout => Self::Timeout,
             _ => Self::Neutral,
-        }
-    }
-
-    pub fn of_result(r: &Result<crate::proxy::ProxyResponse, ProxyError>) -> Self {
-        match r {
-            Ok(resp) => Self::of_response(resp.status(), resp.headers()),
-            Err(e) => Self::of_error(e),
         }
     }
 
@@ -163,11 +147,14 @@ where
         let mut result = std::task::ready!(this.inner.poll(cx));
         if let Some(observer) = this.observer.take() {
             match &mut result {
-                // The head says nothing yet: the trailers will.
-                Ok(response) if grpc::awaits_trailers(response) => {
-                    grpc::settle_on_trailers(response, Box::new(observer));
-                }
-                _ => observer.finished(Outcome::of_result(&result)),
+                Ok(response) => match grpc::read_head(response) {
+                    grpc::Head::Known(outcome) => observer.finished(outcome),
+                    // The head says nothing yet: the trailers will.
+                    grpc::Head::AwaitsTrailers => {
+                        grpc::settle_on_trailers(response, Box::new(observer));
+                    }
+                },
+                Err(e) => observer.finished(Outcome::of_error(e)),
             }
         }
         Poll::Ready(result)

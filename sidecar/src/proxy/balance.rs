@@ -218,7 +218,8 @@ where
             endpoint: endpoint.clone(),
         });
         if let Some(attempt) = &req.ctx.attempt {
-            attempt.picked.store(Some(endpoint.clone()));
+            // A try is balanced once; a second set could only repeat it.
+            let _ = attempt.picked.set(endpoint.clone());
         }
         req.ctx.endpoint_guard = Some(InFlightGuard::enter(&endpoint));
         req.ctx.endpoint = Some(endpoint);

@@ -1,6 +1,6 @@
 //! Which bucket (or Redis window) a request counts against.
 
-use std::net::IpAddr;
+use std::borrow::Cow;
 
 use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
@@ -27,7 +27,8 @@ pub struct RequestFacts<'a> {
     /// own (outbound); `None` for a caller without a mesh identity.
     pub source: Option<&'a str>,
     pub headers: &'a HeaderMap,
-    pub client_ip: IpAddr,
+    /// As formatted once per connection (`RequestCtx::client_ip`).
+    pub client_ip: &'a str,
 }
 
 /// The bucket of a request that lacks what the key needs (no identity,
@@ -41,16 +42,17 @@ pub const ABSENT: &str = "\u{0}absent";
 const MAX_PLAIN: usize = 64;
 
 impl KeyKind {
-    /// The key of `facts` under this kind.
-    pub fn extract(&self, facts: &RequestFacts<'_>) -> String {
+    /// The key of `facts` under this kind; borrowed (no allocation) but
+    /// for a header value that has to be hashed.
+    pub fn extract<'a>(&self, facts: &RequestFacts<'a>) -> Cow<'a, str> {
         match self {
-            Self::Whole => String::new(),
-            Self::Route => facts.route.unwrap_or(ABSENT).to_owned(),
-            Self::Source => facts.source.unwrap_or(ABSENT).to_owned(),
-            Self::ClientIp => facts.client_ip.to_string(),
+            Self::Whole => Cow::Borrowed(""),
+            Self::Route => Cow::Borrowed(facts.route.unwrap_or(ABSENT)),
+            Self::Source => Cow::Borrowed(facts.source.unwrap_or(ABSENT)),
+            Self::ClientIp => Cow::Borrowed(facts.client_ip),
             Self::Header(name) => match facts.headers.get(name) {
                 Some(value) => bounded(value.as_bytes()),
-                None => ABSENT.to_owned(),
+                None => Cow::Borrowed(ABSENT),
             },
         }
     }
@@ -58,14 +60,17 @@ impl KeyKind {
 
 /// The value itself when short and plain (readable in Redis), else
 /// `sha256:` and the first 128 bits of its hash.
-fn bounded(value: &[u8]) -> String {
+fn bounded(value: &[u8]) -> Cow<'_, str> {
     let plain = value.len() <= MAX_PLAIN
         && value
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
     match std::str::from_utf8(value) {
-        Ok(text) if plain => text.to_owned(),
-        _ => format!("sha256:{}", hex::encode(&Sha256::digest(value)[..16])),
+        Ok(text) if plain => Cow::Borrowed(text),
+        _ => Cow::Owned(format!(
+            "sha256:{}",
+            hex::encode(&Sha256::digest(value)[..16])
+        )),
     }
 }
 
@@ -78,7 +83,7 @@ mod tests {
             route: Some("v2"),
             source: Some("web"),
             headers,
-            client_ip: "10.1.2.3".parse().unwrap(),
+            client_ip: "10.1.2.3",
         }
     }
 

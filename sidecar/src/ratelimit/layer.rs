@@ -5,6 +5,7 @@
 //! (429, or the fail-closed status) and never reaches the layers below,
 //! the upstream or the app. A request with no limits costs one load.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -15,7 +16,65 @@ use super::{RateLimiter, RequestFacts, SharedRateLimits};
 use crate::error::ProxyError;
 use crate::proxy::{BoxFuture, ProxyRequest, ProxyResponse};
 
-/// Runs `limiter` on `req`, then `inner` if every limit allows it.
+/// The route's name for the `route` key (its position in its table when
+/// it has none); only worked out when a limit keys on it.
+fn route_name(req: &ProxyRequest, limiter: &RateLimiter) -> Option<Cow<'static, str>> {
+    if !limiter.keys_on_route() {
+        return None;
+    }
+    req.ctx.route.as_ref().map(|r| {
+        let route = r.route();
+        if route.name.is_empty() {
+            Cow::Owned(r.index.to_string())
+        } else {
+            Cow::Owned(route.name.clone())
+        }
+    })
+}
+
+/// The caller's service for the `source` key: this sidecar's own
+/// (outbound), else the verified peer's (inbound).
+fn source_of<'a>(req: &'a ProxyRequest, own: Option<&'a str>) -> Option<&'a str> {
+    own.or_else(|| req.ctx.peer_identity.as_ref().map(|p| p.id.service()))
+}
+
+fn facts<'a>(
+    req: &'a ProxyRequest,
+    route: Option<&'a str>,
+    source: Option<&'a str>,
+) -> RequestFacts<'a> {
+    RequestFacts {
+        route,
+        source,
+        headers: req.http.headers(),
+        client_ip: req.ctx.client_ip.to_str().unwrap_or_default(),
+    }
+}
+
+/// Local limits only: decided here and now, then `inner` is called
+/// directly (no boxed future, no await on the request path).
+fn locally_limited_call<S>(
+    limiter: &RateLimiter,
+    source: Option<&str>,
+    inner: &mut S,
+    req: ProxyRequest,
+) -> Either<S::Future, BoxFuture>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+{
+    let route = route_name(&req, limiter);
+    let decision = limiter.check_local(&facts(&req, route.as_deref(), source_of(&req, source)));
+    match decision {
+        Ok(()) => Either::Left(inner.call(req)),
+        Err(refusal) => {
+            let response = refusal.into_response();
+            Either::Right(Box::pin(async move { Ok(response) }))
+        }
+    }
+}
+
+/// With a global limit: runs `limiter` (which may wait for Redis) on
+/// `req`, then `inner` if every limit allows it.
 fn limited_call<S>(
     limiter: Arc<RateLimiter>,
     source: Option<Arc<str>>,
@@ -30,29 +89,15 @@ where
     let clone = inner.clone();
     let mut inner = std::mem::replace(inner, clone);
     Box::pin(async move {
-        let route = req.ctx.route.as_ref().map(|r| {
-            let route = r.route();
-            if route.name.is_empty() {
-                r.index.to_string()
-            } else {
-                route.name.clone()
-            }
-        });
-        let source = match &source {
-            Some(own) => Some(own.clone()),
-            None => req
-                .ctx
-                .peer_identity
-                .as_ref()
-                .map(|p| p.id.service().into()),
-        };
-        let facts = RequestFacts {
-            route: route.as_deref(),
-            source: source.as_deref(),
-            headers: req.http.headers(),
-            client_ip: req.ctx.client_addr.ip(),
-        };
-        match limiter.check(&facts).await {
+        let route = route_name(&req, &limiter);
+        let decision = limiter
+            .check(&facts(
+                &req,
+                route.as_deref(),
+                source_of(&req, source.as_deref()),
+            ))
+            .await;
+        match decision {
             Ok(()) => inner.call(req).await,
             Err(refusal) => Ok(refusal.into_response()),
         }
@@ -153,6 +198,9 @@ where
     fn call(&mut self, req: ProxyRequest) -> Self::Future {
         match self.source.limits_for(&req) {
             None => Either::Left(self.inner.call(req)),
+            Some((limiter, source)) if limiter.is_local_only() => {
+                locally_limited_call(&limiter, source.as_deref(), &mut self.inner, req)
+            }
             Some((limiter, source)) => {
                 Either::Right(limited_call(limiter, source, &mut self.inner, req))
             }

@@ -341,19 +341,29 @@ impl RateLimiter {
         }
     }
 
+    /// Whether every limit is local: [`RateLimiter::check_local`] then
+    /// decides at once, with no future to await.
+    pub fn is_local_only(&self) -> bool {
+        self.limits
+            .iter()
+            .all(|l| matches!(l.algorithm, Algorithm::Local { .. }))
+    }
+
+    /// Whether a limit keys on the route (its name is then worked out for
+    /// every request; otherwise never).
+    pub fn keys_on_route(&self) -> bool {
+        self.limits.iter().any(|l| l.key == KeyKind::Route)
+    }
+
     /// Checks every limit in order. Local limits decide at once; a global
     /// one waits for Redis at most its timeout.
     pub async fn check(&self, facts: &RequestFacts<'_>) -> Result<(), Refusal> {
         for limit in &self.limits {
-            let key = limit.key.extract(facts);
-            match (&limit.algorithm, &limit.buckets) {
-                (Algorithm::Local { rate, .. }, Some(buckets)) => {
-                    if let Take::Limited { retry_after } = buckets.take(&key, *rate, now_nanos()) {
-                        return Err(self.limited(limit, retry_after));
-                    }
-                }
-                (Algorithm::Global { requests, window }, _) => {
+            match &limit.algorithm {
+                Algorithm::Local { .. } => self.take_local(limit, facts)?,
+                Algorithm::Global { requests, window } => {
                     let Some(redis) = &self.redis else { continue };
+                    let key = limit.key.extract(facts);
                     let redis_key = redis::window_key(&self.scope, &limit.name, &key);
                     match redis.decide(&redis_key, *requests, *window).await {
                         Ok(WindowDecision::Allowed { .. }) => {}
@@ -373,7 +383,27 @@ impl RateLimiter {
                         }
                     }
                 }
-                (Algorithm::Local { .. }, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// [`RateLimiter::check`] for a limiter whose limits are all local
+    /// ([`RateLimiter::is_local_only`]): no await, so the layer needs no
+    /// boxed future on the request path.
+    pub fn check_local(&self, facts: &RequestFacts<'_>) -> Result<(), Refusal> {
+        for limit in &self.limits {
+            self.take_local(limit, facts)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a token of a local limit (a global one passes here).
+    fn take_local(&self, limit: &Limit, facts: &RequestFacts<'_>) -> Result<(), Refusal> {
+        if let (Algorithm::Local { rate, .. }, Some(buckets)) = (&limit.algorithm, &limit.buckets) {
+            let key = limit.key.extract(facts);
+            if let Take::Limited { retry_after } = buckets.take(&key, *rate, now_nanos()) {
+                return Err(self.limited(limit, retry_after));
             }
         }
         Ok(())
@@ -421,7 +451,7 @@ mod tests {
             route: None,
             source: Some("web"),
             headers,
-            client_ip: "127.0.0.1".parse().unwrap(),
+            client_ip: "127.0.0.1",
         }
     }
 

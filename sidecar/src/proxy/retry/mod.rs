@@ -21,11 +21,12 @@ mod backoff;
 pub mod budget;
 pub mod policy;
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::Either;
 use http::{HeaderName, HeaderValue, Request};
@@ -36,6 +37,7 @@ use tower::{Layer, Service};
 use super::{BoxFuture, ProxyRequest, ProxyResponse, RequestCtx};
 use crate::body::{BufferedBody, PrefixedBody, RequestBody};
 use crate::breaker::thresholds::OVERFLOW_HEADER;
+use crate::breaker::thresholds::RetryGuard;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Cluster, Endpoint};
 
@@ -65,7 +67,9 @@ pub struct RetryState {
 #[derive(Debug, Default)]
 pub struct Attempt {
     pub excluded: Vec<Arc<Endpoint>>,
-    pub picked: ArcSwapOption<Endpoint>,
+    /// Set once, by `balance` (a `OnceLock`: cheaper than a swappable
+    /// slot for a value written once and read once).
+    pub picked: OnceLock<Arc<Endpoint>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -101,22 +105,214 @@ where
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
-    type Future = Either<S::Future, BoxFuture>;
+    type Future = Either<S::Future, Retrying<S>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ProxyRequest) -> Self::Future {
-        match policy_of(&req.ctx) {
-            None => Either::Left(self.inner.call(req)),
-            Some((policy, cluster)) => {
-                Either::Right(Box::pin(run(self.inner.clone(), req, policy, cluster)))
+    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+        let Some((policy, cluster)) = policy_of(&req.ctx) else {
+            return Either::Left(self.inner.call(req));
+        };
+        cluster.shared.retry.budget.deposit();
+        let replayable_now = if policy.may_retry(req.http.method()) && req.ctx.upgrade.is_none() {
+            take_whole_body(&mut req.http)
+        } else {
+            None
+        };
+        let Some(body) = replayable_now else {
+            // A body to read first, or a request sent once: the general
+            // (boxed) path.
+            let inner = self.inner.clone();
+            return Either::Right(Retrying::Rest {
+                future: Box::pin(run(inner, req, policy, cluster)),
+            });
+        };
+        // The common case (no body, or one already in memory): the first
+        // try is polled right here, with no boxed future around it; what a
+        // retry needs is kept aside.
+        let ProxyRequest { http, ctx } = req;
+        let (parts, _) = http.into_parts();
+        let per_try = policy
+            .per_try_timeout
+            .map(|limit| Box::pin(tokio::time::sleep(limit)));
+        // The instance polled ready sends the first try (tower's rule) and
+        // any retries (the layers below are always ready).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let (first, mut replay) = first_try(inner, (parts, body), ctx, (policy, cluster));
+        Either::Right(Retrying::FirstTry {
+            try_: replay.inner.call(first),
+            per_try,
+            replay: Some(Box::new(replay)),
+        })
+    }
+}
+
+/// The body of a request that can be sent again as it is, taken out of it:
+/// an empty body or one already in memory. `None` (body left in place) for
+/// a body still to be read.
+fn take_whole_body(http: &mut Request<RequestBody>) -> Option<BufferedBody> {
+    let whole = match http.body() {
+        RequestBody::Buffered(_) => true,
+        RequestBody::Streaming(body) => hyper::body::Body::is_end_stream(body),
+        RequestBody::Prefixed(_) => false,
+    };
+    if !whole {
+        return None;
+    }
+    match std::mem::replace(
+        http.body_mut(),
+        RequestBody::Buffered(BufferedBody::default()),
+    ) {
+        RequestBody::Buffered(body) => Some(body),
+        _ => Some(BufferedBody::default()),
+    }
+}
+
+/// The first try of a request, and what retrying it needs.
+fn first_try<S>(
+    inner: S,
+    (parts, body): (http::request::Parts, BufferedBody),
+    ctx: RequestCtx,
+    (policy, cluster): (Arc<RetryPolicy>, Arc<Cluster>),
+) -> (ProxyRequest, Replay<S>) {
+    let (request, first) = attempt_of(&parts, &body, &ctx, Vec::new());
+    let replay = Replay {
+        inner,
+        parts,
+        body,
+        ctx,
+        policy,
+        cluster,
+        first,
+    };
+    (request, replay)
+}
+
+/// What retrying a request needs besides its first try.
+pub struct Replay<S> {
+    inner: S,
+    parts: http::request::Parts,
+    body: BufferedBody,
+    ctx: RequestCtx,
+    policy: Arc<RetryPolicy>,
+    cluster: Arc<Cluster>,
+    /// Where the first try went.
+    first: Arc<Attempt>,
+}
+
+pin_project_lite::pin_project! {
+    /// A request with a retry policy: its first try, polled in place; after
+    /// a try the policy retries, the rest (backoff, more tries) as a boxed
+    /// future (the rare path).
+    #[project = RetryingProj]
+    pub enum Retrying<S: Service<ProxyRequest>> {
+        FirstTry {
+            #[pin]
+            try_: S::Future,
+            per_try: Option<Pin<Box<tokio::time::Sleep>>>,
+            replay: Option<Box<Replay<S>>>,
+        },
+        Rest { future: BoxFuture },
+    }
+}
+
+impl<S> Future for Retrying<S>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Output = Result<ProxyResponse, ProxyError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (outcome, replay) = match self.as_mut().project() {
+            RetryingProj::Rest { future } => return future.as_mut().poll(cx),
+            RetryingProj::FirstTry {
+                try_,
+                per_try,
+                replay,
+            } => {
+                let outcome = match try_.poll(cx) {
+                    Poll::Ready(outcome) => outcome,
+                    Poll::Pending => {
+                        let timed_out = per_try
+                            .as_mut()
+                            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+                        if !timed_out {
+                            return Poll::Pending;
+                        }
+                        let replay = replay.as_ref().expect("polled after completion");
+                        Err(per_try_timed_out(&replay.policy, &replay.cluster, 1))
+                    }
+                };
+                (outcome, replay.take().expect("polled after completion"))
+            }
+        };
+        match decide(&replay.policy, &replay.cluster, 1, outcome) {
+            Decision::Done(result) => Poll::Ready(result),
+            Decision::Retry(slot) => {
+                self.set(Retrying::Rest {
+                    future: Box::pin(retry_after(*replay, slot)),
+                });
+                self.poll(cx)
             }
         }
     }
 }
 
+/// After try `attempt` ended in `outcome`: done (with its answer), or a
+/// retry with its slot under `max_retries` taken and counted.
+// Returned and matched at once, never stored: boxing the answer would cost
+// an allocation on every request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Decision {
+    Done(Result<ProxyResponse, ProxyError>),
+    Retry(RetryGuard),
+}
+
+fn decide(
+    policy: &RetryPolicy,
+    cluster: &Cluster,
+    attempt: u32,
+    outcome: Result<ProxyResponse, ProxyError>,
+) -> Decision {
+    let state = &cluster.shared.retry;
+    if attempt >= policy.max_attempts || !policy.retries(&outcome) {
+        return Decision::Done(with_attempts(outcome, attempt));
+    }
+    if !state.budget.try_withdraw(policy.budget) {
+        state.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(cluster = %cluster.name, attempt, "retry budget exhausted; not retrying");
+        return Decision::Done(with_attempts(outcome, attempt));
+    }
+    match cluster.try_retry() {
+        Ok(slot) => {
+            state.retries.fetch_add(1, Ordering::Relaxed);
+            // The failed try's response (and its connection) go now, not
+            // after the backoff.
+            drop(outcome);
+            Decision::Retry(slot)
+        }
+        Err(_) => {
+            // As Envoy does: the try's own answer, not retried, and says
+            // why (counted in `/clusters` `retry_overflows_total`).
+            tracing::debug!(cluster = %cluster.name, attempt, "max_retries reached; not retrying");
+            Decision::Done(
+                with_attempts(outcome, attempt)
+                    .map(overflowed)
+                    .map_err(|error| {
+                        error.with_header(OVERFLOW_HEADER, HeaderValue::from_static("retries"))
+                    }),
+            )
+        }
+    }
+}
+
+/// The general path: reads the body into memory first when it has to (or
+/// sends a request that may not be retried once), then tries as the
+/// policy says.
 async fn run<S>(
     mut inner: S,
     req: ProxyRequest,
@@ -126,8 +322,6 @@ async fn run<S>(
 where
     S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
 {
-    let state = &cluster.shared.retry;
-    state.budget.deposit();
     let ProxyRequest { http, ctx } = req;
     // An Upgrade's connection is taken over by its first answer: never twice.
     if !policy.may_retry(http.method()) || ctx.upgrade.is_some() {
@@ -144,65 +338,54 @@ where
             return with_attempts(outcome, 1);
         }
     };
-    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let (request, mut replay) = first_try(inner, (parts, body), ctx, (policy, cluster));
+    let outcome = try_once(
+        &mut replay.inner,
+        request,
+        &replay.policy,
+        &replay.cluster,
+        1,
+    )
+    .await;
+    match decide(&replay.policy, &replay.cluster, 1, outcome) {
+        Decision::Done(result) => result,
+        Decision::Retry(slot) => retry_after(replay, slot).await,
+    }
+}
+
+/// Retries after the first try failed and a retry slot was taken: backoff,
+/// the next try (avoiding the endpoints tried before), and so on while the
+/// policy, the budget and `max_retries` allow.
+async fn retry_after<S>(
+    mut replay: Replay<S>,
+    slot: RetryGuard,
+) -> Result<ProxyResponse, ProxyError>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+{
+    let mut tried: Vec<_> = replay.first.picked.get().cloned().into_iter().collect();
+    let (policy, cluster) = (replay.policy.clone(), replay.cluster.clone());
     let mut attempt = 1;
     // The slot of the retry in flight under `circuit_breakers.max_retries`,
     // held until the next try ends.
-    let mut _retry_slot = None;
+    let mut _retry_slot = slot;
     loop {
-        let log = Arc::new(Attempt {
-            excluded: tried.clone(),
-            picked: ArcSwapOption::empty(),
-        });
-        let mut attempt_ctx = ctx_for_attempt(&ctx);
-        attempt_ctx.attempt = Some(log.clone());
-        let http = request_for_attempt(&parts, body.clone());
-        let outcome = try_once(
-            &mut inner,
-            ProxyRequest {
-                http,
-                ctx: attempt_ctx,
-            },
-            &policy,
-            &cluster,
-            attempt,
-        )
-        .await;
-        if let Some(endpoint) = log.picked.load_full() {
-            tried.push(endpoint);
-        }
-        if attempt >= policy.max_attempts || !policy.retries(&outcome) {
-            return with_attempts(outcome, attempt);
-        }
-        if !state.budget.try_withdraw(policy.budget) {
-            state.budget_exhausted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(cluster = %cluster.name, attempt, "retry budget exhausted; not retrying");
-            return with_attempts(outcome, attempt);
-        }
-        // This request's previous retry is over: its slot is free first.
-        _retry_slot = None;
-        match cluster.try_retry() {
-            Ok(slot) => _retry_slot = Some(slot),
-            Err(_) => {
-                // As Envoy does: the try's own answer, not retried, and
-                // says why (counted in `/clusters` `retry_overflows_total`).
-                tracing::debug!(cluster = %cluster.name, attempt, "max_retries reached; not retrying");
-                return with_attempts(outcome, attempt)
-                    .map(overflowed)
-                    .map_err(|error| {
-                        error.with_header(OVERFLOW_HEADER, HeaderValue::from_static("retries"))
-                    });
-            }
-        }
-        state.retries.fetch_add(1, Ordering::Relaxed);
-        // The failed try's response (and its connection) go now, not after
-        // the backoff.
-        drop(outcome);
         let wait = backoff::delay(policy.backoff_base, policy.backoff_max, attempt, |n| {
             rand::rng().random_range(0..=n)
         });
         tokio::time::sleep(wait).await;
         attempt += 1;
+        let (request, log) = attempt_of(&replay.parts, &replay.body, &replay.ctx, tried.clone());
+        let outcome = try_once(&mut replay.inner, request, &policy, &cluster, attempt).await;
+        if let Some(endpoint) = log.picked.get() {
+            tried.push(endpoint.clone());
+        }
+        // This request's previous retry is over: its slot is free first.
+        drop(_retry_slot);
+        match decide(&policy, &cluster, attempt, outcome) {
+            Decision::Done(result) => return result,
+            Decision::Retry(slot) => _retry_slot = slot,
+        }
     }
 }
 
@@ -222,21 +405,25 @@ where
     };
     match tokio::time::timeout(limit, inner.call(req)).await {
         Ok(outcome) => outcome,
-        Err(_) => {
-            cluster
-                .shared
-                .retry
-                .per_try_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-            Err(ProxyError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "no response from {} within the per-try timeout {limit:?} (try {attempt} of {})",
-                    cluster.name, policy.max_attempts
-                ),
-            ))
-        }
+        Err(_) => Err(per_try_timed_out(policy, cluster, attempt)),
     }
+}
+
+/// The error of try `attempt` cut short by the per-try timeout (counted).
+fn per_try_timed_out(policy: &RetryPolicy, cluster: &Cluster, attempt: u32) -> ProxyError {
+    cluster
+        .shared
+        .retry
+        .per_try_timeouts
+        .fetch_add(1, Ordering::Relaxed);
+    let limit = policy.per_try_timeout.unwrap_or_default();
+    ProxyError::new(
+        ErrorKind::Timeout,
+        format!(
+            "no response from {} within the per-try timeout {limit:?} (try {attempt} of {})",
+            cluster.name, policy.max_attempts
+        ),
+    )
 }
 
 /// Marks an answer that was not retried because `max_retries` retries
@@ -256,11 +443,42 @@ fn with_attempts(
         Ok(mut response) => {
             response
                 .headers_mut()
-                .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+                .insert(ATTEMPTS_HEADER, attempts_value(attempts));
             Ok(response)
         }
         Err(error) => Err(error.with_attempts(attempts)),
     }
+}
+
+/// `x-weft-attempts` values, made once: formatting a number on every
+/// response costs more than the rest of the header's work.
+fn attempts_value(attempts: u32) -> HeaderValue {
+    const VALUES: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    match VALUES.get(attempts as usize) {
+        Some(value) => HeaderValue::from_static(value),
+        None => HeaderValue::from(attempts),
+    }
+}
+
+/// Try number N of a request: a copy of its head and body, a context for
+/// the try, and the log `balance` fills in (avoiding `excluded`).
+fn attempt_of(
+    parts: &http::request::Parts,
+    body: &BufferedBody,
+    ctx: &RequestCtx,
+    excluded: Vec<Arc<Endpoint>>,
+) -> (ProxyRequest, Arc<Attempt>) {
+    let log = Arc::new(Attempt {
+        excluded,
+        picked: OnceLock::new(),
+    });
+    let mut attempt_ctx = ctx_for_attempt(ctx);
+    attempt_ctx.attempt = Some(log.clone());
+    let request = ProxyRequest {
+        http: request_for_attempt(parts, body.clone()),
+        ctx: attempt_ctx,
+    };
+    (request, log)
 }
 
 /// What a try needs of the request's context; the per-try parts (endpoint,
