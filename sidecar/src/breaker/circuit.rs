@@ -265,7 +265,11 @@ impl BreakerState {
         }
         self.count(s, now, failed);
         if !failed {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
+            // Read first: a store on every success would bounce the cache
+            // line between cores even while nothing fails.
+            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+            }
             return;
         }
         let consecutive = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;

@@ -171,7 +171,10 @@ fn take_whole_body(http: &mut Request<RequestBody>) -> Option<BufferedBody> {
     }
 }
 
-/// The first try of a request, and what retrying it needs.
+/// The first try of a request, and what retrying it needs. Inlined: the
+/// request and the replay are returned by value, and a call would copy
+/// both once more on every request.
+#[inline(always)]
 fn first_try<S>(
     inner: S,
     (parts, body): (http::request::Parts, BufferedBody),
@@ -462,6 +465,7 @@ fn attempts_value(attempts: u32) -> HeaderValue {
 
 /// Try number N of a request: a copy of its head and body, a context for
 /// the try, and the log `balance` fills in (avoiding `excluded`).
+#[inline(always)]
 fn attempt_of(
     parts: &http::request::Parts,
     body: &BufferedBody,
