@@ -12,7 +12,9 @@
 //!   connection to one is closed to make room for a request to another;
 //! - with `max_retries` retries in flight, a request whose retry would be
 //!   one more is not retried: it gets its failed try's answer with
-//!   `x-weft-overflow: retries`; retries resume once slots free up.
+//!   `x-weft-overflow: retries`; retries resume once slots free up;
+//! - the caps change from KV within 1 s under steady traffic, with no
+//!   restart and no failed request, and the sidecar then keeps to them.
 
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use weft_e2e::harness::app::Fault;
 use weft_e2e::harness::mesh::{MeshedInstance, SETUP_TIMEOUT};
-use weft_e2e::{Call, eventually, plain_users_behind_client, run};
+use weft_e2e::{Call, Traffic, TrafficSpec, eventually, plain_users_behind_client, run};
 
 /// The `connections` object of the client sidecar's `users` cluster in
 /// `/clusters`: open, max, pending, max_pending and counters.
@@ -273,6 +275,58 @@ fn max_retries_lets_exactly_that_many_retries_fly_and_recovers() {
             reply.headers
         );
         users.clear_fault(&mesh.http).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn connection_caps_change_from_kv_within_1s_under_steady_traffic_without_a_failed_request() {
+    run(|ctx| async move {
+        let (mesh, apps, client) =
+            plain_users_behind_client(&ctx, &["users-1", "users-2"], None).await?;
+        until_connections(&client, "no caps yet", |c| c["max"].is_null()).await?;
+        let traffic = Traffic::start(
+            mesh.http.clone(),
+            TrafficSpec::get(client.sidecar.outbound, "users", 100),
+        );
+        let start = Instant::now();
+        traffic.reaches("users-1", start).await?;
+
+        for (caps, max) in [
+            (
+                json!({ "max_connections": 4, "max_pending_requests": 50 }),
+                4,
+            ),
+            (
+                json!({ "max_connections": 2, "max_pending_requests": 50 }),
+                2,
+            ),
+        ] {
+            mesh.put_document("destinations/users", &json!({ "circuit_breakers": caps }))
+                .await?;
+            let written = Instant::now();
+            until_connections(&client, &format!("max_connections {max} applied"), |c| {
+                c["max"] == max
+            })
+            .await?;
+            let took = written.elapsed();
+            ctx.measured(&format!("KV max_connections {max} -> in force"), took);
+            ensure!(took < Duration::from_secs(1), "took {took:?}");
+        }
+        // Under the cap of 2, the steady traffic still reaches both
+        // instances, over at most 2 connections.
+        let since = Instant::now();
+        for app in &apps {
+            traffic.reaches(&app.instance, since).await?;
+        }
+        let c = users_connections(&client).await?;
+        ensure!(c["open"].as_u64().is_some_and(|open| open <= 2), "{c}");
+
+        mesh.put_document("destinations/users", &json!({})).await?;
+        until_connections(&client, "caps removed", |c| c["max"].is_null()).await?;
+        let report = traffic.stop().await;
+        println!("traffic: {}", report.summary());
+        report.assert_no_failures()?;
         Ok(())
     });
 }
