@@ -1,5 +1,5 @@
-//! The admin listener: `/ready`, `/live`, `/config_dump`, `/clusters`,
-//! `/identity`, `/tcp`.
+//! The admin listener: `/ready`, `/live`, `/metrics`, `/config_dump`,
+//! `/clusters`, `/identity`, `/tcp`.
 //! Plain HTTP/1.1, one small handler; it reads shared state and never
 //! touches the data path's locks (there are none).
 
@@ -35,6 +35,8 @@ pub struct AdminState {
     pub identity: Option<Arc<weft_certs::IdentityStore>>,
     /// Opaque TCP counters (`/tcp`).
     pub tcp: Arc<crate::tcp::TcpStats>,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -267,6 +269,14 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
             ),
         },
         "/live" => text(StatusCode::OK, "live\n"),
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, state.metrics.encode());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            r
+        }
         "/config_dump" => json_response(&config_dump(state)),
         "/clusters" => json_response(&clusters(state)),
         "/tcp" => json_response(&state.tcp.json()),
@@ -276,7 +286,7 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /ready /live /config_dump /clusters /identity\n",
+            "admin endpoints: /ready /live /metrics /config_dump /clusters /identity /tcp\n",
         ),
     }
 }

@@ -27,6 +27,7 @@ pub mod breaker;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod metrics;
 pub mod mtls_mode;
 pub mod proxy;
 pub mod ratelimit;
@@ -292,10 +293,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if let Some(addr) = settings.admin {
         let admin = bind(addr, "the admin endpoints", "--admin").await?;
         admin_addr = Some(admin.local_addr()?);
+        let metrics = Arc::new(metrics::Metrics::new(
+            metrics::collector::RequestCollector {
+                table: table.clone(),
+                inbound: app.clone(),
+                service: settings.service.as_str().into(),
+            },
+        ));
         let state = admin::AdminState {
             xds: xds_state.clone(),
             table: table.clone(),
             inbound: app,
+            metrics,
             shutdown: shutdown_rx.clone(),
             identity: identity.clone(),
             tcp: tcp_stats.clone(),

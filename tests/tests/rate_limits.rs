@@ -17,9 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use weft_e2e::harness::identity::MeshCa;
 use weft_e2e::harness::mesh::SETUP_TIMEOUT;
 use weft_e2e::harness::redis::Redis;
-use weft_e2e::{
-    Call, HttpClient, Mesh, MeshedInstance, Reply, eventually, run, wait_for_instances,
-};
+use weft_e2e::{Call, HttpClient, Mesh, Reply, eventually, run, wait_for_instances};
 
 /// One request of an offered stream: when it was sent and what came back
 /// (`None`: no HTTP answer at all).
@@ -116,25 +114,11 @@ async fn until_limited(
     .await
 }
 
-/// A meshed `users-1` and the `client` that calls it, the route in place.
-async fn users_and_client(mesh: &Mesh) -> anyhow::Result<(MeshedInstance, MeshedInstance)> {
-    let users = mesh.meshed_instance("users", "users-1").await?;
-    let client = mesh.client().await?;
-    wait_for_instances(
-        &mesh.http,
-        client.sidecar.outbound,
-        Call::get("users", "/"),
-        &["users-1"],
-    )
-    .await?;
-    Ok((users, client))
-}
-
 #[test]
 fn a_local_limit_holds_its_rate_per_api_key_and_refused_requests_never_reach_the_app() {
     run(|ctx| async move {
         let mesh = Mesh::start(&ctx).await?;
-        let (users, client) = users_and_client(&mesh).await?;
+        let (users, client) = mesh.users_and_client().await?;
         let outbound = client.sidecar.outbound;
 
         // Protect me: 20 a second per API key, bursts of 10.
@@ -297,7 +281,7 @@ fn an_inbound_limit_keyed_by_source_counts_each_verified_caller_apart() {
 fn a_destination_limit_changed_in_kv_applies_within_a_second_and_an_invalid_one_is_rejected() {
     run(|ctx| async move {
         let mesh = Mesh::start(&ctx).await?;
-        let (_users, client) = users_and_client(&mesh).await?;
+        let (_users, client) = mesh.users_and_client().await?;
         let outbound = client.sidecar.outbound;
 
         // Be a good client: every call to users from this sidecar, 5 a second.

@@ -188,6 +188,8 @@ pub fn outbound(table: Arc<ArcSwap<RoutingTable>>, service: &str) -> impl HttpSt
         .layer(headers::ProxyHeadersLayer)
         .layer(route::RouteLayer::new(table))
         .layer(split::SplitLayer)
+        // Counted per destination from here: `split` chose it.
+        .layer(crate::metrics::RequestMetricsLayer::outbound())
         .layer(rewrite::RewriteLayer)
         // Be a good client: the destination's limits, before any timeout
         // or endpoint is spent on a request that would be refused.
@@ -215,6 +217,10 @@ pub fn inbound(
 ) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
+        // Every request to the app counts, the refused ones included.
+        .layer(crate::metrics::RequestMetricsLayer::inbound(
+            app.shared.clone(),
+        ))
         .layer(crate::tcp::inbound::TunnelLayer::new(tunnels))
         // A peer's WebSocket arrives as an extended CONNECT: rebuilt into
         // the Upgrade request before anything judges it.

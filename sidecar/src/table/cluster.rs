@@ -104,6 +104,8 @@ pub struct ClusterShared {
     /// Connections open to the cluster, under `max_connections`; shared
     /// by every endpoint's connector.
     pub connections: Arc<crate::upstream::ConnectionLimit>,
+    /// Requests by method and status class, and their latency (`/metrics`).
+    pub requests: crate::metrics::requests::RequestStats,
 }
 
 #[derive(Debug, Default)]

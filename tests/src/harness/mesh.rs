@@ -157,6 +157,20 @@ impl Mesh {
     }
 
     /// Writes raw bytes (for invalid documents) under the KV prefix.
+    /// A meshed `users-1` and the `client` that calls it, the route in place.
+    pub async fn users_and_client(&self) -> anyhow::Result<(MeshedInstance, MeshedInstance)> {
+        let users = self.meshed_instance("users", "users-1").await?;
+        let client = self.client().await?;
+        wait_for_instances(
+            &self.http,
+            client.sidecar.outbound,
+            Call::get("users", "/"),
+            &["users-1"],
+        )
+        .await?;
+        Ok((users, client))
+    }
+
     pub async fn put_raw_document(&self, key: &str, document: &str) -> anyhow::Result<()> {
         self.consul.kv_put(&format!("weft/{key}"), document).await
     }

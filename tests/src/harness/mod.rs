@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod mesh;
+pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod redis;

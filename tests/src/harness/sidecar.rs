@@ -118,6 +118,28 @@ impl Sidecar {
         self.admin_json("/clusters").await
     }
 
+    /// `/metrics`, checked to be OpenMetrics text (content type and form).
+    pub async fn metrics(&self) -> anyhow::Result<super::metrics::MetricsPage> {
+        let url = format!("http://{}/metrics", self.admin);
+        let reply = self.http.get(&url).await?;
+        let content_type = reply
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if !reply.status.is_success() || !content_type.starts_with("application/openmetrics-text") {
+            bail!(
+                "sidecar {} /metrics answered {} ({content_type}): {}",
+                self.instance,
+                reply.status,
+                reply.text()
+            );
+        }
+        super::metrics::MetricsPage::parse(&reply.text())
+            .with_context(|| format!("sidecar {} /metrics", self.instance))
+    }
+
     /// `/tcp` (opaque TCP counters) as JSON.
     pub async fn tcp_stats(&self) -> anyhow::Result<serde_json::Value> {
         self.admin_json("/tcp").await

@@ -1,0 +1,88 @@
+//! Request counts and latencies of one destination (or of the local app,
+//! inbound): atomics indexed by method and status class, so recording a
+//! request takes no lock and builds no label set. Label values come from
+//! fixed lists, so the series stay bounded whatever callers send.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use super::histogram::LatencyHistogram;
+
+/// The `method` label: the standard methods, anything else `OTHER`.
+pub const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER",
+];
+
+/// The `status_class` label.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub fn method_index(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::CONNECT => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::PATCH => 8,
+        _ => 9,
+    }
+}
+
+pub fn class_index(status: StatusCode) -> usize {
+    usize::from(status.as_u16() / 100).clamp(1, 5) - 1
+}
+
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    counts: [[AtomicU64; 5]; 10],
+    /// Until the response head (what the caller waits before it can act).
+    pub duration: LatencyHistogram,
+}
+
+impl RequestStats {
+    pub fn record(&self, method: usize, status: StatusCode, elapsed: Duration) {
+        self.counts[method][class_index(status)].fetch_add(1, Ordering::Relaxed);
+        self.duration.observe(elapsed);
+    }
+
+    /// `(method, status class, count)` for every non-zero count.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
+        self.counts.iter().enumerate().flat_map(|(m, classes)| {
+            classes.iter().enumerate().filter_map(move |(c, count)| {
+                let n = count.load(Ordering::Relaxed);
+                (n > 0).then_some((METHODS[m], CLASSES[c], n))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_count_by_method_and_status_class() {
+        let stats = RequestStats::default();
+        let get = method_index(&Method::GET);
+        stats.record(get, StatusCode::OK, Duration::from_millis(1));
+        stats.record(get, StatusCode::NO_CONTENT, Duration::from_millis(1));
+        stats.record(
+            get,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(1),
+        );
+        let odd = Method::from_bytes(b"PURGE").unwrap();
+        stats.record(method_index(&odd), StatusCode::OK, Duration::from_millis(1));
+        let counts: Vec<_> = stats.counts().collect();
+        assert_eq!(
+            counts,
+            [("GET", "2xx", 2), ("GET", "5xx", 1), ("OTHER", "2xx", 1)]
+        );
+        assert_eq!(stats.duration.snapshot().count, 4);
+    }
+}

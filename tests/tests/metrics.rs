@@ -1,0 +1,106 @@
+//! `/metrics` on the sidecars' admin port, over real processes (Consul,
+//! the agent, a meshed `users` and a client): the page is OpenMetrics
+//! text, and after known traffic it shows exactly that traffic per
+//! direction, destination, method and status class, with latency
+//! histograms whose counts match.
+
+use anyhow::ensure;
+use weft_e2e::harness::metrics::MetricsPage;
+use weft_e2e::{Call, Mesh, run};
+
+const REQUESTS: &str = "weft_requests_total";
+const DURATION_COUNT: &str = "weft_request_duration_seconds_count";
+const DURATION_BUCKET: &str = "weft_request_duration_seconds_bucket";
+
+fn requests(page: &MetricsPage, direction: &str, method: &str, class: &str) -> f64 {
+    page.value(
+        REQUESTS,
+        &[
+            ("direction", direction),
+            ("destination", "users"),
+            ("method", method),
+            ("status_class", class),
+        ],
+    )
+}
+
+/// The duration histogram of `direction` to users is well-formed: buckets
+/// never decrease, and `+Inf` holds every observation.
+fn histogram_is_consistent(page: &MetricsPage, direction: &str) -> anyhow::Result<f64> {
+    let labels = [("direction", direction), ("destination", "users")];
+    let count = page.value(DURATION_COUNT, &labels);
+    let mut previous = 0.0;
+    let mut inf = None;
+    for bucket in page
+        .named(DURATION_BUCKET)
+        .filter(|s| s.labels.get("direction").is_some_and(|d| d == direction))
+    {
+        ensure!(bucket.value >= previous, "buckets decrease: {bucket:?}");
+        previous = bucket.value;
+        if bucket.labels.get("le").is_some_and(|le| le == "+Inf") {
+            inf = Some(bucket.value);
+        }
+    }
+    ensure!(inf == Some(count), "+Inf bucket {inf:?}, count {count}");
+    Ok(count)
+}
+
+#[test]
+fn metrics_count_known_traffic_per_direction_destination_method_and_status_class() {
+    run(|ctx| async move {
+        let mesh = Mesh::start(&ctx).await?;
+        let (users, client) = mesh.users_and_client().await?;
+        let out_before = client.sidecar.metrics().await?;
+        let in_before = users.sidecar.metrics().await?;
+
+        let outbound = client.sidecar.outbound;
+        for _ in 0..20 {
+            mesh.http
+                .call(outbound, Call::get("users", "/"))
+                .await?
+                .echo()?;
+        }
+        for _ in 0..5 {
+            let reply = mesh
+                .http
+                .call(outbound, Call::get("users", "/status/503"))
+                .await?;
+            ensure!(reply.status == 503, "{}", reply.status);
+        }
+        for _ in 0..3 {
+            mesh.http
+                .call(outbound, Call::get("users", "/").post("{}"))
+                .await?
+                .echo()?;
+        }
+
+        let out_after = client.sidecar.metrics().await?;
+        let in_after = users.sidecar.metrics().await?;
+        for (side, before, after) in [
+            ("outbound", &out_before, &out_after),
+            ("inbound", &in_before, &in_after),
+        ] {
+            let delta = |method, class| {
+                requests(after, side, method, class) - requests(before, side, method, class)
+            };
+            ensure!(
+                (
+                    delta("GET", "2xx"),
+                    delta("GET", "5xx"),
+                    delta("POST", "2xx")
+                ) == (20.0, 5.0, 3.0),
+                "{side}: GET 2xx {}, GET 5xx {}, POST 2xx {} (want 20, 5, 3)",
+                delta("GET", "2xx"),
+                delta("GET", "5xx"),
+                delta("POST", "2xx")
+            );
+            let observed =
+                histogram_is_consistent(after, side)? - histogram_is_consistent(before, side)?;
+            ensure!(
+                observed == 28.0,
+                "{side}: {observed} latencies observed, want 28"
+            );
+        }
+        Ok(())
+    });
+}
