@@ -2,11 +2,16 @@
 //! the agent, a meshed `users` and a client): the page is OpenMetrics
 //! text, and after known traffic it shows exactly that traffic per
 //! direction, destination, method and status class, with latency
-//! histograms whose counts match.
+//! histograms whose counts match; a breaker's state and trips, the
+//! connections and overflows of a destination, and the process's own CPU,
+//! memory and descriptors show in their series.
 
 use anyhow::ensure;
+use serde_json::json;
+use weft_e2e::harness::app::Fault;
+use weft_e2e::harness::mesh::SETUP_TIMEOUT;
 use weft_e2e::harness::metrics::MetricsPage;
-use weft_e2e::{Call, Mesh, run};
+use weft_e2e::{Call, Mesh, eventually, run};
 
 const REQUESTS: &str = "weft_requests_total";
 const DURATION_COUNT: &str = "weft_request_duration_seconds_count";
@@ -100,6 +105,74 @@ fn metrics_count_known_traffic_per_direction_destination_method_and_status_class
                 observed == 28.0,
                 "{side}: {observed} latencies observed, want 28"
             );
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn breaker_trips_overflows_and_the_process_show_in_their_series() {
+    run(|ctx| async move {
+        let mesh = Mesh::start(&ctx).await?;
+        let (users, client) = mesh.users_and_client().await?;
+        mesh.put_document(
+            "destinations/users",
+            &json!({ "breaker": { "consecutive_failures": 2, "open_interval": "30s" } }),
+        )
+        .await?;
+        let sidecar = &client.sidecar;
+        eventually(SETUP_TIMEOUT, "the breaker shows, closed", || async {
+            let page = sidecar.metrics().await?;
+            let closed = [("destination", "users"), ("state", "closed")];
+            ensure!(page.value("weft_breaker_state", &closed) == 1.0, "not yet");
+            Ok(())
+        })
+        .await?;
+
+        users
+            .app
+            .inject(&mesh.http, Fault::Status(503), None)
+            .await?;
+        for _ in 0..3 {
+            mesh.http
+                .call(sidecar.outbound, Call::get("users", "/"))
+                .await?;
+        }
+        let page = sidecar.metrics().await?;
+        let users_only = [("destination", "users")];
+        let open = [("destination", "users"), ("state", "open")];
+        ensure!(
+            page.value("weft_breaker_state", &open) == 1.0
+                && page.value("weft_breaker_opened_total", &users_only) == 1.0
+                && page.value("weft_breaker_rejected_total", &users_only) == 1.0,
+            "breaker series: {:?}",
+            page.samples
+                .iter()
+                .filter(|s| s.name.starts_with("weft_breaker"))
+                .collect::<Vec<_>>()
+        );
+        // The refused request counts as a 5xx outbound answer too.
+        let class_5xx = [
+            ("direction", "outbound"),
+            ("destination", "users"),
+            ("status_class", "5xx"),
+        ];
+        ensure!(
+            page.value(REQUESTS, &class_5xx) == 3.0,
+            "{}",
+            page.value(REQUESTS, &class_5xx)
+        );
+        ensure!(
+            page.value("weft_upstream_connections_opened_total", &users_only) >= 1.0
+                && page.value("weft_overflows_total", &[("threshold", "requests")]) == 0.0,
+            "connection and overflow series missing or wrong"
+        );
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            ensure!(page.value(name, &[]) > 0.0, "{name} missing or zero");
         }
         Ok(())
     });

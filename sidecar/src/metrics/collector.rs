@@ -49,7 +49,15 @@ impl Collector for RequestCollector {
         let all: Vec<Row<'_>> = all.collect();
 
         encode_requests(&mut encoder, &all)?;
-        encode_durations(&mut encoder, &all)
+        encode_durations(&mut encoder, &all)?;
+        let mut destinations: Vec<super::clusters::Destination<'_>> = table
+            .clusters
+            .iter()
+            .map(|(name, c)| (&**name, &**c))
+            .collect();
+        destinations.sort_by_key(|(name, _)| *name);
+        super::clusters::encode(&mut encoder, &destinations)?;
+        super::process::encode(&mut encoder)
     }
 }
 

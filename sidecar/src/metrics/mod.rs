@@ -10,9 +10,11 @@
 //! status classes), never from raw paths or user input, so the number of
 //! series stays bounded.
 
+pub mod clusters;
 pub mod collector;
 pub mod histogram;
 pub mod layer;
+pub mod process;
 pub mod requests;
 
 use prometheus_client::registry::Registry;

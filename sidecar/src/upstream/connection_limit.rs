@@ -51,6 +51,10 @@ pub struct ConnectionLimit {
     pub pending_overflows_total: AtomicU64,
     /// Idle connections closed to make room for a waiting request.
     pub idle_closed_total: AtomicU64,
+    /// Slots taken: connections dialed.
+    pub opened_total: AtomicU64,
+    /// Dials that failed (refused, timed out, TLS handshake).
+    pub connect_failures_total: AtomicU64,
 }
 
 impl Default for ConnectionLimit {
@@ -65,6 +69,8 @@ impl Default for ConnectionLimit {
             waited_total: AtomicU64::new(0),
             pending_overflows_total: AtomicU64::new(0),
             idle_closed_total: AtomicU64::new(0),
+            opened_total: AtomicU64::new(0),
+            connect_failures_total: AtomicU64::new(0),
         }
     }
 }
@@ -174,7 +180,10 @@ impl ConnectionLimit {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => return Some(ConnectionSlot(self.clone())),
+                Ok(_) => {
+                    self.opened_total.fetch_add(1, Ordering::Relaxed);
+                    return Some(ConnectionSlot(self.clone()));
+                }
                 Err(now) => open = now,
             }
         }

@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -222,8 +223,13 @@ impl Connector {
 
     /// Dials, the connection holding `slot` (already taken).
     pub async fn dial(&self, slot: Option<ConnectionSlot>) -> Result<UpstreamTcp, ConnectError> {
+        let stream = self.connect().await.inspect_err(|_| {
+            if let Some(limit) = &self.limit {
+                limit.connect_failures_total.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
         Ok(UpstreamTcp {
-            stream: self.connect().await?,
+            stream,
             _slot: slot,
         })
     }
