@@ -294,10 +294,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         let admin = bind(addr, "the admin endpoints", "--admin").await?;
         admin_addr = Some(admin.local_addr()?);
         let metrics = Arc::new(metrics::Metrics::new(
-            metrics::collector::RequestCollector {
+            metrics::collector::SidecarCollector {
                 table: table.clone(),
                 inbound: app.clone(),
                 service: settings.service.as_str().into(),
+                xds: xds_state.clone(),
             },
         ));
         let state = admin::AdminState {

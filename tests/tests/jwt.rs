@@ -498,6 +498,15 @@ fn keys_are_fetched_over_https_verified_against_the_providers_ca() {
             .await?;
         let nack = sidecar_refusal(&users).await?;
         ensure!(nack.contains("jwt.providers[0].jwks.ca_pem"), "{nack}");
+        let rejected = users
+            .sidecar
+            .metrics()
+            .await?
+            .value("weft_config_rejected_total", &[("type", "InboundPolicy")]);
+        ensure!(
+            rejected == 1.0,
+            "the NACK counted {rejected} times in /metrics"
+        );
         ensure!(
             status_of(&mesh, &client, valid.clone()).await? == 200,
             "previous policy"

@@ -3,8 +3,8 @@
 //! text, and after known traffic it shows exactly that traffic per
 //! direction, destination, method and status class, with latency
 //! histograms whose counts match; a breaker's state and trips, the
-//! connections and overflows of a destination, and the process's own CPU,
-//! memory and descriptors show in their series.
+//! connections and overflows of a destination, the config stream, and the
+//! process's own CPU, memory and descriptors show in their series.
 
 use anyhow::ensure;
 use serde_json::json;
@@ -166,6 +166,14 @@ fn breaker_trips_overflows_and_the_process_show_in_their_series() {
             page.value("weft_upstream_connections_opened_total", &users_only) >= 1.0
                 && page.value("weft_overflows_total", &[("threshold", "requests")]) == 0.0,
             "connection and overflow series missing or wrong"
+        );
+        ensure!(
+            page.value("weft_config_connected", &[]) == 1.0
+                && page.value("weft_config_ready", &[]) == 1.0
+                && page.value("weft_config_accepted_total", &[("type", "Cluster")]) >= 1.0
+                && page.value("weft_config_rejected_total", &[]) == 0.0
+                && page.named("weft_config_version").count() >= 3,
+            "config stream series missing or wrong"
         );
         for name in [
             "process_cpu_seconds_total",

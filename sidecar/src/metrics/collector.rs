@@ -17,23 +17,25 @@ use prometheus_client::registry::Unit;
 use crate::table::cluster::ClusterShared;
 use crate::table::{Cluster, RoutingTable};
 
-pub struct RequestCollector {
+pub struct SidecarCollector {
     pub table: Arc<ArcSwap<RoutingTable>>,
     /// The local app's cluster (inbound requests).
     pub inbound: Arc<Cluster>,
     /// This sidecar's service: the `destination` of inbound requests.
     pub service: Arc<str>,
+    /// The config stream's state; `None` in static mode.
+    pub xds: Option<Arc<crate::xds::XdsState>>,
 }
 
-impl fmt::Debug for RequestCollector {
+impl fmt::Debug for SidecarCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestCollector")
+        f.debug_struct("SidecarCollector")
             .field("service", &self.service)
             .finish_non_exhaustive()
     }
 }
 
-impl Collector for RequestCollector {
+impl Collector for SidecarCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let table = self.table.load();
         let mut outbound: Vec<(&str, &ClusterShared)> = table
@@ -57,6 +59,9 @@ impl Collector for RequestCollector {
             .collect();
         destinations.sort_by_key(|(name, _)| *name);
         super::clusters::encode(&mut encoder, &destinations)?;
+        if let Some(xds) = &self.xds {
+            super::config::encode(&mut encoder, xds)?;
+        }
         super::process::encode(&mut encoder)
     }
 }

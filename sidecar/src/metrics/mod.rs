@@ -12,6 +12,7 @@
 
 pub mod clusters;
 pub mod collector;
+pub mod config;
 pub mod histogram;
 pub mod layer;
 pub mod process;
@@ -31,7 +32,7 @@ pub struct Metrics {
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 impl Metrics {
-    pub fn new(requests: collector::RequestCollector) -> Self {
+    pub fn new(requests: collector::SidecarCollector) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(requests));
         Self { registry }

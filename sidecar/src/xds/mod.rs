@@ -40,6 +40,9 @@ pub struct TypeState {
     pub accepted: bool,
     /// The last NACK's error detail, until a later response is accepted.
     pub last_nack: Option<String>,
+    /// Responses accepted and rejected (NACKed) since start (`/metrics`).
+    pub accepted_total: u64,
+    pub rejected_total: u64,
 }
 
 /// The accepted resources, as received (for /config_dump).
@@ -273,6 +276,7 @@ impl Core {
                 );
                 if let Some(s) = self.types.get_mut(t) {
                     s.last_nack = Some(detail.clone());
+                    s.rejected_total += 1;
                 }
                 vec![self.request(t, nonce, Some(detail))]
             }
@@ -281,6 +285,7 @@ impl Core {
                     s.version = resp.version_info.clone();
                     s.accepted = true;
                     s.last_nack = None;
+                    s.accepted_total += 1;
                 }
                 tracing::info!(r#type = type_url::short(t), version = %resp.version_info, resources = resp.resources.len(), "accepted config");
                 // The bundle lives in the identity store, read at handshake
