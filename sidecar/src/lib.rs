@@ -299,6 +299,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 inbound: app.clone(),
                 service: settings.service.as_str().into(),
                 xds: xds_state.clone(),
+                inbound_limits: rate_limits.clone(),
             },
         ));
         let state = admin::AdminState {

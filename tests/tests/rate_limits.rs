@@ -160,6 +160,7 @@ fn a_local_limit_holds_its_rate_per_api_key_and_refused_requests_never_reach_the
         );
 
         // Two keys, each offered 40 a second for 10 s, side by side.
+        let decisions_before = users.sidecar.metrics().await?;
         let seen_before = users.app.requests_seen(&mesh.http).await?;
         let seconds = 10;
         let (a, b) = tokio::join!(
@@ -203,6 +204,25 @@ fn a_local_limit_holds_its_rate_per_api_key_and_refused_requests_never_reach_the
         ensure!(
             seen == allowed,
             "the app saw {seen} requests, the callers got {allowed} answers: refused requests reached it"
+        );
+        // /metrics counted the same decisions the callers saw.
+        let decisions_after = users.sidecar.metrics().await?;
+        let decided = |decision: &str| {
+            let labels = [
+                ("direction", "inbound"),
+                ("limit", "per-key"),
+                ("decision", decision),
+            ];
+            decisions_after.value("weft_rate_limit_decisions_total", &labels)
+                - decisions_before.value("weft_rate_limit_decisions_total", &labels)
+        };
+        let limited = (count(&a, StatusCode::TOO_MANY_REQUESTS)
+            + count(&b, StatusCode::TOO_MANY_REQUESTS)) as f64;
+        ensure!(
+            decided("allowed") == allowed as f64 && decided("limited") == limited,
+            "/metrics: {} allowed, {} limited; callers saw {allowed} and {limited}",
+            decided("allowed"),
+            decided("limited")
         );
         Ok(())
     });

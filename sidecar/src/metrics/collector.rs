@@ -25,6 +25,8 @@ pub struct SidecarCollector {
     pub service: Arc<str>,
     /// The config stream's state; `None` in static mode.
     pub xds: Option<Arc<crate::xds::XdsState>>,
+    /// The service's own (inbound) rate limits.
+    pub inbound_limits: crate::ratelimit::SharedRateLimits,
 }
 
 impl fmt::Debug for SidecarCollector {
@@ -59,6 +61,17 @@ impl Collector for SidecarCollector {
             .collect();
         destinations.sort_by_key(|(name, _)| *name);
         super::clusters::encode(&mut encoder, &destinations)?;
+        let inbound_limits = self.inbound_limits.load_full();
+        let limiters: Vec<super::ratelimits::Limiters<'_>> = destinations
+            .iter()
+            .filter_map(|(name, c)| Some(("outbound", *name, &**c.settings.rate_limits.as_ref()?)))
+            .chain(
+                inbound_limits
+                    .as_deref()
+                    .map(|limiter| ("inbound", &*self.service, limiter)),
+            )
+            .collect();
+        super::ratelimits::encode(&mut encoder, &limiters)?;
         if let Some(xds) = &self.xds {
             super::config::encode(&mut encoder, xds)?;
         }

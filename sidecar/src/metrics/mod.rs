@@ -16,6 +16,7 @@ pub mod config;
 pub mod histogram;
 pub mod layer;
 pub mod process;
+pub mod ratelimits;
 pub mod requests;
 
 use prometheus_client::registry::Registry;

@@ -19,6 +19,7 @@ pub mod key;
 pub mod layer;
 pub mod redis;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,18 @@ pub struct Limit {
     policy: HeaderValue,
     /// Local limits only.
     buckets: Option<Arc<KeyedBuckets>>,
+    /// How it decided, kept (like the buckets) while its config stays.
+    decisions: Arc<Decisions>,
+}
+
+/// A limit's decisions since it was configured as it is (`/metrics`).
+#[derive(Debug, Default)]
+pub struct Decisions {
+    pub allowed: AtomicU64,
+    pub limited: AtomicU64,
+    /// Global limits only: Redis did not answer in time (`on_unavailable`
+    /// decided).
+    pub undecided: AtomicU64,
 }
 
 impl Limit {
@@ -249,6 +262,7 @@ impl RateLimiter {
                 algorithm,
                 policy,
                 buckets,
+                decisions: Arc::default(),
             });
         }
         let mut on_unavailable = OnUnavailable::FailOpen;
@@ -321,6 +335,7 @@ impl RateLimiter {
         for limit in &mut self.limits {
             if let Some(old) = previous.limits.iter().find(|old| old.same_config(limit)) {
                 limit.buckets = old.buckets.clone();
+                limit.decisions = old.decisions.clone();
             }
         }
         if let (Some(new), Some(old)) = (&self.redis, &previous.redis)
@@ -366,11 +381,14 @@ impl RateLimiter {
                     let key = limit.key.extract(facts);
                     let redis_key = redis::window_key(&self.scope, &limit.name, &key);
                     match redis.decide(&redis_key, *requests, *window).await {
-                        Ok(WindowDecision::Allowed { .. }) => {}
+                        Ok(WindowDecision::Allowed { .. }) => {
+                            limit.decisions.allowed.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(WindowDecision::Limited { retry_after }) => {
                             return Err(self.limited(limit, retry_after));
                         }
                         Err(unavailable) => {
+                            limit.decisions.undecided.fetch_add(1, Ordering::Relaxed);
                             if redis.should_warn(now_nanos() / 1_000_000_000) {
                                 tracing::warn!(limit = %limit.name, scope = %self.scope, reason = %unavailable.0, fail = ?self.on_unavailable, "global rate limit undecided");
                             }
@@ -405,11 +423,18 @@ impl RateLimiter {
             if let Take::Limited { retry_after } = buckets.take(&key, *rate, now_nanos()) {
                 return Err(self.limited(limit, retry_after));
             }
+            limit.decisions.allowed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
+    /// Each limit's name and decisions, in order.
+    pub fn decisions(&self) -> impl Iterator<Item = (&str, &Decisions)> {
+        self.limits.iter().map(|l| (&*l.name, &*l.decisions))
+    }
+
     fn limited(&self, limit: &Limit, retry_after: Duration) -> Refusal {
+        limit.decisions.limited.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(limit = %limit.name, scope = %self.scope, ?retry_after, "rate limited");
         Refusal::Limited {
             name: limit.name.clone(),
