@@ -507,6 +507,11 @@ fn keys_are_fetched_over_https_verified_against_the_providers_ca() {
             rejected == 1.0,
             "the NACK counted {rejected} times in /metrics"
         );
+        let missing = users.sidecar.metrics().await?.value(
+            "weft_refusals_total",
+            &[("direction", "inbound"), ("cause", "jwt-missing")],
+        );
+        ensure!(missing >= 1.0, "no jwt-missing refusal in /metrics");
         ensure!(
             status_of(&mesh, &client, valid.clone()).await? == 200,
             "previous policy"

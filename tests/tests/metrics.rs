@@ -151,6 +151,11 @@ fn breaker_trips_overflows_and_the_process_show_in_their_series() {
                 .filter(|s| s.name.starts_with("weft_breaker"))
                 .collect::<Vec<_>>()
         );
+        let refused = [("destination", "users"), ("cause", "circuit-open")];
+        ensure!(
+            page.value("weft_refusals_total", &refused) == 1.0,
+            "the circuit-open refusal is not in weft_refusals_total"
+        );
         // The refused request counts as a 5xx outbound answer too.
         let class_5xx = [
             ("direction", "outbound"),

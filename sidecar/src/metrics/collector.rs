@@ -53,6 +53,7 @@ impl Collector for SidecarCollector {
         let all: Vec<Row<'_>> = all.collect();
 
         encode_requests(&mut encoder, &all)?;
+        encode_refusals(&mut encoder, &all)?;
         encode_durations(&mut encoder, &all)?;
         let mut destinations: Vec<super::clusters::Destination<'_>> = table
             .clusters
@@ -98,6 +99,28 @@ fn encode_requests(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(
                 ("status_class", class),
             ];
             ConstCounter::new(count).encode(requests.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn encode_refusals(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(), fmt::Error> {
+    let mut refusals = encoder.encode_descriptor(
+        "weft_refusals",
+        "Answers the sidecar made itself instead of the app's, by cause (x-weft-error): \
+         authentication failures (jwt-*), authorization denials (denied), rate limits, \
+         overflows, open breakers, timeouts, unreachable endpoints.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (direction, destination, shared) in all {
+        for (cause, count) in shared.requests.refusals() {
+            let labels = [
+                ("direction", *direction),
+                ("destination", *destination),
+                ("cause", cause),
+            ];
+            ConstCounter::new(count).encode(refusals.encode_family(&labels)?)?;
         }
     }
     Ok(())

@@ -1,8 +1,10 @@
 //! The `metrics` tower layer: counts each request and its time to the
 //! response head, by method and status class, in the stats of its
 //! destination (outbound: the cluster `split` chose; inbound: the local
-//! app). An error answer counts with the status it becomes; a request
-//! abandoned before its answer (the caller went away) is not counted.
+//! app). An error answer counts with the status it becomes, and the
+//! sidecar's own refusals also by cause (`x-weft-error`: denied,
+//! jwt-expired, rate-limited, circuit-open, ...); a request abandoned
+//! before its answer (the caller went away) is not counted.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,8 +14,8 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::requests::method_index;
-use crate::error::ProxyError;
+use super::requests::{cause_index, method_index};
+use crate::error::{ERROR_HEADER, ProxyError};
 use crate::proxy::{ProxyRequest, ProxyResponse};
 use crate::table::cluster::ClusterShared;
 
@@ -111,13 +113,27 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         if let Some(stats) = this.stats.take() {
-            let status = match &result {
-                Ok(response) => response.status(),
-                Err(error) => error.kind.status(),
+            let (status, cause) = match &result {
+                // The sidecar's own answers (401, 429, ...) say so in
+                // `x-weft-error`; only error statuses are looked at.
+                Ok(response) => (
+                    response.status(),
+                    (response.status().as_u16() >= 400)
+                        .then(|| response.headers().get(ERROR_HEADER))
+                        .flatten()
+                        .map(|code| cause_index(code.as_bytes())),
+                ),
+                Err(error) => (
+                    error.kind.status(),
+                    Some(cause_index(error.kind.code().as_bytes())),
+                ),
             };
             stats
                 .requests
                 .record(*this.method, status, this.start.elapsed());
+            if let Some(cause) = cause {
+                stats.requests.record_refusal(cause);
+            }
         }
         Poll::Ready(result)
     }

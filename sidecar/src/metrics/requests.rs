@@ -18,6 +18,47 @@ pub const METHODS: [&str; 10] = [
 /// The `status_class` label.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The `cause` label of the sidecar's own refusals: the `x-weft-error`
+/// values (`crate::error::ErrorKind`, JWT authentication, rate limits),
+/// anything else `other`.
+pub const CAUSES: [&str; 28] = [
+    "no-route",
+    "no-healthy-endpoint",
+    "connect-failed",
+    "upstream-reset",
+    "upstream-protocol-error",
+    "timeout",
+    "overflow",
+    "circuit-open",
+    "bad-request",
+    "denied",
+    "unsupported",
+    "rate-limited",
+    "rate-limit-unavailable",
+    "internal",
+    "jwt-missing",
+    "jwt-malformed",
+    "jwt-algorithm-not-allowed",
+    "jwt-unknown-kid",
+    "jwt-bad-signature",
+    "jwt-expired",
+    "jwt-not-yet-valid",
+    "jwt-wrong-issuer",
+    "jwt-wrong-audience",
+    "jwt-claim-mismatch",
+    "jwt-insufficient-role",
+    "jwt-keys-unavailable",
+    "path-not-normalized",
+    "other",
+];
+
+pub fn cause_index(code: &[u8]) -> usize {
+    CAUSES
+        .iter()
+        .position(|cause| cause.as_bytes() == code)
+        .unwrap_or(CAUSES.len() - 1)
+}
+
 pub fn method_index(method: &Method) -> usize {
     match *method {
         Method::GET => 0,
@@ -40,6 +81,8 @@ pub fn class_index(status: StatusCode) -> usize {
 #[derive(Debug, Default)]
 pub struct RequestStats {
     counts: [[AtomicU64; 5]; 10],
+    /// The sidecar's own refusals by cause (index into [`CAUSES`]).
+    refusals: [AtomicU64; 28],
     /// Until the response head (what the caller waits before it can act).
     pub duration: LatencyHistogram,
 }
@@ -48,6 +91,18 @@ impl RequestStats {
     pub fn record(&self, method: usize, status: StatusCode, elapsed: Duration) {
         self.counts[method][class_index(status)].fetch_add(1, Ordering::Relaxed);
         self.duration.observe(elapsed);
+    }
+
+    pub fn record_refusal(&self, cause: usize) {
+        self.refusals[cause].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(cause, count)` for every cause that happened.
+    pub fn refusals(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.refusals.iter().enumerate().filter_map(|(i, count)| {
+            let n = count.load(Ordering::Relaxed);
+            (n > 0).then_some((CAUSES[i], n))
+        })
     }
 
     /// `(method, status class, count)` for every non-zero count.
@@ -84,5 +139,33 @@ mod tests {
             [("GET", "2xx", 2), ("GET", "5xx", 1), ("OTHER", "2xx", 1)]
         );
         assert_eq!(stats.duration.snapshot().count, 4);
+    }
+
+    #[test]
+    fn every_error_code_the_sidecar_answers_with_is_a_cause() {
+        use crate::error::ErrorKind::*;
+        for kind in [
+            NoRoute,
+            NoHealthyEndpoint,
+            ConnectFailed,
+            UpstreamReset,
+            UpstreamProtocol,
+            Timeout,
+            Overflow,
+            CircuitOpen,
+            BadRequest,
+            Denied,
+            Unsupported,
+            RateLimited,
+            Internal,
+        ] {
+            assert_ne!(
+                CAUSES[cause_index(kind.code().as_bytes())],
+                "other",
+                "{kind:?}"
+            );
+        }
+        assert_eq!(CAUSES[cause_index(b"jwt-expired")], "jwt-expired");
+        assert_eq!(CAUSES[cause_index(b"made-up")], "other");
     }
 }
