@@ -280,6 +280,9 @@ mod tests {
             let resp = ProxyError::new(kind, "line one\nline two").to_response();
             assert_eq!(resp.status().as_u16(), status, "{kind:?}");
             assert_eq!(resp.headers()[ERROR_HEADER], code);
+            // `/metrics` counts the sidecar's refusals by this code.
+            let cause = crate::metrics::requests::cause_index(code.as_bytes());
+            assert_eq!(crate::metrics::requests::CAUSES[cause], code);
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"line one line two\n");
         }

@@ -142,29 +142,9 @@ mod tests {
     }
 
     #[test]
-    fn every_error_code_the_sidecar_answers_with_is_a_cause() {
-        use crate::error::ErrorKind::*;
-        for kind in [
-            NoRoute,
-            NoHealthyEndpoint,
-            ConnectFailed,
-            UpstreamReset,
-            UpstreamProtocol,
-            Timeout,
-            Overflow,
-            CircuitOpen,
-            BadRequest,
-            Denied,
-            Unsupported,
-            RateLimited,
-            Internal,
-        ] {
-            assert_ne!(
-                CAUSES[cause_index(kind.code().as_bytes())],
-                "other",
-                "{kind:?}"
-            );
-        }
+    fn error_codes_are_causes_and_anything_else_is_other() {
+        // Every ErrorKind's code is checked in error.rs's tests.
+        assert_eq!(CAUSES[cause_index(b"internal")], "internal");
         assert_eq!(CAUSES[cause_index(b"jwt-expired")], "jwt-expired");
         assert_eq!(CAUSES[cause_index(b"made-up")], "other");
     }
