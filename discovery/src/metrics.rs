@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::identity::RefusalReason;
@@ -19,6 +20,8 @@ pub struct Metrics {
     /// Document versions rejected by validation (each version counted once).
     pub documents_rejected: Counter,
     pub snapshot_builds: Counter,
+    /// How long building one snapshot took (seconds).
+    pub snapshot_build_seconds: Histogram,
     pub responses_sent: Counter,
     pub nacks_received: Counter,
     pub connected_sidecars: Gauge,
@@ -39,6 +42,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("weft_discovery");
         let documents_rejected = Counter::default();
         let snapshot_builds = Counter::default();
+        // 100 µs to about 10 s: a few services build in under a
+        // millisecond, thousands of documents in seconds.
+        let snapshot_build_seconds = Histogram::new(exponential_buckets(0.0001, 2.5, 13));
         let responses_sent = Counter::default();
         let nacks_received = Counter::default();
         let connected_sidecars = Gauge::default();
@@ -53,6 +59,12 @@ impl Metrics {
             "snapshot_builds",
             "Snapshots built after a change in Consul or the config directory",
             snapshot_builds.clone(),
+        );
+        registry.register_with_unit(
+            "snapshot_build",
+            "Time to build one snapshot from the mesh state",
+            prometheus_client::registry::Unit::Seconds,
+            snapshot_build_seconds.clone(),
         );
         registry.register(
             "responses_sent",
@@ -83,6 +95,7 @@ impl Metrics {
             registry,
             documents_rejected,
             snapshot_builds,
+            snapshot_build_seconds,
             responses_sent,
             nacks_received,
             connected_sidecars,

@@ -190,3 +190,26 @@ fn breaker_trips_overflows_and_the_process_show_in_their_series() {
         Ok(())
     });
 }
+
+#[test]
+fn the_agent_counts_its_sidecars_snapshots_and_pushes() {
+    run(|ctx| async move {
+        let mesh = Mesh::start(&ctx).await?;
+        let (_users, _client) = mesh.users_and_client().await?;
+        let page = mesh.agent.metrics().await?;
+        let value = |name: &str| page.value(name, &[]);
+        ensure!(
+            value("weft_discovery_connected_sidecars") == 2.0
+                && value("weft_discovery_snapshot_builds_total") >= 1.0
+                && value("weft_discovery_snapshot_build_seconds_count") >= 1.0
+                && value("weft_discovery_responses_sent_total") >= 2.0
+                && value("weft_discovery_nacks_received_total") == 0.0,
+            "agent metrics: {:?}",
+            page.samples
+                .iter()
+                .filter(|s| !s.name.contains("bucket"))
+                .collect::<Vec<_>>()
+        );
+        Ok(())
+    });
+}

@@ -58,7 +58,11 @@ pub async fn run_builder_with(
     }
     loop {
         changes.borrow_and_update();
+        let started = Instant::now();
         let (snapshot, newly_rejected) = builder.build(&store.state());
+        metrics
+            .snapshot_build_seconds
+            .observe(started.elapsed().as_secs_f64());
         for rejected in &newly_rejected {
             for error in &rejected.errors {
                 tracing::warn!(

@@ -107,6 +107,18 @@ impl Agent {
         reply.json().context("agent /status")
     }
 
+    /// `/metrics`, parsed (and checked to be OpenMetrics text).
+    pub async fn metrics(&self) -> anyhow::Result<super::metrics::MetricsPage> {
+        let reply = self
+            .http
+            .get(&format!("{}/metrics", self.admin_url()))
+            .await?;
+        if !reply.status.is_success() {
+            bail!("agent /metrics answered {}: {}", reply.status, reply.text());
+        }
+        super::metrics::MetricsPage::parse(&reply.text()).context("agent /metrics")
+    }
+
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
     }
