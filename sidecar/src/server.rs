@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::body::RequestBody;
+use crate::metrics::tls::{Direction as TlsDirection, HANDSHAKE_FAILURES};
 use crate::mtls_mode::{MtlsMode, SharedMtlsMode};
 use crate::proxy::upgrade::BridgeSettings;
 use crate::proxy::{Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx};
@@ -226,12 +227,15 @@ pub async fn serve<S: HttpStack>(
                             serve_connection(tcp, svc, builder, shutdown, token).await
                         }
                         Ok(Err(e)) => {
-                            let why = weft_certs::PeerRejection::from_io_error(&e)
+                            let rejection = weft_certs::PeerRejection::from_io_error(&e);
+                            HANDSHAKE_FAILURES.failed(TlsDirection::Inbound, rejection.as_ref());
+                            let why = rejection
                                 .map(|r| r.to_string())
                                 .unwrap_or_else(|| e.to_string());
                             tracing::info!(client = %addr, reason = %why, "mTLS handshake refused");
                         }
                         Err(_) => {
+                            HANDSHAKE_FAILURES.timed_out(TlsDirection::Inbound);
                             tracing::debug!(client = %addr, "mTLS handshake timed out");
                         }
                     }

@@ -145,6 +145,11 @@ fn the_inbound_mtls_mode_comes_from_the_policy_and_switches_without_a_restart() 
         let (_, took_strict) =
             until_plaintext(users.sidecar.inbound, false, "users turns strict").await?;
         ctx.measured("mtls strict in KV -> plaintext refused", took_strict);
+        let refused = users.sidecar.metrics().await?.value(
+            "weft_tls_handshake_failures_total",
+            &[("direction", "inbound"), ("reason", "protocol-error")],
+        );
+        ensure!(refused >= 1.0, "the refused plaintext is not in /metrics");
         ensure!(
             took_permissive < Duration::from_secs(1) && took_strict < Duration::from_secs(1),
             "the mode took {took_permissive:?} / {took_strict:?} to switch"

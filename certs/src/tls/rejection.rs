@@ -44,6 +44,20 @@ pub enum PeerRejection {
 }
 
 impl PeerRejection {
+    /// A fixed name for the kind of rejection (a metrics label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownIssuer => "unknown-issuer",
+            Self::Expired { .. } => "expired",
+            Self::NotYetValid => "not-yet-valid",
+            Self::WrongIdentity { .. } => "wrong-identity",
+            Self::NoSpiffeId { .. } => "no-spiffe-id",
+            Self::NoClientCertificate => "no-client-certificate",
+            Self::RejectedByPeer { .. } => "rejected-by-peer",
+            Self::BadCertificate { .. } => "bad-certificate",
+        }
+    }
+
     /// The rejection inside a rustls error; `None` when the failure is not
     /// about certificates (protocol errors, I/O...).
     pub fn from_tls_error(error: &rustls::Error) -> Option<Self> {

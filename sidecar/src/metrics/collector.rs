@@ -76,6 +76,7 @@ impl Collector for SidecarCollector {
         if let Some(xds) = &self.xds {
             super::config::encode(&mut encoder, xds)?;
         }
+        super::tls::HANDSHAKE_FAILURES.encode(&mut encoder)?;
         super::process::encode(&mut encoder)
     }
 }

@@ -18,6 +18,7 @@ pub mod layer;
 pub mod process;
 pub mod ratelimits;
 pub mod requests;
+pub mod tls;
 
 use prometheus_client::registry::Registry;
 

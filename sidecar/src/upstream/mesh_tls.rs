@@ -24,6 +24,7 @@ use weft_certs::tls::{ALPN_H2, client_config};
 use weft_certs::{IdentityStore, PeerRejection, SpiffeId};
 
 use super::{ConnectError, Connector, UpstreamTcp};
+use crate::metrics::tls::{Direction as TlsDirection, HANDSHAKE_FAILURES};
 
 /// How to reach the meshed endpoints of one cluster: the identity their
 /// sidecars must present, and the TLS config that checks it.
@@ -93,7 +94,9 @@ impl tower::Service<Uri> for TlsConnector {
             match tokio::time::timeout(this.tcp.timeout(), handshake).await {
                 Ok(Ok(stream)) => Ok(TokioIo::new(MeshStream(stream))),
                 Ok(Err(e)) => {
-                    let why = PeerRejection::from_io_error(&e)
+                    let rejection = PeerRejection::from_io_error(&e);
+                    HANDSHAKE_FAILURES.failed(TlsDirection::Outbound, rejection.as_ref());
+                    let why = rejection
                         .map(|r| r.to_string())
                         .unwrap_or_else(|| e.to_string());
                     Err(this.tcp.error(io::Error::new(
@@ -104,10 +107,13 @@ impl tower::Service<Uri> for TlsConnector {
                         ),
                     )))
                 }
-                Err(_) => Err(this.tcp.error(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "mTLS handshake timed out",
-                ))),
+                Err(_) => {
+                    HANDSHAKE_FAILURES.timed_out(TlsDirection::Outbound);
+                    Err(this.tcp.error(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "mTLS handshake timed out",
+                    )))
+                }
             }
         })
     }
