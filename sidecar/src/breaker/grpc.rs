@@ -70,11 +70,6 @@ pub fn read_head(response: &ProxyResponse) -> Head {
     })
 }
 
-/// Whether this answer's outcome is only known from its trailers.
-pub fn awaits_trailers(response: &ProxyResponse) -> bool {
-    matches!(read_head(response), Head::AwaitsTrailers)
-}
-
 /// The HTTP status a gRPC status stands for where only HTTP statuses are
 /// understood (outlier ejection's 5xx and gateway errors). The mapping of
 /// Google's API design guide, the one Envoy applies for outlier detection
@@ -212,6 +207,11 @@ mod tests {
     use super::*;
     use crate::breaker::FailureOn;
     use crate::breaker::outcome::Observer;
+
+    /// Whether this answer's outcome is only known from its trailers.
+    fn awaits_trailers(response: &ProxyResponse) -> bool {
+        matches!(read_head(response), Head::AwaitsTrailers)
+    }
 
     /// Notes every outcome it is told.
     #[derive(Clone, Default)]

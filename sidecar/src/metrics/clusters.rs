@@ -18,36 +18,26 @@ use crate::table::Cluster;
 pub type Destination<'a> = (&'a str, &'a Cluster);
 
 /// A family of one value per destination (and per extra label).
-fn family<'a, T>(
+fn family<'a>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     kind: MetricType,
-    rows: impl IntoIterator<Item = (&'a str, Option<(&'static str, &'static str)>, T)>,
-) -> Result<(), fmt::Error>
-where
-    T: Into<i64>,
-{
+    rows: impl IntoIterator<Item = (&'a str, Option<(&'static str, &'static str)>, u64)>,
+) -> Result<(), fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
     for (destination, extra, value) in rows {
-        let value: i64 = value.into();
         let mut labels = vec![("destination", destination)];
         if let Some(extra) = extra {
             labels.push(extra);
         }
         let encoder = metric.encode_family(&labels)?;
         match kind {
-            MetricType::Counter => {
-                ConstCounter::new(u64::try_from(value).unwrap_or_default()).encode(encoder)?
-            }
-            _ => ConstGauge::new(value).encode(encoder)?,
+            MetricType::Counter => ConstCounter::new(value).encode(encoder)?,
+            _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(encoder)?,
         }
     }
     Ok(())
-}
-
-fn count(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Result<(), fmt::Error> {
@@ -58,20 +48,15 @@ pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Resul
         "Connections open to the destination's endpoints.",
         MetricType::Gauge,
         all.iter()
-            .map(|(d, c)| (*d, None, count(c.shared.connections.open() as u64))),
+            .map(|(d, c)| (*d, None, c.shared.connections.open() as u64)),
     )?;
     family(
         encoder,
         "weft_upstream_connections_opened",
         "Connections opened to the destination's endpoints.",
         MetricType::Counter,
-        all.iter().map(|(d, c)| {
-            (
-                *d,
-                None,
-                count(c.shared.connections.opened_total.load(relaxed)),
-            )
-        }),
+        all.iter()
+            .map(|(d, c)| (*d, None, c.shared.connections.opened_total.load(relaxed))),
     )?;
     family(
         encoder,
@@ -82,7 +67,7 @@ pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Resul
             (
                 *d,
                 None,
-                count(c.shared.connections.connect_failures_total.load(relaxed)),
+                c.shared.connections.connect_failures_total.load(relaxed),
             )
         }),
     )?;
@@ -92,7 +77,7 @@ pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Resul
         "Requests waiting for a connection (circuit_breakers.max_connections reached).",
         MetricType::Gauge,
         all.iter()
-            .map(|(d, c)| (*d, None, count(c.shared.connections.pending() as u64))),
+            .map(|(d, c)| (*d, None, c.shared.connections.pending() as u64)),
     )?;
     family(
         encoder,
@@ -109,7 +94,7 @@ pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Resul
                     s.connections.pending_overflows_total.load(relaxed),
                 ),
             ]
-            .map(|(threshold, n)| (*d, Some(("threshold", threshold)), count(n)))
+            .map(|(threshold, n)| (*d, Some(("threshold", threshold)), n))
         }),
     )?;
     family(
@@ -118,20 +103,15 @@ pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Resul
         "Retries sent.",
         MetricType::Counter,
         all.iter()
-            .map(|(d, c)| (*d, None, count(c.shared.retry.retries.load(relaxed)))),
+            .map(|(d, c)| (*d, None, c.shared.retry.retries.load(relaxed))),
     )?;
     family(
         encoder,
         "weft_retry_budget_exhausted",
         "Retries the policy wanted but the retry budget refused.",
         MetricType::Counter,
-        all.iter().map(|(d, c)| {
-            (
-                *d,
-                None,
-                count(c.shared.retry.budget_exhausted.load(relaxed)),
-            )
-        }),
+        all.iter()
+            .map(|(d, c)| (*d, None, c.shared.retry.budget_exhausted.load(relaxed))),
     )?;
     let with_breaker: Vec<_> = all
         .iter()
@@ -145,7 +125,7 @@ pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Resul
         with_breaker.iter().flat_map(|(d, c)| {
             let now = c.shared.breaker.state();
             [State::Closed, State::Open, State::HalfOpen]
-                .map(|s| (*d, Some(("state", s.as_str())), i64::from(s == now)))
+                .map(|s| (*d, Some(("state", s.as_str())), u64::from(s == now)))
         }),
     )?;
     family(
@@ -155,20 +135,16 @@ pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Resul
         MetricType::Counter,
         with_breaker
             .iter()
-            .map(|(d, c)| (*d, None, count(c.shared.breaker.opened_total.load(relaxed)))),
+            .map(|(d, c)| (*d, None, c.shared.breaker.opened_total.load(relaxed))),
     )?;
     family(
         encoder,
         "weft_breaker_rejected",
         "Requests refused by an open breaker (circuit-open).",
         MetricType::Counter,
-        with_breaker.iter().map(|(d, c)| {
-            (
-                *d,
-                None,
-                count(c.shared.breaker.rejected_total.load(relaxed)),
-            )
-        }),
+        with_breaker
+            .iter()
+            .map(|(d, c)| (*d, None, c.shared.breaker.rejected_total.load(relaxed))),
     )?;
     let now = tokio::time::Instant::now();
     family(
@@ -182,7 +158,7 @@ pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Resul
                 .iter()
                 .map(|e| e.stats.outlier.ejections_total.load(relaxed))
                 .sum();
-            (*d, None, count(total))
+            (*d, None, total)
         }),
     )?;
     family(
@@ -196,7 +172,7 @@ pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Resul
                 .iter()
                 .filter(|e| e.stats.outlier.ejected_for(now).is_some())
                 .count();
-            (*d, None, count(ejected as u64))
+            (*d, None, ejected as u64)
         }),
     )
 }
