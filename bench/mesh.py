@@ -308,6 +308,12 @@ def med(rows, key):
     return statistics.median(r[key] for r in rows)
 
 
+def paired(rows, other, base, kind, key):
+    """Median over reps of other/base - 1. Each rep's two runs are minutes
+    apart at most, so their ratio cancels most of this VM's slow drift."""
+    return statistics.median(o[key] / b[key] - 1 for o, b in zip(rows[other][kind], rows[base][kind]))
+
+
 def report(rows, total, rss, a):
     d = rows["direct"]
     names = list(rows)
@@ -330,29 +336,23 @@ def report(rows, total, rss, a):
         print(f"| {name} | {med(rr, 'p50'):,.0f} | {med(rr, 'p90'):,.0f} | {med(rr, 'p99'):,.0f} | {med(rr, 'p99.9'):,.0f} | "
               f"{add('p50')} | {add('p99')} | {add('p99.9')} | {sum(x['errors'] for x in rr)} | {cpu} |")
     if "mesh-resilience" in rows:
-        plain, res = rows["mesh"], rows["mesh-resilience"]
-        # Paired: each rep's two runs are minutes apart at most, so their
-        # ratio cancels most of this VM's slow drift; the median of the
-        # ratios is the figure.
-        paired = lambda kind, key: statistics.median(
-            r[key] / p[key] - 1 for r, p in zip(res[kind], plain[kind]))
+        ratio = lambda kind, key: 100 * paired(rows, "mesh-resilience", "mesh", kind, key)
+        plain = rows["mesh"]
         print(f"\nResilience layers on (breaker, outlier detection, retries, local rate limit) vs off, same sidecars, "
-              f"median of per-rep ratios: max throughput {100 * paired('max', 'rps'):+.1f} %, "
-              f"p99 at 2,000 req/s {100 * paired('rate', 'p99'):+.0f} %, "
-              f"caller CPU per request at max {100 * paired('max', 'cpu_a_us'):+.1f} % "
-              f"(user space {100 * paired('max', 'user_a_us'):+.1f} %; user space is "
+              f"median of per-rep ratios: max throughput {ratio('max', 'rps'):+.1f} %, "
+              f"p99 at 2,000 req/s {ratio('rate', 'p99'):+.0f} %, "
+              f"caller CPU per request at max {ratio('max', 'cpu_a_us'):+.1f} % "
+              f"(user space {ratio('max', 'user_a_us'):+.1f} %; user space is "
               f"{100 * med(plain['max'], 'user_a_us') / med(plain['max'], 'cpu_a_us'):.0f} % of the caller's CPU).")
     for name, what in (("mesh-trace-100", "100 %"), ("mesh-trace-1", "1 %")):
         if name not in rows:
             continue
-        plain, traced = rows["mesh"], rows[name]
-        paired = lambda kind, key: statistics.median(
-            t[key] / p[key] - 1 for t, p in zip(traced[kind], plain[kind]))
+        ratio = lambda kind, key: 100 * paired(rows, name, "mesh", kind, key)
         print(f"\nTracing at {what} sampling vs tracing off (metrics on in both), median of per-rep ratios: "
-              f"max throughput {100 * paired('max', 'rps'):+.1f} %, p99 at max {100 * paired('max', 'p99'):+.0f} %, "
-              f"p99 at 2,000 req/s {100 * paired('rate', 'p99'):+.0f} %, "
-              f"caller CPU per request at max {100 * paired('max', 'cpu_a_us'):+.1f} %, "
-              f"callee {100 * paired('max', 'cpu_b_us'):+.1f} %.")
+              f"max throughput {ratio('max', 'rps'):+.1f} %, p99 at max {ratio('max', 'p99'):+.0f} %, "
+              f"p99 at 2,000 req/s {ratio('rate', 'p99'):+.0f} %, "
+              f"caller CPU per request at max {ratio('max', 'cpu_a_us'):+.1f} %, "
+              f"callee {ratio('max', 'cpu_b_us'):+.1f} %.")
     if "mesh-mtls" in rows:
         plain, tls = med(rows["mesh"]["rate"], "p99"), med(rows["mesh-mtls"]["rate"], "p99")
         print(f"\nmTLS vs plaintext mesh at 2,000 req/s: p99 {tls:,.0f} vs {plain:,.0f} us "
