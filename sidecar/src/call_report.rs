@@ -105,7 +105,7 @@ impl CallReporter {
             .filter_map(|(name, cluster)| destination_calls(name, &cluster.shared.requests))
             .collect();
         if destinations.len() > MAX_DESTINATIONS {
-            destinations.sort_by(|a, b| b.requests.cmp(&a.requests));
+            destinations.sort_by_key(|calls| std::cmp::Reverse(calls.requests));
             destinations.truncate(MAX_DESTINATIONS);
         }
         CallReport {
