@@ -215,7 +215,7 @@ fn the_agent_counts_its_sidecars_snapshots_pushes_push_latency_and_consul_errors
         // ACK ends one push latency observation.
         let cluster = [("type", "Cluster")];
         let before = page.value("weft_discovery_push_latency_seconds_count", &cluster);
-        mesh.put_document("destinations/users", &json!({ "timeout": "3s" }))
+        mesh.put_document("destinations/users", &json!({ "request_timeout": "3s" }))
             .await?;
         let agent = &mesh.agent;
         let page = eventually(SETUP_TIMEOUT, "the Cluster push is timed", || async {
