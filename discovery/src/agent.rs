@@ -63,7 +63,8 @@ pub struct Settings {
     /// Consul (the embedded file backend); takes precedence over --consul.
     #[arg(long, env = "WEFT_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
-    /// Where sidecars connect (gRPC, the aggregated discovery service).
+    /// Where sidecars connect (gRPC: the aggregated discovery service,
+    /// certificate requests and call reports for the service map).
     #[arg(long, env = "WEFT_DISCOVERY_LISTEN", default_value = "127.0.0.1:15010")]
     pub listen: SocketAddr,
     /// Admin HTTP: /healthz, /readyz, /status, /metrics, and the service
