@@ -44,6 +44,12 @@ pub struct Settings {
     /// Admin listener: /ready, /live, /config_dump, /clusters (`--admin`,
     /// `WEFT_ADMIN`). Required with `--discovery`, optional in static mode.
     pub admin: Option<SocketAddr>,
+    /// How often the sidecar reports its outbound calls to the agent for
+    /// the service map (`--call-report-interval`,
+    /// `WEFT_CALL_REPORT_INTERVAL`). Default 5 s: the map's rates look
+    /// back a minute, so a few seconds is live enough and costs the agent
+    /// one small call per sidecar per interval. `0s` turns reports off.
+    pub call_report_interval: Duration,
     /// How long SIGTERM waits for in-flight requests before exiting
     /// (`--drain-timeout`, `WEFT_DRAIN_TIMEOUT`). Default 10 s: longer than a
     /// typical request, shorter than Kubernetes' 30 s grace period.
@@ -171,6 +177,7 @@ impl Settings {
             outbound: None,
             admin: None,
             drain_timeout: Duration::from_secs(10),
+            call_report_interval: DEFAULT_CALL_REPORT_INTERVAL,
             workers: None,
             identity_token: None,
             tcp_upstreams: Vec::new(),
@@ -237,6 +244,7 @@ impl Settings {
         let outbound = r.get("outbound", parse_addr);
         let admin = r.get("admin", parse_addr);
         let drain_timeout = r.get("drain_timeout", parse_duration);
+        let call_report_interval = r.get("call_report_interval", parse_duration);
         let workers = r.get("workers", parse_workers);
         let header_read_timeout = r.get("header_read_timeout", parse_duration);
         let app_connect_timeout = r.get("app_connect_timeout", parse_duration);
@@ -310,6 +318,7 @@ impl Settings {
             outbound,
             admin,
             drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(10)),
+            call_report_interval: call_report_interval.unwrap_or(DEFAULT_CALL_REPORT_INTERVAL),
             workers,
             identity_token,
             tcp_upstreams: tcp_upstreams.unwrap_or_default(),
@@ -329,6 +338,9 @@ impl Settings {
         })
     }
 }
+
+/// See [`Settings::call_report_interval`].
+pub const DEFAULT_CALL_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 fn default_instance(service: &str) -> String {
     format!("{service}-{:08x}", rand::random::<u32>())
@@ -369,6 +381,9 @@ pub struct Flags {
     /// Drain time on SIGTERM, e.g. 10s, 500ms [env: WEFT_DRAIN_TIMEOUT] [default: 10s].
     #[arg(long)]
     pub drain_timeout: Option<String>,
+    /// How often outbound calls are reported to the agent's service map, 0s = never [env: WEFT_CALL_REPORT_INTERVAL] [default: 5s].
+    #[arg(long)]
+    pub call_report_interval: Option<String>,
     /// YAML settings file [env: WEFT_CONFIG].
     #[arg(long)]
     pub config: Option<String>,
@@ -411,7 +426,7 @@ impl Flags {
     fn values(&self) -> BTreeMap<&'static str, String> {
         // Repeated flags are one comma-separated list, as in the env.
         let tcp_upstream = (!self.tcp_upstream.is_empty()).then(|| self.tcp_upstream.join(","));
-        let pairs: [(&'static str, &Option<String>); 19] = [
+        let pairs: [(&'static str, &Option<String>); 20] = [
             ("service", &self.service),
             ("discovery", &self.discovery),
             ("inbound", &self.inbound),
@@ -420,6 +435,7 @@ impl Flags {
             ("admin", &self.admin),
             ("instance", &self.instance),
             ("drain_timeout", &self.drain_timeout),
+            ("call_report_interval", &self.call_report_interval),
             ("workers", &self.workers),
             ("header_read_timeout", &self.header_read_timeout),
             ("app_connect_timeout", &self.app_connect_timeout),
@@ -464,6 +480,11 @@ const FIELDS: &[Field] = &[
     field("admin", "--admin", "WEFT_ADMIN"),
     field("instance", "--instance", "WEFT_INSTANCE"),
     field("drain_timeout", "--drain-timeout", "WEFT_DRAIN_TIMEOUT"),
+    field(
+        "call_report_interval",
+        "--call-report-interval",
+        "WEFT_CALL_REPORT_INTERVAL",
+    ),
     field("workers", "--workers", "WEFT_WORKERS"),
     field(
         "header_read_timeout",

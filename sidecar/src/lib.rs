@@ -7,6 +7,7 @@
 //! * `xds` — the ADS client that builds the table from the agent's resources.
 //! * `upstream` — pooled connections to endpoints, DNS.
 //! * `admin` — /ready, /live, /config_dump, /clusters.
+//! * `call_report` — outbound call counts sent to the agent's service map.
 //! * `authn` — JWT authentication of inbound requests (a tower layer).
 //! * `authz` — intentions: which services may call this one (a tower layer).
 //! * `mtls_mode` — STRICT or PERMISSIVE inbound, from the policy.
@@ -24,6 +25,7 @@ pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod breaker;
+pub mod call_report;
 pub mod config;
 pub mod error;
 pub mod identity;
@@ -237,6 +239,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             build_version: env!("CARGO_PKG_VERSION").into(),
             metadata: Default::default(),
         };
+        if !settings.call_report_interval.is_zero() {
+            let reporter = call_report::CallReporter {
+                agent: xds::client::ClientSettings::new(discovery.clone()),
+                dns: dns.clone(),
+                table: table.clone(),
+                node_id: node.id.clone(),
+                service: settings.service.clone(),
+                instance: settings.instance.clone(),
+                interval: settings.call_report_interval,
+            };
+            tokio::spawn(reporter.run(shutdown_rx.clone()));
+        }
         let mut core = xds::Core::new(node, table.clone(), dns.clone())
             .with_authz(authz.clone())
             .with_authn(authn.clone())

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod app;
 pub mod binaries;
+pub mod browser;
 pub mod consul;
 pub mod eventually;
 pub mod fixtures;
