@@ -187,6 +187,22 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Shows every watch's error and retry series at 0 from the start, so
+    /// that `rate()` sees the first error as an increase and a dashboard
+    /// finds the series before anything failed.
+    pub fn consul_watches_known(&self, watches: &[&'static str], kinds: &[&'static str]) {
+        for &watch in watches {
+            let _ = self
+                .consul_watch_retries
+                .get_or_create(&WatchLabels { watch });
+            for &kind in kinds {
+                let _ = self
+                    .consul_watch_errors
+                    .get_or_create(&WatchErrorLabels { watch, kind });
+            }
+        }
+    }
+
     /// Counts one failed Consul read.
     pub fn consul_watch_failed(&self, watch: &'static str, kind: &'static str) {
         self.consul_watch_errors

@@ -101,6 +101,17 @@ impl ConsulError {
     /// A short, bounded name of the variant (`connect`, `tls`, `timeout`,
     /// `status_4xx`, `status_5xx`, `decode`, `config`): the `kind` label
     /// of the agent's watch error counter.
+    /// Every value [`ConsulError::kind`] returns.
+    pub const KINDS: [&'static str; 7] = [
+        "config",
+        "connect",
+        "tls",
+        "timeout",
+        "status_5xx",
+        "status_4xx",
+        "decode",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             ConsulError::Config { .. } => "config",
@@ -174,6 +185,7 @@ mod tests {
         assert!(!status(400).is_retryable());
         assert_eq!(status(503).kind(), "status_5xx");
         assert_eq!(status(403).kind(), "status_4xx");
+        assert!(ConsulError::KINDS.contains(&status(503).kind()));
     }
 
     #[test]

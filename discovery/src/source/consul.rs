@@ -135,6 +135,7 @@ impl ConsulSource {
     /// Counts watch errors and retries in `metrics` (the agent's
     /// `/metrics`) instead of a private registry.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        metrics.consul_watches_known(&Target::LABELS, &crate::consul::ConsulError::KINDS);
         self.metrics = metrics;
         self
     }
@@ -163,6 +164,9 @@ enum Target {
 }
 
 impl Target {
+    /// Every value of [`Target::label`].
+    const LABELS: [&'static str; 4] = ["catalog", "service", "kv", "intentions"];
+
     /// The `watch` label of the agent's Consul metrics.
     fn label(&self) -> &'static str {
         match self {
