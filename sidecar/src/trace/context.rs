@@ -65,7 +65,15 @@ pub fn extract(headers: &HeaderMap) -> (Option<Parent>, B3Style) {
     } else {
         (None, B3Style::None)
     };
-    (w3c.or(b3), style)
+    let parent = match (w3c, b3) {
+        // The same trace in both: keep B3's width for the B3 answer.
+        (Some(mut w3c), Some(b3)) => {
+            w3c.short_b3_trace_id = b3.short_b3_trace_id && b3.trace_id == w3c.trace_id;
+            Some(w3c)
+        }
+        (w3c, b3) => w3c.or(b3),
+    };
+    (parent, style)
 }
 
 /// The one value of a header that must not repeat (W3C: two
@@ -129,7 +137,9 @@ pub fn parse_b3_single(v: &[u8]) -> Option<Parent> {
 pub fn parse_b3_multi(headers: &HeaderMap) -> Option<Parent> {
     let (trace_id, short) = b3_trace_id(headers.get(X_B3_TRACE_ID)?.as_bytes())?;
     let span_id = b3_span_id(headers.get(X_B3_SPAN_ID)?.as_bytes())?;
-    let debug = headers.get(X_B3_FLAGS).is_some_and(|f| f.as_bytes() == b"1");
+    let debug = headers
+        .get(X_B3_FLAGS)
+        .is_some_and(|f| f.as_bytes() == b"1");
     let sampled = match headers.get(X_B3_SAMPLED) {
         _ if debug => Some(true),
         None => None,
@@ -158,7 +168,10 @@ fn b3_trace_id(v: &[u8]) -> Option<(u128, bool)> {
 }
 
 fn b3_span_id(v: &[u8]) -> Option<u64> {
-    (v.len() == 16).then(|| hex_u64(v)).flatten().filter(|id| *id != 0)
+    (v.len() == 16)
+        .then(|| hex_u64(v))
+        .flatten()
+        .filter(|id| *id != 0)
 }
 
 fn b3_sampled(v: &[u8]) -> Option<bool> {
@@ -380,9 +393,26 @@ mod tests {
     }
 
     #[test]
+    fn a_64_bit_b3_trace_id_stays_64_bit_beside_its_traceparent() {
+        let h = headers(&[
+            (
+                "traceparent",
+                "00-0000000000000000a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+        ]);
+        let (parent, _) = extract(&h);
+        let parent = parent.unwrap();
+        assert!(parent.w3c && parent.short_b3_trace_id);
+    }
+
+    #[test]
     fn b3_single_forms() {
-        let p = parse_b3_single(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")
-            .unwrap();
+        let p = parse_b3_single(
+            b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        )
+        .unwrap();
         assert_eq!(p.span_id, 0xe457b5a2e4d86bd1);
         assert_eq!(p.sampled, Some(true));
         let p = parse_b3_single(b"a3ce929d0e0e4736-e457b5a2e4d86bd1").unwrap();
@@ -405,7 +435,12 @@ mod tests {
             b"0000000000000000-e457b5a2e4d86bd1",
             b"a3ce929d0e0e473-e457b5a2e4d86bd1",
         ] {
-            assert_eq!(parse_b3_single(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_b3_single(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

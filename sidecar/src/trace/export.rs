@@ -52,7 +52,9 @@ impl SpanQueue {
     /// Hands a finished span to the exporter; never waits.
     pub fn submit(&self, span: SpanData) {
         if self.tx.try_send(span).is_err() {
-            self.counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -157,7 +159,9 @@ async fn export(
             counters.exported.fetch_add(n, Ordering::Relaxed);
         }
         outcome => {
-            counters.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
+            counters
+                .dropped_export_failed
+                .fetch_add(n, Ordering::Relaxed);
             match outcome {
                 Ok(Err(error)) => tracing::debug!(%error, spans = n, "span export failed"),
                 _ => tracing::debug!(spans = n, "span export timed out"),

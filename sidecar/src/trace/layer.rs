@@ -142,7 +142,9 @@ impl<S> Trace<S> {
             trace_id,
             span_id: context::new_span_id(),
             parent_id: parent.map(|p| p.span_id),
-            sampled: inner.sampler.sample(parent.and_then(|p| p.sampled), trace_id),
+            sampled: inner
+                .sampler
+                .sample(parent.and_then(|p| p.sampled), trace_id),
             short_b3_trace_id: parent.is_some_and(|p| p.short_b3_trace_id),
         };
         let w3c_parent = parent.is_some_and(|p| p.w3c);

@@ -128,8 +128,19 @@ mod tests {
 
     #[test]
     fn bad_names_and_ratios_are_explained() {
-        assert!(Sampler::parse("jaeger_remote", None).unwrap_err().contains("unknown sampler"));
-        assert!(Sampler::parse("traceidratio", Some("2")).unwrap_err().contains("0 to 1"));
-        assert_eq!(Sampler::parse("always_off", None).unwrap().root, Root::Never);
+        assert!(
+            Sampler::parse("jaeger_remote", None)
+                .unwrap_err()
+                .contains("unknown sampler")
+        );
+        assert!(
+            Sampler::parse("traceidratio", Some("2"))
+                .unwrap_err()
+                .contains("0 to 1")
+        );
+        assert_eq!(
+            Sampler::parse("always_off", None).unwrap().root,
+            Root::Never
+        );
     }
 }

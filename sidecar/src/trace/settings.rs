@@ -53,9 +53,9 @@ pub fn parse_protocol(s: &str) -> Result<Protocol, String> {
 /// An `http://HOST:PORT[/path]` URL (no TLS to the collector: run it, or
 /// an OpenTelemetry Collector, beside the sidecar).
 pub fn parse_endpoint(s: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = s
-        .parse()
-        .map_err(|e| format!("not a URL ({e}); expected http://HOST:PORT, e.g. http://127.0.0.1:4317"))?;
+    let uri: http::Uri = s.parse().map_err(|e| {
+        format!("not a URL ({e}); expected http://HOST:PORT, e.g. http://127.0.0.1:4317")
+    })?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
@@ -87,22 +87,23 @@ impl TraceSettings {
 
         let sampler = match (ratio, var("OTEL_TRACES_SAMPLER")) {
             (Some(ratio), _) => Sampler::parent_based_ratio(ratio),
-            (None, Some(name)) => {
-                match Sampler::parse(name, var("OTEL_TRACES_SAMPLER_ARG")) {
-                    Ok(s) => s,
-                    Err(why) => {
-                        invalid("OTEL_TRACES_SAMPLER", name, why);
-                        Sampler::default()
-                    }
+            (None, Some(name)) => match Sampler::parse(name, var("OTEL_TRACES_SAMPLER_ARG")) {
+                Ok(s) => s,
+                Err(why) => {
+                    invalid("OTEL_TRACES_SAMPLER", name, why);
+                    Sampler::default()
                 }
-            }
+            },
             (None, None) => Sampler::default(),
         };
 
         let protocol = protocol.or_else(|| {
-            let (name, value) = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
-                .into_iter()
-                .find_map(|n| var(n).map(|v| (n, v)))?;
+            let (name, value) = [
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ]
+            .into_iter()
+            .find_map(|n| var(n).map(|v| (n, v)))?;
             parse_protocol(value)
                 .map_err(|why| invalid(name, value, why))
                 .ok()
@@ -110,7 +111,8 @@ impl TraceSettings {
         // The spec's default.
         let protocol = protocol.unwrap_or(Protocol::HttpProtobuf);
 
-        let disabled = var("OTEL_SDK_DISABLED") == Some("true") || var("OTEL_TRACES_EXPORTER") == Some("none");
+        let disabled =
+            var("OTEL_SDK_DISABLED") == Some("true") || var("OTEL_TRACES_EXPORTER") == Some("none");
         let mut from_env = |name: &str| -> Option<http::Uri> {
             let value = var(name)?;
             parse_endpoint(value)
@@ -130,7 +132,9 @@ impl TraceSettings {
                 return default;
             };
             value.parse().unwrap_or_else(|_| {
-                errors.push(format!("{name}: invalid value {value:?}: expected milliseconds"));
+                errors.push(format!(
+                    "{name}: invalid value {value:?}: expected milliseconds"
+                ));
                 default
             })
         };
@@ -139,11 +143,19 @@ impl TraceSettings {
                 endpoint,
                 protocol,
                 queue_size: millis(&["OTEL_BSP_MAX_QUEUE_SIZE"], 2048, errors).max(1) as usize,
-                batch_size: millis(&["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"], 512, errors).max(1) as usize,
-                schedule_delay: Duration::from_millis(millis(&["OTEL_BSP_SCHEDULE_DELAY"], 5000, errors)),
+                batch_size: millis(&["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"], 512, errors).max(1)
+                    as usize,
+                schedule_delay: Duration::from_millis(millis(
+                    &["OTEL_BSP_SCHEDULE_DELAY"],
+                    5000,
+                    errors,
+                )),
                 timeout: Duration::from_millis(
                     millis(
-                        &["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"],
+                        &[
+                            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                            "OTEL_EXPORTER_OTLP_TIMEOUT",
+                        ],
                         10_000,
                         errors,
                     )
@@ -173,7 +185,10 @@ mod tests {
     use crate::trace::sampler::Root;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -210,7 +225,10 @@ mod tests {
             None,
             &env(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:1"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4318/custom"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://collector:4318/custom",
+                ),
             ]),
             &mut errors,
         );
@@ -232,7 +250,10 @@ mod tests {
             &mut errors,
         );
         let export = s.export.unwrap();
-        assert_eq!((export.endpoint.as_str(), export.protocol), ("http://127.0.0.1:4317/", Protocol::Grpc));
+        assert_eq!(
+            (export.endpoint.as_str(), export.protocol),
+            ("http://127.0.0.1:4317/", Protocol::Grpc)
+        );
         assert_eq!(s.sampler, Sampler::parent_based_ratio(0.01));
     }
 
