@@ -561,7 +561,7 @@ async fn handle_http(identity: &Identity, mut req: Request<Incoming>) -> Respons
             );
         }
     };
-    let echo = serde_json::json!({
+    let mut echo = serde_json::json!({
         "service": identity.service,
         "instance": identity.instance,
         "method": method,
@@ -570,8 +570,10 @@ async fn handle_http(identity: &Identity, mut req: Request<Incoming>) -> Respons
         "version": version,
         "headers": headers,
         "body": body,
-        "downstream": downstream,
     });
+    if let Some(downstream) = downstream {
+        echo["downstream"] = downstream;
+    }
     let mut response = Response::new(full(echo.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
