@@ -236,9 +236,12 @@ impl<S> Trace<S> {
                     attrs.push(KeyValue::new("http.route", route.to_owned()));
                 }
                 if let Some(cluster) = &ctx.cluster {
-                    let name = Value::String(cluster.name.to_string().into());
-                    attrs.push(KeyValue::new("peer.service", name.clone()));
-                    attrs.push(KeyValue::new("weft.destination.cluster", name));
+                    // Shared, not copied: the name is an Arc<str>.
+                    attrs.push(KeyValue::new("peer.service", cluster.name.clone()));
+                    attrs.push(KeyValue::new(
+                        "weft.destination.cluster",
+                        cluster.name.clone(),
+                    ));
                 }
             }
         }
@@ -401,5 +404,87 @@ where
             span.finish(&result);
         }
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http::{HeaderMap, HeaderValue, Request, Response};
+    use tower::{Layer as _, Service as _};
+
+    use super::*;
+    use crate::body::{BufferedBody, ProxyBody, RequestBody};
+    use crate::proxy::{Direction, RequestCtx};
+
+    /// What the layer below received.
+    type Seen = Arc<Mutex<Option<HeaderMap>>>;
+
+    async fn pass(layer: TraceLayer, headers: &[(&str, &str)]) -> HeaderMap {
+        let seen: Seen = Default::default();
+        let below = seen.clone();
+        let inner = tower::service_fn(move |req: ProxyRequest| {
+            *below.lock().unwrap() = Some(req.http.headers().clone());
+            async { Ok::<_, ProxyError>(Response::new(ProxyBody::empty())) }
+        });
+        let mut request = Request::builder().uri("/");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let http = request
+            .body(RequestBody::Buffered(BufferedBody {
+                data: None,
+                trailers: None,
+            }))
+            .unwrap();
+        let ctx = RequestCtx::new(
+            Direction::Inbound,
+            "127.0.0.1:1".parse().unwrap(),
+            HeaderValue::from_static("127.0.0.1"),
+        );
+        let mut service = layer.layer(inner);
+        let _ = service.call(ProxyRequest { http, ctx }).await;
+        seen.lock().unwrap().take().unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_tracing_off_a_request_without_context_gets_a_fresh_unsampled_traceparent() {
+        let h = pass(TraceLayer::inbound(Tracer::off()), &[]).await;
+        let p = context::parse_traceparent(h["traceparent"].as_bytes()).unwrap();
+        assert_eq!(p.sampled, Some(false));
+    }
+
+    #[tokio::test]
+    async fn with_tracing_off_the_callers_context_passes_unchanged() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let h = pass(
+            TraceLayer::inbound(Tracer::off()),
+            &[("traceparent", tp), ("tracestate", "a=b")],
+        )
+        .await;
+        assert_eq!(
+            (h["traceparent"].as_bytes(), h["tracestate"].as_bytes()),
+            (tp.as_bytes(), &b"a=b"[..])
+        );
+        // B3 only: the same ids as a traceparent, B3 left as sent.
+        let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+        let h = pass(TraceLayer::inbound(Tracer::off()), &[("b3", b3)]).await;
+        assert_eq!(
+            h["traceparent"],
+            "00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01"
+        );
+        assert_eq!(h["b3"], b3);
+    }
+
+    #[tokio::test]
+    async fn malformed_context_is_replaced_not_refused() {
+        let h = pass(
+            TraceLayer::inbound(Tracer::off()),
+            &[("traceparent", "garbage"), ("tracestate", "orphan=1")],
+        )
+        .await;
+        assert!(context::parse_traceparent(h["traceparent"].as_bytes()).is_some());
+        assert!(!h.contains_key("tracestate"));
     }
 }
