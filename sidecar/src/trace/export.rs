@@ -1,20 +1,25 @@
 //! Finished spans leave the request path through a bounded queue (one
-//! `try_send`: no lock, never waits) to a task that batches them and
-//! exports each batch with opentelemetry-otlp, over gRPC or HTTP/protobuf.
-//! A full queue drops the span and counts it; a failed or timed-out export
-//! drops its batch and counts it. A collector that is down therefore costs
-//! requests nothing, and memory stays at most one queue plus one batch.
+//! `try_send`: no lock, never waits) to a task that batches them, encodes
+//! each batch as OTLP protobuf (`otlp.rs`) and sends it over the sidecar's
+//! hyper client: gRPC (`TraceService/Export` over h2c) or HTTP/protobuf
+//! (`POST /v1/traces`). A full queue drops the span and counts it; a
+//! failed or timed-out export drops its batch and counts it (no retries:
+//! the next batch is already waiting). A collector that is down therefore
+//! costs requests nothing, and memory stays at most one queue plus one
+//! batch.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use opentelemetry::KeyValue;
-use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use anyhow::{Context as _, bail};
+use bytes::{BufMut as _, Bytes, BytesMut};
+use http::{HeaderValue, Request, header};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;
@@ -22,8 +27,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::http_client::HyperClient;
+use super::otlp::{self, Resource};
 use super::settings::{ExportSettings, Protocol};
+use super::span::SpanRecord;
 
 /// What became of the spans, for `/metrics`.
 #[derive(Debug, Default)]
@@ -38,7 +44,7 @@ pub struct ExportCounters {
 /// The request path's end of the queue.
 #[derive(Clone)]
 pub struct SpanQueue {
-    tx: mpsc::Sender<SpanData>,
+    tx: mpsc::Sender<SpanRecord>,
     counters: Arc<ExportCounters>,
 }
 
@@ -50,7 +56,7 @@ impl fmt::Debug for SpanQueue {
 
 impl SpanQueue {
     /// Hands a finished span to the exporter; never waits.
-    pub fn submit(&self, span: SpanData) {
+    pub fn submit(&self, span: SpanRecord) {
         if self.tx.try_send(span).is_err() {
             self.counters
                 .dropped_queue_full
@@ -63,46 +69,110 @@ impl SpanQueue {
     }
 }
 
-/// Builds the exporter for `settings` and starts the batching task, which
-/// exports what is queued and ends when `shutdown` turns true. Needs the
-/// tokio runtime (the gRPC channel connects lazily on it).
+/// The gRPC method of OTLP trace export.
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A collector's answer is small; anything bigger is refused.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Where and how batches go.
+struct Sender {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: http::Uri,
+    protocol: Protocol,
+    timeout: Duration,
+}
+
+impl Sender {
+    fn new(settings: &ExportSettings) -> anyhow::Result<Self> {
+        let url = match settings.protocol {
+            Protocol::HttpProtobuf => settings.endpoint.clone(),
+            Protocol::Grpc => format!("{}{GRPC_PATH}", settings.endpoint.trim_end_matches('/')),
+        };
+        let url = url
+            .parse()
+            .with_context(|| format!("the OTLP endpoint {url:?} is not a URL"))?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.timeout));
+        connector.set_nodelay(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_max_idle_per_host(1);
+        if settings.protocol == Protocol::Grpc {
+            builder.http2_only(true);
+        }
+        Ok(Self {
+            client: builder.build(connector),
+            url,
+            protocol: settings.protocol,
+            timeout: settings.timeout,
+        })
+    }
+
+    /// Sends one encoded `ExportTraceServiceRequest`.
+    async fn send(&self, body: &[u8]) -> anyhow::Result<()> {
+        let (content_type, body) = match self.protocol {
+            Protocol::HttpProtobuf => ("application/x-protobuf", Bytes::copy_from_slice(body)),
+            Protocol::Grpc => {
+                // gRPC framing: uncompressed flag, big-endian length.
+                let mut framed = BytesMut::with_capacity(body.len() + 5);
+                framed.put_u8(0);
+                framed.put_u32(body.len() as u32);
+                framed.put_slice(body);
+                ("application/grpc", framed.freeze())
+            }
+        };
+        let mut request = Request::post(self.url.clone())
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .context("building the export request")?;
+        if self.protocol == Protocol::Grpc {
+            request
+                .headers_mut()
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let status = response.status();
+            let grpc_in_head = response.headers().get("grpc-status").cloned();
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the collector's answer: {e}"))?;
+            if !status.is_success() {
+                bail!("the collector answered {status}");
+            }
+            if self.protocol == Protocol::Grpc {
+                let grpc_status = grpc_in_head
+                    .or_else(|| body.trailers().and_then(|t| t.get("grpc-status")).cloned());
+                match grpc_status.as_ref().map(HeaderValue::as_bytes) {
+                    Some(b"0") => {}
+                    Some(other) => {
+                        bail!(
+                            "the collector answered grpc-status {}",
+                            String::from_utf8_lossy(other)
+                        )
+                    }
+                    None => bail!("the collector's answer has no grpc-status"),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("no answer from the collector within {:?}", self.timeout)
+            })?
+    }
+}
+
+/// Starts the batching task for `settings`; it exports what is queued and
+/// ends (after one last, short try) when `shutdown` turns true.
 pub fn start(
     settings: &ExportSettings,
-    service: &str,
-    instance: &str,
+    resource: Resource,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SpanQueue, JoinHandle<()>)> {
-    let what = || {
-        format!(
-            "cannot set up OTLP export to {} ({:?})",
-            settings.endpoint, settings.protocol
-        )
-    };
-    let mut exporter = match settings.protocol {
-        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.timeout)
-            .build(),
-        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(HyperClient::new(settings.timeout))
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.timeout)
-            .build(),
-    }
-    .with_context(what)?;
-    exporter.set_resource(
-        &Resource::builder_empty()
-            .with_attributes([
-                KeyValue::new("service.name", service.to_owned()),
-                KeyValue::new("service.instance.id", instance.to_owned()),
-                KeyValue::new("telemetry.sdk.name", "weft-sidecar"),
-                KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-            ])
-            .build(),
-    );
+    let sender = Sender::new(settings)?;
     let (tx, mut rx) = mpsc::channel(settings.queue_size);
     let counters = Arc::new(ExportCounters::default());
     let queue = SpanQueue {
@@ -111,10 +181,9 @@ pub fn start(
     };
     let batch_size = settings.batch_size;
     let delay = settings.schedule_delay;
-    // A little over the exporter's own deadline: its retries are inside.
-    let deadline = settings.timeout + Duration::from_secs(1);
     let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(batch_size);
+        let mut body = Vec::new();
         loop {
             tokio::select! {
                 n = rx.recv_many(&mut batch, batch_size) => if n == 0 { return },
@@ -130,16 +199,19 @@ pub fn start(
                     _ = &mut fill => break,
                 }
             }
-            export(&exporter, &mut batch, deadline, &counters).await;
+            export(&sender, &resource, &mut batch, &mut body, &counters).await;
         }
         // Shutdown: what is queued now goes out in one last try, briefly.
         while let Ok(span) = rx.try_recv() {
             batch.push(span);
         }
-        let deadline = deadline.min(Duration::from_secs(2));
+        let last = Sender {
+            timeout: sender.timeout.min(Duration::from_secs(2)),
+            ..sender
+        };
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(batch_size));
-            export(&exporter, &mut batch, deadline, &counters).await;
+            export(&last, &resource, &mut batch, &mut body, &counters).await;
             batch = rest;
         }
     });
@@ -147,27 +219,33 @@ pub fn start(
 }
 
 async fn export(
-    exporter: &opentelemetry_otlp::SpanExporter,
-    batch: &mut Vec<SpanData>,
-    deadline: Duration,
+    sender: &Sender,
+    resource: &Resource,
+    batch: &mut Vec<SpanRecord>,
+    body: &mut Vec<u8>,
     counters: &ExportCounters,
 ) {
-    let spans = std::mem::take(batch);
-    let n = spans.len() as u64;
-    match tokio::time::timeout(deadline, exporter.export(spans)).await {
-        Ok(Ok(())) => {
+    otlp::encode(resource, batch, body);
+    let n = batch.len() as u64;
+    batch.clear();
+    match sender.send(body).await {
+        Ok(()) => {
             counters.exported.fetch_add(n, Ordering::Relaxed);
         }
-        outcome => {
+        Err(error) => {
             counters
                 .dropped_export_failed
                 .fetch_add(n, Ordering::Relaxed);
-            match outcome {
-                Ok(Err(error)) => tracing::debug!(%error, spans = n, "span export failed"),
-                _ => tracing::debug!(spans = n, "span export timed out"),
-            }
+            tracing::debug!(
+                error = format!("{error:#}"),
+                spans = n,
+                "span export failed"
+            );
         }
     }
+    // A burst's buffer is not kept forever.
+    body.truncate(0);
+    body.shrink_to(1 << 20);
 }
 
 /// `weft_trace_spans_exported_total` and `weft_trace_spans_dropped_total`

@@ -11,23 +11,17 @@
 //! `traceparent` with the same ids), and a request without one starts a
 //! trace (new ids, not sampled) so every hop can still log a trace id.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
-use std::str::FromStr as _;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use http::{Method, Version};
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{KeyValue, Value};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use http::Method;
 use tower::{Layer, Service};
 
 use super::Tracer;
 use super::context::{self, Current, TRACESTATE};
+use super::span::{Cause, SpanKind, SpanRecord};
 use crate::error::{ATTEMPTS_HEADER, ERROR_HEADER, ProxyError};
 use crate::proxy::{ProxyRequest, ProxyResponse};
 
@@ -62,7 +56,7 @@ impl<S> Layer<S> for TraceLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Trace {
             tracer: self.tracer.clone(),
-            kind: self.kind.clone(),
+            kind: self.kind,
             inner,
         }
     }
@@ -157,145 +151,51 @@ impl<S> Trace<S> {
             return None;
         }
         let tracestate = w3c_parent
-            .then(|| headers.get(TRACESTATE))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| TraceState::from_str(v).ok())
-            .unwrap_or_default();
+            .then(|| headers.get(TRACESTATE).cloned())
+            .flatten();
+        let http = &req.http;
+        let ctx = &req.ctx;
+        let server = self.kind == SpanKind::Server;
         Some(SpanStart {
             tracer: self.tracer.clone(),
-            kind: self.kind.clone(),
-            current,
-            parent_is_remote: parent.is_some(),
-            tracestate,
-            name: span_name(req.http.method(), self.route_name(req)),
-            attributes: self.request_attributes(req),
-            start_time: SystemTime::now(),
+            record: SpanRecord {
+                kind: self.kind,
+                trace_id: current.trace_id,
+                span_id: current.span_id,
+                parent_id: current.parent_id,
+                tracestate,
+                method: http.method().clone(),
+                uri: http.uri().clone(),
+                version: http.version(),
+                host: http.headers().get(http::header::HOST).cloned(),
+                request_id: http
+                    .headers()
+                    .get(crate::proxy::request_id::REQUEST_ID)
+                    .cloned(),
+                client_ip: server.then(|| ctx.client_addr.ip()),
+                peer: ctx.peer_identity.clone(),
+                route: if server { None } else { ctx.route.clone() },
+                cluster: if server { None } else { ctx.cluster.clone() },
+                start_unix_nanos: unix_nanos(SystemTime::now()),
+                end_unix_nanos: 0,
+                status: 0,
+                cause: None,
+                attempts: None,
+            },
             started: Instant::now(),
         })
     }
-
-    fn route_name<'r>(&self, req: &'r ProxyRequest) -> Option<&'r str> {
-        req.ctx
-            .route
-            .as_ref()
-            .map(|r| r.route().name.as_str())
-            .filter(|name| !name.is_empty())
-    }
-
-    /// OpenTelemetry HTTP semantic conventions, plus who the peer is.
-    fn request_attributes(&self, req: &ProxyRequest) -> Vec<KeyValue> {
-        let http = &req.http;
-        let mut attrs = Vec::with_capacity(14);
-        let (method, original) = method_attribute(http.method());
-        attrs.push(KeyValue::new("http.request.method", method));
-        if original {
-            attrs.push(KeyValue::new(
-                "http.request.method_original",
-                http.method().as_str().to_owned(),
-            ));
-        }
-        attrs.push(KeyValue::new("url.path", http.uri().path().to_owned()));
-        attrs.push(KeyValue::new("url.scheme", "http"));
-        if let Some(version) = protocol_version(http.version()) {
-            attrs.push(KeyValue::new("network.protocol.version", version));
-        }
-        let authority = http
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| http.uri().authority().map(|a| a.as_str()));
-        if let Some(authority) = authority.and_then(|a| a.parse::<http::uri::Authority>().ok()) {
-            attrs.push(KeyValue::new("server.address", authority.host().to_owned()));
-            if let Some(port) = authority.port_u16() {
-                attrs.push(KeyValue::new("server.port", i64::from(port)));
-            }
-        }
-        if let Some(id) = http
-            .headers()
-            .get(crate::proxy::request_id::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-        {
-            attrs.push(KeyValue::new("weft.request_id", id.to_owned()));
-        }
-        let ctx = &req.ctx;
-        match self.kind {
-            SpanKind::Server => {
-                attrs.push(KeyValue::new(
-                    "client.address",
-                    ctx.client_addr.ip().to_string(),
-                ));
-                if let Some(peer) = &ctx.peer_identity {
-                    attrs.push(KeyValue::new("peer.service", peer.id.service().to_owned()));
-                    let id = String::from_utf8_lossy(peer.header.as_bytes()).into_owned();
-                    attrs.push(KeyValue::new("weft.peer.identity", id));
-                }
-            }
-            _ => {
-                if let Some(route) = self.route_name(req) {
-                    attrs.push(KeyValue::new("http.route", route.to_owned()));
-                }
-                if let Some(cluster) = &ctx.cluster {
-                    // Shared, not copied: the name is an Arc<str>.
-                    attrs.push(KeyValue::new("peer.service", cluster.name.clone()));
-                    attrs.push(KeyValue::new(
-                        "weft.destination.cluster",
-                        cluster.name.clone(),
-                    ));
-                }
-            }
-        }
-        attrs
-    }
 }
 
-/// `{method}` or `{method} {route}` (the convention's `{method} {target}`).
-fn span_name(method: &Method, route: Option<&str>) -> Cow<'static, str> {
-    let (method, _) = method_attribute(method);
-    match route {
-        Some(route) => Cow::Owned(format!("{method} {route}")),
-        None => Cow::Borrowed(method),
-    }
-}
-
-/// The method as the conventions name it: a known one, else `_OTHER`
-/// (and `http.request.method_original`), so names stay a bounded set.
-fn method_attribute(method: &Method) -> (&'static str, bool) {
-    let known = match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => return ("_OTHER", true),
-    };
-    (known, false)
-}
-
-fn protocol_version(version: Version) -> Option<&'static str> {
-    match version {
-        Version::HTTP_10 => Some("1.0"),
-        Version::HTTP_11 => Some("1.1"),
-        Version::HTTP_2 => Some("2"),
-        Version::HTTP_3 => Some("3"),
-        _ => None,
-    }
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A sampled span between its request and its response head.
 pub struct SpanStart {
     tracer: Tracer,
-    kind: SpanKind,
-    current: Current,
-    parent_is_remote: bool,
-    tracestate: TraceState,
-    name: Cow<'static, str>,
-    attributes: Vec<KeyValue>,
-    start_time: SystemTime,
+    record: SpanRecord,
     started: Instant,
 }
 
@@ -304,82 +204,32 @@ impl SpanStart {
         let Some(inner) = self.tracer.inner.as_ref() else {
             return;
         };
-        let (status, cause, attempts) = match result {
+        let r = &mut self.record;
+        match result {
             Ok(response) => {
-                let status = response.status();
-                let cause = (status.as_u16() >= 400)
-                    .then(|| response.headers().get(ERROR_HEADER))
-                    .flatten()
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| Cow::Owned(v.to_owned()));
-                let attempts = response
+                let status = response.status().as_u16();
+                r.status = status;
+                if status >= 400 {
+                    r.cause = response
+                        .headers()
+                        .get(ERROR_HEADER)
+                        .cloned()
+                        .map(Cause::Header);
+                }
+                r.attempts = response
                     .headers()
                     .get(ATTEMPTS_HEADER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i64>().ok());
-                (status, cause, attempts)
+                    .and_then(|v| v.parse().ok());
             }
-            Err(error) => (
-                error.kind.status(),
-                Some(Cow::Borrowed(error.kind.code())),
-                None,
-            ),
-        };
-        let code = status.as_u16();
-        self.attributes
-            .push(KeyValue::new("http.response.status_code", i64::from(code)));
-        if let Some(tries) = attempts.filter(|n| *n > 1) {
-            // One span per request; its retries are counted on it.
-            self.attributes
-                .push(KeyValue::new("http.request.resend_count", tries - 1));
+            Err(error) => {
+                r.status = error.kind.status().as_u16();
+                r.cause = Some(Cause::Code(error.kind.code()));
+            }
         }
-        // Conventions: a 4xx is the client's error on a CLIENT span only;
-        // a refusal of the sidecar's own (x-weft-error) always counts.
-        let failed = code >= 500
-            || (code >= 400 && matches!(self.kind, SpanKind::Client))
-            || cause.is_some();
-        let status = if failed {
-            let error_type: Value = match &cause {
-                Some(cause) => Value::String(cause.to_string().into()),
-                None => Value::String(status.as_str().to_owned().into()),
-            };
-            self.attributes
-                .push(KeyValue::new("error.type", error_type.clone()));
-            if let Some(cause) = &cause {
-                self.attributes
-                    .push(KeyValue::new("weft.error", cause.to_string()));
-            }
-            Status::Error {
-                description: cause.unwrap_or(Cow::Borrowed("")),
-            }
-        } else {
-            Status::Unset
-        };
-        let c = &self.current;
-        let span = SpanData {
-            span_context: SpanContext::new(
-                TraceId::from_bytes(c.trace_id.to_be_bytes()),
-                SpanId::from_bytes(c.span_id.to_be_bytes()),
-                TraceFlags::SAMPLED,
-                false,
-                self.tracestate,
-            ),
-            parent_span_id: c
-                .parent_id
-                .map_or(SpanId::INVALID, |p| SpanId::from_bytes(p.to_be_bytes())),
-            parent_span_is_remote: self.parent_is_remote,
-            span_kind: self.kind,
-            name: self.name,
-            start_time: self.start_time,
-            end_time: self.start_time + self.started.elapsed(),
-            attributes: self.attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: inner.scope.clone(),
-        };
-        inner.queue.submit(span);
+        // Monotonic duration: the wall clock may step meanwhile.
+        r.end_unix_nanos = r.start_unix_nanos + self.started.elapsed().as_nanos() as u64;
+        inner.queue.submit(self.record);
     }
 }
 
