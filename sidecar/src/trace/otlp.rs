@@ -329,30 +329,18 @@ mod tests {
             (1_000, 2_500)
         );
         assert_eq!(ok.flags, 0x301);
-        assert_eq!(
-            attr(&ok.attributes, "url.path"),
-            Some(Value::StringValue("/users/42".into()))
-        );
-        assert_eq!(
-            attr(&ok.attributes, "server.address"),
-            Some(Value::StringValue("users".into()))
-        );
-        assert_eq!(
-            attr(&ok.attributes, "server.port"),
-            Some(Value::IntValue(8080))
-        );
-        assert_eq!(
-            attr(&ok.attributes, "client.address"),
-            Some(Value::StringValue("10.0.0.7".into()))
-        );
-        assert_eq!(
-            attr(&ok.attributes, "http.response.status_code"),
-            Some(Value::IntValue(200))
-        );
-        assert_eq!(
-            attr(&ok.attributes, "http.request.resend_count"),
-            Some(Value::IntValue(2))
-        );
+        let text = |v: &str| Some(Value::StringValue(v.to_owned()));
+        let expected = [
+            ("url.path", text("/users/42")),
+            ("server.address", text("users")),
+            ("server.port", Some(Value::IntValue(8080))),
+            ("client.address", text("10.0.0.7")),
+            ("http.response.status_code", Some(Value::IntValue(200))),
+            ("http.request.resend_count", Some(Value::IntValue(2))),
+        ];
+        for (key, value) in expected {
+            assert_eq!(attr(&ok.attributes, key), value, "{key}");
+        }
         assert!(ok.status.is_none() && attr(&ok.attributes, "error.type").is_none());
         let failed = &scope.spans[40];
         let status = failed.status.as_ref().unwrap();
@@ -360,14 +348,13 @@ mod tests {
             (status.code, status.message.as_str()),
             (2, "connect-failed")
         );
-        assert_eq!(
-            attr(&failed.attributes, "weft.error"),
-            Some(Value::StringValue("connect-failed".into()))
-        );
-        assert_eq!(
-            attr(&failed.attributes, "error.type"),
-            Some(Value::StringValue("connect-failed".into()))
-        );
+        for key in ["weft.error", "error.type"] {
+            assert_eq!(
+                attr(&failed.attributes, key),
+                text("connect-failed"),
+                "{key}"
+            );
+        }
     }
 
     #[test]

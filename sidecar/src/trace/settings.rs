@@ -34,7 +34,7 @@ pub struct ExportSettings {
     /// Longest wait for a batch to fill (`OTEL_BSP_SCHEDULE_DELAY`, ms,
     /// default 5000).
     pub schedule_delay: Duration,
-    /// Deadline of one export call, retries included
+    /// Deadline of one export call, connecting included (no retries)
     /// (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT`,
     /// ms, default 10000).
     pub timeout: Duration,
