@@ -54,13 +54,58 @@ pub struct Parent {
     pub short_b3_trace_id: bool,
 }
 
-/// What a request carries: the caller's span (W3C first, then B3) and the
-/// B3 style to answer in.
-pub fn extract(headers: &HeaderMap) -> (Option<Parent>, B3Style) {
-    let w3c = single(headers, &TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
-    let (b3, style) = if let Some(v) = headers.get(B3) {
-        (parse_b3_single(v.as_bytes()), B3Style::Single)
-    } else if headers.contains_key(X_B3_TRACE_ID) {
+/// What a request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extracted {
+    /// The caller's span: W3C first, then B3.
+    pub parent: Option<Parent>,
+    /// The B3 style to answer in.
+    pub b3: B3Style,
+    /// A `tracestate` header is present.
+    pub tracestate: bool,
+}
+
+// Which trace headers a request has, found in one pass over its names.
+const HAS_TRACEPARENT: u8 = 1;
+const HAS_TRACESTATE: u8 = 1 << 1;
+const HAS_B3: u8 = 1 << 2;
+const HAS_B3_MULTI: u8 = 1 << 3;
+
+/// One pass over the header names (a request has a handful) instead of a
+/// hashed lookup per trace header, most of which are absent.
+fn present(headers: &HeaderMap) -> u8 {
+    let mut found = 0;
+    for name in headers.keys() {
+        let name = name.as_str();
+        found |= match name.len() {
+            11 if name == "traceparent" => HAS_TRACEPARENT,
+            10 if name == "tracestate" => HAS_TRACESTATE,
+            2 if name == "b3" => HAS_B3,
+            12 if name == "x-b3-traceid" => HAS_B3_MULTI,
+            _ => 0,
+        };
+    }
+    found
+}
+
+pub fn extract(headers: &HeaderMap) -> Extracted {
+    let found = present(headers);
+    if found == 0 {
+        return Extracted {
+            parent: None,
+            b3: B3Style::None,
+            tracestate: false,
+        };
+    }
+    let w3c = (found & HAS_TRACEPARENT != 0)
+        .then(|| single(headers, &TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())))
+        .flatten();
+    let (b3, style) = if found & HAS_B3 != 0 {
+        (
+            headers.get(B3).and_then(|v| parse_b3_single(v.as_bytes())),
+            B3Style::Single,
+        )
+    } else if found & HAS_B3_MULTI != 0 {
         (parse_b3_multi(headers), B3Style::Multi)
     } else {
         (None, B3Style::None)
@@ -73,7 +118,11 @@ pub fn extract(headers: &HeaderMap) -> (Option<Parent>, B3Style) {
         }
         (w3c, b3) => w3c.or(b3),
     };
-    (parent, style)
+    Extracted {
+        parent,
+        b3: style,
+        tracestate: found & HAS_TRACESTATE != 0,
+    }
 }
 
 /// The one value of a header that must not repeat (W3C: two
@@ -200,12 +249,24 @@ fn hex_u128(v: &[u8]) -> Option<u128> {
     Some(u128::from(hex_u64(hi)?) << 64 | u128::from(hex_u64(lo)?))
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Two hex digits per byte value, for writing ids a byte at a time.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
 
-fn put_hex(out: &mut [u8], mut n: u128) {
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
+/// `out.len() / 2` low bytes of `n` as lower-case hex (`out.len()` even).
+fn put_hex(out: &mut [u8], n: u128) {
+    let bytes = n.to_be_bytes();
+    let bytes = &bytes[16 - out.len() / 2..];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[*byte as usize]);
     }
 }
 
@@ -242,6 +303,9 @@ fn b3_trace_id_hex(c: &Current, out: &mut [u8; 32]) -> usize {
 /// in `style` (replacing what the caller sent).
 pub fn inject(headers: &mut HeaderMap, c: &Current, style: B3Style) {
     headers.insert(TRACEPARENT, traceparent(c));
+    if style == B3Style::None {
+        return;
+    }
     let mut trace = [0u8; 32];
     let trace_len = b3_trace_id_hex(c, &mut trace);
     let trace = &trace[32 - trace_len..];
@@ -251,6 +315,7 @@ pub fn inject(headers: &mut HeaderMap, c: &Current, style: B3Style) {
     match style {
         B3Style::None => {}
         B3Style::Single => {
+            // Apps that speak B3 only: rare enough for a small Vec.
             let mut v = Vec::with_capacity(70);
             v.extend_from_slice(trace);
             v.push(b'-');
@@ -375,9 +440,12 @@ mod tests {
             ("traceparent", TP),
             ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
         ]);
-        let (parent, style) = extract(&h);
-        assert_eq!(parent.unwrap().trace_id, 0x80f198ee56343ba864fe8b2a57d3eff7);
-        assert_eq!(style, B3Style::Single);
+        let e = extract(&h);
+        assert_eq!(
+            e.parent.unwrap().trace_id,
+            0x80f198ee56343ba864fe8b2a57d3eff7
+        );
+        assert_eq!(e.b3, B3Style::Single);
     }
 
     #[test]
@@ -387,9 +455,9 @@ mod tests {
             ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
             ("x-b3-spanid", "e457b5a2e4d86bd1"),
         ]);
-        let (parent, style) = extract(&h);
-        assert!(parent.unwrap().w3c);
-        assert_eq!(style, B3Style::Multi);
+        let e = extract(&h);
+        assert!(e.parent.unwrap().w3c);
+        assert_eq!(e.b3, B3Style::Multi);
     }
 
     #[test]
@@ -402,8 +470,7 @@ mod tests {
             ("x-b3-traceid", "a3ce929d0e0e4736"),
             ("x-b3-spanid", "00f067aa0ba902b7"),
         ]);
-        let (parent, _) = extract(&h);
-        let parent = parent.unwrap();
+        let parent = extract(&h).parent.unwrap();
         assert!(parent.w3c && parent.short_b3_trace_id);
     }
 
@@ -461,8 +528,8 @@ mod tests {
         assert_eq!(parse_b3_multi(&debug).unwrap().sampled, Some(true));
         let no_span = headers(&[("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124")]);
         assert_eq!(parse_b3_multi(&no_span), None);
-        let (parent, style) = extract(&no_span);
-        assert_eq!((parent, style), (None, B3Style::Multi));
+        let e = extract(&no_span);
+        assert_eq!((e.parent, e.b3), (None, B3Style::Multi));
     }
 
     #[test]

@@ -99,7 +99,11 @@ impl<S> Trace<S> {
     /// Propagates the context; returns the span to record, if sampled.
     fn start(&self, req: &mut ProxyRequest) -> Option<SpanStart> {
         let headers = req.http.headers_mut();
-        let (parent, style) = context::extract(headers);
+        let context::Extracted {
+            parent,
+            b3: style,
+            tracestate,
+        } = context::extract(headers);
         let inner = self.tracer.inner.as_ref();
         let Some(inner) = inner else {
             match parent {
@@ -115,7 +119,9 @@ impl<S> Trace<S> {
                             short_b3_trace_id: p.short_b3_trace_id,
                         }),
                     );
-                    headers.remove(TRACESTATE);
+                    if tracestate {
+                        headers.remove(TRACESTATE);
+                    }
                 }
                 None => {
                     let new = Current {
@@ -126,7 +132,9 @@ impl<S> Trace<S> {
                         short_b3_trace_id: false,
                     };
                     headers.insert(context::TRACEPARENT, context::traceparent(&new));
-                    headers.remove(TRACESTATE);
+                    if tracestate {
+                        headers.remove(TRACESTATE);
+                    }
                 }
             }
             return None;
@@ -142,7 +150,7 @@ impl<S> Trace<S> {
             short_b3_trace_id: parent.is_some_and(|p| p.short_b3_trace_id),
         };
         let w3c_parent = parent.is_some_and(|p| p.w3c);
-        if !w3c_parent {
+        if tracestate && !w3c_parent {
             // tracestate belongs to a traceparent; without one it is void.
             headers.remove(TRACESTATE);
         }
