@@ -158,7 +158,7 @@ impl<S> Trace<S> {
         if !current.sampled {
             return None;
         }
-        let tracestate = w3c_parent
+        let tracestate = (tracestate && w3c_parent)
             .then(|| headers.get(TRACESTATE).cloned())
             .flatten();
         let http = &req.http;
