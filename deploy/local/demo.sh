@@ -84,7 +84,10 @@ services=(
 )
 for line in "${services[@]}"; do
   read -r name app inbound outbound admin <<<"$line"
-  "$bin/weft-testapp" --service "$name" --instance "$name-1" --listen "127.0.0.1:$app" >"$demo/app-$name.log" 2>&1 &
+  # --outbound: the app calls onward (/call/<service>/...) through its
+  # sidecar, forwarding the trace headers as a traced app does.
+  "$bin/weft-testapp" --service "$name" --instance "$name-1" --listen "127.0.0.1:$app" \
+    --outbound "127.0.0.1:$outbound" >"$demo/app-$name.log" 2>&1 &
   pids+=($!)
   WEFT_IDENTITY_TOKEN="${tokens[$name]}" \
   "$bin/weft-sidecar" --service "$name" --instance "$name-1" --discovery http://127.0.0.1:18010 \
@@ -151,6 +154,12 @@ if answer=$(curl -sS --max-time 5 -H 'Host: users' http://127.0.0.1:18602/ 2>&1)
 else
   echo "refused: no HTTP answer (curl: ${answer##*curl: })"
 fi
+echo "-- a chain web -> users -> orders; the apps forward the trace headers, so both hops are one trace:"
+answer=$(curl -sS -H 'Host: users' "$web_out/call/orders/")
+traces=$(grep -o '"traceparent":"[^"]*"' <<<"$answer" | cut -d- -f2 | sort -u)
+echo "traceparent trace ids seen by users' and orders' apps: $(echo $traces)"
+[[ -n "$traces" && $(wc -l <<<"$traces") == 1 && "$answer" == *'"downstream":{'* ]] \
+  || problems+=("the chain web -> users -> orders was not one trace: $answer")
 echo "-- a host the mesh does not know:"
 answer=$(curl -sS -D - -o /dev/null -H 'Host: nowhere' "$web_out/" | grep -i -E '^(HTTP|x-weft-error)'); echo "$answer"
 [[ "$answer" == *"404"*"no-route"* ]] || problems+=("an unknown host did not get 404 no-route")
@@ -164,6 +173,8 @@ cat <<TXT
   web's identity:       curl -s http://127.0.0.1:18701/identity | jq
   call through the mesh: curl -H 'Host: users' $web_out/api/v1/users/7
   change a route:       $consul kv put weft/routes/orders '{"routes":[{"match":{"path_prefix":"/"},"destination":"orders-v2"}]}'
+  traces:               set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4318, Jaeger's OTLP/HTTP port) before
+                        running this script and every sidecar sends its spans there; try curl -H 'Host: users' $web_out/call/orders/
   logs:                 $demo/
 TXT
 if (( ${#problems[@]} > 0 )); then

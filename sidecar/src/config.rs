@@ -78,6 +78,10 @@ pub struct Settings {
     pub identity_source: IdentitySource,
     /// Timeouts and limits of the data path.
     pub proxy: ProxySettings,
+    /// Span export and sampling (`--otlp-endpoint`, `--otlp-protocol`,
+    /// `--trace-sampling`, else the standard `OTEL_*` variables). Off
+    /// without an endpoint; trace headers are propagated either way.
+    pub tracing: crate::trace::TraceSettings,
 }
 
 /// A credential: printed as `<redacted>` by `Debug`, so settings can be
@@ -183,6 +187,7 @@ impl Settings {
             tcp_upstreams: Vec::new(),
             identity_source: IdentitySource::Weft,
             proxy: ProxySettings::default(),
+            tracing: crate::trace::TraceSettings::default(),
         }
     }
 
@@ -191,7 +196,9 @@ impl Settings {
         let flags = Flags::parse();
         let env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| {
-                k.starts_with("WEFT_") || FIELDS.iter().any(|f| f.fallback_env == Some(k.as_str()))
+                k.starts_with("WEFT_")
+                    || k.starts_with("OTEL_")
+                    || FIELDS.iter().any(|f| f.fallback_env == Some(k.as_str()))
             })
             .collect();
         Self::from_sources(flags, &env)
@@ -256,6 +263,16 @@ impl Settings {
             d if d.is_zero() => Err("must be greater than 0".into()),
             d => Ok(d),
         });
+        let otlp_endpoint = r.get("otlp_endpoint", crate::trace::settings::parse_endpoint);
+        let otlp_protocol = r.get("otlp_protocol", crate::trace::settings::parse_protocol);
+        let trace_sampling = r.get("trace_sampling", crate::trace::sampler::parse_ratio);
+        let tracing = crate::trace::TraceSettings::resolve(
+            otlp_endpoint,
+            otlp_protocol,
+            trace_sampling,
+            env,
+            &mut r.errors,
+        );
         let consul_mode = r.get("identity_source", parse_identity_source);
         let consul_address = r.get("consul", parse_consul_address);
         let consul_token = r.get("consul_token", |s| parse_nonempty(s).map(Secret));
@@ -335,6 +352,7 @@ impl Settings {
                 tcp_idle_timeout: tcp_idle_timeout.unwrap_or(defaults.tcp_idle_timeout),
                 ..defaults
             },
+            tracing,
         })
     }
 }
@@ -420,13 +438,22 @@ pub struct Flags {
     /// Consul ACL token with service:write on the service, for --identity-source consul [env: WEFT_CONSUL_TOKEN, else CONSUL_HTTP_TOKEN].
     #[arg(long)]
     pub consul_token: Option<String>,
+    /// Send spans here by OTLP, http://HOST:PORT; turns tracing on [env: WEFT_OTLP_ENDPOINT, else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf [env: WEFT_OTLP_PROTOCOL, else OTEL_EXPORTER_OTLP_TRACES_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL] [default: http/protobuf].
+    #[arg(long)]
+    pub otlp_protocol: Option<String>,
+    /// Share of new traces recorded, 0 to 1 (parent-based: a caller's decision is followed) [env: WEFT_TRACE_SAMPLING, else OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG] [default: 1].
+    #[arg(long)]
+    pub trace_sampling: Option<String>,
 }
 
 impl Flags {
     fn values(&self) -> BTreeMap<&'static str, String> {
         // Repeated flags are one comma-separated list, as in the env.
         let tcp_upstream = (!self.tcp_upstream.is_empty()).then(|| self.tcp_upstream.join(","));
-        let pairs: [(&'static str, &Option<String>); 20] = [
+        let pairs: [(&'static str, &Option<String>); 23] = [
             ("service", &self.service),
             ("discovery", &self.discovery),
             ("inbound", &self.inbound),
@@ -447,6 +474,9 @@ impl Flags {
             ("identity_source", &self.identity_source),
             ("consul", &self.consul),
             ("consul_token", &self.consul_token),
+            ("otlp_endpoint", &self.otlp_endpoint),
+            ("otlp_protocol", &self.otlp_protocol),
+            ("trace_sampling", &self.trace_sampling),
         ];
         pairs
             .into_iter()
@@ -526,6 +556,11 @@ const FIELDS: &[Field] = &[
         fallback_env: Some("CONSUL_HTTP_TOKEN"),
         ..field("consul_token", "--consul-token", "WEFT_CONSUL_TOKEN")
     },
+    // Their OTEL_* fallbacks (several, with the spec's rules) are read by
+    // `crate::trace::TraceSettings::resolve`.
+    field("otlp_endpoint", "--otlp-endpoint", "WEFT_OTLP_ENDPOINT"),
+    field("otlp_protocol", "--otlp-protocol", "WEFT_OTLP_PROTOCOL"),
+    field("trace_sampling", "--trace-sampling", "WEFT_TRACE_SAMPLING"),
 ];
 
 const fn field(key: &'static str, flag: &'static str, env: &'static str) -> Field {

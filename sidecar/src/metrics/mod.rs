@@ -40,6 +40,11 @@ impl Metrics {
         Self { registry }
     }
 
+    /// Adds another component's metrics (e.g. span export counters).
+    pub fn register(&mut self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry.register_collector(collector);
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

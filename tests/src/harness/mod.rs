@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
+pub mod otlp;
 pub mod ports;
 pub mod process;
 pub mod redis;
