@@ -47,6 +47,8 @@ pub struct ReceivedSpan {
     pub status_message: String,
     /// `grpc` or `http`: how it arrived.
     pub via: &'static str,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
 }
 
 pub const SPAN_KIND_SERVER: i32 = 2;
@@ -59,10 +61,11 @@ impl ReceivedSpan {
     }
 }
 
-#[derive(Default)]
 struct Received {
     /// Test code only; held for a push or a copy.
     spans: Mutex<Vec<ReceivedSpan>>,
+    /// The oldest spans go past this many.
+    max_spans: usize,
     arrived: Notify,
 }
 
@@ -90,14 +93,17 @@ impl Received {
                         status_code: status.code,
                         status_message: status.message,
                         via,
+                        start_unix_nano: span.start_time_unix_nano,
+                        end_unix_nano: span.end_time_unix_nano,
                     });
                 }
             }
         }
-        self.spans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(new);
+        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        spans.extend(new);
+        let over = spans.len().saturating_sub(self.max_spans);
+        spans.drain(..over);
+        drop(spans);
         self.arrived.notify_waiters();
     }
 }
@@ -154,15 +160,29 @@ impl Drop for OtlpReceiver {
 
 impl OtlpReceiver {
     /// Listens on two free loopback ports (bound before this returns, so
-    /// exports can be sent at once).
+    /// exports can be sent at once), keeping every span.
     pub async fn start() -> anyhow::Result<Self> {
-        let received = Arc::new(Received::default());
-        let grpc_listener = TcpListener::bind("127.0.0.1:0")
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self::start_on(any, any, usize::MAX).await
+    }
+
+    /// Listens on `grpc` and `http`, keeping the last `max_spans` spans.
+    pub async fn start_on(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        max_spans: usize,
+    ) -> anyhow::Result<Self> {
+        let received = Arc::new(Received {
+            spans: Mutex::default(),
+            max_spans,
+            arrived: Notify::new(),
+        });
+        let grpc_listener = TcpListener::bind(grpc)
             .await
-            .context("binding the OTLP gRPC receiver")?;
-        let http_listener = TcpListener::bind("127.0.0.1:0")
+            .with_context(|| format!("binding the OTLP gRPC receiver to {grpc}"))?;
+        let http_listener = TcpListener::bind(http)
             .await
-            .context("binding the OTLP HTTP receiver")?;
+            .with_context(|| format!("binding the OTLP HTTP receiver to {http}"))?;
         let grpc = grpc_listener.local_addr()?;
         let http = http_listener.local_addr()?;
         let service = TraceServiceServer::new(Grpc(received.clone()));
@@ -285,5 +305,64 @@ async fn http_export(
             )
         }
         Err(error) => reply(StatusCode::BAD_REQUEST, Bytes::from(error.to_string())),
+    }
+}
+
+/// The spans of `trace_id` as an indented tree, parents before children,
+/// siblings by start time: one line per span with its service, kind, name,
+/// duration, status code, Weft error cause and the caller's identity.
+pub fn render_trace(spans: &[ReceivedSpan], trace_id: &str) -> String {
+    let mut trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    trace.sort_by_key(|s| s.start_unix_nano);
+    let ids: std::collections::BTreeSet<&str> = trace.iter().map(|s| s.span_id.as_str()).collect();
+    let mut out = format!("trace {trace_id}\n");
+    // Roots: no parent, or a parent that is not in the trace (the app's).
+    let roots = trace
+        .iter()
+        .filter(|s| !ids.contains(s.parent_span_id.as_str()));
+    for root in roots {
+        render_span(&trace, root, 0, &mut out);
+    }
+    out
+}
+
+fn render_span(trace: &[&ReceivedSpan], span: &ReceivedSpan, depth: usize, out: &mut String) {
+    use std::fmt::Write as _;
+    let kind = match span.kind {
+        SPAN_KIND_SERVER => "server",
+        SPAN_KIND_CLIENT => "client",
+        _ => "span",
+    };
+    let millis = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e6;
+    // What the span is about: where a client span went, what a server
+    // span was asked for.
+    let what = match span.kind {
+        SPAN_KIND_CLIENT => span
+            .attr("peer.service")
+            .map(|to| format!("{} -> {to}", span.name)),
+        _ => span
+            .attr("url.path")
+            .map(|path| format!("{} {path}", span.name)),
+    }
+    .unwrap_or_else(|| span.name.clone());
+    let _ = write!(
+        out,
+        "{:indent$}└─ {:<8} {kind:<6} {what:<28} {millis:>8.2} ms",
+        "",
+        span.service,
+        indent = depth * 3
+    );
+    if let Some(status) = span.attr("http.response.status_code") {
+        let _ = write!(out, "  {status}");
+    }
+    if let Some(cause) = span.attr("weft.error") {
+        let _ = write!(out, "  weft.error={cause}");
+    }
+    if let Some(peer) = span.attr("weft.peer.identity") {
+        let _ = write!(out, "  from {peer}");
+    }
+    out.push('\n');
+    for child in trace.iter().filter(|c| c.parent_span_id == span.span_id) {
+        render_span(trace, child, depth + 1, out);
     }
 }
