@@ -120,9 +120,15 @@ pub fn encode(resource: &Resource, spans: &[SpanRecord], out: &mut Vec<u8>) {
                 bytes_field(out, 1, b"weft-sidecar");
                 bytes_field(out, 2, env!("CARGO_PKG_VERSION").as_bytes());
             });
+            // Spans are a few hundred bytes: each is written to a scratch
+            // buffer and copied after its length, cheaper than widening a
+            // one-byte length in place.
+            let mut scratch = Vec::with_capacity(1024);
             for span in spans {
+                scratch.clear();
+                encode_span(span, &mut scratch);
                 // ScopeSpans.spans = 2
-                message(out, 2, |out| encode_span(span, out));
+                bytes_field(out, 2, &scratch);
             }
         });
     });
