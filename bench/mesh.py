@@ -294,6 +294,17 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
         while through["mesh"] < 1_000_000:
             through["mesh"] += wrk(targets["mesh"][0], "bench", 10, os.path.join(out, "fill.txt"))["requests"]
         total_mesh = through["mesh"]
+        if a.tracing:
+            # Spans the traced sidecars exported and dropped: a benchmark whose
+            # spans never left would measure nothing.
+            for letter in "efgh":
+                page = urllib.request.urlopen(f"http://127.0.0.1:{PORTS[letter + '_admin']}/metrics", timeout=5).read().decode()
+                counts = {k: sum(float(l.rsplit(" ", 1)[1]) for l in page.splitlines() if l.startswith(k))
+                          for k in ("weft_trace_spans_exported_total", "weft_trace_spans_dropped_total")}
+                print(f"sidecar {letter}: {counts['weft_trace_spans_exported_total']:,.0f} spans exported, "
+                      f"{counts['weft_trace_spans_dropped_total']:,.0f} dropped", file=sys.stderr)
+                if letter in "ef" and counts["weft_trace_spans_exported_total"] == 0:
+                    sys.exit(f"sidecar {letter} exported no spans: see {out}/trace-sink.log and sidecar-{letter}.log")
         rss = (rss_mib(side_a.pid), rss_mib(side_b.pid))
         report(rows, total_mesh, rss, a)
         failed = {name: sum(x["errors"] for kind in ("max", "rate") for x in r[kind]) for name, r in rows.items()}
