@@ -72,6 +72,10 @@ pub struct Settings {
     pub identity_source: IdentitySource,
     /// Timeouts and limits of the data path.
     pub proxy: ProxySettings,
+    /// One JSON line per request (`--access-log stdout|PATH`,
+    /// `WEFT_ACCESS_LOG`; sampled by `--access-log-sampling`,
+    /// `WEFT_ACCESS_LOG_SAMPLING`, default 1). `None` (the default): off.
+    pub access_log: Option<crate::access_log::AccessLogSettings>,
 }
 
 /// A credential: printed as `<redacted>` by `Debug`, so settings can be
@@ -176,6 +180,7 @@ impl Settings {
             tcp_upstreams: Vec::new(),
             identity_source: IdentitySource::Weft,
             proxy: ProxySettings::default(),
+            access_log: None,
         }
     }
 
@@ -248,6 +253,8 @@ impl Settings {
             d if d.is_zero() => Err("must be greater than 0".into()),
             d => Ok(d),
         });
+        let access_log_target = r.get("access_log", parse_access_log_target);
+        let access_log_sampling = r.get("access_log_sampling", parse_ratio);
         let consul_mode = r.get("identity_source", parse_identity_source);
         let consul_address = r.get("consul", parse_consul_address);
         let consul_token = r.get("consul_token", |s| parse_nonempty(s).map(Secret));
@@ -290,6 +297,12 @@ impl Settings {
                 f.flag, f.env
             ));
         }
+        if access_log_sampling.is_some() && r.raw("access_log").is_none() {
+            r.errors.push(
+                "--access-log-sampling / WEFT_ACCESS_LOG_SAMPLING: needs --access-log (stdout or a file path)"
+                    .into(),
+            );
+        }
         if !r.errors.is_empty() {
             return Err(ConfigError { errors: r.errors });
         }
@@ -326,6 +339,12 @@ impl Settings {
                 tcp_idle_timeout: tcp_idle_timeout.unwrap_or(defaults.tcp_idle_timeout),
                 ..defaults
             },
+            access_log: access_log_target.map(|target| crate::access_log::AccessLogSettings {
+                target,
+                // Every request unless told otherwise: a log asked for is
+                // a log of everything, sampling is an explicit trade.
+                sampling: access_log_sampling.unwrap_or(1.0),
+            }),
         })
     }
 }
@@ -405,13 +424,19 @@ pub struct Flags {
     /// Consul ACL token with service:write on the service, for --identity-source consul [env: WEFT_CONSUL_TOKEN, else CONSUL_HTTP_TOKEN].
     #[arg(long)]
     pub consul_token: Option<String>,
+    /// JSON access log, one line per request: stdout or a file path [env: WEFT_ACCESS_LOG] [default: off].
+    #[arg(long)]
+    pub access_log: Option<String>,
+    /// Share of successful requests the access log keeps, 0 to 1; failures are always logged [env: WEFT_ACCESS_LOG_SAMPLING] [default: 1].
+    #[arg(long)]
+    pub access_log_sampling: Option<String>,
 }
 
 impl Flags {
     fn values(&self) -> BTreeMap<&'static str, String> {
         // Repeated flags are one comma-separated list, as in the env.
         let tcp_upstream = (!self.tcp_upstream.is_empty()).then(|| self.tcp_upstream.join(","));
-        let pairs: [(&'static str, &Option<String>); 19] = [
+        let pairs: [(&'static str, &Option<String>); 21] = [
             ("service", &self.service),
             ("discovery", &self.discovery),
             ("inbound", &self.inbound),
@@ -431,6 +456,8 @@ impl Flags {
             ("identity_source", &self.identity_source),
             ("consul", &self.consul),
             ("consul_token", &self.consul_token),
+            ("access_log", &self.access_log),
+            ("access_log_sampling", &self.access_log_sampling),
         ];
         pairs
             .into_iter()
@@ -505,6 +532,12 @@ const FIELDS: &[Field] = &[
         fallback_env: Some("CONSUL_HTTP_TOKEN"),
         ..field("consul_token", "--consul-token", "WEFT_CONSUL_TOKEN")
     },
+    field("access_log", "--access-log", "WEFT_ACCESS_LOG"),
+    field(
+        "access_log_sampling",
+        "--access-log-sampling",
+        "WEFT_ACCESS_LOG_SAMPLING",
+    ),
 ];
 
 const fn field(key: &'static str, flag: &'static str, env: &'static str) -> Field {
@@ -673,6 +706,23 @@ fn parse_tcp_upstreams(s: &str) -> Result<Vec<TcpUpstream>, String> {
         out.push(TcpUpstream { service, listen });
     }
     Ok(out)
+}
+
+/// `stdout`, or the path of a file to append to.
+fn parse_access_log_target(s: &str) -> Result<crate::access_log::Target, String> {
+    match s {
+        "" => Err("expected stdout or a file path".into()),
+        "stdout" | "-" => Ok(crate::access_log::Target::Stdout),
+        path => Ok(crate::access_log::Target::File(PathBuf::from(path))),
+    }
+}
+
+/// A share from 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("expected a number from 0 to 1, e.g. 0.01".into()),
+    }
 }
 
 /// `weft` or `consul`; true for consul.
