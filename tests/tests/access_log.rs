@@ -3,12 +3,14 @@
 //! its successful calls leave no line while every failure does, naming its
 //! cause (`no-route`, `connect-failed` from a dead app) with the request's
 //! trace id and request id; `users`' sidecar logs everything (sampling 1),
-//! with the bytes it sent.
+//! with the bytes it sent. Over mTLS, an inbound denial's line names the
+//! caller's SPIFFE ID.
 
 use std::path::Path;
 
 use anyhow::{Context as _, ensure};
-use serde_json::Value;
+use serde_json::{Value, json};
+use weft_e2e::harness::identity::MeshCa;
 use weft_e2e::harness::mesh::{SETUP_TIMEOUT, wait_for_instances};
 use weft_e2e::{Call, Mesh, eventually, run};
 
@@ -217,6 +219,59 @@ fn failures_are_logged_with_their_cause_and_ids_and_sampling_zero_skips_successe
                 .iter()
                 .filter(|s| s.name.starts_with("weft_access_log"))
                 .collect::<Vec<_>>()
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn an_inbound_denial_is_logged_with_the_callers_identity_and_its_cause() {
+    run(|ctx| async move {
+        let ca = MeshCa::create(&ctx.log_dir, &["client", "users"])?;
+        let mesh = Mesh::start_with(&ctx, &ca.agent_args("1h")).await?;
+        let users_log = ctx.log_dir.join("users-access.jsonl");
+        let mut users_args = ca.sidecar_args("users");
+        users_args.extend(["--access-log".into(), users_log.display().to_string()]);
+        let _users = mesh
+            .meshed_instance_with("users", "users-1", &users_args)
+            .await?;
+        let client = mesh
+            .meshed_instance_with("client", "client-1", &ca.sidecar_args("client"))
+            .await?;
+        let outbound = client.sidecar.outbound;
+        wait_for_instances(&mesh.http, outbound, Call::get("users", "/"), &["users-1"]).await?;
+        mesh.put_document("policies/users", &json!({ "default": "deny" }))
+            .await?;
+        let headers = [("x-request-id", "to-be-denied")];
+        eventually(
+            SETUP_TIMEOUT,
+            "users' sidecar denies the client",
+            || async {
+                let reply = mesh
+                    .http
+                    .call(outbound, Call::get("users", "/private").headers(&headers))
+                    .await?;
+                ensure!(reply.weft_error() == Some("denied"), "{}", reply.status);
+                Ok(())
+            },
+        )
+        .await?;
+        let denied = eventually(SETUP_TIMEOUT, "the denial's line", || async {
+            let all = lines(&users_log)?;
+            all.into_iter()
+                .find(|l| l["request_id"] == "to-be-denied" && l["weft_error"] == "denied")
+                .context("no line yet")
+        })
+        .await?;
+        let caller = denied["source_identity"].as_str().unwrap_or_default();
+        ensure!(
+            denied["status"] == 403
+                && denied["direction"] == "inbound"
+                && denied["path"] == "/private"
+                && caller.starts_with("spiffe://")
+                && caller.ends_with("/svc/client")
+                && denied["endpoint"].is_null(),
+            "the denial: {denied}"
         );
         Ok(())
     });
