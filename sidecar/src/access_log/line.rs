@@ -1,37 +1,71 @@
 //! An [`Entry`] as one JSON line. Field names are the README's ("Access
-//! logs"); absent facts are `null`, so every line has the same keys.
+//! logs"); absent facts are `null`, so every line has the same keys. Written
+//! by hand into the writer's buffer (no intermediate strings): the writer
+//! formats every line of a busy sidecar.
 
-use serde::Serialize;
+use std::io::Write as _;
 
 use super::Entry;
 use crate::proxy::Direction;
 
-#[derive(Serialize)]
-struct Line<'a> {
-    /// RFC 3339, UTC, milliseconds.
-    time: String,
-    trace_id: Option<String>,
-    request_id: Option<&'a str>,
-    direction: &'static str,
-    /// The caller's SPIFFE ID (inbound over mTLS).
-    source_identity: Option<String>,
-    source_address: String,
-    destination: Option<&'a str>,
-    route: Option<&'a str>,
-    /// The upstream address of the (last) try.
-    endpoint: Option<&'a str>,
-    method: &'a str,
-    path: &'a str,
-    status: u16,
-    /// `x-weft-error`: why the sidecar answered itself.
-    weft_error: Option<&'static str>,
-    /// Tries beyond the first (routes with a retry policy).
-    retries: Option<u32>,
-    /// To the response head, and to the end of the response body.
-    response_head_ms: f64,
-    duration_ms: f64,
-    bytes_received: u64,
-    bytes_sent: u64,
+/// Appends `entry` as one JSON line (with its newline) to `out`.
+pub fn write(entry: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
+    write!(
+        out,
+        "{{\"time\":\"{}\"",
+        humantime::format_rfc3339_millis(entry.time)
+    )?;
+    out.extend_from_slice(b",\"trace_id\":");
+    match entry.trace_id {
+        Some(id) => write!(out, "\"{id:032x}\"")?,
+        None => out.extend_from_slice(b"null"),
+    }
+    field(
+        out,
+        "request_id",
+        entry.request_id.as_ref().map(|v| v.as_bytes()),
+    );
+    let direction = match entry.direction {
+        Direction::Inbound => "inbound",
+        Direction::Outbound => "outbound",
+    };
+    field(out, "direction", Some(direction.as_bytes()));
+    out.extend_from_slice(b",\"source_identity\":");
+    match &entry.source_identity {
+        // A SPIFFE ID is a URI: nothing in it needs escaping.
+        Some(id) => write!(out, "\"{id}\"")?,
+        None => out.extend_from_slice(b"null"),
+    }
+    write!(out, ",\"source_address\":\"{}\"", entry.client)?;
+    field(
+        out,
+        "destination",
+        entry.destination.as_deref().map(str::as_bytes),
+    );
+    let route = entry.route.as_ref().map(|r| r.route().name.as_bytes());
+    field(out, "route", route);
+    let endpoint = entry
+        .endpoint
+        .as_ref()
+        .map(|e| e.authority.as_str().as_bytes());
+    field(out, "endpoint", endpoint);
+    field(out, "method", Some(entry.method.as_str().as_bytes()));
+    field(out, "path", Some(entry.uri.path().as_bytes()));
+    write!(out, ",\"status\":{}", entry.status)?;
+    field(out, "weft_error", entry.cause.map(str::as_bytes));
+    out.extend_from_slice(b",\"retries\":");
+    match entry.attempts {
+        Some(a) => write!(out, "{}", a.saturating_sub(1))?,
+        None => out.extend_from_slice(b"null"),
+    }
+    writeln!(
+        out,
+        ",\"response_head_ms\":{},\"duration_ms\":{},\"bytes_received\":{},\"bytes_sent\":{}}}",
+        millis(entry.response_head),
+        millis(entry.duration),
+        entry.bytes_received,
+        entry.bytes_sent
+    )
 }
 
 fn millis(d: std::time::Duration) -> f64 {
@@ -39,34 +73,41 @@ fn millis(d: std::time::Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
-/// Appends `entry` as one JSON line (with its newline) to `out`.
-pub fn write(entry: &Entry, out: &mut Vec<u8>) -> serde_json::Result<()> {
-    let line = Line {
-        time: humantime::format_rfc3339_millis(entry.time).to_string(),
-        trace_id: entry.trace_id.map(|id| format!("{id:032x}")),
-        request_id: entry.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        direction: match entry.direction {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        },
-        source_identity: entry.source_identity.as_ref().map(|id| id.to_string()),
-        source_address: entry.client.to_string(),
-        destination: entry.destination.as_deref(),
-        route: entry.route.as_ref().map(|r| r.route().name.as_str()),
-        endpoint: entry.endpoint.as_ref().map(|e| e.authority.as_str()),
-        method: entry.method.as_str(),
-        path: entry.uri.path(),
-        status: entry.status,
-        weft_error: entry.cause,
-        retries: entry.attempts.map(|a| a.saturating_sub(1)),
-        response_head_ms: millis(entry.response_head),
-        duration_ms: millis(entry.duration),
-        bytes_received: entry.bytes_received,
-        bytes_sent: entry.bytes_sent,
-    };
-    serde_json::to_writer(&mut *out, &line)?;
-    out.push(b'\n');
-    Ok(())
+/// `,"name":"value"` (escaped), or `,"name":null`.
+fn field(out: &mut Vec<u8>, name: &str, value: Option<&[u8]>) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    match value {
+        Some(value) => string(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string. Header values and paths are visible ASCII or opaque
+/// bytes: quotes, backslashes and control bytes are escaped, bytes that are
+/// not UTF-8 become U+FFFD, so every line parses.
+fn string(out: &mut Vec<u8>, value: &[u8]) {
+    out.push(b'"');
+    let plain = |b: &u8| *b >= 0x20 && *b != b'"' && *b != b'\\' && *b < 0x7f;
+    if value.iter().all(plain) {
+        out.extend_from_slice(value);
+    } else {
+        for c in String::from_utf8_lossy(value).chars() {
+            match c {
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => {
+                    let mut utf8 = [0; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
+            }
+        }
+    }
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -109,5 +150,13 @@ mod tests {
         assert_eq!(v["response_head_ms"], 1.5);
         assert!(v["route"].is_null() && v["endpoint"].is_null());
         assert_eq!(v.as_object().unwrap().len(), 18);
+    }
+
+    #[test]
+    fn odd_bytes_in_values_are_escaped_and_the_line_still_parses() {
+        let mut out = Vec::new();
+        string(&mut out, b"a\"b\\c\x01\xffd\x7f");
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, "a\"b\\c\u{1}\u{fffd}d\u{7f}");
     }
 }

@@ -29,6 +29,7 @@ use http::{HeaderValue, Method, Uri};
 use crate::metrics::sizes::Side;
 use crate::proxy::{Direction, ProxyRequest, RouteRef};
 use crate::table::Endpoint;
+use crate::table::cluster::ClusterShared;
 
 /// Where lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,14 +127,23 @@ pub struct Record {
     outcome: OnceLock<Outcome>,
     /// Set by `forward` for each try: the last one's is logged.
     pub endpoint: ArcSwapOption<Endpoint>,
+    /// The destination's stats, for the body meters that hold this record
+    /// instead of them (`None` before a destination is known).
+    stats: Option<Arc<ClusterShared>>,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
 }
 
 impl Record {
-    /// The request's facts, as it enters the metrics layer;
-    /// `destination` is `None` before one is known.
-    pub fn new(log: &AccessLog, req: &ProxyRequest, destination: Option<Arc<str>>) -> Self {
+    /// The request's facts, as it enters the metrics layer: outbound, the
+    /// destination's name (inbound: this service); the stats it counts in.
+    /// Both `None` for a request refused before it had a destination.
+    pub fn new(
+        log: &AccessLog,
+        req: &ProxyRequest,
+        destination: Option<Arc<str>>,
+        stats: Option<Arc<ClusterShared>>,
+    ) -> Self {
         let ctx = &req.ctx;
         let destination = match ctx.direction {
             Direction::Inbound => Some(log.service.clone()),
@@ -168,6 +178,7 @@ impl Record {
             started: Instant::now(),
             outcome: OnceLock::new(),
             endpoint: ArcSwapOption::empty(),
+            stats,
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
         }
@@ -176,6 +187,10 @@ impl Record {
     /// The answer (its head): set once.
     pub fn answered(&self, outcome: Outcome) {
         let _ = self.outcome.set(outcome);
+    }
+
+    pub fn stats(&self) -> Option<&Arc<ClusterShared>> {
+        self.stats.as_ref()
     }
 
     pub fn add_bytes(&self, side: Side, bytes: u64) {

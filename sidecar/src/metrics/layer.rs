@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::requests::{CAUSES, cause_index, method_index};
-use super::sizes::{self, Side, SizeMeter};
+use super::sizes::{Side, Sink, SizeMeter};
 use super::trace_context::TraceContext;
 use crate::access_log::{self, Outcome, Record};
 use crate::body::{ProxyBodyKind, RequestBody};
@@ -76,16 +76,20 @@ pub struct RequestMetrics<S> {
     inner: S,
 }
 
-/// What the answer is counted against: the destination's stats and, for
-/// a routed request, its route's slot there.
+/// What the answer is counted against: the destination's stats (through
+/// the access-log record when there is one) and, for a routed request,
+/// its route's slot there. Small: every request's future holds one.
 struct Observed {
-    stats: Arc<ClusterShared>,
-    route_slot: Option<usize>,
-    method: usize,
-    /// Only sampled traces: an exemplar should lead to a recorded trace.
-    exemplar_trace: Option<u128>,
-    log: Option<Arc<Record>>,
+    sink: Sink,
+    /// The trace id of a sampled request (0: none), as two words: an
+    /// exemplar should lead to a recorded trace.
+    trace: [u64; 2],
+    route_slot: u8,
+    method: u8,
 }
+
+/// `route_slot` of a request counted by no route.
+const NO_ROUTE_SLOT: u8 = u8::MAX;
 
 impl<S> Service<ProxyRequest> for RequestMetrics<S>
 where
@@ -109,23 +113,28 @@ where
                 .ctx
                 .route
                 .as_ref()
-                .and_then(|r| stats.requests.routes.slot(&r.route().name));
-            let log = access_log::installed().map(|log| {
-                let destination = req.ctx.cluster.as_ref().map(|c| c.name.clone());
-                Arc::new(Record::new(log, &req, destination))
-            });
-            if log.is_some() {
-                req.ctx.access_log = log.clone();
-            }
-            meter_request(&mut req, &stats, log.as_ref());
+                .and_then(|r| stats.requests.routes.slot(&r.route().name))
+                .and_then(|slot| u8::try_from(slot).ok())
+                .unwrap_or(NO_ROUTE_SLOT);
+            let trace = TraceContext::of(req.http.headers())
+                .filter(|t| t.sampled)
+                .map_or(0, |t| t.trace_id);
+            let sink = match access_log::installed() {
+                None => Sink::Stats(stats),
+                Some(log) => {
+                    let name = req.ctx.cluster.as_ref().map(|c| c.name.clone());
+                    let record = Arc::new(Record::new(log, &req, name, Some(stats)));
+                    req.ctx.access_log = Some(record.clone());
+                    Sink::Logged(record)
+                }
+            };
+            meter_request(&mut req, &sink);
             Observed {
+                sink,
+                trace: [(trace >> 64) as u64, trace as u64],
                 route_slot,
-                method: method_index(req.http.method()),
-                exemplar_trace: TraceContext::of(req.http.headers())
-                    .filter(|t| t.sampled)
-                    .map(|t| t.trace_id),
-                stats,
-                log,
+                // METHODS has 10 entries.
+                method: method_index(req.http.method()) as u8,
             }
         });
         Counted {
@@ -137,17 +146,17 @@ where
 }
 
 /// A body still to come gets a meter; an empty one counts at once.
-fn meter_request(req: &mut ProxyRequest, stats: &Arc<ClusterShared>, log: Option<&Arc<Record>>) {
+fn meter_request(req: &mut ProxyRequest, sink: &Sink) {
     match req.http.body_mut() {
         RequestBody::Streaming(body) if !body.is_end_stream() => {
-            body.set_meter(SizeMeter::new(Side::Request, stats.clone(), log.cloned()));
+            body.set_meter(SizeMeter::new(Side::Request, sink.clone()));
         }
-        _ => sizes::record(Side::Request, stats, log.map(|l| &**l), 0),
+        _ => sink.record(Side::Request, 0),
     }
 }
 
 /// The response body's meter; a body known in full counts at once.
-fn meter_response(response: &mut ProxyResponse, observed: &Observed) {
+fn meter_response(response: &mut ProxyResponse, sink: &Sink) {
     let body = response.body_mut();
     let whole = match &body.kind {
         _ if body.is_end_stream() => Some(0),
@@ -155,17 +164,8 @@ fn meter_response(response: &mut ProxyResponse, observed: &Observed) {
         _ => None,
     };
     match whole {
-        Some(bytes) => sizes::record(
-            Side::Response,
-            &observed.stats,
-            observed.log.as_deref(),
-            bytes,
-        ),
-        None => body.set_meter(SizeMeter::new(
-            Side::Response,
-            observed.stats.clone(),
-            observed.log.clone(),
-        )),
+        Some(bytes) => sink.record(Side::Response, bytes),
+        None => body.set_meter(SizeMeter::new(Side::Response, sink.clone())),
     }
 }
 
@@ -200,7 +200,7 @@ where
                 // The sidecar's own answers (401, 429, ...) say so in
                 // `x-weft-error`; only error statuses are looked at.
                 Ok(response) => {
-                    meter_response(response, &observed);
+                    meter_response(response, &observed.sink);
                     (
                         response.status(),
                         (response.status().as_u16() >= 400)
@@ -212,34 +212,33 @@ where
                 Err(error) => {
                     // The one-line body `error_response` makes of it.
                     let bytes = error.reason.len() as u64 + 1;
-                    sizes::record(
-                        Side::Response,
-                        &observed.stats,
-                        observed.log.as_deref(),
-                        bytes,
-                    );
+                    observed.sink.record(Side::Response, bytes);
                     (
                         error.kind.status(),
                         Some(cause_index(error.kind.code().as_bytes())),
                     )
                 }
             };
-            let requests = &observed.stats.requests;
-            let second = observed.exemplar_trace.map_or(0, |_| second(now));
-            requests.record_traced(
-                observed.method,
-                status,
-                elapsed,
-                observed.exemplar_trace,
-                second,
-            );
-            if let Some(slot) = observed.route_slot {
-                requests.routes.record_slot(slot, status);
+            let Some(stats) = observed.sink.stats() else {
+                return Poll::Ready(result);
+            };
+            let requests = &stats.requests;
+            let [hi, lo] = observed.trace;
+            let trace = (u128::from(hi) << 64 | u128::from(lo), hi | lo != 0);
+            let (trace, second) = match trace {
+                (id, true) => (Some(id), second(now)),
+                _ => (None, 0),
+            };
+            requests.record_traced(usize::from(observed.method), status, elapsed, trace, second);
+            if observed.route_slot != NO_ROUTE_SLOT {
+                requests
+                    .routes
+                    .record_slot(usize::from(observed.route_slot), status);
             }
             if let Some(cause) = cause {
                 requests.record_refusal(cause);
             }
-            if let Some(log) = &observed.log {
+            if let Sink::Logged(log) = &observed.sink {
                 log.answered(Outcome {
                     status: status.as_u16(),
                     cause: cause.map(|c| CAUSES[c]),

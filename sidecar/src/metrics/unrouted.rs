@@ -25,7 +25,7 @@ pub fn refused(req: &ProxyRequest, error: &ProxyError) {
     UNROUTED.count(method_index(req.http.method()), status);
     UNROUTED.record_refusal(cause_index(code.as_bytes()));
     if let Some(log) = access_log::installed() {
-        let record = Arc::new(Record::new(log, req, None));
+        let record = Arc::new(Record::new(log, req, None, None));
         record.add_bytes(Side::Response, error.reason.len() as u64 + 1);
         record.answered(Outcome {
             status: status.as_u16(),
