@@ -17,7 +17,11 @@ pub fn write(entry: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
     )?;
     out.extend_from_slice(b",\"trace_id\":");
     match entry.trace_id {
-        Some(id) => write!(out, "\"{id:032x}\"")?,
+        Some(id) => {
+            out.push(b'"');
+            out.extend((0..32).rev().map(|i| HEX[((id >> (i * 4)) & 0xf) as usize]));
+            out.push(b'"');
+        }
         None => out.extend_from_slice(b"null"),
     }
     field(
@@ -51,26 +55,61 @@ pub fn write(entry: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
     field(out, "endpoint", endpoint);
     field(out, "method", Some(entry.method.as_str().as_bytes()));
     field(out, "path", Some(entry.uri.path().as_bytes()));
-    write!(out, ",\"status\":{}", entry.status)?;
+    out.extend_from_slice(b",\"status\":");
+    integer(out, u64::from(entry.status));
     field(out, "weft_error", entry.cause.map(str::as_bytes));
     out.extend_from_slice(b",\"retries\":");
     match entry.attempts {
-        Some(a) => write!(out, "{}", a.saturating_sub(1))?,
+        Some(a) => integer(out, u64::from(a.saturating_sub(1))),
         None => out.extend_from_slice(b"null"),
     }
-    writeln!(
-        out,
-        ",\"response_head_ms\":{},\"duration_ms\":{},\"bytes_received\":{},\"bytes_sent\":{}}}",
-        millis(entry.response_head),
-        millis(entry.duration),
-        entry.bytes_received,
-        entry.bytes_sent
-    )
+    out.extend_from_slice(b",\"response_head_ms\":");
+    millis(out, entry.response_head);
+    out.extend_from_slice(b",\"duration_ms\":");
+    millis(out, entry.duration);
+    out.extend_from_slice(b",\"bytes_received\":");
+    integer(out, entry.bytes_received);
+    out.extend_from_slice(b",\"bytes_sent\":");
+    integer(out, entry.bytes_sent);
+    out.extend_from_slice(b"}\n");
+    Ok(())
 }
 
-fn millis(d: std::time::Duration) -> f64 {
-    // Microsecond precision is plenty for a log and keeps lines short.
-    (d.as_micros() as f64) / 1000.0
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Milliseconds with microsecond precision (plenty for a log, and short).
+fn millis(out: &mut Vec<u8>, d: std::time::Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    integer(out, micros / 1000);
+    let fraction = micros % 1000;
+    if fraction > 0 {
+        let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
+        let used = if fraction % 10 != 0 {
+            3
+        } else if fraction % 100 != 0 {
+            2
+        } else {
+            1
+        };
+        out.push(b'.');
+        out.extend(digits[..used].iter().map(|d| b'0' + *d as u8));
+    }
+}
+
+/// A decimal number, without the formatting machinery (the writer formats
+/// a dozen numbers per line).
+fn integer(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// `,"name":"value"` (escaped), or `,"name":null`.
@@ -148,8 +187,25 @@ mod tests {
         assert_eq!(v["weft_error"], "connect-failed");
         assert_eq!(v["retries"], 1);
         assert_eq!(v["response_head_ms"], 1.5);
+        assert_eq!(v["duration_ms"], 1.7);
+        assert_eq!(v["bytes_sent"], 42);
         assert!(v["route"].is_null() && v["endpoint"].is_null());
         assert_eq!(v.as_object().unwrap().len(), 18);
+    }
+
+    #[test]
+    fn durations_are_milliseconds_to_the_microsecond() {
+        for (micros, text) in [
+            (0, "0"),
+            (1, "0.001"),
+            (1500, "1.5"),
+            (12_340, "12.34"),
+            (7_000_000, "7000"),
+        ] {
+            let mut out = Vec::new();
+            millis(&mut out, std::time::Duration::from_micros(micros));
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
     }
 
     #[test]
