@@ -17,6 +17,15 @@ with a budget and max_retries, and a local per-client-IP rate limit set far
 above the offered load, so nothing is refused or retried): what those
 layers cost when they decide on every request but never trip.
 
+With --tracing, two more targets over the same kind of plaintext pair as
+`mesh`, with metrics on (they always are) and tracing on: mesh-trace-100
+(every request sampled: a client span on the caller's sidecar and a server
+span on the callee's, exported over OTLP/gRPC) and mesh-trace-1 (1 % sampled,
+parent-based, so the callee follows the caller's decision). The spans go to
+`weft-trace-sink --discard` (tests/src/bin), which accepts OTLP and drops it
+unread, unpinned like nginx. Each tracing pair is its own pair of sidecars,
+pinned like A and B.
+
 Layout (2 cores): the callers' sidecars (A plaintext, C with mTLS) pinned to
 CPU 0, the callees' (B, D) to CPU 1, each with one runtime thread; the load
 generator and the upstream nginx are not pinned. The mesh is configured by a
@@ -24,7 +33,7 @@ real weft-discovery agent with the file backend and a CA made by
 `weftctl ca init`; C and D get their certificates with join tokens, A and B
 have none and talk plaintext.
 
-Usage: python3 bench/mesh.py [--reps 3] [--resilience] [--out DIR]
+Usage: python3 bench/mesh.py [--reps 3] [--resilience] [--tracing] [--out DIR]
 Needs: nginx, wrk (apt-get install -y nginx wrk), oha (cargo install oha --locked).
 Prints a markdown report; raw outputs stay in --out.
 """
@@ -34,7 +43,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY = "x" * 99 + "\\n"  # 100 bytes, as in ../shared/peerbench
 PORTS = dict(upstream=19080, agent=19010, agent_admin=19011, a_out=19101, a_in=19106, a_admin=19120,
              b_out=19201, b_in=19206, b_admin=19220, c_out=19301, c_in=19306, c_admin=19320,
-             d_out=19401, d_in=19406, d_admin=19420)
+             d_out=19401, d_in=19406, d_admin=19420, e_out=19501, e_in=19506, e_admin=19520,
+             f_out=19601, f_in=19606, f_admin=19620, g_out=19701, g_in=19706, g_admin=19720,
+             h_out=19801, h_in=19806, h_admin=19820, sink=19317)
 CLK = os.sysconf("SC_CLK_TCK")
 procs = []
 
@@ -156,6 +167,8 @@ def main():
     ap.add_argument("--rate-seconds", type=int, default=15)
     ap.add_argument("--resilience", action="store_true",
                     help="also measure the plaintext mesh with breaker, retries and a local rate limit on")
+    ap.add_argument("--tracing", action="store_true",
+                    help="also measure plaintext pairs with tracing on at 100 % and 1 % sampling")
     ap.add_argument("--targets", default="",
                     help="comma-separated targets besides direct (default: all), e.g. mesh,mesh-resilience")
     ap.add_argument("--out", default=tempfile.mkdtemp(prefix="weft-mesh-bench."))
@@ -167,6 +180,9 @@ def main():
     # unifies features differently and would relink a different sidecar binary.
     for package in ("weft-sidecar", "weft-discovery"):  # weftctl is in weft-discovery
         subprocess.run(["cargo", "build", "--release", "-q", "-p", package], cwd=REPO, check=True)
+    if a.tracing:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "weft-e2e", "--bin", "weft-trace-sink"],
+                       cwd=REPO, check=True)
     rel = os.path.join(REPO, "target", "release")
     out = a.out
     os.makedirs(out, exist_ok=True)
@@ -192,7 +208,9 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
         with open(os.path.join(cfg, "endpoints.yaml"), "w") as f:
             f.write(f"services:\n  bench:\n    - {{ address: 127.0.0.1, port: {PORTS['b_in']}, meshed: true }}\n"
                     f"  bench-tls:\n    - {{ address: 127.0.0.1, port: {PORTS['d_in']}, meshed: true }}\n"
-                    f"  bench-res:\n    - {{ address: 127.0.0.1, port: {PORTS['b_in']}, meshed: true }}\n")
+                    f"  bench-res:\n    - {{ address: 127.0.0.1, port: {PORTS['b_in']}, meshed: true }}\n"
+                    f"  bench-trace-100:\n    - {{ address: 127.0.0.1, port: {PORTS['f_in']}, meshed: true }}\n"
+                    f"  bench-trace-1:\n    - {{ address: 127.0.0.1, port: {PORTS['h_in']}, meshed: true }}\n")
         os.makedirs(os.path.join(cfg, "destinations"), exist_ok=True)
         with open(os.path.join(cfg, "destinations", "bench-res.json"), "w") as f:
             json.dump(RESILIENCE, f)
@@ -210,12 +228,16 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
         one = {"TOKIO_WORKER_THREADS": "1"}
         disc = f"http://127.0.0.1:{PORTS['agent']}"
 
-        def sidecar(letter, service, app, cpu, token=None):
+        def sidecar(letter, service, app, cpu, token=None, sampling=None):
             argv = [os.path.join(rel, "weft-sidecar"), "--service", service, "--discovery", disc,
                     "--inbound", f"127.0.0.1:{PORTS[letter + '_in']}", "--app", app,
                     "--outbound", f"127.0.0.1:{PORTS[letter + '_out']}",
                     "--admin", f"127.0.0.1:{PORTS[letter + '_admin']}"]
             env = dict(one, **({"WEFT_IDENTITY_TOKEN": token} if token else {}))
+            if sampling is not None:
+                env.update(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{PORTS['sink']}",
+                           OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                           OTEL_TRACES_SAMPLER_ARG=str(sampling))
             return start(argv, os.path.join(out, f"sidecar-{letter}.log"), env, cpu=cpu)
 
         upstream = f"127.0.0.1:{PORTS['upstream']}"
@@ -223,7 +245,17 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
         side_b = sidecar("b", "bench", upstream, 1)
         side_c = sidecar("c", "client-tls", "127.0.0.1:9", 0, tokens["client-tls"])
         side_d = sidecar("d", "bench-tls", upstream, 1, tokens["bench-tls"])
-        for letter in "abcd":
+        letters = "abcd"
+        if a.tracing:
+            start([os.path.join(rel, "weft-trace-sink"), "--discard", "--grpc", f"127.0.0.1:{PORTS['sink']}"],
+                  os.path.join(out, "trace-sink.log"))
+            wait_port(PORTS["sink"])
+            side_e = sidecar("e", "client-trace-100", "127.0.0.1:9", 0, sampling=1.0)
+            side_f = sidecar("f", "bench-trace-100", upstream, 1, sampling=1.0)
+            side_g = sidecar("g", "client-trace-1", "127.0.0.1:9", 0, sampling=0.01)
+            side_h = sidecar("h", "bench-trace-1", upstream, 1, sampling=0.01)
+            letters += "efgh"
+        for letter in letters:
             wait_http(f"http://127.0.0.1:{PORTS[letter + '_admin']}/ready", f"sidecar {letter}")
 
         targets = {"direct": (f"http://127.0.0.1:{PORTS['upstream']}/", None, None),
@@ -231,6 +263,9 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
                    "mesh-mtls": (f"http://127.0.0.1:{PORTS['c_out']}/", "bench-tls", (side_c, side_d))}
         if a.resilience:
             targets["mesh-resilience"] = (f"http://127.0.0.1:{PORTS['a_out']}/", "bench-res", (side_a, side_b))
+        if a.tracing:
+            targets["mesh-trace-100"] = (f"http://127.0.0.1:{PORTS['e_out']}/", "bench-trace-100", (side_e, side_f))
+            targets["mesh-trace-1"] = (f"http://127.0.0.1:{PORTS['g_out']}/", "bench-trace-1", (side_g, side_h))
         if a.targets:
             keep = {"direct", "mesh", *a.targets.split(",")}
             targets = {name: t for name, t in targets.items() if name in keep}
@@ -273,6 +308,12 @@ def med(rows, key):
     return statistics.median(r[key] for r in rows)
 
 
+def paired(rows, other, base, kind, key):
+    """Median over reps of other/base - 1. Each rep's two runs are minutes
+    apart at most, so their ratio cancels most of this VM's slow drift."""
+    return statistics.median(o[key] / b[key] - 1 for o, b in zip(rows[other][kind], rows[base][kind]))
+
+
 def report(rows, total, rss, a):
     d = rows["direct"]
     names = list(rows)
@@ -295,18 +336,23 @@ def report(rows, total, rss, a):
         print(f"| {name} | {med(rr, 'p50'):,.0f} | {med(rr, 'p90'):,.0f} | {med(rr, 'p99'):,.0f} | {med(rr, 'p99.9'):,.0f} | "
               f"{add('p50')} | {add('p99')} | {add('p99.9')} | {sum(x['errors'] for x in rr)} | {cpu} |")
     if "mesh-resilience" in rows:
-        plain, res = rows["mesh"], rows["mesh-resilience"]
-        # Paired: each rep's two runs are minutes apart at most, so their
-        # ratio cancels most of this VM's slow drift; the median of the
-        # ratios is the figure.
-        paired = lambda kind, key: statistics.median(
-            r[key] / p[key] - 1 for r, p in zip(res[kind], plain[kind]))
+        ratio = lambda kind, key: 100 * paired(rows, "mesh-resilience", "mesh", kind, key)
+        plain = rows["mesh"]
         print(f"\nResilience layers on (breaker, outlier detection, retries, local rate limit) vs off, same sidecars, "
-              f"median of per-rep ratios: max throughput {100 * paired('max', 'rps'):+.1f} %, "
-              f"p99 at 2,000 req/s {100 * paired('rate', 'p99'):+.0f} %, "
-              f"caller CPU per request at max {100 * paired('max', 'cpu_a_us'):+.1f} % "
-              f"(user space {100 * paired('max', 'user_a_us'):+.1f} %; user space is "
+              f"median of per-rep ratios: max throughput {ratio('max', 'rps'):+.1f} %, "
+              f"p99 at 2,000 req/s {ratio('rate', 'p99'):+.0f} %, "
+              f"caller CPU per request at max {ratio('max', 'cpu_a_us'):+.1f} % "
+              f"(user space {ratio('max', 'user_a_us'):+.1f} %; user space is "
               f"{100 * med(plain['max'], 'user_a_us') / med(plain['max'], 'cpu_a_us'):.0f} % of the caller's CPU).")
+    for name, what in (("mesh-trace-100", "100 %"), ("mesh-trace-1", "1 %")):
+        if name not in rows:
+            continue
+        ratio = lambda kind, key: 100 * paired(rows, name, "mesh", kind, key)
+        print(f"\nTracing at {what} sampling vs tracing off (metrics on in both), median of per-rep ratios: "
+              f"max throughput {ratio('max', 'rps'):+.1f} %, p99 at max {ratio('max', 'p99'):+.0f} %, "
+              f"p99 at 2,000 req/s {ratio('rate', 'p99'):+.0f} %, "
+              f"caller CPU per request at max {ratio('max', 'cpu_a_us'):+.1f} %, "
+              f"callee {ratio('max', 'cpu_b_us'):+.1f} %.")
     if "mesh-mtls" in rows:
         plain, tls = med(rows["mesh"]["rate"], "p99"), med(rows["mesh-mtls"]["rate"], "p99")
         print(f"\nmTLS vs plaintext mesh at 2,000 req/s: p99 {tls:,.0f} vs {plain:,.0f} us "

@@ -19,14 +19,8 @@
 # Needs: valgrind nginx (apt-get install -y valgrind nginx), oha (cargo install oha --locked).
 set -euo pipefail
 rel=$(realpath "${1:-target/release}")
-for tool in valgrind callgrind_control callgrind_annotate oha curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind nginx curl; cargo install oha --locked" >&2; exit 2; }
-done
-for bin in weft-sidecar weft-discovery; do
-  [[ -x $rel/$bin ]] || { echo "missing $rel/$bin: cargo build --release -p weft-sidecar -p weft-discovery" >&2; exit 2; }
-done
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-[[ -x $nginx_bin ]] || { echo "missing nginx: apt-get install -y nginx" >&2; exit 2; }
+. "$(dirname "$0")/callgrind-prereqs.sh"
+require_callgrind_tools "$rel"
 work=$(mktemp -d /tmp/weft-res-instructions.XXXXXX)
 up_port=19580; agent_port=19581; agent_admin=19582; out_port=19583; in_port=19584; admin_port=19585
 warmup=5000; requests=20000

@@ -74,6 +74,17 @@ echo "== starting weft-discovery (ADS 127.0.0.1:18010, admin 127.0.0.1:18011)"
 pids+=($!)
 wait_http http://127.0.0.1:18011/readyz weft-discovery
 
+# Traces: to your collector if OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger's
+# OTLP port, say), else to weft-trace-sink, which shows each trace as a tree.
+if [[ -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then
+  echo "== starting weft-trace-sink (OTLP 127.0.0.1:18317 gRPC, :18318 HTTP; traces at http://127.0.0.1:18316/traces/<id>)"
+  "$bin/weft-trace-sink" --grpc 127.0.0.1:18317 --http 127.0.0.1:18318 --show 127.0.0.1:18316 >"$demo/trace-sink.log" 2>&1 &
+  pids+=($!)
+  export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18317 OTEL_EXPORTER_OTLP_PROTOCOL=grpc
+  trace_sink=http://127.0.0.1:18316
+  for _ in $(seq 1 100); do grep -q READY "$demo/trace-sink.log" 2>/dev/null && break; sleep 0.1; done
+fi
+
 # name app inbound outbound admin
 services=(
   "web 18081 18601 18501 18701"
@@ -84,7 +95,10 @@ services=(
 )
 for line in "${services[@]}"; do
   read -r name app inbound outbound admin <<<"$line"
-  "$bin/weft-testapp" --service "$name" --instance "$name-1" --listen "127.0.0.1:$app" >"$demo/app-$name.log" 2>&1 &
+  # --outbound: the app calls onward (/call/<service>/...) through its
+  # sidecar, forwarding the trace headers as a traced app does.
+  "$bin/weft-testapp" --service "$name" --instance "$name-1" --listen "127.0.0.1:$app" \
+    --outbound "127.0.0.1:$outbound" >"$demo/app-$name.log" 2>&1 &
   pids+=($!)
   WEFT_IDENTITY_TOKEN="${tokens[$name]}" \
   "$bin/weft-sidecar" --service "$name" --instance "$name-1" --discovery http://127.0.0.1:18010 \
@@ -151,6 +165,20 @@ if answer=$(curl -sS --max-time 5 -H 'Host: users' http://127.0.0.1:18602/ 2>&1)
 else
   echo "refused: no HTTP answer (curl: ${answer##*curl: })"
 fi
+echo "-- a chain web -> users -> orders; the apps forward the trace headers, so both hops are one trace:"
+answer=$(curl -sS -H 'Host: users' "$web_out/call/orders/")
+traces=$(grep -o '"traceparent":"[^"]*"' <<<"$answer" | cut -d- -f2 | sort -u)
+echo "traceparent trace ids seen by users' and orders' apps: $(echo $traces)"
+[[ -n "$traces" && $(wc -l <<<"$traces") == 1 && "$answer" == *'"downstream":{'* ]] \
+  || problems+=("the chain web -> users -> orders was not one trace: $answer")
+if [[ -n "${trace_sink:-}" && -n "$traces" ]]; then
+  echo "-- that trace, as the sidecars exported it (4 spans: each hop's client and server side):"
+  if tree=$(curl -fsS --max-time 15 "$trace_sink/traces/$traces?spans=4"); then
+    echo "$tree"
+  else
+    problems+=("the chain's 4 spans did not reach the trace sink: $tree")
+  fi
+fi
 echo "-- a host the mesh does not know:"
 answer=$(curl -sS -D - -o /dev/null -H 'Host: nowhere' "$web_out/" | grep -i -E '^(HTTP|x-weft-error)'); echo "$answer"
 [[ "$answer" == *"404"*"no-route"* ]] || problems+=("an unknown host did not get 404 no-route")
@@ -160,10 +188,14 @@ cat <<TXT
   Consul UI:            http://127.0.0.1:$CONSUL_HTTP/ui  (services, their Connect sidecars, KV weft/)
   agent status:         curl -s http://127.0.0.1:18011/status | jq   (or: $bin/weftctl status --admin http://127.0.0.1:18011)
   agent metrics:        curl -s http://127.0.0.1:18011/metrics
+  service map:          http://127.0.0.1:18011/ui  (services, sidecars, live calls between services)
   web sidecar:          curl -s http://127.0.0.1:18701/clusters | jq ; curl -s http://127.0.0.1:18701/config_dump | jq
   web's identity:       curl -s http://127.0.0.1:18701/identity | jq
   call through the mesh: curl -H 'Host: users' $web_out/api/v1/users/7
   change a route:       $consul kv put weft/routes/orders '{"routes":[{"match":{"path_prefix":"/"},"destination":"orders-v2"}]}'
+  a trace:              curl -s ${trace_sink:-http://127.0.0.1:18316}/traces/<trace id>   (the id: 2nd field of the traceparent the apps echo)
+  traces elsewhere:     set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4318, Jaeger's OTLP/HTTP port) before
+                        running this script and every sidecar sends its spans there; try curl -H 'Host: users' $web_out/call/orders/
   logs:                 $demo/
 TXT
 if (( ${#problems[@]} > 0 )); then

@@ -9,10 +9,12 @@
 #    WEFT_CONSUL_BIN for the end-to-end tests.
 # 2. Redis: the opaque TCP tests (tests/tests/tcp.rs) run a real
 #    redis-server; installed with apt-get (sudo when not root) if missing.
-# 3. `cargo build --workspace --bins`: the end-to-end tests run the real
+# 3. Chromium: the service map test (tests/tests/service_map.rs) loads the
+#    agent's /ui page in headless Chromium; installed with apt-get like Redis.
+# 4. `cargo build --workspace --bins`: the end-to-end tests run the real
 #    weft-discovery, weft-sidecar and weft-testapp binaries.
-# 4. `cargo test --workspace`, every test even after a failure.
-# 5. The demo (deploy/local/demo.sh --once) as a smoke test of the README.
+# 5. `cargo test --workspace`, every test even after a failure.
+# 6. The demo (deploy/local/demo.sh --once) as a smoke test of the README.
 #
 # Each end-to-end test runs Consul, the agent, several sidecars and apps and
 # asserts 1 s convergence budgets, so tests run WEFT_TEST_THREADS at a time
@@ -43,6 +45,19 @@ if ! command -v redis-server >/dev/null 2>&1 && [[ -z "${WEFT_REDIS_BIN:-}" ]]; 
   }
 fi
 say "redis: $(command -v redis-server || echo "$WEFT_REDIS_BIN") ($("${WEFT_REDIS_BIN:-redis-server}" --version | head -n1))"
+
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+  && [[ -z "${WEFT_CHROMIUM_BIN:-}" ]]; then
+  say "installing chromium (apt-get) for the service map test"
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  mkdir -p target
+  { $sudo apt-get update && $sudo apt-get install -y chromium; } >target/chromium-install.log 2>&1 || {
+    tail -n 20 target/chromium-install.log >&2
+    say "could not install chromium; install it (sudo apt-get install -y chromium) or set WEFT_CHROMIUM_BIN"
+    exit 1
+  }
+fi
+say "chromium: ${WEFT_CHROMIUM_BIN:-$(command -v chromium || command -v chromium-browser)}"
 
 threads=${WEFT_TEST_THREADS:-2}
 measurements=target/e2e-logs/measurements.tsv

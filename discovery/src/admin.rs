@@ -1,4 +1,5 @@
-//! The agent's admin HTTP server: `/healthz`, `/readyz`, `/status`, `/metrics`.
+//! The agent's admin HTTP server: `/healthz`, `/readyz`, `/status`,
+//! `/metrics`, and the service map (`/ui`, `/ui/graph.json`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::ads::{SidecarRegistry, unix_now};
 use crate::metrics::Metrics;
+use crate::servicemap::{CallMap, ui};
 use crate::snapshot::Snapshot;
 use crate::store::MeshStore;
 
@@ -25,6 +27,8 @@ pub struct AdminState {
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     pub registry: Arc<SidecarRegistry>,
     pub metrics: Arc<Metrics>,
+    /// The calls sidecars report (the service map).
+    pub calls: Arc<CallMap>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
@@ -82,9 +86,23 @@ fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Full<Byte
             )
             .body(Full::new(Bytes::from(state.metrics.encode())))
             .unwrap_or_default(),
+        "/ui" | "/ui/" => Response::builder()
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            // The page runs only its own inline script and fetches only
+            // from this server.
+            .header(
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            )
+            .body(Full::new(Bytes::from_static(ui::PAGE.as_bytes())))
+            .unwrap_or_default(),
+        "/ui/graph.json" => {
+            let services = state.store.state().services;
+            json(&ui::graph(&services, state.registry.list(), &state.calls))
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /status, /metrics\n".into(),
+            "not found; try /healthz, /readyz, /status, /metrics, /ui\n".into(),
         ),
     }
 }
@@ -112,7 +130,7 @@ fn status(state: &AdminState) -> serde_json::Value {
     })
 }
 
-fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")

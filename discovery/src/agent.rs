@@ -18,6 +18,7 @@ use crate::consul::{ConsulClient, ConsulConfig, ConsulError};
 use crate::identity::{Identity, IdentityConfig, IdentitySource};
 use crate::metrics::Metrics;
 use crate::model::TrustRoots;
+use crate::servicemap::{CallMap, CallReportsService};
 use crate::snapshot::{self, DebounceConfig, SnapshotBuilder};
 use crate::store::MeshStore;
 
@@ -62,10 +63,12 @@ pub struct Settings {
     /// Consul (the embedded file backend); takes precedence over --consul.
     #[arg(long, env = "WEFT_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
-    /// Where sidecars connect (gRPC, the aggregated discovery service).
+    /// Where sidecars connect (gRPC: the aggregated discovery service,
+    /// certificate requests and call reports for the service map).
     #[arg(long, env = "WEFT_DISCOVERY_LISTEN", default_value = "127.0.0.1:15010")]
     pub listen: SocketAddr,
-    /// Admin HTTP: /healthz, /readyz, /status, /metrics.
+    /// Admin HTTP: /healthz, /readyz, /status, /metrics, and the service
+    /// map at /ui.
     #[arg(long, env = "WEFT_DISCOVERY_ADMIN", default_value = "127.0.0.1:15011")]
     pub admin: SocketAddr,
     /// The KV folder that holds Weft's documents.
@@ -116,6 +119,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let store = Arc::new(MeshStore::new());
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(SidecarRegistry::default());
+    let calls = Arc::new(CallMap::default());
     let (publish, snapshots) = watch::channel(None);
 
     let ads_listener = TcpListener::bind(settings.listen)
@@ -159,7 +163,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let description = format!("consul {address}");
         let store = store.clone();
         let prefix = settings.kv_prefix.clone();
-        tokio::spawn(crate::source::consul::ConsulSource::new(client, prefix).run(store));
+        let source =
+            crate::source::consul::ConsulSource::new(client, prefix).with_metrics(metrics.clone());
+        tokio::spawn(source.run(store));
         description
     } else {
         anyhow::bail!(
@@ -197,9 +203,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             snapshots: snapshots.clone(),
             registry: registry.clone(),
             metrics: metrics.clone(),
+            calls: calls.clone(),
         }),
     ));
 
+    let reports = CallReportsService::new(calls, metrics.clone()).into_service();
     let ads = AdsServer::new(snapshots, registry, metrics).into_service();
     tonic::transport::Server::builder()
         // Find dead sidecars (and let them find a dead agent) within 30 s.
@@ -208,6 +216,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .add_service(ads)
         .add_service(identity.service())
+        .add_service(reports)
         .serve_with_incoming_shutdown(TcpListenerStream::new(ads_listener), shutdown_signal())
         .await
         .context("discovery server failed")?;

@@ -4,7 +4,8 @@
 //! Data flow: `source` (Consul watches, or files) -> `store::MeshStore` ->
 //! `snapshot` (validate documents, build resources, debounce) -> `ads`
 //! (per-sidecar streams). `identity` signs sidecars' certificates (mTLS);
-//! `admin` serves health, status and metrics; `agent` wires them together.
+//! `admin` serves health, status, metrics and the service map
+//! (`servicemap`: the calls sidecars report); `agent` wires them together.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -16,6 +17,7 @@ pub mod fs_watch;
 pub mod identity;
 pub mod metrics;
 pub mod model;
+pub mod servicemap;
 pub mod snapshot;
 pub mod source;
 pub mod store;

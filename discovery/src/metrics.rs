@@ -9,6 +9,28 @@ use prometheus_client::registry::Registry;
 
 use crate::identity::RefusalReason;
 
+/// The labels of `push_latency_seconds`: the resource type's short name
+/// (`Cluster`, `RouteConfiguration`...), five values at most.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub r#type: &'static str,
+}
+
+/// The labels of `consul_watch_errors`: which kind of watch (never the
+/// service name: one per catalog name would grow without bound) and what
+/// went wrong.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchErrorLabels {
+    pub watch: &'static str,
+    pub kind: &'static str,
+}
+
+/// The labels of `consul_watch_retries`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub watch: &'static str,
+}
+
 /// The labels of `certificates_refused`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateRefusalLabels {
@@ -25,6 +47,17 @@ pub struct Metrics {
     pub responses_sent: Counter,
     pub nacks_received: Counter,
     pub connected_sidecars: Gauge,
+    /// From a change reaching the agent (a Consul blocking query returning
+    /// a new index, a file written) to a sidecar's ACK of the push built
+    /// from it, by resource type (seconds).
+    pub push_latency_seconds: Family<PushLabels, Histogram>,
+    /// Failed Consul reads, by watch and error kind.
+    pub consul_watch_errors: Family<WatchErrorLabels, Counter>,
+    /// Backoff waits before a Consul watch reads again (after an error,
+    /// or an answer that came back at once with nothing new).
+    pub consul_watch_retries: Family<WatchLabels, Counter>,
+    /// Call reports received from sidecars (the service map).
+    pub call_reports: Counter,
     /// Leaf certificates signed for sidecars.
     pub certificates_issued: Counter,
     /// Certificate requests refused, by reason (`denied`, `invalid_csr`...).
@@ -48,6 +81,14 @@ impl Metrics {
         let responses_sent = Counter::default();
         let nacks_received = Counter::default();
         let connected_sidecars = Gauge::default();
+        // 1 ms to about 30 s: a push on loopback is acknowledged within a
+        // few ms after the 20 ms debounce; seconds mean a slow sidecar.
+        let push_latency_seconds = Family::<PushLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        let consul_watch_errors = Family::<WatchErrorLabels, Counter>::default();
+        let consul_watch_retries = Family::<WatchLabels, Counter>::default();
+        let call_reports = Counter::default();
         let certificates_issued = Counter::default();
         let certificates_refused = Family::<CertificateRefusalLabels, Counter>::default();
         registry.register(
@@ -81,6 +122,29 @@ impl Metrics {
             "Sidecars with an open discovery stream",
             connected_sidecars.clone(),
         );
+        registry.register_with_unit(
+            "push_latency",
+            "From a change reaching the agent (Consul's blocking query returning a new index) \
+             to the sidecar's ACK of the push built from it, by resource type",
+            prometheus_client::registry::Unit::Seconds,
+            push_latency_seconds.clone(),
+        );
+        registry.register(
+            "consul_watch_errors",
+            "Failed Consul reads, by watch (catalog, service, kv, intentions) and kind \
+             (connect, tls, timeout, status_4xx, status_5xx, decode, config)",
+            consul_watch_errors.clone(),
+        );
+        registry.register(
+            "consul_watch_retries",
+            "Backoff waits before a Consul watch reads again, by watch",
+            consul_watch_retries.clone(),
+        );
+        registry.register(
+            "call_reports",
+            "Call reports received from sidecars for the service map",
+            call_reports.clone(),
+        );
         registry.register(
             "certificates_issued",
             "Leaf certificates signed for sidecars",
@@ -99,6 +163,10 @@ impl Metrics {
             responses_sent,
             nacks_received,
             connected_sidecars,
+            push_latency_seconds,
+            consul_watch_errors,
+            consul_watch_retries,
+            call_reports,
             certificates_issued,
             certificates_refused,
         }
@@ -108,6 +176,44 @@ impl Metrics {
     pub fn certificate_refused(&self, reason: RefusalReason) {
         self.certificates_refused
             .get_or_create(&CertificateRefusalLabels { reason })
+            .inc();
+    }
+
+    /// Records one acknowledged push of `r#type` whose change reached the
+    /// agent `elapsed` ago.
+    pub fn push_acknowledged(&self, r#type: &'static str, elapsed: std::time::Duration) {
+        self.push_latency_seconds
+            .get_or_create(&PushLabels { r#type })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Shows every watch's error and retry series at 0 from the start, so
+    /// that `rate()` sees the first error as an increase and a dashboard
+    /// finds the series before anything failed.
+    pub fn consul_watches_known(&self, watches: &[&'static str], kinds: &[&'static str]) {
+        for &watch in watches {
+            let _ = self
+                .consul_watch_retries
+                .get_or_create(&WatchLabels { watch });
+            for &kind in kinds {
+                let _ = self
+                    .consul_watch_errors
+                    .get_or_create(&WatchErrorLabels { watch, kind });
+            }
+        }
+    }
+
+    /// Counts one failed Consul read.
+    pub fn consul_watch_failed(&self, watch: &'static str, kind: &'static str) {
+        self.consul_watch_errors
+            .get_or_create(&WatchErrorLabels { watch, kind })
+            .inc();
+    }
+
+    /// Counts one backoff wait of a Consul watch.
+    pub fn consul_watch_retried(&self, watch: &'static str) {
+        self.consul_watch_retries
+            .get_or_create(&WatchLabels { watch })
             .inc();
     }
 

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -18,6 +19,10 @@ pub struct MeshStore {
     /// True once the backend has loaded the catalog, every service's
     /// endpoints and the documents at least once (`/readyz`).
     synced: watch::Sender<bool>,
+    /// When the oldest change not yet taken by a snapshot build reached the
+    /// store: the start of the push latency (`/metrics`). A Consul watch
+    /// writes here within microseconds of its blocking query returning.
+    unbuilt_change: Mutex<Option<Instant>>,
 }
 
 impl Default for MeshStore {
@@ -32,12 +37,22 @@ impl MeshStore {
             state: Mutex::new(MeshState::default()),
             generation: watch::channel(0).0,
             synced: watch::channel(false).0,
+            unbuilt_change: Mutex::new(None),
         }
     }
 
     /// A copy of the current state.
     pub fn state(&self) -> MeshState {
         self.lock().clone()
+    }
+
+    /// When the oldest change since the last call reached the store (None:
+    /// no change since). The snapshot builder takes it before each build.
+    pub fn take_change_time(&self) -> Option<Instant> {
+        self.unbuilt_change
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 
     /// Wakes on every change; the value is a change counter.
@@ -145,6 +160,10 @@ impl MeshStore {
     fn update(&self, change: impl FnOnce(&mut MeshState) -> bool) {
         let changed = change(&mut self.lock());
         if changed {
+            self.unbuilt_change
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get_or_insert_with(Instant::now);
             self.generation.send_modify(|generation| *generation += 1);
         }
     }

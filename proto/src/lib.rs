@@ -20,6 +20,12 @@ pub mod identity {
     }
 }
 
+pub mod telemetry {
+    pub mod v1 {
+        tonic::include_proto!("weft.telemetry.v1");
+    }
+}
+
 /// Type URLs of the resource types, as carried in `DiscoveryRequest.type_url`
 /// and in each resource's `Any`.
 pub mod type_url {

@@ -44,6 +44,12 @@ pub struct Settings {
     /// Admin listener: /ready, /live, /config_dump, /clusters (`--admin`,
     /// `WEFT_ADMIN`). Required with `--discovery`, optional in static mode.
     pub admin: Option<SocketAddr>,
+    /// How often the sidecar reports its outbound calls to the agent for
+    /// the service map (`--call-report-interval`,
+    /// `WEFT_CALL_REPORT_INTERVAL`). Default 5 s: the map's rates look
+    /// back a minute, so a few seconds is live enough and costs the agent
+    /// one small call per sidecar per interval. `0s` turns reports off.
+    pub call_report_interval: Duration,
     /// How long SIGTERM waits for in-flight requests before exiting
     /// (`--drain-timeout`, `WEFT_DRAIN_TIMEOUT`). Default 10 s: longer than a
     /// typical request, shorter than Kubernetes' 30 s grace period.
@@ -76,6 +82,10 @@ pub struct Settings {
     /// `WEFT_ACCESS_LOG`; sampled by `--access-log-sampling`,
     /// `WEFT_ACCESS_LOG_SAMPLING`, default 1). `None` (the default): off.
     pub access_log: Option<crate::access_log::AccessLogSettings>,
+    /// Span export and sampling (`--otlp-endpoint`, `--otlp-protocol`,
+    /// `--trace-sampling`, else the standard `OTEL_*` variables). Off
+    /// without an endpoint; trace headers are propagated either way.
+    pub tracing: crate::trace::TraceSettings,
 }
 
 /// A credential: printed as `<redacted>` by `Debug`, so settings can be
@@ -175,12 +185,14 @@ impl Settings {
             outbound: None,
             admin: None,
             drain_timeout: Duration::from_secs(10),
+            call_report_interval: DEFAULT_CALL_REPORT_INTERVAL,
             workers: None,
             identity_token: None,
             tcp_upstreams: Vec::new(),
             identity_source: IdentitySource::Weft,
             proxy: ProxySettings::default(),
             access_log: None,
+            tracing: crate::trace::TraceSettings::default(),
         }
     }
 
@@ -189,7 +201,9 @@ impl Settings {
         let flags = Flags::parse();
         let env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| {
-                k.starts_with("WEFT_") || FIELDS.iter().any(|f| f.fallback_env == Some(k.as_str()))
+                k.starts_with("WEFT_")
+                    || k.starts_with("OTEL_")
+                    || FIELDS.iter().any(|f| f.fallback_env == Some(k.as_str()))
             })
             .collect();
         Self::from_sources(flags, &env)
@@ -242,6 +256,7 @@ impl Settings {
         let outbound = r.get("outbound", parse_addr);
         let admin = r.get("admin", parse_addr);
         let drain_timeout = r.get("drain_timeout", parse_duration);
+        let call_report_interval = r.get("call_report_interval", parse_duration);
         let workers = r.get("workers", parse_workers);
         let header_read_timeout = r.get("header_read_timeout", parse_duration);
         let app_connect_timeout = r.get("app_connect_timeout", parse_duration);
@@ -254,7 +269,17 @@ impl Settings {
             d => Ok(d),
         });
         let access_log_target = r.get("access_log", parse_access_log_target);
-        let access_log_sampling = r.get("access_log_sampling", parse_ratio);
+        let access_log_sampling = r.get("access_log_sampling", crate::trace::sampler::parse_ratio);
+        let otlp_endpoint = r.get("otlp_endpoint", crate::trace::settings::parse_endpoint);
+        let otlp_protocol = r.get("otlp_protocol", crate::trace::settings::parse_protocol);
+        let trace_sampling = r.get("trace_sampling", crate::trace::sampler::parse_ratio);
+        let tracing = crate::trace::TraceSettings::resolve(
+            otlp_endpoint,
+            otlp_protocol,
+            trace_sampling,
+            env,
+            &mut r.errors,
+        );
         let consul_mode = r.get("identity_source", parse_identity_source);
         let consul_address = r.get("consul", parse_consul_address);
         let consul_token = r.get("consul_token", |s| parse_nonempty(s).map(Secret));
@@ -323,6 +348,7 @@ impl Settings {
             outbound,
             admin,
             drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(10)),
+            call_report_interval: call_report_interval.unwrap_or(DEFAULT_CALL_REPORT_INTERVAL),
             workers,
             identity_token,
             tcp_upstreams: tcp_upstreams.unwrap_or_default(),
@@ -345,9 +371,13 @@ impl Settings {
                 // a log of everything, sampling is an explicit trade.
                 sampling: access_log_sampling.unwrap_or(1.0),
             }),
+            tracing,
         })
     }
 }
+
+/// See [`Settings::call_report_interval`].
+pub const DEFAULT_CALL_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 fn default_instance(service: &str) -> String {
     format!("{service}-{:08x}", rand::random::<u32>())
@@ -388,6 +418,9 @@ pub struct Flags {
     /// Drain time on SIGTERM, e.g. 10s, 500ms [env: WEFT_DRAIN_TIMEOUT] [default: 10s].
     #[arg(long)]
     pub drain_timeout: Option<String>,
+    /// How often outbound calls are reported to the agent's service map, 0s = never [env: WEFT_CALL_REPORT_INTERVAL] [default: 5s].
+    #[arg(long)]
+    pub call_report_interval: Option<String>,
     /// YAML settings file [env: WEFT_CONFIG].
     #[arg(long)]
     pub config: Option<String>,
@@ -430,13 +463,22 @@ pub struct Flags {
     /// Share of successful requests the access log keeps, 0 to 1; failures are always logged [env: WEFT_ACCESS_LOG_SAMPLING] [default: 1].
     #[arg(long)]
     pub access_log_sampling: Option<String>,
+    /// Send spans here by OTLP, http://HOST:PORT; turns tracing on [env: WEFT_OTLP_ENDPOINT, else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf [env: WEFT_OTLP_PROTOCOL, else OTEL_EXPORTER_OTLP_TRACES_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL] [default: http/protobuf].
+    #[arg(long)]
+    pub otlp_protocol: Option<String>,
+    /// Share of new traces recorded, 0 to 1 (parent-based: a caller's decision is followed) [env: WEFT_TRACE_SAMPLING, else OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG] [default: 1].
+    #[arg(long)]
+    pub trace_sampling: Option<String>,
 }
 
 impl Flags {
     fn values(&self) -> BTreeMap<&'static str, String> {
         // Repeated flags are one comma-separated list, as in the env.
         let tcp_upstream = (!self.tcp_upstream.is_empty()).then(|| self.tcp_upstream.join(","));
-        let pairs: [(&'static str, &Option<String>); 21] = [
+        let pairs: [(&'static str, &Option<String>); 25] = [
             ("service", &self.service),
             ("discovery", &self.discovery),
             ("inbound", &self.inbound),
@@ -445,6 +487,7 @@ impl Flags {
             ("admin", &self.admin),
             ("instance", &self.instance),
             ("drain_timeout", &self.drain_timeout),
+            ("call_report_interval", &self.call_report_interval),
             ("workers", &self.workers),
             ("header_read_timeout", &self.header_read_timeout),
             ("app_connect_timeout", &self.app_connect_timeout),
@@ -458,6 +501,9 @@ impl Flags {
             ("consul_token", &self.consul_token),
             ("access_log", &self.access_log),
             ("access_log_sampling", &self.access_log_sampling),
+            ("otlp_endpoint", &self.otlp_endpoint),
+            ("otlp_protocol", &self.otlp_protocol),
+            ("trace_sampling", &self.trace_sampling),
         ];
         pairs
             .into_iter()
@@ -491,6 +537,11 @@ const FIELDS: &[Field] = &[
     field("admin", "--admin", "WEFT_ADMIN"),
     field("instance", "--instance", "WEFT_INSTANCE"),
     field("drain_timeout", "--drain-timeout", "WEFT_DRAIN_TIMEOUT"),
+    field(
+        "call_report_interval",
+        "--call-report-interval",
+        "WEFT_CALL_REPORT_INTERVAL",
+    ),
     field("workers", "--workers", "WEFT_WORKERS"),
     field(
         "header_read_timeout",
@@ -538,6 +589,11 @@ const FIELDS: &[Field] = &[
         "--access-log-sampling",
         "WEFT_ACCESS_LOG_SAMPLING",
     ),
+    // Their OTEL_* fallbacks (several, with the spec's rules) are read by
+    // `crate::trace::TraceSettings::resolve`.
+    field("otlp_endpoint", "--otlp-endpoint", "WEFT_OTLP_ENDPOINT"),
+    field("otlp_protocol", "--otlp-protocol", "WEFT_OTLP_PROTOCOL"),
+    field("trace_sampling", "--trace-sampling", "WEFT_TRACE_SAMPLING"),
 ];
 
 const fn field(key: &'static str, flag: &'static str, env: &'static str) -> Field {
@@ -714,14 +770,6 @@ fn parse_access_log_target(s: &str) -> Result<crate::access_log::Target, String>
         "" => Err("expected stdout or a file path".into()),
         "stdout" | "-" => Ok(crate::access_log::Target::Stdout),
         path => Ok(crate::access_log::Target::File(PathBuf::from(path))),
-    }
-}
-
-/// A share from 0 to 1.
-fn parse_ratio(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err("expected a number from 0 to 1, e.g. 0.01".into()),
     }
 }
 

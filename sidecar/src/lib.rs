@@ -7,6 +7,7 @@
 //! * `xds` — the ADS client that builds the table from the agent's resources.
 //! * `upstream` — pooled connections to endpoints, DNS.
 //! * `admin` — /ready, /live, /config_dump, /clusters.
+//! * `call_report` — outbound call counts sent to the agent's service map.
 //! * `authn` — JWT authentication of inbound requests (a tower layer).
 //! * `authz` — intentions: which services may call this one (a tower layer).
 //! * `mtls_mode` — STRICT or PERMISSIVE inbound, from the policy.
@@ -14,6 +15,7 @@
 //!   (a destination's limits) and inbound (the service's own).
 //! * `tcp` — opaque TCP: `--tcp-upstream` listeners, CONNECT tunnels over
 //!   mTLS, the inbound side that accepts them.
+//! * `trace` — trace context propagation (W3C, B3), spans, OTLP export.
 //!
 //! Embedders and tests call [`start`], which binds every listener and
 //! returns a [`Running`] sidecar with its addresses and a [`ShutdownHandle`].
@@ -25,6 +27,7 @@ pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod breaker;
+pub mod call_report;
 pub mod config;
 pub mod error;
 pub mod identity;
@@ -35,6 +38,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod table;
 pub mod tcp;
+pub mod trace;
 pub mod upstream;
 pub mod xds;
 
@@ -86,6 +90,9 @@ pub struct Running {
     drain: Drain,
     drain_timeout: Duration,
     listeners: Vec<JoinHandle<()>>,
+    /// The span export task (tracing on): it sends what is queued at
+    /// shutdown, and is waited for briefly.
+    span_export: Option<JoinHandle<()>>,
 }
 
 /// How shutdown ended.
@@ -110,10 +117,15 @@ impl Running {
         for l in self.listeners {
             let _ = l.await;
         }
-        match tokio::time::timeout(self.drain_timeout, self.drain.wait()).await {
+        let drained = match tokio::time::timeout(self.drain_timeout, self.drain.wait()).await {
             Ok(()) => Drained::Clean,
             Err(_) => Drained::TimedOut,
+        };
+        if let Some(export) = self.span_export {
+            // Its last export has a 2 s deadline of its own.
+            let _ = tokio::time::timeout(Duration::from_secs(3), export).await;
         }
+        drained
     }
 }
 
@@ -207,6 +219,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         stats: tcp_stats.clone(),
     };
 
+    let (tracer, span_export) = trace::Tracer::start(
+        &settings.tracing,
+        &settings.service,
+        &settings.instance,
+        shutdown_rx.clone(),
+    )?;
+
     let inbound = bind(settings.inbound, "inbound traffic", "--inbound").await?;
     let inbound_addr = inbound.local_addr()?;
     let app = app_cluster(&settings, &dns)?;
@@ -218,6 +237,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             authz.clone(),
             tunnels,
             rate_limits.clone(),
+            tracer.clone(),
         ),
         Direction::Inbound,
         inbound_transport,
@@ -241,6 +261,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             build_version: env!("CARGO_PKG_VERSION").into(),
             metadata: Default::default(),
         };
+        if !settings.call_report_interval.is_zero() {
+            let reporter = call_report::CallReporter {
+                agent: xds::client::ClientSettings::new(discovery.clone()),
+                dns: dns.clone(),
+                table: table.clone(),
+                node_id: node.id.clone(),
+                service: settings.service.clone(),
+                instance: settings.instance.clone(),
+                interval: settings.call_report_interval,
+            };
+            tokio::spawn(reporter.run(shutdown_rx.clone()));
+        }
         let mut core = xds::Core::new(node, table.clone(), dns.clone())
             .with_authz(authz.clone())
             .with_authn(authn.clone())
@@ -266,7 +298,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             outbound_addr = Some(outbound.local_addr()?);
             listeners.push(tokio::spawn(server::serve(
                 outbound,
-                proxy::outbound(table.clone(), &settings.service),
+                proxy::outbound(table.clone(), &settings.service, tracer.clone()),
                 Direction::Outbound,
                 Transport::Plain,
                 server_settings.clone(),
@@ -297,15 +329,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if let Some(addr) = settings.admin {
         let admin = bind(addr, "the admin endpoints", "--admin").await?;
         admin_addr = Some(admin.local_addr()?);
-        let metrics = Arc::new(metrics::Metrics::new(
-            metrics::collector::SidecarCollector {
-                table: table.clone(),
-                inbound: app.clone(),
-                service: settings.service.as_str().into(),
-                xds: xds_state.clone(),
-                inbound_limits: rate_limits.clone(),
-            },
-        ));
+        let mut metrics = metrics::Metrics::new(metrics::collector::SidecarCollector {
+            table: table.clone(),
+            inbound: app.clone(),
+            service: settings.service.as_str().into(),
+            xds: xds_state.clone(),
+            inbound_limits: rate_limits.clone(),
+        });
+        if let Some(counters) = tracer.counters() {
+            metrics.register(Box::new(trace::export::ExportCollector(counters)));
+        }
+        let metrics = Arc::new(metrics);
         let state = admin::AdminState {
             xds: xds_state.clone(),
             table: table.clone(),
@@ -327,6 +361,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tcp_upstreams = ?settings.tcp_upstreams.iter().map(|u| format!("{}={}", u.service, u.listen)).collect::<Vec<_>>(),
         mode = if settings.discovery.is_some() { "xds" } else { "static" },
         mtls = identity.is_some(),
+        traces_to = settings.tracing.export.as_ref().map(|e| e.endpoint.as_str()),
         "weft-sidecar started"
     );
     Ok(Running {
@@ -339,5 +374,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         drain,
         drain_timeout: settings.drain_timeout,
         listeners,
+        span_export,
     })
 }

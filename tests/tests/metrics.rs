@@ -393,9 +393,9 @@ fn breaker_trips_overflows_and_the_process_show_in_their_series() {
 }
 
 #[test]
-fn the_agent_counts_its_sidecars_snapshots_and_pushes() {
+fn the_agent_counts_its_sidecars_snapshots_pushes_push_latency_and_consul_errors() {
     run(|ctx| async move {
-        let mesh = Mesh::start(&ctx).await?;
+        let mut mesh = Mesh::start(&ctx).await?;
         let (_users, _client) = mesh.users_and_client().await?;
         let page = mesh.agent.metrics().await?;
         let value = |name: &str| page.value(name, &[]);
@@ -411,6 +411,57 @@ fn the_agent_counts_its_sidecars_snapshots_and_pushes() {
                 .filter(|s| !s.name.contains("bucket"))
                 .collect::<Vec<_>>()
         );
+
+        // A KV change reaches the client's sidecar as a new Cluster; its
+        // ACK ends one push latency observation.
+        let cluster = [("type", "Cluster")];
+        let before = page.value("weft_discovery_push_latency_seconds_count", &cluster);
+        mesh.put_document("destinations/users", &json!({ "request_timeout": "3s" }))
+            .await?;
+        let agent = &mesh.agent;
+        let page = eventually(SETUP_TIMEOUT, "the Cluster push is timed", || async {
+            let page = agent.metrics().await?;
+            let count = page.value("weft_discovery_push_latency_seconds_count", &cluster);
+            ensure!(count > before, "{count} pushes timed");
+            Ok(page)
+        })
+        .await?;
+        let count = page.value("weft_discovery_push_latency_seconds_count", &cluster) - before;
+        let seconds = page.value("weft_discovery_push_latency_seconds_sum", &cluster);
+        ctx.measured(
+            "KV change -> sidecar ACK (agent push latency, mean)",
+            std::time::Duration::from_secs_f64(seconds / count.max(1.0)),
+        );
+        ensure!(
+            seconds / count.max(1.0) < 1.0,
+            "a push took {seconds} s for {count} ACKs"
+        );
+        ensure!(
+            page.value("weft_discovery_consul_watch_errors_total", &[]) == 0.0,
+            "watch errors before Consul stopped"
+        );
+
+        // Consul goes away: every watch's read fails and is retried.
+        mesh.consul.stop();
+        eventually(
+            SETUP_TIMEOUT,
+            "the agent counts Consul watch errors",
+            || async {
+                let page = agent.metrics().await?;
+                let kv_errors = [("watch", "kv"), ("kind", "connect")];
+                let errors = page.value("weft_discovery_consul_watch_errors_total", &kv_errors);
+                let retries = page.value(
+                    "weft_discovery_consul_watch_retries_total",
+                    &[("watch", "kv")],
+                );
+                ensure!(
+                    errors >= 1.0 && retries >= errors,
+                    "kv watch: {errors} connect errors, {retries} retries"
+                );
+                Ok(())
+            },
+        )
+        .await?;
         Ok(())
     });
 }

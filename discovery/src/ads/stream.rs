@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -22,6 +23,10 @@ struct TypeState {
     last_nonce: String,
     /// The subscription changed: answer even if the version did not.
     dirty: bool,
+    /// The last response sent because the snapshot changed (not because
+    /// the subscription did): its nonce and when the change reached the
+    /// agent, so its ACK can be timed (`push_latency_seconds`).
+    timed_push: Option<(String, Instant)>,
 }
 
 pub struct SidecarStream {
@@ -123,12 +128,14 @@ impl SidecarStream {
             sent_version: None,
             last_nonce: String::new(),
             dirty: true,
+            timed_push: None,
         });
         if !request.response_nonce.is_empty() && request.response_nonce != state.last_nonce {
             // Answers an older response; the sidecar will answer the newer one.
             return;
         }
         let short = type_url::short(type_url).to_string();
+        let timed_push = state.timed_push.take();
         if let Some(error) = &request.error_detail {
             self.metrics.nacks_received.inc();
             tracing::warn!(
@@ -149,6 +156,12 @@ impl SidecarStream {
                 entry.acked_version = request.version_info.clone();
             });
         } else if !request.response_nonce.is_empty() {
+            if let Some((nonce, changed_at)) = timed_push
+                && nonce == request.response_nonce
+            {
+                self.metrics
+                    .push_acknowledged(type_url::short(type_url), changed_at.elapsed());
+            }
             self.registry.update(self.id, |status| {
                 status.types.entry(short.clone()).or_default().acked_version =
                     request.version_info.clone();
@@ -182,6 +195,14 @@ impl SidecarStream {
             }
             self.nonce += 1;
             let nonce = self.nonce.to_string();
+            // Timed only when the snapshot changed under a standing
+            // subscription: a new subscription's first answer measures the
+            // sidecar's start, not a change's journey.
+            let pushed_for_change = !state.dirty && state.sent_version.is_some();
+            state.timed_push = snapshot
+                .changed_at
+                .filter(|_| pushed_for_change)
+                .map(|changed_at| (nonce.clone(), changed_at));
             state.dirty = false;
             state.last_nonce = nonce.clone();
             state.sent_version = Some(selection.version.clone());

@@ -98,6 +98,32 @@ impl ConsulError {
         }
     }
 
+    /// A short, bounded name of the variant (`connect`, `tls`, `timeout`,
+    /// `status_4xx`, `status_5xx`, `decode`, `config`): the `kind` label
+    /// of the agent's watch error counter.
+    /// Every value [`ConsulError::kind`] returns.
+    pub const KINDS: [&'static str; 7] = [
+        "config",
+        "connect",
+        "tls",
+        "timeout",
+        "status_5xx",
+        "status_4xx",
+        "decode",
+    ];
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConsulError::Config { .. } => "config",
+            ConsulError::Connect { .. } => "connect",
+            ConsulError::Tls { .. } => "tls",
+            ConsulError::Timeout { .. } => "timeout",
+            ConsulError::Status { status, .. } if status.is_server_error() => "status_5xx",
+            ConsulError::Status { .. } => "status_4xx",
+            ConsulError::Decode { .. } => "decode",
+        }
+    }
+
     /// The HTTP status Consul answered with, if it answered at all.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
@@ -157,6 +183,9 @@ mod tests {
         assert!(status(429).is_retryable());
         assert!(!status(403).is_retryable());
         assert!(!status(400).is_retryable());
+        assert_eq!(status(503).kind(), "status_5xx");
+        assert_eq!(status(403).kind(), "status_4xx");
+        assert!(ConsulError::KINDS.contains(&status(503).kind()));
     }
 
     #[test]

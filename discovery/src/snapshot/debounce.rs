@@ -59,7 +59,9 @@ pub async fn run_builder_with(
     loop {
         changes.borrow_and_update();
         let started = Instant::now();
-        let (snapshot, newly_rejected) = builder.build(&store.state());
+        let changed_at = store.take_change_time();
+        let (mut snapshot, newly_rejected) = builder.build(&store.state());
+        snapshot.changed_at = changed_at;
         metrics
             .snapshot_build_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -68,6 +68,10 @@ pub struct Snapshot {
     unknown_service_policy: Option<InboundPolicy>,
     /// Documents whose latest version was rejected.
     pub rejected: Vec<RejectedDocument>,
+    /// When the change this snapshot was built for reached the agent (the
+    /// oldest since the previous build); None for a build with no change
+    /// behind it. Pushes of it are timed from here to the sidecar's ACK.
+    pub changed_at: Option<std::time::Instant>,
 }
 
 /// The subset of a snapshot one sidecar gets for one type.

@@ -63,6 +63,7 @@ use crate::consul::{
     ConsulClient, ConsulError, Intention as ConsulIntention, KvPair, QueryMeta, QueryOptions,
     ServiceEntry, ServiceKind, next_index,
 };
+use crate::metrics::Metrics;
 use crate::model::{Endpoint, Health, Intention, IntentionAction, RawDocument};
 use crate::store::MeshStore;
 
@@ -103,6 +104,8 @@ impl Default for ConsulSourceOptions {
 pub struct ConsulSource {
     client: ConsulClient,
     options: ConsulSourceOptions,
+    /// Where watch errors and retries are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl ConsulSource {
@@ -122,13 +125,25 @@ impl ConsulSource {
         if !options.kv_prefix.is_empty() && !options.kv_prefix.ends_with('/') {
             options.kv_prefix.push('/');
         }
-        Self { client, options }
+        Self {
+            client,
+            options,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Counts watch errors and retries in `metrics` (the agent's
+    /// `/metrics`) instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        metrics.consul_watches_known(&Target::LABELS, &crate::consul::ConsulError::KINDS);
+        self.metrics = metrics;
+        self
     }
 
     /// Watches Consul and keeps `store` up to date, forever. Abort the task
     /// (or drop the future) to stop it: every watch stops with it.
     pub async fn run(self, store: Arc<MeshStore>) {
-        Supervisor::new(self.client, store, self.options)
+        Supervisor::new(self.client, store, self.options, self.metrics)
             .run()
             .await;
     }
@@ -146,6 +161,21 @@ enum Target {
     Service(String),
     Kv(String),
     Intentions,
+}
+
+impl Target {
+    /// Every value of [`Target::label`].
+    const LABELS: [&'static str; 4] = ["catalog", "service", "kv", "intentions"];
+
+    /// The `watch` label of the agent's Consul metrics.
+    fn label(&self) -> &'static str {
+        match self {
+            Target::Catalog => "catalog",
+            Target::Service(_) => "service",
+            Target::Kv(_) => "kv",
+            Target::Intentions => "intentions",
+        }
+    }
 }
 
 impl fmt::Display for Target {
@@ -231,6 +261,7 @@ struct Supervisor {
     client: ConsulClient,
     store: Arc<MeshStore>,
     options: ConsulSourceOptions,
+    metrics: Arc<Metrics>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     /// Every watch task; dropping the set (when `run` is dropped) aborts them all.
@@ -243,7 +274,12 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn new(client: ConsulClient, store: Arc<MeshStore>, options: ConsulSourceOptions) -> Self {
+    fn new(
+        client: ConsulClient,
+        store: Arc<MeshStore>,
+        options: ConsulSourceOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         // Watches wait on a full channel, which is fine: the supervisor
         // only does in-memory work per event.
         let (events_tx, events) = mpsc::channel(256);
@@ -251,6 +287,7 @@ impl Supervisor {
             client,
             store,
             options,
+            metrics,
             events_tx,
             events,
             tasks: JoinSet::new(),
@@ -284,6 +321,7 @@ impl Supervisor {
             target,
             epoch,
             options: self.options.clone(),
+            metrics: self.metrics.clone(),
             events: self.events_tx.clone(),
         };
         (epoch, self.tasks.spawn(watch.run()))
@@ -595,6 +633,7 @@ struct Watch {
     target: Target,
     epoch: u64,
     options: ConsulSourceOptions,
+    metrics: Arc<Metrics>,
     events: mpsc::Sender<Event>,
 }
 
@@ -631,6 +670,7 @@ impl Watch {
                     // new would loop hot (a misbehaving server or proxy);
                     // pace it like an error. A normal wake-up has a new index.
                     if !changed && quick {
+                        self.metrics.consul_watch_retried(self.target.label());
                         tokio::time::sleep(backoff.next_delay()).await;
                     } else {
                         backoff.reset();
@@ -638,6 +678,9 @@ impl Watch {
                 }
                 Err(error) => {
                     failing = true;
+                    self.metrics
+                        .consul_watch_failed(self.target.label(), error.kind());
+                    self.metrics.consul_watch_retried(self.target.label());
                     let delay = backoff.next_delay();
                     if backoff.should_log() {
                         tracing::warn!(

@@ -55,6 +55,11 @@ impl Metrics {
         }
     }
 
+    /// Adds another component's metrics (e.g. span export counters).
+    pub fn register(&mut self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry.register_collector(collector);
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
         use prometheus_client::encoding::text::{encode_eof, encode_registry};

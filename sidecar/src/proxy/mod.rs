@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! outbound: server -> error_response -> request_id -> headers -> route -> split
-//!           -> rewrite -> ratelimit -> timeout -> retry -> breaker
+//!           -> trace (CLIENT span) -> metrics -> rewrite -> ratelimit -> timeout -> retry -> breaker
 //!           -> balance (outlier ejection) -> concurrency -> forward
-//! inbound:  server (mTLS) -> error_response -> tunnel (CONNECT: tcp::inbound)
+//! inbound:  server (mTLS) -> error_response -> trace (SERVER span) -> metrics
+//!           -> tunnel (CONNECT: tcp::inbound)
 //!           -> upgrade (extended CONNECT: an HTTP/1.1 Upgrade) -> request_id -> headers
 //!           -> jwt_authn -> authorize -> ratelimit -> static_target
 //!           -> timeout -> balance -> concurrency -> forward
@@ -185,13 +186,20 @@ impl<S> HttpStack for S where
 }
 
 /// The outbound stack: the app's calls, routed by the xDS table.
-pub fn outbound(table: Arc<ArcSwap<RoutingTable>>, service: &str) -> impl HttpStack {
+pub fn outbound(
+    table: Arc<ArcSwap<RoutingTable>>,
+    service: &str,
+    tracer: crate::trace::Tracer,
+) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
         .layer(request_id::RequestIdLayer)
         .layer(headers::ProxyHeadersLayer)
         .layer(route::RouteLayer::new(table))
         .layer(split::SplitLayer)
+        // The CLIENT span knows its route and destination from here; the
+        // request carries this span's `traceparent` below.
+        .layer(crate::trace::TraceLayer::outbound(tracer))
         // Counted per destination from here: `split` chose it.
         .layer(crate::metrics::RequestMetricsLayer::outbound())
         .layer(rewrite::RewriteLayer)
@@ -218,9 +226,13 @@ pub fn inbound(
     authz: crate::authz::SharedAuthz,
     tunnels: crate::tcp::inbound::Tunnels,
     rate_limits: crate::ratelimit::SharedRateLimits,
+    tracer: crate::trace::Tracer,
 ) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
+        // The SERVER span covers every request to the app, refusals
+        // included; everything below sees its `traceparent`.
+        .layer(crate::trace::TraceLayer::inbound(tracer))
         // Every request to the app counts, the refused ones included.
         .layer(crate::metrics::RequestMetricsLayer::inbound(
             app.shared.clone(),

@@ -6,6 +6,12 @@
 //!   path it saw (after a rewrite) and which headers arrived;
 //! - `/status/<code>`: the same JSON with that status code;
 //! - `/delay/<ms>`: the same JSON after waiting that long;
+//! - `/call/<service>/<rest>`: calls `<service>` at `/<rest>` through the
+//!   sidecar's outbound listener (`--outbound`), forwarding the trace
+//!   headers (`traceparent`, `tracestate`, `b3`, `x-b3-*`) and
+//!   `x-request-id` as a traced app does; answers with the downstream's
+//!   status and the echo JSON plus `downstream` (its JSON answer, or its
+//!   text) — a chain a -> b -> c is `/call/c/...` sent to b;
 //! - `/ws`: a WebSocket echo (text and binary frames come back unchanged);
 //!   every WebSocket upgrade request, on any path, is logged
 //!   (`websocket upgrade requested`); on another path it gets that path's
@@ -74,13 +80,37 @@ struct Args {
     /// Listen address; port 0 picks a free port (printed on the READY line).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// The sidecar's outbound listener, for `/call/...`.
+    #[arg(long, env = "WEFT_OUTBOUND")]
+    outbound: Option<SocketAddr>,
 }
+
+/// The headers a traced app copies from the request it serves onto the
+/// calls it makes.
+const FORWARDED: [&str; 9] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-request-id",
+];
+
+type OutboundClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
 
 /// Who this process is, shared by every connection.
 struct Identity {
     service: String,
     instance: String,
     faults: Faults,
+    /// Where `/call/...` goes, and the client for it.
+    outbound: Option<(SocketAddr, OutboundClient)>,
 }
 
 /// The fault switch and the request counter (see the module docs).
@@ -319,6 +349,11 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("{}-{}", args.service, addr.port())),
         service: args.service,
         faults: Faults::default(),
+        outbound: args.outbound.map(|addr| {
+            let client =
+                hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+            (addr, client)
+        }),
     });
     let grpc = EchoServer::new(EchoService {
         identity: identity.clone(),
@@ -492,6 +527,17 @@ async fn handle_http(identity: &Identity, mut req: Request<Incoming>) -> Respons
         }
     }
 
+    let downstream = match path.strip_prefix("/call/") {
+        Some(target) => match call_onward(identity, target, req.headers()).await {
+            Ok((code, answer)) => {
+                status = code;
+                Some(answer)
+            }
+            Err(error) => return text(StatusCode::BAD_GATEWAY, format!("{error:#}\n")),
+        },
+        None => None,
+    };
+
     let mut headers = BTreeMap::<String, String>::new();
     for (name, value) in req.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -515,7 +561,7 @@ async fn handle_http(identity: &Identity, mut req: Request<Incoming>) -> Respons
             );
         }
     };
-    let echo = serde_json::json!({
+    let mut echo = serde_json::json!({
         "service": identity.service,
         "instance": identity.instance,
         "method": method,
@@ -525,6 +571,9 @@ async fn handle_http(identity: &Identity, mut req: Request<Incoming>) -> Respons
         "headers": headers,
         "body": body,
     });
+    if let Some(downstream) = downstream {
+        echo["downstream"] = downstream;
+    }
     let mut response = Response::new(full(echo.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -532,6 +581,44 @@ async fn handle_http(identity: &Identity, mut req: Request<Incoming>) -> Respons
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// `/call/<service>/<rest>`: GET `/<rest>` of `<service>` through the
+/// sidecar, with the trace headers forwarded. The downstream's status and
+/// answer (JSON if it is, else text).
+async fn call_onward(
+    identity: &Identity,
+    target: &str,
+    incoming: &header::HeaderMap,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let (outbound, client) = identity
+        .outbound
+        .as_ref()
+        .context("/call/... needs --outbound (the sidecar's outbound listener)")?;
+    let (service, rest) = target.split_once('/').unwrap_or((target, ""));
+    let mut request = Request::get(format!("http://{outbound}/{rest}"))
+        .header(header::HOST, service)
+        .body(Full::new(Bytes::new()))
+        .context("building the onward call")?;
+    for name in FORWARDED {
+        for value in incoming.get_all(name) {
+            request.headers_mut().append(name, value.clone());
+        }
+    }
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .context("the onward call timed out")?
+        .with_context(|| format!("calling {service} through {outbound}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the onward answer")?
+        .to_bytes();
+    let answer = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    Ok((status, answer))
 }
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {

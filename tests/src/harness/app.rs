@@ -41,7 +41,18 @@ pub struct App {
 impl App {
     /// Starts an app on a free port and waits for its READY line.
     pub async fn start(log_dir: &Path, service: &str, instance: &str) -> anyhow::Result<Self> {
-        let args = vec![
+        Self::start_with(log_dir, service, instance, &[]).await
+    }
+
+    /// Like [`App::start`], with more flags (`--outbound ADDR`: its
+    /// sidecar's outbound listener, for `/call/<service>/...`).
+    pub async fn start_with(
+        log_dir: &Path,
+        service: &str,
+        instance: &str,
+        extra_args: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut args = vec![
             "--service".to_owned(),
             service.to_owned(),
             "--instance".to_owned(),
@@ -49,6 +60,7 @@ impl App {
             "--listen".to_owned(),
             "127.0.0.1:0".to_owned(),
         ];
+        args.extend_from_slice(extra_args);
         let mut process = Process::spawn(
             &format!("app-{instance}"),
             &binary("weft-testapp")?,

@@ -363,6 +363,12 @@ impl Consul {
         Ok(())
     }
 
+    /// Kills Consul (SIGKILL, like a crash): its port refuses connections
+    /// and every open blocking query breaks. Its dev-mode state is gone.
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
     pub fn log_path(&self) -> &Path {
         self.process.log_path()
     }

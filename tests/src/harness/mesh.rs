@@ -100,9 +100,19 @@ impl Mesh {
         id: &str,
         sidecar_args: &[String],
     ) -> anyhow::Result<MeshedInstance> {
-        let app = App::start(&self.log_dir, service, id).await?;
+        // The app learns its sidecar's outbound listener, to call onward
+        // (`/call/<service>/...`).
+        let outbound = format!("127.0.0.1:{}", free_port()?);
+        let app = App::start_with(
+            &self.log_dir,
+            service,
+            id,
+            &["--outbound".to_owned(), outbound.clone()],
+        )
+        .await?;
+        let sidecar_args = [sidecar_args, &["--outbound".to_owned(), outbound]].concat();
         let (sidecar, registration) = self
-            .sidecar_for(service, id, app.port(), sidecar_args)
+            .sidecar_for(service, id, app.port(), &sidecar_args)
             .await?;
         Ok(MeshedInstance {
             app,

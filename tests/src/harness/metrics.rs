@@ -27,6 +27,8 @@ pub struct Exemplar {
 #[derive(Debug, Default)]
 pub struct MetricsPage {
     pub samples: Vec<Sample>,
+    /// Every family the page declares (`# TYPE name type`), samples or not.
+    pub families: BTreeMap<String, String>,
 }
 
 impl MetricsPage {
@@ -35,6 +37,7 @@ impl MetricsPage {
     /// `# EOF`.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut samples = Vec::new();
+        let mut families = BTreeMap::new();
         let mut lines = text.lines().peekable();
         let mut saw_eof = false;
         while let Some(line) = lines.next() {
@@ -49,12 +52,18 @@ impl MetricsPage {
                     matches!(kind, "TYPE" | "HELP" | "UNIT"),
                     "unexpected comment line: {line}"
                 );
+                if let Some(declared) = comment.strip_prefix("TYPE ") {
+                    let (name, kind) = declared
+                        .split_once(' ')
+                        .with_context(|| format!("TYPE without a type: {line}"))?;
+                    families.insert(name.to_owned(), kind.to_owned());
+                }
                 continue;
             }
             samples.push(parse_sample(line).with_context(|| format!("line {line:?}"))?);
         }
         ensure!(saw_eof, "no `# EOF` line: not OpenMetrics text");
-        Ok(Self { samples })
+        Ok(Self { samples, families })
     }
 
     /// The value of the sample `name` whose labels include all of `labels`
@@ -70,6 +79,25 @@ impl MetricsPage {
             })
             .map(|s| s.value)
             .sum()
+    }
+
+    /// Whether the page declares the series `name` (a sample name: a
+    /// counter's `_total`, a histogram's `_bucket`/`_sum`/`_count`), even
+    /// with no sample yet.
+    pub fn declares(&self, name: &str) -> bool {
+        let family_of = |suffixes: &[&str], kinds: &[&str]| {
+            suffixes.iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .and_then(|family| self.families.get(family))
+                    .is_some_and(|kind| kinds.contains(&kind.as_str()))
+            })
+        };
+        self.families
+            .get(name)
+            .is_some_and(|kind| kind == "gauge" || kind == "unknown")
+            || family_of(&["_total"], &["counter"])
+            || family_of(&["_bucket", "_sum", "_count"], &["histogram"])
+            || self.samples.iter().any(|s| s.name == name)
     }
 
     /// The samples called `name`.
@@ -225,6 +253,12 @@ mod tests {
             page.value("weft_requests_total", &[("destination", "c")]),
             0.0
         );
+        assert!(page.declares("weft_requests_total"));
+        assert!(
+            !page.declares("weft_requests"),
+            "a counter's samples end in _total"
+        );
+        assert!(!page.declares("weft_other_total"));
         assert!(
             MetricsPage::parse("weft_requests_total 1\n").is_err(),
             "no EOF"

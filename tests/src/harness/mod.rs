@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod app;
 pub mod binaries;
+pub mod browser;
 pub mod consul;
 pub mod eventually;
 pub mod fixtures;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
+pub mod otlp;
 pub mod ports;
 pub mod process;
 pub mod redis;

@@ -47,7 +47,16 @@ impl Sidecar {
             Some(port) => port,
             None => free_port()?,
         });
-        let outbound = loopback(free_port()?);
+        // An outbound port chosen by the caller (its app was told it).
+        let chosen_outbound = spec
+            .extra_args
+            .iter()
+            .position(|a| a == "--outbound")
+            .and_then(|i| spec.extra_args.get(i + 1))
+            .map(|addr| addr.parse::<SocketAddr>())
+            .transpose()
+            .context("--outbound in the sidecar's extra args")?;
+        let outbound = chosen_outbound.unwrap_or(loopback(free_port()?));
         let admin = loopback(free_port()?);
         let args = vec![
             "--service".to_owned(),
@@ -60,11 +69,14 @@ impl Sidecar {
             inbound.to_string(),
             "--app".to_owned(),
             loopback(spec.app_port).to_string(),
-            "--outbound".to_owned(),
-            outbound.to_string(),
             "--admin".to_owned(),
             admin.to_string(),
         ];
+        let args = if chosen_outbound.is_some() {
+            args
+        } else {
+            [args, vec!["--outbound".to_owned(), outbound.to_string()]].concat()
+        };
         let args = [args, spec.extra_args.clone()].concat();
         let process = Process::spawn_with_env(
             &format!("sidecar-{}", spec.instance),

@@ -1,0 +1,371 @@
+//! The Grafana dashboard and the Prometheus/Grafana provisioning of
+//! `deploy/observability`, checked against what Weft really serves: every
+//! series a panel queries is one a running sidecar or agent declares on
+//! its `/metrics` (so a renamed metric breaks this test, not an operator's
+//! dashboard), with the labels the panel selects and groups by; every
+//! datasource a panel names is provisioned; the compose file mounts the
+//! provisioning where Grafana reads it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, ensure};
+use serde_json::Value;
+use weft_e2e::harness::metrics::MetricsPage;
+use weft_e2e::{Call, Mesh, run};
+
+/// Labels Prometheus adds (`job`, `instance`, the scrape config's
+/// `service`) or that belong to histograms (`le`): not on Weft's pages.
+const SCRAPE_LABELS: &[&str] = &["job", "instance", "service", "le"];
+
+fn observability_dir() -> PathBuf {
+    // Invariant: this crate lives in <repo>/tests.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("deploy")
+        .join("observability")
+}
+
+fn dashboard() -> Value {
+    let path = observability_dir().join("grafana/dashboards/weft-mesh.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("{} is not JSON: {error}", path.display()))
+}
+
+/// Every PromQL expression of the dashboard: (where, expression).
+fn expressions(dashboard: &Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        let title = panel["title"].as_str().unwrap_or("?");
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                found.push((format!("panel {title:?}"), expr.to_owned()));
+            }
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            let name = variable["name"].as_str().unwrap_or("?");
+            found.push((format!("variable ${name}"), query.to_owned()));
+        }
+    }
+    found
+}
+
+/// What one expression asks of the pages: the series it names, the labels
+/// each selector matches on, and the labels it groups by.
+#[derive(Debug, Default)]
+struct Asks {
+    series: BTreeSet<String>,
+    selected: BTreeMap<String, BTreeSet<String>>,
+    grouped_by: BTreeSet<String>,
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// A small reading of PromQL, enough for the dashboard's own expressions:
+/// metric names are identifiers starting `weft_` or `process_`; a `{...}`
+/// after one holds its matchers; `by (...)` lists grouping labels.
+fn asks(expr: &str) -> Asks {
+    let mut asks = Asks::default();
+    let chars: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    let mut last_ident = String::new();
+    while i < chars.len() {
+        let c = chars[i];
+        if is_ident(c) && (i == 0 || !is_ident(chars[i - 1])) {
+            let start = i;
+            while i < chars.len() && is_ident(chars[i]) {
+                i += 1;
+            }
+            let ident: String = chars[start..i].iter().collect();
+            if ident.starts_with("weft_") || ident.starts_with("process_") {
+                asks.series.insert(ident.clone());
+            }
+            last_ident = ident;
+            continue;
+        }
+        if c == '{' || (c == '(' && matches!(last_ident.as_str(), "by" | "without")) {
+            let close = if c == '{' { '}' } else { ')' };
+            let end = chars[i..]
+                .iter()
+                .position(|&x| x == close)
+                .map_or(chars.len(), |offset| i + offset);
+            let body: String = chars[i + 1..end].iter().collect();
+            // Matcher values are quoted: drop them before reading names.
+            let unquoted: String = body.split('"').step_by(2).collect::<Vec<_>>().join("");
+            let names = unquoted
+                .split(',')
+                .map(|part| {
+                    part.split(['=', '!', '~'])
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned()
+                })
+                .filter(|name| !name.is_empty());
+            if c == '{' {
+                asks.selected
+                    .entry(last_ident.clone())
+                    .or_default()
+                    .extend(names);
+            } else {
+                asks.grouped_by.extend(names);
+            }
+            i = end + 1;
+            last_ident.clear();
+            continue;
+        }
+        if !c.is_whitespace() {
+            last_ident.clear();
+        }
+        i += 1;
+    }
+    asks
+}
+
+/// Problems with one expression against the pages a mesh served.
+fn check(origin: &str, expr: &str, pages: &[&MetricsPage], checked: &mut usize) -> Vec<String> {
+    let asks = asks(expr);
+    let mut problems = Vec::new();
+    if asks.series.is_empty() {
+        problems.push(format!("{origin}: `{expr}` names no Weft series"));
+    }
+    // The labels a series' samples carry, over every page.
+    let labels_of = |series: &str| -> Option<BTreeSet<String>> {
+        let samples: Vec<_> = pages.iter().flat_map(|page| page.named(series)).collect();
+        (!samples.is_empty()).then(|| {
+            samples
+                .iter()
+                .flat_map(|s| s.labels.keys().cloned())
+                .collect()
+        })
+    };
+    for series in &asks.series {
+        if !pages.iter().any(|page| page.declares(series)) {
+            problems.push(format!(
+                "{origin}: `{series}` is served by neither the sidecar nor the agent"
+            ));
+        }
+    }
+    for (series, labels) in &asks.selected {
+        let Some(have) = labels_of(series) else {
+            continue;
+        };
+        *checked += 1;
+        for label in labels {
+            if !SCRAPE_LABELS.contains(&label.as_str()) && !have.contains(label) {
+                problems.push(format!(
+                    "{origin}: `{series}` has no label `{label}` (it has {have:?})"
+                ));
+            }
+        }
+    }
+    let known: BTreeSet<String> = asks
+        .series
+        .iter()
+        .filter_map(|s| labels_of(s))
+        .flatten()
+        .collect();
+    if !known.is_empty() {
+        for label in &asks.grouped_by {
+            if !SCRAPE_LABELS.contains(&label.as_str()) && !known.contains(label) {
+                problems.push(format!(
+                    "{origin}: groups by `{label}`, which none of {:?} has",
+                    asks.series
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_promql_reader_finds_series_matchers_and_groupings() {
+    let asks = asks(
+        r#"histogram_quantile(0.99, sum by (le, service, destination) (rate(weft_request_duration_seconds_bucket{direction="outbound", destination=~"a,b"}[5m]))) / sum(process_open_fds)"#,
+    );
+    assert_eq!(
+        asks.series,
+        BTreeSet::from([
+            "weft_request_duration_seconds_bucket".to_owned(),
+            "process_open_fds".to_owned()
+        ])
+    );
+    assert_eq!(
+        asks.selected["weft_request_duration_seconds_bucket"],
+        BTreeSet::from(["direction".to_owned(), "destination".to_owned()])
+    );
+    assert_eq!(
+        asks.grouped_by,
+        BTreeSet::from([
+            "le".to_owned(),
+            "service".to_owned(),
+            "destination".to_owned()
+        ])
+    );
+}
+
+#[test]
+fn every_series_the_dashboard_queries_is_served_by_a_running_sidecar_or_agent() {
+    run(|ctx| async move {
+        let mesh = Mesh::start(&ctx).await?;
+        let (_users, client) = mesh.users_and_client().await?;
+        // Traffic, so that the per-destination series have samples whose
+        // labels can be checked.
+        for path in ["/", "/status/503"] {
+            mesh.http
+                .call(client.sidecar.outbound, Call::get("users", path))
+                .await?;
+        }
+        let sidecar = client.sidecar.metrics().await?;
+        let agent = mesh.agent.metrics().await?;
+        let dashboard = dashboard();
+        let expressions = expressions(&dashboard);
+        ensure!(
+            expressions.len() >= 20,
+            "only {} expressions in the dashboard",
+            expressions.len()
+        );
+        let mut problems = Vec::new();
+        let mut checked = 0;
+        for (origin, expr) in &expressions {
+            problems.extend(check(origin, expr, &[&sidecar, &agent], &mut checked));
+        }
+        ensure!(
+            problems.is_empty(),
+            "the dashboard asks for what Weft does not serve:\n  {}",
+            problems.join("\n  ")
+        );
+        ensure!(
+            checked >= 10,
+            "only {checked} selectors had samples to check their labels against"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn grafana_provisioning_names_every_datasource_the_dashboard_uses() -> anyhow::Result<()> {
+    let dir = observability_dir();
+    let read_yaml = |path: PathBuf| -> anyhow::Result<serde_yaml::Value> {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))
+    };
+    let datasources = read_yaml(dir.join("grafana/provisioning/datasources/weft.yml"))?;
+    let uids: BTreeSet<&str> = datasources["datasources"]
+        .as_sequence()
+        .context("datasources: not a list")?
+        .iter()
+        .filter_map(|ds| ds["uid"].as_str())
+        .collect();
+    ensure!(
+        uids.contains("weft-prometheus") && uids.contains("weft-jaeger"),
+        "provisioned datasources: {uids:?}"
+    );
+    // Exemplars lead to Jaeger: the Prometheus datasource links trace ids there.
+    let prometheus = datasources["datasources"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|ds| ds["uid"].as_str() == Some("weft-prometheus"))
+        .context("no weft-prometheus datasource")?;
+    ensure!(
+        prometheus["jsonData"]["exemplarTraceIdDestinations"][0]["datasourceUid"].as_str()
+            == Some("weft-jaeger"),
+        "exemplars of the Prometheus datasource do not link to Jaeger"
+    );
+
+    let dashboard = dashboard();
+    let mut problems = Vec::new();
+    let mut ids = BTreeSet::new();
+    let mut exemplar_panels = 0;
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        let title = panel["title"].as_str().unwrap_or("?");
+        if let Some(id) = panel["id"].as_u64()
+            && !ids.insert(id)
+        {
+            problems.push(format!("panel {title:?}: id {id} used twice"));
+        }
+        let mut used = vec![&panel["datasource"]];
+        used.extend(
+            panel["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| &t["datasource"]),
+        );
+        for ds in used {
+            if let Some(uid) = ds["uid"].as_str()
+                && !uids.contains(uid)
+            {
+                problems.push(format!(
+                    "panel {title:?}: datasource {uid:?} is not provisioned"
+                ));
+            }
+        }
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if target["exemplar"] == Value::Bool(true) {
+                exemplar_panels += 1;
+                if !target["expr"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("_bucket")
+                {
+                    problems.push(format!(
+                        "panel {title:?}: exemplars on a query that is not a histogram"
+                    ));
+                }
+            }
+        }
+    }
+    if exemplar_panels == 0 {
+        problems.push("no latency panel shows exemplars (trace ids)".to_owned());
+    }
+
+    // The provider reads the directory compose mounts the dashboards in.
+    let provider = read_yaml(dir.join("grafana/provisioning/dashboards/weft.yml"))?;
+    let path = provider["providers"][0]["options"]["path"]
+        .as_str()
+        .context("dashboard provider without options.path")?
+        .to_owned();
+    let compose_path = dir.join("../compose/docker-compose.yml");
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&compose_path)?)?;
+    let volumes: Vec<&str> = compose["services"]["grafana"]["volumes"]
+        .as_sequence()
+        .context("compose: grafana has no volumes")?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let mounted = |source: &str, target: &str| {
+        volumes.iter().any(|v| {
+            let mut parts = v.split(':');
+            parts.next() == Some(source) && parts.next() == Some(target)
+        })
+    };
+    if !mounted("../observability/grafana/dashboards", &path) {
+        problems.push(format!(
+            "compose does not mount the dashboards at {path} ({volumes:?})"
+        ));
+    }
+    if !mounted(
+        "../observability/grafana/provisioning",
+        "/etc/grafana/provisioning",
+    ) {
+        problems.push(format!(
+            "compose does not mount the provisioning ({volumes:?})"
+        ));
+    }
+    ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
