@@ -3,6 +3,10 @@
 //! error), or (gRPC answers only) the upstream's body watched for the
 //! trailers that say how the call ended. An enum instead of `Box<dyn Body>` keeps the hot path free of a
 //! per-request allocation and of dynamic dispatch per frame.
+//!
+//! Both directions carry an optional [`SizeMeter`] beside the body (set by
+//! the metrics layer): a local byte count per data frame, recorded once
+//! when the body is dropped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,11 +15,60 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::breaker::grpc::GrpcOutcomeBody;
+use crate::metrics::sizes::SizeMeter;
 use crate::upstream::ResponseBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub enum ProxyBody {
+/// A body and, once the metrics layer has seen it, the meter that counts
+/// the bytes passing through it.
+pub struct Metered<B> {
+    pub kind: B,
+    meter: Option<SizeMeter>,
+}
+
+impl<B> Metered<B> {
+    /// Counts the bytes passing from here on with `meter`.
+    pub fn set_meter(&mut self, meter: SizeMeter) {
+        self.meter = Some(meter);
+    }
+}
+
+impl<B> From<B> for Metered<B> {
+    fn from(kind: B) -> Self {
+        Self { kind, meter: None }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Metered<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.kind).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(meter)) = (&polled, &mut this.meter) {
+            meter.count(frame);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.kind.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.kind.size_hint()
+    }
+}
+
+/// A response body: what it is, and its meter.
+pub type ProxyBody = Metered<ProxyBodyKind>;
+
+pub enum ProxyBodyKind {
     /// Streamed from an HTTP/2 upstream (hyper's client).
     Http2(Incoming),
     /// Streamed from a pooled HTTP/1.1 connection, which goes back to its
@@ -31,15 +84,27 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     pub fn full(bytes: Bytes) -> Self {
-        Self::Full(Some(bytes))
+        ProxyBodyKind::Full(Some(bytes)).into()
     }
 
     pub fn empty() -> Self {
-        Self::Full(None)
+        ProxyBodyKind::Full(None).into()
     }
 }
 
-impl Body for ProxyBody {
+impl From<Incoming> for ProxyBody {
+    fn from(body: Incoming) -> Self {
+        ProxyBodyKind::Http2(body).into()
+    }
+}
+
+impl From<ResponseBody> for ProxyBody {
+    fn from(body: ResponseBody) -> Self {
+        ProxyBodyKind::Http1(body).into()
+    }
+}
+
+impl Body for ProxyBodyKind {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -82,7 +147,7 @@ impl Body for ProxyBody {
 /// frame and no allocation.
 pub enum RequestBody {
     /// The caller's body, streamed through untouched.
-    Streaming(Incoming),
+    Streaming(ReceivedBody),
     /// A whole body in memory, sent as it is (a retriable request's; each
     /// try gets its own cheap clone of the bytes).
     Buffered(BufferedBody),
@@ -105,12 +170,15 @@ pub struct BufferedBody {
 /// See [`RequestBody::Prefixed`].
 pub struct PrefixedBody {
     pub head: Option<Bytes>,
-    pub rest: Incoming,
+    pub rest: ReceivedBody,
 }
+
+/// The caller's body as hyper received it, with the meter that counts it.
+pub type ReceivedBody = Metered<Incoming>;
 
 impl From<Incoming> for RequestBody {
     fn from(body: Incoming) -> Self {
-        Self::Streaming(body)
+        Self::Streaming(body.into())
     }
 }
 
@@ -176,11 +244,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_request_body_is_no_larger_than_the_callers_body() {
+    fn the_request_body_is_no_larger_than_the_callers_body_and_its_meter() {
         // Every request's future holds one: a larger enum would cost every
         // request a longer copy, retries or not.
         assert!(
-            std::mem::size_of::<RequestBody>() <= std::mem::size_of::<Incoming>() + 8,
+            std::mem::size_of::<RequestBody>()
+                <= std::mem::size_of::<Incoming>() + std::mem::size_of::<Option<SizeMeter>>() + 8,
             "{} bytes",
             std::mem::size_of::<RequestBody>()
         );

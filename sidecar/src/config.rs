@@ -78,6 +78,10 @@ pub struct Settings {
     pub identity_source: IdentitySource,
     /// Timeouts and limits of the data path.
     pub proxy: ProxySettings,
+    /// One JSON line per request (`--access-log stdout|PATH`,
+    /// `WEFT_ACCESS_LOG`; sampled by `--access-log-sampling`,
+    /// `WEFT_ACCESS_LOG_SAMPLING`, default 1). `None` (the default): off.
+    pub access_log: Option<crate::access_log::AccessLogSettings>,
     /// Span export and sampling (`--otlp-endpoint`, `--otlp-protocol`,
     /// `--trace-sampling`, else the standard `OTEL_*` variables). Off
     /// without an endpoint; trace headers are propagated either way.
@@ -187,6 +191,7 @@ impl Settings {
             tcp_upstreams: Vec::new(),
             identity_source: IdentitySource::Weft,
             proxy: ProxySettings::default(),
+            access_log: None,
             tracing: crate::trace::TraceSettings::default(),
         }
     }
@@ -263,6 +268,8 @@ impl Settings {
             d if d.is_zero() => Err("must be greater than 0".into()),
             d => Ok(d),
         });
+        let access_log_target = r.get("access_log", parse_access_log_target);
+        let access_log_sampling = r.get("access_log_sampling", crate::trace::sampler::parse_ratio);
         let otlp_endpoint = r.get("otlp_endpoint", crate::trace::settings::parse_endpoint);
         let otlp_protocol = r.get("otlp_protocol", crate::trace::settings::parse_protocol);
         let trace_sampling = r.get("trace_sampling", crate::trace::sampler::parse_ratio);
@@ -315,6 +322,12 @@ impl Settings {
                 f.flag, f.env
             ));
         }
+        if access_log_sampling.is_some() && r.raw("access_log").is_none() {
+            r.errors.push(
+                "--access-log-sampling / WEFT_ACCESS_LOG_SAMPLING: needs --access-log (stdout or a file path)"
+                    .into(),
+            );
+        }
         if !r.errors.is_empty() {
             return Err(ConfigError { errors: r.errors });
         }
@@ -352,6 +365,12 @@ impl Settings {
                 tcp_idle_timeout: tcp_idle_timeout.unwrap_or(defaults.tcp_idle_timeout),
                 ..defaults
             },
+            access_log: access_log_target.map(|target| crate::access_log::AccessLogSettings {
+                target,
+                // Every request unless told otherwise: a log asked for is
+                // a log of everything, sampling is an explicit trade.
+                sampling: access_log_sampling.unwrap_or(1.0),
+            }),
             tracing,
         })
     }
@@ -438,6 +457,12 @@ pub struct Flags {
     /// Consul ACL token with service:write on the service, for --identity-source consul [env: WEFT_CONSUL_TOKEN, else CONSUL_HTTP_TOKEN].
     #[arg(long)]
     pub consul_token: Option<String>,
+    /// JSON access log, one line per request: stdout or a file path [env: WEFT_ACCESS_LOG] [default: off].
+    #[arg(long)]
+    pub access_log: Option<String>,
+    /// Share of successful requests the access log keeps, 0 to 1; failures are always logged [env: WEFT_ACCESS_LOG_SAMPLING] [default: 1].
+    #[arg(long)]
+    pub access_log_sampling: Option<String>,
     /// Send spans here by OTLP, http://HOST:PORT; turns tracing on [env: WEFT_OTLP_ENDPOINT, else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
@@ -453,7 +478,7 @@ impl Flags {
     fn values(&self) -> BTreeMap<&'static str, String> {
         // Repeated flags are one comma-separated list, as in the env.
         let tcp_upstream = (!self.tcp_upstream.is_empty()).then(|| self.tcp_upstream.join(","));
-        let pairs: [(&'static str, &Option<String>); 23] = [
+        let pairs: [(&'static str, &Option<String>); 25] = [
             ("service", &self.service),
             ("discovery", &self.discovery),
             ("inbound", &self.inbound),
@@ -474,6 +499,8 @@ impl Flags {
             ("identity_source", &self.identity_source),
             ("consul", &self.consul),
             ("consul_token", &self.consul_token),
+            ("access_log", &self.access_log),
+            ("access_log_sampling", &self.access_log_sampling),
             ("otlp_endpoint", &self.otlp_endpoint),
             ("otlp_protocol", &self.otlp_protocol),
             ("trace_sampling", &self.trace_sampling),
@@ -556,6 +583,12 @@ const FIELDS: &[Field] = &[
         fallback_env: Some("CONSUL_HTTP_TOKEN"),
         ..field("consul_token", "--consul-token", "WEFT_CONSUL_TOKEN")
     },
+    field("access_log", "--access-log", "WEFT_ACCESS_LOG"),
+    field(
+        "access_log_sampling",
+        "--access-log-sampling",
+        "WEFT_ACCESS_LOG_SAMPLING",
+    ),
     // Their OTEL_* fallbacks (several, with the spec's rules) are read by
     // `crate::trace::TraceSettings::resolve`.
     field("otlp_endpoint", "--otlp-endpoint", "WEFT_OTLP_ENDPOINT"),
@@ -729,6 +762,15 @@ fn parse_tcp_upstreams(s: &str) -> Result<Vec<TcpUpstream>, String> {
         out.push(TcpUpstream { service, listen });
     }
     Ok(out)
+}
+
+/// `stdout`, or the path of a file to append to.
+fn parse_access_log_target(s: &str) -> Result<crate::access_log::Target, String> {
+    match s {
+        "" => Err("expected stdout or a file path".into()),
+        "stdout" | "-" => Ok(crate::access_log::Target::Stdout),
+        path => Ok(crate::access_log::Target::File(PathBuf::from(path))),
+    }
 }
 
 /// `weft` or `consul`; true for consul.

@@ -21,6 +21,7 @@
 //! returns a [`Running`] sidecar with its addresses and a [`ShutdownHandle`].
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod authn;
 pub mod authz;
@@ -184,6 +185,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         upgrade_idle_timeout: settings.proxy.tcp_idle_timeout,
     };
     let mut listeners = Vec::new();
+    if let Some(access_log) = &settings.access_log {
+        access_log::install(access_log, &settings.service)?;
+    }
 
     // Mesh identity first: without it the inbound listener could not
     // accept mTLS. Waits while the agent is unreachable; a refusal (bad

@@ -152,7 +152,7 @@ impl<S: HttpStack> hyper::service::Service<Request<Incoming>> for ConnService<S>
         tower::Service::call(
             &mut self.stack.clone(),
             ProxyRequest {
-                http: req.map(RequestBody::Streaming),
+                http: req.map(RequestBody::from),
                 ctx,
             },
         )

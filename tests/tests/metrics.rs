@@ -110,6 +110,207 @@ fn metrics_count_known_traffic_per_direction_destination_method_and_status_class
     });
 }
 
+/// `page[name]{labels}` minus `before[name]{labels}`.
+fn delta(before: &MetricsPage, after: &MetricsPage, name: &str, labels: &[(&str, &str)]) -> f64 {
+    after.value(name, labels) - before.value(name, labels)
+}
+
+/// A trace id the sidecars must carry into the latency buckets as an
+/// exemplar (sampled flag set).
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[test]
+fn sizes_routes_refusals_without_a_destination_and_trace_exemplars_show_after_known_traffic() {
+    run(|ctx| async move {
+        let mesh = Mesh::start(&ctx).await?;
+        let (users, client) = mesh.users_and_client().await?;
+        // A named route, an unnamed one, and nothing for other paths.
+        mesh.put_document(
+            "routes/users",
+            &json!({ "routes": [
+                { "name": "api", "match": { "path_prefix": "/api/" }, "destination": "users",
+                  "response_headers": { "set": { "x-route": "api" } } },
+                { "match": { "path_prefix": "/open/" }, "destination": "users" } ] }),
+        )
+        .await?;
+        let outbound = client.sidecar.outbound;
+        eventually(SETUP_TIMEOUT, "the named route serves /api/", || async {
+            let reply = mesh
+                .http
+                .call(outbound, Call::get("users", "/api/ready"))
+                .await?;
+            ensure!(
+                reply.headers.contains_key("x-route"),
+                "not yet: {}",
+                reply.status
+            );
+            Ok(())
+        })
+        .await?;
+        let before = client.sidecar.metrics().await?;
+        let in_before = users.sidecar.metrics().await?;
+
+        let body = "x".repeat(100);
+        let mut sent_back = 0;
+        for _ in 0..4 {
+            let reply = mesh
+                .http
+                .call(outbound, Call::get("users", "/api/items").post(&body))
+                .await?;
+            ensure!(reply.status == 200, "{}", reply.status);
+            sent_back += reply.body.len();
+        }
+        for _ in 0..3 {
+            let reply = mesh
+                .http
+                .call(outbound, Call::get("users", "/open/x"))
+                .await?;
+            ensure!(reply.status == 200, "{}", reply.status);
+            sent_back += reply.body.len();
+        }
+        for _ in 0..2 {
+            let reply = mesh
+                .http
+                .call(outbound, Call::get("users", "/nowhere"))
+                .await?;
+            ensure!(
+                reply.weft_error() == Some("no-route"),
+                "{:?}",
+                reply.weft_error()
+            );
+        }
+
+        // Bodies count when the sidecar drops them, a moment after the
+        // client has read the last byte.
+        let counted = || async {
+            let after = client.sidecar.metrics().await?;
+            let in_after = users.sidecar.metrics().await?;
+            let out_users = [("direction", "outbound"), ("destination", "users")];
+            let route = |name, class| {
+                delta(
+                    &before,
+                    &after,
+                    "weft_route_requests_total",
+                    &[
+                        ("destination", "users"),
+                        ("route", name),
+                        ("status_class", class),
+                    ],
+                )
+            };
+            ensure!(
+                (route("api", "2xx"), route("", "2xx")) == (4.0, 3.0),
+                "by route: api {}, unnamed {} (want 4, 3)",
+                route("api", "2xx"),
+                route("", "2xx")
+            );
+            // Refused before any destination: counted with destination "".
+            let unrouted = [("direction", "outbound"), ("destination", "")];
+            let no_route = [("destination", ""), ("cause", "no-route")];
+            ensure!(
+                delta(
+                    &before,
+                    &after,
+                    REQUESTS,
+                    &[unrouted[0], unrouted[1], ("status_class", "4xx")]
+                ) == 2.0
+                    && delta(&before, &after, "weft_refusals_total", &no_route) == 2.0,
+                "the no-route answers are not counted: {:?}",
+                after
+                    .samples
+                    .iter()
+                    .filter(|s| s.labels.get("destination").is_some_and(|d| d.is_empty()))
+                    .collect::<Vec<_>>()
+            );
+            // Sizes, both sides: 4 bodies of 100 bytes (64 < 100 <= 256) and 3
+            // empty ones; the response bytes are exactly what the client read.
+            for (side, page_before, page_after) in [
+                ("outbound", &before, &after),
+                ("inbound", &in_before, &in_after),
+            ] {
+                let labels = |le| [("direction", side), ("destination", "users"), ("le", le)];
+                let requests = |name: &str, le| delta(page_before, page_after, name, &labels(le));
+                let received = "weft_request_size_bytes_bucket";
+                ensure!(
+                    (
+                        requests(received, "0.0"),
+                        requests(received, "64.0"),
+                        requests(received, "256.0")
+                    ) == (3.0, 3.0, 7.0),
+                    "{side}: request size buckets 0 {}, 64 {}, 256 {} (want 3, 3, 7)",
+                    requests(received, "0.0"),
+                    requests(received, "64.0"),
+                    requests(received, "256.0")
+                );
+                let sums = |name: &str| {
+                    delta(
+                        page_before,
+                        page_after,
+                        name,
+                        &[("direction", side), ("destination", "users")],
+                    )
+                };
+                ensure!(
+                    sums("weft_request_size_bytes_sum") == 400.0
+                        && sums("weft_request_size_bytes_count") == 7.0
+                        && sums("weft_response_size_bytes_count") == 7.0
+                        && sums("weft_response_size_bytes_sum") == sent_back as f64,
+                    "{side}: request bytes {} in {}, response bytes {} in {} (want 400 in 7, {sent_back} in 7)",
+                    sums("weft_request_size_bytes_sum"),
+                    sums("weft_request_size_bytes_count"),
+                    sums("weft_response_size_bytes_sum"),
+                    sums("weft_response_size_bytes_count")
+                );
+            }
+            ensure!(
+                after.value(DURATION_COUNT, &out_users) - before.value(DURATION_COUNT, &out_users)
+                    == 7.0,
+                "7 latencies to users"
+            );
+            Ok(())
+        };
+        eventually(SETUP_TIMEOUT, "the traffic shows in /metrics", counted).await?;
+
+        // A sampled trace's id lands on a latency bucket as its exemplar
+        // (one per bucket per second: other traced traffic in the same
+        // second may take the bucket first, so ask until it shows).
+        eventually(
+            SETUP_TIMEOUT,
+            "the trace id shows as an exemplar",
+            || async {
+                let headers = [("traceparent", TRACEPARENT)];
+                mesh.http
+                    .call(
+                        outbound,
+                        Call::get("users", "/api/traced").headers(&headers),
+                    )
+                    .await?;
+                for (side, sidecar) in [("outbound", &client.sidecar), ("inbound", &users.sidecar)]
+                {
+                    let page = sidecar.metrics().await?;
+                    let exemplar = page
+                        .named(DURATION_BUCKET)
+                        .filter(|s| s.labels.get("direction").is_some_and(|d| d == side))
+                        .filter_map(|s| s.exemplar.as_ref().map(|e| (s, e)))
+                        .find(|(_, e)| e.labels.get("trace_id").is_some_and(|t| t == TRACE_ID));
+                    let Some((bucket, e)) = exemplar else {
+                        anyhow::bail!("{side}: no exemplar with the trace id yet");
+                    };
+                    let le = bucket.labels["le"].parse::<f64>().unwrap_or(f64::INFINITY);
+                    ensure!(
+                        e.value <= le && e.timestamp.is_some(),
+                        "{side}: exemplar {e:?} does not fit its bucket {le}"
+                    );
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(())
+    });
+}
+
 #[test]
 fn breaker_trips_overflows_and_the_process_show_in_their_series() {
     run(|ctx| async move {

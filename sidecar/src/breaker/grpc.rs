@@ -23,7 +23,7 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::Outcome;
 use super::outcome::Pending;
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, ProxyBodyKind};
 use crate::proxy::ProxyResponse;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -105,12 +105,17 @@ pub fn as_http_status(code: u32) -> u16 {
 pub fn settle_on_trailers(response: &mut ProxyResponse, observer: Box<dyn Pending>) {
     let status = response.status().as_u16();
     let body = std::mem::replace(response.body_mut(), ProxyBody::empty());
-    *response.body_mut() = match body {
-        ProxyBody::Grpc(mut watched) => {
+    *response.body_mut() = match body.kind {
+        ProxyBodyKind::Grpc(mut watched) => {
             watched.observers.push(observer);
-            ProxyBody::Grpc(watched)
+            ProxyBodyKind::Grpc(watched).into()
         }
-        other => ProxyBody::Grpc(Box::new(GrpcOutcomeBody::new(other, status, observer))),
+        other => ProxyBodyKind::Grpc(Box::new(GrpcOutcomeBody::new(
+            other.into(),
+            status,
+            observer,
+        )))
+        .into(),
     };
 }
 
@@ -336,7 +341,7 @@ mod tests {
         settle_on_trailers(&mut response, Box::new(balancer.clone()));
         settle_on_trailers(&mut response, Box::new(breaker.clone()));
         assert!(
-            matches!(response.body(), ProxyBody::Grpc(b) if b.observers.len() == 2),
+            matches!(&response.body().kind, ProxyBodyKind::Grpc(b) if b.observers.len() == 2),
             "one wrapper for both"
         );
         let _ = response.into_body().collect().await;

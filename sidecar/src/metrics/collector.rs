@@ -14,9 +14,12 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Unit;
 
-use crate::table::cluster::ClusterShared;
+use super::histogram::SizeSnapshot;
+use super::requests::RequestStats;
+use super::unrouted::UNROUTED;
 use crate::table::{Cluster, RoutingTable};
 
+#[derive(Clone)]
 pub struct SidecarCollector {
     pub table: Arc<ArcSwap<RoutingTable>>,
     /// The local app's cluster (inbound requests).
@@ -37,24 +40,59 @@ impl fmt::Debug for SidecarCollector {
     }
 }
 
+impl SidecarCollector {
+    /// Every destination's stats in `table` (sorted), then the local app's.
+    fn rows<'a>(&'a self, table: &'a RoutingTable) -> Vec<Row<'a>> {
+        let mut outbound: Vec<(&str, &RequestStats)> = table
+            .clusters
+            .iter()
+            .map(|(name, c)| (&**name, &c.shared.requests))
+            .collect();
+        outbound.sort_by_key(|(name, _)| *name);
+        outbound
+            .into_iter()
+            .map(|(name, stats)| ("outbound", name, stats))
+            .chain([("inbound", &*self.service, &self.inbound.shared.requests)])
+            .collect()
+    }
+
+    /// `weft_request_duration_seconds`, with its exemplars (see
+    /// [`super::exposition`]).
+    pub fn encode_durations(&self, out: &mut String) -> Result<(), fmt::Error> {
+        let table = self.table.load();
+        let name = "weft_request_duration_seconds";
+        super::exposition::histogram_header(
+            out,
+            name,
+            "Time from the request to its response head, by direction and destination \
+             service; exemplars carry the trace id of a sampled request in the bucket.",
+            "seconds",
+        )?;
+        for (direction, destination, stats) in self.rows(&table) {
+            let h = stats.duration.snapshot();
+            if h.count == 0 {
+                continue;
+            }
+            let labels = [("direction", direction), ("destination", destination)];
+            let exemplars: Vec<_> = stats.duration.exemplars().collect();
+            super::exposition::histogram(out, name, &labels, &h, &exemplars)?;
+        }
+        Ok(())
+    }
+}
+
 impl Collector for SidecarCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let table = self.table.load();
-        let mut outbound: Vec<(&str, &ClusterShared)> = table
-            .clusters
-            .iter()
-            .map(|(name, c)| (&**name, &*c.shared))
-            .collect();
-        outbound.sort_by_key(|(name, _)| *name);
-        let all = outbound
-            .into_iter()
-            .map(|(name, shared)| ("outbound", name, shared))
-            .chain([("inbound", &*self.service, &*self.inbound.shared)]);
-        let all: Vec<Row<'_>> = all.collect();
+        let mut all = self.rows(&table);
+        // Refused before a destination was known (outbound only).
+        let unrouted: &RequestStats = &UNROUTED;
+        all.push(("outbound", "", unrouted));
 
         encode_requests(&mut encoder, &all)?;
         encode_refusals(&mut encoder, &all)?;
-        encode_durations(&mut encoder, &all)?;
+        encode_routes(&mut encoder, &all)?;
+        encode_sizes(&mut encoder, &all)?;
         let mut destinations: Vec<super::clusters::Destination<'_>> = table
             .clusters
             .iter()
@@ -77,12 +115,13 @@ impl Collector for SidecarCollector {
             super::config::encode(&mut encoder, xds)?;
         }
         super::tls::HANDSHAKE_FAILURES.encode(&mut encoder)?;
+        encode_access_log(&mut encoder)?;
         super::process::encode(&mut encoder)
     }
 }
 
 /// `(direction, destination, its stats)` of every cluster in one scrape.
-type Row<'a> = (&'static str, &'a str, &'a ClusterShared);
+type Row<'a> = (&'static str, &'a str, &'a RequestStats);
 
 fn encode_requests(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(), fmt::Error> {
     let mut requests = encoder.encode_descriptor(
@@ -91,8 +130,8 @@ fn encode_requests(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(
         None,
         MetricType::Counter,
     )?;
-    for (direction, destination, shared) in all {
-        for (method, class, count) in shared.requests.counts() {
+    for (direction, destination, stats) in all {
+        for (method, class, count) in stats.counts() {
             let labels = [
                 ("direction", *direction),
                 ("destination", *destination),
@@ -114,8 +153,8 @@ fn encode_refusals(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(
         None,
         MetricType::Counter,
     )?;
-    for (direction, destination, shared) in all {
-        for (cause, count) in shared.requests.refusals() {
+    for (direction, destination, stats) in all {
+        for (cause, count) in stats.refusals() {
             let labels = [
                 ("direction", *direction),
                 ("destination", *destination),
@@ -127,22 +166,77 @@ fn encode_refusals(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(
     Ok(())
 }
 
-fn encode_durations(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(), fmt::Error> {
-    let mut durations = encoder.encode_descriptor(
-        "weft_request_duration",
-        "Time from the request to its response head, by direction and destination service.",
-        Some(&Unit::Seconds),
-        MetricType::Histogram,
+fn encode_routes(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(), fmt::Error> {
+    let mut routes = encoder.encode_descriptor(
+        "weft_route_requests",
+        "Outbound requests answered, by destination service, route name (from the config; \
+         \"\" for an unnamed route) and status class.",
+        None,
+        MetricType::Counter,
     )?;
-    for (direction, destination, shared) in all {
-        let h = shared.requests.duration.snapshot();
-        if h.count == 0 {
-            continue;
+    for (direction, destination, stats) in all {
+        for (route, class, count) in stats.routes.counts() {
+            let labels = [
+                ("direction", *direction),
+                ("destination", *destination),
+                ("route", route),
+                ("status_class", class),
+            ];
+            ConstCounter::new(count).encode(routes.encode_family(&labels)?)?;
         }
-        let labels = [("direction", *direction), ("destination", *destination)];
-        durations
-            .encode_family(&labels)?
-            .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)?;
+    }
+    Ok(())
+}
+
+fn encode_sizes(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(), fmt::Error> {
+    type Read = fn(&RequestStats) -> SizeSnapshot;
+    let families: [(&str, &str, Read); 2] = [
+        (
+            "weft_request_size",
+            "Request body bytes received from the caller, by direction and destination service.",
+            |s| s.request_size.snapshot(),
+        ),
+        (
+            "weft_response_size",
+            "Response body bytes sent to the caller, by direction and destination service.",
+            |s| s.response_size.snapshot(),
+        ),
+    ];
+    for (name, help, read) in families {
+        let mut family =
+            encoder.encode_descriptor(name, help, Some(&Unit::Bytes), MetricType::Histogram)?;
+        for (direction, destination, stats) in all {
+            let h = read(stats);
+            if h.count == 0 {
+                continue;
+            }
+            let labels = [("direction", *direction), ("destination", *destination)];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(h.sum_bytes, h.count, &h.buckets, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn encode_access_log(encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    if crate::access_log::installed().is_none() {
+        return Ok(());
+    }
+    for (name, help, count) in [
+        (
+            "weft_access_log_lines",
+            "Access log lines handed to the writer.",
+            &crate::access_log::QUEUED,
+        ),
+        (
+            "weft_access_log_dropped",
+            "Access log lines dropped because the writer's queue was full.",
+            &crate::access_log::DROPPED,
+        ),
+    ] {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(count.load(std::sync::atomic::Ordering::Relaxed)).encode(metric)?;
     }
     Ok(())
 }

@@ -1,21 +1,31 @@
-//! The `metrics` tower layer: counts each request and its time to the
-//! response head, by method and status class, in the stats of its
+//! The `metrics` tower layer: the one place a request's start and answer
+//! are observed. It counts each request and its time to the response head,
+//! by method and status class (and route, outbound), in the stats of its
 //! destination (outbound: the cluster `split` chose; inbound: the local
-//! app). An error answer counts with the status it becomes, and the
-//! sidecar's own refusals also by cause (`x-weft-error`: denied,
-//! jwt-expired, rate-limited, circuit-open, ...); a request abandoned
-//! before its answer (the caller went away) is not counted.
+//! app), with the request's trace id as the latency bucket's exemplar; it
+//! puts size meters on both bodies; and, when the access log is on, it
+//! starts the request's [`Record`]. An error answer counts with the status
+//! it becomes, and the sidecar's own refusals also by cause
+//! (`x-weft-error`: denied, jwt-expired, rate-limited, circuit-open, ...);
+//! a request abandoned before its answer (the caller went away) is not
+//! counted. Requests refused before a destination is known are counted by
+//! [`super::unrouted`].
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
+use hyper::body::Body as _;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::requests::{cause_index, method_index};
-use crate::error::{ERROR_HEADER, ProxyError};
+use super::requests::{CAUSES, cause_index, method_index};
+use super::sizes::{Side, Sink, SizeMeter};
+use super::trace_context::TraceContext;
+use crate::access_log::{self, Outcome, Record};
+use crate::body::{ProxyBodyKind, RequestBody};
+use crate::error::{ATTEMPTS_HEADER, ERROR_HEADER, ProxyError};
 use crate::proxy::{ProxyRequest, ProxyResponse};
 use crate::table::cluster::ClusterShared;
 
@@ -66,6 +76,21 @@ pub struct RequestMetrics<S> {
     inner: S,
 }
 
+/// What the answer is counted against: the destination's stats (through
+/// the access-log record when there is one) and, for a routed request,
+/// its route's slot there. Small: every request's future holds one.
+struct Observed {
+    sink: Sink,
+    /// The trace id of a sampled request (0: none), as two words: an
+    /// exemplar should lead to a recorded trace.
+    trace: [u64; 2],
+    route_slot: u8,
+    method: u8,
+}
+
+/// `route_slot` of a request counted by no route.
+const NO_ROUTE_SLOT: u8 = u8::MAX;
+
 impl<S> Service<ProxyRequest> for RequestMetrics<S>
 where
     S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
@@ -78,27 +103,83 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
         let stats = match &self.of {
             StatsOf::Destination => req.ctx.cluster.as_ref().map(|c| c.shared.clone()),
             StatsOf::Fixed(app) => Some(app.clone()),
         };
-        let method = method_index(req.http.method());
+        let observed = stats.map(|stats| {
+            let route_slot = req
+                .ctx
+                .route
+                .as_ref()
+                .and_then(|r| stats.requests.routes.slot(&r.route().name))
+                .and_then(|slot| u8::try_from(slot).ok())
+                .unwrap_or(NO_ROUTE_SLOT);
+            let trace = TraceContext::of(req.http.headers())
+                .filter(|t| t.sampled)
+                .map_or(0, |t| t.trace_id);
+            let sink = match access_log::installed() {
+                None => Sink::Stats(stats),
+                Some(log) => {
+                    let name = req.ctx.cluster.as_ref().map(|c| c.name.clone());
+                    let record = Arc::new(Record::new(log, &req, name, Some(stats)));
+                    req.ctx.access_log = Some(record.clone());
+                    Sink::Logged(record)
+                }
+            };
+            meter_request(&mut req, &sink);
+            Observed {
+                sink,
+                trace: [(trace >> 64) as u64, trace as u64],
+                route_slot,
+                // METHODS has 10 entries.
+                method: method_index(req.http.method()) as u8,
+            }
+        });
         Counted {
             inner: self.inner.call(req),
-            stats,
-            method,
+            observed,
             start: Instant::now(),
         }
     }
+}
+
+/// A body still to come gets a meter; an empty one counts at once.
+fn meter_request(req: &mut ProxyRequest, sink: &Sink) {
+    match req.http.body_mut() {
+        RequestBody::Streaming(body) if !body.is_end_stream() => {
+            body.set_meter(SizeMeter::new(Side::Request, sink.clone()));
+        }
+        _ => sink.record(Side::Request, 0),
+    }
+}
+
+/// The response body's meter; a body known in full counts at once.
+fn meter_response(response: &mut ProxyResponse, sink: &Sink) {
+    let body = response.body_mut();
+    let whole = match &body.kind {
+        _ if body.is_end_stream() => Some(0),
+        ProxyBodyKind::Full(Some(bytes)) => Some(bytes.len() as u64),
+        _ => None,
+    };
+    match whole {
+        Some(bytes) => sink.record(Side::Response, bytes),
+        None => body.set_meter(SizeMeter::new(Side::Response, sink.clone())),
+    }
+}
+
+/// Seconds on a monotonic clock: exemplars are kept once per second.
+fn second(now: Instant) -> u64 {
+    static EPOCH: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+    now.into_std().saturating_duration_since(*EPOCH).as_secs()
 }
 
 pin_project_lite::pin_project! {
     pub struct Counted<F> {
         #[pin]
         inner: F,
-        stats: Option<Arc<ClusterShared>>,
-        method: usize,
+        observed: Option<Observed>,
         start: Instant,
     }
 }
@@ -111,30 +192,75 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
-        if let Some(stats) = this.stats.take() {
-            let (status, cause) = match &result {
+        let mut result = std::task::ready!(this.inner.poll(cx));
+        if let Some(observed) = this.observed.take() {
+            let now = Instant::now();
+            let elapsed = now.saturating_duration_since(*this.start);
+            let (status, cause) = match &mut result {
                 // The sidecar's own answers (401, 429, ...) say so in
                 // `x-weft-error`; only error statuses are looked at.
-                Ok(response) => (
-                    response.status(),
-                    (response.status().as_u16() >= 400)
-                        .then(|| response.headers().get(ERROR_HEADER))
-                        .flatten()
-                        .map(|code| cause_index(code.as_bytes())),
-                ),
-                Err(error) => (
-                    error.kind.status(),
-                    Some(cause_index(error.kind.code().as_bytes())),
-                ),
+                Ok(response) => {
+                    meter_response(response, &observed.sink);
+                    (
+                        response.status(),
+                        (response.status().as_u16() >= 400)
+                            .then(|| response.headers().get(ERROR_HEADER))
+                            .flatten()
+                            .map(|code| cause_index(code.as_bytes())),
+                    )
+                }
+                Err(error) => {
+                    // The one-line body `error_response` makes of it.
+                    let bytes = error.reason.len() as u64 + 1;
+                    observed.sink.record(Side::Response, bytes);
+                    (
+                        error.kind.status(),
+                        Some(cause_index(error.kind.code().as_bytes())),
+                    )
+                }
             };
-            stats
-                .requests
-                .record(*this.method, status, this.start.elapsed());
+            let Some(stats) = observed.sink.stats() else {
+                return Poll::Ready(result);
+            };
+            let requests = &stats.requests;
+            let [hi, lo] = observed.trace;
+            let trace = (u128::from(hi) << 64 | u128::from(lo), hi | lo != 0);
+            let (trace, second) = match trace {
+                (id, true) => (Some(id), second(now)),
+                _ => (None, 0),
+            };
+            requests.record_traced(usize::from(observed.method), status, elapsed, trace, second);
+            if observed.route_slot != NO_ROUTE_SLOT {
+                requests
+                    .routes
+                    .record_slot(usize::from(observed.route_slot), status);
+            }
             if let Some(cause) = cause {
-                stats.requests.record_refusal(cause);
+                requests.record_refusal(cause);
+            }
+            if let Sink::Logged(log) = &observed.sink {
+                log.answered(Outcome {
+                    status: status.as_u16(),
+                    cause: cause.map(|c| CAUSES[c]),
+                    attempts: attempts(&result),
+                    response_head: elapsed,
+                });
             }
         }
         Poll::Ready(result)
+    }
+}
+
+/// Tries made, for a request with a retry policy.
+fn attempts(result: &Result<ProxyResponse, ProxyError>) -> Option<u32> {
+    match result {
+        Ok(response) => response
+            .headers()
+            .get(ATTEMPTS_HEADER)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok(),
+        Err(error) => error.attempts,
     }
 }

@@ -13,21 +13,33 @@
 pub mod clusters;
 pub mod collector;
 pub mod config;
+pub mod exposition;
 pub mod histogram;
 pub mod layer;
 pub mod process;
 pub mod ratelimits;
 pub mod requests;
+pub mod sizes;
 pub mod tls;
+pub mod trace_context;
+pub mod unrouted;
 
 use prometheus_client::registry::Registry;
 
 pub use layer::RequestMetricsLayer;
 
 /// Everything `/metrics` encodes.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Also registered; kept to write the latency histograms, which carry
+    /// exemplars the registry's encoder cannot (see [`exposition`]).
+    sidecar: collector::SidecarCollector,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 /// The content type of the OpenMetrics text format.
@@ -36,8 +48,11 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 impl Metrics {
     pub fn new(requests: collector::SidecarCollector) -> Self {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(requests));
-        Self { registry }
+        registry.register_collector(Box::new(requests.clone()));
+        Self {
+            registry,
+            sidecar: requests,
+        }
     }
 
     /// Adds another component's metrics (e.g. span export counters).
@@ -47,12 +62,16 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         // Writing to a String cannot fail; an encoder error would mean a
         // bug in a collector, and a partial page is still worth serving.
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let encoded = encode_registry(&mut out, &self.registry)
+            .and_then(|()| self.sidecar.encode_durations(&mut out));
+        if let Err(error) = encoded {
             tracing::warn!(%error, "encoding /metrics failed part-way");
         }
+        let _ = encode_eof(&mut out);
         out
     }
 }

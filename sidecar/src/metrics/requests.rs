@@ -3,12 +3,13 @@
 //! request takes no lock and builds no label set. Label values come from
 //! fixed lists, so the series stay bounded whatever callers send.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 
-use super::histogram::LatencyHistogram;
+use super::histogram::{LatencyHistogram, SizeHistogram};
 
 /// The `method` label: the standard methods, anything else `OTHER`.
 pub const METHODS: [&str; 10] = [
@@ -85,12 +86,36 @@ pub struct RequestStats {
     refusals: [AtomicU64; 28],
     /// Until the response head (what the caller waits before it can act).
     pub duration: LatencyHistogram,
+    /// Request body bytes received from the caller.
+    pub request_size: SizeHistogram,
+    /// Response body bytes sent back to the caller.
+    pub response_size: SizeHistogram,
+    /// Outbound: answers by route name and status class.
+    pub routes: RouteCounts,
 }
 
 impl RequestStats {
     pub fn record(&self, method: usize, status: StatusCode, elapsed: Duration) {
+        self.record_traced(method, status, elapsed, None, 0);
+    }
+
+    /// [`Self::record`] with the request's trace id as the latency
+    /// bucket's exemplar (`second`: see `LatencyHistogram::observe_traced`).
+    pub fn record_traced(
+        &self,
+        method: usize,
+        status: StatusCode,
+        elapsed: Duration,
+        trace_id: Option<u128>,
+        second: u64,
+    ) {
+        self.count(method, status);
+        self.duration.observe_traced(elapsed, trace_id, second);
+    }
+
+    /// Counts an answer without its latency.
+    pub fn count(&self, method: usize, status: StatusCode) {
         self.counts[method][class_index(status)].fetch_add(1, Ordering::Relaxed);
-        self.duration.observe(elapsed);
     }
 
     pub fn record_refusal(&self, cause: usize) {
@@ -112,6 +137,62 @@ impl RequestStats {
                 let n = count.load(Ordering::Relaxed);
                 (n > 0).then_some((METHODS[m], CLASSES[c], n))
             })
+        })
+    }
+}
+
+/// How many route names one destination counts apart; the routes of one
+/// host are few, and a bound keeps the series bounded whatever the config.
+pub const MAX_ROUTES: usize = 16;
+
+/// Answers by route name and status class. A route's slot is claimed by
+/// its first answer (one small allocation per route and destination, ever)
+/// and found again by comparing names: no lock, no map on the request
+/// path. Names beyond [`MAX_ROUTES`] are not counted by route (they still
+/// count in the destination's totals).
+#[derive(Debug, Default)]
+pub struct RouteCounts {
+    slots: [RouteSlot; MAX_ROUTES],
+}
+
+#[derive(Debug, Default)]
+struct RouteSlot {
+    name: OnceLock<Box<str>>,
+    counts: [AtomicU64; 5],
+}
+
+impl RouteCounts {
+    /// The slot of `route` (claimed on first use); `None` once every slot
+    /// holds another name.
+    pub fn slot(&self, route: &str) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|slot| **slot.name.get_or_init(|| route.into()) == *route)
+    }
+
+    pub fn record_slot(&self, slot: usize, status: StatusCode) {
+        if let Some(slot) = self.slots.get(slot) {
+            slot.counts[class_index(status)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record(&self, route: &str, status: StatusCode) {
+        if let Some(slot) = self.slot(route) {
+            self.record_slot(slot, status);
+        }
+    }
+
+    /// `(route, status class, count)` for every non-zero count.
+    pub fn counts(&self) -> impl Iterator<Item = (&str, &'static str, u64)> + '_ {
+        self.slots.iter().flat_map(|slot| {
+            let name = slot.name.get().map_or("", |n| &**n);
+            slot.counts
+                .iter()
+                .enumerate()
+                .filter_map(move |(c, count)| {
+                    let n = count.load(Ordering::Relaxed);
+                    (n > 0).then_some((name, CLASSES[c], n))
+                })
         })
     }
 }
@@ -139,6 +220,25 @@ mod tests {
             [("GET", "2xx", 2), ("GET", "5xx", 1), ("OTHER", "2xx", 1)]
         );
         assert_eq!(stats.duration.snapshot().count, 4);
+    }
+
+    #[test]
+    fn routes_count_by_name_up_to_the_bound() {
+        let routes = RouteCounts::default();
+        routes.record("api", StatusCode::OK);
+        routes.record("", StatusCode::OK);
+        routes.record("api", StatusCode::NOT_FOUND);
+        routes.record("api", StatusCode::OK);
+        for i in 0..MAX_ROUTES {
+            routes.record(&format!("r{i}"), StatusCode::OK);
+        }
+        let counts: Vec<_> = routes.counts().collect();
+        assert_eq!(
+            counts[..3],
+            [("api", "2xx", 2), ("api", "4xx", 1), ("", "2xx", 1)]
+        );
+        // 16 slots: api, "", r0..r13; r14 and r15 are not counted by route.
+        assert_eq!(counts.len(), 3 + MAX_ROUTES - 2);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use http::{HeaderValue, StatusCode, header};
 use tower::{Layer, Service};
 
 use super::{ProxyRequest, ProxyResponse};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, ProxyBodyKind};
 use crate::error::{ERROR_HEADER, ErrorSource, ProxyError};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -128,8 +128,8 @@ fn as_grpc_reply(response: ProxyResponse) -> ProxyResponse {
     }
     let code = grpc_status_of(response.status(), weft_error.as_bytes());
     let (mut parts, body) = response.into_parts();
-    let reason = match body {
-        ProxyBody::Full(Some(text)) => text,
+    let reason = match body.kind {
+        ProxyBodyKind::Full(Some(text)) => text,
         _ => Bytes::new(),
     };
     parts.status = StatusCode::OK;

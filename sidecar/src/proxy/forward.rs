@@ -21,7 +21,7 @@ use http::{HeaderValue, StatusCode, Version, header};
 use tower::Service;
 
 use super::{BoxFuture, ProxyRequest, upgrade};
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{ProxyBody, ProxyBodyKind, RequestBody};
 use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Endpoint, cluster::Protocol};
@@ -162,6 +162,9 @@ impl Service<ProxyRequest> for Forward {
                     "forward without an endpoint",
                 ));
             };
+            if let Some(record) = &ctx.access_log {
+                record.endpoint.store(Some(endpoint.clone()));
+            }
             if cluster.settings.protocol == Protocol::Tcp {
                 return Err(ProxyError::new(
                     ErrorKind::Unsupported,
@@ -201,7 +204,7 @@ impl Service<ProxyRequest> for Forward {
             let result = if let Some((_, mesh)) = &endpoint.client.mesh {
                 mesh.request(http)
                     .await
-                    .map(|r| r.map(ProxyBody::Http2))
+                    .map(|r| r.map(ProxyBody::from))
                     .map_err(|e| classify(e, &endpoint))
             } else if h2 {
                 endpoint
@@ -209,7 +212,7 @@ impl Service<ProxyRequest> for Forward {
                     .h2
                     .request(http)
                     .await
-                    .map(|r| r.map(ProxyBody::Http2))
+                    .map(|r| r.map(ProxyBody::from))
                     .map_err(|e| classify(e, &endpoint))
             } else {
                 endpoint
@@ -217,7 +220,7 @@ impl Service<ProxyRequest> for Forward {
                     .h1
                     .send(http)
                     .await
-                    .map(|r| r.map(ProxyBody::Http1))
+                    .map(|r| r.map(ProxyBody::from))
                     .map_err(|e| classify_h1(e, &endpoint))
             };
             let mut resp = match result {
@@ -237,18 +240,18 @@ impl Service<ProxyRequest> for Forward {
                 && let Some(downstream) = ctx.upgrade.take()
             {
                 let settings = ctx.bridge.take().unwrap_or_default();
-                match resp.body_mut() {
-                    ProxyBody::Http1(body) => {
+                match &mut resp.body_mut().kind {
+                    ProxyBodyKind::Http1(body) => {
                         if let Some(upstream) = body.take_upgrade() {
                             tokio::spawn(upgrade::bridge_to_h1(downstream, upstream, settings));
                         }
                     }
                     // The tunnel of an extended CONNECT.
-                    ProxyBody::Http2(_) => {
+                    ProxyBodyKind::Http2(_) => {
                         let upstream = hyper::upgrade::on(&mut resp);
                         tokio::spawn(upgrade::bridge_streams(downstream, upstream, settings));
                     }
-                    ProxyBody::Full(_) | ProxyBody::Grpc(_) => {}
+                    ProxyBodyKind::Full(_) | ProxyBodyKind::Grpc(_) => {}
                 }
             }
             // `ctx` (with the in-flight guards) is dropped here: the request

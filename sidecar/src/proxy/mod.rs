@@ -107,6 +107,9 @@ pub struct RequestCtx {
     /// Set by `retry` for each try of a request with a retry policy: the
     /// endpoints `balance` should avoid, and where it sent this try.
     pub attempt: Option<Arc<retry::Attempt>>,
+    /// Set by the metrics layer when the access log is on: the line in
+    /// the making, where `forward` notes the endpoint.
+    pub access_log: Option<Arc<crate::access_log::Record>>,
 }
 
 /// A verified peer identity with its header value made once per
@@ -145,6 +148,7 @@ impl RequestCtx {
             bridge: None,
             peer_identity: None,
             attempt: None,
+            access_log: None,
         }
     }
 }

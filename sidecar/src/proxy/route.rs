@@ -107,7 +107,10 @@ where
                 req.ctx.table = Some(table);
                 Either::Right(self.inner.call(req))
             }
-            Err(e) => Either::Left(ready(Err(e))),
+            Err(e) => {
+                crate::metrics::unrouted::refused(&req, &e);
+                Either::Left(ready(Err(e)))
+            }
         }
     }
 }

@@ -69,7 +69,10 @@ where
     fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
         match choose(&mut req) {
             Ok(()) => Either::Right(self.inner.call(req)),
-            Err(e) => Either::Left(ready(Err(e))),
+            Err(e) => {
+                crate::metrics::unrouted::refused(&req, &e);
+                Either::Left(ready(Err(e)))
+            }
         }
     }
 }

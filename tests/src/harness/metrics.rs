@@ -5,12 +5,22 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail, ensure};
 
-/// One sample: `name{labels} value`.
+/// One sample: `name{labels} value`, and its exemplar if it has one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub value: f64,
+    pub exemplar: Option<Exemplar>,
+}
+
+/// An OpenMetrics exemplar: ` # {labels} value [timestamp]` after a
+/// histogram bucket's (or a counter's) value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exemplar {
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+    pub timestamp: Option<f64>,
 }
 
 /// A parsed page.
@@ -97,27 +107,8 @@ impl MetricsPage {
 }
 
 fn parse_sample(line: &str) -> anyhow::Result<Sample> {
-    let (series, value) = line.rsplit_once(' ').context("no value")?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        v => v.parse().with_context(|| format!("value {v:?}"))?,
-    };
-    let (name, labels) = match series.split_once('{') {
-        None => (series, BTreeMap::new()),
-        Some((name, rest)) => {
-            let body = rest.strip_suffix('}').context("unclosed label set")?;
-            let mut labels = BTreeMap::new();
-            for pair in split_labels(body)? {
-                let (k, v) = pair.split_once('=').context("label without =")?;
-                let v = v
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .context("unquoted label value")?;
-                labels.insert(k.to_owned(), v.to_owned());
-            }
-            (name, labels)
-        }
-    };
+    let name_end = line.find([' ', '{']).context("no value")?;
+    let name = &line[..name_end];
     if name.is_empty()
         || !name
             .chars()
@@ -125,10 +116,97 @@ fn parse_sample(line: &str) -> anyhow::Result<Sample> {
     {
         bail!("bad metric name {name:?}");
     }
+    let (labels, rest) = parse_label_set(&line[name_end..])?;
+    let rest = rest.strip_prefix(' ').context("no value")?;
+    let (value_part, exemplar) = match rest.split_once(" # ") {
+        None => (rest, None),
+        Some((value_part, exemplar)) => (value_part, Some(parse_exemplar(name, exemplar)?)),
+    };
+    // `value [timestamp]`.
+    let mut fields = value_part.split(' ');
+    let value = parse_float(fields.next().context("no value")?)?;
+    if let Some(timestamp) = fields.next() {
+        parse_float(timestamp).context("sample timestamp")?;
+    }
+    ensure!(
+        fields.next().is_none(),
+        "text after the value and timestamp"
+    );
     Ok(Sample {
         name: name.to_owned(),
         labels,
         value,
+        exemplar,
+    })
+}
+
+fn parse_float(v: &str) -> anyhow::Result<f64> {
+    Ok(match v {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().with_context(|| format!("value {v:?}"))?,
+    })
+}
+
+/// `{a="x",b="y"}rest` (or no braces at all) -> the labels and `rest`.
+fn parse_label_set(text: &str) -> anyhow::Result<(BTreeMap<String, String>, &str)> {
+    let mut labels = BTreeMap::new();
+    let Some(body) = text.strip_prefix('{') else {
+        return Ok((labels, text));
+    };
+    // The closing brace: the first `}` outside a quoted value.
+    let (mut quoted, mut escaped, mut end) = (false, false, None);
+    for (i, c) in body.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => {
+                end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let end = end.context("unclosed label set")?;
+    for pair in split_labels(&body[..end])? {
+        let (k, v) = pair.split_once('=').context("label without =")?;
+        ensure!(
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad label name {k:?}"
+        );
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .context("unquoted label value")?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    Ok((labels, &body[end + 1..]))
+}
+
+/// `{labels} value [timestamp]`, strictly: only on a bucket or a counter's
+/// `_total`, label names and values of at most 128 characters in all.
+fn parse_exemplar(sample: &str, text: &str) -> anyhow::Result<Exemplar> {
+    ensure!(
+        sample.ends_with("_bucket") || sample.ends_with("_total"),
+        "an exemplar on {sample}, which is neither a histogram bucket nor a counter"
+    );
+    ensure!(
+        text.starts_with('{'),
+        "exemplar without a label set: {text:?}"
+    );
+    let (labels, rest) = parse_label_set(text)?;
+    let runes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    ensure!(runes <= 128, "exemplar labels over 128 characters");
+    let rest = rest.strip_prefix(' ').context("exemplar without a value")?;
+    let mut fields = rest.split(' ');
+    let value = parse_float(fields.next().context("exemplar without a value")?)?;
+    let timestamp = fields.next().map(parse_float).transpose()?;
+    ensure!(fields.next().is_none(), "text after the exemplar");
+    Ok(Exemplar {
+        labels,
+        value,
+        timestamp,
     })
 }
 
@@ -186,5 +264,31 @@ mod tests {
             "no EOF"
         );
         assert!(MetricsPage::parse("weft requests 1\n# EOF\n").is_err());
+    }
+
+    #[test]
+    fn exemplars_parse_strictly() {
+        let page = MetricsPage::parse(
+            "d_bucket{le=\"0.005\",destination=\"a}b\"} 4 # {trace_id=\"4bf9\"} 0.003 1764417600.5\n\
+             d_bucket{le=\"+Inf\"} 5 # {trace_id=\"77\"} 61.0\n# EOF\n",
+        )
+        .unwrap();
+        let first = &page.samples[0];
+        assert_eq!(
+            (first.value, first.labels["destination"].as_str()),
+            (4.0, "a}b")
+        );
+        let e = first.exemplar.as_ref().unwrap();
+        assert_eq!(e.labels["trace_id"], "4bf9");
+        assert_eq!((e.value, e.timestamp), (0.003, Some(1764417600.5)));
+        assert_eq!(page.samples[1].exemplar.as_ref().unwrap().timestamp, None);
+        for broken in [
+            "d_sum 4 # {trace_id=\"1\"} 1\n# EOF\n",
+            "d_bucket{le=\"1\"} 4 # trace_id=\"1\" 1\n# EOF\n",
+            "d_bucket{le=\"1\"} 4 # {trace_id=\"1\"}\n# EOF\n",
+            "d_bucket{le=\"1\"} 4 # {trace_id=\"1\"} 1 2 3\n# EOF\n",
+        ] {
+            assert!(MetricsPage::parse(broken).is_err(), "{broken}");
+        }
     }
 }

@@ -494,6 +494,7 @@ fn ctx_for_attempt(ctx: &RequestCtx) -> RequestCtx {
     attempt.cluster = ctx.cluster.clone();
     attempt.timeout = ctx.timeout;
     attempt.peer_identity = ctx.peer_identity.clone();
+    attempt.access_log = ctx.access_log.clone();
     attempt
 }
 
