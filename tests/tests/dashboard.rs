@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use weft_e2e::harness::metrics::MetricsPage;
+use weft_e2e::harness::otlp::OtlpReceiver;
 use weft_e2e::{Call, Mesh, run};
 
 /// Labels Prometheus adds (`job`, `instance`, the scrape config's
@@ -218,7 +219,20 @@ fn the_promql_reader_finds_series_matchers_and_groupings() {
 fn every_series_the_dashboard_queries_is_served_by_a_running_sidecar_or_agent() {
     run(|ctx| async move {
         let mesh = Mesh::start(&ctx).await?;
-        let (_users, client) = mesh.users_and_client().await?;
+        // Everything on, so that every series the dashboard can ask for is
+        // on the page: spans to a receiver, an access log.
+        let receiver = OtlpReceiver::start().await?;
+        let access_log = ctx.log_dir.join("client-access.log");
+        let (_users, client) = mesh
+            .users_and_client_with(&[
+                "--otlp-endpoint".into(),
+                receiver.grpc_endpoint(),
+                "--otlp-protocol".into(),
+                "grpc".into(),
+                "--access-log".into(),
+                access_log.display().to_string(),
+            ])
+            .await?;
         // Traffic, so that the per-destination series have samples whose
         // labels can be checked.
         for path in ["/", "/status/503"] {

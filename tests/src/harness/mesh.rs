@@ -169,8 +169,19 @@ impl Mesh {
     /// Writes raw bytes (for invalid documents) under the KV prefix.
     /// A meshed `users-1` and the `client` that calls it, the route in place.
     pub async fn users_and_client(&self) -> anyhow::Result<(MeshedInstance, MeshedInstance)> {
+        self.users_and_client_with(&[]).await
+    }
+
+    /// Like [`Mesh::users_and_client`], with more flags for the client's
+    /// sidecar (tracing, an access log...).
+    pub async fn users_and_client_with(
+        &self,
+        client_args: &[String],
+    ) -> anyhow::Result<(MeshedInstance, MeshedInstance)> {
         let users = self.meshed_instance("users", "users-1").await?;
-        let client = self.client().await?;
+        let client = self
+            .meshed_instance_with("client", "client-1", client_args)
+            .await?;
         wait_for_instances(
             &self.http,
             client.sidecar.outbound,
