@@ -4,7 +4,8 @@
 //! with each sidecar's service name; W3C and B3 (single and multi) context
 //! from the caller is continued, and B3 answered in its style; a failed
 //! request's span says why; with the collector down, requests are
-//! unaffected and the sidecar's memory stays bounded.
+//! unaffected and the sidecar's memory stays bounded; spans still queued
+//! when the sidecar stops are sent before it exits.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use weft_e2e::harness::otlp::{
     OtlpReceiver, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR,
 };
 use weft_e2e::harness::ports::free_port;
-use weft_e2e::{Call, Echo, Mesh, run};
+use weft_e2e::{Call, Echo, Mesh, eventually, run};
 
 /// Spans leave a sidecar in batches at most 5 s apart (the OTLP default).
 const SPANS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -433,6 +434,71 @@ fn with_the_collector_down_requests_are_unaffected_and_memory_stays_bounded() {
             );
             ensure!(page.value("weft_trace_spans_exported_total", &[]) == 0.0);
         }
+        Ok(())
+    });
+}
+
+#[test]
+fn spans_still_queued_when_the_sidecar_stops_are_sent_before_it_exits() {
+    run(|ctx| async move {
+        let receiver = OtlpReceiver::start().await?;
+        let mesh = Mesh::start(&ctx).await?;
+        let export = export_to(&receiver.grpc_endpoint(), "grpc");
+        let _b = mesh.meshed_instance_with("b", "b-1", &export).await?;
+        // A 1 s drain: a request still running then keeps a's stack (and
+        // its span queue) alive past the drain.
+        let a_args = [export.clone(), vec!["--drain-timeout".into(), "1s".into()]].concat();
+        let mut a = mesh.meshed_instance_with("a", "a-1", &a_args).await?;
+        routed(&mesh, &a, "b").await?;
+        let before = receiver.spans().len();
+        // One request: its span waits in a's batch for up to 5 s (the
+        // OTLP default schedule delay) when the sidecar is told to stop.
+        let reply = mesh
+            .http
+            .call(a.sidecar.outbound, Call::get("b", "/last-words"))
+            .await?;
+        ensure!(reply.status.is_success(), "{}", reply.status);
+        // And one that outlives the drain.
+        let (http, outbound) = (mesh.http.clone(), a.sidecar.outbound);
+        let slow =
+            tokio::spawn(async move { http.call(outbound, Call::get("b", "/delay/20000")).await });
+        eventually(SPANS_TIMEOUT, "the slow request in flight at a", || async {
+            let clusters = a.sidecar.clusters().await?;
+            let in_flight = clusters["clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == "b" && c["direction"] == "outbound")
+                .and_then(|c| c["in_flight"].as_u64());
+            ensure!(in_flight == Some(1), "in flight at b: {in_flight:?}");
+            Ok(())
+        })
+        .await?;
+        let stopping = Instant::now();
+        let status = a
+            .sidecar
+            .process()
+            .terminate(Duration::from_secs(10))
+            .await?
+            .context("a's sidecar did not exit within 10 s of SIGTERM")?;
+        let stopped_in = stopping.elapsed();
+        slow.abort();
+        ensure!(status.success(), "a's sidecar exited with {status}");
+        // The receiver took the export before answering it, and the
+        // sidecar waited for that answer: no waiting here.
+        let spans = receiver.spans();
+        ensure!(
+            spans[before..].iter().any(|s| s.service == "a"
+                && s.kind == SPAN_KIND_CLIENT
+                && s.attr("url.path") == Some("/last-words")),
+            "a's span of the last request was lost at shutdown (exit after {stopped_in:?}); new spans: {:#?}",
+            &spans[before..]
+        );
+        ensure!(
+            stopped_in < Duration::from_secs(5),
+            "the sidecar took {stopped_in:?} to exit: it waited for the batch timer"
+        );
+        ctx.measured("SIGTERM -> exit, the last span sent", stopped_in);
         Ok(())
     });
 }

@@ -184,12 +184,14 @@ pub fn start(
     let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(batch_size);
         let mut body = Vec::new();
-        loop {
+        'batches: loop {
             tokio::select! {
                 n = rx.recv_many(&mut batch, batch_size) => if n == 0 { return },
                 _ = shutdown.wait_for(|s| *s) => break,
             }
-            // Wait up to the schedule delay for the batch to fill.
+            // Wait up to the schedule delay for the batch to fill; a
+            // shutdown meanwhile sends it at once (the sidecar waits only
+            // briefly for this task, less than the delay).
             let fill = tokio::time::sleep(delay);
             tokio::pin!(fill);
             while batch.len() < batch_size {
@@ -197,6 +199,7 @@ pub fn start(
                 tokio::select! {
                     n = rx.recv_many(&mut batch, room) => if n == 0 { break },
                     _ = &mut fill => break,
+                    _ = shutdown.wait_for(|s| *s) => break 'batches,
                 }
             }
             export(&sender, &resource, &mut batch, &mut body, &counters).await;
