@@ -57,27 +57,26 @@ fn message(out: &mut Vec<u8>, field: u8, write: impl FnOnce(&mut Vec<u8>)) {
     }
 }
 
-/// `KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }`.
-fn attr_str(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    let any = 1 + varint_len(value.len() as u64) + value.len();
+/// The head of an attribute: `KeyValue { key = 1, value = 2: AnyValue }`
+/// up to the `AnyValue`'s body, which is `any` bytes long.
+fn attr_head(out: &mut Vec<u8>, key: &str, any: usize) {
     let kv = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any as u64) + any;
     tag(out, ATTRIBUTES, LEN);
     varint(out, kv as u64);
     bytes_field(out, 1, key.as_bytes());
     tag(out, 2, LEN);
     varint(out, any as u64);
+}
+
+/// `AnyValue { string_value = 1 }`.
+fn attr_str(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    attr_head(out, key, 1 + varint_len(value.len() as u64) + value.len());
     bytes_field(out, 1, value);
 }
 
 /// `AnyValue { int_value = 3 }`.
 fn attr_int(out: &mut Vec<u8>, key: &str, value: i64) {
-    let any = 1 + varint_len(value as u64);
-    let kv = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any as u64) + any;
-    tag(out, ATTRIBUTES, LEN);
-    varint(out, kv as u64);
-    bytes_field(out, 1, key.as_bytes());
-    tag(out, 2, LEN);
-    varint(out, any as u64);
+    attr_head(out, key, 1 + varint_len(value as u64));
     tag(out, 3, VARINT);
     varint(out, value as u64);
 }
