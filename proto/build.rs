@@ -23,6 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.enable_type_names();
     // ...and type URLs in the form xDS (and our type_url constants) use.
     config.type_name_domain(["."], "type.googleapis.com");
+    // Resources travel in our own `Any` (same wire format) whose value is
+    // `Bytes`: the agent encodes a resource once per version and every
+    // stream's response shares those bytes instead of copying them.
+    config.extern_path(".google.protobuf.Any", "crate::Any");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

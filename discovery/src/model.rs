@@ -4,7 +4,7 @@
 //!
 //! [`MeshStore`]: crate::store::MeshStore
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
@@ -85,6 +85,10 @@ pub struct MeshState {
     /// The roots sidecars must trust, when the agent issues certificates
     /// (served as the `TrustBundle` resource, pushed on a CA rotation).
     pub trust_roots: Option<TrustRoots>,
+    /// Service name -> the destinations its sidecars declare they call
+    /// (Consul's `upstreams` of its Connect sidecar registrations), served
+    /// in its `InboundPolicy` so its sidecars discover them at start.
+    pub upstreams: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The mesh CA's trust bundle as the agent publishes it.

@@ -146,6 +146,18 @@ impl MeshStore {
         });
     }
 
+    /// Replaces every service's declared upstreams at once (read from the
+    /// Connect sidecar registrations, whole, like the catalog).
+    pub fn set_upstreams(&self, upstreams: BTreeMap<String, BTreeSet<String>>) {
+        self.update(|state| {
+            if state.upstreams == upstreams {
+                return false;
+            }
+            state.upstreams = upstreams;
+            true
+        });
+    }
+
     /// Replaces the trust bundle (the CA loaded new roots).
     pub fn set_trust_roots(&self, roots: TrustRoots) {
         self.update(|state| {

@@ -177,7 +177,7 @@ fn decode<M: Message + Default>(response: &DiscoveryResponse) -> Vec<M> {
                 any.type_url, response.type_url,
                 "each resource names its type"
             );
-            M::decode(any.value.as_slice()).unwrap()
+            M::decode(any.value.as_ref()).unwrap()
         })
         .collect()
 }
@@ -357,7 +357,7 @@ async fn an_invalid_document_keeps_the_last_good_version_serving() {
         .resources;
     let served_users = served
         .iter()
-        .map(|any| RouteConfiguration::decode(any.value.as_slice()).unwrap())
+        .map(|any| RouteConfiguration::decode(any.value.as_ref()).unwrap())
         .find(|table| table.name == "users")
         .unwrap();
     assert_eq!(

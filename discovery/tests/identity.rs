@@ -891,7 +891,7 @@ async fn the_agent_serves_identity_beside_ads_and_every_cluster_names_its_spiffe
     let clusters: Vec<Cluster> = response
         .resources
         .iter()
-        .map(|any| Cluster::decode(any.value.as_slice()).unwrap())
+        .map(|any| Cluster::decode(any.value.as_ref()).unwrap())
         .collect();
     assert_eq!(clusters.len(), 1, "{clusters:?}");
     assert_eq!(clusters[0].name, "users");

@@ -160,7 +160,7 @@ impl Sidecar {
             .iter()
             .map(|any| {
                 assert_eq!(any.type_url, type_url::INBOUND_POLICY);
-                InboundPolicy::decode(any.value.as_slice())
+                InboundPolicy::decode(any.value.as_ref())
             })
             .collect::<Result<_, _>>()?;
         Ok(Policies {

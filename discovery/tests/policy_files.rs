@@ -60,7 +60,7 @@ fn policy(snapshot: &Snapshot, service: &str) -> InboundPolicy {
         type_url::INBOUND_POLICY,
         &Subscription::Names([service.to_string()].into()),
     );
-    InboundPolicy::decode(selection.resources[0].value.as_slice()).expect("a policy")
+    InboundPolicy::decode(selection.resources[0].value.as_ref()).expect("a policy")
 }
 
 /// Waits until the served policy of `service` satisfies `check`.

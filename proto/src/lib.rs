@@ -2,6 +2,36 @@
 //! resources it carries. Generated from `proto/` at build time.
 #![forbid(unsafe_code)]
 
+/// `google.protobuf.Any`, wire-identical to `prost_types::Any`, with its
+/// value in [`bytes::Bytes`]: a resource encoded once by the agent is shared
+/// by every stream's response (cloning it counts a reference, copies nothing).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Any {
+    /// e.g. `type.googleapis.com/weft.config.v1.Cluster`.
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    /// The encoded message.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: bytes::Bytes,
+}
+
+impl Any {
+    /// `message` encoded, under its own type URL.
+    pub fn from_msg<M: prost::Name>(message: &M) -> Self {
+        Self {
+            type_url: M::type_url(),
+            value: message.encode_to_vec().into(),
+        }
+    }
+}
+
+/// The protocol extensions a sidecar may list in `Node.client_features`.
+pub mod client_features {
+    /// Responses carry only what changed, plus `removed_resources`
+    /// (proto/README.md, "Incremental responses").
+    pub const INCREMENTAL: &str = "weft.incremental";
+}
+
 pub mod discovery {
     pub mod v1 {
         tonic::include_proto!("weft.discovery.v1");

@@ -260,6 +260,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             instance: settings.instance.clone(),
             build_version: env!("CARGO_PKG_VERSION").into(),
             metadata: Default::default(),
+            client_features: Vec::new(),
         };
         if !settings.call_report_interval.is_zero() {
             let reporter = call_report::CallReporter {

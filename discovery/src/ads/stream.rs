@@ -220,6 +220,7 @@ impl SidecarStream {
                 resources: selection.resources,
                 type_url: type_url.to_string(),
                 nonce,
+                removed_resources: Vec::new(),
             });
         }
         responses

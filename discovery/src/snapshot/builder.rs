@@ -326,7 +326,7 @@ mod tests {
             .flatten()
             .map(|(name, resource)| {
                 let cluster =
-                    config::Cluster::decode(resource.any.value.as_slice()).unwrap_or_default();
+                    config::Cluster::decode(resource.any.value.as_ref()).unwrap_or_default();
                 (name.clone(), cluster.identity)
             })
             .collect()
@@ -392,7 +392,7 @@ mod tests {
             .resources
             .iter()
             .map(|any| {
-                let policy = config::InboundPolicy::decode(any.value.as_slice())
+                let policy = config::InboundPolicy::decode(any.value.as_ref())
                     .unwrap_or_else(|error| panic!("{error}"));
                 (policy.service.clone(), policy)
             })
@@ -578,7 +578,7 @@ mod tests {
         let bundles: Vec<config::TrustBundle> = selection
             .resources
             .iter()
-            .map(|any| config::TrustBundle::decode(any.value.as_slice()).unwrap_or_default())
+            .map(|any| config::TrustBundle::decode(any.value.as_ref()).unwrap_or_default())
             .collect();
         assert_eq!(
             bundles,

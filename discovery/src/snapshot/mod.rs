@@ -14,8 +14,8 @@ pub use debounce::{DebounceConfig, run_builder, run_builder_with};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use prost_types::Any;
 use sha2::{Digest, Sha256};
+use weft_proto::Any;
 use weft_proto::config::v1::{ClusterLoadAssignment, InboundPolicy};
 use weft_proto::type_url;
 
@@ -33,7 +33,7 @@ impl Resource {
         let hash = Sha256::digest(&value).into();
         let any = Any {
             type_url: M::type_url(),
-            value,
+            value: value.into(),
         };
         Self { name, any, hash }
     }

@@ -132,6 +132,8 @@ pub fn inbound_policy(
         rate_limits: document
             .and_then(|document| document.rate_limits.as_ref())
             .map(|limits| limits.to_proto()),
+        // Set by the snapshot builder from the catalog's registrations.
+        upstreams: Vec::new(),
     }
 }
 

@@ -277,6 +277,7 @@ mod tests {
             mtls_mode: pb::MtlsMode::Strict.into(),
             opaque_tcp: true,
             rate_limits: None,
+            upstreams: Vec::new(),
         })
         .unwrap()
     }
@@ -420,6 +421,7 @@ mod tests {
             mtls_mode: pb::MtlsMode::Strict.into(),
             opaque_tcp: false,
             rate_limits: None,
+            upstreams: Vec::new(),
         };
         let errors = compile(&bad).unwrap_err().join("\n");
         for want in [

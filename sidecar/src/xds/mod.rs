@@ -318,7 +318,7 @@ impl Core {
                 ));
                 continue;
             }
-            match M::decode(any.value.as_slice()) {
+            match M::decode(any.value.as_ref()) {
                 Ok(m) => out.push(m),
                 Err(e) => errors.push(format!("resources[{i}]: cannot decode: {e}")),
             }

@@ -31,13 +31,14 @@ fn response<M: Message>(t: &str, version: &str, nonce: &str, msgs: &[M]) -> Disc
         version_info: version.into(),
         resources: msgs
             .iter()
-            .map(|m| prost_types::Any {
+            .map(|m| weft_proto::Any {
                 type_url: t.into(),
-                value: m.encode_to_vec(),
+                value: m.encode_to_vec().into(),
             })
             .collect(),
         type_url: t.into(),
         nonce: nonce.into(),
+        removed_resources: Vec::new(),
     }
 }
 
@@ -56,6 +57,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
         mtls_mode: pb::MtlsMode::Strict.into(),
         opaque_tcp: false,
         rate_limits: None,
+        upstreams: Vec::new(),
     }
 }
 
@@ -385,7 +387,7 @@ fn an_invalid_response_is_nacked_and_the_last_good_table_kept() {
 fn undecodable_resources_are_nacked() {
     let (mut core, _) = core();
     let mut resp = response(CLUSTER, "c1", "1", &[cluster("users")]);
-    resp.resources[0].value = vec![0xff, 0xff, 0xff];
+    resp.resources[0].value = vec![0xff, 0xff, 0xff].into();
     let out = core.handle(resp);
     assert!(
         out[0]

@@ -61,12 +61,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn resources(&self, t: &str, names: &[String]) -> Vec<prost_types::Any> {
+    fn resources(&self, t: &str, names: &[String]) -> Vec<weft_proto::Any> {
         let wanted = |n: &str| names.is_empty() || names.iter().any(|x| x == n);
         let any = |name: &str, bytes: Vec<u8>| {
-            wanted(name).then(|| prost_types::Any {
+            wanted(name).then(|| weft_proto::Any {
                 type_url: t.to_owned(),
-                value: bytes,
+                value: bytes.into(),
             })
         };
         match t {
@@ -159,6 +159,7 @@ impl AggregatedDiscoveryService for Service {
                         resources: snap.resources(t, names),
                         type_url: t.clone(),
                         nonce: nonce.to_string(),
+                        removed_resources: Vec::new(),
                     };
                     if tx.send(Ok(resp)).await.is_err() {
                         return;
