@@ -59,6 +59,20 @@ pub struct Settings {
     /// SNI), e.g. server.dc1.consul; default: the host of --consul.
     #[arg(long, env = "CONSUL_TLS_SERVER_NAME")]
     pub consul_tls_server_name: Option<String>,
+    /// Most TCP connections the agent opens to Consul at once, whatever the
+    /// catalog's size (at least 6). A quarter (at least 4) is kept for its
+    /// four blocking watches, the rest for reads of changed services and
+    /// identity checks. Consul refuses connections over
+    /// `limits.http_max_conns_per_client` (200 per client address by
+    /// default, shared by every process on this address).
+    #[arg(long, env = "WEFT_CONSUL_MAX_CONNECTIONS", default_value_t = crate::consul::DEFAULT_MAX_CONNECTIONS)]
+    pub consul_max_connections: usize,
+    /// How often the agent re-reads every service from Consul even when
+    /// nothing told it of a change: a backstop for changes its watches
+    /// cannot attribute (see `source::consul`). Each resync reads every
+    /// catalog name once, on at most --consul-max-connections connections.
+    #[arg(long, env = "WEFT_CONSUL_RESYNC", default_value = "5m", value_parser = parse_resync)]
+    pub consul_resync: Duration,
     /// Serve from a directory of documents and static endpoints instead of
     /// Consul (the embedded file backend); takes precedence over --consul.
     #[arg(long, env = "WEFT_CONFIG_DIR")]
@@ -163,8 +177,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let description = format!("consul {address}");
         let store = store.clone();
         let prefix = settings.kv_prefix.clone();
-        let source =
-            crate::source::consul::ConsulSource::new(client, prefix).with_metrics(metrics.clone());
+        let options = crate::source::consul::ConsulSourceOptions {
+            kv_prefix: prefix,
+            resync: settings.consul_resync,
+            ..crate::source::consul::ConsulSourceOptions::default()
+        };
+        let source = crate::source::consul::ConsulSource::with_options(client, options)
+            .with_metrics(metrics.clone());
         tokio::spawn(source.run(store));
         description
     } else {
@@ -256,7 +275,18 @@ fn consul_config(settings: &Settings, address: &str) -> Result<ConsulConfig, Con
         settings.consul_client_cert.clone(),
         settings.consul_client_key.clone(),
     )
-    .map(|config| config.with_tls_server_name(settings.consul_tls_server_name.clone()))
+    .map(|config| config.with_tls_server_name(settings.consul_tls_server_name.clone()))?
+    .with_max_connections(settings.consul_max_connections)
+}
+
+/// `--consul-resync`: a humantime duration of at least a second (a shorter
+/// one would re-read the whole catalog back to back).
+fn parse_resync(text: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if every < Duration::from_secs(1) {
+        return Err("a full resync re-reads every service; use at least 1s, e.g. 5m".into());
+    }
+    Ok(every)
 }
 
 /// `--leaf-ttl`: a humantime duration longer than zero.

@@ -15,6 +15,9 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 
+use tokio::sync::Semaphore;
+
+use super::config::{BLOCKING_RESERVE_MIN, MIN_MAX_CONNECTIONS};
 use super::dns::HickoryResolver;
 use super::error::error_body_text;
 use super::query::NON_BLOCKING_TIMEOUT;
@@ -45,6 +48,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A typed client for Consul's HTTP API. Cheap to clone (shares one
 /// connection pool); every blocking query holds one pooled connection.
+///
+/// # Connection limit
+///
+/// At most [`ConsulConfig::max_connections`] TCP connections are ever open,
+/// whatever the callers do: each connection holds a slot from the connector
+/// until it closes, and the pool keeps no more idle ones than that. Every
+/// request waits (within its own timeout) for a place in one of two lanes
+/// and keeps it until its answer is read: blocking queries in theirs (a
+/// quarter of the limit, at least [`BLOCKING_RESERVE_MIN`]), everything else
+/// in the rest. A long poll therefore never takes the place a short read
+/// needs, and a burst of reads never delays a watch.
 #[derive(Clone)]
 pub struct ConsulClient {
     inner: Arc<Inner>,
@@ -52,6 +66,13 @@ pub struct ConsulClient {
 
 struct Inner {
     http: Client<ConsulConnector, Full<Bytes>>,
+    /// Places for blocking queries (requests Consul holds up to `wait`).
+    blocking_lane: Semaphore,
+    /// Places for every other request.
+    short_lane: Semaphore,
+    /// One permit per open connection (shared with the connector).
+    slots: Arc<Semaphore>,
+    max_connections: usize,
     /// `scheme://authority`, no trailing slash.
     base: String,
     token: Option<HeaderValue>,
@@ -123,15 +144,25 @@ impl ConsulClient {
         let mut connector = HttpConnector::new_with_resolver(HickoryResolver::default());
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let max = config.max_connections.max(MIN_MAX_CONNECTIONS);
+        let slots = Arc::new(Semaphore::new(max));
+        let blocking = blocking_lane_size(max);
         let http = Client::builder(TokioExecutor::new())
             // Idle connections are reused by the next blocking query at once;
             // one minute keeps a pool warm across quiet watches (and, over
             // HTTPS, saves a handshake per request).
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(ConsulConnector::new(connector, tls.clone()));
+            // Never more idle than may be open: the connector's slots are
+            // the real bound, this keeps the pool from holding them all.
+            .pool_max_idle_per_host(max)
+            .build(ConsulConnector::new(connector, tls.clone(), slots.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                blocking_lane: Semaphore::new(blocking),
+                short_lane: Semaphore::new(max - blocking),
+                slots,
+                max_connections: max,
                 base: format!("{scheme}://{authority}"),
                 token,
                 tls,
@@ -143,6 +174,23 @@ impl ConsulClient {
     /// `https://consul.service:8501`).
     pub fn address(&self) -> &str {
         &self.inner.base
+    }
+
+    /// The most connections this client opens ([`ConsulConfig::max_connections`]).
+    pub fn max_connections(&self) -> usize {
+        self.inner.max_connections
+    }
+
+    /// How many requests other than blocking queries run at once at most:
+    /// the width of their lane. A caller fanning out reads gains nothing
+    /// from more parallelism than this.
+    pub fn short_request_capacity(&self) -> usize {
+        self.inner.max_connections - self.inner.blocking_lane_size()
+    }
+
+    /// Connections to Consul open right now (in use or idle in the pool).
+    pub fn connections_open(&self) -> usize {
+        self.inner.max_connections - self.inner.slots.available_permits()
     }
 
     // ---------------------------------------------------------------- status
@@ -347,7 +395,7 @@ impl ConsulClient {
         token.set_sensitive(true);
         let path = format!("/v1/agent/connect/ca/leaf/{}", segment(service));
         let answer = self
-            .call_as(Method::GET, path.clone(), None, timeout, Some(&token))
+            .call_as(Method::GET, path.clone(), None, timeout, Some(&token), false)
             .await?;
         let answer = expect_success(Method::GET, &path, answer)?;
         decode(&Method::GET, &path, &answer.body)
@@ -396,7 +444,13 @@ impl ConsulClient {
         let path = format!("/v1/config/{}/{}", segment(kind), segment(name));
         let path = with_query(path, options);
         let answer = self
-            .call(Method::GET, path.clone(), None, options.request_timeout())
+            .call_lane(
+                Method::GET,
+                path.clone(),
+                None,
+                options.request_timeout(),
+                options.is_blocking(),
+            )
             .await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok((None, answer.meta));
@@ -441,7 +495,13 @@ impl ConsulClient {
     ) -> Result<(T, QueryMeta), ConsulError> {
         let path = with_query(path, options);
         let answer = self
-            .call(Method::GET, path.clone(), None, options.request_timeout())
+            .call_lane(
+                Method::GET,
+                path.clone(),
+                None,
+                options.request_timeout(),
+                options.is_blocking(),
+            )
             .await?;
         let answer = expect_success(Method::GET, &path, answer)?;
         Ok((decode(&Method::GET, &path, &answer.body)?, answer.meta))
@@ -456,7 +516,13 @@ impl ConsulClient {
     ) -> Result<(Vec<KvPair>, QueryMeta), ConsulError> {
         let path = with_query(path, options);
         let answer = self
-            .call(Method::GET, path.clone(), None, options.request_timeout())
+            .call_lane(
+                Method::GET,
+                path.clone(),
+                None,
+                options.request_timeout(),
+                options.is_blocking(),
+            )
             .await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok((Vec::new(), answer.meta));
@@ -518,7 +584,8 @@ impl ConsulClient {
         expect_success(method, &path, answer).map(drop)
     }
 
-    /// One request, with the client's token, within `timeout` (headers and body).
+    /// One short request, with the client's token, within `timeout`
+    /// (headers and body).
     async fn call(
         &self,
         method: Method,
@@ -526,11 +593,28 @@ impl ConsulClient {
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<Answer, ConsulError> {
-        self.call_as(method, path, body, timeout, self.inner.token.as_ref())
+        self.call_lane(method, path, body, timeout, false).await
+    }
+
+    /// One request with the client's token, in the blocking lane if Consul
+    /// may hold it.
+    async fn call_lane(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Bytes>,
+        timeout: Duration,
+        blocking: bool,
+    ) -> Result<Answer, ConsulError> {
+        let token = self.inner.token.clone();
+        self.call_as(method, path, body, timeout, token.as_ref(), blocking)
             .await
     }
 
-    /// One request sent with `token` (none: Consul's anonymous token).
+    /// One request sent with `token` (none: Consul's anonymous token),
+    /// holding a place in its lane (blocking or short) from before it is
+    /// sent until its body is read; the wait for the place counts against
+    /// `timeout`.
     async fn call_as(
         &self,
         method: Method,
@@ -538,6 +622,7 @@ impl ConsulClient {
         body: Option<Bytes>,
         timeout: Duration,
         token: Option<&HeaderValue>,
+        blocking: bool,
     ) -> Result<Answer, ConsulError> {
         let uri = format!("{}{}", self.inner.base, path);
         let mut request = Request::builder().method(method.clone()).uri(&uri);
@@ -554,7 +639,14 @@ impl ConsulClient {
                 reason: format!("cannot build a request for {uri}: {error}"),
             })?;
 
+        let lane = if blocking {
+            &self.inner.blocking_lane
+        } else {
+            &self.inner.short_lane
+        };
         let exchange = async {
+            // Never closed, so acquiring only waits.
+            let _place = lane.acquire().await.ok();
             let response = self
                 .inner
                 .http
@@ -613,6 +705,14 @@ impl ConsulClient {
                 source: error,
             };
         }
+        if closed_without_answer(error.as_ref()) {
+            return ConsulError::Closed {
+                method: method.clone(),
+                path: path.to_owned(),
+                address: self.inner.base.clone(),
+                source: error,
+            };
+        }
         ConsulError::Connect {
             method: method.clone(),
             path: path.to_owned(),
@@ -620,6 +720,48 @@ impl ConsulClient {
             source: error,
         }
     }
+}
+
+impl Inner {
+    fn blocking_lane_size(&self) -> usize {
+        blocking_lane_size(self.max_connections)
+    }
+}
+
+/// The blocking lane's width for a limit of `max` connections.
+fn blocking_lane_size(max: usize) -> usize {
+    (max / 4).max(BLOCKING_RESERVE_MIN)
+}
+
+/// Whether a failed request had a connection that Consul closed or reset
+/// before answering (rather than no connection at all: refused, timed out,
+/// DNS). Decided on the error types of the chain, never on message text.
+fn closed_without_answer(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(client) = error.downcast_ref::<hyper_util::client::legacy::Error>()
+        && client.is_connect()
+    {
+        return false;
+    }
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+            && (hyper.is_incomplete_message() || hyper.is_closed())
+        {
+            return true;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// `X-Consul-Index`, `X-Consul-LastContact` (ms), `X-Consul-KnownLeader`.

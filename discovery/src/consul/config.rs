@@ -41,7 +41,32 @@ pub struct ConsulConfig {
     /// reached by an IP its certificate does not list. `None` uses the host
     /// of `address` (a DNS name or an IP address).
     pub tls_server_name: Option<String>,
+    /// Most TCP connections the client holds open to Consul at once
+    /// (`--consul-max-connections`, default [`DEFAULT_MAX_CONNECTIONS`],
+    /// at least [`MIN_MAX_CONNECTIONS`]). Every request holds one for its
+    /// whole duration, and a blocking query holds it for up to its `wait`;
+    /// a quarter of them (at least [`BLOCKING_RESERVE_MIN`]) is kept for
+    /// blocking queries, the rest for short reads and writes, so neither
+    /// starves the other. Consul refuses connections beyond
+    /// `limits.http_max_conns_per_client` (200 by default) per client
+    /// address, counting every process on that address.
+    pub max_connections: usize,
 }
+
+/// Default of [`ConsulConfig::max_connections`]: the agent's four blocking
+/// watches plus enough parallel reads to sync a 1,000-service catalog in
+/// about a second, far below Consul's 200 per client address so other
+/// processes on the host (a Consul agent's own CLI, sidecars with
+/// `--identity-source consul`) keep their share.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+
+/// Smallest [`ConsulConfig::max_connections`]: the agent's four blocking
+/// watches plus two short reads.
+pub const MIN_MAX_CONNECTIONS: usize = 6;
+
+/// Fewest connections kept for blocking queries: the agent runs four
+/// (catalog names, checks, KV, intentions).
+pub const BLOCKING_RESERVE_MIN: usize = 4;
 
 /// The operating system's CA bundle (Debian/Ubuntu layout, PEM), trusted for
 /// Consul's certificate when `CONSUL_CACERT` is not set.
@@ -65,7 +90,23 @@ impl ConsulConfig {
             client_cert: None,
             client_key: None,
             tls_server_name: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         })
+    }
+
+    /// `--consul-max-connections`: at most `max` connections to Consul at
+    /// once. Fails below [`MIN_MAX_CONNECTIONS`], naming the flag.
+    pub fn with_max_connections(mut self, max: usize) -> Result<Self, ConsulError> {
+        if max < MIN_MAX_CONNECTIONS {
+            return Err(ConsulError::Config {
+                field: "--consul-max-connections",
+                reason: format!(
+                    "{max} is below {MIN_MAX_CONNECTIONS}: the agent keeps four blocking queries open and needs room for reads beside them"
+                ),
+            });
+        }
+        self.max_connections = max;
+        Ok(self)
     }
 
     /// `CONSUL_HTTP_SSL`: with `true` the address is reached over HTTPS,

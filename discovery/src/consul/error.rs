@@ -31,6 +31,22 @@ pub enum ConsulError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// Consul accepted the TCP connection and closed it (or reset it)
+    /// without an answer. Consul 1.8 does exactly this to a connection over
+    /// `limits.http_max_conns_per_client` (measured on 1.8.7: the accept
+    /// succeeds, then an immediate EOF, no HTTP status); a Consul shutting
+    /// down looks the same.
+    #[error(
+        "{method} {path}: Consul at {address} accepted the connection and closed it without an answer: {source}; Consul refused the connection: over `limits.http_max_conns_per_client` (connections per client address, 200 by default)? Lower --consul-max-connections, raise the limit, or look for other clients on this address"
+    )]
+    Closed {
+        method: Method,
+        path: String,
+        address: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The TLS handshake with Consul failed, or Consul ended the TLS session
     /// with an alert (a TLS 1.3 server refuses a missing client certificate
     /// only after the handshake). `reason` says what and ends with a hint
@@ -89,7 +105,9 @@ impl ConsulError {
     /// or an undecodable body needs an operator, not a retry.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ConsulError::Connect { .. } | ConsulError::Timeout { .. } => true,
+            ConsulError::Connect { .. }
+            | ConsulError::Closed { .. }
+            | ConsulError::Timeout { .. } => true,
             ConsulError::Tls { retryable, .. } => *retryable,
             ConsulError::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
@@ -98,13 +116,11 @@ impl ConsulError {
         }
     }
 
-    /// A short, bounded name of the variant (`connect`, `tls`, `timeout`,
-    /// `status_4xx`, `status_5xx`, `decode`, `config`): the `kind` label
-    /// of the agent's watch error counter.
     /// Every value [`ConsulError::kind`] returns.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "config",
         "connect",
+        "closed",
         "tls",
         "timeout",
         "status_5xx",
@@ -112,10 +128,14 @@ impl ConsulError {
         "decode",
     ];
 
+    /// A short, bounded name of the variant (`connect`, `closed`, `tls`,
+    /// `timeout`, `status_4xx`, `status_5xx`, `decode`, `config`): the
+    /// `kind` label of the agent's watch error counter.
     pub fn kind(&self) -> &'static str {
         match self {
             ConsulError::Config { .. } => "config",
             ConsulError::Connect { .. } => "connect",
+            ConsulError::Closed { .. } => "closed",
             ConsulError::Tls { .. } => "tls",
             ConsulError::Timeout { .. } => "timeout",
             ConsulError::Status { status, .. } if status.is_server_error() => "status_5xx",
@@ -136,6 +156,7 @@ impl ConsulError {
     pub fn path(&self) -> Option<&str> {
         match self {
             ConsulError::Connect { path, .. }
+            | ConsulError::Closed { path, .. }
             | ConsulError::Tls { path, .. }
             | ConsulError::Timeout { path, .. }
             | ConsulError::Status { path, .. }

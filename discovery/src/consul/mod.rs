@@ -55,7 +55,10 @@ mod tls;
 mod types;
 
 pub use client::ConsulClient;
-pub use config::{ConsulConfig, DEFAULT_ADDRESS, SYSTEM_CA_BUNDLE, parse_address, parse_bool};
+pub use config::{
+    BLOCKING_RESERVE_MIN, ConsulConfig, DEFAULT_ADDRESS, DEFAULT_MAX_CONNECTIONS, MIN_MAX_CONNECTIONS,
+    SYSTEM_CA_BUNDLE, parse_address, parse_bool,
+};
 pub use error::ConsulError;
 pub use query::{
     CONSUL_DEFAULT_WAIT, CONSUL_MAX_WAIT, NON_BLOCKING_TIMEOUT, QueryMeta, QueryOptions,

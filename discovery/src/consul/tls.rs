@@ -19,6 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -216,21 +217,30 @@ fn read_certificates(
 
 // ------------------------------------------------------------- connector
 
-/// The one place the client connects: TCP through `HttpConnector` (hickory
-/// DNS, nodelay, connect timeout), then, for `https://`, the TLS handshake.
+/// The one place the client connects: a slot under the client's connection
+/// limit, TCP through `HttpConnector` (hickory DNS, nodelay, connect
+/// timeout), then, for `https://`, the TLS handshake.
 #[derive(Clone)]
 pub(crate) struct ConsulConnector {
     tcp: HttpConnector<HickoryResolver>,
     /// `None`: plain HTTP.
     tls: Option<Arc<Tls>>,
+    /// One permit per open connection, held by the connection until it is
+    /// closed (pooled or not): the hard bound on TCP connections to Consul,
+    /// whatever the pool does with idle ones.
+    slots: Arc<Semaphore>,
 }
 
 impl ConsulConnector {
-    pub(crate) fn new(mut tcp: HttpConnector<HickoryResolver>, tls: Option<Arc<Tls>>) -> Self {
+    pub(crate) fn new(
+        mut tcp: HttpConnector<HickoryResolver>,
+        tls: Option<Arc<Tls>>,
+        slots: Arc<Semaphore>,
+    ) -> Self {
         // `HttpConnector` refuses non-http URIs unless told the TLS layer is
         // someone else's job.
         tcp.enforce_http(tls.is_none());
-        Self { tcp, tls }
+        Self { tcp, tls, slots }
     }
 }
 
@@ -256,25 +266,41 @@ impl tower::Service<Uri> for ConsulConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.tcp.call(uri);
+        let mut tcp = self.tcp.clone();
         let tls = self.tls.clone();
+        let slots = self.slots.clone();
         Box::pin(async move {
-            let tcp = connecting.await?.into_inner();
+            // Waits only while every slot is an open connection; the pool
+            // then hands the request an idle one as soon as one frees.
+            let slot = slots.acquire_owned().await?;
+            let tcp = tcp.call(uri).await?.into_inner();
             let Some(tls) = tls else {
-                return Ok(TokioIo::new(ConsulStream::Plain(tcp)));
+                return Ok(TokioIo::new(ConsulStream {
+                    io: StreamIo::Plain(tcp),
+                    _slot: slot,
+                }));
             };
             let stream = tls
                 .connector
                 .connect(tls.server_name.clone(), tcp)
                 .await
                 .map_err(|source| HandshakeFailed { source })?;
-            Ok(TokioIo::new(ConsulStream::Tls(Box::new(stream))))
+            Ok(TokioIo::new(ConsulStream {
+                io: StreamIo::Tls(Box::new(stream)),
+                _slot: slot,
+            }))
         })
     }
 }
 
-/// A connection to Consul, plain or TLS.
-pub(crate) enum ConsulStream {
+/// A connection to Consul, plain or TLS, with its slot under the limit.
+pub(crate) struct ConsulStream {
+    io: StreamIo,
+    /// Released when the connection closes.
+    _slot: OwnedSemaphorePermit,
+}
+
+enum StreamIo {
     Plain(TcpStream),
     /// Boxed: a TLS session is a few hundred bytes, a `TcpStream` a few.
     Tls(Box<TlsStream<TcpStream>>),
@@ -282,10 +308,10 @@ pub(crate) enum ConsulStream {
 
 impl Connection for ConsulStream {
     fn connected(&self) -> Connected {
-        match self {
-            ConsulStream::Plain(tcp) => tcp.connected(),
+        match &self.io {
+            StreamIo::Plain(tcp) => tcp.connected(),
             // Only http/1.1 is offered, so no h2 to report.
-            ConsulStream::Tls(tls) => tls.get_ref().0.connected(),
+            StreamIo::Tls(tls) => tls.get_ref().0.connected(),
         }
     }
 }
@@ -297,9 +323,9 @@ impl AsyncRead for ConsulStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ConsulStream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            ConsulStream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            StreamIo::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            StreamIo::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -310,9 +336,9 @@ impl AsyncWrite for ConsulStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ConsulStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            ConsulStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            StreamIo::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            StreamIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -321,30 +347,30 @@ impl AsyncWrite for ConsulStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ConsulStream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            ConsulStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            StreamIo::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            StreamIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            ConsulStream::Plain(tcp) => tcp.is_write_vectored(),
-            ConsulStream::Tls(tls) => tls.is_write_vectored(),
+        match &self.io {
+            StreamIo::Plain(tcp) => tcp.is_write_vectored(),
+            StreamIo::Tls(tls) => tls.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ConsulStream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            ConsulStream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            StreamIo::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            StreamIo::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ConsulStream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            ConsulStream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            StreamIo::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            StreamIo::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }
