@@ -24,8 +24,8 @@ use super::query::NON_BLOCKING_TIMEOUT;
 use super::tls::{self, ConsulConnector, Tls};
 use super::types::RawKvPair;
 use super::{
-    CaRoots, ConfigEntry, ConsulConfig, ConsulError, Intention, KvPair, LeafCert, QueryMeta,
-    QueryOptions, ServiceEntry, ServiceRegistration,
+    CaRoots, ConfigEntry, ConsulConfig, ConsulError, HealthCheck, Intention, KvPair, LeafCert,
+    QueryMeta, QueryOptions, ServiceEntry, ServiceRegistration,
 };
 
 /// Characters left as they are in a path segment or query value: RFC 3986's
@@ -229,6 +229,17 @@ impl ConsulClient {
         self.read(path, options).await
     }
 
+    /// `/v1/health/state/any`: every check in the datacenter (node-level
+    /// ones with an empty `ServiceName`), whatever its status. Its index
+    /// moves with Consul's checks table: any check change or registration
+    /// that writes checks wakes a blocking read of it.
+    pub async fn health_state_any(
+        &self,
+        options: &QueryOptions,
+    ) -> Result<(Vec<HealthCheck>, QueryMeta), ConsulError> {
+        self.read("/v1/health/state/any".into(), options).await
+    }
+
     /// `/v1/health/connect/<service>`: the Connect proxies (and Connect-native
     /// instances) that serve `service`, healthy or not.
     pub async fn health_connect(
@@ -395,7 +406,14 @@ impl ConsulClient {
         token.set_sensitive(true);
         let path = format!("/v1/agent/connect/ca/leaf/{}", segment(service));
         let answer = self
-            .call_as(Method::GET, path.clone(), None, timeout, Some(&token), false)
+            .call_as(
+                Method::GET,
+                path.clone(),
+                None,
+                timeout,
+                Some(&token),
+                false,
+            )
             .await?;
         let answer = expect_success(Method::GET, &path, answer)?;
         decode(&Method::GET, &path, &answer.body)

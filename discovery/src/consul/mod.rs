@@ -56,8 +56,8 @@ mod types;
 
 pub use client::ConsulClient;
 pub use config::{
-    BLOCKING_RESERVE_MIN, ConsulConfig, DEFAULT_ADDRESS, DEFAULT_MAX_CONNECTIONS, MIN_MAX_CONNECTIONS,
-    SYSTEM_CA_BUNDLE, parse_address, parse_bool,
+    BLOCKING_RESERVE_MIN, ConsulConfig, DEFAULT_ADDRESS, DEFAULT_MAX_CONNECTIONS,
+    MIN_MAX_CONNECTIONS, SYSTEM_CA_BUNDLE, parse_address, parse_bool,
 };
 pub use error::ConsulError;
 pub use query::{

@@ -1,20 +1,62 @@
-//! The Consul backend: blocking-query watches that keep the [`MeshStore`] up
-//! to date with Consul's catalog, health and KV.
+//! The Consul backend: a few blocking-query watches and on-demand reads that
+//! keep the [`MeshStore`] up to date with Consul's catalog, health and KV,
+//! on a bounded number of connections whatever the catalog's size.
 //!
 //! # What is watched
 //!
-//! - `/v1/catalog/services`: the service names. One watch task per name is
-//!   started and stopped as names come and go.
-//! - `/v1/health/service/<name>` for every catalog name, without `passing`,
-//!   so the agent also knows unhealthy instances. Its entries say what the
-//!   name is: a name whose instances all have a `Kind` (`connect-proxy`,
-//!   gateways) is infrastructure and is not a destination (Consul 1.8 ignores
-//!   `filter` on the catalog endpoint, so the kind comes from here).
+//! Four blocking queries, each on its own connection, for any catalog size:
+//!
+//! - `/v1/catalog/services`: the service names (index: Consul's services
+//!   table, which moves on every registration and deregistration, not on
+//!   check changes).
+//! - `/v1/health/state/any`: every check in the datacenter (index: the
+//!   checks table). Each answer is diffed with the last per `(Node,
+//!   CheckID)` on status and owner: the services whose checks were added,
+//!   removed or changed status are re-read; a node-level check (no
+//!   `ServiceName`, e.g. `serfHealth`) marks every service on its node.
 //! - `<prefix>?recurse` in KV: the configuration documents.
 //! - `/v1/connect/intentions`: Consul's intentions (who may call whom),
 //!   merged with the `policies/` documents into each service's inbound
 //!   policy. The first full sync waits for them too: serving policies
 //!   without Consul's denies, even briefly, would let denied callers in.
+//!
+//! A service's instances come from non-blocking reads of
+//! `/v1/health/service/<name>` (without `passing`, so unhealthy instances
+//! are known too), for the names that changed, at most
+//! [`ConsulClient::short_request_capacity`] at once, one read per name at a
+//! time (a name marked again while read is read once more after). Its
+//! entries say what the name is: a name whose instances all have a `Kind`
+//! (`connect-proxy`, gateways) is infrastructure and is not a destination
+//! (Consul 1.8 ignores `filter` on the catalog endpoint).
+//!
+//! ## Changes the checks do not show
+//!
+//! A registration that writes no check (an instance without checks, a
+//! re-registration with a new port and the same checks) only moves the
+//! catalog's index. The catalog's answer at raft index `C` is *explained*
+//! when the checks watch saw the same index `C` with a non-empty diff (one
+//! registration is one raft entry: the services it named are being
+//! re-read). Otherwise, once the checks watch has passed `C` or 100 ms went
+//! by without it reaching `C`, every name is re-read (a *sweep*: the names
+//! join the same set of names to read, so sweeps coalesce, at most one
+//! runs at a time, and its reads share the same bounded concurrency).
+//! A full sweep also runs every `resync` (default 5 min) as a backstop.
+//!
+//! ## Cost and limits
+//!
+//! Connections: four held by the watches, plus at most the read capacity
+//! (the client's short lane, 24 of the default 32) while reads run; all
+//! bounded by the client's `max_connections`. Per check change: one answer
+//! of `/v1/health/state/any` (every check in the datacenter, ~300 bytes
+//! each: about 6 MB at 10,000 instances with sidecars) and one read per
+//! affected name. Per registration with checks: the same, plus the catalog
+//! names (a few bytes per name). Per registration without checks, and
+//! whenever both indexes move faster than the watches can follow (a bulk
+//! registration), a sweep: one read per catalog name. The store only
+//! changes (and sidecars only hear of it) for destinations whose endpoints
+//! really changed. Consul 1.8's `/v1/health/state/any` cannot be narrowed
+//! (a `filter` on status would hide new passing instances), so the checks
+//! answer grows with the datacenter, not with the change.
 //!
 //! # Meshed services
 //!
@@ -24,11 +66,9 @@
 //! `Service.Address` or else its `Node.Address`, port = proxy port. This is
 //! exactly the set `/v1/health/connect/<name>` returns (proxies whose
 //! `Proxy.DestinationServiceName` is the name), but it is read from the
-//! proxies' own `/v1/health/service/<proxy-name>` watches, which run anyway to
-//! classify the proxy names. That keeps one long poll per catalog name instead
-//! of two per destination: Consul caps HTTP connections per client address
-//! (`limits.http_max_conns_per_client`, default 200), and every blocking query
-//! holds one.
+//! proxies' own `/v1/health/service/<proxy-name>` answers, which are read
+//! anyway to classify the proxy names; a change of a proxy name re-derives
+//! the endpoints of the destinations it fronts.
 //!
 //! A meshed endpoint is healthy when the proxy's checks *and* its app
 //! instance's checks all pass (the sidecar's default alias check mirrors the
@@ -41,27 +81,32 @@
 //! Every endpoint's `region` is its node's datacenter and `zone` the `zone`
 //! key of the service's meta, else of the node's (empty if neither has one).
 //!
+//! Each service's declared upstreams (its sidecar proxies'
+//! `Proxy.Upstreams[].DestinationName`, service upstreams only) go to the
+//! store with [`MeshStore::set_upstreams`].
+//!
 //! # Static stability
 //!
-//! An error (refused, timeout, 5xx, "No cluster leader") never changes the
-//! store: the watch keeps its last state, retries with exponential backoff
-//! and full jitter, and after an error reads afresh (index 0) so a restarted
-//! Consul with a lower index is picked up at once. Only an answer from Consul
-//! changes the store.
+//! An error (refused, timeout, 5xx, "No cluster leader", a connection
+//! closed over Consul's per-client limit) never changes the store: the
+//! watch or read keeps its last state, retries with exponential backoff and
+//! full jitter, and after an error a watch reads afresh (index 0) so a
+//! restarted Consul with a lower index is picked up at once. Only an answer
+//! from Consul changes the store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng as _;
 use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::consul::{
-    ConsulClient, ConsulError, Intention as ConsulIntention, KvPair, QueryMeta, QueryOptions,
-    ServiceEntry, ServiceKind, next_index,
+    CheckStatus, ConsulClient, ConsulError, HealthCheck, Intention as ConsulIntention, KvPair,
+    QueryMeta, QueryOptions, ServiceEntry, ServiceKind, next_index,
 };
 use crate::metrics::Metrics;
 use crate::model::{Endpoint, Health, Intention, IntentionAction, RawDocument};
@@ -69,6 +114,16 @@ use crate::store::MeshStore;
 
 /// The KV prefix documents live under unless configured otherwise.
 pub const DEFAULT_KV_PREFIX: &str = "weft/";
+
+/// How long a catalog change waits for the checks watch to reach the same
+/// raft index before it counts as unexplained (and every name is re-read).
+/// Both watches wake within milliseconds of the same write; this only
+/// covers scheduling jitter.
+const EXPLAIN_GRACE: Duration = Duration::from_millis(100);
+
+/// How many recent checks-watch indexes are remembered to explain catalog
+/// changes with (a catalog answer older than these is swept).
+const RECENT_CHECK_INDEXES: usize = 64;
 
 /// Settings of the Consul backend. `Default` is what production uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +141,10 @@ pub struct ConsulSourceOptions {
     /// Longest retry delay (default 5 s): an outage costs every watch one
     /// cheap request per 5 s at most, and recovery is noticed within 5 s.
     pub backoff_max: Duration,
+    /// How often every catalog name is re-read even when no watch reported
+    /// a change (default 5 min, `--consul-resync`): the backstop for a
+    /// change neither index explains.
+    pub resync: Duration,
 }
 
 impl Default for ConsulSourceOptions {
@@ -95,6 +154,7 @@ impl Default for ConsulSourceOptions {
             wait: Duration::from_secs(5 * 60),
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            resync: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -135,7 +195,7 @@ impl ConsulSource {
     /// Counts watch errors and retries in `metrics` (the agent's
     /// `/metrics`) instead of a private registry.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        metrics.consul_watches_known(&Target::LABELS, &crate::consul::ConsulError::KINDS);
+        metrics.consul_watches_known(&WATCH_LABELS, &crate::consul::ConsulError::KINDS);
         self.metrics = metrics;
         self
     }
@@ -154,24 +214,28 @@ pub async fn run(client: ConsulClient, kv_prefix: String, store: Arc<MeshStore>)
     ConsulSource::new(client, kv_prefix).run(store).await;
 }
 
-/// What one watch task reads.
+/// Every value of the `watch` label of the agent's Consul metrics: the four
+/// blocking watches, and `service` for the reads of changed services.
+const WATCH_LABELS: [&str; 5] = ["catalog", "checks", "service", "kv", "intentions"];
+
+/// The `watch` label of a failed service read.
+const SERVICE_LABEL: &str = "service";
+
+/// What one blocking watch reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Target {
     Catalog,
-    Service(String),
+    Checks,
     Kv(String),
     Intentions,
 }
 
 impl Target {
-    /// Every value of [`Target::label`].
-    const LABELS: [&'static str; 4] = ["catalog", "service", "kv", "intentions"];
-
     /// The `watch` label of the agent's Consul metrics.
     fn label(&self) -> &'static str {
         match self {
             Target::Catalog => "catalog",
-            Target::Service(_) => "service",
+            Target::Checks => "checks",
             Target::Kv(_) => "kv",
             Target::Intentions => "intentions",
         }
@@ -182,7 +246,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Catalog => f.write_str("/v1/catalog/services"),
-            Target::Service(name) => write!(f, "/v1/health/service/{name}"),
+            Target::Checks => f.write_str("/v1/health/state/any"),
             Target::Kv(prefix) => write!(f, "/v1/kv/{prefix}?recurse"),
             Target::Intentions => f.write_str("/v1/connect/intentions"),
         }
@@ -192,7 +256,7 @@ impl fmt::Display for Target {
 /// What a watch read.
 enum Payload {
     Catalog(BTreeSet<String>),
-    Service(Vec<ServiceEntry>),
+    Checks(Vec<HealthCheck>),
     Kv(Vec<KvPair>),
     Intentions(Vec<ConsulIntention>),
 }
@@ -208,9 +272,9 @@ impl Target {
                 let (services, meta) = client.catalog_services(options).await?;
                 (Payload::Catalog(services.into_keys().collect()), meta)
             }
-            Target::Service(name) => {
-                let (entries, meta) = client.health_service(name, options).await?;
-                (Payload::Service(entries), meta)
+            Target::Checks => {
+                let (checks, meta) = client.health_state_any(options).await?;
+                (Payload::Checks(checks), meta)
             }
             Target::Kv(prefix) => {
                 let (pairs, meta) = client.kv_list(prefix, options).await?;
@@ -224,35 +288,44 @@ impl Target {
     }
 }
 
-/// A message from a watch task to the supervisor.
+/// A watch's answer (sent only when its index moved, or the first time),
+/// with the raft index Consul gave it.
 struct Event {
     target: Target,
-    /// Which spawn of the watch sent it: a service removed and re-added gets
-    /// a new epoch, so a late message from the old task is ignored.
-    epoch: u64,
-    update: Update,
+    payload: Payload,
+    index: u64,
 }
 
-enum Update {
-    Loaded(Payload),
-    /// The first read failed; sent once, so start-up is not held up waiting
-    /// for a watch that cannot load.
-    FirstLoadFailed,
+/// A finished read of one name's instances.
+struct ReadDone {
+    name: String,
+    result: Result<Vec<ServiceEntry>, ConsulError>,
 }
 
-/// Where one service's watch stands.
-enum ServiceState {
-    /// Started, no answer yet.
+/// What is known of one catalog name.
+enum NameState {
+    /// Not read yet.
     Pending,
-    /// Its first read failed; no data.
+    /// Its first read failed; no data (retried with backoff).
     Failed,
     Loaded(Vec<ServiceEntry>),
 }
 
-struct ServiceWatch {
-    epoch: u64,
-    abort: AbortHandle,
-    state: ServiceState,
+impl NameState {
+    fn entries(&self) -> &[ServiceEntry] {
+        match self {
+            NameState::Loaded(entries) => entries,
+            NameState::Pending | NameState::Failed => &[],
+        }
+    }
+}
+
+/// The part of a check that decides health and who owns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CheckState {
+    status: CheckStatus,
+    /// Empty for a node-level check.
+    service_name: String,
 }
 
 /// Owns all state derived from Consul and is the only writer to the store,
@@ -264,13 +337,49 @@ struct Supervisor {
     metrics: Arc<Metrics>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
-    /// Every watch task; dropping the set (when `run` is dropped) aborts them all.
+    reads_tx: mpsc::Sender<ReadDone>,
+    reads: mpsc::Receiver<ReadDone>,
+    /// Every watch and read task; dropping the set (when `run` is dropped)
+    /// aborts them all.
     tasks: JoinSet<()>,
     catalog_loaded: bool,
+    checks_loaded: bool,
     kv_loaded: bool,
     intentions_loaded: bool,
-    services: BTreeMap<String, ServiceWatch>,
-    next_epoch: u64,
+    /// Every catalog name and what is known of it.
+    names: BTreeMap<String, NameState>,
+    /// Names with no answer yet ([`NameState::Pending`]): nothing is
+    /// published while there are any.
+    pending: usize,
+    /// Destination name -> the names whose entries hold a Connect proxy of it.
+    proxies_of: BTreeMap<String, BTreeSet<String>>,
+    /// The checks as of the last checks answer, by (node, check id).
+    checks: HashMap<(String, String), CheckState>,
+    /// The last indexes of the catalog and checks watches.
+    catalog_index: u64,
+    checks_index: u64,
+    /// Recent checks answers: (index, whether the diff named services).
+    recent_checks: VecDeque<(u64, bool)>,
+    /// A catalog index not explained yet by the checks, and until when to
+    /// wait for the checks watch before sweeping.
+    unexplained: Option<(u64, Instant)>,
+    /// Names to read (a set: marks coalesce).
+    to_read: BTreeSet<String>,
+    /// Names being read now (one read per name at a time).
+    reading: BTreeSet<String>,
+    /// Most reads at once.
+    read_capacity: usize,
+    /// Names whose read failed, read again at `retry_at`.
+    retry: BTreeSet<String>,
+    retry_at: Option<Instant>,
+    read_backoff: Backoff,
+    /// Names read since the last publish (their destinations are re-derived).
+    touched: BTreeSet<String>,
+    /// Whether the set of destinations may have changed since the last publish.
+    destinations_changed: bool,
+    /// Whether some proxy's upstreams may have changed since the last publish.
+    upstreams_changed: bool,
+    next_resync: Instant,
 }
 
 impl Supervisor {
@@ -282,7 +391,12 @@ impl Supervisor {
     ) -> Self {
         // Watches wait on a full channel, which is fine: the supervisor
         // only does in-memory work per event.
-        let (events_tx, events) = mpsc::channel(256);
+        let (events_tx, events) = mpsc::channel(16);
+        let read_capacity = client.short_request_capacity().max(1);
+        // Never full: at most `read_capacity` reads run.
+        let (reads_tx, reads) = mpsc::channel(read_capacity);
+        let read_backoff = Backoff::new(options.backoff_base, options.backoff_max);
+        let next_resync = Instant::now() + options.resync;
         Self {
             client,
             store,
@@ -290,116 +404,392 @@ impl Supervisor {
             metrics,
             events_tx,
             events,
+            reads_tx,
+            reads,
             tasks: JoinSet::new(),
             catalog_loaded: false,
+            checks_loaded: false,
             kv_loaded: false,
             intentions_loaded: false,
-            services: BTreeMap::new(),
-            next_epoch: 0,
+            names: BTreeMap::new(),
+            pending: 0,
+            proxies_of: BTreeMap::new(),
+            checks: HashMap::new(),
+            catalog_index: 0,
+            checks_index: 0,
+            recent_checks: VecDeque::with_capacity(RECENT_CHECK_INDEXES),
+            unexplained: None,
+            to_read: BTreeSet::new(),
+            reading: BTreeSet::new(),
+            read_capacity,
+            retry: BTreeSet::new(),
+            retry_at: None,
+            read_backoff,
+            touched: BTreeSet::new(),
+            destinations_changed: false,
+            upstreams_changed: false,
+            next_resync,
         }
     }
 
     async fn run(mut self) {
-        tracing::info!(consul = %self.client.address(), kv_prefix = %self.options.kv_prefix, "watching Consul");
+        tracing::info!(
+            consul = %self.client.address(),
+            kv_prefix = %self.options.kv_prefix,
+            max_connections = self.client.max_connections(),
+            "watching Consul"
+        );
         self.spawn(Target::Catalog);
+        self.spawn(Target::Checks);
         self.spawn(Target::Kv(self.options.kv_prefix.clone()));
         self.spawn(Target::Intentions);
         loop {
+            // `select!` needs a future in every branch, even a disabled one.
+            let never = Instant::now() + Duration::from_secs(3600);
+            let explain_deadline = self.unexplained.map_or(never, |(_, deadline)| deadline);
+            let retry_at = self.retry_at.unwrap_or(never);
             tokio::select! {
                 Some(event) = self.events.recv() => self.handle(event),
-                // Reap aborted service watches so the set does not grow.
+                Some(done) = self.reads.recv() => self.read_done(done),
+                () = tokio::time::sleep_until(explain_deadline), if self.unexplained.is_some() => {
+                    if let Some((index, _)) = self.unexplained.take() {
+                        self.sweep(index, "the checks did not reach the catalog's index");
+                    }
+                }
+                () = tokio::time::sleep_until(retry_at), if self.retry_at.is_some() => {
+                    self.retry_at = None;
+                    let retry = std::mem::take(&mut self.retry);
+                    self.to_read.extend(retry);
+                }
+                () = tokio::time::sleep_until(self.next_resync) => {
+                    self.next_resync = Instant::now() + self.options.resync;
+                    if self.catalog_loaded {
+                        tracing::debug!(names = self.names.len(), "periodic full resync");
+                        self.to_read.extend(self.names.keys().cloned());
+                    }
+                }
+                // Reap finished tasks so the set does not grow.
                 Some(_) = self.tasks.join_next() => {}
             }
+            self.start_reads();
+            self.publish();
         }
     }
 
-    fn spawn(&mut self, target: Target) -> (u64, AbortHandle) {
-        let epoch = self.next_epoch;
-        self.next_epoch += 1;
+    fn spawn(&mut self, target: Target) {
         let watch = Watch {
             client: self.client.clone(),
             target,
-            epoch,
             options: self.options.clone(),
             metrics: self.metrics.clone(),
             events: self.events_tx.clone(),
         };
-        (epoch, self.tasks.spawn(watch.run()))
+        self.tasks.spawn(watch.run());
     }
 
     fn handle(&mut self, event: Event) {
-        match (event.target, event.update) {
-            (Target::Catalog, Update::Loaded(Payload::Catalog(names))) => {
-                self.catalog_loaded = true;
-                self.set_catalog(names);
-            }
-            (Target::Kv(_), Update::Loaded(Payload::Kv(pairs))) => {
+        match (event.target, event.payload) {
+            (Target::Catalog, Payload::Catalog(names)) => self.set_catalog(names, event.index),
+            (Target::Checks, Payload::Checks(checks)) => self.set_checks(checks, event.index),
+            (Target::Kv(_), Payload::Kv(pairs)) => {
                 self.kv_loaded = true;
                 self.store
                     .set_documents(documents(&self.options.kv_prefix, pairs));
             }
-            (Target::Intentions, Update::Loaded(Payload::Intentions(intentions))) => {
+            (Target::Intentions, Payload::Intentions(intentions)) => {
                 self.intentions_loaded = true;
                 self.store.set_intentions(mesh_intentions(intentions));
             }
-            (Target::Service(name), update) => {
-                let Some(watch) = self.services.get_mut(&name) else {
-                    return; // a watch stopped since
-                };
-                if watch.epoch != event.epoch {
-                    return;
-                }
-                match update {
-                    Update::Loaded(Payload::Service(entries)) => {
-                        watch.state = ServiceState::Loaded(entries)
-                    }
-                    Update::FirstLoadFailed => {
-                        if matches!(watch.state, ServiceState::Pending) {
-                            watch.state = ServiceState::Failed;
-                        }
-                    }
-                    Update::Loaded(_) => return,
-                }
-            }
-            // A failed first catalog, KV or intentions read changes
-            // nothing: the store stays unsynced until they load.
-            _ => return,
+            _ => {}
         }
-        self.publish();
     }
 
-    /// Starts watches for new names and stops those of names that are gone.
-    fn set_catalog(&mut self, names: BTreeSet<String>) {
+    /// New names are read, names gone are forgotten, and a change of the
+    /// catalog's index that the checks do not explain re-reads every name.
+    fn set_catalog(&mut self, names: BTreeSet<String>, index: u64) {
+        let first = !self.catalog_loaded;
+        self.catalog_loaded = true;
         let gone: Vec<String> = self
-            .services
+            .names
             .keys()
             .filter(|name| !names.contains(*name))
             .cloned()
             .collect();
         for name in gone {
-            if let Some(watch) = self.services.remove(&name) {
-                watch.abort.abort();
-                tracing::debug!(service = %name, "service left the catalog; watch stopped");
+            if let Some(state) = self.names.remove(&name) {
+                if matches!(state, NameState::Pending) {
+                    self.pending -= 1;
+                }
+                self.forget_proxies(&name, state.entries());
+                self.touch_destinations_of(&name, state.entries());
+                self.to_read.remove(&name);
+                self.retry.remove(&name);
+                self.destinations_changed = true;
+                tracing::debug!(service = %name, "service left the catalog");
             }
         }
         for name in names {
-            if !self.services.contains_key(&name) {
-                let (epoch, abort) = self.spawn(Target::Service(name.clone()));
-                tracing::debug!(service = %name, "service joined the catalog; watch started");
-                self.services.insert(
-                    name,
-                    ServiceWatch {
-                        epoch,
-                        abort,
-                        state: ServiceState::Pending,
-                    },
-                );
+            if !self.names.contains_key(&name) {
+                tracing::debug!(service = %name, "service joined the catalog");
+                self.names.insert(name.clone(), NameState::Pending);
+                self.pending += 1;
+                self.to_read.insert(name);
+                self.destinations_changed = true;
+            }
+        }
+        let previous = std::mem::replace(&mut self.catalog_index, index);
+        if first {
+            return;
+        }
+        if index < previous {
+            // Consul's index went back (a restore, a new cluster): nothing
+            // it said before can be trusted to explain anything.
+            self.recent_checks.clear();
+            self.sweep(index, "Consul's catalog index went back");
+            return;
+        }
+        self.explain(index);
+    }
+
+    /// Decides whether the catalog's change at `index` is explained by the
+    /// checks, needs a sweep, or must wait a moment for the checks watch.
+    fn explain(&mut self, index: u64) {
+        if let Some(&(_, named)) = self.recent_checks.iter().find(|(at, _)| *at == index) {
+            if named {
+                self.unexplained = None;
+            } else {
+                self.sweep(index, "a registration changed no check");
+            }
+        } else if self.checks_loaded && self.checks_index > index {
+            self.sweep(index, "the checks moved past the catalog's index");
+        } else {
+            self.unexplained = Some((index, Instant::now() + EXPLAIN_GRACE));
+        }
+    }
+
+    /// Marks every name to be read again.
+    fn sweep(&mut self, index: u64, why: &'static str) {
+        self.unexplained = None;
+        tracing::debug!(
+            index,
+            why,
+            names = self.names.len(),
+            "catalog change not explained by checks; re-reading every service"
+        );
+        self.to_read.extend(self.names.keys().cloned());
+    }
+
+    /// Diffs the checks with the last answer and marks the names whose
+    /// health may have changed.
+    fn set_checks(&mut self, checks: Vec<HealthCheck>, index: u64) {
+        let first = !self.checks_loaded;
+        self.checks_loaded = true;
+        let mut current = HashMap::with_capacity(checks.len());
+        for check in checks {
+            current.insert(
+                (check.node, check.check_id),
+                CheckState {
+                    status: check.status,
+                    service_name: check.service_name,
+                },
+            );
+        }
+        let previous = std::mem::replace(&mut self.checks, current);
+        if index < self.checks_index {
+            self.recent_checks.clear();
+        }
+        self.checks_index = index;
+        if first {
+            // The baseline: every name is read anyway at the first sync.
+            return;
+        }
+        let mut changed_names = BTreeSet::new();
+        let mut changed_nodes = BTreeSet::new();
+        let mut note = |key: &(String, String), state: &CheckState| {
+            if state.service_name.is_empty() {
+                changed_nodes.insert(key.0.clone());
+            } else {
+                changed_names.insert(state.service_name.clone());
+            }
+        };
+        for (key, state) in &self.checks {
+            match previous.get(key) {
+                Some(before) if before == state => {}
+                Some(before) => {
+                    note(key, before);
+                    note(key, state);
+                }
+                None => note(key, state),
+            }
+        }
+        for (key, before) in &previous {
+            if !self.checks.contains_key(key) {
+                note(key, before);
+            }
+        }
+        if !changed_nodes.is_empty() {
+            for (name, state) in &self.names {
+                if state
+                    .entries()
+                    .iter()
+                    .any(|entry| changed_nodes.contains(&entry.node.node))
+                {
+                    changed_names.insert(name.clone());
+                }
+            }
+        }
+        let named = !changed_names.is_empty();
+        tracing::debug!(
+            index,
+            services = changed_names.len(),
+            nodes = changed_nodes.len(),
+            "checks changed"
+        );
+        for name in changed_names {
+            if self.names.contains_key(&name) {
+                self.to_read.insert(name);
+            }
+        }
+        if self.recent_checks.len() == RECENT_CHECK_INDEXES {
+            self.recent_checks.pop_front();
+        }
+        self.recent_checks.push_back((index, named));
+        if let Some((waiting, _)) = self.unexplained
+            && index >= waiting
+        {
+            self.explain(waiting);
+        }
+    }
+
+    /// Starts reads of marked names while there is room.
+    fn start_reads(&mut self) {
+        while self.reading.len() < self.read_capacity {
+            let Some(name) = self
+                .to_read
+                .iter()
+                .find(|name| !self.reading.contains(*name))
+                .cloned()
+            else {
+                return;
+            };
+            self.to_read.remove(&name);
+            self.reading.insert(name.clone());
+            let client = self.client.clone();
+            let done = self.reads_tx.clone();
+            self.tasks.spawn(async move {
+                let result = client
+                    .health_service(&name, &QueryOptions::default())
+                    .await
+                    .map(|(entries, _)| entries);
+                // The receiver lives as long as the tasks (same owner).
+                let _ = done.send(ReadDone { name, result }).await;
+            });
+        }
+    }
+
+    fn read_done(&mut self, done: ReadDone) {
+        self.reading.remove(&done.name);
+        let Some(state) = self.names.get_mut(&done.name) else {
+            return; // left the catalog since
+        };
+        match done.result {
+            Ok(entries) => {
+                if self.retry.is_empty() {
+                    self.read_backoff.reset();
+                }
+                let old = std::mem::replace(state, NameState::Loaded(entries));
+                if matches!(old, NameState::Pending) {
+                    self.pending -= 1;
+                }
+                let name = done.name;
+                let old_entries = old.entries();
+                let new_infra = self
+                    .names
+                    .get(&name)
+                    .map(|s| is_infrastructure(s.entries()));
+                if !matches!(old, NameState::Loaded(_))
+                    || Some(is_infrastructure(old_entries)) != new_infra
+                {
+                    self.destinations_changed = true;
+                }
+                self.forget_proxies(&name, old_entries);
+                self.touch_destinations_of(&name, old_entries);
+                if old_entries
+                    .iter()
+                    .any(|entry| entry.service.kind == ServiceKind::ConnectProxy)
+                {
+                    self.upstreams_changed = true;
+                }
+                self.learn_proxies(&name);
+                self.touched.insert(name);
+            }
+            Err(error) => {
+                if matches!(state, NameState::Pending) {
+                    *state = NameState::Failed;
+                    self.pending -= 1;
+                }
+                self.metrics
+                    .consul_watch_failed(SERVICE_LABEL, error.kind());
+                self.metrics.consul_watch_retried(SERVICE_LABEL);
+                let delay = self.read_backoff.next_delay();
+                if self.read_backoff.should_log() {
+                    tracing::warn!(
+                        service = %done.name,
+                        %error,
+                        retryable = error.is_retryable(),
+                        retry_in = ?delay,
+                        "reading a service from Consul failed; keeping its last known state"
+                    );
+                }
+                self.retry.insert(done.name);
+                if self.retry_at.is_none() {
+                    self.retry_at = Some(Instant::now() + delay);
+                }
             }
         }
     }
 
-    /// Writes the destinations and their endpoints to the store, from the
-    /// current view of every watch.
+    /// Forgets which destinations `name`'s old entries proxied.
+    fn forget_proxies(&mut self, name: &str, entries: &[ServiceEntry]) {
+        for destination in proxied(entries) {
+            if let Some(names) = self.proxies_of.get_mut(destination) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.proxies_of.remove(destination);
+                }
+            }
+        }
+    }
+
+    /// Notes which destinations `name`'s current entries proxy.
+    fn learn_proxies(&mut self, name: &str) {
+        let Some(state) = self.names.get(name) else {
+            return;
+        };
+        let mut any = false;
+        for destination in proxied(state.entries()) {
+            any = true;
+            self.proxies_of
+                .entry(destination.to_owned())
+                .or_default()
+                .insert(name.to_owned());
+        }
+        if any {
+            self.upstreams_changed = true;
+        }
+    }
+
+    /// Marks the destinations `name`'s entries proxied for re-deriving.
+    fn touch_destinations_of(&mut self, name: &str, entries: &[ServiceEntry]) {
+        let destinations: Vec<String> = proxied(entries).map(str::to_owned).collect();
+        self.touched.extend(destinations);
+        self.touched.insert(name.to_owned());
+    }
+
+    /// Writes what changed since the last publish to the store: the
+    /// destination list if it may have changed, the endpoints of every
+    /// destination a read touched (directly or through its proxies), the
+    /// upstreams if a proxy changed.
     fn publish(&mut self) {
         if !self.catalog_loaded {
             return;
@@ -408,87 +798,150 @@ impl Supervisor {
         // another service meshed: publishing before it answers could send a
         // meshed service's plaintext address for a moment. First reads take
         // milliseconds, and one that fails stops counting as pending.
-        if self
-            .services
-            .values()
-            .any(|watch| matches!(watch.state, ServiceState::Pending))
-        {
+        if self.pending > 0 {
             return;
         }
-        let view = CatalogView::new(&self.services);
-        let names: BTreeSet<String> = view
-            .destinations
-            .keys()
-            .map(|name| (*name).to_owned())
-            .collect();
-        self.store.set_service_names(&names);
-        for (name, instances) in &view.destinations {
+        if std::mem::take(&mut self.destinations_changed) {
+            let destinations: BTreeSet<String> = self
+                .names
+                .iter()
+                .filter(|(_, state)| is_destination(state))
+                .map(|(name, _)| name.clone())
+                .collect();
+            self.store.set_service_names(&destinations);
+        }
+        let touched = std::mem::take(&mut self.touched);
+        let mut destinations = BTreeSet::new();
+        for name in &touched {
+            // A proxy name re-derives the destinations it fronts now.
+            if let Some(state) = self.names.get(name) {
+                destinations.extend(proxied(state.entries()).map(str::to_owned));
+            }
+            destinations.insert(name.clone());
+        }
+        for name in &destinations {
+            let Some(state) = self.names.get(name) else {
+                continue;
+            };
+            if !is_destination(state) {
+                continue;
+            }
+            let proxies = self.proxies_for(name);
             self.store
-                .set_endpoints(name, view.endpoints(name, instances));
+                .set_endpoints(name, endpoints(state.entries(), &proxies));
+        }
+        if std::mem::take(&mut self.upstreams_changed) {
+            self.store
+                .set_upstreams(upstreams(self.names.values().map(NameState::entries)));
         }
         let all_loaded = self
-            .services
+            .names
             .values()
-            .all(|watch| matches!(watch.state, ServiceState::Loaded(_)));
-        if self.kv_loaded && self.intentions_loaded && all_loaded && !self.store.is_synced() {
-            tracing::info!(services = names.len(), "first full sync from Consul done");
+            .all(|state| matches!(state, NameState::Loaded(_)));
+        if self.kv_loaded
+            && self.intentions_loaded
+            && self.checks_loaded
+            && all_loaded
+            && !self.store.is_synced()
+        {
+            let services = self.names.values().filter(|s| is_destination(s)).count();
+            tracing::info!(
+                services,
+                names = self.names.len(),
+                "first full sync from Consul done"
+            );
             self.store.mark_synced();
         }
     }
+
+    /// The Connect proxies whose destination is `destination`, from the
+    /// infrastructure names that hold them.
+    fn proxies_for(&self, destination: &str) -> Vec<&ServiceEntry> {
+        let Some(names) = self.proxies_of.get(destination) else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter_map(|name| self.names.get(name))
+            .map(NameState::entries)
+            .filter(|entries| is_infrastructure(entries))
+            .flatten()
+            .filter(|entry| proxy_destination(entry) == Some(destination))
+            .collect()
+    }
 }
 
-/// The loaded services, split into destinations and the proxies that front them.
-struct CatalogView<'a> {
-    /// Destination name -> its own instances.
-    destinations: BTreeMap<&'a str, &'a [ServiceEntry]>,
-    /// Destination name -> Connect proxies whose destination it is.
-    proxies: BTreeMap<&'a str, Vec<&'a ServiceEntry>>,
+/// A loaded name whose instances are apps (not proxies or gateways).
+fn is_destination(state: &NameState) -> bool {
+    matches!(state, NameState::Loaded(entries) if !is_infrastructure(entries))
 }
 
-impl<'a> CatalogView<'a> {
-    fn new(services: &'a BTreeMap<String, ServiceWatch>) -> Self {
-        let mut destinations = BTreeMap::new();
-        let mut proxies: BTreeMap<&str, Vec<&ServiceEntry>> = BTreeMap::new();
-        for (name, watch) in services {
-            let ServiceState::Loaded(entries) = &watch.state else {
+/// The destination a Connect proxy entry fronts.
+fn proxy_destination(entry: &ServiceEntry) -> Option<&str> {
+    if entry.service.kind != ServiceKind::ConnectProxy {
+        return None;
+    }
+    entry
+        .service
+        .proxy
+        .as_ref()
+        .map(|proxy| proxy.destination_service_name.as_str())
+        .filter(|name| !name.is_empty())
+}
+
+/// The destinations the Connect proxies among `entries` front.
+fn proxied(entries: &[ServiceEntry]) -> impl Iterator<Item = &str> {
+    entries.iter().filter_map(proxy_destination)
+}
+
+/// Service name -> the services its sidecar proxies declare as upstreams
+/// (`Proxy.Upstreams[].DestinationName`; prepared-query upstreams name no
+/// service and are left out).
+fn upstreams<'a>(
+    names: impl Iterator<Item = &'a [ServiceEntry]>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut upstreams: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for entries in names {
+        for entry in entries {
+            let Some(service) = proxy_destination(entry) else {
                 continue;
             };
-            if is_infrastructure(entries) {
-                for entry in entries {
-                    if entry.service.kind != ServiceKind::ConnectProxy {
-                        continue;
-                    }
-                    if let Some(proxy) = &entry.service.proxy
-                        && !proxy.destination_service_name.is_empty()
-                    {
-                        proxies
-                            .entry(proxy.destination_service_name.as_str())
-                            .or_default()
-                            .push(entry);
-                    }
-                }
-            } else {
-                destinations.insert(name.as_str(), entries.as_slice());
-            }
-        }
-        Self {
-            destinations,
-            proxies,
+            let Some(proxy) = &entry.service.proxy else {
+                continue;
+            };
+            let declared = proxy
+                .upstreams
+                .iter()
+                .filter(|upstream| {
+                    matches!(upstream.destination_type.as_str(), "" | "service")
+                        && !upstream.destination_name.is_empty()
+                })
+                .map(|upstream| upstream.destination_name.clone());
+            upstreams
+                .entry(service.to_owned())
+                .or_default()
+                .extend(declared);
         }
     }
+    // A service whose sidecars declare nothing has no entry.
+    upstreams.retain(|_, declared| !declared.is_empty());
+    upstreams
+}
 
-    fn endpoints(&self, name: &str, instances: &[ServiceEntry]) -> Vec<Endpoint> {
-        match self.proxies.get(name) {
-            Some(proxies) if !proxies.is_empty() => proxies
-                .iter()
-                .map(|proxy| meshed_endpoint(proxy, instances))
-                .collect(),
-            _ => instances
-                .iter()
-                .filter(|entry| entry.service.kind == ServiceKind::Typical)
-                .map(plain_endpoint)
-                .collect(),
-        }
+/// A destination's endpoints: its Connect proxies when it has any (meshed),
+/// else its own instances.
+fn endpoints(instances: &[ServiceEntry], proxies: &[&ServiceEntry]) -> Vec<Endpoint> {
+    if proxies.is_empty() {
+        instances
+            .iter()
+            .filter(|entry| entry.service.kind == ServiceKind::Typical)
+            .map(plain_endpoint)
+            .collect()
+    } else {
+        proxies
+            .iter()
+            .map(|proxy| meshed_endpoint(proxy, instances))
+            .collect()
     }
 }
 
@@ -631,7 +1084,6 @@ fn mesh_intentions(intentions: Vec<ConsulIntention>) -> Vec<Intention> {
 struct Watch {
     client: ConsulClient,
     target: Target,
-    epoch: u64,
     options: ConsulSourceOptions,
     metrics: Arc<Metrics>,
     events: mpsc::Sender<Event>,
@@ -662,8 +1114,13 @@ impl Watch {
                     index = next_index(index, meta.index);
                     if changed {
                         loaded = true;
-                        if !self.send(Update::Loaded(payload)).await {
-                            return;
+                        let event = Event {
+                            target: self.target.clone(),
+                            payload,
+                            index: meta.index,
+                        };
+                        if self.events.send(event).await.is_err() {
+                            return; // the source was stopped
                         }
                     }
                     // A blocking read that comes back at once with nothing
@@ -691,10 +1148,6 @@ impl Watch {
                             "Consul watch failed; keeping the last known state"
                         );
                     }
-                    if !loaded && backoff.failures == 1 && !self.send(Update::FirstLoadFailed).await
-                    {
-                        return;
-                    }
                     // Read afresh next time: a restarted Consul may have a
                     // lower index, which a blocking read would sit on.
                     index = 0;
@@ -702,16 +1155,6 @@ impl Watch {
                 }
             }
         }
-    }
-
-    /// False when the supervisor is gone (the source was stopped).
-    async fn send(&self, update: Update) -> bool {
-        let event = Event {
-            target: self.target.clone(),
-            epoch: self.epoch,
-            update,
-        };
-        self.events.send(event).await.is_ok()
     }
 }
 
@@ -795,26 +1238,13 @@ mod tests {
         }))
     }
 
-    /// A loaded watch (must run inside a runtime, for the abort handle).
-    fn loaded(entries: Vec<ServiceEntry>) -> ServiceWatch {
-        ServiceWatch {
-            epoch: 0,
-            abort: tokio::spawn(async {}).abort_handle(),
-            state: ServiceState::Loaded(entries),
-        }
-    }
-
-    #[tokio::test]
-    async fn an_unmeshed_service_is_served_by_its_instances() {
-        let services = BTreeMap::from([(
-            "web".to_owned(),
-            loaded(vec![
-                app("web-1", "", 8080, "passing"),
-                app("web-2", "10.0.0.9", 8081, "critical"),
-            ]),
-        )]);
-        let view = CatalogView::new(&services);
-        let endpoints = view.endpoints("web", view.destinations["web"]);
+    #[test]
+    fn an_unmeshed_service_is_served_by_its_instances() {
+        let instances = vec![
+            app("web-1", "", 8080, "passing"),
+            app("web-2", "10.0.0.9", 8081, "critical"),
+        ];
+        let endpoints = endpoints(&instances, &[]);
         assert_eq!(endpoints.len(), 2);
         assert_eq!(
             (endpoints[0].address.as_str(), endpoints[0].port),
@@ -829,24 +1259,14 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_service_with_sidecars_is_meshed_and_its_proxies_are_not_destinations() {
-        let services = BTreeMap::from([
-            (
-                "web".to_owned(),
-                loaded(vec![app("web-1", "", 8080, "passing")]),
-            ),
-            (
-                "web-sidecar-proxy".to_owned(),
-                loaded(vec![sidecar("web-1", 21000, "passing")]),
-            ),
-        ]);
-        let view = CatalogView::new(&services);
-        assert_eq!(
-            view.destinations.keys().copied().collect::<Vec<_>>(),
-            vec!["web"]
-        );
-        let endpoints = view.endpoints("web", view.destinations["web"]);
+    #[test]
+    fn a_service_with_sidecars_is_meshed_and_its_proxies_are_not_destinations() {
+        let instances = vec![app("web-1", "", 8080, "passing")];
+        let proxies = vec![sidecar("web-1", 21000, "passing")];
+        assert!(!is_infrastructure(&instances));
+        assert!(is_infrastructure(&proxies));
+        assert_eq!(proxied(&proxies).collect::<Vec<_>>(), vec!["web"]);
+        let endpoints = endpoints(&instances, &proxies.iter().collect::<Vec<_>>());
         assert_eq!(endpoints.len(), 1);
         let endpoint = &endpoints[0];
         assert_eq!(
@@ -862,27 +1282,45 @@ mod tests {
         assert_eq!(endpoint.health, Health::Healthy);
     }
 
-    #[tokio::test]
-    async fn a_meshed_endpoint_is_unhealthy_when_its_app_or_its_proxy_fails() {
+    #[test]
+    fn a_meshed_endpoint_is_unhealthy_when_its_app_or_its_proxy_fails() {
         for (app_status, proxy_status) in [("critical", "passing"), ("passing", "critical")] {
-            let services = BTreeMap::from([
-                (
-                    "web".to_owned(),
-                    loaded(vec![app("web-1", "", 8080, app_status)]),
-                ),
-                (
-                    "web-sidecar-proxy".to_owned(),
-                    loaded(vec![sidecar("web-1", 21000, proxy_status)]),
-                ),
-            ]);
-            let view = CatalogView::new(&services);
-            let endpoints = view.endpoints("web", view.destinations["web"]);
+            let instances = vec![app("web-1", "", 8080, app_status)];
+            let proxies = vec![sidecar("web-1", 21000, proxy_status)];
+            let endpoints = endpoints(&instances, &proxies.iter().collect::<Vec<_>>());
             assert_eq!(
                 endpoints[0].health,
                 Health::Unhealthy,
                 "app {app_status}, proxy {proxy_status}"
             );
         }
+    }
+
+    #[test]
+    fn upstreams_come_from_the_sidecars_service_upstreams_only() {
+        let mut proxy = sidecar("web-1", 21000, "passing");
+        let upstream = |kind: &str, name: &str| crate::consul::Upstream {
+            destination_type: kind.into(),
+            destination_name: name.into(),
+            ..crate::consul::Upstream::default()
+        };
+        if let Some(config) = proxy.service.proxy.as_mut() {
+            config.upstreams = vec![
+                upstream("", "users"),
+                upstream("service", "db"),
+                upstream("prepared_query", "nearest-db"),
+            ];
+        }
+        let quiet = sidecar("api-1", 21001, "passing");
+        let instances = vec![app("web-1", "", 8080, "passing")];
+        let found = upstreams([vec![proxy, quiet].as_slice(), instances.as_slice()].into_iter());
+        assert_eq!(
+            found,
+            BTreeMap::from([(
+                "web".to_owned(),
+                BTreeSet::from(["db".to_owned(), "users".to_owned()])
+            )])
+        );
     }
 
     #[test]
