@@ -433,3 +433,94 @@ async fn a_consul_address_given_as_a_host_name_is_resolved() -> TestResult {
     assert!(!leader.is_empty());
     Ok(())
 }
+
+/// Consul 1.8.7 over `limits.http_max_conns_per_client` accepts the TCP
+/// connection and closes it at once, without an HTTP status: the error must
+/// say so, not send the operator looking for a stopped Consul.
+#[tokio::test]
+async fn a_connection_over_consuls_per_client_limit_names_the_limit() -> TestResult {
+    let consul = DevConsul::start_with_hcl("limits { http_max_conns_per_client = 5 }").await?;
+    let address = format!("http://127.0.0.1:{}", consul.http_port);
+    // A client allowed more connections than Consul gives this address.
+    let client =
+        ConsulClient::new(ConsulConfig::new(&address, None, None)?.with_max_connections(40)?)?;
+    let (_, meta) = client.catalog_services(&QueryOptions::default()).await?;
+    // Blocking reads that nothing wakes hold their connections for 2 s.
+    let reads = (0..8).map(|_| {
+        let client = client.clone();
+        async move {
+            client
+                .catalog_services(&QueryOptions::blocking(meta.index, Duration::from_secs(2)))
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(reads).await;
+    let refused: Vec<ConsulError> = results.into_iter().filter_map(Result::err).collect();
+    assert!(!refused.is_empty(), "8 connections where Consul allows 5");
+    for error in &refused {
+        assert!(matches!(error, ConsulError::Closed { .. }), "{error:?}");
+        assert!(error.is_retryable());
+        assert_eq!(error.kind(), "closed");
+        let message = error.to_string();
+        assert!(message.contains("http_max_conns_per_client"), "{message}");
+        assert!(message.contains(&address), "{message}");
+        assert!(!message.contains("is Consul running"), "{message}");
+    }
+    Ok(())
+}
+
+/// However many requests callers make at once, the client holds at most
+/// `max_connections` to Consul: a Consul that allows barely more than that
+/// (the test's own set-up client holds one idle connection) serves them all.
+#[tokio::test]
+async fn the_client_never_opens_more_connections_than_its_limit() -> TestResult {
+    let consul = DevConsul::start_with_hcl("limits { http_max_conns_per_client = 8 }").await?;
+    let address = format!("http://127.0.0.1:{}", consul.http_port);
+    let client =
+        ConsulClient::new(ConsulConfig::new(&address, None, None)?.with_max_connections(6)?)?;
+    assert_eq!(client.max_connections(), 6);
+    assert_eq!(
+        client.short_request_capacity(),
+        2,
+        "4 kept for blocking queries"
+    );
+    let (_, meta) = client.catalog_services(&QueryOptions::default()).await?;
+    let blocking = (0..6).map(|_| {
+        let client = client.clone();
+        async move {
+            client
+                .catalog_services(&QueryOptions::blocking(
+                    meta.index,
+                    Duration::from_millis(800),
+                ))
+                .await
+                .map(drop)
+        }
+    });
+    let short = (0..40).map(|_| {
+        let client = client.clone();
+        async move {
+            client
+                .health_service("consul", &QueryOptions::default())
+                .await
+                .map(drop)
+        }
+    });
+    let started = Instant::now();
+    let (blocking, short) = futures_util::future::join(
+        futures_util::future::join_all(blocking),
+        futures_util::future::join_all(short),
+    )
+    .await;
+    for result in blocking.into_iter().chain(short) {
+        result?;
+    }
+    assert!(
+        client.connections_open() <= 6,
+        "{} open",
+        client.connections_open()
+    );
+    // Short reads never waited behind the long polls (their own lane).
+    eprintln!("46 requests on 6 connections in {:?}", started.elapsed());
+    Ok(())
+}

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use consul_support::DevConsul;
-use weft_discovery::consul::{CheckRegistration, ConnectRegistration, ServiceRegistration};
+use weft_discovery::consul::{
+    CheckRegistration, ConnectRegistration, ProxyConfig, ServiceRegistration, Upstream,
+};
 use weft_discovery::model::{Endpoint, Health, MeshState};
 use weft_discovery::source::consul::{ConsulSource, ConsulSourceOptions};
 use weft_discovery::store::MeshStore;
@@ -413,5 +415,106 @@ async fn a_consul_that_restarts_with_a_lower_index_is_followed() -> TestResult {
     )
     .await?;
     eprintln!("followed the restarted Consul in {took:?}");
+    Ok(())
+}
+
+/// Registrations that write no check move only the catalog's index; the
+/// source must notice them all the same (they are not explained by any
+/// check change, so it re-reads the catalog).
+#[tokio::test]
+async fn an_instance_without_checks_and_a_new_port_reach_the_store_within_a_second() -> TestResult {
+    let consul = DevConsul::start().await?;
+    let source = start_source(&consul, options()).await?;
+    let store = &source.store;
+    consul
+        .client
+        .agent_service_register(&web("web-1", 8080))
+        .await?;
+    eventually(store, WITHIN, "web-1 registered", |state| {
+        endpoints(state, "web").len() == 1
+    })
+    .await?;
+
+    let checkless = |port: u16| ServiceRegistration {
+        id: "web-2".into(),
+        name: "web".into(),
+        address: "127.0.0.1".into(),
+        port,
+        ..ServiceRegistration::default()
+    };
+    consul
+        .client
+        .agent_service_register(&checkless(8081))
+        .await?;
+    let took = eventually(store, WITHIN, "checkless web-2 registered", |state| {
+        endpoints(state, "web")
+            .iter()
+            .map(|e| e.port)
+            .eq([8080, 8081])
+    })
+    .await?;
+    eprintln!("a registration without checks reached the store in {took:?}");
+
+    consul
+        .client
+        .agent_service_register(&checkless(9091))
+        .await?;
+    eventually(
+        store,
+        WITHIN,
+        "web-2 re-registered on a new port",
+        |state| {
+            endpoints(state, "web")
+                .iter()
+                .map(|e| e.port)
+                .eq([8080, 9091])
+        },
+    )
+    .await?;
+
+    consul.client.agent_service_deregister("web-2").await?;
+    eventually(store, WITHIN, "checkless web-2 deregistered", |state| {
+        endpoints(state, "web").iter().map(|e| e.port).eq([8080])
+    })
+    .await?;
+    Ok(())
+}
+
+fn upstream(name: &str, port: u16) -> Upstream {
+    Upstream {
+        destination_name: name.into(),
+        local_bind_port: port,
+        ..Upstream::default()
+    }
+}
+
+/// Upstreams declared on a Connect sidecar registration reach the store
+/// under the service the sidecar fronts.
+#[tokio::test]
+async fn a_sidecars_declared_upstreams_reach_the_store() -> TestResult {
+    let consul = DevConsul::start().await?;
+    let source = start_source(&consul, options()).await?;
+    let store = &source.store;
+    let mut registration = web("web-1", 8080);
+    registration.connect = Some(ConnectRegistration {
+        sidecar_service: Some(Box::new(ServiceRegistration {
+            port: 21000,
+            checks: Some(vec![ttl_check("web-1-sidecar-ttl")]),
+            proxy: Some(ProxyConfig {
+                upstreams: vec![upstream("users", 9001), upstream("db", 9002)],
+                ..ProxyConfig::default()
+            }),
+            ..ServiceRegistration::default()
+        })),
+        ..ConnectRegistration::default()
+    });
+    consul.client.agent_service_register(&registration).await?;
+    eventually(store, WITHIN, "web's upstreams", |state| {
+        state
+            .upstreams
+            .get("web")
+            .is_some_and(|upstreams| upstreams.iter().eq(["db", "users"]))
+    })
+    .await?;
     Ok(())
 }

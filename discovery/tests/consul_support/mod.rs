@@ -65,7 +65,7 @@ impl DevConsul {
         // A port picked free can be taken by someone else before Consul binds
         // it; a second try with new ports makes that race harmless.
         for _ in 0..3 {
-            match Self::try_start(&binary, None, None).await {
+            match Self::try_start(&binary, None, None, None).await {
                 Ok(consul) => return Ok(consul),
                 Err(error) => last_error = Some(error),
             }
@@ -79,7 +79,7 @@ impl DevConsul {
         let binary = consul_binary()?;
         let mut last_error = None;
         for _ in 0..3 {
-            match Self::try_start(&binary, Some(https), None).await {
+            match Self::try_start(&binary, Some(https), None, None).await {
                 Ok(consul) => return Ok(consul),
                 Err(error) => last_error = Some(error),
             }
@@ -94,7 +94,22 @@ impl DevConsul {
         let binary = consul_binary()?;
         let mut last_error = None;
         for _ in 0..3 {
-            match Self::try_start(&binary, None, Some(master_token)).await {
+            match Self::try_start(&binary, None, Some(master_token), None).await {
+                Ok(consul) => return Ok(consul),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("consul did not start")))
+    }
+
+    /// A dev agent started with `hcl` as an extra `-config-file` (e.g.
+    /// `limits { http_max_conns_per_client = 5 }`). Ready like
+    /// [`start`](Self::start).
+    pub async fn start_with_hcl(hcl: &str) -> anyhow::Result<Self> {
+        let binary = consul_binary()?;
+        let mut last_error = None;
+        for _ in 0..3 {
+            match Self::try_start(&binary, None, None, Some(hcl)).await {
                 Ok(consul) => return Ok(consul),
                 Err(error) => last_error = Some(error),
             }
@@ -113,6 +128,7 @@ impl DevConsul {
         binary: &PathBuf,
         https: Option<&HttpsSettings>,
         acl_master_token: Option<&str>,
+        extra_hcl: Option<&str>,
     ) -> anyhow::Result<Self> {
         let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
         let http = ports[0];
@@ -132,7 +148,15 @@ impl DevConsul {
                 write_acl_config(&file, token)?;
                 (None, Some(file))
             }
-            (None, None) => (None, None),
+            (None, None) => match extra_hcl {
+                Some(hcl) => {
+                    let file = std::env::temp_dir().join(format!("weft-consul-{http}-extra.hcl"));
+                    std::fs::write(&file, hcl)
+                        .with_context(|| format!("writing consul config {}", file.display()))?;
+                    (None, Some(file))
+                }
+                None => (None, None),
+            },
         };
         let child = spawn_agent(binary, ports, &log, config_file.as_deref())?;
         let client = ConsulClient::new(ConsulConfig::new(
