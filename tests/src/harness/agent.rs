@@ -43,6 +43,15 @@ impl Agent {
         backend: &Backend,
         extra_args: &[String],
     ) -> anyhow::Result<Self> {
+        let mut agent = Self::spawn(log_dir, backend, extra_args)?;
+        agent.wait_ready().await?;
+        Ok(agent)
+    }
+
+    /// Starts the agent without waiting for it to be ready: for tests that
+    /// watch it while it syncs (then [`Agent::wait_ready`]) or that expect
+    /// it never to get there.
+    pub fn spawn(log_dir: &Path, backend: &Backend, extra_args: &[String]) -> anyhow::Result<Self> {
         let listen_port = free_port()?;
         let admin_port = free_port()?;
         let mut args = match backend {
@@ -63,14 +72,12 @@ impl Agent {
             &[("RUST_LOG", "info,weft_discovery=debug"), ("NO_COLOR", "1")],
             log_dir,
         )?;
-        let mut agent = Self {
+        Ok(Self {
             process,
             listen_port,
             admin_port,
             http: HttpClient::new(),
-        };
-        agent.wait_ready().await?;
-        Ok(agent)
+        })
     }
 
     /// What a sidecar's `--discovery` takes.
@@ -117,6 +124,32 @@ impl Agent {
             bail!("agent /metrics answered {}: {}", reply.status, reply.text());
         }
         super::metrics::MetricsPage::parse(&reply.text()).context("agent /metrics")
+    }
+
+    /// `/readyz`'s status right now (200 once the first full sync is done).
+    pub async fn readyz(&self) -> anyhow::Result<http::StatusCode> {
+        let reply = self
+            .http
+            .get(&format!("{}/readyz", self.admin_url()))
+            .await?;
+        Ok(reply.status)
+    }
+
+    /// `/ui/graph.json`: every service the agent serves with its instances
+    /// (`address`, `healthy`, `meshed`).
+    pub async fn graph(&self) -> anyhow::Result<serde_json::Value> {
+        let reply = self
+            .http
+            .get(&format!("{}/ui/graph.json", self.admin_url()))
+            .await?;
+        if !reply.status.is_success() {
+            bail!(
+                "agent /ui/graph.json answered {}: {}",
+                reply.status,
+                reply.text()
+            );
+        }
+        reply.json().context("agent /ui/graph.json")
     }
 
     pub fn process(&mut self) -> &mut Process {

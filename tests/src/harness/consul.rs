@@ -96,17 +96,27 @@ impl Consul {
     /// Starts a dev agent on free ports (DNS and gRPC off: nothing uses them)
     /// and waits until it has elected itself leader.
     pub async fn start(log_dir: &Path) -> anyhow::Result<Self> {
-        Self::start_configured(log_dir, None).await
+        Self::start_configured(log_dir, None, None).await
+    }
+
+    /// Like [`Consul::start`] with `hcl` as an extra config file, e.g.
+    /// `limits { http_max_conns_per_client = 5 }`.
+    pub async fn start_with_hcl(log_dir: &Path, hcl: &str) -> anyhow::Result<Self> {
+        Self::start_configured(log_dir, None, Some(hcl)).await
     }
 
     /// Like [`Consul::start`] with ACLs on, default deny, and
     /// `master_token` as the bootstrap token (also the agent's own, so it
     /// can register its node). Every call the harness makes sends it.
     pub async fn start_with_acls(log_dir: &Path, master_token: &str) -> anyhow::Result<Self> {
-        Self::start_configured(log_dir, Some(master_token)).await
+        Self::start_configured(log_dir, Some(master_token), None).await
     }
 
-    async fn start_configured(log_dir: &Path, master_token: Option<&str>) -> anyhow::Result<Self> {
+    async fn start_configured(
+        log_dir: &Path,
+        master_token: Option<&str>,
+        extra_hcl: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let binary = consul_binary()?;
         let http_port = free_port()?;
         let mut args: Vec<String> = vec![
@@ -137,6 +147,11 @@ impl Consul {
             let file = log_dir.join("consul-acl.hcl");
             std::fs::write(&file, acl_config(token))
                 .with_context(|| format!("writing {}", file.display()))?;
+            args.push(format!("-config-file={}", file.display()));
+        }
+        if let Some(hcl) = extra_hcl {
+            let file = log_dir.join("consul-extra.hcl");
+            std::fs::write(&file, hcl).with_context(|| format!("writing {}", file.display()))?;
             args.push(format!("-config-file={}", file.display()));
         }
         let process = Process::spawn("consul", &binary, &args, log_dir)?;
@@ -349,6 +364,107 @@ impl Consul {
         Ok(())
     }
 
+    /// Registers a synthetic catalog straight into Consul's catalog
+    /// (`/v1/catalog/register`, no agent behind the nodes): `services`
+    /// Connect services named `<prefix>-<n>`, each with `instances` app
+    /// instances and one sidecar proxy per instance (kind `connect-proxy`,
+    /// destination the app, upstream the next service), spread over `nodes`
+    /// nodes. Every app and proxy has one passing check that only the test
+    /// changes ([`Consul::set_synthetic_health`]). Registrations go 16 at a
+    /// time: a 1,000-service catalog takes seconds, not minutes.
+    pub async fn register_synthetic(
+        &self,
+        prefix: &str,
+        services: usize,
+        instances: usize,
+        nodes: usize,
+    ) -> anyhow::Result<Vec<SyntheticInstance>> {
+        let mut all = Vec::with_capacity(services * instances);
+        for service in 0..services {
+            for instance in 0..instances {
+                let node = (service * instances + instance) % nodes.max(1);
+                all.push(SyntheticInstance {
+                    node: format!("{prefix}-node-{node}"),
+                    node_address: format!("10.77.{}.{}", node / 250, node % 250 + 1),
+                    service: format!("{prefix}-{service}"),
+                    id: format!("{prefix}-{service}-{instance}"),
+                    port: 8000 + u16::try_from(instance % 1000).unwrap_or(0),
+                    proxy_port: 21000 + u16::try_from(instance % 1000).unwrap_or(0),
+                    upstream: format!("{prefix}-{}", (service + 1) % services.max(1)),
+                });
+            }
+        }
+        for chunk in all.chunks(16) {
+            let writes = chunk.iter().flat_map(|instance| {
+                [
+                    instance.app_registration(true),
+                    instance.proxy_registration(true),
+                ]
+            });
+            let writes = writes.map(|body| async move {
+                self.api_put("/v1/catalog/register", &body).await.map(drop)
+            });
+            for result in futures_util::future::join_all(writes).await {
+                result?;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Registers one more synthetic instance (app and proxy, both checked).
+    pub async fn register_synthetic_instance(
+        &self,
+        instance: &SyntheticInstance,
+    ) -> anyhow::Result<()> {
+        self.api_put("/v1/catalog/register", &instance.app_registration(true))
+            .await?;
+        self.api_put("/v1/catalog/register", &instance.proxy_registration(true))
+            .await
+            .map(drop)
+    }
+
+    /// Sets a synthetic instance's app check passing or critical (through
+    /// the catalog, as there is no agent for its node).
+    pub async fn set_synthetic_health(
+        &self,
+        instance: &SyntheticInstance,
+        passing: bool,
+    ) -> anyhow::Result<()> {
+        self.api_put("/v1/catalog/register", &instance.app_registration(passing))
+            .await
+            .map(drop)
+    }
+
+    /// Registers a synthetic instance (app and proxy) with no check at
+    /// all: changes only the catalog's index shows.
+    pub async fn register_synthetic_checkless(
+        &self,
+        instance: &SyntheticInstance,
+    ) -> anyhow::Result<()> {
+        for mut body in [
+            instance.app_registration(true),
+            instance.proxy_registration(true),
+        ] {
+            if let Some(body) = body.as_object_mut() {
+                body.remove("Checks");
+            }
+            self.api_put("/v1/catalog/register", &body).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a synthetic instance and its proxy from the catalog.
+    pub async fn deregister_synthetic(&self, instance: &SyntheticInstance) -> anyhow::Result<()> {
+        for id in [instance.id.clone(), instance.proxy_id()] {
+            self.api_put(
+                "/v1/catalog/deregister",
+                &serde_json::json!({ "Node": instance.node, "ServiceID": id }),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Freezes the Consul process (SIGSTOP): connections stay open, nothing answers.
     pub fn pause(&mut self) -> anyhow::Result<()> {
         self.process.signal("STOP")?;
@@ -482,6 +598,69 @@ fn ttl_check(check_id: String) -> CheckRegistration {
         ttl: Some(Duration::from_secs(3_600)),
         status: "passing".to_owned(),
         ..CheckRegistration::default()
+    }
+}
+
+/// One app instance of a synthetic catalog ([`Consul::register_synthetic`]),
+/// with its sidecar proxy `<id>-sidecar-proxy` on the same node.
+#[derive(Clone, Debug)]
+pub struct SyntheticInstance {
+    pub node: String,
+    pub node_address: String,
+    pub service: String,
+    pub id: String,
+    pub port: u16,
+    pub proxy_port: u16,
+    /// The service its proxy declares as upstream.
+    pub upstream: String,
+}
+
+impl SyntheticInstance {
+    pub fn proxy_id(&self) -> String {
+        format!("{}-sidecar-proxy", self.id)
+    }
+
+    /// The address a meshed endpoint of it has: its node's, proxy port.
+    pub fn proxy_address(&self) -> String {
+        format!("{}:{}", self.node_address, self.proxy_port)
+    }
+
+    fn app_registration(&self, passing: bool) -> serde_json::Value {
+        serde_json::json!({
+            "Node": self.node,
+            "Address": self.node_address,
+            "Service": { "ID": self.id, "Service": self.service, "Port": self.port },
+            "Checks": [{
+                "CheckID": format!("{}-ttl", self.id),
+                "Name": "set by the test",
+                "ServiceID": self.id,
+                "Status": if passing { "passing" } else { "critical" },
+            }],
+        })
+    }
+
+    fn proxy_registration(&self, passing: bool) -> serde_json::Value {
+        serde_json::json!({
+            "Node": self.node,
+            "Address": self.node_address,
+            "Service": {
+                "Kind": "connect-proxy",
+                "ID": self.proxy_id(),
+                "Service": format!("{}-sidecar-proxy", self.service),
+                "Port": self.proxy_port,
+                "Proxy": {
+                    "DestinationServiceName": self.service,
+                    "DestinationServiceID": self.id,
+                    "Upstreams": [{ "DestinationName": self.upstream, "LocalBindPort": 9000 }],
+                },
+            },
+            "Checks": [{
+                "CheckID": format!("{}-sidecar-ttl", self.id),
+                "Name": "set by the test",
+                "ServiceID": self.proxy_id(),
+                "Status": if passing { "passing" } else { "critical" },
+            }],
+        })
     }
 }
 

@@ -112,6 +112,12 @@ impl Process {
             .with_context(|| format!("{} is not running", self.name))
     }
 
+    /// How many established TCP connections this process holds to
+    /// `127.0.0.1:<port>` right now (see [`tcp_connections`]).
+    pub fn tcp_connections_to(&self, port: u16) -> anyhow::Result<usize> {
+        tcp_connections(self.pid()?, port)
+    }
+
     /// Waits for the `READY <addr>` line and returns what follows `READY `.
     pub async fn ready_line(&mut self, timeout: Duration) -> anyhow::Result<String> {
         let receiver = self
@@ -241,4 +247,41 @@ pub fn tail_of(path: &Path, lines: usize) -> String {
         }
         Err(error) => format!("(cannot read {}: {error})", path.display()),
     }
+}
+
+/// How many established TCP connections process `pid` holds to
+/// `127.0.0.1:<port>` right now: its socket inodes (`/proc/<pid>/fd`)
+/// matched against `/proc/net/tcp` rows in state ESTABLISHED whose
+/// remote end is that port. Linux only, like the rest of the harness.
+pub fn tcp_connections(pid: u32, port: u16) -> anyhow::Result<usize> {
+    let fd_dir = format!("/proc/{pid}/fd");
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(&fd_dir).with_context(|| format!("reading {fd_dir}"))? {
+        // An fd closed between the listing and the readlink is skipped.
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            inodes.insert(inode.to_owned());
+        }
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
+    // Columns: sl local_address rem_address st ... inode (10th).
+    let remote = format!(":{port:04X}");
+    let count = table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            columns.len() > 9
+                && columns[2].ends_with(&remote)
+                && columns[3] == "01"
+                && inodes.contains(columns[9])
+        })
+        .count();
+    Ok(count)
 }
