@@ -270,18 +270,21 @@ pub fn tcp_connections(pid: u32, port: u16) -> anyhow::Result<usize> {
         }
     }
     let table = std::fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
-    // Columns: sl local_address rem_address st ... inode (10th).
+    // Columns: sl local_address rem_address st ... inode (10th). Counted
+    // by inode: the kernel writes the table in chunks while it changes, so
+    // one read can list a socket twice.
     let remote = format!(":{port:04X}");
-    let count = table
+    let matched: std::collections::HashSet<&str> = table
         .lines()
         .skip(1)
-        .filter(|line| {
+        .filter_map(|line| {
             let columns: Vec<&str> = line.split_whitespace().collect();
-            columns.len() > 9
+            let established = columns.len() > 9
                 && columns[2].ends_with(&remote)
                 && columns[3] == "01"
-                && inodes.contains(columns[9])
+                && inodes.contains(columns[9]);
+            established.then(|| columns[9])
         })
-        .count();
-    Ok(count)
+        .collect();
+    Ok(matched.len())
 }
