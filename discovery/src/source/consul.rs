@@ -1286,7 +1286,7 @@ mod tests {
     fn a_meshed_endpoint_is_unhealthy_when_its_app_or_its_proxy_fails() {
         for (app_status, proxy_status) in [("critical", "passing"), ("passing", "critical")] {
             let instances = vec![app("web-1", "", 8080, app_status)];
-            let proxies = vec![sidecar("web-1", 21000, proxy_status)];
+            let proxies = [sidecar("web-1", 21000, proxy_status)];
             let endpoints = endpoints(&instances, &proxies.iter().collect::<Vec<_>>());
             assert_eq!(
                 endpoints[0].health,
