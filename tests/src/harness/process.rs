@@ -277,6 +277,8 @@ pub fn tcp_connections(pid: u32, port: u16) -> anyhow::Result<usize> {
     let matched: std::collections::HashSet<&str> = table
         .lines()
         .skip(1)
+        // Most rows are other sockets: skip them before splitting.
+        .filter(|line| line.contains(&remote))
         .filter_map(|line| {
             let columns: Vec<&str> = line.split_whitespace().collect();
             let established = columns.len() > 9
