@@ -199,6 +199,29 @@ def main():
             time.sleep(0.5)
         print("check change -> snapshot (ms): " + ", ".join(f"{t:.0f}" for t in took)
               + f"; median {statistics.median(took):.0f}")
+        def timed(method, path, body):
+            before = builds()
+            t0 = time.monotonic()
+            request(http_port, method, path, body)
+            written = time.monotonic()
+            while builds() == before and time.monotonic() - t0 < 30:
+                time.sleep(0.002)
+            return (time.monotonic() - written) * 1000
+
+        # A new instance's sidecar proxy: a new meshed endpoint of svc-<target>.
+        extra = next(b for b in registrations(args)
+                     if b["Service"]["ID"] == f"svc-{target}-0-sidecar-proxy")
+        extra = json.loads(json.dumps(extra))
+        extra["Service"]["ID"] = f"svc-{target}-new-sidecar-proxy"
+        extra["Service"]["Port"] = 29999
+        extra["Service"]["Proxy"]["DestinationServiceID"] = f"svc-{target}-new"
+        extra["Checks"][0]["CheckID"] = f"svc-{target}-new-sidecar-ttl"
+        extra["Checks"][0]["ServiceID"] = f"svc-{target}-new-sidecar-proxy"
+        registered = timed("PUT", "/v1/catalog/register", extra)
+        time.sleep(0.5)
+        deregistered = timed("PUT", "/v1/catalog/deregister",
+                             {"Node": extra["Node"], "ServiceID": f"svc-{target}-new-sidecar-proxy"})
+        print(f"new instance -> snapshot: {registered:.0f} ms; its deregistration -> snapshot: {deregistered:.0f} ms")
         print(f"connections held after the changes: {connections(agent.pid, http_port)}")
     finally:
         if agent:
