@@ -139,7 +139,7 @@ def main():
         agent = subprocess.Popen([args.agent, "--consul", f"http://127.0.0.1:{http_port}",
                                   "--listen", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{admin}",
                                   *args.agent_arg],
-                                 env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"},
+                                 env={"RUST_LOG": "info", **os.environ, "NO_COLOR": "1"},
                                  stdout=open(f"{work}/agent.log", "w"), stderr=subprocess.STDOUT)
         started = time.monotonic()
         peak = [0, 0]

@@ -56,6 +56,9 @@ pub struct Metrics {
     /// Backoff waits before a Consul watch reads again (after an error,
     /// or an answer that came back at once with nothing new).
     pub consul_watch_retries: Family<WatchLabels, Counter>,
+    /// TCP connections open to Consul (in use or idle in the pool), as of
+    /// the Consul source's last event; never above `--consul-max-connections`.
+    pub consul_connections: Gauge,
     /// Call reports received from sidecars (the service map).
     pub call_reports: Counter,
     /// Leaf certificates signed for sidecars.
@@ -81,6 +84,7 @@ impl Metrics {
         let responses_sent = Counter::default();
         let nacks_received = Counter::default();
         let connected_sidecars = Gauge::default();
+        let consul_connections = Gauge::default();
         // 1 ms to about 30 s: a push on loopback is acknowledged within a
         // few ms after the 20 ms debounce; seconds mean a slow sidecar.
         let push_latency_seconds = Family::<PushLabels, Histogram>::new_with_constructor(|| {
@@ -131,14 +135,19 @@ impl Metrics {
         );
         registry.register(
             "consul_watch_errors",
-            "Failed Consul reads, by watch (catalog, service, kv, intentions) and kind \
-             (connect, tls, timeout, status_4xx, status_5xx, decode, config)",
+            "Failed Consul reads, by watch (catalog, checks, service, kv, intentions) and kind \
+             (connect, closed, tls, timeout, status_4xx, status_5xx, decode, config)",
             consul_watch_errors.clone(),
         );
         registry.register(
             "consul_watch_retries",
             "Backoff waits before a Consul watch reads again, by watch",
             consul_watch_retries.clone(),
+        );
+        registry.register(
+            "consul_connections",
+            "TCP connections open to Consul (in use or idle), at most --consul-max-connections",
+            consul_connections.clone(),
         );
         registry.register(
             "call_reports",
@@ -166,6 +175,7 @@ impl Metrics {
             push_latency_seconds,
             consul_watch_errors,
             consul_watch_retries,
+            consul_connections,
             call_reports,
             certificates_issued,
             certificates_refused,

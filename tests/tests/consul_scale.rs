@@ -238,6 +238,15 @@ fn an_agent_syncs_150_connect_services_on_its_connection_limit_and_follows_every
             open <= MAX_CONNECTIONS,
             "{open} connections after the changes"
         );
+        // The agent's own count agrees: its watches' connections at least.
+        let gauge = agent
+            .metrics()
+            .await?
+            .value("weft_discovery_consul_connections", &[]);
+        ensure!(
+            (4.0..=MAX_CONNECTIONS as f64).contains(&gauge),
+            "weft_discovery_consul_connections {gauge}"
+        );
         Ok(())
     });
 }

@@ -24,7 +24,7 @@ use super::query::NON_BLOCKING_TIMEOUT;
 use super::tls::{self, ConsulConnector, Tls};
 use super::types::RawKvPair;
 use super::{
-    CaRoots, ConfigEntry, ConsulConfig, ConsulError, HealthCheck, Intention, KvPair, LeafCert,
+    CaRoots, CheckSummary, ConfigEntry, ConsulConfig, ConsulError, Intention, KvPair, LeafCert,
     QueryMeta, QueryOptions, ServiceEntry, ServiceRegistration,
 };
 
@@ -230,13 +230,14 @@ impl ConsulClient {
     }
 
     /// `/v1/health/state/any`: every check in the datacenter (node-level
-    /// ones with an empty `ServiceName`), whatever its status. Its index
-    /// moves with Consul's checks table: any check change or registration
-    /// that writes checks wakes a blocking read of it.
+    /// ones with an empty `ServiceName`), whatever its status (narrow it
+    /// with `options.filter`), as [`CheckSummary`]s. Its index moves with
+    /// Consul's checks table: any check change or registration that writes
+    /// checks wakes a blocking read of it.
     pub async fn health_state_any(
         &self,
         options: &QueryOptions,
-    ) -> Result<(Vec<HealthCheck>, QueryMeta), ConsulError> {
+    ) -> Result<(Vec<CheckSummary>, QueryMeta), ConsulError> {
         self.read("/v1/health/state/any".into(), options).await
     }
 

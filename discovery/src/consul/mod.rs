@@ -65,7 +65,7 @@ pub use query::{
     TIMEOUT_MARGIN, next_index,
 };
 pub use types::{
-    AgentService, CaRoot, CaRoots, CheckRegistration, CheckStatus, ConfigEntry,
+    AgentService, CaRoot, CaRoots, CheckRegistration, CheckStatus, CheckSummary, ConfigEntry,
     ConnectRegistration, HealthCheck, Intention, KvPair, LeafCert, Node, ProxyConfig,
     ServiceAddress, ServiceConnect, ServiceEntry, ServiceKind, ServiceRegistration, Upstream,
     Weights,

@@ -259,6 +259,22 @@ pub struct HealthCheck {
     pub modify_index: u64,
 }
 
+/// The part of a check that a datacenter-wide watch needs: whose it is and
+/// its status. Decoding skips the rest of Consul's answer (name, notes,
+/// output, definition, tags), which is most of its bytes.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckSummary {
+    #[serde(default)]
+    pub node: String,
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    pub status: CheckStatus,
+    /// Empty for node-level checks (e.g. `serfHealth`).
+    #[serde(default)]
+    pub service_name: String,
+}
+
 /// One KV entry, its value already decoded from Consul's base64.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvPair {

@@ -114,7 +114,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::consul::{
-    CheckStatus, ConsulClient, ConsulError, HealthCheck, Intention as ConsulIntention, KvPair,
+    CheckStatus, ConsulClient, ConsulError, CheckSummary, Intention as ConsulIntention, KvPair,
     QueryMeta, QueryOptions, ServiceEntry, ServiceKind, next_index,
 };
 use crate::metrics::Metrics;
@@ -272,7 +272,7 @@ impl fmt::Display for Target {
 /// What a watch read.
 enum Payload {
     Catalog(BTreeSet<String>),
-    Checks(Vec<HealthCheck>),
+    Checks(Vec<CheckSummary>),
     Kv(Vec<KvPair>),
     Intentions(Vec<ConsulIntention>),
 }
@@ -326,7 +326,7 @@ struct ReadDone {
 /// `catalog_index` (0: the baseline at start).
 struct AuditDone {
     catalog_index: u64,
-    result: Result<(Vec<HealthCheck>, QueryMeta), ConsulError>,
+    result: Result<(Vec<CheckSummary>, QueryMeta), ConsulError>,
 }
 
 /// What is known of one catalog name.
@@ -518,6 +518,8 @@ impl Supervisor {
             }
             self.start_reads();
             self.publish();
+            let open = i64::try_from(self.client.connections_open()).unwrap_or(i64::MAX);
+            self.metrics.consul_connections.set(open);
         }
     }
 
@@ -753,7 +755,7 @@ impl Supervisor {
     /// Diffs the failing checks with the last answer and marks the names
     /// whose health changed: a check entering the set turned critical (or
     /// warning), one leaving it passes again or is gone.
-    fn set_checks(&mut self, checks: Vec<HealthCheck>, index: u64) {
+    fn set_checks(&mut self, checks: Vec<CheckSummary>, index: u64) {
         let first = !self.checks_loaded;
         self.checks_loaded = true;
         let current = check_map(checks);
@@ -992,7 +994,7 @@ impl Supervisor {
 }
 
 /// Checks by (node, check id), with what decides health and ownership.
-fn check_map(checks: Vec<HealthCheck>) -> HashMap<(String, String), CheckState> {
+fn check_map(checks: Vec<CheckSummary>) -> HashMap<(String, String), CheckState> {
     checks
         .into_iter()
         .map(|check| {
