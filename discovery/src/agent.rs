@@ -60,9 +60,9 @@ pub struct Settings {
     #[arg(long, env = "CONSUL_TLS_SERVER_NAME")]
     pub consul_tls_server_name: Option<String>,
     /// Most TCP connections the agent opens to Consul at once, whatever the
-    /// catalog's size (at least 6). A quarter (at least 4) is kept for its
-    /// four blocking watches, the rest for reads of changed services and
-    /// identity checks. Consul refuses connections over
+    /// catalog's size (at least 7). A quarter (at least 5) is kept for its
+    /// five blocking watches, the rest for reads of changed services,
+    /// audits of every check and identity checks. Consul refuses connections over
     /// `limits.http_max_conns_per_client` (200 per client address by
     /// default, shared by every process on this address).
     #[arg(long, env = "WEFT_CONSUL_MAX_CONNECTIONS", default_value_t = crate::consul::DEFAULT_MAX_CONNECTIONS)]

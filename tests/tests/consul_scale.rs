@@ -147,7 +147,7 @@ fn an_agent_syncs_150_connect_services_on_its_connection_limit_and_follows_every
             peak <= MAX_CONNECTIONS,
             "the agent held {peak} connections to Consul, over --consul-max-connections {MAX_CONNECTIONS}"
         );
-        // The sampling sees the agent's sockets at all: its four watches
+        // The sampling sees the agent's sockets at all: its five watches
         // hold one each for as long as it runs.
         ensure!(
             peak >= 4,
@@ -254,7 +254,7 @@ fn an_agent_syncs_150_connect_services_on_its_connection_limit_and_follows_every
 #[test]
 fn over_a_consul_with_a_low_connection_limit_the_log_names_the_limit() {
     run(|ctx| async move {
-        // Fewer than the agent's four blocking watches: it cannot sync.
+        // Fewer than the agent's five blocking watches: it cannot sync.
         let consul =
             Consul::start_with_hcl(&ctx.log_dir, "limits { http_max_conns_per_client = 3 }")
                 .await?;

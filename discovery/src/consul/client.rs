@@ -229,16 +229,18 @@ impl ConsulClient {
         self.read(path, options).await
     }
 
-    /// `/v1/health/state/any`: every check in the datacenter (node-level
-    /// ones with an empty `ServiceName`), whatever its status (narrow it
-    /// with `options.filter`), as [`CheckSummary`]s. Its index moves with
-    /// Consul's checks table: any check change or registration that writes
-    /// checks wakes a blocking read of it.
-    pub async fn health_state_any(
+    /// `/v1/health/state/<state>` (`any`, `passing`, `warning`,
+    /// `critical`): the checks in that state across the datacenter
+    /// (node-level ones with an empty `ServiceName`) as [`CheckSummary`]s.
+    /// Its index moves with Consul's checks table: any check change or
+    /// registration that writes checks wakes a blocking read of it.
+    pub async fn health_state(
         &self,
+        state: &str,
         options: &QueryOptions,
     ) -> Result<(Vec<CheckSummary>, QueryMeta), ConsulError> {
-        self.read("/v1/health/state/any".into(), options).await
+        let path = format!("/v1/health/state/{}", segment(state));
+        self.read(path, options).await
     }
 
     /// `/v1/health/connect/<service>`: the Connect proxies (and Connect-native

@@ -53,20 +53,20 @@ pub struct ConsulConfig {
     pub max_connections: usize,
 }
 
-/// Default of [`ConsulConfig::max_connections`]: the agent's four blocking
+/// Default of [`ConsulConfig::max_connections`]: the agent's five blocking
 /// watches plus enough parallel reads to sync a 1,000-service catalog in
 /// about a second, far below Consul's 200 per client address so other
 /// processes on the host (a Consul agent's own CLI, sidecars with
 /// `--identity-source consul`) keep their share.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
 
-/// Smallest [`ConsulConfig::max_connections`]: the agent's four blocking
+/// Smallest [`ConsulConfig::max_connections`]: the agent's five blocking
 /// watches plus two short reads.
-pub const MIN_MAX_CONNECTIONS: usize = 6;
+pub const MIN_MAX_CONNECTIONS: usize = 7;
 
-/// Fewest connections kept for blocking queries: the agent runs four
-/// (catalog names, checks, KV, intentions).
-pub const BLOCKING_RESERVE_MIN: usize = 4;
+/// Fewest connections kept for blocking queries: the agent runs five
+/// (catalog names, critical and warning checks, KV, intentions).
+pub const BLOCKING_RESERVE_MIN: usize = 5;
 
 /// The operating system's CA bundle (Debian/Ubuntu layout, PEM), trusted for
 /// Consul's certificate when `CONSUL_CACERT` is not set.
@@ -101,7 +101,7 @@ impl ConsulConfig {
             return Err(ConsulError::Config {
                 field: "--consul-max-connections",
                 reason: format!(
-                    "{max} is below {MIN_MAX_CONNECTIONS}: the agent keeps four blocking queries open and needs room for reads beside them"
+                    "{max} is below {MIN_MAX_CONNECTIONS}: the agent keeps five blocking queries open and needs room for reads beside them"
                 ),
             });
         }

@@ -4,14 +4,16 @@
 //!
 //! # What is watched
 //!
-//! Four blocking queries, each on its own connection, for any catalog size:
+//! Five blocking queries, each on its own connection, for any catalog size:
 //!
 //! - `/v1/catalog/services`: the service names (index: Consul's services
 //!   table, which moves on every registration and deregistration, not on
 //!   check changes).
-//! - `/v1/health/state/any?filter=Status != "passing"`: the failing checks
-//!   (index: the checks table, so it wakes on every check change and every
-//!   registration that writes checks). Each answer is diffed with the last
+//! - `/v1/health/state/critical` and `/v1/health/state/warning`: the
+//!   failing checks (index: the checks table, so they wake on every check
+//!   change and every registration that writes checks; Consul finds the
+//!   answer through its status index, so it costs what it holds, not what
+//!   the datacenter holds). Each answer is diffed with the last
 //!   per `(Node, CheckID)` on status and owner: a check entering the set
 //!   turned critical or warning, one leaving it passes again or is gone;
 //!   those services are re-read. A node-level check (no `ServiceName`, e.g.
@@ -35,9 +37,9 @@
 //!
 //! A registration or deregistration of passing instances moves the
 //! catalog's index but changes no failing check. The catalog's answer at
-//! raft index `C` is *explained* when the failing-checks watch saw the same
+//! raft index `C` is *explained* when a failing-checks watch saw the same
 //! index `C` and named services (a registration with a critical check).
-//! Otherwise, once that watch has passed `C` or 100 ms went by, an *audit*
+//! Otherwise, once both have reached `C` or 100 ms went by, an *audit*
 //! reads every check once (`/v1/health/state/any`, not blocking) and diffs
 //! it with the previous audit (the first is taken at start): the services
 //! whose checks were added or removed are re-read. If the audit's index is
@@ -50,12 +52,13 @@
 //!
 //! ## Cost and limits
 //!
-//! Connections: four held by the watches, plus at most the read capacity
+//! Connections: five held by the watches, plus at most the read capacity
 //! (the client's short lane, 24 of the default 32) while reads or an audit
 //! run; all bounded by the client's `max_connections`. Per check change:
-//! one answer of the failing checks (Consul still filters every check:
-//! ~15 ms at 20,000 checks on an idle 2-core VM, against ~200 ms to
-//! serialize all of them) and one read per affected name. Per registration
+//! one answer of each failing-checks watch (the failing checks only: ~1 ms
+//! at 20,000 checks on an idle 2-core VM, where a `filter` on
+//! `/v1/health/state/any` takes ~15 ms and every check ~200 ms) and one
+//! read per affected name. Per registration
 //! or deregistration with checks: the catalog names (~50 bytes per name),
 //! one audit (every check: ~7.7 MB and ~200 ms of Consul's time at 10,000
 //! instances with sidecars) and one read per affected name; registrations
@@ -114,7 +117,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::consul::{
-    CheckStatus, ConsulClient, ConsulError, CheckSummary, Intention as ConsulIntention, KvPair,
+    CheckStatus, CheckSummary, ConsulClient, ConsulError, Intention as ConsulIntention, KvPair,
     QueryMeta, QueryOptions, ServiceEntry, ServiceKind, next_index,
 };
 use crate::metrics::Metrics;
@@ -124,18 +127,20 @@ use crate::store::MeshStore;
 /// The KV prefix documents live under unless configured otherwise.
 pub const DEFAULT_KV_PREFIX: &str = "weft/";
 
-/// How long a catalog change waits for the failing-checks watch to reach
+/// How long a catalog change waits for the failing-checks watches to reach
 /// the same raft index before it counts as unexplained (and an audit runs).
 /// Both watches wake within milliseconds of the same write; this only
 /// covers scheduling jitter.
 const EXPLAIN_GRACE: Duration = Duration::from_millis(100);
 
-/// The checks watch's filter: only checks that are not passing. Consul
-/// still wakes it on every change of its checks table, but answers with the
-/// failing checks only (a few bytes in a healthy datacenter, against ~7 MB
-/// for every check of 10,000 instances with sidecars), and a check that
-/// turns critical enters this set, one that passes again leaves it.
-const NOT_PASSING: &str = r#"Status != "passing""#;
+/// The failing states, one blocking watch each (`/v1/health/state/<state>`):
+/// Consul wakes them on every change of its checks table but finds their
+/// checks through its status index and answers with those only (a few
+/// bytes in a healthy datacenter, 1 ms at 20,000 checks, where a `filter`
+/// on `/v1/health/state/any` evaluates every check: 15 ms, and all checks
+/// 200 ms and 7.7 MB). A check that fails enters one of these sets, one
+/// that passes again leaves it. Maintenance mode is `critical`.
+const FAILING: [&str; 2] = ["critical", "warning"];
 
 /// How many recent checks-watch indexes are remembered to explain catalog
 /// changes with (a catalog answer older than these is swept).
@@ -230,8 +235,9 @@ pub async fn run(client: ConsulClient, kv_prefix: String, store: Arc<MeshStore>)
     ConsulSource::new(client, kv_prefix).run(store).await;
 }
 
-/// Every value of the `watch` label of the agent's Consul metrics: the four
-/// blocking watches, and `service` for the reads of changed services.
+/// Every value of the `watch` label of the agent's Consul metrics: the
+/// blocking watches (`checks` for both failing states, and for audits), and
+/// `service` for the reads of changed services.
 const WATCH_LABELS: [&str; 5] = ["catalog", "checks", "service", "kv", "intentions"];
 
 /// The `watch` label of a failed service read.
@@ -241,7 +247,8 @@ const SERVICE_LABEL: &str = "service";
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Target {
     Catalog,
-    Checks,
+    /// Index into [`FAILING`].
+    Checks(usize),
     Kv(String),
     Intentions,
 }
@@ -251,7 +258,7 @@ impl Target {
     fn label(&self) -> &'static str {
         match self {
             Target::Catalog => "catalog",
-            Target::Checks => "checks",
+            Target::Checks(_) => "checks",
             Target::Kv(_) => "kv",
             Target::Intentions => "intentions",
         }
@@ -262,7 +269,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Catalog => f.write_str("/v1/catalog/services"),
-            Target::Checks => write!(f, "/v1/health/state/any?filter={NOT_PASSING}"),
+            Target::Checks(state) => write!(f, "/v1/health/state/{}", FAILING[*state]),
             Target::Kv(prefix) => write!(f, "/v1/kv/{prefix}?recurse"),
             Target::Intentions => f.write_str("/v1/connect/intentions"),
         }
@@ -288,12 +295,8 @@ impl Target {
                 let (services, meta) = client.catalog_services(options).await?;
                 (Payload::Catalog(services.into_keys().collect()), meta)
             }
-            Target::Checks => {
-                let options = QueryOptions {
-                    filter: Some(NOT_PASSING.to_owned()),
-                    ..options.clone()
-                };
-                let (checks, meta) = client.health_state_any(&options).await?;
+            Target::Checks(state) => {
+                let (checks, meta) = client.health_state(FAILING[*state], options).await?;
                 (Payload::Checks(checks), meta)
             }
             Target::Kv(prefix) => {
@@ -370,7 +373,8 @@ struct Supervisor {
     /// aborts them all.
     tasks: JoinSet<()>,
     catalog_loaded: bool,
-    checks_loaded: bool,
+    /// Per failing state ([`FAILING`]): whether its watch answered.
+    checks_loaded: [bool; FAILING.len()],
     kv_loaded: bool,
     intentions_loaded: bool,
     /// Every catalog name and what is known of it.
@@ -380,8 +384,9 @@ struct Supervisor {
     pending: usize,
     /// Destination name -> the names whose entries hold a Connect proxy of it.
     proxies_of: BTreeMap<String, BTreeSet<String>>,
-    /// The failing checks as of the last checks answer, by (node, check id).
-    failing: HashMap<(String, String), CheckState>,
+    /// Per failing state: its checks as of its watch's last answer, by
+    /// (node, check id).
+    failing: [HashMap<(String, String), CheckState>; FAILING.len()],
     /// Every check as of the last audit (a full read of
     /// `/v1/health/state/any`), to tell which services a registration or
     /// deregistration touched; `None` until the first audit answered.
@@ -394,7 +399,8 @@ struct Supervisor {
     audits: mpsc::Receiver<AuditDone>,
     /// The last indexes of the catalog and checks watches.
     catalog_index: u64,
-    checks_index: u64,
+    /// Per failing state: its watch's last index.
+    checks_index: [u64; FAILING.len()],
     /// Recent checks answers: (index, whether the diff named services).
     recent_checks: VecDeque<(u64, bool)>,
     /// A catalog index not explained yet by the checks, and until when to
@@ -447,20 +453,20 @@ impl Supervisor {
             reads,
             tasks: JoinSet::new(),
             catalog_loaded: false,
-            checks_loaded: false,
+            checks_loaded: [false; FAILING.len()],
             kv_loaded: false,
             intentions_loaded: false,
             names: BTreeMap::new(),
             pending: 0,
             proxies_of: BTreeMap::new(),
-            failing: HashMap::new(),
+            failing: Default::default(),
             baseline: None,
             auditing: false,
             audit_again: None,
             audits_tx,
             audits,
             catalog_index: 0,
-            checks_index: 0,
+            checks_index: [0; FAILING.len()],
             recent_checks: VecDeque::with_capacity(RECENT_CHECK_INDEXES),
             unexplained: None,
             to_read: BTreeSet::new(),
@@ -484,7 +490,9 @@ impl Supervisor {
             "watching Consul"
         );
         self.spawn(Target::Catalog);
-        self.spawn(Target::Checks);
+        for state in 0..FAILING.len() {
+            self.spawn(Target::Checks(state));
+        }
         self.spawn(Target::Kv(self.options.kv_prefix.clone()));
         self.spawn(Target::Intentions);
         loop {
@@ -537,7 +545,9 @@ impl Supervisor {
     fn handle(&mut self, event: Event) {
         match (event.target, event.payload) {
             (Target::Catalog, Payload::Catalog(names)) => self.set_catalog(names, event.index),
-            (Target::Checks, Payload::Checks(checks)) => self.set_checks(checks, event.index),
+            (Target::Checks(state), Payload::Checks(checks)) => {
+                self.set_checks(state, checks, event.index);
+            }
             (Target::Kv(_), Payload::Kv(pairs)) => {
                 self.kv_loaded = true;
                 self.store
@@ -603,13 +613,17 @@ impl Supervisor {
     /// Decides whether the catalog's change at `index` is explained by the
     /// checks, needs a sweep, or must wait a moment for the checks watch.
     fn explain(&mut self, index: u64) {
-        if let Some(&(_, named)) = self.recent_checks.iter().find(|(at, _)| *at == index) {
-            if named {
-                self.unexplained = None;
-            } else {
-                self.audit(index);
-            }
-        } else if self.checks_loaded && self.checks_index > index {
+        let named = self
+            .recent_checks
+            .iter()
+            .any(|&(at, named)| at == index && named);
+        if named {
+            self.unexplained = None;
+        } else if (0..FAILING.len())
+            .all(|state| self.checks_loaded[state] && self.checks_index[state] >= index)
+        {
+            // Both failing-check watches are at or past the catalog's
+            // index, and neither named a service at it.
             self.audit(index);
         } else {
             self.unexplained = Some((index, Instant::now() + EXPLAIN_GRACE));
@@ -629,7 +643,7 @@ impl Supervisor {
         let client = self.client.clone();
         let done = self.audits_tx.clone();
         self.tasks.spawn(async move {
-            let result = client.health_state_any(&QueryOptions::default()).await;
+            let result = client.health_state("any", &QueryOptions::default()).await;
             // The receiver lives as long as the tasks (same owner).
             let _ = done
                 .send(AuditDone {
@@ -755,20 +769,20 @@ impl Supervisor {
     /// Diffs the failing checks with the last answer and marks the names
     /// whose health changed: a check entering the set turned critical (or
     /// warning), one leaving it passes again or is gone.
-    fn set_checks(&mut self, checks: Vec<CheckSummary>, index: u64) {
-        let first = !self.checks_loaded;
-        self.checks_loaded = true;
+    fn set_checks(&mut self, state: usize, checks: Vec<CheckSummary>, index: u64) {
+        let first = !self.checks_loaded[state];
+        self.checks_loaded[state] = true;
         let current = check_map(checks);
-        let previous = std::mem::replace(&mut self.failing, current);
-        if index < self.checks_index {
+        let previous = std::mem::replace(&mut self.failing[state], current);
+        if index < self.checks_index[state] {
             self.recent_checks.clear();
         }
-        self.checks_index = index;
+        self.checks_index[state] = index;
         if first {
             // The baseline: every name is read anyway at the first sync.
             return;
         }
-        let changed = self.names_touched(&previous, &self.failing);
+        let changed = self.names_touched(&previous, &self.failing[state]);
         let named = !changed.is_empty();
         tracing::debug!(index, services = changed.len(), "failing checks changed");
         self.mark(changed);
@@ -962,7 +976,7 @@ impl Supervisor {
             .all(|state| matches!(state, NameState::Loaded(_)));
         if self.kv_loaded
             && self.intentions_loaded
-            && self.checks_loaded
+            && self.checks_loaded.iter().all(|loaded| *loaded)
             && all_loaded
             && !self.store.is_synced()
         {
