@@ -419,4 +419,23 @@ mod tests {
             .unwrap_or_default();
         assert!(error.contains("CONSUL_CLIENT_KEY"), "{error}");
     }
+
+    #[test]
+    fn consul_connections_default_to_32_and_too_few_are_refused_naming_the_flag() {
+        let limit = |args: &[&str]| {
+            settings(args)
+                .map_err(anyhow::Error::from)
+                .and_then(|parsed| Ok(consul_config(&parsed, "127.0.0.1:8500")?))
+                .map(|config| config.max_connections)
+                .map_err(|error| format!("{error:#}"))
+        };
+        assert_eq!(limit(&[]), Ok(32));
+        assert_eq!(limit(&["--consul-max-connections", "8"]), Ok(8));
+        let refused = limit(&["--consul-max-connections", "3"])
+            .err()
+            .unwrap_or_default();
+        assert!(refused.contains("--consul-max-connections"), "{refused}");
+        let resync = settings(&["--consul-resync", "10ms"]);
+        assert!(resync.is_err(), "a resync under a second is refused");
+    }
 }
