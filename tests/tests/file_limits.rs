@@ -39,7 +39,7 @@ const MAX_LINES_PER_LISTENER: usize = 5;
 /// The CPU a process may use while out of descriptors for [`HOLD`]: a loop
 /// that retries at once burns a core (about 3 s here, less on a loaded
 /// machine); pausing costs a few tens of milliseconds.
-const MAX_CPU: Duration = Duration::from_secs(1);
+const MAX_CPU: Duration = Duration::from_millis(500);
 
 /// What the log says when an accept fails (weft-runtime's accept loop).
 const ACCEPT_FAILED: &str = "accept failed";
