@@ -116,7 +116,10 @@ impl AcceptErrors {
             return;
         }
         let failed_for = self.failing_since.map(|since| since.elapsed());
-        if let Some(suppressed) = self.log.admit(Cause::Recovered) {
+        // Only after a pause: a client that gave up before its accept is
+        // no news worth a line when the next one is accepted.
+        let paused = self.next_pause > FIRST_PAUSE;
+        if paused && let Some(suppressed) = self.log.admit(Cause::Recovered) {
             tracing::info!(
                 listener = %self.listener,
                 failed = self.failures,
