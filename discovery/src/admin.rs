@@ -32,14 +32,11 @@ pub struct AdminState {
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    // Accept errors pause (out of descriptors) and are logged at most once
+    // a second: a bare `continue` here once wrote 13 GB of warnings.
+    let mut errors = weft_runtime::AcceptErrors::new("admin");
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "admin listener accept failed");
-                continue;
-            }
-        };
+        let (stream, _) = weft_runtime::accept(&listener, &mut errors).await;
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {

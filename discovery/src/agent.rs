@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
 use crate::ads::{AdsServer, SidecarRegistry, unix_now};
@@ -236,7 +235,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .add_service(ads)
         .add_service(identity.service())
         .add_service(reports)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(ads_listener), shutdown_signal())
+        // Not tonic's own accept loop: on an accept error it polls again at
+        // once, spinning a core while descriptors are out. `incoming` pauses.
+        .serve_with_incoming_shutdown(
+            weft_runtime::incoming(ads_listener, "grpc"),
+            shutdown_signal(),
+        )
         .await
         .context("discovery server failed")?;
     tracing::info!("weft-discovery stopped");

@@ -293,18 +293,9 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
 
 pub async fn serve(listener: TcpListener, state: AdminState, drain: DrainToken) {
     let mut shutdown = state.shutdown.clone();
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = crate::server::shutdown_signal(&mut shutdown) => break,
-        };
+    let mut errors = weft_runtime::AcceptErrors::new("admin");
+    while let Some((stream, _)) = crate::server::accept(&listener, &mut errors, &mut shutdown).await
+    {
         let state = state.clone();
         let token = drain.clone();
         tokio::spawn(async move {

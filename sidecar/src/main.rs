@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before any listener: every connection costs a descriptor, two when
+    // proxied.
+    weft_runtime::raise_nofile_limit_logged();
 
     // One worker: a current-thread runtime, the cheapest setup for a
     // sidecar pinned to one core. Otherwise the multi-thread runtime, sized

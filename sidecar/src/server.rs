@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use weft_runtime::AcceptErrors;
 
 use crate::body::RequestBody;
 use crate::metrics::tls::{Direction as TlsDirection, HANDSHAKE_FAILURES};
@@ -191,7 +192,8 @@ pub async fn serve<S: HttpStack>(
     drain: DrainToken,
 ) {
     let builder = Arc::new(builder(&settings, direction));
-    while let Some((stream, addr)) = accept(&listener, &mut shutdown, direction).await {
+    let mut errors = AcceptErrors::new(format!("{direction:?}").to_lowercase());
+    while let Some((stream, addr)) = accept(&listener, &mut errors, &mut shutdown).await {
         let svc = ConnService {
             stack: stack.clone(),
             direction,
@@ -246,28 +248,20 @@ pub async fn serve<S: HttpStack>(
 }
 
 /// The next connection (with TCP_NODELAY), or `None` once `shutdown` turns
-/// true. `what` names the listener in the log.
+/// true. Accept errors never end the loop: `errors` (one per listener, kept
+/// across calls) pauses on running out of descriptors and rate-limits the
+/// log lines (see `weft_runtime::accept`).
 pub async fn accept(
     listener: &TcpListener,
+    errors: &mut AcceptErrors,
     shutdown: &mut watch::Receiver<bool>,
-    what: impl std::fmt::Debug,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Some((stream, addr));
-                }
-                Err(e) => {
-                    // Out of file descriptors or similar: back off briefly
-                    // rather than spinning on the error.
-                    tracing::warn!(error = %e, listener = ?what, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown_signal(shutdown) => return None,
+    tokio::select! {
+        (stream, addr) = weft_runtime::accept(listener, errors) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, addr))
         }
+        _ = shutdown_signal(shutdown) => None,
     }
 }
 

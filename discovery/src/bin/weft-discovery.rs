@@ -5,6 +5,8 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     weft_discovery::telemetry::init_logging();
+    // Before any listener or Consul connection: every one costs a descriptor.
+    weft_runtime::raise_nofile_limit_logged();
     let settings = weft_discovery::agent::Settings::parse();
     match weft_discovery::agent::run(settings).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

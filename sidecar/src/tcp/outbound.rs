@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use weft_runtime::AcceptErrors;
 
 use super::Counters;
 use super::copy::{self, End};
@@ -59,8 +60,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     drain: DrainToken,
 ) {
-    let what = format!("tcp-upstream {}", upstream.service);
-    while let Some((app, client)) = server::accept(&listener, &mut shutdown, &what).await {
+    let mut errors = AcceptErrors::new(format!("tcp-upstream {}", upstream.service));
+    while let Some((app, client)) = server::accept(&listener, &mut errors, &mut shutdown).await {
         let upstream = upstream.clone();
         let token = drain.clone();
         tokio::spawn(async move {

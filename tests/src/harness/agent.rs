@@ -43,7 +43,18 @@ impl Agent {
         backend: &Backend,
         extra_args: &[String],
     ) -> anyhow::Result<Self> {
-        let mut agent = Self::spawn(log_dir, backend, extra_args)?;
+        Self::start_under(log_dir, backend, extra_args, &[]).await
+    }
+
+    /// Like [`Agent::start_with`], run by `launcher` (a command that execs
+    /// its last argument, such as `prlimit --nofile=1024:1024`; empty: none).
+    pub async fn start_under(
+        log_dir: &Path,
+        backend: &Backend,
+        extra_args: &[String],
+        launcher: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut agent = Self::spawn_under(log_dir, backend, extra_args, launcher)?;
         agent.wait_ready().await?;
         Ok(agent)
     }
@@ -52,6 +63,16 @@ impl Agent {
     /// watch it while it syncs (then [`Agent::wait_ready`]) or that expect
     /// it never to get there.
     pub fn spawn(log_dir: &Path, backend: &Backend, extra_args: &[String]) -> anyhow::Result<Self> {
+        Self::spawn_under(log_dir, backend, extra_args, &[])
+    }
+
+    /// [`Agent::spawn`] run by `launcher` (see [`Agent::start_under`]).
+    fn spawn_under(
+        log_dir: &Path,
+        backend: &Backend,
+        extra_args: &[String],
+        launcher: &[String],
+    ) -> anyhow::Result<Self> {
         let listen_port = free_port()?;
         let admin_port = free_port()?;
         let mut args = match backend {
@@ -65,9 +86,10 @@ impl Agent {
             format!("127.0.0.1:{admin_port}"),
         ]);
         args.extend_from_slice(extra_args);
+        let (program, args) = launched(launcher, binary("weft-discovery")?, args);
         let process = Process::spawn_with_env(
             "weft-discovery",
-            &binary("weft-discovery")?,
+            &program,
             &args,
             &[("RUST_LOG", "info,weft_discovery=debug"), ("NO_COLOR", "1")],
             log_dir,
@@ -154,6 +176,25 @@ impl Agent {
 
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
+    }
+}
+
+/// The program and arguments that run `binary args` under `launcher` (its
+/// first word is the program; the binary becomes an argument), or the
+/// binary itself when `launcher` is empty.
+pub(crate) fn launched(
+    launcher: &[String],
+    binary: PathBuf,
+    args: Vec<String>,
+) -> (PathBuf, Vec<String>) {
+    match launcher.split_first() {
+        None => (binary, args),
+        Some((program, launcher_args)) => {
+            let mut all = launcher_args.to_vec();
+            all.push(binary.display().to_string());
+            all.extend(args);
+            (PathBuf::from(program), all)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use super::agent::wait_for_200;
+use super::agent::{launched, wait_for_200};
 use super::binaries::binary;
 use super::http::HttpClient;
 use super::ports::free_port;
@@ -43,6 +43,16 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts a sidecar and waits for its `/ready`.
     pub async fn start(log_dir: &Path, spec: SidecarSpec) -> anyhow::Result<Self> {
+        Self::start_under(log_dir, spec, &[]).await
+    }
+
+    /// Like [`Sidecar::start`], run by `launcher` (a command that execs its
+    /// last argument, such as `prlimit --nofile=1024:1024`; empty: none).
+    pub async fn start_under(
+        log_dir: &Path,
+        spec: SidecarSpec,
+        launcher: &[String],
+    ) -> anyhow::Result<Self> {
         let inbound = loopback(match spec.inbound_port {
             Some(port) => port,
             None => free_port()?,
@@ -78,9 +88,10 @@ impl Sidecar {
             [args, vec!["--outbound".to_owned(), outbound.to_string()]].concat()
         };
         let args = [args, spec.extra_args.clone()].concat();
+        let (program, args) = launched(launcher, binary("weft-sidecar")?, args);
         let process = Process::spawn_with_env(
             &format!("sidecar-{}", spec.instance),
-            &binary("weft-sidecar")?,
+            &program,
             &args,
             &[("RUST_LOG", "info,weft_sidecar=debug"), ("NO_COLOR", "1")],
             log_dir,
