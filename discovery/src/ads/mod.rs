@@ -78,6 +78,13 @@ impl AggregatedDiscoveryService for AdsServer {
             self.metrics.clone(),
         );
         tokio::spawn(task.run(requests, outbox));
-        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+        let mut response: Response<Self::StreamResourcesStream> =
+            Response::new(Box::pin(ReceiverStream::new(responses)));
+        // Sidecars that list these features get them (proto/README.md).
+        response.metadata_mut().insert(
+            weft_proto::client_features::AGENT_FEATURES_HEADER,
+            tonic::metadata::MetadataValue::from_static(weft_proto::client_features::INCREMENTAL),
+        );
+        Ok(response)
     }
 }
