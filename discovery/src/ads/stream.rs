@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 use weft_proto::client_features;
 use weft_proto::discovery::v1::{DiscoveryRequest, DiscoveryResponse};
 use weft_proto::type_url;
@@ -108,7 +108,7 @@ impl SidecarStream {
     pub async fn run(
         mut self,
         mut requests: Streaming<DiscoveryRequest>,
-        outbox: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        outbox: mpsc::Sender<DiscoveryResponse>,
     ) {
         let peer = self.peer.clone();
         self.registry.update(self.id, |status| {
@@ -122,7 +122,7 @@ impl SidecarStream {
             let snapshot = self.snapshots.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
                 for response in self.pending_responses(&snapshot) {
-                    if outbox.send(Ok(response)).await.is_err() {
+                    if outbox.send(response).await.is_err() {
                         break 'stream;
                     }
                     self.metrics.responses_sent.inc();

@@ -448,3 +448,131 @@ impl<'a> Assembly<'a> {
         (snapshot, self.types)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, Health, MeshState};
+
+    fn endpoint(port: u16) -> Endpoint {
+        Endpoint {
+            address: "10.0.0.1".into(),
+            port,
+            health: Health::Healthy,
+            weight: 1,
+            meshed: true,
+            instance_id: format!("i-{port}"),
+            region: String::new(),
+            zone: String::new(),
+        }
+    }
+
+    fn mesh(services: &[(&str, u16)]) -> MeshState {
+        let mut state = MeshState::default();
+        for (name, port) in services {
+            state
+                .services
+                .insert(name.to_string(), vec![endpoint(*port)]);
+        }
+        state
+    }
+
+    fn touched(snapshot: &Snapshot, type_url: &str, since: u64) -> Option<Vec<String>> {
+        snapshot
+            .touched_since(type_url, since)
+            .map(|names| names.into_iter().map(str::to_string).collect())
+    }
+
+    #[test]
+    fn a_rebuild_shares_unchanged_resources_and_lists_only_what_changed() {
+        let mut builder = SnapshotBuilder::new();
+        let (first, _) = builder.build(&mesh(&[("a", 1), ("b", 2), ("c", 3)]));
+        let (second, _) = builder.build(&mesh(&[("a", 1), ("b", 20), ("c", 3)]));
+        assert_eq!(second.generation(), first.generation() + 1);
+        let cla = |snapshot: &Snapshot, name: &str| {
+            snapshot
+                .resources(type_url::CLUSTER_LOAD_ASSIGNMENT)
+                .unwrap()[name]
+                .clone()
+        };
+        assert!(
+            Arc::ptr_eq(&cla(&first, "a"), &cla(&second, "a")),
+            "not re-encoded"
+        );
+        assert!(!Arc::ptr_eq(&cla(&first, "b"), &cla(&second, "b")));
+        let since_first = first.generation();
+        assert_eq!(
+            touched(&second, type_url::CLUSTER_LOAD_ASSIGNMENT, since_first),
+            Some(vec!["b".to_string()])
+        );
+        assert_eq!(
+            touched(&second, type_url::ROUTE_CONFIGURATION, since_first),
+            Some(vec![])
+        );
+        assert_eq!(
+            second.version(type_url::ROUTE_CONFIGURATION, &Subscription::Wildcard),
+            first.version(type_url::ROUTE_CONFIGURATION, &Subscription::Wildcard),
+        );
+
+        // A service leaving touches its name in every type it had.
+        let (third, _) = builder.build(&mesh(&[("a", 1), ("b", 20)]));
+        for type_url in [
+            type_url::ROUTE_CONFIGURATION,
+            type_url::CLUSTER,
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+        ] {
+            assert_eq!(
+                touched(&third, type_url, second.generation()),
+                Some(vec!["c".to_string()]),
+                "{type_url}"
+            );
+        }
+        let delta = third.diff(
+            type_url::ROUTE_CONFIGURATION,
+            &second,
+            &Subscription::Wildcard,
+            &Subscription::Wildcard,
+        );
+        assert!(delta.changed.is_empty());
+        assert_eq!(delta.removed, ["c"]);
+        // Named: a name that left gets its placeholder, not a removal.
+        let named = Subscription::names(["b".to_string(), "c".to_string()]);
+        let delta = third.diff(type_url::CLUSTER_LOAD_ASSIGNMENT, &second, &named, &named);
+        assert_eq!(
+            delta
+                .changed
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["c"]
+        );
+        assert!(delta.removed.is_empty());
+    }
+
+    #[test]
+    fn a_base_older_than_the_history_is_compared_whole_with_the_same_result() {
+        let mut builder = SnapshotBuilder::new();
+        let (base, _) = builder.build(&mesh(&[("a", 1), ("b", 2), ("c", 3)]));
+        let mut latest = base;
+        for port in 0..HISTORY as u16 + 2 {
+            latest = builder.build(&mesh(&[("a", 100 + port), ("b", 2)])).0;
+        }
+        let (base, _) = SnapshotBuilder::new().build(&mesh(&[("a", 1), ("b", 2), ("c", 3)]));
+        assert_eq!(touched(&latest, type_url::CLUSTER_LOAD_ASSIGNMENT, 1), None);
+        let delta = latest.diff(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            &base,
+            &Subscription::Wildcard,
+            &Subscription::Wildcard,
+        );
+        assert_eq!(
+            delta
+                .changed
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(delta.removed, ["c"]);
+    }
+}
