@@ -44,8 +44,8 @@ struct Args {
     /// Streams do not list weft.incremental (every push is whole).
     #[arg(long)]
     state_of_the_world: bool,
-    /// Seconds to wait after the streams closed before reading the memory
-    /// again (allocator decay).
+    /// Seconds to wait after the first sync and after the streams closed
+    /// before reading the memory (allocator decay).
     #[arg(long, default_value_t = 15)]
     settle: u64,
 }
@@ -81,6 +81,25 @@ fn write_endpoints(dir: &Path, services: usize, changed_port: u16) -> anyhow::Re
     std::fs::write(&temporary, yaml)?;
     std::fs::rename(&temporary, dir.join("endpoints.yaml"))?;
     Ok(())
+}
+
+/// `weft_discovery_snapshot_build_seconds` (sum, count) from `/metrics`.
+async fn build_seconds(admin: u16) -> anyhow::Result<(f64, f64)> {
+    let page = tokio::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{admin}/metrics")])
+        .output()
+        .await?;
+    let page = String::from_utf8_lossy(&page.stdout).to_string();
+    let value = |name: &str| {
+        page.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    Ok((
+        value("weft_discovery_snapshot_build_seconds_sum "),
+        value("weft_discovery_snapshot_build_seconds_count "),
+    ))
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -216,10 +235,13 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let (first_build, builds) = build_seconds(admin).await?;
     println!(
-        "agent ready: {} services x 10 endpoints; RSS {} KiB with no stream",
+        "agent ready: {} services x 10 endpoints; RSS {} KiB with no stream; \
+         {builds} build(s) took {:.1} ms",
         args.services,
-        rss_kib(pid)?
+        rss_kib(pid)?,
+        first_build * 1000.0
     );
 
     let names: Arc<Vec<String>> = Arc::new(
@@ -255,8 +277,9 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         initial_bytes / streams
     );
-    // Let the ACKs land and the allocator settle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the ACKs land and the allocator return the sync's transient
+    // buffers (jemalloc decays freed pages over about 10 s).
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
     counters.bytes.store(0, Ordering::Relaxed);
     counters.assignments.store(0, Ordering::Relaxed);
     let connected_rss = rss_kib(pid)?;
@@ -265,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
         args.streams
     );
 
+    let builds_before = build_seconds(admin).await?;
     let cpu_before = cpu_seconds(pid)?;
     let changed = Instant::now();
     write_endpoints(&dir, args.services, 30_000)?;
@@ -280,6 +304,12 @@ async fn main() -> anyhow::Result<()> {
         counters.bytes.load(Ordering::Relaxed) / streams,
         last.as_secs_f64(),
         cpu_seconds(pid)? - cpu_before
+    );
+    let builds_after = build_seconds(admin).await?;
+    println!(
+        "builds for the change: {} taking {:.2} ms in all",
+        builds_after.1 - builds_before.1,
+        (builds_after.0 - builds_before.0) * 1000.0
     );
     let status = tokio::process::Command::new("curl")
         .args(["-sf", &format!("http://127.0.0.1:{admin}/status")])

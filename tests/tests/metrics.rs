@@ -446,12 +446,16 @@ fn the_agent_counts_its_sidecars_snapshots_pushes_push_latency_and_consul_errors
 
         // The same change converged once the last sidecar it concerned
         // ACKed, and `weftctl status` shows the estimate.
-        eventually(SETUP_TIMEOUT, "the change's convergence is observed", || async {
-            let page = agent.metrics().await?;
-            let count = page.value("weft_discovery_convergence_seconds_count", &[]);
-            ensure!(count >= 1.0, "{count} changes converged");
-            Ok(())
-        })
+        eventually(
+            SETUP_TIMEOUT,
+            "the change's convergence is observed",
+            || async {
+                let page = agent.metrics().await?;
+                let count = page.value("weft_discovery_convergence_seconds_count", &[]);
+                ensure!(count >= 1.0, "{count} changes converged");
+                Ok(())
+            },
+        )
         .await?;
         let status = std::process::Command::new(weft_e2e::harness::binaries::binary("weftctl")?)
             .args(["status", "--admin", &agent.admin_url()])

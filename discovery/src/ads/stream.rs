@@ -179,19 +179,27 @@ impl SidecarStream {
             tracing::warn!(node = %self.node_id, type_url = %request.type_url, "sidecar asked for an unknown resource type; ignored");
             return;
         };
+        let unchanged = self
+            .types
+            .get(type_url)
+            .is_some_and(|state| state.subscription.is(&request.resource_names));
         // The same names as another type's (Cluster and ClusterLoadAssignment
         // usually): share that set instead of holding a second copy.
-        let subscription = match Subscription::from_names(&request.resource_names) {
-            Subscription::Names(names) => Subscription::Names(
-                self.types
-                    .values()
-                    .find_map(|other| match &other.subscription {
-                        Subscription::Names(held) if *held == names => Some(held.clone()),
-                        _ => None,
-                    })
-                    .unwrap_or(names),
-            ),
-            wildcard => wildcard,
+        let subscription = if unchanged {
+            None
+        } else {
+            Some(match Subscription::from_names(&request.resource_names) {
+                Subscription::Names(names) => Subscription::Names(
+                    self.types
+                        .values()
+                        .find_map(|other| match &other.subscription {
+                            Subscription::Names(held) if *held == names => Some(held.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or(names),
+                ),
+                wildcard => wildcard,
+            })
         };
         let state = self.types.entry(type_url).or_insert_with(|| TypeState {
             subscription: Subscription::Wildcard,
@@ -260,6 +268,7 @@ impl SidecarStream {
                     request.version_info.clone();
             });
         }
+        let subscription = subscription.unwrap_or_else(|| state.subscription.clone());
         if request.response_nonce.is_empty() || subscription != state.subscription {
             let subscribed = Subscribed(match &subscription {
                 Subscription::Wildcard => None,

@@ -73,6 +73,19 @@ impl Subscription {
         }
     }
 
+    /// Whether a request's `names` are this subscription, checked without
+    /// building a set: a sidecar repeats its (sorted) names in every ACK,
+    /// and a thousand of them arrive with every push. Names in another
+    /// order count as different (the caller then builds the set).
+    pub fn is(&self, names: &[String]) -> bool {
+        match self {
+            Self::Wildcard => names.is_empty() || names.iter().any(|name| name == "*"),
+            Self::Names(held) => {
+                held.len() == names.len() && held.iter().zip(names).all(|(a, b)| a == b)
+            }
+        }
+    }
+
     /// These names (a convenience for tests and callers holding a set).
     pub fn names(names: impl IntoIterator<Item = String>) -> Self {
         Self::Names(Arc::new(names.into_iter().collect()))
