@@ -117,6 +117,9 @@ fn status(state: &AdminState) -> serde_json::Value {
         "services": state.store.state().services.len(),
         "sidecars": state.registry.list(),
         "rejected_documents": rejected,
+        // Estimated from weft_discovery_convergence_seconds' buckets; null
+        // before the first change reached a sidecar.
+        "convergence": state.metrics.convergence.quantiles(),
         "counters": {
             "documents_rejected_total": state.metrics.documents_rejected.get(),
             "responses_sent_total": state.metrics.responses_sent.get(),

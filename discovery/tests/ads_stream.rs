@@ -24,6 +24,7 @@ use weft_proto::type_url;
 struct Agent {
     store: Arc<MeshStore>,
     registry: Arc<SidecarRegistry>,
+    metrics: Arc<Metrics>,
     address: String,
 }
 
@@ -40,7 +41,7 @@ async fn start_agent() -> Agent {
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let service = AdsServer::new(snapshots, registry.clone(), metrics).into_service();
+    let service = AdsServer::new(snapshots, registry.clone(), metrics.clone()).into_service();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -49,6 +50,7 @@ async fn start_agent() -> Agent {
     Agent {
         store,
         registry,
+        metrics,
         address,
     }
 }
@@ -89,10 +91,22 @@ fn seed(store: &MeshStore) {
 struct Sidecar {
     requests: mpsc::Sender<DiscoveryRequest>,
     responses: Streaming<DiscoveryResponse>,
+    /// Lists `weft.incremental` in its Node.client_features.
+    incremental: bool,
+    /// What the agent said it sends (the `weft-agent-features` header).
+    agent_features: String,
 }
 
 impl Sidecar {
     async fn connect(agent: &Agent) -> Self {
+        Self::connect_with(agent, false).await
+    }
+
+    async fn connect_incremental(agent: &Agent) -> Self {
+        Self::connect_with(agent, true).await
+    }
+
+    async fn connect_with(agent: &Agent, incremental: bool) -> Self {
         let mut client = AggregatedDiscoveryServiceClient::connect(agent.address.clone())
             .await
             .unwrap();
@@ -100,11 +114,18 @@ impl Sidecar {
         let responses = client
             .stream_resources(ReceiverStream::new(outbox))
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
+        let agent_features = responses
+            .metadata()
+            .get(weft_proto::client_features::AGENT_FEATURES_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         Self {
             requests,
-            responses,
+            responses: responses.into_inner(),
+            incremental,
+            agent_features,
         }
     }
 
@@ -126,6 +147,11 @@ impl Sidecar {
                 id: "web-1".into(),
                 service: "web".into(),
                 instance: "web-1".into(),
+                client_features: if self.incremental {
+                    vec![weft_proto::client_features::INCREMENTAL.into()]
+                } else {
+                    Vec::new()
+                },
                 ..Node::default()
             }),
             resource_names: names.iter().map(|name| name.to_string()).collect(),
@@ -384,5 +410,271 @@ async fn nothing_is_served_before_the_first_full_sync() {
             .endpoints
             .len(),
         1
+    );
+}
+
+// ---- incremental responses (proto/README.md, "Incremental responses")
+
+/// A mesh of `count` services, `svc-000`..., one endpoint each.
+fn seed_many(store: &MeshStore, count: u16) -> Vec<String> {
+    let names: Vec<String> = (0..count).map(|i| format!("svc-{i:03}")).collect();
+    store.set_service_names(&names.iter().cloned().collect());
+    for (i, name) in names.iter().enumerate() {
+        store.set_endpoints(name, vec![endpoint(10_000 + i as u16)]);
+    }
+    store.mark_synced();
+    names
+}
+
+fn names_of(response: &DiscoveryResponse) -> Vec<String> {
+    decode::<ClusterLoadAssignment>(response)
+        .into_iter()
+        .map(|assignment| assignment.cluster_name)
+        .collect()
+}
+
+#[tokio::test]
+async fn one_endpoint_change_sends_one_assignment_to_an_incremental_sidecar_holding_many() {
+    let agent = start_agent().await;
+    let names = seed_many(&agent.store, 200);
+    let subscribed: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut sidecar = Sidecar::connect_incremental(&agent).await;
+    assert_eq!(sidecar.agent_features, "weft.incremental");
+    sidecar
+        .subscribe(type_url::CLUSTER_LOAD_ASSIGNMENT, &subscribed)
+        .await;
+    let first = sidecar.next().await;
+    assert_eq!(first.resources.len(), 200, "the first response is whole");
+    assert_eq!(
+        first.removed_resources,
+        ["*"],
+        "and replaces whatever the sidecar held"
+    );
+    sidecar.ack(&first, &subscribed).await;
+
+    agent
+        .store
+        .set_endpoints("svc-042", vec![endpoint(10_042), endpoint(20_042)]);
+    let second = sidecar.next().await;
+    assert_eq!(names_of(&second), ["svc-042"], "only what changed");
+    assert!(second.removed_resources.is_empty());
+    assert_eq!(
+        decode::<ClusterLoadAssignment>(&second)[0].endpoints.len(),
+        2
+    );
+    // The version is still the hash of the whole set the sidecar now holds:
+    // the same a state-of-the-world sidecar gets for the same names.
+    let mut whole = Sidecar::connect(&agent).await;
+    whole
+        .subscribe(type_url::CLUSTER_LOAD_ASSIGNMENT, &subscribed)
+        .await;
+    let whole_response = whole.next().await;
+    assert_eq!(whole_response.resources.len(), 200);
+    assert_eq!(whole_response.version_info, second.version_info);
+    assert!(
+        second.encoded_len() * 50 < whole_response.encoded_len(),
+        "{} bytes incremental, {} whole",
+        second.encoded_len(),
+        whole_response.encoded_len()
+    );
+}
+
+#[tokio::test]
+async fn a_route_table_whose_service_left_is_removed_by_name() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let mut sidecar = Sidecar::connect_incremental(&agent).await;
+    sidecar.subscribe(type_url::ROUTE_CONFIGURATION, &[]).await;
+    let first = sidecar.next().await;
+    assert_eq!(decode::<RouteConfiguration>(&first).len(), 2);
+    sidecar.ack(&first, &[]).await;
+
+    agent.store.set_service_names(&["users".to_string()].into());
+    let second = sidecar.next().await;
+    assert!(second.resources.is_empty(), "users did not change");
+    assert_eq!(second.removed_resources, ["orders"]);
+    assert_ne!(second.version_info, first.version_info);
+}
+
+#[tokio::test]
+async fn dropping_a_name_from_the_subscription_removes_it_and_adding_one_sends_only_it() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let mut sidecar = Sidecar::connect_incremental(&agent).await;
+    sidecar.subscribe(type_url::CLUSTER, &["users"]).await;
+    let first = sidecar.next().await;
+    sidecar.ack(&first, &["users", "orders"]).await;
+    let second = sidecar.next().await;
+    let clusters: Vec<String> = decode::<Cluster>(&second)
+        .into_iter()
+        .map(|cluster| cluster.name)
+        .collect();
+    assert_eq!(clusters, ["orders"], "users is held already");
+    sidecar.ack(&second, &["orders"]).await;
+    let third = sidecar.next().await;
+    assert!(third.resources.is_empty());
+    assert_eq!(third.removed_resources, ["users"]);
+}
+
+#[tokio::test]
+async fn after_a_nack_the_next_change_is_sent_relative_to_what_the_sidecar_kept() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let mut sidecar = Sidecar::connect_incremental(&agent).await;
+    let both = ["orders", "users"];
+    sidecar
+        .subscribe(type_url::CLUSTER_LOAD_ASSIGNMENT, &both)
+        .await;
+    let first = sidecar.next().await;
+    sidecar.ack(&first, &both).await;
+
+    agent
+        .store
+        .set_endpoints("users", vec![endpoint(1001), endpoint(1002)]);
+    let rejected = sidecar.next().await;
+    assert_eq!(names_of(&rejected), ["users"]);
+    sidecar
+        .send(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            &both,
+            &first.version_info,
+            &rejected.nonce,
+            Some("ClusterLoadAssignment users: no"),
+        )
+        .await;
+    sidecar.expect_silence().await;
+
+    // A newer change, to orders: the sidecar still holds the old users, so
+    // the new users comes again with the new orders.
+    agent.store.set_endpoints("orders", vec![endpoint(2001)]);
+    let third = sidecar.next().await;
+    assert_eq!(names_of(&third), ["orders", "users"]);
+    assert_ne!(third.version_info, rejected.version_info);
+}
+
+#[tokio::test]
+async fn a_reconnect_with_the_held_version_gets_nothing_until_something_changes() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let both = ["orders", "users"];
+    let held = {
+        let mut sidecar = Sidecar::connect_incremental(&agent).await;
+        sidecar
+            .subscribe(type_url::CLUSTER_LOAD_ASSIGNMENT, &both)
+            .await;
+        let first = sidecar.next().await;
+        sidecar.ack(&first, &both).await;
+        first
+    };
+
+    let mut sidecar = Sidecar::connect_incremental(&agent).await;
+    sidecar
+        .send(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            &both,
+            &held.version_info,
+            "",
+            None,
+        )
+        .await;
+    sidecar.expect_silence().await;
+
+    agent
+        .store
+        .set_endpoints("users", vec![endpoint(1001), endpoint(1003)]);
+    let change = sidecar.next().await;
+    assert_eq!(names_of(&change), ["users"], "relative to the held version");
+    assert!(change.removed_resources.is_empty());
+
+    // A version the agent cannot vouch for: everything, replacing.
+    let mut stale = Sidecar::connect_incremental(&agent).await;
+    stale
+        .send(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            &both,
+            "0123456789abcdef",
+            "",
+            None,
+        )
+        .await;
+    let whole = stale.next().await;
+    assert_eq!(names_of(&whole), ["orders", "users"]);
+    assert_eq!(whole.removed_resources, ["*"]);
+}
+
+#[tokio::test]
+async fn a_state_of_the_world_sidecar_beside_an_incremental_one_still_gets_everything() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let both = ["orders", "users"];
+    let mut old = Sidecar::connect(&agent).await;
+    let mut new = Sidecar::connect_incremental(&agent).await;
+    for sidecar in [&old, &new] {
+        sidecar
+            .subscribe(type_url::CLUSTER_LOAD_ASSIGNMENT, &both)
+            .await;
+    }
+    let (old_first, new_first) = (old.next().await, new.next().await);
+    assert!(old_first.removed_resources.is_empty());
+    old.ack(&old_first, &both).await;
+    new.ack(&new_first, &both).await;
+
+    agent
+        .store
+        .set_endpoints("users", vec![endpoint(1001), endpoint(1004)]);
+    let (old_second, new_second) = (old.next().await, new.next().await);
+    assert_eq!(names_of(&old_second), ["orders", "users"]);
+    assert!(old_second.removed_resources.is_empty());
+    assert_eq!(names_of(&new_second), ["users"]);
+    assert_eq!(old_second.version_info, new_second.version_info);
+}
+
+#[tokio::test]
+async fn convergence_is_observed_once_every_stream_acked_the_change() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let mut a = Sidecar::connect_incremental(&agent).await;
+    let mut b = Sidecar::connect(&agent).await;
+    for sidecar in [&mut a, &mut b] {
+        sidecar
+            .subscribe(type_url::CLUSTER_LOAD_ASSIGNMENT, &["users"])
+            .await;
+        let first = sidecar.next().await;
+        sidecar.ack(&first, &["users"]).await;
+    }
+    assert!(agent.metrics.convergence.quantiles().is_none());
+
+    agent
+        .store
+        .set_endpoints("users", vec![endpoint(1001), endpoint(1005)]);
+    let pushed = a.next().await;
+    a.ack(&pushed, &["users"]).await;
+    let pushed = b.next().await;
+    // Until the last stream ACKs, the change has not converged.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(agent.metrics.convergence.quantiles().is_none());
+    b.ack(&pushed, &["users"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let quantiles = loop {
+        if let Some(quantiles) = agent.metrics.convergence.quantiles() {
+            break quantiles;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence observed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(quantiles.count, 1);
+    assert!(
+        quantiles.p99_seconds > 0.1,
+        "b acked after 100 ms: {quantiles:?}"
+    );
+    assert!(
+        agent
+            .metrics
+            .encode()
+            .contains("weft_discovery_convergence_seconds_count 1"),
+        "the histogram is exported"
     );
 }

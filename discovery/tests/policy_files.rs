@@ -58,7 +58,7 @@ fn start(dir: &ConfigDir) -> watch::Receiver<Option<Arc<Snapshot>>> {
 fn policy(snapshot: &Snapshot, service: &str) -> InboundPolicy {
     let selection = snapshot.select(
         type_url::INBOUND_POLICY,
-        &Subscription::Names([service.to_string()].into()),
+        &Subscription::names([service.to_string()]),
     );
     InboundPolicy::decode(selection.resources[0].value.as_ref()).expect("a policy")
 }

@@ -30,6 +30,13 @@ pub mod client_features {
     /// Responses carry only what changed, plus `removed_resources`
     /// (proto/README.md, "Incremental responses").
     pub const INCREMENTAL: &str = "weft.incremental";
+
+    /// Response metadata (a gRPC initial header) of the discovery stream:
+    /// the features, comma-separated, the agent uses with a sidecar that
+    /// lists them. A sidecar applies responses incrementally only when its
+    /// agent sends this with `weft.incremental` (an older agent, or a test
+    /// double, sends state of the world whatever the sidecar lists).
+    pub const AGENT_FEATURES_HEADER: &str = "weft-agent-features";
 }
 
 pub mod discovery {

@@ -260,7 +260,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             instance: settings.instance.clone(),
             build_version: env!("CARGO_PKG_VERSION").into(),
             metadata: Default::default(),
-            client_features: Vec::new(),
+            // Responses carry what changed only (proto/README.md).
+            client_features: vec![weft_proto::client_features::INCREMENTAL.into()],
         };
         if !settings.call_report_interval.is_zero() {
             let reporter = call_report::CallReporter {

@@ -444,6 +444,29 @@ fn the_agent_counts_its_sidecars_snapshots_pushes_push_latency_and_consul_errors
             "watch errors before Consul stopped"
         );
 
+        // The same change converged once the last sidecar it concerned
+        // ACKed, and `weftctl status` shows the estimate.
+        eventually(
+            SETUP_TIMEOUT,
+            "the change's convergence is observed",
+            || async {
+                let page = agent.metrics().await?;
+                let count = page.value("weft_discovery_convergence_seconds_count", &[]);
+                ensure!(count >= 1.0, "{count} changes converged");
+                Ok(())
+            },
+        )
+        .await?;
+        let status = std::process::Command::new(weft_e2e::harness::binaries::binary("weftctl")?)
+            .args(["status", "--admin", &agent.admin_url()])
+            .output()?;
+        let text = String::from_utf8_lossy(&status.stdout);
+        ensure!(
+            status.status.success() && text.contains("convergence (change -> last ACK): p50 "),
+            "weftctl status: {text}{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+
         // Consul goes away: every watch's read fails and is retried.
         mesh.consul.stop();
         eventually(

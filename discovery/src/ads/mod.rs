@@ -3,28 +3,26 @@
 
 mod status;
 mod stream;
+mod wire;
 
 pub use status::{SidecarRegistry, SidecarStatus, TypeStatus, unix_now};
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures_util::Stream;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use weft_proto::discovery::v1::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use tonic::Streaming;
 use weft_proto::discovery::v1::{DiscoveryRequest, DiscoveryResponse};
 
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
+pub use wire::AdsService;
+
 /// Responses waiting to be written to one sidecar. Small: a sidecar that
-/// does not read makes its own stream task wait, never the agent's memory grow.
-const OUTBOX_CAPACITY: usize = 8;
+/// does not read makes its own stream task wait, never the agent's memory
+/// grow. Each holds references to the snapshot's resources, not copies.
+const OUTBOX_CAPACITY: usize = 4;
 
 #[derive(Clone)]
 pub struct AdsServer {
@@ -48,26 +46,17 @@ impl AdsServer {
         }
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+    /// The service to add to the gRPC server.
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
-}
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamResourcesStream = ResponseStream;
-
-    async fn stream_resources(
+    /// Starts the task of one sidecar's stream; returns its responses.
+    fn open_stream(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamResourcesStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|addr| addr.to_string())
-            .unwrap_or_else(|| "unknown".to_string());
-        let requests = request.into_inner();
+        peer: String,
+        requests: Streaming<DiscoveryRequest>,
+    ) -> mpsc::Receiver<DiscoveryResponse> {
         let (outbox, responses) = mpsc::channel(OUTBOX_CAPACITY);
         let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let task = stream::SidecarStream::new(
@@ -78,6 +67,6 @@ impl AggregatedDiscoveryService for AdsServer {
             self.metrics.clone(),
         );
         tokio::spawn(task.run(requests, outbox));
-        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+        responses
     }
 }

@@ -1,7 +1,7 @@
 //! What the agent knows about each connected sidecar, for `/status`.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -18,11 +18,26 @@ pub struct SidecarStatus {
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct TypeStatus {
-    /// `["*"]` for a wildcard subscription.
-    pub subscribed: Vec<String>,
+    /// Serialized as the names, `["*"]` for a wildcard subscription.
+    pub subscribed: Subscribed,
     pub sent_version: String,
     pub acked_version: String,
     pub last_nack: Option<NackStatus>,
+}
+
+/// A stream's subscription as `/status` shows it: the stream's own set of
+/// names (shared, not copied: a sidecar may name a thousand clusters), or
+/// None for a wildcard.
+#[derive(Clone, Debug, Default)]
+pub struct Subscribed(pub Option<Arc<BTreeSet<String>>>);
+
+impl serde::Serialize for Subscribed {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(names) => serializer.collect_seq(names.iter()),
+            None => serializer.collect_seq(["*"]),
+        }
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// jemalloc: memory freed when sidecar streams close goes back to the
+/// system (glibc malloc kept most of it; docs/PERFORMANCE.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     weft_discovery::telemetry::init_logging();

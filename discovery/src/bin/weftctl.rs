@@ -390,6 +390,19 @@ struct Status {
     sidecars: Vec<SidecarStatus>,
     rejected_documents: Vec<RejectedDocument>,
     counters: BTreeMap<String, serde_json::Value>,
+    /// None before the first change reached a sidecar (or from an agent
+    /// that does not measure it).
+    convergence: Option<Convergence>,
+}
+
+/// From a change reaching the agent to the last sidecar's ACK, estimated
+/// by the agent from its `convergence_seconds` histogram.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Convergence {
+    count: u64,
+    p50_seconds: f64,
+    p99_seconds: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -513,6 +526,14 @@ fn render_status(status: &Status) -> String {
             .collect();
         out.push_str(&format!("counters: {}\n", counters.join("  ")));
     }
+    if let Some(convergence) = &status.convergence {
+        out.push_str(&format!(
+            "convergence (change -> last ACK): p50 {}  p99 {}  ({} changes)\n",
+            seconds(convergence.p50_seconds),
+            seconds(convergence.p99_seconds),
+            convergence.count
+        ));
+    }
 
     out.push_str(&format!("\nSIDECARS ({})\n", status.sidecars.len()));
     let columns = type_columns(status);
@@ -610,6 +631,15 @@ fn render_status(status: &Status) -> String {
 }
 
 /// The acked version; `acked->sent` while a newer version awaits its ACK.
+/// A duration for people: milliseconds below 10 s.
+fn seconds(value: f64) -> String {
+    if value < 10.0 {
+        format!("{:.1} ms", value * 1000.0)
+    } else {
+        format!("{value:.1} s")
+    }
+}
+
 fn version_cell(state: &TypeStatus) -> String {
     match (&state.acked_version, &state.sent_version) {
         (Some(acked), Some(sent)) if acked != sent => format!("{acked}->{sent}"),
@@ -691,9 +721,16 @@ mod tests {
             "rejected_documents": [ { "key": "routes/users", "origin": "consul kv weft/routes/users",
                 "errors": [ { "key": "routes/users", "field": "routes[0].match.path_regex", "reason": "invalid regex" } ],
                 "serving": "last good version" } ],
-            "counters": { "documents_rejected_total": 1 } }))
+            "counters": { "documents_rejected_total": 1 },
+            "convergence": { "count": 12, "p50_seconds": 0.0234, "p99_seconds": 1.5 } }))
         .unwrap();
         let text = render_status(&status);
+        assert!(
+            text.contains(
+                "convergence (change -> last ACK): p50 23.4 ms  p99 1500.0 ms  (12 changes)"
+            ),
+            "{text}"
+        );
         assert!(
             text.starts_with("agent: ready   backend: consul http://127.0.0.1:8500"),
             "{text}"

@@ -3,14 +3,15 @@
 //! without a route document, turns catalog endpoints into assignments, and
 //! merges policy documents and Consul's intentions into inbound policies.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use weft_certs::TrustDomain;
 use weft_proto::config::v1::{self as config, ClusterLoadAssignment, endpoint};
 use weft_proto::type_url;
 
-use super::{Resource, Snapshot, policy};
+use super::{Assembly, Changes, Resource, Snapshot, policy};
 use crate::documents::{self, ANY_SERVICE, Document, DocumentKey, FieldError, PolicyDocument};
 use crate::identity::ServiceIdentities;
 use crate::model::{Endpoint, Health, MeshState};
@@ -41,6 +42,14 @@ pub struct SnapshotBuilder {
     /// How service identities are named when the mesh has mTLS: every
     /// Cluster then names the SPIFFE ID its destination must present.
     identities: Option<ServiceIdentities>,
+    /// The previous build's resources: a message that encodes to the same
+    /// bytes keeps its `Arc<Resource>` (no hash, no copy), and the names
+    /// that did not are the build's changes.
+    previous: BTreeMap<&'static str, BTreeMap<String, Arc<Resource>>>,
+    /// The previous build's generation (0 before the first build).
+    generation: u64,
+    /// The changes of the last builds, shared by the snapshots.
+    history: VecDeque<Arc<Changes>>,
 }
 
 impl SnapshotBuilder {
@@ -109,9 +118,10 @@ impl SnapshotBuilder {
             .filter(|cluster| cluster.protocol() == config::cluster::Protocol::Tcp)
             .map(|cluster| cluster.name.clone())
             .collect();
-        let mut snapshot = Snapshot::default();
+        let previous = std::mem::take(&mut self.previous);
+        let mut snapshot = Assembly::new(&previous);
         for (host, route) in routes {
-            snapshot.insert(type_url::ROUTE_CONFIGURATION, Resource::new(host, &route));
+            snapshot.insert(type_url::ROUTE_CONFIGURATION, host, &route);
         }
         for (name, mut cluster) in destinations {
             cluster.identity = self.identity_of(&name);
@@ -124,11 +134,8 @@ impl SnapshotBuilder {
                 cluster_name: name.clone(),
                 endpoints,
             };
-            snapshot.insert(
-                type_url::CLUSTER_LOAD_ASSIGNMENT,
-                Resource::new(name.clone(), &assignment),
-            );
-            snapshot.insert(type_url::CLUSTER, Resource::new(name, &cluster));
+            snapshot.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, name.clone(), &assignment);
+            snapshot.insert(type_url::CLUSTER, name, &cluster);
         }
         // A policy for every service that is known, has a policy document,
         // or is the exact destination of an intention (its sidecar may
@@ -153,21 +160,18 @@ impl SnapshotBuilder {
             let mut inbound =
                 policy::inbound_policy(service, document, defaults, &state.intentions);
             inbound.opaque_tcp = opaque_tcp.contains(service);
-            snapshot.insert(
-                type_url::INBOUND_POLICY,
-                Resource::new(service.to_string(), &inbound),
-            );
+            snapshot.insert(type_url::INBOUND_POLICY, service.to_string(), &inbound);
         }
         if let Some(roots) = &state.trust_roots {
             let bundle = config::TrustBundle {
                 trust_domain: roots.trust_domain.clone(),
                 roots_pem: roots.roots_pem.clone(),
             };
-            snapshot.insert(
-                type_url::TRUST_BUNDLE,
-                Resource::new(roots.trust_domain.clone(), &bundle),
-            );
+            snapshot.insert(type_url::TRUST_BUNDLE, roots.trust_domain.clone(), &bundle);
         }
+        self.generation += 1;
+        let (mut snapshot, resources) = snapshot.finish(self.generation, &mut self.history);
+        self.previous = resources;
         snapshot.unknown_service_policy = Some(policy::inbound_policy(
             "",
             None,
@@ -378,14 +382,13 @@ mod tests {
     /// Every served InboundPolicy by name, plus the answer for `ghost`,
     /// a name the agent knows nothing about.
     fn policies(snapshot: &Snapshot) -> BTreeMap<String, config::InboundPolicy> {
-        let names = Subscription::Names(
+        let names = Subscription::names(
             snapshot
                 .resources(type_url::INBOUND_POLICY)
                 .into_iter()
                 .flatten()
                 .map(|(name, _)| name.clone())
-                .chain(["ghost".to_string()])
-                .collect(),
+                .chain(["ghost".to_string()]),
         );
         snapshot
             .select(type_url::INBOUND_POLICY, &names)
@@ -515,7 +518,7 @@ mod tests {
             snapshot
                 .select(
                     type_url::INBOUND_POLICY,
-                    &Subscription::Names(["users".to_string()].into()),
+                    &Subscription::names(["users".to_string()]),
                 )
                 .version
         };

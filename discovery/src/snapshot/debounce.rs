@@ -79,6 +79,11 @@ pub async fn run_builder_with(
             metrics.documents_rejected.inc();
         }
         metrics.snapshot_builds.inc();
+        // Before the streams can see it, so each stream connected now is
+        // waited for.
+        metrics
+            .convergence
+            .published(snapshot.generation(), snapshot.changed_at);
         publish.send_replace(Some(Arc::new(snapshot)));
 
         if changes.changed().await.is_err() {

@@ -95,11 +95,22 @@ async fn run_stream(
             .await
             .map_err(|_| "request stream closed".to_owned())?;
     }
-    let mut responses = client
+    let responses = client
         .stream_resources(ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("opening the ADS stream: {s}"))?
-        .into_inner();
+        .map_err(|s| format!("opening the ADS stream: {s}"))?;
+    // Incremental responses only from an agent that says it sends them.
+    let incremental = responses
+        .metadata()
+        .get(weft_proto::client_features::AGENT_FEATURES_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|features| {
+            features
+                .split(',')
+                .any(|f| f.trim() == weft_proto::client_features::INCREMENTAL)
+        });
+    core.set_incremental(incremental);
+    let mut responses = responses.into_inner();
     state.lock().connected = true;
     tracing::info!(agent = %settings.discovery, "connected to the discovery agent");
     loop {

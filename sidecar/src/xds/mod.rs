@@ -119,6 +119,14 @@ pub struct Core {
     mtls: SharedMtlsMode,
     /// The service's inbound rate limits (read by the ratelimit layer).
     rate_limits: SharedRateLimits,
+    /// The resources last accepted, by type and name, as received: the set
+    /// an incremental response is merged into (proto/README.md,
+    /// "Incremental responses").
+    held: BTreeMap<&'static str, BTreeMap<String, weft_proto::Any>>,
+    /// The agent of the current stream sends incremental responses (its
+    /// `weft-agent-features` header says so); otherwise each response is
+    /// the whole set (state of the world).
+    incremental: bool,
 }
 
 fn canonical(t: &str) -> Option<&'static str> {
@@ -149,6 +157,8 @@ impl Core {
             authn: AuthnPolicy::default(),
             mtls: SharedMtlsMode::default(),
             rate_limits: SharedRateLimits::default(),
+            held: BTreeMap::new(),
+            incremental: false,
         }
     }
 
@@ -197,6 +207,12 @@ impl Core {
     pub fn with_trust_bundle_updates(mut self, trust_domain: String) -> Self {
         self.bundle_trust_domain = Some(trust_domain);
         self
+    }
+
+    /// Whether the agent of the stream just opened sends incremental
+    /// responses (set before its first response is handled).
+    pub fn set_incremental(&mut self, incremental: bool) {
+        self.incremental = incremental;
     }
 
     fn names(&self, t: &str) -> Vec<String> {
@@ -258,13 +274,22 @@ impl Core {
             // Same content as held (e.g. after a reconnect): ACK, no rebuild.
             return vec![self.request(t, nonce, None)];
         }
-        let result = match t {
-            type_url::ROUTE_CONFIGURATION => self.accept_routes(&resp),
-            type_url::CLUSTER => self.accept_clusters(&resp),
-            type_url::INBOUND_POLICY => self.accept_policy(&resp),
-            type_url::TRUST_BUNDLE => self.accept_trust_bundle(&resp),
-            _ => self.accept_assignments(&resp),
-        };
+        // The agent sends what changed: the whole set is what we hold with
+        // it merged in, validated and compiled whole as before.
+        let merged = self.merge(t, &resp);
+        let result = merged.and_then(|(held, whole)| {
+            let result = match t {
+                type_url::ROUTE_CONFIGURATION => self.accept_routes(&whole),
+                type_url::CLUSTER => self.accept_clusters(&whole),
+                type_url::INBOUND_POLICY => self.accept_policy(&whole),
+                type_url::TRUST_BUNDLE => self.accept_trust_bundle(&whole),
+                _ => self.accept_assignments(&whole),
+            };
+            if result.is_ok() {
+                self.held.insert(t, held);
+            }
+            result
+        });
         match result {
             Err(errors) => {
                 let detail = errors.join("\n");
@@ -306,6 +331,45 @@ impl Core {
                 out
             }
         }
+    }
+
+    /// The held resources of `t` with `resp` applied: for an incremental
+    /// response its `removed_resources` dropped (`*`: everything held) and
+    /// its resources put in by name; a state-of-the-world one replaces them. Returns the new held set and the
+    /// response as a whole set; nothing changes until it is accepted.
+    #[allow(clippy::type_complexity)]
+    fn merge(
+        &self,
+        t: &'static str,
+        resp: &DiscoveryResponse,
+    ) -> Result<(BTreeMap<String, weft_proto::Any>, DiscoveryResponse), Vec<String>> {
+        let replace = !self.incremental || resp.removed_resources.iter().any(|name| name == "*");
+        let mut held = if replace {
+            BTreeMap::new()
+        } else {
+            self.held.get(t).cloned().unwrap_or_default()
+        };
+        for name in &resp.removed_resources {
+            held.remove(name);
+        }
+        let mut errors = Vec::new();
+        for (i, any) in resp.resources.iter().enumerate() {
+            match resource_name(t, any) {
+                Ok(name) => {
+                    held.insert(name, any.clone());
+                }
+                Err(e) => errors.push(format!("resources[{i}]: {e}")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let whole = DiscoveryResponse {
+            resources: held.values().cloned().collect(),
+            removed_resources: Vec::new(),
+            ..resp.clone()
+        };
+        Ok((held, whole))
     }
 
     fn decode<M: Message + Default>(resp: &DiscoveryResponse, errors: &mut Vec<String>) -> Vec<M> {
@@ -555,6 +619,24 @@ impl Core {
         status.subscribed_clusters = self.clusters_wanted.iter().cloned().collect();
         status.accepted = self.accepted.clone();
     }
+}
+
+/// The name a resource is known by (what `removed_resources` and a later
+/// response's resource of the same name refer to).
+fn resource_name(t: &str, any: &weft_proto::Any) -> Result<String, String> {
+    if any.type_url != t {
+        return Err(format!("type {} in a {t} response", any.type_url));
+    }
+    fn decoded<M: Message + Default>(any: &weft_proto::Any) -> Result<M, String> {
+        M::decode(any.value.as_ref()).map_err(|e| format!("cannot decode: {e}"))
+    }
+    Ok(match t {
+        type_url::ROUTE_CONFIGURATION => decoded::<pb::RouteConfiguration>(any)?.name,
+        type_url::CLUSTER => decoded::<pb::Cluster>(any)?.name,
+        type_url::INBOUND_POLICY => decoded::<pb::InboundPolicy>(any)?.service,
+        type_url::TRUST_BUNDLE => decoded::<pb::TrustBundle>(any)?.trust_domain,
+        _ => decoded::<pb::ClusterLoadAssignment>(any)?.cluster_name,
+    })
 }
 
 #[cfg(test)]

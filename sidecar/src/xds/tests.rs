@@ -552,3 +552,159 @@ fn a_pushed_trust_bundle_replaces_the_roots_and_a_bad_one_is_nacked_keeping_them
         assert_eq!(store.bundle().len(), 2, "the roots stay");
     }
 }
+
+// ---- incremental responses (proto/README.md, "Incremental responses")
+
+fn incremental<M: Message>(
+    t: &str,
+    version: &str,
+    nonce: &str,
+    msgs: &[M],
+    removed: &[&str],
+) -> DiscoveryResponse {
+    DiscoveryResponse {
+        removed_resources: removed.iter().map(|name| name.to_string()).collect(),
+        ..response(t, version, nonce, msgs)
+    }
+}
+
+fn held_ports(core: &Core) -> Vec<(String, u32)> {
+    let mut status = super::Status::default();
+    core.publish(&mut status);
+    status
+        .accepted
+        .assignments
+        .values()
+        .map(|m| (m.cluster_name.clone(), m.endpoints[0].port))
+        .collect()
+}
+
+#[test]
+fn an_incremental_response_is_merged_by_name_and_removed_names_dropped() {
+    let (mut core, table) = core();
+    core.set_incremental(true);
+    core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
+    core.handle(incremental(CLUSTER, "c1", "2", &[cluster("users")], &["*"]));
+    core.handle(incremental(
+        CLA,
+        "e1",
+        "3",
+        &[cla("users", 8080), cla("orders", 9090)],
+        &["*"],
+    ));
+    assert!(table.load().virtual_host("users").is_some());
+
+    // Only users changed: orders is kept as held.
+    let out = core.handle(incremental(CLA, "e2", "4", &[cla("users", 8081)], &[]));
+    assert!(out[0].error_detail.is_none());
+    assert_eq!(out[0].version_info, "e2");
+    assert_eq!(
+        held_ports(&core),
+        [("orders".into(), 9090), ("users".into(), 8081)]
+    );
+
+    core.handle(incremental::<pb::ClusterLoadAssignment>(
+        CLA,
+        "e3",
+        "5",
+        &[],
+        &["orders"],
+    ));
+    assert_eq!(held_ports(&core), [("users".into(), 8081)]);
+
+    // "*": whatever was held goes, the response is the whole set.
+    core.handle(incremental(CLA, "e4", "6", &[cla("orders", 9091)], &["*"]));
+    assert_eq!(held_ports(&core), [("orders".into(), 9091)]);
+}
+
+#[test]
+fn a_nacked_incremental_response_leaves_the_held_set_as_it_was() {
+    let (mut core, table) = core();
+    core.set_incremental(true);
+    core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
+    core.handle(incremental(CLUSTER, "c1", "2", &[cluster("users")], &["*"]));
+    core.handle(incremental(
+        CLA,
+        "e1",
+        "3",
+        &[cla("users", 8080), cla("orders", 9090)],
+        &["*"],
+    ));
+    let before = table.load_full();
+
+    // A bad users and the removal of orders, rejected as a whole.
+    let out = core.handle(incremental(
+        CLA,
+        "e2",
+        "4",
+        &[cla("users", 70000)],
+        &["orders"],
+    ));
+    let nack = &out[0];
+    assert_eq!(nack.version_info, "e1", "still holding e1");
+    assert!(
+        nack.error_detail
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("users"),
+        "{nack:?}"
+    );
+    assert!(Arc::ptr_eq(&before, &table.load_full()), "table untouched");
+    assert_eq!(
+        held_ports(&core),
+        [("orders".into(), 9090), ("users".into(), 8080)]
+    );
+
+    // The agent's next response is relative to e1, which we still hold.
+    core.handle(incremental(CLA, "e3", "5", &[cla("orders", 9092)], &[]));
+    assert_eq!(
+        held_ports(&core),
+        [("orders".into(), 9092), ("users".into(), 8080)]
+    );
+}
+
+#[test]
+fn incremental_updates_keep_make_before_break() {
+    let (mut core, table) = core();
+    core.set_incremental(true);
+    core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
+    core.handle(incremental(CLUSTER, "c1", "2", &[cluster("users")], &["*"]));
+    core.handle(incremental(CLA, "e1", "3", &[cla("users", 8080)], &["*"]));
+    let route = |table: &RoutingTable| {
+        format!(
+            "{:?}",
+            table.virtual_host("users").map(|vhost| &vhost.routes[0])
+        )
+    };
+    let before = route(&table.load());
+
+    core.handle(incremental(
+        ROUTES,
+        "r2",
+        "4",
+        &[routes("users-v2", None)],
+        &[],
+    ));
+    core.handle(incremental(CLUSTER, "c2", "5", &[cluster("users-v2")], &[]));
+    assert_eq!(
+        route(&table.load()),
+        before,
+        "no endpoints for users-v2 yet"
+    );
+    core.handle(incremental(CLA, "e2", "6", &[cla("users-v2", 9090)], &[]));
+    assert_ne!(route(&table.load()), before, "new routes live");
+}
+
+#[test]
+fn without_the_agents_incremental_header_each_response_is_the_whole_set() {
+    let (mut core, _) = core();
+    core.handle(response(
+        CLA,
+        "e1",
+        "1",
+        &[cla("users", 8080), cla("orders", 9090)],
+    ));
+    core.handle(response(CLA, "e2", "2", &[cla("users", 8081)]));
+    assert_eq!(held_ports(&core), [("users".into(), 8081)]);
+}

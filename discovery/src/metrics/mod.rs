@@ -9,6 +9,9 @@ use prometheus_client::registry::Registry;
 
 use crate::identity::RefusalReason;
 
+mod convergence;
+pub use convergence::{Convergence, Quantiles};
+
 /// The labels of `push_latency_seconds`: the resource type's short name
 /// (`Cluster`, `RouteConfiguration`...), five values at most.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +54,10 @@ pub struct Metrics {
     /// a new index, a file written) to a sidecar's ACK of the push built
     /// from it, by resource type (seconds).
     pub push_latency_seconds: Family<PushLabels, Histogram>,
+    /// Per change (snapshot): from the change reaching the agent to the
+    /// last ACK of a push made for it, across every stream
+    /// (`convergence_seconds`, with the bookkeeping in [`Convergence`]).
+    pub convergence: Convergence,
     /// Failed Consul reads, by watch and error kind.
     pub consul_watch_errors: Family<WatchErrorLabels, Counter>,
     /// Backoff waits before a Consul watch reads again (after an error,
@@ -90,6 +97,7 @@ impl Metrics {
         let push_latency_seconds = Family::<PushLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
+        let convergence = Convergence::new();
         let consul_watch_errors = Family::<WatchErrorLabels, Counter>::default();
         let consul_watch_retries = Family::<WatchLabels, Counter>::default();
         let call_reports = Counter::default();
@@ -133,6 +141,14 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             push_latency_seconds.clone(),
         );
+        registry.register_with_unit(
+            "convergence",
+            "Per change: from the change reaching the agent to the last sidecar's ACK of a push \
+             made for it (streams with nothing to receive do not count; one that closes, NACKs \
+             or gets a newer push first stops counting)",
+            prometheus_client::registry::Unit::Seconds,
+            convergence.histogram(),
+        );
         registry.register(
             "consul_watch_errors",
             "Failed Consul reads, by watch (catalog, checks, service, kv, intentions) and kind \
@@ -173,6 +189,7 @@ impl Metrics {
             nacks_received,
             connected_sidecars,
             push_latency_seconds,
+            convergence,
             consul_watch_errors,
             consul_watch_retries,
             consul_connections,
