@@ -167,7 +167,17 @@ impl SidecarStream {
                     request.version_info.clone();
             });
         }
-        let subscription = Subscription::from_names(&request.resource_names);
+        // An empty list is "everything" on a type's first request only;
+        // once the sidecar named resources, it means none (it dropped its
+        // last on-demand cluster), as in Envoy's xDS.
+        let subscription = match &state.subscription {
+            Subscription::Names(_)
+                if request.resource_names.is_empty() && !state.last_nonce.is_empty() =>
+            {
+                Subscription::Names(Default::default())
+            }
+            _ => Subscription::from_names(&request.resource_names),
+        };
         if request.response_nonce.is_empty() || subscription != state.subscription {
             let subscribed = match &subscription {
                 Subscription::Wildcard => vec!["*".to_string()],
