@@ -580,15 +580,22 @@ impl Core {
     pub fn demand(&mut self, names: Vec<String>) -> Vec<DiscoveryRequest> {
         let now = self.demand.as_ref().map_or(0, |d| d.now());
         let mut added = Vec::new();
+        let mut unrouted = Vec::new();
         for name in names {
             let routed = self.routes.values().any(|r| r.clusters.contains(&name));
             if !routed {
+                // Routes changed since the request chose it: fail its
+                // waiters now rather than at the timeout.
+                unrouted.push(name);
                 continue;
             }
             if !self.on_demand.contains_key(&name) {
                 added.push(name.clone());
             }
             self.on_demand.entry(name).or_insert(now);
+        }
+        if let Some(demand) = &self.demand {
+            demand.forget(&unrouted);
         }
         if !self.update_wanted() {
             return Vec::new();
