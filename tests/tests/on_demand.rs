@@ -98,8 +98,8 @@ fn names(list: &serde_json::Value) -> anyhow::Result<BTreeSet<String>> {
         .collect())
 }
 
-fn set(names: &[String]) -> BTreeSet<String> {
-    names.iter().cloned().collect()
+fn set<'a>(names: impl IntoIterator<Item = &'a String>) -> BTreeSet<String> {
+    names.into_iter().cloned().collect()
 }
 
 /// Calls `host` through the client's sidecar; the answer must come from
@@ -134,12 +134,12 @@ fn a_sidecar_holds_only_the_destinations_its_app_calls_and_its_preloads() {
 
         // Ready means the preload arrived; nothing else is held yet.
         ensure!(
-            subscribed(&client).await? == set(&[preload.clone()]),
+            subscribed(&client).await? == set([&preload]),
             "before any call: {:?}",
             subscribed(&client).await?
         );
         ensure!(
-            in_table(&client).await? == set(&[preload.clone()]),
+            in_table(&client).await? == set([&preload]),
             "an --upstreams destination is held from the start: {:?}",
             in_table(&client).await?
         );
@@ -277,7 +277,7 @@ fn an_idle_destination_leaves_the_subscription_and_the_next_call_brings_it_back(
         );
         ctx.measured("idle destination dropped after (timeout 2 s)", idle);
         ensure!(
-            subscribed(&client).await? == set(&[preload.clone()]),
+            subscribed(&client).await? == set([&preload]),
             "the preload stays: {:?}",
             subscribed(&client).await?
         );
