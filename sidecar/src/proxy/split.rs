@@ -152,3 +152,157 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use arc_swap::ArcSwap;
+    use futures_util::future::ready;
+    use http::{HeaderValue, Request};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::body::{BufferedBody, ProxyBody, RequestBody};
+    use crate::proxy::{Direction, RequestCtx, RouteRef};
+    use crate::table::matcher::PathMatch;
+    use crate::table::{
+        HeaderMutation, Route, RouteAction, RouteMatch, RoutingTable, VirtualHost, WeightedClusters,
+    };
+
+    /// A table whose one route splits 50/50 between `a` and `b`, holding
+    /// the clusters in `held`.
+    fn table(held: &[&str]) -> RoutingTable {
+        let vhost = Arc::new(VirtualHost {
+            name: "svc/svc".into(),
+            routes: vec![Route {
+                name: String::new(),
+                matcher: RouteMatch {
+                    path: PathMatch::Any,
+                    headers: Vec::new(),
+                    methods: Vec::new(),
+                    query: Vec::new(),
+                },
+                action: RouteAction {
+                    destination: Destination::Weighted(
+                        WeightedClusters::new([(Arc::from("a"), 1), (Arc::from("b"), 1)])
+                            .expect("weights"),
+                    ),
+                    prefix_rewrite: None,
+                    host_rewrite: None,
+                    timeout: None,
+                    retry: None,
+                },
+                request_headers: HeaderMutation::default(),
+                response_headers: HeaderMutation::default(),
+            }],
+        });
+        let mut t = RoutingTable::default();
+        t.domains.insert("svc".into(), vhost);
+        for name in held {
+            let name: Arc<str> = (*name).into();
+            t.clusters.insert(
+                name.clone(),
+                Arc::new(Cluster::new(
+                    name,
+                    Default::default(),
+                    Vec::new(),
+                    Arc::default(),
+                )),
+            );
+        }
+        t
+    }
+
+    /// A request as `route` leaves it: the table and its one route.
+    fn request(table: &Arc<RoutingTable>) -> ProxyRequest {
+        let mut ctx = RequestCtx::new(
+            Direction::Outbound,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            HeaderValue::from_static("127.0.0.1"),
+        );
+        ctx.route = Some(RouteRef {
+            vhost: table.domains["svc"].clone(),
+            index: 0,
+        });
+        ctx.table = Some(table.clone());
+        ProxyRequest {
+            http: Request::new(RequestBody::Buffered(BufferedBody::default())),
+            ctx,
+        }
+    }
+
+    /// Answers with the chosen cluster's name in `x-cluster`.
+    fn upstream() -> impl Service<
+        ProxyRequest,
+        Response = ProxyResponse,
+        Error = ProxyError,
+        Future = Ready<Result<ProxyResponse, ProxyError>>,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(|req: ProxyRequest| {
+            let name = req.ctx.cluster.as_ref().map(|c| c.name.to_string());
+            let mut response = http::Response::new(ProxyBody::empty());
+            response.headers_mut().insert(
+                "x-cluster",
+                HeaderValue::from_str(&name.unwrap_or_default()).expect("a name"),
+            );
+            ready(Ok(response))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_split_to_clusters_not_held_waits_for_them_then_goes_on() {
+        let shared = Arc::new(ArcSwap::from_pointee(table(&[])));
+        let demand = Arc::new(OnDemand::new(shared.clone(), Duration::from_secs(1)));
+        let service = SplitLayer::on_demand(demand.clone()).layer(upstream());
+        let first = tokio::spawn(service.clone().oneshot(request(&shared.load_full())));
+        tokio::task::yield_now().await;
+        let asked = demand.take_new();
+        assert_eq!(asked.len(), 1, "one of the split's clusters: {asked:?}");
+        // The xDS client brings both in (one round trip later).
+        tokio::time::advance(Duration::from_millis(30)).await;
+        let arrived = Arc::new(table(&["a", "b"]));
+        shared.store(arrived.clone());
+        demand.resolve(&arrived);
+        let answer = first.await.unwrap().expect("answered once it arrived");
+        assert_eq!(answer.headers()["x-cluster"], asked[0].as_str());
+
+        // Held now: straight through, with its last use stamped.
+        demand.set_now(7);
+        let mut chosen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let answer = service
+                .clone()
+                .oneshot(request(&arrived))
+                .await
+                .expect("held clusters answer at once");
+            let name = answer.headers()["x-cluster"].to_str().unwrap().to_owned();
+            let used = arrived.clusters[name.as_str()]
+                .shared
+                .last_used
+                .load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(used, 7, "{name}'s last use");
+            chosen.insert(name);
+        }
+        assert_eq!(chosen.len(), 2, "the split goes on over both");
+        assert!(
+            demand.take_new().is_empty(),
+            "no subscription for held ones"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cluster_that_never_arrives_fails_after_the_timeout_with_discovery_timeout() {
+        let shared = Arc::new(ArcSwap::from_pointee(table(&[])));
+        let demand = Arc::new(OnDemand::new(shared.clone(), Duration::from_secs(1)));
+        let service = SplitLayer::on_demand(demand).layer(upstream());
+        let started = tokio::time::Instant::now();
+        let Err(err) = service.oneshot(request(&shared.load_full())).await else {
+            panic!("answered although nothing arrived");
+        };
+        assert_eq!(err.kind, ErrorKind::DiscoveryTimeout);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+}
