@@ -1045,6 +1045,60 @@ mod tests {
     }
 
     #[test]
+    fn on_demand_discovery_settings_have_documented_defaults_and_are_checked() {
+        let with = |extra: &[&str], env_pairs: &[(&str, &str)]| {
+            Settings::from_sources(xds_flags(extra), &env(env_pairs))
+        };
+        let s = with(&[], &[]).unwrap();
+        assert!(s.upstreams.is_empty());
+        assert_eq!(s.discovery_idle_timeout, Duration::from_secs(600));
+        assert_eq!(s.discovery_timeout, Duration::from_secs(1));
+        let s = with(
+            &[
+                "--upstreams",
+                "orders, billing",
+                "--discovery-idle-timeout",
+                "0s",
+            ],
+            &[("WEFT_DISCOVERY_TIMEOUT", "250ms")],
+        )
+        .unwrap();
+        assert_eq!(s.upstreams, ["orders", "billing"]);
+        assert_eq!(s.discovery_idle_timeout, Duration::ZERO, "0s: never drop");
+        assert_eq!(s.discovery_timeout, Duration::from_millis(250));
+        let err = with(
+            &["--upstreams", "orders,orders", "--discovery-timeout", "0s"],
+            &[("WEFT_DISCOVERY_IDLE_TIMEOUT", "soon")],
+        )
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "--upstreams / WEFT_UPSTREAMS: invalid value \"orders,orders\" (from flag): orders is given twice",
+            "--discovery-timeout / WEFT_DISCOVERY_TIMEOUT: invalid value \"0s\" (from flag): must be greater than 0",
+            "--discovery-idle-timeout / WEFT_DISCOVERY_IDLE_TIMEOUT: invalid value \"soon\" (from env)",
+        ] {
+            assert!(err.contains(part), "{part} in {err}");
+        }
+        let err = Settings::from_sources(
+            flags(&[
+                "--inbound",
+                "127.0.0.1:1",
+                "--app",
+                "127.0.0.1:2",
+                "--upstreams",
+                "a",
+            ]),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--upstreams / WEFT_UPSTREAMS: needs --discovery"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tcp_upstreams_come_from_repeated_flags_the_env_list_or_a_yaml_list() {
         let upstream = |service: &str, port: u16| TcpUpstream {
             service: service.into(),
