@@ -81,7 +81,9 @@ pub struct Settings {
     pub upstreams: Vec<String>,
     /// Drop a destination discovered on demand once no request chose it
     /// for this long (`--discovery-idle-timeout`,
-    /// `WEFT_DISCOVERY_IDLE_TIMEOUT`); `0s` = never. Default 10 min: a
+    /// `WEFT_DISCOVERY_IDLE_TIMEOUT`); `0s` = never. Last use is kept in
+    /// whole seconds, so a drop comes up to two seconds after the
+    /// timeout, never before. Default 10 min: a
     /// service that calls a destination at all usually does so more often
     /// than that (so its first-call wait is paid once), while a sidecar
     /// that stops calling one stops receiving its endpoint changes within

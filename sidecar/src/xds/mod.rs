@@ -627,7 +627,11 @@ impl Core {
                         .last_used
                         .load(std::sync::atomic::Ordering::Relaxed)
                 });
-                now.saturating_sub(used.max(**asked_at)) >= idle
+                // Strictly more: the stamp is a whole second that may have
+                // begun up to a second before the request, so a cluster is
+                // never dropped before the idle timeout has really passed
+                // (at most about two seconds after it).
+                now.saturating_sub(used.max(**asked_at)) > idle
             })
             .map(|(name, _)| name.clone())
             .collect();

@@ -526,6 +526,11 @@ fn idle_on_demand_clusters_are_dropped_and_preloads_stay() {
         "left the table at once"
     );
     assert!(core.sweep().is_empty(), "nothing else idle");
+    demand.set_now(5);
+    assert!(
+        core.sweep().is_empty(),
+        "users unused for 2 whole seconds: its stamp may have begun before the call, kept"
+    );
     demand.set_now(60);
     let out = core.sweep();
     assert_eq!(
