@@ -328,6 +328,31 @@ async fn changing_the_subscription_answers_with_the_new_subset() {
 }
 
 #[tokio::test]
+async fn an_empty_list_after_names_unsubscribes_from_all_but_opens_a_wildcard() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let mut sidecar = Sidecar::connect(&agent).await;
+    sidecar.subscribe(type_url::CLUSTER, &["users"]).await;
+    let first = sidecar.next().await;
+    // The sidecar dropped its last on-demand cluster: none, not all.
+    sidecar.ack(&first, &[]).await;
+    let second = sidecar.next().await;
+    assert!(
+        second.resources.is_empty(),
+        "after names, an empty list means none: {:?}",
+        decode::<Cluster>(&second)
+    );
+    let status = agent.registry.list();
+    assert!(status[0].types["Cluster"].subscribed.is_empty());
+    // A type's first request with an empty list is still the wildcard.
+    sidecar
+        .subscribe(type_url::CLUSTER_LOAD_ASSIGNMENT, &[])
+        .await;
+    let all = sidecar.next().await;
+    assert_eq!(decode::<ClusterLoadAssignment>(&all).len(), 2);
+}
+
+#[tokio::test]
 async fn an_invalid_document_keeps_the_last_good_version_serving() {
     let agent = start_agent().await;
     seed(&agent.store);

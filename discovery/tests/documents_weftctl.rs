@@ -165,6 +165,7 @@ async fn weftctl_status_prints_sidecars_and_rejected_documents() {
         "ab12",
         "cd34",
         "0a0a->ef56",
+        "1: users",
         "ClusterLoadAssignment ef56: endpoint 0: port 0",
     ] {
         assert!(sidecar.contains(cell), "{cell} in {sidecar}");

@@ -37,6 +37,9 @@ pub struct AdminState {
     pub tcp: Arc<crate::tcp::TcpStats>,
     /// Prometheus metrics (`/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// On-demand discovery (`None` in static mode): its clock dates the
+    /// last use of each held cluster in /config_dump.
+    pub on_demand: Option<Arc<crate::xds::OnDemand>>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -214,12 +217,44 @@ pub fn config_dump(state: &AdminState) -> Value {
         "ready": s.ready,
         "waiting_for": s.waiting_for,
         "subscribed_clusters": s.subscribed_clusters,
+        "held_clusters": held_clusters(state, &s.held),
+        "awaited_clusters": state.on_demand.as_ref().map(|d| d.pending()).unwrap_or_default(),
         "RouteConfiguration": ty(type_url::ROUTE_CONFIGURATION, s.accepted.routes.values().map(dump::route_configuration).collect()),
         "Cluster": ty(type_url::CLUSTER, s.accepted.clusters.values().map(dump::cluster).collect()),
         "ClusterLoadAssignment": ty(type_url::CLUSTER_LOAD_ASSIGNMENT, s.accepted.assignments.values().map(dump::assignment).collect()),
         "InboundPolicy": ty(type_url::INBOUND_POLICY, s.accepted.policy.iter().map(dump::inbound_policy).collect()),
         "TrustBundle": ty(type_url::TRUST_BUNDLE, s.accepted.trust_bundle.iter().map(|b| json!({"trust_domain": b.trust_domain, "roots_pem": b.roots_pem})).collect()),
     })
+}
+
+/// Each subscribed cluster: why it is held (`preload`, `tcp-upstream`,
+/// `policy-upstream`, `on-demand`), whether it is in the routing table
+/// yet, and how many seconds ago a request last chose it (`null`: never).
+fn held_clusters(state: &AdminState, held: &[crate::xds::HeldCluster]) -> Value {
+    let table = state.table.load();
+    let now = state.on_demand.as_ref().map_or(0, |d| d.now());
+    let list: Vec<Value> = held
+        .iter()
+        .map(|h| {
+            let cluster = table.cluster(&h.name);
+            let last_use = cluster
+                .map(|c| {
+                    c.shared
+                        .last_used
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .filter(|used| *used != 0)
+                .map(|used| now.saturating_sub(used));
+            json!({
+                "name": h.name,
+                "reason": h.reason,
+                "in_table": cluster.is_some(),
+                "last_use_seconds_ago": last_use,
+                "asked_seconds_ago": h.asked_at.map(|at| now.saturating_sub(at)),
+            })
+        })
+        .collect();
+    Value::Array(list)
 }
 
 /// The current leaf and trust bundle (no key material): every root with

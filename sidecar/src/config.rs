@@ -71,6 +71,31 @@ pub struct Settings {
     /// connects to the port, the sidecar carries the bytes to `<service>`
     /// (marked `protocol: tcp`). Needs `--discovery`.
     pub tcp_upstreams: Vec<TcpUpstream>,
+    /// Destinations to discover at start and hold for good (`--upstreams
+    /// a,b,c`, `WEFT_UPSTREAMS`, or the file's `upstreams` as a list):
+    /// the sidecar is ready only once they have arrived, and their first
+    /// call waits for nothing. Every other destination is discovered on
+    /// its first call (`--tcp-upstream` destinations and the `upstreams`
+    /// of the service's Consul registrations are held from the start
+    /// too). Needs `--discovery`. Default: none.
+    pub upstreams: Vec<String>,
+    /// Drop a destination discovered on demand once no request chose it
+    /// for this long (`--discovery-idle-timeout`,
+    /// `WEFT_DISCOVERY_IDLE_TIMEOUT`); `0s` = never. Last use is kept in
+    /// whole seconds, so a drop comes up to two seconds after the
+    /// timeout, never before. Default 10 min: a
+    /// service that calls a destination at all usually does so more often
+    /// than that (so its first-call wait is paid once), while a sidecar
+    /// that stops calling one stops receiving its endpoint changes within
+    /// minutes. The next call discovers it again.
+    pub discovery_idle_timeout: Duration,
+    /// How long a request waits for a destination's first discovery
+    /// before a 503 `discovery-timeout` (`--discovery-timeout`,
+    /// `WEFT_DISCOVERY_TIMEOUT`). Default 1 s, a cluster's default connect
+    /// timeout: a first call waits no longer for its destination's
+    /// addresses than for the connection to it; one round trip to the
+    /// agent is enough on a healthy mesh.
+    pub discovery_timeout: Duration,
     /// Who signs this sidecar's leaf (`--identity-source weft|consul`,
     /// `WEFT_IDENTITY_SOURCE`). Default `weft`: the agent, with
     /// `--identity-token`. `consul`: Consul's Connect CA, with `--consul`
@@ -189,6 +214,9 @@ impl Settings {
             workers: None,
             identity_token: None,
             tcp_upstreams: Vec::new(),
+            upstreams: Vec::new(),
+            discovery_idle_timeout: crate::xds::on_demand::DEFAULT_IDLE_TIMEOUT,
+            discovery_timeout: crate::xds::on_demand::DEFAULT_FETCH_TIMEOUT,
             identity_source: IdentitySource::Weft,
             proxy: ProxySettings::default(),
             access_log: None,
@@ -264,6 +292,12 @@ impl Settings {
         let app_max_requests = r.get("app_max_requests", parse_positive);
         let identity_token = r.get("identity_token", |s| parse_nonempty(s).map(Secret));
         let tcp_upstreams = r.get("tcp_upstream", parse_tcp_upstreams);
+        let upstreams = r.get("upstreams", parse_upstreams);
+        let discovery_idle_timeout = r.get("discovery_idle_timeout", parse_duration);
+        let discovery_timeout = r.get("discovery_timeout", |s| match parse_duration(s)? {
+            d if d.is_zero() => Err("must be greater than 0".into()),
+            d => Ok(d),
+        });
         let tcp_idle_timeout = r.get("tcp_idle_timeout", |s| match parse_duration(s)? {
             d if d.is_zero() => Err("must be greater than 0".into()),
             d => Ok(d),
@@ -315,12 +349,25 @@ impl Settings {
             r.require("service", service.is_some());
             r.require("outbound", outbound.is_some());
             r.require("admin", admin.is_some());
-        } else if tcp_upstreams.as_ref().is_some_and(|u| !u.is_empty()) {
-            let f = field_of("tcp_upstream");
-            r.errors.push(format!(
-                "{} / {}: needs --discovery (the destination's endpoints come from the agent)",
-                f.flag, f.env
-            ));
+        } else {
+            for (key, set) in [
+                (
+                    "tcp_upstream",
+                    tcp_upstreams.as_ref().is_some_and(|u| !u.is_empty()),
+                ),
+                (
+                    "upstreams",
+                    upstreams.as_ref().is_some_and(|u| !u.is_empty()),
+                ),
+            ] {
+                if set {
+                    let f = field_of(key);
+                    r.errors.push(format!(
+                        "{} / {}: needs --discovery (the destination's endpoints come from the agent)",
+                        f.flag, f.env
+                    ));
+                }
+            }
         }
         if access_log_sampling.is_some() && r.raw("access_log").is_none() {
             r.errors.push(
@@ -352,6 +399,11 @@ impl Settings {
             workers,
             identity_token,
             tcp_upstreams: tcp_upstreams.unwrap_or_default(),
+            upstreams: upstreams.unwrap_or_default(),
+            discovery_idle_timeout: discovery_idle_timeout
+                .unwrap_or(crate::xds::on_demand::DEFAULT_IDLE_TIMEOUT),
+            discovery_timeout: discovery_timeout
+                .unwrap_or(crate::xds::on_demand::DEFAULT_FETCH_TIMEOUT),
             identity_source,
             proxy: ProxySettings {
                 header_read_timeout: header_read_timeout.unwrap_or(defaults.header_read_timeout),
@@ -448,6 +500,15 @@ pub struct Flags {
     /// Close an opaque TCP or upgraded (WebSocket) connection idle this long [env: WEFT_TCP_IDLE_TIMEOUT] [default: 1h].
     #[arg(long)]
     pub tcp_idle_timeout: Option<String>,
+    /// Destinations discovered at start and held for good, comma-separated; others are discovered on their first call [env: WEFT_UPSTREAMS] [default: none].
+    #[arg(long)]
+    pub upstreams: Option<String>,
+    /// Drop a destination discovered on demand after no call for this long, 0s = never [env: WEFT_DISCOVERY_IDLE_TIMEOUT] [default: 10m].
+    #[arg(long)]
+    pub discovery_idle_timeout: Option<String>,
+    /// How long a first call waits for its destination's discovery before 503 discovery-timeout [env: WEFT_DISCOVERY_TIMEOUT] [default: 1s].
+    #[arg(long)]
+    pub discovery_timeout: Option<String>,
     /// weft (the agent signs, with --identity-token) or consul (Consul's Connect CA; turns mTLS on) [env: WEFT_IDENTITY_SOURCE] [default: weft].
     #[arg(long)]
     pub identity_source: Option<String>,
@@ -478,7 +539,7 @@ impl Flags {
     fn values(&self) -> BTreeMap<&'static str, String> {
         // Repeated flags are one comma-separated list, as in the env.
         let tcp_upstream = (!self.tcp_upstream.is_empty()).then(|| self.tcp_upstream.join(","));
-        let pairs: [(&'static str, &Option<String>); 25] = [
+        let pairs: [(&'static str, &Option<String>); 28] = [
             ("service", &self.service),
             ("discovery", &self.discovery),
             ("inbound", &self.inbound),
@@ -496,6 +557,9 @@ impl Flags {
             ("identity_token", &self.identity_token),
             ("tcp_upstream", &tcp_upstream),
             ("tcp_idle_timeout", &self.tcp_idle_timeout),
+            ("upstreams", &self.upstreams),
+            ("discovery_idle_timeout", &self.discovery_idle_timeout),
+            ("discovery_timeout", &self.discovery_timeout),
             ("identity_source", &self.identity_source),
             ("consul", &self.consul),
             ("consul_token", &self.consul_token),
@@ -569,6 +633,17 @@ const FIELDS: &[Field] = &[
         "tcp_idle_timeout",
         "--tcp-idle-timeout",
         "WEFT_TCP_IDLE_TIMEOUT",
+    ),
+    field("upstreams", "--upstreams", "WEFT_UPSTREAMS"),
+    field(
+        "discovery_idle_timeout",
+        "--discovery-idle-timeout",
+        "WEFT_DISCOVERY_IDLE_TIMEOUT",
+    ),
+    field(
+        "discovery_timeout",
+        "--discovery-timeout",
+        "WEFT_DISCOVERY_TIMEOUT",
     ),
     field(
         "identity_source",
@@ -760,6 +835,19 @@ fn parse_tcp_upstreams(s: &str) -> Result<Vec<TcpUpstream>, String> {
             return Err(format!("{listen} is given twice"));
         }
         out.push(TcpUpstream { service, listen });
+    }
+    Ok(out)
+}
+
+/// `users,orders`: service names, each once.
+fn parse_upstreams(s: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let service = parse_service(item).map_err(|e| format!("{item:?}: service {e}"))?;
+        if out.contains(&service) {
+            return Err(format!("{service} is given twice"));
+        }
+        out.push(service);
     }
     Ok(out)
 }
@@ -956,6 +1044,60 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("weft/policies/<service>"), "{err}");
+    }
+
+    #[test]
+    fn on_demand_discovery_settings_have_documented_defaults_and_are_checked() {
+        let with = |extra: &[&str], env_pairs: &[(&str, &str)]| {
+            Settings::from_sources(xds_flags(extra), &env(env_pairs))
+        };
+        let s = with(&[], &[]).unwrap();
+        assert!(s.upstreams.is_empty());
+        assert_eq!(s.discovery_idle_timeout, Duration::from_secs(600));
+        assert_eq!(s.discovery_timeout, Duration::from_secs(1));
+        let s = with(
+            &[
+                "--upstreams",
+                "orders, billing",
+                "--discovery-idle-timeout",
+                "0s",
+            ],
+            &[("WEFT_DISCOVERY_TIMEOUT", "250ms")],
+        )
+        .unwrap();
+        assert_eq!(s.upstreams, ["orders", "billing"]);
+        assert_eq!(s.discovery_idle_timeout, Duration::ZERO, "0s: never drop");
+        assert_eq!(s.discovery_timeout, Duration::from_millis(250));
+        let err = with(
+            &["--upstreams", "orders,orders", "--discovery-timeout", "0s"],
+            &[("WEFT_DISCOVERY_IDLE_TIMEOUT", "soon")],
+        )
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "--upstreams / WEFT_UPSTREAMS: invalid value \"orders,orders\" (from flag): orders is given twice",
+            "--discovery-timeout / WEFT_DISCOVERY_TIMEOUT: invalid value \"0s\" (from flag): must be greater than 0",
+            "--discovery-idle-timeout / WEFT_DISCOVERY_IDLE_TIMEOUT: invalid value \"soon\" (from env)",
+        ] {
+            assert!(err.contains(part), "{part} in {err}");
+        }
+        let err = Settings::from_sources(
+            flags(&[
+                "--inbound",
+                "127.0.0.1:1",
+                "--app",
+                "127.0.0.1:2",
+                "--upstreams",
+                "a",
+            ]),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--upstreams / WEFT_UPSTREAMS: needs --discovery"),
+            "{err}"
+        );
     }
 
     #[test]

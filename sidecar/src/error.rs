@@ -53,6 +53,10 @@ pub enum ErrorKind {
     /// A rate limit refused the request (with Retry-After and the
     /// RateLimit fields, made by `crate::ratelimit::headers`). 429.
     RateLimited,
+    /// The route chose a destination this sidecar does not hold yet, and
+    /// its Cluster and endpoints did not arrive from the discovery agent
+    /// within the on-demand timeout (`--discovery-timeout`). 503.
+    DiscoveryTimeout,
     /// A bug or an unexpected state in the sidecar. 500.
     Internal,
 }
@@ -83,9 +87,11 @@ impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoHealthyEndpoint | Self::ConnectFailed | Self::Overflow | Self::CircuitOpen => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoHealthyEndpoint
+            | Self::ConnectFailed
+            | Self::Overflow
+            | Self::CircuitOpen
+            | Self::DiscoveryTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamReset | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
@@ -107,6 +113,7 @@ impl ErrorKind {
             Self::Timeout => "timeout",
             Self::Overflow => "overflow",
             Self::CircuitOpen => "circuit-open",
+            Self::DiscoveryTimeout => "discovery-timeout",
             Self::BadRequest => "bad-request",
             Self::Denied => "denied",
             Self::Unsupported => "unsupported",
@@ -125,6 +132,7 @@ impl ErrorKind {
             | Self::NoHealthyEndpoint
             | Self::Overflow
             | Self::CircuitOpen
+            | Self::DiscoveryTimeout
             | Self::Internal
             | Self::Unsupported => ErrorSource::Internal,
         }
@@ -271,6 +279,7 @@ mod tests {
             (ErrorKind::Timeout, 504, "timeout"),
             (ErrorKind::Overflow, 503, "overflow"),
             (ErrorKind::CircuitOpen, 503, "circuit-open"),
+            (ErrorKind::DiscoveryTimeout, 503, "discovery-timeout"),
             (ErrorKind::BadRequest, 400, "bad-request"),
             (ErrorKind::Denied, 403, "denied"),
             (ErrorKind::Unsupported, 501, "unsupported"),

@@ -248,6 +248,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     let mut outbound_addr = None;
     let mut xds_state = None;
+    let mut on_demand = None;
     if let Some(discovery) = &settings.discovery {
         let state = Arc::new(XdsState::default());
         let node = weft_proto::discovery::v1::Node {
@@ -275,12 +276,20 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             };
             tokio::spawn(reporter.run(shutdown_rx.clone()));
         }
+        let demand = Arc::new(xds::OnDemand::new(
+            table.clone(),
+            settings.discovery_timeout,
+        ));
+        tokio::spawn(demand.clone().run_clock(shutdown_rx.clone()));
+        on_demand = Some(demand.clone());
         let mut core = xds::Core::new(node, table.clone(), dns.clone())
             .with_authz(authz.clone())
             .with_authn(authn.clone())
             .with_mtls_mode(mtls_mode.clone())
             .with_rate_limits(rate_limits.clone())
-            .with_required_clusters(settings.tcp_upstreams.iter().map(|u| u.service.clone()));
+            .with_tcp_upstreams(settings.tcp_upstreams.iter().map(|u| u.service.clone()))
+            .with_required_clusters(settings.upstreams.iter().cloned())
+            .with_on_demand(demand.clone(), settings.discovery_idle_timeout);
         if let Some(store) = &identity {
             core = core.with_identity(store.clone());
         }
@@ -300,7 +309,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             outbound_addr = Some(outbound.local_addr()?);
             listeners.push(tokio::spawn(server::serve(
                 outbound,
-                proxy::outbound(table.clone(), &settings.service, tracer.clone()),
+                proxy::outbound(
+                    table.clone(),
+                    demand.clone(),
+                    &settings.service,
+                    tracer.clone(),
+                ),
                 Direction::Outbound,
                 Transport::Plain,
                 server_settings.clone(),
@@ -350,6 +364,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             shutdown: shutdown_rx.clone(),
             identity: identity.clone(),
             tcp: tcp_stats.clone(),
+            on_demand,
         };
         listeners.push(tokio::spawn(admin::serve(admin, state, drain.token())));
     }

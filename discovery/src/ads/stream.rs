@@ -179,14 +179,22 @@ impl SidecarStream {
             tracing::warn!(node = %self.node_id, type_url = %request.type_url, "sidecar asked for an unknown resource type; ignored");
             return;
         };
-        let unchanged = self
-            .types
-            .get(type_url)
-            .is_some_and(|state| state.subscription.is(&request.resource_names));
+        let previous = self.types.get(type_url);
+        let unchanged =
+            previous.is_some_and(|state| state.subscription.is(&request.resource_names));
+        // An empty list is "everything" on a type's first request only;
+        // once the sidecar named resources, it means none (it dropped its
+        // last on-demand cluster), as in Envoy's xDS.
+        let dropped_all = request.resource_names.is_empty()
+            && previous.is_some_and(|state| {
+                matches!(state.subscription, Subscription::Names(_)) && !state.last_nonce.is_empty()
+            });
         // The same names as another type's (Cluster and ClusterLoadAssignment
         // usually): share that set instead of holding a second copy.
         let subscription = if unchanged {
             None
+        } else if dropped_all {
+            Some(Subscription::Names(Default::default()))
         } else {
             Some(match Subscription::from_names(&request.resource_names) {
                 Subscription::Names(names) => Subscription::Names(

@@ -59,7 +59,8 @@ enum Command {
         services: Option<Vec<String>>,
     },
     /// Print the discovery agent's status: connected sidecars with their
-    /// acknowledged versions and NACKs, and rejected documents.
+    /// acknowledged versions, the clusters they hold and NACKs, and
+    /// rejected documents.
     Status {
         /// The agent's admin address (its --admin).
         #[arg(long, env = "WEFT_ADMIN", default_value = "http://127.0.0.1:15011")]
@@ -442,6 +443,29 @@ struct RejectedDocument {
     serving: String,
 }
 
+/// The clusters a sidecar subscribes to (its preloads and the
+/// destinations its app called recently): `3: a, b, c`, the first few
+/// names of a long list, `all` for a wildcard, `-` without a subscription.
+fn held_cell(cluster: Option<&TypeStatus>) -> String {
+    const SHOWN: usize = 4;
+    let Some(cluster) = cluster else {
+        return "-".into();
+    };
+    if cluster.subscribed.iter().any(|name| name == "*") {
+        return "all".into();
+    }
+    let names = &cluster.subscribed;
+    let mut cell = format!("{}", names.len());
+    if !names.is_empty() {
+        let shown: Vec<&str> = names.iter().take(SHOWN).map(String::as_str).collect();
+        cell.push_str(&format!(": {}", shown.join(", ")));
+        if names.len() > SHOWN {
+            cell.push_str(&format!(" +{} more", names.len() - SHOWN));
+        }
+    }
+    cell
+}
+
 fn status(admin: &str) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -544,6 +568,7 @@ fn render_status(status: &Status) -> String {
         "PEER".into(),
     ];
     header.extend(columns.iter().map(|column| format!("{column} (acked)")));
+    header.push("CLUSTERS HELD".into());
     header.push("LAST NACK".into());
     let mut rows = vec![header];
     for sidecar in &status.sidecars {
@@ -576,6 +601,7 @@ fn render_status(status: &Status) -> String {
                 }
             });
         }
+        row.push(held_cell(types.get("Cluster").copied()));
         // The most recent NACK of any type.
         nacks.sort();
         row.push(nacks.pop().map_or_else(|| "-".into(), |(_, text)| text));
@@ -749,6 +775,7 @@ mod tests {
             sidecar.contains("ef56->cd34"),
             "cluster version awaiting ACK: {sidecar}"
         );
+        assert!(sidecar.contains("1: users"), "clusters held: {sidecar}");
         assert!(
             sidecar.ends_with("Cluster cd34: cluster users: bad timeout (at 1700000002)"),
             "{sidecar}"
@@ -769,6 +796,24 @@ mod tests {
         ] {
             assert!(rejected.contains(cell), "{cell} in {rejected}");
         }
+    }
+
+    #[test]
+    fn the_held_clusters_cell_names_the_first_few() {
+        let held = |names: &[&str]| {
+            held_cell(Some(&TypeStatus {
+                subscribed: names.iter().map(|n| n.to_string()).collect(),
+                ..TypeStatus::default()
+            }))
+        };
+        assert_eq!(held(&[]), "0");
+        assert_eq!(held(&["*"]), "all");
+        assert_eq!(held(&["a", "b"]), "2: a, b");
+        assert_eq!(
+            held(&["a", "b", "c", "d", "e", "f"]),
+            "6: a, b, c, d +2 more"
+        );
+        assert_eq!(held_cell(None), "-");
     }
 
     #[test]

@@ -147,6 +147,7 @@ impl SnapshotBuilder {
             .map(String::as_str)
             .chain(policy_documents.keys().map(String::as_str))
             .chain(opaque_tcp.iter().map(String::as_str))
+            .chain(state.upstreams.keys().map(String::as_str))
             .chain(
                 state
                     .intentions
@@ -160,6 +161,13 @@ impl SnapshotBuilder {
             let mut inbound =
                 policy::inbound_policy(service, document, defaults, &state.intentions);
             inbound.opaque_tcp = opaque_tcp.contains(service);
+            // Its sidecars hold these from the start instead of on their
+            // first call (a BTreeSet: sorted, so the version is stable).
+            inbound.upstreams = state
+                .upstreams
+                .get(service)
+                .map(|names| names.iter().cloned().collect())
+                .unwrap_or_default();
             snapshot.insert(type_url::INBOUND_POLICY, service.to_string(), &inbound);
         }
         if let Some(roots) = &state.trust_roots {
@@ -481,6 +489,49 @@ mod tests {
             "an HTTP service refuses tunnels"
         );
         assert!(!policies["ghost"].opaque_tcp);
+    }
+
+    #[test]
+    fn a_services_declared_upstreams_are_served_in_its_policy_sorted() {
+        let mut state = MeshState::default();
+        state.services.insert("web".into(), Vec::new());
+        state.services.insert("users".into(), Vec::new());
+        state.upstreams.insert(
+            "web".into(),
+            ["users", "orders", "billing"].map(String::from).into(),
+        );
+        // A sidecar registration can come before its service's instances.
+        state
+            .upstreams
+            .insert("batch".into(), ["users".to_string()].into());
+        let (snapshot, rejected) = SnapshotBuilder::new().build(&state);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let policies = policies(&snapshot);
+        assert_eq!(policies["web"].upstreams, ["billing", "orders", "users"]);
+        assert_eq!(policies["batch"].upstreams, ["users"]);
+        assert!(policies["users"].upstreams.is_empty());
+        assert!(
+            policies["ghost"].upstreams.is_empty(),
+            "an unknown service preloads nothing"
+        );
+        // A change of upstreams is a new version of that policy only.
+        let version = |snapshot: &Snapshot, name: &str| {
+            snapshot
+                .select(
+                    type_url::INBOUND_POLICY,
+                    &Subscription::Names([name.to_string()].into()),
+                )
+                .version
+        };
+        let mut changed = state.clone();
+        changed
+            .upstreams
+            .get_mut("web")
+            .unwrap()
+            .insert("audit".into());
+        let (after, _) = SnapshotBuilder::new().build(&changed);
+        assert_ne!(version(&snapshot, "web"), version(&after, "web"));
+        assert_eq!(version(&snapshot, "users"), version(&after, "users"));
     }
 
     #[test]

@@ -188,6 +188,7 @@ impl<S> HttpStack for S where
 /// The outbound stack: the app's calls, routed by the xDS table.
 pub fn outbound(
     table: Arc<ArcSwap<RoutingTable>>,
+    on_demand: Arc<crate::xds::OnDemand>,
     service: &str,
     tracer: crate::trace::Tracer,
 ) -> impl HttpStack {
@@ -196,7 +197,8 @@ pub fn outbound(
         .layer(request_id::RequestIdLayer)
         .layer(headers::ProxyHeadersLayer)
         .layer(route::RouteLayer::new(table))
-        .layer(split::SplitLayer)
+        // A destination not held yet is discovered here, on its first call.
+        .layer(split::SplitLayer::on_demand(on_demand))
         // The CLIENT span knows its route and destination from here; the
         // request carries this span's `traceparent` below.
         .layer(crate::trace::TraceLayer::outbound(tracer))

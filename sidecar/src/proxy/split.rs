@@ -1,6 +1,12 @@
 //! Chooses the route's cluster (a weighted draw for a split) and the
 //! request's deadline (the route's timeout, else the cluster's).
+//!
+//! A cluster the table does not hold yet is discovered on demand
+//! (`crate::xds::on_demand`): the request waits, bounded, until the xDS
+//! client has it, then goes on. A held cluster costs one map lookup and
+//! [`OnDemand::touch`] (no lock, no allocation).
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -8,71 +14,295 @@ use futures_util::future::{Either, Ready, ready};
 use rand::Rng;
 use tower::{Layer, Service};
 
-use super::{ProxyRequest, ProxyResponse};
+use super::{BoxFuture, ProxyRequest, ProxyResponse};
 use crate::error::{ErrorKind, ProxyError};
-use crate::table::Destination;
+use crate::table::{Cluster, Destination};
+use crate::xds::OnDemand;
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SplitLayer;
+#[derive(Clone, Debug, Default)]
+pub struct SplitLayer {
+    /// `None`: no on-demand discovery (a miss fails at once).
+    on_demand: Option<Arc<OnDemand>>,
+}
+
+impl SplitLayer {
+    /// Clusters the table lacks are fetched through `on_demand`.
+    pub fn on_demand(on_demand: Arc<OnDemand>) -> Self {
+        Self {
+            on_demand: Some(on_demand),
+        }
+    }
+}
 
 impl<S> Layer<S> for SplitLayer {
     type Service = Split<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Split { inner }
+        Split {
+            inner,
+            on_demand: self.on_demand.clone(),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Split<S> {
     inner: S,
+    on_demand: Option<Arc<OnDemand>>,
 }
 
-fn choose(req: &mut ProxyRequest) -> Result<(), ProxyError> {
+/// What `choose` found.
+enum Chosen {
+    /// The cluster is in the request's table.
+    Held,
+    /// The table does not hold this cluster (yet).
+    Missing(Arc<str>),
+}
+
+fn choose(req: &mut ProxyRequest, on_demand: Option<&OnDemand>) -> Result<Chosen, ProxyError> {
     let (Some(table), Some(route)) = (&req.ctx.table, &req.ctx.route) else {
         return Err(ProxyError::new(
             ErrorKind::Internal,
             "split without a route",
         ));
     };
-    let action = &route.route().action;
-    let name = match &action.destination {
+    let name = match &route.route().action.destination {
         Destination::Cluster(name) => name,
         Destination::Weighted(w) => w.pick(rand::rng().random_range(0..w.total)),
     };
     let Some(cluster) = table.cluster(name) else {
-        return Err(ProxyError::new(
-            ErrorKind::NoHealthyEndpoint,
-            format!("cluster {name} has no endpoints yet (no assignment received)"),
-        ));
+        return Ok(Chosen::Missing(name.clone()));
     };
-    req.ctx.timeout = match action.timeout {
+    if let Some(on_demand) = on_demand {
+        on_demand.touch(&cluster.shared);
+    }
+    let cluster = cluster.clone();
+    set_cluster(req, cluster);
+    Ok(Chosen::Held)
+}
+
+fn set_cluster(req: &mut ProxyRequest, cluster: Arc<Cluster>) {
+    let route_timeout = req
+        .ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.route().action.timeout);
+    req.ctx.timeout = match route_timeout {
         Some(d) if d == Duration::ZERO => None,
         Some(d) => Some(d),
         None => cluster.settings.request_timeout,
     };
-    req.ctx.cluster = Some(cluster.clone());
-    Ok(())
+    req.ctx.cluster = Some(cluster);
 }
 
 impl<S> Service<ProxyRequest> for Split<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
-    type Future = Either<Ready<Result<ProxyResponse, ProxyError>>, S::Future>;
+    type Future = Either<Either<Ready<Result<ProxyResponse, ProxyError>>, S::Future>, BoxFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
-        match choose(&mut req) {
-            Ok(()) => Either::Right(self.inner.call(req)),
-            Err(e) => {
-                crate::metrics::unrouted::refused(&req, &e);
-                Either::Left(ready(Err(e)))
+        let refuse = |req: &ProxyRequest, e: ProxyError| {
+            crate::metrics::unrouted::refused(req, &e);
+            Either::Left(Either::Left(ready(Err(e))))
+        };
+        match choose(&mut req, self.on_demand.as_deref()) {
+            Ok(Chosen::Held) => Either::Left(Either::Right(self.inner.call(req))),
+            Ok(Chosen::Missing(name)) => {
+                let Some(on_demand) = self.on_demand.clone() else {
+                    let e = ProxyError::new(
+                        ErrorKind::NoHealthyEndpoint,
+                        format!("cluster {name} has no endpoints yet (no assignment received)"),
+                    );
+                    return refuse(&req, e);
+                };
+                // The slow path, once per destination (and per idle
+                // timeout): wait for the cluster, then go on with it.
+                let mut inner = self.inner.clone();
+                Either::Right(Box::pin(async move {
+                    match on_demand.fetch(&name).await {
+                        Ok(table) => {
+                            let Some(cluster) = table.cluster(&name).cloned() else {
+                                let e = ProxyError::new(
+                                    ErrorKind::Internal,
+                                    format!("cluster {name} arrived and is gone"),
+                                );
+                                crate::metrics::unrouted::refused(&req, &e);
+                                return Err(e);
+                            };
+                            on_demand.touch(&cluster.shared);
+                            set_cluster(&mut req, cluster);
+                            req.ctx.table = Some(table);
+                            inner.call(req).await
+                        }
+                        Err(e) => {
+                            crate::metrics::unrouted::refused(&req, &e);
+                            Err(e)
+                        }
+                    }
+                }))
             }
+            Err(e) => refuse(&req, e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use arc_swap::ArcSwap;
+    use futures_util::future::ready;
+    use http::{HeaderValue, Request};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::body::{BufferedBody, ProxyBody, RequestBody};
+    use crate::proxy::{Direction, RequestCtx, RouteRef};
+    use crate::table::matcher::PathMatch;
+    use crate::table::{
+        HeaderMutation, Route, RouteAction, RouteMatch, RoutingTable, VirtualHost, WeightedClusters,
+    };
+
+    /// A table whose one route splits 50/50 between `a` and `b`, holding
+    /// the clusters in `held`.
+    fn table(held: &[&str]) -> RoutingTable {
+        let vhost = Arc::new(VirtualHost {
+            name: "svc/svc".into(),
+            routes: vec![Route {
+                name: String::new(),
+                matcher: RouteMatch {
+                    path: PathMatch::Any,
+                    headers: Vec::new(),
+                    methods: Vec::new(),
+                    query: Vec::new(),
+                },
+                action: RouteAction {
+                    destination: Destination::Weighted(
+                        WeightedClusters::new([(Arc::from("a"), 1), (Arc::from("b"), 1)])
+                            .expect("weights"),
+                    ),
+                    prefix_rewrite: None,
+                    host_rewrite: None,
+                    timeout: None,
+                    retry: None,
+                },
+                request_headers: HeaderMutation::default(),
+                response_headers: HeaderMutation::default(),
+            }],
+        });
+        let mut t = RoutingTable::default();
+        t.domains.insert("svc".into(), vhost);
+        for name in held {
+            let name: Arc<str> = (*name).into();
+            t.clusters.insert(
+                name.clone(),
+                Arc::new(Cluster::new(
+                    name,
+                    Default::default(),
+                    Vec::new(),
+                    Arc::default(),
+                )),
+            );
+        }
+        t
+    }
+
+    /// A request as `route` leaves it: the table and its one route.
+    fn request(table: &Arc<RoutingTable>) -> ProxyRequest {
+        let mut ctx = RequestCtx::new(
+            Direction::Outbound,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            HeaderValue::from_static("127.0.0.1"),
+        );
+        ctx.route = Some(RouteRef {
+            vhost: table.domains["svc"].clone(),
+            index: 0,
+        });
+        ctx.table = Some(table.clone());
+        ProxyRequest {
+            http: Request::new(RequestBody::Buffered(BufferedBody::default())),
+            ctx,
+        }
+    }
+
+    /// Answers with the chosen cluster's name in `x-cluster`.
+    fn upstream() -> impl Service<
+        ProxyRequest,
+        Response = ProxyResponse,
+        Error = ProxyError,
+        Future = Ready<Result<ProxyResponse, ProxyError>>,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(|req: ProxyRequest| {
+            let name = req.ctx.cluster.as_ref().map(|c| c.name.to_string());
+            let mut response = http::Response::new(ProxyBody::empty());
+            response.headers_mut().insert(
+                "x-cluster",
+                HeaderValue::from_str(&name.unwrap_or_default()).expect("a name"),
+            );
+            ready(Ok(response))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_split_to_clusters_not_held_waits_for_them_then_goes_on() {
+        let shared = Arc::new(ArcSwap::from_pointee(table(&[])));
+        let demand = Arc::new(OnDemand::new(shared.clone(), Duration::from_secs(1)));
+        let service = SplitLayer::on_demand(demand.clone()).layer(upstream());
+        let first = tokio::spawn(service.clone().oneshot(request(&shared.load_full())));
+        tokio::task::yield_now().await;
+        let asked = demand.take_new();
+        assert_eq!(asked.len(), 1, "one of the split's clusters: {asked:?}");
+        // The xDS client brings both in (one round trip later).
+        tokio::time::advance(Duration::from_millis(30)).await;
+        let arrived = Arc::new(table(&["a", "b"]));
+        shared.store(arrived.clone());
+        demand.resolve(&arrived);
+        let answer = first.await.unwrap().expect("answered once it arrived");
+        assert_eq!(answer.headers()["x-cluster"], asked[0].as_str());
+
+        // Held now: straight through, with its last use stamped.
+        demand.set_now(7);
+        let mut chosen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let answer = service
+                .clone()
+                .oneshot(request(&arrived))
+                .await
+                .expect("held clusters answer at once");
+            let name = answer.headers()["x-cluster"].to_str().unwrap().to_owned();
+            let used = arrived.clusters[name.as_str()]
+                .shared
+                .last_used
+                .load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(used, 7, "{name}'s last use");
+            chosen.insert(name);
+        }
+        assert_eq!(chosen.len(), 2, "the split goes on over both");
+        assert!(
+            demand.take_new().is_empty(),
+            "no subscription for held ones"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cluster_that_never_arrives_fails_after_the_timeout_with_discovery_timeout() {
+        let shared = Arc::new(ArcSwap::from_pointee(table(&[])));
+        let demand = Arc::new(OnDemand::new(shared.clone(), Duration::from_secs(1)));
+        let service = SplitLayer::on_demand(demand).layer(upstream());
+        let started = tokio::time::Instant::now();
+        let Err(err) = service.oneshot(request(&shared.load_full())).await else {
+            panic!("answered although nothing arrived");
+        };
+        assert_eq!(err.kind, ErrorKind::DiscoveryTimeout);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 }

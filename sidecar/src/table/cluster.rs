@@ -10,7 +10,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::proxy::retry::{RetryPolicy, RetryState};
@@ -65,8 +65,8 @@ pub struct ClusterSettings {
 }
 
 impl Default for ClusterSettings {
-    /// Used for a cluster that routes name but whose Cluster resource has
-    /// not arrived (the agent sends one for every name, so this is brief).
+    /// The proto defaults (a cluster enters the table only once its Cluster
+    /// and its assignment have both arrived; these fill unset fields).
     fn default() -> Self {
         Self {
             lb: LbPolicy::LeastRequest,
@@ -106,6 +106,10 @@ pub struct ClusterShared {
     pub connections: Arc<crate::upstream::ConnectionLimit>,
     /// Requests by method and status class, and their latency (`/metrics`).
     pub requests: crate::metrics::requests::RequestStats,
+    /// The coarse second of the last request routed here (0: none yet),
+    /// written by `split` (`crate::xds::on_demand::OnDemand::touch`): the
+    /// xDS client drops an on-demand cluster idle for too long.
+    pub last_used: AtomicU32,
 }
 
 #[derive(Debug, Default)]

@@ -90,6 +90,10 @@ async fn run_stream(
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     // Bounded: we send at most a handful of requests per response.
     let (tx, rx) = mpsc::channel(16);
+    // Names asked for while disconnected join the opening subscription.
+    if let Some(names) = core.on_demand().map(|d| d.take_new()) {
+        core.demand(names);
+    }
     for r in core.initial_requests() {
         tx.send(r)
             .await
@@ -113,20 +117,46 @@ async fn run_stream(
     let mut responses = responses.into_inner();
     state.lock().connected = true;
     tracing::info!(agent = %settings.discovery, "connected to the discovery agent");
+    let demand = core.on_demand().cloned();
+    // The idle sweep's pace: the coarse clock's (1 s) resolution.
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let resp = match responses.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err("the agent closed the stream".into()),
-            Err(s) => return Err(format!("stream error: {s}")),
+        let requests = tokio::select! {
+            message = responses.message() => {
+                let resp = match message {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Err("the agent closed the stream".into()),
+                    Err(s) => return Err(format!("stream error: {s}")),
+                };
+                *got_response = true;
+                core.handle(resp)
+            }
+            // A request chose a destination not held yet: subscribe.
+            () = wanted(demand.as_deref()) => {
+                let names = demand.as_ref().map(|d| d.take_new()).unwrap_or_default();
+                core.demand(names)
+            }
+            _ = sweep.tick() => core.sweep(),
         };
-        *got_response = true;
-        let requests = core.handle(resp);
+        if requests.is_empty() {
+            continue;
+        }
         core.publish(&mut state.lock());
         for r in requests {
             tx.send(r)
                 .await
                 .map_err(|_| "request stream closed".to_owned())?;
         }
+    }
+}
+
+/// Resolves when a request asks for a cluster not held yet; never without
+/// on-demand discovery.
+async fn wanted(demand: Option<&super::OnDemand>) {
+    match demand {
+        Some(d) => d.wanted().await,
+        None => std::future::pending().await,
     }
 }
 

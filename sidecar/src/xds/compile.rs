@@ -587,7 +587,8 @@ pub fn endpoint(
 }
 
 /// Assembles a table from the accepted resources, carrying per-cluster and
-/// per-endpoint state over from `prev`.
+/// per-endpoint state over from `prev`. Routes go in as they are, a route
+/// may name a cluster the table does not hold (discovered on demand).
 pub fn build_table(
     prev: &RoutingTable,
     routes: &BTreeMap<String, CompiledRoutes>,
@@ -608,7 +609,12 @@ pub fn build_table(
             }
         }
     }
-    let names: BTreeSet<&String> = clusters.keys().chain(assignments.keys()).collect();
+    // A cluster enters the table once its Cluster and its assignment have
+    // both arrived: a request that finds it in the table has its endpoints
+    // (one missing either waits for them in `split`, on demand).
+    let names = clusters
+        .keys()
+        .filter(|name| assignments.contains_key(*name));
     let mut out = HashMap::new();
     for name in names {
         let settings = clusters.get(name).cloned().unwrap_or_default();

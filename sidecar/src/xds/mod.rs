@@ -11,6 +11,7 @@ pub mod client;
 pub mod compile;
 pub mod dump;
 mod inbound;
+pub mod on_demand;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use crate::ratelimit::{RateLimiter, SharedRateLimits};
 use crate::table::{ClusterSettings, RoutingTable};
 use crate::upstream::Dns;
 use compile::{CompiledRoutes, EndpointSpec};
+pub use on_demand::OnDemand;
 
 /// Per resource type: what the sidecar holds and what it last said.
 #[derive(Clone, Debug, Default)]
@@ -69,7 +71,20 @@ pub struct Status {
     /// Keyed by type URL.
     pub types: BTreeMap<&'static str, TypeState>,
     pub subscribed_clusters: Vec<String>,
+    /// Why each subscribed cluster is held (`preload`, `tcp-upstream`,
+    /// `policy-upstream`, `on-demand`) and, for an on-demand one, the
+    /// coarse second it was first asked for.
+    pub held: Vec<HeldCluster>,
     pub accepted: Accepted,
+}
+
+/// One subscribed cluster as /config_dump shows it.
+#[derive(Clone, Debug)]
+pub struct HeldCluster {
+    pub name: String,
+    pub reason: &'static str,
+    /// Coarse clock second it was first asked for (on demand only).
+    pub asked_at: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -89,17 +104,34 @@ impl XdsState {
 pub struct Core {
     node: Node,
     types: BTreeMap<&'static str, TypeState>,
-    /// Clusters (and assignments) the accepted routes name, plus `required`.
+    /// The Cluster and ClusterLoadAssignment subscription: the preloads
+    /// (`required`, the policy's `upstreams`) and the on-demand names.
     clusters_wanted: BTreeSet<String>,
-    /// Clusters wanted whatever the routes say (`--tcp-upstream`
-    /// destinations: no route names them, there is no Host header).
+    /// Clusters held from the start and never dropped: `--tcp-upstream`
+    /// destinations (no route names them, there is no Host header) and
+    /// `--upstreams`. The sidecar is ready only once they have arrived.
     required: BTreeSet<String>,
-    /// The route tables in the routing table now.
+    /// Which of `required` are `--tcp-upstream` destinations (/config_dump).
+    tcp_upstreams: BTreeSet<String>,
+    /// Clusters subscribed because a request chose them, with the coarse
+    /// second they were asked for; dropped after `idle_timeout` without a
+    /// request, or when no route names them any more.
+    on_demand: BTreeMap<String, u32>,
+    /// Where requests wait for on-demand clusters; `None` in unit tests
+    /// that do not need it.
+    demand: Option<Arc<OnDemand>>,
+    /// Drop an on-demand cluster after this many seconds without a
+    /// request; 0 = never.
+    idle_secs: u32,
+    /// Whether this stream has sent a Cluster request: before one, an empty
+    /// name list would mean every cluster of the mesh, so none is sent;
+    /// after one, an empty list means none (proto/README.md).
+    clusters_requested: bool,
+    /// The route tables in the routing table now. Routes go live as soon as
+    /// they are accepted: a destination they name that is not held yet is
+    /// fetched by its first request, which waits for it (make before
+    /// break: no 503 for a new destination during the round trip).
     routes: BTreeMap<String, CompiledRoutes>,
-    /// Accepted route tables that name a cluster whose Cluster or assignment
-    /// has not arrived yet: they go live when it has (make before break), so
-    /// a new destination never answers 503 during the round trip.
-    pending_routes: Option<BTreeMap<String, CompiledRoutes>>,
     clusters: BTreeMap<String, ClusterSettings>,
     assignments: BTreeMap<String, Vec<EndpointSpec>>,
     accepted: Accepted,
@@ -143,8 +175,12 @@ impl Core {
                 .collect(),
             clusters_wanted: BTreeSet::new(),
             required: BTreeSet::new(),
+            tcp_upstreams: BTreeSet::new(),
+            on_demand: BTreeMap::new(),
+            demand: None,
+            idle_secs: 0,
+            clusters_requested: false,
             routes: BTreeMap::new(),
-            pending_routes: None,
             clusters: BTreeMap::new(),
             assignments: BTreeMap::new(),
             accepted: Accepted::default(),
@@ -186,11 +222,31 @@ impl Core {
         self
     }
 
-    /// Clusters to hold whatever the routes name (the sidecar is ready only
-    /// once they have arrived).
+    /// Clusters to hold from the start and never drop (`--upstreams`; the
+    /// sidecar is ready only once they have arrived).
     pub fn with_required_clusters(mut self, names: impl IntoIterator<Item = String>) -> Self {
-        self.required = names.into_iter().collect();
+        self.required.extend(names);
         self.clusters_wanted = self.required.clone();
+        self
+    }
+
+    /// `--tcp-upstream` destinations: required like
+    /// [`Core::with_required_clusters`], shown as such in /config_dump.
+    pub fn with_tcp_upstreams(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        let names: BTreeSet<String> = names.into_iter().collect();
+        self.tcp_upstreams.extend(names.iter().cloned());
+        self.with_required_clusters(names)
+    }
+
+    /// Turns on-demand discovery on: requests wait in `demand` for
+    /// clusters not held yet, and an on-demand cluster without a request
+    /// for `idle` is dropped (`Duration::ZERO`: never).
+    pub fn with_on_demand(mut self, demand: Arc<OnDemand>, idle: std::time::Duration) -> Self {
+        self.demand = Some(demand);
+        self.idle_secs = match idle.as_secs() {
+            0 if !idle.is_zero() => 1,
+            secs => u32::try_from(secs).unwrap_or(u32::MAX),
+        };
         self
     }
 
@@ -237,10 +293,12 @@ impl Core {
 
     /// The requests that open a stream: one per type, routes first; the
     /// first carries the node; versions are those held (empty on first start).
-    /// Clusters and assignments are asked for by name, so before the first
-    /// routes name any there is nothing to ask (an empty list would mean "all").
-    pub fn initial_requests(&self) -> Vec<DiscoveryRequest> {
-        let know_clusters = self.types[type_url::ROUTE_CONFIGURATION].accepted;
+    /// Clusters and assignments are asked for by name, so with no preload
+    /// and nothing called yet there is nothing to ask (an empty list would
+    /// mean "all" as a stream's first request).
+    pub fn initial_requests(&mut self) -> Vec<DiscoveryRequest> {
+        let know_clusters = !self.clusters_wanted.is_empty();
+        self.clusters_requested = know_clusters;
         type_url::ALL
             .into_iter()
             .filter(|t| match *t {
@@ -305,7 +363,7 @@ impl Core {
                 }
                 vec![self.request(t, nonce, Some(detail))]
             }
-            Ok(resubscribe) => {
+            Ok(_) => {
                 if let Some(s) = self.types.get_mut(t) {
                     s.version = resp.version_info.clone();
                     s.accepted = true;
@@ -313,20 +371,17 @@ impl Core {
                     s.accepted_total += 1;
                 }
                 tracing::info!(r#type = type_url::short(t), version = %resp.version_info, resources = resp.resources.len(), "accepted config");
+                // New routes may no longer name an on-demand cluster, a new
+                // policy may preload others.
+                let resubscribe = self.update_wanted();
                 // The bundle lives in the identity store, read at handshake
                 // time: the routing table does not change.
                 if t != type_url::TRUST_BUNDLE {
                     self.rebuild();
                 }
                 let mut out = vec![self.request(t, nonce, None)];
-                // The first routes also open the cluster subscriptions
-                // (initial_requests holds them back until names are known).
-                let never_asked = self.types[type_url::CLUSTER].nonce.is_empty()
-                    && !self.types[type_url::CLUSTER].accepted;
-                if resubscribe || (t == type_url::ROUTE_CONFIGURATION && never_asked) {
-                    for t in [type_url::CLUSTER, type_url::CLUSTER_LOAD_ASSIGNMENT] {
-                        out.push(self.request(t, self.types[t].nonce.clone(), None));
-                    }
+                if resubscribe {
+                    out.extend(self.cluster_requests());
                 }
                 out
             }
@@ -409,16 +464,9 @@ impl Core {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let wanted: BTreeSet<String> = compiled
-            .values()
-            .flat_map(|c| c.clusters.iter().cloned())
-            .chain(self.required.iter().cloned())
-            .collect();
-        let changed = wanted != self.clusters_wanted;
-        self.clusters_wanted = wanted;
-        self.pending_routes = Some(compiled);
+        self.routes = compiled;
         self.accepted.routes = msgs.into_iter().map(|m| (m.name.clone(), m)).collect();
-        Ok(changed)
+        Ok(false)
     }
 
     fn accept_clusters(&mut self, resp: &DiscoveryResponse) -> Result<bool, Vec<String>> {
@@ -543,18 +591,128 @@ impl Core {
         Ok(false)
     }
 
-    fn rebuild(&mut self) {
-        if let Some(pending) = &self.pending_routes {
-            let held = pending
-                .values()
-                .flat_map(|routes| routes.clusters.iter())
-                .all(|name| {
-                    self.clusters.contains_key(name) && self.assignments.contains_key(name)
-                });
-            if held {
-                self.routes = self.pending_routes.take().unwrap_or_default();
-            }
+    /// The preloads: `--tcp-upstream`, `--upstreams` and the accepted
+    /// policy's `upstreams`.
+    fn preloads(&self) -> BTreeSet<String> {
+        let from_policy = self.accepted.policy.iter().flat_map(|p| &p.upstreams);
+        self.required.iter().chain(from_policy).cloned().collect()
+    }
+
+    /// Recomputes the subscription: preloads plus the on-demand names some
+    /// route still names. Clusters no longer wanted leave the held
+    /// resources at once (a response sent before the agent saw the change
+    /// may still carry them). Returns whether the subscription changed.
+    fn update_wanted(&mut self) -> bool {
+        let routed: BTreeSet<&String> = self.routes.values().flat_map(|r| &r.clusters).collect();
+        self.on_demand.retain(|name, _| routed.contains(name));
+        let wanted: BTreeSet<String> = self
+            .preloads()
+            .into_iter()
+            .chain(self.on_demand.keys().cloned())
+            .collect();
+        let changed = wanted != self.clusters_wanted;
+        self.clusters_wanted = wanted;
+        let wanted = &self.clusters_wanted;
+        self.clusters.retain(|name, _| wanted.contains(name));
+        self.assignments.retain(|name, _| wanted.contains(name));
+        self.accepted
+            .clusters
+            .retain(|name, _| wanted.contains(name));
+        self.accepted
+            .assignments
+            .retain(|name, _| wanted.contains(name));
+        changed
+    }
+
+    /// The Cluster and ClusterLoadAssignment requests carrying the current
+    /// subscription, with each type's latest nonce (the agent ignores a
+    /// request with an older one and reads the names from the next ACK).
+    /// None while nothing is wanted and nothing was asked on this stream.
+    fn cluster_requests(&mut self) -> Vec<DiscoveryRequest> {
+        if self.clusters_wanted.is_empty() && !self.clusters_requested {
+            return Vec::new();
         }
+        self.clusters_requested = true;
+        [type_url::CLUSTER, type_url::CLUSTER_LOAD_ASSIGNMENT]
+            .into_iter()
+            .map(|t| self.request(t, self.types[t].nonce.clone(), None))
+            .collect()
+    }
+
+    /// Subscribes to clusters requests asked for (`OnDemand::take_new`);
+    /// returns the requests to send. A name no route names is ignored.
+    pub fn demand(&mut self, names: Vec<String>) -> Vec<DiscoveryRequest> {
+        let now = self.demand.as_ref().map_or(0, |d| d.now());
+        let mut added = Vec::new();
+        let mut unrouted = Vec::new();
+        for name in names {
+            let routed = self.routes.values().any(|r| r.clusters.contains(&name));
+            if !routed {
+                // Routes changed since the request chose it: fail its
+                // waiters now rather than at the timeout.
+                unrouted.push(name);
+                continue;
+            }
+            if !self.on_demand.contains_key(&name) {
+                added.push(name.clone());
+            }
+            self.on_demand.entry(name).or_insert(now);
+        }
+        if let Some(demand) = &self.demand {
+            demand.forget(&unrouted);
+        }
+        if !self.update_wanted() {
+            return Vec::new();
+        }
+        tracing::info!(clusters = ?added, "subscribing to destinations on their first call");
+        self.cluster_requests()
+    }
+
+    /// Drops the on-demand clusters without a request for the idle
+    /// timeout (their last use is in the table, or they never arrived and
+    /// were asked for that long ago); returns the requests to send.
+    pub fn sweep(&mut self) -> Vec<DiscoveryRequest> {
+        let (Some(demand), idle) = (self.demand.clone(), self.idle_secs) else {
+            return Vec::new();
+        };
+        if idle == 0 || self.on_demand.is_empty() {
+            return Vec::new();
+        }
+        let now = demand.now();
+        let table = self.table.load();
+        let preloads = self.preloads();
+        let idle_names: Vec<String> = self
+            .on_demand
+            .iter()
+            .filter(|(name, _)| !preloads.contains(*name))
+            .filter(|(name, asked_at)| {
+                let used = table.cluster(name).map_or(0, |c| {
+                    c.shared
+                        .last_used
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                });
+                // Strictly more: the stamp is a whole second that may have
+                // begun up to a second before the request, so a cluster is
+                // never dropped before the idle timeout has really passed
+                // (at most about two seconds after it).
+                now.saturating_sub(used.max(**asked_at)) > idle
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        if idle_names.is_empty() {
+            return Vec::new();
+        }
+        for name in &idle_names {
+            self.on_demand.remove(name);
+        }
+        demand.forget(&idle_names);
+        tracing::info!(clusters = ?idle_names, idle_secs = idle, "dropping destinations not called for the idle timeout");
+        self.update_wanted();
+        self.rebuild();
+        self.cluster_requests()
+    }
+
+    fn rebuild(&mut self) {
         let prev = self.table.load();
         let table = compile::build_table(
             &prev,
@@ -564,7 +722,11 @@ impl Core {
             self.identity.as_ref(),
             &self.dns,
         );
-        self.table.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.table.store(table.clone());
+        if let Some(demand) = &self.demand {
+            demand.resolve(&table);
+        }
         if !self.ready && self.waiting_for().is_empty() {
             self.ready = true;
             tracing::info!("first complete config received; ready");
@@ -576,8 +738,11 @@ impl Core {
         if !self.types[type_url::ROUTE_CONFIGURATION].accepted {
             return "RouteConfiguration".into();
         }
+        // Ready with the preloads: on-demand clusters arrive with the
+        // first request that needs them, readiness does not wait for them.
+        let preloads = self.preloads();
         let missing = |held: &dyn Fn(&String) -> bool| {
-            self.clusters_wanted
+            preloads
                 .iter()
                 .filter(|n| !held(n))
                 .cloned()
@@ -589,14 +754,18 @@ impl Core {
         if !self.types[type_url::INBOUND_POLICY].accepted {
             parts.push("InboundPolicy".to_owned());
         }
-        if !self.types[type_url::CLUSTER].accepted || !no_cluster.is_empty() {
+        if (!self.types[type_url::CLUSTER].accepted && !preloads.is_empty())
+            || !no_cluster.is_empty()
+        {
             parts.push(
                 format!("Cluster {}", no_cluster.join(", "))
                     .trim_end()
                     .to_owned(),
             );
         }
-        if !self.types[type_url::CLUSTER_LOAD_ASSIGNMENT].accepted || !no_cla.is_empty() {
+        if (!self.types[type_url::CLUSTER_LOAD_ASSIGNMENT].accepted && !preloads.is_empty())
+            || !no_cla.is_empty()
+        {
             parts.push(
                 format!("ClusterLoadAssignment {}", no_cla.join(", "))
                     .trim_end()
@@ -610,6 +779,11 @@ impl Core {
         self.ready
     }
 
+    /// Where requests wait for on-demand clusters, if on.
+    pub fn on_demand(&self) -> Option<&Arc<OnDemand>> {
+        self.demand.as_ref()
+    }
+
     /// Copies the state the admin endpoints show.
     pub fn publish(&self, status: &mut Status) {
         status.ready = self.ready;
@@ -617,6 +791,36 @@ impl Core {
         status.node = Some(self.node.clone());
         status.types = self.types.clone();
         status.subscribed_clusters = self.clusters_wanted.iter().cloned().collect();
+        let from_policy: BTreeSet<&String> = self
+            .accepted
+            .policy
+            .iter()
+            .flat_map(|p| &p.upstreams)
+            .collect();
+        status.held = self
+            .clusters_wanted
+            .iter()
+            .map(|name| {
+                let reason = if self.tcp_upstreams.contains(name) {
+                    "tcp-upstream"
+                } else if self.required.contains(name) {
+                    "preload"
+                } else if from_policy.contains(name) {
+                    "policy-upstream"
+                } else {
+                    "on-demand"
+                };
+                HeldCluster {
+                    name: name.clone(),
+                    reason,
+                    asked_at: self
+                        .on_demand
+                        .get(name)
+                        .copied()
+                        .filter(|_| reason == "on-demand"),
+                }
+            })
+            .collect();
         status.accepted = self.accepted.clone();
     }
 }

@@ -11,7 +11,10 @@ use weft_proto::type_url::{
     ROUTE_CONFIGURATION as ROUTES,
 };
 
-use super::Core;
+use std::time::Duration;
+
+use super::{Core, OnDemand};
+use crate::error::ErrorKind;
 use crate::table::RoutingTable;
 use crate::upstream::Dns;
 
@@ -106,7 +109,7 @@ fn cla(name: &str, port: u32) -> pb::ClusterLoadAssignment {
 
 #[test]
 fn a_new_stream_opens_with_routes_only_as_cluster_names_are_not_known_yet() {
-    let (core, _) = core();
+    let (mut core, _) = core();
     let reqs = core.initial_requests();
     let types: Vec<_> = reqs.iter().map(|r| r.type_url.as_str()).collect();
     assert_eq!(
@@ -125,119 +128,6 @@ fn a_new_stream_opens_with_routes_only_as_cluster_names_are_not_known_yet() {
         reqs[0].resource_names.is_empty(),
         "routes are a wildcard subscription"
     );
-}
-
-#[test]
-fn a_reconnect_opens_with_one_request_per_type_and_the_versions_held() {
-    let (mut core, _) = core();
-    core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
-    let reqs = core.initial_requests();
-    let types: Vec<_> = reqs.iter().map(|r| r.type_url.as_str()).collect();
-    assert_eq!(types, [ROUTES, CLUSTER, CLA, POLICY]);
-    assert!(reqs[1].node.is_none());
-    assert_eq!(reqs[0].version_info, "r1");
-    assert_eq!(reqs[1].resource_names, ["users"]);
-}
-
-#[test]
-fn accepted_routes_are_acked_and_subscribe_to_their_clusters() {
-    let (mut core, table) = core();
-    let out = core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
-    assert_eq!(out.len(), 3, "ACK + Cluster and CLA subscriptions");
-    assert_eq!(
-        (
-            out[0].type_url.as_str(),
-            out[0].version_info.as_str(),
-            out[0].response_nonce.as_str()
-        ),
-        (ROUTES, "r1", "1")
-    );
-    assert!(out[0].error_detail.is_none());
-    for (r, t) in out[1..].iter().zip([CLUSTER, CLA]) {
-        assert_eq!(r.type_url, t);
-        assert_eq!(r.resource_names, ["users"]);
-    }
-    assert!(!core.is_ready());
-    assert_eq!(
-        core.waiting_for(),
-        "InboundPolicy; Cluster users; ClusterLoadAssignment users"
-    );
-    assert!(
-        table.load().virtual_host("users.weft").is_none(),
-        "routes wait for their cluster (make before break)"
-    );
-    core.handle(response(CLUSTER, "c1", "2", &[cluster("users")]));
-    core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
-    assert!(
-        table.load().virtual_host("users.weft").is_some(),
-        "table swapped in once its clusters are held"
-    );
-}
-
-#[test]
-fn a_route_to_a_new_destination_goes_live_only_with_its_endpoints() {
-    let (mut core, table) = core();
-    core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
-    core.handle(response(CLUSTER, "c1", "2", &[cluster("users")]));
-    core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
-    let cluster_of = |table: &RoutingTable| {
-        format!(
-            "{:?}",
-            table.virtual_host("users").map(|vhost| &vhost.routes[0])
-        )
-    };
-    let before = cluster_of(&table.load());
-
-    // The route now sends users' traffic to users-v2, not yet known here.
-    core.handle(response(ROUTES, "r2", "4", &[routes("users-v2", None)]));
-    assert_eq!(cluster_of(&table.load()), before, "old routes keep serving");
-    core.handle(response(
-        CLUSTER,
-        "c2",
-        "5",
-        &[cluster("users"), cluster("users-v2")],
-    ));
-    assert_eq!(
-        cluster_of(&table.load()),
-        before,
-        "still no endpoints for users-v2"
-    );
-    core.handle(response(
-        CLA,
-        "e2",
-        "6",
-        &[cla("users", 8080), cla("users-v2", 9090)],
-    ));
-    assert_ne!(cluster_of(&table.load()), before, "new routes live");
-}
-
-#[test]
-fn ready_after_routes_and_every_named_cluster_and_assignment() {
-    let (mut core, table) = core();
-    core.handle(response(
-        POLICY,
-        "p1",
-        "0",
-        &[policy("*", pb::Action::Allow)],
-    ));
-    core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
-    core.handle(response(CLUSTER, "c1", "2", &[cluster("users")]));
-    assert!(!core.is_ready());
-    assert_eq!(core.waiting_for(), "ClusterLoadAssignment users");
-    let out = core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
-    assert_eq!(out.len(), 1);
-    assert!(core.is_ready());
-    assert_eq!(table.load().clusters["users"].serving.len(), 1);
-
-    // New routes naming a new cluster: subscription grows, readiness stays.
-    let out = core.handle(response(ROUTES, "r2", "4", &[routes("orders", None)]));
-    assert_eq!(out[1].resource_names, ["orders"]);
-    assert_eq!(
-        out[1].response_nonce, "2",
-        "subscription updates carry the type's latest nonce"
-    );
-    assert_eq!(out[1].version_info, "c1");
-    assert!(core.is_ready(), "readiness is sticky");
 }
 
 #[test]
@@ -399,70 +289,6 @@ fn undecodable_resources_are_nacked() {
     );
 }
 
-#[test]
-fn a_response_with_the_held_version_is_acked_without_a_rebuild() {
-    let (mut core, table) = core();
-    core.handle(response(CLUSTER, "c1", "1", &[cluster("users")]));
-    let before = table.load_full();
-    // After a reconnect the agent resends what we already hold.
-    let out = core.handle(response(CLUSTER, "c1", "7", &[cluster("users")]));
-    assert_eq!(
-        (out[0].version_info.as_str(), out[0].response_nonce.as_str()),
-        ("c1", "7")
-    );
-    assert!(Arc::ptr_eq(&before, &table.load_full()));
-    // And the reconnect's opening requests carry the versions held.
-    core.handle(response(ROUTES, "r1", "8", &[routes("users", None)]));
-    assert_eq!(core.initial_requests()[1].version_info, "c1");
-}
-
-#[test]
-fn unhealthy_endpoints_get_no_traffic_but_are_listed() {
-    let (mut core, table) = core();
-    let mut a = cla("users", 8080);
-    a.endpoints.push(pb::Endpoint {
-        address: "127.0.0.1".into(),
-        port: 8081,
-        health: pb::endpoint::Health::Unhealthy as i32,
-        ..Default::default()
-    });
-    core.handle(response(CLA, "e1", "1", &[a]));
-    let t = table.load();
-    let c = &t.clusters["users"];
-    assert_eq!((c.endpoints.len(), c.serving.len()), (2, 1));
-}
-
-#[test]
-fn a_tcp_upstream_destination_is_held_whatever_the_routes_name() {
-    let (core, table) = core();
-    let mut core = core.with_required_clusters(["redis".to_owned()]);
-    core.handle(response(
-        POLICY,
-        "p1",
-        "0",
-        &[policy("*", pb::Action::Allow)],
-    ));
-    let out = core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
-    assert_eq!(out[1].resource_names, ["redis", "users"]);
-    core.handle(response(
-        CLUSTER,
-        "c1",
-        "2",
-        &[cluster("users"), cluster("redis")],
-    ));
-    core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
-    assert!(!core.is_ready(), "redis's endpoints have not arrived");
-    assert_eq!(core.waiting_for(), "ClusterLoadAssignment redis");
-    core.handle(response(
-        CLA,
-        "e2",
-        "4",
-        &[cla("users", 8080), cla("redis", 6379)],
-    ));
-    assert!(core.is_ready());
-    assert_eq!(table.load().clusters["redis"].serving.len(), 1);
-}
-
 /// web's identity store (leaf and bundle of a fresh CA in `mesh.test`),
 /// and that CA.
 fn identity() -> (Arc<weft_certs::IdentityStore>, weft_certs::Ca) {
@@ -551,6 +377,382 @@ fn a_pushed_trust_bundle_replaces_the_roots_and_a_bad_one_is_nacked_keeping_them
         assert_eq!(out[0].version_info, "v1", "still holding v1");
         assert_eq!(store.bundle().len(), 2, "the roots stay");
     }
+}
+
+/// A core with on-demand discovery (`idle` of 2 s) and its `OnDemand`.
+fn on_demand_core(timeout: Duration) -> (Core, Arc<ArcSwap<RoutingTable>>, Arc<OnDemand>) {
+    let (core, table) = core();
+    let demand = Arc::new(OnDemand::new(table.clone(), timeout));
+    let core = core.with_on_demand(demand.clone(), Duration::from_secs(2));
+    (core, table, demand)
+}
+
+/// Route tables for `users` (to `users`) and `orders` (to `orders`).
+fn two_routes() -> Vec<pb::RouteConfiguration> {
+    let mut orders = routes("orders", None);
+    orders.name = "orders".into();
+    orders.virtual_hosts[0].domains = vec!["orders".into()];
+    vec![routes("users", None), orders]
+}
+
+fn names(reqs: &[weft_proto::discovery::v1::DiscoveryRequest]) -> Vec<(&str, Vec<String>)> {
+    reqs.iter()
+        .map(|r| (r.type_url.as_str(), r.resource_names.clone()))
+        .collect()
+}
+
+#[test]
+fn routes_go_live_at_once_and_subscribe_to_no_cluster() {
+    let (mut core, table) = core();
+    let out = core.handle(response(ROUTES, "r1", "1", &two_routes()));
+    assert_eq!(out.len(), 1, "the ACK only: no cluster is wanted yet");
+    assert_eq!(
+        (out[0].type_url.as_str(), out[0].response_nonce.as_str()),
+        (ROUTES, "1")
+    );
+    let t = table.load();
+    assert!(
+        t.virtual_host("users.weft").is_some(),
+        "routes live at once"
+    );
+    assert!(t.clusters.is_empty(), "no cluster held before a call");
+    assert_eq!(
+        names(&core.initial_requests()),
+        [(ROUTES, vec![]), (POLICY, vec!["web".to_string()])],
+        "a reconnect asks for no cluster either (an empty list would be all of them)"
+    );
+}
+
+#[test]
+fn the_subscription_grows_on_demand_and_a_cluster_goes_in_with_its_endpoints() {
+    let (mut core, table, _) = on_demand_core(Duration::from_secs(1));
+    core.handle(response(ROUTES, "r1", "1", &two_routes()));
+    let out = core.demand(vec!["users".into()]);
+    assert_eq!(
+        names(&out),
+        [
+            (CLUSTER, vec!["users".to_string()]),
+            (CLA, vec!["users".to_string()])
+        ]
+    );
+    assert!(
+        core.demand(vec!["users".into()]).is_empty(),
+        "asked already: nothing new to send"
+    );
+    assert!(
+        core.demand(vec!["billing".into()]).is_empty(),
+        "no route names billing: nothing to subscribe to"
+    );
+    core.handle(response(CLUSTER, "c1", "2", &[cluster("users")]));
+    assert!(
+        table.load().cluster("users").is_none(),
+        "no endpoints yet: a request keeps waiting rather than failing"
+    );
+    core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
+    assert_eq!(table.load().clusters["users"].serving.len(), 1);
+
+    let out = core.demand(vec!["orders".into()]);
+    assert_eq!(
+        names(&out),
+        [
+            (CLUSTER, vec!["orders".to_string(), "users".to_string()]),
+            (CLA, vec!["orders".to_string(), "users".to_string()])
+        ]
+    );
+    assert_eq!(
+        (out[0].response_nonce.as_str(), out[0].version_info.as_str()),
+        ("2", "c1"),
+        "subscription updates carry the type's latest nonce and version"
+    );
+    // A reconnect opens with every cluster held, and the versions.
+    let opening = core.initial_requests();
+    assert_eq!(
+        opening
+            .iter()
+            .map(|r| r.type_url.as_str())
+            .collect::<Vec<_>>(),
+        [ROUTES, CLUSTER, CLA, POLICY]
+    );
+    assert_eq!(opening[1].version_info, "c1");
+}
+
+#[test]
+fn idle_on_demand_clusters_are_dropped_and_preloads_stay() {
+    let (core, table) = core();
+    let demand = Arc::new(OnDemand::new(table.clone(), Duration::from_secs(1)));
+    let mut core = core
+        .with_required_clusters(["billing".to_string()])
+        .with_on_demand(demand.clone(), Duration::from_secs(2));
+    let mut users = routes("users", None);
+    users.virtual_hosts[0].routes[0].action = Some(pb::RouteAction {
+        destination: Some(pb::route_action::Destination::WeightedClusters(
+            pb::WeightedClusters {
+                clusters: vec![
+                    pb::ClusterWeight {
+                        name: "users".into(),
+                        weight: 50,
+                    },
+                    pb::ClusterWeight {
+                        name: "users-v2".into(),
+                        weight: 50,
+                    },
+                ],
+            },
+        )),
+        ..Default::default()
+    });
+    core.handle(response(ROUTES, "r1", "1", &[users]));
+    core.demand(vec!["users".into(), "users-v2".into()]);
+    let all = ["billing", "users", "users-v2"];
+    core.handle(response(CLUSTER, "c1", "2", &all.map(cluster)));
+    core.handle(response(CLA, "e1", "3", &all.map(|name| cla(name, 8080))));
+    assert_eq!(table.load().clusters.len(), 3);
+
+    // users is called at second 3, users-v2 never after its demand at 1.
+    demand.set_now(3);
+    demand.touch(&table.load().clusters["users"].shared);
+    demand.set_now(4);
+    let out = core.sweep();
+    assert_eq!(
+        names(&out),
+        [
+            (CLUSTER, vec!["billing".to_string(), "users".to_string()]),
+            (CLA, vec!["billing".to_string(), "users".to_string()])
+        ],
+        "users-v2 was idle for 3 s"
+    );
+    assert!(
+        table.load().cluster("users-v2").is_none(),
+        "left the table at once"
+    );
+    assert!(core.sweep().is_empty(), "nothing else idle");
+    demand.set_now(5);
+    assert!(
+        core.sweep().is_empty(),
+        "users unused for 2 whole seconds: its stamp may have begun before the call, kept"
+    );
+    demand.set_now(60);
+    let out = core.sweep();
+    assert_eq!(
+        out[0].resource_names,
+        ["billing"],
+        "a preload is never dropped"
+    );
+    assert_eq!(
+        table
+            .load()
+            .clusters
+            .keys()
+            .map(|k| &**k)
+            .collect::<Vec<_>>(),
+        ["billing"]
+    );
+    // A new call brings users back.
+    let out = core.demand(vec!["users".into()]);
+    assert_eq!(out[0].resource_names, ["billing", "users"]);
+}
+
+#[test]
+fn dropping_the_last_cluster_sends_an_empty_list_but_a_fresh_stream_sends_none() {
+    let (mut core, table, demand) = on_demand_core(Duration::from_secs(1));
+    core.handle(response(ROUTES, "r1", "1", &two_routes()));
+    core.demand(vec!["users".into()]);
+    core.handle(response(CLUSTER, "c1", "2", &[cluster("users")]));
+    core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
+    demand.set_now(10);
+    let out = core.sweep();
+    assert_eq!(
+        names(&out),
+        [(CLUSTER, vec![]), (CLA, vec![])],
+        "after names, an empty list unsubscribes from all"
+    );
+    assert!(table.load().clusters.is_empty());
+    let opening = core.initial_requests();
+    assert!(
+        opening.iter().all(|r| r.type_url != CLUSTER),
+        "on a new stream an empty list would mean every cluster: none is sent"
+    );
+}
+
+#[test]
+fn routes_that_no_longer_name_an_on_demand_cluster_drop_it() {
+    let (mut core, table, _) = on_demand_core(Duration::from_secs(1));
+    core.handle(response(ROUTES, "r1", "1", &two_routes()));
+    core.demand(vec!["users".into(), "orders".into()]);
+    core.handle(response(
+        CLUSTER,
+        "c1",
+        "2",
+        &[cluster("users"), cluster("orders")],
+    ));
+    core.handle(response(
+        CLA,
+        "e1",
+        "3",
+        &[cla("users", 1), cla("orders", 2)],
+    ));
+    // users now routes to users-v2; orders is gone.
+    let out = core.handle(response(ROUTES, "r2", "4", &[routes("users-v2", None)]));
+    assert_eq!(names(&out[1..]), [(CLUSTER, vec![]), (CLA, vec![])]);
+    assert!(table.load().clusters.is_empty());
+    assert!(
+        table.load().virtual_host("users").is_some(),
+        "the new route is live; users-v2 comes with its first call"
+    );
+}
+
+#[test]
+fn ready_with_routes_policy_and_preloads_not_with_every_routed_cluster() {
+    let (mut core, table) = core();
+    core.handle(response(ROUTES, "r1", "1", &two_routes()));
+    assert_eq!(core.waiting_for(), "InboundPolicy");
+    // The policy names web's upstreams (its Consul registration's).
+    let mut p = policy("*", pb::Action::Allow);
+    p.upstreams = vec!["orders".into()];
+    let out = core.handle(response(POLICY, "p1", "2", &[p]));
+    assert_eq!(
+        names(&out[1..]),
+        [
+            (CLUSTER, vec!["orders".to_string()]),
+            (CLA, vec!["orders".to_string()])
+        ],
+        "the policy's upstreams are subscribed to at once"
+    );
+    assert!(!core.is_ready());
+    assert_eq!(
+        core.waiting_for(),
+        "Cluster orders; ClusterLoadAssignment orders"
+    );
+    core.handle(response(CLUSTER, "c1", "3", &[cluster("orders")]));
+    core.handle(response(CLA, "e1", "4", &[cla("orders", 8080)]));
+    assert!(
+        core.is_ready(),
+        "users is routed but not needed for readiness"
+    );
+    assert_eq!(
+        table
+            .load()
+            .clusters
+            .keys()
+            .map(|k| &**k)
+            .collect::<Vec<_>>(),
+        ["orders"]
+    );
+    let mut status = super::Status::default();
+    core.publish(&mut status);
+    assert_eq!(status.held[0].reason, "policy-upstream");
+}
+
+#[test]
+fn a_response_with_the_held_version_is_acked_without_a_rebuild() {
+    let (core, table) = core();
+    let mut core = core.with_required_clusters(["users".to_string()]);
+    core.handle(response(CLUSTER, "c1", "1", &[cluster("users")]));
+    let before = table.load_full();
+    // After a reconnect the agent resends what we already hold.
+    let out = core.handle(response(CLUSTER, "c1", "7", &[cluster("users")]));
+    assert_eq!(
+        (out[0].version_info.as_str(), out[0].response_nonce.as_str()),
+        ("c1", "7")
+    );
+    assert!(Arc::ptr_eq(&before, &table.load_full()));
+    // And the reconnect's opening requests carry the versions held.
+    assert_eq!(core.initial_requests()[1].version_info, "c1");
+}
+
+#[test]
+fn unhealthy_endpoints_get_no_traffic_but_are_listed() {
+    let (core, table) = core();
+    let mut core = core.with_required_clusters(["users".to_string()]);
+    let mut a = cla("users", 8080);
+    a.endpoints.push(pb::Endpoint {
+        address: "127.0.0.1".into(),
+        port: 8081,
+        health: pb::endpoint::Health::Unhealthy as i32,
+        ..Default::default()
+    });
+    core.handle(response(CLUSTER, "c1", "1", &[cluster("users")]));
+    core.handle(response(CLA, "e1", "2", &[a]));
+    let t = table.load();
+    let c = &t.clusters["users"];
+    assert_eq!((c.endpoints.len(), c.serving.len()), (2, 1));
+}
+
+#[test]
+fn a_tcp_upstream_destination_is_held_from_the_start_whatever_the_routes_name() {
+    let (core, table) = core();
+    let mut core = core.with_tcp_upstreams(["redis".to_owned()]);
+    let opening = core.initial_requests();
+    assert_eq!(
+        names(&opening),
+        [
+            (ROUTES, vec![]),
+            (CLUSTER, vec!["redis".to_string()]),
+            (CLA, vec!["redis".to_string()]),
+            (POLICY, vec!["web".to_string()])
+        ]
+    );
+    core.handle(response(
+        POLICY,
+        "p1",
+        "0",
+        &[policy("*", pb::Action::Allow)],
+    ));
+    let out = core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
+    assert_eq!(out.len(), 1, "routes change nothing to the subscription");
+    core.handle(response(CLUSTER, "c1", "2", &[cluster("redis")]));
+    assert!(!core.is_ready(), "redis's endpoints have not arrived");
+    assert_eq!(core.waiting_for(), "ClusterLoadAssignment redis");
+    core.handle(response(CLA, "e1", "3", &[cla("redis", 6379)]));
+    assert!(core.is_ready());
+    assert_eq!(table.load().clusters["redis"].serving.len(), 1);
+    let mut status = super::Status::default();
+    core.publish(&mut status);
+    assert_eq!(status.held[0].reason, "tcp-upstream");
+}
+
+/// The request path's wait, with tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_first_request_waits_for_its_cluster_and_gives_up_after_the_timeout() {
+    let (mut core, table, demand) = on_demand_core(Duration::from_secs(1));
+    core.handle(response(ROUTES, "r1", "1", &two_routes()));
+    let users: Arc<str> = "users".into();
+
+    // Two concurrent first requests: one subscription, one signal.
+    let first = tokio::spawn({
+        let (demand, users) = (demand.clone(), users.clone());
+        async move { demand.fetch(&users).await.map(|_| ()) }
+    });
+    let second = tokio::spawn({
+        let (demand, users) = (demand.clone(), users.clone());
+        async move { demand.fetch(&users).await.map(|_| ()) }
+    });
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(demand.take_new(), ["users"], "asked once for both");
+    assert!(demand.take_new().is_empty());
+    assert_eq!(demand.pending(), ["users"]);
+    core.demand(vec!["users".into()]);
+    core.handle(response(CLUSTER, "c1", "2", &[cluster("users")]));
+    core.handle(response(CLA, "e1", "3", &[cla("users", 8080)]));
+    first.await.unwrap().expect("arrived within the timeout");
+    second
+        .await
+        .unwrap()
+        .expect("the same arrival ends both waits");
+    assert!(demand.pending().is_empty());
+    assert!(table.load().cluster("users").is_some());
+
+    // orders never arrives: the wait ends at the timeout with a clear 503.
+    let orders: Arc<str> = "orders".into();
+    let started = tokio::time::Instant::now();
+    let err = demand.fetch(&orders).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert_eq!(err.kind, ErrorKind::DiscoveryTimeout);
+    let response = err.to_response();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["x-weft-error"], "discovery-timeout");
+    assert!(err.reason.contains("orders"), "{}", err.reason);
 }
 
 // ---- incremental responses (proto/README.md, "Incremental responses")
