@@ -621,6 +621,14 @@ impl Core {
         self.accepted
             .assignments
             .retain(|name, _| wanted.contains(name));
+        // ...and the set an incremental response is merged into: the agent
+        // stops sending a name once it is unsubscribed, so a name left here
+        // would come back with the next merge.
+        for t in [type_url::CLUSTER, type_url::CLUSTER_LOAD_ASSIGNMENT] {
+            if let Some(held) = self.held.get_mut(t) {
+                held.retain(|name, _| wanted.contains(name));
+            }
+        }
         changed
     }
 
