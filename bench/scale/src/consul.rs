@@ -344,3 +344,27 @@ fn registrations(mesh: &Mesh, s: usize, e: usize) -> [Value; 2] {
         }),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_share_nodes_ten_at_a_time_with_distinct_addresses() {
+        let mesh = Mesh {
+            services: 1000,
+            instances: 10,
+        };
+        assert_eq!(mesh.node(0, 9), mesh.node(0, 0));
+        assert_ne!(mesh.node(1, 0), mesh.node(0, 9));
+        assert_eq!(mesh.node(999, 9).1, "127.1.3.231");
+        assert_eq!(mesh.proxy_id(42, 3), "svc-0042-3-sidecar-proxy");
+        let [app, proxy] = registrations(&mesh, 42, 3);
+        assert_eq!(app["Checks"][0]["CheckID"], "svc-0042-3-ttl");
+        assert_eq!(proxy["Service"]["Kind"], "connect-proxy");
+        assert_eq!(
+            proxy["Service"]["Proxy"]["DestinationServiceID"],
+            "svc-0042-3"
+        );
+    }
+}

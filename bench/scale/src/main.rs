@@ -236,6 +236,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("filled in {:.1} s", fill.as_secs_f64());
 
     let result = measure(&args, &mesh, &consul, &work, &mut report).await;
+    report.agent.log_warnings = std::fs::read_to_string(work.join("agent.log"))
+        .map(|log| {
+            log.lines()
+                .filter(|l| l.contains(" WARN") || l.contains(" ERROR"))
+                .count()
+        })
+        .unwrap_or(0);
     if let Err(error) = &result {
         report.outcome = format!("failed: {error:#}");
     }

@@ -163,3 +163,22 @@ fn open_file_limits() -> anyhow::Result<(u64, u64)> {
         _ => anyhow::bail!("cannot read the open-file limit from {line:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let pid = std::process::id();
+        let memory = memory(pid).unwrap();
+        assert!(memory.rss_kib > 0 && memory.peak_kib >= memory.rss_kib);
+        assert!(cpu_seconds(pid, clock_ticks()).unwrap() >= 0.0);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_accepted, _) = listener.accept().unwrap();
+        // One socket reaches the port, one was accepted on it.
+        assert_eq!(established(pid, port, port).unwrap(), (1, 1));
+    }
+}

@@ -104,8 +104,11 @@ pub struct AgentUse {
     /// Cores used over the quiet window with every stream connected.
     pub steady_cores: Option<f64>,
     pub quiet_window_seconds: f64,
-    /// Cores over the first sync (agent start -> all streams complete).
+    /// CPU seconds from agent start until every stream was complete.
     pub sync_cpu_seconds: Option<f64>,
+    /// WARN and ERROR lines in the agent's log over the run (failed Consul
+    /// watches, refused streams).
+    pub log_warnings: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -270,6 +273,7 @@ impl Report {
                     mib(a.rss_peak_mib)
                 ),
             ),
+            ("agent log WARN/ERROR lines", a.log_warnings.to_string()),
             (
                 "agent → Consul connections: max in sync / at ready / at end",
                 format!(
@@ -336,4 +340,19 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
     sorted.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), Some(50.0));
+        assert_eq!(percentile(&values, 99.0), Some(99.0));
+        assert_eq!(percentile(&values, 100.0), Some(100.0));
+        assert_eq!(percentile(&[3.0], 99.0), Some(3.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
 }

@@ -397,7 +397,7 @@ impl Sidecar {
             Routes::Subscribed => own.clone(),
             Routes::Wildcard => None,
         };
-        let verify = config.verify_every > 0 && i % config.verify_every == 0;
+        let verify = config.verify_every > 0 && i.is_multiple_of(config.verify_every);
         let mut held: [TypeHeld; 4] = Default::default();
         if verify {
             held.iter_mut()
@@ -810,4 +810,75 @@ pub fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> tokio::task::
         tasks.spawn(run_stream(i, shared.clone(), permits.clone(), stop.clone()));
     }
     tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(services: usize, streams: usize, subscribe: Subscribe) -> Arc<Shared> {
+        Shared::new(SimConfig {
+            agent: "http://127.0.0.1:1".into(),
+            streams,
+            subscribe,
+            routes: Routes::Wildcard,
+            incremental: false,
+            verify_every: 0,
+            connect_concurrency: 1,
+            mesh: Mesh {
+                services,
+                instances: 1,
+            },
+        })
+    }
+
+    #[test]
+    fn name_sets_hold_mesh_names_as_bits_and_others_by_name() {
+        let shared = shared(100, 1, Subscribe::All);
+        let mut set = NameSet::default();
+        set.insert(&shared.index, "svc-0099");
+        set.insert(&shared.index, "consul");
+        assert!(set.contains(&shared.index, "svc-0099"));
+        assert!(set.contains(&shared.index, "consul"));
+        assert!(!set.contains(&shared.index, "svc-0098"));
+        set.remove(&shared.index, "svc-0099");
+        assert!(!set.contains(&shared.index, "svc-0099"));
+        set.clear();
+        assert!(!set.contains(&shared.index, "consul"));
+    }
+
+    #[test]
+    fn k_clusters_per_stream_spread_evenly_over_the_services() {
+        let shared = shared(1000, 2000, Subscribe::Count(5));
+        let own = shared.own_clusters(199, 5);
+        assert_eq!(own.len(), 5);
+        assert_eq!(&own[0], "svc-0995");
+        for s in [0, 1, 500, 999] {
+            assert_eq!(shared.subscribers(&format!("svc-{s:04}")), 10, "svc {s}");
+        }
+    }
+
+    #[test]
+    fn versions_follow_the_agents_rule() {
+        // SHA-256 of "a" 0 sha256("x") "b" 0 sha256("y"), first 8 bytes.
+        let mut hashes = BTreeMap::new();
+        hashes.insert("b".to_owned(), Sha256::digest(b"y").into());
+        hashes.insert("a".to_owned(), Sha256::digest(b"x").into());
+        let mut hasher = Sha256::new();
+        for (name, value) in [("a", b"x"), ("b", b"y")] {
+            hasher.update(name.as_bytes());
+            hasher.update([0]);
+            hasher.update(Sha256::digest(value));
+        }
+        assert_eq!(version_of(&hashes), hex::encode(&hasher.finalize()[..8]));
+        assert_eq!(version_of(&hashes).len(), 16);
+    }
+
+    #[test]
+    fn subscribe_parses_all_or_a_positive_count() {
+        assert_eq!("all".parse::<Subscribe>(), Ok(Subscribe::All));
+        assert_eq!("5".parse::<Subscribe>(), Ok(Subscribe::Count(5)));
+        assert!("0".parse::<Subscribe>().is_err());
+        assert!("some".parse::<Subscribe>().is_err());
+    }
 }
