@@ -314,6 +314,7 @@ async fn measure(
         );
         report.consul_connections.at_end = Some(conns.latest.borrow().0);
         report.agent.rss_peak_mib = procfs::memory(pid).ok().map(|m| mib_of(m.peak_kib));
+        report.agent.sync_cpu_seconds = procfs::cpu_seconds(pid, ticks).ok();
         return Ok(());
     };
     eprintln!(

@@ -114,7 +114,10 @@ pub struct AgentUse {
 #[derive(Debug, Default, Serialize)]
 pub struct ConsulConnections {
     /// Established agent -> Consul HTTP connections, sampled every 250 ms.
+    /// Includes connections Consul accepts and closes at once when over
+    /// its limit, so it can exceed `http_max_conns_per_client`.
     pub max_during_sync: usize,
+    /// At /readyz 200, or at --ready-timeout when it never came.
     pub at_ready: Option<usize>,
     pub at_end: Option<usize>,
 }
@@ -163,7 +166,7 @@ impl Report {
         let mut out = format!(
             "## {label}\n\n\
              {started} · {services} services × {instances} instances · {streams} streams · \
-             subscribe {subscribe} · routes {routes} · {mode} · Consul {consul} with \
+             subscribe {subscribe} · routes {routes} · {mode} · {consul} with \
              http_max_conns_per_client = {limit} · filled in {fill:.1} s · agent `{agent}`\n\n\
              **Outcome:** {outcome}\n\n\
              | measure | value |\n|---|---|\n",
@@ -253,7 +256,7 @@ impl Report {
                     .map_or("–".into(), |v| format!("{v:.3} CPU-s")),
             ),
             (
-                "agent CPU, first sync",
+                "agent CPU, start → all streams complete (or ready timeout)",
                 a.sync_cpu_seconds
                     .map_or("–".into(), |v| format!("{v:.2} CPU-s")),
             ),
@@ -275,7 +278,7 @@ impl Report {
             ),
             ("agent log WARN/ERROR lines", a.log_warnings.to_string()),
             (
-                "agent → Consul connections: max in sync / at ready / at end",
+                "agent → Consul connections: max in sync / at ready (or timeout) / at end",
                 format!(
                     "{} / {} / {}",
                     k.max_during_sync,
