@@ -403,7 +403,9 @@ async fn measure(
     report.agent.rss_peak_mib = Some(mib_of(memory.peak_kib));
     report.consul_connections.at_end = Some(conns.latest.borrow().0);
     let counters = &shared.counters;
+    let simulator_cpu = report.simulator.cpu_seconds_per_change;
     report.simulator = report::Simulator {
+        cpu_seconds_per_change: simulator_cpu,
         responses: counters.responses.load(Ordering::Relaxed),
         bytes: counters.bytes.load(Ordering::Relaxed),
         max_response_bytes: counters.max_response_bytes.load(Ordering::Relaxed),
@@ -458,8 +460,9 @@ async fn make_changes(
 ) -> anyhow::Result<()> {
     let mut last_ms = Vec::new();
     let mut median_ms = Vec::new();
-    let (mut bytes_total, mut responses_total, mut cpu_total, mut receivers_total) =
-        (0u64, 0u64, 0.0, 0usize);
+    let (mut bytes_total, mut responses_total, mut receivers_total) = (0u64, 0u64, 0usize);
+    // CPU seconds of the agent and of this process over the change windows.
+    let (mut cpu_total, mut own_total) = (0.0, 0.0);
     for k in 0..args.changes {
         // Pairs on one instance: critical, then passing again.
         let pair = k / 2;
@@ -480,6 +483,7 @@ async fn make_changes(
         let bytes_before = shared.counters.bytes.load(Ordering::Relaxed);
         let responses_before = shared.counters.responses.load(Ordering::Relaxed);
         let cpu_before = procfs::cpu_seconds(pid, ticks)?;
+        let own_before = procfs::cpu_seconds(std::process::id(), ticks)?;
         consul.set_health(mesh, s, e, healthy).await?;
         let written = shared.now_ns();
         if change.received().len() < expected {
@@ -490,6 +494,7 @@ async fn make_changes(
         let bytes = shared.counters.bytes.load(Ordering::Relaxed) - bytes_before;
         let responses = shared.counters.responses.load(Ordering::Relaxed) - responses_before;
         let cpu = procfs::cpu_seconds(pid, ticks)? - cpu_before;
+        own_total += procfs::cpu_seconds(std::process::id(), ticks)? - own_before;
         let lags: Vec<f64> = received
             .iter()
             .map(|at| at.saturating_sub(written) as f64 / 1e6)
@@ -544,6 +549,7 @@ async fn make_changes(
         c.bytes_per_receiving_stream =
             (receivers_total > 0).then(|| bytes_total as f64 / receivers_total as f64);
         c.responses_per_change = Some(responses_total as f64 / made as f64);
+        report.simulator.cpu_seconds_per_change = Some(own_total / made as f64);
     }
     if c.incomplete > 0 {
         report.outcome = format!(

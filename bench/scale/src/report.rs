@@ -124,6 +124,10 @@ pub struct ConsulConnections {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Simulator {
+    /// This process's CPU seconds per change (same window as the
+    /// agent's): when it nears the wall time of a change, the simulator
+    /// and not the agent may be what the change waits for.
+    pub cpu_seconds_per_change: Option<f64>,
     pub responses: u64,
     pub bytes: u64,
     pub max_response_bytes: u64,
@@ -253,6 +257,11 @@ impl Report {
             (
                 "agent CPU per change",
                 c.agent_cpu_seconds_per_change
+                    .map_or("–".into(), |v| format!("{v:.3} CPU-s")),
+            ),
+            (
+                "simulator CPU per change (all N streams)",
+                m.cpu_seconds_per_change
                     .map_or("–".into(), |v| format!("{v:.3} CPU-s")),
             ),
             (
