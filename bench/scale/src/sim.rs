@@ -47,8 +47,13 @@ use crate::consul::Mesh;
 /// how large state-of-the-world responses get (`max_response_bytes`)
 /// instead of failing.
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
-/// Connecting and opening a stream; the agent answers both at once.
+/// Connecting (TCP and HTTP/2); the agent's listener accepts at once.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Opening the stream (the agent's response headers). The real sidecar
+/// waits for them without a limit: an agent busy with thousands of first
+/// syncs answers late, and a sidecar that gave up would only come back
+/// for another full sync. Long, but still bounded.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Which clusters each stream subscribes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -711,7 +716,7 @@ impl Sidecar {
             tx.send(request).await?;
         }
         let mut responses = tokio::time::timeout(
-            CONNECT_TIMEOUT,
+            OPEN_TIMEOUT,
             client.stream_resources(ReceiverStream::new(rx)),
         )
         .await
