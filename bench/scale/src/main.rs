@@ -406,6 +406,9 @@ async fn measure(
     let simulator_cpu = report.simulator.cpu_seconds_per_change;
     report.simulator = report::Simulator {
         cpu_seconds_per_change: simulator_cpu,
+        rss_peak_mib: procfs::memory(std::process::id())
+            .ok()
+            .map(|m| mib_of(m.peak_kib)),
         responses: counters.responses.load(Ordering::Relaxed),
         bytes: counters.bytes.load(Ordering::Relaxed),
         max_response_bytes: counters.max_response_bytes.load(Ordering::Relaxed),

@@ -128,6 +128,8 @@ pub struct Simulator {
     /// agent's): when it nears the wall time of a change, the simulator
     /// and not the agent may be what the change waits for.
     pub cpu_seconds_per_change: Option<f64>,
+    /// This process's peak RSS (VmHWM): what N streams cost to simulate.
+    pub rss_peak_mib: Option<f64>,
     pub responses: u64,
     pub bytes: u64,
     pub max_response_bytes: u64,
@@ -264,6 +266,7 @@ impl Report {
                 m.cpu_seconds_per_change
                     .map_or("–".into(), |v| format!("{v:.3} CPU-s")),
             ),
+            ("simulator peak RSS", mib(m.rss_peak_mib)),
             (
                 "agent CPU, start → all streams complete (or ready timeout)",
                 a.sync_cpu_seconds
