@@ -519,7 +519,7 @@ mod tests {
             snapshot
                 .select(
                     type_url::INBOUND_POLICY,
-                    &Subscription::Names([name.to_string()].into()),
+                    &Subscription::names([name.to_string()]),
                 )
                 .version
         };

@@ -783,7 +783,9 @@ fn held_ports(core: &Core) -> Vec<(String, u32)> {
 
 #[test]
 fn an_incremental_response_is_merged_by_name_and_removed_names_dropped() {
-    let (mut core, table) = core();
+    let (core, table) = core();
+    // Preloaded: held whatever the routes name (not on demand).
+    let mut core = core.with_required_clusters(["users".to_string(), "orders".to_string()]);
     core.set_incremental(true);
     core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
     core.handle(incremental(CLUSTER, "c1", "2", &[cluster("users")], &["*"]));
@@ -821,7 +823,9 @@ fn an_incremental_response_is_merged_by_name_and_removed_names_dropped() {
 
 #[test]
 fn a_nacked_incremental_response_leaves_the_held_set_as_it_was() {
-    let (mut core, table) = core();
+    let (core, table) = core();
+    // Preloaded: held whatever the routes name (not on demand).
+    let mut core = core.with_required_clusters(["users".to_string(), "orders".to_string()]);
     core.set_incremental(true);
     core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
     core.handle(incremental(CLUSTER, "c1", "2", &[cluster("users")], &["*"]));
@@ -867,19 +871,14 @@ fn a_nacked_incremental_response_leaves_the_held_set_as_it_was() {
 }
 
 #[test]
-fn incremental_updates_keep_make_before_break() {
-    let (mut core, table) = core();
+fn incremental_updates_put_a_cluster_in_the_table_only_once_both_halves_arrived() {
+    let (core, table) = core();
+    let mut core = core.with_required_clusters(["users".to_string(), "users-v2".to_string()]);
     core.set_incremental(true);
     core.handle(response(ROUTES, "r1", "1", &[routes("users", None)]));
     core.handle(incremental(CLUSTER, "c1", "2", &[cluster("users")], &["*"]));
     core.handle(incremental(CLA, "e1", "3", &[cla("users", 8080)], &["*"]));
-    let route = |table: &RoutingTable| {
-        format!(
-            "{:?}",
-            table.virtual_host("users").map(|vhost| &vhost.routes[0])
-        )
-    };
-    let before = route(&table.load());
+    assert!(table.load().cluster("users").is_some());
 
     core.handle(incremental(
         ROUTES,
@@ -889,18 +888,22 @@ fn incremental_updates_keep_make_before_break() {
         &[],
     ));
     core.handle(incremental(CLUSTER, "c2", "5", &[cluster("users-v2")], &[]));
-    assert_eq!(
-        route(&table.load()),
-        before,
-        "no endpoints for users-v2 yet"
+    assert!(
+        table.load().cluster("users-v2").is_none(),
+        "no endpoints for users-v2 yet: a request waits for them on demand"
     );
     core.handle(incremental(CLA, "e2", "6", &[cla("users-v2", 9090)], &[]));
-    assert_ne!(route(&table.load()), before, "new routes live");
+    assert!(table.load().cluster("users-v2").is_some());
+    assert!(
+        table.load().cluster("users").is_some(),
+        "the held users cluster stays through both merges"
+    );
 }
 
 #[test]
 fn without_the_agents_incremental_header_each_response_is_the_whole_set() {
-    let (mut core, _) = core();
+    let (core, _) = core();
+    let mut core = core.with_required_clusters(["users".to_string(), "orders".to_string()]);
     core.handle(response(
         CLA,
         "e1",
@@ -909,4 +912,37 @@ fn without_the_agents_incremental_header_each_response_is_the_whole_set() {
     ));
     core.handle(response(CLA, "e2", "2", &[cla("users", 8081)]));
     assert_eq!(held_ports(&core), [("users".into(), 8081)]);
+}
+
+#[test]
+fn an_idle_dropped_cluster_does_not_come_back_with_the_next_incremental_merge() {
+    let (core, table) = core();
+    let demand = Arc::new(OnDemand::new(table.clone(), Duration::from_secs(1)));
+    let mut core = core.with_on_demand(demand.clone(), Duration::from_secs(2));
+    core.set_incremental(true);
+    core.handle(response(ROUTES, "r1", "1", &two_routes()));
+    core.demand(vec!["users".into(), "orders".into()]);
+    let both = ["orders", "users"];
+    core.handle(incremental(CLUSTER, "c1", "2", &both.map(cluster), &["*"]));
+    core.handle(incremental(
+        CLA,
+        "e1",
+        "3",
+        &both.map(|name| cla(name, 8080)),
+        &["*"],
+    ));
+    assert_eq!(table.load().clusters.len(), 2);
+
+    // orders goes idle; users is still called.
+    demand.set_now(5);
+    demand.touch(&table.load().clusters["users"].shared);
+    core.sweep();
+    assert!(table.load().cluster("orders").is_none());
+
+    // The agent no longer sends orders (unsubscribed), nor names it removed:
+    // a change of users alone must not bring orders back.
+    core.handle(incremental(CLUSTER, "c2", "4", &[cluster("users")], &[]));
+    core.handle(incremental(CLA, "e2", "5", &[cla("users", 8081)], &[]));
+    assert_eq!(held_ports(&core), [("users".into(), 8081)]);
+    assert!(table.load().cluster("orders").is_none(), "still dropped");
 }
