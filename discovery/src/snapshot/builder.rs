@@ -50,6 +50,10 @@ pub struct SnapshotBuilder {
     generation: u64,
     /// The changes of the last builds, shared by the snapshots.
     history: VecDeque<Arc<Changes>>,
+    /// Each service's endpoints as of the last build: an assignment whose
+    /// endpoints are the same is kept as it was, not built and encoded
+    /// again (they are most of a large mesh's bytes).
+    assignment_inputs: BTreeMap<String, Vec<Endpoint>>,
 }
 
 impl SnapshotBuilder {
@@ -125,16 +129,20 @@ impl SnapshotBuilder {
         }
         for (name, mut cluster) in destinations {
             cluster.identity = self.identity_of(&name);
-            let endpoints = state
-                .services
-                .get(&name)
-                .map(|endpoints| endpoints.iter().map(to_proto_endpoint).collect())
-                .unwrap_or_default();
-            let assignment = ClusterLoadAssignment {
-                cluster_name: name.clone(),
-                endpoints,
-            };
-            snapshot.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, name.clone(), &assignment);
+            let input = state.services.get(&name);
+            let unchanged = self.assignment_inputs.get(&name).map(Vec::as_slice)
+                == Some(input.map(Vec::as_slice).unwrap_or_default());
+            if !(unchanged && snapshot.keep(type_url::CLUSTER_LOAD_ASSIGNMENT, &name)) {
+                let assignment = ClusterLoadAssignment {
+                    cluster_name: name.clone(),
+                    endpoints: input
+                        .map(|endpoints| endpoints.iter().map(to_proto_endpoint).collect())
+                        .unwrap_or_default(),
+                };
+                snapshot.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, name.clone(), &assignment);
+                self.assignment_inputs
+                    .insert(name.clone(), input.cloned().unwrap_or_default());
+            }
             snapshot.insert(type_url::CLUSTER, name, &cluster);
         }
         // A policy for every service that is known, has a policy document,
@@ -177,6 +185,9 @@ impl SnapshotBuilder {
             };
             snapshot.insert(type_url::TRUST_BUNDLE, roots.trust_domain.clone(), &bundle);
         }
+        // Forget the inputs of assignments no longer built.
+        self.assignment_inputs
+            .retain(|name, _| snapshot.has(type_url::CLUSTER_LOAD_ASSIGNMENT, name));
         self.generation += 1;
         let (mut snapshot, resources) = snapshot.finish(self.generation, &mut self.history);
         self.previous = resources;

@@ -408,6 +408,31 @@ impl<'a> Assembly<'a> {
             .insert(name, resource);
     }
 
+    /// Whether this build has a resource `name` of `type_url`.
+    pub(crate) fn has(&self, type_url: &str, name: &str) -> bool {
+        self.types
+            .get(type_url)
+            .is_some_and(|known| known.contains_key(name))
+    }
+
+    /// Keeps the previous build's resource under `name` without building
+    /// its message (the caller knows its input did not change). False if
+    /// the previous build had none.
+    pub(crate) fn keep(&mut self, type_url: &'static str, name: &str) -> bool {
+        let Some(previous) = self
+            .previous
+            .get(type_url)
+            .and_then(|known| known.get(name))
+        else {
+            return false;
+        };
+        self.types
+            .entry(type_url)
+            .or_default()
+            .insert(name.to_string(), previous.clone());
+        true
+    }
+
     /// The snapshot of these resources, numbered `generation`, with
     /// `history` (the previous builds' changes) extended by this one's.
     /// Returns the resources by type too, for the next build to reuse.
