@@ -155,7 +155,15 @@ impl AggregatedDiscoveryService for Service {
                     sent.insert(t.clone(), (version, names.clone()));
                     nonce += 1;
                     let resp = DiscoveryResponse {
-                        version_info: format!("v{version}"),
+                        // Like the agent's content hash, the version
+                        // changes with the names answered, not only with
+                        // the snapshot (a sidecar takes a response whose
+                        // version it holds as nothing new).
+                        version_info: if names.is_empty() {
+                            format!("v{version}")
+                        } else {
+                            format!("v{version}:{}", names.join(","))
+                        },
                         resources: snap.resources(t, names),
                         type_url: t.clone(),
                         nonce: nonce.to_string(),
