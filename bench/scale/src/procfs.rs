@@ -81,7 +81,9 @@ pub fn established(pid: u32, remote_port: u16, local_port: u16) -> anyhow::Resul
             inodes.insert(inode);
         }
     }
-    let (mut to_remote, mut on_local) = (0, 0);
+    // Counted by inode: /proc/net/tcp is read a page at a time while
+    // connections open and close, so one socket can be listed twice.
+    let (mut to_remote, mut on_local) = (HashSet::new(), HashSet::new());
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
@@ -102,14 +104,14 @@ pub fn established(pid: u32, remote_port: u16, local_port: u16) -> anyhow::Resul
                     .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
             };
             if port(cols[2]) == Some(remote_port) {
-                to_remote += 1;
+                to_remote.insert(inode);
             }
             if port(cols[1]) == Some(local_port) {
-                on_local += 1;
+                on_local.insert(inode);
             }
         }
     }
-    Ok((to_remote, on_local))
+    Ok((to_remote.len(), on_local.len()))
 }
 
 /// Makes sure this process (and so every child it starts) may open
