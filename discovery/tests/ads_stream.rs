@@ -635,6 +635,48 @@ async fn a_reconnect_with_the_held_version_gets_nothing_until_something_changes(
 }
 
 #[tokio::test]
+async fn after_a_reconnect_with_the_held_version_an_empty_list_is_none_and_a_name_asked_again_arrives()
+ {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let held = {
+        let mut sidecar = Sidecar::connect_incremental(&agent).await;
+        sidecar.subscribe(type_url::CLUSTER, &["users"]).await;
+        let first = sidecar.next().await;
+        sidecar.ack(&first, &["users"]).await;
+        first
+    };
+
+    // The agent adopts the held version: nothing sent on this stream yet.
+    let mut sidecar = Sidecar::connect_incremental(&agent).await;
+    sidecar
+        .send(type_url::CLUSTER, &["users"], &held.version_info, "", None)
+        .await;
+    sidecar.expect_silence().await;
+    // Its routes no longer name users: it asks for none...
+    sidecar
+        .send(
+            type_url::CLUSTER,
+            &[],
+            &held.version_info,
+            &held.nonce,
+            None,
+        )
+        .await;
+    let none = sidecar.next().await;
+    assert!(
+        none.resources.is_empty(),
+        "none, not every cluster of the mesh: {:?}",
+        names_of(&none)
+    );
+    assert_eq!(none.removed_resources, ["users"]);
+    // ...then its app calls orders: it arrives.
+    sidecar.ack(&none, &["orders"]).await;
+    let orders = sidecar.next().await;
+    assert_eq!(names_of(&orders), ["orders"]);
+}
+
+#[tokio::test]
 async fn a_state_of_the_world_sidecar_beside_an_incremental_one_still_gets_everything() {
     let agent = start_agent().await;
     seed(&agent.store);

@@ -183,12 +183,14 @@ impl SidecarStream {
         let unchanged =
             previous.is_some_and(|state| state.subscription.is(&request.resource_names));
         // An empty list is "everything" on a type's first request only;
-        // once the sidecar named resources, it means none (it dropped its
-        // last on-demand cluster), as in Envoy's xDS.
+        // once the sidecar named resources on this stream, it means none
+        // (it dropped its last on-demand cluster), as in Envoy's xDS. Named
+        // on this stream, not answered: a reconnect whose held version the
+        // agent adopted has had no response yet, and taking its next empty
+        // list for "everything" would send it the whole mesh, then nothing
+        // for a name it asks for again.
         let dropped_all = request.resource_names.is_empty()
-            && previous.is_some_and(|state| {
-                matches!(state.subscription, Subscription::Names(_)) && !state.last_nonce.is_empty()
-            });
+            && previous.is_some_and(|state| matches!(state.subscription, Subscription::Names(_)));
         // The same names as another type's (Cluster and ClusterLoadAssignment
         // usually): share that set instead of holding a second copy.
         let subscription = if unchanged {
