@@ -231,12 +231,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         // Find dead sidecars (and let them find a dead agent) within 30 s.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_nodelay(true)
         .add_service(ads)
         .add_service(identity.service())
         .add_service(reports)
         // Not tonic's own accept loop: on an accept error it polls again at
-        // once, spinning a core while descriptors are out. `incoming` pauses.
+        // once, spinning a core while descriptors are out. `incoming` pauses
+        // (and sets TCP_NODELAY, which the builder's setting no longer does).
         .serve_with_incoming_shutdown(
             weft_runtime::incoming(ads_listener, "grpc"),
             shutdown_signal(),

@@ -37,7 +37,7 @@ pub enum ConsulError {
     /// succeeds, then an immediate EOF, no HTTP status); a Consul shutting
     /// down looks the same.
     #[error(
-        "{method} {path}: Consul at {address} accepted the connection and closed it without an answer: {source}; Consul refused the connection: over `limits.http_max_conns_per_client` (connections per client address, 200 by default)? Lower --consul-max-connections, raise the limit, or look for other clients on this address"
+        "{method} {path}: Consul at {address} accepted the connection and closed it without an answer: {source}; Consul refused the connection: over `limits.http_max_conns_per_client` (connections per client address, 200 by default)? Lower --consul-max-connections, raise the limit, or look for other clients on this address; or Consul was stopping"
     )]
     Closed {
         method: Method,

@@ -515,6 +515,11 @@ mod tests {
         state
     }
 
+    /// The names of the resources a delta sends.
+    fn changed(delta: &Delta) -> Vec<&str> {
+        delta.changed.iter().map(|r| r.name.as_str()).collect()
+    }
+
     fn touched(snapshot: &Snapshot, type_url: &str, since: u64) -> Option<Vec<String>> {
         snapshot
             .touched_since(type_url, since)
@@ -576,14 +581,7 @@ mod tests {
         // Named: a name that left gets its placeholder, not a removal.
         let named = Subscription::names(["b".to_string(), "c".to_string()]);
         let delta = third.diff(type_url::CLUSTER_LOAD_ASSIGNMENT, &second, &named, &named);
-        assert_eq!(
-            delta
-                .changed
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>(),
-            ["c"]
-        );
+        assert_eq!(changed(&delta), ["c"]);
         assert!(delta.removed.is_empty());
     }
 
@@ -603,14 +601,7 @@ mod tests {
             &Subscription::Wildcard,
             &Subscription::Wildcard,
         );
-        assert_eq!(
-            delta
-                .changed
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>(),
-            ["a"]
-        );
+        assert_eq!(changed(&delta), ["a"]);
         assert_eq!(delta.removed, ["c"]);
     }
 }
