@@ -69,6 +69,9 @@ where
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
+            // The cause first: a CI excerpt that keeps the head and tail of
+            // a long output would otherwise lose it among the logs.
+            eprintln!("\n===== {} failed: {error:#}", ctx.name);
             print_logs(&ctx);
             panic!("{} failed: {error:?}", ctx.name);
         }

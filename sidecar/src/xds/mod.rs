@@ -604,7 +604,22 @@ impl Core {
     /// may still carry them). Returns whether the subscription changed.
     fn update_wanted(&mut self) -> bool {
         let routed: BTreeSet<&String> = self.routes.values().flat_map(|r| &r.clusters).collect();
-        self.on_demand.retain(|name, _| routed.contains(name));
+        let mut unrouted = Vec::new();
+        self.on_demand.retain(|name, _| {
+            let keep = routed.contains(name);
+            if !keep {
+                unrouted.push(name.clone());
+            }
+            keep
+        });
+        // A name still awaited when the routes stopped naming it is given
+        // up: its waiters fail now, and when a route names it again the
+        // next request asks anew. Left waiting, it would stay "taken" with
+        // no subscription behind it, and every later request would wait
+        // out the timeout for a cluster nobody asks the agent for.
+        if let (Some(demand), false) = (&self.demand, unrouted.is_empty()) {
+            demand.forget(&unrouted);
+        }
         let wanted: BTreeSet<String> = self
             .preloads()
             .into_iter()

@@ -755,6 +755,56 @@ async fn a_first_request_waits_for_its_cluster_and_gives_up_after_the_timeout() 
     assert!(err.reason.contains("orders"), "{}", err.reason);
 }
 
+/// A route change that stops naming an awaited destination, then names it
+/// again: the next request asks anew (a stale wait would time every later
+/// request out, as the kv_documents e2e test once saw).
+#[tokio::test(start_paused = true)]
+async fn a_destination_dropped_while_awaited_is_asked_for_again_when_routed_again() {
+    let (mut core, table, demand) = on_demand_core(Duration::from_secs(1));
+    core.handle(response(ROUTES, "r1", "1", &two_routes()));
+    let users: Arc<str> = "users".into();
+
+    let first = tokio::spawn({
+        let (demand, users) = (demand.clone(), users.clone());
+        async move { demand.fetch(&users).await.map(|_| ()) }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(demand.take_new(), ["users"]);
+    assert!(!core.demand(vec!["users".into()]).is_empty());
+
+    // Before users arrives, its route moves to users-v2: users is unrouted.
+    let started = tokio::time::Instant::now();
+    core.handle(response(ROUTES, "r2", "2", &[routes("users-v2", None)]));
+    let err = first.await.unwrap().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::DiscoveryTimeout);
+    assert!(err.reason.contains("given up"), "{}", err.reason);
+    assert!(started.elapsed() < Duration::from_secs(1), "failed at once");
+    assert!(demand.pending().is_empty());
+    // The agent's answer to the old subscription arrives late.
+    core.handle(response(CLUSTER, "c1", "3", &[cluster("users")]));
+
+    // The route names users again: a request asks for it anew.
+    core.handle(response(ROUTES, "r3", "4", &two_routes()));
+    let second = tokio::spawn({
+        let (demand, users) = (demand.clone(), users.clone());
+        async move { demand.fetch(&users).await.map(|_| ()) }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(demand.take_new(), ["users"], "asked for again");
+    let out = core.demand(vec!["users".into()]);
+    assert_eq!(
+        names(&out),
+        [
+            (CLUSTER, vec!["users".to_string()]),
+            (CLA, vec!["users".to_string()])
+        ]
+    );
+    core.handle(response(CLUSTER, "c2", "5", &[cluster("users")]));
+    core.handle(response(CLA, "e2", "6", &[cla("users", 8080)]));
+    second.await.unwrap().expect("arrived within the timeout");
+    assert!(table.load().cluster("users").is_some());
+}
+
 // ---- incremental responses (proto/README.md, "Incremental responses")
 
 fn incremental<M: Message>(
