@@ -711,6 +711,15 @@ fn a_tcp_upstream_destination_is_held_from_the_start_whatever_the_routes_name() 
     assert_eq!(status.held[0].reason, "tcp-upstream");
 }
 
+/// A request's wait for `name`, on a task of its own.
+fn spawn_fetch(
+    demand: &Arc<OnDemand>,
+    name: &Arc<str>,
+) -> tokio::task::JoinHandle<Result<(), crate::error::ProxyError>> {
+    let (demand, name) = (demand.clone(), name.clone());
+    tokio::spawn(async move { demand.fetch(&name).await.map(|_| ()) })
+}
+
 /// The request path's wait, with tokio's paused clock.
 #[tokio::test(start_paused = true)]
 async fn a_first_request_waits_for_its_cluster_and_gives_up_after_the_timeout() {
@@ -719,14 +728,8 @@ async fn a_first_request_waits_for_its_cluster_and_gives_up_after_the_timeout() 
     let users: Arc<str> = "users".into();
 
     // Two concurrent first requests: one subscription, one signal.
-    let first = tokio::spawn({
-        let (demand, users) = (demand.clone(), users.clone());
-        async move { demand.fetch(&users).await.map(|_| ()) }
-    });
-    let second = tokio::spawn({
-        let (demand, users) = (demand.clone(), users.clone());
-        async move { demand.fetch(&users).await.map(|_| ()) }
-    });
+    let first = spawn_fetch(&demand, &users);
+    let second = spawn_fetch(&demand, &users);
     tokio::task::yield_now().await;
     tokio::time::advance(Duration::from_millis(100)).await;
     assert_eq!(demand.take_new(), ["users"], "asked once for both");
@@ -764,10 +767,7 @@ async fn a_destination_dropped_while_awaited_is_asked_for_again_when_routed_agai
     core.handle(response(ROUTES, "r1", "1", &two_routes()));
     let users: Arc<str> = "users".into();
 
-    let first = tokio::spawn({
-        let (demand, users) = (demand.clone(), users.clone());
-        async move { demand.fetch(&users).await.map(|_| ()) }
-    });
+    let first = spawn_fetch(&demand, &users);
     tokio::task::yield_now().await;
     assert_eq!(demand.take_new(), ["users"]);
     assert!(!core.demand(vec!["users".into()]).is_empty());
@@ -785,10 +785,7 @@ async fn a_destination_dropped_while_awaited_is_asked_for_again_when_routed_agai
 
     // The route names users again: a request asks for it anew.
     core.handle(response(ROUTES, "r3", "4", &two_routes()));
-    let second = tokio::spawn({
-        let (demand, users) = (demand.clone(), users.clone());
-        async move { demand.fetch(&users).await.map(|_| ()) }
-    });
+    let second = spawn_fetch(&demand, &users);
     tokio::task::yield_now().await;
     assert_eq!(demand.take_new(), ["users"], "asked for again");
     let out = core.demand(vec!["users".into()]);
