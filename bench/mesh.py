@@ -168,7 +168,7 @@ def main():
     ap.add_argument("--resilience", action="store_true",
                     help="also measure the plaintext mesh with breaker, retries and a local rate limit on")
     ap.add_argument("--tracing", action="store_true",
-                    help="also measure plaintext pairs with tracing on at 100 % and 1 % sampling")
+                    help="also measure plaintext pairs with tracing on at 100 %% and 1 %% sampling")
     ap.add_argument("--targets", default="",
                     help="comma-separated targets besides direct (default: all), e.g. mesh,mesh-resilience")
     ap.add_argument("--out", default=tempfile.mkdtemp(prefix="weft-mesh-bench."))

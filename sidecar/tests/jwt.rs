@@ -483,6 +483,10 @@ async fn malformed_tokens_are_rejected() {
         unsigned.clone(),                                     // 2 parts
         format!("{unsigned}.sig.extra"),                      // 4 parts
         format!("!!!.{payload}.c2ln"),                        // header not base64url
+        format!("{unsigned}!!!.c2ln"),                        // payload not base64url
+        format!("{unsigned}.c2ln*"),                          // signature not base64url
+        format!("{unsigned}.c2ln="),                          // padding is not base64url
+        format!("{unsigned}.c"),                              // an impossible length
         format!("{}.{payload}.c2ln", b64(b"not json")),       // header not JSON
         format!("{}.{payload}.c2ln", b64(br#"{"kid":"x"}"#)), // no alg
         "x".repeat(20_000),                                   // absurdly long
@@ -827,6 +831,25 @@ async fn an_invalid_token_gets_401_naming_the_reason() {
     let r = sc.get_with_token("/api", "a.b").await;
     assert_eq!(r.header("x-weft-error"), "jwt-malformed");
     assert_eq!(sc.app_calls(), 0);
+}
+
+/// A token without `exp` would be valid forever: it is never accepted,
+/// whatever the policy says (Envoy accepts one unless told otherwise;
+/// Weft has no switch to allow it). docs/SECURITY.md says so.
+#[tokio::test]
+async fn a_token_without_exp_is_never_accepted() {
+    let key = SigningKey::es256("ec-1");
+    let sc = Inbound::enforcing(trusting(&[&key], vec![])).await;
+    let forever = key.token_with(json!({ "exp": null }));
+    let r = sc.get_with_token("/api", &forever).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.header("x-weft-error"), "jwt-claim-mismatch");
+    assert!(r.body.contains("`exp`"), "{}", r.body);
+    assert_eq!(sc.app_calls(), 0);
+    // The same token with an `exp` is accepted.
+    let r = sc.get_with_token("/api", &key.token()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(sc.app_calls(), 1);
 }
 
 #[tokio::test]

@@ -478,6 +478,157 @@ fn two_sidecars_of_one_service_share_one_global_limit_in_redis() {
     });
 }
 
+/// A refused request is not counted in a global window (only allowed ones
+/// are): a client that keeps sending at 10 times the limit still gets
+/// about the limit through in every window, instead of locking itself out
+/// for as long as it keeps trying.
+#[test]
+fn refused_requests_do_not_count_in_a_global_window() {
+    run(|ctx| async move {
+        let redis = Redis::start(&ctx.log_dir).await?;
+        let mesh = Mesh::start(&ctx).await?;
+        let users = mesh.meshed_instance("users", "users-1").await?;
+        let client = mesh.client().await?;
+        let outbound = client.sidecar.outbound;
+        wait_for_instances(&mesh.http, outbound, Call::get("users", "/"), &["users-1"]).await?;
+        mesh.put_document(
+            "policies/users",
+            &json!({ "rate_limits": {
+                "redis": { "url": redis.url(), "on_unavailable": "fail_closed" },
+                "limits": [ { "name": "per-key", "key": "header", "header": "x-api-key",
+                              "global": { "requests": LIMIT, "window": "1s" } } ] } }),
+        )
+        .await?;
+        until_limited(&mesh.http, outbound, "users", &[("x-api-key", "probe")]).await?;
+
+        let before = users.app.requests_seen(&mesh.http).await?;
+        let sent = offer(
+            &mesh.http,
+            outbound,
+            "users",
+            vec![("x-api-key", "key-A".into())],
+            10 * LIMIT,
+            Duration::from_millis(3_500),
+        )
+        .await;
+        ensure!(failures(&sent).is_empty(), "{:?}", failures(&sent));
+        let allowed = count(&sent, StatusCode::OK);
+        ctx.record(
+            "global limit 10/s, offered 100/s for 3.5 s",
+            &format!("{allowed} of {} allowed", sent.len()),
+        );
+        // 3.5 s touch 4 or 5 one-second windows. Counting refusals, the
+        // first window's 90-odd refusals would weigh on the next and the
+        // client would get little more than the first 10.
+        ensure!(
+            (22..=46).contains(&allowed),
+            "{allowed} of {} allowed at 10/s over 3.5 s",
+            sent.len()
+        );
+        let seen = users.app.requests_seen(&mesh.http).await? - before;
+        ensure!(
+            seen == allowed as u64,
+            "the app saw {seen}, {allowed} were allowed"
+        );
+        // Redis holds the count of allowed requests only (the windows still
+        // alive: the current one and the one before).
+        let mut conn = redis.direct().await?;
+        let mut counted = 0;
+        for key in conn.keys("weft:rl:*key-A*").await? {
+            let value = conn
+                .bulk(&[b"GET", key.as_bytes()])
+                .await?
+                .unwrap_or_default();
+            counted += String::from_utf8_lossy(&value).parse::<u32>().unwrap_or(0);
+        }
+        ensure!(
+            counted <= 2 * LIMIT + 1,
+            "Redis counts {counted} requests in two windows of a limit of {LIMIT}"
+        );
+        Ok(())
+    });
+
+    const LIMIT: u32 = 10;
+}
+
+/// An outbound limit's Redis key is named by the destination, not by the
+/// calling service: a `whole` limit in `destinations/users` is one budget
+/// for every service that calls users, shared by all their sidecars.
+#[test]
+fn a_whole_destination_limit_is_one_budget_shared_by_every_calling_service() {
+    run(|ctx| async move {
+        let redis = Redis::start(&ctx.log_dir).await?;
+        let mesh = Mesh::start(&ctx).await?;
+        let users = mesh.meshed_instance("users", "users-1").await?;
+        let mut callers = Vec::new();
+        for service in ["web", "admin"] {
+            let caller = mesh
+                .meshed_instance(service, &format!("{service}-1"))
+                .await?;
+            let outbound = caller.sidecar.outbound;
+            wait_for_instances(&mesh.http, outbound, Call::get("users", "/"), &["users-1"]).await?;
+            callers.push(caller);
+        }
+        mesh.put_document(
+            "destinations/users",
+            &json!({ "rate_limits": {
+                "redis": { "url": redis.url(), "on_unavailable": "fail_closed" },
+                "limits": [ { "name": "all-callers", "key": "whole",
+                              "global": { "requests": 20, "window": "1m" } } ] } }),
+        )
+        .await?;
+        for caller in &callers {
+            eventually(SETUP_TIMEOUT, "each caller holds the limit", || async {
+                let dump = caller.sidecar.config_dump().await?.to_string();
+                ensure!(dump.contains("all-callers"), "not in /config_dump yet");
+                Ok(())
+            })
+            .await?;
+        }
+
+        let before = users.app.requests_seen(&mesh.http).await?;
+        let mut allowed = [0u32; 2];
+        for _ in 0..25 {
+            for (i, caller) in callers.iter().enumerate() {
+                let reply = mesh
+                    .http
+                    .call(caller.sidecar.outbound, Call::get("users", "/"))
+                    .await?;
+                match reply.status {
+                    StatusCode::OK => allowed[i] += 1,
+                    StatusCode::TOO_MANY_REQUESTS => {}
+                    other => bail!("{}: {other} {}", caller.sidecar.service, reply.text()),
+                }
+            }
+        }
+        let total = allowed[0] + allowed[1];
+        ctx.record(
+            "whole limit 20/min, web and admin 25 calls each",
+            &format!("web {} + admin {} allowed", allowed[0], allowed[1]),
+        );
+        ensure!(
+            (20..=21).contains(&total) && allowed.iter().all(|n| *n > 0),
+            "web {} + admin {} allowed by one limit of 20",
+            allowed[0],
+            allowed[1]
+        );
+        let seen = users.app.requests_seen(&mesh.http).await? - before;
+        ensure!(
+            seen == u64::from(total),
+            "the app saw {seen}, {total} were allowed"
+        );
+        let keys = redis.direct().await?.keys("weft:rl:*").await?;
+        ensure!(
+            !keys.is_empty()
+                && keys
+                    .iter()
+                    .all(|key| key.starts_with("weft:rl:{out:users:all-callers:}:")),
+            "the window's keys name the destination and the limit only: {keys:?}"
+        );
+        Ok(())
+    });
+}
+
 #[test]
 fn with_redis_stopped_fail_open_lets_traffic_through_fail_closed_refuses_and_both_recover() {
     run(|ctx| async move {

@@ -474,7 +474,7 @@ fn status(admin: &str) -> anyhow::Result<ExitCode> {
     let body = runtime.block_on(get_status(admin))?;
     let status: Status = serde_json::from_slice(&body)
         .with_context(|| format!("{admin}/status did not answer with the expected JSON (is it a weft-discovery admin port?)"))?;
-    print!("{}", render_status(&status));
+    print!("{}", render_status(&status, unix_now()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -526,7 +526,7 @@ fn type_columns(status: &Status) -> Vec<String> {
     columns
 }
 
-fn render_status(status: &Status) -> String {
+fn render_status(status: &Status, now_unix: u64) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "agent: {}   backend: {}   started: {}\n",
@@ -540,7 +540,7 @@ fn render_status(status: &Status) -> String {
         } else {
             &status.backend
         },
-        status.started_at_unix
+        wall_clock(status.started_at_unix, now_unix)
     ));
     if !status.counters.is_empty() {
         let counters: Vec<String> = status
@@ -593,7 +593,9 @@ fn render_status(status: &Status) -> String {
                             nack.at_unix,
                             format!(
                                 "{column} {}: {} (at {})",
-                                nack.version, nack.message, nack.at_unix
+                                nack.version,
+                                nack.message,
+                                wall_clock(nack.at_unix, now_unix)
                             ),
                         ));
                     }
@@ -656,7 +658,30 @@ fn render_status(status: &Status) -> String {
     out
 }
 
-/// The acked version; `acked->sent` while a newer version awaits its ACK.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A moment for people: UTC date and time, and how long ago
+/// (`2023-11-14T22:13:20Z (2h 5m ago)`); `-` when the agent did not say.
+fn wall_clock(unix: u64, now_unix: u64) -> String {
+    if unix == 0 {
+        return "-".into();
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    let ago = now_unix.saturating_sub(unix);
+    let (d, h, m, s) = (ago / 86_400, ago / 3_600 % 24, ago / 60 % 60, ago % 60);
+    let ago = match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    };
+    format!("{} ({ago} ago)", humantime::format_rfc3339_seconds(at))
+}
+
 /// A duration for people: milliseconds below 10 s.
 fn seconds(value: f64) -> String {
     if value < 10.0 {
@@ -666,6 +691,7 @@ fn seconds(value: f64) -> String {
     }
 }
 
+/// The acked version; `acked->sent` while a newer version awaits its ACK.
 fn version_cell(state: &TypeStatus) -> String {
     match (&state.acked_version, &state.sent_version) {
         (Some(acked), Some(sent)) if acked != sent => format!("{acked}->{sent}"),
@@ -750,7 +776,7 @@ mod tests {
             "counters": { "documents_rejected_total": 1 },
             "convergence": { "count": 12, "p50_seconds": 0.0234, "p99_seconds": 1.5 } }))
         .unwrap();
-        let text = render_status(&status);
+        let text = render_status(&status, 1_700_007_384);
         assert!(
             text.contains(
                 "convergence (change -> last ACK): p50 23.4 ms  p99 1500.0 ms  (12 changes)"
@@ -758,7 +784,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.starts_with("agent: ready   backend: consul http://127.0.0.1:8500"),
+            text.starts_with(
+                "agent: ready   backend: consul http://127.0.0.1:8500   started: 2023-11-14T22:13:20Z (2h 3m ago)\n"
+            ),
             "{text}"
         );
         assert!(text.contains("documents_rejected_total=1"), "{text}");
@@ -777,7 +805,9 @@ mod tests {
         );
         assert!(sidecar.contains("1: users"), "clusters held: {sidecar}");
         assert!(
-            sidecar.ends_with("Cluster cd34: cluster users: bad timeout (at 1700000002)"),
+            sidecar.ends_with(
+                "Cluster cd34: cluster users: bad timeout (at 2023-11-14T22:13:22Z (2h 3m ago))"
+            ),
             "{sidecar}"
         );
         assert!(
@@ -818,7 +848,7 @@ mod tests {
 
     #[test]
     fn an_empty_status_still_prints() {
-        let text = render_status(&Status::default());
+        let text = render_status(&Status::default(), 1_700_000_000);
         assert!(text.contains("NOT READY"));
         assert!(text.contains("(no sidecar connected)"));
         assert!(text.contains("REJECTED DOCUMENTS (0)\n(none)"));

@@ -102,16 +102,41 @@ pub(crate) fn segments(token: &str) -> Result<(&str, &str), AuthnError> {
         ));
     }
     let mut parts = token.split('.');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(p), Some(_), None) => Ok((h, p)),
-        _ => Err(AuthnError::new(
-            AuthnErrorKind::Malformed,
-            format!(
-                "a JWT has 3 dot-separated parts, this one has {}",
-                token.split('.').count()
-            ),
-        )),
+    let (header, payload, signature) =
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(h), Some(p), Some(s), None) => (h, p, s),
+            _ => {
+                return Err(AuthnError::new(
+                    AuthnErrorKind::Malformed,
+                    format!(
+                        "a JWT has 3 dot-separated parts, this one has {}",
+                        token.split('.').count()
+                    ),
+                ));
+            }
+        };
+    // Checked before any verification: a payload or signature that is not
+    // base64url would otherwise fail as a signature that does not verify
+    // (jwt-bad-signature), hiding a client's encoding bug behind what looks
+    // like a forgery.
+    for (segment, what) in [(payload, "payload"), (signature, "signature")] {
+        if !is_base64url(segment) {
+            return Err(AuthnError::new(
+                AuthnErrorKind::Malformed,
+                format!("the {what} is not base64url (RFC 7515: unpadded, `A-Z a-z 0-9 - _`)"),
+            ));
+        }
     }
+    Ok((header, payload))
+}
+
+/// Whether `segment` can be unpadded base64url: its alphabet, and a length
+/// that is not 1 more than a multiple of 4 (no whole byte fits 6 bits).
+fn is_base64url(segment: &str) -> bool {
+    segment.len() % 4 != 1
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn decode_segment(segment: &str, what: &str) -> Result<Vec<u8>, AuthnError> {

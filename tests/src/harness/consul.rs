@@ -90,6 +90,9 @@ pub struct Consul {
     /// harness makes.
     master_token: Option<String>,
     paused: bool,
+    /// The command line, for [`Consul::start_again`].
+    args: Vec<String>,
+    log_dir: PathBuf,
 }
 
 impl Consul {
@@ -166,6 +169,8 @@ impl Consul {
             client,
             master_token: master_token.map(str::to_owned),
             paused: false,
+            args,
+            log_dir: log_dir.to_owned(),
         };
         consul.wait_for_leader().await?;
         Ok(consul)
@@ -483,6 +488,17 @@ impl Consul {
     /// and every open blocking query breaks. Its dev-mode state is gone.
     pub fn stop(&mut self) {
         self.process.kill();
+    }
+
+    /// Starts Consul again after [`Consul::stop`], on the same ports with
+    /// the same flags, and waits for its leader: as after a crash, with the
+    /// dev-mode state (catalog, KV) empty. Its log is `consul-again.log`.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        self.process =
+            Process::spawn("consul-again", &consul_binary()?, &self.args, &self.log_dir)?;
+        self.paused = false;
+        self.wait_for_leader().await
     }
 
     pub fn log_path(&self) -> &Path {

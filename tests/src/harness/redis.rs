@@ -195,6 +195,25 @@ impl RespConn {
         }
     }
 
+    /// The keys matching `pattern` (`KEYS`: for tests, never production),
+    /// sorted.
+    pub async fn keys(&mut self, pattern: &str) -> anyhow::Result<Vec<String>> {
+        match self.command(&[b"KEYS", pattern.as_bytes()]).await? {
+            Reply::Array(items) => {
+                let mut keys = items
+                    .into_iter()
+                    .map(|item| match item {
+                        Reply::Bulk(Some(key)) => Ok(String::from_utf8_lossy(&key).into_owned()),
+                        other => bail!("KEYS {pattern}: an item {other:?}"),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                keys.sort();
+                Ok(keys)
+            }
+            other => bail!("KEYS {pattern}: expected an array, got {other:?}"),
+        }
+    }
+
     /// One `field:value` of `INFO <section>`.
     pub async fn info(&mut self, section: &str, field: &str) -> anyhow::Result<String> {
         let text = self

@@ -53,6 +53,19 @@ impl Sidecar {
         spec: SidecarSpec,
         launcher: &[String],
     ) -> anyhow::Result<Self> {
+        let mut sidecar = Self::spawn_under(log_dir, spec, launcher)?;
+        let url = format!("http://{}/ready", sidecar.admin);
+        wait_for_200(&mut sidecar.process, &sidecar.http, &url, READY_TIMEOUT).await?;
+        Ok(sidecar)
+    }
+
+    /// Starts a sidecar without waiting for it to be ready (say, to watch
+    /// it try to reach an agent that is not there).
+    pub fn spawn_under(
+        log_dir: &Path,
+        spec: SidecarSpec,
+        launcher: &[String],
+    ) -> anyhow::Result<Self> {
         let inbound = loopback(match spec.inbound_port {
             Some(port) => port,
             None => free_port()?,
@@ -96,7 +109,7 @@ impl Sidecar {
             &[("RUST_LOG", "info,weft_sidecar=debug"), ("NO_COLOR", "1")],
             log_dir,
         )?;
-        let mut sidecar = Self {
+        Ok(Self {
             process,
             service: spec.service,
             instance: spec.instance,
@@ -104,10 +117,7 @@ impl Sidecar {
             outbound,
             admin,
             http: HttpClient::new(),
-        };
-        let url = format!("http://{}/ready", sidecar.admin);
-        wait_for_200(&mut sidecar.process, &sidecar.http, &url, READY_TIMEOUT).await?;
-        Ok(sidecar)
+        })
     }
 
     /// `/config_dump` as JSON.
