@@ -1,0 +1,581 @@
+//! HTTP conformance on every listener (RFC 9112, RFC 9113): each request a
+//! server must refuse is sent as raw bytes (HTTP/1) or hand-made frames
+//! (HTTP/2) to the outbound listener (the app's, plaintext) and to the
+//! inbound one (a peer's, with a real mTLS handshake and a CA-issued
+//! leaf). Each case asserts what the caller gets and that the app saw
+//! nothing. `docs/CONFORMANCE.md` lists every rule with its case here.
+
+use anyhow::{Context as _, ensure};
+use tokio::io::AsyncWriteExt;
+use weft_e2e::harness::http::HttpClient;
+use weft_e2e::harness::mesh::mtls_users_and_client;
+use weft_e2e::harness::raw::{self, RawTarget};
+use weft_e2e::harness::{app::App, h2_frames as h2};
+use weft_e2e::run;
+
+/// What a listener must do with an HTTP/1 request.
+#[derive(Clone, Copy, Debug)]
+enum H1 {
+    /// Answered with this status by the sidecar (`x-weft-error` names the
+    /// refusal) or by hyper's parser (no `x-weft-error`); the connection
+    /// closes; the app sees nothing.
+    Refused {
+        status: u16,
+        weft_error: Option<&'static str>,
+    },
+    /// Served: 200, the app sees it once (the control case).
+    Served,
+    /// Content-Length beside Transfer-Encoding: served by the chunked
+    /// framing alone, the Content-Length dropped and the connection closed
+    /// after the answer (RFC 9112 §6.3 lets a server do that instead of
+    /// refusing; hyper does it before any layer sees the request). Whatever
+    /// was smuggled behind or inside the body never reaches the app as a
+    /// request of its own.
+    ChunkedOnly,
+    /// A body that breaks its framing mid-way: the head was already on its
+    /// way (the sidecar streams bodies), so the app may see a request whose
+    /// body fails, but never a complete one; the caller gets an error, and
+    /// nothing after it on the connection is read.
+    BodyAborted,
+}
+
+const PARSER_400: H1 = H1::Refused {
+    status: 400,
+    weft_error: None,
+};
+const MALFORMED: H1 = H1::Refused {
+    status: 400,
+    weft_error: Some("malformed-request"),
+};
+const UNKNOWN_CODING: H1 = H1::Refused {
+    status: 501,
+    weft_error: Some("unsupported"),
+};
+
+/// Every HTTP/1 case: name, bytes, expectation. `Host: users` routes on
+/// the outbound listener; the inbound one serves its app whatever the Host.
+const H1_CASES: &[(&str, &str, H1)] = &[
+    (
+        "a well-formed request (control)",
+        "GET / HTTP/1.1\r\nHost: users\r\nConnection: close\r\n\r\n",
+        H1::Served,
+    ),
+    (
+        "two Host lines (RFC 9112 §3.2)",
+        "GET / HTTP/1.1\r\nHost: users\r\nHost: users\r\n\r\n",
+        MALFORMED,
+    ),
+    (
+        "two different Host lines",
+        "GET / HTTP/1.1\r\nHost: users\r\nHost: admin\r\n\r\n",
+        MALFORMED,
+    ),
+    (
+        "no Host in HTTP/1.1",
+        "GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
+        MALFORMED,
+    ),
+    (
+        "a Host with a space",
+        "GET / HTTP/1.1\r\nHost: us ers\r\n\r\n",
+        MALFORMED,
+    ),
+    (
+        "a Host with userinfo",
+        "GET / HTTP/1.1\r\nHost: evil@users\r\n\r\n",
+        MALFORMED,
+    ),
+    (
+        "a Host with a path",
+        "GET / HTTP/1.1\r\nHost: users/admin\r\n\r\n",
+        MALFORMED,
+    ),
+    (
+        "a Host with a bad port",
+        "GET / HTTP/1.1\r\nHost: users:http\r\n\r\n",
+        MALFORMED,
+    ),
+    (
+        "an empty Host with an absolute-form target",
+        "GET http://users/ HTTP/1.1\r\nHost:\r\n\r\n",
+        MALFORMED,
+    ),
+    (
+        "an absolute-form target whose authority differs from Host (RFC 9112 §3.2.2)",
+        "GET http://admin/ HTTP/1.1\r\nHost: users\r\n\r\n",
+        MALFORMED,
+    ),
+    (
+        "obs-fold (RFC 9112 §5.2)",
+        "GET / HTTP/1.1\r\nHost: users\r\nX-A: one\r\n two\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "whitespace between field name and colon (RFC 9112 §5.1)",
+        "GET / HTTP/1.1\r\nHost: users\r\nX-A : one\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "an invalid character in a field name",
+        "GET / HTTP/1.1\r\nHost: users\r\nX(A): one\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "NUL in a field value (RFC 9110 §5.5)",
+        "GET / HTTP/1.1\r\nHost: users\r\nX-A: a\0b\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "a bare CR in a field value",
+        "GET / HTTP/1.1\r\nHost: users\r\nX-A: a\rb\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "a bare LF splitting a field line",
+        "GET / HTTP/1.1\r\nHost: users\r\nX-A: a\nb\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "two spaces in the request line (RFC 9112 §3)",
+        "GET  / HTTP/1.1\r\nHost: users\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "an unknown HTTP version",
+        "GET / HTTP/1.2\r\nHost: users\r\n\r\n",
+        PARSER_400,
+    ),
+    ("an HTTP/0.9 request line", "GET /\r\n\r\n", PARSER_400),
+    (
+        "a Content-Length that is not a number (RFC 9112 §6.3)",
+        "POST / HTTP/1.1\r\nHost: users\r\nContent-Length: abc\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "a negative Content-Length",
+        "POST / HTTP/1.1\r\nHost: users\r\nContent-Length: -1\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "a Content-Length list of different values",
+        "POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 1, 2\r\n\r\nab",
+        PARSER_400,
+    ),
+    (
+        "two Content-Length lines with different values",
+        "POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        PARSER_400,
+    ),
+    (
+        "a Transfer-Encoding whose final coding is not chunked (RFC 9112 §6.3)",
+        "POST / HTTP/1.1\r\nHost: users\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "Transfer-Encoding: xchunked",
+        "POST / HTTP/1.1\r\nHost: users\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "an unknown transfer coding before chunked (RFC 9112 §6.1: 501)",
+        "POST / HTTP/1.1\r\nHost: users\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        UNKNOWN_CODING,
+    ),
+    (
+        "two Transfer-Encoding lines: chunked applied twice",
+        "POST / HTTP/1.1\r\nHost: users\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        MALFORMED,
+    ),
+    (
+        "two Transfer-Encoding lines, the last not chunked",
+        "POST / HTTP/1.1\r\nHost: users\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "Transfer-Encoding in HTTP/1.0",
+        "POST / HTTP/1.0\r\nHost: users\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "an invalid chunk size",
+        "POST / HTTP/1.1\r\nHost: users\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: users\r\n\r\n",
+        H1::BodyAborted,
+    ),
+    (
+        "CL.TE smuggling: Content-Length and chunked, a request behind the last chunk",
+        "POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: users\r\n\r\n",
+        H1::ChunkedOnly,
+    ),
+    (
+        "TE.CL smuggling: a request inside the chunk a Content-Length reader would skip",
+        "POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n27\r\nGET /smuggled HTTP/1.1\r\nHost: users\r\n\r\n\r\n0\r\n\r\n",
+        H1::ChunkedOnly,
+    ),
+    (
+        "TE obfuscated with a leading space, with Content-Length",
+        "POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 4\r\nTransfer-Encoding:  chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: users\r\n\r\n",
+        H1::ChunkedOnly,
+    ),
+    (
+        "TE obfuscated as xchunked, with Content-Length",
+        "POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 4\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: users\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "TE as chunked, identity with Content-Length",
+        "POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 4\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: users\r\n\r\n",
+        PARSER_400,
+    ),
+    (
+        "a Transfer-Encoding name with whitespace before the colon",
+        "POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 4\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        PARSER_400,
+    ),
+];
+
+/// Sends every HTTP/1 case to `target` and checks each: the answer, the
+/// closed connection, and what the app saw.
+async fn check_http1_cases(target: &RawTarget, app: &App, http: &HttpClient) -> anyhow::Result<()> {
+    for (name, bytes, expect) in H1_CASES {
+        let case = format!("{name}, on the {} listener", target.name);
+        let before = app.requests_seen(http).await?;
+        let exchange = target
+            .exchange(bytes.as_bytes())
+            .await
+            .with_context(|| case.clone())?;
+        let responses = exchange
+            .responses()
+            .with_context(|| format!("{case}: reading the answer"))?;
+        let seen = app.requests_seen(http).await? - before;
+        let first = responses
+            .first()
+            .with_context(|| format!("{case}: no answer ({exchange:?})"))?;
+        match *expect {
+            H1::Refused { status, weft_error } => {
+                ensure!(
+                    first.status == status && first.header("x-weft-error") == weft_error,
+                    "{case}: expected {status} with x-weft-error {weft_error:?}, got {} {:?}: {}",
+                    first.status,
+                    first.header("x-weft-error"),
+                    String::from_utf8_lossy(&first.body)
+                );
+                ensure!(seen == 0, "{case}: the app saw {seen} request(s)");
+                ensure!(
+                    exchange.closed && responses.len() == 1,
+                    "{case}: the connection stayed open or answered again: {responses:?}"
+                );
+            }
+            H1::Served | H1::ChunkedOnly => {
+                ensure!(
+                    first.status == 200 && seen == 1 && responses.len() == 1 && exchange.closed,
+                    "{case}: the app saw {seen} request(s), the caller got {responses:?} (closed: {})",
+                    exchange.closed
+                );
+                ensure!(
+                    matches!(expect, H1::Served) || first.header("connection") == Some("close"),
+                    "{case}: the connection was not closed after the answer: {first:?}"
+                );
+            }
+            H1::BodyAborted => {
+                ensure!(
+                    first.status >= 400 && seen <= 1 && responses.len() == 1 && exchange.closed,
+                    "{case}: the app saw {seen} request(s), the caller got {responses:?} (closed: {})",
+                    exchange.closed
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The mesh of these tests: `users` (meshed, mTLS inbound) called by
+/// `client`; the client's outbound listener, and users' inbound listener
+/// reached with a leaf the mesh CA issued to `client`, offering `alpn`.
+struct Listeners {
+    mesh: weft_e2e::Mesh,
+    users: weft_e2e::MeshedInstance,
+    _client: weft_e2e::MeshedInstance,
+    both: [RawTarget; 2],
+}
+
+async fn listeners(ctx: &weft_e2e::TestCtx, alpn: &'static [u8]) -> anyhow::Result<Listeners> {
+    let (ca, mesh, users, client) = mtls_users_and_client(ctx, "24h").await?;
+    let outbound = RawTarget::plain("outbound", client.sidecar.outbound);
+    let inbound = RawTarget::mtls(
+        "inbound mTLS",
+        users.sidecar.inbound,
+        ca.connector("client", "users", &[alpn])?,
+    );
+    Ok(Listeners {
+        mesh,
+        users,
+        _client: client,
+        both: [outbound, inbound],
+    })
+}
+
+use h2::Outcome;
+
+/// h2's refusal of a malformed request: RST_STREAM(PROTOCOL_ERROR).
+const RESET: Outcome = Outcome::Reset(h2::PROTOCOL_ERROR);
+/// h2's refusal of a field it cannot even decode into a header map (an
+/// uppercase or unknown name, a value with CR, LF or NUL): the whole
+/// connection, GOAWAY(PROTOCOL_ERROR), a stricter answer than RFC 9113
+/// §8.1.1's stream error.
+const GOAWAY: Outcome = Outcome::GoAway(h2::PROTOCOL_ERROR);
+/// The conformance layer's: 400 with `x-weft-error: malformed-request`.
+const H2_MALFORMED: Outcome = Outcome::Response(400);
+
+type Fields = &'static [(&'static [u8], &'static [u8])];
+
+const GET: (&[u8], &[u8]) = (b":method", b"GET");
+const POST: (&[u8], &[u8]) = (b":method", b"POST");
+const HTTP: (&[u8], &[u8]) = (b":scheme", b"http");
+const ROOT: (&[u8], &[u8]) = (b":path", b"/");
+const USERS: (&[u8], &[u8]) = (b":authority", b"users");
+
+/// Every HTTP/2 request case: name, fields of the HEADERS frame (in
+/// order, as HPACK literals), a DATA frame if any (the HEADERS frame then
+/// leaves the stream open), and the server's answer about stream 1; unless
+/// it is the control's 200, the app sees nothing.
+const H2_CASES: &[(&str, Fields, Option<&[u8]>, Outcome)] = &[
+    (
+        "a well-formed request (control)",
+        &[GET, HTTP, ROOT, USERS],
+        None,
+        Outcome::Response(200),
+    ),
+    (
+        "an uppercase field name (RFC 9113 §8.2.1)",
+        &[GET, HTTP, ROOT, USERS, (b"X-Upper", b"a")],
+        None,
+        GOAWAY,
+    ),
+    (
+        "connection (RFC 9113 §8.2.2)",
+        &[GET, HTTP, ROOT, USERS, (b"connection", b"keep-alive")],
+        None,
+        RESET,
+    ),
+    (
+        "keep-alive",
+        &[GET, HTTP, ROOT, USERS, (b"keep-alive", b"timeout=5")],
+        None,
+        RESET,
+    ),
+    (
+        "proxy-connection",
+        &[GET, HTTP, ROOT, USERS, (b"proxy-connection", b"keep-alive")],
+        None,
+        RESET,
+    ),
+    (
+        "transfer-encoding",
+        &[GET, HTTP, ROOT, USERS, (b"transfer-encoding", b"chunked")],
+        None,
+        RESET,
+    ),
+    (
+        "upgrade",
+        &[GET, HTTP, ROOT, USERS, (b"upgrade", b"websocket")],
+        None,
+        RESET,
+    ),
+    (
+        "te other than trailers",
+        &[GET, HTTP, ROOT, USERS, (b"te", b"gzip")],
+        None,
+        RESET,
+    ),
+    (
+        "a pseudo-header after a regular field (RFC 9113 §8.3)",
+        &[GET, HTTP, (b"x-a", b"1"), ROOT, USERS],
+        None,
+        RESET,
+    ),
+    (
+        "an unknown pseudo-header",
+        &[GET, HTTP, ROOT, USERS, (b":foo", b"bar")],
+        None,
+        GOAWAY,
+    ),
+    (
+        "a duplicated pseudo-header",
+        &[GET, HTTP, ROOT, ROOT, USERS],
+        None,
+        RESET,
+    ),
+    (
+        "a response pseudo-header in a request",
+        &[GET, HTTP, ROOT, USERS, (b":status", b"200")],
+        None,
+        RESET,
+    ),
+    ("no :method", &[HTTP, ROOT, USERS], None, RESET),
+    ("no :scheme", &[GET, ROOT, USERS], None, RESET),
+    ("no :path", &[GET, HTTP, USERS], None, RESET),
+    (
+        "an empty :path",
+        &[GET, HTTP, (b":path", b""), USERS],
+        None,
+        RESET,
+    ),
+    (
+        "a content-length above the DATA sent (RFC 9113 §8.1.1)",
+        &[POST, HTTP, ROOT, USERS, (b"content-length", b"10")],
+        Some(b"abc"),
+        RESET,
+    ),
+    (
+        "a content-length below the DATA sent",
+        &[POST, HTTP, ROOT, USERS, (b"content-length", b"1")],
+        Some(b"abc"),
+        RESET,
+    ),
+    (
+        "CR/LF in a field value (RFC 9113 §8.2.1)",
+        &[GET, HTTP, ROOT, USERS, (b"x-a", b"a\r\nx-b: b")],
+        None,
+        GOAWAY,
+    ),
+    (
+        "NUL in a field value",
+        &[GET, HTTP, ROOT, USERS, (b"x-a", b"a\0b")],
+        None,
+        GOAWAY,
+    ),
+    (
+        "a field value with leading whitespace",
+        &[GET, HTTP, ROOT, USERS, (b"x-a", b" a")],
+        None,
+        H2_MALFORMED,
+    ),
+    (
+        "a field value with trailing whitespace",
+        &[GET, HTTP, ROOT, USERS, (b"x-a", b"a\t")],
+        None,
+        H2_MALFORMED,
+    ),
+    (
+        ":authority disagreeing with host (RFC 9113 §8.3.1)",
+        &[GET, HTTP, ROOT, USERS, (b"host", b"admin")],
+        None,
+        H2_MALFORMED,
+    ),
+    (
+        "two host fields",
+        &[
+            GET,
+            HTTP,
+            ROOT,
+            USERS,
+            (b"host", b"users"),
+            (b"host", b"users"),
+        ],
+        None,
+        H2_MALFORMED,
+    ),
+];
+
+/// Sends every HTTP/2 request case on its own connection to `target` and
+/// checks the server's answer about stream 1 and what the app saw.
+async fn check_http2_cases(target: &RawTarget, app: &App, http: &HttpClient) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    for (name, fields, body, expected) in H2_CASES {
+        let case = format!("HTTP/2 {name}, on the {} listener", target.name);
+        if let Err(e) = check_http2_case(target, app, http, fields, *body, *expected).await {
+            failures.push(format!("{case}: {e:#}"));
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+async fn check_http2_case(
+    target: &RawTarget,
+    app: &App,
+    http: &HttpClient,
+    fields: Fields,
+    body: Option<&[u8]>,
+    expected: Outcome,
+) -> anyhow::Result<()> {
+    let before = app.requests_seen(http).await?;
+    let mut io = target.connect().await?;
+    let mut bytes = h2::client_start();
+    let block = h2::block(fields);
+    match body {
+        None => bytes.extend(h2::headers(1, h2::END_HEADERS | h2::END_STREAM, &block)),
+        Some(body) => {
+            bytes.extend(h2::headers(1, h2::END_HEADERS, &block));
+            bytes.extend(h2::data(1, h2::END_STREAM, body));
+        }
+    }
+    io.write_all(&bytes).await?;
+    let mut frames = Vec::new();
+    let got = h2::outcome(&mut io, 1, raw::QUIET, &mut frames).await?;
+    let seen = app.requests_seen(http).await? - before;
+    ensure!(
+        got == expected,
+        "expected {expected:?}, got {got:?} (frames: {frames:?})"
+    );
+    let served = expected == Outcome::Response(200);
+    ensure!(seen == u64::from(served), "the app saw {seen} request(s)");
+    Ok(())
+}
+
+/// A list of cases, run against both listeners.
+#[derive(Clone, Copy, Debug)]
+enum Suite {
+    Http1,
+    Http2,
+}
+
+impl Suite {
+    fn alpn(self) -> &'static [u8] {
+        match self {
+            Self::Http1 => b"http/1.1",
+            Self::Http2 => b"h2",
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Self::Http1 => H1_CASES.len(),
+            Self::Http2 => H2_CASES.len(),
+        }
+    }
+
+    async fn check(self, target: &RawTarget, app: &App, http: &HttpClient) -> anyhow::Result<()> {
+        match self {
+            Self::Http1 => check_http1_cases(target, app, http).await,
+            Self::Http2 => check_http2_cases(target, app, http).await,
+        }
+    }
+}
+
+fn on_both_listeners(suite: Suite) {
+    run(|ctx| async move {
+        let l = listeners(&ctx, suite.alpn()).await?;
+        let start = std::time::Instant::now();
+        for target in &l.both {
+            suite.check(target, &l.users.app, &l.mesh.http).await?;
+        }
+        ctx.measured(
+            &format!("{} {suite:?} conformance cases on 2 listeners", suite.len()),
+            start.elapsed(),
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn every_http1_request_a_server_must_refuse_is_refused_on_both_listeners_and_never_reaches_the_app()
+{
+    on_both_listeners(Suite::Http1);
+}
+
+#[test]
+fn every_http2_request_a_server_must_treat_as_malformed_is_refused_on_both_listeners_and_never_reaches_the_app()
+ {
+    on_both_listeners(Suite::Http2);
+}
