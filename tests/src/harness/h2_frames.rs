@@ -223,7 +223,9 @@ pub async fn outcome<I: AsyncRead + AsyncWrite + Unpin>(
         seen.push(frame.clone());
         match frame.kind {
             SETTINGS if frame.flags & ACK == 0 => {
-                io.write_all(&settings_ack()).await?;
+                // A server that already gave up may have closed: what it
+                // sends next (GOAWAY) still tells the outcome.
+                let _ = io.write_all(&settings_ack()).await;
             }
             HEADERS if frame.stream == stream => {
                 return Ok(Outcome::Response(status_of(&frame).unwrap_or(0)));
