@@ -6,9 +6,13 @@
 //! nothing. `docs/CONFORMANCE.md` lists every rule with its case here.
 
 use anyhow::{Context as _, ensure};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use tokio::io::AsyncWriteExt;
 use weft_e2e::harness::http::HttpClient;
+use weft_e2e::harness::identity::MeshCa;
 use weft_e2e::harness::mesh::mtls_users_and_client;
+use weft_e2e::harness::mutate::mutate;
 use weft_e2e::harness::raw::{self, RawTarget};
 use weft_e2e::harness::{app::App, h2_frames as h2};
 use weft_e2e::run;
@@ -299,29 +303,37 @@ async fn check_http1_cases(target: &RawTarget, app: &App, http: &HttpClient) -> 
 }
 
 /// The mesh of these tests: `users` (meshed, mTLS inbound) called by
-/// `client`; the client's outbound listener, and users' inbound listener
-/// reached with a leaf the mesh CA issued to `client`, offering `alpn`.
+/// `client`.
 struct Listeners {
+    ca: MeshCa,
     mesh: weft_e2e::Mesh,
     users: weft_e2e::MeshedInstance,
-    _client: weft_e2e::MeshedInstance,
-    both: [RawTarget; 2],
+    client: weft_e2e::MeshedInstance,
 }
 
-async fn listeners(ctx: &weft_e2e::TestCtx, alpn: &'static [u8]) -> anyhow::Result<Listeners> {
-    let (ca, mesh, users, client) = mtls_users_and_client(ctx, "24h").await?;
-    let outbound = RawTarget::plain("outbound", client.sidecar.outbound);
-    let inbound = RawTarget::mtls(
-        "inbound mTLS",
-        users.sidecar.inbound,
-        ca.connector("client", "users", &[alpn])?,
-    );
-    Ok(Listeners {
-        mesh,
-        users,
-        _client: client,
-        both: [outbound, inbound],
-    })
+impl Listeners {
+    async fn start(ctx: &weft_e2e::TestCtx) -> anyhow::Result<Self> {
+        let (ca, mesh, users, client) = mtls_users_and_client(ctx, "24h").await?;
+        Ok(Self {
+            ca,
+            mesh,
+            users,
+            client,
+        })
+    }
+
+    /// The client's outbound listener, and users' inbound listener reached
+    /// with a leaf the mesh CA issued to `client`, offering `alpn`.
+    fn both(&self, alpn: &[u8]) -> anyhow::Result<[RawTarget; 2]> {
+        Ok([
+            RawTarget::plain("outbound", self.client.sidecar.outbound),
+            RawTarget::mtls(
+                "inbound mTLS",
+                self.users.sidecar.inbound,
+                self.ca.connector("client", "users", &[alpn])?,
+            ),
+        ])
+    }
 }
 
 use h2::Outcome;
@@ -611,9 +623,9 @@ impl Suite {
 
 fn on_both_listeners(suite: Suite) {
     run(|ctx| async move {
-        let l = listeners(&ctx, suite.alpn()).await?;
+        let l = Listeners::start(&ctx).await?;
         let start = std::time::Instant::now();
-        for target in &l.both {
+        for target in &l.both(suite.alpn())? {
             suite.check(target, &l.users.app, &l.mesh.http).await?;
         }
         ctx.measured(
@@ -1049,7 +1061,7 @@ async fn check_h2spec_case(
             }
         },
         Spec::NotHttp2 => {
-            let answer = raw::read_until_quiet(&mut io).await?;
+            let answer = raw::read_until_quiet(&mut io, raw::QUIET).await?;
             ensure!(
                 answer.bytes.is_empty() || answer.bytes.starts_with(b"HTTP/1.1 "),
                 "an answer that is neither HTTP/1 nor nothing: {answer:?}"
@@ -1080,4 +1092,150 @@ async fn check_h2spec_case(
             Ok(())
         }
     }
+}
+
+/// How long the fuzz test mutates inputs on each listener and protocol.
+const FUZZ_TIME: std::time::Duration = std::time::Duration::from_millis(1500);
+/// How long a variant's answer may keep the test waiting.
+const FUZZ_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Tokens the mutator inserts whole into HTTP/1 variants.
+const H1_DICTIONARY: &[&[u8]] = &[
+    b"Host: admin\r\n",
+    b"Content-Length: 5\r\n",
+    b"Content-Length: 0\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b" chunked",
+    b"0\r\n\r\n",
+    b"\r\n",
+    b"\r\n ",
+    b"GET /smuggled HTTP/1.1\r\nHost: users\r\n\r\n",
+    b"Upgrade: websocket\r\nConnection: upgrade\r\n",
+];
+
+/// Sends mutated HTTP/1 cases for [`FUZZ_TIME`]: every answer must be
+/// well-formed HTTP/1, and a refusal never an internal error. Returns how
+/// many variants were sent.
+async fn fuzz_http1(target: &RawTarget, rng: &mut StdRng) -> anyhow::Result<u64> {
+    let deadline = std::time::Instant::now() + FUZZ_TIME;
+    let mut sent = 0;
+    while std::time::Instant::now() < deadline {
+        let (_, seed, _) = H1_CASES[rng.random_range(0..H1_CASES.len())];
+        let variant = mutate(rng, seed.as_bytes(), H1_DICTIONARY);
+        let exchange = target.exchange_within(&variant, FUZZ_QUIET).await?;
+        sent += 1;
+        let describe = || {
+            format!(
+                "{:?} on the {} listener",
+                String::from_utf8_lossy(&variant),
+                target.name
+            )
+        };
+        // An answer cut short by the quiet wait is not a bad answer.
+        let Ok(responses) = exchange.responses() else {
+            ensure!(
+                exchange.bytes.is_empty()
+                    || exchange.bytes.starts_with(b"HTTP/1.1 ")
+                    || !exchange.closed,
+                "a malformed answer to {}: {:?}",
+                describe(),
+                String::from_utf8_lossy(&exchange.bytes)
+            );
+            continue;
+        };
+        for response in responses {
+            ensure!(
+                response.header("x-weft-error") != Some("internal"),
+                "an internal error for {}: {response:?}",
+                describe()
+            );
+        }
+    }
+    Ok(sent)
+}
+
+/// Sends mutated HTTP/2 conversations (the preface, then a mutated case)
+/// for [`FUZZ_TIME`]: whatever comes back must read as frames. Returns
+/// how many variants were sent.
+async fn fuzz_http2(target: &RawTarget, rng: &mut StdRng) -> anyhow::Result<u64> {
+    let mut corpus: Vec<Vec<u8>> = h2spec_cases()
+        .into_iter()
+        .map(|(_, bytes, _)| bytes)
+        .collect();
+    corpus.extend(H2_CASES.iter().map(|(_, fields, _, _)| {
+        h2::headers(1, h2::END_HEADERS | h2::END_STREAM, &h2::block(fields))
+    }));
+    let dictionary: Vec<Vec<u8>> = vec![
+        h2::settings(&[(h2::SETTINGS_INITIAL_WINDOW_SIZE, 0)]),
+        h2::window_update(0, 1),
+        h2::rst_stream(1, 0),
+        h2::ping(0, [0; 8]),
+        h2::data(1, 0, b"abc"),
+        h2::continuation(1, h2::END_HEADERS, &[0x82]),
+    ];
+    let dictionary: Vec<&[u8]> = dictionary.iter().map(Vec::as_slice).collect();
+    let deadline = std::time::Instant::now() + FUZZ_TIME;
+    let mut sent = 0;
+    while std::time::Instant::now() < deadline {
+        let seed = &corpus[rng.random_range(0..corpus.len())];
+        let mut wire = h2::client_start();
+        wire.extend(mutate(rng, seed, &dictionary));
+        let mut io = target.connect().await?;
+        let _ = io.write_all(&wire).await;
+        sent += 1;
+        // Frames until the server closes or goes quiet; a frame cut short
+        // by the close reads as the end.
+        while let Ok(frame) = tokio::time::timeout(FUZZ_QUIET, h2::read_frame(&mut io)).await {
+            if frame?.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(sent)
+}
+
+#[test]
+fn mutated_smuggling_cases_and_h2_frames_crash_no_listener_and_get_well_formed_answers() {
+    run(|ctx| async move {
+        let mut l = Listeners::start(&ctx).await?;
+        // WEFT_FUZZ_SEED replays a run; every run records its seed.
+        let seed: u64 = std::env::var("WEFT_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        ctx.record("fuzz seed (WEFT_FUZZ_SEED)", &seed.to_string());
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut sent = 0;
+        for target in &l.both(b"http/1.1")? {
+            sent += fuzz_http1(target, &mut rng)
+                .await
+                .with_context(|| format!("seed {seed}"))?;
+        }
+        for target in &l.both(b"h2")? {
+            sent += fuzz_http2(target, &mut rng)
+                .await
+                .with_context(|| format!("seed {seed}"))?;
+        }
+        ctx.record("fuzz variants sent in 4 x 1.5 s", &sent.to_string());
+        // Both sidecars still run and still serve a well-formed request.
+        l.users.sidecar.check_running()?;
+        l.client.sidecar.check_running()?;
+        for target in &l.both(b"http/1.1")? {
+            let control = target.exchange(H1_CASES[0].1.as_bytes()).await?;
+            let status = control.responses()?.first().map(|r| r.status);
+            ensure!(
+                status == Some(200),
+                "after fuzzing, the {} listener answered {status:?}",
+                target.name
+            );
+        }
+        for sidecar in [&l.users.sidecar, &l.client.sidecar] {
+            ensure!(
+                !sidecar.log()?.contains("panicked"),
+                "a sidecar panicked (seed {seed})"
+            );
+        }
+        Ok(())
+    });
 }

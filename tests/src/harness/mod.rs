@@ -14,6 +14,7 @@ pub mod http;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
+pub mod mutate;
 pub mod otlp;
 pub mod ports;
 pub mod process;

@@ -67,10 +67,22 @@ impl RawTarget {
     /// Writes `bytes` on a fresh connection and reads until the peer closes
     /// it or stays [`QUIET`].
     pub async fn exchange(&self, bytes: &[u8]) -> anyhow::Result<RawExchange> {
+        self.exchange_within(bytes, QUIET).await
+    }
+
+    /// [`RawTarget::exchange`], giving up on the peer after `quiet` with
+    /// nothing read (fuzzing: a variant may leave a body half sent). The
+    /// peer may close before it has read everything: what it said before
+    /// that is still read.
+    pub async fn exchange_within(
+        &self,
+        bytes: &[u8],
+        quiet: Duration,
+    ) -> anyhow::Result<RawExchange> {
         let mut io = self.connect().await?;
-        io.write_all(bytes).await?;
-        io.flush().await?;
-        read_until_quiet(&mut io).await
+        let _ = io.write_all(bytes).await;
+        let _ = io.flush().await;
+        read_until_quiet(&mut io, quiet).await
     }
 }
 
@@ -89,12 +101,15 @@ pub struct RawExchange {
     pub closed: bool,
 }
 
-/// Reads everything until the peer closes or sends nothing for [`QUIET`].
-pub async fn read_until_quiet(io: &mut (impl AsyncRead + Unpin)) -> anyhow::Result<RawExchange> {
+/// Reads everything until the peer closes or sends nothing for `quiet`.
+pub async fn read_until_quiet(
+    io: &mut (impl AsyncRead + Unpin),
+    quiet: Duration,
+) -> anyhow::Result<RawExchange> {
     let mut bytes = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
-        match tokio::time::timeout(QUIET, io.read(&mut buf)).await {
+        match tokio::time::timeout(quiet, io.read(&mut buf)).await {
             Err(_) => {
                 return Ok(RawExchange {
                     bytes,
