@@ -612,6 +612,15 @@ impl Suite {
         }
     }
 
+    /// A rule the suite breaks on both listeners, to find in the metrics.
+    fn counted_rule(self) -> Option<&'static str> {
+        match self {
+            Self::Http1 => Some("two-hosts"),
+            Self::Http2 => Some("host-not-authority"),
+            Self::H2spec => None,
+        }
+    }
+
     async fn check(self, target: &RawTarget, app: &App, http: &HttpClient) -> anyhow::Result<()> {
         match self {
             Self::Http1 => check_http1_cases(target, app, http).await,
@@ -627,6 +636,23 @@ fn on_both_listeners(suite: Suite) {
         let start = std::time::Instant::now();
         for target in &l.both(suite.alpn())? {
             suite.check(target, &l.users.app, &l.mesh.http).await?;
+        }
+        // What the conformance layer refused shows in each sidecar's
+        // metrics, by listener and rule.
+        if let Some(rule) = suite.counted_rule() {
+            for (sidecar, direction) in [
+                (&l.client.sidecar, "outbound"),
+                (&l.users.sidecar, "inbound"),
+            ] {
+                let refused = sidecar.metrics().await?.value(
+                    "weft_malformed_requests_total",
+                    &[("direction", direction), ("rule", rule)],
+                );
+                ensure!(
+                    refused >= 1.0,
+                    "no {rule} refusal counted on the {direction} listener"
+                );
+            }
         }
         ctx.measured(
             &format!("{} {suite:?} conformance cases on 2 listeners", suite.len()),

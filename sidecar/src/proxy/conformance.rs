@@ -36,6 +36,7 @@ use tower::{Layer, Service};
 
 use super::{ProxyRequest, ProxyResponse};
 use crate::error::{ErrorKind, ProxyError};
+use crate::metrics::malformed::MALFORMED_REQUESTS;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConformanceLayer;
@@ -67,23 +68,30 @@ where
     fn call(&mut self, req: ProxyRequest) -> Self::Future {
         match check(&req.http) {
             Ok(()) => Either::Right(self.inner.call(req)),
-            Err(violation) => Either::Left(ready(Err(violation.into_error(req.http.version())))),
+            Err(violation) => {
+                MALFORMED_REQUESTS.refused(req.ctx.direction, violation.metric);
+                Either::Left(ready(Err(violation.into_error(req.http.version()))))
+            }
         }
     }
 }
 
-/// A broken rule: which kind of refusal, and the reason naming the rule.
+/// A broken rule: which kind of refusal, the reason naming the rule, and
+/// its `rule` label in `weft_malformed_requests_total` (an index into
+/// [`crate::metrics::malformed::RULES`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Violation {
     pub kind: ErrorKind,
     pub rule: &'static str,
+    pub metric: usize,
 }
 
 impl Violation {
-    const fn malformed(rule: &'static str) -> Self {
+    const fn malformed(metric: usize, rule: &'static str) -> Self {
         Self {
             kind: ErrorKind::MalformedRequest,
             rule,
+            metric,
         }
     }
 
@@ -98,27 +106,34 @@ impl Violation {
     }
 }
 
+// The first argument of each indexes `RULES`, in its order.
 pub const TWO_HOSTS: Violation =
-    Violation::malformed("more than one Host field line (RFC 9112 §3.2)");
+    Violation::malformed(0, "more than one Host field line (RFC 9112 §3.2)");
 pub const NO_HOST: Violation =
-    Violation::malformed("an HTTP/1.1 request without Host (RFC 9112 §3.2)");
-pub const BAD_HOST: Violation =
-    Violation::malformed("Host is not uri-host[:port] (RFC 9112 §3.2, RFC 3986 §3.2.2)");
+    Violation::malformed(1, "an HTTP/1.1 request without Host (RFC 9112 §3.2)");
+pub const BAD_HOST: Violation = Violation::malformed(
+    2,
+    "Host is not uri-host[:port] (RFC 9112 §3.2, RFC 3986 §3.2.2)",
+);
 pub const AUTHORITY_NOT_HOST: Violation = Violation::malformed(
+    3,
     "the request target's authority differs from Host (RFC 9112 §3.2.2; Weft refuses rather than replaces)",
 );
 pub const CHUNKED_TWICE: Violation =
-    Violation::malformed("chunked applied more than once (RFC 9112 §6.1)");
+    Violation::malformed(4, "chunked applied more than once (RFC 9112 §6.1)");
 pub const TE_WITH_CONTENT_LENGTH: Violation =
-    Violation::malformed("Transfer-Encoding with Content-Length (RFC 9112 §6.3)");
+    Violation::malformed(5, "Transfer-Encoding with Content-Length (RFC 9112 §6.3)");
 pub const UNKNOWN_CODING: Violation = Violation {
     kind: ErrorKind::Unsupported,
     rule: "a transfer coding other than chunked (RFC 9112 §6.1)",
+    metric: 6,
 };
 pub const H2_HOST_NOT_AUTHORITY: Violation =
-    Violation::malformed("host differs from :authority (RFC 9113 §8.3.1)");
-pub const H2_VALUE_WHITESPACE: Violation =
-    Violation::malformed("a field value starts or ends with whitespace (RFC 9113 §8.2.1)");
+    Violation::malformed(7, "host differs from :authority (RFC 9113 §8.3.1)");
+pub const H2_VALUE_WHITESPACE: Violation = Violation::malformed(
+    8,
+    "a field value starts or ends with whitespace (RFC 9113 §8.2.1)",
+);
 
 /// The rules the parsers leave to the proxy; `Ok` for a conforming request.
 pub fn check<B>(req: &Request<B>) -> Result<(), Violation> {
@@ -305,6 +320,7 @@ fn check_transfer_coding(headers: &HeaderMap) -> Result<(), Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::malformed::RULES;
 
     fn request(version: Version, target: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::builder().version(version).uri(target);
@@ -394,6 +410,28 @@ mod tests {
         assert_eq!(h2(&[("x-a", " padded")]), Err(H2_VALUE_WHITESPACE));
         assert_eq!(h2(&[("x-a", "padded\t")]), Err(H2_VALUE_WHITESPACE));
         assert_eq!(h2(&[("x-a", "in side")]), Ok(()));
+    }
+
+    #[test]
+    fn each_violation_counts_under_its_own_rule_label() {
+        let labels = [
+            (TWO_HOSTS, "two-hosts"),
+            (NO_HOST, "no-host"),
+            (BAD_HOST, "invalid-host"),
+            (AUTHORITY_NOT_HOST, "authority-not-host"),
+            (CHUNKED_TWICE, "chunked-twice"),
+            (
+                TE_WITH_CONTENT_LENGTH,
+                "transfer-encoding-with-content-length",
+            ),
+            (UNKNOWN_CODING, "unknown-transfer-coding"),
+            (H2_HOST_NOT_AUTHORITY, "host-not-authority"),
+            (H2_VALUE_WHITESPACE, "field-value-whitespace"),
+        ];
+        assert_eq!(labels.len(), RULES.len());
+        for (violation, label) in labels {
+            assert_eq!(RULES[violation.metric], label, "{}", violation.rule);
+        }
     }
 
     #[test]
