@@ -302,37 +302,50 @@ async fn check_http1_cases(target: &RawTarget, app: &App, http: &HttpClient) -> 
     Ok(())
 }
 
-/// The mesh of these tests: `users` (meshed, mTLS inbound) called by
-/// `client`.
+/// The mesh of these tests: `users` (meshed) called by `client`, with
+/// mTLS between them or (no CA) in plaintext.
 struct Listeners {
-    ca: MeshCa,
+    ca: Option<MeshCa>,
     mesh: weft_e2e::Mesh,
     users: weft_e2e::MeshedInstance,
     client: weft_e2e::MeshedInstance,
 }
 
 impl Listeners {
-    async fn start(ctx: &weft_e2e::TestCtx) -> anyhow::Result<Self> {
-        let (ca, mesh, users, client) = mtls_users_and_client(ctx, "24h").await?;
+    async fn start(ctx: &weft_e2e::TestCtx, mtls: bool) -> anyhow::Result<Self> {
+        if mtls {
+            let (ca, mesh, users, client) = mtls_users_and_client(ctx, "24h").await?;
+            return Ok(Self {
+                ca: Some(ca),
+                mesh,
+                users,
+                client,
+            });
+        }
+        let mesh = weft_e2e::Mesh::start(ctx).await?;
+        let (users, client) = mesh.users_and_client().await?;
         Ok(Self {
-            ca,
+            ca: None,
             mesh,
             users,
             client,
         })
     }
 
-    /// The client's outbound listener, and users' inbound listener reached
-    /// with a leaf the mesh CA issued to `client`, offering `alpn`.
+    /// The client's outbound listener, and users' inbound listener: with
+    /// mTLS reached with a leaf the mesh CA issued to `client`, offering
+    /// `alpn`; else in plaintext.
     fn both(&self, alpn: &[u8]) -> anyhow::Result<[RawTarget; 2]> {
-        Ok([
-            RawTarget::plain("outbound", self.client.sidecar.outbound),
-            RawTarget::mtls(
+        let outbound = RawTarget::plain("outbound", self.client.sidecar.outbound);
+        let inbound = match &self.ca {
+            Some(ca) => RawTarget::mtls(
                 "inbound mTLS",
                 self.users.sidecar.inbound,
-                self.ca.connector("client", "users", &[alpn])?,
+                ca.connector("client", "users", &[alpn])?,
             ),
-        ])
+            None => RawTarget::plain("inbound plaintext", self.users.sidecar.inbound),
+        };
+        Ok([outbound, inbound])
     }
 }
 
@@ -541,7 +554,7 @@ const OUTBOUND_H2_CASES: &[(&str, Fields, Option<&[u8]>, Outcome)] = &[(
 /// checks the server's answer about stream 1 and what the app saw.
 async fn check_http2_cases(target: &RawTarget, app: &App, http: &HttpClient) -> anyhow::Result<()> {
     let mut failures = Vec::new();
-    let by_listener = if target.tls.is_some() {
+    let by_listener = if target.name.starts_with("inbound") {
         INBOUND_H2_CASES
     } else {
         OUTBOUND_H2_CASES
@@ -631,8 +644,14 @@ impl Suite {
 }
 
 fn on_both_listeners(suite: Suite) {
+    on_both_listeners_of(suite, true);
+}
+
+/// Runs `suite` on the outbound and the inbound listener of an mTLS mesh,
+/// or of a plaintext one.
+fn on_both_listeners_of(suite: Suite, mtls: bool) {
     run(|ctx| async move {
-        let l = Listeners::start(&ctx).await?;
+        let l = Listeners::start(&ctx, mtls).await?;
         let start = std::time::Instant::now();
         for target in &l.both(suite.alpn())? {
             suite.check(target, &l.users.app, &l.mesh.http).await?;
@@ -655,7 +674,11 @@ fn on_both_listeners(suite: Suite) {
             }
         }
         ctx.measured(
-            &format!("{} {suite:?} conformance cases on 2 listeners", suite.len()),
+            &format!(
+                "{} {suite:?} conformance cases on 2 listeners ({})",
+                suite.len(),
+                if mtls { "mTLS mesh" } else { "plaintext mesh" }
+            ),
             start.elapsed(),
         );
         Ok(())
@@ -672,6 +695,16 @@ fn every_http1_request_a_server_must_refuse_is_refused_on_both_listeners_and_nev
 fn every_http2_request_a_server_must_treat_as_malformed_is_refused_on_both_listeners_and_never_reaches_the_app()
  {
     on_both_listeners(Suite::Http2);
+}
+
+#[test]
+fn in_a_plaintext_mesh_the_inbound_listener_refuses_the_same_http1_requests() {
+    on_both_listeners_of(Suite::Http1, false);
+}
+
+#[test]
+fn in_a_plaintext_mesh_the_inbound_listener_refuses_the_same_http2_requests() {
+    on_both_listeners_of(Suite::Http2, false);
 }
 
 #[test]
@@ -1258,7 +1291,7 @@ async fn h2_variant(target: &RawTarget, wire: &[u8]) -> anyhow::Result<()> {
 #[test]
 fn mutated_smuggling_cases_and_h2_frames_crash_no_listener_and_get_well_formed_answers() {
     run(|ctx| async move {
-        let mut l = Listeners::start(&ctx).await?;
+        let mut l = Listeners::start(&ctx, true).await?;
         // WEFT_FUZZ_SEED replays a run; every run records its seed.
         let seed: u64 = std::env::var("WEFT_FUZZ_SEED")
             .ok()
