@@ -105,6 +105,11 @@ const H1_CASES: &[(&str, &str, H1)] = &[
         MALFORMED,
     ),
     (
+        "a Host with a broken percent-encoding",
+        "GET / HTTP/1.1\r\nHost: us%zzers\r\n\r\n",
+        MALFORMED,
+    ),
+    (
         "a Host with a bad port",
         "GET / HTTP/1.1\r\nHost: users:http\r\n\r\n",
         MALFORMED,

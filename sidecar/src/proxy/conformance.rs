@@ -233,10 +233,21 @@ pub fn valid_host(host: &[u8], empty_allowed: bool) -> bool {
             None => (host, None),
         },
     };
-    let name_ok = name
-        .iter()
-        .all(|&b| is_unreserved(b) || is_sub_delim(b) || b == b'%');
-    name_ok && port.is_none_or(valid_port) && (host[0] == b'[' || !name.is_empty())
+    valid_reg_name(name) && port.is_none_or(valid_port) && (host[0] == b'[' || !name.is_empty())
+}
+
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )`, which covers
+/// IPv4 addresses too.
+fn valid_reg_name(name: &[u8]) -> bool {
+    let mut rest = name;
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = match (b, tail) {
+            (b'%', [hi, lo, tail @ ..]) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => tail,
+            _ if is_unreserved(b) || is_sub_delim(b) => tail,
+            _ => return false,
+        };
+    }
+    true
 }
 
 fn valid_port(port: &[u8]) -> bool {
