@@ -202,10 +202,10 @@ pub enum Outcome {
     Silence,
 }
 
-/// Reads frames (acknowledging the server's SETTINGS and answering PINGs
-/// is left to the server's own patience: only SETTINGS are acknowledged)
-/// until the server answers, resets or gives up on `stream`, or goes quiet
-/// for `wait`. Every frame read is pushed to `seen`.
+/// Reads frames until the server answers, resets or gives up on `stream`,
+/// closes, or goes quiet for `wait`, acknowledging the server's SETTINGS
+/// on the way (PINGs are not answered: no case waits long enough for the
+/// server to mind). Every frame read is pushed to `seen`.
 pub async fn outcome<I: AsyncRead + AsyncWrite + Unpin>(
     io: &mut I,
     stream: u32,

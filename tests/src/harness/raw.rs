@@ -54,7 +54,7 @@ impl RawTarget {
         match &self.tls {
             None => Ok(Box::new(tcp)),
             Some(connector) => {
-                let name = rustls_pki_types_name();
+                let name = sni();
                 let tls = tokio::time::timeout(QUIET, connector.connect(name, tcp))
                     .await
                     .with_context(|| format!("TLS handshake with {} timed out", self.name))?
@@ -87,7 +87,7 @@ impl RawTarget {
 }
 
 /// Sidecars send SNI but do not check it (the SPIFFE ID is checked).
-fn rustls_pki_types_name() -> tokio_rustls::rustls::pki_types::ServerName<'static> {
+fn sni() -> tokio_rustls::rustls::pki_types::ServerName<'static> {
     tokio_rustls::rustls::pki_types::ServerName::try_from("weft.mesh")
         .expect("a valid DNS name")
         .to_owned()
