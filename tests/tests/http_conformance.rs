@@ -255,53 +255,77 @@ const H1_CASES: &[(&str, &str, H1)] = &[
 /// Sends every HTTP/1 case to `target` and checks each: the answer, the
 /// closed connection, and what the app saw.
 async fn check_http1_cases(target: &RawTarget, app: &App, http: &HttpClient) -> anyhow::Result<()> {
-    for (name, bytes, expect) in H1_CASES {
-        let case = format!("{name}, on the {} listener", target.name);
-        let before = app.requests_seen(http).await?;
-        let exchange = target
-            .exchange(bytes.as_bytes())
-            .await
-            .with_context(|| case.clone())?;
-        let responses = exchange
-            .responses()
-            .with_context(|| format!("{case}: reading the answer"))?;
-        let seen = app.requests_seen(http).await? - before;
-        let first = responses
-            .first()
-            .with_context(|| format!("{case}: no answer ({exchange:?})"))?;
-        match *expect {
-            H1::Refused { status, weft_error } => {
-                ensure!(
-                    first.status == status && first.header("x-weft-error") == weft_error,
-                    "{case}: expected {status} with x-weft-error {weft_error:?}, got {} {:?}: {}",
-                    first.status,
-                    first.header("x-weft-error"),
-                    String::from_utf8_lossy(&first.body)
-                );
-                ensure!(seen == 0, "{case}: the app saw {seen} request(s)");
-                ensure!(
-                    exchange.closed && responses.len() == 1,
-                    "{case}: the connection stayed open or answered again: {responses:?}"
-                );
-            }
-            H1::Served | H1::ChunkedOnly => {
-                ensure!(
-                    first.status == 200 && seen == 1 && responses.len() == 1 && exchange.closed,
-                    "{case}: the app saw {seen} request(s), the caller got {responses:?} (closed: {})",
-                    exchange.closed
-                );
-                ensure!(
-                    matches!(expect, H1::Served) || first.header("connection") == Some("close"),
-                    "{case}: the connection was not closed after the answer: {first:?}"
-                );
-            }
-            H1::BodyAborted => {
-                ensure!(
-                    first.status >= 400 && seen <= 1 && responses.len() == 1 && exchange.closed,
-                    "{case}: the app saw {seen} request(s), the caller got {responses:?} (closed: {})",
-                    exchange.closed
-                );
-            }
+    let cases = H1_CASES
+        .iter()
+        .map(|(name, bytes, expect)| (*name, (bytes.as_bytes(), *expect)));
+    every_case(target, cases, async |(bytes, expect)| {
+        check_http1_case(target, app, http, bytes, expect).await
+    })
+    .await
+}
+
+/// Runs `check` on each case against `target`; fails naming every case
+/// that failed, not just the first.
+async fn every_case<C>(
+    target: &RawTarget,
+    cases: impl IntoIterator<Item = (&'static str, C)>,
+    check: impl AsyncFn(C) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    for (name, case) in cases {
+        if let Err(e) = check(case).await {
+            failures.push(format!("{name}, on the {} listener: {e:#}", target.name));
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+async fn check_http1_case(
+    target: &RawTarget,
+    app: &App,
+    http: &HttpClient,
+    bytes: &[u8],
+    expect: H1,
+) -> anyhow::Result<()> {
+    let before = app.requests_seen(http).await?;
+    let exchange = target.exchange(bytes).await?;
+    let responses = exchange.responses().context("reading the answer")?;
+    let seen = app.requests_seen(http).await? - before;
+    let first = responses
+        .first()
+        .with_context(|| format!("no answer ({exchange:?})"))?;
+    let closed = exchange.closed;
+    match expect {
+        H1::Refused { status, weft_error } => {
+            ensure!(
+                first.status == status && first.header("x-weft-error") == weft_error,
+                "expected {status} with x-weft-error {weft_error:?}, got {} {:?}: {}",
+                first.status,
+                first.header("x-weft-error"),
+                String::from_utf8_lossy(&first.body)
+            );
+            ensure!(seen == 0, "the app saw {seen} request(s)");
+            ensure!(
+                closed && responses.len() == 1,
+                "the connection stayed open or answered again: {responses:?}"
+            );
+        }
+        H1::Served | H1::ChunkedOnly => {
+            ensure!(
+                first.status == 200 && seen == 1 && responses.len() == 1 && closed,
+                "the app saw {seen} request(s), the caller got {responses:?} (closed: {closed})"
+            );
+            ensure!(
+                matches!(expect, H1::Served) || first.header("connection") == Some("close"),
+                "the connection was not closed after the answer: {first:?}"
+            );
+        }
+        H1::BodyAborted => {
+            ensure!(
+                first.status >= 400 && seen <= 1 && responses.len() == 1 && closed,
+                "the app saw {seen} request(s), the caller got {responses:?} (closed: {closed})"
+            );
         }
     }
     Ok(())
@@ -558,20 +582,19 @@ const OUTBOUND_H2_CASES: &[(&str, Fields, Option<&[u8]>, Outcome)] = &[(
 /// Sends every HTTP/2 request case on its own connection to `target` and
 /// checks the server's answer about stream 1 and what the app saw.
 async fn check_http2_cases(target: &RawTarget, app: &App, http: &HttpClient) -> anyhow::Result<()> {
-    let mut failures = Vec::new();
     let by_listener = if target.name.starts_with("inbound") {
         INBOUND_H2_CASES
     } else {
         OUTBOUND_H2_CASES
     };
-    for (name, fields, body, expected) in H2_CASES.iter().chain(by_listener) {
-        let case = format!("HTTP/2 {name}, on the {} listener", target.name);
-        if let Err(e) = check_http2_case(target, app, http, fields, *body, *expected).await {
-            failures.push(format!("{case}: {e:#}"));
-        }
-    }
-    ensure!(failures.is_empty(), "{}", failures.join("\n"));
-    Ok(())
+    let cases = H2_CASES
+        .iter()
+        .chain(by_listener)
+        .map(|(name, fields, body, expected)| (*name, (*fields, *body, *expected)));
+    every_case(target, cases, async |(fields, body, expected)| {
+        check_http2_case(target, app, http, fields, body, expected).await
+    })
+    .await
 }
 
 async fn check_http2_case(
@@ -1072,14 +1095,13 @@ fn h2spec_cases() -> Vec<(&'static str, Vec<u8>, Spec)> {
 }
 
 async fn check_h2spec_cases(target: &RawTarget) -> anyhow::Result<()> {
-    let mut failures = Vec::new();
-    for (name, bytes, spec) in h2spec_cases() {
-        if let Err(e) = check_h2spec_case(target, name, &bytes, spec).await {
-            failures.push(format!("{name}, on the {} listener: {e:#}", target.name));
-        }
-    }
-    ensure!(failures.is_empty(), "{}", failures.join("\n"));
-    Ok(())
+    let cases = h2spec_cases()
+        .into_iter()
+        .map(|(name, bytes, spec)| (name, (name, bytes, spec)));
+    every_case(target, cases, async |(name, bytes, spec)| {
+        check_h2spec_case(target, name, &bytes, spec).await
+    })
+    .await
 }
 
 async fn check_h2spec_case(
