@@ -43,6 +43,10 @@ pub enum ErrorKind {
     CircuitOpen,
     /// The downstream request cannot be proxied (no authority, bad URI...). 400.
     BadRequest,
+    /// The request breaks a rule of HTTP/1.1 or HTTP/2 that a server must
+    /// refuse (two Host lines, Host against the target's authority...;
+    /// `proxy::conformance`). 400, and an HTTP/1 connection is closed.
+    MalformedRequest,
     /// The service's policy does not let this caller make this request
     /// (an intention, or the default deny). 403.
     Denied,
@@ -94,7 +98,7 @@ impl ErrorKind {
             | Self::DiscoveryTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamReset | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BadRequest | Self::MalformedRequest => StatusCode::BAD_REQUEST,
             Self::Denied => StatusCode::FORBIDDEN,
             Self::Unsupported => StatusCode::NOT_IMPLEMENTED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -115,6 +119,7 @@ impl ErrorKind {
             Self::CircuitOpen => "circuit-open",
             Self::DiscoveryTimeout => "discovery-timeout",
             Self::BadRequest => "bad-request",
+            Self::MalformedRequest => "malformed-request",
             Self::Denied => "denied",
             Self::Unsupported => "unsupported",
             Self::RateLimited => "rate-limited",
@@ -124,7 +129,9 @@ impl ErrorKind {
 
     pub fn source(self) -> ErrorSource {
         match self {
-            Self::BadRequest | Self::Denied | Self::RateLimited => ErrorSource::Downstream,
+            Self::BadRequest | Self::MalformedRequest | Self::Denied | Self::RateLimited => {
+                ErrorSource::Downstream
+            }
             Self::ConnectFailed | Self::UpstreamReset | Self::UpstreamProtocol | Self::Timeout => {
                 ErrorSource::Upstream
             }
@@ -281,6 +288,7 @@ mod tests {
             (ErrorKind::CircuitOpen, 503, "circuit-open"),
             (ErrorKind::DiscoveryTimeout, 503, "discovery-timeout"),
             (ErrorKind::BadRequest, 400, "bad-request"),
+            (ErrorKind::MalformedRequest, 400, "malformed-request"),
             (ErrorKind::Denied, 403, "denied"),
             (ErrorKind::Unsupported, 501, "unsupported"),
             (ErrorKind::RateLimited, 429, "rate-limited"),

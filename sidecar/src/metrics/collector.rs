@@ -115,6 +115,7 @@ impl Collector for SidecarCollector {
             super::config::encode(&mut encoder, xds)?;
         }
         super::tls::HANDSHAKE_FAILURES.encode(&mut encoder)?;
+        super::malformed::MALFORMED_REQUESTS.encode(&mut encoder)?;
         encode_access_log(&mut encoder)?;
         super::process::encode(&mut encoder)
     }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod exposition;
 pub mod histogram;
 pub mod layer;
+pub mod malformed;
 pub mod process;
 pub mod ratelimits;
 pub mod requests;
@@ -74,4 +75,34 @@ impl Metrics {
         let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// Encodes a process-wide counter kept per listener direction (inbound,
+/// outbound) and per value of one more label, skipping zeros:
+/// `name{direction, <label>=values[i]}` from `counts[direction][i]`.
+pub(crate) fn encode_by_direction<const N: usize>(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    (name, help): (&str, &str),
+    label: &str,
+    values: &[&str; N],
+    counts: &[[std::sync::atomic::AtomicU64; N]; 2],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric as _;
+    let mut metric = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (direction, counts) in ["inbound", "outbound"].into_iter().zip(counts) {
+        for (value, count) in values.iter().zip(counts) {
+            let n = count.load(std::sync::atomic::Ordering::Relaxed);
+            if n > 0 {
+                let labels = [("direction", direction), (label, *value)];
+                prometheus_client::metrics::counter::ConstCounter::new(n)
+                    .encode(metric.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
 }

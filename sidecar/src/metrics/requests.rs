@@ -22,7 +22,7 @@ pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// The `cause` label of the sidecar's own refusals: the `x-weft-error`
 /// values (`crate::error::ErrorKind`, JWT authentication, rate limits),
 /// anything else `other`.
-pub const CAUSES: [&str; 29] = [
+pub const CAUSES: [&str; 30] = [
     "no-route",
     "no-healthy-endpoint",
     "connect-failed",
@@ -51,6 +51,7 @@ pub const CAUSES: [&str; 29] = [
     "jwt-keys-unavailable",
     "path-not-normalized",
     "discovery-timeout",
+    "malformed-request",
     "other",
 ];
 
@@ -84,7 +85,7 @@ pub fn class_index(status: StatusCode) -> usize {
 pub struct RequestStats {
     counts: [[AtomicU64; 5]; 10],
     /// The sidecar's own refusals by cause (index into [`CAUSES`]).
-    refusals: [AtomicU64; 29],
+    refusals: [AtomicU64; CAUSES.len()],
     /// Until the response head (what the caller waits before it can act).
     pub duration: LatencyHistogram,
     /// Request body bytes received from the caller.

@@ -6,9 +6,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::encoding::DescriptorEncoder;
 
 /// The `reason` label: `weft_certs::PeerRejection::reason`, then the
 /// failures that are not about certificates.
@@ -59,22 +57,16 @@ impl HandshakeFailures {
     }
 
     pub fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
-        let mut metric = encoder.encode_descriptor(
-            "weft_tls_handshake_failures",
-            "mTLS handshakes that failed, by direction and reason.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (d, direction) in ["inbound", "outbound"].into_iter().enumerate() {
-            for (r, reason) in REASONS.into_iter().enumerate() {
-                let n = self.counts[d][r].load(Ordering::Relaxed);
-                if n > 0 {
-                    let labels = [("direction", direction), ("reason", reason)];
-                    ConstCounter::new(n).encode(metric.encode_family(&labels)?)?;
-                }
-            }
-        }
-        Ok(())
+        super::encode_by_direction(
+            encoder,
+            (
+                "weft_tls_handshake_failures",
+                "mTLS handshakes that failed, by direction and reason.",
+            ),
+            "reason",
+            &REASONS,
+            &self.counts,
+        )
     }
 }
 

@@ -1,10 +1,10 @@
 //! The HTTP data path, one tower layer per file, read top to bottom:
 //!
 //! ```text
-//! outbound: server -> error_response -> request_id -> headers -> route -> split
+//! outbound: server -> error_response -> conformance -> request_id -> headers -> route -> split
 //!           -> trace (CLIENT span) -> metrics -> rewrite -> ratelimit -> timeout -> retry -> breaker
 //!           -> balance (outlier ejection) -> concurrency -> forward
-//! inbound:  server (mTLS) -> error_response -> trace (SERVER span) -> metrics
+//! inbound:  server (mTLS) -> error_response -> conformance -> trace (SERVER span) -> metrics
 //!           -> tunnel (CONNECT: tcp::inbound)
 //!           -> upgrade (extended CONNECT: an HTTP/1.1 Upgrade) -> request_id -> headers
 //!           -> jwt_authn -> authorize -> ratelimit -> static_target
@@ -32,6 +32,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod concurrency;
+pub mod conformance;
 pub mod error_response;
 pub mod forward;
 pub mod headers;
@@ -194,6 +195,8 @@ pub fn outbound(
 ) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
+        // A malformed request (two Host lines...) goes no further.
+        .layer(conformance::ConformanceLayer)
         .layer(request_id::RequestIdLayer)
         .layer(headers::ProxyHeadersLayer)
         .layer(route::RouteLayer::new(table))
@@ -232,6 +235,9 @@ pub fn inbound(
 ) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
+        // Before anything reads the request, tunnels and carried Upgrades
+        // included: a malformed one goes no further.
+        .layer(conformance::ConformanceLayer)
         // The SERVER span covers every request to the app, refusals
         // included; everything below sees its `traceparent`.
         .layer(crate::trace::TraceLayer::inbound(tracer))

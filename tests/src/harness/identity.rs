@@ -76,6 +76,32 @@ impl MeshCa {
         weftctl(&["ca", "rotate", "--dir"], &self.dir)
     }
 
+    /// A TLS client holding a leaf this CA issued to `service`, the way a
+    /// sidecar holds one, that expects `server`'s leaf and offers `alpn`:
+    /// for raw connections (any bytes, any frames) to an inbound listener.
+    pub fn connector(
+        &self,
+        service: &str,
+        server: &str,
+        alpn: &[&[u8]],
+    ) -> anyhow::Result<tokio_rustls::TlsConnector> {
+        let ca = weft_certs::Ca::load(&self.dir)?;
+        let identity: weft_certs::SpiffeId = Self::identity_of(service).parse()?;
+        let key = weft_certs::LeafKey::generate()?;
+        let chain = ca.sign_csr(
+            key.csr_pem(&identity)?.as_bytes(),
+            &identity,
+            std::time::Duration::from_secs(3600),
+        )?;
+        let store =
+            weft_certs::IdentityStore::new(&chain, &key.private_key_pem(), ca.bundle().clone())?;
+        let expected: weft_certs::SpiffeId = Self::identity_of(server).parse()?;
+        let config = weft_certs::tls::client_config(&store, &expected, alpn);
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            config,
+        )))
+    }
+
     /// The SPIFFE ID the mesh gives `service`.
     pub fn identity_of(service: &str) -> String {
         format!("spiffe://{TRUST_DOMAIN}/ns/default/svc/{service}")
