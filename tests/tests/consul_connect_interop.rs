@@ -28,7 +28,7 @@ use serde_json::json;
 use weft_e2e::echo::EchoRequest;
 use weft_e2e::harness::consul::Consul;
 use weft_e2e::harness::consul_proxy::ConsulProxy;
-use weft_e2e::harness::grpc::echo_client;
+use weft_e2e::harness::grpc::{echo_client, echo_one_by_one, websocket};
 use weft_e2e::harness::http::Echo;
 use weft_e2e::harness::mesh::{ConsulProxiedInstance, MeshedInstance, SETUP_TIMEOUT};
 use weft_e2e::{Call, Mesh, TestCtx, run, wait_for_instances};
@@ -452,6 +452,27 @@ fn a_hop_reset_by_a_peer_logs_one_warning_a_second_naming_the_peer_and_the_proto
         ctx.record(
             "reset hops -> warnings",
             &format!("{resets} -> {}", warnings.len()),
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_websocket_crosses_consuls_proxy_as_a_plain_http1_upgrade() {
+    run(|ctx| async move {
+        let (mesh, _) = mixed_mesh(&ctx).await?;
+        let legacy = legacy(&mesh, HTTP1_ONLY).await?;
+        let client = weft_instance(&mesh, "client", &[]).await?;
+        reachable(&mesh, client.sidecar.outbound, "legacy").await?;
+
+        // Not Weft behind the hop, so no extended CONNECT: the Upgrade
+        // goes as HTTP/1.1, and the bytes flow both ways after the 101.
+        let mut socket = websocket(client.sidecar.outbound, "legacy", "/ws").await?;
+        echo_one_by_one(&mut socket).await?;
+        socket.close(None).await?;
+        ensure!(
+            legacy.app.log()?.contains("websocket upgrade requested"),
+            "the app behind Consul's proxy saw no upgrade request"
         );
         Ok(())
     });
