@@ -90,6 +90,22 @@ async fn reachable(mesh: &Mesh, via: std::net::SocketAddr, service: &str) -> any
     wait_for_instances(&mesh.http, via, Call::get(service, "/"), &[&instance]).await
 }
 
+/// What each endpoint of `cluster` selected by ALPN, as `caller`'s
+/// sidecar shows it in `/clusters`.
+async fn peer_alpn(caller: &MeshedInstance, cluster: &str) -> anyhow::Result<Vec<String>> {
+    let clusters = caller.sidecar.clusters().await?;
+    let cluster = clusters["clusters"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == cluster))
+        .with_context(|| format!("no cluster {cluster} in {clusters}"))?;
+    Ok(cluster["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["peer_alpn"].as_str().unwrap_or("null").to_owned())
+        .collect())
+}
+
 /// Sends [`REQUESTS`] GETs (16 at a time) to `host` through `via` and
 /// returns every echo; any failure fails the test.
 async fn echoes(mesh: &Mesh, via: std::net::SocketAddr, host: &str) -> anyhow::Result<Vec<Echo>> {
@@ -179,6 +195,10 @@ fn a_weft_sidecar_calls_an_http1_app_behind_consuls_proxy_with_no_failure() {
             started.elapsed(),
         );
         all_from(&echoes, "legacy-1", "HTTP/1.1")?;
+        ensure!(
+            peer_alpn(&client, "legacy").await? == ["h2"],
+            "Consul's proxy is expected to select plain h2"
+        );
         // Weft's private header is for Weft peers only.
         ensure!(
             echoes
@@ -241,6 +261,16 @@ fn grpc_crosses_consuls_proxy_in_both_directions_with_no_failure() {
         ctx.measured(
             "200 unary gRPC calls, consul connect proxy -> Weft sidecar -> h2c app",
             started.elapsed(),
+        );
+
+        // Between the two Weft sidecars the hop stays Weft's HTTP/2.
+        grpc_reachable(client.sidecar.outbound, "users").await?;
+        ensure!(
+            peer_alpn(&client, "users").await? == ["weft-mesh/h2"]
+                && peer_alpn(&client, "legacy").await? == ["h2"],
+            "users: {:?}, legacy: {:?}",
+            peer_alpn(&client, "users").await?,
+            peer_alpn(&client, "legacy").await?
         );
         Ok(())
     });

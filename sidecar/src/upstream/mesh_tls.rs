@@ -80,6 +80,16 @@ pub enum Negotiated {
 }
 
 impl Negotiated {
+    /// The ALPN id (`none` for nothing), as `/clusters` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WeftH2 => "weft-mesh/h2",
+            Self::H2 => "h2",
+            Self::Http1 => "http/1.1",
+            Self::Nothing => "none",
+        }
+    }
+
     fn of(alpn: Option<&[u8]>) -> Self {
         match alpn {
             Some(ALPN_WEFT_H2) => Self::WeftH2,
@@ -154,6 +164,11 @@ impl TlsConnector {
             peer,
             h2_only,
         }
+    }
+
+    /// What the peer selected on its last handshake, if there was one.
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        self.peer.get()
     }
 
     /// What the peer negotiates: remembered, else learnt from one
