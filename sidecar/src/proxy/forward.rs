@@ -153,6 +153,19 @@ fn classify_connect(e: ConnectError, endpoint: &Endpoint) -> ProxyError {
     .with_cause(e)
 }
 
+/// Whether the hop speaks HTTP/2: to a Weft sidecar always, to a peer
+/// that selected `http/1.1` never; plain `h2` from a peer that is not Weft
+/// decides nothing (Consul's built-in proxy selects it and relays bytes to
+/// an app of any protocol), so it, no selection and a plain endpoint get
+/// the destination's protocol (`configured_h2`).
+fn speaks_h2(negotiated: Option<Negotiated>, configured_h2: bool) -> bool {
+    match negotiated {
+        Some(Negotiated::WeftH2) => true,
+        Some(Negotiated::Http1) => false,
+        Some(Negotiated::H2 | Negotiated::Nothing) | None => configured_h2,
+    }
+}
+
 /// The protocol a hop to a mesh peer tried, as its warning names it.
 fn hop_protocol(negotiated: Option<Negotiated>, h2: bool) -> &'static str {
     match (negotiated, h2) {
@@ -288,14 +301,7 @@ impl Service<ProxyRequest> for Forward {
                 // Refused above.
                 Protocol::Tcp => false,
             };
-            // Plain `h2` from a peer that is not Weft decides nothing:
-            // Consul's built-in proxy selects it and relays bytes to an
-            // app of any protocol.
-            let h2 = match negotiated {
-                Some(Negotiated::WeftH2) => true,
-                Some(Negotiated::Http1) => false,
-                Some(Negotiated::H2 | Negotiated::Nothing) | None => configured_h2,
-            };
+            let h2 = speaks_h2(negotiated, configured_h2);
             // HTTP/2 has no Upgrade: to a Weft sidecar it becomes an
             // extended CONNECT, and its answer a 101 again below.
             let weft_peer = negotiated == Some(Negotiated::WeftH2);
@@ -387,5 +393,28 @@ impl Service<ProxyRequest> for Forward {
             drop(ctx);
             Ok(resp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_weft_peer_or_http1_overrides_the_destinations_protocol() {
+        for configured_h2 in [false, true] {
+            assert!(speaks_h2(Some(Negotiated::WeftH2), configured_h2));
+            assert!(!speaks_h2(Some(Negotiated::Http1), configured_h2));
+            // Consul's built-in proxy: `h2` selected, bytes relayed.
+            assert_eq!(
+                speaks_h2(Some(Negotiated::H2), configured_h2),
+                configured_h2
+            );
+            assert_eq!(
+                speaks_h2(Some(Negotiated::Nothing), configured_h2),
+                configured_h2
+            );
+            assert_eq!(speaks_h2(None, configured_h2), configured_h2);
+        }
     }
 }

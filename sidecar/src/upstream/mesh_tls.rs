@@ -312,3 +312,31 @@ impl AsyncWrite for MeshStream {
         self.stream.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_weft_mesh_h2_says_the_peer_is_a_weft_sidecar() {
+        assert_eq!(Negotiated::of(Some(b"weft-mesh/h2")), Negotiated::WeftH2);
+        assert_eq!(Negotiated::of(Some(b"h2")), Negotiated::H2);
+        assert_eq!(Negotiated::of(Some(b"http/1.1")), Negotiated::Http1);
+        assert_eq!(Negotiated::of(None), Negotiated::Nothing);
+    }
+
+    #[test]
+    fn what_a_peer_selected_is_remembered_until_its_next_handshake_says_otherwise() {
+        let peer = PeerProtocol::default();
+        assert_eq!(peer.get(), None);
+        for negotiated in [
+            Negotiated::WeftH2,
+            Negotiated::H2,
+            Negotiated::Http1,
+            Negotiated::Nothing,
+        ] {
+            peer.set(negotiated);
+            assert_eq!(peer.get(), Some(negotiated));
+        }
+    }
+}
