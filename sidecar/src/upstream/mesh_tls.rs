@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -125,13 +126,23 @@ impl Negotiated {
 /// so a peer that changes kind (a Consul proxy replaced by a Weft sidecar
 /// at the same address) is learned from its next new connection. Reading
 /// it is one relaxed atomic load.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct PeerProtocol {
     negotiated: AtomicU8,
     /// Serialises the first handshake ([`TlsConnector::learn`]), so a
     /// burst of first requests probes once; never taken once known.
     probe: tokio::sync::Mutex<()>,
+    /// The connection of that first handshake, kept for the next connect
+    /// of either client (the request that learnt about the peer is about
+    /// to ask for one), so learning costs no extra handshake. Locked only
+    /// when a new connection is made, never per request.
+    parked: std::sync::Mutex<Option<(MeshStream, Instant)>>,
 }
+
+/// A parked connection older than this is closed instead of used: the peer
+/// may have given up on a connection that sent nothing (a Weft sidecar
+/// waits `--header-read-timeout` for the first request).
+const PARKED_FOR_AT_MOST: Duration = Duration::from_secs(1);
 
 impl PeerProtocol {
     pub fn get(&self) -> Option<Negotiated> {
@@ -141,6 +152,28 @@ impl PeerProtocol {
     fn set(&self, negotiated: Negotiated) {
         self.negotiated
             .store(negotiated.encode(), Ordering::Relaxed);
+    }
+
+    fn park(&self, stream: MeshStream) {
+        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        *parked = Some((stream, Instant::now()));
+    }
+
+    /// The parked connection, if it is still fresh.
+    fn take_parked(&self) -> Option<MeshStream> {
+        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        parked
+            .take()
+            .filter(|(_, at)| at.elapsed() <= PARKED_FOR_AT_MOST)
+            .map(|(stream, _)| stream)
+    }
+}
+
+impl std::fmt::Debug for PeerProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerProtocol")
+            .field("negotiated", &self.get())
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,8 +205,7 @@ impl TlsConnector {
     }
 
     /// What the peer negotiates: remembered, else learnt from one
-    /// handshake (the connection is closed again; it costs one handshake
-    /// per endpoint, not per request).
+    /// handshake, whose connection the next connect takes.
     pub async fn learn(&self) -> Result<Negotiated, ConnectError> {
         if let Some(known) = self.peer.get() {
             return Ok(known);
@@ -183,7 +215,9 @@ impl TlsConnector {
             return Ok(known);
         }
         let stream = self.handshake().await?;
-        Ok(stream.negotiated)
+        let negotiated = stream.negotiated;
+        self.peer.park(stream);
+        Ok(negotiated)
     }
 
     async fn handshake(&self) -> Result<MeshStream, ConnectError> {
@@ -239,7 +273,10 @@ impl tower::Service<Uri> for TlsConnector {
     fn call(&mut self, _dst: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let stream = this.handshake().await?;
+            let stream = match this.peer.take_parked() {
+                Some(stream) => stream,
+                None => this.handshake().await?,
+            };
             if this.h2_only && stream.negotiated == Negotiated::Http1 {
                 return Err(this.tcp.error(io::Error::new(
                     io::ErrorKind::InvalidData,
