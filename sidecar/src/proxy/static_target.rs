@@ -2,12 +2,12 @@
 //! cluster built from `--app` (no routing table involved), spoken to in
 //! the protocol the service's own configuration names.
 //!
-//! The rule (docs/TRAFFIC.md, "The protocol spoken to the app"): the
-//! `protocol` of the service's own `weft/destinations/<service>` document,
-//! sent by the agent in its inbound policy: `http1` or `http2` (h2c with
-//! prior knowledge) always; `auto` (the default): a gRPC request
-//! (`content-type: application/grpc*`) as h2c, anything else as HTTP/1.1
-//! (an HTTP/1.0 request stays 1.0). Never a header the caller sends: a
+//! The rule (docs/CONSUL-INTEROP.md, "The protocol spoken to the app"):
+//! the `protocol` of the service's own `weft/destinations/<service>`
+//! document, sent by the agent in its inbound policy: `http1` or `http2`
+//! (h2c with prior knowledge) always; `auto` (the default): a gRPC request
+//! (`content-type: application/grpc`, `+…`, `;…`; not gRPC-Web) as h2c,
+//! anything else as HTTP/1.1 (an HTTP/1.0 request stays 1.0). Never a header the caller sends: a
 //! caller that is not a Weft sidecar (a Connect-native app, Envoy, Consul's
 //! proxy) sending HTTP/2 to an HTTP/1.1 app gets the same answer as a Weft
 //! sidecar, and the `x-weft-orig-proto` of older sidecars is ignored.
@@ -72,11 +72,14 @@ impl AppTarget {
     }
 }
 
-/// `content-type: application/grpc`, `application/grpc+proto`, ...
+/// `content-type: application/grpc`, `application/grpc+proto`, ... but
+/// not gRPC-Web (`application/grpc-web*`), which apps serve over HTTP/1.1.
 fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+    })
 }
 
 #[derive(Clone)]
@@ -174,6 +177,15 @@ mod tests {
         // gRPC over HTTP/1.1 is not gRPC: the app gets what arrived.
         assert_eq!(
             chosen(Protocol::Auto, Version::HTTP_11, &grpc()),
+            Protocol::Http1
+        );
+        let mut grpc_web = HeaderMap::new();
+        grpc_web.insert(
+            header::CONTENT_TYPE,
+            "application/grpc-web+proto".parse().unwrap(),
+        );
+        assert_eq!(
+            chosen(Protocol::Auto, Version::HTTP_2, &grpc_web),
             Protocol::Http1
         );
     }
