@@ -7,17 +7,18 @@
 //! per endpoint carries every request; `http/1.1` means HTTP/1.1. A peer
 //! that selects plain `h2` (Consul's built-in proxy does, then relays the
 //! bytes to an app of any protocol) or nothing (an L4 proxy) gets the
-//! destination's `protocol`, as does a plain endpoint: `http1`, `http2` (prior knowledge), or (AUTO) the one the
-//! caller used, so gRPC arriving as HTTP/2 leaves as HTTP/2 and HTTP/1.1
-//! stays HTTP/1.1. What a peer selected is learnt once per endpoint (one
-//! handshake before its first request) and remembered
+//! destination's `protocol`, as does a plain endpoint: `http1`, `http2`
+//! (prior knowledge), or (AUTO) the one the caller used, so gRPC arriving
+//! as HTTP/2 leaves as HTTP/2 and HTTP/1.1 stays HTTP/1.1. What a peer
+//! selected is learnt once per endpoint (one handshake before its first
+//! request, whose connection that request uses) and remembered
 //! (`upstream::PeerProtocol`). HTTP/1.1 goes out in origin form with the
 //! Host header as sent (or rewritten) over the endpoint's keep-alive pool;
 //! HTTP/2 carries the logical authority as `:authority`.
 //!
 //! A `101 Switching Protocols` answer to an Upgrade request is bridged: both
 //! sides are taken over with `hyper::upgrade::on` and bytes are copied both
-//! ways (`upgrade.rs`). To a peer that selected `h2` the Upgrade travels as
+//! ways (`upgrade.rs`). To a Weft sidecar the Upgrade travels as
 //! an extended CONNECT on the HTTP/2 connection (`upgrade.rs` says how);
 //! over an HTTP/1.1 hop it is a plain HTTP/1.1 Upgrade.
 //!
@@ -42,8 +43,8 @@ use crate::upstream::connection_limit::PendingOverflow;
 use crate::upstream::{ConnectError, H1Error, MeshClients, Negotiated};
 
 /// The HTTP version the app's request had before the sidecar-to-sidecar
-/// hop carried it as HTTP/2. Set by the calling sidecar toward a peer that
-/// selected `h2`; the receiving sidecar chooses its app's protocol from its
+/// hop carried it as HTTP/2. Set by the calling sidecar toward a Weft
+/// sidecar (ALPN `weft-mesh/h2`); the receiving sidecar chooses its app's protocol from its
 /// own configuration and removes it (see `proxy/static_target.rs`). Kept
 /// because an extended CONNECT carrying an Upgrade is told apart by it
 /// (`upgrade.rs`), and because sidecars older than that rule still read it.
