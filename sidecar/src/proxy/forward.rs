@@ -158,12 +158,14 @@ fn classify_connect(e: ConnectError, endpoint: &Endpoint) -> ProxyError {
 /// that selected `http/1.1` never; plain `h2` from a peer that is not Weft
 /// decides nothing (Consul's built-in proxy selects it and relays bytes to
 /// an app of any protocol), so it, no selection and a plain endpoint get
-/// the destination's protocol (`configured_h2`).
-fn speaks_h2(negotiated: Option<Negotiated>, configured_h2: bool) -> bool {
+/// the destination's protocol (`configured_h2`), except an Upgrade: it
+/// exists in HTTP/1.1 only, and only a Weft sidecar takes it over HTTP/2
+/// (as an extended CONNECT).
+fn speaks_h2(negotiated: Option<Negotiated>, configured_h2: bool, upgrade: bool) -> bool {
     match negotiated {
         Some(Negotiated::WeftH2) => true,
         Some(Negotiated::Http1) => false,
-        Some(Negotiated::H2 | Negotiated::Nothing) | None => configured_h2,
+        Some(Negotiated::H2 | Negotiated::Nothing) | None => configured_h2 && !upgrade,
     }
 }
 
@@ -302,7 +304,7 @@ impl Service<ProxyRequest> for Forward {
                 // Refused above.
                 Protocol::Tcp => false,
             };
-            let h2 = speaks_h2(negotiated, configured_h2);
+            let h2 = speaks_h2(negotiated, configured_h2, ctx.upgrade.is_some());
             // HTTP/2 has no Upgrade: to a Weft sidecar it becomes an
             // extended CONNECT, and its answer a 101 again below.
             let weft_peer = negotiated == Some(Negotiated::WeftH2);
@@ -404,18 +406,20 @@ mod tests {
     #[test]
     fn only_a_weft_peer_or_http1_overrides_the_destinations_protocol() {
         for configured_h2 in [false, true] {
-            assert!(speaks_h2(Some(Negotiated::WeftH2), configured_h2));
-            assert!(!speaks_h2(Some(Negotiated::Http1), configured_h2));
+            assert!(speaks_h2(Some(Negotiated::WeftH2), configured_h2, false));
+            assert!(!speaks_h2(Some(Negotiated::Http1), configured_h2, false));
             // Consul's built-in proxy: `h2` selected, bytes relayed.
-            assert_eq!(
-                speaks_h2(Some(Negotiated::H2), configured_h2),
-                configured_h2
-            );
-            assert_eq!(
-                speaks_h2(Some(Negotiated::Nothing), configured_h2),
-                configured_h2
-            );
-            assert_eq!(speaks_h2(None, configured_h2), configured_h2);
+            for relayed in [Some(Negotiated::H2), Some(Negotiated::Nothing), None] {
+                assert_eq!(speaks_h2(relayed, configured_h2, false), configured_h2);
+            }
+        }
+    }
+
+    #[test]
+    fn an_upgrade_goes_over_http2_to_a_weft_peer_only() {
+        assert!(speaks_h2(Some(Negotiated::WeftH2), false, true));
+        for other in [Some(Negotiated::H2), Some(Negotiated::Nothing), None] {
+            assert!(!speaks_h2(other, true, true));
         }
     }
 }
