@@ -21,6 +21,7 @@ use weft_proto::type_url;
 
 use crate::server::DrainToken;
 use crate::table::{Cluster, RoutingTable};
+use crate::upstream::Negotiated;
 use crate::xds::{XdsState, dump};
 
 #[derive(Clone)]
@@ -134,6 +135,9 @@ fn cluster_json(c: &Cluster, direction: &str) -> Value {
             "health": e.health.as_str(),
             "weight": e.weight,
             "meshed": e.meshed,
+            // What the peer selected by ALPN on its last mTLS handshake
+            // (`null`: not over mTLS, or no connection yet).
+            "peer_alpn": e.client.mesh.as_ref().and_then(|m| m.connector.negotiated()).map(Negotiated::as_str),
             "instance_id": e.instance_id,
             "zone": e.zone,
             "in_flight": e.stats.in_flight.load(Ordering::Relaxed),

@@ -56,7 +56,7 @@ pub use config::Settings;
 
 use crate::proxy::Direction;
 use crate::server::{Drain, ServerSettings, Transport};
-use crate::table::cluster::{ClusterShared, Health};
+use crate::table::cluster::{ClusterShared, Health, Protocol};
 use crate::table::{Cluster, ClusterSettings, EndpointAddr, RoutingTable};
 use crate::upstream::{Dns, PoolSettings};
 use crate::xds::XdsState;
@@ -135,8 +135,9 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpLis
     })
 }
 
-/// The one-endpoint cluster of the local app.
-fn app_cluster(settings: &Settings, dns: &Dns) -> anyhow::Result<Arc<Cluster>> {
+/// The one-endpoint cluster of the local app, as one view per protocol
+/// (`proxy/static_target.rs` chooses per request).
+fn app_cluster(settings: &Settings, dns: &Dns) -> anyhow::Result<proxy::static_target::AppTarget> {
     let cluster_settings = ClusterSettings {
         request_timeout: settings.proxy.app_request_timeout,
         max_requests: settings.proxy.app_max_requests,
@@ -165,12 +166,23 @@ fn app_cluster(settings: &Settings, dns: &Dns) -> anyhow::Result<Arc<Cluster>> {
         &shared.connections,
     )
     .context("the --app address cannot be used as an HTTP authority")?;
-    Ok(Arc::new(Cluster::new(
-        "inbound".into(),
-        cluster_settings,
-        vec![endpoint],
-        shared,
-    )))
+    let view = |protocol| {
+        let settings = ClusterSettings {
+            protocol,
+            ..cluster_settings.clone()
+        };
+        Arc::new(Cluster::new(
+            "inbound".into(),
+            settings,
+            vec![endpoint.clone()],
+            shared.clone(),
+        ))
+    };
+    Ok(proxy::static_target::AppTarget {
+        http1: view(Protocol::Http1),
+        http2: view(Protocol::Http2),
+        protocol: Default::default(),
+    })
 }
 
 /// Binds every listener and starts serving. Must run inside a tokio runtime.
@@ -286,6 +298,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .with_authz(authz.clone())
             .with_authn(authn.clone())
             .with_mtls_mode(mtls_mode.clone())
+            .with_app_protocol(app.protocol.clone())
             .with_rate_limits(rate_limits.clone())
             .with_tcp_upstreams(settings.tcp_upstreams.iter().map(|u| u.service.clone()))
             .with_required_clusters(settings.upstreams.iter().cloned())
@@ -347,7 +360,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         admin_addr = Some(admin.local_addr()?);
         let mut metrics = metrics::Metrics::new(metrics::collector::SidecarCollector {
             table: table.clone(),
-            inbound: app.clone(),
+            inbound: app.http1.clone(),
             service: settings.service.as_str().into(),
             xds: xds_state.clone(),
             inbound_limits: rate_limits.clone(),
@@ -359,7 +372,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         let state = admin::AdminState {
             xds: xds_state.clone(),
             table: table.clone(),
-            inbound: app,
+            inbound: app.http1.clone(),
             metrics,
             shutdown: shutdown_rx.clone(),
             identity: identity.clone(),

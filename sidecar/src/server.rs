@@ -111,7 +111,7 @@ pub enum Transport {
 
 impl Transport {
     pub fn mtls(store: &Arc<weft_certs::IdentityStore>, mode: SharedMtlsMode) -> Self {
-        let config = weft_certs::tls::server_config(store, weft_certs::tls::HTTP_ALPN);
+        let config = weft_certs::tls::server_config(store, weft_certs::tls::MESH_ALPN);
         Self::Mtls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             mode,

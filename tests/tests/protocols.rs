@@ -16,7 +16,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use weft_e2e::echo::EchoRequest;
-use weft_e2e::harness::grpc::{echo_client, websocket, websocket_refusal, websocket_with};
+use weft_e2e::harness::grpc::{
+    echo_client, echo_one_by_one, websocket, websocket_refusal, websocket_with,
+};
 use weft_e2e::harness::identity::MeshCa;
 use weft_e2e::harness::mesh::{SETUP_TIMEOUT, mtls_users_and_client};
 use weft_e2e::{Call, Mesh, MeshedInstance, eventually, run, wait_for_route};
@@ -118,20 +120,7 @@ fn a_websocket_echo_passes_through_two_sidecars() {
     run(|ctx| async move {
         let (_mesh, client, _echo) = two_sidecars(&ctx).await?;
         let mut socket = websocket(client.sidecar.outbound, "echo", "/ws").await?;
-        for message in [
-            Message::text("hello"),
-            Message::binary(vec![0u8, 1, 2, 255]),
-            Message::text("x".repeat(70_000)),
-        ] {
-            socket.send(message.clone()).await?;
-            let reply = socket.next().await.context("socket closed")??;
-            ensure!(
-                reply == message,
-                "sent {} bytes, got back {:?}",
-                message.len(),
-                reply
-            );
-        }
+        echo_one_by_one(&mut socket).await?;
         socket.close(None).await?;
         Ok(())
     });

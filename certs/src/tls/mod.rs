@@ -40,6 +40,17 @@ pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// What a sidecar offers by default: HTTP/2 preferred, HTTP/1.1 accepted.
 pub const HTTP_ALPN: &[&[u8]] = &[ALPN_H2, ALPN_HTTP1];
+/// ALPN id of HTTP/2 between Weft sidecars. A peer that selects plain
+/// `h2` may be an L4 proxy that only relays bytes to an HTTP/1.1 app:
+/// Consul's built-in `consul connect proxy` selects `h2` (Go's Connect TLS
+/// config offers it for Connect-native servers) and then hands whatever
+/// arrives to its app. Only a Weft sidecar selects this id, so a caller
+/// knows the far end speaks HTTP/2 itself (Linkerd tells its own proxies
+/// apart by ALPN the same way, `transport.l5d.io/v1`).
+pub const ALPN_WEFT_H2: &[u8] = b"weft-mesh/h2";
+/// What sidecars offer and select on the mesh hop, preferred first: HTTP/2
+/// to and from Weft sidecars, plain `h2` and `http/1.1` for everyone else.
+pub const MESH_ALPN: &[&[u8]] = &[ALPN_WEFT_H2, ALPN_H2, ALPN_HTTP1];
 
 /// The first byte of every TLS connection: a handshake record (ClientHello).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;

@@ -122,6 +122,12 @@ impl SnapshotBuilder {
             .filter(|cluster| cluster.protocol() == config::cluster::Protocol::Tcp)
             .map(|cluster| cluster.name.clone())
             .collect();
+        // What each service's own sidecars speak to their app
+        // (InboundPolicy.app_protocol): its destination document's protocol.
+        let app_protocols: BTreeMap<String, i32> = destinations
+            .values()
+            .map(|cluster| (cluster.name.clone(), cluster.protocol))
+            .collect();
         let previous = std::mem::take(&mut self.previous);
         let mut snapshot = Assembly::new(&previous);
         for (host, route) in routes {
@@ -169,6 +175,7 @@ impl SnapshotBuilder {
             let mut inbound =
                 policy::inbound_policy(service, document, defaults, &state.intentions);
             inbound.opaque_tcp = opaque_tcp.contains(service);
+            inbound.app_protocol = app_protocols.get(service).copied().unwrap_or_default();
             // Its sidecars hold these from the start instead of on their
             // first call (a BTreeSet: sorted, so the version is stable).
             inbound.upstreams = state
@@ -500,6 +507,29 @@ mod tests {
             "an HTTP service refuses tunnels"
         );
         assert!(!policies["ghost"].opaque_tcp);
+    }
+
+    #[test]
+    fn a_services_own_destination_protocol_is_the_protocol_its_sidecars_speak_to_it() {
+        let mut state = MeshState::default();
+        state.services.insert("users".into(), Vec::new());
+        state.services.insert("grpc".into(), Vec::new());
+        state.documents.insert(
+            "destinations/grpc".into(),
+            raw("destinations/grpc", r#"{ "protocol": "http2" }"#),
+        );
+        let (snapshot, rejected) = SnapshotBuilder::new().build(&state);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let policies = policies(&snapshot);
+        assert_eq!(
+            policies["grpc"].app_protocol(),
+            config::cluster::Protocol::Http2
+        );
+        assert_eq!(
+            policies["users"].app_protocol(),
+            config::cluster::Protocol::Auto,
+            "no document: auto"
+        );
     }
 
     #[test]

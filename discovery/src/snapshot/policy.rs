@@ -134,6 +134,8 @@ pub fn inbound_policy(
             .map(|limits| limits.to_proto()),
         // Set by the snapshot builder from the catalog's registrations.
         upstreams: Vec::new(),
+        // Set by the snapshot builder from the destination document.
+        app_protocol: 0,
     }
 }
 

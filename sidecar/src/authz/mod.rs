@@ -278,6 +278,7 @@ mod tests {
             opaque_tcp: true,
             rate_limits: None,
             upstreams: Vec::new(),
+            app_protocol: 0,
         })
         .unwrap()
     }
@@ -422,6 +423,7 @@ mod tests {
             opaque_tcp: false,
             rate_limits: None,
             upstreams: Vec::new(),
+            app_protocol: 0,
         };
         let errors = compile(&bad).unwrap_err().join("\n");
         for want in [

@@ -1,18 +1,32 @@
 //! Sends the request to the chosen endpoint over its pooled client and
 //! returns the response headers; the body streams through untouched.
 //!
-//! HTTP version: to a peer sidecar over mTLS, always HTTP/2 (one
-//! multiplexed connection per endpoint); otherwise the cluster's
-//! `protocol`, or (AUTO) the one the caller used, so gRPC arriving as
-//! HTTP/2 leaves as HTTP/2. HTTP/1.1 goes out in origin form with the
+//! HTTP version: to a mesh peer over mTLS, by what the peer selected by
+//! ALPN (the caller offers `weft-mesh/h2`, `h2`, `http/1.1`): a Weft
+//! sidecar selects `weft-mesh/h2`, so one multiplexed HTTP/2 connection
+//! per endpoint carries every request; `http/1.1` means HTTP/1.1. A peer
+//! that selects plain `h2` (Consul's built-in proxy does, then relays the
+//! bytes to an app of any protocol) or nothing (an L4 proxy) gets the
+//! destination's `protocol`, as does a plain endpoint: `http1`, `http2`
+//! (prior knowledge), or (AUTO) the one the caller used, so gRPC arriving
+//! as HTTP/2 leaves as HTTP/2 and HTTP/1.1 stays HTTP/1.1. What a peer
+//! selected is learnt once per endpoint (one handshake before its first
+//! request, whose connection that request uses) and remembered
+//! (`upstream::PeerProtocol`). HTTP/1.1 goes out in origin form with the
 //! Host header as sent (or rewritten) over the endpoint's keep-alive pool;
 //! HTTP/2 carries the logical authority as `:authority`.
 //!
 //! A `101 Switching Protocols` answer to an Upgrade request is bridged: both
 //! sides are taken over with `hyper::upgrade::on` and bytes are copied both
-//! ways (`upgrade.rs`). To a peer sidecar over mTLS the Upgrade travels as
-//! an extended CONNECT on the HTTP/2 connection (`upgrade.rs` says how).
+//! ways (`upgrade.rs`). To a Weft sidecar the Upgrade travels as
+//! an extended CONNECT on the HTTP/2 connection (`upgrade.rs` says how);
+//! over an HTTP/1.1 hop it is a plain HTTP/1.1 Upgrade.
+//!
+//! A hop to a mesh peer that is refused, reset or answered with garbage
+//! logs a warning naming the peer (address, SPIFFE ID) and the protocol
+//! tried, at most one line per second per cause.
 
+use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
@@ -26,11 +40,14 @@ use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::{Endpoint, cluster::Protocol};
 use crate::upstream::connection_limit::PendingOverflow;
-use crate::upstream::{ConnectError, H1Error};
+use crate::upstream::{ConnectError, H1Error, MeshClients, Negotiated};
 
 /// The HTTP version the app's request had before the sidecar-to-sidecar
-/// hop carried it as HTTP/2. Set by the calling sidecar, honoured and
-/// removed by the receiving one (only from a verified mesh peer).
+/// hop carried it as HTTP/2. Set by the calling sidecar toward a Weft
+/// sidecar (ALPN `weft-mesh/h2`); the receiving sidecar chooses its app's protocol from its
+/// own configuration and removes it (see `proxy/static_target.rs`). Kept
+/// because an extended CONNECT carrying an Upgrade is told apart by it
+/// (`upgrade.rs`), and because sidecars older than that rule still read it.
 pub const ORIGINAL_PROTOCOL: http::HeaderName = http::HeaderName::from_static("x-weft-orig-proto");
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -83,6 +100,27 @@ fn prepare(
     Ok(())
 }
 
+/// An origin-form HTTP/1.1 request (after [`prepare`]) in absolute form
+/// again, its Host as the authority.
+fn absolute_form(
+    req: &mut http::Request<RequestBody>,
+    endpoint: &Endpoint,
+) -> Result<(), ProxyError> {
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| endpoint.authority.clone());
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| {
+        ProxyError::new(ErrorKind::BadRequest, "cannot build the upstream URI").with_cause(e)
+    })?;
+    Ok(())
+}
+
 fn classify(e: hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyError {
     let connect_error =
         std::error::Error::source(&e).and_then(|s| s.downcast_ref::<ConnectError>());
@@ -102,6 +140,77 @@ fn classify(e: hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyE
             format!("{} closed the connection before responding", endpoint.addr),
         )
         .with_cause(e)
+    }
+}
+
+fn classify_connect(e: ConnectError, endpoint: &Endpoint) -> ProxyError {
+    if let Some(overflow) = e.overflow {
+        return pending_overflow(overflow, endpoint);
+    }
+    ProxyError::new(
+        ErrorKind::ConnectFailed,
+        format!("cannot connect to {}", endpoint.addr),
+    )
+    .with_cause(e)
+}
+
+/// Whether the hop speaks HTTP/2: to a Weft sidecar always, to a peer
+/// that selected `http/1.1` never; plain `h2` from a peer that is not Weft
+/// decides nothing (Consul's built-in proxy selects it and relays bytes to
+/// an app of any protocol), so it, no selection and a plain endpoint get
+/// the destination's protocol (`configured_h2`), except an Upgrade: it
+/// exists in HTTP/1.1 only, and only a Weft sidecar takes it over HTTP/2
+/// (as an extended CONNECT).
+fn speaks_h2(negotiated: Option<Negotiated>, configured_h2: bool, upgrade: bool) -> bool {
+    match negotiated {
+        Some(Negotiated::WeftH2) => true,
+        Some(Negotiated::Http1) => false,
+        Some(Negotiated::H2 | Negotiated::Nothing) | None => configured_h2 && !upgrade,
+    }
+}
+
+/// The protocol a hop to a mesh peer tried, as its warning names it.
+fn hop_protocol(negotiated: Option<Negotiated>, h2: bool) -> &'static str {
+    match (negotiated, h2) {
+        (None, _) => "mTLS handshake offering ALPN weft-mesh/h2, h2, http/1.1",
+        (Some(Negotiated::WeftH2), _) => "HTTP/2 (ALPN weft-mesh/h2)",
+        (Some(Negotiated::H2), true) => "HTTP/2 (ALPN h2, not a Weft sidecar)",
+        (Some(Negotiated::H2), false) => "HTTP/1.1 (ALPN h2, not a Weft sidecar)",
+        (Some(Negotiated::Http1), _) => "HTTP/1.1 (ALPN http/1.1)",
+        (Some(Negotiated::Nothing), true) => "HTTP/2 with prior knowledge (no ALPN selected)",
+        (Some(Negotiated::Nothing), false) => "HTTP/1.1 (no ALPN selected)",
+    }
+}
+
+/// One warning per second per cause (the error kind and the protocol
+/// tried), however many requests fail that way.
+static PEER_FAILURES: LazyLock<weft_runtime::LogLimiter<(ErrorKind, &'static str)>> =
+    LazyLock::new(weft_runtime::LogLimiter::per_second);
+
+/// Warns that a hop to a mesh peer failed, naming the peer and the
+/// protocol tried: a refused or reset hop is what a protocol mismatch
+/// with a non-Weft proxy looks like, and the 502 alone does not say so.
+fn warn_peer_failure(
+    error: &ProxyError,
+    endpoint: &Endpoint,
+    mesh: &MeshClients,
+    protocol: &'static str,
+) {
+    if !matches!(
+        error.kind,
+        ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol
+    ) {
+        return;
+    }
+    if let Some(suppressed) = PEER_FAILURES.admit((error.kind, protocol)) {
+        tracing::warn!(
+            peer = %endpoint.addr,
+            identity = %mesh.tls.identity,
+            protocol,
+            suppressed,
+            error = %error,
+            "a hop to a mesh peer failed"
+        );
     }
 }
 
@@ -174,17 +283,40 @@ impl Service<ProxyRequest> for Forward {
                     ),
                 ));
             }
-            // HTTP/2 has no Upgrade: to a peer sidecar over mTLS it becomes
-            // an extended CONNECT, and its answer a 101 again below.
-            let carried_upgrade = if endpoint.client.mesh.is_some() && ctx.upgrade.is_some() {
+            let mesh = endpoint.client.mesh.as_ref();
+            // What the peer selects by ALPN (remembered per endpoint).
+            let negotiated = match mesh {
+                Some(mesh) => match mesh.connector.learn().await {
+                    Ok(negotiated) => Some(negotiated),
+                    Err(e) => {
+                        endpoint.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        let error = classify_connect(e, &endpoint);
+                        warn_peer_failure(&error, &endpoint, mesh, hop_protocol(None, true));
+                        return Err(error);
+                    }
+                },
+                None => None,
+            };
+            let configured_h2 = match cluster.settings.protocol {
+                Protocol::Auto => http.version() == Version::HTTP_2,
+                Protocol::Http1 => false,
+                Protocol::Http2 => true,
+                // Refused above.
+                Protocol::Tcp => false,
+            };
+            let h2 = speaks_h2(negotiated, configured_h2, ctx.upgrade.is_some());
+            // HTTP/2 has no Upgrade: to a Weft sidecar it becomes an
+            // extended CONNECT, and its answer a 101 again below.
+            let weft_peer = negotiated == Some(Negotiated::WeftH2);
+            let carried_upgrade = if weft_peer && ctx.upgrade.is_some() {
                 Some(upgrade::to_extended_connect(&mut http)?)
             } else {
                 None
             };
-            // Between sidecars (mTLS on), always HTTP/2 on the tunnel; an
-            // HTTP/1 request says so, so the far side hands it to its app
-            // as HTTP/1 again (as Linkerd's l5d-orig-proto does).
-            if endpoint.client.mesh.is_some() && http.version() != Version::HTTP_2 {
+            // An HTTP/1 request on the HTTP/2 tunnel says so: sidecars
+            // older than the app-protocol rule hand it to their app as
+            // HTTP/1 again by it (as Linkerd's l5d-orig-proto does).
+            if weft_peer && http.version() != Version::HTTP_2 {
                 let original = if http.version() == Version::HTTP_10 {
                     HeaderValue::from_static("HTTP/1.0")
                 } else {
@@ -192,37 +324,42 @@ impl Service<ProxyRequest> for Forward {
                 };
                 http.headers_mut().insert(ORIGINAL_PROTOCOL, original);
             }
-            let h2 = endpoint.client.mesh.is_some()
-                || match cluster.settings.protocol {
-                    Protocol::Auto => http.version() == Version::HTTP_2,
-                    Protocol::Http1 => false,
-                    Protocol::Http2 => true,
-                    // Refused above.
-                    Protocol::Tcp => false,
-                };
             prepare(&mut http, &endpoint, h2)?;
-            let result = if let Some((_, mesh)) = &endpoint.client.mesh {
-                mesh.request(http)
+            let result = match (mesh, h2) {
+                (Some(mesh), true) => mesh
+                    .h2
+                    .request(http)
                     .await
                     .map(|r| r.map(ProxyBody::from))
-                    .map_err(|e| classify(e, &endpoint))
-            } else if h2 {
-                endpoint
+                    .map_err(|e| classify(e, &endpoint)),
+                (Some(mesh), false) => {
+                    // hyper's pooled client takes absolute form and sends
+                    // origin form on HTTP/1.1.
+                    absolute_form(&mut http, &endpoint)?;
+                    mesh.by_alpn
+                        .request(http)
+                        .await
+                        .map(|r| r.map(ProxyBody::from))
+                        .map_err(|e| classify(e, &endpoint))
+                }
+                (None, true) => endpoint
                     .client
                     .h2
                     .request(http)
                     .await
                     .map(|r| r.map(ProxyBody::from))
-                    .map_err(|e| classify(e, &endpoint))
-            } else {
-                endpoint
+                    .map_err(|e| classify(e, &endpoint)),
+                (None, false) => endpoint
                     .client
                     .h1
                     .send(http)
                     .await
                     .map(|r| r.map(ProxyBody::from))
-                    .map_err(|e| classify_h1(e, &endpoint))
+                    .map_err(|e| classify_h1(e, &endpoint)),
             };
+            if let (Err(error), Some(mesh)) = (&result, mesh) {
+                warn_peer_failure(error, &endpoint, mesh, hop_protocol(negotiated, h2));
+            }
             let mut resp = match result {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -259,5 +396,30 @@ impl Service<ProxyRequest> for Forward {
             drop(ctx);
             Ok(resp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_weft_peer_or_http1_overrides_the_destinations_protocol() {
+        for configured_h2 in [false, true] {
+            assert!(speaks_h2(Some(Negotiated::WeftH2), configured_h2, false));
+            assert!(!speaks_h2(Some(Negotiated::Http1), configured_h2, false));
+            // Consul's built-in proxy: `h2` selected, bytes relayed.
+            for relayed in [Some(Negotiated::H2), Some(Negotiated::Nothing), None] {
+                assert_eq!(speaks_h2(relayed, configured_h2, false), configured_h2);
+            }
+        }
+    }
+
+    #[test]
+    fn an_upgrade_goes_over_http2_to_a_weft_peer_only() {
+        assert!(speaks_h2(Some(Negotiated::WeftH2), false, true));
+        for other in [Some(Negotiated::H2), Some(Negotiated::Nothing), None] {
+            assert!(!speaks_h2(other, true, true));
+        }
     }
 }

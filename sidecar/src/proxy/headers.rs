@@ -197,21 +197,15 @@ where
             match &req.ctx.peer_identity {
                 Some(peer) => {
                     headers.insert(X_WEFT_PEER_IDENTITY, peer.header.clone());
-                    // A peer sidecar carried an HTTP/1 request over its
-                    // HTTP/2 tunnel: the app gets HTTP/1 back.
-                    if let Some(original) = headers.remove(ORIGINAL_PROTOCOL) {
-                        *req.http.version_mut() = if original == "HTTP/1.0" {
-                            Version::HTTP_10
-                        } else {
-                            Version::HTTP_11
-                        };
-                    }
                 }
                 None => {
                     headers.remove(X_WEFT_PEER_IDENTITY);
-                    headers.remove(ORIGINAL_PROTOCOL);
                 }
             }
+            // What the app is spoken to comes from the service's own
+            // configuration (`static_target`), never from this header of
+            // older calling sidecars; it never reaches the app.
+            headers.remove(ORIGINAL_PROTOCOL);
         }
         self.inner.call(req).map(on_response as OnResponse)
     }

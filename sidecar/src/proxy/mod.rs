@@ -226,7 +226,7 @@ pub fn outbound(
 /// `crate::tcp::inbound`; an extended CONNECT (a carried Upgrade) goes on
 /// as the HTTP/1.1 request it carries.
 pub fn inbound(
-    app: Arc<Cluster>,
+    app: static_target::AppTarget,
     authn: crate::authn::AuthnPolicy,
     authz: crate::authz::SharedAuthz,
     tunnels: crate::tcp::inbound::Tunnels,
@@ -243,7 +243,7 @@ pub fn inbound(
         .layer(crate::trace::TraceLayer::inbound(tracer))
         // Every request to the app counts, the refused ones included.
         .layer(crate::metrics::RequestMetricsLayer::inbound(
-            app.shared.clone(),
+            app.http1.shared.clone(),
         ))
         .layer(crate::tcp::inbound::TunnelLayer::new(tunnels))
         // A peer's WebSocket arrives as an extended CONNECT: rebuilt into

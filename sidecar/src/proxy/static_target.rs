@@ -1,22 +1,95 @@
 //! Inbound: every request goes to the local app, a fixed one-endpoint
-//! cluster built from `--app` (no routing table involved).
+//! cluster built from `--app` (no routing table involved), spoken to in
+//! the protocol the service's own configuration names.
+//!
+//! The rule (docs/CONSUL-INTEROP.md, "The protocol spoken to the app"):
+//! the `protocol` of the service's own `weft/destinations/<service>`
+//! document, sent by the agent in its inbound policy: `http1` or `http2`
+//! (h2c with prior knowledge) always; `auto` (the default): a gRPC request
+//! (`content-type: application/grpc`, `+…`, `;…`; not gRPC-Web) as h2c,
+//! anything else as HTTP/1.1 (an HTTP/1.0 request stays 1.0). Never a header the caller sends: a
+//! caller that is not a Weft sidecar (a Connect-native app, Envoy, Consul's
+//! proxy) sending HTTP/2 to an HTTP/1.1 app gets the same answer as a Weft
+//! sidecar, and the `x-weft-orig-proto` of older sidecars is ignored.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
+use http::{HeaderMap, Version, header};
 use tower::{Layer, Service};
 
 use super::ProxyRequest;
 use crate::table::Cluster;
+use crate::table::cluster::Protocol;
+
+/// The protocol to speak to the app, set by the xDS client from each
+/// accepted policy and read once per request (one relaxed atomic load).
+/// `auto` until the first policy.
+#[derive(Clone, Debug, Default)]
+pub struct SharedAppProtocol(Arc<AtomicU8>);
+
+impl SharedAppProtocol {
+    pub fn get(&self) -> Protocol {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Protocol::Http1,
+            2 => Protocol::Http2,
+            _ => Protocol::Auto,
+        }
+    }
+
+    /// `tcp` speaks to the app as `auto` would: its opaque tunnels never
+    /// come this way, and an HTTP request that does still needs an answer.
+    pub fn set(&self, protocol: Protocol) {
+        let value = match protocol {
+            Protocol::Http1 => 1,
+            Protocol::Http2 => 2,
+            Protocol::Auto | Protocol::Tcp => 0,
+        };
+        self.0.store(value, Ordering::Relaxed);
+    }
+}
+
+/// The local app as two views of one cluster (same endpoint, pools and
+/// counters), one per protocol, chosen per request without rebuilding
+/// anything.
+#[derive(Clone, Debug)]
+pub struct AppTarget {
+    pub http1: Arc<Cluster>,
+    pub http2: Arc<Cluster>,
+    pub protocol: SharedAppProtocol,
+}
+
+impl AppTarget {
+    /// The view a request takes: see the module docs.
+    fn for_request(&self, version: Version, headers: &HeaderMap) -> &Arc<Cluster> {
+        let h2 = match self.protocol.get() {
+            Protocol::Http1 => false,
+            Protocol::Http2 => true,
+            Protocol::Auto | Protocol::Tcp => version == Version::HTTP_2 && is_grpc(headers),
+        };
+        if h2 { &self.http2 } else { &self.http1 }
+    }
+}
+
+/// `content-type: application/grpc`, `application/grpc+proto`, ... but
+/// not gRPC-Web (`application/grpc-web*`), which apps serve over HTTP/1.1.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+    })
+}
 
 #[derive(Clone)]
 pub struct StaticTargetLayer {
-    cluster: Arc<Cluster>,
+    app: AppTarget,
 }
 
 impl StaticTargetLayer {
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        Self { cluster }
+    pub fn new(app: AppTarget) -> Self {
+        Self { app }
     }
 }
 
@@ -24,7 +97,7 @@ impl<S> Layer<S> for StaticTargetLayer {
     type Service = StaticTarget<S>;
     fn layer(&self, inner: S) -> Self::Service {
         StaticTarget {
-            cluster: self.cluster.clone(),
+            app: self.app.clone(),
             inner,
         }
     }
@@ -32,7 +105,7 @@ impl<S> Layer<S> for StaticTargetLayer {
 
 #[derive(Clone)]
 pub struct StaticTarget<S> {
-    cluster: Arc<Cluster>,
+    app: AppTarget,
     inner: S,
 }
 
@@ -46,8 +119,91 @@ impl<S: Service<ProxyRequest>> Service<ProxyRequest> for StaticTarget<S> {
     }
 
     fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
-        req.ctx.timeout = self.cluster.settings.request_timeout;
-        req.ctx.cluster = Some(self.cluster.clone());
+        let cluster = self
+            .app
+            .for_request(req.http.version(), req.http.headers())
+            .clone();
+        req.ctx.timeout = cluster.settings.request_timeout;
+        req.ctx.cluster = Some(cluster);
         self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grpc() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/grpc+proto".parse().unwrap(),
+        );
+        headers
+    }
+
+    fn chosen(protocol: Protocol, version: Version, headers: &HeaderMap) -> Protocol {
+        let view = |protocol| {
+            let settings = crate::table::ClusterSettings {
+                protocol,
+                ..Default::default()
+            };
+            Arc::new(Cluster::new("app".into(), settings, vec![], Arc::default()))
+        };
+        let app = AppTarget {
+            http1: view(Protocol::Http1),
+            http2: view(Protocol::Http2),
+            protocol: SharedAppProtocol::default(),
+        };
+        app.protocol.set(protocol);
+        app.for_request(version, headers).settings.protocol
+    }
+
+    #[test]
+    fn auto_sends_grpc_as_h2c_and_everything_else_as_http1_whatever_the_caller_spoke() {
+        let plain = HeaderMap::new();
+        assert_eq!(
+            chosen(Protocol::Auto, Version::HTTP_2, &grpc()),
+            Protocol::Http2
+        );
+        assert_eq!(
+            chosen(Protocol::Auto, Version::HTTP_2, &plain),
+            Protocol::Http1
+        );
+        assert_eq!(
+            chosen(Protocol::Auto, Version::HTTP_11, &plain),
+            Protocol::Http1
+        );
+        // gRPC over HTTP/1.1 is not gRPC: the app gets what arrived.
+        assert_eq!(
+            chosen(Protocol::Auto, Version::HTTP_11, &grpc()),
+            Protocol::Http1
+        );
+        let mut grpc_web = HeaderMap::new();
+        grpc_web.insert(
+            header::CONTENT_TYPE,
+            "application/grpc-web+proto".parse().unwrap(),
+        );
+        assert_eq!(
+            chosen(Protocol::Auto, Version::HTTP_2, &grpc_web),
+            Protocol::Http1
+        );
+    }
+
+    #[test]
+    fn a_configured_protocol_wins_over_the_request() {
+        let plain = HeaderMap::new();
+        assert_eq!(
+            chosen(Protocol::Http2, Version::HTTP_11, &plain),
+            Protocol::Http2
+        );
+        assert_eq!(
+            chosen(Protocol::Http1, Version::HTTP_2, &grpc()),
+            Protocol::Http1
+        );
+        assert_eq!(
+            chosen(Protocol::Tcp, Version::HTTP_2, &plain),
+            Protocol::Http1
+        );
     }
 }

@@ -1,6 +1,11 @@
-//! Sidecar-to-sidecar transport: mutual TLS with SPIFFE identities, and
-//! HTTP/2 on top whatever the app speaks, so one connection per endpoint
-//! carries every request (Linkerd and Istio do the same).
+//! Sidecar-to-sidecar transport: mutual TLS with SPIFFE identities. The
+//! caller offers ALPN `weft-mesh/h2`, `h2` and `http/1.1`; a Weft sidecar
+//! selects `weft-mesh/h2`, so one multiplexed HTTP/2 connection per
+//! endpoint carries every request whatever the app speaks (Linkerd and
+//! Istio do the same). A peer that is not a Weft sidecar (Consul's
+//! built-in `consul connect proxy`, which selects `h2` but only relays
+//! bytes to its app; an L4 proxy that selects nothing) is spoken to as
+//! `proxy/forward.rs` says, from what [`PeerProtocol`] remembers of it.
 //!
 //! The client config is built once per destination identity: it verifies
 //! that the peer's leaf chains to the current trust bundle and names the
@@ -12,7 +17,9 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -20,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::client::TlsStream;
-use weft_certs::tls::{ALPN_H2, client_config};
+use weft_certs::tls::{ALPN_H2, ALPN_HTTP1, ALPN_WEFT_H2, MESH_ALPN, client_config};
 use weft_certs::{IdentityStore, PeerRejection, SpiffeId};
 
 use super::{ConnectError, Connector, UpstreamTcp};
@@ -36,7 +43,7 @@ pub struct MeshTls {
 
 impl MeshTls {
     pub fn new(store: &Arc<IdentityStore>, identity: SpiffeId) -> Self {
-        let config = Arc::new(client_config(store, &identity, &[ALPN_H2]));
+        let config = Arc::new(client_config(store, &identity, MESH_ALPN));
         Self { identity, config }
     }
 }
@@ -57,16 +64,196 @@ impl PartialEq for MeshTls {
     }
 }
 
+/// What a peer selected by ALPN on its last handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Negotiated {
+    /// `weft-mesh/h2`: a Weft sidecar: HTTP/2 whatever its app speaks.
+    WeftH2,
+    /// `h2` from a peer that is not a Weft sidecar: Consul's built-in
+    /// proxy selects it and relays bytes to an app of any protocol, so it
+    /// says nothing sure about the app.
+    H2,
+    /// `http/1.1`.
+    Http1,
+    /// Nothing (Consul's built-in proxy, Go's TLS without `NextProtos`):
+    /// an L4 proxy in front of an app whose protocol the caller must know.
+    Nothing,
+}
+
+impl Negotiated {
+    /// The ALPN id (`none` for nothing), as `/clusters` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WeftH2 => "weft-mesh/h2",
+            Self::H2 => "h2",
+            Self::Http1 => "http/1.1",
+            Self::Nothing => "none",
+        }
+    }
+
+    fn of(alpn: Option<&[u8]>) -> Self {
+        match alpn {
+            Some(ALPN_WEFT_H2) => Self::WeftH2,
+            Some(ALPN_H2) => Self::H2,
+            Some(ALPN_HTTP1) => Self::Http1,
+            // rustls refuses a protocol it did not offer.
+            _ => Self::Nothing,
+        }
+    }
+
+    fn encode(self) -> u8 {
+        match self {
+            Self::WeftH2 => 1,
+            Self::H2 => 2,
+            Self::Http1 => 3,
+            Self::Nothing => 4,
+        }
+    }
+
+    fn decode(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::WeftH2),
+            2 => Some(Self::H2),
+            3 => Some(Self::Http1),
+            4 => Some(Self::Nothing),
+            _ => None,
+        }
+    }
+}
+
+/// What one endpoint's peer negotiated, remembered across requests (and
+/// table swaps, with the endpoint's clients): written by every handshake,
+/// so a peer that changes kind (a Consul proxy replaced by a Weft sidecar
+/// at the same address) is learned from its next new connection. Reading
+/// it is one relaxed atomic load.
+#[derive(Default)]
+pub struct PeerProtocol {
+    negotiated: AtomicU8,
+    /// Serialises the first handshake ([`TlsConnector::learn`]), so a
+    /// burst of first requests probes once; never taken once known.
+    probe: tokio::sync::Mutex<()>,
+    /// The connection of that first handshake, kept for the next connect
+    /// of either client (the request that learnt about the peer is about
+    /// to ask for one), so learning costs no extra handshake. Locked only
+    /// when a new connection is made, never per request.
+    parked: std::sync::Mutex<Option<(MeshStream, Instant)>>,
+}
+
+/// A parked connection older than this is closed instead of used: the peer
+/// may have given up on a connection that sent nothing (a Weft sidecar
+/// waits `--header-read-timeout` for the first request).
+const PARKED_FOR_AT_MOST: Duration = Duration::from_secs(1);
+
+impl PeerProtocol {
+    pub fn get(&self) -> Option<Negotiated> {
+        Negotiated::decode(self.negotiated.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, negotiated: Negotiated) {
+        self.negotiated
+            .store(negotiated.encode(), Ordering::Relaxed);
+    }
+
+    fn park(&self, stream: MeshStream) {
+        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        *parked = Some((stream, Instant::now()));
+    }
+
+    /// The parked connection, if it is still fresh.
+    fn take_parked(&self) -> Option<MeshStream> {
+        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        parked
+            .take()
+            .filter(|(_, at)| at.elapsed() <= PARKED_FOR_AT_MOST)
+            .map(|(stream, _)| stream)
+    }
+}
+
+impl std::fmt::Debug for PeerProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerProtocol")
+            .field("negotiated", &self.get())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Dials an endpoint and completes the mTLS handshake.
 #[derive(Clone)]
 pub struct TlsConnector {
     tcp: Connector,
     tls: MeshTls,
+    peer: Arc<PeerProtocol>,
+    /// For the HTTP/2-only client: a peer that selects `http/1.1` cannot
+    /// take HTTP/2 with prior knowledge, so its connection is refused
+    /// (after noting what it selected, for the next request).
+    h2_only: bool,
 }
 
 impl TlsConnector {
-    pub fn new(tcp: Connector, tls: MeshTls) -> Self {
-        Self { tcp, tls }
+    pub fn new(tcp: Connector, tls: MeshTls, peer: Arc<PeerProtocol>, h2_only: bool) -> Self {
+        Self {
+            tcp,
+            tls,
+            peer,
+            h2_only,
+        }
+    }
+
+    /// What the peer selected on its last handshake, if there was one.
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        self.peer.get()
+    }
+
+    /// What the peer negotiates: remembered, else learnt from one
+    /// handshake, whose connection the next connect takes.
+    pub async fn learn(&self) -> Result<Negotiated, ConnectError> {
+        if let Some(known) = self.peer.get() {
+            return Ok(known);
+        }
+        let _probe = self.peer.probe.lock().await;
+        if let Some(known) = self.peer.get() {
+            return Ok(known);
+        }
+        let stream = self.handshake().await?;
+        let negotiated = stream.negotiated;
+        self.peer.park(stream);
+        Ok(negotiated)
+    }
+
+    async fn handshake(&self) -> Result<MeshStream, ConnectError> {
+        let tcp = self.tcp.open().await?;
+        let connector = tokio_rustls::TlsConnector::from(self.tls.config.clone());
+        let name = ServerName::try_from(SNI).expect("a valid DNS name");
+        // The handshake is bounded by the same connect timeout as TCP.
+        let handshake = connector.connect(name, tcp);
+        match tokio::time::timeout(self.tcp.timeout(), handshake).await {
+            Ok(Ok(stream)) => {
+                let negotiated = Negotiated::of(stream.get_ref().1.alpn_protocol());
+                self.peer.set(negotiated);
+                Ok(MeshStream { stream, negotiated })
+            }
+            Ok(Err(e)) => {
+                let rejection = PeerRejection::from_io_error(&e);
+                HANDSHAKE_FAILURES.failed(TlsDirection::Outbound, rejection.as_ref());
+                let why = rejection
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                Err(self.tcp.error(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "mTLS handshake (expecting {}) failed: {why}",
+                        self.tls.identity
+                    ),
+                )))
+            }
+            Err(_) => {
+                HANDSHAKE_FAILURES.timed_out(TlsDirection::Outbound);
+                Err(self.tcp.error(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "mTLS handshake timed out",
+                )))
+            }
+        }
     }
 }
 
@@ -86,47 +273,40 @@ impl tower::Service<Uri> for TlsConnector {
     fn call(&mut self, _dst: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = this.tcp.open().await?;
-            let connector = tokio_rustls::TlsConnector::from(this.tls.config.clone());
-            let name = ServerName::try_from(SNI).expect("a valid DNS name");
-            // The handshake is bounded by the same connect timeout as TCP.
-            let handshake = connector.connect(name, tcp);
-            match tokio::time::timeout(this.tcp.timeout(), handshake).await {
-                Ok(Ok(stream)) => Ok(TokioIo::new(MeshStream(stream))),
-                Ok(Err(e)) => {
-                    let rejection = PeerRejection::from_io_error(&e);
-                    HANDSHAKE_FAILURES.failed(TlsDirection::Outbound, rejection.as_ref());
-                    let why = rejection
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| e.to_string());
-                    Err(this.tcp.error(io::Error::new(
-                        e.kind(),
-                        format!(
-                            "mTLS handshake (expecting {}) failed: {why}",
-                            this.tls.identity
-                        ),
-                    )))
-                }
-                Err(_) => {
-                    HANDSHAKE_FAILURES.timed_out(TlsDirection::Outbound);
-                    Err(this.tcp.error(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "mTLS handshake timed out",
-                    )))
-                }
+            let stream = match this.peer.take_parked() {
+                Some(stream) => stream,
+                None => this.handshake().await?,
+            };
+            if this.h2_only && stream.negotiated == Negotiated::Http1 {
+                return Err(this.tcp.error(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the peer ({}) selected ALPN http/1.1 where HTTP/2 was needed",
+                        this.tls.identity
+                    ),
+                )));
             }
+            Ok(TokioIo::new(stream))
         })
     }
 }
 
-/// An established mTLS connection to a peer sidecar.
-pub struct MeshStream(TlsStream<UpstreamTcp>);
+/// An established mTLS connection to a mesh peer.
+pub struct MeshStream {
+    stream: TlsStream<UpstreamTcp>,
+    negotiated: Negotiated,
+}
 
 impl Connection for MeshStream {
     fn connected(&self) -> Connected {
-        // ALPN is h2 only: the peer either speaks HTTP/2 or the handshake
-        // failed, so the client may multiplex at once.
-        Connected::new().negotiated_h2()
+        // The HTTP/2-only client multiplexes whatever this says; the other
+        // one speaks HTTP/2 only to a Weft peer (it is used for one that
+        // selected plain `h2` only when the request is to go as HTTP/1.1).
+        if self.negotiated == Negotiated::WeftH2 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
     }
 }
 
@@ -136,7 +316,7 @@ impl AsyncRead for MeshStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
@@ -146,15 +326,15 @@ impl AsyncWrite for MeshStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -162,10 +342,38 @@ impl AsyncWrite for MeshStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_weft_mesh_h2_says_the_peer_is_a_weft_sidecar() {
+        assert_eq!(Negotiated::of(Some(b"weft-mesh/h2")), Negotiated::WeftH2);
+        assert_eq!(Negotiated::of(Some(b"h2")), Negotiated::H2);
+        assert_eq!(Negotiated::of(Some(b"http/1.1")), Negotiated::Http1);
+        assert_eq!(Negotiated::of(None), Negotiated::Nothing);
+    }
+
+    #[test]
+    fn what_a_peer_selected_is_remembered_until_its_next_handshake_says_otherwise() {
+        let peer = PeerProtocol::default();
+        assert_eq!(peer.get(), None);
+        for negotiated in [
+            Negotiated::WeftH2,
+            Negotiated::H2,
+            Negotiated::Http1,
+            Negotiated::Nothing,
+        ] {
+            peer.set(negotiated);
+            assert_eq!(peer.get(), Some(negotiated));
+        }
     }
 }

@@ -25,7 +25,7 @@ pub use connection_limit::ConnectionLimit;
 pub use connector::{ConnectError, Connector, UpstreamTcp};
 pub use dns::Dns;
 pub use http1::{H1Error, H1Pool, ProtocolError, ResponseBody, Upgraded};
-pub use mesh_tls::{MeshStream, MeshTls, TlsConnector};
+pub use mesh_tls::{MeshStream, MeshTls, Negotiated, PeerProtocol, TlsConnector};
 
 use crate::body::RequestBody;
 use crate::table::EndpointAddr;
@@ -69,9 +69,9 @@ pub struct UpstreamClient {
     pub h1: H1Pool,
     /// HTTP/2 with prior knowledge: one multiplexed connection per authority.
     pub h2: HttpClient,
-    /// To a meshed endpoint while mTLS is on: HTTP/2 over mTLS, whatever
-    /// the caller spoke. When set, every request goes this way.
-    pub mesh: Option<(MeshTls, MeshClient)>,
+    /// To a meshed endpoint while mTLS is on. When set, every request goes
+    /// this way.
+    pub mesh: Option<MeshClients>,
     /// Beside `mesh`: tunnels for opaque TCP, multiplexed on one mTLS
     /// connection per endpoint (opened on the first tunnel).
     pub tunnel: Option<TunnelClient>,
@@ -93,10 +93,17 @@ impl UpstreamClient {
         let h2 = h2_client(&settings).build(connector.clone());
         let (mesh, tunnel) = match mesh_tls {
             Some(tls) => {
-                let tls_connector = TlsConnector::new(connector, tls.clone());
-                let client = h2_client(&settings).build(tls_connector.clone());
-                let tunnel = h2_client(&settings).build(tls_connector);
-                (Some((tls, client)), Some(tunnel))
+                let peer = Arc::new(PeerProtocol::default());
+                let h2_only = TlsConnector::new(connector.clone(), tls.clone(), peer.clone(), true);
+                let by_alpn = TlsConnector::new(connector, tls.clone(), peer, false);
+                let tunnel = h2_client(&settings).build(h2_only.clone());
+                let clients = MeshClients {
+                    h2: h2_client(&settings).build(h2_only),
+                    by_alpn: alpn_client(&settings).build(by_alpn.clone()),
+                    connector: by_alpn,
+                    tls,
+                };
+                (Some(clients), Some(tunnel))
             }
             None => (None, None),
         };
@@ -111,8 +118,33 @@ impl UpstreamClient {
 
     /// The identity required of this endpoint, if reached over mTLS.
     pub fn mesh_identity(&self) -> Option<&MeshTls> {
-        self.mesh.as_ref().map(|(tls, _)| tls)
+        self.mesh.as_ref().map(|mesh| &mesh.tls)
     }
+}
+
+/// The clients of one meshed endpoint over mTLS, sharing what its peer
+/// negotiated ([`PeerProtocol`]): a pool per protocol, so the choice costs
+/// no handshake per request.
+#[derive(Clone)]
+pub struct MeshClients {
+    /// The identity the peer must present.
+    pub tls: MeshTls,
+    /// HTTP/2: to a Weft sidecar (ALPN `weft-mesh/h2`: one multiplexed
+    /// connection), or with prior knowledge to another peer when the
+    /// request needs HTTP/2 (gRPC, a destination with `protocol: http2`).
+    pub h2: MeshClient,
+    /// HTTP/1.1 keep-alive connections to a peer that is not a Weft
+    /// sidecar, when the request goes as HTTP/1.1 (HTTP/2 on a connection
+    /// that selected `weft-mesh/h2`, should the peer have changed).
+    pub by_alpn: MeshClient,
+    /// Learns what the peer negotiates before its first request.
+    pub connector: TlsConnector,
+}
+
+fn alpn_client(settings: &PoolSettings) -> hyper_util::client::legacy::Builder {
+    let mut b = h2_client(settings);
+    b.http2_only(false);
+    b
 }
 
 fn h2_client(settings: &PoolSettings) -> hyper_util::client::legacy::Builder {

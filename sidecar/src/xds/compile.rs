@@ -399,16 +399,10 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
             LbPolicy::LeastRequest
         }
     };
-    s.protocol = match pb::cluster::Protocol::try_from(c.protocol) {
-        Ok(pb::cluster::Protocol::Auto) => Protocol::Auto,
-        Ok(pb::cluster::Protocol::Http1) => Protocol::Http1,
-        Ok(pb::cluster::Protocol::Http2) => Protocol::Http2,
-        Ok(pb::cluster::Protocol::Tcp) => Protocol::Tcp,
-        Err(_) => {
-            errs.at("protocol", format!("unknown value {}", c.protocol));
-            Protocol::Auto
-        }
-    };
+    s.protocol = protocol(c.protocol).unwrap_or_else(|e| {
+        errs.at("protocol", e);
+        Protocol::Auto
+    });
     if !c.identity.is_empty() {
         match c.identity.parse::<weft_certs::SpiffeId>() {
             Ok(id) => s.identity = Some(id),
@@ -584,6 +578,18 @@ pub fn endpoint(
         stats,
         client,
     }))
+}
+
+/// A Cluster's (or an InboundPolicy's app) protocol; an unknown value
+/// (from a newer agent) is an error, never a silent guess.
+pub(crate) fn protocol(value: i32) -> Result<Protocol, String> {
+    match pb::cluster::Protocol::try_from(value) {
+        Ok(pb::cluster::Protocol::Auto) => Ok(Protocol::Auto),
+        Ok(pb::cluster::Protocol::Http1) => Ok(Protocol::Http1),
+        Ok(pb::cluster::Protocol::Http2) => Ok(Protocol::Http2),
+        Ok(pb::cluster::Protocol::Tcp) => Ok(Protocol::Tcp),
+        Err(_) => Err(format!("unknown value {value}")),
+    }
 }
 
 /// Assembles a table from the accepted resources, carrying per-cluster and

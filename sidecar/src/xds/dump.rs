@@ -213,6 +213,7 @@ pub fn inbound_policy(p: &pb::InboundPolicy) -> Value {
         "jwt": jwt(&p.jwt_json),
         "default_action": action(p.default_action),
         "opaque_tcp": p.opaque_tcp,
+        "app_protocol": pb::cluster::Protocol::try_from(p.app_protocol).map(|m| m.as_str_name()).unwrap_or("INVALID"),
         "rate_limits": rate_limits(&p.rate_limits),
         "intentions": p.intentions.iter().map(|i| json!({
             "source": i.source,

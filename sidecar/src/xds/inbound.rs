@@ -10,6 +10,7 @@ use crate::authn::{Authenticator, AuthnConfig, ConfigErrors};
 use crate::authz::AuthzPolicy;
 use crate::mtls_mode::MtlsMode;
 use crate::ratelimit::RateLimiter;
+use crate::table::cluster::Protocol;
 use crate::upstream::Dns;
 
 /// A policy ready to be swapped in.
@@ -20,6 +21,8 @@ pub(crate) struct CompiledInbound {
     pub mtls: MtlsMode,
     /// `None`: the policy sets no rate limits.
     pub rate_limits: Option<RateLimiter>,
+    /// What to speak to the app (`proxy/static_target.rs`).
+    pub app_protocol: Protocol,
 }
 
 impl Default for CompiledInbound {
@@ -31,6 +34,7 @@ impl Default for CompiledInbound {
             authn: None,
             mtls: MtlsMode::Strict,
             rate_limits: None,
+            app_protocol: Protocol::Auto,
         }
     }
 }
@@ -53,6 +57,9 @@ pub(crate) fn compile(
     let mtls = MtlsMode::from_proto(policy.mtls_mode)
         .map_err(|e| errors.push(format!("mtls_mode: {e}")))
         .ok();
+    let app_protocol = crate::xds::compile::protocol(policy.app_protocol)
+        .map_err(|e| errors.push(format!("app_protocol: {e}")))
+        .ok();
     let rate_limits = match &policy.rate_limits {
         None => None,
         Some(limits) => RateLimiter::compile(limits, &format!("in:{}", policy.service))
@@ -68,7 +75,9 @@ pub(crate) fn compile(
     };
     // Only once everything else is known to be good: building the
     // authenticator starts the JWKS fetches.
-    let (Some(authz), Some(mtls), true) = (authz, mtls, errors.is_empty()) else {
+    let (Some(authz), Some(mtls), Some(app_protocol), true) =
+        (authz, mtls, app_protocol, errors.is_empty())
+    else {
         return Err(errors);
     };
     let authn = match jwt {
@@ -88,6 +97,7 @@ pub(crate) fn compile(
         authn,
         mtls,
         rate_limits,
+        app_protocol,
     })
 }
 

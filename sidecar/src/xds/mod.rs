@@ -25,6 +25,7 @@ use weft_proto::type_url;
 use crate::authn::AuthnPolicy;
 use crate::authz::SharedAuthz;
 use crate::mtls_mode::SharedMtlsMode;
+use crate::proxy::static_target::SharedAppProtocol;
 use crate::ratelimit::{RateLimiter, SharedRateLimits};
 use crate::table::{ClusterSettings, RoutingTable};
 use crate::upstream::Dns;
@@ -149,6 +150,8 @@ pub struct Core {
     authz: SharedAuthz,
     authn: AuthnPolicy,
     mtls: SharedMtlsMode,
+    /// What the inbound side speaks to the app (read by `static_target`).
+    app_protocol: SharedAppProtocol,
     /// The service's inbound rate limits (read by the ratelimit layer).
     rate_limits: SharedRateLimits,
     /// The resources last accepted, by type and name, as received: the set
@@ -192,6 +195,7 @@ impl Core {
             authz: SharedAuthz::default(),
             authn: AuthnPolicy::default(),
             mtls: SharedMtlsMode::default(),
+            app_protocol: SharedAppProtocol::default(),
             rate_limits: SharedRateLimits::default(),
             held: BTreeMap::new(),
             incremental: false,
@@ -219,6 +223,12 @@ impl Core {
     /// Where the accepted inbound mTLS mode is published for the listener.
     pub fn with_mtls_mode(mut self, mtls: SharedMtlsMode) -> Self {
         self.mtls = mtls;
+        self
+    }
+
+    /// Where the accepted protocol of the local app is published.
+    pub fn with_app_protocol(mut self, protocol: SharedAppProtocol) -> Self {
+        self.app_protocol = protocol;
         self
     }
 
@@ -530,6 +540,7 @@ impl Core {
         );
         self.authn.set(compiled.authn);
         self.mtls.set(compiled.mtls);
+        self.app_protocol.set(compiled.app_protocol);
         self.accepted.policy = ours;
         Ok(false)
     }

@@ -61,6 +61,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
         opaque_tcp: false,
         rate_limits: None,
         upstreams: Vec::new(),
+        app_protocol: 0,
     }
 }
 

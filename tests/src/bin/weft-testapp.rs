@@ -37,6 +37,11 @@
 //!   after it started). `"count": N` as above; `grpc_status` cannot be
 //!   combined with `status`, `delay_ms` or `reset`.
 //!
+//! With `--speaks http1` it is an HTTP/1.1-only app (the HTTP/2 preface
+//! ends the connection, as most HTTP/1.1 servers do), with `--speaks h2c`
+//! an HTTP/2-only one (prior knowledge): what a test needs to show that a
+//! proxy chose the app's protocol right.
+//!
 //! It prints `READY <addr>` on stdout once listening (`--listen` may use port 0),
 //! which is what the harness waits on.
 #![forbid(unsafe_code)]
@@ -83,6 +88,20 @@ struct Args {
     /// The sidecar's outbound listener, for `/call/...`.
     #[arg(long, env = "WEFT_OUTBOUND")]
     outbound: Option<SocketAddr>,
+    /// Which HTTP versions the port serves.
+    #[arg(long, value_enum, default_value_t = Speaks::Both)]
+    speaks: Speaks,
+}
+
+/// The HTTP versions the app's port serves.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Speaks {
+    /// HTTP/1.1 and h2c, told apart by the first bytes.
+    Both,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 with prior knowledge only.
+    H2c,
 }
 
 /// The headers a traced app copies from the request it serves onto the
@@ -380,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         let identity = identity.clone();
         let grpc = grpc.clone();
+        let speaks = args.speaks;
         tokio::spawn(async move {
             let _open = identity.connection_opened();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -421,11 +441,23 @@ async fn main() -> anyhow::Result<()> {
                     Ok(handle_http(&identity, req).await)
                 }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(error) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
+            let io = TokioIo::new(stream);
+            let served = match speaks {
+                Speaks::Both => hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(io, service)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Speaks::Http1 => hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .with_upgrades()
+                    .await
+                    .map_err(|e| e.to_string()),
+                Speaks::H2c => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(error) = served {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });

@@ -84,6 +84,32 @@ pub async fn websocket_with(
     }
 }
 
+/// Sends a text, a binary and a 70 kB text message (larger than one
+/// 64 KiB read or frame) one at a time, each echo read before the next:
+/// an error unless each comes back whole within 10 s.
+pub async fn echo_one_by_one(socket: &mut WebSocketStream<TcpStream>) -> anyhow::Result<()> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    for message in [
+        Message::text("hello"),
+        Message::binary(vec![0u8, 1, 2, 255]),
+        Message::text("x".repeat(70_000)),
+    ] {
+        socket.send(message.clone()).await?;
+        let reply = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .context("no echo within 10 s")?
+            .context("socket closed")??;
+        anyhow::ensure!(
+            reply == message,
+            "sent {} bytes, got back {:?}",
+            message.len(),
+            reply
+        );
+    }
+    Ok(())
+}
+
 /// The answer to a WebSocket handshake that must not switch protocols
 /// (status, headers, body); an error if it did.
 pub async fn websocket_refusal(

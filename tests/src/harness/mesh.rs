@@ -12,6 +12,7 @@ use futures_util::StreamExt as _;
 use super::agent::{Agent, Backend};
 use super::app::App;
 use super::consul::{Consul, Registration};
+use super::consul_proxy::ConsulProxy;
 use super::eventually::eventually;
 use super::http::{Call, Echo, HttpClient};
 use super::identity::MeshCa;
@@ -27,6 +28,13 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct MeshedInstance {
     pub app: App,
     pub sidecar: Sidecar,
+    pub registration: Registration,
+}
+
+/// An app behind Consul's own Connect proxy.
+pub struct ConsulProxiedInstance {
+    pub app: App,
+    pub proxy: ConsulProxy,
     pub registration: Registration,
 }
 
@@ -100,16 +108,23 @@ impl Mesh {
         id: &str,
         sidecar_args: &[String],
     ) -> anyhow::Result<MeshedInstance> {
+        self.meshed_app_with(service, id, &[], sidecar_args).await
+    }
+
+    /// Like [`Mesh::meshed_instance_with`], with more app flags too
+    /// (`--speaks http1`, say).
+    pub async fn meshed_app_with(
+        &self,
+        service: &str,
+        id: &str,
+        app_args: &[String],
+        sidecar_args: &[String],
+    ) -> anyhow::Result<MeshedInstance> {
         // The app learns its sidecar's outbound listener, to call onward
         // (`/call/<service>/...`).
         let outbound = format!("127.0.0.1:{}", free_port()?);
-        let app = App::start_with(
-            &self.log_dir,
-            service,
-            id,
-            &["--outbound".to_owned(), outbound.clone()],
-        )
-        .await?;
+        let app_args = [app_args, &["--outbound".to_owned(), outbound.clone()]].concat();
+        let app = App::start_with(&self.log_dir, service, id, &app_args).await?;
         let sidecar_args = [sidecar_args, &["--outbound".to_owned(), outbound]].concat();
         let (sidecar, registration) = self
             .sidecar_for(service, id, app.port(), &sidecar_args)
@@ -146,6 +161,27 @@ impl Mesh {
         )
         .await?;
         Ok((sidecar, registration))
+    }
+
+    /// Starts an app (with `app_args`) fronted by Consul's own
+    /// `consul connect proxy` as its registered Connect sidecar, the way a
+    /// service not yet moved to Weft runs in a mixed mesh.
+    pub async fn consul_proxied_instance(
+        &self,
+        service: &str,
+        id: &str,
+        app_args: &[String],
+    ) -> anyhow::Result<ConsulProxiedInstance> {
+        let app = App::start_with(&self.log_dir, service, id, app_args).await?;
+        let public_port = free_port()?;
+        let registration = Registration::meshed(service, id, app.port(), public_port);
+        self.consul.register(&registration).await?;
+        let proxy = ConsulProxy::sidecar_for(&self.consul, &self.log_dir, id, public_port).await?;
+        Ok(ConsulProxiedInstance {
+            app,
+            proxy,
+            registration,
+        })
     }
 
     /// The calling side of most tests: a meshed `client` service whose

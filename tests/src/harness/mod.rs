@@ -6,6 +6,7 @@ pub mod app;
 pub mod binaries;
 pub mod browser;
 pub mod consul;
+pub mod consul_proxy;
 pub mod eventually;
 pub mod fixtures;
 pub mod grpc;
