@@ -110,6 +110,8 @@ pub struct ClusterShared {
     /// written by `split` (`crate::xds::on_demand::OnDemand::touch`): the
     /// xDS client drops an on-demand cluster idle for too long.
     pub last_used: AtomicU32,
+    /// The inbound cluster's: whether the app accepts connections (`/ready`).
+    pub app_health: Option<Arc<crate::app_health::AppHealth>>,
 }
 
 #[derive(Debug, Default)]
