@@ -62,6 +62,48 @@ impl EjectionLock {
     }
 }
 
+/// When an endpoint of a cluster last answered unreachable (in
+/// `ClusterShared`): while that is recent, the built-in retry keeps a copy
+/// of each request to send elsewhere (`proxy::retry`); a cluster that never
+/// had an unreachable endpoint, or not for a while, pays one load.
+#[derive(Debug)]
+pub struct UnreachableSeen {
+    epoch: Instant,
+    /// ms since `epoch` (plus one); 0 = not recently.
+    at: AtomicU64,
+}
+
+impl Default for UnreachableSeen {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            at: AtomicU64::new(0),
+        }
+    }
+}
+
+impl UnreachableSeen {
+    pub fn note(&self, now: Instant) {
+        self.at
+            .store(millis_since(self.epoch, now), Ordering::Relaxed);
+    }
+
+    /// Whether one was noted within `window`; forgets an older one.
+    pub fn within(&self, window: Duration, now: impl FnOnce() -> Instant) -> bool {
+        let at = self.at.load(Ordering::Relaxed);
+        if at == 0 {
+            return false;
+        }
+        if millis_since(self.epoch, now()).saturating_sub(at) <= millis(window) {
+            return true;
+        }
+        let _ = self
+            .at
+            .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
+    }
+}
+
 /// How long the `n`th ejection (1-based) lasts at most (before jitter).
 pub fn ejection_time(s: &OutlierSettings, n: u32) -> Duration {
     let n = n.max(1);
@@ -108,7 +150,7 @@ impl EjectionState {
         (at < until).then(|| Duration::from_millis(until - at))
     }
 
-    /// The hot-path check: one load while never ejected.
+    /// The hot-path check: one load (and no clock read) while not ejected.
     pub fn is_ejected(&self, now: impl FnOnce() -> Instant) -> bool {
         let until = self.ejected_until.load(Ordering::Acquire);
         until != 0 && millis_since(self.epoch, now()) < until
@@ -118,11 +160,15 @@ impl EjectionState {
         self.ejections.load(Ordering::Relaxed)
     }
 
-    /// Notes that an ejection is over (once); true if this call did.
-    pub fn note_return(&self, now: Instant) -> bool {
+    /// Notes that an ejection is over (once); true if this call did. Reads
+    /// the clock only when there is an ejection to end.
+    pub fn note_return(&self, now: impl FnOnce() -> Instant) -> bool {
         let until = self.ejected_until.load(Ordering::Acquire);
-        let at = millis_since(self.epoch, now);
-        if until == 0 || at < until {
+        if until == 0 {
+            return false;
+        }
+        let at = millis_since(self.epoch, now());
+        if at < until {
             return false;
         }
         let returned = self
@@ -316,6 +362,22 @@ mod tests {
         assert_eq!(e.times_ejected(), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_answer_is_remembered_for_its_window_only() {
+        let seen = UnreachableSeen::default();
+        let window = Duration::from_secs(60);
+        assert!(!seen.within(window, || unreachable!("no clock read when never seen")));
+        seen.note(Instant::now());
+        tokio::time::advance(window).await;
+        assert!(seen.within(window, Instant::now));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!seen.within(window, Instant::now));
+        assert!(
+            !seen.within(window, || unreachable!("forgotten: no clock read")),
+            "forgotten"
+        );
+    }
+
     #[test]
     fn the_share_is_never_exceeded() {
         assert!(may_eject(0, 3, 50), "1 of 3 is 33 %");
@@ -395,8 +457,8 @@ mod tests {
         assert!(e.is_ejected(Instant::now));
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(!e.is_ejected(Instant::now));
-        assert!(e.note_return(Instant::now()));
-        assert!(!e.note_return(Instant::now()), "noted once");
+        assert!(e.note_return(Instant::now));
+        assert!(!e.note_return(Instant::now), "noted once");
         assert_eq!(
             e.eject(&s, &lock, |_| 0, 4, Instant::now()),
             Ok(Duration::from_secs(20))
@@ -416,7 +478,7 @@ mod tests {
         );
         e.eject(&s, &lock, |_| 0, 4, Instant::now()).unwrap();
         tokio::time::advance(Duration::from_secs(10)).await;
-        e.note_return(Instant::now());
+        e.note_return(Instant::now);
         tokio::time::advance(Duration::from_secs(25)).await;
         assert_eq!(
             e.eject(&s, &lock, |_| 0, 4, Instant::now()),

@@ -90,7 +90,7 @@ fn available(cluster: &Cluster, endpoint: &Endpoint) -> bool {
     if outlier.is_ejected(Instant::now) {
         return false;
     }
-    if outlier.note_return(Instant::now()) {
+    if outlier.note_return(Instant::now) {
         tracing::info!(
             cluster = %cluster.name,
             endpoint = %endpoint.addr,
@@ -130,6 +130,9 @@ pub fn observe(cluster: &Cluster, endpoint: &Endpoint, outcome: Outcome) {
     let Some(settings) = &cluster.settings.outlier else {
         return;
     };
+    if outcome == Outcome::ConnectFailure {
+        cluster.shared.unreachable_seen.note(Instant::now());
+    }
     let Verdict::Eject(reason) = endpoint.stats.outlier.observe(settings, outcome) else {
         return;
     };

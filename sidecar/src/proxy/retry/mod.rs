@@ -24,7 +24,12 @@
 //! destination has another serving endpoint and the request's body is
 //! already whole (a GET, or a body in memory), so that nothing is buffered
 //! that would not be anyway. It goes with unreachable-endpoint ejection
-//! (`consecutive_unreachable`), and is off where that is.
+//! (`consecutive_unreachable`), and is off where that is. And it is armed
+//! only for [`UNREACHED_RETRY_WINDOW`] after an endpoint of the destination
+//! last answered unreachable: keeping a request's copy costs a few
+//! allocations, which a healthy destination does not pay (one load). So
+//! the first unreachable answer after a quiet time reaches its caller; the
+//! requests after it, and the probes of the ejected endpoint, are saved.
 
 mod backoff;
 pub mod budget;
@@ -180,10 +185,14 @@ where
     }
 }
 
+/// How long after an unreachable answer the built-in retry stays armed:
+/// twice the longest default ejection (30 s), so that every probe of an
+/// endpoint that stays dead is covered (each failed probe re-arms it).
+pub const UNREACHED_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The built-in retry of a request no app saw, when it applies (see the
-/// module doc): its policy, cluster and whole body. A healthy request
-/// without a policy pays a few loads and, with two endpoints or more, a
-/// copy of its head for the replay.
+/// module doc): its policy, cluster and whole body. A request to a healthy
+/// destination without a policy pays a few loads.
 fn unreached_once(
     req: &mut ProxyRequest,
 ) -> Option<(Arc<RetryPolicy>, Arc<Cluster>, BufferedBody)> {
@@ -193,7 +202,14 @@ fn unreached_once(
         .outlier
         .as_ref()
         .is_some_and(|o| o.consecutive_unreachable > 0);
-    if !on || cluster.serving.len() < 2 || req.ctx.upgrade.is_some() {
+    if !on
+        || !cluster
+            .shared
+            .unreachable_seen
+            .within(UNREACHED_RETRY_WINDOW, tokio::time::Instant::now)
+        || cluster.serving.len() < 2
+        || req.ctx.upgrade.is_some()
+    {
         return None;
     }
     let cluster = cluster.clone();
@@ -813,35 +829,55 @@ mod tests {
         let tries = Arc::new(Mutex::new(Vec::new()));
         let service = RetryLayer.layer(dead_and_failing(tries.clone()));
         let cluster = cluster_without_policy(&[1, 3]);
-        let mut first_tries = Vec::new();
-        for _ in 0..20 {
+        let post = || async {
             tries.lock().unwrap().clear();
             let response = service
                 .clone()
                 .oneshot(request(&cluster, http::Method::POST))
                 .await
                 .unwrap();
-            let seen = tries.lock().unwrap().clone();
+            (response, tries.lock().unwrap().clone())
+        };
+        // A destination that had no unreachable endpoint kept no copy: the
+        // first unreached answer reaches its caller, and ejects.
+        let mut first_failure = None;
+        for _ in 0..50 {
+            let (response, seen) = post().await;
+            if seen[0] == 1 {
+                first_failure = Some((response.status(), seen));
+                break;
+            }
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers().get(ATTEMPTS_HEADER), None);
+        }
+        assert_eq!(
+            first_failure,
+            Some((StatusCode::SERVICE_UNAVAILABLE, vec![1])),
+            "the dead endpoint is tried once, its answer not retried"
+        );
+        // Armed now: when the ejection is over, the probe of the dead
+        // endpoint is sent to the other one, and the caller never knows.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut probes = 0;
+        for _ in 0..20 {
+            let (response, seen) = post().await;
             assert_eq!(response.status(), StatusCode::OK, "tries {seen:?}");
             // Said only when the built-in retry saved the request.
             let said = response.headers().get(ATTEMPTS_HEADER);
-            match seen.len() {
-                1 => assert_eq!(said, None),
-                _ => assert_eq!(said.unwrap(), "2"),
+            if seen == [1, 3] {
+                probes += 1;
+                assert_eq!(said.unwrap(), "2");
+            } else {
+                assert_eq!((said, seen), (None, vec![3]));
             }
-            first_tries.push(seen[0]);
         }
-        assert!(
-            first_tries.contains(&1),
-            "the dead endpoint was tried at least once: {first_tries:?}"
-        );
-        assert!(
-            first_tries.iter().filter(|p| **p == 1).count() <= 2,
-            "and then ejected: {first_tries:?}"
-        );
+        assert_eq!(probes, 1, "one probe, then ejected again");
 
-        // An app's own 503 is its answer: not retried without a policy.
+        // An app's own 503 is its answer: not retried without a policy,
+        // armed or not.
         let cluster = cluster_without_policy(&[2, 3]);
+        let now = tokio::time::Instant::now();
+        cluster.shared.unreachable_seen.note(now);
         let answers: Vec<_> = futures_util::future::join_all((0..20).map(|_| {
             service
                 .clone()
@@ -857,6 +893,7 @@ mod tests {
         // With one endpoint there is nowhere else to go: sent once.
         tries.lock().unwrap().clear();
         let cluster = cluster_without_policy(&[1]);
+        cluster.shared.unreachable_seen.note(now);
         let response = service
             .oneshot(request(&cluster, http::Method::GET))
             .await
