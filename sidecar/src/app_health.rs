@@ -42,7 +42,7 @@ impl AppHealth {
 
     /// A request's connect to the app failed: marks the app unreachable
     /// and starts probing it, unless that is already under way.
-    pub fn connect_failed(self: &Arc<Self>, error: &dyn std::fmt::Display) {
+    pub fn connect_failed(self: &Arc<Self>, error: &(dyn std::error::Error + 'static)) {
         if self.unreachable.load(Ordering::Acquire) {
             return;
         }
@@ -53,10 +53,16 @@ impl AppHealth {
         {
             return;
         }
-        self.note_error(error.to_string());
+        // The innermost cause says it best ("Connection refused (os error
+        // 111)"); the layers above it repeat the address.
+        let mut cause = error;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        self.note_error(cause.to_string());
         tracing::warn!(
             app = %self.addr,
-            error = %error,
+            error = %cause,
             "the app refuses connections: /ready answers 503 until it accepts one again"
         );
         tokio::spawn(probe_until_reachable(self.clone()));
@@ -103,9 +109,10 @@ mod tests {
         drop(listener);
         let health = Arc::new(AppHealth::new(addr));
         assert_eq!(health.unreachable(), None);
-        health.connect_failed(&"connection refused");
+        health.connect_failed(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         let reason = health.unreachable().expect("unreachable after a failure");
         assert!(reason.contains(&addr.to_string()), "{reason}");
+        assert!(reason.contains("refused"), "{reason}");
         let _app = tokio::net::TcpListener::bind(addr).await.unwrap();
         let start = tokio::time::Instant::now();
         while health.unreachable().is_some() {
