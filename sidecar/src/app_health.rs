@@ -8,6 +8,11 @@
 //! is healthy nothing runs. So a Kubernetes readiness probe or a Consul
 //! HTTP check pointed at `/ready` takes an instance whose app died out of
 //! every caller's endpoints, while its sidecar (and registration) live on.
+//!
+//! Only an app that was reached once counts: a sidecar starts before its
+//! app (a Kubernetes native sidecar's startup probe on `/ready` holds the
+//! app back until it passes), so a refused connect before the app's first
+//! answer must not make `/ready` wait for an app that waits for it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +32,9 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct AppHealth {
     addr: SocketAddr,
     unreachable: AtomicBool,
+    /// The app answered once (a request, or a probe): from then on a
+    /// refused connect means it went away.
+    reached: AtomicBool,
     /// Why the last connect failed; written on failures only.
     last_error: Mutex<String>,
 }
@@ -36,14 +44,22 @@ impl AppHealth {
         Self {
             addr,
             unreachable: AtomicBool::new(false),
+            reached: AtomicBool::new(false),
             last_error: Mutex::new(String::new()),
+        }
+    }
+
+    /// The app answered a request: one load once it has.
+    pub fn answered(&self) {
+        if !self.reached.load(Ordering::Relaxed) {
+            self.reached.store(true, Ordering::Relaxed);
         }
     }
 
     /// A request's connect to the app failed: marks the app unreachable
     /// and starts probing it, unless that is already under way.
     pub fn connect_failed(self: &Arc<Self>, error: &(dyn std::error::Error + 'static)) {
-        if self.unreachable.load(Ordering::Acquire) {
+        if self.unreachable.load(Ordering::Acquire) || !self.reached.load(Ordering::Relaxed) {
             return;
         }
         if self
@@ -103,13 +119,16 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn an_app_that_refuses_is_reported_until_it_listens_again() {
+    async fn an_app_that_answered_once_then_refuses_is_reported_until_it_listens_again() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let health = Arc::new(AppHealth::new(addr));
-        assert_eq!(health.unreachable(), None);
-        health.connect_failed(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        health.connect_failed(&refused);
+        assert_eq!(health.unreachable(), None, "not started yet: still ready");
+        health.answered();
+        health.connect_failed(&refused);
         let reason = health.unreachable().expect("unreachable after a failure");
         assert!(reason.contains(&addr.to_string()), "{reason}");
         assert!(reason.contains("refused"), "{reason}");

@@ -243,6 +243,9 @@ impl Service<ProxyRequest> for Forward {
                     return Err(e);
                 }
             };
+            if let Some(app) = &cluster.shared.app_health {
+                app.answered();
+            }
             if let Some(token) = carried_upgrade {
                 upgrade::restore_response(&mut resp, token);
             }
