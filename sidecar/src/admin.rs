@@ -68,6 +68,15 @@ pub fn readiness(state: &AdminState) -> (bool, String) {
     if *state.shutdown.borrow() {
         return (false, "draining".into());
     }
+    if let Some(why) = state
+        .inbound
+        .shared
+        .app_health
+        .as_ref()
+        .and_then(|app| app.unreachable())
+    {
+        return (false, why);
+    }
     match &state.xds {
         None => (true, String::new()),
         Some(x) => {

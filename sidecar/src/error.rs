@@ -15,6 +15,12 @@ use crate::body::ProxyBody;
 
 /// The response header that names the cause of a proxy-generated error.
 pub const ERROR_HEADER: &str = "x-weft-error";
+/// On a callee sidecar's own 503 when it could not connect to its app: no
+/// app saw the request, so the caller may eject that endpoint at once and
+/// send the request to another one, whatever its method. The sidecar
+/// removes it from its app's answers, so an app (or a deeper hop's answer
+/// an app passes on) cannot pose as unreached.
+pub const UNREACHED_HEADER: &str = "x-weft-unreached";
 /// How many tries a request took, on the responses of destinations (or
 /// routes) with a retry policy.
 pub const ATTEMPTS_HEADER: &str = "x-weft-attempts";

@@ -7,6 +7,7 @@
 //! * `xds` — the ADS client that builds the table from the agent's resources.
 //! * `upstream` — pooled connections to endpoints, DNS.
 //! * `admin` — /ready, /live, /config_dump, /clusters.
+//! * `app_health` — whether the local app accepts connections (`/ready`).
 //! * `call_report` — outbound call counts sent to the agent's service map.
 //! * `authn` — JWT authentication of inbound requests (a tower layer).
 //! * `authz` — intentions: which services may call this one (a tower layer).
@@ -23,6 +24,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod app_health;
 pub mod authn;
 pub mod authz;
 pub mod body;
@@ -156,7 +158,10 @@ fn app_cluster(settings: &Settings, dns: &Dns) -> anyhow::Result<proxy::static_t
         instance_id: settings.instance.clone(),
         zone: String::new(),
     };
-    let shared = Arc::new(ClusterShared::default());
+    let shared = Arc::new(ClusterShared {
+        app_health: Some(Arc::new(app_health::AppHealth::new(settings.app))),
+        ..ClusterShared::default()
+    });
     let endpoint = xds::compile::endpoint(
         &spec,
         &cluster_settings.pool,

@@ -38,14 +38,7 @@ const TOLERANCE: Duration = Duration::from_millis(400);
 
 /// The client sidecar's view of cluster `name` in `/clusters`.
 async fn cluster(sidecar: &Sidecar, name: &str) -> anyhow::Result<Value> {
-    let clusters = sidecar.clusters().await?;
-    clusters["clusters"]
-        .as_array()
-        .context("/clusters has no list")?
-        .iter()
-        .find(|c| c["name"] == name && c["direction"] == "outbound")
-        .cloned()
-        .with_context(|| format!("no cluster {name} in /clusters: {clusters}"))
+    sidecar.outbound_cluster(name).await
 }
 
 /// Waits until `/clusters` shows `what` of cluster `name`.

@@ -1,7 +1,9 @@
 //! The circuit-breaking fields of a destination document
 //! (`circuit_breakers`, `breaker`, `outlier_detection`) and their
-//! translation to breaker.proto. Absent `breaker` / `outlier_detection`
-//! mean none; present, every unset field takes the default below.
+//! translation to breaker.proto. Absent `breaker` means none; absent
+//! `outlier_detection` means the sidecar's built-in ejection of unreachable
+//! endpoints; present, every unset field takes the default below (every
+//! count 0: no ejection at all).
 
 use std::time::Duration;
 
@@ -26,6 +28,9 @@ pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 /// Half the endpoints always keep traffic, so a shared dependency failing
 /// cannot eject the whole service.
 pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
+/// An endpoint that refuses connections (or whose app does) cannot serve
+/// any request: out at its first such answer.
+pub const DEFAULT_CONSECUTIVE_UNREACHABLE: u32 = 1;
 
 /// Concurrency thresholds beside `connection_pool.max_requests`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -96,6 +101,10 @@ pub struct OutlierDetection {
     pub consecutive_5xx: u32,
     #[serde(default)]
     pub consecutive_gateway_errors: u32,
+    /// Refused or timed-out connects, or the endpoint's sidecar answering
+    /// that its app refused, in a row; 0 = off.
+    #[serde(default = "default_consecutive_unreachable")]
+    pub consecutive_unreachable: u32,
     #[serde(default = "default_base_ejection_time", with = "duration::text")]
     pub base_ejection_time: Duration,
     #[serde(default = "default_max_ejection_time", with = "duration::text")]
@@ -104,6 +113,9 @@ pub struct OutlierDetection {
     pub max_ejection_percent: u32,
 }
 
+fn default_consecutive_unreachable() -> u32 {
+    DEFAULT_CONSECUTIVE_UNREACHABLE
+}
 fn default_consecutive_failures() -> u32 {
     DEFAULT_CONSECUTIVE_FAILURES
 }
@@ -216,13 +228,6 @@ impl Breaker {
 impl OutlierDetection {
     pub(super) fn check(&self, key: &str, errors: &mut Vec<FieldError>) {
         let at = |f: &str| join("outlier_detection", f);
-        if self.consecutive_5xx == 0 && self.consecutive_gateway_errors == 0 {
-            errors.push(FieldError::new(
-                key,
-                at("consecutive_5xx"),
-                "is 0 and consecutive_gateway_errors is 0: no endpoint could ever be ejected",
-            ));
-        }
         positive(
             key,
             at("base_ejection_time"),
@@ -246,6 +251,7 @@ impl OutlierDetection {
         proto::OutlierDetection {
             consecutive_5xx: self.consecutive_5xx,
             consecutive_gateway_errors: self.consecutive_gateway_errors,
+            consecutive_unreachable: Some(self.consecutive_unreachable),
             base_ejection_time: Some(duration::to_proto(self.base_ejection_time)),
             max_ejection_time: Some(duration::to_proto(self.max_ejection_time)),
             max_ejection_percent: self.max_ejection_percent,
@@ -314,6 +320,7 @@ mod tests {
             ),
             (5, 0, 50)
         );
+        assert_eq!(o.consecutive_unreachable, Some(1));
         assert_eq!(
             (o.base_ejection_time, o.max_ejection_time),
             (secs(30), secs(300))
@@ -378,7 +385,6 @@ mod tests {
             [
                 "breaker.consecutive_failures",
                 "breaker.max_open_interval",
-                "outlier_detection.consecutive_5xx",
                 "outlier_detection.base_ejection_time",
             ],
             "{errors:?}"

@@ -20,9 +20,11 @@ pub(crate) fn compile(c: &pb::Cluster, s: &mut ClusterSettings, errs: &mut Error
     if let Some(b) = &c.breaker {
         s.breaker = Some(breaker(b, errs));
     }
-    if let Some(o) = &c.outlier_detection {
-        s.outlier = Some(outlier(o, errs));
-    }
+    s.outlier = match &c.outlier_detection {
+        Some(o) => outlier(o, errs),
+        // No section: unreachable endpoints are still ejected at once.
+        None => Some(OutlierSettings::unreachable_default()),
+    };
 }
 
 /// A set duration, or `default` when unset or zero.
@@ -118,7 +120,9 @@ fn breaker(b: &pb::Breaker, errs: &mut Errors) -> BreakerSettings {
     }
 }
 
-fn outlier(o: &pb::OutlierDetection, errs: &mut Errors) -> OutlierSettings {
+/// A section's settings; `None` when it turns every count off (explicitly
+/// `consecutive_unreachable: 0`): no ejection at all.
+fn outlier(o: &pb::OutlierDetection, errs: &mut Errors) -> Option<OutlierSettings> {
     let d = OutlierSettings::default();
     if o.max_ejection_percent > 100 {
         errs.at(
@@ -126,15 +130,16 @@ fn outlier(o: &pb::OutlierDetection, errs: &mut Errors) -> OutlierSettings {
             format!("{} is over 100", o.max_ejection_percent),
         );
     }
-    if o.consecutive_5xx == 0 && o.consecutive_gateway_errors == 0 {
-        errs.at(
-            "outlier_detection",
-            "sets neither consecutive_5xx nor consecutive_gateway_errors: it could never eject",
-        );
+    let consecutive_unreachable = o
+        .consecutive_unreachable
+        .unwrap_or(d.consecutive_unreachable);
+    if o.consecutive_5xx == 0 && o.consecutive_gateway_errors == 0 && consecutive_unreachable == 0 {
+        return None;
     }
-    OutlierSettings {
+    Some(OutlierSettings {
         consecutive_5xx: o.consecutive_5xx,
         consecutive_gateway_errors: o.consecutive_gateway_errors,
+        consecutive_unreachable,
         base_ejection_time: duration_or(
             o.base_ejection_time.as_ref(),
             d.base_ejection_time,
@@ -148,7 +153,8 @@ fn outlier(o: &pb::OutlierDetection, errs: &mut Errors) -> OutlierSettings {
             errs,
         ),
         max_ejection_percent: o.max_ejection_percent.min(100),
-    }
+        backoff: super::settings::EjectionBackoff::Linear,
+    })
 }
 
 #[cfg(test)]
@@ -169,7 +175,12 @@ mod tests {
     #[test]
     fn absent_means_off_and_zeros_mean_defaults() {
         let s = compiled(pb::Cluster::default()).unwrap();
-        assert!(s.breaker.is_none() && s.outlier.is_none());
+        assert!(s.breaker.is_none());
+        assert_eq!(
+            s.outlier,
+            Some(OutlierSettings::unreachable_default()),
+            "no section: unreachable endpoints are ejected at once"
+        );
         assert_eq!(s.thresholds.max_retries, None);
         let s = compiled(pb::Cluster {
             breaker: Some(pb::Breaker {
@@ -193,10 +204,9 @@ mod tests {
         assert_eq!(b.consecutive_failures, 3);
         assert_eq!(b.open_interval, BreakerSettings::default().open_interval);
         assert_eq!(b.failure_on, FailureOn::default());
-        assert_eq!(
-            s.outlier.unwrap().base_ejection_time,
-            Duration::from_secs(30)
-        );
+        let o = s.outlier.unwrap();
+        assert_eq!(o.base_ejection_time, Duration::from_secs(30));
+        assert_eq!(o.consecutive_unreachable, 1, "unset: at once");
         assert_eq!(s.thresholds.max_retries, Some(4));
         assert_eq!(s.thresholds.max_connections, None, "0 is no cap");
         assert_eq!(
@@ -204,6 +214,31 @@ mod tests {
             Some(0),
             "0 is none may wait"
         );
+    }
+
+    #[test]
+    fn an_outlier_section_with_every_count_zero_turns_ejection_off() {
+        let off = pb::OutlierDetection {
+            consecutive_5xx: 0,
+            consecutive_unreachable: Some(0),
+            ..Default::default()
+        };
+        let s = compiled(pb::Cluster {
+            outlier_detection: Some(off),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.outlier, None);
+        let unreachable_only = pb::OutlierDetection {
+            consecutive_unreachable: None,
+            ..off
+        };
+        let s = compiled(pb::Cluster {
+            outlier_detection: Some(unreachable_only),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.outlier.unwrap().consecutive_unreachable, 1);
     }
 
     #[test]
@@ -229,7 +264,6 @@ mod tests {
             "breaker.failure_on[1]:",
             "breaker.grpc_statuses[0]:",
             "outlier_detection.max_ejection_percent:",
-            "outlier_detection:",
         ] {
             assert!(joined.contains(field), "{field} missing in {joined}");
         }

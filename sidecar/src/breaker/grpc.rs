@@ -24,6 +24,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::Outcome;
 use super::outcome::Pending;
 use crate::body::{ProxyBody, ProxyBodyKind};
+use crate::error::UNREACHED_HEADER;
 use crate::proxy::ProxyResponse;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,6 +62,13 @@ pub fn read_head(response: &ProxyResponse) -> Head {
     } else {
         None
     };
+    // The endpoint's sidecar could not reach its app: as unreachable as a
+    // refused connect (a gRPC caller gets it as UNAVAILABLE).
+    let unreached = (status == StatusCode::SERVICE_UNAVAILABLE || grpc == Some(14))
+        && response.headers().contains_key(UNREACHED_HEADER);
+    if unreached {
+        return Head::Known(Outcome::ConnectFailure);
+    }
     if is_grpc && grpc.is_none() && status == StatusCode::OK {
         return Head::AwaitsTrailers;
     }
@@ -265,6 +273,43 @@ mod tests {
             grpc_statuses: vec![14],
             ..FailureOn::default()
         }
+    }
+
+    #[test]
+    fn a_peer_sidecars_unreached_answer_is_a_connect_failure_and_an_apps_503_is_not() {
+        let answer = |status: u16, grpc: Option<&str>, unreached: bool| {
+            let mut r = ProxyResponse::new(ProxyBody::empty());
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            if let Some(code) = grpc {
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+                h.insert(GRPC_STATUS, code.parse().unwrap());
+            }
+            if unreached {
+                r.headers_mut()
+                    .insert(UNREACHED_HEADER, "app".parse().unwrap());
+            }
+            match read_head(&r) {
+                Head::Known(outcome) => outcome,
+                Head::AwaitsTrailers => panic!("a status in the head"),
+            }
+        };
+        assert_eq!(answer(503, None, true), Outcome::ConnectFailure);
+        assert_eq!(answer(200, Some("14"), true), Outcome::ConnectFailure);
+        let app_503 = answer(503, None, false);
+        assert_eq!(
+            app_503,
+            Outcome::Response {
+                status: 503,
+                grpc: None
+            }
+        );
+        assert!(app_503.is_gateway_error());
+        assert_ne!(
+            answer(500, None, true),
+            Outcome::ConnectFailure,
+            "only a 503 says unreached"
+        );
     }
 
     #[tokio::test]

@@ -16,10 +16,10 @@ use super::{FailureOn, grpc};
 pub enum Outcome {
     /// Response headers arrived; `grpc` is the call's `grpc-status`, from
     /// them (a trailers-only gRPC answer) or from the trailers.
-    Response {
-        status: u16,
-        grpc: Option<u32>,
-    },
+    Response { status: u16, grpc: Option<u32> },
+    /// The endpoint could not be reached: a refused or timed-out connect,
+    /// or its sidecar's answer that its app could not be
+    /// (`x-weft-unreached`). No app saw the request.
     ConnectFailure,
     /// Reset, closed or invalid HTTP before a response.
     Reset,
@@ -98,6 +98,11 @@ pub trait Observer {
     /// Dropped before its response head arrived (a deadline above it, or
     /// the caller left).
     fn abandoned(self);
+    /// Whether a gRPC answer's trailers may change this observer's verdict;
+    /// if not, the head is its outcome and the body carries nothing.
+    fn needs_trailers(&self) -> bool {
+        true
+    }
 }
 
 /// An observer a gRPC answer's body carries until its trailers, boxed so
@@ -150,9 +155,13 @@ where
                 Ok(response) => match grpc::read_head(response) {
                     grpc::Head::Known(outcome) => observer.finished(outcome),
                     // The head says nothing yet: the trailers will.
-                    grpc::Head::AwaitsTrailers => {
+                    grpc::Head::AwaitsTrailers if observer.needs_trailers() => {
                         grpc::settle_on_trailers(response, Box::new(observer));
                     }
+                    grpc::Head::AwaitsTrailers => observer.finished(Outcome::Response {
+                        status: 200,
+                        grpc: None,
+                    }),
                 },
                 Err(e) => observer.finished(Outcome::of_error(e)),
             }

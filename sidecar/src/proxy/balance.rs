@@ -1,6 +1,7 @@
 //! Picks an endpoint of the request's cluster: weighted round robin or
 //! weighted least-request (power of two choices), over HEALTHY/UNKNOWN
-//! endpoints only, skipping the ones outlier ejection took out. Counts the
+//! endpoints only, skipping the ones outlier ejection took out (when all
+//! are out, it uses them all: Envoy's panic mode). Counts the
 //! request against the endpoint until it ends, and (with outlier detection
 //! on) tells the endpoint's ejection state how it ended (a gRPC answer
 //! without `grpc-status` in its head: when its trailers arrive; the
@@ -78,6 +79,9 @@ pub fn pick(cluster: &Cluster) -> Option<&Arc<Endpoint>> {
         .filter_map(|_| draw())
         .find(|e| available(cluster, e))
         .or_else(|| cluster.serving.iter().find(|e| available(cluster, e)))
+        // Every endpoint ejected: an empty cluster would fail every request,
+        // the ejected ones may still answer some.
+        .or(Some(first))
 }
 
 /// Not ejected; notes (and logs) an ejection that has just ended.
@@ -86,7 +90,7 @@ fn available(cluster: &Cluster, endpoint: &Endpoint) -> bool {
     if outlier.is_ejected(Instant::now) {
         return false;
     }
-    if outlier.note_return(Instant::now()) {
+    if outlier.note_return(Instant::now) {
         tracing::info!(
             cluster = %cluster.name,
             endpoint = %endpoint.addr,
@@ -110,6 +114,14 @@ impl Observer for EndpointOutcome {
 
     /// Timeouts and cancellations say nothing about the endpoint.
     fn abandoned(self) {}
+
+    fn needs_trailers(&self) -> bool {
+        self.cluster
+            .settings
+            .outlier
+            .as_ref()
+            .is_some_and(|s| !s.counts_unreachable_only())
+    }
 }
 
 /// Counts an outcome of `endpoint`; ejects it when it became an outlier
@@ -118,6 +130,9 @@ pub fn observe(cluster: &Cluster, endpoint: &Endpoint, outcome: Outcome) {
     let Some(settings) = &cluster.settings.outlier else {
         return;
     };
+    if outcome == Outcome::ConnectFailure {
+        cluster.shared.unreachable_seen.note(Instant::now());
+    }
     let Verdict::Eject(reason) = endpoint.stats.outlier.observe(settings, outcome) else {
         return;
     };
@@ -244,6 +259,32 @@ mod tests {
             .map(|p| test_endpoint(p, 1, Health::Healthy))
             .collect();
         Cluster::new("users".into(), settings, endpoints, Arc::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_endpoint_ejected_the_balancer_uses_them_all() {
+        let settings = ClusterSettings {
+            outlier: Some(OutlierSettings::unreachable_default()),
+            ..ClusterSettings::default()
+        };
+        let endpoints = (1..=2)
+            .map(|p| test_endpoint(p, 1, Health::Healthy))
+            .collect();
+        let c = Cluster::new("users".into(), settings, endpoints, Arc::default());
+        observe(&c, &c.endpoints[0], Outcome::ConnectFailure);
+        for _ in 0..50 {
+            assert!(Arc::ptr_eq(pick(&c).unwrap(), &c.endpoints[1]));
+        }
+        observe(&c, &c.endpoints[1], Outcome::ConnectFailure);
+        assert!(
+            c.endpoints
+                .iter()
+                .all(|e| e.stats.outlier.is_ejected(Instant::now))
+        );
+        let picked: Vec<_> = (0..200).map(|_| pick(&c).unwrap().addr.clone()).collect();
+        for endpoint in &c.endpoints {
+            assert!(picked.contains(&endpoint.addr), "panic mode uses them all");
+        }
     }
 
     #[tokio::test(start_paused = true)]

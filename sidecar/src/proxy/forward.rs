@@ -34,11 +34,14 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, StatusCode, Version, header};
 use tower::Service;
 
-use super::{BoxFuture, ProxyRequest, upgrade};
+use super::{BoxFuture, Direction, ProxyRequest, upgrade};
 use crate::body::{ProxyBody, ProxyBodyKind, RequestBody};
 use crate::breaker::thresholds::Overflow;
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ProxyError, UNREACHED_HEADER};
 use crate::table::{Endpoint, cluster::Protocol};
+
+/// See [`UNREACHED_HEADER`].
+const UNREACHED: http::HeaderName = http::HeaderName::from_static(UNREACHED_HEADER);
 use crate::upstream::connection_limit::PendingOverflow;
 use crate::upstream::{ConnectError, H1Error, MeshClients, Negotiated};
 
@@ -362,16 +365,33 @@ impl Service<ProxyRequest> for Forward {
             }
             let mut resp = match result {
                 Ok(resp) => resp,
+                Err(e)
+                    if ctx.direction == Direction::Inbound
+                        && e.kind == ErrorKind::ConnectFailed =>
+                {
+                    endpoint.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if let Some(app) = &cluster.shared.app_health {
+                        app.connect_failed(&e);
+                    }
+                    return Err(e.with_header(UNREACHED, HeaderValue::from_static("app")));
+                }
                 Err(e) => {
                     endpoint.stats.failures.fetch_add(1, Ordering::Relaxed);
                     return Err(e);
                 }
             };
+            if let Some(app) = &cluster.shared.app_health {
+                app.answered();
+            }
             if let Some(token) = carried_upgrade {
                 upgrade::restore_response(&mut resp, token);
             }
             if resp.status().is_server_error() {
                 endpoint.stats.failures.fetch_add(1, Ordering::Relaxed);
+                if ctx.direction == Direction::Inbound {
+                    // Only this sidecar may say its app was not reached.
+                    resp.headers_mut().remove(UNREACHED);
+                }
             }
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(downstream) = ctx.upgrade.take()

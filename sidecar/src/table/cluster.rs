@@ -99,6 +99,8 @@ pub struct ClusterShared {
     pub breaker: crate::breaker::circuit::BreakerState,
     /// Serialises ejection decisions (the max_ejection_percent check).
     pub ejection_lock: crate::breaker::ejection::EjectionLock,
+    /// When an endpoint last answered unreachable (the built-in retry).
+    pub unreachable_seen: crate::breaker::ejection::UnreachableSeen,
     /// Retry budget and counters.
     pub retry: RetryState,
     /// Connections open to the cluster, under `max_connections`; shared
@@ -110,6 +112,8 @@ pub struct ClusterShared {
     /// written by `split` (`crate::xds::on_demand::OnDemand::touch`): the
     /// xDS client drops an on-demand cluster idle for too long.
     pub last_used: AtomicU32,
+    /// The inbound cluster's: whether the app accepts connections (`/ready`).
+    pub app_health: Option<Arc<crate::app_health::AppHealth>>,
 }
 
 #[derive(Debug, Default)]

@@ -821,7 +821,15 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(s, ClusterSettings::default());
+        assert_eq!(
+            s,
+            ClusterSettings {
+                // A destination's endpoints that cannot be reached are
+                // ejected even without a document saying so.
+                outlier: Some(crate::breaker::OutlierSettings::unreachable_default()),
+                ..ClusterSettings::default()
+            }
+        );
         let s = compile_cluster(&pb::Cluster {
             name: "users".into(),
             lb_policy: pb::cluster::LbPolicy::RoundRobin as i32,

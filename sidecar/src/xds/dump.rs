@@ -120,6 +120,7 @@ pub fn cluster(c: &pb::Cluster) -> Value {
         "outlier_detection": c.outlier_detection.as_ref().map(|o| json!({
             "consecutive_5xx": o.consecutive_5xx,
             "consecutive_gateway_errors": o.consecutive_gateway_errors,
+            "consecutive_unreachable": o.consecutive_unreachable,
             "base_ejection_time": dur(&o.base_ejection_time),
             "max_ejection_time": dur(&o.max_ejection_time),
             "max_ejection_percent": o.max_ejection_percent,

@@ -185,4 +185,25 @@ impl App {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+
+    /// Starts the app again (killing it first if it runs) on the address it
+    /// had, as a container runtime restarts a crashed app in its pod, and
+    /// waits for its READY line.
+    pub async fn restart_on_same_address(&mut self) -> anyhow::Result<()> {
+        let mut args = self.process.args().to_vec();
+        let listen = args
+            .iter()
+            .position(|arg| arg == "--listen")
+            .context("the app was started without --listen")?;
+        args[listen + 1] = self.addr.to_string();
+        self.process.restart_with(args)?;
+        let line = self.process.ready_line(READY_TIMEOUT).await?;
+        anyhow::ensure!(
+            line == self.addr.to_string(),
+            "app {} came back on {line}, not {}",
+            self.instance,
+            self.addr
+        );
+        Ok(())
+    }
 }

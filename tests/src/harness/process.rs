@@ -206,6 +206,18 @@ impl Process {
         Ok(None)
     }
 
+    /// Its command line's arguments.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// Kills the process and starts it again with these arguments.
+    pub fn restart_with(&mut self, args: Vec<String>) -> anyhow::Result<()> {
+        self.kill();
+        self.args = args;
+        self.start()
+    }
+
     /// Kills the process and starts it again with the same command line.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

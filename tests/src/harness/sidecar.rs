@@ -173,6 +173,27 @@ impl Sidecar {
             .with_context(|| format!("sidecar {} /metrics", self.instance))
     }
 
+    /// `/ready` right now: its status and the reason it gives.
+    pub async fn readiness(&self) -> anyhow::Result<(http::StatusCode, String)> {
+        let reply = self
+            .http
+            .get(&format!("http://{}/ready", self.admin))
+            .await?;
+        Ok((reply.status, reply.text()))
+    }
+
+    /// This sidecar's view of the outbound cluster `name` in `/clusters`.
+    pub async fn outbound_cluster(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        let clusters = self.clusters().await?;
+        clusters["clusters"]
+            .as_array()
+            .context("/clusters has no list")?
+            .iter()
+            .find(|c| c["name"] == name && c["direction"] == "outbound")
+            .cloned()
+            .with_context(|| format!("no outbound cluster {name} in /clusters: {clusters}"))
+    }
+
     /// `/tcp` (opaque TCP counters) as JSON.
     pub async fn tcp_stats(&self) -> anyhow::Result<serde_json::Value> {
         self.admin_json("/tcp").await

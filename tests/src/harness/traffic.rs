@@ -17,7 +17,7 @@ use anyhow::Context as _;
 
 use super::eventually::eventually;
 use super::http::{Call, HttpClient};
-use super::mesh::SETUP_TIMEOUT;
+use super::mesh::{SETUP_TIMEOUT, wait_for_instances};
 
 /// Requests in flight at most; beyond it the driver waits (a stuck mesh shows
 /// up as failures and a lower rate, not as unbounded memory).
@@ -170,6 +170,23 @@ impl Traffic {
         let report = Arc::new(Mutex::new(TrafficReport::default()));
         let task = tokio::spawn(drive(http, spec, stopped, report.clone()));
         Self { stop, task, report }
+    }
+
+    /// Starts `spec` once a call through `spec.outbound` reaches every one
+    /// of `instances`, and returns when each has answered some of it.
+    pub async fn start_reaching(
+        http: HttpClient,
+        spec: TrafficSpec,
+        instances: &[&str],
+    ) -> anyhow::Result<Self> {
+        let call = Call::get(&spec.host, &spec.path);
+        wait_for_instances(&http, spec.outbound, call, instances).await?;
+        let traffic = Self::start(http, spec);
+        let start = Instant::now();
+        for instance in instances {
+            traffic.reaches(instance, start).await?;
+        }
+        Ok(traffic)
     }
 
     /// A copy of what was recorded so far.

@@ -16,6 +16,20 @@
 //! policy, an idempotent request (or any, with `retry_non_idempotent`)
 //! has its body read into memory before the first try, up to
 //! `max_body_bytes`; a larger body streams through once, never retried.
+//!
+//! A destination without a policy still gets one retry of a request no
+//! app saw ([`RetryPolicy::unreached_once`]): a refused or timed-out
+//! connect, or the endpoint's sidecar saying its app refused. Whatever the
+//! method, with no backoff, on another endpoint; only when the
+//! destination has another serving endpoint and the request's body is
+//! already whole (a GET, or a body in memory), so that nothing is buffered
+//! that would not be anyway. It goes with unreachable-endpoint ejection
+//! (`consecutive_unreachable`), and is off where that is. And it is armed
+//! only for [`UNREACHED_RETRY_WINDOW`] after an endpoint of the destination
+//! last answered unreachable: keeping a request's copy costs a few
+//! allocations, which a healthy destination does not pay (one load). So
+//! the first unreachable answer after a quiet time reaches its caller; the
+//! requests after it, and the probes of the ejected endpoint, are saved.
 
 mod backoff;
 pub mod budget;
@@ -113,7 +127,10 @@ where
 
     fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
         let Some((policy, cluster)) = policy_of(&req.ctx) else {
-            return Either::Left(self.inner.call(req));
+            return match unreached_once(&mut req) {
+                Some((policy, cluster, body)) => self.send_first_try(req, body, policy, cluster),
+                None => Either::Left(self.inner.call(req)),
+            };
         };
         cluster.shared.retry.budget.deposit();
         let replayable_now = if policy.may_retry(req.http.method()) && req.ctx.upgrade.is_none() {
@@ -129,6 +146,24 @@ where
                 future: Box::pin(run(inner, req, policy, cluster)),
             });
         };
+        self.send_first_try(req, body, policy, cluster)
+    }
+}
+
+impl<S> Retry<S>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// Sends the first try of a request whose whole body is at hand.
+    #[inline(always)]
+    fn send_first_try(
+        &mut self,
+        req: ProxyRequest,
+        body: BufferedBody,
+        policy: Arc<RetryPolicy>,
+        cluster: Arc<Cluster>,
+    ) -> Either<S::Future, Retrying<S>> {
         // The common case (no body, or one already in memory): the first
         // try is polled right here, with no boxed future around it; what a
         // retry needs is kept aside.
@@ -148,6 +183,38 @@ where
             replay: Some(Box::new(replay)),
         })
     }
+}
+
+/// How long after an unreachable answer the built-in retry stays armed:
+/// twice the longest default ejection (30 s), so that every probe of an
+/// endpoint that stays dead is covered (each failed probe re-arms it).
+pub const UNREACHED_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The built-in retry of a request no app saw, when it applies (see the
+/// module doc): its policy, cluster and whole body. A request to a healthy
+/// destination without a policy pays a few loads.
+fn unreached_once(
+    req: &mut ProxyRequest,
+) -> Option<(Arc<RetryPolicy>, Arc<Cluster>, BufferedBody)> {
+    let cluster = req.ctx.cluster.as_ref()?;
+    let on = cluster
+        .settings
+        .outlier
+        .as_ref()
+        .is_some_and(|o| o.consecutive_unreachable > 0);
+    if !on
+        || !cluster
+            .shared
+            .unreachable_seen
+            .within(UNREACHED_RETRY_WINDOW, tokio::time::Instant::now)
+        || cluster.serving.len() < 2
+        || req.ctx.upgrade.is_some()
+    {
+        return None;
+    }
+    let cluster = cluster.clone();
+    let body = take_whole_body(&mut req.http)?;
+    Some((RetryPolicy::unreached_once(), cluster, body))
 }
 
 /// The body of a request that can be sent again as it is, taken out of it:
@@ -283,12 +350,12 @@ fn decide(
 ) -> Decision {
     let state = &cluster.shared.retry;
     if attempt >= policy.max_attempts || !policy.retries(&outcome) {
-        return Decision::Done(with_attempts(outcome, attempt));
+        return Decision::Done(answered(policy, outcome, attempt));
     }
     if !state.budget.try_withdraw(policy.budget) {
         state.budget_exhausted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(cluster = %cluster.name, attempt, "retry budget exhausted; not retrying");
-        return Decision::Done(with_attempts(outcome, attempt));
+        return Decision::Done(answered(policy, outcome, attempt));
     }
     match cluster.try_retry() {
         Ok(slot) => {
@@ -303,7 +370,7 @@ fn decide(
             // why (counted in `/clusters` `retry_overflows_total`).
             tracing::debug!(cluster = %cluster.name, attempt, "max_retries reached; not retrying");
             Decision::Done(
-                with_attempts(outcome, attempt)
+                answered(policy, outcome, attempt)
                     .map(overflowed)
                     .map_err(|error| {
                         error.with_header(OVERFLOW_HEADER, HeaderValue::from_static("retries"))
@@ -436,6 +503,19 @@ fn overflowed(mut response: ProxyResponse) -> ProxyResponse {
         .headers_mut()
         .insert(OVERFLOW_HEADER, HeaderValue::from_static("retries"));
     response
+}
+
+/// A try's outcome as the request's answer, saying how many tries it took
+/// (the built-in retry says so only when it retried).
+fn answered(
+    policy: &RetryPolicy,
+    outcome: Result<ProxyResponse, ProxyError>,
+    attempts: u32,
+) -> Result<ProxyResponse, ProxyError> {
+    if policy.builtin && attempts == 1 {
+        return outcome;
+    }
+    with_attempts(outcome, attempts)
 }
 
 fn with_attempts(
@@ -588,10 +668,17 @@ mod tests {
     use weft_proto::config::v1 as pb;
 
     fn cluster(ports: &[u16], policy: pb::RetryPolicy) -> Arc<Cluster> {
-        let settings = ClusterSettings {
-            retry: Some(Arc::new(policy::compile(&policy, "retry_policy").unwrap())),
-            ..ClusterSettings::default()
-        };
+        cluster_with(
+            ports,
+            ClusterSettings {
+                retry: Some(Arc::new(policy::compile(&policy, "retry_policy").unwrap())),
+                ..ClusterSettings::default()
+            },
+        )
+    }
+
+    /// `users` with healthy endpoints on these ports.
+    fn cluster_with(ports: &[u16], settings: ClusterSettings) -> Arc<Cluster> {
         let endpoints = ports
             .iter()
             .map(|p| endpoint(*p, 1, Health::Healthy))
@@ -630,22 +717,50 @@ mod tests {
         ProxyRequest { http, ctx }
     }
 
+    /// What the test upstreams below are, behind `balance`.
+    trait Upstream:
+        Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static
+    {
+    }
+
+    impl<S> Upstream for S where
+        S: Service<
+                ProxyRequest,
+                Response = ProxyResponse,
+                Error = ProxyError,
+                Future: Send + 'static,
+            > + Clone
+            + Send
+            + 'static
+    {
+    }
+
     /// An upstream where the endpoints on `failing` ports answer 503 (after
     /// `delay`), the others 200; it records the port of every try.
     fn upstream(
         failing: &'static [u16],
         delay: Duration,
         tries: Arc<Mutex<Vec<u16>>>,
-    ) -> impl Service<
-        ProxyRequest,
-        Response = ProxyResponse,
-        Error = ProxyError,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static {
+    ) -> impl Upstream {
+        answering(delay, tries, move |port, response| {
+            if failing.contains(&port) {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+        })
+    }
+
+    /// An upstream behind `balance` that records the port of every try and
+    /// answers 200 after `delay`, as `answer` changes it for that port.
+    fn answering(
+        delay: Duration,
+        tries: Arc<Mutex<Vec<u16>>>,
+        answer: impl Fn(u16, &mut ProxyResponse) + Clone + Send + Sync + 'static,
+    ) -> impl Upstream {
         let upstream = tower::service_fn(move |req: ProxyRequest| {
-            let tries = tries.clone();
+            let (tries, answer) = (tries.clone(), answer.clone());
             async move {
                 let port = match req.ctx.endpoint.as_ref().map(|e| &e.addr) {
                     Some(EndpointAddr::Ip(addr)) => addr.port(),
@@ -654,9 +769,7 @@ mod tests {
                 tries.lock().unwrap().push(port);
                 tokio::time::sleep(delay).await;
                 let mut response = http::Response::new(ProxyBody::empty());
-                if failing.contains(&port) {
-                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                }
+                answer(port, &mut response);
                 Ok::<_, ProxyError>(response)
             }
         });
@@ -681,6 +794,112 @@ mod tests {
             assert_eq!(seen.last(), Some(&2), "{seen:?}");
         }
         assert!(cluster.shared.retry.retries.load(Ordering::Relaxed) > 0);
+    }
+
+    /// A destination without a retry policy, with the default ejection.
+    fn cluster_without_policy(ports: &[u16]) -> Arc<Cluster> {
+        cluster_with(
+            ports,
+            ClusterSettings {
+                outlier: Some(crate::breaker::OutlierSettings::unreachable_default()),
+                ..ClusterSettings::default()
+            },
+        )
+    }
+
+    /// An upstream where port 1 is an instance whose app is dead (its
+    /// sidecar answers 503 `x-weft-unreached`), port 2 one whose app
+    /// answers 503 itself, the others 200; it records every try's port.
+    fn dead_and_failing(tries: Arc<Mutex<Vec<u16>>>) -> impl Upstream {
+        answering(Duration::ZERO, tries, |port, response| {
+            if port == 1 || port == 2 {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            if port == 1 {
+                response.headers_mut().insert(
+                    crate::error::UNREACHED_HEADER,
+                    HeaderValue::from_static("app"),
+                );
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_policy_a_request_no_app_saw_is_sent_once_more_whatever_its_method() {
+        let tries = Arc::new(Mutex::new(Vec::new()));
+        let service = RetryLayer.layer(dead_and_failing(tries.clone()));
+        let cluster = cluster_without_policy(&[1, 3]);
+        let post = || async {
+            tries.lock().unwrap().clear();
+            let response = service
+                .clone()
+                .oneshot(request(&cluster, http::Method::POST))
+                .await
+                .unwrap();
+            (response, tries.lock().unwrap().clone())
+        };
+        // A destination that had no unreachable endpoint kept no copy: the
+        // first unreached answer reaches its caller, and ejects.
+        let mut first_failure = None;
+        for _ in 0..50 {
+            let (response, seen) = post().await;
+            if seen[0] == 1 {
+                first_failure = Some((response.status(), seen));
+                break;
+            }
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers().get(ATTEMPTS_HEADER), None);
+        }
+        assert_eq!(
+            first_failure,
+            Some((StatusCode::SERVICE_UNAVAILABLE, vec![1])),
+            "the dead endpoint is tried once, its answer not retried"
+        );
+        // Armed now: when the ejection is over, the probe of the dead
+        // endpoint is sent to the other one, and the caller never knows.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut probes = 0;
+        for _ in 0..20 {
+            let (response, seen) = post().await;
+            assert_eq!(response.status(), StatusCode::OK, "tries {seen:?}");
+            // Said only when the built-in retry saved the request.
+            let said = response.headers().get(ATTEMPTS_HEADER);
+            if seen == [1, 3] {
+                probes += 1;
+                assert_eq!(said.unwrap(), "2");
+            } else {
+                assert_eq!((said, seen), (None, vec![3]));
+            }
+        }
+        assert_eq!(probes, 1, "one probe, then ejected again");
+
+        // An app's own 503 is its answer: not retried without a policy,
+        // armed or not.
+        let cluster = cluster_without_policy(&[2, 3]);
+        let now = tokio::time::Instant::now();
+        cluster.shared.unreachable_seen.note(now);
+        let answers: Vec<_> = futures_util::future::join_all((0..20).map(|_| {
+            service
+                .clone()
+                .oneshot(request(&cluster, http::Method::GET))
+        }))
+        .await;
+        assert!(
+            answers
+                .iter()
+                .any(|a| a.as_ref().unwrap().status() == StatusCode::SERVICE_UNAVAILABLE)
+        );
+
+        // With one endpoint there is nowhere else to go: sent once.
+        tries.lock().unwrap().clear();
+        let cluster = cluster_without_policy(&[1]);
+        cluster.shared.unreachable_seen.note(now);
+        let response = service
+            .oneshot(request(&cluster, http::Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(*tries.lock().unwrap(), [1]);
     }
 
     #[tokio::test(start_paused = true)]

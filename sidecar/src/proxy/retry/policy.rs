@@ -2,6 +2,7 @@
 //! `weft.config.v1.RetryPolicy` of a Cluster or a route, and the judgement
 //! of one try's outcome: retry it or not.
 
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
@@ -9,7 +10,7 @@ use weft_proto::config::v1 as pb;
 
 use super::budget::BudgetLimits;
 use crate::body::ProxyBody;
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ProxyError, UNREACHED_HEADER};
 
 /// The gRPC status a trailers-only answer carries in its headers.
 ///
@@ -45,9 +46,44 @@ pub struct RetryPolicy {
     pub budget: BudgetLimits,
     pub retry_non_idempotent: bool,
     pub max_body_bytes: usize,
+    /// The built-in retry of unreached requests: an answer says
+    /// `x-weft-attempts` only when it was retried, so a destination without
+    /// a policy looks as it did unless the retry saved a request.
+    pub builtin: bool,
 }
 
 impl RetryPolicy {
+    /// The built-in retry of a destination without a policy: once more, to
+    /// another endpoint, at once, whatever the method, and only a try that
+    /// reached no app (a connect that failed here, or the endpoint's
+    /// sidecar's `x-weft-unreached` answer). No budget: at most one retry
+    /// per request, and only unreachable endpoints cause them, which
+    /// ejection takes out after their first such answer.
+    pub fn unreached_once() -> Arc<Self> {
+        static POLICY: LazyLock<Arc<RetryPolicy>> = LazyLock::new(|| {
+            Arc::new(RetryPolicy {
+                max_attempts: 2,
+                on_5xx: false,
+                on_gateway_error: false,
+                on_connect_failure: true,
+                on_reset: false,
+                status_codes: Vec::new(),
+                grpc_statuses: Vec::new(),
+                per_try_timeout: None,
+                backoff_base: Duration::ZERO,
+                backoff_max: Duration::ZERO,
+                budget: BudgetLimits {
+                    ratio: 1.0,
+                    min_retries_per_second: u32::MAX,
+                },
+                retry_non_idempotent: true,
+                max_body_bytes: 0,
+                builtin: true,
+            })
+        });
+        POLICY.clone()
+    }
+
     /// Whether requests with this method may be sent more than once.
     pub fn may_retry(&self, method: &Method) -> bool {
         self.max_attempts > 1 && (self.retry_non_idempotent || method.is_idempotent())
@@ -64,6 +100,13 @@ impl RetryPolicy {
 
     fn retries_response(&self, response: &http::Response<ProxyBody>) -> bool {
         let status = response.status();
+        if self.on_connect_failure
+            && status == StatusCode::SERVICE_UNAVAILABLE
+            && response.headers().contains_key(UNREACHED_HEADER)
+        {
+            // The endpoint's sidecar could not connect to its app.
+            return true;
+        }
         let gateway_error = matches!(
             status,
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
@@ -168,6 +211,7 @@ pub fn compile(p: &pb::RetryPolicy, at: &str) -> Result<RetryPolicy, Vec<String>
         },
         retry_non_idempotent: p.retry_non_idempotent,
         max_body_bytes: p.max_body_bytes as usize,
+        builtin: false,
     })
 }
 
