@@ -131,7 +131,13 @@ fn classify(e: hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyE
         return pending_overflow(overflow, endpoint);
     }
     let is_connect = e.is_connect() || connect_error.is_some();
-    if is_connect {
+    if request_body_failed(&e) {
+        ProxyError::new(
+            ErrorKind::BadRequest,
+            "the request body ended with an error",
+        )
+        .with_cause(e)
+    } else if is_connect {
         ProxyError::new(
             ErrorKind::ConnectFailed,
             format!("cannot connect to {}", endpoint.addr),
@@ -144,6 +150,24 @@ fn classify(e: hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyE
         )
         .with_cause(e)
     }
+}
+
+/// Whether the HTTP/2 client reset the stream itself because the request
+/// body failed (the caller sent an invalid chunk, say, after the head had
+/// gone on): hyper resets its own stream with INTERNAL_ERROR then, and
+/// only then (a dropped response is CANCEL). The caller's fault, answered
+/// 400 as on the HTTP/1 path, not the peer's `upstream-reset`.
+fn request_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_reset()
+                && !h2.is_remote()
+                && h2.reason() == Some(h2::Reason::INTERNAL_ERROR);
+        }
+        source = error.source();
+    }
+    false
 }
 
 fn classify_connect(e: ConnectError, endpoint: &Endpoint) -> ProxyError {
