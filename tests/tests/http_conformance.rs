@@ -110,6 +110,11 @@ const H1_CASES: &[(&str, &str, H1)] = &[
         MALFORMED,
     ),
     (
+        "a Host with a percent-encoded octet (hyper's URI parser refuses it too)",
+        "GET / HTTP/1.1\r\nHost: us%65rs\r\n\r\n",
+        MALFORMED,
+    ),
+    (
         "a Host with a bad port",
         "GET / HTTP/1.1\r\nHost: users:http\r\n\r\n",
         MALFORMED,
