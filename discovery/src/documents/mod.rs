@@ -129,10 +129,7 @@ impl DocumentKey {
         if name.is_empty() {
             return Err(error(format!("`{folder}/` needs a name after the slash")));
         }
-        if let Some(bad) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
+        if let Some(bad) = name.chars().find(|&c| !is_name_char(c)) {
             return Err(error(format!(
                 "`{name}` is not a valid {} name: `{bad}` is not allowed (use letters, digits, `.`, `_`, `-`)",
                 match kind {
@@ -177,6 +174,18 @@ impl fmt::Display for DocumentKey {
             _ => write!(f, "{}/{}", self.kind().folder(), self.name()),
         }
     }
+}
+
+/// Whether `name` can name a host or service: one or more letters, digits,
+/// `.`, `_` and `-`. Every such name is a valid route domain and a valid
+/// Host, so a catalog service named otherwise gets no route table: one
+/// would make every sidecar refuse the whole push.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(is_name_char)
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
 /// A validated document.

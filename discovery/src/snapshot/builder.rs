@@ -54,6 +54,9 @@ pub struct SnapshotBuilder {
     /// endpoints are the same is kept as it was, not built and encoded
     /// again (they are most of a large mesh's bytes).
     assignment_inputs: BTreeMap<String, Vec<Endpoint>>,
+    /// Catalog services whose names cannot be hosts, as of the last build
+    /// (each is warned about once).
+    unroutable: BTreeSet<String>,
 }
 
 impl SnapshotBuilder {
@@ -85,7 +88,12 @@ impl SnapshotBuilder {
         let mut destinations: BTreeMap<String, config::Cluster> = BTreeMap::new();
         let mut policy_documents: BTreeMap<String, &PolicyDocument> = BTreeMap::new();
         let mut defaults = None;
+        let mut unroutable = BTreeSet::new();
         for service in state.services.keys() {
+            if !documents::is_valid_name(service) {
+                unroutable.insert(service.clone());
+                continue;
+            }
             routes.insert(
                 service.clone(),
                 documents::default_route_configuration(service),
@@ -128,6 +136,13 @@ impl SnapshotBuilder {
             .values()
             .map(|cluster| (cluster.name.clone(), cluster.protocol))
             .collect();
+        for service in unroutable.difference(&self.unroutable) {
+            tracing::warn!(
+                service = %service.escape_debug(),
+                "a catalog service's name is not a host name (letters, digits, `.`, `_`, `-`); it gets no route table, so no sidecar routes to it"
+            );
+        }
+        self.unroutable = unroutable;
         let previous = std::mem::take(&mut self.previous);
         let mut snapshot = Assembly::new(&previous);
         for (host, route) in routes {
@@ -360,6 +375,22 @@ mod tests {
                 (name.clone(), cluster.identity)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_catalog_service_whose_name_is_not_a_host_gets_no_route_table_and_the_others_keep_theirs() {
+        let mut state = MeshState::default();
+        for name in ["c", "<b id=\"injected\">", "two words", "a/b", "users"] {
+            state.services.insert(name.into(), Vec::new());
+        }
+        let (snapshot, _) = SnapshotBuilder::new().build(&state);
+        let hosts: Vec<&String> = snapshot
+            .resources(type_url::ROUTE_CONFIGURATION)
+            .into_iter()
+            .flatten()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(hosts, ["c", "users"]);
     }
 
     #[test]
