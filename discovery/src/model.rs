@@ -36,6 +36,23 @@ pub struct Endpoint {
     pub zone: String,
 }
 
+impl Endpoint {
+    /// A healthy, unmeshed endpoint of weight 1 with no locality, named
+    /// `instance_id`.
+    pub fn healthy(address: &str, port: u16, instance_id: &str) -> Self {
+        Self {
+            address: address.into(),
+            port,
+            health: Health::Healthy,
+            weight: 1,
+            meshed: false,
+            instance_id: instance_id.into(),
+            region: String::new(),
+            zone: String::new(),
+        }
+    }
+}
+
 /// A configuration document as the backend found it, before validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawDocument {

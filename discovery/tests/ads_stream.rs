@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use weft_discovery::ads::{AdsServer, SidecarRegistry};
 use weft_discovery::metrics::Metrics;
-use weft_discovery::model::{Endpoint, Health, RawDocument};
+use weft_discovery::model::{Endpoint, RawDocument};
 use weft_discovery::snapshot::{self, DebounceConfig};
 use weft_discovery::store::MeshStore;
 use weft_proto::config::v1::{Cluster, ClusterLoadAssignment, RouteConfiguration};
@@ -57,14 +57,8 @@ async fn start_agent() -> Agent {
 
 fn endpoint(port: u16) -> Endpoint {
     Endpoint {
-        address: "127.0.0.1".into(),
-        port,
-        health: Health::Healthy,
-        weight: 1,
         meshed: true,
-        instance_id: format!("i-{port}"),
-        region: String::new(),
-        zone: String::new(),
+        ..Endpoint::healthy("127.0.0.1", port, &format!("i-{port}"))
     }
 }
 

@@ -5,7 +5,7 @@
 //! agent's snapshot builder makes for a catalog of awkward names goes
 //! through the sidecar's own compile step, which must accept it.
 
-use weft_discovery::model::{Endpoint, Health, MeshState};
+use weft_discovery::model::{Endpoint, MeshState};
 use weft_discovery::snapshot::SnapshotBuilder;
 use weft_proto::config::v1 as pb;
 use weft_proto::type_url;
@@ -36,19 +36,6 @@ fn awkward_service_names() -> Vec<String> {
     names
 }
 
-fn endpoint(port: u16) -> Endpoint {
-    Endpoint {
-        address: "127.0.0.1".into(),
-        port,
-        health: Health::Healthy,
-        weight: 1,
-        meshed: false,
-        instance_id: format!("i-{port}"),
-        region: String::new(),
-        zone: String::new(),
-    }
-}
-
 fn decoded<M: prost::Message + Default>(
     snapshot: &weft_discovery::snapshot::Snapshot,
     type_url: &str,
@@ -69,7 +56,10 @@ fn decoded<M: prost::Message + Default>(
 fn every_resource_the_agent_builds_for_awkward_service_names_compiles_in_a_sidecar() {
     let mut state = MeshState::default();
     for (port, name) in (1000u16..).zip(awkward_service_names()) {
-        state.services.insert(name, vec![endpoint(port)]);
+        state.services.insert(
+            name,
+            vec![Endpoint::healthy("127.0.0.1", port, &format!("i-{port}"))],
+        );
     }
     let (snapshot, _) = SnapshotBuilder::new().build(&state);
 
