@@ -458,6 +458,9 @@ impl ChunkedDecoder {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
