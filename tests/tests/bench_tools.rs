@@ -46,3 +46,53 @@ fn every_python_bench_tool_prints_its_usage_with_help() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+#[test]
+fn every_shell_bench_tool_parses_and_fails_loudly_without_its_release_binaries() {
+    let mut scripts: Vec<PathBuf> = std::fs::read_dir(bench_dir())
+        .expect("bench/ is readable")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sh"))
+        .collect();
+    scripts.sort();
+    assert!(
+        scripts.len() >= 5,
+        "bench/ should hold the callgrind and peer scripts: {scripts:?}"
+    );
+    let mut problems = Vec::new();
+    for script in &scripts {
+        let output = Command::new("bash")
+            .arg("-n")
+            .arg(script)
+            .output()
+            .expect("bash runs");
+        if !output.status.success() {
+            problems.push(format!(
+                "{}: {}",
+                script.display(),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+    }
+    // The callgrind scripts that take a release directory refuse an empty
+    // one with the command that builds it, before starting anything.
+    let empty = std::env::temp_dir().join(format!("weft-no-release-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).expect("a temporary directory");
+    for name in ["mesh_instructions.sh", "resilience_instructions.sh"] {
+        let output = Command::new("bash")
+            .arg(bench_dir().join(name))
+            .arg(&empty)
+            .output()
+            .expect("bash runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.code() != Some(2) || !stderr.contains("missing") {
+            problems.push(format!(
+                "{name} with no release binaries: {} {stderr}",
+                output.status
+            ));
+        }
+    }
+    std::fs::remove_dir_all(&empty).expect("clean up");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
