@@ -212,11 +212,22 @@ fn a_connect_ca_root_rotation_under_traffic_fails_no_request_and_brings_new_root
                 }),
             )
             .await?;
-        let roots = mesh.consul.api_get("/v1/agent/connect/ca/roots").await?;
-        ensure!(
-            roots["Roots"].as_array().is_some_and(|r| r.len() == 2),
-            "Consul did not rotate: {roots}"
-        );
+        // The agent endpoint answers from the Consul agent's cache, which
+        // follows the servers' roots by a blocking query: on a loaded
+        // machine it lags the PUT (CI once read one root right after it).
+        eventually(
+            Duration::from_secs(10),
+            "Consul's agent serves both roots",
+            || async {
+                let roots = mesh.consul.api_get("/v1/agent/connect/ca/roots").await?;
+                ensure!(
+                    roots["Roots"].as_array().is_some_and(|r| r.len() == 2),
+                    "Consul did not rotate: {roots}"
+                );
+                Ok(())
+            },
+        )
+        .await?;
 
         // Consul re-signs leaves after a rotation with up to 30 s of
         // jitter (to spare its servers a stampede): wait for that.
