@@ -10,6 +10,7 @@ use std::time::Duration;
 use weft_discovery::model::{Health, MeshState};
 use weft_discovery::source::file;
 use weft_discovery::store::MeshStore;
+use weft_test_support::eventually::watch_until;
 
 /// How long a change may take to reach the store (the issue's budget).
 const CHANGE_BUDGET: Duration = Duration::from_secs(1);
@@ -81,23 +82,14 @@ async fn start(dir: &TempDir) -> Arc<MeshStore> {
 
 /// Waits (on the store's change signal, not by polling) until `condition`
 /// holds, for at most CHANGE_BUDGET.
-async fn eventually(store: &MeshStore, what: &str, condition: impl Fn(&MeshState) -> bool) {
-    let mut changes = store.subscribe();
-    let wait = async {
-        loop {
-            changes.borrow_and_update();
-            if condition(&store.state()) {
-                return;
-            }
-            changes
-                .changed()
-                .await
-                .expect("the store outlives the test");
-        }
-    };
-    if tokio::time::timeout(CHANGE_BUDGET, wait).await.is_err() {
-        panic!("within 1 s: {what}; state now: {:#?}", store.state());
-    }
+async fn store_reaches(store: &MeshStore, what: &str, condition: impl Fn(&MeshState) -> bool) {
+    watch_until(CHANGE_BUDGET, what, &mut store.subscribe(), |_| {
+        let state = store.state();
+        anyhow::ensure!(condition(&state), "state now: {state:#?}");
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error:#}"));
 }
 
 fn document(state: &MeshState, key: &str) -> Option<String> {
@@ -160,7 +152,7 @@ async fn document_edits_reach_the_store_within_a_second() {
     // In place.
     let v2 = r#"{ "routes": [ { "destination": "users-v2" } ] }"#;
     dir.write("routes/users.json", v2);
-    eventually(&store, "the edited route document", |state| {
+    store_reaches(&store, "the edited route document", |state| {
         document(state, "routes/users").as_deref() == Some(v2)
     })
     .await;
@@ -168,21 +160,21 @@ async fn document_edits_reach_the_store_within_a_second() {
     // By atomic rename.
     let v3 = r#"{ "routes": [ { "destination": "users-v3" } ] }"#;
     dir.write_by_rename("routes/users.json", v3);
-    eventually(&store, "the renamed-over route document", |state| {
+    store_reaches(&store, "the renamed-over route document", |state| {
         document(state, "routes/users").as_deref() == Some(v3)
     })
     .await;
 
     // A new folder and file after start.
     dir.write("destinations/users.yaml", "connect_timeout: 250ms\n");
-    eventually(&store, "a document in a new folder", |state| {
+    store_reaches(&store, "a document in a new folder", |state| {
         state.documents.contains_key("destinations/users")
     })
     .await;
 
     // Deleted.
     std::fs::remove_file(dir.path().join("routes/users.json")).expect("remove the route file");
-    eventually(&store, "the deleted route document gone", |state| {
+    store_reaches(&store, "the deleted route document gone", |state| {
         !state.documents.contains_key("routes/users")
     })
     .await;
@@ -198,7 +190,7 @@ async fn endpoint_edits_reach_the_store_and_broken_files_keep_the_last_good_endp
         "endpoints.yaml",
         "services:\n  users:\n    - { address: 127.0.0.1, port: 18083 }\n",
     );
-    eventually(&store, "the new endpoint set", |state| {
+    store_reaches(&store, "the new endpoint set", |state| {
         state.services.len() == 1 && state.services["users"][0].port == 18083
     })
     .await;
@@ -211,7 +203,7 @@ async fn endpoint_edits_reach_the_store_and_broken_files_keep_the_last_good_endp
         "services:\n  users:\n    - { address: 127.0.0.1, port: nope }\n",
     );
     dir.write("routes/marker.json", USERS_ROUTES);
-    eventually(&store, "the marker document", |state| {
+    store_reaches(&store, "the marker document", |state| {
         state.documents.contains_key("routes/marker")
     })
     .await;
@@ -224,7 +216,7 @@ async fn endpoint_edits_reach_the_store_and_broken_files_keep_the_last_good_endp
         "endpoints.yaml",
         "services:\n  users:\n    - { address: 127.0.0.1, port: 18084 }\n",
     );
-    eventually(&store, "the fixed endpoint set", |state| {
+    store_reaches(&store, "the fixed endpoint set", |state| {
         state.services["users"][0].port == 18084
     })
     .await;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use prost::Message as _;
 use tokio::sync::watch;
 use weft_discovery::metrics::Metrics;
@@ -14,6 +15,7 @@ use weft_discovery::source::file;
 use weft_discovery::store::MeshStore;
 use weft_proto::config::v1::{Action, InboundPolicy};
 use weft_proto::type_url;
+use weft_test_support::eventually::watch_until;
 
 /// How long a change may take to reach the snapshot.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -64,23 +66,19 @@ fn policy(snapshot: &Snapshot, service: &str) -> InboundPolicy {
 }
 
 /// Waits until the served policy of `service` satisfies `check`.
-async fn eventually(
+async fn served_policy(
     snapshots: &mut watch::Receiver<Option<Arc<Snapshot>>>,
     service: &str,
     check: impl Fn(&InboundPolicy) -> bool,
 ) -> InboundPolicy {
-    let found = tokio::time::timeout(
-        WITHIN,
-        snapshots.wait_for(|snapshot| {
-            snapshot
-                .as_ref()
-                .is_some_and(|snapshot| check(&policy(snapshot, service)))
-        }),
-    )
+    let what = format!("the policy of {service} is served");
+    watch_until(WITHIN, &what, snapshots, |snapshot| {
+        let served = policy(snapshot.as_ref().context("no snapshot yet")?, service);
+        anyhow::ensure!(check(&served), "served: {served:?}");
+        Ok(served)
+    })
     .await
-    .expect("the policy is served within 1 s")
-    .expect("the builder runs");
-    policy(found.as_ref().expect("a snapshot"), service)
+    .unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 #[tokio::test]
@@ -97,7 +95,7 @@ async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
     dir.write("defaults.yaml", "default: deny\n");
     let mut snapshots = start(&dir);
 
-    let users = eventually(&mut snapshots, "users", |policy| {
+    let users = served_policy(&mut snapshots, "users", |policy| {
         policy.default_action() == Action::Deny
     })
     .await;
@@ -113,7 +111,7 @@ async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
             ("*", "kv:weft/policies/users", 1)
         ]
     );
-    let orders = eventually(&mut snapshots, "orders", |_| true).await;
+    let orders = served_policy(&mut snapshots, "orders", |_| true).await;
     assert_eq!(
         orders.default_action(),
         Action::Deny,
@@ -124,7 +122,7 @@ async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
     // A JSON defaults file wins over the YAML one, as for every document;
     // editing it reaches the policy of every service without its own default.
     dir.write("defaults.json", r#"{ "default": "allow" }"#);
-    let ghost = eventually(&mut snapshots, "ghost", |policy| {
+    let ghost = served_policy(&mut snapshots, "ghost", |policy| {
         policy.default_action() == Action::Allow
     })
     .await;
@@ -132,6 +130,6 @@ async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
         ghost.service, "ghost",
         "an unknown name still gets an answer"
     );
-    let users = eventually(&mut snapshots, "users", |_| true).await;
+    let users = served_policy(&mut snapshots, "users", |_| true).await;
     assert_eq!(users.default_action(), Action::Allow);
 }
