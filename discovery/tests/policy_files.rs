@@ -2,7 +2,6 @@
 //! and the mesh-wide `defaults.*` at the root of the config dir become the
 //! InboundPolicy the snapshot serves, and an edit of `defaults` reaches it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,38 +15,16 @@ use weft_discovery::store::MeshStore;
 use weft_proto::config::v1::{Action, InboundPolicy};
 use weft_proto::type_url;
 use weft_test_support::eventually::watch_until;
+use weft_test_support::temp_dir::TempDir;
 
 /// How long a change may take to reach the snapshot.
 const WITHIN: Duration = Duration::from_secs(1);
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct ConfigDir(PathBuf);
-
-impl ConfigDir {
-    fn new(test: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("weft-policy-files-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(path.join("policies")).expect("create the test dir");
-        Self(path)
-    }
-
-    fn write(&self, relative: &str, content: &str) {
-        std::fs::write(self.0.join(relative), content).expect("write a test file");
-    }
-}
-
-impl Drop for ConfigDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs the file backend and the snapshot builder on `dir`.
-fn start(dir: &ConfigDir) -> watch::Receiver<Option<Arc<Snapshot>>> {
+fn start(dir: &TempDir) -> watch::Receiver<Option<Arc<Snapshot>>> {
     let store = Arc::new(MeshStore::new());
     let (publish, snapshots) = watch::channel(None);
-    tokio::spawn(file::run(dir.0.clone(), store.clone()));
+    tokio::spawn(file::run(dir.path().to_owned(), store.clone()));
     tokio::spawn(snapshot::run_builder(
         store,
         DebounceConfig::default(),
@@ -83,7 +60,7 @@ async fn served_policy(
 
 #[tokio::test]
 async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
-    let dir = ConfigDir::new("defaults");
+    let dir = TempDir::create("policy-files-defaults").unwrap();
     dir.write(
         "endpoints.yaml",
         "services:\n  users: [ { address: 127.0.0.1, port: 18081 } ]\n  orders: []\n",

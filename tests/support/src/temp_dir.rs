@@ -25,6 +25,24 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// `relative` inside the directory.
+    pub fn join(&self, relative: &str) -> PathBuf {
+        self.0.join(relative)
+    }
+
+    /// Writes `content` to `relative` (creating its folders) and returns its
+    /// path. Panics when it cannot: the test could not go on without it.
+    pub fn write(&self, relative: &str, content: &str) -> PathBuf {
+        let path = self.0.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .unwrap_or_else(|error| panic!("creating {}: {error}", parent.display()));
+        }
+        std::fs::write(&path, content)
+            .unwrap_or_else(|error| panic!("writing {}: {error}", path.display()));
+        path
+    }
 }
 
 impl Drop for TempDir {
