@@ -401,6 +401,14 @@ impl ConsulApi {
         }
     }
 
+    /// The same API with no token: what an anonymous client is allowed.
+    pub fn without_token(&self) -> Self {
+        Self {
+            token: None,
+            ..self.clone()
+        }
+    }
+
     /// `GET <path>` as JSON; an error unless 2xx.
     pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let (status, body) = self.send(Method::GET, path, "").await?;

@@ -23,6 +23,10 @@
 //! `weft-discovery`: they dev-depend on it, so a test that needs their typed
 //! clients wraps what is here (the e2e harness's `Consul`, the agent tests'
 //! `DevConsul`).
+//!
+//! Its own tests (`cargo test -p weft-test-support`) pin the failure message
+//! of `eventually` (CI excerpts are searched for it) and run the launchers
+//! against the real Consul and Redis.
 #![forbid(unsafe_code)]
 
 pub mod certs;
