@@ -7,8 +7,10 @@
 # 1. Consul: deploy/local/install-consul.sh prints a consul binary (PATH,
 #    .tools/, or Debian's 1.8.7 fetched into .tools/); exported as
 #    WEFT_CONSUL_BIN for the end-to-end tests.
-# 2. Redis: the opaque TCP tests (tests/tests/tcp.rs) run a real
-#    redis-server; installed with apt-get (sudo when not root) if missing.
+# 2. Redis: the opaque TCP and rate limit tests (tests/tests/tcp.rs,
+#    rate_limits.rs) and the test-support crate's own tests
+#    (tests/support/tests/launchers.rs) run a real redis-server; installed
+#    with apt-get (sudo when not root) if missing.
 # 3. Chromium: the service map test (tests/tests/service_map.rs) loads the
 #    agent's /ui page in headless Chromium; installed with apt-get like Redis.
 # 4. `cargo build --workspace --bins`: the end-to-end tests run the real

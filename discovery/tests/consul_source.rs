@@ -6,7 +6,7 @@ mod consul_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::ensure;
 use consul_support::DevConsul;
 use weft_discovery::consul::{
     CheckRegistration, ConnectRegistration, ProxyConfig, ServiceRegistration, Upstream,
@@ -14,6 +14,7 @@ use weft_discovery::consul::{
 use weft_discovery::model::{Endpoint, Health, MeshState};
 use weft_discovery::source::consul::{ConsulSource, ConsulSourceOptions};
 use weft_discovery::store::MeshStore;
+use weft_test_support::eventually::watch_until;
 
 type TestResult = anyhow::Result<()>;
 
@@ -61,26 +62,20 @@ fn options() -> ConsulSourceOptions {
 
 /// Waits, on the store's change signal (no polling), until `check` holds;
 /// returns how long it took.
-async fn eventually(
+async fn store_reaches(
     store: &MeshStore,
     within: Duration,
     what: &str,
     check: impl Fn(&MeshState) -> bool,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let mut changes = store.subscribe();
-    loop {
-        if check(&store.state()) {
-            return Ok(started.elapsed());
-        }
-        match tokio::time::timeout_at((started + within).into(), changes.changed()).await {
-            Ok(Ok(())) => {}
-            _ => bail!(
-                "{what}: not seen within {within:?}; store: {:#?}",
-                store.state()
-            ),
-        }
-    }
+    watch_until(within, what, &mut store.subscribe(), |_| {
+        let state = store.state();
+        ensure!(check(&state), "store: {state:#?}");
+        Ok(())
+    })
+    .await?;
+    Ok(started.elapsed())
 }
 
 fn endpoints<'a>(state: &'a MeshState, service: &str) -> &'a [Endpoint] {
@@ -120,7 +115,7 @@ async fn registrations_and_deregistrations_reach_the_store_within_a_second() -> 
         .client
         .agent_service_register(&web("web-1", 8080))
         .await?;
-    let took = eventually(store, WITHIN, "web-1 registered", |state| {
+    let took = store_reaches(store, WITHIN, "web-1 registered", |state| {
         endpoints(state, "web").len() == 1
     })
     .await?;
@@ -140,19 +135,19 @@ async fn registrations_and_deregistrations_reach_the_store_within_a_second() -> 
         .client
         .agent_service_register(&web("web-2", 8081))
         .await?;
-    eventually(store, WITHIN, "web-2 registered", |state| {
+    store_reaches(store, WITHIN, "web-2 registered", |state| {
         endpoints(state, "web").len() == 2
     })
     .await?;
 
     consul.client.agent_service_deregister("web-1").await?;
-    eventually(store, WITHIN, "web-1 deregistered", |state| {
+    store_reaches(store, WITHIN, "web-1 deregistered", |state| {
         endpoints(state, "web").iter().map(|e| e.port).eq([8081])
     })
     .await?;
 
     consul.client.agent_service_deregister("web-2").await?;
-    eventually(store, WITHIN, "web gone from the catalog", |state| {
+    store_reaches(store, WITHIN, "web gone from the catalog", |state| {
         !state.services.contains_key("web")
     })
     .await?;
@@ -171,7 +166,7 @@ async fn a_check_turning_critical_makes_the_endpoint_unhealthy_within_a_second()
     assert_eq!(endpoints(&store.state(), "web")[0].health, Health::Healthy);
 
     consul.client.agent_check_fail("web-1-ttl", "down").await?;
-    let took = eventually(store, WITHIN, "web-1 unhealthy", |state| {
+    let took = store_reaches(store, WITHIN, "web-1 unhealthy", |state| {
         endpoints(state, "web")
             .iter()
             .all(|e| e.health == Health::Unhealthy)
@@ -182,7 +177,7 @@ async fn a_check_turning_critical_makes_the_endpoint_unhealthy_within_a_second()
     assert_eq!(endpoints(&store.state(), "web").len(), 1);
 
     consul.client.agent_check_pass("web-1-ttl", "").await?;
-    eventually(store, WITHIN, "web-1 healthy again", |state| {
+    store_reaches(store, WITHIN, "web-1 healthy again", |state| {
         endpoints(state, "web")
             .iter()
             .all(|e| e.health == Health::Healthy)
@@ -217,7 +212,7 @@ async fn a_service_with_a_connect_sidecar_is_meshed_through_the_proxy_port() -> 
     });
     consul.client.agent_service_register(&meshed).await?;
 
-    eventually(store, WITHIN, "users meshed", |state| {
+    store_reaches(store, WITHIN, "users meshed", |state| {
         endpoints(state, "users").iter().any(|e| e.meshed)
     })
     .await?;
@@ -243,7 +238,7 @@ async fn a_service_with_a_connect_sidecar_is_meshed_through_the_proxy_port() -> 
         .client
         .agent_check_fail("users-1-ttl", "app down")
         .await?;
-    eventually(store, WITHIN, "meshed users unhealthy", |state| {
+    store_reaches(store, WITHIN, "meshed users unhealthy", |state| {
         endpoints(state, "users")
             .iter()
             .all(|e| e.health == Health::Unhealthy && e.meshed)
@@ -265,7 +260,7 @@ async fn kv_documents_appear_with_keys_relative_to_the_prefix_starting_from_noth
     consul.client.kv_put("weft/routes/users", route).await?;
     consul.client.kv_put("weft/routes/", "").await?; // a folder key
     consul.client.kv_put("other/routes/x", "{}").await?; // outside the prefix
-    let took = eventually(store, WITHIN, "routes/users document", |state| {
+    let took = store_reaches(store, WITHIN, "routes/users document", |state| {
         state.documents.contains_key("routes/users")
     })
     .await?;
@@ -278,7 +273,7 @@ async fn kv_documents_appear_with_keys_relative_to_the_prefix_starting_from_noth
     assert!(!document.yaml);
 
     consul.client.kv_put("weft/routes/users", "{}").await?;
-    eventually(store, WITHIN, "routes/users updated", |state| {
+    store_reaches(store, WITHIN, "routes/users updated", |state| {
         state
             .documents
             .get("routes/users")
@@ -287,7 +282,7 @@ async fn kv_documents_appear_with_keys_relative_to_the_prefix_starting_from_noth
     .await?;
 
     consul.client.kv_delete("weft/routes/users").await?;
-    eventually(store, WITHIN, "routes/users deleted", |state| {
+    store_reaches(store, WITHIN, "routes/users deleted", |state| {
         state.documents.is_empty()
     })
     .await?;
@@ -296,7 +291,7 @@ async fn kv_documents_appear_with_keys_relative_to_the_prefix_starting_from_noth
 
 #[tokio::test]
 async fn a_frozen_consul_keeps_the_last_endpoints_and_resyncs_when_it_returns() -> TestResult {
-    let consul = DevConsul::start().await?;
+    let mut consul = DevConsul::start().await?;
     consul
         .client
         .agent_service_register(&web("web-1", 8080))
@@ -353,7 +348,7 @@ async fn a_frozen_consul_keeps_the_last_endpoints_and_resyncs_when_it_returns() 
         .client
         .agent_service_register(&web("web-2", 8081))
         .await?;
-    let took = eventually(
+    let took = store_reaches(
         &store,
         Duration::from_secs(5),
         "web-2 after the outage",
@@ -404,7 +399,7 @@ async fn a_consul_that_restarts_with_a_lower_index_is_followed() -> TestResult {
         .agent_service_register(&web("web-2", 8081))
         .await?;
     consul.client.kv_put("weft/routes/fresh", "{}").await?;
-    let took = eventually(
+    let took = store_reaches(
         store,
         Duration::from_secs(5),
         "the new Consul's state",
@@ -430,7 +425,7 @@ async fn an_instance_without_checks_and_a_new_port_reach_the_store_within_a_seco
         .client
         .agent_service_register(&web("web-1", 8080))
         .await?;
-    eventually(store, WITHIN, "web-1 registered", |state| {
+    store_reaches(store, WITHIN, "web-1 registered", |state| {
         endpoints(state, "web").len() == 1
     })
     .await?;
@@ -446,7 +441,7 @@ async fn an_instance_without_checks_and_a_new_port_reach_the_store_within_a_seco
         .client
         .agent_service_register(&checkless(8081))
         .await?;
-    let took = eventually(store, WITHIN, "checkless web-2 registered", |state| {
+    let took = store_reaches(store, WITHIN, "checkless web-2 registered", |state| {
         endpoints(state, "web")
             .iter()
             .map(|e| e.port)
@@ -459,7 +454,7 @@ async fn an_instance_without_checks_and_a_new_port_reach_the_store_within_a_seco
         .client
         .agent_service_register(&checkless(9091))
         .await?;
-    eventually(
+    store_reaches(
         store,
         WITHIN,
         "web-2 re-registered on a new port",
@@ -473,7 +468,7 @@ async fn an_instance_without_checks_and_a_new_port_reach_the_store_within_a_seco
     .await?;
 
     consul.client.agent_service_deregister("web-2").await?;
-    eventually(store, WITHIN, "checkless web-2 deregistered", |state| {
+    store_reaches(store, WITHIN, "checkless web-2 deregistered", |state| {
         endpoints(state, "web").iter().map(|e| e.port).eq([8080])
     })
     .await?;
@@ -509,7 +504,7 @@ async fn a_sidecars_declared_upstreams_reach_the_store() -> TestResult {
         ..ConnectRegistration::default()
     });
     consul.client.agent_service_register(&registration).await?;
-    eventually(store, WITHIN, "web's upstreams", |state| {
+    store_reaches(store, WITHIN, "web's upstreams", |state| {
         state
             .upstreams
             .get("web")

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use consul_support::DevConsul;
-use consul_support::certs::TestPki;
 use weft_discovery::consul::{
     CheckRegistration, ConsulClient, ConsulConfig, ConsulError, QueryOptions, ServiceRegistration,
 };
 use weft_discovery::source::consul::{ConsulSource, ConsulSourceOptions};
 use weft_discovery::store::MeshStore;
+use weft_test_support::certs::TestPki;
 
 type TestResult = anyhow::Result<()>;
 

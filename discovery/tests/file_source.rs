@@ -2,57 +2,24 @@
 //! at start, and that edits (in place, by atomic rename, deletions, broken
 //! files) reach the store within 1 s.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use weft_discovery::model::{Health, MeshState};
 use weft_discovery::source::file;
 use weft_discovery::store::MeshStore;
+use weft_test_support::eventually::watch_until;
+use weft_test_support::temp_dir::TempDir;
 
 /// How long a change may take to reach the store (the issue's budget).
 const CHANGE_BUDGET: Duration = Duration::from_secs(1);
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "weft-file-source-{test}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create the test dir");
-        Self(path)
-    }
-
-    fn write(&self, relative: &str, content: &str) {
-        let path = self.0.join(relative);
-        std::fs::create_dir_all(path.parent().expect("a file has a parent"))
-            .expect("create folders");
-        std::fs::write(&path, content).expect("write a test file");
-    }
-
-    /// Writes a temporary file, then renames it over the target, as vim
-    /// (backupcopy=no), emacs and most config-management tools do.
-    fn write_by_rename(&self, relative: &str, content: &str) {
-        let temporary = self.0.join(".tmp-write");
-        std::fs::write(&temporary, content).expect("write the temporary file");
-        std::fs::rename(&temporary, self.0.join(relative)).expect("rename over the target");
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Writes a temporary file in `dir`, then renames it over the target, as vim
+/// (backupcopy=no), emacs and most config-management tools do.
+fn write_by_rename(dir: &TempDir, relative: &str, content: &str) {
+    let temporary = dir.join(".tmp-write");
+    std::fs::write(&temporary, content).expect("write the temporary file");
+    std::fs::rename(&temporary, dir.join(relative)).expect("rename over the target");
 }
 
 const ENDPOINTS: &str = "\
@@ -81,23 +48,14 @@ async fn start(dir: &TempDir) -> Arc<MeshStore> {
 
 /// Waits (on the store's change signal, not by polling) until `condition`
 /// holds, for at most CHANGE_BUDGET.
-async fn eventually(store: &MeshStore, what: &str, condition: impl Fn(&MeshState) -> bool) {
-    let mut changes = store.subscribe();
-    let wait = async {
-        loop {
-            changes.borrow_and_update();
-            if condition(&store.state()) {
-                return;
-            }
-            changes
-                .changed()
-                .await
-                .expect("the store outlives the test");
-        }
-    };
-    if tokio::time::timeout(CHANGE_BUDGET, wait).await.is_err() {
-        panic!("within 1 s: {what}; state now: {:#?}", store.state());
-    }
+async fn store_reaches(store: &MeshStore, what: &str, condition: impl Fn(&MeshState) -> bool) {
+    watch_until(CHANGE_BUDGET, what, &mut store.subscribe(), |_| {
+        let state = store.state();
+        anyhow::ensure!(condition(&state), "state now: {state:#?}");
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error:#}"));
 }
 
 fn document(state: &MeshState, key: &str) -> Option<String> {
@@ -109,7 +67,7 @@ fn document(state: &MeshState, key: &str) -> Option<String> {
 
 #[tokio::test]
 async fn loads_documents_and_endpoints_at_start() {
-    let dir = TempDir::new("start");
+    let dir = TempDir::create("file-source-start").unwrap();
     dir.write("endpoints.yaml", ENDPOINTS);
     dir.write("routes/users.json", USERS_ROUTES);
     dir.write("destinations/orders.yaml", "load_balancer: round_robin\n");
@@ -152,7 +110,7 @@ async fn loads_documents_and_endpoints_at_start() {
 
 #[tokio::test]
 async fn document_edits_reach_the_store_within_a_second() {
-    let dir = TempDir::new("edits");
+    let dir = TempDir::create("file-source-edits").unwrap();
     dir.write("endpoints.yaml", ENDPOINTS);
     dir.write("routes/users.json", USERS_ROUTES);
     let store = start(&dir).await;
@@ -160,29 +118,29 @@ async fn document_edits_reach_the_store_within_a_second() {
     // In place.
     let v2 = r#"{ "routes": [ { "destination": "users-v2" } ] }"#;
     dir.write("routes/users.json", v2);
-    eventually(&store, "the edited route document", |state| {
+    store_reaches(&store, "the edited route document", |state| {
         document(state, "routes/users").as_deref() == Some(v2)
     })
     .await;
 
     // By atomic rename.
     let v3 = r#"{ "routes": [ { "destination": "users-v3" } ] }"#;
-    dir.write_by_rename("routes/users.json", v3);
-    eventually(&store, "the renamed-over route document", |state| {
+    write_by_rename(&dir, "routes/users.json", v3);
+    store_reaches(&store, "the renamed-over route document", |state| {
         document(state, "routes/users").as_deref() == Some(v3)
     })
     .await;
 
     // A new folder and file after start.
     dir.write("destinations/users.yaml", "connect_timeout: 250ms\n");
-    eventually(&store, "a document in a new folder", |state| {
+    store_reaches(&store, "a document in a new folder", |state| {
         state.documents.contains_key("destinations/users")
     })
     .await;
 
     // Deleted.
     std::fs::remove_file(dir.path().join("routes/users.json")).expect("remove the route file");
-    eventually(&store, "the deleted route document gone", |state| {
+    store_reaches(&store, "the deleted route document gone", |state| {
         !state.documents.contains_key("routes/users")
     })
     .await;
@@ -190,15 +148,16 @@ async fn document_edits_reach_the_store_within_a_second() {
 
 #[tokio::test]
 async fn endpoint_edits_reach_the_store_and_broken_files_keep_the_last_good_endpoints() {
-    let dir = TempDir::new("endpoints");
+    let dir = TempDir::create("file-source-endpoints").unwrap();
     dir.write("endpoints.yaml", ENDPOINTS);
     let store = start(&dir).await;
 
-    dir.write_by_rename(
+    write_by_rename(
+        &dir,
         "endpoints.yaml",
         "services:\n  users:\n    - { address: 127.0.0.1, port: 18083 }\n",
     );
-    eventually(&store, "the new endpoint set", |state| {
+    store_reaches(&store, "the new endpoint set", |state| {
         state.services.len() == 1 && state.services["users"][0].port == 18083
     })
     .await;
@@ -211,7 +170,7 @@ async fn endpoint_edits_reach_the_store_and_broken_files_keep_the_last_good_endp
         "services:\n  users:\n    - { address: 127.0.0.1, port: nope }\n",
     );
     dir.write("routes/marker.json", USERS_ROUTES);
-    eventually(&store, "the marker document", |state| {
+    store_reaches(&store, "the marker document", |state| {
         state.documents.contains_key("routes/marker")
     })
     .await;
@@ -224,7 +183,7 @@ async fn endpoint_edits_reach_the_store_and_broken_files_keep_the_last_good_endp
         "endpoints.yaml",
         "services:\n  users:\n    - { address: 127.0.0.1, port: 18084 }\n",
     );
-    eventually(&store, "the fixed endpoint set", |state| {
+    store_reaches(&store, "the fixed endpoint set", |state| {
         state.services["users"][0].port == 18084
     })
     .await;
@@ -234,7 +193,7 @@ async fn endpoint_edits_reach_the_store_and_broken_files_keep_the_last_good_endp
 async fn invalid_documents_are_passed_on_for_the_builder_to_reject() {
     // The backend does not judge documents: the snapshot builder validates
     // them the same way for Consul and files, and reports them in /status.
-    let dir = TempDir::new("invalid");
+    let dir = TempDir::create("file-source-invalid").unwrap();
     dir.write("endpoints.yaml", ENDPOINTS);
     dir.write("routes/users.json", "{ not json");
     let store = start(&dir).await;
@@ -246,7 +205,7 @@ async fn invalid_documents_are_passed_on_for_the_builder_to_reject() {
 
 #[tokio::test]
 async fn a_broken_endpoints_file_at_start_is_not_ready_until_fixed() {
-    let dir = TempDir::new("broken-start");
+    let dir = TempDir::create("file-source-broken-start").unwrap();
     dir.write("endpoints.yaml", "services: [");
     dir.write("routes/users.json", USERS_ROUTES);
     let store = Arc::new(MeshStore::new());

@@ -10,7 +10,6 @@ mod consul_support;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -37,6 +36,7 @@ use weft_proto::discovery::v1::{DiscoveryRequest, Node};
 use weft_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use weft_proto::identity::v1::{SignCertificateRequest, SignCertificateResponse};
 use weft_proto::type_url;
+use weft_test_support::temp_dir::TempDir;
 
 const TRUST_DOMAIN: &str = "mesh.test";
 const WEB_TOKEN: &str = "web-join-token-6f1d2c";
@@ -51,39 +51,6 @@ fn id(service: &str) -> SpiffeId {
 }
 
 // ---------------------------------------------------------------- set-up
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "weft-identity-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs `weftctl` as an operator would; panics with its output on failure.
 fn weftctl(args: &[&str]) {
@@ -100,14 +67,14 @@ fn weftctl(args: &[&str]) {
 }
 
 /// `weftctl ca init` into `scratch/ca`.
-fn init_ca(scratch: &Scratch) -> PathBuf {
-    let dir = scratch.path("ca");
+fn init_ca(scratch: &TempDir) -> PathBuf {
+    let dir = scratch.join("ca");
     let out = dir.to_str().expect("a UTF-8 path");
     weftctl(&["ca", "init", "--trust-domain", TRUST_DOMAIN, "--out", out]);
     dir
 }
 
-fn join_tokens(scratch: &Scratch) -> PathBuf {
+fn join_tokens(scratch: &TempDir) -> PathBuf {
     scratch.write(
         "tokens.json",
         &format!(r#"{{ "web": "{WEB_TOKEN}", "db": ["{DB_TOKEN}"] }}"#),
@@ -143,7 +110,7 @@ async fn start_agent(config: IdentityConfig, consul: Option<ConsulClient>) -> Ag
 }
 
 /// An agent issuing from a fresh CA with the web and db join tokens.
-async fn start_issuing_agent(scratch: &Scratch) -> Agent {
+async fn start_issuing_agent(scratch: &TempDir) -> Agent {
     let config = IdentityConfig {
         source: IdentitySource::Weft,
         ca_dir: Some(init_ca(scratch)),
@@ -284,7 +251,7 @@ fn bundle_of(certificate: &rustls::pki_types::CertificateDer<'static>) -> TrustB
 
 #[tokio::test]
 async fn a_join_token_gets_a_leaf_for_its_service_that_completes_mutual_tls() {
-    let scratch = Scratch::new("join");
+    let scratch = TempDir::create("identity-join").unwrap();
     let agent = start_issuing_agent(&scratch).await;
 
     let web = request_leaf(&agent.address, "web", WEB_TOKEN)
@@ -320,7 +287,7 @@ async fn a_join_token_gets_a_leaf_for_its_service_that_completes_mutual_tls() {
         lifetime > LEAF_TTL - Duration::from_secs(60) && lifetime <= LEAF_TTL,
         "{lifetime:?}"
     );
-    let ca = Ca::load(&scratch.path("ca")).unwrap();
+    let ca = Ca::load(&scratch.join("ca")).unwrap();
     assert_eq!(web.bundle().roots(), [ca.certificate().clone()]);
 
     // Each side trusts only the bundle it was handed, and each sees the
@@ -337,7 +304,7 @@ async fn a_join_token_gets_a_leaf_for_its_service_that_completes_mutual_tls() {
 
 #[tokio::test]
 async fn a_wrong_token_or_another_services_token_is_permission_denied() {
-    let scratch = Scratch::new("denied");
+    let scratch = TempDir::create("identity-denied").unwrap();
     let agent = start_issuing_agent(&scratch).await;
 
     for token in [DB_TOKEN, "not-a-token-of-anyone"] {
@@ -391,7 +358,7 @@ async fn without_a_ca_every_request_is_failed_precondition_saying_how_to_enable_
 
 #[tokio::test]
 async fn a_bad_csr_is_invalid_argument_with_the_reason() {
-    let scratch = Scratch::new("csr");
+    let scratch = TempDir::create("identity-csr").unwrap();
     let agent = start_issuing_agent(&scratch).await;
 
     let not_a_csr = sign(&agent.address, "web", "hello", WEB_TOKEN)
@@ -459,7 +426,7 @@ async fn a_consul_token_with_service_write_gets_a_leaf_for_that_service_only() {
         r#"service "web" { policy = "write" }"#,
     )
     .await;
-    let scratch = Scratch::new("consul");
+    let scratch = TempDir::create("identity-consul").unwrap();
     let config = IdentityConfig {
         source: IdentitySource::Weft,
         ca_dir: Some(init_ca(&scratch)),
@@ -514,7 +481,7 @@ async fn a_consul_token_with_service_write_gets_a_leaf_for_that_service_only() {
 
 #[tokio::test]
 async fn with_consul_a_join_token_works_too_and_an_unreachable_consul_is_unavailable() {
-    let scratch = Scratch::new("consul-down");
+    let scratch = TempDir::create("identity-consul-down").unwrap();
     let config = IdentityConfig {
         source: IdentitySource::Weft,
         ca_dir: Some(init_ca(&scratch)),
@@ -615,9 +582,9 @@ async fn consul_put(consul: &DevConsul, path: &str, body: serde_json::Value) -> 
 
 #[tokio::test]
 async fn after_weftctl_ca_rotate_the_next_leaf_chains_to_the_new_root_and_the_bundle_holds_both() {
-    let scratch = Scratch::new("rotate");
+    let scratch = TempDir::create("identity-rotate").unwrap();
     let agent = start_issuing_agent(&scratch).await;
-    let dir = scratch.path("ca");
+    let dir = scratch.join("ca");
     let old_root = Ca::load(&dir).unwrap().certificate().clone();
     let before = request_leaf(&agent.address, "db", DB_TOKEN).await.unwrap();
 
@@ -681,9 +648,9 @@ async fn after_weftctl_ca_rotate_the_next_leaf_chains_to_the_new_root_and_the_bu
 
 #[tokio::test]
 async fn a_broken_ca_dir_is_refused_and_the_current_ca_keeps_signing() {
-    let scratch = Scratch::new("broken");
+    let scratch = TempDir::create("identity-broken").unwrap();
     let agent = start_issuing_agent(&scratch).await;
-    let dir = scratch.path("ca");
+    let dir = scratch.join("ca");
     let root = Ca::load(&dir).unwrap().certificate().clone();
     let authority = agent.authority.clone().expect("issuing");
     let mut reloads = authority.reload_status();
@@ -759,22 +726,22 @@ async fn agent_refusal(args: &[&str]) -> String {
 
 #[tokio::test]
 async fn the_agent_refuses_to_start_with_a_broken_identity_setup_naming_file_and_reason() {
-    let scratch = Scratch::new("startup");
-    let config_dir = scratch.path("config");
+    let scratch = TempDir::create("identity-startup").unwrap();
+    let config_dir = scratch.join("config");
     std::fs::create_dir_all(&config_dir).unwrap();
     let config_dir = config_dir.to_str().unwrap().to_owned();
     let ca = init_ca(&scratch);
     let ca = ca.to_str().unwrap().to_owned();
     let tokens = join_tokens(&scratch);
     let tokens = tokens.to_str().unwrap().to_owned();
-    let missing_ca = scratch.path("no-such-ca");
+    let missing_ca = scratch.join("no-such-ca");
     let missing_ca = missing_ca.to_str().unwrap().to_owned();
     let empty_token = scratch.write(
         "empty-token.json",
         r#"{ "web": "ok-token-123456789", "db": "" }"#,
     );
     let empty_token = empty_token.to_str().unwrap().to_owned();
-    let keyless = Scratch::new("keyless");
+    let keyless = TempDir::create("identity-keyless").unwrap();
     let keyless_ca = init_ca(&keyless);
     std::fs::remove_file(keyless_ca.join(files::CA_KEY)).unwrap();
     let keyless_ca = keyless_ca.to_str().unwrap().to_owned();
@@ -818,8 +785,8 @@ async fn the_agent_refuses_to_start_with_a_broken_identity_setup_naming_file_and
 
 #[tokio::test]
 async fn the_agent_serves_identity_beside_ads_and_every_cluster_names_its_spiffe_id() {
-    let scratch = Scratch::new("binary");
-    let config_dir = scratch.path("config");
+    let scratch = TempDir::create("identity-binary").unwrap();
+    let config_dir = scratch.join("config");
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::write(
         config_dir.join("endpoints.yaml"),
@@ -830,7 +797,7 @@ async fn the_agent_serves_identity_beside_ads_and_every_cluster_names_its_spiffe
     let tokens = join_tokens(&scratch);
     let listen = format!("127.0.0.1:{}", consul_support::free_port().unwrap());
     let admin = format!("127.0.0.1:{}", consul_support::free_port().unwrap());
-    let log_path = scratch.path("agent.log");
+    let log_path = scratch.join("agent.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_weft-discovery"))
         .args(["--config-dir", config_dir.to_str().unwrap()])

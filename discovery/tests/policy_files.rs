@@ -2,10 +2,10 @@
 //! and the mesh-wide `defaults.*` at the root of the config dir become the
 //! InboundPolicy the snapshot serves, and an edit of `defaults` reaches it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use prost::Message as _;
 use tokio::sync::watch;
 use weft_discovery::metrics::Metrics;
@@ -14,38 +14,17 @@ use weft_discovery::source::file;
 use weft_discovery::store::MeshStore;
 use weft_proto::config::v1::{Action, InboundPolicy};
 use weft_proto::type_url;
+use weft_test_support::eventually::watch_until;
+use weft_test_support::temp_dir::TempDir;
 
 /// How long a change may take to reach the snapshot.
 const WITHIN: Duration = Duration::from_secs(1);
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct ConfigDir(PathBuf);
-
-impl ConfigDir {
-    fn new(test: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("weft-policy-files-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(path.join("policies")).expect("create the test dir");
-        Self(path)
-    }
-
-    fn write(&self, relative: &str, content: &str) {
-        std::fs::write(self.0.join(relative), content).expect("write a test file");
-    }
-}
-
-impl Drop for ConfigDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs the file backend and the snapshot builder on `dir`.
-fn start(dir: &ConfigDir) -> watch::Receiver<Option<Arc<Snapshot>>> {
+fn start(dir: &TempDir) -> watch::Receiver<Option<Arc<Snapshot>>> {
     let store = Arc::new(MeshStore::new());
     let (publish, snapshots) = watch::channel(None);
-    tokio::spawn(file::run(dir.0.clone(), store.clone()));
+    tokio::spawn(file::run(dir.path().to_owned(), store.clone()));
     tokio::spawn(snapshot::run_builder(
         store,
         DebounceConfig::default(),
@@ -64,28 +43,24 @@ fn policy(snapshot: &Snapshot, service: &str) -> InboundPolicy {
 }
 
 /// Waits until the served policy of `service` satisfies `check`.
-async fn eventually(
+async fn served_policy(
     snapshots: &mut watch::Receiver<Option<Arc<Snapshot>>>,
     service: &str,
     check: impl Fn(&InboundPolicy) -> bool,
 ) -> InboundPolicy {
-    let found = tokio::time::timeout(
-        WITHIN,
-        snapshots.wait_for(|snapshot| {
-            snapshot
-                .as_ref()
-                .is_some_and(|snapshot| check(&policy(snapshot, service)))
-        }),
-    )
+    let what = format!("the policy of {service} is served");
+    watch_until(WITHIN, &what, snapshots, |snapshot| {
+        let served = policy(snapshot.as_ref().context("no snapshot yet")?, service);
+        anyhow::ensure!(check(&served), "served: {served:?}");
+        Ok(served)
+    })
     .await
-    .expect("the policy is served within 1 s")
-    .expect("the builder runs");
-    policy(found.as_ref().expect("a snapshot"), service)
+    .unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 #[tokio::test]
 async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
-    let dir = ConfigDir::new("defaults");
+    let dir = TempDir::create("policy-files-defaults").unwrap();
     dir.write(
         "endpoints.yaml",
         "services:\n  users: [ { address: 127.0.0.1, port: 18081 } ]\n  orders: []\n",
@@ -97,7 +72,7 @@ async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
     dir.write("defaults.yaml", "default: deny\n");
     let mut snapshots = start(&dir);
 
-    let users = eventually(&mut snapshots, "users", |policy| {
+    let users = served_policy(&mut snapshots, "users", |policy| {
         policy.default_action() == Action::Deny
     })
     .await;
@@ -113,7 +88,7 @@ async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
             ("*", "kv:weft/policies/users", 1)
         ]
     );
-    let orders = eventually(&mut snapshots, "orders", |_| true).await;
+    let orders = served_policy(&mut snapshots, "orders", |_| true).await;
     assert_eq!(
         orders.default_action(),
         Action::Deny,
@@ -124,7 +99,7 @@ async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
     // A JSON defaults file wins over the YAML one, as for every document;
     // editing it reaches the policy of every service without its own default.
     dir.write("defaults.json", r#"{ "default": "allow" }"#);
-    let ghost = eventually(&mut snapshots, "ghost", |policy| {
+    let ghost = served_policy(&mut snapshots, "ghost", |policy| {
         policy.default_action() == Action::Allow
     })
     .await;
@@ -132,6 +107,6 @@ async fn policy_files_and_the_root_defaults_file_make_the_inbound_policy() {
         ghost.service, "ghost",
         "an unknown name still gets an answer"
     );
-    let users = eventually(&mut snapshots, "users", |_| true).await;
+    let users = served_policy(&mut snapshots, "users", |_| true).await;
     assert_eq!(users.default_action(), Action::Allow);
 }

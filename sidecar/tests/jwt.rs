@@ -1033,11 +1033,16 @@ impl Idp {
 
     /// Waits until the IdP has answered `count` fetches in all.
     async fn await_fetches(&self, what: &str, count: usize) {
-        eventually(what, Duration::from_secs(10), || {
+        eventually(Duration::from_secs(10), what, || {
             let idp = self.clone();
-            async move { idp.fetches() >= count }
+            async move {
+                let fetches = idp.fetches();
+                anyhow::ensure!(fetches >= count, "{fetches} fetches so far");
+                Ok(())
+            }
         })
-        .await;
+        .await
+        .unwrap();
     }
 }
 

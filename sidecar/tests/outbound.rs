@@ -29,16 +29,31 @@ async fn start_sidecar_with(ads: &FakeAds, adjust: impl FnOnce(&mut Settings)) -
     weft_sidecar::start(s).await.unwrap()
 }
 
-async fn ready(r: &Running) -> bool {
-    get(r.admin_addr.unwrap(), "admin", "/ready", &[])
-        .await
-        .status
-        == 200
+/// Whether the sidecar's admin `/ready` answers 200 (the error says what it
+/// answered instead).
+async fn ready(r: &Running) -> anyhow::Result<()> {
+    let reply = get(r.admin_addr.unwrap(), "admin", "/ready", &[]).await;
+    anyhow::ensure!(
+        reply.status == 200,
+        "/ready: {} {}",
+        reply.status,
+        reply.body
+    );
+    Ok(())
+}
+
+/// Whether the admin `/clusters` shows exactly one request in flight.
+async fn one_in_flight(admin: SocketAddr) -> anyhow::Result<()> {
+    let clusters = get(admin, "admin", "/clusters", &[]).await.body;
+    anyhow::ensure!(clusters.contains("\"in_flight\": 1"), "{clusters}");
+    Ok(())
 }
 
 async fn start_ready(ads: &FakeAds) -> Running {
     let r = start_sidecar(ads).await;
-    eventually("sidecar ready", Duration::from_secs(10), || ready(&r)).await;
+    eventually(Duration::from_secs(10), "sidecar ready", || ready(&r))
+        .await
+        .unwrap();
     r
 }
 
@@ -282,17 +297,11 @@ async fn overflow_past_max_requests() {
     let out = sc.outbound_addr.unwrap();
     let first = tokio::spawn(async move { get(out, "slow", "/sleep/500", &[]).await.status });
     let admin = sc.admin_addr.unwrap();
-    eventually(
-        "first request in flight",
-        Duration::from_secs(5),
-        || async move {
-            get(admin, "admin", "/clusters", &[])
-                .await
-                .body
-                .contains("\"in_flight\": 1")
-        },
-    )
-    .await;
+    eventually(Duration::from_secs(5), "first request in flight", || {
+        one_in_flight(admin)
+    })
+    .await
+    .unwrap();
     let r = get(out, "slow", "/", &[]).await;
     assert_eq!(
         (r.status.as_u16(), r.header("x-weft-error")),
@@ -351,7 +360,9 @@ async fn an_upgraded_connection_idle_past_the_tcp_idle_timeout_is_closed() {
     let ads = FakeAds::start(snap).await;
     let idle = Duration::from_millis(300);
     let sc = start_sidecar_with(&ads, |s| s.proxy.tcp_idle_timeout = idle).await;
-    eventually("sidecar ready", Duration::from_secs(10), || ready(&sc)).await;
+    eventually(Duration::from_secs(10), "sidecar ready", || ready(&sc))
+        .await
+        .unwrap();
     let mut s = upgraded(sc.outbound_addr.unwrap()).await;
     echoes(&mut s, b"alive").await;
     let silent = tokio::time::Instant::now();
@@ -437,10 +448,12 @@ async fn an_invalid_resource_is_nacked_and_the_old_table_keeps_serving() {
     r.r#match.as_mut().unwrap().path = Some(pb::route_match::Path::Regex("/([".into()));
     bad.routes[0] = route_config("users", vec![r]);
     ads.set(bad);
-    eventually("a NACK", Duration::from_secs(5), || async {
-        !ads.nacks().is_empty()
+    eventually(Duration::from_secs(5), "a NACK", || async {
+        anyhow::ensure!(!ads.nacks().is_empty(), "no NACK yet");
+        Ok(())
     })
-    .await;
+    .await
+    .unwrap();
     let nack = ads.nacks().remove(0);
     let detail = nack.error_detail.unwrap().message;
     assert!(
@@ -473,10 +486,13 @@ async fn an_invalid_resource_is_nacked_and_the_old_table_keeps_serving() {
     good.assignments[0] = assignment("users", &[healthy(users)]);
     good.routes[0] = route_config("users", vec![route("/", "orders")]);
     ads.set(good);
-    eventually("new route applied", Duration::from_secs(5), || async {
-        get(out, "users", "/x", &[]).await.body == "orders GET /x"
+    eventually(Duration::from_secs(5), "new route applied", || async {
+        let body = get(out, "users", "/x", &[]).await.body;
+        anyhow::ensure!(body == "orders GET /x", "answered {body:?}");
+        Ok(())
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -508,11 +524,12 @@ async fn ready_only_after_a_complete_config_and_serves_while_agent_is_away() {
     )
     .await;
     eventually(
-        "ready after the agent appears",
         Duration::from_secs(10),
+        "ready after the agent appears",
         || ready(&sc),
     )
-    .await;
+    .await
+    .unwrap();
 
     ads.stop();
     let out = sc.outbound_addr.unwrap();
@@ -523,7 +540,10 @@ async fn ready_only_after_a_complete_config_and_serves_while_agent_is_away() {
             "last good config keeps serving"
         );
     }
-    assert!(ready(&sc).await, "stays ready while the agent is away");
+    assert!(
+        ready(&sc).await.is_ok(),
+        "stays ready while the agent is away"
+    );
 }
 
 #[tokio::test]
@@ -534,13 +554,11 @@ async fn shutdown_drains_in_flight_requests() {
     let out = sc.outbound_addr.unwrap();
     let admin = sc.admin_addr.unwrap();
     let in_flight = tokio::spawn(async move { get(out, "users", "/sleep/300", &[]).await });
-    eventually("request in flight", Duration::from_secs(5), || async move {
-        get(admin, "admin", "/clusters", &[])
-            .await
-            .body
-            .contains("\"in_flight\": 1")
+    eventually(Duration::from_secs(5), "request in flight", || {
+        one_in_flight(admin)
     })
-    .await;
+    .await
+    .unwrap();
     let handle = sc.shutdown_handle();
     let waiting = tokio::spawn(sc.wait());
     handle.shutdown();

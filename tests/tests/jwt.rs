@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use weft_e2e::harness::certs::TestCa;
 use weft_e2e::harness::mesh::{MeshedInstance, SETUP_TIMEOUT, mtls_users_and_client};
 use weft_e2e::{Call, Mesh, Reply, eventually, run};
 
@@ -90,39 +91,32 @@ fn unsigned_token() -> String {
 
 /// A private CA, as a company IdP has, and the PEM a policy trusts it by.
 struct PrivateCa {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    ca: TestCa,
 }
 
 impl PrivateCa {
     /// Named `name`: certificate chains are built by issuer name, so two
     /// test CAs must not share one.
     fn new(name: &str) -> anyhow::Result<Self> {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let issuer = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate()?)?;
-        Ok(Self { issuer })
+        Ok(Self {
+            ca: TestCa::new(&format!("{name} CA"))?,
+        })
     }
 
     fn pem(&self) -> String {
-        self.issuer.pem()
+        self.ca.pem()
     }
 
     /// A TLS server with a certificate for `host` signed by this CA.
     fn server(&self, host: &str) -> anyhow::Result<TlsAcceptor> {
-        let key = rcgen::KeyPair::generate()?;
-        let cert =
-            rcgen::CertificateParams::new(vec![host.to_owned()])?.signed_by(&key, &self.issuer)?;
+        let leaf = self.ca.server_leaf(host, &[host])?;
         let config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()?
                 .with_no_client_auth()
                 .with_single_cert(
-                    vec![cert.der().clone()],
-                    PrivateKeyDer::try_from(key.serialize_der()).map_err(anyhow::Error::msg)?,
+                    vec![leaf.cert_der().into()],
+                    PrivateKeyDer::try_from(leaf.key_der()).map_err(anyhow::Error::msg)?,
                 )?;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
@@ -275,7 +269,7 @@ async fn status_of(
 }
 
 /// Waits until [`status_of`] is `expected`.
-async fn eventually_status(
+async fn status_becomes(
     mesh: &Mesh,
     client: &MeshedInstance,
     authorization: String,
@@ -480,7 +474,7 @@ fn keys_are_fetched_over_https_verified_against_the_providers_ca() {
         mesh.put_document("policies/users", &trusting(&idp_ca.pem()))
             .await?;
         let what = "the policy applies".to_owned();
-        eventually_status(&mesh, &client, String::new(), 401, what).await?;
+        status_becomes(&mesh, &client, String::new(), 401, what).await?;
         let reply = call(&mesh, &client, "/", &[("authorization", &valid)]).await?;
         ensure!(
             reply.status == 200,
@@ -523,7 +517,7 @@ fn keys_are_fetched_over_https_verified_against_the_providers_ca() {
         mesh.put_document("policies/users", &trusting(&other_ca.pem()))
             .await?;
         let what = "tokens fail without keys".to_owned();
-        eventually_status(&mesh, &client, valid.clone(), 503, what).await?;
+        status_becomes(&mesh, &client, valid.clone(), 503, what).await?;
         let reply = call(&mesh, &client, "/", &[("authorization", &valid)]).await?;
         ensure_refused(&reply, 503, "jwt-keys-unavailable", "untrusted IdP")?;
         ensure!(
@@ -550,7 +544,7 @@ fn jwt_policies_change_in_kv_without_a_restart_and_invalid_ones_are_refused() {
         let token_second = format!("Bearer {}", second.token(json!({}))?);
         let status = |authorization: String| status_of(&mesh, &client, authorization);
         let until = |authorization: &str, expected: u16, what: &str| {
-            eventually_status(
+            status_becomes(
                 &mesh,
                 &client,
                 authorization.to_owned(),

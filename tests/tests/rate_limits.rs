@@ -807,15 +807,8 @@ fn a_global_limit_reaches_redis_over_tls_with_a_password_and_a_private_ca() {
         use weft_sidecar::ratelimit::redis::RedisBackend;
         // A private CA and a certificate for 127.0.0.1, as a managed Redis
         // with its own CA has.
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "redis test CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
-        let key = rcgen::KeyPair::generate()?;
-        let cert =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &ca)?;
+        let ca = weft_e2e::harness::certs::TestCa::new("redis test CA")?;
+        let leaf = ca.server_leaf("redis", &["127.0.0.1"])?;
         let file = |name: &str, pem: String| -> anyhow::Result<String> {
             let path = ctx.log_dir.join(name);
             std::fs::write(&path, pem)?;
@@ -828,9 +821,9 @@ fn a_global_limit_reaches_redis_over_tls_with_a_password_and_a_private_ca() {
             "--tls-port".into(),
             tls_port.to_string(),
             "--tls-cert-file".into(),
-            file("redis.crt", cert.pem())?,
+            file("redis.crt", leaf.cert_pem())?,
             "--tls-key-file".into(),
-            file("redis.key", key.serialize_pem())?,
+            file("redis.key", leaf.key_pem())?,
             "--tls-ca-cert-file".into(),
             file("ca.crt", ca.pem())?,
             "--tls-auth-clients".into(),

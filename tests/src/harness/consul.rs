@@ -1,306 +1,77 @@
 //! A real Consul dev agent per test, on its own loopback ports, and the Consul
 //! API calls the tests make (registration, checks, KV).
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use weft_discovery::consul::{
     CheckRegistration, ConnectRegistration, ConsulClient, ConsulConfig, ServiceRegistration,
     Weights,
 };
+pub use weft_test_support::consul::{
+    ConsulApi, ConsulOptions, DevConsul, HttpsSettings, READY_TIMEOUT, consul_binary, repo_root,
+};
 
-use super::eventually::eventually;
-use super::http::HttpClient;
-use super::ports::free_port;
-use super::process::Process;
-
-/// A dev agent elects itself in well under a second; 30 s leaves room for a
-/// loaded CI machine.
-const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where the Consul binary is: `WEFT_CONSUL_BIN`, a `consul` on PATH, or what
-/// the project's installer (deploy/local/install-consul.sh) prints, which
-/// installs Debian's 1.8.7 into the git-ignored .tools/ if needed.
-pub fn consul_binary() -> anyhow::Result<PathBuf> {
-    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    FOUND
-        .get_or_init(|| find_consul().map_err(|error| format!("{error:#}")))
-        .clone()
-        .map_err(|error| anyhow::anyhow!(error))
-}
-
-fn find_consul() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("WEFT_CONSUL_BIN") {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            bail!(
-                "WEFT_CONSUL_BIN={} is not a file. Unset it, or install Consul with `bash deploy/local/install-consul.sh`",
-                path.display()
-            );
-        }
-        return Ok(path);
-    }
-    if let Some(path) = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("consul"))
-        .find(|candidate| candidate.is_file())
-    {
-        return Ok(path);
-    }
-    let installer = repo_root().join("deploy/local/install-consul.sh");
-    let output = std::process::Command::new("bash")
-        .arg(&installer)
-        .output()
-        .with_context(|| format!("running {}", installer.display()))?;
-    let printed = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    if !output.status.success() || printed.is_empty() {
-        bail!(
-            "CONSUL IS MISSING: the end-to-end tests need a real Consul (1.8+).\n\
-             Install it with `bash deploy/local/install-consul.sh` and/or set WEFT_CONSUL_BIN=/path/to/consul.\n\
-             The installer ({}) failed with {}:\n{}",
-            installer.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(PathBuf::from(printed))
-}
-
-/// The repository root (the workspace directory above `tests/`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
-
-/// A `consul agent -dev` with in-memory state, killed on drop.
+/// A `consul agent -dev` with in-memory state, killed on drop: the shared
+/// launcher ([`DevConsul`], whose methods it has through `Deref`: address,
+/// API calls, pause, stop, start again) with the project's typed client.
 pub struct Consul {
-    process: Process,
-    http_port: u16,
-    /// For readiness polling and raw reads.
-    http: HttpClient,
+    dev: DevConsul,
     /// The project's own typed client (weft_discovery::consul) for every
     /// write the tests make: registrations, checks, KV.
     client: ConsulClient,
-    /// The ACL master token, when ACLs are on: sent with every call the
-    /// harness makes.
-    master_token: Option<String>,
-    paused: bool,
-    /// The command line, for [`Consul::start_again`].
-    args: Vec<String>,
-    log_dir: PathBuf,
+}
+
+impl std::ops::Deref for Consul {
+    type Target = DevConsul;
+
+    fn deref(&self) -> &DevConsul {
+        &self.dev
+    }
+}
+
+impl std::ops::DerefMut for Consul {
+    fn deref_mut(&mut self) -> &mut DevConsul {
+        &mut self.dev
+    }
 }
 
 impl Consul {
     /// Starts a dev agent on free ports (DNS and gRPC off: nothing uses them)
     /// and waits until it has elected itself leader.
     pub async fn start(log_dir: &Path) -> anyhow::Result<Self> {
-        Self::start_configured(log_dir, None, None).await
+        Self::start_configured(log_dir, ConsulOptions::default()).await
     }
 
     /// Like [`Consul::start`] with `hcl` as an extra config file, e.g.
     /// `limits { http_max_conns_per_client = 5 }`.
     pub async fn start_with_hcl(log_dir: &Path, hcl: &str) -> anyhow::Result<Self> {
-        Self::start_configured(log_dir, None, Some(hcl)).await
+        let options = ConsulOptions {
+            extra_hcl: Some(hcl.to_owned()),
+            ..ConsulOptions::default()
+        };
+        Self::start_configured(log_dir, options).await
     }
 
     /// Like [`Consul::start`] with ACLs on, default deny, and
     /// `master_token` as the bootstrap token (also the agent's own, so it
     /// can register its node). Every call the harness makes sends it.
     pub async fn start_with_acls(log_dir: &Path, master_token: &str) -> anyhow::Result<Self> {
-        Self::start_configured(log_dir, Some(master_token), None).await
+        let options = ConsulOptions {
+            acl_master_token: Some(master_token.to_owned()),
+            ..ConsulOptions::default()
+        };
+        Self::start_configured(log_dir, options).await
     }
 
-    async fn start_configured(
-        log_dir: &Path,
-        master_token: Option<&str>,
-        extra_hcl: Option<&str>,
-    ) -> anyhow::Result<Self> {
-        let binary = consul_binary()?;
-        let http_port = free_port()?;
-        let mut args: Vec<String> = vec![
-            "agent".into(),
-            "-dev".into(),
-            "-bind".into(),
-            "127.0.0.1".into(),
-            "-client".into(),
-            "127.0.0.1".into(),
-            "-http-port".into(),
-            http_port.to_string(),
-            "-dns-port".into(),
-            "-1".into(),
-            "-grpc-port".into(),
-            "-1".into(),
-            "-serf-lan-port".into(),
-            free_port()?.to_string(),
-            "-serf-wan-port".into(),
-            "-1".into(),
-            "-server-port".into(),
-            free_port()?.to_string(),
-            "-node".into(),
-            node_name(http_port),
-            "-log-level".into(),
-            "debug".into(),
-        ];
-        if let Some(token) = master_token {
-            let file = log_dir.join("consul-acl.hcl");
-            std::fs::write(&file, acl_config(token))
-                .with_context(|| format!("writing {}", file.display()))?;
-            args.push(format!("-config-file={}", file.display()));
-        }
-        if let Some(hcl) = extra_hcl {
-            let file = log_dir.join("consul-extra.hcl");
-            std::fs::write(&file, hcl).with_context(|| format!("writing {}", file.display()))?;
-            args.push(format!("-config-file={}", file.display()));
-        }
-        let process = Process::spawn("consul", &binary, &args, log_dir)?;
-        let address = format!("http://127.0.0.1:{http_port}");
-        let client = ConsulConfig::new(&address, master_token.map(str::to_owned), None)
+    async fn start_configured(log_dir: &Path, options: ConsulOptions) -> anyhow::Result<Self> {
+        let dev = DevConsul::start(log_dir, &options).await?;
+        let address = dev.address();
+        let client = ConsulConfig::new(&address, options.acl_master_token, None)
             .and_then(ConsulClient::new)
             .with_context(|| format!("building a Consul client for {address}"))?;
-        let mut consul = Self {
-            process,
-            http_port,
-            http: HttpClient::new(),
-            client,
-            master_token: master_token.map(str::to_owned),
-            paused: false,
-            args,
-            log_dir: log_dir.to_owned(),
-        };
-        consul.wait_for_leader().await?;
-        Ok(consul)
-    }
-
-    async fn wait_for_leader(&mut self) -> anyhow::Result<()> {
-        let url = format!("{}/v1/status/leader", self.address());
-        let node_url = format!(
-            "{}/v1/health/node/{}",
-            self.address(),
-            node_name(self.http_port)
-        );
-        let http = self.api();
-        // Check the process first so a crash (port taken) fails at once with its log.
-        let process = &mut self.process;
-        eventually(LEADER_TIMEOUT, "consul elects itself leader", || {
-            let alive = process.check_running();
-            let http = http.clone();
-            let url = url.clone();
-            let node_url = node_url.clone();
-            async move {
-                if let Err(error) = alive {
-                    return Err(error);
-                }
-                let reply = http.get(&url).await?;
-                let leader = reply.text();
-                if !reply.status.is_success() || !leader.trim().trim_matches('"').contains(':') {
-                    bail!("no leader yet: {} {leader}", reply.status)
-                }
-                // The leader registers the node's serfHealth check a moment
-                // after the election; until then `?passing` lists nothing.
-                let checks = http.get(&node_url).await?.json()?;
-                let serf_passing = checks.as_array().is_some_and(|checks| {
-                    checks.iter().any(|check| {
-                        check["CheckID"] == "serfHealth" && check["Status"] == "passing"
-                    })
-                });
-                if !serf_passing {
-                    bail!("the node's serfHealth check is not passing yet: {checks}")
-                }
-                Ok(())
-            }
-        })
-        .await
-        .map_err(|error| anyhow::anyhow!("{error:#}\n{}", self.process.tail()))
-    }
-
-    /// Consul's HTTP API as the harness calls it: with the master token
-    /// when ACLs are on.
-    pub fn api(&self) -> ConsulApi {
-        ConsulApi {
-            http: self.http.clone(),
-            token: self.master_token.clone(),
-        }
-    }
-
-    /// `PUT <path>` with a JSON body (master token), Consul's answer as JSON
-    /// (`null` for an empty one); an error unless 2xx.
-    pub async fn api_put(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}{path}", self.address());
-        let reply = self
-            .api()
-            .send(http::Method::PUT, &url, body.to_string())
-            .await?;
-        if !reply.status.is_success() {
-            bail!("PUT {path}: {} {}", reply.status, reply.text());
-        }
-        if reply.body.is_empty() {
-            return Ok(serde_json::Value::Null);
-        }
-        reply.json().with_context(|| format!("PUT {path}"))
-    }
-
-    /// `GET <path>` (master token) as JSON; an error unless 2xx.
-    pub async fn api_get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}{path}", self.address());
-        let reply = self.api().get(&url).await?;
-        if !reply.status.is_success() {
-            bail!("GET {path}: {} {}", reply.status, reply.text());
-        }
-        reply.json().with_context(|| format!("GET {path}"))
-    }
-
-    /// An ACL policy `name` with `rules` and a token holding it (ACLs on);
-    /// returns the token's secret.
-    pub async fn acl_token(&self, name: &str, rules: &str) -> anyhow::Result<String> {
-        self.api_put(
-            "/v1/acl/policy",
-            &serde_json::json!({ "Name": name, "Rules": rules }),
-        )
-        .await?;
-        let token = self
-            .api_put(
-                "/v1/acl/token",
-                &serde_json::json!({ "Description": name, "Policies": [{ "Name": name }] }),
-            )
-            .await?;
-        token["SecretID"]
-            .as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("no SecretID in {token}"))
-    }
-
-    /// Waits until the Connect CA has an active root (a dev agent sets it
-    /// up a moment after electing itself) and returns the roots answer.
-    pub async fn connect_ca_ready(&self) -> anyhow::Result<serde_json::Value> {
-        eventually(
-            LEADER_TIMEOUT,
-            "Consul's Connect CA has an active root",
-            || async {
-                let roots = self.api_get("/v1/agent/connect/ca/roots").await?;
-                let active = roots["Roots"]
-                    .as_array()
-                    .is_some_and(|roots| roots.iter().any(|root| root["Active"] == true));
-                if !active {
-                    bail!("no active root yet: {roots}");
-                }
-                Ok(roots)
-            },
-        )
-        .await
-    }
-
-    /// `http://127.0.0.1:<http port>`, what `--consul` takes.
-    pub fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        Ok(Self { dev, client })
     }
 
     /// The project's Consul client, pointed at this agent.
@@ -469,51 +240,6 @@ impl Consul {
         }
         Ok(())
     }
-
-    /// Freezes the Consul process (SIGSTOP): connections stay open, nothing answers.
-    pub fn pause(&mut self) -> anyhow::Result<()> {
-        self.process.signal("STOP")?;
-        self.paused = true;
-        Ok(())
-    }
-
-    /// Thaws it (SIGCONT).
-    pub fn resume(&mut self) -> anyhow::Result<()> {
-        self.process.signal("CONT")?;
-        self.paused = false;
-        Ok(())
-    }
-
-    /// Kills Consul (SIGKILL, like a crash): its port refuses connections
-    /// and every open blocking query breaks. Its dev-mode state is gone.
-    pub fn stop(&mut self) {
-        self.process.kill();
-    }
-
-    /// Starts Consul again after [`Consul::stop`], on the same ports with
-    /// the same flags, and waits for its leader: as after a crash, with the
-    /// dev-mode state (catalog, KV) empty. Its log is `consul-again.log`.
-    pub async fn start_again(&mut self) -> anyhow::Result<()> {
-        self.process.kill();
-        self.process =
-            Process::spawn("consul-again", &consul_binary()?, &self.args, &self.log_dir)?;
-        self.paused = false;
-        self.wait_for_leader().await
-    }
-
-    pub fn log_path(&self) -> &Path {
-        self.process.log_path()
-    }
-}
-
-impl Drop for Consul {
-    fn drop(&mut self) {
-        // A stopped process still dies of SIGKILL, but thaw it anyway so
-        // the kill is never left pending behind the stop.
-        if self.paused {
-            let _ = self.process.signal("CONT");
-        }
-    }
 }
 
 /// One service instance as the tests register it.
@@ -678,56 +404,6 @@ impl SyntheticInstance {
             }],
         })
     }
-}
-
-/// Consul's HTTP API through the test client, with a token when set.
-#[derive(Clone)]
-pub struct ConsulApi {
-    http: HttpClient,
-    token: Option<String>,
-}
-
-impl ConsulApi {
-    pub async fn get(&self, url: &str) -> anyhow::Result<super::http::Reply> {
-        self.send(http::Method::GET, url, String::new()).await
-    }
-
-    async fn send(
-        &self,
-        method: http::Method,
-        url: &str,
-        body: String,
-    ) -> anyhow::Result<super::http::Reply> {
-        let mut request = http::Request::builder().method(method.clone()).uri(url);
-        if let Some(token) = &self.token {
-            request = request.header("x-consul-token", token);
-        }
-        let request = request
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .with_context(|| format!("building {method} {url}"))?;
-        self.http.send(request).await
-    }
-}
-
-/// A `-config-file` turning ACLs on, default deny, in Consul 1.8's syntax
-/// (`tokens.master`; later versions say `initial_management`).
-fn acl_config(master_token: &str) -> String {
-    format!(
-        r#"acl {{
-  enabled = true
-  default_policy = "deny"
-  tokens {{
-    master = "{master_token}"
-    agent = "{master_token}"
-  }}
-}}
-"#
-    )
-}
-
-/// The dev agent's node name: unique per test, and known before it starts.
-fn node_name(http_port: u16) -> String {
-    format!("weft-e2e-{http_port}")
 }
 
 /// The id of the TTL check of instance `id`.

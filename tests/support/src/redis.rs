@@ -11,9 +11,9 @@ use anyhow::{Context as _, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::eventually::eventually;
-use super::ports::free_port;
-use super::process::Process;
+use crate::eventually::eventually;
+use crate::ports::free_port;
+use crate::process::Process;
 
 /// Redis starts in milliseconds; generous for a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
