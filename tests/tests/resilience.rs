@@ -3,7 +3,7 @@
 //! traffic sees zero failed requests, and the mesh resyncs afterwards.
 //! When the control plane is away, a sidecar retries the agent and the
 //! agent retries Consul with backoffs whose first wait and ceiling are
-//! documented (docs/ARCHITECTURE.md, "When things fail").
+//! documented (docs/CONTROL-PLANE.md, "When things fail").
 
 use std::time::Duration;
 
@@ -167,7 +167,7 @@ fn the_agent_restarted_under_steady_traffic_fails_no_request_and_sidecars_resync
     });
 }
 
-/// The sidecar's reconnect backoff to the agent, as docs/ARCHITECTURE.md
+/// The sidecar's reconnect backoff to the agent, as docs/CONTROL-PLANE.md
 /// states it: the first retry within 100 ms, then a ceiling that doubles
 /// (200 ms, 400 ms, ...) up to 5 s, each wait drawn uniformly below it
 /// (full jitter) so a fleet that lost the agent together does not return
