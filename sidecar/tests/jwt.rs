@@ -40,6 +40,7 @@ use weft_sidecar::authn::{
 };
 use weft_sidecar::body::ProxyBody;
 use weft_sidecar::error::ProxyError;
+use weft_sidecar::proxy::error_response::ErrorResponseLayer;
 use weft_sidecar::proxy::{Direction, ProxyRequest, RequestCtx};
 
 const ISSUER: &str = "https://idp.test";
@@ -759,7 +760,10 @@ async fn inbound(policy: AuthnPolicy) -> Inbound {
         let resp = echo(&req);
         async move { Ok::<_, ProxyError>(resp) }
     });
+    // A denial is an error that `error_response` answers, as in the
+    // sidecar's inbound stack.
     let stack = ServiceBuilder::new()
+        .layer(ErrorResponseLayer)
         .layer(JwtAuthnLayer::new(policy))
         .service(app);
     tokio::spawn(async move {

@@ -1,8 +1,9 @@
 //! The tower layer: checks each request against the service's current JWT
 //! policy before it goes further down the stack.
 //!
-//! A denied request never reaches the next layer; it is answered here with
-//! [`AuthnError::to_response`] (status, `WWW-Authenticate`, `x-weft-error`).
+//! A denied request never reaches the next layer; it fails here with
+//! [`AuthnError::into_proxy_error`] (its kind and `WWW-Authenticate`), which
+//! `error_response` answers like every other refusal.
 //! An admitted one continues with forged claim headers removed, claim
 //! headers set from the verified token, and `Arc<VerifiedClaims>` in its
 //! extensions. The policy is read with one atomic load per request, so the
@@ -23,6 +24,7 @@ use tower::{Layer, Service};
 
 use super::authenticator::{Admission, Authenticator, Pending, RequestHead, strip_claim_headers};
 use super::error::AuthnError;
+use crate::error::ProxyError;
 use crate::proxy::{ProxyRequest, ProxyResponse};
 
 /// The service's current JWT policy, shared by the layer and whoever
@@ -77,9 +79,9 @@ pub struct JwtAuthn<S> {
     inner: S,
 }
 
-pub type WaitForKeys<E> = Pin<Box<dyn Future<Output = Result<ProxyResponse, E>> + Send>>;
+pub type WaitForKeys = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyError>> + Send>>;
 
-fn denied(authenticator: &Authenticator, error: &AuthnError, req: &ProxyRequest) -> ProxyResponse {
+fn denied(authenticator: &Authenticator, error: AuthnError, req: &ProxyRequest) -> ProxyError {
     // Debug: a scanner sending junk tokens must not flood the log; the
     // caller gets the reason in the response.
     tracing::debug!(
@@ -88,21 +90,19 @@ fn denied(authenticator: &Authenticator, error: &AuthnError, req: &ProxyRequest)
         error = %error,
         "request denied by the JWT policy"
     );
-    error.to_response(authenticator.service())
+    error.into_proxy_error(authenticator.service())
 }
 
 impl<S> Service<ProxyRequest> for JwtAuthn<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse> + Clone + Send + 'static,
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
 {
     type Response = ProxyResponse;
-    type Error = S::Error;
-    type Future =
-        Either<Either<S::Future, Ready<Result<ProxyResponse, S::Error>>>, WaitForKeys<S::Error>>;
+    type Error = ProxyError;
+    type Future = Either<Either<S::Future, Ready<Result<ProxyResponse, ProxyError>>>, WaitForKeys>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
@@ -119,8 +119,8 @@ where
                 Either::Left(Either::Left(self.inner.call(req)))
             }
             Err(Pending::Denied(error)) => {
-                let resp = denied(authenticator, &error, &req);
-                Either::Left(Either::Right(ready(Ok(resp))))
+                let error = denied(authenticator, error, &req);
+                Either::Left(Either::Right(ready(Err(error))))
             }
             Err(Pending::NeedsKeys(remote, first_error)) => {
                 // Take the ready service for this request (tower's
@@ -142,7 +142,7 @@ where
                             authenticator.admit(admission, &mut req.http);
                             inner.call(req).await
                         }
-                        Err(error) => Ok(denied(&authenticator, &error, &req)),
+                        Err(error) => Err(denied(&authenticator, error, &req)),
                     }
                 }))
             }

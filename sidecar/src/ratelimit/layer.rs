@@ -1,9 +1,10 @@
 //! The `ratelimit` tower layers. Outbound (after `rewrite`): the limits of
 //! the cluster `split` chose, keyed with this sidecar's own service as the
 //! source. Inbound (after `authorize`): the service's own limits, keyed
-//! with the caller's verified identity. A refused request is answered here
-//! (429, or the fail-closed status) and never reaches the layers below,
-//! the upstream or the app. A request with no limits costs one load.
+//! with the caller's verified identity. A refused request fails here with
+//! its typed refusal (429, or the fail-closed status: `headers.rs`), which
+//! `error_response` answers; it never reaches the layers below, the
+//! upstream or the app. A request with no limits costs one load.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -67,8 +68,8 @@ where
     match decision {
         Ok(()) => Either::Left(inner.call(req)),
         Err(refusal) => {
-            let response = refusal.into_response();
-            Either::Right(Box::pin(async move { Ok(response) }))
+            let error = refusal.into_error();
+            Either::Right(Box::pin(async move { Err(error) }))
         }
     }
 }
@@ -99,7 +100,7 @@ where
             .await;
         match decision {
             Ok(()) => inner.call(req).await,
-            Err(refusal) => Ok(refusal.into_response()),
+            Err(refusal) => Err(refusal.into_error()),
         }
     })
 }

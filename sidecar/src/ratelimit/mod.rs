@@ -113,7 +113,7 @@ impl PartialEq for RateLimiter {
     }
 }
 
-/// Why a request may not go on: the response to send instead.
+/// Why a request may not go on.
 pub enum Refusal {
     Limited {
         name: Arc<str>,
@@ -127,7 +127,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn into_response(self) -> crate::proxy::ProxyResponse {
+    /// The refusal `error_response` answers the caller with.
+    pub fn into_error(self) -> crate::error::ProxyError {
         match self {
             Self::Limited {
                 name,
