@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use futures_util::future::Either;
 use tower::{Layer, Service};
 
-use super::{RateLimiter, RequestFacts, SharedRateLimits};
+use super::{RateLimiter, RequestFacts};
 use crate::error::ProxyError;
 use crate::proxy::{BoxFuture, ProxyRequest, ProxyResponse};
 
@@ -126,16 +126,16 @@ impl LimitSource for Outbound {
     }
 }
 
-/// Inbound: the service's own limits (`InboundPolicy.rate_limits`); the
-/// source is the caller's verified identity.
-#[derive(Clone)]
-pub struct Inbound {
-    limits: SharedRateLimits,
-}
+/// Inbound: the service's own limits (`InboundPolicy.rate_limits`, from
+/// the request's inbound snapshot); the source is the caller's verified
+/// identity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Inbound;
 
 impl LimitSource for Inbound {
-    fn limits_for(&self, _req: &ProxyRequest) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)> {
-        self.limits.load_full().map(|limiter| (limiter, None))
+    fn limits_for(&self, req: &ProxyRequest) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)> {
+        let limiter = req.ctx.inbound_policy().rate_limits.as_ref()?;
+        Some((limiter.clone(), None))
     }
 }
 
@@ -159,10 +159,8 @@ impl RateLimitLayer<Outbound> {
 }
 
 impl RateLimitLayer<Inbound> {
-    pub fn new(limits: SharedRateLimits) -> Self {
-        Self {
-            source: Inbound { limits },
-        }
+    pub fn inbound() -> Self {
+        Self { source: Inbound }
     }
 }
 

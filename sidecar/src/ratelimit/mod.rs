@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue, StatusCode};
 use weft_proto::config::v1 as pb;
 
@@ -37,10 +36,6 @@ use redis::{RedisBackend, WindowDecision};
 const DEFAULT_MAX_KEYS: u32 = 10_000;
 /// ratelimit.proto's default for the Redis timeout.
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
-
-/// The inbound limits in force, swapped in by the xDS client with the
-/// rest of the service's policy; `None`: no limits.
-pub type SharedRateLimits = Arc<ArcSwapOption<RateLimiter>>;
 
 /// What a limit does, as configured (compared to keep state across updates).
 #[derive(Clone, Debug, PartialEq)]
