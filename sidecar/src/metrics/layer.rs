@@ -273,3 +273,90 @@ fn attempts(result: &Result<ProxyResponse, ProxyError>) -> Option<u32> {
         Err(error) => error.attempts,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::{HeaderValue, Response, StatusCode};
+    use tower::{Layer as _, Service as _};
+
+    use super::*;
+    use crate::body::{BufferedBody, ProxyBody};
+    use crate::error::{AuthnErrorKind, ERROR_HEADER, ErrorKind};
+    use crate::proxy::{Direction, RequestCtx};
+    use crate::table::Cluster;
+
+    /// A response from below (the app's, or an upstream's) saying
+    /// `x-weft-error: denied`.
+    fn says_denied() -> ProxyResponse {
+        let mut response = Response::new(ProxyBody::empty());
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        response
+            .headers_mut()
+            .insert(ERROR_HEADER, HeaderValue::from_static("denied"));
+        response
+    }
+
+    fn request(direction: Direction, cluster: Option<Arc<Cluster>>) -> ProxyRequest {
+        let mut ctx = RequestCtx::new(
+            direction,
+            "127.0.0.1:1".parse().unwrap(),
+            HeaderValue::from_static("127.0.0.1"),
+        );
+        ctx.cluster = cluster;
+        ProxyRequest {
+            http: http::Request::new(RequestBody::Buffered(BufferedBody {
+                data: None,
+                trailers: None,
+            })),
+            ctx,
+        }
+    }
+
+    fn refusals(cluster: &Cluster) -> Vec<(&'static str, u64)> {
+        cluster.shared.requests.refusals().collect()
+    }
+
+    #[tokio::test]
+    async fn own_refusals_count_by_kind_and_only_a_peers_header_counts_besides() {
+        let cluster = Arc::new(Cluster::new(
+            "users".into(),
+            Default::default(),
+            vec![],
+            Arc::default(),
+        ));
+        let answers = |answer: fn() -> Result<ProxyResponse, ProxyError>| {
+            tower::service_fn(move |_req: ProxyRequest| async move { answer() })
+        };
+
+        // Inbound, the app's answer is its own, whatever its headers say.
+        let mut inbound = RequestMetricsLayer::inbound(cluster.shared.clone())
+            .layer(answers(|| Ok(says_denied())));
+        inbound
+            .call(request(Direction::Inbound, None))
+            .await
+            .unwrap();
+        assert_eq!(refusals(&cluster), vec![]);
+
+        // This sidecar's own refusal counts by its kind and status.
+        let mut refusing =
+            RequestMetricsLayer::inbound(cluster.shared.clone()).layer(answers(|| {
+                Err(ProxyError::new(
+                    ErrorKind::Jwt(AuthnErrorKind::Expired),
+                    "expired",
+                ))
+            }));
+        let _ = refusing.call(request(Direction::Inbound, None)).await;
+        assert_eq!(refusals(&cluster), vec![("jwt-expired", 1)]);
+        assert_eq!(cluster.shared.requests.refusals_below_500(), 1);
+
+        // Outbound, an upstream's answer may be a peer sidecar's refusal.
+        let mut outbound = RequestMetricsLayer::outbound().layer(answers(|| Ok(says_denied())));
+        outbound
+            .call(request(Direction::Outbound, Some(cluster.clone())))
+            .await
+            .unwrap();
+        assert_eq!(refusals(&cluster), vec![("denied", 1), ("jwt-expired", 1)]);
+    }
+}
