@@ -124,6 +124,8 @@ mod tests {
         assert_eq!(resp.status(), 401);
         assert_eq!(resp.headers()[WWW_AUTHENTICATE], "Bearer realm=\"users\"");
         assert_eq!(resp.headers()[ERROR_HEADER], "jwt-missing");
+        let names: Vec<&str> = resp.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-weft-error", "content-type", "www-authenticate"]);
     }
 
     #[test]

@@ -68,6 +68,18 @@ mod tests {
         assert_eq!(h["ratelimit-policy"], "\"per-key\";q=100;w=60");
         assert_eq!(h["ratelimit"], "\"per-key\";r=0;t=3");
         assert_eq!(h["x-weft-error"], "rate-limited");
+        // The order the limiter wrote them in when it made the 429 itself.
+        let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "x-weft-error",
+                "content-type",
+                "retry-after",
+                "ratelimit-policy",
+                "ratelimit"
+            ]
+        );
     }
 
     #[test]
