@@ -133,11 +133,7 @@ fn destination_calls(destination: &str, stats: &RequestStats) -> Option<Destinat
         return None;
     }
     // Refusals answered below 500 are failures the caller saw all the same.
-    errors += stats
-        .refusals()
-        .filter(|(cause, _)| answered_below_500(cause))
-        .map(|(_, count)| count)
-        .sum::<u64>();
+    errors += stats.refusals_below_500();
     let latency = stats.duration.snapshot();
     Some(DestinationCalls {
         destination: destination.to_owned(),
@@ -145,15 +141,6 @@ fn destination_calls(destination: &str, stats: &RequestStats) -> Option<Destinat
         errors: errors.min(requests),
         latency_buckets: latency.buckets.iter().map(|(_, count)| *count).collect(),
     })
-}
-
-/// The sidecar's refusals whose status is a 4xx (crate::error::ErrorKind,
-/// JWT authentication, rate limits); every other refusal is a 5xx.
-fn answered_below_500(cause: &str) -> bool {
-    matches!(
-        cause,
-        "no-route" | "bad-request" | "denied" | "rate-limited" | "path-not-normalized"
-    ) || cause.starts_with("jwt-")
 }
 
 fn unix_ms() -> u64 {
@@ -168,7 +155,8 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
-    use crate::metrics::requests::{cause_index, method_index};
+    use crate::error::{AuthnErrorKind, ErrorKind};
+    use crate::metrics::requests::{cause_of, method_index};
 
     #[test]
     fn a_destination_reports_its_requests_5xx_and_4xx_refusals_as_errors_and_its_buckets() {
@@ -191,7 +179,10 @@ mod tests {
             StatusCode::TOO_MANY_REQUESTS,
             Duration::from_micros(10),
         );
-        stats.record_refusal(cause_index(b"rate-limited"));
+        stats.record_refusal(
+            cause_of(ErrorKind::RateLimited),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
         stats.record(get, StatusCode::NOT_FOUND, Duration::from_micros(10));
         let Some(calls) = destination_calls("users", &stats) else {
             panic!("calls were made");
@@ -206,10 +197,28 @@ mod tests {
     }
 
     #[test]
-    fn refusals_below_500_are_the_4xx_ones() {
-        assert!(answered_below_500("rate-limited"));
-        assert!(answered_below_500("jwt-expired"));
-        assert!(!answered_below_500("circuit-open"));
-        assert!(!answered_below_500("timeout"));
+    fn refusals_count_as_errors_by_the_status_they_were_answered_with() {
+        let stats = RequestStats::default();
+        let get = method_index(&http::Method::GET);
+        let refusals = [
+            ErrorKind::RateLimited,
+            ErrorKind::Jwt(AuthnErrorKind::Expired),
+            // Fails closed with 429: below 500, yet the caller failed.
+            ErrorKind::RateLimitUnavailable {
+                status: StatusCode::TOO_MANY_REQUESTS,
+            },
+            ErrorKind::CircuitOpen,
+            ErrorKind::Timeout,
+        ];
+        for kind in refusals {
+            stats.record(get, kind.status(), Duration::from_micros(10));
+            stats.record_refusal(cause_of(kind), kind.status());
+        }
+        let calls = destination_calls("users", &stats).unwrap();
+        assert_eq!(
+            (calls.requests, calls.errors),
+            (5, 5),
+            "three 4xx refusals and two 5xx"
+        );
     }
 }

@@ -2,14 +2,20 @@
 //!
 //! Like pingora's, a [`ProxyError`] says what went wrong ([`ErrorKind`]),
 //! where it came from ([`ErrorSource`]) and whether the request may be sent
-//! again ([`Retry`]); a retry layer (later issue) reads those fields, never
-//! strings. Errors become HTTP responses in exactly one place, the
-//! `error_response` layer, through [`ProxyError::to_response`].
+//! again ([`Retry`]); the retry layer reads those fields, never strings.
+//! Every refusal of the sidecar (a proxy failure, a JWT denial, a rate
+//! limit) is a [`ProxyError`], and becomes an HTTP response in exactly one
+//! place, the `error_response` layer, through [`ProxyError::to_response`].
+//! That response carries its kind as a typed [`OwnRefusal`] extension, and
+//! the layers that observe a refusal (metrics, traces, the access log, the
+//! gRPC mapping) read the kind, never the `x-weft-error` string; only a
+//! refusal made by another sidecar, across the network, is known by its
+//! header alone ([`peer_refusal_code`]).
 
 use std::fmt;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
 
@@ -63,12 +69,103 @@ pub enum ErrorKind {
     /// A rate limit refused the request (with Retry-After and the
     /// RateLimit fields, made by `crate::ratelimit::headers`). 429.
     RateLimited,
+    /// A global rate limit could not be checked (Redis did not answer in
+    /// time) and fails closed: the status its config names (503 or 429),
+    /// with Retry-After.
+    RateLimitUnavailable { status: StatusCode },
+    /// The JWT policy refused the request's credentials (401, 403; 503
+    /// when the keys cannot be had, 400 for a path it cannot judge), with
+    /// a `WWW-Authenticate` challenge made by `crate::authn::error`.
+    Jwt(AuthnErrorKind),
     /// The route chose a destination this sidecar does not hold yet, and
     /// its Cluster and endpoints did not arrive from the discovery agent
     /// within the on-demand timeout (`--discovery-timeout`). 503.
     DiscoveryTimeout,
     /// A bug or an unexpected state in the sidecar. 500.
     Internal,
+}
+
+/// What was wrong with a request's credentials, as a caller can act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthnErrorKind {
+    /// No token where the policy looks for one. 401.
+    Missing,
+    /// Not three base64url segments of JSON, or a header without `alg`. 401.
+    Malformed,
+    /// `alg` is `none`, unknown, or not in the provider's list. 401.
+    AlgorithmNotAllowed,
+    /// No key in the provider's set matches the token's `kid` and `alg`. 401.
+    UnknownKid,
+    /// The signature does not verify with the key. 401.
+    BadSignature,
+    /// `exp` is past (beyond the leeway). 401.
+    Expired,
+    /// `nbf` is ahead (beyond the leeway). 401.
+    NotYetValid,
+    /// `iss` is missing or names no configured provider. 401.
+    WrongIssuer,
+    /// `aud` is missing or names none of the provider's audiences. 401.
+    WrongAudience,
+    /// A required claim (or `exp`) is missing or has another value. 401.
+    ClaimMismatch,
+    /// The token is valid but lacks a role the path requires. 403.
+    InsufficientRole,
+    /// The provider's keys could never be fetched, so no token can be
+    /// checked. 503: the caller may retry later.
+    KeysUnavailable,
+    /// The path has dot segments, `//` or encoded dots or backslashes, so
+    /// which rule applies would depend on how the app normalises it. 400.
+    PathNotNormalized,
+}
+
+impl AuthnErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InsufficientRole => StatusCode::FORBIDDEN,
+            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PathNotNormalized => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The `x-weft-error` value.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "jwt-missing",
+            Self::Malformed => "jwt-malformed",
+            Self::AlgorithmNotAllowed => "jwt-algorithm-not-allowed",
+            Self::UnknownKid => "jwt-unknown-kid",
+            Self::BadSignature => "jwt-bad-signature",
+            Self::Expired => "jwt-expired",
+            Self::NotYetValid => "jwt-not-yet-valid",
+            Self::WrongIssuer => "jwt-wrong-issuer",
+            Self::WrongAudience => "jwt-wrong-audience",
+            Self::ClaimMismatch => "jwt-claim-mismatch",
+            Self::InsufficientRole => "jwt-insufficient-role",
+            Self::KeysUnavailable => "jwt-keys-unavailable",
+            Self::PathNotNormalized => "path-not-normalized",
+        }
+    }
+
+    /// The RFC 6750 `error_description`: fixed text, so no token content
+    /// is ever echoed into a header.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Missing => "no token",
+            Self::Malformed => "the token is malformed",
+            Self::AlgorithmNotAllowed => "the token's algorithm is not allowed",
+            Self::UnknownKid => "the token's signing key is unknown",
+            Self::BadSignature => "the token's signature is invalid",
+            Self::Expired => "the token expired",
+            Self::NotYetValid => "the token is not valid yet",
+            Self::WrongIssuer => "the token's issuer is not accepted",
+            Self::WrongAudience => "the token is not meant for this service",
+            Self::ClaimMismatch => "a required claim is missing or has another value",
+            Self::InsufficientRole => "the token lacks a role this path requires",
+            Self::KeysUnavailable => "the signing keys are not available",
+            Self::PathNotNormalized => "the path is not normalized",
+        }
+    }
 }
 
 /// Which side of the proxy the error came from.
@@ -108,6 +205,8 @@ impl ErrorKind {
             Self::Denied => StatusCode::FORBIDDEN,
             Self::Unsupported => StatusCode::NOT_IMPLEMENTED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimitUnavailable { status } => status,
+            Self::Jwt(kind) => kind.status(),
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -129,6 +228,8 @@ impl ErrorKind {
             Self::Denied => "denied",
             Self::Unsupported => "unsupported",
             Self::RateLimited => "rate-limited",
+            Self::RateLimitUnavailable { .. } => "rate-limit-unavailable",
+            Self::Jwt(kind) => kind.code(),
             Self::Internal => "internal",
         }
     }
@@ -138,6 +239,11 @@ impl ErrorKind {
             Self::BadRequest | Self::MalformedRequest | Self::Denied | Self::RateLimited => {
                 ErrorSource::Downstream
             }
+            // The keys' provider, or Redis: the sidecar's own dependencies.
+            Self::Jwt(AuthnErrorKind::KeysUnavailable) | Self::RateLimitUnavailable { .. } => {
+                ErrorSource::Internal
+            }
+            Self::Jwt(_) => ErrorSource::Downstream,
             Self::ConnectFailed | Self::UpstreamReset | Self::UpstreamProtocol | Self::Timeout => {
                 ErrorSource::Upstream
             }
@@ -173,6 +279,36 @@ pub struct ProxyError {
     pub headers: Vec<(http::HeaderName, HeaderValue)>,
     /// Tries made, for a request with a retry policy (`x-weft-attempts`).
     pub attempts: Option<u32>,
+    /// Edits of the response's headers made last, after every other
+    /// header: a route's response header mutations on a refusal that
+    /// answers for the route (`proxy::rewrite`, rate limits).
+    pub header_edits: Option<HeaderEdits>,
+}
+
+/// Changes to the headers of a refusal's response (see
+/// [`ProxyError::header_edits`]).
+pub type HeaderEdits = Box<dyn Fn(&mut HeaderMap) + Send + Sync>;
+
+/// The kind of a response this sidecar made itself, in its extensions:
+/// set by [`ProxyError::to_response`] (the one place a refusal becomes a
+/// response) for whatever reads the answer above `error_response`, so that
+/// nothing has to parse `x-weft-error` back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnRefusal(pub ErrorKind);
+
+/// The `x-weft-error` code of an answer that came from across the network:
+/// a peer sidecar's refusal (its inbound said `denied`, `jwt-expired`,
+/// `rate-limited`...). That sidecar's kind reaches this one only as the
+/// header, so this is the one place the string is read back, and only
+/// for an upstream's answer; this sidecar's own refusals are known by
+/// their [`ErrorKind`]. Error statuses only: a 2xx with the header (a
+/// peer's refusal already turned into a gRPC answer) is not a refusal
+/// here.
+pub fn peer_refusal_code<B>(answer: &Response<B>) -> Option<&HeaderValue> {
+    if answer.status().as_u16() < 400 {
+        return None;
+    }
+    answer.headers().get(ERROR_HEADER)
 }
 
 impl ProxyError {
@@ -183,6 +319,7 @@ impl ProxyError {
             cause: None,
             headers: Vec::new(),
             attempts: None,
+            header_edits: None,
         }
     }
 
@@ -209,9 +346,10 @@ impl ProxyError {
         self.kind.retry()
     }
 
-    /// The synthetic response: status, `x-weft-error`, a one-line text body.
+    /// The synthetic response: status, `x-weft-error`, a one-line text
+    /// body, the error's own headers, and its kind as [`OwnRefusal`].
     pub fn to_response(&self) -> Response<ProxyBody> {
-        let mut response = error_response(self.kind.status(), self.kind.code(), &self.reason);
+        let mut response = plain_refusal(self.kind.status(), self.kind.code(), &self.reason);
         for (name, value) in &self.headers {
             response.headers_mut().append(name.clone(), value.clone());
         }
@@ -220,14 +358,17 @@ impl ProxyError {
                 .headers_mut()
                 .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
         }
+        if let Some(edit) = &self.header_edits {
+            edit(response.headers_mut());
+        }
+        response.extensions_mut().insert(OwnRefusal(self.kind));
         response
     }
 }
 
-/// A response the sidecar makes itself: `status`, `x-weft-error: code`, and
-/// `reason` as a one-line text body. Every such response (proxy errors,
-/// JWT denials) has this shape.
-pub fn error_response(status: StatusCode, code: &'static str, reason: &str) -> Response<ProxyBody> {
+/// The shape of every response the sidecar makes itself: `status`,
+/// `x-weft-error: code`, and `reason` as a one-line text body.
+fn plain_refusal(status: StatusCode, code: &'static str, reason: &str) -> Response<ProxyBody> {
     let mut body = String::with_capacity(reason.len() + 1);
     // Keep the body on one line whatever the reason contains.
     body.extend(
@@ -309,6 +450,57 @@ mod tests {
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"line one line two\n");
         }
+    }
+
+    #[tokio::test]
+    async fn jwt_and_fail_closed_refusals_are_kinds_with_their_status_and_code() {
+        use AuthnErrorKind as J;
+        let jwt = [
+            (J::Missing, 401, "jwt-missing"),
+            (J::Malformed, 401, "jwt-malformed"),
+            (J::AlgorithmNotAllowed, 401, "jwt-algorithm-not-allowed"),
+            (J::UnknownKid, 401, "jwt-unknown-kid"),
+            (J::BadSignature, 401, "jwt-bad-signature"),
+            (J::Expired, 401, "jwt-expired"),
+            (J::NotYetValid, 401, "jwt-not-yet-valid"),
+            (J::WrongIssuer, 401, "jwt-wrong-issuer"),
+            (J::WrongAudience, 401, "jwt-wrong-audience"),
+            (J::ClaimMismatch, 401, "jwt-claim-mismatch"),
+            (J::InsufficientRole, 403, "jwt-insufficient-role"),
+            (J::KeysUnavailable, 503, "jwt-keys-unavailable"),
+            (J::PathNotNormalized, 400, "path-not-normalized"),
+        ]
+        .map(|(kind, status, code)| (ErrorKind::Jwt(kind), status, code));
+        let fail_closed = [503, 429].map(|status| {
+            let status = StatusCode::from_u16(status).unwrap();
+            (
+                ErrorKind::RateLimitUnavailable { status },
+                status.as_u16(),
+                "rate-limit-unavailable",
+            )
+        });
+        for (kind, status, code) in jwt.into_iter().chain(fail_closed) {
+            let resp = ProxyError::new(kind, "why").to_response();
+            assert_eq!(resp.status().as_u16(), status, "{kind:?}");
+            assert_eq!(resp.headers()[ERROR_HEADER], code);
+            assert_eq!(resp.extensions().get(), Some(&OwnRefusal(kind)));
+            let cause = crate::metrics::requests::cause_of(kind);
+            assert_eq!(crate::metrics::requests::CAUSES[cause], code);
+        }
+    }
+
+    #[test]
+    fn only_a_peers_error_status_is_read_as_its_refusal() {
+        let answer = |status: u16| {
+            let mut resp = Response::new(());
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+            resp.headers_mut()
+                .insert(ERROR_HEADER, HeaderValue::from_static("denied"));
+            resp
+        };
+        assert_eq!(peer_refusal_code(&answer(403)).unwrap(), "denied");
+        // A gRPC refusal already mapped by the peer is a 200.
+        assert!(peer_refusal_code(&answer(200)).is_none());
     }
 
     #[test]

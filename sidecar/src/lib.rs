@@ -186,7 +186,6 @@ fn app_cluster(settings: &Settings, dns: &Dns) -> anyhow::Result<proxy::static_t
     Ok(proxy::static_target::AppTarget {
         http1: view(Protocol::Http1),
         http2: view(Protocol::Http2),
-        protocol: Default::default(),
     })
 }
 
@@ -212,21 +211,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let started = identity::start(&settings, &dns, shutdown_rx.clone()).await?;
     let agent_bundle = started.as_ref().and_then(|s| s.agent_bundle.clone());
     let identity = started.map(|s| s.store);
-    // The inbound policy, until the agent sends one: allow every caller
-    // (intentions), no JWT checks, mTLS only.
-    let authz: authz::SharedAuthz = Default::default();
-    let authn = authn::AuthnPolicy::default();
-    let mtls_mode = mtls_mode::SharedMtlsMode::default();
-    let rate_limits = ratelimit::SharedRateLimits::default();
+    // The inbound policy lives in the routing table (`table.inbound`),
+    // swapped with it as one value; until the agent sends one: allow every
+    // caller (intentions), no JWT checks, mTLS only.
     let inbound_transport = match &identity {
-        Some(store) => Transport::mtls(store, mtls_mode.clone()),
+        Some(store) => Transport::mtls(store, table.clone()),
         None => Transport::Plain,
     };
 
     let tcp_stats = Arc::new(tcp::TcpStats::new(&settings.tcp_upstreams));
     let tunnels = tcp::inbound::Tunnels {
         service: settings.service.as_str().into(),
-        authz: authz.clone(),
         app: upstream::Connector::new(
             EndpointAddr::Ip(settings.app),
             settings.proxy.app_connect_timeout,
@@ -248,14 +243,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let app = app_cluster(&settings, &dns)?;
     listeners.push(tokio::spawn(server::serve(
         inbound,
-        proxy::inbound(
-            app.clone(),
-            authn.clone(),
-            authz.clone(),
-            tunnels,
-            rate_limits.clone(),
-            tracer.clone(),
-        ),
+        proxy::inbound(app.clone(), table.clone(), tunnels, tracer.clone()),
         Direction::Inbound,
         inbound_transport,
         server_settings.clone(),
@@ -300,11 +288,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tokio::spawn(demand.clone().run_clock(shutdown_rx.clone()));
         on_demand = Some(demand.clone());
         let mut core = xds::Core::new(node, table.clone(), dns.clone())
-            .with_authz(authz.clone())
-            .with_authn(authn.clone())
-            .with_mtls_mode(mtls_mode.clone())
-            .with_app_protocol(app.protocol.clone())
-            .with_rate_limits(rate_limits.clone())
             .with_tcp_upstreams(settings.tcp_upstreams.iter().map(|u| u.service.clone()))
             .with_required_clusters(settings.upstreams.iter().cloned())
             .with_on_demand(demand.clone(), settings.discovery_idle_timeout);
@@ -368,7 +351,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             inbound: app.http1.clone(),
             service: settings.service.as_str().into(),
             xds: xds_state.clone(),
-            inbound_limits: rate_limits.clone(),
         });
         if let Some(counters) = tracer.counters() {
             metrics.register(Box::new(trace::export::ExportCollector(counters)));

@@ -1,13 +1,11 @@
 //! The inbound listener's mTLS mode, from the service's policy: STRICT
 //! (mutual TLS only) or PERMISSIVE (also plaintext from callers outside the
-//! mesh, told apart by the first byte). The xDS client sets it whenever a
-//! policy is accepted; the listener reads it once per accepted connection,
+//! mesh, told apart by the first byte). It is part of the service's
+//! `InboundPolicy` in the routing table, swapped in with the rest of the
+//! policy; the listener reads it once per accepted connection,
 //! so a change applies to new connections at once and never touches open
 //! ones. STRICT until the first policy arrives: nothing gets in without a
 //! certificate until someone said so.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use weft_proto::config::v1 as pb;
 
@@ -39,38 +37,13 @@ impl MtlsMode {
     }
 }
 
-/// The current mode, shared by the xDS client (writer) and the inbound
-/// listener (reader). Cheap to clone.
-#[derive(Clone, Debug, Default)]
-pub struct SharedMtlsMode {
-    permissive: Arc<AtomicBool>,
-}
-
-impl SharedMtlsMode {
-    pub fn get(&self) -> MtlsMode {
-        if self.permissive.load(Ordering::Acquire) {
-            MtlsMode::Permissive
-        } else {
-            MtlsMode::Strict
-        }
-    }
-
-    pub fn set(&self, mode: MtlsMode) {
-        self.permissive
-            .store(mode == MtlsMode::Permissive, Ordering::Release);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn strict_until_told_otherwise_and_unknown_values_are_errors() {
-        let shared = SharedMtlsMode::default();
-        assert_eq!(shared.get(), MtlsMode::Strict);
-        shared.set(MtlsMode::Permissive);
-        assert_eq!(shared.clone().get(), MtlsMode::Permissive);
+        assert_eq!(MtlsMode::default(), MtlsMode::Strict);
         assert_eq!(MtlsMode::from_proto(0), Ok(MtlsMode::Strict));
         assert_eq!(MtlsMode::from_proto(1), Ok(MtlsMode::Permissive));
         assert!(

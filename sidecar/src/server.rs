@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Method, Request, Version, header};
 use hyper::body::Incoming;
@@ -26,9 +27,10 @@ use weft_runtime::AcceptErrors;
 
 use crate::body::RequestBody;
 use crate::metrics::tls::{Direction as TlsDirection, HANDSHAKE_FAILURES};
-use crate::mtls_mode::{MtlsMode, SharedMtlsMode};
+use crate::mtls_mode::MtlsMode;
 use crate::proxy::upgrade::BridgeSettings;
 use crate::proxy::{Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx};
+use crate::table::RoutingTable;
 
 /// Counts live connections; [`Drain::wait`] returns when all are gone.
 pub struct Drain {
@@ -105,16 +107,20 @@ pub enum Transport {
     /// change it at any time without touching open connections.
     Mtls {
         acceptor: tokio_rustls::TlsAcceptor,
-        mode: SharedMtlsMode,
+        /// The mode is the table's inbound policy's (`table.inbound.mtls`).
+        policy: Arc<ArcSwap<RoutingTable>>,
     },
 }
 
 impl Transport {
-    pub fn mtls(store: &Arc<weft_certs::IdentityStore>, mode: SharedMtlsMode) -> Self {
+    pub fn mtls(
+        store: &Arc<weft_certs::IdentityStore>,
+        policy: Arc<ArcSwap<RoutingTable>>,
+    ) -> Self {
         let config = weft_certs::tls::server_config(store, weft_certs::tls::MESH_ALPN);
         Self::Mtls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            mode,
+            policy,
         }
     }
 }
@@ -213,9 +219,9 @@ pub async fn serve<S: HttpStack>(
             Transport::Plain => {
                 tokio::spawn(serve_connection(stream, svc, builder, shutdown, token));
             }
-            Transport::Mtls { acceptor, mode } => {
+            Transport::Mtls { acceptor, policy } => {
                 let acceptor = acceptor.clone();
-                let permissive = mode.get() == MtlsMode::Permissive;
+                let permissive = policy.load().inbound.mtls == MtlsMode::Permissive;
                 // The handshake shares the request head's deadline, so a
                 // silent client cannot hold a connection open either way.
                 let deadline = settings.header_read_timeout;

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
@@ -35,12 +36,15 @@ use weft_sidecar::authn::config::{
     TokenSourceConfig,
 };
 use weft_sidecar::authn::{
-    Admission, Authenticator, AuthnConfig, AuthnError, AuthnErrorKind, AuthnPolicy, JwtAuthnLayer,
-    RequestHead, VerifiedClaims,
+    Admission, Authenticator, AuthnConfig, AuthnError, AuthnErrorKind, JwtAuthnLayer, RequestHead,
+    VerifiedClaims,
 };
 use weft_sidecar::body::ProxyBody;
 use weft_sidecar::error::ProxyError;
+use weft_sidecar::proxy::error_response::ErrorResponseLayer;
+use weft_sidecar::proxy::inbound_snapshot::InboundSnapshotLayer;
 use weft_sidecar::proxy::{Direction, ProxyRequest, RequestCtx};
+use weft_sidecar::table::{InboundPolicy, RoutingTable};
 
 const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "users";
@@ -710,7 +714,7 @@ struct Inbound {
 impl Inbound {
     /// A listener whose layer enforces `auth`.
     async fn enforcing(auth: Authenticator) -> Self {
-        inbound(AuthnPolicy::new(Some(auth))).await
+        inbound(with_jwt_policy(Some(auth))).await
     }
 
     /// How many requests reached the app.
@@ -749,7 +753,23 @@ fn echo(req: &ProxyRequest) -> Response<ProxyBody> {
     Response::new(ProxyBody::full(Bytes::from(body)))
 }
 
-async fn inbound(policy: AuthnPolicy) -> Inbound {
+/// A routing table whose inbound policy has only `auth` as its JWT
+/// policy, as the xDS client publishes it.
+fn with_jwt_policy(auth: Option<Authenticator>) -> Arc<ArcSwap<RoutingTable>> {
+    let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+    set_jwt_policy(&table, auth);
+    table
+}
+
+fn set_jwt_policy(table: &ArcSwap<RoutingTable>, auth: Option<Authenticator>) {
+    let policy = InboundPolicy {
+        authn: auth.map(Arc::new),
+        ..InboundPolicy::default()
+    };
+    table.store(Arc::new(table.load().with_inbound(Arc::new(policy))));
+}
+
+async fn inbound(table: Arc<ArcSwap<RoutingTable>>) -> Inbound {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app_calls = Arc::new(AtomicUsize::new(0));
@@ -759,8 +779,12 @@ async fn inbound(policy: AuthnPolicy) -> Inbound {
         let resp = echo(&req);
         async move { Ok::<_, ProxyError>(resp) }
     });
+    // A denial is an error that `error_response` answers, as in the
+    // sidecar's inbound stack.
     let stack = ServiceBuilder::new()
-        .layer(JwtAuthnLayer::new(policy))
+        .layer(ErrorResponseLayer)
+        .layer(InboundSnapshotLayer::new(table))
+        .layer(JwtAuthnLayer)
         .service(app);
     tokio::spawn(async move {
         loop {
@@ -932,15 +956,15 @@ async fn the_token_header_is_removed_when_the_provider_does_not_forward_it() {
 
 #[tokio::test]
 async fn without_a_policy_requests_pass_but_forged_claim_headers_do_not() {
-    let policy_handle = AuthnPolicy::default();
-    let sc = inbound(policy_handle.clone()).await;
+    let table = with_jwt_policy(None);
+    let sc = inbound(table.clone()).await;
     let r = sc.get("/api", &[("x-weft-jwt-sub", "mallory")]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(!r.body.contains("mallory"), "{}", r.body);
 
     // A policy set later applies to the next request.
     let key = SigningKey::es256("ec-1");
-    policy_handle.set(Some(trusting(&[&key], vec![])));
+    set_jwt_policy(&table, Some(trusting(&[&key], vec![])));
     let r = sc.get("/api", &[]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }

@@ -1,13 +1,15 @@
 //! Why a policy was rejected ([`ConfigErrors`]) and why a request was
-//! denied ([`AuthnError`]), and the one place a denial becomes a response.
+//! denied ([`AuthnError`]), and what its refusal carries: a
+//! [`ProxyError`] of kind [`ErrorKind::Jwt`] with the `WWW-Authenticate`
+//! challenge, answered by `error_response` like every other refusal.
 
 use std::fmt;
 
+use http::HeaderValue;
 use http::header::WWW_AUTHENTICATE;
-use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::ProxyBody;
-use crate::error::error_response;
+pub use crate::error::AuthnErrorKind;
+use crate::error::{ErrorKind, ProxyError};
 
 /// One problem in a policy: where (`providers[0].algorithms[1]`) and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,89 +51,6 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// What was wrong with a request's credentials, as a caller can act on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthnErrorKind {
-    /// No token where the policy looks for one. 401.
-    Missing,
-    /// Not three base64url segments of JSON, or a header without `alg`. 401.
-    Malformed,
-    /// `alg` is `none`, unknown, or not in the provider's list. 401.
-    AlgorithmNotAllowed,
-    /// No key in the provider's set matches the token's `kid` and `alg`. 401.
-    UnknownKid,
-    /// The signature does not verify with the key. 401.
-    BadSignature,
-    /// `exp` is past (beyond the leeway). 401.
-    Expired,
-    /// `nbf` is ahead (beyond the leeway). 401.
-    NotYetValid,
-    /// `iss` is missing or names no configured provider. 401.
-    WrongIssuer,
-    /// `aud` is missing or names none of the provider's audiences. 401.
-    WrongAudience,
-    /// A required claim (or `exp`) is missing or has another value. 401.
-    ClaimMismatch,
-    /// The token is valid but lacks a role the path requires. 403.
-    InsufficientRole,
-    /// The provider's keys could never be fetched, so no token can be
-    /// checked. 503: the caller may retry later.
-    KeysUnavailable,
-    /// The path has dot segments, `//` or encoded dots or backslashes, so
-    /// which rule applies would depend on how the app normalises it. 400.
-    PathNotNormalized,
-}
-
-impl AuthnErrorKind {
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::InsufficientRole => StatusCode::FORBIDDEN,
-            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::PathNotNormalized => StatusCode::BAD_REQUEST,
-            _ => StatusCode::UNAUTHORIZED,
-        }
-    }
-
-    /// The `x-weft-error` value.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Missing => "jwt-missing",
-            Self::Malformed => "jwt-malformed",
-            Self::AlgorithmNotAllowed => "jwt-algorithm-not-allowed",
-            Self::UnknownKid => "jwt-unknown-kid",
-            Self::BadSignature => "jwt-bad-signature",
-            Self::Expired => "jwt-expired",
-            Self::NotYetValid => "jwt-not-yet-valid",
-            Self::WrongIssuer => "jwt-wrong-issuer",
-            Self::WrongAudience => "jwt-wrong-audience",
-            Self::ClaimMismatch => "jwt-claim-mismatch",
-            Self::InsufficientRole => "jwt-insufficient-role",
-            Self::KeysUnavailable => "jwt-keys-unavailable",
-            Self::PathNotNormalized => "path-not-normalized",
-        }
-    }
-
-    /// The RFC 6750 `error_description`: fixed text, so no token content
-    /// is ever echoed into a header.
-    pub fn description(self) -> &'static str {
-        match self {
-            Self::Missing => "no token",
-            Self::Malformed => "the token is malformed",
-            Self::AlgorithmNotAllowed => "the token's algorithm is not allowed",
-            Self::UnknownKid => "the token's signing key is unknown",
-            Self::BadSignature => "the token's signature is invalid",
-            Self::Expired => "the token expired",
-            Self::NotYetValid => "the token is not valid yet",
-            Self::WrongIssuer => "the token's issuer is not accepted",
-            Self::WrongAudience => "the token is not meant for this service",
-            Self::ClaimMismatch => "a required claim is missing or has another value",
-            Self::InsufficientRole => "the token lacks a role this path requires",
-            Self::KeysUnavailable => "the signing keys are not available",
-            Self::PathNotNormalized => "the path is not normalized",
-        }
-    }
-}
-
 /// A denied request: the kind, and a one-line detail for the response body
 /// and the log (never the token itself).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,15 +85,17 @@ impl AuthnError {
         .ok()
     }
 
-    /// The response for a denied request: status, `WWW-Authenticate`,
-    /// `x-weft-error`, and the detail as a one-line text body, like every
-    /// other response the sidecar makes itself.
-    pub fn to_response(&self, realm: &str) -> Response<ProxyBody> {
-        let mut resp = error_response(self.kind.status(), self.kind.code(), &self.detail);
-        if let Some(challenge) = self.challenge(realm) {
-            resp.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+    /// The refusal of a denied request: its kind, the detail as the
+    /// reason (the response body) and the challenge for `realm`, which
+    /// `error_response` turns into status, `x-weft-error`,
+    /// `WWW-Authenticate` and a one-line text body.
+    pub fn into_proxy_error(self, realm: &str) -> ProxyError {
+        let challenge = self.challenge(realm);
+        let error = ProxyError::new(ErrorKind::Jwt(self.kind), self.detail);
+        match challenge {
+            Some(challenge) => error.with_header(WWW_AUTHENTICATE, challenge),
+            None => error,
         }
-        resp
     }
 }
 
@@ -191,12 +112,20 @@ mod tests {
     use super::*;
     use crate::error::ERROR_HEADER;
 
+    impl AuthnError {
+        fn to_response(&self, realm: &str) -> http::Response<crate::body::ProxyBody> {
+            self.clone().into_proxy_error(realm).to_response()
+        }
+    }
+
     #[test]
     fn missing_token_challenges_with_the_realm_only() {
         let resp = AuthnError::new(AuthnErrorKind::Missing, "no bearer token").to_response("users");
         assert_eq!(resp.status(), 401);
         assert_eq!(resp.headers()[WWW_AUTHENTICATE], "Bearer realm=\"users\"");
         assert_eq!(resp.headers()[ERROR_HEADER], "jwt-missing");
+        let names: Vec<&str> = resp.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-weft-error", "content-type", "www-authenticate"]);
     }
 
     #[test]

@@ -1,85 +1,51 @@
 //! The tower layer: checks each request against the service's current JWT
 //! policy before it goes further down the stack.
 //!
-//! A denied request never reaches the next layer; it is answered here with
-//! [`AuthnError::to_response`] (status, `WWW-Authenticate`, `x-weft-error`).
+//! A denied request never reaches the next layer; it fails here with
+//! [`AuthnError::into_proxy_error`] (its kind and `WWW-Authenticate`), which
+//! `error_response` answers like every other refusal.
 //! An admitted one continues with forged claim headers removed, claim
 //! headers set from the verified token, and `Arc<VerifiedClaims>` in its
-//! extensions. The policy is read with one atomic load per request, so the
-//! discovery client can swap it at any time ([`AuthnPolicy::set`]); with no
-//! policy set, requests pass and only `x-weft-jwt-*` headers are removed.
+//! extensions. The policy is the one in the request's inbound snapshot
+//! (`proxy::inbound_snapshot`: the same version the intentions and rate
+//! limits below judge it by); with no JWT policy, requests pass and only
+//! `x-weft-jwt-*` headers are removed.
 //!
 //! The common case (keys at hand) adds no allocation for the future; only a
 //! request waiting for a key refetch is boxed.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwapOption;
 use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use super::authenticator::{Admission, Authenticator, Pending, RequestHead, strip_claim_headers};
 use super::error::AuthnError;
+use crate::error::ProxyError;
 use crate::proxy::{ProxyRequest, ProxyResponse};
 
-/// The service's current JWT policy, shared by the layer and whoever
-/// updates it. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct AuthnPolicy {
-    current: Arc<ArcSwapOption<Authenticator>>,
-}
-
-impl AuthnPolicy {
-    pub fn new(authenticator: Option<Authenticator>) -> Self {
-        Self {
-            current: Arc::new(ArcSwapOption::from_pointee(authenticator)),
-        }
-    }
-
-    /// Replaces the policy for every request from now on (`None`: no JWT
-    /// checks).
-    pub fn set(&self, authenticator: Option<Authenticator>) {
-        self.current.store(authenticator.map(Arc::new));
-    }
-
-    pub fn get(&self) -> Option<Arc<Authenticator>> {
-        self.current.load_full()
-    }
-}
-
-#[derive(Clone)]
-pub struct JwtAuthnLayer {
-    policy: AuthnPolicy,
-}
-
-impl JwtAuthnLayer {
-    pub fn new(policy: AuthnPolicy) -> Self {
-        Self { policy }
-    }
-}
+/// Checks each request's credentials against the JWT policy of its
+/// inbound snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JwtAuthnLayer;
 
 impl<S> Layer<S> for JwtAuthnLayer {
     type Service = JwtAuthn<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        JwtAuthn {
-            policy: self.policy.clone(),
-            inner,
-        }
+        JwtAuthn { inner }
     }
 }
 
 #[derive(Clone)]
 pub struct JwtAuthn<S> {
-    policy: AuthnPolicy,
     inner: S,
 }
 
-pub type WaitForKeys<E> = Pin<Box<dyn Future<Output = Result<ProxyResponse, E>> + Send>>;
+pub type WaitForKeys = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyError>> + Send>>;
 
-fn denied(authenticator: &Authenticator, error: &AuthnError, req: &ProxyRequest) -> ProxyResponse {
+fn denied(authenticator: &Authenticator, error: AuthnError, req: &ProxyRequest) -> ProxyError {
     // Debug: a scanner sending junk tokens must not flood the log; the
     // caller gets the reason in the response.
     tracing::debug!(
@@ -88,28 +54,26 @@ fn denied(authenticator: &Authenticator, error: &AuthnError, req: &ProxyRequest)
         error = %error,
         "request denied by the JWT policy"
     );
-    error.to_response(authenticator.service())
+    error.into_proxy_error(authenticator.service())
 }
 
 impl<S> Service<ProxyRequest> for JwtAuthn<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse> + Clone + Send + 'static,
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
 {
     type Response = ProxyResponse;
-    type Error = S::Error;
-    type Future =
-        Either<Either<S::Future, Ready<Result<ProxyResponse, S::Error>>>, WaitForKeys<S::Error>>;
+    type Error = ProxyError;
+    type Future = Either<Either<S::Future, Ready<Result<ProxyResponse, ProxyError>>>, WaitForKeys>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
-        // A guard, not a clone: no reference count traffic per request.
-        let current = self.policy.current.load();
-        let Some(authenticator) = current.as_ref() else {
+        // A borrow of the snapshot's policy: no reference count traffic,
+        // except for a request that has to wait for keys.
+        let Some(authenticator) = req.ctx.inbound_policy().authn.as_ref() else {
             strip_claim_headers(req.http.headers_mut(), &[]);
             return Either::Left(Either::Left(self.inner.call(req)));
         };
@@ -119,8 +83,8 @@ where
                 Either::Left(Either::Left(self.inner.call(req)))
             }
             Err(Pending::Denied(error)) => {
-                let resp = denied(authenticator, &error, &req);
-                Either::Left(Either::Right(ready(Ok(resp))))
+                let error = denied(authenticator, error, &req);
+                Either::Left(Either::Right(ready(Err(error))))
             }
             Err(Pending::NeedsKeys(remote, first_error)) => {
                 // Take the ready service for this request (tower's
@@ -142,7 +106,7 @@ where
                             authenticator.admit(admission, &mut req.http);
                             inner.call(req).await
                         }
-                        Err(error) => Ok(denied(&authenticator, &error, &req)),
+                        Err(error) => Err(denied(&authenticator, error, &req)),
                     }
                 }))
             }

@@ -38,4 +38,4 @@ pub use authenticator::{Admission, Authenticator, RequestHead};
 pub use claims::VerifiedClaims;
 pub use config::AuthnConfig;
 pub use error::{AuthnError, AuthnErrorKind, ConfigError, ConfigErrors};
-pub use layer::{AuthnPolicy, JwtAuthn, JwtAuthnLayer};
+pub use layer::{JwtAuthn, JwtAuthnLayer};

@@ -1,40 +1,28 @@
-//! The tower layer: a denied request is answered 403 here and never
-//! reaches the app; an allowed one goes on untouched. One atomic load of
-//! the current policy per request.
+//! The tower layer: a denied request fails here (403 `denied`, answered by
+//! `error_response`) and never reaches the app; an allowed one goes on
+//! untouched. The intentions are those of the request's inbound snapshot
+//! (`proxy::inbound_snapshot`), read without a load of their own.
 
 use std::task::{Context, Poll};
 
 use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
-use super::SharedAuthz;
 use crate::error::{ErrorKind, ProxyError};
 use crate::proxy::{ProxyRequest, ProxyResponse};
 
-#[derive(Clone)]
-pub struct AuthorizeLayer {
-    policy: SharedAuthz,
-}
-
-impl AuthorizeLayer {
-    pub fn new(policy: SharedAuthz) -> Self {
-        Self { policy }
-    }
-}
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AuthorizeLayer;
 
 impl<S> Layer<S> for AuthorizeLayer {
     type Service = Authorize<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Authorize {
-            policy: self.policy.clone(),
-            inner,
-        }
+        Authorize { inner }
     }
 }
 
 #[derive(Clone)]
 pub struct Authorize<S> {
-    policy: SharedAuthz,
     inner: S,
 }
 
@@ -52,7 +40,7 @@ where
 
     fn call(&mut self, req: ProxyRequest) -> Self::Future {
         let source = req.ctx.peer_identity.as_ref().map(|p| p.id.service());
-        match self.policy.load().decide(source, &req.http) {
+        match req.ctx.inbound_policy().authz.decide(source, &req.http) {
             Ok(()) => Either::Left(self.inner.call(req)),
             Err(denial) => {
                 tracing::info!(

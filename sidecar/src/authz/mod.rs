@@ -18,7 +18,6 @@ pub use layer::{Authorize, AuthorizeLayer};
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use http::Method;
 use weft_proto::config::v1 as pb;
 
@@ -80,9 +79,6 @@ impl Default for AuthzPolicy {
         }
     }
 }
-
-/// The current policy, shared by the layer and the xDS client.
-pub type SharedAuthz = Arc<ArcSwap<AuthzPolicy>>;
 
 impl AuthzPolicy {
     /// Decides for a request from `source` (the caller's service, `None`

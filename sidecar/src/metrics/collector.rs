@@ -28,8 +28,6 @@ pub struct SidecarCollector {
     pub service: Arc<str>,
     /// The config stream's state; `None` in static mode.
     pub xds: Option<Arc<crate::xds::XdsState>>,
-    /// The service's own (inbound) rate limits.
-    pub inbound_limits: crate::ratelimit::SharedRateLimits,
 }
 
 impl fmt::Debug for SidecarCollector {
@@ -100,13 +98,14 @@ impl Collector for SidecarCollector {
             .collect();
         destinations.sort_by_key(|(name, _)| *name);
         super::clusters::encode(&mut encoder, &destinations)?;
-        let inbound_limits = self.inbound_limits.load_full();
+        // The inbound policy of the same table snapshot.
+        let inbound_limits = table.inbound.rate_limits.as_ref();
         let limiters: Vec<super::ratelimits::Limiters<'_>> = destinations
             .iter()
             .filter_map(|(name, c)| Some(("outbound", *name, &**c.settings.rate_limits.as_ref()?)))
             .chain(
                 inbound_limits
-                    .as_deref()
+                    .map(|limiter| &**limiter)
                     .map(|limiter| ("inbound", &*self.service, limiter)),
             )
             .collect();

@@ -5,8 +5,9 @@
 //! app), with the request's trace id as the latency bucket's exemplar; it
 //! puts size meters on both bodies; and, when the access log is on, it
 //! starts the request's [`Record`]. An error answer counts with the status
-//! it becomes, and the sidecar's own refusals also by cause
-//! (`x-weft-error`: denied, jwt-expired, rate-limited, circuit-open, ...);
+//! it becomes, and refusals also by cause: this sidecar's by their kind
+//! (denied, jwt-expired, rate-limited, circuit-open, ...), and, outbound, a
+//! peer sidecar's by the `x-weft-error` of its answer;
 //! a request abandoned before its answer (the caller went away) is not
 //! counted. Requests refused before a destination is known are counted by
 //! [`super::unrouted`].
@@ -20,12 +21,12 @@ use hyper::body::Body as _;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::requests::{CAUSES, cause_index, method_index};
+use super::requests::{CAUSES, cause_index, cause_of, method_index};
 use super::sizes::{Side, Sink, SizeMeter};
 use super::trace_context::TraceContext;
 use crate::access_log::{self, Outcome, Record};
 use crate::body::{ProxyBodyKind, RequestBody};
-use crate::error::{ATTEMPTS_HEADER, ERROR_HEADER, ProxyError};
+use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
 use crate::proxy::{ProxyRequest, ProxyResponse};
 use crate::table::cluster::ClusterShared;
 
@@ -60,6 +61,14 @@ impl RequestMetricsLayer {
     }
 }
 
+impl StatsOf {
+    /// Whether the answers from below come from across the network (a
+    /// peer sidecar, or a plain endpoint), rather than from the local app.
+    fn answers_from_peers(&self) -> bool {
+        matches!(self, Self::Destination)
+    }
+}
+
 impl<S> Layer<S> for RequestMetricsLayer {
     type Service = RequestMetrics<S>;
     fn layer(&self, inner: S) -> Self::Service {
@@ -86,6 +95,8 @@ struct Observed {
     trace: [u64; 2],
     route_slot: u8,
     method: u8,
+    /// Outbound: an answer may be a peer sidecar's refusal.
+    from_peers: bool,
 }
 
 /// `route_slot` of a request counted by no route.
@@ -135,6 +146,7 @@ where
                 route_slot,
                 // METHODS has 10 entries.
                 method: method_index(req.http.method()) as u8,
+                from_peers: self.of.answers_from_peers(),
             }
         });
         Counted {
@@ -197,26 +209,23 @@ where
             let now = Instant::now();
             let elapsed = now.saturating_duration_since(*this.start);
             let (status, cause) = match &mut result {
-                // The sidecar's own answers (401, 429, ...) say so in
-                // `x-weft-error`; only error statuses are looked at.
+                // An answer from below: the app's, or an upstream's, which
+                // may be a peer sidecar's refusal (outbound only).
                 Ok(response) => {
                     meter_response(response, &observed.sink);
-                    (
-                        response.status(),
-                        (response.status().as_u16() >= 400)
-                            .then(|| response.headers().get(ERROR_HEADER))
-                            .flatten()
-                            .map(|code| cause_index(code.as_bytes())),
-                    )
+                    let cause = if observed.from_peers {
+                        peer_refusal_code(response).map(|code| cause_index(code.as_bytes()))
+                    } else {
+                        None
+                    };
+                    (response.status(), cause)
                 }
+                // This sidecar's own refusal, by its kind.
                 Err(error) => {
                     // The one-line body `error_response` makes of it.
                     let bytes = error.reason.len() as u64 + 1;
                     observed.sink.record(Side::Response, bytes);
-                    (
-                        error.kind.status(),
-                        Some(cause_index(error.kind.code().as_bytes())),
-                    )
+                    (error.kind.status(), Some(cause_of(error.kind)))
                 }
             };
             let Some(stats) = observed.sink.stats() else {
@@ -236,7 +245,7 @@ where
                     .record_slot(usize::from(observed.route_slot), status);
             }
             if let Some(cause) = cause {
-                requests.record_refusal(cause);
+                requests.record_refusal(cause, status);
             }
             if let Sink::Logged(log) = &observed.sink {
                 log.answered(Outcome {
@@ -262,5 +271,92 @@ fn attempts(result: &Result<ProxyResponse, ProxyError>) -> Option<u32> {
             .parse()
             .ok(),
         Err(error) => error.attempts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::{HeaderValue, Response, StatusCode};
+    use tower::{Layer as _, Service as _};
+
+    use super::*;
+    use crate::body::{BufferedBody, ProxyBody};
+    use crate::error::{AuthnErrorKind, ERROR_HEADER, ErrorKind};
+    use crate::proxy::{Direction, RequestCtx};
+    use crate::table::Cluster;
+
+    /// A response from below (the app's, or an upstream's) saying
+    /// `x-weft-error: denied`.
+    fn says_denied() -> ProxyResponse {
+        let mut response = Response::new(ProxyBody::empty());
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        response
+            .headers_mut()
+            .insert(ERROR_HEADER, HeaderValue::from_static("denied"));
+        response
+    }
+
+    fn request(direction: Direction, cluster: Option<Arc<Cluster>>) -> ProxyRequest {
+        let mut ctx = RequestCtx::new(
+            direction,
+            "127.0.0.1:1".parse().unwrap(),
+            HeaderValue::from_static("127.0.0.1"),
+        );
+        ctx.cluster = cluster;
+        ProxyRequest {
+            http: http::Request::new(RequestBody::Buffered(BufferedBody {
+                data: None,
+                trailers: None,
+            })),
+            ctx,
+        }
+    }
+
+    fn refusals(cluster: &Cluster) -> Vec<(&'static str, u64)> {
+        cluster.shared.requests.refusals().collect()
+    }
+
+    #[tokio::test]
+    async fn own_refusals_count_by_kind_and_only_a_peers_header_counts_besides() {
+        let cluster = Arc::new(Cluster::new(
+            "users".into(),
+            Default::default(),
+            vec![],
+            Arc::default(),
+        ));
+        let answers = |answer: fn() -> Result<ProxyResponse, ProxyError>| {
+            tower::service_fn(move |_req: ProxyRequest| async move { answer() })
+        };
+
+        // Inbound, the app's answer is its own, whatever its headers say.
+        let mut inbound = RequestMetricsLayer::inbound(cluster.shared.clone())
+            .layer(answers(|| Ok(says_denied())));
+        inbound
+            .call(request(Direction::Inbound, None))
+            .await
+            .unwrap();
+        assert_eq!(refusals(&cluster), vec![]);
+
+        // This sidecar's own refusal counts by its kind and status.
+        let mut refusing =
+            RequestMetricsLayer::inbound(cluster.shared.clone()).layer(answers(|| {
+                Err(ProxyError::new(
+                    ErrorKind::Jwt(AuthnErrorKind::Expired),
+                    "expired",
+                ))
+            }));
+        let _ = refusing.call(request(Direction::Inbound, None)).await;
+        assert_eq!(refusals(&cluster), vec![("jwt-expired", 1)]);
+        assert_eq!(cluster.shared.requests.refusals_below_500(), 1);
+
+        // Outbound, an upstream's answer may be a peer sidecar's refusal.
+        let mut outbound = RequestMetricsLayer::outbound().layer(answers(|| Ok(says_denied())));
+        outbound
+            .call(request(Direction::Outbound, Some(cluster.clone())))
+            .await
+            .unwrap();
+        assert_eq!(refusals(&cluster), vec![("denied", 1), ("jwt-expired", 1)]);
     }
 }

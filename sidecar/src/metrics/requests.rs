@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use super::histogram::{LatencyHistogram, SizeHistogram};
+use crate::error::ErrorKind;
 
 /// The `method` label: the standard methods, anything else `OTHER`.
 pub const METHODS: [&str; 10] = [
@@ -19,9 +20,10 @@ pub const METHODS: [&str; 10] = [
 /// The `status_class` label.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The `cause` label of the sidecar's own refusals: the `x-weft-error`
-/// values (`crate::error::ErrorKind`, JWT authentication, rate limits),
-/// anything else `other`.
+/// The `cause` label of refusals: the codes of `crate::error::ErrorKind`
+/// (JWT authentication and rate limits included), the same as their
+/// `x-weft-error` values; anything else (a peer's code this sidecar does
+/// not know) `other`.
 pub const CAUSES: [&str; 30] = [
     "no-route",
     "no-healthy-endpoint",
@@ -55,6 +57,12 @@ pub const CAUSES: [&str; 30] = [
     "other",
 ];
 
+/// The cause of this sidecar's own refusal of `kind`.
+pub fn cause_of(kind: ErrorKind) -> usize {
+    cause_index(kind.code().as_bytes())
+}
+
+/// The cause of a code: a peer sidecar's `x-weft-error`, or a kind's code.
 pub fn cause_index(code: &[u8]) -> usize {
     CAUSES
         .iter()
@@ -84,8 +92,11 @@ pub fn class_index(status: StatusCode) -> usize {
 #[derive(Debug, Default)]
 pub struct RequestStats {
     counts: [[AtomicU64; 5]; 10],
-    /// The sidecar's own refusals by cause (index into [`CAUSES`]).
+    /// Refusals by cause (index into [`CAUSES`]).
     refusals: [AtomicU64; CAUSES.len()],
+    /// Refusals answered with a status below 500 (a 4xx): failures the
+    /// caller saw all the same, which the 5xx class does not count.
+    refusals_below_500: AtomicU64,
     /// Until the response head (what the caller waits before it can act).
     pub duration: LatencyHistogram,
     /// Request body bytes received from the caller.
@@ -120,8 +131,17 @@ impl RequestStats {
         self.counts[method][class_index(status)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn record_refusal(&self, cause: usize) {
+    /// A refusal of `cause`, answered with `status`.
+    pub fn record_refusal(&self, cause: usize, status: StatusCode) {
         self.refusals[cause].fetch_add(1, Ordering::Relaxed);
+        if status.as_u16() < 500 {
+            self.refusals_below_500.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many refusals were answered below 500.
+    pub fn refusals_below_500(&self) -> u64 {
+        self.refusals_below_500.load(Ordering::Relaxed)
     }
 
     /// `(cause, count)` for every cause that happened.

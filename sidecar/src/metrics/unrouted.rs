@@ -9,7 +9,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use super::requests::{RequestStats, cause_index, method_index};
+use super::requests::{RequestStats, cause_of, method_index};
 use crate::access_log::{self, Outcome, Record};
 use crate::error::ProxyError;
 use crate::metrics::sizes::Side;
@@ -23,7 +23,7 @@ pub fn refused(req: &ProxyRequest, error: &ProxyError) {
     let status = error.kind.status();
     let code = error.kind.code();
     UNROUTED.count(method_index(req.http.method()), status);
-    UNROUTED.record_refusal(cause_index(code.as_bytes()));
+    UNROUTED.record_refusal(cause_of(error.kind), status);
     if let Some(log) = access_log::installed() {
         let record = Arc::new(Record::new(log, req, None, None));
         record.add_bytes(Side::Response, error.reason.len() as u64 + 1);

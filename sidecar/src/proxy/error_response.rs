@@ -1,14 +1,16 @@
 //! Turns every [`ProxyError`] from the layers below into a response with
-//! `x-weft-error`: the one place where errors become responses.
+//! `x-weft-error`: the one place where refusals become responses (proxy
+//! failures, JWT denials, rate limits alike).
 //!
-//! To a gRPC call the sidecar's own refusals (errors, and the 401/403/429
-//! answers of the authentication and rate-limit layers) are gRPC answers,
-//! as Envoy's local replies are: HTTP 200, trailers-only, `grpc-status`
-//! mapped from the HTTP status (the mapping gRPC documents; a timeout is
+//! To a gRPC call the sidecar's own refusals are gRPC answers, as Envoy's
+//! local replies are: HTTP 200, trailers-only, `grpc-status` mapped from
+//! the HTTP status (the mapping gRPC documents; a timeout is
 //! DEADLINE_EXCEEDED), the reason in `grpc-message`, `x-weft-error` and
 //! the other headers kept. A plain 503 would reach a gRPC client as a
 //! protocol error (tonic says INTERNAL) instead of UNAVAILABLE, which is
-//! what its retry and failover logic acts on.
+//! what its retry and failover logic acts on. A peer sidecar's refusal
+//! arrives already mapped (its own `error_response` saw the same gRPC
+//! request), and the app's answers are its own: both pass unchanged.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -20,7 +22,7 @@ use tower::{Layer, Service};
 
 use super::{ProxyRequest, ProxyResponse};
 use crate::body::{ProxyBody, ProxyBodyKind};
-use crate::error::{ERROR_HEADER, ErrorSource, ProxyError};
+use crate::error::{ErrorKind, ErrorSource, OwnRefusal, ProxyError};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ErrorResponseLayer;
@@ -101,12 +103,12 @@ mod grpc_code {
 
 /// The gRPC status of a sidecar-made answer (gRPC's
 /// doc/http-grpc-status-mapping.md, plus DEADLINE_EXCEEDED for a timeout).
-fn grpc_status_of(status: StatusCode, weft_error: &[u8]) -> u8 {
+fn grpc_status_of(kind: ErrorKind) -> u8 {
     use grpc_code::*;
-    if weft_error == b"timeout" {
+    if kind == ErrorKind::Timeout {
         return DEADLINE_EXCEEDED;
     }
-    match status.as_u16() {
+    match kind.status().as_u16() {
         400 => INTERNAL,
         401 => UNAUTHENTICATED,
         403 => PERMISSION_DENIED,
@@ -116,17 +118,14 @@ fn grpc_status_of(status: StatusCode, weft_error: &[u8]) -> u8 {
     }
 }
 
-/// A sidecar-made refusal (not 200, `x-weft-error` set) as a trailers-only
-/// gRPC answer; anything else (the app's answers, a peer sidecar's already
+/// A refusal this sidecar made ([`OwnRefusal`]) as a trailers-only gRPC
+/// answer; anything else (the app's answers, a peer sidecar's already
 /// converted refusal) passes as it is.
 fn as_grpc_reply(response: ProxyResponse) -> ProxyResponse {
-    let Some(weft_error) = response.headers().get(ERROR_HEADER) else {
+    let Some(&OwnRefusal(kind)) = response.extensions().get::<OwnRefusal>() else {
         return response;
     };
-    if response.status() == StatusCode::OK {
-        return response;
-    }
-    let code = grpc_status_of(response.status(), weft_error.as_bytes());
+    let code = grpc_status_of(kind);
     let (mut parts, body) = response.into_parts();
     let reason = match body.kind {
         ProxyBodyKind::Full(Some(text)) => text,
@@ -164,7 +163,7 @@ fn grpc_message(text: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
+    use crate::error::AuthnErrorKind;
 
     fn grpc_reply(e: ProxyError) -> ProxyResponse {
         as_grpc_reply(e.to_response())
@@ -198,6 +197,35 @@ mod tests {
         assert_eq!(status(ErrorKind::NoRoute), "12");
         assert_eq!(status(ErrorKind::BadRequest), "13");
         assert_eq!(status(ErrorKind::Internal), "2");
+        assert_eq!(status(ErrorKind::Jwt(AuthnErrorKind::Expired)), "16");
+        assert_eq!(
+            status(ErrorKind::Jwt(AuthnErrorKind::InsufficientRole)),
+            "7"
+        );
+        assert_eq!(
+            status(ErrorKind::Jwt(AuthnErrorKind::KeysUnavailable)),
+            "14"
+        );
+        assert_eq!(
+            status(ErrorKind::Jwt(AuthnErrorKind::PathNotNormalized)),
+            "13"
+        );
+        let fail_closed = |status| ErrorKind::RateLimitUnavailable { status };
+        assert_eq!(status(fail_closed(StatusCode::SERVICE_UNAVAILABLE)), "14");
+        assert_eq!(status(fail_closed(StatusCode::TOO_MANY_REQUESTS)), "14");
+    }
+
+    #[test]
+    fn a_peer_sidecars_refusal_is_not_this_sidecars_to_map() {
+        // Its header says a sidecar refused, but not this one: the peer's
+        // own `error_response` mapped it for a gRPC caller already.
+        let mut peer = http::Response::new(ProxyBody::empty());
+        *peer.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        peer.headers_mut()
+            .insert("x-weft-error", HeaderValue::from_static("connect-failed"));
+        let passed = as_grpc_reply(peer);
+        assert_eq!(passed.status(), 503);
+        assert!(passed.headers().get("grpc-status").is_none());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! outbound: server -> error_response -> conformance -> request_id -> headers -> route -> split
 //!           -> trace (CLIENT span) -> metrics -> rewrite -> ratelimit -> timeout -> retry -> breaker
 //!           -> balance (outlier ejection) -> concurrency -> forward
-//! inbound:  server (mTLS) -> error_response -> conformance -> trace (SERVER span) -> metrics
+//! inbound:  server (mTLS) -> error_response -> inbound_snapshot (the table and policy, once)
+//!           -> conformance -> trace (SERVER span) -> metrics
 //!           -> tunnel (CONNECT: tcp::inbound)
 //!           -> upgrade (extended CONNECT: an HTTP/1.1 Upgrade) -> request_id -> headers
 //!           -> jwt_authn -> authorize -> ratelimit -> static_target
@@ -36,6 +37,7 @@ pub mod conformance;
 pub mod error_response;
 pub mod forward;
 pub mod headers;
+pub mod inbound_snapshot;
 pub mod request_id;
 pub mod retry;
 pub mod rewrite;
@@ -84,7 +86,9 @@ pub struct RequestCtx {
     pub client_addr: SocketAddr,
     /// The client IP, formatted once per connection for `x-forwarded-for`.
     pub client_ip: HeaderValue,
-    /// Set by `route`: the table this request is served from, kept to the end.
+    /// The table this request is served from, kept to the end: set by
+    /// `route` (outbound) or `inbound_snapshot` (inbound, for its
+    /// `InboundPolicy`).
     pub table: Option<Arc<RoutingTable>>,
     /// Set by `route`.
     pub route: Option<RouteRef>,
@@ -227,14 +231,15 @@ pub fn outbound(
 /// as the HTTP/1.1 request it carries.
 pub fn inbound(
     app: static_target::AppTarget,
-    authn: crate::authn::AuthnPolicy,
-    authz: crate::authz::SharedAuthz,
+    table: Arc<ArcSwap<RoutingTable>>,
     tunnels: crate::tcp::inbound::Tunnels,
-    rate_limits: crate::ratelimit::SharedRateLimits,
     tracer: crate::trace::Tracer,
 ) -> impl HttpStack {
     ServiceBuilder::new()
         .layer(error_response::ErrorResponseLayer)
+        // One load of the table, whose inbound policy every layer below
+        // judges the request by: all its parts from one version.
+        .layer(inbound_snapshot::InboundSnapshotLayer::new(table))
         // Before anything reads the request, tunnels and carried Upgrades
         // included: a malformed one goes no further.
         .layer(conformance::ConformanceLayer)
@@ -253,10 +258,10 @@ pub fn inbound(
         .layer(headers::ProxyHeadersLayer)
         // Before anything reaches the app: who the end user is (JWT), then
         // who may call (intentions).
-        .layer(crate::authn::JwtAuthnLayer::new(authn))
-        .layer(crate::authz::AuthorizeLayer::new(authz))
+        .layer(crate::authn::JwtAuthnLayer)
+        .layer(crate::authz::AuthorizeLayer)
         // Protect me: only allowed callers count against the limits.
-        .layer(crate::ratelimit::InboundRateLimitLayer::new(rate_limits))
+        .layer(crate::ratelimit::InboundRateLimitLayer::inbound())
         .layer(static_target::StaticTargetLayer::new(app))
         .layer(timeout::TimeoutLayer)
         .layer(balance::BalanceLayer)

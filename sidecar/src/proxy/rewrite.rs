@@ -113,16 +113,38 @@ where
                 let route = req.ctx.route.clone();
                 let fut = self.inner.call(req);
                 Either::Right(Box::pin(async move {
-                    let mut resp = fut.await?;
-                    if let Some(route) = route {
-                        route.route().response_headers.apply(resp.headers_mut());
+                    match fut.await {
+                        Ok(mut resp) => {
+                            if let Some(route) = route {
+                                route.route().response_headers.apply(resp.headers_mut());
+                            }
+                            Ok(resp)
+                        }
+                        Err(error) => Err(edit_rate_limit_refusal(error, route)),
                     }
-                    Ok(resp)
                 }))
             }
             Err(e) => Either::Right(Box::pin(async move { Err(e) })),
         }
     }
+}
+
+/// A refusal by the destination's rate limit (the layer right below)
+/// answers for the route: its response gets the route's response header
+/// mutations, as the upstream's answers do (it always has, when the limit
+/// made its 429 itself). Failures further down (timeouts, an open breaker,
+/// an unreachable endpoint) are the sidecar's, and keep their own headers.
+fn edit_rate_limit_refusal(mut error: ProxyError, route: Option<super::RouteRef>) -> ProxyError {
+    let limited = matches!(
+        error.kind,
+        ErrorKind::RateLimited | ErrorKind::RateLimitUnavailable { .. }
+    );
+    if let (true, Some(route)) = (limited, route) {
+        error.header_edits = Some(Box::new(move |headers| {
+            route.route().response_headers.apply(headers)
+        }));
+    }
+    error
 }
 
 #[cfg(test)]
@@ -149,5 +171,58 @@ mod tests {
         assert_eq!(rw("/api/v1/users", "/", "/api/v1/users/42"), "/42");
         assert_eq!(rw("/old", "/new", "/old/x?a=1"), "/new/x?a=1");
         assert_eq!(rw("/old/", "", "/old/x"), "/x");
+    }
+
+    #[test]
+    fn a_rate_limit_refusal_gets_the_routes_response_header_mutations_and_others_do_not() {
+        use std::sync::Arc;
+
+        use http::{HeaderName, HeaderValue};
+
+        use crate::table::{
+            Destination, HeaderMutation, Route, RouteAction, VirtualHost, matcher::PathMatch,
+            matcher::RouteMatch,
+        };
+        let route = super::super::RouteRef {
+            vhost: Arc::new(VirtualHost {
+                name: "users/users".into(),
+                routes: vec![Route {
+                    name: "all".into(),
+                    matcher: RouteMatch {
+                        path: PathMatch::Any,
+                        headers: Vec::new(),
+                        methods: Vec::new(),
+                        query: Vec::new(),
+                    },
+                    action: RouteAction {
+                        destination: Destination::Cluster("users".into()),
+                        prefix_rewrite: None,
+                        host_rewrite: None,
+                        timeout: None,
+                        retry: None,
+                    },
+                    request_headers: HeaderMutation::default(),
+                    response_headers: HeaderMutation {
+                        set: vec![(
+                            HeaderName::from_static("x-served-by"),
+                            HeaderValue::from_static("mesh"),
+                        )],
+                        ..HeaderMutation::default()
+                    },
+                }],
+            }),
+            index: 0,
+        };
+        let limited = crate::ratelimit::headers::limited(
+            "per-key",
+            &HeaderValue::from_static("\"per-key\";q=1;w=1"),
+            std::time::Duration::from_secs(1),
+        );
+        let response = edit_rate_limit_refusal(limited, Some(route.clone())).to_response();
+        assert_eq!(response.headers()["x-served-by"], "mesh");
+        assert_eq!(response.headers()["x-weft-error"], "rate-limited");
+        let timeout = ProxyError::new(ErrorKind::Timeout, "no answer");
+        let response = edit_rate_limit_refusal(timeout, Some(route)).to_response();
+        assert!(response.headers().get("x-served-by").is_none());
     }
 }

@@ -13,7 +13,6 @@
 //! sidecar, and the `x-weft-orig-proto` of older sidecars is ignored.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, Version, header};
@@ -23,33 +22,6 @@ use super::ProxyRequest;
 use crate::table::Cluster;
 use crate::table::cluster::Protocol;
 
-/// The protocol to speak to the app, set by the xDS client from each
-/// accepted policy and read once per request (one relaxed atomic load).
-/// `auto` until the first policy.
-#[derive(Clone, Debug, Default)]
-pub struct SharedAppProtocol(Arc<AtomicU8>);
-
-impl SharedAppProtocol {
-    pub fn get(&self) -> Protocol {
-        match self.0.load(Ordering::Relaxed) {
-            1 => Protocol::Http1,
-            2 => Protocol::Http2,
-            _ => Protocol::Auto,
-        }
-    }
-
-    /// `tcp` speaks to the app as `auto` would: its opaque tunnels never
-    /// come this way, and an HTTP request that does still needs an answer.
-    pub fn set(&self, protocol: Protocol) {
-        let value = match protocol {
-            Protocol::Http1 => 1,
-            Protocol::Http2 => 2,
-            Protocol::Auto | Protocol::Tcp => 0,
-        };
-        self.0.store(value, Ordering::Relaxed);
-    }
-}
-
 /// The local app as two views of one cluster (same endpoint, pools and
 /// counters), one per protocol, chosen per request without rebuilding
 /// anything.
@@ -57,13 +29,20 @@ impl SharedAppProtocol {
 pub struct AppTarget {
     pub http1: Arc<Cluster>,
     pub http2: Arc<Cluster>,
-    pub protocol: SharedAppProtocol,
 }
 
 impl AppTarget {
-    /// The view a request takes: see the module docs.
-    fn for_request(&self, version: Version, headers: &HeaderMap) -> &Arc<Cluster> {
-        let h2 = match self.protocol.get() {
+    /// The view a request takes, with `protocol` from the service's
+    /// policy: see the module docs. `tcp` speaks to the app as `auto`
+    /// would: its opaque tunnels never come this way, and an HTTP request
+    /// that does still needs an answer.
+    fn for_request(
+        &self,
+        protocol: Protocol,
+        version: Version,
+        headers: &HeaderMap,
+    ) -> &Arc<Cluster> {
+        let h2 = match protocol {
             Protocol::Http1 => false,
             Protocol::Http2 => true,
             Protocol::Auto | Protocol::Tcp => version == Version::HTTP_2 && is_grpc(headers),
@@ -119,9 +98,11 @@ impl<S: Service<ProxyRequest>> Service<ProxyRequest> for StaticTarget<S> {
     }
 
     fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+        // The protocol of the request's inbound snapshot's policy.
+        let protocol = req.ctx.inbound_policy().app_protocol;
         let cluster = self
             .app
-            .for_request(req.http.version(), req.http.headers())
+            .for_request(protocol, req.http.version(), req.http.headers())
             .clone();
         req.ctx.timeout = cluster.settings.request_timeout;
         req.ctx.cluster = Some(cluster);
@@ -153,10 +134,10 @@ mod tests {
         let app = AppTarget {
             http1: view(Protocol::Http1),
             http2: view(Protocol::Http2),
-            protocol: SharedAppProtocol::default(),
         };
-        app.protocol.set(protocol);
-        app.for_request(version, headers).settings.protocol
+        app.for_request(protocol, version, headers)
+            .settings
+            .protocol
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The `ratelimit` tower layers. Outbound (after `rewrite`): the limits of
 //! the cluster `split` chose, keyed with this sidecar's own service as the
 //! source. Inbound (after `authorize`): the service's own limits, keyed
-//! with the caller's verified identity. A refused request is answered here
-//! (429, or the fail-closed status) and never reaches the layers below,
-//! the upstream or the app. A request with no limits costs one load.
+//! with the caller's verified identity. A refused request fails here with
+//! its typed refusal (429, or the fail-closed status: `headers.rs`), which
+//! `error_response` answers; it never reaches the layers below, the
+//! upstream or the app. A request with no limits costs one load.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 use futures_util::future::Either;
 use tower::{Layer, Service};
 
-use super::{RateLimiter, RequestFacts, SharedRateLimits};
+use super::{RateLimiter, RequestFacts};
 use crate::error::ProxyError;
 use crate::proxy::{BoxFuture, ProxyRequest, ProxyResponse};
 
@@ -67,8 +68,8 @@ where
     match decision {
         Ok(()) => Either::Left(inner.call(req)),
         Err(refusal) => {
-            let response = refusal.into_response();
-            Either::Right(Box::pin(async move { Ok(response) }))
+            let error = refusal.into_error();
+            Either::Right(Box::pin(async move { Err(error) }))
         }
     }
 }
@@ -99,7 +100,7 @@ where
             .await;
         match decision {
             Ok(()) => inner.call(req).await,
-            Err(refusal) => Ok(refusal.into_response()),
+            Err(refusal) => Err(refusal.into_error()),
         }
     })
 }
@@ -125,16 +126,16 @@ impl LimitSource for Outbound {
     }
 }
 
-/// Inbound: the service's own limits (`InboundPolicy.rate_limits`); the
-/// source is the caller's verified identity.
-#[derive(Clone)]
-pub struct Inbound {
-    limits: SharedRateLimits,
-}
+/// Inbound: the service's own limits (`InboundPolicy.rate_limits`, from
+/// the request's inbound snapshot); the source is the caller's verified
+/// identity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Inbound;
 
 impl LimitSource for Inbound {
-    fn limits_for(&self, _req: &ProxyRequest) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)> {
-        self.limits.load_full().map(|limiter| (limiter, None))
+    fn limits_for(&self, req: &ProxyRequest) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)> {
+        let limiter = req.ctx.inbound_policy().rate_limits.as_ref()?;
+        Some((limiter.clone(), None))
     }
 }
 
@@ -158,10 +159,8 @@ impl RateLimitLayer<Outbound> {
 }
 
 impl RateLimitLayer<Inbound> {
-    pub fn new(limits: SharedRateLimits) -> Self {
-        Self {
-            source: Inbound { limits },
-        }
+    pub fn inbound() -> Self {
+        Self { source: Inbound }
     }
 }
 

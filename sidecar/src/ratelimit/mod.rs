@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue, StatusCode};
 use weft_proto::config::v1 as pb;
 
@@ -37,10 +36,6 @@ use redis::{RedisBackend, WindowDecision};
 const DEFAULT_MAX_KEYS: u32 = 10_000;
 /// ratelimit.proto's default for the Redis timeout.
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
-
-/// The inbound limits in force, swapped in by the xDS client with the
-/// rest of the service's policy; `None`: no limits.
-pub type SharedRateLimits = Arc<ArcSwapOption<RateLimiter>>;
 
 /// What a limit does, as configured (compared to keep state across updates).
 #[derive(Clone, Debug, PartialEq)]
@@ -113,7 +108,7 @@ impl PartialEq for RateLimiter {
     }
 }
 
-/// Why a request may not go on: the response to send instead.
+/// Why a request may not go on.
 pub enum Refusal {
     Limited {
         name: Arc<str>,
@@ -127,7 +122,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn into_response(self) -> crate::proxy::ProxyResponse {
+    /// The refusal `error_response` answers the caller with.
+    pub fn into_error(self) -> crate::error::ProxyError {
         match self {
             Self::Limited {
                 name,

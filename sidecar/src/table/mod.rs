@@ -8,6 +8,7 @@
 //! splits as cumulative weights, balancing schedules per cluster.
 
 pub mod cluster;
+pub mod inbound;
 pub mod matcher;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 
 pub use cluster::{Cluster, ClusterSettings, Endpoint, EndpointAddr, EndpointStats, LbPolicy};
+pub use inbound::InboundPolicy;
 pub use matcher::RouteMatch;
 
 #[derive(Debug, Default)]
@@ -25,6 +27,9 @@ pub struct RoutingTable {
     pub domains: HashMap<Box<str>, Arc<VirtualHost>>,
     /// Cluster name -> cluster (settings + endpoints).
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    /// The service's own inbound policy, swapped with the routes as one
+    /// value (see [`InboundPolicy`]).
+    pub inbound: Arc<InboundPolicy>,
 }
 
 impl RoutingTable {
@@ -41,6 +46,17 @@ impl RoutingTable {
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.clusters.get(name)
+    }
+
+    /// This table's routes and clusters with another inbound policy: what
+    /// the xDS client publishes when only the policy changed (rare; the
+    /// maps hold `Arc`s, so this copies pointers).
+    pub fn with_inbound(&self, inbound: Arc<InboundPolicy>) -> Self {
+        Self {
+            domains: self.domains.clone(),
+            clusters: self.clusters.clone(),
+            inbound,
+        }
     }
 }
 

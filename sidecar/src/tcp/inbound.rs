@@ -30,7 +30,6 @@ use tower::{Layer, Service};
 
 use super::copy;
 use super::{Counters, TcpStats};
-use crate::authz::SharedAuthz;
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::proxy::{BoxFuture, ProxyRequest, ProxyResponse};
@@ -40,7 +39,6 @@ use crate::upstream::Connector;
 pub struct Tunnels {
     /// This sidecar's service: the only `:authority` accepted.
     pub service: Arc<str>,
-    pub authz: SharedAuthz,
     /// The local app, with the app connect timeout.
     pub app: Connector,
     pub idle_timeout: Duration,
@@ -119,7 +117,8 @@ impl Tunnels {
             counters.failed.fetch_add(1, Ordering::Relaxed);
             ProxyError::new(kind, reason)
         };
-        let policy = self.authz.load_full();
+        // The intentions of the request's inbound snapshot.
+        let policy = &req.ctx.inbound_policy().authz;
         if !policy.opaque_tcp {
             return Err(refuse(
                 ErrorKind::Unsupported,

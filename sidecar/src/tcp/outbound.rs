@@ -31,7 +31,7 @@ use weft_runtime::AcceptErrors;
 
 use super::Counters;
 use super::copy::{self, End};
-use crate::error::ERROR_HEADER;
+use crate::error::peer_refusal_code;
 use crate::proxy::balance::{self, InFlightGuard};
 use crate::proxy::concurrency::{self, ClusterGuard};
 use crate::server::{self, DrainToken};
@@ -267,11 +267,10 @@ async fn open_tunnel(
     }
 }
 
-/// `x-weft-error` and the start of the body of a refusal.
+/// The peer sidecar's `x-weft-error` and the start of the body of its
+/// refusal.
 async fn refusal_reason(answer: Response<Incoming>) -> String {
-    let code = answer
-        .headers()
-        .get(ERROR_HEADER)
+    let code = peer_refusal_code(&answer)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();

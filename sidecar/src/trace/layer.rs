@@ -22,7 +22,7 @@ use tower::{Layer, Service};
 use super::Tracer;
 use super::context::{self, Current, TRACESTATE};
 use super::span::{Cause, SpanKind, SpanRecord};
-use crate::error::{ATTEMPTS_HEADER, ERROR_HEADER, ProxyError};
+use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
 use crate::proxy::{ProxyRequest, ProxyResponse};
 
 #[derive(Clone)]
@@ -217,12 +217,10 @@ impl SpanStart {
             Ok(response) => {
                 let status = response.status().as_u16();
                 r.status = status;
-                if status >= 400 {
-                    r.cause = response
-                        .headers()
-                        .get(ERROR_HEADER)
-                        .cloned()
-                        .map(Cause::Header);
+                // A CLIENT span's answer came across the network and may
+                // be a peer sidecar's refusal; a SERVER span's is the app's.
+                if r.kind == SpanKind::Client {
+                    r.cause = peer_refusal_code(response).cloned().map(Cause::Peer);
                 }
                 r.attempts = response
                     .headers()
@@ -232,7 +230,7 @@ impl SpanStart {
             }
             Err(error) => {
                 r.status = error.kind.status().as_u16();
-                r.cause = Some(Cause::Code(error.kind.code()));
+                r.cause = Some(Cause::Refused(error.kind));
             }
         }
         // Monotonic duration: the wall clock may step meanwhile.

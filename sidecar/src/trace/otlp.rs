@@ -302,7 +302,10 @@ mod tests {
         // Enough spans that the outer lengths need several bytes.
         let spans: Vec<SpanRecord> = (0..40)
             .map(|_| record(200, None))
-            .chain([record(503, Some(Cause::Code("connect-failed")))])
+            .chain([record(
+                503,
+                Some(Cause::Refused(crate::error::ErrorKind::ConnectFailed)),
+            )])
             .collect();
         let mut out = Vec::new();
         encode(&resource, &spans, &mut out);

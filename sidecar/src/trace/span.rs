@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Uri, Version};
 
+use crate::error::ErrorKind;
 use crate::proxy::{PeerIdentity, RouteRef};
 use crate::table::Cluster;
 
@@ -17,20 +18,21 @@ pub enum SpanKind {
     Client,
 }
 
-/// The Weft error cause of an answer (`x-weft-error`).
+/// The Weft error cause of an answer.
 #[derive(Clone, Debug)]
 pub enum Cause {
-    /// The sidecar's own error, not yet a response.
-    Code(&'static str),
-    /// Read from the response (a sidecar further on, or a layer below).
-    Header(HeaderValue),
+    /// This sidecar's own refusal, by its kind.
+    Refused(ErrorKind),
+    /// A peer sidecar's refusal, as its answer's `x-weft-error` says
+    /// (`crate::error::peer_refusal_code`).
+    Peer(HeaderValue),
 }
 
 impl Cause {
     pub fn as_bytes(&self) -> &[u8] {
         match self {
-            Cause::Code(code) => code.as_bytes(),
-            Cause::Header(value) => value.as_bytes(),
+            Cause::Refused(kind) => kind.code().as_bytes(),
+            Cause::Peer(value) => value.as_bytes(),
         }
     }
 }

@@ -676,6 +676,9 @@ pub fn build_table(
     RoutingTable {
         domains,
         clusters: out,
+        // Published by `Core::accept_policy`; a rebuild of the routes
+        // keeps the policy in force.
+        inbound: prev.inbound.clone(),
     }
 }
 

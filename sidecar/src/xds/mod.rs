@@ -22,12 +22,8 @@ use weft_proto::config::v1 as pb;
 use weft_proto::discovery::v1::{DiscoveryRequest, DiscoveryResponse, ErrorDetail, Node};
 use weft_proto::type_url;
 
-use crate::authn::AuthnPolicy;
-use crate::authz::SharedAuthz;
-use crate::mtls_mode::SharedMtlsMode;
-use crate::proxy::static_target::SharedAppProtocol;
-use crate::ratelimit::{RateLimiter, SharedRateLimits};
-use crate::table::{ClusterSettings, RoutingTable};
+use crate::ratelimit::RateLimiter;
+use crate::table::{ClusterSettings, InboundPolicy, RoutingTable};
 use crate::upstream::Dns;
 use compile::{CompiledRoutes, EndpointSpec};
 pub use on_demand::OnDemand;
@@ -145,15 +141,6 @@ pub struct Core {
     /// set when its leaf comes from the agent, so root rotations arrive
     /// at once instead of with the next leaf.
     bundle_trust_domain: Option<String>,
-    /// Where the accepted inbound policy goes: intentions (read by the
-    /// authorize layer), JWT (the authn layer), mTLS mode (the listener).
-    authz: SharedAuthz,
-    authn: AuthnPolicy,
-    mtls: SharedMtlsMode,
-    /// What the inbound side speaks to the app (read by `static_target`).
-    app_protocol: SharedAppProtocol,
-    /// The service's inbound rate limits (read by the ratelimit layer).
-    rate_limits: SharedRateLimits,
     /// The resources last accepted, by type and name, as received: the set
     /// an incremental response is merged into (proto/README.md,
     /// "Incremental responses").
@@ -192,44 +179,9 @@ impl Core {
             dns,
             identity: None,
             bundle_trust_domain: None,
-            authz: SharedAuthz::default(),
-            authn: AuthnPolicy::default(),
-            mtls: SharedMtlsMode::default(),
-            app_protocol: SharedAppProtocol::default(),
-            rate_limits: SharedRateLimits::default(),
             held: BTreeMap::new(),
             incremental: false,
         }
-    }
-
-    /// Where accepted inbound rate limits are published for the data path.
-    pub fn with_rate_limits(mut self, rate_limits: SharedRateLimits) -> Self {
-        self.rate_limits = rate_limits;
-        self
-    }
-
-    /// Where accepted inbound policies are published for the data path.
-    pub fn with_authz(mut self, authz: SharedAuthz) -> Self {
-        self.authz = authz;
-        self
-    }
-
-    /// Where accepted JWT policies are published for the data path.
-    pub fn with_authn(mut self, authn: AuthnPolicy) -> Self {
-        self.authn = authn;
-        self
-    }
-
-    /// Where the accepted inbound mTLS mode is published for the listener.
-    pub fn with_mtls_mode(mut self, mtls: SharedMtlsMode) -> Self {
-        self.mtls = mtls;
-        self
-    }
-
-    /// Where the accepted protocol of the local app is published.
-    pub fn with_app_protocol(mut self, protocol: SharedAppProtocol) -> Self {
-        self.app_protocol = protocol;
-        self
     }
 
     /// Clusters to hold from the start and never drop (`--upstreams`; the
@@ -510,9 +462,10 @@ impl Core {
         Ok(false)
     }
 
-    /// This service's policy compiled whole (intentions, JWT, mTLS mode)
-    /// and only then swapped in, all parts together; policies for other
-    /// names (there should be none) are ignored.
+    /// This service's policy compiled whole (intentions, JWT, rate limits,
+    /// mTLS mode, the app's protocol) and only then published, as one
+    /// value in the routing table: one swap, so no request sees part of
+    /// it. Policies for other names (there should be none) are ignored.
     fn accept_policy(&mut self, resp: &DiscoveryResponse) -> Result<bool, Vec<String>> {
         let mut errors = Vec::new();
         let msgs: Vec<pb::InboundPolicy> = Self::decode(resp, &mut errors);
@@ -520,9 +473,11 @@ impl Core {
             return Err(errors);
         }
         let ours = msgs.into_iter().find(|m| m.service == self.node.service);
+        let current = self.table.load_full();
+        let previous = &current.inbound;
         let compiled = match &ours {
             Some(m) => {
-                inbound::compile(m, self.authn.get().as_deref(), &self.dns).map_err(|errs| {
+                inbound::compile(m, previous.authn.as_deref(), &self.dns).map_err(|errs| {
                     errs.into_iter()
                         .map(|e| format!("InboundPolicy {}: {e}", m.service))
                         .collect::<Vec<_>>()
@@ -531,16 +486,20 @@ impl Core {
             // An empty answer is "no policy": as before any arrived.
             None => inbound::CompiledInbound::default(),
         };
-        self.authz.store(Arc::new(compiled.authz));
-        let previous_limits = self.rate_limits.load_full();
-        self.rate_limits.store(
-            compiled
+        let policy = InboundPolicy {
+            authz: compiled.authz,
+            authn: compiled.authn.map(Arc::new),
+            // Buckets of limits that did not change stay as they are.
+            rate_limits: compiled
                 .rate_limits
-                .map(|new| RateLimiter::carry_over(Arc::new(new), previous_limits.as_deref())),
-        );
-        self.authn.set(compiled.authn);
-        self.mtls.set(compiled.mtls);
-        self.app_protocol.set(compiled.app_protocol);
+                .map(|new| RateLimiter::carry_over(Arc::new(new), previous.rate_limits.as_deref())),
+            mtls: compiled.mtls,
+            app_protocol: compiled.app_protocol,
+        };
+        // Only this task stores tables, so none can come in between the
+        // load above and this store and be lost.
+        self.table
+            .store(Arc::new(current.with_inbound(Arc::new(policy))));
         self.accepted.policy = ours;
         Ok(false)
     }

@@ -133,12 +133,15 @@ fn a_new_stream_opens_with_routes_only_as_cluster_names_are_not_known_yet() {
 
 #[test]
 fn the_inbound_policy_is_swapped_in_for_the_data_path_and_an_invalid_one_nacked() {
-    let authz = crate::authz::SharedAuthz::default();
-    let (core, _) = core();
-    let mut core = core.with_authz(authz.clone());
+    let (mut core, table) = core();
     let req = http::Request::get("/").body(()).unwrap();
     assert!(
-        authz.load().decide(Some("billing"), &req).is_ok(),
+        table
+            .load()
+            .inbound
+            .authz
+            .decide(Some("billing"), &req)
+            .is_ok(),
         "allow before any policy"
     );
 
@@ -149,7 +152,12 @@ fn the_inbound_policy_is_swapped_in_for_the_data_path_and_an_invalid_one_nacked(
         &[policy("billing", pb::Action::Deny)],
     ));
     assert!(out[0].error_detail.is_none());
-    let denial = authz.load().decide(Some("billing"), &req).unwrap_err();
+    let denial = table
+        .load()
+        .inbound
+        .authz
+        .decide(Some("billing"), &req)
+        .unwrap_err();
     assert_eq!(&*denial.origin, "kv:weft/policies/web");
 
     let mut bad = policy("billing", pb::Action::Allow);
@@ -161,7 +169,12 @@ fn the_inbound_policy_is_swapped_in_for_the_data_path_and_an_invalid_one_nacked(
         "{detail}"
     );
     assert!(
-        authz.load().decide(Some("billing"), &req).is_err(),
+        table
+            .load()
+            .inbound
+            .authz
+            .decide(Some("billing"), &req)
+            .is_err(),
         "the last good policy keeps deciding"
     );
 }
@@ -173,33 +186,45 @@ const JWT_JSON: &str = r#"{ "providers": [ { "name": "idp", "issuer": "https://i
 
 #[test]
 fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
-    let authz = crate::authz::SharedAuthz::default();
-    let authn = crate::authn::AuthnPolicy::default();
-    let mtls = crate::mtls_mode::SharedMtlsMode::default();
-    let (core, _) = core();
-    let mut core = core
-        .with_authz(authz.clone())
-        .with_authn(authn.clone())
-        .with_mtls_mode(mtls.clone());
+    let (mut core, table) = core();
     let req = http::Request::get("/").body(()).unwrap();
     assert_eq!(
-        mtls.get(),
+        table.load().inbound.mtls,
         crate::mtls_mode::MtlsMode::Strict,
         "strict before any policy"
     );
-    assert!(authn.get().is_none(), "no JWT checks before any policy");
+    assert!(
+        table.load().inbound.authn.clone().is_none(),
+        "no JWT checks before any policy"
+    );
 
     let mut good = policy("billing", pb::Action::Deny);
     good.jwt_json = JWT_JSON.into();
     good.mtls_mode = pb::MtlsMode::Permissive.into();
     let out = core.handle(response(POLICY, "p1", "1", &[good]));
     assert!(out[0].error_detail.is_none(), "{:?}", out[0].error_detail);
-    assert_eq!(mtls.get(), crate::mtls_mode::MtlsMode::Permissive);
     assert_eq!(
-        authn.get().map(|a| a.service().to_owned()).as_deref(),
+        table.load().inbound.mtls,
+        crate::mtls_mode::MtlsMode::Permissive
+    );
+    assert_eq!(
+        table
+            .load()
+            .inbound
+            .authn
+            .clone()
+            .map(|a| a.service().to_owned())
+            .as_deref(),
         Some("web")
     );
-    assert!(authz.load().decide(Some("billing"), &req).is_err());
+    assert!(
+        table
+            .load()
+            .inbound
+            .authz
+            .decide(Some("billing"), &req)
+            .is_err()
+    );
 
     // A bad JWT section: nothing of this policy applies, not even its
     // good intentions and mode; every problem is named with its field.
@@ -215,12 +240,20 @@ fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
     );
     assert!(detail.contains("jwt.providers[0].jwks.inline"), "{detail}");
     assert!(
-        authz.load().decide(Some("billing"), &req).is_err(),
+        table
+            .load()
+            .inbound
+            .authz
+            .decide(Some("billing"), &req)
+            .is_err(),
         "old intentions"
     );
-    assert!(authn.get().is_some(), "old JWT policy");
+    assert!(
+        table.load().inbound.authn.clone().is_some(),
+        "old JWT policy"
+    );
     assert_eq!(
-        mtls.get(),
+        table.load().inbound.mtls,
         crate::mtls_mode::MtlsMode::Permissive,
         "old mode"
     );
@@ -245,9 +278,19 @@ fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
         &[policy("billing", pb::Action::Allow)],
     ));
     assert!(out[0].error_detail.is_none());
-    assert!(authn.get().is_none());
-    assert_eq!(mtls.get(), crate::mtls_mode::MtlsMode::Strict);
-    assert!(authz.load().decide(Some("billing"), &req).is_ok());
+    assert!(table.load().inbound.authn.clone().is_none());
+    assert_eq!(
+        table.load().inbound.mtls,
+        crate::mtls_mode::MtlsMode::Strict
+    );
+    assert!(
+        table
+            .load()
+            .inbound
+            .authz
+            .decide(Some("billing"), &req)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -993,4 +1036,93 @@ fn an_idle_dropped_cluster_does_not_come_back_with_the_next_incremental_merge() 
     core.handle(incremental(CLA, "e2", "5", &[cla("users", 8081)], &[]));
     assert_eq!(held_ports(&core), [("users".into(), 8081)]);
     assert!(table.load().cluster("orders").is_none(), "still dropped");
+}
+
+/// The torn-read check: one thread publishes two policies in turn as fast
+/// as it can (A: deny `billing`, JWT on, PERMISSIVE, HTTP/2 to the app; B:
+/// allow, no JWT, STRICT, auto), through the xDS client's own path, while
+/// readers judge requests through the inbound snapshot layer as the
+/// inbound stack does. Every request must see all of A or all of B.
+#[test]
+fn a_request_never_sees_parts_of_two_inbound_policies() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use futures_util::FutureExt as _;
+    use http::HeaderValue;
+    use tower::{Layer as _, Service as _};
+
+    use crate::body::{BufferedBody, RequestBody};
+    use crate::mtls_mode::MtlsMode;
+    use crate::proxy::inbound_snapshot::InboundSnapshotLayer;
+    use crate::proxy::{Direction, ProxyRequest, RequestCtx};
+    use crate::table::cluster::Protocol;
+
+    let mut a = policy("billing", pb::Action::Deny);
+    a.jwt_json = JWT_JSON.into();
+    a.mtls_mode = pb::MtlsMode::Permissive.into();
+    a.app_protocol = pb::cluster::Protocol::Http2.into();
+    let b = policy("billing", pb::Action::Allow);
+
+    let (mut core, table) = core();
+    let done = AtomicBool::new(false);
+    let seen = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            let (table, done, seen) = (table.clone(), &done, &seen);
+            scope.spawn(move || {
+                // What a request judged below the snapshot layer saw.
+                let probe = tower::service_fn(|req: ProxyRequest| {
+                    let policy = req.ctx.inbound_policy();
+                    let head = http::Request::get("/").body(()).unwrap();
+                    let parts = [
+                        policy.authz.decide(Some("billing"), &head).is_err(),
+                        policy.authn.is_some(),
+                        policy.mtls == MtlsMode::Permissive,
+                        policy.app_protocol == Protocol::Http2,
+                    ];
+                    futures_util::future::ready(Ok::<_, std::convert::Infallible>(parts))
+                });
+                let mut stack = InboundSnapshotLayer::new(table).layer(probe);
+                while !done.load(Ordering::Relaxed) {
+                    let req = ProxyRequest {
+                        http: http::Request::new(RequestBody::Buffered(BufferedBody {
+                            data: None,
+                            trailers: None,
+                        })),
+                        ctx: RequestCtx::new(
+                            Direction::Inbound,
+                            "127.0.0.1:1".parse().unwrap(),
+                            HeaderValue::from_static("127.0.0.1"),
+                        ),
+                    };
+                    let Some(Ok(parts)) = stack.call(req).now_or_never() else {
+                        unreachable!("the probe answers at once")
+                    };
+                    let a_or_b = parts.iter().all(|p| *p) || parts.iter().all(|p| !*p);
+                    assert!(a_or_b, "parts of two policies in one request: {parts:?}");
+                    seen[usize::from(parts[0])].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        for version in 1..=400 {
+            let (name, next) = if version % 2 == 1 {
+                ("a", &a)
+            } else {
+                ("b", &b)
+            };
+            let out = core.handle(response(
+                POLICY,
+                &version.to_string(),
+                &format!("{name}{version}"),
+                std::slice::from_ref(next),
+            ));
+            assert!(out[0].error_detail.is_none(), "{:?}", out[0].error_detail);
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    let [b_seen, a_seen] = seen.map(|n| n.into_inner());
+    assert!(
+        a_seen > 0 && b_seen > 0,
+        "the readers saw both policies (A {a_seen}, B {b_seen} times)"
+    );
 }

@@ -1,0 +1,55 @@
+//! The service's inbound policy as the data path reads it: who may call
+//! (intentions), who the end user must be (JWT), how often (rate limits),
+//! what the listener accepts (mTLS mode) and what to speak to the app. It
+//! lives in the [`super::RoutingTable`], so the xDS client publishes a new
+//! policy and the routes in one swap of one `Arc`, and a request that has
+//! loaded the table (the inbound snapshot layer, once per request) sees
+//! every part of one policy: never new intentions with old JWT rules.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::authn::Authenticator;
+use crate::authz::AuthzPolicy;
+use crate::mtls_mode::MtlsMode;
+use crate::ratelimit::RateLimiter;
+use crate::table::cluster::Protocol;
+
+/// One compiled, immutable inbound policy.
+pub struct InboundPolicy {
+    pub authz: AuthzPolicy,
+    /// `None`: no `jwt` section, so no JWT checks.
+    pub authn: Option<Arc<Authenticator>>,
+    /// `None`: no inbound rate limits.
+    pub rate_limits: Option<Arc<RateLimiter>>,
+    /// Read by the inbound listener once per accepted connection.
+    pub mtls: MtlsMode,
+    /// What to speak to the app (`proxy/static_target.rs`).
+    pub app_protocol: Protocol,
+}
+
+impl Default for InboundPolicy {
+    /// No policy (before the first, or an empty answer): allow every
+    /// caller, no JWT, no limits, mTLS only, `auto` to the app.
+    fn default() -> Self {
+        Self {
+            authz: AuthzPolicy::default(),
+            authn: None,
+            rate_limits: None,
+            mtls: MtlsMode::Strict,
+            app_protocol: Protocol::Auto,
+        }
+    }
+}
+
+impl fmt::Debug for InboundPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundPolicy")
+            .field("authz", &self.authz)
+            .field("jwt", &self.authn.is_some())
+            .field("rate_limits", &self.rate_limits.is_some())
+            .field("mtls", &self.mtls)
+            .field("app_protocol", &self.app_protocol)
+            .finish()
+    }
+}
