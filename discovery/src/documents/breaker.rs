@@ -205,10 +205,10 @@ impl Breaker {
         proto::Breaker {
             consecutive_failures: self.consecutive_failures,
             failure_ratio: self.failure_ratio.map_or(0.0, |r| r.0),
-            window: Some(duration::to_proto(self.window)),
+            window: Some(weft_rules::duration::to_proto(self.window)),
             min_requests: self.min_requests,
-            open_interval: Some(duration::to_proto(self.open_interval)),
-            max_open_interval: Some(duration::to_proto(self.max_open_interval)),
+            open_interval: Some(weft_rules::duration::to_proto(self.open_interval)),
+            max_open_interval: Some(weft_rules::duration::to_proto(self.max_open_interval)),
             half_open_probes: self.half_open_probes,
             failure_on: self
                 .failure_on
@@ -252,8 +252,8 @@ impl OutlierDetection {
             consecutive_5xx: self.consecutive_5xx,
             consecutive_gateway_errors: self.consecutive_gateway_errors,
             consecutive_unreachable: Some(self.consecutive_unreachable),
-            base_ejection_time: Some(duration::to_proto(self.base_ejection_time)),
-            max_ejection_time: Some(duration::to_proto(self.max_ejection_time)),
+            base_ejection_time: Some(weft_rules::duration::to_proto(self.base_ejection_time)),
+            max_ejection_time: Some(weft_rules::duration::to_proto(self.max_ejection_time)),
             max_ejection_percent: self.max_ejection_percent,
         }
     }

@@ -37,7 +37,6 @@ pub use breaker::{Breaker, CircuitBreakers, Failure, OutlierDetection, Ratio};
 pub use destination::{
     ConnectionPoolSettings, DestinationDocument, LoadBalancer, Protocol, default_cluster,
 };
-pub use duration::parse_duration;
 pub use error::FieldError;
 pub use policy::{
     ANY_SERVICE, Action, DefaultsDocument, IntentionRule, MtlsMode, Permission, PolicyDocument,
@@ -49,6 +48,8 @@ pub use route::{
     HeaderMatcher, HeaderMutation, PathMatch, Route, RouteDocument, RouteMatch, RouteTarget,
     StringMatch, WeightedDestination, default_route_configuration,
 };
+pub use weft_rules::duration::parse as parse_duration;
+pub use weft_rules::name::is_valid_name;
 
 /// The field name used for errors about a document as a whole (syntax).
 pub const DOCUMENT_FIELD: &str = "(document)";
@@ -129,7 +130,7 @@ impl DocumentKey {
         if name.is_empty() {
             return Err(error(format!("`{folder}/` needs a name after the slash")));
         }
-        if let Some(bad) = name.chars().find(|&c| !is_name_char(c)) {
+        if let Some(bad) = name.chars().find(|&c| !weft_rules::name::is_name_char(c)) {
             return Err(error(format!(
                 "`{name}` is not a valid {} name: `{bad}` is not allowed (use letters, digits, `.`, `_`, `-`)",
                 match kind {
@@ -174,18 +175,6 @@ impl fmt::Display for DocumentKey {
             _ => write!(f, "{}/{}", self.kind().folder(), self.name()),
         }
     }
-}
-
-/// Whether `name` can name a host or service: one or more letters, digits,
-/// `.`, `_` and `-`. Every such name is a valid route domain and a valid
-/// Host, so a catalog service named otherwise gets no route table: one
-/// would make every sidecar refuse the whole push.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(is_name_char)
-}
-
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
 /// A validated document.

@@ -13,7 +13,7 @@
 //! Unknown fields are rejected, so that a policy written for a newer agent
 //! is never silently ignored by an older one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,7 +21,6 @@ use weft_proto::config::v1 as proto;
 
 use super::error::{FieldError, from_serde, join};
 use super::rate_limit::{RateLimitsSection, Side};
-use super::route::{check_header_name, check_regex};
 use super::{DocumentKind, PathMatch, StringMatch, schema};
 
 /// `*`: as a source, every caller (also callers without a mesh identity);
@@ -258,10 +257,16 @@ pub(super) fn parse_defaults(
 /// The checks a schema cannot express, on the untyped document so that
 /// they also run where the schema found something else wrong: one source
 /// per document, regexes compile (as the sidecar compiles them), header
-/// names are valid and written in lower case. Only values that are strings
+/// names are valid and written in lower case (policies name headers as
+/// HTTP/2 sends them and the sidecar compares them: a policy never depends
+/// on how a caller spelled a name, and one header cannot be named twice in
+/// different case). Only values that are strings
 /// are looked at; the schema reports the others.
 fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
-    let mut errors = Vec::new();
+    let mut errors = document
+        .get("jwt")
+        .map(|jwt| jwt_errors(key, jwt))
+        .unwrap_or_default();
     let Some(intentions) = document.get("intentions").and_then(Value::as_array) else {
         return errors;
     };
@@ -287,7 +292,7 @@ fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
         for (number, permission) in permissions.iter().enumerate() {
             let at = format!("{at}.permissions[{number}]");
             if let Some(pattern) = permission.get("path_regex").and_then(Value::as_str)
-                && let Err(reason) = check_regex(pattern)
+                && let Err(reason) = weft_rules::regex::check(pattern)
             {
                 errors.push(FieldError::new(key, join(&at, "path_regex"), reason));
             }
@@ -296,11 +301,11 @@ fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
             };
             for (name, matcher) in headers {
                 let at = join(&join(&at, "headers"), name);
-                if let Err(reason) = check_lower_case_header_name(name) {
+                if let Err(reason) = weft_rules::header::check_lower_case_name(name) {
                     errors.push(FieldError::new(key, at.clone(), reason));
                 }
                 if let Some(pattern) = matcher.get("regex").and_then(Value::as_str)
-                    && let Err(reason) = check_regex(pattern)
+                    && let Err(reason) = weft_rules::regex::check(pattern)
                 {
                     errors.push(FieldError::new(key, join(&at, "regex"), reason));
                 }
@@ -310,18 +315,82 @@ fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
     errors
 }
 
-/// Policies name headers in lower case, as HTTP/2 sends them and the
-/// sidecar compares them: a policy never depends on how a caller spelled
-/// a name, and one header cannot be named twice in different case.
-fn check_lower_case_header_name(name: &str) -> Result<(), String> {
-    check_header_name(name)?;
-    if name.bytes().any(|byte| byte.is_ascii_uppercase()) {
-        return Err(format!(
-            "header names are written in lower case here: `{}`",
-            name.to_ascii_lowercase()
-        ));
+/// The rules of a `jwt` section that the schema cannot express and a sidecar
+/// applies before it builds a verifier (`weft_rules::jwt`): unique provider
+/// names and issuers, shared secrets long enough (never quoted), bounded
+/// leeway and fetch timeout, claim headers outside the reserved names, no
+/// roles on a public rule. Keys and certificates are the sidecar's to judge.
+fn jwt_errors(key: &str, jwt: &Value) -> Vec<FieldError> {
+    use weft_rules::jwt;
+    let mut errors = Vec::new();
+    let mut error =
+        |field: String, reason: String| errors.push(FieldError::new(key, field, reason));
+    let duration = |value: Option<&Value>| {
+        value
+            .and_then(Value::as_str)
+            .and_then(|text| weft_rules::duration::parse(text).ok())
+    };
+    let providers = jwt.get("providers").and_then(Value::as_array);
+    let mut names = BTreeSet::new();
+    let mut issuers = BTreeSet::new();
+    for (index, provider) in providers.into_iter().flatten().enumerate() {
+        let at = format!("jwt.providers[{index}]");
+        let text = |name: &str| provider.get(name).and_then(Value::as_str);
+        if let Some(name) = text("name")
+            && !name.is_empty()
+            && !names.insert(name)
+        {
+            error(join(&at, "name"), jwt::duplicate_provider_name(name));
+        }
+        if let Some(issuer) = text("issuer")
+            && !issuer.is_empty()
+            && !issuers.insert(issuer)
+        {
+            error(join(&at, "issuer"), jwt::duplicate_issuer(issuer));
+        }
+        if let Some(secret) = text("shared_secret")
+            && let Err(reason) = jwt::decode_shared_secret(secret)
+        {
+            error(join(&at, "shared_secret"), reason);
+        }
+        if let Some(leeway) = duration(provider.get("clock_leeway"))
+            && let Err(reason) = jwt::check_clock_leeway(leeway)
+        {
+            error(join(&at, "clock_leeway"), reason);
+        }
+        // Only keys fetched from a URL have a fetch to bound.
+        if let Some(jwks) = provider.get("jwks")
+            && jwks.get("uri").is_some()
+            && let Some(timeout) = duration(jwks.get("fetch_timeout"))
+            && let Err(reason) = jwt::check_fetch_timeout(timeout)
+        {
+            error(join(&at, "jwks.fetch_timeout"), reason);
+        }
+        if let Some(Value::Object(headers)) = provider.get("claim_headers") {
+            for (claim, header) in headers {
+                if let Some(header) = header.as_str()
+                    && let Err(reason) = jwt::check_claim_header(header)
+                {
+                    error(join(&join(&at, "claim_headers"), claim), reason);
+                }
+            }
+        }
     }
-    Ok(())
+    let rules = jwt.get("rules").and_then(Value::as_array);
+    for (index, rule) in rules.into_iter().flatten().enumerate() {
+        let public = rule.get("public").and_then(Value::as_bool) == Some(true);
+        let roles: Vec<String> = rule
+            .get("required_roles")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|role| role.as_str().map(str::to_string))
+            .collect();
+        if let Err(reason) = jwt::check_public_rule(public, &roles) {
+            error(format!("jwt.rules[{index}].required_roles"), reason);
+        }
+    }
+    errors
 }
 
 // ---- Translation.
@@ -798,14 +867,44 @@ mod tests {
     }
 
     #[test]
-    fn a_short_shared_secret_is_never_quoted_by_the_agent() {
-        // The sidecar judges secrets (length, base64) without showing them;
-        // the agent only checks it is a non-empty string.
-        let document = parse_ok(
+    fn a_short_shared_secret_is_refused_and_never_quoted() {
+        // The sidecar refuses it with the same reason (weft_rules::jwt), so
+        // the agent does too, without showing the secret.
+        let errors = parse_err(
             json!({ "jwt": { "providers": [ { "name": "ci", "issuer": "ci",
-            "audiences": ["u"], "shared_secret": "hunter2" } ] } }),
+            "audiences": ["u"], "shared_secret": "hunter22" } ] } }),
         );
-        assert!(document.jwt.is_some());
+        assert_eq!(
+            fields(&errors),
+            ["jwt.providers[0].shared_secret"],
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("6 bytes is too short"), "{errors:?}");
+        assert!(!errors[0].contains("hunter22"), "{errors:?}");
+    }
+
+    #[test]
+    fn jwt_rules_the_schema_cannot_express_are_checked_as_the_sidecar_does() {
+        let errors = parse_err(json!({ "jwt": {
+            "providers": [
+                { "name": "a", "issuer": "x", "audiences": ["u"], "clock_leeway": "10m",
+                  "jwks": { "uri": "https://idp/jwks", "fetch_timeout": "2m" },
+                  "claim_headers": { "sub": "authorization", "email": "x-weft-route" } },
+                { "name": "a", "issuer": "x", "audiences": ["u"], "jwks": { "uri": "https://idp/jwks" } } ],
+            "rules": [ { "public": true, "required_roles": ["admin"] } ] } }));
+        assert_eq!(
+            fields(&errors),
+            [
+                "jwt.providers[0].clock_leeway",
+                "jwt.providers[0].jwks.fetch_timeout",
+                "jwt.providers[0].claim_headers.email",
+                "jwt.providers[0].claim_headers.sub",
+                "jwt.providers[1].name",
+                "jwt.providers[1].issuer",
+                "jwt.rules[0].required_roles",
+            ],
+            "{errors:#?}"
+        );
     }
 
     #[test]

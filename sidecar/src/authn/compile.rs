@@ -7,9 +7,7 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use base64::Engine as _;
 use http::header::HeaderName;
 use http::{Method, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -51,35 +49,9 @@ const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS5
 const ALGORITHM_NAMES: &str = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, \
                                HS256, HS384, HS512 (HS* with shared_secret only)";
 
-/// The prefix of the headers the sidecar sets from claims; callers can
-/// never send them.
-pub(crate) const CLAIM_HEADER_PREFIX: &str = "x-weft-jwt-";
-
-/// Headers a claim must never overwrite: routing, framing, the proxy's own
-/// headers, and the credentials themselves.
-const RESERVED_HEADERS: [&str; 14] = [
-    "host",
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "te",
-    "upgrade",
-    "x-request-id",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-weft-error",
-];
-
-/// HMAC keys shorter than the hash output weaken HS256 (RFC 7518 §3.2).
-const MIN_SECRET_BYTES: usize = 32;
-/// More skew than this accepts tokens long expired.
-const MAX_LEEWAY: Duration = Duration::from_secs(300);
-/// A fetch slower than this holds requests too long to be useful.
-const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// The prefix of the headers the sidecar sets from claims (the rules of
+/// claim headers are `weft_rules::jwt`'s).
+pub(crate) use weft_rules::jwt::CLAIM_HEADER_PREFIX;
 
 struct Errors(Vec<ConfigError>);
 
@@ -106,16 +78,13 @@ pub(crate) fn compile(config: &AuthnConfig) -> Result<Compiled, ConfigErrors> {
         if !p.name.is_empty() && !names.insert(p.name.as_str()) {
             errors.add(
                 format!("{field}.name"),
-                format!("`{}` names two providers", p.name),
+                weft_rules::jwt::duplicate_provider_name(&p.name),
             );
         }
         if !p.issuer.is_empty() && !issuers.insert(p.issuer.as_str()) {
             errors.add(
                 format!("{field}.issuer"),
-                format!(
-                    "`{}` is the issuer of two providers: tokens are matched to providers by issuer",
-                    p.issuer
-                ),
+                weft_rules::jwt::duplicate_issuer(&p.issuer),
             );
         }
         if let Some(provider) = compile_provider(p, &field, &mut sources, &mut errors) {
@@ -175,26 +144,10 @@ fn compile_provider(
     }
 
     let secret = p.shared_secret.as_ref().and_then(|s| {
-        match decode_secret(&s.0) {
-            Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => Some(DecodingKey::from_secret(&bytes)),
-            Ok(bytes) => {
-                errors.add(
-                    format!("{field}.shared_secret"),
-                    format!(
-                        "{} bytes is too short for an HMAC key: use at least {MIN_SECRET_BYTES} random bytes",
-                        bytes.len()
-                    ),
-                );
-                None
-            }
-            Err(e) => {
-                errors.add(
-                    format!("{field}.shared_secret"),
-                    format!("not base64: {e}"),
-                );
-                None
-            }
-        }
+        weft_rules::jwt::decode_shared_secret(&s.0)
+            .map(|bytes| DecodingKey::from_secret(&bytes))
+            .map_err(|reason| errors.add(format!("{field}.shared_secret"), reason))
+            .ok()
     });
 
     let keys = match &p.jwks {
@@ -234,14 +187,8 @@ fn compile_provider(
         }
     }
 
-    if p.clock_leeway > MAX_LEEWAY {
-        errors.add(
-            format!("{field}.clock_leeway"),
-            format!(
-                "{:?} is more than {MAX_LEEWAY:?}: that accepts tokens long expired; fix the clocks instead",
-                p.clock_leeway
-            ),
-        );
+    if let Err(reason) = weft_rules::jwt::check_clock_leeway(p.clock_leeway) {
+        errors.add(format!("{field}.clock_leeway"), reason);
     }
 
     let mut required_claims = Vec::with_capacity(p.required_claims.len());
@@ -278,21 +225,8 @@ fn compile_provider(
             errors.add(field, "empty claim name");
             continue;
         }
-        match HeaderName::from_bytes(header.as_bytes()) {
-            Err(_) => errors.add(field, format!("`{header}` is not a valid header name")),
-            Ok(name) if RESERVED_HEADERS.contains(&name.as_str()) => errors.add(
-                field,
-                format!("`{name}` is reserved: a claim must not overwrite it; use an `{CLAIM_HEADER_PREFIX}*` name"),
-            ),
-            Ok(name)
-                if name.as_str().starts_with("x-weft-")
-                    && !name.as_str().starts_with(CLAIM_HEADER_PREFIX) =>
-            {
-                errors.add(
-                    field,
-                    format!("`{name}`: the sidecar's own `x-weft-*` headers are reserved, except `{CLAIM_HEADER_PREFIX}*`"),
-                )
-            }
+        match weft_rules::jwt::check_claim_header(header) {
+            Err(reason) => errors.add(field, reason),
             Ok(name) => claim_headers.push((claim.as_str().into(), name)),
         }
     }
@@ -427,11 +361,8 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
             if jwks.cache_duration.is_some_and(|d| d.is_zero()) {
                 errors.add(format!("{field}.cache_duration"), "must be above 0");
             }
-            if jwks.fetch_timeout.is_zero() || jwks.fetch_timeout > MAX_FETCH_TIMEOUT {
-                errors.add(
-                    format!("{field}.fetch_timeout"),
-                    format!("must be above 0 and at most {MAX_FETCH_TIMEOUT:?}"),
-                );
+            if let Err(reason) = weft_rules::jwt::check_fetch_timeout(jwks.fetch_timeout) {
+                errors.add(format!("{field}.fetch_timeout"), reason);
             }
             if jwks.min_refetch_interval.is_zero() {
                 errors.add(
@@ -557,12 +488,12 @@ fn compile_source(
         return None;
     }
     if let Some(header) = &s.header {
-        let Ok(name) = HeaderName::from_bytes(header.as_bytes()) else {
-            errors.add(
-                format!("{field}.header"),
-                format!("`{header}` is not a valid header name"),
-            );
-            return None;
+        let name = match weft_rules::header::check_name(header) {
+            Ok(name) => name,
+            Err(reason) => {
+                errors.add(format!("{field}.header"), reason);
+                return None;
+            }
         };
         return Some(TokenSource::Header {
             name,
@@ -619,11 +550,8 @@ fn compile_rule(r: &RuleConfig, field: &str, errors: &mut Errors) -> Option<Rule
             ),
         }
     }
-    if r.public && !r.required_roles.is_empty() {
-        errors.add(
-            format!("{field}.required_roles"),
-            "a public rule cannot require roles: drop `public` or the roles",
-        );
+    if let Err(reason) = weft_rules::jwt::check_public_rule(r.public, &r.required_roles) {
+        errors.add(format!("{field}.required_roles"), reason);
     }
     for (j, role) in r.required_roles.iter().enumerate() {
         if role.is_empty() || role.contains(char::is_whitespace) {
@@ -669,23 +597,11 @@ fn check_rule_path(path: &str, field: &str, errors: &mut Errors) {
     }
 }
 
-/// Standard or URL-safe base64, with or without padding.
-fn decode_secret(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    let trimmed = text.trim().trim_end_matches('=');
-    if trimmed.contains(['-', '_']) {
-        URL_SAFE_NO_PAD.decode(trimmed)
-    } else {
-        STANDARD
-            .decode(text.trim())
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::authn::config::{Secret, TokenSourceConfig};
+    use base64::Engine as _;
     use serde_json::json;
 
     fn errors_of(config: serde_json::Value) -> Vec<(String, String)> {

@@ -7,7 +7,7 @@ use weft_proto::config::v1 as pb;
 
 use super::{BreakerSettings, FailureOn, OutlierSettings, Thresholds};
 use crate::table::ClusterSettings;
-use crate::xds::compile::{Errors, duration};
+use crate::xds::compile::Errors;
 
 pub(crate) fn compile(c: &pb::Cluster, s: &mut ClusterSettings, errs: &mut Errors) {
     if let Some(t) = &c.circuit_breakers {
@@ -34,7 +34,7 @@ fn duration_or(
     path: &str,
     errs: &mut Errors,
 ) -> Duration {
-    match d.map(duration) {
+    match d.map(weft_rules::duration::from_proto) {
         Some(Ok(d)) if !d.is_zero() => d,
         Some(Err(e)) => {
             errs.at(path, e);

@@ -1,0 +1,164 @@
+//! JWT authentication policies: the rules on a policy's values that need no
+//! key material and no network (keys, certificates and URLs are the
+//! sidecar's to check when it builds the verifier).
+
+use std::time::Duration;
+
+use http::HeaderName;
+
+/// HMAC keys shorter than the hash output weaken HS256 (RFC 7518 §3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+/// More skew than this accepts tokens long expired.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// A JWKS fetch slower than this holds requests too long to be useful.
+pub const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// The prefix of the headers the sidecar sets from claims; callers can
+/// never send them.
+pub const CLAIM_HEADER_PREFIX: &str = "x-weft-jwt-";
+/// Headers a claim must never overwrite: routing, framing, the proxy's own
+/// headers, and the credentials themselves.
+pub const RESERVED_HEADERS: [&str; 14] = [
+    "host",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-weft-error",
+];
+
+/// A shared secret decoded: standard or URL-safe base64, padding optional,
+/// at least [`MIN_SECRET_BYTES`]. The reason never quotes the secret.
+pub fn decode_shared_secret(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = text.trim().trim_end_matches('=');
+    let decoded = if trimmed.contains(['-', '_']) {
+        URL_SAFE_NO_PAD.decode(trimmed)
+    } else {
+        STANDARD
+            .decode(text.trim())
+            .or_else(|_| STANDARD_NO_PAD.decode(trimmed))
+    };
+    match decoded {
+        Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => Ok(bytes),
+        Ok(bytes) => Err(format!(
+            "{} bytes is too short for an HMAC key: use at least {MIN_SECRET_BYTES} random bytes",
+            bytes.len()
+        )),
+        Err(error) => Err(format!("not base64: {error}")),
+    }
+}
+
+/// The clock skew tolerated on `exp` and `nbf`: at most [`MAX_LEEWAY`].
+pub fn check_clock_leeway(leeway: Duration) -> Result<(), String> {
+    if leeway > MAX_LEEWAY {
+        return Err(format!(
+            "{leeway:?} is more than {MAX_LEEWAY:?}: that accepts tokens long expired; fix the clocks instead"
+        ));
+    }
+    Ok(())
+}
+
+/// The bound on one JWKS fetch: above 0, at most [`MAX_FETCH_TIMEOUT`].
+pub fn check_fetch_timeout(timeout: Duration) -> Result<(), String> {
+    if timeout.is_zero() || timeout > MAX_FETCH_TIMEOUT {
+        return Err(format!("must be above 0 and at most {MAX_FETCH_TIMEOUT:?}"));
+    }
+    Ok(())
+}
+
+/// A header a verified claim is copied into: a valid name, none of the
+/// [`RESERVED_HEADERS`], and of the sidecar's own `x-weft-*` headers only
+/// the `x-weft-jwt-*` ones.
+pub fn check_claim_header(header: &str) -> Result<HeaderName, String> {
+    let name = crate::header::check_name(header)?;
+    if RESERVED_HEADERS.contains(&name.as_str()) {
+        return Err(format!(
+            "`{name}` is reserved: a claim must not overwrite it; use an `{CLAIM_HEADER_PREFIX}*` name"
+        ));
+    }
+    if name.as_str().starts_with("x-weft-") && !name.as_str().starts_with(CLAIM_HEADER_PREFIX) {
+        return Err(format!(
+            "`{name}`: the sidecar's own `x-weft-*` headers are reserved, except `{CLAIM_HEADER_PREFIX}*`"
+        ));
+    }
+    Ok(name)
+}
+
+/// A public rule lets requests in without a token, so it cannot also ask
+/// for roles.
+pub fn check_public_rule(public: bool, required_roles: &[String]) -> Result<(), String> {
+    if public && !required_roles.is_empty() {
+        return Err("a public rule cannot require roles: drop `public` or the roles".into());
+    }
+    Ok(())
+}
+
+/// The reason for a provider named like an earlier one.
+pub fn duplicate_provider_name(name: &str) -> String {
+    format!("`{name}` names two providers")
+}
+
+/// The reason for a provider with the issuer of an earlier one.
+pub fn duplicate_issuer(issuer: &str) -> String {
+    format!("`{issuer}` is the issuer of two providers: tokens are matched to providers by issuer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_base64_of_enough_bytes() {
+        let long = "a".repeat(44);
+        assert_eq!(decode_shared_secret(&long).unwrap().len(), 33);
+        let reason = decode_shared_secret("c2hvcnQ=").unwrap_err();
+        assert!(reason.starts_with("5 bytes is too short"), "{reason}");
+        assert!(!reason.contains("c2hvcnQ"));
+        assert!(
+            decode_shared_secret("not base64!")
+                .unwrap_err()
+                .starts_with("not base64")
+        );
+    }
+
+    #[test]
+    fn claim_headers_stay_out_of_reserved_names() {
+        assert!(check_claim_header("x-weft-jwt-sub").is_ok());
+        assert!(check_claim_header("x-user").is_ok());
+        assert!(
+            check_claim_header("Authorization")
+                .unwrap_err()
+                .contains("reserved")
+        );
+        assert!(
+            check_claim_header("x-weft-error")
+                .unwrap_err()
+                .contains("reserved")
+        );
+        assert!(
+            check_claim_header("x-weft-route")
+                .unwrap_err()
+                .contains("x-weft-*")
+        );
+        assert!(check_claim_header("bad name").is_err());
+    }
+
+    #[test]
+    fn bounds() {
+        assert!(check_clock_leeway(Duration::from_secs(301)).is_err());
+        assert!(check_clock_leeway(Duration::from_secs(60)).is_ok());
+        assert!(check_fetch_timeout(Duration::ZERO).is_err());
+        assert!(check_fetch_timeout(Duration::from_secs(61)).is_err());
+        assert!(check_public_rule(true, &["admin".into()]).is_err());
+        assert!(check_public_rule(true, &[]).is_ok());
+    }
+}
