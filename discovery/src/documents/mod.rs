@@ -29,6 +29,7 @@ pub mod schema;
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::model::RawDocument;
@@ -212,6 +213,27 @@ pub fn parse_value(
         DocumentKind::Policy => policy::parse(key, value).map(Document::Policy),
         DocumentKind::Defaults => policy::parse_defaults(key, value).map(Document::Defaults),
     }
+}
+
+/// The typed parse alone: no schema and none of the checks of meaning.
+/// This is what the agent's translation would make of a document it had not
+/// validated, so that a test can hold the agent's verdict against a
+/// sidecar's on the same input (`tests/tests/config_agreement.rs`). The
+/// agent itself never translates a document that [`parse_value`] refused.
+pub fn parse_unchecked(kind: DocumentKind, value: &Value) -> Result<Document, String> {
+    let typed = |error: serde_json::Error| error.to_string();
+    Ok(match kind {
+        DocumentKind::Route => Document::Route(RouteDocument::deserialize(value).map_err(typed)?),
+        DocumentKind::Destination => Document::Destination(Box::new(
+            DestinationDocument::deserialize(value).map_err(typed)?,
+        )),
+        DocumentKind::Policy => {
+            Document::Policy(PolicyDocument::deserialize(value).map_err(typed)?)
+        }
+        DocumentKind::Defaults => {
+            Document::Defaults(DefaultsDocument::deserialize(value).map_err(typed)?)
+        }
+    })
 }
 
 /// Decodes the bytes of a document (JSON, or YAML when `yaml`) into a JSON value.
