@@ -21,6 +21,7 @@ mod breaker;
 mod destination;
 mod duration;
 mod error;
+pub mod jwt;
 mod policy;
 mod rate_limit;
 mod retry;

@@ -13,7 +13,7 @@
 //! Unknown fields are rejected, so that a policy written for a newer agent
 //! is never silently ignored by an older one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -265,7 +265,7 @@ pub(super) fn parse_defaults(
 fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
     let mut errors = document
         .get("jwt")
-        .map(|jwt| jwt_errors(key, jwt))
+        .map(|jwt| super::jwt::check(key, jwt))
         .unwrap_or_default();
     let Some(intentions) = document.get("intentions").and_then(Value::as_array) else {
         return errors;
@@ -310,84 +310,6 @@ fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
                     errors.push(FieldError::new(key, join(&at, "regex"), reason));
                 }
             }
-        }
-    }
-    errors
-}
-
-/// The rules of a `jwt` section that the schema cannot express and a sidecar
-/// applies before it builds a verifier (`weft_rules::jwt`): unique provider
-/// names and issuers, shared secrets long enough (never quoted), bounded
-/// leeway and fetch timeout, claim headers outside the reserved names, no
-/// roles on a public rule. Keys and certificates are the sidecar's to judge.
-fn jwt_errors(key: &str, jwt: &Value) -> Vec<FieldError> {
-    use weft_rules::jwt;
-    let mut errors = Vec::new();
-    let mut error =
-        |field: String, reason: String| errors.push(FieldError::new(key, field, reason));
-    let duration = |value: Option<&Value>| {
-        value
-            .and_then(Value::as_str)
-            .and_then(|text| weft_rules::duration::parse(text).ok())
-    };
-    let providers = jwt.get("providers").and_then(Value::as_array);
-    let mut names = BTreeSet::new();
-    let mut issuers = BTreeSet::new();
-    for (index, provider) in providers.into_iter().flatten().enumerate() {
-        let at = format!("jwt.providers[{index}]");
-        let text = |name: &str| provider.get(name).and_then(Value::as_str);
-        if let Some(name) = text("name")
-            && !name.is_empty()
-            && !names.insert(name)
-        {
-            error(join(&at, "name"), jwt::duplicate_provider_name(name));
-        }
-        if let Some(issuer) = text("issuer")
-            && !issuer.is_empty()
-            && !issuers.insert(issuer)
-        {
-            error(join(&at, "issuer"), jwt::duplicate_issuer(issuer));
-        }
-        if let Some(secret) = text("shared_secret")
-            && let Err(reason) = jwt::decode_shared_secret(secret)
-        {
-            error(join(&at, "shared_secret"), reason);
-        }
-        if let Some(leeway) = duration(provider.get("clock_leeway"))
-            && let Err(reason) = jwt::check_clock_leeway(leeway)
-        {
-            error(join(&at, "clock_leeway"), reason);
-        }
-        // Only keys fetched from a URL have a fetch to bound.
-        if let Some(jwks) = provider.get("jwks")
-            && jwks.get("uri").is_some()
-            && let Some(timeout) = duration(jwks.get("fetch_timeout"))
-            && let Err(reason) = jwt::check_fetch_timeout(timeout)
-        {
-            error(join(&at, "jwks.fetch_timeout"), reason);
-        }
-        if let Some(Value::Object(headers)) = provider.get("claim_headers") {
-            for (claim, header) in headers {
-                if let Some(header) = header.as_str()
-                    && let Err(reason) = jwt::check_claim_header(header)
-                {
-                    error(join(&join(&at, "claim_headers"), claim), reason);
-                }
-            }
-        }
-    }
-    let rules = jwt.get("rules").and_then(Value::as_array);
-    for (index, rule) in rules.into_iter().flatten().enumerate() {
-        let public = rule.get("public").and_then(Value::as_bool) == Some(true);
-        let roles: Vec<String> = rule
-            .get("required_roles")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|role| role.as_str().map(str::to_string))
-            .collect();
-        if let Err(reason) = jwt::check_public_rule(public, &roles) {
-            error(format!("jwt.rules[{index}].required_roles"), reason);
         }
     }
     errors
