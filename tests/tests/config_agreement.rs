@@ -174,6 +174,10 @@ fn limits(limit: Value, redis: Option<Value>) -> Value {
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
+/// A PEM block the schema takes (whether it is a usable certificate is the
+/// sidecar's to judge).
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
 /// A shared secret of 33 bytes (HS256 needs at least 32).
 fn secret() -> String {
     "a".repeat(44)
@@ -410,6 +414,76 @@ fn refused_documents() -> Vec<Refused> {
             "rate_limits.limits[0].global.window",
         ),
         // ---- Policies: JWT.
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "shared_secret": null, "algorithms": ["HS256"],
+                        "jwks": { "uri": "https://idp.example/jwks" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].algorithms[0]",
+            "jwt.providers[0].algorithms[0]",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "algorithms": ["ES256"] }), json!([])),
+            "jwt.providers[0].algorithms[0]",
+            "jwt.providers[0].algorithms[0]",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "algorithms": ["RS256"], "jwks": { "uri": "https://idp.example/jwks" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].algorithms",
+            "jwt.providers[0].algorithms",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "jwks": { "inline": { "keys": [] }, "cache_duration": "5m" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.cache_duration",
+            "jwt.providers[0].jwks.cache_duration",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "jwks": { "inline": { "keys": [] }, "ca_pem": CA_PEM } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.ca_pem",
+            "jwt.providers[0].jwks.ca_pem",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "jwks": { "uri": "http://idp.example/jwks", "ca_file": "/etc/weft/idp-ca.pem" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.ca_file",
+            "jwt.providers[0].jwks.ca_file",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "jwks": { "uri": "https://idp.example/jwks", "min_refetch_interval": "0s" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.min_refetch_interval",
+            "jwt.providers[0].jwks.min_refetch_interval",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "jwks": { "uri": "https://idp.example/jwks", "cache_duration": "0ms" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.cache_duration",
+            "jwt.providers[0].jwks.cache_duration",
+        ),
         refused(
             "policies/users",
             jwt(json!({ "shared_secret": "c2hvcnQ=" }), json!([])),

@@ -18,8 +18,9 @@ use super::error::{FieldError, join};
 
 /// The rules of a `jwt` section that the schema cannot express and a
 /// sidecar applies before it builds a verifier: unique provider names and
-/// issuers, shared secrets long enough (never quoted), bounded leeway and
-/// fetch timeout, claim headers outside the reserved names, no roles on a
+/// issuers, shared secrets long enough (never quoted), algorithms that have
+/// their kind of key, bounded leeway, JWKS settings that fit where the keys
+/// come from, claim headers outside the reserved names, no roles on a
 /// public rule. Keys and certificates are the sidecar's to judge.
 pub(super) fn check(key: &str, jwt: &Value) -> Vec<FieldError> {
     use weft_rules::jwt;
@@ -52,13 +53,23 @@ pub(super) fn check(key: &str, jwt: &Value) -> Vec<FieldError> {
         {
             error(join(&at, "clock_leeway"), reason);
         }
-        // Only keys fetched from a URL have a fetch to bound.
-        if let Some(jwks) = provider.get("jwks")
-            && jwks.get("uri").is_some()
-            && let Some(timeout) = duration(jwks, "fetch_timeout")
-            && let Err(reason) = jwt::check_fetch_timeout(timeout)
-        {
-            error(join(&at, "jwks.fetch_timeout"), reason);
+        let has_jwks = provider.get("jwks").is_some();
+        let has_secret = provider.get("shared_secret").is_some();
+        if provider.get("algorithms").is_some() {
+            let names = strings(provider, "algorithms");
+            for (number, name) in names.iter().enumerate() {
+                if let Err(reason) = jwt::check_algorithm(name, has_jwks, has_secret) {
+                    error(format!("{at}.algorithms[{number}]"), reason);
+                }
+            }
+            if let Err(reason) = jwt::check_secret_is_used(has_secret, &names) {
+                error(join(&at, "algorithms"), reason);
+            }
+        }
+        if let Some(jwks) = provider.get("jwks") {
+            for (field, reason) in jwks_errors(jwks) {
+                error(join(&join(&at, "jwks"), field), reason);
+            }
         }
         if let Some(Value::Object(headers)) = provider.get("claim_headers") {
             for (claim, header) in headers {
@@ -75,6 +86,46 @@ pub(super) fn check(key: &str, jwt: &Value) -> Vec<FieldError> {
         let roles = strings(rule, "required_roles");
         if let Err(reason) = jwt::check_public_rule(public, &roles) {
             error(format!("jwt.rules[{index}].required_roles"), reason);
+        }
+    }
+    errors
+}
+
+/// The rules of a provider's `jwks` that depend on where the keys come
+/// from, as (field, reason). Both `inline` and `uri` is the schema's to
+/// refuse.
+fn jwks_errors(jwks: &Value) -> Vec<(&'static str, String)> {
+    use weft_rules::jwt;
+    let mut errors = Vec::new();
+    let uri = match (jwks.get("inline"), text(jwks, "uri")) {
+        (Some(_), None) => None,
+        (None, Some(uri)) => Some(uri),
+        _ => return errors,
+    };
+    let inline = uri.is_none();
+    if let Some(cache) = duration(jwks, "cache_duration")
+        && let Err(reason) = jwt::check_cache_duration(cache, inline)
+    {
+        errors.push(("cache_duration", reason));
+    }
+    for field in ["ca_pem", "ca_file"] {
+        if jwks.get(field).is_some()
+            && let Err(reason) = jwt::check_ca_use(uri)
+        {
+            errors.push((field, reason));
+        }
+    }
+    // Only keys fetched from a URL have a fetch to bound.
+    if !inline {
+        if let Some(timeout) = duration(jwks, "fetch_timeout")
+            && let Err(reason) = jwt::check_fetch_timeout(timeout)
+        {
+            errors.push(("fetch_timeout", reason));
+        }
+        if let Some(interval) = duration(jwks, "min_refetch_interval")
+            && let Err(reason) = jwt::check_min_refetch_interval(interval)
+        {
+            errors.push(("min_refetch_interval", reason));
         }
     }
     errors

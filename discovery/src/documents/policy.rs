@@ -220,11 +220,15 @@ impl TryFrom<PermissionWire> for Permission {
 /// parse; every error of the first two at once.
 pub(super) fn parse(key: &str, value: &Value) -> Result<PolicyDocument, Vec<FieldError>> {
     let mut errors = schema::validate(key, DocumentKind::Policy, value);
-    let semantic: Vec<FieldError> = semantic_errors(key, value)
-        .into_iter()
-        .filter(|error| !errors.iter().any(|known| known.field == error.field))
-        .collect();
-    errors.extend(semantic);
+    for rule in semantic_errors(key, value) {
+        // Where the schema and a rule both refuse a field, the rule's reason
+        // is the one a sidecar gives (weft-rules): one message for one
+        // problem, whichever end finds it.
+        match errors.iter_mut().find(|known| known.field == rule.field) {
+            Some(known) => known.reason = rule.reason,
+            None => errors.push(rule),
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }

@@ -102,6 +102,90 @@ pub fn check_public_rule(public: bool, required_roles: &[String]) -> Result<(), 
     Ok(())
 }
 
+/// The HMAC algorithms: keys only from a `shared_secret`.
+pub const HMAC_ALGORITHMS: [&str; 3] = ["HS256", "HS384", "HS512"];
+/// The asymmetric algorithms: keys only from a JWKS.
+pub const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// One accepted `alg` of a provider that has keys from a JWKS
+/// (`has_jwks`) and/or a shared secret (`has_secret`).
+pub fn check_algorithm(name: &str, has_jwks: bool, has_secret: bool) -> Result<(), String> {
+    if name.eq_ignore_ascii_case("none") {
+        return Err("`none` is never allowed: tokens must be signed".into());
+    }
+    if HMAC_ALGORITHMS.contains(&name) {
+        if !has_secret {
+            return Err(format!(
+                "{name} needs `shared_secret`: an HMAC key is never taken from the JWKS"
+            ));
+        }
+    } else if ASYMMETRIC_ALGORITHMS.contains(&name) {
+        if !has_jwks {
+            return Err(format!("{name} needs `jwks` with public keys"));
+        }
+    } else {
+        return Err(format!(
+            "unknown algorithm `{name}` (known: {}, {} (HS* with shared_secret only))",
+            ASYMMETRIC_ALGORITHMS.join(", "),
+            HMAC_ALGORITHMS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// A provider with a shared secret and an explicit algorithm list must
+/// allow an HS algorithm, or its secret is never used.
+pub fn check_secret_is_used(has_secret: bool, algorithms: &[String]) -> Result<(), String> {
+    if has_secret
+        && !algorithms.is_empty()
+        && !algorithms
+            .iter()
+            .any(|name| HMAC_ALGORITHMS.contains(&name.as_str()))
+    {
+        return Err(
+            "`shared_secret` is set but no HS algorithm is allowed: add HS256 or remove the secret"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Where JWKS CAs (`ca_pem`, `ca_file`) make sense: with an https `uri`
+/// (`None`: the keys are inline). A `uri` that is neither http nor https
+/// is refused for itself, not here.
+pub fn check_ca_use(uri: Option<&str>) -> Result<(), String> {
+    let why = match uri {
+        None => "inline keys are not fetched",
+        Some(uri) if uri.starts_with("http://") => {
+            "a plain http fetch has no certificate to verify"
+        }
+        Some(_) => return Ok(()),
+    };
+    Err(format!("only with an https:// `uri`: {why}"))
+}
+
+/// How long fetched keys are used (`cache_duration`): only for a `uri`
+/// (`inline`: the keys are in the policy), and above 0.
+pub fn check_cache_duration(duration: std::time::Duration, inline: bool) -> Result<(), String> {
+    if inline {
+        return Err("only with `uri`: inline keys are never refreshed".into());
+    }
+    if duration.is_zero() {
+        return Err("must be above 0".into());
+    }
+    Ok(())
+}
+
+/// How often a token naming an unknown key may cause a refetch: above 0.
+pub fn check_min_refetch_interval(interval: std::time::Duration) -> Result<(), String> {
+    if interval.is_zero() {
+        return Err("must be above 0: tokens with made-up `kid`s would each cause a fetch".into());
+    }
+    Ok(())
+}
+
 /// The reason for a provider named like an earlier one.
 pub fn duplicate_provider_name(name: &str) -> String {
     format!("`{name}` names two providers")
@@ -150,6 +234,49 @@ mod tests {
                 .contains("x-weft-*")
         );
         assert!(check_claim_header("bad name").is_err());
+    }
+
+    #[test]
+    fn algorithms_need_their_kind_of_key() {
+        assert!(check_algorithm("RS256", true, false).is_ok());
+        assert!(check_algorithm("HS256", false, true).is_ok());
+        assert!(
+            check_algorithm("HS256", true, false)
+                .unwrap_err()
+                .contains("needs `shared_secret`")
+        );
+        assert!(
+            check_algorithm("ES256", false, true)
+                .unwrap_err()
+                .contains("needs `jwks`")
+        );
+        assert!(
+            check_algorithm("NONE", true, true)
+                .unwrap_err()
+                .contains("never allowed")
+        );
+        assert!(
+            check_algorithm("XX1", true, true)
+                .unwrap_err()
+                .starts_with("unknown algorithm")
+        );
+        assert!(check_secret_is_used(true, &["RS256".into()]).is_err());
+        assert!(check_secret_is_used(true, &[]).is_ok());
+        assert!(check_secret_is_used(true, &["RS256".into(), "HS512".into()]).is_ok());
+    }
+
+    #[test]
+    fn jwks_settings_fit_where_the_keys_come_from() {
+        assert!(check_ca_use(None).unwrap_err().contains("inline keys"));
+        assert!(
+            check_ca_use(Some("http://idp/jwks"))
+                .unwrap_err()
+                .contains("plain http")
+        );
+        assert!(check_ca_use(Some("https://idp/jwks")).is_ok());
+        assert!(check_cache_duration(Duration::from_secs(60), true).is_err());
+        assert!(check_cache_duration(Duration::ZERO, false).is_err());
+        assert!(check_min_refetch_interval(Duration::ZERO).is_err());
     }
 
     #[test]

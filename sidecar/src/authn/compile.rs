@@ -33,7 +33,8 @@ pub(crate) struct Compiled {
     pub strip: Vec<HeaderName>,
 }
 
-/// Every algorithm a provider can be given.
+/// The asymmetric algorithms, the default of a provider with a JWKS (the
+/// names and which key each needs are `weft_rules::jwt`'s).
 const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
@@ -45,9 +46,6 @@ const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::ES384,
     Algorithm::EdDSA,
 ];
-const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
-const ALGORITHM_NAMES: &str = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, \
-                               HS256, HS384, HS512 (HS* with shared_secret only)";
 
 /// The prefix of the headers the sidecar sets from claims (the rules of
 /// claim headers are `weft_rules::jwt`'s).
@@ -290,37 +288,21 @@ fn compile_algorithms(p: &ProviderConfig, field: &str, errors: &mut Errors) -> V
     let mut algs = Vec::with_capacity(names.len());
     for (j, name) in names.iter().enumerate() {
         let field = format!("{field}[{j}]");
-        if name.eq_ignore_ascii_case("none") {
-            errors.add(field, "`none` is never allowed: tokens must be signed");
+        if let Err(reason) = weft_rules::jwt::check_algorithm(name, has_keys, has_secret) {
+            errors.add(field, reason);
             continue;
         }
         let Ok(alg) = Algorithm::from_str(name) else {
-            errors.add(
-                field,
-                format!("unknown algorithm `{name}` (known: {ALGORITHM_NAMES})"),
-            );
+            // weft-rules knows every name jsonwebtoken does.
+            errors.add(field, format!("unknown algorithm `{name}`"));
             continue;
         };
-        if HMAC.contains(&alg) && !has_secret {
-            errors.add(
-                field,
-                format!("{name} needs `shared_secret`: an HMAC key is never taken from the JWKS"),
-            );
-            continue;
-        }
-        if ASYMMETRIC.contains(&alg) && !has_keys {
-            errors.add(field, format!("{name} needs `jwks` with public keys"));
-            continue;
-        }
         if !algs.contains(&alg) {
             algs.push(alg);
         }
     }
-    if has_secret && !names.is_empty() && !algs.iter().any(|a| HMAC.contains(a)) {
-        errors.add(
-            field,
-            "`shared_secret` is set but no HS algorithm is allowed: add HS256 or remove the secret",
-        );
+    if let Err(reason) = weft_rules::jwt::check_secret_is_used(has_secret, names) {
+        errors.add(field, reason);
     }
     algs
 }
@@ -336,13 +318,12 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
             ProviderKeys::None
         }
         (Some(doc), None) => {
-            if jwks.cache_duration.is_some() {
-                errors.add(
-                    format!("{field}.cache_duration"),
-                    "only with `uri`: inline keys are never refreshed",
-                );
+            if let Some(duration) = jwks.cache_duration
+                && let Err(reason) = weft_rules::jwt::check_cache_duration(duration, true)
+            {
+                errors.add(format!("{field}.cache_duration"), reason);
             }
-            refuse_cas(jwks, field, "inline keys are not fetched", errors);
+            refuse_cas(jwks, field, None, errors);
             match KeySet::from_value(doc) {
                 Ok((set, skipped)) => {
                     for s in skipped {
@@ -358,17 +339,18 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
         }
         (None, Some(uri)) => {
             let before = errors.0.len();
-            if jwks.cache_duration.is_some_and(|d| d.is_zero()) {
-                errors.add(format!("{field}.cache_duration"), "must be above 0");
+            if let Some(duration) = jwks.cache_duration
+                && let Err(reason) = weft_rules::jwt::check_cache_duration(duration, false)
+            {
+                errors.add(format!("{field}.cache_duration"), reason);
             }
             if let Err(reason) = weft_rules::jwt::check_fetch_timeout(jwks.fetch_timeout) {
                 errors.add(format!("{field}.fetch_timeout"), reason);
             }
-            if jwks.min_refetch_interval.is_zero() {
-                errors.add(
-                    format!("{field}.min_refetch_interval"),
-                    "must be above 0: tokens with made-up `kid`s would each cause a fetch",
-                );
+            if let Err(reason) =
+                weft_rules::jwt::check_min_refetch_interval(jwks.min_refetch_interval)
+            {
+                errors.add(format!("{field}.min_refetch_interval"), reason);
             }
             let target = parse_jwks_uri(uri).map_err(|e| errors.add(format!("{field}.uri"), e));
             let tls = match &target {
@@ -376,8 +358,7 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
                     compile_tls(jwks, uri, field, errors).map(Arc::new)
                 }
                 Ok(_) => {
-                    let why = "a plain http fetch has no certificate to verify";
-                    refuse_cas(jwks, field, why, errors);
+                    refuse_cas(jwks, field, Some(uri.as_str()), errors);
                     None
                 }
                 Err(()) => None,
@@ -427,16 +408,16 @@ fn compile_tls(jwks: &JwksConfig, uri: &Uri, field: &str, errors: &mut Errors) -
 
 /// `ca_pem` and `ca_file` where no TLS happens: a CA that is never used
 /// is a mistake (the operator thinks the fetch is verified).
-fn refuse_cas(jwks: &JwksConfig, field: &str, why: &str, errors: &mut Errors) {
+fn refuse_cas(jwks: &JwksConfig, field: &str, uri: Option<&str>, errors: &mut Errors) {
+    let Err(reason) = weft_rules::jwt::check_ca_use(uri) else {
+        return;
+    };
     let given = [
         ("ca_pem", jwks.ca_pem.is_some()),
         ("ca_file", jwks.ca_file.is_some()),
     ];
     for (name, _) in given.into_iter().filter(|(_, given)| *given) {
-        errors.add(
-            format!("{field}.{name}"),
-            format!("only with an https:// `uri`: {why}"),
-        );
+        errors.add(format!("{field}.{name}"), reason.clone());
     }
 }
 
