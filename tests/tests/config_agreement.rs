@@ -416,6 +416,66 @@ fn refused_documents() -> Vec<Refused> {
         // ---- Policies: JWT.
         refused(
             "policies/users",
+            jwt(json!({ "name": "  " }), json!([])),
+            "jwt.providers[0].name",
+            "jwt.providers[0].name",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "issuer": "" }), json!([])),
+            "jwt.providers[0].issuer",
+            "jwt.providers[0].issuer",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "from": [ { "cookie": "a=b" } ] }), json!([])),
+            "jwt.providers[0].from[0].cookie",
+            "jwt.providers[0].from[0].cookie",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "from": [ { "query": "access token" } ] }),
+                json!([]),
+            ),
+            "jwt.providers[0].from[0].query",
+            "jwt.providers[0].from[0].query",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "required_claims": { "": "x" } }), json!([])),
+            "jwt.providers[0].required_claims.",
+            "jwt.providers[0].required_claims.",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({}),
+                json!([ { "match": { "path_prefix": "/public/../admin" } } ]),
+            ),
+            "jwt.rules[0].match.path_prefix",
+            "jwt.rules[0].match.path_prefix",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({}),
+                json!([ { "match": { "path_exact": "/%61dmin" } } ]),
+            ),
+            "jwt.rules[0].match.path_exact",
+            "jwt.rules[0].match.path_exact",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({}),
+                json!([ { "match": { "path_prefix": "public" } } ]),
+            ),
+            "jwt.rules[0].match.path_prefix",
+            "jwt.rules[0].match.path_prefix",
+        ),
+        refused(
+            "policies/users",
             jwt(
                 json!({ "shared_secret": null, "algorithms": ["HS256"],
                         "jwks": { "uri": "https://idp.example/jwks" } }),

@@ -32,6 +32,34 @@ pub(super) fn check(key: &str, jwt: &Value) -> Vec<FieldError> {
     for (index, provider) in array(jwt, "providers").iter().enumerate() {
         let at = format!("jwt.providers[{index}]");
         if let Some(name) = text(provider, "name")
+            && let Err(reason) = jwt::check_provider_name(name)
+        {
+            error(join(&at, "name"), reason);
+        }
+        if let Some(issuer) = text(provider, "issuer")
+            && let Err(reason) = jwt::check_issuer(issuer)
+        {
+            error(join(&at, "issuer"), reason);
+        }
+        for (number, from) in array(provider, "from").iter().enumerate() {
+            for kind in ["cookie", "query"] {
+                if let Some(name) = text(from, kind)
+                    && let Err(reason) = jwt::check_parameter_name(kind, name)
+                {
+                    error(format!("{at}.from[{number}].{kind}"), reason);
+                }
+            }
+        }
+        for section in ["required_claims", "claim_headers"] {
+            if let Some(Value::Object(claims)) = provider.get(section) {
+                for claim in claims.keys() {
+                    if let Err(reason) = jwt::check_claim_name(claim) {
+                        error(join(&join(&at, section), claim), reason);
+                    }
+                }
+            }
+        }
+        if let Some(name) = text(provider, "name")
             && !name.is_empty()
             && !names.insert(name)
         {
@@ -82,10 +110,24 @@ pub(super) fn check(key: &str, jwt: &Value) -> Vec<FieldError> {
         }
     }
     for (index, rule) in array(jwt, "rules").iter().enumerate() {
+        let at = format!("jwt.rules[{index}]");
+        let matches = rule.get("match").unwrap_or(&Value::Null);
+        for kind in ["path_prefix", "path_exact"] {
+            if let Some(path) = text(matches, kind)
+                && let Err(reason) = jwt::check_rule_path(path)
+            {
+                error(format!("{at}.match.{kind}"), reason);
+            }
+        }
+        if let Some(claim) = text(rule, "roles_claim")
+            && let Err(reason) = jwt::check_claim_name(claim)
+        {
+            error(join(&at, "roles_claim"), reason);
+        }
         let public = rule.get("public").and_then(Value::as_bool) == Some(true);
         let roles = strings(rule, "required_roles");
         if let Err(reason) = jwt::check_public_rule(public, &roles) {
-            error(format!("jwt.rules[{index}].required_roles"), reason);
+            error(join(&at, "required_roles"), reason);
         }
     }
     errors

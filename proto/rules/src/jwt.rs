@@ -186,6 +186,55 @@ pub fn check_min_refetch_interval(interval: std::time::Duration) -> Result<(), S
     Ok(())
 }
 
+/// A provider's name: not blank.
+pub fn check_provider_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("empty: give the provider a name".into());
+    }
+    Ok(())
+}
+
+/// A provider's issuer: not blank.
+pub fn check_issuer(issuer: &str) -> Result<(), String> {
+    if issuer.trim().is_empty() {
+        return Err("empty: give the exact `iss` of the provider's tokens".into());
+    }
+    Ok(())
+}
+
+/// The name of a claim a provider requires or copies into a header.
+pub fn check_claim_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty claim name".into());
+    }
+    Ok(())
+}
+
+/// A cookie or query parameter a token is read from (`kind` says which):
+/// no `=`, `;`, `&` or space, which would split it.
+pub fn check_parameter_name(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains(['=', ';', '&', ' ']) {
+        return Err(format!("`{name}` is not a {kind} name"));
+    }
+    Ok(())
+}
+
+/// A rule's `path_prefix` or `path_exact`: starts with `/` and is already
+/// normalized ([`crate::path::normalized`]), or it could never match a
+/// request.
+pub fn check_rule_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("`{path}` does not start with `/`"));
+    }
+    if crate::path::normalized(path).as_deref() != Some(path) {
+        return Err(format!(
+            "`{path}` is not a normalized path (dot segments, `//`, backslashes or \
+             percent-encoded letters never match a request)"
+        ));
+    }
+    Ok(())
+}
+
 /// The reason for a provider named like an earlier one.
 pub fn duplicate_provider_name(name: &str) -> String {
     format!("`{name}` names two providers")
@@ -277,6 +326,34 @@ mod tests {
         assert!(check_cache_duration(Duration::from_secs(60), true).is_err());
         assert!(check_cache_duration(Duration::ZERO, false).is_err());
         assert!(check_min_refetch_interval(Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn names_and_paths() {
+        assert!(check_provider_name(" ").is_err());
+        assert!(check_issuer("").is_err());
+        assert!(check_claim_name("").is_err());
+        assert!(
+            check_parameter_name("cookie", "a=b")
+                .unwrap_err()
+                .contains("cookie name")
+        );
+        assert!(check_rule_path("/public/").is_ok());
+        assert!(
+            check_rule_path("public")
+                .unwrap_err()
+                .contains("start with")
+        );
+        assert!(
+            check_rule_path("/a/../b")
+                .unwrap_err()
+                .contains("normalized")
+        );
+        assert!(
+            check_rule_path("/%61dmin")
+                .unwrap_err()
+                .contains("normalized")
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod header;
 pub mod jwt;
 pub mod limits;
 pub mod name;
+pub mod path;
 pub mod rate_limit;
 pub mod regex;
 pub mod retry;

@@ -18,7 +18,7 @@ use super::jwks::{RemoteJwks, RemoteSettings};
 use super::jwks_tls::{CaSource, JwksTls};
 use super::keys::KeySet;
 use super::provider::{ClaimRequirement, Provider, ProviderKeys};
-use super::rules::{PathMatch, RoleRequirement, Rule, normalized_path};
+use super::rules::{PathMatch, RoleRequirement, Rule};
 use super::token::TokenSource;
 use crate::table::EndpointAddr;
 
@@ -119,14 +119,11 @@ fn compile_provider(
     errors: &mut Errors,
 ) -> Option<Provider> {
     let before = errors.0.len();
-    if p.name.trim().is_empty() {
-        errors.add(format!("{field}.name"), "empty: give the provider a name");
+    if let Err(reason) = weft_rules::jwt::check_provider_name(&p.name) {
+        errors.add(format!("{field}.name"), reason);
     }
-    if p.issuer.trim().is_empty() {
-        errors.add(
-            format!("{field}.issuer"),
-            "empty: give the exact `iss` of the provider's tokens",
-        );
+    if let Err(reason) = weft_rules::jwt::check_issuer(&p.issuer) {
+        errors.add(format!("{field}.issuer"), reason);
     }
     if p.audiences.is_empty() {
         errors.add(
@@ -192,8 +189,8 @@ fn compile_provider(
     let mut required_claims = Vec::with_capacity(p.required_claims.len());
     for (name, want) in &p.required_claims {
         let field = format!("{field}.required_claims.{name}");
-        if name.is_empty() {
-            errors.add(field, "empty claim name");
+        if let Err(reason) = weft_rules::jwt::check_claim_name(name) {
+            errors.add(field, reason);
             continue;
         }
         match want {
@@ -219,8 +216,8 @@ fn compile_provider(
     let mut claim_headers = Vec::with_capacity(p.claim_headers.len());
     for (claim, header) in &p.claim_headers {
         let field = format!("{field}.claim_headers.{claim}");
-        if claim.is_empty() {
-            errors.add(field, "empty claim name");
+        if let Err(reason) = weft_rules::jwt::check_claim_name(claim) {
+            errors.add(field, reason);
             continue;
         }
         match weft_rules::jwt::check_claim_header(header) {
@@ -486,11 +483,8 @@ fn compile_source(
         (_, Some(q)) => ("query", q),
         _ => return None,
     };
-    if name.is_empty() || name.contains(['=', ';', '&', ' ']) {
-        errors.add(
-            format!("{field}.{kind}"),
-            format!("`{name}` is not a {kind} name"),
-        );
+    if let Err(reason) = weft_rules::jwt::check_parameter_name(kind, name) {
+        errors.add(format!("{field}.{kind}"), reason);
         return None;
     }
     Some(if kind == "cookie" {
@@ -544,8 +538,10 @@ fn compile_rule(r: &RuleConfig, field: &str, errors: &mut Errors) -> Option<Rule
             );
         }
     }
-    if r.roles_claim.as_deref() == Some("") {
-        errors.add(format!("{field}.roles_claim"), "empty claim name");
+    if let Some(claim) = &r.roles_claim
+        && let Err(reason) = weft_rules::jwt::check_claim_name(claim)
+    {
+        errors.add(format!("{field}.roles_claim"), reason);
     }
     if errors.0.len() > before {
         return None;
@@ -565,16 +561,8 @@ fn compile_rule(r: &RuleConfig, field: &str, errors: &mut Errors) -> Option<Rule
 }
 
 fn check_rule_path(path: &str, field: &str, errors: &mut Errors) {
-    if !path.starts_with('/') {
-        errors.add(field, format!("`{path}` does not start with `/`"));
-    } else if normalized_path(path).as_deref() != Some(path) {
-        errors.add(
-            field,
-            format!(
-                "`{path}` is not a normalized path (dot segments, `//`, backslashes or \
-                 percent-encoded letters never match a request)"
-            ),
-        );
+    if let Err(reason) = weft_rules::jwt::check_rule_path(path) {
+        errors.add(field, reason);
     }
 }
 
