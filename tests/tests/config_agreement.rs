@@ -319,7 +319,19 @@ fn refused_documents() -> Vec<Refused> {
             "routes[0].host_rewrite",
             "virtual_hosts[0].routes[0].action.host_rewrite",
         ),
-        // ---- Destinations: rate limits.
+        refused(
+            "routes/users",
+            route(json!({ "match": { "query": { "": "x" } } })),
+            "routes[0].match.query.",
+            "virtual_hosts[0].routes[0].match.query_parameters[0].name",
+        ),
+        // ---- Destinations: breakers and rate limits.
+        refused(
+            "destinations/users",
+            json!({ "breaker": { "consecutive_failures": 0 } }),
+            "breaker.consecutive_failures",
+            "breaker.consecutive_failures",
+        ),
         refused(
             "destinations/users",
             limits(json!({ "local": { "requests": 10, "per": "0s" } }), None),

@@ -165,12 +165,11 @@ fn positive(key: &str, field: String, d: Duration, errors: &mut Vec<FieldError>)
 impl Breaker {
     pub(super) fn check(&self, key: &str, errors: &mut Vec<FieldError>) {
         let at = |f: &str| join("breaker", f);
-        if self.consecutive_failures == 0 && self.failure_ratio.is_none() {
-            errors.push(FieldError::new(
-                key,
-                at("consecutive_failures"),
-                "is 0 and failure_ratio is not set: the breaker could never open",
-            ));
+        if let Err(reason) = weft_rules::breaker::check_can_open(
+            self.consecutive_failures,
+            self.failure_ratio.map(|Ratio(r)| r),
+        ) {
+            errors.push(FieldError::new(key, at("consecutive_failures"), reason));
         }
         if let Some(Ratio(r)) = self.failure_ratio
             && !(r > 0.0 && r <= 1.0)

@@ -506,6 +506,9 @@ impl Route {
             }
         }
         for (name, matcher) in &self.matches.query {
+            if let Err(reason) = weft_rules::name::check_query_parameter_name(name) {
+                error(join(&join(&matches, "query"), name), reason);
+            }
             if let StringMatch::Regex(pattern) = matcher
                 && let Err(reason) = weft_rules::regex::check(pattern)
             {

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod duration;
 pub mod header;
 pub mod jwt;

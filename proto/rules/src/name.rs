@@ -13,6 +13,14 @@ pub fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
+/// A query parameter a route matches on: named.
+pub fn check_query_parameter_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(())
+}
+
 /// A `host[:port]` a route may send as the Host / :authority upstream.
 pub fn check_authority(text: &str) -> Result<http::uri::Authority, String> {
     text.parse::<http::uri::Authority>()

@@ -92,11 +92,10 @@ fn breaker(b: &pb::Breaker, errs: &mut Errors) -> BreakerSettings {
     failure_on.grpc_statuses = b.grpc_statuses.clone();
     let consecutive_failures = b.consecutive_failures;
     let failure_ratio = b.failure_ratio.clamp(0.0, 1.0);
-    if consecutive_failures == 0 && failure_ratio == 0.0 {
-        errs.at(
-            "breaker",
-            "sets neither consecutive_failures nor failure_ratio: it could never open",
-        );
+    if let Err(reason) =
+        weft_rules::breaker::check_can_open(consecutive_failures, Some(failure_ratio))
+    {
+        errs.at("breaker.consecutive_failures", reason);
     }
     BreakerSettings {
         consecutive_failures,

@@ -165,8 +165,8 @@ fn route(
     let mut query = Vec::new();
     for (i, q) in m.query_parameters.iter().enumerate() {
         let p = format!("{path}.match.query_parameters[{i}]");
-        if q.name.is_empty() {
-            errs.at(&format!("{p}.name"), "must not be empty");
+        if let Err(reason) = weft_rules::name::check_query_parameter_name(&q.name) {
+            errs.at(&format!("{p}.name"), reason);
         }
         if let Some(matcher) = string_match(q.matcher.as_ref(), &p, errs) {
             query.push(QueryMatch {
