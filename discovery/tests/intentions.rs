@@ -398,7 +398,7 @@ async fn a_policy_document_and_consul_intentions_merge_in_precedence_order() -> 
     assert_eq!(db.default_action(), Action::Deny, "from weft/defaults");
     let public = &db.intentions[2].permissions[0];
     assert_eq!(public.methods, ["GET"]);
-    assert!(db.jwt_json.is_empty());
+    assert!(db.jwt.is_none());
     let users = pushed.of("users");
     assert_eq!(
         intentions(users),

@@ -903,25 +903,21 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+/// Parses `10s`, `500ms`, `2m`, `1h` with the one duration parser of
+/// `weft-rules` (the one documents use), or a bare number of seconds, as
+/// settings have always taken it. At most a year: a longer timeout or
+/// interval is a typo.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let hint = "expected a duration like 10s, 500ms, 2m";
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| hint.to_owned())?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(hint.to_owned()),
-    };
-    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
-        return Err(hint.to_owned());
+    let bare_seconds = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let duration = if bare_seconds {
+        weft_rules::duration::parse(&format!("{s}s"))
+    } else {
+        weft_rules::duration::parse(s)
+    }?;
+    if duration > Duration::from_secs(86_400 * 365) {
+        return Err(format!("`{s}` is longer than a year"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(duration)
 }
 
 /// Every invalid or missing setting, one per line.
@@ -1192,6 +1188,13 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1d").is_err());
+        assert_eq!(parse_duration("0.1s").unwrap(), Duration::from_millis(100));
+        assert!(parse_duration("366d").is_err());
+        assert!(
+            parse_duration("9000h")
+                .unwrap_err()
+                .contains("longer than a year")
+        );
     }
 
     fn xds_flags(more: &[&str]) -> Flags {

@@ -1,15 +1,29 @@
-//! The agent never builds what a sidecar refuses. Consul accepts service
-//! names that cannot be hosts (`<b id="x">`, names with spaces); a route
-//! table naming one as a domain made every sidecar refuse the whole push, so
-//! one odd registration froze routing for the mesh. Here every resource the
-//! agent's snapshot builder makes for a catalog of awkward names goes
-//! through the sidecar's own compile step, which must accept it.
+//! The agent never builds what a sidecar refuses, and never accepts a
+//! document a sidecar would refuse.
+//!
+//! Consul accepts service names that cannot be hosts (`<b id="x">`, names
+//! with spaces); a route table naming one as a domain made every sidecar
+//! refuse the whole push, so one odd registration froze routing for the
+//! mesh. Here every resource the agent's snapshot builder makes for a
+//! catalog of awkward names goes through the sidecar's own compile step,
+//! which must accept it.
+//!
+//! And a table of invalid documents goes through both ends: the agent's
+//! document validation (what `weftctl validate` runs), and, with that
+//! validation bypassed, the agent's translation into the resource it would
+//! send and the sidecar's compile step (the NACK). Both must refuse, with
+//! the same reason for the same field (the document names it as written,
+//! the sidecar as the resource's field).
 
-use weft_discovery::model::{Endpoint, MeshState};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use weft_discovery::documents::{self, Document, DocumentKey};
+use weft_discovery::model::{Endpoint, MeshState, RawDocument};
 use weft_discovery::snapshot::SnapshotBuilder;
+use weft_discovery::snapshot::policy::inbound_policy;
 use weft_proto::config::v1 as pb;
 use weft_proto::type_url;
-use weft_sidecar::xds::compile;
+use weft_sidecar::xds::{self, compile};
 
 /// Names Consul would register: every printable ASCII character inside a
 /// name, a few non-ASCII ones, and some whole awkward names.
@@ -96,4 +110,605 @@ fn every_resource_the_agent_builds_for_awkward_service_names_compiles_in_a_sidec
         assert!(hosts.contains(&routable), "no route table for {routable}");
     }
     assert!(!hosts.contains(&"two words"), "{hosts:?}");
+}
+
+/// A document both ends must refuse: `field` is where the agent names the
+/// problem in the document, `resource_field` where the sidecar names it in
+/// the resource the agent would have sent.
+struct Refused {
+    key: &'static str,
+    document: Value,
+    field: &'static str,
+    resource_field: &'static str,
+}
+
+fn refused(
+    key: &'static str,
+    document: Value,
+    field: &'static str,
+    resource_field: &'static str,
+) -> Refused {
+    Refused {
+        key,
+        document,
+        field,
+        resource_field,
+    }
+}
+
+/// A route table of one route: `users` plus `route`'s members.
+fn route(route: Value) -> Value {
+    let mut one = json!({ "destination": "users" });
+    for (name, value) in route.as_object().expect("an object") {
+        one[name] = value.clone();
+    }
+    if one.get("split").is_some() {
+        one.as_object_mut()
+            .expect("an object")
+            .remove("destination");
+    }
+    json!({ "routes": [one] })
+}
+
+/// A policy whose one intention lets `web` in with `permission`.
+fn permission(permission: Value) -> Value {
+    let mut rule = json!({ "action": "allow" });
+    for (name, value) in permission.as_object().expect("an object") {
+        rule[name] = value.clone();
+    }
+    json!({ "intentions": [ { "source": "web", "permissions": [rule] } ] })
+}
+
+/// A rate limit section of one limit named `l`, plus `redis` when given.
+fn limits(limit: Value, redis: Option<Value>) -> Value {
+    let mut one = json!({ "name": "l", "key": "whole" });
+    for (name, value) in limit.as_object().expect("an object") {
+        one[name] = value.clone();
+    }
+    let mut section = json!({ "limits": [one] });
+    if let Some(redis) = redis {
+        section["redis"] = redis;
+    }
+    json!({ "rate_limits": section })
+}
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+/// A PEM block the schema takes (whether it is a usable certificate is the
+/// sidecar's to judge).
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+/// A shared secret of 33 bytes (HS256 needs at least 32).
+fn secret() -> String {
+    "a".repeat(44)
+}
+
+/// A policy with one JWT provider (`ci`, HS256 with a good secret), with
+/// `provider`'s members set (or, when null, removed), and `rules`.
+fn jwt(provider: Value, rules: Value) -> Value {
+    let mut one = json!({ "name": "ci", "issuer": "ci", "audiences": ["users"],
+                          "shared_secret": secret() });
+    for (name, value) in provider.as_object().expect("an object") {
+        match value {
+            Value::Null => {
+                one.as_object_mut().expect("an object").remove(name);
+            }
+            value => one[name] = value.clone(),
+        }
+    }
+    json!({ "jwt": { "providers": [one], "rules": rules } })
+}
+
+/// The invalid documents, by kind. Each breaks one rule of `weft-rules`.
+fn refused_documents() -> Vec<Refused> {
+    vec![
+        // ---- Routes: regexes, header names and values, splits, hosts.
+        refused(
+            "routes/users",
+            route(json!({ "match": { "path_regex": "^/items/[0-9+$" } })),
+            "routes[0].match.path_regex",
+            "virtual_hosts[0].routes[0].match.regex",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "match": { "path_regex": "a)(b" } })),
+            "routes[0].match.path_regex",
+            "virtual_hosts[0].routes[0].match.regex",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "match": { "path_regex": "(\\w{100}){100}" } })),
+            "routes[0].match.path_regex",
+            "virtual_hosts[0].routes[0].match.regex",
+        ),
+        refused(
+            "routes/users",
+            json!({ "routes": [ { "destination": "users" },
+                                { "destination": "users", "match": { "path_regex": "(" } } ] }),
+            "routes[1].match.path_regex",
+            "virtual_hosts[0].routes[1].match.regex",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "match": { "headers": { "x-b": { "regex": "(" } } } })),
+            "routes[0].match.headers.x-b.regex",
+            "virtual_hosts[0].routes[0].match.headers[0].regex",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "match": { "query": { "q": { "regex": "[" } } } })),
+            "routes[0].match.query.q.regex",
+            "virtual_hosts[0].routes[0].match.query_parameters[0].regex",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "match": { "headers": { "bad name": "x" } } })),
+            "routes[0].match.headers.bad name",
+            "virtual_hosts[0].routes[0].match.headers[0].name",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "match": { "headers": { "x(y)": { "present": true } } } })),
+            "routes[0].match.headers.x(y)",
+            "virtual_hosts[0].routes[0].match.headers[0].name",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "split": [ { "destination": "orders", "weight": 0 },
+                                     { "destination": "orders-v2", "weight": 0 } ] })),
+            "routes[0].split",
+            "virtual_hosts[0].routes[0].action.weighted_clusters",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "split": [ { "destination": "orders", "weight": 0 } ] })),
+            "routes[0].split",
+            "virtual_hosts[0].routes[0].action.weighted_clusters",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "request_headers": { "set": { "bad name": "v" } } })),
+            "routes[0].request_headers.set.bad name",
+            "virtual_hosts[0].routes[0].request_headers.set[0].name",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "request_headers": { "set": { "x-ok": "line\nbreak" } } })),
+            "routes[0].request_headers.set.x-ok",
+            "virtual_hosts[0].routes[0].request_headers.set[0].value",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "request_headers": { "add": { "a:b": "v" } } })),
+            "routes[0].request_headers.add.a:b",
+            "virtual_hosts[0].routes[0].request_headers.add[0].name",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "request_headers": { "add": { "x-nul": "a\u{0}b" } } })),
+            "routes[0].request_headers.add.x-nul",
+            "virtual_hosts[0].routes[0].request_headers.add[0].value",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "request_headers": { "remove": ["bad name"] } })),
+            "routes[0].request_headers.remove[0]",
+            "virtual_hosts[0].routes[0].request_headers.remove[0]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "response_headers": { "set": { "x-ok": "del\u{7f}" } } })),
+            "routes[0].response_headers.set.x-ok",
+            "virtual_hosts[0].routes[0].response_headers.set[0].value",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "response_headers": { "add": { "(x)": "v" } } })),
+            "routes[0].response_headers.add.(x)",
+            "virtual_hosts[0].routes[0].response_headers.add[0].name",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "response_headers": { "remove": ["x y"] } })),
+            "routes[0].response_headers.remove[0]",
+            "virtual_hosts[0].routes[0].response_headers.remove[0]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "host_rewrite": "bad host" })),
+            "routes[0].host_rewrite",
+            "virtual_hosts[0].routes[0].action.host_rewrite",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "match": { "query": { "": "x" } } })),
+            "routes[0].match.query.",
+            "virtual_hosts[0].routes[0].match.query_parameters[0].name",
+        ),
+        // ---- Destinations: breakers and rate limits.
+        refused(
+            "destinations/users",
+            json!({ "breaker": { "consecutive_failures": 0 } }),
+            "breaker.consecutive_failures",
+            "breaker.consecutive_failures",
+        ),
+        refused(
+            "destinations/users",
+            limits(json!({ "local": { "requests": 10, "per": "0s" } }), None),
+            "rate_limits.limits[0].local.per",
+            "rate_limits.limits[0].local.per",
+        ),
+        refused(
+            "destinations/users",
+            limits(
+                json!({ "key": "header", "header": "bad name",
+                        "local": { "requests": 10, "per": "1s" } }),
+                None,
+            ),
+            "rate_limits.limits[0].header",
+            "rate_limits.limits[0].key.header",
+        ),
+        refused(
+            "destinations/users",
+            limits(
+                json!({ "global": { "requests": 10, "window": "500ms" } }),
+                Some(json!({ "url": REDIS })),
+            ),
+            "rate_limits.limits[0].global.window",
+            "rate_limits.limits[0].global.window",
+        ),
+        refused(
+            "destinations/users",
+            limits(
+                json!({ "global": { "requests": 10, "window": "1m" } }),
+                Some(json!({ "url": REDIS, "timeout": "2s" })),
+            ),
+            "rate_limits.redis.timeout",
+            "rate_limits.redis.timeout",
+        ),
+        refused(
+            "destinations/users",
+            limits(
+                json!({ "global": { "requests": 10, "window": "1m" } }),
+                Some(json!({ "url": REDIS, "timeout": "0ms" })),
+            ),
+            "rate_limits.redis.timeout",
+            "rate_limits.redis.timeout",
+        ),
+        // ---- Policies: permissions and rate limits.
+        refused(
+            "policies/users",
+            permission(json!({ "path_regex": "(" })),
+            "intentions[0].permissions[0].path_regex",
+            "intentions[0].permissions[0].path_regex",
+        ),
+        refused(
+            "policies/users",
+            permission(json!({ "path_regex": "(\\w{100}){100}" })),
+            "intentions[0].permissions[0].path_regex",
+            "intentions[0].permissions[0].path_regex",
+        ),
+        refused(
+            "policies/users",
+            permission(json!({ "headers": { "x-a": { "regex": "[" } } })),
+            "intentions[0].permissions[0].headers.x-a.regex",
+            "intentions[0].permissions[0].headers[0].regex",
+        ),
+        refused(
+            "policies/users",
+            permission(json!({ "headers": { "bad name": { "exact": "x" } } })),
+            "intentions[0].permissions[0].headers.bad name",
+            "intentions[0].permissions[0].headers[0].name",
+        ),
+        refused(
+            "policies/users",
+            limits(json!({ "local": { "requests": 10, "per": "0ms" } }), None),
+            "rate_limits.limits[0].local.per",
+            "rate_limits.limits[0].local.per",
+        ),
+        refused(
+            "policies/users",
+            limits(
+                json!({ "key": "header", "header": "a b",
+                        "local": { "requests": 10, "per": "1s" } }),
+                None,
+            ),
+            "rate_limits.limits[0].header",
+            "rate_limits.limits[0].key.header",
+        ),
+        refused(
+            "policies/users",
+            limits(
+                json!({ "global": { "requests": 10, "window": "100ms" } }),
+                Some(json!({ "url": REDIS })),
+            ),
+            "rate_limits.limits[0].global.window",
+            "rate_limits.limits[0].global.window",
+        ),
+        // ---- Policies: JWT.
+        refused(
+            "policies/users",
+            jwt(json!({ "name": "  " }), json!([])),
+            "jwt.providers[0].name",
+            "jwt.providers[0].name",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "issuer": "" }), json!([])),
+            "jwt.providers[0].issuer",
+            "jwt.providers[0].issuer",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "from": [ { "cookie": "a=b" } ] }), json!([])),
+            "jwt.providers[0].from[0].cookie",
+            "jwt.providers[0].from[0].cookie",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "from": [ { "query": "access token" } ] }),
+                json!([]),
+            ),
+            "jwt.providers[0].from[0].query",
+            "jwt.providers[0].from[0].query",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "required_claims": { "": "x" } }), json!([])),
+            "jwt.providers[0].required_claims.",
+            "jwt.providers[0].required_claims.",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({}),
+                json!([ { "match": { "path_prefix": "/public/../admin" } } ]),
+            ),
+            "jwt.rules[0].match.path_prefix",
+            "jwt.rules[0].match.path_prefix",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({}),
+                json!([ { "match": { "path_exact": "/%61dmin" } } ]),
+            ),
+            "jwt.rules[0].match.path_exact",
+            "jwt.rules[0].match.path_exact",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({}),
+                json!([ { "match": { "path_prefix": "public" } } ]),
+            ),
+            "jwt.rules[0].match.path_prefix",
+            "jwt.rules[0].match.path_prefix",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "shared_secret": null, "algorithms": ["HS256"],
+                        "jwks": { "uri": "https://idp.example/jwks" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].algorithms[0]",
+            "jwt.providers[0].algorithms[0]",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "algorithms": ["ES256"] }), json!([])),
+            "jwt.providers[0].algorithms[0]",
+            "jwt.providers[0].algorithms[0]",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "algorithms": ["RS256"], "jwks": { "uri": "https://idp.example/jwks" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].algorithms",
+            "jwt.providers[0].algorithms",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "jwks": { "inline": { "keys": [] }, "cache_duration": "5m" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.cache_duration",
+            "jwt.providers[0].jwks.cache_duration",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "jwks": { "inline": { "keys": [] }, "ca_pem": CA_PEM } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.ca_pem",
+            "jwt.providers[0].jwks.ca_pem",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "jwks": { "uri": "http://idp.example/jwks", "ca_file": "/etc/weft/idp-ca.pem" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.ca_file",
+            "jwt.providers[0].jwks.ca_file",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "jwks": { "uri": "https://idp.example/jwks", "min_refetch_interval": "0s" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.min_refetch_interval",
+            "jwt.providers[0].jwks.min_refetch_interval",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "jwks": { "uri": "https://idp.example/jwks", "cache_duration": "0ms" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.cache_duration",
+            "jwt.providers[0].jwks.cache_duration",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "shared_secret": "c2hvcnQ=" }), json!([])),
+            "jwt.providers[0].shared_secret",
+            "jwt.providers[0].shared_secret",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "shared_secret": "***" }), json!([])),
+            "jwt.providers[0].shared_secret",
+            "jwt.providers[0].shared_secret",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "clock_leeway": "10m" }), json!([])),
+            "jwt.providers[0].clock_leeway",
+            "jwt.providers[0].clock_leeway",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "shared_secret": null,
+                        "jwks": { "uri": "https://idp.example/jwks", "fetch_timeout": "2m" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.fetch_timeout",
+            "jwt.providers[0].jwks.fetch_timeout",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "claim_headers": { "sub": "authorization" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].claim_headers.sub",
+            "jwt.providers[0].claim_headers.sub",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "claim_headers": { "sub": "x-weft-route" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].claim_headers.sub",
+            "jwt.providers[0].claim_headers.sub",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({}),
+                json!([ { "match": { "path_prefix": "/" }, "public": true,
+                          "required_roles": ["admin"] } ]),
+            ),
+            "jwt.rules[0].required_roles",
+            "jwt.rules[0].required_roles",
+        ),
+        refused(
+            "policies/users",
+            json!({ "jwt": { "providers": [
+                { "name": "ci", "issuer": "a", "audiences": ["users"], "shared_secret": secret() },
+                { "name": "ci", "issuer": "b", "audiences": ["users"], "shared_secret": secret() } ] } }),
+            "jwt.providers[1].name",
+            "jwt.providers[1].name",
+        ),
+        refused(
+            "policies/users",
+            json!({ "jwt": { "providers": [
+                { "name": "a", "issuer": "ci", "audiences": ["users"], "shared_secret": secret() },
+                { "name": "b", "issuer": "ci", "audiences": ["users"], "shared_secret": secret() } ] } }),
+            "jwt.providers[1].issuer",
+            "jwt.providers[1].issuer",
+        ),
+    ]
+}
+
+/// What the agent (and `weftctl validate`) says of the document.
+fn agent_verdict(case: &Refused) -> Vec<documents::FieldError> {
+    let raw = RawDocument {
+        key: case.key.into(),
+        value: Bytes::from(case.document.to_string()),
+        origin: format!("test {}", case.key),
+        yaml: false,
+    };
+    match documents::parse_document(&raw) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors,
+    }
+}
+
+/// What a sidecar says of the resource the agent would send for the
+/// document, had it not validated it: its NACK's reasons, or none.
+fn sidecar_verdict(case: &Refused) -> Vec<String> {
+    let key = DocumentKey::parse(case.key).expect("a document key");
+    let document = documents::parse_unchecked(key.kind(), &case.document)
+        .unwrap_or_else(|error| panic!("{}: the typed parse refused it: {error}", case.key));
+    let name = key.name();
+    let verdict = match &document {
+        Document::Route(routes) => {
+            compile::compile_routes(&routes.to_route_configuration(name)).map(drop)
+        }
+        Document::Destination(destination) => {
+            compile::compile_cluster(&destination.to_cluster(name)).map(drop)
+        }
+        Document::Policy(policy) => {
+            xds::check_inbound_policy(&inbound_policy(name, Some(policy), None, &[]))
+        }
+        Document::Defaults(_) => panic!("no defaults rows: the defaults have no rule of their own"),
+    };
+    verdict.err().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_document_a_sidecar_would_refuse_the_agent_refuses_with_the_same_reason() {
+    let cases = refused_documents();
+    assert!(cases.len() >= 30, "only {} documents", cases.len());
+    let mut disagreements = Vec::new();
+    for case in &cases {
+        let agent = agent_verdict(case);
+        let sidecar = sidecar_verdict(case);
+        let said = || {
+            format!(
+                "{} {}\n  agent:   {:?}\n  sidecar: {:?}",
+                case.key,
+                case.document,
+                agent.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                sidecar
+            )
+        };
+        if sidecar.is_empty() {
+            disagreements.push(format!(
+                "the sidecar accepts it (a useless row): {}",
+                said()
+            ));
+            continue;
+        }
+        let Some(reason) = agent
+            .iter()
+            .find(|error| error.field == case.field)
+            .map(|error| error.reason.clone())
+        else {
+            disagreements.push(format!("the agent names no `{}`: {}", case.field, said()));
+            continue;
+        };
+        let expected = format!("{}: {reason}", case.resource_field);
+        if !sidecar.contains(&expected) {
+            disagreements.push(format!("the sidecar does not say {expected:?}: {}", said()));
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "{} of {} documents:\n{}",
+        disagreements.len(),
+        cases.len(),
+        disagreements.join("\n")
+    );
 }

@@ -165,12 +165,11 @@ fn positive(key: &str, field: String, d: Duration, errors: &mut Vec<FieldError>)
 impl Breaker {
     pub(super) fn check(&self, key: &str, errors: &mut Vec<FieldError>) {
         let at = |f: &str| join("breaker", f);
-        if self.consecutive_failures == 0 && self.failure_ratio.is_none() {
-            errors.push(FieldError::new(
-                key,
-                at("consecutive_failures"),
-                "is 0 and failure_ratio is not set: the breaker could never open",
-            ));
+        if let Err(reason) = weft_rules::breaker::check_can_open(
+            self.consecutive_failures,
+            self.failure_ratio.map(|Ratio(r)| r),
+        ) {
+            errors.push(FieldError::new(key, at("consecutive_failures"), reason));
         }
         if let Some(Ratio(r)) = self.failure_ratio
             && !(r > 0.0 && r <= 1.0)
@@ -205,10 +204,10 @@ impl Breaker {
         proto::Breaker {
             consecutive_failures: self.consecutive_failures,
             failure_ratio: self.failure_ratio.map_or(0.0, |r| r.0),
-            window: Some(duration::to_proto(self.window)),
+            window: Some(weft_rules::duration::to_proto(self.window)),
             min_requests: self.min_requests,
-            open_interval: Some(duration::to_proto(self.open_interval)),
-            max_open_interval: Some(duration::to_proto(self.max_open_interval)),
+            open_interval: Some(weft_rules::duration::to_proto(self.open_interval)),
+            max_open_interval: Some(weft_rules::duration::to_proto(self.max_open_interval)),
             half_open_probes: self.half_open_probes,
             failure_on: self
                 .failure_on
@@ -252,8 +251,8 @@ impl OutlierDetection {
             consecutive_5xx: self.consecutive_5xx,
             consecutive_gateway_errors: self.consecutive_gateway_errors,
             consecutive_unreachable: Some(self.consecutive_unreachable),
-            base_ejection_time: Some(duration::to_proto(self.base_ejection_time)),
-            max_ejection_time: Some(duration::to_proto(self.max_ejection_time)),
+            base_ejection_time: Some(weft_rules::duration::to_proto(self.base_ejection_time)),
+            max_ejection_time: Some(weft_rules::duration::to_proto(self.max_ejection_time)),
             max_ejection_percent: self.max_ejection_percent,
         }
     }

@@ -204,12 +204,14 @@ impl DestinationDocument {
                 LoadBalancer::RoundRobin => proto::cluster::LbPolicy::RoundRobin,
             }
             .into(),
-            connect_timeout: Some(duration::to_proto(self.connect_timeout)),
-            request_timeout: Some(duration::to_proto(self.request_timeout)),
+            connect_timeout: Some(weft_rules::duration::to_proto(self.connect_timeout)),
+            request_timeout: Some(weft_rules::duration::to_proto(self.request_timeout)),
             connection_pool: Some(proto::ConnectionPool {
                 max_requests: self.connection_pool.max_requests,
                 max_idle_per_endpoint: self.connection_pool.max_idle_per_endpoint,
-                idle_timeout: Some(duration::to_proto(self.connection_pool.idle_timeout)),
+                idle_timeout: Some(weft_rules::duration::to_proto(
+                    self.connection_pool.idle_timeout,
+                )),
             }),
             protocol: match self.protocol {
                 Protocol::Auto => proto::cluster::Protocol::Auto,

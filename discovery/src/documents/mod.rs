@@ -21,6 +21,7 @@ mod breaker;
 mod destination;
 mod duration;
 mod error;
+pub mod jwt;
 mod policy;
 mod rate_limit;
 mod retry;
@@ -29,6 +30,7 @@ pub mod schema;
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::model::RawDocument;
@@ -37,7 +39,6 @@ pub use breaker::{Breaker, CircuitBreakers, Failure, OutlierDetection, Ratio};
 pub use destination::{
     ConnectionPoolSettings, DestinationDocument, LoadBalancer, Protocol, default_cluster,
 };
-pub use duration::parse_duration;
 pub use error::FieldError;
 pub use policy::{
     ANY_SERVICE, Action, DefaultsDocument, IntentionRule, MtlsMode, Permission, PolicyDocument,
@@ -49,6 +50,8 @@ pub use route::{
     HeaderMatcher, HeaderMutation, PathMatch, Route, RouteDocument, RouteMatch, RouteTarget,
     StringMatch, WeightedDestination, default_route_configuration,
 };
+pub use weft_rules::duration::parse as parse_duration;
+pub use weft_rules::name::is_valid_name;
 
 /// The field name used for errors about a document as a whole (syntax).
 pub const DOCUMENT_FIELD: &str = "(document)";
@@ -129,7 +132,7 @@ impl DocumentKey {
         if name.is_empty() {
             return Err(error(format!("`{folder}/` needs a name after the slash")));
         }
-        if let Some(bad) = name.chars().find(|&c| !is_name_char(c)) {
+        if let Some(bad) = name.chars().find(|&c| !weft_rules::name::is_name_char(c)) {
             return Err(error(format!(
                 "`{name}` is not a valid {} name: `{bad}` is not allowed (use letters, digits, `.`, `_`, `-`)",
                 match kind {
@@ -176,18 +179,6 @@ impl fmt::Display for DocumentKey {
     }
 }
 
-/// Whether `name` can name a host or service: one or more letters, digits,
-/// `.`, `_` and `-`. Every such name is a valid route domain and a valid
-/// Host, so a catalog service named otherwise gets no route table: one
-/// would make every sidecar refuse the whole push.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(is_name_char)
-}
-
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
-}
-
 /// A validated document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Document {
@@ -223,6 +214,27 @@ pub fn parse_value(
         DocumentKind::Policy => policy::parse(key, value).map(Document::Policy),
         DocumentKind::Defaults => policy::parse_defaults(key, value).map(Document::Defaults),
     }
+}
+
+/// The typed parse alone: no schema and none of the checks of meaning.
+/// This is what the agent's translation would make of a document it had not
+/// validated, so that a test can hold the agent's verdict against a
+/// sidecar's on the same input (`tests/tests/config_agreement.rs`). The
+/// agent itself never translates a document that [`parse_value`] refused.
+pub fn parse_unchecked(kind: DocumentKind, value: &Value) -> Result<Document, String> {
+    let typed = |error: serde_json::Error| error.to_string();
+    Ok(match kind {
+        DocumentKind::Route => Document::Route(RouteDocument::deserialize(value).map_err(typed)?),
+        DocumentKind::Destination => Document::Destination(Box::new(
+            DestinationDocument::deserialize(value).map_err(typed)?,
+        )),
+        DocumentKind::Policy => {
+            Document::Policy(PolicyDocument::deserialize(value).map_err(typed)?)
+        }
+        DocumentKind::Defaults => {
+            Document::Defaults(DefaultsDocument::deserialize(value).map_err(typed)?)
+        }
+    })
 }
 
 /// Decodes the bytes of a document (JSON, or YAML when `yaml`) into a JSON value.

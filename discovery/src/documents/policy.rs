@@ -21,7 +21,6 @@ use weft_proto::config::v1 as proto;
 
 use super::error::{FieldError, from_serde, join};
 use super::rate_limit::{RateLimitsSection, Side};
-use super::route::{check_header_name, check_regex};
 use super::{DocumentKind, PathMatch, StringMatch, schema};
 
 /// `*`: as a source, every caller (also callers without a mesh identity);
@@ -221,11 +220,15 @@ impl TryFrom<PermissionWire> for Permission {
 /// parse; every error of the first two at once.
 pub(super) fn parse(key: &str, value: &Value) -> Result<PolicyDocument, Vec<FieldError>> {
     let mut errors = schema::validate(key, DocumentKind::Policy, value);
-    let semantic: Vec<FieldError> = semantic_errors(key, value)
-        .into_iter()
-        .filter(|error| !errors.iter().any(|known| known.field == error.field))
-        .collect();
-    errors.extend(semantic);
+    for rule in semantic_errors(key, value) {
+        // Where the schema and a rule both refuse a field, the rule's reason
+        // is the one a sidecar gives (weft-rules): one message for one
+        // problem, whichever end finds it.
+        match errors.iter_mut().find(|known| known.field == rule.field) {
+            Some(known) => known.reason = rule.reason,
+            None => errors.push(rule),
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -258,10 +261,16 @@ pub(super) fn parse_defaults(
 /// The checks a schema cannot express, on the untyped document so that
 /// they also run where the schema found something else wrong: one source
 /// per document, regexes compile (as the sidecar compiles them), header
-/// names are valid and written in lower case. Only values that are strings
+/// names are valid and written in lower case (policies name headers as
+/// HTTP/2 sends them and the sidecar compares them: a policy never depends
+/// on how a caller spelled a name, and one header cannot be named twice in
+/// different case). Only values that are strings
 /// are looked at; the schema reports the others.
 fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
-    let mut errors = Vec::new();
+    let mut errors = document
+        .get("jwt")
+        .map(|jwt| super::jwt::check(key, jwt))
+        .unwrap_or_default();
     let Some(intentions) = document.get("intentions").and_then(Value::as_array) else {
         return errors;
     };
@@ -287,7 +296,7 @@ fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
         for (number, permission) in permissions.iter().enumerate() {
             let at = format!("{at}.permissions[{number}]");
             if let Some(pattern) = permission.get("path_regex").and_then(Value::as_str)
-                && let Err(reason) = check_regex(pattern)
+                && let Err(reason) = weft_rules::regex::check(pattern)
             {
                 errors.push(FieldError::new(key, join(&at, "path_regex"), reason));
             }
@@ -296,11 +305,11 @@ fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
             };
             for (name, matcher) in headers {
                 let at = join(&join(&at, "headers"), name);
-                if let Err(reason) = check_lower_case_header_name(name) {
+                if let Err(reason) = weft_rules::header::check_lower_case_name(name) {
                     errors.push(FieldError::new(key, at.clone(), reason));
                 }
                 if let Some(pattern) = matcher.get("regex").and_then(Value::as_str)
-                    && let Err(reason) = check_regex(pattern)
+                    && let Err(reason) = weft_rules::regex::check(pattern)
                 {
                     errors.push(FieldError::new(key, join(&at, "regex"), reason));
                 }
@@ -308,20 +317,6 @@ fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
         }
     }
     errors
-}
-
-/// Policies name headers in lower case, as HTTP/2 sends them and the
-/// sidecar compares them: a policy never depends on how a caller spelled
-/// a name, and one header cannot be named twice in different case.
-fn check_lower_case_header_name(name: &str) -> Result<(), String> {
-    check_header_name(name)?;
-    if name.bytes().any(|byte| byte.is_ascii_uppercase()) {
-        return Err(format!(
-            "header names are written in lower case here: `{}`",
-            name.to_ascii_lowercase()
-        ));
-    }
-    Ok(())
 }
 
 // ---- Translation.
@@ -798,14 +793,44 @@ mod tests {
     }
 
     #[test]
-    fn a_short_shared_secret_is_never_quoted_by_the_agent() {
-        // The sidecar judges secrets (length, base64) without showing them;
-        // the agent only checks it is a non-empty string.
-        let document = parse_ok(
+    fn a_short_shared_secret_is_refused_and_never_quoted() {
+        // The sidecar refuses it with the same reason (weft_rules::jwt), so
+        // the agent does too, without showing the secret.
+        let errors = parse_err(
             json!({ "jwt": { "providers": [ { "name": "ci", "issuer": "ci",
-            "audiences": ["u"], "shared_secret": "hunter2" } ] } }),
+            "audiences": ["u"], "shared_secret": "hunter22" } ] } }),
         );
-        assert!(document.jwt.is_some());
+        assert_eq!(
+            fields(&errors),
+            ["jwt.providers[0].shared_secret"],
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("6 bytes is too short"), "{errors:?}");
+        assert!(!errors[0].contains("hunter22"), "{errors:?}");
+    }
+
+    #[test]
+    fn jwt_rules_the_schema_cannot_express_are_checked_as_the_sidecar_does() {
+        let errors = parse_err(json!({ "jwt": {
+            "providers": [
+                { "name": "a", "issuer": "x", "audiences": ["u"], "clock_leeway": "10m",
+                  "jwks": { "uri": "https://idp/jwks", "fetch_timeout": "2m" },
+                  "claim_headers": { "sub": "authorization", "email": "x-weft-route" } },
+                { "name": "a", "issuer": "x", "audiences": ["u"], "jwks": { "uri": "https://idp/jwks" } } ],
+            "rules": [ { "public": true, "required_roles": ["admin"] } ] } }));
+        assert_eq!(
+            fields(&errors),
+            [
+                "jwt.providers[0].clock_leeway",
+                "jwt.providers[0].jwks.fetch_timeout",
+                "jwt.providers[0].claim_headers.email",
+                "jwt.providers[0].claim_headers.sub",
+                "jwt.providers[1].name",
+                "jwt.providers[1].issuer",
+                "jwt.rules[0].required_roles",
+            ],
+            "{errors:#?}"
+        );
     }
 
     #[test]

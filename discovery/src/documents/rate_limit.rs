@@ -19,15 +19,11 @@ use weft_proto::config::v1 as proto;
 
 use super::duration;
 use super::error::{FieldError, join};
-use super::route::check_header_name;
 
 /// Default bound on one global decision: a local Redis answers in well
 /// under a millisecond, so 50 ms means trouble, and a request never waits
 /// longer than this for its limit.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
-/// The longest a decision may wait for Redis: more would let Redis
-/// trouble stall traffic.
-pub const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default most keys a local limit tracks per sidecar: enough for a busy
 /// API's active clients, ~100 bytes each.
 pub const DEFAULT_MAX_KEYS: u32 = 10_000;
@@ -162,16 +158,8 @@ impl RateLimitsSection {
                     "`key: header` needs the header's name, e.g. \"header\": \"x-api-key\"".into(),
                 ),
                 (KeyKind::Header, Some(name)) => {
-                    if let Err(reason) = check_header_name(name) {
+                    if let Err(reason) = weft_rules::header::check_lower_case_name(name) {
                         error("header", reason);
-                    } else if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                        error(
-                            "header",
-                            format!(
-                                "header names are written in lower case here: `{}`",
-                                name.to_ascii_lowercase()
-                            ),
-                        );
                     }
                 }
                 (_, Some(_)) => error("header", "only with `key: header`".into()),
@@ -184,19 +172,16 @@ impl RateLimitsSection {
                 );
             }
             if let Some(local) = &limit.local {
-                if local.per.is_zero() {
-                    error("local.per", "must be greater than 0".into());
+                if let Err(reason) = weft_rules::duration::check_positive(local.per) {
+                    error("local.per", reason);
                 }
                 if local.burst == Some(0) {
                     error("local.burst", "must be at least 1".into());
                 }
             }
             if let Some(global) = &limit.global {
-                if global.window < Duration::from_secs(1) {
-                    error(
-                        "global.window",
-                        "must be at least 1s (Redis counts in milliseconds across sidecars whose clocks differ)".into(),
-                    );
+                if let Err(reason) = weft_rules::rate_limit::check_global_window(global.window) {
+                    error("global.window", reason);
                 }
                 if self.redis.is_none() {
                     errors.push(FieldError::new(
@@ -219,12 +204,8 @@ impl RateLimitsSection {
                     "only with a rediss:// (TLS) url",
                 ));
             }
-            if redis.timeout.is_zero() || redis.timeout > MAX_REDIS_TIMEOUT {
-                errors.push(FieldError::new(
-                    key,
-                    join(&at, "timeout"),
-                    "must be greater than 0 and at most 1s, so that Redis trouble never stalls traffic",
-                ));
+            if let Err(reason) = weft_rules::rate_limit::check_redis_timeout(redis.timeout) {
+                errors.push(FieldError::new(key, join(&at, "timeout"), reason));
             }
         }
         errors
@@ -253,13 +234,13 @@ impl RateLimitsSection {
                     algorithm: match (&limit.local, &limit.global) {
                         (Some(local), _) => Some(Algorithm::Local(proto::LocalTokenBucket {
                             requests: local.requests,
-                            per: Some(duration::to_proto(local.per)),
+                            per: Some(weft_rules::duration::to_proto(local.per)),
                             burst: local.burst.unwrap_or(local.requests),
                         })),
                         (None, Some(global)) => {
                             Some(Algorithm::Global(proto::GlobalSlidingWindow {
                                 requests: global.requests,
-                                window: Some(duration::to_proto(global.window)),
+                                window: Some(weft_rules::duration::to_proto(global.window)),
                             }))
                         }
                         (None, None) => None,
@@ -269,7 +250,7 @@ impl RateLimitsSection {
                 .collect(),
             redis: self.redis.as_ref().map(|redis| proto::RedisSettings {
                 url: redis.url.clone(),
-                timeout: Some(duration::to_proto(redis.timeout)),
+                timeout: Some(weft_rules::duration::to_proto(redis.timeout)),
                 on_unavailable: match redis.on_unavailable {
                     Unavailable::FailOpen => proto::redis_settings::Unavailable::FailOpen,
                     Unavailable::FailClosed => proto::redis_settings::Unavailable::FailClosed,

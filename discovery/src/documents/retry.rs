@@ -27,9 +27,6 @@ pub const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 10;
 /// Default bound on a buffered request body: covers typical JSON API calls
 /// while keeping memory per retriable request small.
 pub const DEFAULT_MAX_BODY_BYTES: u32 = 64 * 1024;
-/// Upper bound on `max_attempts`: more never helps, and with the budget it
-/// could only delay a failure.
-pub const MAX_ATTEMPTS_LIMIT: u32 = 10;
 
 /// Which outcomes are retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -174,21 +171,12 @@ impl RetryDocument {
         let mut error = |name: &str, reason: String| {
             errors.push(FieldError::new(key, join(field, name), reason))
         };
-        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts) {
-            error(
-                "max_attempts",
-                format!(
-                    "{} is out of range: tries in all, first included, 1 to {MAX_ATTEMPTS_LIMIT}",
-                    self.max_attempts
-                ),
-            );
+        if let Err(reason) = weft_rules::retry::check_max_attempts(self.max_attempts) {
+            error("max_attempts", reason);
         }
         for (index, code) in self.retriable_status_codes.iter().enumerate() {
-            if !(100..=599).contains(code) {
-                error(
-                    &format!("retriable_status_codes[{index}]"),
-                    format!("{code} is not an HTTP status (100 to 599)"),
-                );
+            if let Err(reason) = weft_rules::retry::check_status_code(u32::from(*code)) {
+                error(&format!("retriable_status_codes[{index}]"), reason);
             }
         }
         for (index, name) in self.retriable_grpc_statuses.iter().enumerate() {
@@ -217,14 +205,8 @@ impl RetryDocument {
                 ),
             );
         }
-        if !self.budget.ratio.is_finite() || !(0.0..=1.0).contains(&self.budget.ratio) {
-            error(
-                "budget.ratio",
-                format!(
-                    "{} is out of range: the share of requests that may be retried, 0 to 1",
-                    self.budget.ratio
-                ),
-            );
+        if let Err(reason) = weft_rules::retry::check_budget_ratio(self.budget.ratio) {
+            error("budget.ratio", reason);
         }
         errors
     }
@@ -247,9 +229,9 @@ impl RetryDocument {
                 .iter()
                 .filter_map(|name| grpc_code(name))
                 .collect(),
-            per_try_timeout: self.per_try_timeout.map(duration::to_proto),
-            backoff_base: Some(duration::to_proto(self.backoff.base)),
-            backoff_max: Some(duration::to_proto(self.backoff.max)),
+            per_try_timeout: self.per_try_timeout.map(weft_rules::duration::to_proto),
+            backoff_base: Some(weft_rules::duration::to_proto(self.backoff.base)),
+            backoff_max: Some(weft_rules::duration::to_proto(self.backoff.max)),
             budget_ratio: self.budget.ratio,
             budget_min_retries_per_second: self.budget.min_retries_per_second,
             retry_non_idempotent: self.retry_non_idempotent,
@@ -286,7 +268,7 @@ mod tests {
         assert_eq!(policy.max_body_bytes, 65536);
         assert_eq!(
             policy.backoff_base,
-            Some(duration::to_proto(Duration::from_millis(25)))
+            Some(weft_rules::duration::to_proto(Duration::from_millis(25)))
         );
     }
 

@@ -366,7 +366,7 @@ fn regex_errors(key: &str, field: &str, route: &Value) -> Vec<FieldError> {
     }
     for (field, pattern) in candidates {
         if let Some(Value::String(pattern)) = pattern
-            && let Err(reason) = check_regex(pattern)
+            && let Err(reason) = weft_rules::regex::check(pattern)
         {
             errors.push(FieldError::new(key, field, reason));
         }
@@ -484,14 +484,14 @@ impl Route {
         let matches = join(field, "match");
 
         if let PathMatch::Regex(pattern) = &self.matches.path
-            && let Err(reason) = check_regex(pattern)
+            && let Err(reason) = weft_rules::regex::check(pattern)
         {
             error(join(&matches, "path_regex"), reason);
         }
         let mut lower_names = BTreeSet::new();
         for (name, matcher) in &self.matches.headers {
             let at = join(&join(&matches, "headers"), name);
-            if let Err(reason) = check_header_name(name) {
+            if let Err(reason) = weft_rules::header::check_name(name) {
                 error(at.clone(), reason);
             } else if !lower_names.insert(name.to_ascii_lowercase()) {
                 error(
@@ -500,33 +500,32 @@ impl Route {
                 );
             }
             if let StringMatch::Regex(pattern) = &matcher.matcher
-                && let Err(reason) = check_regex(pattern)
+                && let Err(reason) = weft_rules::regex::check(pattern)
             {
                 error(join(&at, "regex"), reason);
             }
         }
         for (name, matcher) in &self.matches.query {
+            if let Err(reason) = weft_rules::name::check_query_parameter_name(name) {
+                error(join(&join(&matches, "query"), name), reason);
+            }
             if let StringMatch::Regex(pattern) = matcher
-                && let Err(reason) = check_regex(pattern)
+                && let Err(reason) = weft_rules::regex::check(pattern)
             {
                 error(join(&join(&join(&matches, "query"), name), "regex"), reason);
             }
         }
 
         if let RouteTarget::Split(split) = &self.target
-            && split
-                .iter()
-                .map(|entry| u64::from(entry.weight))
-                .sum::<u64>()
-                == 0
+            && let Err(reason) =
+                weft_rules::split::check_weights(split.iter().map(|entry| entry.weight))
         {
-            error(
-                join(field, "split"),
-                "the weights sum to 0: give at least one destination a weight above 0".into(),
-            );
+            error(join(field, "split"), reason);
         }
-        if self.timeout == Some(Duration::ZERO) {
-            error(join(field, "timeout"), "must be greater than 0".into());
+        if let Some(timeout) = self.timeout
+            && let Err(reason) = weft_rules::duration::check_positive(timeout)
+        {
+            error(join(field, "timeout"), reason);
         }
         if let Some(retries) = &self.retries {
             for e in retries.check(key, &join(field, "retries")) {
@@ -534,12 +533,9 @@ impl Route {
             }
         }
         if let Some(host) = &self.host_rewrite
-            && host.parse::<http::uri::Authority>().is_err()
+            && let Err(reason) = weft_rules::name::check_authority(host)
         {
-            error(
-                join(field, "host_rewrite"),
-                format!("`{host}` is not a valid host[:port]"),
-            );
+            error(join(field, "host_rewrite"), reason);
         }
         for (which, mutation) in [
             ("request_headers", &self.request_headers),
@@ -549,19 +545,16 @@ impl Route {
             for (list, entries) in [("set", &mutation.set), ("add", &mutation.add)] {
                 for (name, value) in entries {
                     let at = join(&join(&at, list), name);
-                    if let Err(reason) = check_header_name(name) {
+                    if let Err(reason) = weft_rules::header::check_name(name) {
                         error(at.clone(), reason);
                     }
-                    if http::HeaderValue::from_str(value).is_err() {
-                        error(
-                            at,
-                            "not a valid header value (control characters are not allowed)".into(),
-                        );
+                    if let Err(reason) = weft_rules::header::check_value(value) {
+                        error(at, reason);
                     }
                 }
             }
             for (index, name) in mutation.remove.iter().enumerate() {
-                if let Err(reason) = check_header_name(name) {
+                if let Err(reason) = weft_rules::header::check_name(name) {
                     error(format!("{at}.remove[{index}]"), reason);
                 }
             }
@@ -621,7 +614,7 @@ impl Route {
                 destination: Some(destination),
                 prefix_rewrite: self.rewrite_prefix.clone().unwrap_or_default(),
                 host_rewrite: self.host_rewrite.clone().unwrap_or_default(),
-                timeout: self.timeout.map(duration::to_proto),
+                timeout: self.timeout.map(weft_rules::duration::to_proto),
                 retry_policy: self.retries.as_ref().map(RetryDocument::to_proto),
             }),
             request_headers: header_mutation(&self.request_headers),
@@ -668,43 +661,6 @@ fn header_mutation(mutation: &HeaderMutation) -> Option<proto::HeaderMutation> {
             .map(|name| name.to_ascii_lowercase())
             .collect(),
     })
-}
-
-/// Most memory one compiled regex may take; the sidecar compiles with the
-/// same bound, so a pattern accepted here is never NACKed there for size.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
-/// Compiles `pattern` the way the sidecar does: anchored to match the whole
-/// value, with a bounded program size.
-pub(super) fn check_regex(pattern: &str) -> Result<(), String> {
-    // The pattern alone first: anchoring could hide an unbalanced `a)(b`.
-    regex::Regex::new(pattern)
-        .and_then(|_| {
-            regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-                .size_limit(REGEX_SIZE_LIMIT)
-                .build()
-        })
-        .map(drop)
-        .map_err(|error| {
-            let text = error.to_string();
-            // The syntax error is several lines (pattern, caret, "error: ...");
-            // one line reads better in logs and tables.
-            let detail = text
-                .lines()
-                .find_map(|line| line.strip_prefix("error: "))
-                .map_or_else(|| text.replace('\n', " "), str::to_string);
-            format!("invalid regex `{pattern}`: {detail}")
-        })
-}
-
-pub(super) fn check_header_name(name: &str) -> Result<(), String> {
-    http::HeaderName::from_bytes(name.as_bytes())
-        .map(drop)
-        .map_err(|_| {
-            format!(
-                "`{name}` is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"
-            )
-        })
 }
 
 #[cfg(test)]
@@ -931,16 +887,6 @@ mod tests {
             { "match": { "path_regex": "^/items/[0-9+$" }, "destination": "users" } ] }));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].starts_with("routes[0].match.path_regex: invalid regex `^/items/[0-9+$`: unclosed character class"), "{errors:?}");
-    }
-
-    #[test]
-    fn regexes_are_judged_as_the_sidecar_compiles_them() {
-        // Unbalanced in a way that anchoring would hide.
-        assert!(check_regex("a)(b").unwrap_err().contains("unopened group"));
-        // Too big for the sidecar's compiled-size bound.
-        let error = check_regex(r"(\w{100}){100}").unwrap_err();
-        assert!(error.contains("exceeds size limit"), "{error}");
-        assert_eq!(check_regex("^/items/[0-9]+$"), Ok(()));
     }
 
     #[test]

@@ -24,12 +24,10 @@
 //!
 //! `mtls_mode` is the document's `mtls`, else the `defaults` document's,
 //! else STRICT: a sidecar with mTLS on never takes plaintext unless someone
-//! said so. `jwt_json` is the document's `jwt` object as JSON (empty
+//! said so. `jwt` is the document's `jwt` section, field for field (unset
 //! without one); the sidecar compiles it.
 
 use std::cmp::Reverse;
-
-use serde_json::Value;
 
 use weft_proto::config::v1 as proto;
 
@@ -122,10 +120,9 @@ pub fn inbound_policy(
         service: service.to_string(),
         default_action: proto::Action::from(default_action).into(),
         intentions: ranked.into_iter().map(|ranked| ranked.intention).collect(),
-        jwt_json: document
+        jwt: document
             .and_then(|document| document.jwt.as_ref())
-            .map(Value::to_string)
-            .unwrap_or_default(),
+            .map(crate::documents::jwt::to_proto),
         mtls_mode: proto::MtlsMode::from(mtls).into(),
         // Set by the snapshot builder from the destination document.
         opaque_tcp: false,
@@ -310,7 +307,7 @@ mod tests {
                 "document {document:?}, defaults {defaults:?}"
             );
             assert!(policy.intentions.is_empty());
-            assert!(policy.jwt_json.is_empty(), "no document sets `jwt`");
+            assert!(policy.jwt.is_none(), "no document sets `jwt`");
         }
     }
 
@@ -341,19 +338,41 @@ mod tests {
     }
 
     #[test]
-    fn the_jwt_section_travels_as_the_json_the_document_wrote() {
+    fn the_jwt_section_travels_field_for_field() {
+        use proto::jwt_rule::Path;
         let jwt = json!({ "providers": [ { "name": "idp", "issuer": "https://idp",
-            "audiences": ["db"], "jwks": { "uri": "http://127.0.0.1:9/jwks" } } ],
+            "audiences": ["db"], "jwks": { "uri": "http://127.0.0.1:9/jwks", "fetch_timeout": "3s" },
+            "from": [ { "header": "x-token" }, { "cookie": "session" } ],
+            "required_claims": { "tenant": "acme", "level": 3, "email": { "present": true } },
+            "forward_token": false, "claim_headers": {} } ],
             "rules": [ { "match": { "path_prefix": "/health" }, "public": true } ] });
-        let policy = inbound_policy(
-            "db",
-            Some(&document(json!({ "jwt": jwt.clone() }))),
-            None,
-            &[],
+        let policy = inbound_policy("db", Some(&document(json!({ "jwt": jwt }))), None, &[]);
+        let sent = policy.jwt.expect("the document sets `jwt`");
+        let provider = &sent.providers[0];
+        assert_eq!(
+            (provider.name.as_str(), provider.issuer.as_str()),
+            ("idp", "https://idp")
         );
-        let sent: serde_json::Value =
-            serde_json::from_str(&policy.jwt_json).expect("jwt_json is JSON");
-        assert_eq!(sent, jwt);
+        let jwks = provider.jwks.as_ref().expect("jwks");
+        assert_eq!(
+            jwks.source,
+            Some(proto::jwks_source::Source::Uri(
+                "http://127.0.0.1:9/jwks".into()
+            ))
+        );
+        assert_eq!(jwks.fetch_timeout.map(|d| d.seconds), Some(3));
+        assert_eq!(jwks.min_refetch_interval, None, "unset: the default");
+        assert_eq!(provider.from.len(), 2);
+        assert_eq!(provider.required_claims.len(), 3);
+        assert_eq!(provider.forward_token, Some(false));
+        assert_eq!(provider.clock_leeway, None, "unset: the default");
+        assert_eq!(
+            provider.claim_headers,
+            Some(proto::ClaimHeaders::default()),
+            "an empty map is not the default"
+        );
+        assert_eq!(sent.rules[0].path, Some(Path::PathPrefix("/health".into())));
+        assert!(sent.rules[0].public);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::compile::{CLAIM_HEADER_PREFIX, Compiled, compile};
 use super::config::AuthnConfig;
 use super::error::{AuthnError, AuthnErrorKind, ConfigError, ConfigErrors};
 use super::provider::{Provider, ProviderKeys, Rejection, unverified_issuer};
-use super::rules::{self, Rule, normalized_path};
+use super::rules::{self, Rule};
 use super::token::TokenSource;
 use crate::upstream::Dns;
 
@@ -218,7 +218,7 @@ impl Authenticator {
 
     /// Decides with the keys at hand, without waiting.
     pub(crate) fn check(&self, head: RequestHead<'_>) -> Result<Admission, Pending> {
-        let Some(path) = normalized_path(head.uri.path()) else {
+        let Some(path) = weft_rules::path::normalized(head.uri.path()) else {
             return Err(Pending::Denied(AuthnError::new(
                 AuthnErrorKind::PathNotNormalized,
                 "the path has dot segments, `//`, backslashes or encoded slashes: send it normalized",

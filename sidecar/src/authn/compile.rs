@@ -7,9 +7,7 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use base64::Engine as _;
 use http::header::HeaderName;
 use http::{Method, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -20,7 +18,7 @@ use super::jwks::{RemoteJwks, RemoteSettings};
 use super::jwks_tls::{CaSource, JwksTls};
 use super::keys::KeySet;
 use super::provider::{ClaimRequirement, Provider, ProviderKeys};
-use super::rules::{PathMatch, RoleRequirement, Rule, normalized_path};
+use super::rules::{PathMatch, RoleRequirement, Rule};
 use super::token::TokenSource;
 use crate::table::EndpointAddr;
 
@@ -35,7 +33,8 @@ pub(crate) struct Compiled {
     pub strip: Vec<HeaderName>,
 }
 
-/// Every algorithm a provider can be given.
+/// The asymmetric algorithms, the default of a provider with a JWKS (the
+/// names and which key each needs are `weft_rules::jwt`'s).
 const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
@@ -47,39 +46,10 @@ const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::ES384,
     Algorithm::EdDSA,
 ];
-const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
-const ALGORITHM_NAMES: &str = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, \
-                               HS256, HS384, HS512 (HS* with shared_secret only)";
 
-/// The prefix of the headers the sidecar sets from claims; callers can
-/// never send them.
-pub(crate) const CLAIM_HEADER_PREFIX: &str = "x-weft-jwt-";
-
-/// Headers a claim must never overwrite: routing, framing, the proxy's own
-/// headers, and the credentials themselves.
-const RESERVED_HEADERS: [&str; 14] = [
-    "host",
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "te",
-    "upgrade",
-    "x-request-id",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-weft-error",
-];
-
-/// HMAC keys shorter than the hash output weaken HS256 (RFC 7518 §3.2).
-const MIN_SECRET_BYTES: usize = 32;
-/// More skew than this accepts tokens long expired.
-const MAX_LEEWAY: Duration = Duration::from_secs(300);
-/// A fetch slower than this holds requests too long to be useful.
-const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// The prefix of the headers the sidecar sets from claims (the rules of
+/// claim headers are `weft_rules::jwt`'s).
+pub(crate) use weft_rules::jwt::CLAIM_HEADER_PREFIX;
 
 struct Errors(Vec<ConfigError>);
 
@@ -106,16 +76,13 @@ pub(crate) fn compile(config: &AuthnConfig) -> Result<Compiled, ConfigErrors> {
         if !p.name.is_empty() && !names.insert(p.name.as_str()) {
             errors.add(
                 format!("{field}.name"),
-                format!("`{}` names two providers", p.name),
+                weft_rules::jwt::duplicate_provider_name(&p.name),
             );
         }
         if !p.issuer.is_empty() && !issuers.insert(p.issuer.as_str()) {
             errors.add(
                 format!("{field}.issuer"),
-                format!(
-                    "`{}` is the issuer of two providers: tokens are matched to providers by issuer",
-                    p.issuer
-                ),
+                weft_rules::jwt::duplicate_issuer(&p.issuer),
             );
         }
         if let Some(provider) = compile_provider(p, &field, &mut sources, &mut errors) {
@@ -152,14 +119,11 @@ fn compile_provider(
     errors: &mut Errors,
 ) -> Option<Provider> {
     let before = errors.0.len();
-    if p.name.trim().is_empty() {
-        errors.add(format!("{field}.name"), "empty: give the provider a name");
+    if let Err(reason) = weft_rules::jwt::check_provider_name(&p.name) {
+        errors.add(format!("{field}.name"), reason);
     }
-    if p.issuer.trim().is_empty() {
-        errors.add(
-            format!("{field}.issuer"),
-            "empty: give the exact `iss` of the provider's tokens",
-        );
+    if let Err(reason) = weft_rules::jwt::check_issuer(&p.issuer) {
+        errors.add(format!("{field}.issuer"), reason);
     }
     if p.audiences.is_empty() {
         errors.add(
@@ -175,26 +139,10 @@ fn compile_provider(
     }
 
     let secret = p.shared_secret.as_ref().and_then(|s| {
-        match decode_secret(&s.0) {
-            Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => Some(DecodingKey::from_secret(&bytes)),
-            Ok(bytes) => {
-                errors.add(
-                    format!("{field}.shared_secret"),
-                    format!(
-                        "{} bytes is too short for an HMAC key: use at least {MIN_SECRET_BYTES} random bytes",
-                        bytes.len()
-                    ),
-                );
-                None
-            }
-            Err(e) => {
-                errors.add(
-                    format!("{field}.shared_secret"),
-                    format!("not base64: {e}"),
-                );
-                None
-            }
-        }
+        weft_rules::jwt::decode_shared_secret(&s.0)
+            .map(|bytes| DecodingKey::from_secret(&bytes))
+            .map_err(|reason| errors.add(format!("{field}.shared_secret"), reason))
+            .ok()
     });
 
     let keys = match &p.jwks {
@@ -234,21 +182,15 @@ fn compile_provider(
         }
     }
 
-    if p.clock_leeway > MAX_LEEWAY {
-        errors.add(
-            format!("{field}.clock_leeway"),
-            format!(
-                "{:?} is more than {MAX_LEEWAY:?}: that accepts tokens long expired; fix the clocks instead",
-                p.clock_leeway
-            ),
-        );
+    if let Err(reason) = weft_rules::jwt::check_clock_leeway(p.clock_leeway) {
+        errors.add(format!("{field}.clock_leeway"), reason);
     }
 
     let mut required_claims = Vec::with_capacity(p.required_claims.len());
     for (name, want) in &p.required_claims {
         let field = format!("{field}.required_claims.{name}");
-        if name.is_empty() {
-            errors.add(field, "empty claim name");
+        if let Err(reason) = weft_rules::jwt::check_claim_name(name) {
+            errors.add(field, reason);
             continue;
         }
         match want {
@@ -274,25 +216,12 @@ fn compile_provider(
     let mut claim_headers = Vec::with_capacity(p.claim_headers.len());
     for (claim, header) in &p.claim_headers {
         let field = format!("{field}.claim_headers.{claim}");
-        if claim.is_empty() {
-            errors.add(field, "empty claim name");
+        if let Err(reason) = weft_rules::jwt::check_claim_name(claim) {
+            errors.add(field, reason);
             continue;
         }
-        match HeaderName::from_bytes(header.as_bytes()) {
-            Err(_) => errors.add(field, format!("`{header}` is not a valid header name")),
-            Ok(name) if RESERVED_HEADERS.contains(&name.as_str()) => errors.add(
-                field,
-                format!("`{name}` is reserved: a claim must not overwrite it; use an `{CLAIM_HEADER_PREFIX}*` name"),
-            ),
-            Ok(name)
-                if name.as_str().starts_with("x-weft-")
-                    && !name.as_str().starts_with(CLAIM_HEADER_PREFIX) =>
-            {
-                errors.add(
-                    field,
-                    format!("`{name}`: the sidecar's own `x-weft-*` headers are reserved, except `{CLAIM_HEADER_PREFIX}*`"),
-                )
-            }
+        match weft_rules::jwt::check_claim_header(header) {
+            Err(reason) => errors.add(field, reason),
             Ok(name) => claim_headers.push((claim.as_str().into(), name)),
         }
     }
@@ -356,37 +285,21 @@ fn compile_algorithms(p: &ProviderConfig, field: &str, errors: &mut Errors) -> V
     let mut algs = Vec::with_capacity(names.len());
     for (j, name) in names.iter().enumerate() {
         let field = format!("{field}[{j}]");
-        if name.eq_ignore_ascii_case("none") {
-            errors.add(field, "`none` is never allowed: tokens must be signed");
+        if let Err(reason) = weft_rules::jwt::check_algorithm(name, has_keys, has_secret) {
+            errors.add(field, reason);
             continue;
         }
         let Ok(alg) = Algorithm::from_str(name) else {
-            errors.add(
-                field,
-                format!("unknown algorithm `{name}` (known: {ALGORITHM_NAMES})"),
-            );
+            // weft-rules knows every name jsonwebtoken does.
+            errors.add(field, format!("unknown algorithm `{name}`"));
             continue;
         };
-        if HMAC.contains(&alg) && !has_secret {
-            errors.add(
-                field,
-                format!("{name} needs `shared_secret`: an HMAC key is never taken from the JWKS"),
-            );
-            continue;
-        }
-        if ASYMMETRIC.contains(&alg) && !has_keys {
-            errors.add(field, format!("{name} needs `jwks` with public keys"));
-            continue;
-        }
         if !algs.contains(&alg) {
             algs.push(alg);
         }
     }
-    if has_secret && !names.is_empty() && !algs.iter().any(|a| HMAC.contains(a)) {
-        errors.add(
-            field,
-            "`shared_secret` is set but no HS algorithm is allowed: add HS256 or remove the secret",
-        );
+    if let Err(reason) = weft_rules::jwt::check_secret_is_used(has_secret, names) {
+        errors.add(field, reason);
     }
     algs
 }
@@ -402,13 +315,12 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
             ProviderKeys::None
         }
         (Some(doc), None) => {
-            if jwks.cache_duration.is_some() {
-                errors.add(
-                    format!("{field}.cache_duration"),
-                    "only with `uri`: inline keys are never refreshed",
-                );
+            if let Some(duration) = jwks.cache_duration
+                && let Err(reason) = weft_rules::jwt::check_cache_duration(duration, true)
+            {
+                errors.add(format!("{field}.cache_duration"), reason);
             }
-            refuse_cas(jwks, field, "inline keys are not fetched", errors);
+            refuse_cas(jwks, field, None, errors);
             match KeySet::from_value(doc) {
                 Ok((set, skipped)) => {
                     for s in skipped {
@@ -424,20 +336,18 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
         }
         (None, Some(uri)) => {
             let before = errors.0.len();
-            if jwks.cache_duration.is_some_and(|d| d.is_zero()) {
-                errors.add(format!("{field}.cache_duration"), "must be above 0");
+            if let Some(duration) = jwks.cache_duration
+                && let Err(reason) = weft_rules::jwt::check_cache_duration(duration, false)
+            {
+                errors.add(format!("{field}.cache_duration"), reason);
             }
-            if jwks.fetch_timeout.is_zero() || jwks.fetch_timeout > MAX_FETCH_TIMEOUT {
-                errors.add(
-                    format!("{field}.fetch_timeout"),
-                    format!("must be above 0 and at most {MAX_FETCH_TIMEOUT:?}"),
-                );
+            if let Err(reason) = weft_rules::jwt::check_fetch_timeout(jwks.fetch_timeout) {
+                errors.add(format!("{field}.fetch_timeout"), reason);
             }
-            if jwks.min_refetch_interval.is_zero() {
-                errors.add(
-                    format!("{field}.min_refetch_interval"),
-                    "must be above 0: tokens with made-up `kid`s would each cause a fetch",
-                );
+            if let Err(reason) =
+                weft_rules::jwt::check_min_refetch_interval(jwks.min_refetch_interval)
+            {
+                errors.add(format!("{field}.min_refetch_interval"), reason);
             }
             let target = parse_jwks_uri(uri).map_err(|e| errors.add(format!("{field}.uri"), e));
             let tls = match &target {
@@ -445,8 +355,7 @@ fn compile_jwks(jwks: &JwksConfig, field: &str, errors: &mut Errors) -> Provider
                     compile_tls(jwks, uri, field, errors).map(Arc::new)
                 }
                 Ok(_) => {
-                    let why = "a plain http fetch has no certificate to verify";
-                    refuse_cas(jwks, field, why, errors);
+                    refuse_cas(jwks, field, Some(uri.as_str()), errors);
                     None
                 }
                 Err(()) => None,
@@ -496,16 +405,16 @@ fn compile_tls(jwks: &JwksConfig, uri: &Uri, field: &str, errors: &mut Errors) -
 
 /// `ca_pem` and `ca_file` where no TLS happens: a CA that is never used
 /// is a mistake (the operator thinks the fetch is verified).
-fn refuse_cas(jwks: &JwksConfig, field: &str, why: &str, errors: &mut Errors) {
+fn refuse_cas(jwks: &JwksConfig, field: &str, uri: Option<&str>, errors: &mut Errors) {
+    let Err(reason) = weft_rules::jwt::check_ca_use(uri) else {
+        return;
+    };
     let given = [
         ("ca_pem", jwks.ca_pem.is_some()),
         ("ca_file", jwks.ca_file.is_some()),
     ];
     for (name, _) in given.into_iter().filter(|(_, given)| *given) {
-        errors.add(
-            format!("{field}.{name}"),
-            format!("only with an https:// `uri`: {why}"),
-        );
+        errors.add(format!("{field}.{name}"), reason.clone());
     }
 }
 
@@ -557,12 +466,12 @@ fn compile_source(
         return None;
     }
     if let Some(header) = &s.header {
-        let Ok(name) = HeaderName::from_bytes(header.as_bytes()) else {
-            errors.add(
-                format!("{field}.header"),
-                format!("`{header}` is not a valid header name"),
-            );
-            return None;
+        let name = match weft_rules::header::check_name(header) {
+            Ok(name) => name,
+            Err(reason) => {
+                errors.add(format!("{field}.header"), reason);
+                return None;
+            }
         };
         return Some(TokenSource::Header {
             name,
@@ -574,11 +483,8 @@ fn compile_source(
         (_, Some(q)) => ("query", q),
         _ => return None,
     };
-    if name.is_empty() || name.contains(['=', ';', '&', ' ']) {
-        errors.add(
-            format!("{field}.{kind}"),
-            format!("`{name}` is not a {kind} name"),
-        );
+    if let Err(reason) = weft_rules::jwt::check_parameter_name(kind, name) {
+        errors.add(format!("{field}.{kind}"), reason);
         return None;
     }
     Some(if kind == "cookie" {
@@ -619,11 +525,8 @@ fn compile_rule(r: &RuleConfig, field: &str, errors: &mut Errors) -> Option<Rule
             ),
         }
     }
-    if r.public && !r.required_roles.is_empty() {
-        errors.add(
-            format!("{field}.required_roles"),
-            "a public rule cannot require roles: drop `public` or the roles",
-        );
+    if let Err(reason) = weft_rules::jwt::check_public_rule(r.public, &r.required_roles) {
+        errors.add(format!("{field}.required_roles"), reason);
     }
     for (j, role) in r.required_roles.iter().enumerate() {
         if role.is_empty() || role.contains(char::is_whitespace) {
@@ -635,8 +538,10 @@ fn compile_rule(r: &RuleConfig, field: &str, errors: &mut Errors) -> Option<Rule
             );
         }
     }
-    if r.roles_claim.as_deref() == Some("") {
-        errors.add(format!("{field}.roles_claim"), "empty claim name");
+    if let Some(claim) = &r.roles_claim
+        && let Err(reason) = weft_rules::jwt::check_claim_name(claim)
+    {
+        errors.add(format!("{field}.roles_claim"), reason);
     }
     if errors.0.len() > before {
         return None;
@@ -656,29 +561,8 @@ fn compile_rule(r: &RuleConfig, field: &str, errors: &mut Errors) -> Option<Rule
 }
 
 fn check_rule_path(path: &str, field: &str, errors: &mut Errors) {
-    if !path.starts_with('/') {
-        errors.add(field, format!("`{path}` does not start with `/`"));
-    } else if normalized_path(path).as_deref() != Some(path) {
-        errors.add(
-            field,
-            format!(
-                "`{path}` is not a normalized path (dot segments, `//`, backslashes or \
-                 percent-encoded letters never match a request)"
-            ),
-        );
-    }
-}
-
-/// Standard or URL-safe base64, with or without padding.
-fn decode_secret(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    let trimmed = text.trim().trim_end_matches('=');
-    if trimmed.contains(['-', '_']) {
-        URL_SAFE_NO_PAD.decode(trimmed)
-    } else {
-        STANDARD
-            .decode(text.trim())
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
+    if let Err(reason) = weft_rules::jwt::check_rule_path(path) {
+        errors.add(field, reason);
     }
 }
 
@@ -686,6 +570,7 @@ fn decode_secret(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
 mod tests {
     use super::*;
     use crate::authn::config::{Secret, TokenSourceConfig};
+    use base64::Engine as _;
     use serde_json::json;
 
     fn errors_of(config: serde_json::Value) -> Vec<(String, String)> {

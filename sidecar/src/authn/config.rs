@@ -367,7 +367,8 @@ pub fn default_claim_headers() -> BTreeMap<String, String> {
 }
 
 /// Durations written as strings (`"2s"`, `"500ms"`), read with the
-/// sidecar's own parser.
+/// sidecar's settings parser (weft-rules' one parser, a bare number being
+/// seconds).
 mod duration_text {
     use std::time::Duration;
 

@@ -33,6 +33,7 @@ mod layer;
 mod provider;
 mod rules;
 mod token;
+mod wire;
 
 pub use authenticator::{Admission, Authenticator, RequestHead};
 pub use claims::VerifiedClaims;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use http::Method;
 use weft_proto::config::v1 as pb;
 
-use crate::table::matcher::{HeaderMatch, PathMatch, full_regex};
+use crate::table::matcher::{HeaderMatch, PathMatch};
 use crate::xds::compile::{Errors, header_matches, methods};
 
 /// The compiled policy of one service; immutable, shared.
@@ -211,13 +211,10 @@ pub fn compile(policy: &pb::InboundPolicy) -> Result<AuthzPolicy, Vec<String>> {
                 None => PathMatch::Any,
                 Some(Path::PathExact(e)) => PathMatch::Exact(e.clone()),
                 Some(Path::PathPrefix(e)) => PathMatch::Prefix(e.clone()),
-                Some(Path::PathRegex(r)) => match full_regex(r) {
+                Some(Path::PathRegex(r)) => match weft_rules::regex::compile_full(r) {
                     Ok(re) => PathMatch::Regex(re),
-                    Err(e) => {
-                        errs.at(
-                            &format!("{pat}.path_regex"),
-                            format!("invalid regex {r:?}: {e}"),
-                        );
+                    Err(reason) => {
+                        errs.at(&format!("{pat}.path_regex"), reason);
                         PathMatch::Any
                     }
                 },
@@ -269,7 +266,7 @@ mod tests {
             service: "users".into(),
             default_action: default as i32,
             intentions,
-            jwt_json: String::new(),
+            jwt: None,
             mtls_mode: pb::MtlsMode::Strict.into(),
             opaque_tcp: true,
             rate_limits: None,
@@ -414,7 +411,7 @@ mod tests {
                 }],
                 origin: String::new(),
             }],
-            jwt_json: String::new(),
+            jwt: None,
             mtls_mode: pb::MtlsMode::Strict.into(),
             opaque_tcp: false,
             rate_limits: None,

@@ -7,7 +7,7 @@ use weft_proto::config::v1 as pb;
 
 use super::{BreakerSettings, FailureOn, OutlierSettings, Thresholds};
 use crate::table::ClusterSettings;
-use crate::xds::compile::{Errors, duration};
+use crate::xds::compile::Errors;
 
 pub(crate) fn compile(c: &pb::Cluster, s: &mut ClusterSettings, errs: &mut Errors) {
     if let Some(t) = &c.circuit_breakers {
@@ -34,7 +34,7 @@ fn duration_or(
     path: &str,
     errs: &mut Errors,
 ) -> Duration {
-    match d.map(duration) {
+    match d.map(weft_rules::duration::from_proto) {
         Some(Ok(d)) if !d.is_zero() => d,
         Some(Err(e)) => {
             errs.at(path, e);
@@ -92,11 +92,10 @@ fn breaker(b: &pb::Breaker, errs: &mut Errors) -> BreakerSettings {
     failure_on.grpc_statuses = b.grpc_statuses.clone();
     let consecutive_failures = b.consecutive_failures;
     let failure_ratio = b.failure_ratio.clamp(0.0, 1.0);
-    if consecutive_failures == 0 && failure_ratio == 0.0 {
-        errs.at(
-            "breaker",
-            "sets neither consecutive_failures nor failure_ratio: it could never open",
-        );
+    if let Err(reason) =
+        weft_rules::breaker::check_can_open(consecutive_failures, Some(failure_ratio))
+    {
+        errs.at("breaker.consecutive_failures", reason);
     }
     BreakerSettings {
         consecutive_failures,

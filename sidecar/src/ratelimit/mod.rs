@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 use weft_proto::config::v1 as pb;
 
 pub use key::{KeyKind, RequestFacts};
@@ -145,16 +145,12 @@ fn now_nanos() -> u64 {
         .saturating_add(1)
 }
 
+/// A duration that must be set and above 0 (a limit's period or window).
 fn duration(d: Option<&prost_types::Duration>, field: &str) -> Result<Duration, String> {
     let d = d.ok_or_else(|| format!("{field}: required"))?;
-    let (Ok(seconds), Ok(nanos)) = (u64::try_from(d.seconds), u32::try_from(d.nanos)) else {
-        return Err(format!("{field}: must not be negative"));
-    };
-    let d = Duration::new(seconds, nanos);
-    if d.is_zero() {
-        return Err(format!("{field}: must be greater than 0"));
-    }
-    Ok(d)
+    weft_rules::duration::from_proto(d)
+        .and_then(weft_rules::duration::check_positive)
+        .map_err(|reason| format!("{field}: {reason}"))
 }
 
 impl RateLimiter {
@@ -181,10 +177,10 @@ impl RateLimiter {
                 Some(Kind::Route(_)) => KeyKind::Route,
                 Some(Kind::Source(_)) => KeyKind::Source,
                 Some(Kind::ClientIp(_)) => KeyKind::ClientIp,
-                Some(Kind::Header(name)) => match HeaderName::from_bytes(name.as_bytes()) {
+                Some(Kind::Header(name)) => match weft_rules::header::check_name(name) {
                     Ok(name) => KeyKind::Header(name),
-                    Err(_) => {
-                        errors.push(format!("{at}.key.header: `{name}` is not a header name"));
+                    Err(reason) => {
+                        errors.push(format!("{at}.key.header: {reason}"));
                         continue;
                     }
                 },
@@ -222,7 +218,11 @@ impl RateLimiter {
                     }
                 }
                 Some(PbAlgorithm::Global(global)) if global.requests > 0 => {
-                    match duration(global.window.as_ref(), &format!("{at}.global.window")) {
+                    let field = format!("{at}.global.window");
+                    match duration(global.window.as_ref(), &field).and_then(|window| {
+                        weft_rules::rate_limit::check_global_window(window)
+                            .map_err(|reason| format!("{field}: {reason}"))
+                    }) {
                         Ok(window) => (
                             Algorithm::Global {
                                 requests: global.requests,
@@ -266,7 +266,9 @@ impl RateLimiter {
             Some(settings) => {
                 let timeout = match &settings.timeout {
                     None => Ok(DEFAULT_REDIS_TIMEOUT),
-                    Some(d) => duration(Some(d), "rate_limits.redis.timeout"),
+                    Some(d) => weft_rules::duration::from_proto(d)
+                        .and_then(weft_rules::rate_limit::check_redis_timeout)
+                        .map_err(|reason| format!("rate_limits.redis.timeout: {reason}")),
                 };
                 on_unavailable = match pb::redis_settings::Unavailable::try_from(
                     settings.on_unavailable,

@@ -47,14 +47,6 @@ impl StringMatch {
     }
 }
 
-/// Compiles `pattern` so it must match the whole input.
-pub fn full_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        // Bound the compiled program so a hostile pattern cannot eat memory.
-        .size_limit(1 << 20)
-        .build()
-}
-
 #[derive(Debug, Clone)]
 pub struct HeaderMatch {
     pub name: HeaderName,
@@ -143,7 +135,7 @@ mod tests {
         assert!(!PathMatch::Exact("/health".into()).matches("/health/x"));
         assert!(PathMatch::Prefix("/api/".into()).matches("/api/v1"));
         assert!(!PathMatch::Prefix("/api/".into()).matches("/ap"));
-        let re = PathMatch::Regex(full_regex("/users/[0-9]+").unwrap());
+        let re = PathMatch::Regex(weft_rules::regex::compile_full("/users/[0-9]+").unwrap());
         assert!(re.matches("/users/42"));
         assert!(
             !re.matches("/users/42/orders"),
@@ -179,7 +171,7 @@ mod tests {
         assert!(prefix.matches(req("GET", "/", &[("user-agent", "curl/8.0")]).headers()));
         let regex = HeaderMatch {
             name: HeaderName::from_static("x-tenant"),
-            matcher: StringMatch::Regex(full_regex("t-[a-z]+").unwrap()),
+            matcher: StringMatch::Regex(weft_rules::regex::compile_full("t-[a-z]+").unwrap()),
             invert: false,
         };
         assert!(regex.matches(req("GET", "/", &[("x-tenant", "t-acme")]).headers()));

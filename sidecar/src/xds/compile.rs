@@ -9,15 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use weft_proto::config::v1 as pb;
 
 use crate::table::cluster::{ClusterShared, Health, Protocol};
-use crate::table::matcher::{
-    HeaderMatch, PathMatch, QueryMatch, RouteMatch, StringMatch, full_regex,
-};
+use crate::table::matcher::{HeaderMatch, PathMatch, QueryMatch, RouteMatch, StringMatch};
 use crate::table::{
     Cluster, ClusterSettings, Destination, Endpoint, EndpointAddr, HeaderMutation, LbPolicy,
     PrefixRewrite, Route, RouteAction, RoutingTable, VirtualHost, WeightedClusters,
@@ -53,16 +50,6 @@ impl Errors {
     }
 }
 
-pub(crate) fn duration(d: &prost_types::Duration) -> Result<Duration, String> {
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(format!(
-            "invalid duration {}s {}ns (must be non-negative)",
-            d.seconds, d.nanos
-        ));
-    }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
-}
-
 fn string_match(
     m: Option<&pb::StringMatcher>,
     path: &str,
@@ -74,13 +61,10 @@ fn string_match(
         None | Some(Pattern::Present(_)) => Some(StringMatch::Present),
         Some(Pattern::Exact(e)) => Some(StringMatch::Exact(e.clone())),
         Some(Pattern::Prefix(p)) => Some(StringMatch::Prefix(p.clone())),
-        Some(Pattern::Regex(r)) => match full_regex(r) {
+        Some(Pattern::Regex(r)) => match weft_rules::regex::compile_full(r) {
             Ok(re) => Some(StringMatch::Regex(re)),
-            Err(e) => {
-                errs.at(
-                    &format!("{path}.regex"),
-                    format!("invalid regex {r:?}: {e}"),
-                );
+            Err(reason) => {
+                errs.at(&format!("{path}.regex"), reason);
                 None
             }
         },
@@ -88,13 +72,9 @@ fn string_match(
 }
 
 fn header_name(name: &str, path: &str, errs: &mut Errors) -> Option<HeaderName> {
-    match HeaderName::from_bytes(name.as_bytes()) {
-        Ok(n) if !name.is_empty() => Some(n),
-        _ => {
-            errs.at(path, format!("invalid header name {name:?}"));
-            None
-        }
-    }
+    weft_rules::header::check_name(name)
+        .map_err(|reason| errs.at(path, reason))
+        .ok()
 }
 
 fn mutation(m: Option<&pb::HeaderMutation>, path: &str, errs: &mut Errors) -> HeaderMutation {
@@ -105,8 +85,8 @@ fn mutation(m: Option<&pb::HeaderMutation>, path: &str, errs: &mut Errors) -> He
         for (i, hv) in list.iter().enumerate() {
             let p = format!("{path}.{what}[{i}]");
             let name = header_name(&hv.name, &format!("{p}.name"), errs);
-            let value = HeaderValue::from_str(&hv.value)
-                .map_err(|_| errs.at(&format!("{p}.value"), "invalid header value"))
+            let value = weft_rules::header::check_value(&hv.value)
+                .map_err(|reason| errs.at(&format!("{p}.value"), reason))
                 .ok();
             if let (Some(n), Some(val)) = (name, value) {
                 v.push((n, val));
@@ -172,13 +152,10 @@ fn route(
         None => PathMatch::Any,
         Some(Path::Exact(p)) => PathMatch::Exact(p.clone()),
         Some(Path::Prefix(p)) => PathMatch::Prefix(p.clone()),
-        Some(Path::Regex(r)) => match full_regex(r) {
+        Some(Path::Regex(r)) => match weft_rules::regex::compile_full(r) {
             Ok(re) => PathMatch::Regex(re),
-            Err(e) => {
-                errs.at(
-                    &format!("{path}.match.regex"),
-                    format!("invalid regex {r:?}: {e}"),
-                );
+            Err(reason) => {
+                errs.at(&format!("{path}.match.regex"), reason);
                 PathMatch::Any
             }
         },
@@ -188,8 +165,8 @@ fn route(
     let mut query = Vec::new();
     for (i, q) in m.query_parameters.iter().enumerate() {
         let p = format!("{path}.match.query_parameters[{i}]");
-        if q.name.is_empty() {
-            errs.at(&format!("{p}.name"), "must not be empty");
+        if let Err(reason) = weft_rules::name::check_query_parameter_name(&q.name) {
+            errs.at(&format!("{p}.name"), reason);
         }
         if let Some(matcher) = string_match(q.matcher.as_ref(), &p, errs) {
             query.push(QueryMatch {
@@ -226,25 +203,22 @@ fn route(
                     );
                 }
             }
-            match WeightedClusters::new(
-                w.clusters
-                    .iter()
-                    .map(|c| (Arc::from(c.name.as_str()), c.weight)),
-            ) {
-                Some(wc) => {
-                    for (_, name) in &wc.entries {
-                        clusters.insert(name.to_string());
-                    }
-                    Some(Destination::Weighted(wc))
+            let weighted = weft_rules::split::check_weights(w.clusters.iter().map(|c| c.weight))
+                .map_err(|reason| errs.at(&format!("{path}.action.weighted_clusters"), reason))
+                .ok()
+                .and_then(|()| {
+                    WeightedClusters::new(
+                        w.clusters
+                            .iter()
+                            .map(|c| (Arc::from(c.name.as_str()), c.weight)),
+                    )
+                });
+            weighted.map(|wc| {
+                for (_, name) in &wc.entries {
+                    clusters.insert(name.to_string());
                 }
-                None => {
-                    errs.at(
-                        &format!("{path}.action.weighted_clusters"),
-                        "weights sum to 0",
-                    );
-                    None
-                }
-            }
+                Destination::Weighted(wc)
+            })
         }
     };
     let prefix_rewrite = if action.prefix_rewrite.is_empty() {
@@ -266,16 +240,20 @@ fn route(
     };
     let host_rewrite = if action.host_rewrite.is_empty() {
         None
-    } else if http::uri::Authority::try_from(action.host_rewrite.as_str()).is_err() {
-        errs.at(
-            &format!("{path}.action.host_rewrite"),
-            format!("invalid host {:?}", action.host_rewrite),
-        );
-        None
     } else {
-        HeaderValue::from_str(&action.host_rewrite).ok()
+        match weft_rules::name::check_authority(&action.host_rewrite) {
+            Ok(_) => HeaderValue::from_str(&action.host_rewrite).ok(),
+            Err(reason) => {
+                errs.at(&format!("{path}.action.host_rewrite"), reason);
+                None
+            }
+        }
     };
-    let timeout = match action.timeout.as_ref().map(duration) {
+    let timeout = match action
+        .timeout
+        .as_ref()
+        .map(weft_rules::duration::from_proto)
+    {
         None => None,
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => {
@@ -410,7 +388,7 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
         }
     }
     if let Some(d) = &c.connect_timeout {
-        match duration(d) {
+        match weft_rules::duration::from_proto(d) {
             // Zero would fail every connect; read it as "default".
             Ok(d) if d.is_zero() => {}
             Ok(d) => s.pool.connect_timeout = d,
@@ -418,7 +396,7 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
         }
     }
     if let Some(d) = &c.request_timeout {
-        match duration(d) {
+        match weft_rules::duration::from_proto(d) {
             Ok(d) if d.is_zero() => s.request_timeout = None,
             Ok(d) => s.request_timeout = Some(d),
             Err(e) => errs.at("request_timeout", e),
@@ -438,7 +416,7 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
             s.pool.max_idle_per_endpoint = p.max_idle_per_endpoint as usize;
         }
         if let Some(d) = &p.idle_timeout {
-            match duration(d) {
+            match weft_rules::duration::from_proto(d) {
                 Ok(d) => s.pool.idle_timeout = d,
                 Err(e) => errs.at("connection_pool.idle_timeout", e),
             }
@@ -759,8 +737,8 @@ mod tests {
         let errs = compile_routes(&rc(vec![bad_regex, zero, bad_header])).unwrap_err();
         assert_eq!(errs.len(), 3, "{errs:#?}");
         assert!(errs[0].starts_with("virtual_hosts[0].routes[0].match.regex: invalid regex"));
-        assert!(errs[1].contains("routes[1].action.weighted_clusters: weights sum to 0"));
-        assert!(errs[2].contains("routes[2].match.headers[0].name: invalid header name"));
+        assert!(errs[1].contains("routes[1].action.weighted_clusters: the weights sum to 0"));
+        assert!(errs[2].contains("routes[2].match.headers[0].name: `"));
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub fn inbound_policy(p: &pb::InboundPolicy) -> Value {
     json!({
         "service": p.service,
         "mtls_mode": pb::MtlsMode::try_from(p.mtls_mode).map(|m| m.as_str_name()).unwrap_or("INVALID"),
-        "jwt": jwt(&p.jwt_json),
+        "jwt": jwt(p.jwt.as_ref()),
         "default_action": action(p.default_action),
         "opaque_tcp": p.opaque_tcp,
         "app_protocol": pb::cluster::Protocol::try_from(p.app_protocol).map(|m| m.as_str_name()).unwrap_or("INVALID"),
@@ -225,14 +225,15 @@ pub fn inbound_policy(p: &pb::InboundPolicy) -> Value {
     })
 }
 
-/// The JWT policy as the document wrote it, shared secrets redacted (the
-/// dump is for debugging; a secret in it would end up in tickets).
-fn jwt(text: &str) -> Value {
-    if text.is_empty() {
+/// The JWT policy as the document would write it, shared secrets redacted
+/// (the dump is for debugging; a secret in it would end up in tickets).
+fn jwt(sent: Option<&pb::JwtPolicy>) -> Value {
+    let Some(sent) = sent else {
         return Value::Null;
-    }
-    let Ok(mut policy) = serde_json::from_str::<Value>(text) else {
-        return json!("<not JSON>");
+    };
+    let mut policy = match crate::authn::AuthnConfig::from_proto(sent) {
+        Ok(config) => serde_json::to_value(config).unwrap_or(Value::Null),
+        Err(errors) => json!(format!("<not a policy: {errors}>")),
     };
     if let Some(providers) = policy.get_mut("providers").and_then(Value::as_array_mut) {
         for provider in providers {
@@ -252,7 +253,16 @@ mod tests {
     fn the_dumped_jwt_policy_never_shows_a_shared_secret() {
         let dumped = inbound_policy(&pb::InboundPolicy {
             service: "users".into(),
-            jwt_json: r#"{"providers":[{"name":"ci","issuer":"ci","audiences":["users"],"shared_secret":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}]}"#.into(),
+            jwt: Some(pb::JwtPolicy {
+                providers: vec![pb::JwtProvider {
+                    name: "ci".into(),
+                    issuer: "ci".into(),
+                    audiences: vec!["users".into()],
+                    shared_secret: "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA".into(),
+                    ..Default::default()
+                }],
+                rules: Vec::new(),
+            }),
             mtls_mode: pb::MtlsMode::Permissive.into(),
             ..Default::default()
         });

@@ -66,13 +66,12 @@ pub(crate) fn compile(
             .map_err(|e| errors.extend(e))
             .ok(),
     };
-    let jwt = if policy.jwt_json.is_empty() {
-        None
-    } else {
-        AuthnConfig::from_json(policy.jwt_json.as_bytes())
+    let jwt = policy.jwt.as_ref().and_then(|jwt| {
+        AuthnConfig::from_proto(jwt)
+            .and_then(|config| config.validate().map(|()| config))
             .map_err(|e| errors.extend(jwt_errors(&e)))
             .ok()
-    };
+    });
     // Only once everything else is known to be good: building the
     // authenticator starts the JWKS fetches.
     let (Some(authz), Some(mtls), Some(app_protocol), true) =

@@ -836,5 +836,14 @@ fn resource_name(t: &str, any: &weft_proto::Any) -> Result<String, String> {
     })
 }
 
+/// Compiles `policy` as a sidecar does before it swaps a policy in, and
+/// drops the result: `Err` holds the reasons of the NACK it would send. For
+/// tests that hold the agent's document checks against the sidecar's
+/// (`tests/tests/config_agreement.rs`). A JWT policy whose keys come from a
+/// URL starts a fetch, so call it inside a tokio runtime.
+pub fn check_inbound_policy(policy: &pb::InboundPolicy) -> Result<(), Vec<String>> {
+    inbound::compile(policy, None, &Dns::default()).map(drop)
+}
+
 #[cfg(test)]
 mod tests;

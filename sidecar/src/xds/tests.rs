@@ -56,7 +56,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
             permissions: vec![],
             origin: "kv:weft/policies/web".into(),
         }],
-        jwt_json: String::new(),
+        jwt: None,
         mtls_mode: pb::MtlsMode::Strict.into(),
         opaque_tcp: false,
         rate_limits: None,
@@ -184,6 +184,13 @@ const JWT_JSON: &str = r#"{ "providers": [ { "name": "idp", "issuer": "https://i
     "audiences": ["web"], "jwks": { "inline": { "keys": [ { "kty": "OKP", "crv": "Ed25519",
     "kid": "k1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" } ] } } } ] }"#;
 
+/// The `JwtPolicy` the agent sends for a document's `jwt` section.
+fn jwt_policy(section: &str) -> pb::JwtPolicy {
+    serde_json::from_str::<crate::authn::AuthnConfig>(section)
+        .expect("a jwt section")
+        .to_proto()
+}
+
 #[test]
 fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
     let (mut core, table) = core();
@@ -199,7 +206,7 @@ fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
     );
 
     let mut good = policy("billing", pb::Action::Deny);
-    good.jwt_json = JWT_JSON.into();
+    good.jwt = Some(jwt_policy(JWT_JSON));
     good.mtls_mode = pb::MtlsMode::Permissive.into();
     let out = core.handle(response(POLICY, "p1", "1", &[good]));
     assert!(out[0].error_detail.is_none(), "{:?}", out[0].error_detail);
@@ -229,9 +236,11 @@ fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
     // A bad JWT section: nothing of this policy applies, not even its
     // good intentions and mode; every problem is named with its field.
     let mut bad = policy("billing", pb::Action::Allow);
-    bad.jwt_json = JWT_JSON
-        .replace(r#""audiences": ["web"]"#, r#""audiences": []"#)
-        .replace("Ed25519", "Ed448");
+    bad.jwt = Some(jwt_policy(
+        &JWT_JSON
+            .replace(r#""audiences": ["web"]"#, r#""audiences": []"#)
+            .replace("Ed25519", "Ed448"),
+    ));
     let out = core.handle(response(POLICY, "p2", "2", &[bad]));
     let detail = &out[0].error_detail.as_ref().unwrap().message;
     assert!(
@@ -258,9 +267,12 @@ fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
         "old mode"
     );
 
-    // JSON that is not JSON, and a mode from a newer agent.
+    // An inline JWKS that is not JSON, and a mode from a newer agent.
     let mut bad = policy("billing", pb::Action::Allow);
-    bad.jwt_json = "{".into();
+    let mut jwt = jwt_policy(JWT_JSON);
+    jwt.providers[0].jwks.as_mut().unwrap().source =
+        Some(pb::jwks_source::Source::InlineJson("{".into()));
+    bad.jwt = Some(jwt);
     bad.mtls_mode = 9;
     let out = core.handle(response(POLICY, "p3", "3", &[bad]));
     let detail = &out[0].error_detail.as_ref().unwrap().message;
@@ -268,7 +280,10 @@ fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
         detail.contains("InboundPolicy web: mtls_mode: unknown value 9"),
         "{detail}"
     );
-    assert!(detail.contains("InboundPolicy web: jwt: "), "{detail}");
+    assert!(
+        detail.contains("InboundPolicy web: jwt.providers[0].jwks.inline: not a JWKS document"),
+        "{detail}"
+    );
 
     // A policy without `jwt` turns JWT checks off; the mode goes back to strict.
     let out = core.handle(response(
@@ -1058,7 +1073,7 @@ fn a_request_never_sees_parts_of_two_inbound_policies() {
     use crate::table::cluster::Protocol;
 
     let mut a = policy("billing", pb::Action::Deny);
-    a.jwt_json = JWT_JSON.into();
+    a.jwt = Some(jwt_policy(JWT_JSON));
     a.mtls_mode = pb::MtlsMode::Permissive.into();
     a.app_protocol = pb::cluster::Protocol::Http2.into();
     let b = policy("billing", pb::Action::Allow);

@@ -27,8 +27,6 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// document defaults (`discovery/src/documents/retry.rs`).
 const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
-/// Most tries accepted (the document allows at most 10).
-const MAX_ATTEMPTS: u32 = 10;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
@@ -134,34 +132,18 @@ impl RetryPolicy {
     }
 }
 
-fn duration(d: &prost_types::Duration, field: &str) -> Result<Duration, String> {
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(format!(
-            "{field}: invalid duration {}s {}ns",
-            d.seconds, d.nanos
-        ));
-    }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
-}
-
 /// Compiles a policy; `at` names where it sits (`retry_policy`,
 /// `routes[1].action.retry_policy`) in every error.
 pub fn compile(p: &pb::RetryPolicy, at: &str) -> Result<RetryPolicy, Vec<String>> {
     let mut errors = Vec::new();
-    if !(1..=MAX_ATTEMPTS).contains(&p.max_attempts) {
-        errors.push(format!(
-            "{at}.max_attempts: {} is out of range 1..={MAX_ATTEMPTS}",
-            p.max_attempts
-        ));
+    if let Err(reason) = weft_rules::retry::check_max_attempts(p.max_attempts) {
+        errors.push(format!("{at}.max_attempts: {reason}"));
     }
     let mut status_codes = Vec::with_capacity(p.status_codes.len());
-    for code in &p.status_codes {
-        match u16::try_from(*code)
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok())
-        {
-            Some(status) => status_codes.push(status),
-            None => errors.push(format!("{at}.status_codes: {code} is not an HTTP status")),
+    for (i, code) in p.status_codes.iter().enumerate() {
+        match weft_rules::retry::check_status_code(*code) {
+            Ok(status) => status_codes.push(status),
+            Err(reason) => errors.push(format!("{at}.status_codes[{i}]: {reason}")),
         }
     }
     if let Some(code) = p.grpc_statuses.iter().find(|c| **c > 16) {
@@ -171,11 +153,11 @@ pub fn compile(p: &pb::RetryPolicy, at: &str) -> Result<RetryPolicy, Vec<String>
     }
     let mut optional = |d: &Option<prost_types::Duration>, field: &str| match d {
         None => None,
-        Some(d) => match duration(d, &format!("{at}.{field}")) {
+        Some(d) => match weft_rules::duration::from_proto(d) {
             Ok(d) if d.is_zero() => None,
             Ok(d) => Some(d),
-            Err(e) => {
-                errors.push(e);
+            Err(reason) => {
+                errors.push(format!("{at}.{field}: {reason}"));
                 None
             }
         },
@@ -185,11 +167,8 @@ pub fn compile(p: &pb::RetryPolicy, at: &str) -> Result<RetryPolicy, Vec<String>
     let backoff_max = optional(&p.backoff_max, "backoff_max")
         .unwrap_or(DEFAULT_BACKOFF_MAX)
         .max(backoff_base);
-    if !p.budget_ratio.is_finite() || !(0.0..=1.0).contains(&p.budget_ratio) {
-        errors.push(format!(
-            "{at}.budget_ratio: {} is out of range 0..=1",
-            p.budget_ratio
-        ));
+    if let Err(reason) = weft_rules::retry::check_budget_ratio(p.budget_ratio) {
+        errors.push(format!("{at}.budget_ratio: {reason}"));
     }
     if !errors.is_empty() {
         return Err(errors);

@@ -1,0 +1,125 @@
+//! Durations: the one text form (`250ms`, `2s`, `1.5m`, `1h`) that
+//! documents, the sidecar's settings and its JWT policy write, and the one
+//! conversion from and to the protocol's `google.protobuf.Duration`.
+
+use std::time::Duration;
+
+const HINT: &str = "expected a number and a unit (ms, s, m, h), like \"250ms\", \"2s\" or \"1m\"";
+
+/// Parses `<number>[.<fraction>]<unit>` with unit `ms`, `s`, `m` or `h`.
+/// Exact integer arithmetic (no float rounding: "0.1s" is exactly 100 ms);
+/// sub-nanosecond fractions are truncated. Zero is accepted here: whether 0
+/// makes sense is the caller's decision ([`check_positive`]).
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let unit_start = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{text}` has no unit: {HINT}"))?;
+    let (number, unit) = text.split_at(unit_start);
+    let unit_nanos: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return Err(format!("`{text}` has an unknown unit `{unit}`: {HINT}")),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits_only(whole) || !digits_only(fraction) || number.ends_with('.') {
+        return Err(format!("`{text}` is not a number and a unit: {HINT}"));
+    }
+    let too_long = || format!("`{text}` is too long a duration");
+    let whole: u128 = whole.parse().map_err(|_| too_long())?;
+    let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(too_long)?;
+    // Fraction digits beyond 18 cannot add a nanosecond for any of our units.
+    let fraction = &fraction[..fraction.len().min(18)];
+    if !fraction.is_empty() {
+        let scale = 10u128.pow(fraction.len() as u32);
+        let numerator: u128 = fraction.parse().map_err(|_| too_long())?;
+        nanos += numerator * unit_nanos / scale;
+    }
+    let nanos = u64::try_from(nanos).map_err(|_| too_long())?;
+    Ok(Duration::from_nanos(nanos))
+}
+
+/// Where a duration must not be 0 (a timeout of 0 would fail every request).
+pub fn check_positive(duration: Duration) -> Result<Duration, String> {
+    if duration.is_zero() {
+        return Err("must be greater than 0".into());
+    }
+    Ok(duration)
+}
+
+/// The protobuf form of a duration. Durations from [`parse`] are at most
+/// u64::MAX nanoseconds (about 584 years), so the seconds always fit.
+pub fn to_proto(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A protobuf duration as a [`Duration`]: neither part negative, nanos
+/// below one second (protobuf's own rule for a normalized duration).
+pub fn from_proto(duration: &prost_types::Duration) -> Result<Duration, String> {
+    match (
+        u64::try_from(duration.seconds),
+        u32::try_from(duration.nanos),
+    ) {
+        (Ok(seconds), Ok(nanos)) if nanos < 1_000_000_000 => Ok(Duration::new(seconds, nanos)),
+        _ => Err(format!(
+            "invalid duration {}s {}ns (must be non-negative)",
+            duration.seconds, duration.nanos
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_and_fractions_parse_exactly() {
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse("0.1s"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn malformed_durations_are_rejected_with_a_hint() {
+        for text in [
+            "", "2", "s", "2x", "2 s", "-1s", ".5s", "1.s", "1..2s", "2S",
+        ] {
+            let error = parse(text).unwrap_err();
+            assert!(error.contains("like \"250ms\""), "{text}: {error}");
+        }
+        assert!(
+            parse("99999999999999999999h")
+                .unwrap_err()
+                .contains("too long")
+        );
+    }
+
+    #[test]
+    fn zero_is_refused_where_a_positive_duration_is_needed() {
+        assert_eq!(
+            check_positive(Duration::ZERO).unwrap_err(),
+            "must be greater than 0"
+        );
+        assert!(check_positive(Duration::from_millis(1)).is_ok());
+    }
+
+    #[test]
+    fn proto_form_round_trips_and_refuses_negative_parts() {
+        let proto = to_proto(Duration::from_millis(1500));
+        assert_eq!((proto.seconds, proto.nanos), (1, 500_000_000));
+        assert_eq!(from_proto(&proto), Ok(Duration::from_millis(1500)));
+        for (seconds, nanos) in [(-1, 0), (0, -1), (0, 1_000_000_000)] {
+            let reason = from_proto(&prost_types::Duration { seconds, nanos }).unwrap_err();
+            assert!(reason.starts_with("invalid duration"), "{reason}");
+        }
+    }
+}
