@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_proto::type_url;
 
-use crate::server::DrainToken;
+use crate::drain::DrainToken;
 use crate::table::{Cluster, RoutingTable};
 use crate::upstream::Negotiated;
 use crate::xds::{XdsState, dump};

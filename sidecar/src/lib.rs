@@ -1,9 +1,13 @@
 //! weft-sidecar: the Weft data plane beside every service.
 //!
+//! * `error` — the data path's error type and its kinds, below every feature.
+//! * `drain` — waiting for connections to end at shutdown.
 //! * `config` — start-up settings (flags, env, YAML).
 //! * `server` — the HTTP server both listeners share.
-//! * `proxy` — the request path, one tower layer per file.
-//! * `table` — the compiled, immutable routing table.
+//! * `proxy` — the two stacks' assembly and their core layers, one per file.
+//! * `table` — the compiled, immutable routing table, and the request
+//!   model every layer passes on (`table::request`: `ProxyRequest`,
+//!   `RequestCtx`, `Direction`), which points into it.
 //! * `xds` — the ADS client that builds the table from the agent's resources.
 //! * `upstream` — pooled connections to endpoints, DNS.
 //! * `admin` — /ready, /live, /config_dump, /clusters.
@@ -31,6 +35,7 @@ pub mod body;
 pub mod breaker;
 pub mod call_report;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod identity;
 pub mod metrics;
@@ -56,9 +61,10 @@ use tokio::task::JoinHandle;
 
 pub use config::Settings;
 
-use crate::proxy::Direction;
-use crate::server::{Drain, ServerSettings, Transport};
+use crate::drain::Drain;
+use crate::server::{ServerSettings, Transport};
 use crate::table::cluster::{ClusterShared, Health, Protocol};
+use crate::table::request::Direction;
 use crate::table::{Cluster, ClusterSettings, EndpointAddr, RoutingTable};
 use crate::upstream::{Dns, PoolSettings};
 use crate::xds::XdsState;

@@ -291,7 +291,6 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[
         "body",
         "breaker",
         "config",
-        "error",
         "metrics",
         "proxy",
         "ratelimit",

@@ -27,9 +27,9 @@ use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Method, Uri};
 
 use crate::metrics::sizes::Side;
-use crate::proxy::{Direction, ProxyRequest, RouteRef};
 use crate::table::Endpoint;
 use crate::table::cluster::ClusterShared;
+use crate::table::request::{Direction, ProxyRequest, RouteRef};
 
 /// Where lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]

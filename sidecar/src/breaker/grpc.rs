@@ -25,7 +25,7 @@ use super::Outcome;
 use super::outcome::Pending;
 use crate::body::{ProxyBody, ProxyBodyKind};
 use crate::error::UNREACHED_HEADER;
-use crate::proxy::ProxyResponse;
+use crate::table::request::ProxyResponse;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -10,7 +10,6 @@
 //! another one serves.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use futures_util::future::{Either, Ready, ready};
@@ -19,12 +18,13 @@ use tower::{Layer, Service};
 
 use tokio::time::Instant;
 
-use super::{ProxyRequest, ProxyResponse};
 use crate::breaker::Outcome;
 use crate::breaker::ejection::Verdict;
 use crate::breaker::outcome::{Observed, Observer};
 use crate::error::{ErrorKind, ProxyError};
-use crate::table::{Cluster, Endpoint, EndpointStats, LbPolicy};
+use crate::table::request::InFlightGuard;
+use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::table::{Cluster, Endpoint, LbPolicy};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BalanceLayer;
@@ -39,24 +39,6 @@ impl<S> Layer<S> for BalanceLayer {
 #[derive(Clone, Debug)]
 pub struct Balance<S> {
     inner: S,
-}
-
-/// One request in flight on an endpoint; dropping it ends the request.
-pub struct InFlightGuard(Arc<EndpointStats>);
-
-impl InFlightGuard {
-    /// Counts one more request (or TCP connection) on `endpoint`.
-    pub fn enter(endpoint: &Endpoint) -> Self {
-        endpoint.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        endpoint.stats.requests.fetch_add(1, Ordering::Relaxed);
-        Self(endpoint.stats.clone())
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// A draw that lands on an ejected endpoint draws again, this many times,
@@ -248,6 +230,7 @@ mod tests {
     use crate::breaker::OutlierSettings;
     use crate::table::ClusterSettings;
     use crate::table::cluster::{Health, test_endpoint};
+    use std::sync::atomic::Ordering;
 
     fn cluster(lb: LbPolicy) -> Cluster {
         let settings = ClusterSettings {

@@ -9,10 +9,10 @@ use std::task::{Context, Poll};
 use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
-use super::{ProxyRequest, ProxyResponse};
 use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::cluster::ClusterShared;
+use crate::table::request::{ClusterGuard, ProxyRequest, ProxyResponse};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConcurrencyLimitLayer;
@@ -29,15 +29,6 @@ pub struct ConcurrencyLimit<S> {
     inner: S,
 }
 
-/// One admitted request; dropping it frees its slot.
-pub struct ClusterGuard(Arc<ClusterShared>);
-
-impl Drop for ClusterGuard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Takes a slot if fewer than `max` are taken.
 pub fn admit(shared: &Arc<ClusterShared>, max: usize) -> Option<ClusterGuard> {
     let prev = shared.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -46,7 +37,7 @@ pub fn admit(shared: &Arc<ClusterShared>, max: usize) -> Option<ClusterGuard> {
         shared.overflows.fetch_add(1, Ordering::Relaxed);
         return None;
     }
-    Some(ClusterGuard(shared.clone()))
+    Some(ClusterGuard::holding(shared.clone()))
 }
 
 impl<S> Service<ProxyRequest> for ConcurrencyLimit<S>

@@ -34,10 +34,11 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, StatusCode, Version, header};
 use tower::Service;
 
-use super::{BoxFuture, Direction, ProxyRequest, upgrade};
+use super::upgrade;
 use crate::body::{ProxyBody, ProxyBodyKind, RequestBody};
 use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError, UNREACHED_HEADER};
+use crate::table::request::{BoxFuture, Direction, ProxyRequest};
 use crate::table::{Endpoint, cluster::Protocol};
 
 /// See [`UNREACHED_HEADER`].
@@ -280,7 +281,7 @@ fn classify_h1(e: H1Error, endpoint: &Endpoint) -> ProxyError {
 }
 
 impl Service<ProxyRequest> for Forward {
-    type Response = super::ProxyResponse;
+    type Response = crate::table::request::ProxyResponse;
     type Error = ProxyError;
     type Future = BoxFuture;
 

@@ -7,7 +7,7 @@ use http::HeaderValue;
 use http::header::HeaderName;
 use tower::{Layer, Service};
 
-use super::ProxyRequest;
+use crate::table::request::ProxyRequest;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

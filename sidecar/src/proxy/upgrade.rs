@@ -28,7 +28,6 @@
 //! status in `x-weft-orig-status`, and the caller puts it back.
 
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_util::future::{Either, FutureExt, Map, Ready, ready};
 use http::header::{self, HeaderName, HeaderValue};
@@ -40,9 +39,9 @@ use tokio::io::AsyncWriteExt;
 use tower::{Layer, Service};
 
 use super::forward::ORIGINAL_PROTOCOL;
-use super::{ProxyRequest, ProxyResponse};
 use crate::error::{ErrorKind, ProxyError};
-use crate::server::DrainToken;
+use crate::table::request::BridgeSettings;
+use crate::table::request::{ProxyRequest, ProxyResponse};
 use crate::tcp::copy::{self, End};
 use crate::upstream::Upgraded;
 
@@ -56,28 +55,6 @@ pub const ORIGINAL_STATUS: HeaderName = HeaderName::from_static("x-weft-orig-sta
 
 /// The status a declined upgrade's 2xx travels under between the sidecars.
 const DECLINED_CARRIER: StatusCode = StatusCode::BAD_GATEWAY;
-
-/// What the bridge of an upgraded connection needs. The server hands it
-/// to requests that may switch protocols.
-#[derive(Clone)]
-pub struct BridgeSettings {
-    /// Held until the bridge ends, so that shutdown waits for it (up to
-    /// the drain timeout) like for an opaque TCP connection.
-    pub drain: Option<DrainToken>,
-    /// No byte either way for this long ends the bridge
-    /// (`--tcp-idle-timeout`).
-    pub idle_timeout: Duration,
-}
-
-impl Default for BridgeSettings {
-    fn default() -> Self {
-        Self {
-            drain: None,
-            // The default of `--tcp-idle-timeout`.
-            idle_timeout: Duration::from_secs(3600),
-        }
-    }
-}
 
 // ---- The calling sidecar ------------------------------------------------
 

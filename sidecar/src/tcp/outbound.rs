@@ -31,11 +31,12 @@ use weft_runtime::AcceptErrors;
 
 use super::Counters;
 use super::copy::{self, End};
+use crate::drain::DrainToken;
 use crate::error::peer_refusal_code;
-use crate::proxy::balance::{self, InFlightGuard};
-use crate::proxy::concurrency::{self, ClusterGuard};
-use crate::server::{self, DrainToken};
+use crate::proxy::{balance, concurrency};
+use crate::server;
 use crate::table::cluster::Protocol;
+use crate::table::request::{ClusterGuard, InFlightGuard};
 use crate::table::{Endpoint, RoutingTable};
 use crate::upstream::{Connector, Dns, TunnelClient};
 

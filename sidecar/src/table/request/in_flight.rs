@@ -1,0 +1,45 @@
+//! The guards a request holds while it is in flight: dropping one (when
+//! the request ends, with its context) gives back what it counted. They
+//! are set by `proxy::balance` and `proxy::concurrency` (and held by opaque
+//! TCP connections too), and live here because the context holds them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::table::cluster::ClusterShared;
+use crate::table::{Endpoint, EndpointStats};
+
+/// One request in flight on an endpoint; dropping it ends the request.
+pub struct InFlightGuard(Arc<EndpointStats>);
+
+impl InFlightGuard {
+    /// Counts one more request (or TCP connection) on `endpoint`.
+    pub fn enter(endpoint: &Endpoint) -> Self {
+        endpoint.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        endpoint.stats.requests.fetch_add(1, Ordering::Relaxed);
+        Self(endpoint.stats.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One admitted request; dropping it frees its slot.
+pub struct ClusterGuard(Arc<ClusterShared>);
+
+impl ClusterGuard {
+    /// Holds a slot of `shared.in_flight` that the caller has already
+    /// taken (`proxy::concurrency::admit` decides whether it may).
+    pub fn holding(shared: Arc<ClusterShared>) -> Self {
+        Self(shared)
+    }
+}
+
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
