@@ -1,7 +1,7 @@
 //! weft-sidecar: the Weft data plane beside every service.
 //!
 //! * `error` — the data path's error type and its kinds, below every feature.
-//! * `drain` — waiting for connections to end at shutdown.
+//! * `shutdown` — the shutdown signal, accepting until it, draining.
 //! * `config` — start-up settings (flags, env, YAML).
 //! * `server` — the HTTP server both listeners share.
 //! * `proxy` — the two stacks' assembly and their core layers, one per file.
@@ -35,7 +35,6 @@ pub mod body;
 pub mod breaker;
 pub mod call_report;
 pub mod config;
-pub mod drain;
 pub mod error;
 pub mod identity;
 pub mod metrics;
@@ -43,6 +42,7 @@ pub mod mtls_mode;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;
+pub mod shutdown;
 pub mod table;
 pub mod tcp;
 pub mod trace;
@@ -61,8 +61,8 @@ use tokio::task::JoinHandle;
 
 pub use config::Settings;
 
-use crate::drain::Drain;
 use crate::server::{ServerSettings, Transport};
+use crate::shutdown::Drain;
 use crate::table::cluster::{ClusterShared, Health, Protocol};
 use crate::table::request::Direction;
 use crate::table::{Cluster, ClusterSettings, EndpointAddr, RoutingTable};

@@ -5,7 +5,7 @@
 //! Each accepted connection is one task. On shutdown the accept loop stops
 //! and every connection is told to finish its in-flight requests and close
 //! (HTTP/1 after the current response, HTTP/2 with GOAWAY);
-//! [`Drain`](crate::drain::Drain) waits
+//! [`Drain`](crate::shutdown::Drain) waits
 //! for the last one.
 
 use std::convert::Infallible;
@@ -27,9 +27,9 @@ use tokio::sync::watch;
 use weft_runtime::AcceptErrors;
 
 use crate::body::RequestBody;
-use crate::drain::DrainToken;
 use crate::metrics::tls::{Direction as TlsDirection, HANDSHAKE_FAILURES};
 use crate::mtls_mode::MtlsMode;
+use crate::shutdown::{DrainToken, accept, shutdown_signal};
 use crate::table::RoutingTable;
 use crate::table::request::{
     BridgeSettings, Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx,
@@ -51,12 +51,6 @@ impl Wake for ShutdownWake {
         self.woken.store(true, Ordering::Release);
         self.task.wake();
     }
-}
-
-/// Resolves once `rx` reads true (or its sender is gone).
-pub async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send; drop it right here.
-    let _ = rx.wait_for(|s| *s).await.is_ok();
 }
 
 #[derive(Clone, Debug)]
@@ -222,24 +216,6 @@ pub async fn serve<S: HttpStack>(
                 });
             }
         }
-    }
-}
-
-/// The next connection (with TCP_NODELAY), or `None` once `shutdown` turns
-/// true. Accept errors never end the loop: `errors` (one per listener, kept
-/// across calls) pauses on running out of descriptors and rate-limits the
-/// log lines (see `weft_runtime::accept`).
-pub async fn accept(
-    listener: &TcpListener,
-    errors: &mut AcceptErrors,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    tokio::select! {
-        (stream, addr) = weft_runtime::accept(listener, errors) => {
-            let _ = stream.set_nodelay(true);
-            Some((stream, addr))
-        }
-        _ = shutdown_signal(shutdown) => None,
     }
 }
 

@@ -294,7 +294,6 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[
         "metrics",
         "proxy",
         "ratelimit",
-        "server",
         "table",
         "tcp",
         "trace",

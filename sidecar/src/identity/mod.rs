@@ -227,7 +227,7 @@ pub async fn renew(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = crate::server::shutdown_signal(&mut shutdown) => return,
+            _ = crate::shutdown::shutdown_signal(&mut shutdown) => return,
         }
         match issue(&settings, &dns).await {
             Ok(issued) => {

@@ -31,10 +31,9 @@ use weft_runtime::AcceptErrors;
 
 use super::Counters;
 use super::copy::{self, End};
-use crate::drain::DrainToken;
 use crate::error::peer_refusal_code;
 use crate::proxy::{balance, concurrency};
-use crate::server;
+use crate::shutdown::{DrainToken, accept};
 use crate::table::cluster::Protocol;
 use crate::table::request::{ClusterGuard, InFlightGuard};
 use crate::table::{Endpoint, RoutingTable};
@@ -62,7 +61,7 @@ pub async fn serve(
     drain: DrainToken,
 ) {
     let mut errors = AcceptErrors::new(format!("tcp-upstream {}", upstream.service));
-    while let Some((app, client)) = server::accept(&listener, &mut errors, &mut shutdown).await {
+    while let Some((app, client)) = accept(&listener, &mut errors, &mut shutdown).await {
         let upstream = upstream.clone();
         let token = drain.clone();
         tokio::spawn(async move {

@@ -174,7 +174,7 @@ pub async fn run(
         let mut got_response = false;
         let result = tokio::select! {
             r = run_stream(&settings, &mut core, &state, &dns, &mut got_response) => r,
-            _ = crate::server::shutdown_signal(&mut shutdown) => return,
+            _ = crate::shutdown::shutdown_signal(&mut shutdown) => return,
         };
         state.lock().connected = false;
         if got_response {
@@ -191,7 +191,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = crate::server::shutdown_signal(&mut shutdown) => return,
+            _ = crate::shutdown::shutdown_signal(&mut shutdown) => return,
         }
     }
 }

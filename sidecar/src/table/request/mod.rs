@@ -37,8 +37,8 @@ use http::{HeaderValue, Request, Response};
 use tower::Service;
 
 use crate::body::{ProxyBody, RequestBody};
-use crate::drain::DrainToken;
 use crate::error::ProxyError;
+use crate::shutdown::DrainToken;
 use crate::table::{Cluster, Endpoint, Route, RoutingTable, VirtualHost};
 
 pub type ProxyResponse = Response<ProxyBody>;
