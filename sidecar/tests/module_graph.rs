@@ -302,7 +302,6 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[
     ],
     &["authn::compile", "authn::config"],
     &["breaker::grpc", "breaker::outcome"],
-    &["proxy::forward", "proxy::upgrade"],
 ];
 
 #[test]

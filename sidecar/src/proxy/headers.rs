@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use tower::{Layer, Service};
 
-use super::forward::ORIGINAL_PROTOCOL;
+use super::upgrade::ORIGINAL_PROTOCOL;
 use crate::error::ProxyError;
 use crate::table::request::{Direction, ProxyRequest, ProxyResponse};
 

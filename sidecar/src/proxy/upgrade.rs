@@ -38,12 +38,21 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tower::{Layer, Service};
 
-use super::forward::ORIGINAL_PROTOCOL;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::request::BridgeSettings;
 use crate::table::request::{ProxyRequest, ProxyResponse};
 use crate::tcp::copy::{self, End};
 use crate::upstream::Upgraded;
+
+/// The HTTP version the app's request had before the sidecar-to-sidecar
+/// hop carried it as HTTP/2. Set by `forward` toward a Weft sidecar (ALPN
+/// `weft-mesh/h2`); the receiving sidecar chooses its app's protocol from
+/// its own configuration and removes it (see `proxy/static_target.rs`).
+/// Kept because an extended CONNECT carrying an Upgrade is told apart by it
+/// (here), and because sidecars older than that rule still read it. It is
+/// declared here, with the other `x-weft-orig-*` headers of the hop, so
+/// that `forward` depends on `upgrade` and not both ways.
+pub const ORIGINAL_PROTOCOL: HeaderName = HeaderName::from_static("x-weft-orig-proto");
 
 /// The method of the HTTP/1.1 Upgrade request an extended CONNECT carries
 /// (usually `GET`). Set by the calling sidecar, read by the callee's.
