@@ -301,7 +301,6 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[
         "xds",
     ],
     &["authn::compile", "authn::config"],
-    &["breaker::grpc", "breaker::outcome"],
 ];
 
 #[test]

@@ -21,8 +21,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode, header};
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::Outcome;
-use super::outcome::Pending;
+use super::{Outcome, Pending};
 use crate::body::{ProxyBody, ProxyBodyKind};
 use crate::error::UNREACHED_HEADER;
 use crate::table::request::ProxyResponse;
