@@ -158,7 +158,7 @@ impl Record {
                 request_id: req
                     .http
                     .headers()
-                    .get(crate::proxy::request_id::REQUEST_ID)
+                    .get(crate::table::request::REQUEST_ID)
                     .cloned(),
                 trace_id: crate::metrics::trace_context::TraceContext::of(req.http.headers())
                     .map(|t| t.trace_id),

@@ -178,7 +178,7 @@ impl<S> Trace<S> {
                 host: http.headers().get(http::header::HOST).cloned(),
                 request_id: http
                     .headers()
-                    .get(crate::proxy::request_id::REQUEST_ID)
+                    .get(crate::table::request::REQUEST_ID)
                     .cloned(),
                 client_ip: server.then(|| ctx.client_addr.ip()),
                 peer: ctx.peer_identity.clone(),

@@ -169,6 +169,12 @@ impl<S> HttpStack for S where
 {
 }
 
+/// The header that identifies a request across every hop's logs and
+/// traces: set by `proxy::request_id` on each request that lacks one, read
+/// by the trace and access-log layers (so it is part of the model they
+/// share, not of the layer that sets it).
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// One try, as `balance` sees it: the endpoints earlier tries went to (to
 /// avoid, where another serves) and a slot for the endpoint it picks. Made
 /// by `retry` for each try of a request with a retry policy.
