@@ -1,6 +1,6 @@
 //! The guards a request holds while it is in flight: dropping one (when
 //! the request ends, with its context) gives back what it counted. They
-//! are set by `proxy::balance` and `proxy::concurrency` (and held by opaque
+//! are taken by `proxy::balance` and `proxy::concurrency` (and by opaque
 //! TCP connections too), and live here because the context holds them.
 
 use std::sync::Arc;
@@ -31,10 +31,16 @@ impl Drop for InFlightGuard {
 pub struct ClusterGuard(Arc<ClusterShared>);
 
 impl ClusterGuard {
-    /// Holds a slot of `shared.in_flight` that the caller has already
-    /// taken (`proxy::concurrency::admit` decides whether it may).
-    pub fn holding(shared: Arc<ClusterShared>) -> Self {
-        Self(shared)
+    /// Takes a slot if fewer than `max` are taken (counting an overflow
+    /// otherwise). Used by `proxy::concurrency` and by opaque TCP.
+    pub fn admit(shared: &Arc<ClusterShared>, max: usize) -> Option<Self> {
+        let prev = shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        if prev >= max {
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            shared.overflows.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(shared.clone()))
     }
 }
 
