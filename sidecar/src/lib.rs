@@ -9,6 +9,7 @@
 //!   model every layer passes on (`table::request`: `ProxyRequest`,
 //!   `RequestCtx`, `Direction`), which points into it.
 //! * `xds` — the ADS client that builds the table from the agent's resources.
+//! * `backoff` — exponential backoff with jitter, for every reconnect loop.
 //! * `upstream` — pooled connections to endpoints, DNS.
 //! * `admin` — /ready, /live, /config_dump, /clusters.
 //! * `app_health` — whether the local app accepts connections (`/ready`).
@@ -31,6 +32,7 @@ pub mod admin;
 pub mod app_health;
 pub mod authn;
 pub mod authz;
+pub mod backoff;
 pub mod body;
 pub mod breaker;
 pub mod call_report;

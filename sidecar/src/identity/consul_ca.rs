@@ -33,9 +33,9 @@ use tokio::sync::watch;
 use weft_certs::{IdentityStore, LeafInfo, TrustBundle};
 
 use super::IdentityError;
+use crate::backoff::Backoff;
 use crate::config::ConsulSettings;
 use crate::upstream::Dns;
-use crate::xds::backoff::Backoff;
 
 /// How long each blocking query may wait for a change. Consul adds up to
 /// `wait/16` of jitter; a minute keeps a dead connection from going

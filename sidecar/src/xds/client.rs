@@ -11,8 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use weft_proto::discovery::v1::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 
-use super::backoff::Backoff;
 use super::{Core, XdsState};
+use crate::backoff::Backoff;
 use crate::upstream::Dns;
 
 /// Connection settings of the ADS client.
