@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_proto::type_url;
 
-use crate::server::DrainToken;
+use crate::shutdown::DrainToken;
 use crate::table::{Cluster, RoutingTable};
 use crate::upstream::Negotiated;
 use crate::xds::{XdsState, dump};
@@ -342,7 +342,8 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
 pub async fn serve(listener: TcpListener, state: AdminState, drain: DrainToken) {
     let mut shutdown = state.shutdown.clone();
     let mut errors = weft_runtime::AcceptErrors::new("admin");
-    while let Some((stream, _)) = crate::server::accept(&listener, &mut errors, &mut shutdown).await
+    while let Some((stream, _)) =
+        crate::shutdown::accept(&listener, &mut errors, &mut shutdown).await
     {
         let state = state.clone();
         let token = drain.clone();

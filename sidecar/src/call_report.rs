@@ -49,7 +49,7 @@ impl CallReporter {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(self.interval) => {}
-                _ = crate::server::shutdown_signal(&mut shutdown) => return,
+                _ = crate::shutdown::shutdown_signal(&mut shutdown) => return,
             }
             let report = self.report(started_at_unix_ms);
             if report.destinations.is_empty() {

@@ -5,7 +5,11 @@
 //! again ([`Retry`]); the retry layer reads those fields, never strings.
 //! Every refusal of the sidecar (a proxy failure, a JWT denial, a rate
 //! limit) is a [`ProxyError`], and becomes an HTTP response in exactly one
-//! place, the `error_response` layer, through [`ProxyError::to_response`].
+//! place, the `error_response` layer, through [`ProxyError::to_response`]
+//! (defined there, with the response body type: this module is at the
+//! bottom of the data plane and imports nothing of the sidecar's, so that
+//! every feature can name its errors without importing the body or the
+//! features the body wraps).
 //! That response carries its kind as a typed [`OwnRefusal`] extension, and
 //! the layers that observe a refusal (metrics, traces, the access log, the
 //! gRPC mapping) read the kind, never the `x-weft-error` string; only a
@@ -14,10 +18,7 @@
 
 use std::fmt;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-
-use crate::body::ProxyBody;
 
 /// The response header that names the cause of a proxy-generated error.
 pub const ERROR_HEADER: &str = "x-weft-error";
@@ -345,47 +346,6 @@ impl ProxyError {
     pub fn retry(&self) -> Retry {
         self.kind.retry()
     }
-
-    /// The synthetic response: status, `x-weft-error`, a one-line text
-    /// body, the error's own headers, and its kind as [`OwnRefusal`].
-    pub fn to_response(&self) -> Response<ProxyBody> {
-        let mut response = plain_refusal(self.kind.status(), self.kind.code(), &self.reason);
-        for (name, value) in &self.headers {
-            response.headers_mut().append(name.clone(), value.clone());
-        }
-        if let Some(attempts) = self.attempts {
-            response
-                .headers_mut()
-                .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
-        }
-        if let Some(edit) = &self.header_edits {
-            edit(response.headers_mut());
-        }
-        response.extensions_mut().insert(OwnRefusal(self.kind));
-        response
-    }
-}
-
-/// The shape of every response the sidecar makes itself: `status`,
-/// `x-weft-error: code`, and `reason` as a one-line text body.
-fn plain_refusal(status: StatusCode, code: &'static str, reason: &str) -> Response<ProxyBody> {
-    let mut body = String::with_capacity(reason.len() + 1);
-    // Keep the body on one line whatever the reason contains.
-    body.extend(
-        reason
-            .chars()
-            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
-    );
-    body.push('\n');
-    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
-    *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 impl fmt::Debug for ProxyError {

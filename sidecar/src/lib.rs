@@ -1,10 +1,15 @@
 //! weft-sidecar: the Weft data plane beside every service.
 //!
+//! * `error` — the data path's error type and its kinds, below every feature.
+//! * `shutdown` — the shutdown signal, accepting until it, draining.
 //! * `config` — start-up settings (flags, env, YAML).
 //! * `server` — the HTTP server both listeners share.
-//! * `proxy` — the request path, one tower layer per file.
-//! * `table` — the compiled, immutable routing table.
+//! * `proxy` — the two stacks' assembly and their core layers, one per file.
+//! * `table` — the compiled, immutable routing table, and the request
+//!   model every layer passes on (`table::request`: `ProxyRequest`,
+//!   `RequestCtx`, `Direction`), which points into it.
 //! * `xds` — the ADS client that builds the table from the agent's resources.
+//! * `backoff` — exponential backoff with jitter, for every reconnect loop.
 //! * `upstream` — pooled connections to endpoints, DNS.
 //! * `admin` — /ready, /live, /config_dump, /clusters.
 //! * `app_health` — whether the local app accepts connections (`/ready`).
@@ -27,6 +32,7 @@ pub mod admin;
 pub mod app_health;
 pub mod authn;
 pub mod authz;
+pub mod backoff;
 pub mod body;
 pub mod breaker;
 pub mod call_report;
@@ -38,6 +44,7 @@ pub mod mtls_mode;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;
+pub mod shutdown;
 pub mod table;
 pub mod tcp;
 pub mod trace;
@@ -56,9 +63,10 @@ use tokio::task::JoinHandle;
 
 pub use config::Settings;
 
-use crate::proxy::Direction;
-use crate::server::{Drain, ServerSettings, Transport};
+use crate::server::{ServerSettings, Transport};
+use crate::shutdown::Drain;
 use crate::table::cluster::{ClusterShared, Health, Protocol};
+use crate::table::request::Direction;
 use crate::table::{Cluster, ClusterSettings, EndpointAddr, RoutingTable};
 use crate::upstream::{Dns, PoolSettings};
 use crate::xds::XdsState;

@@ -4,7 +4,8 @@
 //!
 //! Each accepted connection is one task. On shutdown the accept loop stops
 //! and every connection is told to finish its in-flight requests and close
-//! (HTTP/1 after the current response, HTTP/2 with GOAWAY); [`Drain`] waits
+//! (HTTP/1 after the current response, HTTP/2 with GOAWAY);
+//! [`Drain`](crate::shutdown::Drain) waits
 //! for the last one.
 
 use std::convert::Infallible;
@@ -22,46 +23,17 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use weft_runtime::AcceptErrors;
 
 use crate::body::RequestBody;
 use crate::metrics::tls::{Direction as TlsDirection, HANDSHAKE_FAILURES};
 use crate::mtls_mode::MtlsMode;
-use crate::proxy::upgrade::BridgeSettings;
-use crate::proxy::{Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx};
+use crate::shutdown::{DrainToken, accept, shutdown_signal};
 use crate::table::RoutingTable;
-
-/// Counts live connections; [`Drain::wait`] returns when all are gone.
-pub struct Drain {
-    tx: mpsc::Sender<Infallible>,
-    rx: mpsc::Receiver<Infallible>,
-}
-
-/// Held by each connection task (dropped when it ends).
-#[derive(Clone)]
-pub struct DrainToken(#[allow(dead_code)] mpsc::Sender<Infallible>);
-
-impl Default for Drain {
-    fn default() -> Self {
-        let (tx, rx) = mpsc::channel(1);
-        Self { tx, rx }
-    }
-}
-
-impl Drain {
-    pub fn token(&self) -> DrainToken {
-        DrainToken(self.tx.clone())
-    }
-
-    /// Waits until every token is dropped.
-    pub async fn wait(self) {
-        let Self { tx, mut rx } = self;
-        drop(tx);
-        // `recv` returns None once all senders are gone (nothing is ever sent).
-        let _ = rx.recv().await;
-    }
-}
+use crate::table::request::{
+    BridgeSettings, Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx,
+};
 
 /// Wakes the connection task for the shutdown signal and records that it
 /// was this signal that woke it.
@@ -79,12 +51,6 @@ impl Wake for ShutdownWake {
         self.woken.store(true, Ordering::Release);
         self.task.wake();
     }
-}
-
-/// Resolves once `rx` reads true (or its sender is gone).
-pub async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send; drop it right here.
-    let _ = rx.wait_for(|s| *s).await.is_ok();
 }
 
 #[derive(Clone, Debug)]
@@ -250,24 +216,6 @@ pub async fn serve<S: HttpStack>(
                 });
             }
         }
-    }
-}
-
-/// The next connection (with TCP_NODELAY), or `None` once `shutdown` turns
-/// true. Accept errors never end the loop: `errors` (one per listener, kept
-/// across calls) pauses on running out of descriptors and rate-limits the
-/// log lines (see `weft_runtime::accept`).
-pub async fn accept(
-    listener: &TcpListener,
-    errors: &mut AcceptErrors,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    tokio::select! {
-        (stream, addr) = weft_runtime::accept(listener, errors) => {
-            let _ = stream.set_nodelay(true);
-            Some((stream, addr))
-        }
-        _ = shutdown_signal(shutdown) => None,
     }
 }
 

@@ -43,7 +43,7 @@ use weft_sidecar::body::ProxyBody;
 use weft_sidecar::error::ProxyError;
 use weft_sidecar::proxy::error_response::ErrorResponseLayer;
 use weft_sidecar::proxy::inbound_snapshot::InboundSnapshotLayer;
-use weft_sidecar::proxy::{Direction, ProxyRequest, RequestCtx};
+use weft_sidecar::table::request::{Direction, ProxyRequest, RequestCtx};
 use weft_sidecar::table::{InboundPolicy, RoutingTable};
 
 const ISSUER: &str = "https://idp.test";

@@ -291,11 +291,9 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[
         "body",
         "breaker",
         "config",
-        "error",
         "metrics",
         "proxy",
         "ratelimit",
-        "server",
         "table",
         "tcp",
         "trace",
@@ -303,8 +301,6 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[
         "xds",
     ],
     &["authn::compile", "authn::config"],
-    &["breaker::grpc", "breaker::outcome"],
-    &["proxy::forward", "proxy::upgrade"],
 ];
 
 #[test]

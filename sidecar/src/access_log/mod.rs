@@ -27,9 +27,9 @@ use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Method, Uri};
 
 use crate::metrics::sizes::Side;
-use crate::proxy::{Direction, ProxyRequest, RouteRef};
 use crate::table::Endpoint;
 use crate::table::cluster::ClusterShared;
+use crate::table::request::{Direction, ProxyRequest, RouteRef};
 
 /// Where lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,7 +158,7 @@ impl Record {
                 request_id: req
                     .http
                     .headers()
-                    .get(crate::proxy::request_id::REQUEST_ID)
+                    .get(crate::table::request::REQUEST_ID)
                     .cloned(),
                 trace_id: crate::metrics::trace_context::TraceContext::of(req.http.headers())
                     .map(|t| t.trace_id),

@@ -29,9 +29,9 @@ use tokio::time::Instant;
 
 use super::jwks_tls::JwksTls;
 use super::keys::KeySet;
+use crate::backoff::Backoff;
 use crate::table::EndpointAddr;
 use crate::upstream::{Connector, Dns};
-use crate::xds::backoff::Backoff;
 
 /// A JWKS is a few kilobytes; anything this big is not one.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;

@@ -9,7 +9,7 @@ use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use crate::error::{ErrorKind, ProxyError};
-use crate::proxy::{ProxyRequest, ProxyResponse};
+use crate::table::request::{ProxyRequest, ProxyResponse};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AuthorizeLayer;

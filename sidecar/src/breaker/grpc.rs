@@ -21,11 +21,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode, header};
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::Outcome;
-use super::outcome::Pending;
+use super::{Outcome, Pending};
 use crate::body::{ProxyBody, ProxyBodyKind};
 use crate::error::UNREACHED_HEADER;
-use crate::proxy::ProxyResponse;
+use crate::table::request::ProxyResponse;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -30,6 +30,21 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// An observer a gRPC answer's body carries until its trailers, boxed so
+/// that one body can carry the breaker's and the balancer's. Declared
+/// here, between `outcome` (whose observers it boxes) and `grpc` (whose
+/// bodies carry it), so that `grpc` does not import `outcome`, which
+/// reads gRPC heads with it.
+pub trait Pending: Send {
+    fn settle(self: Box<Self>, outcome: Outcome);
+}
+
+impl<O: outcome::Observer + Send + 'static> Pending for O {
+    fn settle(self: Box<Self>, outcome: Outcome) {
+        (*self).finished(outcome);
+    }
+}
+
 /// Milliseconds since `epoch`, plus one: 0 means "never" in the atomics
 /// that store these, and differences stay exact.
 fn millis_since(epoch: Instant, now: Instant) -> u64 {

@@ -105,18 +105,6 @@ pub trait Observer {
     }
 }
 
-/// An observer a gRPC answer's body carries until its trailers, boxed so
-/// that one body can carry the breaker's and the balancer's.
-pub trait Pending: Send {
-    fn settle(self: Box<Self>, outcome: Outcome);
-}
-
-impl<O: Observer + Send + 'static> Pending for O {
-    fn settle(self: Box<Self>, outcome: Outcome) {
-        (*self).finished(outcome);
-    }
-}
-
 pin_project_lite::pin_project! {
     /// A request's future that tells its observer how it ended, once.
     pub struct Observed<F, O: Observer> {
@@ -142,7 +130,7 @@ impl<F, O: Observer> Observed<F, O> {
 
 impl<F, O> Future for Observed<F, O>
 where
-    F: Future<Output = Result<crate::proxy::ProxyResponse, ProxyError>>,
+    F: Future<Output = Result<crate::table::request::ProxyResponse, ProxyError>>,
     O: Observer + Send + 'static,
 {
     type Output = F::Output;

@@ -33,9 +33,9 @@ use tokio::sync::watch;
 use weft_certs::{IdentityStore, LeafInfo, TrustBundle};
 
 use super::IdentityError;
+use crate::backoff::Backoff;
 use crate::config::ConsulSettings;
 use crate::upstream::Dns;
-use crate::xds::backoff::Backoff;
 
 /// How long each blocking query may wait for a change. Consul adds up to
 /// `wait/16` of jitter; a minute keeps a dead connection from going
@@ -402,7 +402,7 @@ impl ConsulCa {
         loop {
             let answer = tokio::select! {
                 answer = fetch(index) => answer,
-                _ = crate::server::shutdown_signal(&mut shutdown) => return,
+                _ = crate::shutdown::shutdown_signal(&mut shutdown) => return,
             };
             match answer {
                 // The wait ended without a change.
@@ -418,7 +418,7 @@ impl ConsulCa {
                     tracing::warn!(%error, retry_in = ?delay, "watching Consul's {what} failed; keeping the current one");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = crate::server::shutdown_signal(&mut shutdown) => return,
+                        _ = crate::shutdown::shutdown_signal(&mut shutdown) => return,
                     }
                 }
             }

@@ -23,9 +23,9 @@ use weft_certs::{IdentityStore, LeafInfo, LeafKey, SpiffeId, TrustBundle};
 use weft_proto::identity::v1::SignCertificateRequest;
 use weft_proto::identity::v1::identity_service_client::IdentityServiceClient;
 
+use crate::backoff::Backoff;
 use crate::config::{IdentitySource, Settings};
 use crate::upstream::Dns;
-use crate::xds::backoff::Backoff;
 use crate::xds::client::{ClientSettings, connect};
 
 /// What the sidecar needs to obtain its identity.
@@ -227,7 +227,7 @@ pub async fn renew(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = crate::server::shutdown_signal(&mut shutdown) => return,
+            _ = crate::shutdown::shutdown_signal(&mut shutdown) => return,
         }
         match issue(&settings, &dns).await {
             Ok(issued) => {

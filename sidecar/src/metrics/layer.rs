@@ -27,8 +27,8 @@ use super::trace_context::TraceContext;
 use crate::access_log::{self, Outcome, Record};
 use crate::body::{ProxyBodyKind, RequestBody};
 use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
-use crate::proxy::{ProxyRequest, ProxyResponse};
 use crate::table::cluster::ClusterShared;
+use crate::table::request::{ProxyRequest, ProxyResponse};
 
 /// Whose stats a request counts in.
 #[derive(Clone)]
@@ -284,8 +284,8 @@ mod tests {
     use super::*;
     use crate::body::{BufferedBody, ProxyBody};
     use crate::error::{AuthnErrorKind, ERROR_HEADER, ErrorKind};
-    use crate::proxy::{Direction, RequestCtx};
     use crate::table::Cluster;
+    use crate::table::request::{Direction, RequestCtx};
 
     /// A response from below (the app's, or an upstream's) saying
     /// `x-weft-error: denied`.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::proxy::Direction;
+use crate::table::request::Direction;
 
 /// The `rule` label, one per `proxy::conformance::Violation`.
 pub const RULES: [&str; 9] = [

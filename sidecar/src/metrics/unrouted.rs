@@ -13,7 +13,7 @@ use super::requests::{RequestStats, cause_of, method_index};
 use crate::access_log::{self, Outcome, Record};
 use crate::error::ProxyError;
 use crate::metrics::sizes::Side;
-use crate::proxy::ProxyRequest;
+use crate::table::request::ProxyRequest;
 
 /// The stats of requests without a destination.
 pub static UNROUTED: LazyLock<RequestStats> = LazyLock::new(RequestStats::default);

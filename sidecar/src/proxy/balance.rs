@@ -10,7 +10,6 @@
 //! another one serves.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use futures_util::future::{Either, Ready, ready};
@@ -19,12 +18,13 @@ use tower::{Layer, Service};
 
 use tokio::time::Instant;
 
-use super::{ProxyRequest, ProxyResponse};
 use crate::breaker::Outcome;
 use crate::breaker::ejection::Verdict;
 use crate::breaker::outcome::{Observed, Observer};
 use crate::error::{ErrorKind, ProxyError};
-use crate::table::{Cluster, Endpoint, EndpointStats, LbPolicy};
+use crate::table::request::InFlightGuard;
+use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::table::{Cluster, Endpoint};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BalanceLayer;
@@ -39,66 +39,6 @@ impl<S> Layer<S> for BalanceLayer {
 #[derive(Clone, Debug)]
 pub struct Balance<S> {
     inner: S,
-}
-
-/// One request in flight on an endpoint; dropping it ends the request.
-pub struct InFlightGuard(Arc<EndpointStats>);
-
-impl InFlightGuard {
-    /// Counts one more request (or TCP connection) on `endpoint`.
-    pub fn enter(endpoint: &Endpoint) -> Self {
-        endpoint.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        endpoint.stats.requests.fetch_add(1, Ordering::Relaxed);
-        Self(endpoint.stats.clone())
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A draw that lands on an ejected endpoint draws again, this many times,
-/// before the serving endpoints are scanned in order.
-const REDRAWS: usize = 3;
-
-pub fn pick(cluster: &Cluster) -> Option<&Arc<Endpoint>> {
-    let draw = || match cluster.settings.lb {
-        LbPolicy::RoundRobin => cluster.pick_round_robin(),
-        LbPolicy::LeastRequest => {
-            let mut rng = rand::rng();
-            cluster.pick_least_request(|n| rng.random_range(0..n))
-        }
-    };
-    let first = draw()?;
-    if cluster.settings.outlier.is_none() || available(cluster, first) {
-        return Some(first);
-    }
-    (0..REDRAWS)
-        .filter_map(|_| draw())
-        .find(|e| available(cluster, e))
-        .or_else(|| cluster.serving.iter().find(|e| available(cluster, e)))
-        // Every endpoint ejected: an empty cluster would fail every request,
-        // the ejected ones may still answer some.
-        .or(Some(first))
-}
-
-/// Not ejected; notes (and logs) an ejection that has just ended.
-fn available(cluster: &Cluster, endpoint: &Endpoint) -> bool {
-    let outlier = &endpoint.stats.outlier;
-    if outlier.is_ejected(Instant::now) {
-        return false;
-    }
-    if outlier.note_return(Instant::now) {
-        tracing::info!(
-            cluster = %cluster.name,
-            endpoint = %endpoint.addr,
-            reason = "ejection time over",
-            "outlier endpoint returned to the balancer"
-        );
-    }
-    true
 }
 
 /// The request's endpoint, told how it ended.
@@ -175,13 +115,13 @@ pub fn pick_avoiding<'a>(
     excluded: &[Arc<Endpoint>],
 ) -> Option<&'a Arc<Endpoint>> {
     if excluded.is_empty() {
-        return pick(cluster);
+        return cluster.pick();
     }
     let fresh = |e: &&Arc<Endpoint>| !excluded.iter().any(|x| x.addr == e.addr);
     let weight = |e: &Arc<Endpoint>| u64::from(e.weight.max(1));
     let total: u64 = cluster.serving.iter().filter(fresh).map(weight).sum();
     if total == 0 {
-        return pick(cluster);
+        return cluster.pick();
     }
     let mut draw = rand::rng().random_range(0..total);
     for endpoint in cluster.serving.iter().filter(fresh) {
@@ -190,7 +130,7 @@ pub fn pick_avoiding<'a>(
         }
         draw -= weight(endpoint);
     }
-    pick(cluster)
+    cluster.pick()
 }
 
 impl<S> Service<ProxyRequest> for Balance<S>
@@ -215,7 +155,7 @@ where
         };
         let picked = match &req.ctx.attempt {
             Some(attempt) => pick_avoiding(cluster, &attempt.excluded),
-            None => pick(cluster),
+            None => cluster.pick(),
         };
         let Some(endpoint) = picked else {
             let total = cluster.endpoints.len();
@@ -246,8 +186,9 @@ where
 mod tests {
     use super::*;
     use crate::breaker::OutlierSettings;
-    use crate::table::ClusterSettings;
     use crate::table::cluster::{Health, test_endpoint};
+    use crate::table::{ClusterSettings, LbPolicy};
+    use std::sync::atomic::Ordering;
 
     fn cluster(lb: LbPolicy) -> Cluster {
         let settings = ClusterSettings {
@@ -273,7 +214,7 @@ mod tests {
         let c = Cluster::new("users".into(), settings, endpoints, Arc::default());
         observe(&c, &c.endpoints[0], Outcome::ConnectFailure);
         for _ in 0..50 {
-            assert!(Arc::ptr_eq(pick(&c).unwrap(), &c.endpoints[1]));
+            assert!(Arc::ptr_eq(c.pick().unwrap(), &c.endpoints[1]));
         }
         observe(&c, &c.endpoints[1], Outcome::ConnectFailure);
         assert!(
@@ -281,7 +222,7 @@ mod tests {
                 .iter()
                 .all(|e| e.stats.outlier.is_ejected(Instant::now))
         );
-        let picked: Vec<_> = (0..200).map(|_| pick(&c).unwrap().addr.clone()).collect();
+        let picked: Vec<_> = (0..200).map(|_| c.pick().unwrap().addr.clone()).collect();
         for endpoint in &c.endpoints {
             assert!(picked.contains(&endpoint.addr), "panic mode uses them all");
         }
@@ -301,7 +242,7 @@ mod tests {
             }
             assert_eq!(out.stats.outlier.ejections_total.load(Ordering::Relaxed), 1);
             for _ in 0..100 {
-                assert!(!Arc::ptr_eq(pick(&c).unwrap(), out), "{lb:?}");
+                assert!(!Arc::ptr_eq(c.pick().unwrap(), out), "{lb:?}");
             }
             // A second failing endpoint is kept: 2 of 3 is over 50 %.
             for _ in 0..5 {
@@ -317,7 +258,7 @@ mod tests {
             );
             tokio::time::advance(OutlierSettings::default().base_ejection_time).await;
             assert!(
-                (0..100).any(|_| Arc::ptr_eq(pick(&c).unwrap(), out)),
+                (0..100).any(|_| Arc::ptr_eq(c.pick().unwrap(), out)),
                 "{lb:?}"
             );
         }

@@ -16,12 +16,12 @@ use futures_util::future::{Either, Ready, ready};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::{ProxyRequest, ProxyResponse};
 use crate::breaker::Outcome;
 use crate::breaker::circuit::{Admitted, State};
 use crate::breaker::outcome::{Observed, Observer};
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::Cluster;
+use crate::table::request::{ProxyRequest, ProxyResponse};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BreakerLayer;
@@ -136,8 +136,8 @@ mod tests {
     use super::*;
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
     use crate::breaker::BreakerSettings;
-    use crate::proxy::{Direction, RequestCtx};
     use crate::table::ClusterSettings;
+    use crate::table::request::{Direction, RequestCtx};
 
     fn cluster() -> Arc<Cluster> {
         let settings = ClusterSettings {

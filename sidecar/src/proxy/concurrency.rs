@@ -2,17 +2,14 @@
 //! request fails fast with 503 `overflow` instead of queueing, so a slow
 //! upstream cannot pile up unbounded work in the sidecar.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
-use super::{ProxyRequest, ProxyResponse};
 use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError};
-use crate::table::cluster::ClusterShared;
+use crate::table::request::{ClusterGuard, ProxyRequest, ProxyResponse};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConcurrencyLimitLayer;
@@ -27,26 +24,6 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLimit<S> {
     inner: S,
-}
-
-/// One admitted request; dropping it frees its slot.
-pub struct ClusterGuard(Arc<ClusterShared>);
-
-impl Drop for ClusterGuard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Takes a slot if fewer than `max` are taken.
-pub fn admit(shared: &Arc<ClusterShared>, max: usize) -> Option<ClusterGuard> {
-    let prev = shared.in_flight.fetch_add(1, Ordering::Relaxed);
-    if prev >= max {
-        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        shared.overflows.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
-    Some(ClusterGuard(shared.clone()))
 }
 
 impl<S> Service<ProxyRequest> for ConcurrencyLimit<S>
@@ -69,7 +46,7 @@ where
             ))));
         };
         let max = cluster.settings.max_requests;
-        match admit(&cluster.shared, max) {
+        match ClusterGuard::admit(&cluster.shared, max) {
             Some(guard) => {
                 req.ctx.cluster_guard = Some(guard);
                 Either::Right(self.inner.call(req))
@@ -86,15 +63,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::cluster::ClusterShared;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn admits_up_to_max_and_frees_on_drop() {
         let shared = Arc::new(ClusterShared::default());
-        let a = admit(&shared, 2).unwrap();
-        let _b = admit(&shared, 2).unwrap();
-        assert!(admit(&shared, 2).is_none());
+        let a = ClusterGuard::admit(&shared, 2).unwrap();
+        let _b = ClusterGuard::admit(&shared, 2).unwrap();
+        assert!(ClusterGuard::admit(&shared, 2).is_none());
         assert_eq!(shared.overflows.load(Ordering::Relaxed), 1);
         drop(a);
-        assert!(admit(&shared, 2).is_some());
+        assert!(ClusterGuard::admit(&shared, 2).is_some());
     }
 }

@@ -34,9 +34,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Uri, Version};
 use tower::{Layer, Service};
 
-use super::{ProxyRequest, ProxyResponse};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::malformed::MALFORMED_REQUESTS;
+use crate::table::request::{ProxyRequest, ProxyResponse};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConformanceLayer;

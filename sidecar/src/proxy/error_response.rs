@@ -17,12 +17,57 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::{FutureExt, Map};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode, header};
 use tower::{Layer, Service};
 
-use super::{ProxyRequest, ProxyResponse};
 use crate::body::{ProxyBody, ProxyBodyKind};
-use crate::error::{ErrorKind, ErrorSource, OwnRefusal, ProxyError};
+use crate::error::{ATTEMPTS_HEADER, ERROR_HEADER, ErrorKind, ErrorSource, OwnRefusal, ProxyError};
+use crate::table::request::{ProxyRequest, ProxyResponse};
+
+// Written here rather than in `crate::error`: the response needs the body
+// type, and the error type stays at the bottom of the data plane.
+impl ProxyError {
+    /// The synthetic response: status, `x-weft-error`, a one-line text
+    /// body, the error's own headers, and its kind as [`OwnRefusal`].
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let mut response = plain_refusal(self.kind.status(), self.kind.code(), &self.reason);
+        for (name, value) in &self.headers {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+        if let Some(attempts) = self.attempts {
+            response
+                .headers_mut()
+                .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+        }
+        if let Some(edit) = &self.header_edits {
+            edit(response.headers_mut());
+        }
+        response.extensions_mut().insert(OwnRefusal(self.kind));
+        response
+    }
+}
+
+/// The shape of every response the sidecar makes itself: `status`,
+/// `x-weft-error: code`, and `reason` as a one-line text body.
+fn plain_refusal(status: StatusCode, code: &'static str, reason: &str) -> Response<ProxyBody> {
+    let mut body = String::with_capacity(reason.len() + 1);
+    // Keep the body on one line whatever the reason contains.
+    body.extend(
+        reason
+            .chars()
+            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+    );
+    body.push('\n');
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ErrorResponseLayer;

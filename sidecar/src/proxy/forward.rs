@@ -34,24 +34,17 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, StatusCode, Version, header};
 use tower::Service;
 
-use super::{BoxFuture, Direction, ProxyRequest, upgrade};
+use super::upgrade::{self, ORIGINAL_PROTOCOL};
 use crate::body::{ProxyBody, ProxyBodyKind, RequestBody};
 use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError, UNREACHED_HEADER};
+use crate::table::request::{BoxFuture, Direction, ProxyRequest};
 use crate::table::{Endpoint, cluster::Protocol};
 
 /// See [`UNREACHED_HEADER`].
 const UNREACHED: http::HeaderName = http::HeaderName::from_static(UNREACHED_HEADER);
 use crate::upstream::connection_limit::PendingOverflow;
 use crate::upstream::{ConnectError, H1Error, MeshClients, Negotiated};
-
-/// The HTTP version the app's request had before the sidecar-to-sidecar
-/// hop carried it as HTTP/2. Set by the calling sidecar toward a Weft
-/// sidecar (ALPN `weft-mesh/h2`); the receiving sidecar chooses its app's protocol from its
-/// own configuration and removes it (see `proxy/static_target.rs`). Kept
-/// because an extended CONNECT carrying an Upgrade is told apart by it
-/// (`upgrade.rs`), and because sidecars older than that rule still read it.
-pub const ORIGINAL_PROTOCOL: http::HeaderName = http::HeaderName::from_static("x-weft-orig-proto");
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Forward;
@@ -280,7 +273,7 @@ fn classify_h1(e: H1Error, endpoint: &Endpoint) -> ProxyError {
 }
 
 impl Service<ProxyRequest> for Forward {
-    type Response = super::ProxyResponse;
+    type Response = crate::table::request::ProxyResponse;
     type Error = ProxyError;
     type Future = BoxFuture;
 

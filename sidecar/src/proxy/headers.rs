@@ -10,9 +10,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use tower::{Layer, Service};
 
-use super::forward::ORIGINAL_PROTOCOL;
-use super::{Direction, ProxyRequest, ProxyResponse};
+use super::upgrade::ORIGINAL_PROTOCOL;
 use crate::error::ProxyError;
+use crate::table::request::{Direction, ProxyRequest, ProxyResponse};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

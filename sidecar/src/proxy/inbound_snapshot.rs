@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use arc_swap::ArcSwap;
 use tower::{Layer, Service};
 
-use super::{ProxyRequest, RequestCtx};
+use crate::table::request::{ProxyRequest, RequestCtx};
 use crate::table::{InboundPolicy, RoutingTable};
 
 #[derive(Clone)]

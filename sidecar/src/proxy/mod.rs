@@ -21,10 +21,13 @@
 //! refused; a service without a JWT policy pays nothing (one atomic load),
 //! and request-driven JWKS refetches are rate-limited per key set.
 //!
-//! Every layer takes and passes on a [`ProxyRequest`]: the HTTP request plus
-//! a [`RequestCtx`] that layers fill in for the ones below them (the routing
-//! table, the route, the cluster, the endpoint). Layers below
-//! `error_response` fail with a [`ProxyError`]; `error_response` is the one
+//! Every layer takes and passes on a `ProxyRequest`: the HTTP request plus
+//! a `RequestCtx` that layers fill in for the ones below them (the routing
+//! table, the route, the cluster, the endpoint). That model lives in
+//! `crate::table::request`, below the features, so that a feature's layer
+//! never imports this module: only the assembly below knows every feature.
+//! Layers below `error_response` fail with a
+//! [`ProxyError`](crate::error::ProxyError); `error_response` is the one
 //! place errors become responses. Every layer is always ready (limits fail
 //! fast instead of applying backpressure), so the server calls a clone of
 //! the stack without `poll_ready`. Later features (mTLS, authz, retries,
@@ -47,148 +50,13 @@ pub mod static_target;
 pub mod timeout;
 pub mod upgrade;
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response};
-use tower::{Service, ServiceBuilder};
+use tower::ServiceBuilder;
 
-use crate::body::{ProxyBody, RequestBody};
-use crate::error::ProxyError;
-use crate::table::{Cluster, Endpoint, Route, RoutingTable, VirtualHost};
-
-pub type ProxyResponse = Response<ProxyBody>;
-pub type BoxFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyError>> + Send>>;
-
-/// The request as it travels down the stack.
-pub struct ProxyRequest {
-    pub http: Request<RequestBody>,
-    pub ctx: RequestCtx,
-}
-
-/// Which listener a request arrived on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// From the local app, to other services.
-    Outbound,
-    /// From other sidecars, to the local app.
-    Inbound,
-}
-
-/// What the layers above learned about a request.
-pub struct RequestCtx {
-    pub direction: Direction,
-    pub client_addr: SocketAddr,
-    /// The client IP, formatted once per connection for `x-forwarded-for`.
-    pub client_ip: HeaderValue,
-    /// The table this request is served from, kept to the end: set by
-    /// `route` (outbound) or `inbound_snapshot` (inbound, for its
-    /// `InboundPolicy`).
-    pub table: Option<Arc<RoutingTable>>,
-    /// Set by `route`.
-    pub route: Option<RouteRef>,
-    /// Set by `split` (outbound) or `static_target` (inbound).
-    pub cluster: Option<Arc<Cluster>>,
-    /// Response-header deadline, set with the cluster.
-    pub timeout: Option<Duration>,
-    /// Set by `balance`.
-    pub endpoint: Option<Arc<Endpoint>>,
-    /// Released when the request finishes (it lives as long as the ctx).
-    pub endpoint_guard: Option<balance::InFlightGuard>,
-    pub cluster_guard: Option<concurrency::ClusterGuard>,
-    /// Set by `headers` for an HTTP/1.1 Upgrade (WebSocket) request.
-    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
-    /// Set by the server for a request that may switch protocols: what the
-    /// bridge of the upgraded connection needs.
-    pub bridge: Option<upgrade::BridgeSettings>,
-    /// The caller's verified SPIFFE ID: set per connection when it arrived
-    /// over mTLS (inbound), `None` for plaintext.
-    pub peer_identity: Option<PeerIdentity>,
-    /// Set by `retry` for each try of a request with a retry policy: the
-    /// endpoints `balance` should avoid, and where it sent this try.
-    pub attempt: Option<Arc<retry::Attempt>>,
-    /// Set by the metrics layer when the access log is on: the line in
-    /// the making, where `forward` notes the endpoint.
-    pub access_log: Option<Arc<crate::access_log::Record>>,
-}
-
-/// A verified peer identity with its header value made once per
-/// connection.
-#[derive(Clone, Debug)]
-pub struct PeerIdentity {
-    pub id: Arc<weft_certs::SpiffeId>,
-    pub header: HeaderValue,
-}
-
-impl PeerIdentity {
-    pub fn new(id: weft_certs::SpiffeId) -> Self {
-        let header =
-            HeaderValue::from_str(&id.to_string()).unwrap_or(HeaderValue::from_static("invalid"));
-        Self {
-            id: Arc::new(id),
-            header,
-        }
-    }
-}
-
-impl RequestCtx {
-    pub fn new(direction: Direction, client_addr: SocketAddr, client_ip: HeaderValue) -> Self {
-        Self {
-            direction,
-            client_addr,
-            client_ip,
-            table: None,
-            route: None,
-            cluster: None,
-            timeout: None,
-            endpoint: None,
-            endpoint_guard: None,
-            cluster_guard: None,
-            upgrade: None,
-            bridge: None,
-            peer_identity: None,
-            attempt: None,
-            access_log: None,
-        }
-    }
-}
-
-/// A route inside the table a request started with.
-#[derive(Clone)]
-pub struct RouteRef {
-    pub vhost: Arc<VirtualHost>,
-    pub index: usize,
-}
-
-impl RouteRef {
-    pub fn route(&self) -> &Route {
-        &self.vhost.routes[self.index]
-    }
-}
-
-/// Trait alias for a complete stack, as the server runs it.
-pub trait HttpStack:
-    Service<ProxyRequest, Response = ProxyResponse, Error = Infallible, Future: Send + 'static>
-    + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<S> HttpStack for S where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = Infallible, Future: Send + 'static>
-        + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
+use crate::table::RoutingTable;
+use crate::table::request::HttpStack;
 
 /// The outbound stack: the app's calls, routed by the xDS table.
 pub fn outbound(

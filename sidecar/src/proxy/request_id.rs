@@ -4,12 +4,9 @@
 use std::task::{Context, Poll};
 
 use http::HeaderValue;
-use http::header::HeaderName;
 use tower::{Layer, Service};
 
-use super::ProxyRequest;
-
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::table::request::{ProxyRequest, REQUEST_ID};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestIdLayer;

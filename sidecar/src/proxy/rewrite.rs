@@ -8,9 +8,9 @@ use http::header;
 use http::uri::{Authority, PathAndQuery, Uri};
 use tower::{Layer, Service};
 
-use super::{BoxFuture, ProxyRequest, ProxyResponse};
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::PrefixRewrite;
+use crate::table::request::{BoxFuture, ProxyRequest, ProxyResponse};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RewriteLayer;
@@ -134,7 +134,10 @@ where
 /// mutations, as the upstream's answers do (it always has, when the limit
 /// made its 429 itself). Failures further down (timeouts, an open breaker,
 /// an unreachable endpoint) are the sidecar's, and keep their own headers.
-fn edit_rate_limit_refusal(mut error: ProxyError, route: Option<super::RouteRef>) -> ProxyError {
+fn edit_rate_limit_refusal(
+    mut error: ProxyError,
+    route: Option<crate::table::request::RouteRef>,
+) -> ProxyError {
     let limited = matches!(
         error.kind,
         ErrorKind::RateLimited | ErrorKind::RateLimitUnavailable { .. }
@@ -183,7 +186,7 @@ mod tests {
             Destination, HeaderMutation, Route, RouteAction, VirtualHost, matcher::PathMatch,
             matcher::RouteMatch,
         };
-        let route = super::super::RouteRef {
+        let route = crate::table::request::RouteRef {
             vhost: Arc::new(VirtualHost {
                 name: "users/users".into(),
                 routes: vec![Route {

@@ -11,9 +11,9 @@ use futures_util::future::{Either, Ready, ready};
 use http::header;
 use tower::{Layer, Service};
 
-use super::{ProxyRequest, ProxyResponse, RouteRef};
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::RoutingTable;
+use crate::table::request::{ProxyRequest, ProxyResponse, RouteRef};
 
 #[derive(Clone)]
 pub struct RouteLayer {

@@ -14,8 +14,8 @@ use futures_util::future::{Either, Ready, ready};
 use rand::Rng;
 use tower::{Layer, Service};
 
-use super::{BoxFuture, ProxyRequest, ProxyResponse};
 use crate::error::{ErrorKind, ProxyError};
+use crate::table::request::{BoxFuture, ProxyRequest, ProxyResponse};
 use crate::table::{Cluster, Destination};
 use crate::xds::OnDemand;
 
@@ -164,8 +164,8 @@ mod tests {
 
     use super::*;
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
-    use crate::proxy::{Direction, RequestCtx, RouteRef};
     use crate::table::matcher::PathMatch;
+    use crate::table::request::{Direction, RequestCtx, RouteRef};
     use crate::table::{
         HeaderMutation, Route, RouteAction, RouteMatch, RoutingTable, VirtualHost, WeightedClusters,
     };

@@ -18,9 +18,9 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, Version, header};
 use tower::{Layer, Service};
 
-use super::ProxyRequest;
 use crate::table::Cluster;
 use crate::table::cluster::Protocol;
+use crate::table::request::ProxyRequest;
 
 /// The local app as two views of one cluster (same endpoint, pools and
 /// counters), one per protocol, chosen per request without rebuilding

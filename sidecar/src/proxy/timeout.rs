@@ -11,9 +11,9 @@ use std::time::Duration;
 use futures_util::future::Either;
 use tower::{Layer, Service};
 
-use super::{ProxyRequest, ProxyResponse};
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::Cluster;
+use crate::table::request::{ProxyRequest, ProxyResponse};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TimeoutLayer;

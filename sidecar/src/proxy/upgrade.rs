@@ -28,7 +28,6 @@
 //! status in `x-weft-orig-status`, and the caller puts it back.
 
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_util::future::{Either, FutureExt, Map, Ready, ready};
 use http::header::{self, HeaderName, HeaderValue};
@@ -39,12 +38,21 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tower::{Layer, Service};
 
-use super::forward::ORIGINAL_PROTOCOL;
-use super::{ProxyRequest, ProxyResponse};
 use crate::error::{ErrorKind, ProxyError};
-use crate::server::DrainToken;
+use crate::table::request::BridgeSettings;
+use crate::table::request::{ProxyRequest, ProxyResponse};
 use crate::tcp::copy::{self, End};
 use crate::upstream::Upgraded;
+
+/// The HTTP version the app's request had before the sidecar-to-sidecar
+/// hop carried it as HTTP/2. Set by `forward` toward a Weft sidecar (ALPN
+/// `weft-mesh/h2`); the receiving sidecar chooses its app's protocol from
+/// its own configuration and removes it (see `proxy/static_target.rs`).
+/// Kept because an extended CONNECT carrying an Upgrade is told apart by it
+/// (here), and because sidecars older than that rule still read it. It is
+/// declared here, with the other `x-weft-orig-*` headers of the hop, so
+/// that `forward` depends on `upgrade` and not both ways.
+pub const ORIGINAL_PROTOCOL: HeaderName = HeaderName::from_static("x-weft-orig-proto");
 
 /// The method of the HTTP/1.1 Upgrade request an extended CONNECT carries
 /// (usually `GET`). Set by the calling sidecar, read by the callee's.
@@ -56,28 +64,6 @@ pub const ORIGINAL_STATUS: HeaderName = HeaderName::from_static("x-weft-orig-sta
 
 /// The status a declined upgrade's 2xx travels under between the sidecars.
 const DECLINED_CARRIER: StatusCode = StatusCode::BAD_GATEWAY;
-
-/// What the bridge of an upgraded connection needs. The server hands it
-/// to requests that may switch protocols.
-#[derive(Clone)]
-pub struct BridgeSettings {
-    /// Held until the bridge ends, so that shutdown waits for it (up to
-    /// the drain timeout) like for an opaque TCP connection.
-    pub drain: Option<DrainToken>,
-    /// No byte either way for this long ends the bridge
-    /// (`--tcp-idle-timeout`).
-    pub idle_timeout: Duration,
-}
-
-impl Default for BridgeSettings {
-    fn default() -> Self {
-        Self {
-            drain: None,
-            // The default of `--tcp-idle-timeout`.
-            idle_timeout: Duration::from_secs(3600),
-        }
-    }
-}
 
 // ---- The calling sidecar ------------------------------------------------
 

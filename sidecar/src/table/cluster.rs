@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use rand::Rng as _;
+use tokio::time::Instant;
+
 use crate::proxy::retry::{RetryPolicy, RetryState};
 use crate::upstream::{PoolSettings, UpstreamClient};
 
@@ -279,7 +282,53 @@ impl Cluster {
             a
         })
     }
+
+    /// The balancer's choice: a draw by the cluster's policy, redrawn when
+    /// it lands on an endpoint outlier ejection took out. Declared here,
+    /// beside the policies it draws with, because the HTTP balancer
+    /// (`proxy::balance`) and opaque TCP (`tcp::outbound`) both pick with it.
+    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+        let draw = || match self.settings.lb {
+            LbPolicy::RoundRobin => self.pick_round_robin(),
+            LbPolicy::LeastRequest => {
+                let mut rng = rand::rng();
+                self.pick_least_request(|n| rng.random_range(0..n))
+            }
+        };
+        let first = draw()?;
+        if self.settings.outlier.is_none() || self.available(first) {
+            return Some(first);
+        }
+        (0..REDRAWS)
+            .filter_map(|_| draw())
+            .find(|e| self.available(e))
+            .or_else(|| self.serving.iter().find(|e| self.available(e)))
+            // Every endpoint ejected: an empty cluster would fail every request,
+            // the ejected ones may still answer some.
+            .or(Some(first))
+    }
+
+    /// Not ejected; notes (and logs) an ejection that has just ended.
+    fn available(&self, endpoint: &Endpoint) -> bool {
+        let outlier = &endpoint.stats.outlier;
+        if outlier.is_ejected(Instant::now) {
+            return false;
+        }
+        if outlier.note_return(Instant::now) {
+            tracing::info!(
+                cluster = %self.name,
+                endpoint = %endpoint.addr,
+                reason = "ejection time over",
+                "outlier endpoint returned to the balancer"
+            );
+        }
+        true
+    }
 }
+
+/// A draw that lands on an ejected endpoint draws again, this many times,
+/// before the serving endpoints are scanned in order.
+const REDRAWS: usize = 3;
 
 /// Interleaved weighted order (nginx's smooth weighted round robin), computed
 /// once per update: weights 5,1,1 give a a b a c a a, not a a a a a b c.

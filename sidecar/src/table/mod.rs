@@ -6,10 +6,15 @@
 //! change never affects a request half-way. Everything a request needs is
 //! precomputed here: domains in a `HashMap`, regexes compiled, weighted
 //! splits as cumulative weights, balancing schedules per cluster.
+//!
+//! The request model ([`request`]) lives here too: what a request records
+//! on its way down (its table, route, cluster, endpoint) points into this
+//! table, so the two sit together below the features and the stacks.
 
 pub mod cluster;
 pub mod inbound;
 pub mod matcher;
+pub mod request;
 
 use std::collections::HashMap;
 use std::sync::Arc;

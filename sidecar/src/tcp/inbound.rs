@@ -32,7 +32,7 @@ use super::copy;
 use super::{Counters, TcpStats};
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
-use crate::proxy::{BoxFuture, ProxyRequest, ProxyResponse};
+use crate::table::request::{BoxFuture, ProxyRequest, ProxyResponse};
 use crate::upstream::Connector;
 
 /// What accepting tunnels needs; one per sidecar.

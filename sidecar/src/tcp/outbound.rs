@@ -32,10 +32,9 @@ use weft_runtime::AcceptErrors;
 use super::Counters;
 use super::copy::{self, End};
 use crate::error::peer_refusal_code;
-use crate::proxy::balance::{self, InFlightGuard};
-use crate::proxy::concurrency::{self, ClusterGuard};
-use crate::server::{self, DrainToken};
+use crate::shutdown::{DrainToken, accept};
 use crate::table::cluster::Protocol;
+use crate::table::request::{ClusterGuard, InFlightGuard};
 use crate::table::{Endpoint, RoutingTable};
 use crate::upstream::{Connector, Dns, TunnelClient};
 
@@ -61,7 +60,7 @@ pub async fn serve(
     drain: DrainToken,
 ) {
     let mut errors = AcceptErrors::new(format!("tcp-upstream {}", upstream.service));
-    while let Some((app, client)) = server::accept(&listener, &mut errors, &mut shutdown).await {
+    while let Some((app, client)) = accept(&listener, &mut errors, &mut shutdown).await {
         let upstream = upstream.clone();
         let token = drain.clone();
         tokio::spawn(async move {
@@ -162,7 +161,7 @@ impl Upstream {
                 "{service} is not an opaque TCP service: set \"protocol\": \"tcp\" in weft/destinations/{service}"
             )));
         }
-        let slot = concurrency::admit(&cluster.shared, cluster.settings.max_requests).ok_or_else(
+        let slot = ClusterGuard::admit(&cluster.shared, cluster.settings.max_requests).ok_or_else(
             || {
                 Refusal::failed(format!(
                     "{} connections to {service} are open, its connection_pool.max_requests",
@@ -170,7 +169,7 @@ impl Upstream {
                 ))
             },
         )?;
-        let endpoint = balance::pick(cluster).cloned().ok_or_else(|| {
+        let endpoint = cluster.pick().cloned().ok_or_else(|| {
             Refusal::failed(format!(
                 "{service} has no healthy endpoint ({} known, none HEALTHY or UNKNOWN)",
                 cluster.endpoints.len()

@@ -23,7 +23,7 @@ use super::Tracer;
 use super::context::{self, Current, TRACESTATE};
 use super::span::{Cause, SpanKind, SpanRecord};
 use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
-use crate::proxy::{ProxyRequest, ProxyResponse};
+use crate::table::request::{ProxyRequest, ProxyResponse};
 
 #[derive(Clone)]
 pub struct TraceLayer {
@@ -178,7 +178,7 @@ impl<S> Trace<S> {
                 host: http.headers().get(http::header::HOST).cloned(),
                 request_id: http
                     .headers()
-                    .get(crate::proxy::request_id::REQUEST_ID)
+                    .get(crate::table::request::REQUEST_ID)
                     .cloned(),
                 client_ip: server.then(|| ctx.client_addr.ip()),
                 peer: ctx.peer_identity.clone(),
@@ -272,7 +272,7 @@ mod tests {
 
     use super::*;
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
-    use crate::proxy::{Direction, RequestCtx};
+    use crate::table::request::{Direction, RequestCtx};
 
     /// What the layer below received.
     type Seen = Arc<Mutex<Option<HeaderMap>>>;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Uri, Version};
 
 use crate::error::ErrorKind;
-use crate::proxy::{PeerIdentity, RouteRef};
 use crate::table::Cluster;
+use crate::table::request::{PeerIdentity, RouteRef};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {

@@ -11,8 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use weft_proto::discovery::v1::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 
-use super::backoff::Backoff;
 use super::{Core, XdsState};
+use crate::backoff::Backoff;
 use crate::upstream::Dns;
 
 /// Connection settings of the ADS client.
@@ -174,7 +174,7 @@ pub async fn run(
         let mut got_response = false;
         let result = tokio::select! {
             r = run_stream(&settings, &mut core, &state, &dns, &mut got_response) => r,
-            _ = crate::server::shutdown_signal(&mut shutdown) => return,
+            _ = crate::shutdown::shutdown_signal(&mut shutdown) => return,
         };
         state.lock().connected = false;
         if got_response {
@@ -191,7 +191,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = crate::server::shutdown_signal(&mut shutdown) => return,
+            _ = crate::shutdown::shutdown_signal(&mut shutdown) => return,
         }
     }
 }

@@ -6,7 +6,6 @@
 //! requests to send back. `client.rs` runs it over a tonic stream with
 //! reconnects. [`XdsState`] is what the admin endpoints read.
 
-pub mod backoff;
 pub mod client;
 pub mod compile;
 pub mod dump;

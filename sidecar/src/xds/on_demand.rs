@@ -119,7 +119,7 @@ impl OnDemand {
                     let secs = u32::try_from(start.elapsed().as_secs()).unwrap_or(u32::MAX - 1);
                     self.clock.store(secs + 1, Ordering::Relaxed);
                 }
-                _ = crate::server::shutdown_signal(&mut shutdown) => return,
+                _ = crate::shutdown::shutdown_signal(&mut shutdown) => return,
             }
         }
     }

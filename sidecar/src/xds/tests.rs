@@ -1069,8 +1069,8 @@ fn a_request_never_sees_parts_of_two_inbound_policies() {
     use crate::body::{BufferedBody, RequestBody};
     use crate::mtls_mode::MtlsMode;
     use crate::proxy::inbound_snapshot::InboundSnapshotLayer;
-    use crate::proxy::{Direction, ProxyRequest, RequestCtx};
     use crate::table::cluster::Protocol;
+    use crate::table::request::{Direction, ProxyRequest, RequestCtx};
 
     let mut a = policy("billing", pb::Action::Deny);
     a.jwt = Some(jwt_policy(JWT_JSON));

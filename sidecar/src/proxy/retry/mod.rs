@@ -48,11 +48,11 @@ use http_body_util::BodyExt as _;
 use rand::Rng as _;
 use tower::{Layer, Service};
 
-use super::{BoxFuture, ProxyRequest, ProxyResponse, RequestCtx};
 use crate::body::{BufferedBody, PrefixedBody, RequestBody};
 use crate::breaker::thresholds::OVERFLOW_HEADER;
 use crate::breaker::thresholds::RetryGuard;
 use crate::error::{ErrorKind, ProxyError};
+use crate::table::request::{Attempt, BoxFuture, ProxyRequest, ProxyResponse, RequestCtx};
 use crate::table::{Cluster, Endpoint};
 
 pub use budget::RetryBudget;
@@ -74,16 +74,6 @@ pub struct RetryState {
     pub budget_exhausted: AtomicU64,
     /// Tries cut short by the per-try timeout.
     pub per_try_timeouts: AtomicU64,
-}
-
-/// One try, as `balance` sees it: the endpoints earlier tries went to (to
-/// avoid, where another serves) and a slot for the endpoint it picks.
-#[derive(Debug, Default)]
-pub struct Attempt {
-    pub excluded: Vec<Arc<Endpoint>>,
-    /// Set once, by `balance` (a `OnceLock`: cheaper than a swappable
-    /// slot for a value written once and read once).
-    pub picked: OnceLock<Arc<Endpoint>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -661,10 +651,10 @@ mod tests {
 
     use super::*;
     use crate::body::ProxyBody;
-    use crate::proxy::Direction;
     use crate::proxy::balance::BalanceLayer;
     use crate::table::cluster::tests::endpoint;
     use crate::table::cluster::{ClusterSettings, EndpointAddr, Health};
+    use crate::table::request::Direction;
     use weft_proto::config::v1 as pb;
 
     fn cluster(ports: &[u16], policy: pb::RetryPolicy) -> Arc<Cluster> {
