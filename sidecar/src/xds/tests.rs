@@ -1119,7 +1119,14 @@ fn a_request_never_sees_parts_of_two_inbound_policies() {
                 }
             });
         }
-        for version in 1..=400 {
+        // At least 400 versions, and on until the readers have seen both
+        // (on a loaded machine they may not run at all during the first
+        // 400); bounded, so a reader that never runs fails the test below.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let both_seen = || seen.iter().all(|n| n.load(Ordering::Relaxed) > 0);
+        let mut version = 0u64;
+        while version < 400 || (!both_seen() && std::time::Instant::now() < deadline) {
+            version += 1;
             let (name, next) = if version % 2 == 1 {
                 ("a", &a)
             } else {
