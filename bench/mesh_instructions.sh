@@ -41,7 +41,8 @@ token_tls_client=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 token_tls_bench=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 printf '{ "client-tls": "%s", "bench-tls": "%s" }\n' "$token_tls_client" "$token_tls_bench" > "$work/join-tokens.json"
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+# Wait for them too: a run started right after this one reuses the ports.
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 "$nginx_bin" -p "$work" -c "$work/up.conf" -e "$work/up.err" & pids+=($!)
 "$rel/weft-discovery" --config-dir "$work/config" --listen "127.0.0.1:$agent_port" \
   --admin "127.0.0.1:$agent_admin" --ca-dir "$work/ca" --join-tokens "$work/join-tokens.json" \
