@@ -903,21 +903,10 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Parses `10s`, `500ms`, `2m`, `1h` with the one duration parser of
-/// `weft-rules` (the one documents use), or a bare number of seconds, as
-/// settings have always taken it. At most a year: a longer timeout or
-/// interval is a typo.
+/// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds
+/// (`weft_rules::duration::parse_setting`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bare_seconds = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    let duration = if bare_seconds {
-        weft_rules::duration::parse(&format!("{s}s"))
-    } else {
-        weft_rules::duration::parse(s)
-    }?;
-    if duration > Duration::from_secs(86_400 * 365) {
-        return Err(format!("`{s}` is longer than a year"));
-    }
-    Ok(duration)
+    weft_rules::duration::parse_setting(s)
 }
 
 /// Every invalid or missing setting, one per line.

@@ -290,7 +290,6 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[
         "authz",
         "body",
         "breaker",
-        "config",
         "metrics",
         "proxy",
         "ratelimit",

@@ -41,6 +41,22 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(nanos))
 }
 
+/// A setting's duration: [`parse`]'s form, or a bare number of seconds, as
+/// the sidecar's flags and its JWT policy's text have always taken it. At
+/// most a year: a longer timeout or interval is a typo.
+pub fn parse_setting(text: &str) -> Result<Duration, String> {
+    let bare_seconds = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let duration = if bare_seconds {
+        parse(&format!("{text}s"))
+    } else {
+        parse(text)
+    }?;
+    if duration > Duration::from_secs(86_400 * 365) {
+        return Err(format!("`{text}` is longer than a year"));
+    }
+    Ok(duration)
+}
+
 /// Where a duration must not be 0 (a timeout of 0 would fail every request).
 pub fn check_positive(duration: Duration) -> Result<Duration, String> {
     if duration.is_zero() {

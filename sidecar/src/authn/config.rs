@@ -366,9 +366,9 @@ pub fn default_claim_headers() -> BTreeMap<String, String> {
     ])
 }
 
-/// Durations written as strings (`"2s"`, `"500ms"`), read with the
-/// sidecar's settings parser (weft-rules' one parser, a bare number being
-/// seconds).
+/// Durations written as strings (`"2s"`, `"500ms"`), read as the
+/// sidecar's settings are (`weft_rules::duration::parse_setting`: the one
+/// parser, a bare number being seconds).
 mod duration_text {
     use std::time::Duration;
 
@@ -388,7 +388,7 @@ mod duration_text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        crate::config::parse_duration(&text)
+        weft_rules::duration::parse_setting(&text)
             .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
     }
 
