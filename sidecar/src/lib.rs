@@ -10,6 +10,7 @@
 //!   `RequestCtx`, `Direction`), which points into it.
 //! * `xds` — the ADS client that builds the table from the agent's resources.
 //! * `backoff` — exponential backoff with jitter, for every reconnect loop.
+//! * `nack` — the collector of a resource's config errors (a NACK's text).
 //! * `upstream` — pooled connections to endpoints, DNS.
 //! * `admin` — /ready, /live, /config_dump, /clusters.
 //! * `app_health` — whether the local app accepts connections (`/ready`).
@@ -41,6 +42,7 @@ pub mod error;
 pub mod identity;
 pub mod metrics;
 pub mod mtls_mode;
+mod nack;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use weft_proto::config::v1 as pb;
 
 use super::{BreakerSettings, FailureOn, OutlierSettings, Thresholds};
+use crate::nack::Errors;
 use crate::table::ClusterSettings;
-use crate::xds::compile::Errors;
 
 pub(crate) fn compile(c: &pb::Cluster, s: &mut ClusterSettings, errs: &mut Errors) {
     if let Some(t) = &c.circuit_breakers {

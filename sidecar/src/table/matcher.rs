@@ -4,6 +4,9 @@
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
+use weft_proto::config::v1 as pb;
+
+use crate::nack::Errors;
 
 /// How a route matches the request path (without the query).
 #[derive(Debug, Clone)]
@@ -106,6 +109,72 @@ impl RouteMatch {
             && self.headers.iter().all(|h| h.matches(req.headers()))
             && self.query.iter().all(|q| q.matches(uri.query()))
     }
+}
+
+// Compiling matchers from the protocol lives beside the types it builds:
+// routes (xds) and authorization permissions (authz) both compile header
+// and method conditions, and neither should import the other for them.
+
+pub(crate) fn string_match(
+    m: Option<&pb::StringMatcher>,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<StringMatch> {
+    use pb::string_matcher::Pattern;
+    match m.and_then(|m| m.pattern.as_ref()) {
+        // No pattern: match on presence, as `present: true` would.
+        None | Some(Pattern::Present(_)) => Some(StringMatch::Present),
+        Some(Pattern::Exact(e)) => Some(StringMatch::Exact(e.clone())),
+        Some(Pattern::Prefix(p)) => Some(StringMatch::Prefix(p.clone())),
+        Some(Pattern::Regex(r)) => match weft_rules::regex::compile_full(r) {
+            Ok(re) => Some(StringMatch::Regex(re)),
+            Err(reason) => {
+                errs.at(&format!("{path}.regex"), reason);
+                None
+            }
+        },
+    }
+}
+
+pub(crate) fn header_name(name: &str, path: &str, errs: &mut Errors) -> Option<HeaderName> {
+    weft_rules::header::check_name(name)
+        .map_err(|reason| errs.at(path, reason))
+        .ok()
+}
+
+/// Header conditions (routes, authorization permissions); `path` names the
+/// list in errors (`routes[0].match.headers`).
+pub(crate) fn header_matches(
+    list: &[pb::HeaderMatcher],
+    path: &str,
+    errs: &mut Errors,
+) -> Vec<HeaderMatch> {
+    let mut headers = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let name = header_name(&h.name, &format!("{p}.name"), errs);
+        let matcher = string_match(h.matcher.as_ref(), &p, errs);
+        if let (Some(name), Some(matcher)) = (name, matcher) {
+            headers.push(HeaderMatch {
+                name,
+                matcher,
+                invert: h.invert,
+            });
+        }
+    }
+    headers
+}
+
+/// HTTP methods, upper-cased.
+pub(crate) fn methods(list: &[String], path: &str, errs: &mut Errors) -> Vec<Method> {
+    let mut methods = Vec::new();
+    for (i, meth) in list.iter().enumerate() {
+        match Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
+            Ok(mm) if !meth.is_empty() => methods.push(mm),
+            _ => errs.at(&format!("{path}[{i}]"), format!("invalid method {meth:?}")),
+        }
+    }
+    methods
 }
 
 #[cfg(test)]

@@ -10,11 +10,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::HeaderValue;
 use weft_proto::config::v1 as pb;
 
+use crate::nack::Errors;
 use crate::table::cluster::{ClusterShared, Health, Protocol};
-use crate::table::matcher::{HeaderMatch, PathMatch, QueryMatch, RouteMatch, StringMatch};
+use crate::table::matcher::{
+    PathMatch, QueryMatch, RouteMatch, header_matches, header_name, methods, string_match,
+};
 use crate::table::{
     Cluster, ClusterSettings, Destination, Endpoint, EndpointAddr, HeaderMutation, LbPolicy,
     PrefixRewrite, Route, RouteAction, RoutingTable, VirtualHost, WeightedClusters,
@@ -42,41 +45,6 @@ pub struct EndpointSpec {
     pub zone: String,
 }
 
-pub(crate) struct Errors(pub(crate) Vec<String>);
-
-impl Errors {
-    pub(crate) fn at(&mut self, path: &str, msg: impl std::fmt::Display) {
-        self.0.push(format!("{path}: {msg}"));
-    }
-}
-
-fn string_match(
-    m: Option<&pb::StringMatcher>,
-    path: &str,
-    errs: &mut Errors,
-) -> Option<StringMatch> {
-    use pb::string_matcher::Pattern;
-    match m.and_then(|m| m.pattern.as_ref()) {
-        // No pattern: match on presence, as `present: true` would.
-        None | Some(Pattern::Present(_)) => Some(StringMatch::Present),
-        Some(Pattern::Exact(e)) => Some(StringMatch::Exact(e.clone())),
-        Some(Pattern::Prefix(p)) => Some(StringMatch::Prefix(p.clone())),
-        Some(Pattern::Regex(r)) => match weft_rules::regex::compile_full(r) {
-            Ok(re) => Some(StringMatch::Regex(re)),
-            Err(reason) => {
-                errs.at(&format!("{path}.regex"), reason);
-                None
-            }
-        },
-    }
-}
-
-fn header_name(name: &str, path: &str, errs: &mut Errors) -> Option<HeaderName> {
-    weft_rules::header::check_name(name)
-        .map_err(|reason| errs.at(path, reason))
-        .ok()
-}
-
 fn mutation(m: Option<&pb::HeaderMutation>, path: &str, errs: &mut Errors) -> HeaderMutation {
     let mut out = HeaderMutation::default();
     let Some(m) = m else { return out };
@@ -102,41 +70,6 @@ fn mutation(m: Option<&pb::HeaderMutation>, path: &str, errs: &mut Errors) -> He
         }
     }
     out
-}
-
-/// Header conditions (routes, authorization permissions); `path` names the
-/// list in errors (`routes[0].match.headers`).
-pub(crate) fn header_matches(
-    list: &[pb::HeaderMatcher],
-    path: &str,
-    errs: &mut Errors,
-) -> Vec<HeaderMatch> {
-    let mut headers = Vec::new();
-    for (i, h) in list.iter().enumerate() {
-        let p = format!("{path}[{i}]");
-        let name = header_name(&h.name, &format!("{p}.name"), errs);
-        let matcher = string_match(h.matcher.as_ref(), &p, errs);
-        if let (Some(name), Some(matcher)) = (name, matcher) {
-            headers.push(HeaderMatch {
-                name,
-                matcher,
-                invert: h.invert,
-            });
-        }
-    }
-    headers
-}
-
-/// HTTP methods, upper-cased.
-pub(crate) fn methods(list: &[String], path: &str, errs: &mut Errors) -> Vec<Method> {
-    let mut methods = Vec::new();
-    for (i, meth) in list.iter().enumerate() {
-        match Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
-            Ok(mm) if !meth.is_empty() => methods.push(mm),
-            _ => errs.at(&format!("{path}[{i}]"), format!("invalid method {meth:?}")),
-        }
-    }
-    methods
 }
 
 fn route(
