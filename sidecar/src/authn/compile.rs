@@ -566,6 +566,33 @@ fn check_rule_path(path: &str, field: &str, errors: &mut Errors) {
     }
 }
 
+// Parsing with validation lives with the compile step, not in `config`:
+// `config` only describes the document, so it depends on nothing here and
+// this module is the one place that knows what makes a policy valid.
+impl AuthnConfig {
+    /// Parses a JSON policy and validates it, reporting every problem.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigErrors> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let config: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "(document)".to_owned()
+            } else {
+                path
+            };
+            ConfigErrors(vec![ConfigError::new(field, e.into_inner().to_string())])
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every problem that would make `Authenticator::new` reject this
+    /// config, without starting anything.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        compile(self).map(drop)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,8 +29,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{ConfigError, ConfigErrors};
-
 /// The JWT policy of one service's inbound side.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -235,30 +233,6 @@ pub struct Secret(pub String);
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl AuthnConfig {
-    /// Parses a JSON policy and validates it, reporting every problem.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigErrors> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let config: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "(document)".to_owned()
-            } else {
-                path
-            };
-            ConfigErrors(vec![ConfigError::new(field, e.into_inner().to_string())])
-        })?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Every problem that would make `Authenticator::new` reject this
-    /// config, without starting anything.
-    pub fn validate(&self) -> Result<(), ConfigErrors> {
-        super::compile::compile(self).map(drop)
     }
 }
 
