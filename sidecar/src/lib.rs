@@ -23,6 +23,8 @@
 //! * `tcp` — opaque TCP: `--tcp-upstream` listeners, CONNECT tunnels over
 //!   mTLS, the inbound side that accepts them.
 //! * `trace` — trace context propagation (W3C, B3), spans, OTLP export.
+//! * `traceparent` — the W3C header's parser, below every layer that reads a
+//!   trace id.
 //!
 //! Embedders and tests call [`start`], which binds every listener and
 //! returns a [`Running`] sidecar with its addresses and a [`ShutdownHandle`].
@@ -50,6 +52,7 @@ pub mod shutdown;
 pub mod table;
 pub mod tcp;
 pub mod trace;
+pub mod traceparent;
 pub mod upstream;
 pub mod xds;
 

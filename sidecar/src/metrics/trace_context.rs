@@ -4,7 +4,7 @@
 
 use http::HeaderMap;
 
-use crate::trace::context::{TRACEPARENT, parse_traceparent};
+use crate::traceparent::{TRACEPARENT, parse_traceparent};
 
 /// A request's trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
