@@ -6,7 +6,11 @@
 //! those readers do not import the `trace` feature; `trace::context`
 //! re-exports it beside B3 and the writers. Parsing is strict and total: a
 //! malformed header is `None`, never a panic.
+//!
+//! [`TraceContext`] is what those readers keep: the trace id and sampled
+//! flag of the span the `trace` layer wrote.
 
+use http::HeaderMap;
 use http::header::HeaderName;
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -66,4 +70,45 @@ pub(crate) fn hex_u64(v: &[u8]) -> Option<u64> {
 pub(crate) fn hex_u128(v: &[u8]) -> Option<u128> {
     let (hi, lo) = v.split_at(v.len().checked_sub(16)?);
     Some(u128::from(hex_u64(hi)?) << 64 | u128::from(hex_u64(lo)?))
+}
+
+/// A request's trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    /// The `sampled` flag: the trace is recorded, so an exemplar may point
+    /// at it.
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    pub fn of(headers: &HeaderMap) -> Option<Self> {
+        let parent = parse_traceparent(headers.get(TRACEPARENT)?.as_bytes())?;
+        Some(Self {
+            trace_id: parent.trace_id,
+            sampled: parent.sampled == Some(true),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_gives_its_trace_id_and_sampled_flag() {
+        let mut headers = HeaderMap::new();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert(TRACEPARENT, tp.parse().unwrap());
+        let ctx = TraceContext::of(&headers).unwrap();
+        assert_eq!(
+            format!("{:032x}", ctx.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(ctx.sampled);
+        headers.insert(TRACEPARENT, tp.replace("-01", "-00").parse().unwrap());
+        assert!(!TraceContext::of(&headers).unwrap().sampled);
+        headers.insert(TRACEPARENT, "00-zz".parse().unwrap());
+        assert_eq!(TraceContext::of(&headers), None);
+    }
 }

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Method, Uri};
 
-use crate::metrics::sizes::Side;
 use crate::table::Endpoint;
 use crate::table::cluster::ClusterShared;
 use crate::table::request::{Direction, ProxyRequest, RouteRef};
@@ -118,6 +117,16 @@ pub struct Outcome {
     pub response_head: Duration,
 }
 
+/// Which body a byte count is about. Declared here, below metrics, because
+/// the record counts both sides; metrics' size meters use it too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Received from the caller.
+    Request,
+    /// Sent back to the caller.
+    Response,
+}
+
 /// One request's line in the making, shared by the metrics layer's
 /// future, the request context (for the endpoint) and the body meters.
 pub struct Record {
@@ -160,7 +169,7 @@ impl Record {
                     .headers()
                     .get(crate::table::request::REQUEST_ID)
                     .cloned(),
-                trace_id: crate::metrics::trace_context::TraceContext::of(req.http.headers())
+                trace_id: crate::traceparent::TraceContext::of(req.http.headers())
                     .map(|t| t.trace_id),
                 source_identity: ctx.peer_identity.as_ref().map(|p| p.id.clone()),
                 client: ctx.client_addr,

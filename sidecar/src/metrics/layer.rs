@@ -23,12 +23,12 @@ use tower::{Layer, Service};
 
 use super::requests::{CAUSES, cause_index, cause_of, method_index};
 use super::sizes::{Side, Sink, SizeMeter};
-use super::trace_context::TraceContext;
 use crate::access_log::{self, Outcome, Record};
 use crate::body::{ProxyBodyKind, RequestBody};
 use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
 use crate::table::cluster::ClusterShared;
 use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::traceparent::TraceContext;
 
 /// Whose stats a request counts in.
 #[derive(Clone)]

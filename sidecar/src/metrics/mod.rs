@@ -22,7 +22,6 @@ pub mod ratelimits;
 pub mod requests;
 pub mod sizes;
 pub mod tls;
-pub mod trace_context;
 pub mod unrouted;
 
 use prometheus_client::registry::Registry;

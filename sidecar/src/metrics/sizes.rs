@@ -13,14 +13,10 @@ use hyper::body::Frame;
 use crate::access_log::Record;
 use crate::table::cluster::ClusterShared;
 
-/// Which body a meter counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// Received from the caller.
-    Request,
-    /// Sent back to the caller.
-    Response,
-}
+// `Side` is declared by the access log, whose record counts bytes per side;
+// the meters here (above it) name it too, so neither imports the other both
+// ways.
+pub use crate::access_log::Side;
 
 /// Where a body's size goes: the destination's histogram, and with the
 /// access log on, the request's record too (which holds the destination's
