@@ -41,6 +41,7 @@ pub mod error_response;
 pub mod forward;
 pub mod headers;
 pub mod inbound_snapshot;
+pub mod on_demand;
 pub mod request_id;
 pub mod retry;
 pub mod rewrite;
@@ -61,7 +62,7 @@ use crate::table::request::HttpStack;
 /// The outbound stack: the app's calls, routed by the xDS table.
 pub fn outbound(
     table: Arc<ArcSwap<RoutingTable>>,
-    on_demand: Arc<crate::xds::OnDemand>,
+    on_demand: Arc<on_demand::OnDemand>,
     service: &str,
     tracer: crate::trace::Tracer,
 ) -> impl HttpStack {

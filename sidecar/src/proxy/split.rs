@@ -2,7 +2,7 @@
 //! request's deadline (the route's timeout, else the cluster's).
 //!
 //! A cluster the table does not hold yet is discovered on demand
-//! (`crate::xds::on_demand`): the request waits, bounded, until the xDS
+//! (`proxy::on_demand`): the request waits, bounded, until the xDS
 //! client has it, then goes on. A held cluster costs one map lookup and
 //! [`OnDemand::touch`] (no lock, no allocation).
 
@@ -14,10 +14,10 @@ use futures_util::future::{Either, Ready, ready};
 use rand::Rng;
 use tower::{Layer, Service};
 
+use super::on_demand::OnDemand;
 use crate::error::{ErrorKind, ProxyError};
 use crate::table::request::{BoxFuture, ProxyRequest, ProxyResponse};
 use crate::table::{Cluster, Destination};
-use crate::xds::OnDemand;
 
 #[derive(Clone, Debug, Default)]
 pub struct SplitLayer {

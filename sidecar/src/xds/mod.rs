@@ -10,7 +10,6 @@ pub mod client;
 pub mod compile;
 pub mod dump;
 mod inbound;
-pub mod on_demand;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,10 @@ use crate::ratelimit::RateLimiter;
 use crate::table::{ClusterSettings, InboundPolicy, RoutingTable};
 use crate::upstream::Dns;
 use compile::{CompiledRoutes, EndpointSpec};
-pub use on_demand::OnDemand;
+// On-demand discovery lives with the request path that waits on it
+// (`proxy::on_demand`), so the stacks do not import the xDS client; the
+// client drives it from here.
+pub use crate::proxy::on_demand::{self, OnDemand};
 
 /// Per resource type: what the sidecar holds and what it last said.
 #[derive(Clone, Debug, Default)]

@@ -1,5 +1,8 @@
 //! On-demand discovery: the meeting point of the request path and the xDS
-//! client for clusters the sidecar does not hold yet.
+//! client for clusters the sidecar does not hold yet. It lives with the
+//! request path (beside `split`, its one caller there) and depends only on
+//! the table: the xDS client, above, drives it, so the stacks do not import
+//! the client.
 //!
 //! A sidecar holds the Cluster and ClusterLoadAssignment of its preloaded
 //! destinations (`--tcp-upstream`, `--upstreams`, its policy's `upstreams`)
