@@ -9,6 +9,7 @@
 //!   model every layer passes on (`table::request`: `ProxyRequest`,
 //!   `RequestCtx`, `Direction`), which points into it.
 //! * `xds` — the ADS client that builds the table from the agent's resources.
+//! * `xds_status` — the config stream's status, which admin and metrics read.
 //! * `backoff` — exponential backoff with jitter, for every reconnect loop.
 //! * `nack` — the collector of a resource's config errors (a NACK's text).
 //! * `upstream` — pooled connections to endpoints, DNS.
@@ -55,6 +56,7 @@ pub mod trace;
 pub mod traceparent;
 pub mod upstream;
 pub mod xds;
+pub mod xds_status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

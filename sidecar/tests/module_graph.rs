@@ -296,7 +296,6 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[&[
     "tcp",
     "trace",
     "upstream",
-    "xds",
 ]];
 
 #[test]

@@ -27,7 +27,7 @@ pub struct SidecarCollector {
     /// This sidecar's service: the `destination` of inbound requests.
     pub service: Arc<str>,
     /// The config stream's state; `None` in static mode.
-    pub xds: Option<Arc<crate::xds::XdsState>>,
+    pub xds: Option<Arc<crate::xds_status::XdsState>>,
 }
 
 impl fmt::Debug for SidecarCollector {

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use weft_proto::type_url;
 
-use crate::xds::XdsState;
+use crate::xds_status::XdsState;
 
 pub fn encode(encoder: &mut DescriptorEncoder, xds: &XdsState) -> Result<(), fmt::Error> {
     let status = xds.lock();

@@ -12,7 +12,7 @@ pub mod dump;
 mod inbound;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prost::Message;
@@ -28,75 +28,9 @@ use compile::{CompiledRoutes, EndpointSpec};
 // (`proxy::on_demand`), so the stacks do not import the xDS client; the
 // client drives it from here.
 pub use crate::proxy::on_demand::{self, OnDemand};
-
-/// Per resource type: what the sidecar holds and what it last said.
-#[derive(Clone, Debug, Default)]
-pub struct TypeState {
-    /// Version of the last accepted response ("" before the first).
-    pub version: String,
-    /// Nonce of the last response received of this type.
-    pub nonce: String,
-    /// Whether a response of this type was ever accepted.
-    pub accepted: bool,
-    /// The last NACK's error detail, until a later response is accepted.
-    pub last_nack: Option<String>,
-    /// Responses accepted and rejected (NACKed) since start (`/metrics`).
-    pub accepted_total: u64,
-    pub rejected_total: u64,
-}
-
-/// The accepted resources, as received (for /config_dump).
-#[derive(Clone, Debug, Default)]
-pub struct Accepted {
-    pub routes: BTreeMap<String, pb::RouteConfiguration>,
-    pub clusters: BTreeMap<String, pb::Cluster>,
-    pub assignments: BTreeMap<String, pb::ClusterLoadAssignment>,
-    /// This service's inbound policy.
-    pub policy: Option<pb::InboundPolicy>,
-    /// The trust bundle last accepted over ADS.
-    pub trust_bundle: Option<pb::TrustBundle>,
-}
-
-/// What /ready, /config_dump read. Updated by the client on every change;
-/// never touched by the data path.
-#[derive(Debug, Default)]
-pub struct Status {
-    pub connected: bool,
-    pub ready: bool,
-    /// Why not ready yet ("RouteConfiguration", "Cluster users, orders").
-    pub waiting_for: String,
-    pub node: Option<Node>,
-    /// Keyed by type URL.
-    pub types: BTreeMap<&'static str, TypeState>,
-    pub subscribed_clusters: Vec<String>,
-    /// Why each subscribed cluster is held (`preload`, `tcp-upstream`,
-    /// `policy-upstream`, `on-demand`) and, for an on-demand one, the
-    /// coarse second it was first asked for.
-    pub held: Vec<HeldCluster>,
-    pub accepted: Accepted,
-}
-
-/// One subscribed cluster as /config_dump shows it.
-#[derive(Clone, Debug)]
-pub struct HeldCluster {
-    pub name: String,
-    pub reason: &'static str,
-    /// Coarse clock second it was first asked for (on demand only).
-    pub asked_at: Option<u32>,
-}
-
-#[derive(Debug, Default)]
-pub struct XdsState {
-    pub status: Mutex<Status>,
-}
-
-impl XdsState {
-    /// A poisoned lock only means a panic elsewhere; the data is still the
-    /// last consistent snapshot we wrote, so keep serving it.
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+// The stream's status is a bottom module: admin and metrics read it without
+// importing the client.
+pub use crate::xds_status::{Accepted, HeldCluster, Status, TypeState, XdsState};
 
 /// The protocol state machine of one sidecar; survives reconnects.
 pub struct Core {
