@@ -23,6 +23,8 @@
 //!   (a destination's limits) and inbound (the service's own).
 //! * `tcp` — opaque TCP: `--tcp-upstream` listeners, CONNECT tunnels over
 //!   mTLS, the inbound side that accepts them.
+//! * `tls_failures` — failed mTLS handshakes, counted by the server and the
+//!   upstream connector, encoded by metrics.
 //! * `trace` — trace context propagation (W3C, B3), spans, OTLP export.
 //! * `traceparent` — the W3C header's parser, below every layer that reads a
 //!   trace id.
@@ -52,6 +54,7 @@ pub mod server;
 pub mod shutdown;
 pub mod table;
 pub mod tcp;
+pub mod tls_failures;
 pub mod trace;
 pub mod traceparent;
 pub mod upstream;

@@ -113,7 +113,16 @@ impl Collector for SidecarCollector {
         if let Some(xds) = &self.xds {
             super::config::encode(&mut encoder, xds)?;
         }
-        super::tls::HANDSHAKE_FAILURES.encode(&mut encoder)?;
+        super::encode_by_direction(
+            &mut encoder,
+            (
+                "weft_tls_handshake_failures",
+                "mTLS handshakes that failed, by direction and reason.",
+            ),
+            "reason",
+            &crate::tls_failures::REASONS,
+            crate::tls_failures::HANDSHAKE_FAILURES.counts(),
+        )?;
         super::malformed::MALFORMED_REQUESTS.encode(&mut encoder)?;
         encode_access_log(&mut encoder)?;
         super::process::encode(&mut encoder)

@@ -21,7 +21,6 @@ pub mod process;
 pub mod ratelimits;
 pub mod requests;
 pub mod sizes;
-pub mod tls;
 pub mod unrouted;
 
 use prometheus_client::registry::Registry;

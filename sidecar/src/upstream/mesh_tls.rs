@@ -31,7 +31,7 @@ use weft_certs::tls::{ALPN_H2, ALPN_HTTP1, ALPN_WEFT_H2, MESH_ALPN, client_confi
 use weft_certs::{IdentityStore, PeerRejection, SpiffeId};
 
 use super::{ConnectError, Connector, UpstreamTcp};
-use crate::metrics::tls::{Direction as TlsDirection, HANDSHAKE_FAILURES};
+use crate::tls_failures::{Direction as TlsDirection, HANDSHAKE_FAILURES};
 
 /// How to reach the meshed endpoints of one cluster: the identity their
 /// sidecars must present, and the TLS config that checks it.

@@ -2,11 +2,12 @@
 //! sidecar refused (inbound) and the peers it could not reach (outbound).
 //! Process-wide atomics, as handshakes happen outside any request's
 //! context; encoded at scrape time.
+//!
+//! A bottom module, not part of `metrics`: the TLS server and the upstream
+//! connector count into it, and metrics only encodes it, so the connector
+//! does not import metrics.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use prometheus_client::encoding::DescriptorEncoder;
 
 /// The `reason` label: `weft_certs::PeerRejection::reason`, then the
 /// failures that are not about certificates.
@@ -56,17 +57,10 @@ impl HandshakeFailures {
         self.counts[direction as usize][i].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
-        super::encode_by_direction(
-            encoder,
-            (
-                "weft_tls_handshake_failures",
-                "mTLS handshakes that failed, by direction and reason.",
-            ),
-            "reason",
-            &REASONS,
-            &self.counts,
-        )
+    /// The counts by direction and reason ([`REASONS`]), which metrics
+    /// encodes at scrape time.
+    pub(crate) fn counts(&self) -> &[[AtomicU64; 10]; 2] {
+        &self.counts
     }
 }
 
