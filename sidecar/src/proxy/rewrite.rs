@@ -183,20 +183,14 @@ mod tests {
         use http::{HeaderName, HeaderValue};
 
         use crate::table::{
-            Destination, HeaderMutation, Route, RouteAction, VirtualHost, matcher::PathMatch,
-            matcher::RouteMatch,
+            Destination, HeaderMutation, Route, RouteAction, VirtualHost, matcher::RouteMatch,
         };
         let route = crate::table::request::RouteRef {
             vhost: Arc::new(VirtualHost {
                 name: "users/users".into(),
                 routes: vec![Route {
                     name: "all".into(),
-                    matcher: RouteMatch {
-                        path: PathMatch::Any,
-                        headers: Vec::new(),
-                        methods: Vec::new(),
-                        query: Vec::new(),
-                    },
+                    matcher: RouteMatch::any(),
                     action: RouteAction {
                         destination: Destination::Cluster("users".into()),
                         prefix_rewrite: None,

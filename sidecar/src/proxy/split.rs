@@ -164,7 +164,6 @@ mod tests {
 
     use super::*;
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
-    use crate::table::matcher::PathMatch;
     use crate::table::request::{Direction, RequestCtx, RouteRef};
     use crate::table::{
         HeaderMutation, Route, RouteAction, RouteMatch, RoutingTable, VirtualHost, WeightedClusters,
@@ -177,12 +176,7 @@ mod tests {
             name: "svc/svc".into(),
             routes: vec![Route {
                 name: String::new(),
-                matcher: RouteMatch {
-                    path: PathMatch::Any,
-                    headers: Vec::new(),
-                    methods: Vec::new(),
-                    query: Vec::new(),
-                },
+                matcher: RouteMatch::any(),
                 action: RouteAction {
                     destination: Destination::Weighted(
                         WeightedClusters::new([(Arc::from("a"), 1), (Arc::from("b"), 1)])

@@ -102,6 +102,17 @@ pub struct RouteMatch {
 }
 
 impl RouteMatch {
+    /// A match for every request (test tables).
+    #[cfg(test)]
+    pub(crate) fn any() -> Self {
+        RouteMatch {
+            path: PathMatch::Any,
+            headers: Vec::new(),
+            methods: Vec::new(),
+            query: Vec::new(),
+        }
+    }
+
     pub fn matches<B>(&self, req: &http::Request<B>) -> bool {
         let uri = req.uri();
         self.path.matches(uri.path())
@@ -189,15 +200,6 @@ mod tests {
         b.body(()).unwrap()
     }
 
-    fn any() -> RouteMatch {
-        RouteMatch {
-            path: PathMatch::Any,
-            headers: vec![],
-            methods: vec![],
-            query: vec![],
-        }
-    }
-
     #[test]
     fn path_matchers() {
         assert!(PathMatch::Exact("/health".into()).matches("/health"));
@@ -249,12 +251,12 @@ mod tests {
 
     #[test]
     fn methods_and_query() {
-        let mut m = any();
+        let mut m = RouteMatch::any();
         m.methods = vec![Method::POST];
         assert!(m.matches(&req("POST", "/", &[])));
         assert!(!m.matches(&req("GET", "/", &[])));
 
-        let mut q = any();
+        let mut q = RouteMatch::any();
         q.query = vec![QueryMatch {
             name: "debug".into(),
             matcher: StringMatch::Exact("1".into()),
