@@ -46,6 +46,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod metrics;
+pub mod model;
 pub mod mtls_mode;
 mod nack;
 pub mod proxy;
@@ -73,10 +74,10 @@ use tokio::task::JoinHandle;
 
 pub use config::Settings;
 
+use crate::model::Direction;
 use crate::server::{ServerSettings, Transport};
 use crate::shutdown::Drain;
 use crate::table::cluster::{ClusterShared, Health, Protocol};
-use crate::table::request::Direction;
 use crate::table::{Cluster, ClusterSettings, EndpointAddr, RoutingTable};
 use crate::upstream::{Dns, PoolSettings};
 use crate::xds::XdsState;

@@ -27,12 +27,11 @@ use tokio::sync::watch;
 use weft_runtime::AcceptErrors;
 
 use crate::body::RequestBody;
+use crate::model::{Direction, PeerIdentity, ProxyResponse};
 use crate::mtls_mode::MtlsMode;
 use crate::shutdown::{DrainToken, accept, shutdown_signal};
 use crate::table::RoutingTable;
-use crate::table::request::{
-    BridgeSettings, Direction, HttpStack, PeerIdentity, ProxyRequest, ProxyResponse, RequestCtx,
-};
+use crate::table::request::{BridgeSettings, HttpStack, ProxyRequest, RequestCtx};
 use crate::tls_failures::{Direction as TlsDirection, HANDSHAKE_FAILURES};
 
 /// Wakes the connection task for the shutdown signal and records that it

@@ -290,6 +290,7 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[&[
     "body",
     "breaker",
     "metrics",
+    "model",
     "proxy",
     "ratelimit",
     "table",

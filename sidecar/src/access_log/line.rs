@@ -6,7 +6,7 @@
 use std::io::Write as _;
 
 use super::Entry;
-use crate::table::request::Direction;
+use crate::model::Direction;
 
 /// Appends `entry` as one JSON line (with its newline) to `out`.
 pub fn write(entry: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {

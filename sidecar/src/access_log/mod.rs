@@ -26,9 +26,10 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Method, Uri};
 
+use crate::model::Direction;
 use crate::table::Endpoint;
 use crate::table::cluster::ClusterShared;
-use crate::table::request::{Direction, ProxyRequest, RouteRef};
+use crate::table::request::{ProxyRequest, RouteRef};
 
 /// Where lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,11 +165,7 @@ impl Record {
                 direction: ctx.direction,
                 method: req.http.method().clone(),
                 uri: req.http.uri().clone(),
-                request_id: req
-                    .http
-                    .headers()
-                    .get(crate::table::request::REQUEST_ID)
-                    .cloned(),
+                request_id: req.http.headers().get(crate::model::REQUEST_ID).cloned(),
                 trace_id: crate::traceparent::TraceContext::of(req.http.headers())
                     .map(|t| t.trace_id),
                 source_identity: ctx.peer_identity.as_ref().map(|p| p.id.clone()),

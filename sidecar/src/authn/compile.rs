@@ -20,7 +20,7 @@ use super::keys::KeySet;
 use super::provider::{ClaimRequirement, Provider, ProviderKeys};
 use super::rules::{PathMatch, RoleRequirement, Rule};
 use super::token::TokenSource;
-use crate::table::EndpointAddr;
+use crate::upstream::EndpointAddr;
 
 /// A compiled policy: everything but the service name.
 pub(crate) struct Compiled {

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::jwks_tls::JwksTls;
 use super::keys::KeySet;
 use crate::backoff::Backoff;
-use crate::table::EndpointAddr;
+use crate::upstream::EndpointAddr;
 use crate::upstream::{Connector, Dns};
 
 /// A JWKS is a few kilobytes; anything this big is not one.

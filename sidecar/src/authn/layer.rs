@@ -24,7 +24,8 @@ use tower::{Layer, Service};
 use super::authenticator::{Admission, Authenticator, Pending, RequestHead, strip_claim_headers};
 use super::error::AuthnError;
 use crate::error::ProxyError;
-use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::model::ProxyResponse;
+use crate::table::request::ProxyRequest;
 
 /// Checks each request's credentials against the JWT policy of its
 /// inbound snapshot.

@@ -9,7 +9,8 @@ use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use crate::error::{ErrorKind, ProxyError};
-use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::model::ProxyResponse;
+use crate::table::request::ProxyRequest;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AuthorizeLayer;

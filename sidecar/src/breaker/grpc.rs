@@ -24,7 +24,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::{Outcome, Pending};
 use crate::body::{ProxyBody, ProxyBodyKind};
 use crate::error::UNREACHED_HEADER;
-use crate::table::request::ProxyResponse;
+use crate::model::ProxyResponse;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -130,7 +130,7 @@ impl<F, O: Observer> Observed<F, O> {
 
 impl<F, O> Future for Observed<F, O>
 where
-    F: Future<Output = Result<crate::table::request::ProxyResponse, ProxyError>>,
+    F: Future<Output = Result<crate::model::ProxyResponse, ProxyError>>,
     O: Observer + Send + 'static,
 {
     type Output = F::Output;

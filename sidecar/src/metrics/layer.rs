@@ -26,8 +26,9 @@ use super::sizes::{Side, Sink, SizeMeter};
 use crate::access_log::{self, Outcome, Record};
 use crate::body::{ProxyBodyKind, RequestBody};
 use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
+use crate::model::ProxyResponse;
 use crate::table::cluster::ClusterShared;
-use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::table::request::ProxyRequest;
 use crate::traceparent::TraceContext;
 
 /// Whose stats a request counts in.
@@ -284,8 +285,9 @@ mod tests {
     use super::*;
     use crate::body::{BufferedBody, ProxyBody};
     use crate::error::{AuthnErrorKind, ERROR_HEADER, ErrorKind};
+    use crate::model::Direction;
     use crate::table::Cluster;
-    use crate::table::request::{Direction, RequestCtx};
+    use crate::table::request::RequestCtx;
 
     /// A response from below (the app's, or an upstream's) saying
     /// `x-weft-error: denied`.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::table::request::Direction;
+use crate::model::Direction;
 
 /// The `rule` label, one per `proxy::conformance::Violation`.
 pub const RULES: [&str; 9] = [

@@ -22,8 +22,9 @@ use crate::breaker::Outcome;
 use crate::breaker::ejection::Verdict;
 use crate::breaker::outcome::{Observed, Observer};
 use crate::error::{ErrorKind, ProxyError};
+use crate::model::ProxyResponse;
 use crate::table::request::InFlightGuard;
-use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::table::request::ProxyRequest;
 use crate::table::{Cluster, Endpoint};
 
 #[derive(Clone, Copy, Debug, Default)]

@@ -20,8 +20,9 @@ use crate::breaker::Outcome;
 use crate::breaker::circuit::{Admitted, State};
 use crate::breaker::outcome::{Observed, Observer};
 use crate::error::{ErrorKind, ProxyError};
+use crate::model::ProxyResponse;
 use crate::table::Cluster;
-use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::table::request::ProxyRequest;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BreakerLayer;
@@ -136,8 +137,9 @@ mod tests {
     use super::*;
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
     use crate::breaker::BreakerSettings;
+    use crate::model::Direction;
     use crate::table::ClusterSettings;
-    use crate::table::request::{Direction, RequestCtx};
+    use crate::table::request::RequestCtx;
 
     fn cluster() -> Arc<Cluster> {
         let settings = ClusterSettings {

@@ -9,7 +9,8 @@ use tower::{Layer, Service};
 
 use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError};
-use crate::table::request::{ClusterGuard, ProxyRequest, ProxyResponse};
+use crate::model::ProxyResponse;
+use crate::table::request::{ClusterGuard, ProxyRequest};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConcurrencyLimitLayer;

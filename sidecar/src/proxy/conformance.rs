@@ -36,7 +36,8 @@ use tower::{Layer, Service};
 
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::malformed::MALFORMED_REQUESTS;
-use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::model::ProxyResponse;
+use crate::table::request::ProxyRequest;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConformanceLayer;

@@ -22,7 +22,8 @@ use tower::{Layer, Service};
 
 use crate::body::{ProxyBody, ProxyBodyKind};
 use crate::error::{ATTEMPTS_HEADER, ERROR_HEADER, ErrorKind, ErrorSource, OwnRefusal, ProxyError};
-use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::model::ProxyResponse;
+use crate::table::request::ProxyRequest;
 
 // Written here rather than in `crate::error`: the response needs the body
 // type, and the error type stays at the bottom of the data plane.

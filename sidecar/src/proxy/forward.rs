@@ -38,7 +38,8 @@ use super::upgrade::{self, ORIGINAL_PROTOCOL};
 use crate::body::{ProxyBody, ProxyBodyKind, RequestBody};
 use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError, UNREACHED_HEADER};
-use crate::table::request::{BoxFuture, Direction, ProxyRequest};
+use crate::model::{BoxFuture, Direction};
+use crate::table::request::ProxyRequest;
 use crate::table::{Endpoint, cluster::Protocol};
 
 /// See [`UNREACHED_HEADER`].
@@ -273,7 +274,7 @@ fn classify_h1(e: H1Error, endpoint: &Endpoint) -> ProxyError {
 }
 
 impl Service<ProxyRequest> for Forward {
-    type Response = crate::table::request::ProxyResponse;
+    type Response = crate::model::ProxyResponse;
     type Error = ProxyError;
     type Future = BoxFuture;
 

@@ -12,7 +12,8 @@ use tower::{Layer, Service};
 
 use super::upgrade::ORIGINAL_PROTOCOL;
 use crate::error::ProxyError;
-use crate::table::request::{Direction, ProxyRequest, ProxyResponse};
+use crate::model::{Direction, ProxyResponse};
+use crate::table::request::ProxyRequest;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -6,7 +6,8 @@ use std::task::{Context, Poll};
 use http::HeaderValue;
 use tower::{Layer, Service};
 
-use crate::table::request::{ProxyRequest, REQUEST_ID};
+use crate::model::REQUEST_ID;
+use crate::table::request::ProxyRequest;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestIdLayer;

@@ -9,8 +9,9 @@ use http::uri::{Authority, PathAndQuery, Uri};
 use tower::{Layer, Service};
 
 use crate::error::{ErrorKind, ProxyError};
+use crate::model::{BoxFuture, ProxyResponse};
 use crate::table::PrefixRewrite;
-use crate::table::request::{BoxFuture, ProxyRequest, ProxyResponse};
+use crate::table::request::ProxyRequest;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RewriteLayer;

@@ -12,8 +12,9 @@ use http::header;
 use tower::{Layer, Service};
 
 use crate::error::{ErrorKind, ProxyError};
+use crate::model::ProxyResponse;
 use crate::table::RoutingTable;
-use crate::table::request::{ProxyRequest, ProxyResponse, RouteRef};
+use crate::table::request::{ProxyRequest, RouteRef};
 
 #[derive(Clone)]
 pub struct RouteLayer {

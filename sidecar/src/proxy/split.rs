@@ -16,7 +16,8 @@ use tower::{Layer, Service};
 
 use super::on_demand::OnDemand;
 use crate::error::{ErrorKind, ProxyError};
-use crate::table::request::{BoxFuture, ProxyRequest, ProxyResponse};
+use crate::model::{BoxFuture, ProxyResponse};
+use crate::table::request::ProxyRequest;
 use crate::table::{Cluster, Destination};
 
 #[derive(Clone, Debug, Default)]
@@ -164,7 +165,8 @@ mod tests {
 
     use super::*;
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
-    use crate::table::request::{Direction, RequestCtx, RouteRef};
+    use crate::model::Direction;
+    use crate::table::request::{RequestCtx, RouteRef};
     use crate::table::{
         HeaderMutation, Route, RouteAction, RouteMatch, RoutingTable, VirtualHost, WeightedClusters,
     };

@@ -12,8 +12,9 @@ use futures_util::future::Either;
 use tower::{Layer, Service};
 
 use crate::error::{ErrorKind, ProxyError};
+use crate::model::ProxyResponse;
 use crate::table::Cluster;
-use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::table::request::ProxyRequest;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TimeoutLayer;

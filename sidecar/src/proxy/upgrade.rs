@@ -39,8 +39,9 @@ use tokio::io::AsyncWriteExt;
 use tower::{Layer, Service};
 
 use crate::error::{ErrorKind, ProxyError};
+use crate::model::ProxyResponse;
 use crate::table::request::BridgeSettings;
-use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::table::request::ProxyRequest;
 use crate::tcp::copy::{self, End};
 use crate::upstream::Upgraded;
 

@@ -15,7 +15,8 @@ use tower::{Layer, Service};
 
 use super::{RateLimiter, RequestFacts};
 use crate::error::ProxyError;
-use crate::table::request::{BoxFuture, ProxyRequest, ProxyResponse};
+use crate::model::{BoxFuture, ProxyResponse};
+use crate::table::request::ProxyRequest;
 
 /// The route's name for the `route` key (its position in its table when
 /// it has none); only worked out when a limit keys on it.

@@ -8,7 +8,6 @@
 //! from the previous table.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,7 +16,7 @@ use rand::Rng as _;
 use tokio::time::Instant;
 
 use crate::proxy::retry::{RetryPolicy, RetryState};
-use crate::upstream::{PoolSettings, UpstreamClient};
+use crate::upstream::{EndpointAddr, PoolSettings, UpstreamClient};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LbPolicy {
@@ -126,25 +125,6 @@ pub struct EndpointStats {
     pub failures: AtomicU64,
     /// Outlier ejection state: kept while the address stays in the set.
     pub outlier: crate::breaker::ejection::EjectionState,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum EndpointAddr {
-    Ip(SocketAddr),
-    /// A DNS name, resolved at connect time through hickory's TTL cache.
-    Name {
-        host: Arc<str>,
-        port: u16,
-    },
-}
-
-impl fmt::Display for EndpointAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Ip(a) => write!(f, "{a}"),
-            Self::Name { host, port } => write!(f, "{host}:{port}"),
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -372,7 +352,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 /// A loopback endpoint for unit tests.
 #[cfg(test)]
 pub(crate) fn test_endpoint(port: u16, weight: u32, health: Health) -> Arc<Endpoint> {
-    let addr = EndpointAddr::Ip(SocketAddr::from(([127, 0, 0, 1], port)));
+    let addr = EndpointAddr::Ip(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     Arc::new(Endpoint {
         authority: addr
             .to_string()

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-pub use cluster::{Cluster, ClusterSettings, Endpoint, EndpointAddr, EndpointStats, LbPolicy};
+pub use crate::upstream::EndpointAddr;
+pub use cluster::{Cluster, ClusterSettings, Endpoint, EndpointStats, LbPolicy};
 pub use inbound::InboundPolicy;
 pub use matcher::RouteMatch;
 

@@ -32,7 +32,8 @@ use super::copy;
 use super::{Counters, TcpStats};
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
-use crate::table::request::{BoxFuture, ProxyRequest, ProxyResponse};
+use crate::model::{BoxFuture, ProxyResponse};
+use crate::table::request::ProxyRequest;
 use crate::upstream::Connector;
 
 /// What accepting tunnels needs; one per sidecar.

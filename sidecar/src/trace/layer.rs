@@ -23,7 +23,8 @@ use super::Tracer;
 use super::context::{self, Current, TRACESTATE};
 use super::span::{Cause, SpanKind, SpanRecord};
 use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
-use crate::table::request::{ProxyRequest, ProxyResponse};
+use crate::model::ProxyResponse;
+use crate::table::request::ProxyRequest;
 
 #[derive(Clone)]
 pub struct TraceLayer {
@@ -176,10 +177,7 @@ impl<S> Trace<S> {
                 uri: http.uri().clone(),
                 version: http.version(),
                 host: http.headers().get(http::header::HOST).cloned(),
-                request_id: http
-                    .headers()
-                    .get(crate::table::request::REQUEST_ID)
-                    .cloned(),
+                request_id: http.headers().get(crate::model::REQUEST_ID).cloned(),
                 client_ip: server.then(|| ctx.client_addr.ip()),
                 peer: ctx.peer_identity.clone(),
                 route: if server { None } else { ctx.route.clone() },
@@ -272,7 +270,8 @@ mod tests {
 
     use super::*;
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
-    use crate::table::request::{Direction, RequestCtx};
+    use crate::model::Direction;
+    use crate::table::request::RequestCtx;
 
     /// What the layer below received.
     type Seen = Arc<Mutex<Option<HeaderMap>>>;

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Uri, Version};
 
 use crate::error::ErrorKind;
+use crate::model::PeerIdentity;
 use crate::table::Cluster;
-use crate::table::request::{PeerIdentity, RouteRef};
+use crate::table::request::RouteRef;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {

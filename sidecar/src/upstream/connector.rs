@@ -22,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Dns;
+use super::EndpointAddr;
 use super::connection_limit::{ConnectionLimit, ConnectionSlot, PendingOverflow};
-use crate::table::EndpointAddr;
 
 #[derive(Clone)]
 pub struct Connector {

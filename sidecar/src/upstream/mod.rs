@@ -9,11 +9,14 @@
 //! carried over between table swaps while their settings do not change, so
 //! pooled connections survive config updates.
 
+mod address;
 pub mod connection_limit;
 mod connector;
 mod dns;
 mod http1;
 mod mesh_tls;
+
+pub use address::EndpointAddr;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +31,6 @@ pub use http1::{H1Error, H1Pool, ProtocolError, ResponseBody, Upgraded};
 pub use mesh_tls::{MeshStream, MeshTls, Negotiated, PeerProtocol, TlsConnector};
 
 use crate::body::RequestBody;
-use crate::table::EndpointAddr;
 
 /// Connection settings of one cluster (from `Cluster.connect_timeout` and
 /// `Cluster.connection_pool`).

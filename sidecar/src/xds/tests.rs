@@ -1067,10 +1067,11 @@ fn a_request_never_sees_parts_of_two_inbound_policies() {
     use tower::{Layer as _, Service as _};
 
     use crate::body::{BufferedBody, RequestBody};
+    use crate::model::Direction;
     use crate::mtls_mode::MtlsMode;
     use crate::proxy::inbound_snapshot::InboundSnapshotLayer;
     use crate::table::cluster::Protocol;
-    use crate::table::request::{Direction, ProxyRequest, RequestCtx};
+    use crate::table::request::{ProxyRequest, RequestCtx};
 
     let mut a = policy("billing", pb::Action::Deny);
     a.jwt = Some(jwt_policy(JWT_JSON));

@@ -52,7 +52,8 @@ use crate::body::{BufferedBody, PrefixedBody, RequestBody};
 use crate::breaker::thresholds::OVERFLOW_HEADER;
 use crate::breaker::thresholds::RetryGuard;
 use crate::error::{ErrorKind, ProxyError};
-use crate::table::request::{Attempt, BoxFuture, ProxyRequest, ProxyResponse, RequestCtx};
+use crate::model::{BoxFuture, ProxyResponse};
+use crate::table::request::{Attempt, ProxyRequest, RequestCtx};
 use crate::table::{Cluster, Endpoint};
 
 pub use budget::RetryBudget;
@@ -651,10 +652,11 @@ mod tests {
 
     use super::*;
     use crate::body::ProxyBody;
+    use crate::model::Direction;
     use crate::proxy::balance::BalanceLayer;
     use crate::table::cluster::tests::endpoint;
-    use crate::table::cluster::{ClusterSettings, EndpointAddr, Health};
-    use crate::table::request::Direction;
+    use crate::table::cluster::{ClusterSettings, Health};
+    use crate::upstream::EndpointAddr;
     use weft_proto::config::v1 as pb;
 
     fn cluster(ports: &[u16], policy: pb::RetryPolicy) -> Arc<Cluster> {

@@ -1,62 +1,45 @@
-//! The request model: what travels down both stacks.
+//! The request as it travels down both stacks, with what each stage has
+//! decided about it.
 //!
 //! Every layer takes and passes on a [`ProxyRequest`], the HTTP request
 //! plus a [`RequestCtx`] that the layers above fill in for the ones below.
-//! The model sits below `proxy` (which assembles the stacks) and below the
-//! features, so that a feature's layer imports this module and the error
-//! type, never the assembly: a new policy depends downwards only.
+//! What the stack decided (the table, the route's virtual host, the
+//! cluster, the endpoint) are table types: a request is served from one
+//! immutable table and points into it, so this module is a child of
+//! `table`, above the features whose compiled state the table holds.
 //!
-//! Where each part of the context lives, and why:
+//! Features below the table never name [`ProxyRequest`]: their layers are
+//! generic over a trait of their own (built on [`crate::model::Exchange`]),
+//! which this module implements. The parts every layer shares (direction,
+//! peer identity, the response and future types) live in `crate::model`,
+//! at the bottom, and are re-exported here.
 //!
-//! * What the stack decided (the table, the route's virtual host, the
-//!   cluster, the endpoint) are table types: a request is served from one
-//!   immutable table and points into it. So the model is a child of
-//!   `table`, not a sibling: a sibling `request` importing `table` would
-//!   sit in one import cycle with it for as long as the table holds
-//!   features' compiled state (`table/cluster.rs`, `table/inbound.rs`:
-//!   retry policy, breaker, rate limiter, pools, authn, authz). Those are
-//!   the edges to cut next; then `table` with this model leaves the cycle.
-//! * Per-request state a layer leaves for the ones below (the in-flight
-//!   guards, a retry's [`Attempt`], the upgrade's [`BridgeSettings`]) is a
-//!   small type defined here, not in the layer that sets it: otherwise the
-//!   model would import `proxy`.
-//! * The access log's record is still the access log's own type.
+//! Per-request state a layer leaves for the ones below (the in-flight
+//! guards, a retry's [`Attempt`], the upgrade's [`BridgeSettings`]) is a
+//! small type defined here, not in the layer that sets it.
 
 mod in_flight;
 
 pub use in_flight::{ClusterGuard, InFlightGuard};
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request};
 use tower::Service;
 
-use crate::body::{ProxyBody, RequestBody};
-use crate::error::ProxyError;
+use crate::body::RequestBody;
 use crate::shutdown::DrainToken;
 use crate::table::{Cluster, Endpoint, Route, RoutingTable, VirtualHost};
 
-pub type ProxyResponse = Response<ProxyBody>;
-pub type BoxFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyError>> + Send>>;
+pub use crate::model::{BoxFuture, Direction, Exchange, PeerIdentity, ProxyResponse, REQUEST_ID};
 
 /// The request as it travels down the stack.
 pub struct ProxyRequest {
     pub http: Request<RequestBody>,
     pub ctx: RequestCtx,
-}
-
-/// Which listener a request arrived on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// From the local app, to other services.
-    Outbound,
-    /// From other sidecars, to the local app.
-    Inbound,
 }
 
 /// What the layers above learned about a request.
@@ -96,25 +79,6 @@ pub struct RequestCtx {
     pub access_log: Option<Arc<crate::access_log::Record>>,
 }
 
-/// A verified peer identity with its header value made once per
-/// connection.
-#[derive(Clone, Debug)]
-pub struct PeerIdentity {
-    pub id: Arc<weft_certs::SpiffeId>,
-    pub header: HeaderValue,
-}
-
-impl PeerIdentity {
-    pub fn new(id: weft_certs::SpiffeId) -> Self {
-        let header =
-            HeaderValue::from_str(&id.to_string()).unwrap_or(HeaderValue::from_static("invalid"));
-        Self {
-            id: Arc::new(id),
-            header,
-        }
-    }
-}
-
 impl RequestCtx {
     pub fn new(direction: Direction, client_addr: SocketAddr, client_ip: HeaderValue) -> Self {
         Self {
@@ -134,6 +98,38 @@ impl RequestCtx {
             attempt: None,
             access_log: None,
         }
+    }
+}
+
+impl Exchange for ProxyRequest {
+    #[inline]
+    fn http(&self) -> &Request<RequestBody> {
+        &self.http
+    }
+
+    #[inline]
+    fn http_mut(&mut self) -> &mut Request<RequestBody> {
+        &mut self.http
+    }
+
+    #[inline]
+    fn direction(&self) -> Direction {
+        self.ctx.direction
+    }
+
+    #[inline]
+    fn client_addr(&self) -> SocketAddr {
+        self.ctx.client_addr
+    }
+
+    #[inline]
+    fn client_ip(&self) -> &HeaderValue {
+        &self.ctx.client_ip
+    }
+
+    #[inline]
+    fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.ctx.peer_identity.as_ref()
     }
 }
 
@@ -168,12 +164,6 @@ impl<S> HttpStack for S where
         + 'static
 {
 }
-
-/// The header that identifies a request across every hop's logs and
-/// traces: set by `proxy::request_id` on each request that lacks one, read
-/// by the trace and access-log layers (so it is part of the model they
-/// share, not of the layer that sets it).
-pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// One try, as `balance` sees it: the endpoints earlier tries went to (to
 /// avoid, where another serves) and a slot for the endpoint it picks. Made
