@@ -287,16 +287,13 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[&[
     "access_log",
     "authn",
     "authz",
-    "body",
     "breaker",
     "metrics",
-    "model",
     "proxy",
     "ratelimit",
     "table",
     "tcp",
     "trace",
-    "upstream",
 ]];
 
 #[test]

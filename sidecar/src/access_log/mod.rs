@@ -27,6 +27,7 @@ use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Method, Uri};
 
 use crate::model::Direction;
+use crate::request_body::{BodySizeSink, Side};
 use crate::table::Endpoint;
 use crate::table::cluster::ClusterShared;
 use crate::table::request::{ProxyRequest, RouteRef};
@@ -118,16 +119,6 @@ pub struct Outcome {
     pub response_head: Duration,
 }
 
-/// Which body a byte count is about. Declared here, below metrics, because
-/// the record counts both sides; metrics' size meters use it too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// Received from the caller.
-    Request,
-    /// Sent back to the caller.
-    Response,
-}
-
 /// One request's line in the making, shared by the metrics layer's
 /// future, the request context (for the endpoint) and the body meters.
 pub struct Record {
@@ -205,6 +196,17 @@ impl Record {
             Side::Response => &self.bytes_sent,
         };
         count.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A body's size counts in the request's line and, through the record, in
+/// the destination's stats (the body meters hold the record instead).
+impl BodySizeSink for Record {
+    fn record(&self, side: Side, bytes: u64) {
+        self.add_bytes(side, bytes);
+        if let Some(stats) = &self.stats {
+            stats.record(side, bytes);
+        }
     }
 }
 

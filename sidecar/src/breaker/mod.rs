@@ -7,7 +7,8 @@
 //! - [`circuit`]: the closed / open / half-open breaker of a cluster;
 //! - [`ejection`]: per-endpoint outlier ejection, read by the balancer;
 //! - [`outcome`]: what a finished request counts as;
-//! - [`grpc`]: gRPC statuses as outcomes, from the head or the trailers.
+//! - [`grpc`]: gRPC statuses as outcomes, from the head (the trailers are
+//!   watched by the answer's body, `crate::body::grpc`).
 //!
 //! Settings are compiled from the Cluster ([`settings`]); the runtime state
 //! lives in `ClusterShared` / `EndpointStats`, which table rebuilds carry
@@ -29,21 +30,6 @@ pub use settings::{BreakerSettings, FailureOn, OutlierSettings, Thresholds};
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-/// An observer a gRPC answer's body carries until its trailers, boxed so
-/// that one body can carry the breaker's and the balancer's. Declared
-/// here, between `outcome` (whose observers it boxes) and `grpc` (whose
-/// bodies carry it), so that `grpc` does not import `outcome`, which
-/// reads gRPC heads with it.
-pub trait Pending: Send {
-    fn settle(self: Box<Self>, outcome: Outcome);
-}
-
-impl<O: outcome::Observer + Send + 'static> Pending for O {
-    fn settle(self: Box<Self>, outcome: Outcome) {
-        (*self).finished(outcome);
-    }
-}
 
 /// Milliseconds since `epoch`, plus one: 0 means "never" in the atomics
 /// that store these, and differences stay exact.

@@ -1,34 +1,21 @@
 //! What a finished (or abandoned) request counts as, for the breaker and
 //! for outlier ejection. A request is finished when its response head
 //! arrives, except a gRPC answer without `grpc-status` in its head: that
-//! one is finished by its trailers (`grpc.rs`).
+//! one is finished by its trailers (`crate::body::grpc`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::body::grpc::{Pending, settle_on_trailers};
 use crate::error::{ErrorKind, ProxyError};
 
 use super::{FailureOn, grpc};
 
-/// The result of one request, as far as resilience cares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Response headers arrived; `grpc` is the call's `grpc-status`, from
-    /// them (a trailers-only gRPC answer) or from the trailers.
-    Response { status: u16, grpc: Option<u32> },
-    /// The endpoint could not be reached: a refused or timed-out connect,
-    /// or its sidecar's answer that its app could not be
-    /// (`x-weft-unreached`). No app saw the request.
-    ConnectFailure,
-    /// Reset, closed or invalid HTTP before a response.
-    Reset,
-    /// No response headers in time.
-    Timeout,
-    /// Not the endpoint's doing (the sidecar's own limits, a bad request):
-    /// counts neither way.
-    Neutral,
-}
+// The enum is declared with the gRPC answer's body, below the breaker,
+// because that body reports it; what an outcome counts as is the
+// breaker's, here.
+pub use crate::body::grpc::Outcome;
 
 impl Outcome {
     pub fn of_error(e: &ProxyError) -> Self {
@@ -105,6 +92,13 @@ pub trait Observer {
     }
 }
 
+/// Boxed in a gRPC answer's body until its trailers tell the outcome.
+impl<O: Observer + Send + 'static> Pending for O {
+    fn settle(self: Box<Self>, outcome: Outcome) {
+        (*self).finished(outcome);
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A request's future that tells its observer how it ended, once.
     pub struct Observed<F, O: Observer> {
@@ -144,7 +138,7 @@ where
                     grpc::Head::Known(outcome) => observer.finished(outcome),
                     // The head says nothing yet: the trailers will.
                     grpc::Head::AwaitsTrailers if observer.needs_trailers() => {
-                        grpc::settle_on_trailers(response, Box::new(observer));
+                        settle_on_trailers(response, Box::new(observer));
                     }
                     grpc::Head::AwaitsTrailers => observer.finished(Outcome::Response {
                         status: 200,

@@ -16,6 +16,7 @@ use rand::Rng as _;
 use tokio::time::Instant;
 
 use crate::proxy::retry::{RetryPolicy, RetryState};
+use crate::request_body::{BodySizeSink, Side};
 use crate::upstream::{EndpointAddr, PoolSettings, UpstreamClient};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +117,17 @@ pub struct ClusterShared {
     pub last_used: AtomicU32,
     /// The inbound cluster's: whether the app accepts connections (`/ready`).
     pub app_health: Option<Arc<crate::app_health::AppHealth>>,
+}
+
+/// A body's size goes to the cluster's size histograms.
+impl BodySizeSink for ClusterShared {
+    fn record(&self, side: Side, bytes: u64) {
+        let histogram = match side {
+            Side::Request => &self.requests.request_size,
+            Side::Response => &self.requests.response_size,
+        };
+        histogram.observe(bytes);
+    }
 }
 
 #[derive(Debug, Default)]

@@ -30,7 +30,7 @@ pub use dns::Dns;
 pub use http1::{H1Error, H1Pool, ProtocolError, ResponseBody, Upgraded};
 pub use mesh_tls::{MeshStream, MeshTls, Negotiated, PeerProtocol, TlsConnector};
 
-use crate::body::RequestBody;
+use crate::request_body::RequestBody;
 
 /// Connection settings of one cluster (from `Cluster.connect_timeout` and
 /// `Cluster.connection_pool`).

@@ -19,7 +19,7 @@ use crate::error::{ErrorKind, ProxyError, UNREACHED_HEADER};
 /// their way to the caller and a status in the trailers comes too late to
 /// try again. A call that fails before any message (the usual UNAVAILABLE)
 /// is a trailers-only answer, and is retried. (The breaker and outlier
-/// ejection do wait for the trailers: `breaker::grpc`.)
+/// ejection do wait for the trailers: `body::grpc`.)
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Defaults for fields a policy leaves at proto zero (the agent always sets

@@ -15,7 +15,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::H1Error;
 use super::codec::{self, RequestFraming, ResponseHead};
-use crate::body::RequestBody;
+use crate::request_body::RequestBody;
 
 /// Read-buffer growth per read: most response heads and small bodies fit
 /// in one read.

@@ -40,7 +40,7 @@ use conn::Connection;
 
 use super::connection_limit::{ConnectionLimit, ConnectionSlot, IdleConnections};
 use super::{ConnectError, Connector, PoolSettings};
-use crate::body::RequestBody;
+use crate::request_body::RequestBody;
 
 /// Why an HTTP/1 exchange failed.
 #[derive(Debug)]
