@@ -15,6 +15,7 @@
 //! are always logged; the others with probability `sampling`.
 
 pub mod line;
+pub mod metrics;
 mod writer;
 
 use std::net::SocketAddr;

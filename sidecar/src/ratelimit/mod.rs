@@ -17,6 +17,7 @@ pub mod bucket;
 pub mod headers;
 pub mod key;
 pub mod layer;
+pub mod metrics;
 pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod inbound;
 pub mod matcher;
+pub mod metrics;
 pub mod request;
 
 use std::collections::HashMap;
