@@ -2,8 +2,8 @@
 //! request path.
 //!
 //! The metrics layer, which already sees each request's start and answer,
-//! makes a [`Record`] for it when the log is on (one allocation; none when
-//! it is off). The layers below fill in what only they know (the endpoint
+//! has a [`Record`] made for it when the log is on (by the request, through
+//! the layer's `MetricsTarget`; one allocation, none when it is off). The layers below fill in what only they know (the endpoint
 //! `forward` sent it to); the body meters add the bytes each way. When the
 //! last holder lets go (the response body ended, or was dropped), the
 //! record becomes an [`Entry`] and goes to a bounded channel; a writer
