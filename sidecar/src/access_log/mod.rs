@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Method, Uri};
 
-use crate::model::Direction;
+use crate::model::{Answer, Direction};
 use crate::table::Endpoint;
 use crate::table::cluster::ClusterShared;
 use crate::table::request::{ProxyRequest, RouteRef};
@@ -110,15 +110,6 @@ pub struct Entry {
     pub bytes_sent: u64,
 }
 
-/// How the request was answered, as the metrics layer saw it.
-#[derive(Debug)]
-pub struct Outcome {
-    pub status: u16,
-    pub cause: Option<&'static str>,
-    pub attempts: Option<u32>,
-    pub response_head: Duration,
-}
-
 /// Which body a byte count is about. Declared here, below metrics, because
 /// the record counts both sides; metrics' size meters use it too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +126,7 @@ pub struct Record {
     /// Taken when the line is sent.
     entry: Option<Entry>,
     started: Instant,
-    outcome: OnceLock<Outcome>,
+    outcome: OnceLock<Answer>,
     /// Set by `forward` for each try: the last one's is logged.
     pub endpoint: ArcSwapOption<Endpoint>,
     /// The destination's stats, for the body meters that hold this record
@@ -192,7 +183,7 @@ impl Record {
     }
 
     /// The answer (its head): set once.
-    pub fn answered(&self, outcome: Outcome) {
+    pub fn answered(&self, outcome: Answer) {
         let _ = self.outcome.set(outcome);
     }
 

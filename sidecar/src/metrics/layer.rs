@@ -29,10 +29,9 @@ use tower::{Layer, Service};
 
 use super::requests::{CAUSES, cause_index, cause_of, method_index};
 use super::sizes::{Side, Sink, SizeMeter};
-use crate::access_log::Outcome;
 use crate::body::{ProxyBodyKind, RequestBody};
 use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
-use crate::model::{Exchange, ProxyResponse};
+use crate::model::{Answer, Exchange, ProxyResponse};
 use crate::traceparent::TraceContext;
 
 /// What the metrics layer needs of a request.
@@ -256,7 +255,7 @@ where
                 requests.record_refusal(cause, status);
             }
             if let Sink::Logged(log) = &observed.sink {
-                log.answered(Outcome {
+                log.answered(Answer {
                     status: status.as_u16(),
                     cause: cause.map(|c| CAUSES[c]),
                     attempts: attempts(&result),

@@ -12,11 +12,11 @@ use futures_util::future::{Either, Ready, ready};
 use http::header;
 use tower::{Layer, Service};
 
-use crate::access_log::{self, Outcome, Record, Side};
+use crate::access_log::{self, Record, Side};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::requests::{cause_of, method_index};
 use crate::metrics::unrouted::UNROUTED;
-use crate::model::ProxyResponse;
+use crate::model::{Answer, ProxyResponse};
 use crate::table::RoutingTable;
 use crate::table::request::{ProxyRequest, RouteRef};
 
@@ -130,7 +130,7 @@ pub(crate) fn refused(req: &ProxyRequest, error: &ProxyError) {
     if let Some(log) = access_log::installed() {
         let record = Arc::new(Record::new(log, req, None, None));
         record.add_bytes(Side::Response, error.reason.len() as u64 + 1);
-        record.answered(Outcome {
+        record.answered(Answer {
             status: status.as_u16(),
             cause: Some(code),
             attempts: None,
