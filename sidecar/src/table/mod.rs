@@ -10,6 +10,9 @@
 //! The request model ([`request`]) lives here too: what a request records
 //! on its way down (its table, route, cluster, endpoint) points into this
 //! table, so the two sit together below the features and the stacks.
+//!
+//! Holding every destination's stats, the table is also what `/metrics`
+//! reads them from ([`metrics`]).
 
 pub mod cluster;
 pub mod inbound;
