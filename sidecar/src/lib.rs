@@ -367,10 +367,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         let admin = bind(addr, "the admin endpoints", "--admin").await?;
         admin_addr = Some(admin.local_addr()?);
         let mut metrics = metrics::Metrics::new(metrics::collector::SidecarCollector {
-            table: table.clone(),
-            inbound: app.http1.clone(),
-            service: settings.service.as_str().into(),
+            source: Arc::new(table::metrics::TableMetrics {
+                table: table.clone(),
+                inbound: app.http1.clone(),
+                service: settings.service.as_str().into(),
+            }),
             xds: xds_state.clone(),
+            features: vec![access_log::metrics::encode],
         });
         if let Some(counters) = tracer.counters() {
             metrics.register(Box::new(trace::export::ExportCollector(counters)));

@@ -287,7 +287,6 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[&[
     "access_log",
     "authn",
     "authz",
-    "breaker",
     "metrics",
     "proxy",
     "ratelimit",

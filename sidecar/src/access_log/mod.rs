@@ -2,8 +2,8 @@
 //! request path.
 //!
 //! The metrics layer, which already sees each request's start and answer,
-//! makes a [`Record`] for it when the log is on (one allocation; none when
-//! it is off). The layers below fill in what only they know (the endpoint
+//! has a [`Record`] made for it when the log is on (by the request, through
+//! the layer's `MetricsTarget`; one allocation, none when it is off). The layers below fill in what only they know (the endpoint
 //! `forward` sent it to); the body meters add the bytes each way. When the
 //! last holder lets go (the response body ended, or was dropped), the
 //! record becomes an [`Entry`] and goes to a bounded channel; a writer
@@ -15,6 +15,7 @@
 //! are always logged; the others with probability `sampling`.
 
 pub mod line;
+pub mod metrics;
 mod writer;
 
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Method, Uri};
 
-use crate::model::Direction;
+use crate::model::{Answer, Direction};
 use crate::request_body::{BodySizeSink, Side};
 use crate::table::Endpoint;
 use crate::table::cluster::ClusterShared;
@@ -110,22 +111,13 @@ pub struct Entry {
     pub bytes_sent: u64,
 }
 
-/// How the request was answered, as the metrics layer saw it.
-#[derive(Debug)]
-pub struct Outcome {
-    pub status: u16,
-    pub cause: Option<&'static str>,
-    pub attempts: Option<u32>,
-    pub response_head: Duration,
-}
-
 /// One request's line in the making, shared by the metrics layer's
 /// future, the request context (for the endpoint) and the body meters.
 pub struct Record {
     /// Taken when the line is sent.
     entry: Option<Entry>,
     started: Instant,
-    outcome: OnceLock<Outcome>,
+    outcome: OnceLock<Answer>,
     /// Set by `forward` for each try: the last one's is logged.
     pub endpoint: ArcSwapOption<Endpoint>,
     /// The destination's stats, for the body meters that hold this record
@@ -182,7 +174,7 @@ impl Record {
     }
 
     /// The answer (its head): set once.
-    pub fn answered(&self, outcome: Outcome) {
+    pub fn answered(&self, outcome: Answer) {
         let _ = self.outcome.set(outcome);
     }
 

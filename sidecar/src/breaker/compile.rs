@@ -1,5 +1,6 @@
-//! Cluster fields 12-14 (breaker.proto) into [`ClusterSettings`]: 0 or
-//! unset means the documented default, as elsewhere in cluster.proto.
+//! Cluster fields 12-14 (breaker.proto) into the breaker's settings
+//! ([`Compiled`], which the xDS compile puts into the cluster's settings):
+//! 0 or unset means the documented default, as elsewhere in cluster.proto.
 
 use std::time::Duration;
 
@@ -7,24 +8,35 @@ use weft_proto::config::v1 as pb;
 
 use super::{BreakerSettings, FailureOn, OutlierSettings, Thresholds};
 use crate::nack::Errors;
-use crate::table::ClusterSettings;
 
-pub(crate) fn compile(c: &pb::Cluster, s: &mut ClusterSettings, errs: &mut Errors) {
-    if let Some(t) = &c.circuit_breakers {
-        s.thresholds = Thresholds {
+/// A cluster's breaker sections, compiled.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub thresholds: Thresholds,
+    pub breaker: Option<BreakerSettings>,
+    pub outlier: Option<OutlierSettings>,
+}
+
+pub(crate) fn compile(c: &pb::Cluster, errs: &mut Errors) -> Compiled {
+    let thresholds = match &c.circuit_breakers {
+        Some(t) => Thresholds {
             max_retries: (t.max_retries > 0).then_some(t.max_retries as usize),
             max_connections: (t.max_connections > 0).then_some(t.max_connections as usize),
             max_pending_requests: t.max_pending_requests.map(|n| n as usize),
-        };
-    }
-    if let Some(b) = &c.breaker {
-        s.breaker = Some(breaker(b, errs));
-    }
-    s.outlier = match &c.outlier_detection {
+        },
+        None => Thresholds::default(),
+    };
+    let breaker = c.breaker.as_ref().map(|b| breaker(b, errs));
+    let outlier = match &c.outlier_detection {
         Some(o) => outlier(o, errs),
         // No section: unreachable endpoints are still ejected at once.
         None => Some(OutlierSettings::unreachable_default()),
     };
+    Compiled {
+        thresholds,
+        breaker,
+        outlier,
+    }
 }
 
 /// A set duration, or `default` when unset or zero.
@@ -160,10 +172,9 @@ fn outlier(o: &pb::OutlierDetection, errs: &mut Errors) -> Option<OutlierSetting
 mod tests {
     use super::*;
 
-    fn compiled(c: pb::Cluster) -> Result<ClusterSettings, Vec<String>> {
-        let mut s = ClusterSettings::default();
+    fn compiled(c: pb::Cluster) -> Result<Compiled, Vec<String>> {
         let mut errs = Errors(Vec::new());
-        compile(&c, &mut s, &mut errs);
+        let s = compile(&c, &mut errs);
         if errs.0.is_empty() {
             Ok(s)
         } else {

@@ -3,11 +3,14 @@
 //! app's stats (inbound). Stats live as long as their cluster's shared
 //! state, which table swaps carry over, so counters only reset when a
 //! destination leaves the config.
+//!
+//! The collector does not know the table: whoever builds it hands it a
+//! [`Source`] of snapshots (the table's is `table::metrics`), and the
+//! counters of other features as [`Family`] hooks.
 
 use std::fmt;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -17,47 +20,47 @@ use prometheus_client::registry::Unit;
 use super::histogram::SizeSnapshot;
 use super::requests::RequestStats;
 use super::unrouted::UNROUTED;
-use crate::table::{Cluster, RoutingTable};
+
+/// Where the stats are kept, read at each scrape.
+pub trait Source: Send + Sync {
+    /// The state the data path uses right now, held for one scrape.
+    fn snapshot(&self) -> Box<dyn Snapshot + '_>;
+}
+
+/// One scrape's view of the stats: every family a scrape encodes from
+/// the routing state comes from the same snapshot.
+pub trait Snapshot {
+    /// Every destination's stats (sorted by name), then the local app's.
+    fn rows(&self) -> Vec<Row<'_>>;
+
+    /// The families of the destinations' own state (connections,
+    /// thresholds, breakers, rate limits), encoded after the requests'.
+    fn encode_destinations(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), fmt::Error>;
+}
+
+/// A feature's counters, encoded after the sidecar's own families.
+pub type Family = fn(&mut DescriptorEncoder<'_>) -> Result<(), fmt::Error>;
 
 #[derive(Clone)]
 pub struct SidecarCollector {
-    pub table: Arc<ArcSwap<RoutingTable>>,
-    /// The local app's cluster (inbound requests).
-    pub inbound: Arc<Cluster>,
-    /// This sidecar's service: the `destination` of inbound requests.
-    pub service: Arc<str>,
+    pub source: Arc<dyn Source>,
     /// The config stream's state; `None` in static mode.
     pub xds: Option<Arc<crate::xds_status::XdsState>>,
+    /// Other features' counters (the access log's), in this order.
+    pub features: Vec<Family>,
 }
 
 impl fmt::Debug for SidecarCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SidecarCollector")
-            .field("service", &self.service)
-            .finish_non_exhaustive()
+        f.debug_struct("SidecarCollector").finish_non_exhaustive()
     }
 }
 
 impl SidecarCollector {
-    /// Every destination's stats in `table` (sorted), then the local app's.
-    fn rows<'a>(&'a self, table: &'a RoutingTable) -> Vec<Row<'a>> {
-        let mut outbound: Vec<(&str, &RequestStats)> = table
-            .clusters
-            .iter()
-            .map(|(name, c)| (&**name, &c.shared.requests))
-            .collect();
-        outbound.sort_by_key(|(name, _)| *name);
-        outbound
-            .into_iter()
-            .map(|(name, stats)| ("outbound", name, stats))
-            .chain([("inbound", &*self.service, &self.inbound.shared.requests)])
-            .collect()
-    }
-
     /// `weft_request_duration_seconds`, with its exemplars (see
     /// [`super::exposition`]).
     pub fn encode_durations(&self, out: &mut String) -> Result<(), fmt::Error> {
-        let table = self.table.load();
+        let snapshot = self.source.snapshot();
         let name = "weft_request_duration_seconds";
         super::exposition::histogram_header(
             out,
@@ -66,7 +69,7 @@ impl SidecarCollector {
              service; exemplars carry the trace id of a sampled request in the bucket.",
             "seconds",
         )?;
-        for (direction, destination, stats) in self.rows(&table) {
+        for (direction, destination, stats) in snapshot.rows() {
             let h = stats.duration.snapshot();
             if h.count == 0 {
                 continue;
@@ -81,8 +84,8 @@ impl SidecarCollector {
 
 impl Collector for SidecarCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let table = self.table.load();
-        let mut all = self.rows(&table);
+        let snapshot = self.source.snapshot();
+        let mut all = snapshot.rows();
         // Refused before a destination was known (outbound only).
         let unrouted: &RequestStats = &UNROUTED;
         all.push(("outbound", "", unrouted));
@@ -91,25 +94,7 @@ impl Collector for SidecarCollector {
         encode_refusals(&mut encoder, &all)?;
         encode_routes(&mut encoder, &all)?;
         encode_sizes(&mut encoder, &all)?;
-        let mut destinations: Vec<super::clusters::Destination<'_>> = table
-            .clusters
-            .iter()
-            .map(|(name, c)| (&**name, &**c))
-            .collect();
-        destinations.sort_by_key(|(name, _)| *name);
-        super::clusters::encode(&mut encoder, &destinations)?;
-        // The inbound policy of the same table snapshot.
-        let inbound_limits = table.inbound.rate_limits.as_ref();
-        let limiters: Vec<super::ratelimits::Limiters<'_>> = destinations
-            .iter()
-            .filter_map(|(name, c)| Some(("outbound", *name, &**c.settings.rate_limits.as_ref()?)))
-            .chain(
-                inbound_limits
-                    .map(|limiter| &**limiter)
-                    .map(|limiter| ("inbound", &*self.service, limiter)),
-            )
-            .collect();
-        super::ratelimits::encode(&mut encoder, &limiters)?;
+        snapshot.encode_destinations(&mut encoder)?;
         if let Some(xds) = &self.xds {
             super::config::encode(&mut encoder, xds)?;
         }
@@ -124,13 +109,15 @@ impl Collector for SidecarCollector {
             crate::tls_failures::HANDSHAKE_FAILURES.counts(),
         )?;
         super::malformed::MALFORMED_REQUESTS.encode(&mut encoder)?;
-        encode_access_log(&mut encoder)?;
+        for family in &self.features {
+            family(&mut encoder)?;
+        }
         super::process::encode(&mut encoder)
     }
 }
 
 /// `(direction, destination, its stats)` of every cluster in one scrape.
-type Row<'a> = (&'static str, &'a str, &'a RequestStats);
+pub type Row<'a> = (&'static str, &'a str, &'a RequestStats);
 
 fn encode_requests(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(), fmt::Error> {
     let mut requests = encoder.encode_descriptor(
@@ -224,28 +211,6 @@ fn encode_sizes(encoder: &mut DescriptorEncoder, all: &[Row<'_>]) -> Result<(), 
                 .encode_family(&labels)?
                 .encode_histogram::<NoLabelSet>(h.sum_bytes, h.count, &h.buckets, None)?;
         }
-    }
-    Ok(())
-}
-
-fn encode_access_log(encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
-    if crate::access_log::installed().is_none() {
-        return Ok(());
-    }
-    for (name, help, count) in [
-        (
-            "weft_access_log_lines",
-            "Access log lines handed to the writer.",
-            &crate::access_log::QUEUED,
-        ),
-        (
-            "weft_access_log_dropped",
-            "Access log lines dropped because the writer's queue was full.",
-            &crate::access_log::DROPPED,
-        ),
-    ] {
-        let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        ConstCounter::new(count.load(std::sync::atomic::Ordering::Relaxed)).encode(metric)?;
     }
     Ok(())
 }

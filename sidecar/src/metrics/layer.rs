@@ -11,10 +11,16 @@
 //! a request abandoned before its answer (the caller went away) is not
 //! counted. Requests refused before a destination is known are counted by
 //! [`super::unrouted`].
+//!
+//! The layer is generic over the request: it reads what it needs through
+//! [`MetricsTarget`] (implemented by the table's request,
+//! `table/request/metrics.rs`), which also makes the stats' [`Sink`], so
+//! that choosing the destination's stats and starting the access-log
+//! record happen where the destination is known.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
 use hyper::body::Body as _;
@@ -23,13 +29,22 @@ use tower::{Layer, Service};
 
 use super::requests::{CAUSES, cause_index, cause_of, method_index};
 use super::sizes::{Side, Sink, SizeMeter};
-use crate::access_log::{self, Outcome, Record};
 use crate::body::{ProxyBodyKind, RequestBody};
 use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
-use crate::model::ProxyResponse;
-use crate::table::cluster::ClusterShared;
-use crate::table::request::ProxyRequest;
+use crate::model::{Answer, Exchange, ProxyResponse};
 use crate::traceparent::TraceContext;
+
+/// What the metrics layer needs of a request.
+pub trait MetricsTarget: Exchange {
+    /// Where the request counts: `fixed` (inbound: the local app's stats),
+    /// else the stats of the destination `split` chose; with the access
+    /// log on, through the request's new record, which the request keeps
+    /// for the layers below. `None`: no destination, nothing to count in.
+    fn metrics_sink(&mut self, fixed: Option<&Sink>) -> Option<Sink>;
+
+    /// The name of the request's route, once routed.
+    fn route_name(&self) -> Option<&str>;
+}
 
 /// Whose stats a request counts in.
 #[derive(Clone)]
@@ -37,7 +52,7 @@ enum StatsOf {
     /// The cluster in the request's context (outbound, after `split`).
     Destination,
     /// Always these (inbound: the local app's).
-    Fixed(Arc<ClusterShared>),
+    Fixed(Sink),
 }
 
 #[derive(Clone)]
@@ -53,9 +68,9 @@ impl RequestMetricsLayer {
         }
     }
 
-    /// Inbound: counts in `app`'s stats, whatever the request becomes
-    /// (denials included).
-    pub fn inbound(app: Arc<ClusterShared>) -> Self {
+    /// Inbound: counts in `app`'s stats (a [`Sink::Stats`]), whatever the
+    /// request becomes (denials included).
+    pub fn inbound(app: Sink) -> Self {
         Self {
             of: StatsOf::Fixed(app),
         }
@@ -103,9 +118,10 @@ struct Observed {
 /// `route_slot` of a request counted by no route.
 const NO_ROUTE_SLOT: u8 = u8::MAX;
 
-impl<S> Service<ProxyRequest> for RequestMetrics<S>
+impl<S, R> Service<R> for RequestMetrics<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    R: MetricsTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
@@ -115,38 +131,28 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
-        let stats = match &self.of {
-            StatsOf::Destination => req.ctx.cluster.as_ref().map(|c| c.shared.clone()),
-            StatsOf::Fixed(app) => Some(app.clone()),
+    fn call(&mut self, mut req: R) -> Self::Future {
+        let fixed = match &self.of {
+            StatsOf::Destination => None,
+            StatsOf::Fixed(app) => Some(app),
         };
-        let observed = stats.map(|stats| {
-            let route_slot = req
-                .ctx
-                .route
-                .as_ref()
-                .and_then(|r| stats.requests.routes.slot(&r.route().name))
+        let observed = req.metrics_sink(fixed).map(|sink| {
+            let route_slot = sink
+                .stats()
+                .zip(req.route_name())
+                .and_then(|(stats, name)| stats.requests.routes.slot(name))
                 .and_then(|slot| u8::try_from(slot).ok())
                 .unwrap_or(NO_ROUTE_SLOT);
-            let trace = TraceContext::of(req.http.headers())
+            let trace = TraceContext::of(req.http().headers())
                 .filter(|t| t.sampled)
                 .map_or(0, |t| t.trace_id);
-            let sink = match access_log::installed() {
-                None => Sink::Stats(stats),
-                Some(log) => {
-                    let name = req.ctx.cluster.as_ref().map(|c| c.name.clone());
-                    let record = Arc::new(Record::new(log, &req, name, Some(stats)));
-                    req.ctx.access_log = Some(record.clone());
-                    Sink::Logged(record)
-                }
-            };
             meter_request(&mut req, &sink);
             Observed {
                 sink,
                 trace: [(trace >> 64) as u64, trace as u64],
                 route_slot,
                 // METHODS has 10 entries.
-                method: method_index(req.http.method()) as u8,
+                method: method_index(req.http().method()) as u8,
                 from_peers: self.of.answers_from_peers(),
             }
         });
@@ -159,8 +165,8 @@ where
 }
 
 /// A body still to come gets a meter; an empty one counts at once.
-fn meter_request(req: &mut ProxyRequest, sink: &Sink) {
-    match req.http.body_mut() {
+fn meter_request(req: &mut impl Exchange, sink: &Sink) {
+    match req.http_mut().body_mut() {
         RequestBody::Streaming(body) if !body.is_end_stream() => {
             body.set_meter(SizeMeter::new(Side::Request, sink.clone()));
         }
@@ -249,7 +255,7 @@ where
                 requests.record_refusal(cause, status);
             }
             if let Sink::Logged(log) = &observed.sink {
-                log.answered(Outcome {
+                log.answered(Answer {
                     status: status.as_u16(),
                     cause: cause.map(|c| CAUSES[c]),
                     attempts: attempts(&result),
@@ -287,7 +293,7 @@ mod tests {
     use crate::error::{AuthnErrorKind, ERROR_HEADER, ErrorKind};
     use crate::model::Direction;
     use crate::table::Cluster;
-    use crate::table::request::RequestCtx;
+    use crate::table::request::{ProxyRequest, RequestCtx};
 
     /// A response from below (the app's, or an upstream's) saying
     /// `x-weft-error: denied`.
@@ -333,7 +339,7 @@ mod tests {
         };
 
         // Inbound, the app's answer is its own, whatever its headers say.
-        let mut inbound = RequestMetricsLayer::inbound(cluster.shared.clone())
+        let mut inbound = RequestMetricsLayer::inbound(Sink::Stats(cluster.shared.clone()))
             .layer(answers(|| Ok(says_denied())));
         inbound
             .call(request(Direction::Inbound, None))
@@ -342,13 +348,14 @@ mod tests {
         assert_eq!(refusals(&cluster), vec![]);
 
         // This sidecar's own refusal counts by its kind and status.
-        let mut refusing =
-            RequestMetricsLayer::inbound(cluster.shared.clone()).layer(answers(|| {
+        let mut refusing = RequestMetricsLayer::inbound(Sink::Stats(cluster.shared.clone())).layer(
+            answers(|| {
                 Err(ProxyError::new(
                     ErrorKind::Jwt(AuthnErrorKind::Expired),
                     "expired",
                 ))
-            }));
+            }),
+        );
         let _ = refusing.call(request(Direction::Inbound, None)).await;
         assert_eq!(refusals(&cluster), vec![("jwt-expired", 1)]);
         assert_eq!(cluster.shared.requests.refusals_below_500(), 1);

@@ -5,12 +5,12 @@
 //! destination's counters are atomics in its cluster's shared state
 //! ([`requests::RequestStats`], kept across table swaps like the breaker),
 //! indexed by method and status class, and a [`collector`] walks the
-//! current table at scrape time to encode them with their labels. Label
+//! current table at scrape time (through the `Source` the table provides)
+//! to encode them with their labels. Label
 //! values come from the config (destinations) or fixed lists (methods,
 //! status classes), never from raw paths or user input, so the number of
 //! series stays bounded.
 
-pub mod clusters;
 pub mod collector;
 pub mod config;
 pub mod exposition;
@@ -18,7 +18,6 @@ pub mod histogram;
 pub mod layer;
 pub mod malformed;
 pub mod process;
-pub mod ratelimits;
 pub mod requests;
 pub mod sizes;
 pub mod unrouted;

@@ -70,3 +70,14 @@ pub trait Exchange: Send + 'static {
     /// The caller's verified SPIFFE ID, when it came over mTLS.
     fn peer_identity(&self) -> Option<&PeerIdentity>;
 }
+
+/// How a request was answered, as the metrics layer saw it: what it tells
+/// the request's access-log record. Declared here, below both, so that
+/// neither imports the other.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub cause: Option<&'static str>,
+    pub attempts: Option<u32>,
+    pub response_head: std::time::Duration,
+}

@@ -117,7 +117,7 @@ pub fn inbound(
         .layer(crate::trace::TraceLayer::inbound(tracer))
         // Every request to the app counts, the refused ones included.
         .layer(crate::metrics::RequestMetricsLayer::inbound(
-            app.http1.shared.clone(),
+            crate::metrics::sizes::Sink::Stats(app.http1.shared.clone()),
         ))
         .layer(crate::tcp::inbound::TunnelLayer::new(tunnels))
         // A peer's WebSocket arrives as an extended CONNECT: rebuilt into

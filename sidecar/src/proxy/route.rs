@@ -5,14 +5,19 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, Ready, ready};
 use http::header;
 use tower::{Layer, Service};
 
+use crate::access_log::{self, Record};
+use crate::request_body::Side;
 use crate::error::{ErrorKind, ProxyError};
-use crate::model::ProxyResponse;
+use crate::metrics::requests::{cause_of, method_index};
+use crate::metrics::unrouted::UNROUTED;
+use crate::model::{Answer, ProxyResponse};
 use crate::table::RoutingTable;
 use crate::table::request::{ProxyRequest, RouteRef};
 
@@ -109,10 +114,30 @@ where
                 Either::Right(self.inner.call(req))
             }
             Err(e) => {
-                crate::metrics::unrouted::refused(&req, &e);
+                refused(&req, &e);
                 Either::Left(ready(Err(e)))
             }
         }
+    }
+}
+
+/// `req` is answered with `error` before it has a destination: counted in
+/// [`UNROUTED`] and logged (a refusal is a failure, always logged).
+pub(crate) fn refused(req: &ProxyRequest, error: &ProxyError) {
+    let status = error.kind.status();
+    let code = error.kind.code();
+    UNROUTED.count(method_index(req.http.method()), status);
+    UNROUTED.record_refusal(cause_of(error.kind), status);
+    if let Some(log) = access_log::installed() {
+        let record = Arc::new(Record::new(log, req, None, None));
+        record.add_bytes(Side::Response, error.reason.len() as u64 + 1);
+        record.answered(Answer {
+            status: status.as_u16(),
+            cause: Some(code),
+            attempts: None,
+            response_head: Duration::ZERO,
+        });
+        // Dropped here: the line goes to the writer.
     }
 }
 

@@ -110,7 +110,7 @@ where
 
     fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
         let refuse = |req: &ProxyRequest, e: ProxyError| {
-            crate::metrics::unrouted::refused(req, &e);
+            super::route::refused(req, &e);
             Either::Left(Either::Left(ready(Err(e))))
         };
         match choose(&mut req, self.on_demand.as_deref()) {
@@ -134,7 +134,7 @@ where
                                     ErrorKind::Internal,
                                     format!("cluster {name} arrived and is gone"),
                                 );
-                                crate::metrics::unrouted::refused(&req, &e);
+                                super::route::refused(&req, &e);
                                 return Err(e);
                             };
                             on_demand.touch(&cluster.shared);
@@ -143,7 +143,7 @@ where
                             inner.call(req).await
                         }
                         Err(e) => {
-                            crate::metrics::unrouted::refused(&req, &e);
+                            super::route::refused(&req, &e);
                             Err(e)
                         }
                     }

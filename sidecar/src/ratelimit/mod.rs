@@ -7,6 +7,8 @@
 //! * `headers` — the 429 (Retry-After, RateLimit-Policy, RateLimit).
 //! * `layer` — the tower layers, outbound (the cluster's limits) and
 //!   inbound (the service's own, from its `InboundPolicy`).
+//! * `metrics` — decisions by limit, encoded into `/metrics` from the
+//!   limiters the table hands in.
 //!
 //! A request must pass every limit, in order; the first that refuses
 //! answers and the request goes no further. Local buckets and Redis
@@ -17,6 +19,7 @@ pub mod bucket;
 pub mod headers;
 pub mod key;
 pub mod layer;
+pub mod metrics;
 pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -15,6 +15,8 @@ use std::time::Duration;
 use rand::Rng as _;
 use tokio::time::Instant;
 
+use crate::breaker::thresholds::{Overflow, RetryCounter, RetryGuard};
+use crate::error::ProxyError;
 use crate::proxy::retry::{RetryPolicy, RetryState};
 use crate::request_body::{BodySizeSink, Side};
 use crate::upstream::{EndpointAddr, PoolSettings, UpstreamClient};
@@ -97,7 +99,7 @@ pub struct ClusterShared {
     pub in_flight: AtomicUsize,
     pub overflows: AtomicU64,
     /// Retries in flight (`circuit_breakers.max_retries`).
-    pub retries: crate::breaker::thresholds::RetryCounter,
+    pub retries: Arc<RetryCounter>,
     /// The breaker's state: open stays open across unrelated updates.
     pub breaker: crate::breaker::circuit::BreakerState,
     /// Serialises ejection decisions (the max_ejection_percent check).
@@ -316,6 +318,20 @@ impl Cluster {
         }
         true
     }
+
+    /// For the retry layer: a slot for one more retry under the cluster's
+    /// `circuit_breakers.max_retries`, or the 503 `overflow` (`retries`)
+    /// to answer with (or to give up retrying on).
+    pub fn try_retry(&self) -> Result<RetryGuard, ProxyError> {
+        let max = self.settings.thresholds.max_retries;
+        self.shared.retries.try_retry(max).ok_or_else(|| {
+            Overflow::Retries.error(
+                &self.name,
+                max.unwrap_or_default(),
+                "circuit_breakers.max_retries",
+            )
+        })
+    }
 }
 
 /// A draw that lands on an ejected endpoint draws again, this many times,
@@ -402,6 +418,28 @@ pub(crate) mod tests {
 
     fn cluster(eps: Vec<Arc<Endpoint>>) -> Cluster {
         Cluster::new("c".into(), ClusterSettings::default(), eps, Arc::default())
+    }
+
+    #[test]
+    fn retries_are_admitted_up_to_max_and_freed_on_drop() {
+        let settings = ClusterSettings {
+            thresholds: crate::breaker::Thresholds {
+                max_retries: Some(2),
+                ..crate::breaker::Thresholds::default()
+            },
+            ..ClusterSettings::default()
+        };
+        let cluster = Cluster::new("users".into(), settings, Vec::new(), Arc::default());
+        let first = cluster.try_retry().unwrap();
+        let _second = cluster.try_retry().unwrap();
+        let refused = cluster.try_retry().unwrap_err();
+        let response = refused.to_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["x-weft-error"], "overflow");
+        assert_eq!(response.headers()["x-weft-overflow"], "retries");
+        assert_eq!(cluster.shared.retries.overflows.load(Ordering::Relaxed), 1);
+        drop(first);
+        assert!(cluster.try_retry().is_ok());
     }
 
     #[test]

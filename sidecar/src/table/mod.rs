@@ -10,10 +10,14 @@
 //! The request model ([`request`]) lives here too: what a request records
 //! on its way down (its table, route, cluster, endpoint) points into this
 //! table, so the two sit together below the features and the stacks.
+//!
+//! Holding every destination's stats, the table is also what `/metrics`
+//! reads them from ([`metrics`]).
 
 pub mod cluster;
 pub mod inbound;
 pub mod matcher;
+pub mod metrics;
 pub mod request;
 
 use std::collections::HashMap;

@@ -355,7 +355,10 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
             }
         }
     }
-    crate::breaker::compile::compile(c, &mut s, &mut errs);
+    let breaker = crate::breaker::compile::compile(c, &mut errs);
+    s.thresholds = breaker.thresholds;
+    s.breaker = breaker.breaker;
+    s.outlier = breaker.outlier;
     if let Some(limits) = &c.rate_limits {
         match crate::ratelimit::RateLimiter::compile(limits, &format!("out:{}", c.name)) {
             Ok(limiter) => s.rate_limits = Some(Arc::new(limiter)),

@@ -19,6 +19,7 @@
 //! small type defined here, not in the layer that sets it.
 
 mod in_flight;
+mod metrics;
 
 pub use in_flight::{ClusterGuard, InFlightGuard};
 

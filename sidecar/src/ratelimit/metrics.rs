@@ -1,6 +1,7 @@
-//! Rate-limit decisions by limit at scrape time: the destinations' limits
-//! (outbound, enforced on this sidecar's calls) and the service's own
-//! (inbound, enforced on calls to it).
+//! The rate limiter's metrics hook: decisions by limit at scrape time, for
+//! the destinations' limits (outbound, enforced on this sidecar's calls)
+//! and the service's own (inbound, enforced on calls to it). The table,
+//! which holds the limiters, hands them in (`table::metrics`).
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -9,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 
-use crate::ratelimit::RateLimiter;
+use super::RateLimiter;
 
 /// `(direction, destination, its limiter)`.
 pub type Limiters<'a> = (&'static str, &'a str, &'a RateLimiter);

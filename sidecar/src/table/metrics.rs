@@ -1,21 +1,96 @@
-//! The resilience state of each destination at scrape time, read from the
-//! counters its layers already keep in the cluster's shared state (the same
-//! numbers `/clusters` shows): connections, overflows by threshold,
-//! retries, the breaker and outlier ejection.
+//! The table's side of `/metrics`: it holds every destination's stats and
+//! state, so it is the collector's [`Source`] ([`TableMetrics`]). Besides
+//! the request stats the collector encodes, it encodes the resilience
+//! state of each destination at scrape time, read from the counters its
+//! layers already keep in the cluster's shared state (the same numbers
+//! `/clusters` shows): connections, overflows by threshold, retries, the
+//! breaker and outlier ejection; then the rate limiters' decisions
+//! (`ratelimit::metrics`).
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use arc_swap::{ArcSwap, Guard};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use super::{Cluster, RoutingTable};
 use crate::breaker::circuit::State;
-use crate::table::Cluster;
+use crate::metrics::collector::{Row, Snapshot, Source};
+use crate::metrics::requests::RequestStats;
+
+/// The stats `/metrics` reads: the table the data path uses, and the
+/// local app's cluster.
+pub struct TableMetrics {
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    /// The local app's cluster (inbound requests).
+    pub inbound: Arc<Cluster>,
+    /// This sidecar's service: the `destination` of inbound requests.
+    pub service: Arc<str>,
+}
+
+impl Source for TableMetrics {
+    fn snapshot(&self) -> Box<dyn Snapshot + '_> {
+        Box::new(TableSnapshot {
+            table: self.table.load(),
+            of: self,
+        })
+    }
+}
+
+/// One scrape's table (one atomic load).
+struct TableSnapshot<'a> {
+    table: Guard<Arc<RoutingTable>>,
+    of: &'a TableMetrics,
+}
+
+impl TableSnapshot<'_> {
+    /// Every outbound destination, sorted by name.
+    fn destinations(&self) -> Vec<Destination<'_>> {
+        let mut destinations: Vec<Destination<'_>> = self
+            .table
+            .clusters
+            .iter()
+            .map(|(name, c)| (&**name, &**c))
+            .collect();
+        destinations.sort_by_key(|(name, _)| *name);
+        destinations
+    }
+}
+
+impl Snapshot for TableSnapshot<'_> {
+    fn rows(&self) -> Vec<Row<'_>> {
+        let inbound: &RequestStats = &self.of.inbound.shared.requests;
+        self.destinations()
+            .into_iter()
+            .map(|(name, c)| ("outbound", name, &c.shared.requests))
+            .chain([("inbound", &*self.of.service, inbound)])
+            .collect()
+    }
+
+    fn encode_destinations(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let destinations = self.destinations();
+        encode(encoder, &destinations)?;
+        // The inbound policy of the same table snapshot.
+        let inbound_limits = self.table.inbound.rate_limits.as_ref();
+        let limiters: Vec<crate::ratelimit::metrics::Limiters<'_>> = destinations
+            .iter()
+            .filter_map(|(name, c)| Some(("outbound", *name, &**c.settings.rate_limits.as_ref()?)))
+            .chain(
+                inbound_limits
+                    .map(|limiter| &**limiter)
+                    .map(|limiter| ("inbound", &*self.of.service, limiter)),
+            )
+            .collect();
+        crate::ratelimit::metrics::encode(encoder, &limiters)
+    }
+}
 
 /// One outbound destination at one scrape.
-pub type Destination<'a> = (&'a str, &'a Cluster);
+type Destination<'a> = (&'a str, &'a Cluster);
 
 /// A family of one value per destination (and per extra label).
 fn family<'a>(
@@ -40,7 +115,7 @@ fn family<'a>(
     Ok(())
 }
 
-pub fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Result<(), fmt::Error> {
+fn encode(encoder: &mut DescriptorEncoder, all: &[Destination<'_>]) -> Result<(), fmt::Error> {
     let relaxed = Ordering::Relaxed;
     family(
         encoder,
