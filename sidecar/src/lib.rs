@@ -51,6 +51,7 @@ pub mod mtls_mode;
 mod nack;
 pub mod proxy;
 pub mod ratelimit;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod table;

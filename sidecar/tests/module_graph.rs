@@ -291,11 +291,9 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[&[
     "breaker",
     "metrics",
     "model",
-    "proxy",
     "ratelimit",
+    "retry",
     "table",
-    "tcp",
-    "trace",
     "upstream",
 ]];
 

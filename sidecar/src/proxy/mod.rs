@@ -43,7 +43,6 @@ pub mod headers;
 pub mod inbound_snapshot;
 pub mod on_demand;
 pub mod request_id;
-pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod split;
@@ -86,7 +85,7 @@ pub fn outbound(
         .layer(crate::ratelimit::OutboundRateLimitLayer::new(service))
         .layer(timeout::TimeoutLayer)
         // Inside the overall timeout, which bounds every try and backoff.
-        .layer(retry::RetryLayer)
+        .layer(crate::retry::RetryLayer)
         // Every try passes the breaker, and its outcome counts there.
         .layer(breaker::BreakerLayer)
         .layer(balance::BalanceLayer)

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rand::Rng as _;
 use tokio::time::Instant;
 
-use crate::proxy::retry::{RetryPolicy, RetryState};
+use crate::retry::{RetryPolicy, RetryState};
 use crate::upstream::{EndpointAddr, PoolSettings, UpstreamClient};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
