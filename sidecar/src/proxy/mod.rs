@@ -34,8 +34,6 @@
 //! rate limits, metrics, tracing) are new layers in these chains.
 
 pub mod balance;
-pub mod breaker;
-pub mod concurrency;
 pub mod conformance;
 pub mod error_response;
 pub mod forward;
@@ -87,9 +85,9 @@ pub fn outbound(
         // Inside the overall timeout, which bounds every try and backoff.
         .layer(crate::retry::RetryLayer)
         // Every try passes the breaker, and its outcome counts there.
-        .layer(breaker::BreakerLayer)
+        .layer(crate::breaker::BreakerLayer)
         .layer(balance::BalanceLayer)
-        .layer(concurrency::ConcurrencyLimitLayer)
+        .layer(crate::breaker::ConcurrencyLimitLayer)
         .service(forward::Forward)
 }
 
@@ -133,6 +131,6 @@ pub fn inbound(
         .layer(static_target::StaticTargetLayer::new(app))
         .layer(timeout::TimeoutLayer)
         .layer(balance::BalanceLayer)
-        .layer(concurrency::ConcurrencyLimitLayer)
+        .layer(crate::breaker::ConcurrencyLimitLayer)
         .service(forward::Forward)
 }

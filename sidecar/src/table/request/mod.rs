@@ -20,6 +20,7 @@
 //! a feature below (`crate::retry`, generic over the endpoint type), named
 //! here with the table's endpoint.
 
+mod breaker;
 mod in_flight;
 mod retry;
 
