@@ -52,6 +52,7 @@ mod nack;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request_body;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod table;

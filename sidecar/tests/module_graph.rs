@@ -288,11 +288,8 @@ const CYCLES_BEING_REMOVED: &[&[&str]] = &[&[
     "authn",
     "authz",
     "metrics",
-    "proxy",
     "ratelimit",
     "table",
-    "tcp",
-    "trace",
 ]];
 
 #[test]

@@ -64,7 +64,7 @@ impl EjectionLock {
 
 /// When an endpoint of a cluster last answered unreachable (in
 /// `ClusterShared`): while that is recent, the built-in retry keeps a copy
-/// of each request to send elsewhere (`proxy::retry`); a cluster that never
+/// of each request to send elsewhere (`crate::retry`); a cluster that never
 /// had an unreachable endpoint, or not for a while, pays one load.
 #[derive(Debug)]
 pub struct UnreachableSeen {

@@ -18,12 +18,16 @@
 
 pub mod circuit;
 pub(crate) mod compile;
+mod concurrency;
 pub mod ejection;
 pub mod grpc;
+mod layer;
 pub mod outcome;
 pub mod settings;
 pub mod thresholds;
 
+pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer, ConcurrencyTarget, RequestsFull};
+pub use layer::{Breaker, BreakerDestination, BreakerLayer, BreakerTarget, Watch};
 pub use outcome::Outcome;
 pub use settings::{BreakerSettings, FailureOn, OutlierSettings, Thresholds};
 

@@ -34,8 +34,6 @@
 //! rate limits, metrics, tracing) are new layers in these chains.
 
 pub mod balance;
-pub mod breaker;
-pub mod concurrency;
 pub mod conformance;
 pub mod error_response;
 pub mod forward;
@@ -43,7 +41,6 @@ pub mod headers;
 pub mod inbound_snapshot;
 pub mod on_demand;
 pub mod request_id;
-pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod split;
@@ -86,11 +83,11 @@ pub fn outbound(
         .layer(crate::ratelimit::OutboundRateLimitLayer::new(service))
         .layer(timeout::TimeoutLayer)
         // Inside the overall timeout, which bounds every try and backoff.
-        .layer(retry::RetryLayer)
+        .layer(crate::retry::RetryLayer)
         // Every try passes the breaker, and its outcome counts there.
-        .layer(breaker::BreakerLayer)
+        .layer(crate::breaker::BreakerLayer)
         .layer(balance::BalanceLayer)
-        .layer(concurrency::ConcurrencyLimitLayer)
+        .layer(crate::breaker::ConcurrencyLimitLayer)
         .service(forward::Forward)
 }
 
@@ -134,6 +131,6 @@ pub fn inbound(
         .layer(static_target::StaticTargetLayer::new(app))
         .layer(timeout::TimeoutLayer)
         .layer(balance::BalanceLayer)
-        .layer(concurrency::ConcurrencyLimitLayer)
+        .layer(crate::breaker::ConcurrencyLimitLayer)
         .service(forward::Forward)
 }

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 use crate::breaker::thresholds::{Overflow, RetryCounter, RetryGuard};
 use crate::error::ProxyError;
-use crate::proxy::retry::{RetryPolicy, RetryState};
 use crate::request_body::{BodySizeSink, Side};
+use crate::retry::{RetryPolicy, RetryState};
 use crate::upstream::{EndpointAddr, PoolSettings, UpstreamClient};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

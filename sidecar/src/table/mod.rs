@@ -119,7 +119,7 @@ pub struct RouteAction {
     /// Overrides the cluster's request timeout; `Some(ZERO)` = no timeout.
     pub timeout: Option<Duration>,
     /// Replaces the cluster's retry policy for this route's requests.
-    pub retry: Option<Arc<crate::proxy::retry::RetryPolicy>>,
+    pub retry: Option<Arc<crate::retry::RetryPolicy>>,
 }
 
 #[derive(Debug)]

@@ -194,16 +194,15 @@ fn route(
             None
         }
     };
-    let retry =
-        action.retry_policy.as_ref().and_then(|p| {
-            match crate::proxy::retry::policy::compile(p, &format!("{path}.action.retry_policy")) {
-                Ok(policy) => Some(Arc::new(policy)),
-                Err(errors) => {
-                    errs.0.extend(errors);
-                    None
-                }
+    let retry = action.retry_policy.as_ref().and_then(|p| {
+        match crate::retry::policy::compile(p, &format!("{path}.action.retry_policy")) {
+            Ok(policy) => Some(Arc::new(policy)),
+            Err(errors) => {
+                errs.0.extend(errors);
+                None
             }
-        });
+        }
+    });
     let request_headers = mutation(
         r.request_headers.as_ref(),
         &format!("{path}.request_headers"),
@@ -336,7 +335,7 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
         }
     }
     if let Some(p) = &c.retry_policy {
-        match crate::proxy::retry::policy::compile(p, "retry_policy") {
+        match crate::retry::policy::compile(p, "retry_policy") {
             Ok(policy) => s.retry = Some(Arc::new(policy)),
             Err(errors) => errs.0.extend(errors),
         }

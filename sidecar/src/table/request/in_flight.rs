@@ -1,6 +1,6 @@
 //! The guards a request holds while it is in flight: dropping one (when
 //! the request ends, with its context) gives back what it counted. They
-//! are taken by `proxy::balance` and `proxy::concurrency` (and by opaque
+//! are taken by `proxy::balance` and `breaker::concurrency` (and by opaque
 //! TCP connections too), and live here because the context holds them.
 
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub struct ClusterGuard(Arc<ClusterShared>);
 
 impl ClusterGuard {
     /// Takes a slot if fewer than `max` are taken (counting an overflow
-    /// otherwise). Used by `proxy::concurrency` and by opaque TCP.
+    /// otherwise). Used by `breaker::concurrency` and by opaque TCP.
     pub fn admit(shared: &Arc<ClusterShared>, max: usize) -> Option<Self> {
         let prev = shared.in_flight.fetch_add(1, Ordering::Relaxed);
         if prev >= max {
@@ -47,5 +47,23 @@ impl ClusterGuard {
 impl Drop for ClusterGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn admits_up_to_max_and_frees_on_drop() {
+        let shared = Arc::new(ClusterShared::default());
+        let a = ClusterGuard::admit(&shared, 2).unwrap();
+        let _b = ClusterGuard::admit(&shared, 2).unwrap();
+        assert!(ClusterGuard::admit(&shared, 2).is_none());
+        assert_eq!(shared.overflows.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert!(ClusterGuard::admit(&shared, 2).is_some());
     }
 }

@@ -15,17 +15,21 @@
 //! at the bottom, and are re-exported here.
 //!
 //! Per-request state a layer leaves for the ones below (the in-flight
-//! guards, a retry's [`Attempt`], the upgrade's [`BridgeSettings`]) is a
-//! small type defined here, not in the layer that sets it.
+//! guards, the upgrade's [`BridgeSettings`]) is a small type defined here,
+//! not in the layer that sets it. A retry's [`Attempt`] is the one made by
+//! a feature below (`crate::retry`, generic over the endpoint type), named
+//! here with the table's endpoint.
 
+mod breaker;
 mod in_flight;
 mod metrics;
+mod retry;
 
 pub use in_flight::{ClusterGuard, InFlightGuard};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
@@ -166,16 +170,10 @@ impl<S> HttpStack for S where
 {
 }
 
-/// One try, as `balance` sees it: the endpoints earlier tries went to (to
-/// avoid, where another serves) and a slot for the endpoint it picks. Made
-/// by `retry` for each try of a request with a retry policy.
-#[derive(Debug, Default)]
-pub struct Attempt {
-    pub excluded: Vec<Arc<Endpoint>>,
-    /// Set once, by `balance` (a `OnceLock`: cheaper than a swappable
-    /// slot for a value written once and read once).
-    pub picked: OnceLock<Arc<Endpoint>>,
-}
+/// One try, as `balance` sees it (made by `retry` for each try of a
+/// request with a retry policy): the endpoints earlier tries went to, and
+/// a slot for the endpoint it picks.
+pub type Attempt = crate::retry::Attempt<Arc<Endpoint>>;
 
 /// What the bridge of an upgraded connection needs. The server hands it
 /// to requests that may switch protocols; `proxy::upgrade` bridges them.

@@ -16,13 +16,35 @@ use futures_util::future::{Either, Ready, ready};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::breaker::Outcome;
-use crate::breaker::circuit::{Admitted, State};
-use crate::breaker::outcome::{Observed, Observer};
+use super::Outcome;
+use super::circuit::{Admitted, BreakerState, State};
+use super::outcome::{Observed, Observer};
+use super::settings::BreakerSettings;
 use crate::error::{ErrorKind, ProxyError};
-use crate::model::ProxyResponse;
-use crate::table::Cluster;
-use crate::table::request::ProxyRequest;
+use crate::model::{Exchange, ProxyResponse};
+
+/// What the breaker's layer reads of a request. Implemented by the proxy's
+/// request (`crate::table::request`).
+pub trait BreakerTarget: Exchange {
+    /// Where the request goes (a cluster), with its breaker.
+    type Destination: BreakerDestination;
+
+    /// The request's destination, once chosen.
+    fn breaker_destination(&self) -> Option<&Arc<Self::Destination>>;
+    /// How long the request may wait for its response head: dropped at
+    /// that deadline, it counts as a timeout.
+    fn response_timeout(&self) -> Option<Duration>;
+}
+
+/// A destination with a circuit breaker.
+pub trait BreakerDestination: Send + Sync + 'static {
+    /// The destination's name, for logs and errors.
+    fn name(&self) -> &str;
+    /// Its breaker's settings; `None`: no breaker.
+    fn breaker_settings(&self) -> Option<&BreakerSettings>;
+    /// Its breaker's state, shared by its requests across config updates.
+    fn breaker_state(&self) -> &BreakerState;
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BreakerLayer;
@@ -40,18 +62,18 @@ pub struct Breaker<S> {
 }
 
 /// What the breaker needs to record a request's outcome.
-pub struct Watch {
-    cluster: Arc<Cluster>,
+pub struct Watch<D> {
+    cluster: Arc<D>,
     admitted: Admitted,
     deadline: Option<Instant>,
 }
 
-impl Watch {
+impl<D: BreakerDestination> Watch<D> {
     fn record(self, outcome: Option<Outcome>, now: Instant) {
-        if let Some(settings) = &self.cluster.settings.breaker {
-            self.cluster.shared.breaker.record(
+        if let Some(settings) = self.cluster.breaker_settings() {
+            self.cluster.breaker_state().record(
                 settings,
-                &self.cluster.name,
+                self.cluster.name(),
                 self.admitted,
                 outcome,
                 now,
@@ -60,7 +82,7 @@ impl Watch {
     }
 }
 
-impl Observer for Watch {
+impl<D: BreakerDestination> Observer for Watch<D> {
     fn finished(self, outcome: Outcome) {
         self.record(Some(outcome), Instant::now());
     }
@@ -75,34 +97,36 @@ impl Observer for Watch {
     }
 }
 
-impl<S> Service<ProxyRequest> for Breaker<S>
+impl<S, R> Service<R> for Breaker<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    R: BreakerTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
-    type Future = Either<Ready<Result<ProxyResponse, ProxyError>>, Observed<S::Future, Watch>>;
+    type Future = Either<
+        Ready<Result<ProxyResponse, ProxyError>>,
+        Observed<S::Future, Watch<R::Destination>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, req: R) -> Self::Future {
         let Some((cluster, settings)) = req
-            .ctx
-            .cluster
-            .as_ref()
-            .and_then(|c| Some((c, c.settings.breaker.as_ref()?)))
+            .breaker_destination()
+            .and_then(|c| Some((c, c.breaker_settings()?)))
         else {
             return Either::Right(Observed::new(self.inner.call(req), None));
         };
         let now = Instant::now();
-        match cluster.shared.breaker.admit(settings, &cluster.name, now) {
+        match cluster.breaker_state().admit(settings, cluster.name(), now) {
             Ok(admitted) => {
                 let watch = Watch {
                     cluster: cluster.clone(),
                     admitted,
-                    deadline: req.ctx.timeout.map(|t| now + t),
+                    deadline: req.response_timeout().map(|t| now + t),
                 };
                 Either::Right(Observed::new(self.inner.call(req), Some(watch)))
             }
@@ -110,12 +134,13 @@ where
                 let reason = match rejected.state {
                     State::HalfOpen => format!(
                         "the circuit breaker of {} is half-open and its {} probe(s) are in flight",
-                        cluster.name,
+                        cluster.name(),
                         settings.half_open_probes.max(1)
                     ),
                     _ => format!(
                         "the circuit breaker of {} is open; next probe in {:?}",
-                        cluster.name, rejected.retry_in
+                        cluster.name(),
+                        rejected.retry_in
                     ),
                 };
                 Either::Left(ready(Err(ProxyError::new(ErrorKind::CircuitOpen, reason))))
@@ -138,8 +163,8 @@ mod tests {
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
     use crate::breaker::BreakerSettings;
     use crate::model::Direction;
-    use crate::table::ClusterSettings;
-    use crate::table::request::RequestCtx;
+    use crate::table::request::{ProxyRequest, RequestCtx};
+    use crate::table::{Cluster, ClusterSettings};
 
     fn cluster() -> Arc<Cluster> {
         let settings = ClusterSettings {

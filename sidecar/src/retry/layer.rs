@@ -1,45 +1,13 @@
-//! Retries: sends a request again when a try fails in a way the policy
-//! names (a 5xx or gateway error, a connect failure, a reset, a listed
-//! status or gRPC status, a per-try timeout), to another endpoint when the
-//! destination has one, after a jittered exponential backoff, while the
-//! destination's retry budget allows. The response says how many tries it
-//! took in `x-weft-attempts`.
-//!
-//! Placement: below the overall `timeout` (which bounds every try and
-//! backoff together) and above `balance` (so each try picks an endpoint,
-//! skipping the ones already tried), `concurrency` and `forward`. The
-//! per-try timeout is applied here, around each try.
-//!
-//! The policy is the route's (`RouteAction.retry_policy`) if it has one,
-//! else the cluster's. A request of a destination without one passes
-//! straight through: no buffering, no allocation, one branch. With a
-//! policy, an idempotent request (or any, with `retry_non_idempotent`)
-//! has its body read into memory before the first try, up to
-//! `max_body_bytes`; a larger body streams through once, never retried.
-//!
-//! A destination without a policy still gets one retry of a request no
-//! app saw ([`RetryPolicy::unreached_once`]): a refused or timed-out
-//! connect, or the endpoint's sidecar saying its app refused. Whatever the
-//! method, with no backoff, on another endpoint; only when the
-//! destination has another serving endpoint and the request's body is
-//! already whole (a GET, or a body in memory), so that nothing is buffered
-//! that would not be anyway. It goes with unreachable-endpoint ejection
-//! (`consecutive_unreachable`), and is off where that is. And it is armed
-//! only for [`UNREACHED_RETRY_WINDOW`] after an endpoint of the destination
-//! last answered unreachable: keeping a request's copy costs a few
-//! allocations, which a healthy destination does not pay (one load). So
-//! the first unreachable answer after a quiet time reaches its caller; the
-//! requests after it, and the probes of the ejected endpoint, are saved.
-
-mod backoff;
-pub mod budget;
-pub mod policy;
+//! The retry layer, generic over the request it retries ([`RetryTarget`])
+//! and the destination whose state and limits it obeys
+//! ([`RetryDestination`]); see the module doc of `crate::retry`.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::Either;
@@ -48,33 +16,84 @@ use http_body_util::BodyExt as _;
 use rand::Rng as _;
 use tower::{Layer, Service};
 
+use super::backoff;
+use super::policy::RetryPolicy;
+use super::state::RetryState;
 use crate::body::{BufferedBody, PrefixedBody, RequestBody};
-use crate::breaker::thresholds::OVERFLOW_HEADER;
-use crate::breaker::thresholds::RetryGuard;
 use crate::error::{ErrorKind, ProxyError};
-use crate::model::{BoxFuture, ProxyResponse};
-use crate::table::request::{Attempt, ProxyRequest, RequestCtx};
-use crate::table::{Cluster, Endpoint};
-
-pub use budget::RetryBudget;
-pub use policy::RetryPolicy;
+use crate::model::{BoxFuture, Exchange, ProxyResponse};
 
 /// How many tries a response took, on every response of a destination (or
 /// route) with a retry policy.
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static(crate::error::ATTEMPTS_HEADER);
 
-/// Retry state of one cluster: the budget and the counters `/clusters`
-/// shows. Lives in the cluster's shared state, so it survives config
-/// updates (a policy change keeps the window's history).
-#[derive(Debug, Default)]
-pub struct RetryState {
-    pub budget: RetryBudget,
-    /// Retries sent.
-    pub retries: AtomicU64,
-    /// Retries the policy wanted but the budget refused.
-    pub budget_exhausted: AtomicU64,
-    /// Tries cut short by the per-try timeout.
-    pub per_try_timeouts: AtomicU64,
+/// What the retry layer reads of a request, and how it makes each try of
+/// one. Implemented by the proxy's request (`crate::table::request`).
+pub trait RetryTarget: Exchange + Sized {
+    /// Where the request goes (a cluster): its retry state and limits.
+    type Destination: RetryDestination;
+    /// Where a try went (an endpoint), for the next tries to avoid.
+    type Endpoint: Clone + Send + Sync + 'static;
+
+    /// The request's destination, once chosen.
+    fn destination(&self) -> Option<&Arc<Self::Destination>>;
+    /// The route's retry policy, which overrides the destination's.
+    fn route_retry_policy(&self) -> Option<&Arc<RetryPolicy>>;
+    /// Whether the request is an HTTP/1.1 Upgrade: its connection is
+    /// taken over by its first answer, so it is never sent twice.
+    fn is_upgrade(&self) -> bool;
+    /// One try of this request: a copy of its head with `body`, and what
+    /// the layers below need of its context, with `attempt` for `balance`
+    /// to fill in; the per-try parts (endpoint, guards) start empty.
+    fn next_try(&self, body: BufferedBody, attempt: Arc<Attempt<Self::Endpoint>>) -> Self;
+}
+
+/// What the retry layer reads of a request's destination, and the slots
+/// it takes there.
+pub trait RetryDestination: Send + Sync + 'static {
+    /// One retry in flight under `circuit_breakers.max_retries`; dropping
+    /// it frees its slot.
+    type RetrySlot: Send + 'static;
+    /// Says on an answer that it was not retried because `max_retries`
+    /// retries were already in flight (value `retries`).
+    const OVERFLOW_HEADER: HeaderName;
+
+    /// The destination's name, for logs and errors.
+    fn name(&self) -> &str;
+    /// The destination's own retry policy.
+    fn retry_policy(&self) -> Option<&Arc<RetryPolicy>>;
+    /// The budget and counters, shared by the destination's requests.
+    fn retry_state(&self) -> &RetryState;
+    /// A slot for one more retry, or `None` (counted as an overflow) when
+    /// `max_retries` retries are in flight.
+    fn retry_slot(&self) -> Option<Self::RetrySlot>;
+    /// Whether the destination ejects unreachable endpoints.
+    fn ejects_unreachable(&self) -> bool;
+    /// Whether an endpoint of the destination answered unreachable within
+    /// `window`.
+    fn unreachable_seen_within(&self, window: Duration) -> bool;
+    /// How many endpoints serve now.
+    fn serving_endpoints(&self) -> usize;
+}
+
+/// One try, as `balance` sees it: the endpoints earlier tries went to (to
+/// avoid, where another serves) and a slot for the endpoint it picks. Made
+/// by `retry` for each try of a request with a retry policy.
+#[derive(Debug)]
+pub struct Attempt<E> {
+    pub excluded: Vec<E>,
+    /// Set once, by `balance` (a `OnceLock`: cheaper than a swappable
+    /// slot for a value written once and read once).
+    pub picked: OnceLock<E>,
+}
+
+impl<E> Default for Attempt<E> {
+    fn default() -> Self {
+        Self {
+            excluded: Vec::new(),
+            picked: OnceLock::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -92,40 +111,38 @@ pub struct Retry<S> {
     inner: S,
 }
 
-/// The policy in force for a request: its route's, else its cluster's.
-fn policy_of(ctx: &RequestCtx) -> Option<(Arc<RetryPolicy>, Arc<Cluster>)> {
-    let cluster = ctx.cluster.as_ref()?;
-    let policy = ctx
-        .route
-        .as_ref()
-        .and_then(|r| r.route().action.retry.as_ref())
-        .or(cluster.settings.retry.as_ref())?;
+/// The policy in force for a request: its route's, else its destination's.
+#[inline]
+fn policy_of<R: RetryTarget>(req: &R) -> Option<(Arc<RetryPolicy>, Arc<R::Destination>)> {
+    let cluster = req.destination()?;
+    let policy = req.route_retry_policy().or(cluster.retry_policy())?;
     Some((policy.clone(), cluster.clone()))
 }
 
-impl<S> Service<ProxyRequest> for Retry<S>
+impl<S, R> Service<R> for Retry<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    R: RetryTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
-    type Future = Either<S::Future, Retrying<S>>;
+    type Future = Either<S::Future, Retrying<S, R>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
-        let Some((policy, cluster)) = policy_of(&req.ctx) else {
+    fn call(&mut self, mut req: R) -> Self::Future {
+        let Some((policy, cluster)) = policy_of(&req) else {
             return match unreached_once(&mut req) {
                 Some((policy, cluster, body)) => self.send_first_try(req, body, policy, cluster),
                 None => Either::Left(self.inner.call(req)),
             };
         };
-        cluster.shared.retry.budget.deposit();
-        let replayable_now = if policy.may_retry(req.http.method()) && req.ctx.upgrade.is_none() {
-            take_whole_body(&mut req.http)
+        cluster.retry_state().budget.deposit();
+        let replayable_now = if policy.may_retry(req.http().method()) && !req.is_upgrade() {
+            take_whole_body(req.http_mut())
         } else {
             None
         };
@@ -141,25 +158,24 @@ where
     }
 }
 
-impl<S> Retry<S>
-where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+impl<S> Retry<S> {
     /// Sends the first try of a request whose whole body is at hand.
     #[inline(always)]
-    fn send_first_try(
+    fn send_first_try<R>(
         &mut self,
-        req: ProxyRequest,
+        req: R,
         body: BufferedBody,
         policy: Arc<RetryPolicy>,
-        cluster: Arc<Cluster>,
-    ) -> Either<S::Future, Retrying<S>> {
+        cluster: Arc<R::Destination>,
+    ) -> Either<S::Future, Retrying<S, R>>
+    where
+        R: RetryTarget,
+        S: Service<R, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
         // The common case (no body, or one already in memory): the first
         // try is polled right here, with no boxed future around it; what a
         // retry needs is kept aside.
-        let ProxyRequest { http, ctx } = req;
-        let (parts, _) = http.into_parts();
         let per_try = policy
             .per_try_timeout
             .map(|limit| Box::pin(tokio::time::sleep(limit)));
@@ -167,7 +183,7 @@ where
         // any retries (the layers below are always ready).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let (first, mut replay) = first_try(inner, (parts, body), ctx, (policy, cluster));
+        let (first, mut replay) = first_try(inner, req, body, (policy, cluster));
         Either::Right(Retrying::FirstTry {
             try_: replay.inner.call(first),
             per_try,
@@ -179,32 +195,24 @@ where
 /// How long after an unreachable answer the built-in retry stays armed:
 /// twice the longest default ejection (30 s), so that every probe of an
 /// endpoint that stays dead is covered (each failed probe re-arms it).
-pub const UNREACHED_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+pub const UNREACHED_RETRY_WINDOW: Duration = Duration::from_secs(60);
 
 /// The built-in retry of a request no app saw, when it applies (see the
-/// module doc): its policy, cluster and whole body. A request to a healthy
-/// destination without a policy pays a few loads.
-fn unreached_once(
-    req: &mut ProxyRequest,
-) -> Option<(Arc<RetryPolicy>, Arc<Cluster>, BufferedBody)> {
-    let cluster = req.ctx.cluster.as_ref()?;
-    let on = cluster
-        .settings
-        .outlier
-        .as_ref()
-        .is_some_and(|o| o.consecutive_unreachable > 0);
-    if !on
-        || !cluster
-            .shared
-            .unreachable_seen
-            .within(UNREACHED_RETRY_WINDOW, tokio::time::Instant::now)
-        || cluster.serving.len() < 2
-        || req.ctx.upgrade.is_some()
+/// module doc): its policy, destination and whole body. A request to a
+/// healthy destination without a policy pays a few loads.
+fn unreached_once<R: RetryTarget>(
+    req: &mut R,
+) -> Option<(Arc<RetryPolicy>, Arc<R::Destination>, BufferedBody)> {
+    let cluster = req.destination()?;
+    if !cluster.ejects_unreachable()
+        || !cluster.unreachable_seen_within(UNREACHED_RETRY_WINDOW)
+        || cluster.serving_endpoints() < 2
+        || req.is_upgrade()
     {
         return None;
     }
     let cluster = cluster.clone();
-    let body = take_whole_body(&mut req.http)?;
+    let body = take_whole_body(req.http_mut())?;
     Some((RetryPolicy::unreached_once(), cluster, body))
 }
 
@@ -229,22 +237,22 @@ fn take_whole_body(http: &mut Request<RequestBody>) -> Option<BufferedBody> {
     }
 }
 
-/// The first try of a request, and what retrying it needs. Inlined: the
-/// request and the replay are returned by value, and a call would copy
+/// The first try of a request, and what retrying it needs: the request
+/// itself (its body taken out) is kept as the model of every try. Inlined:
+/// the request and the replay are returned by value, and a call would copy
 /// both once more on every request.
 #[inline(always)]
-fn first_try<S>(
+fn first_try<S, R: RetryTarget>(
     inner: S,
-    (parts, body): (http::request::Parts, BufferedBody),
-    ctx: RequestCtx,
-    (policy, cluster): (Arc<RetryPolicy>, Arc<Cluster>),
-) -> (ProxyRequest, Replay<S>) {
-    let (request, first) = attempt_of(&parts, &body, &ctx, Vec::new());
+    original: R,
+    body: BufferedBody,
+    (policy, cluster): (Arc<RetryPolicy>, Arc<R::Destination>),
+) -> (R, Replay<S, R>) {
+    let (request, first) = attempt_of(&original, &body, Vec::new());
     let replay = Replay {
         inner,
-        parts,
+        original,
         body,
-        ctx,
         policy,
         cluster,
         first,
@@ -253,15 +261,15 @@ fn first_try<S>(
 }
 
 /// What retrying a request needs besides its first try.
-pub struct Replay<S> {
+pub struct Replay<S, R: RetryTarget> {
     inner: S,
-    parts: http::request::Parts,
+    /// The request as it came, without its body: each try copies it.
+    original: R,
     body: BufferedBody,
-    ctx: RequestCtx,
     policy: Arc<RetryPolicy>,
-    cluster: Arc<Cluster>,
+    cluster: Arc<R::Destination>,
     /// Where the first try went.
-    first: Arc<Attempt>,
+    first: Arc<Attempt<R::Endpoint>>,
 }
 
 pin_project_lite::pin_project! {
@@ -269,20 +277,21 @@ pin_project_lite::pin_project! {
     /// a try the policy retries, the rest (backoff, more tries) as a boxed
     /// future (the rare path).
     #[project = RetryingProj]
-    pub enum Retrying<S: Service<ProxyRequest>> {
+    pub enum Retrying<S: Service<R>, R: RetryTarget> {
         FirstTry {
             #[pin]
             try_: S::Future,
             per_try: Option<Pin<Box<tokio::time::Sleep>>>,
-            replay: Option<Box<Replay<S>>>,
+            replay: Option<Box<Replay<S, R>>>,
         },
         Rest { future: BoxFuture },
     }
 }
 
-impl<S> Future for Retrying<S>
+impl<S, R> Future for Retrying<S, R>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Send + 'static,
+    R: RetryTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError> + Send + 'static,
     S::Future: Send + 'static,
 {
     type Output = Result<ProxyResponse, ProxyError>;
@@ -305,13 +314,13 @@ where
                             return Poll::Pending;
                         }
                         let replay = replay.as_ref().expect("polled after completion");
-                        Err(per_try_timed_out(&replay.policy, &replay.cluster, 1))
+                        Err(per_try_timed_out(&replay.policy, &*replay.cluster, 1))
                     }
                 };
                 (outcome, replay.take().expect("polled after completion"))
             }
         };
-        match decide(&replay.policy, &replay.cluster, 1, outcome) {
+        match decide(&replay.policy, &*replay.cluster, 1, outcome) {
             Decision::Done(result) => Poll::Ready(result),
             Decision::Retry(slot) => {
                 self.set(Retrying::Rest {
@@ -328,43 +337,43 @@ where
 // Returned and matched at once, never stored: boxing the answer would cost
 // an allocation on every request for nothing.
 #[allow(clippy::large_enum_variant)]
-enum Decision {
+enum Decision<Slot> {
     Done(Result<ProxyResponse, ProxyError>),
-    Retry(RetryGuard),
+    Retry(Slot),
 }
 
-fn decide(
+fn decide<D: RetryDestination>(
     policy: &RetryPolicy,
-    cluster: &Cluster,
+    cluster: &D,
     attempt: u32,
     outcome: Result<ProxyResponse, ProxyError>,
-) -> Decision {
-    let state = &cluster.shared.retry;
+) -> Decision<D::RetrySlot> {
+    let state = cluster.retry_state();
     if attempt >= policy.max_attempts || !policy.retries(&outcome) {
         return Decision::Done(answered(policy, outcome, attempt));
     }
     if !state.budget.try_withdraw(policy.budget) {
         state.budget_exhausted.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(cluster = %cluster.name, attempt, "retry budget exhausted; not retrying");
+        tracing::debug!(cluster = %cluster.name(), attempt, "retry budget exhausted; not retrying");
         return Decision::Done(answered(policy, outcome, attempt));
     }
-    match cluster.try_retry() {
-        Ok(slot) => {
+    match cluster.retry_slot() {
+        Some(slot) => {
             state.retries.fetch_add(1, Ordering::Relaxed);
             // The failed try's response (and its connection) go now, not
             // after the backoff.
             drop(outcome);
             Decision::Retry(slot)
         }
-        Err(_) => {
+        None => {
             // As Envoy does: the try's own answer, not retried, and says
             // why (counted in `/clusters` `retry_overflows_total`).
-            tracing::debug!(cluster = %cluster.name, attempt, "max_retries reached; not retrying");
+            tracing::debug!(cluster = %cluster.name(), attempt, "max_retries reached; not retrying");
             Decision::Done(
                 answered(policy, outcome, attempt)
-                    .map(overflowed)
+                    .map(overflowed::<D>)
                     .map_err(|error| {
-                        error.with_header(OVERFLOW_HEADER, HeaderValue::from_static("retries"))
+                        error.with_header(D::OVERFLOW_HEADER, HeaderValue::from_static("retries"))
                     }),
             )
         }
@@ -374,41 +383,43 @@ fn decide(
 /// The general path: reads the body into memory first when it has to (or
 /// sends a request that may not be retried once), then tries as the
 /// policy says.
-async fn run<S>(
+async fn run<S, R>(
     mut inner: S,
-    req: ProxyRequest,
+    mut req: R,
     policy: Arc<RetryPolicy>,
-    cluster: Arc<Cluster>,
+    cluster: Arc<R::Destination>,
 ) -> Result<ProxyResponse, ProxyError>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    R: RetryTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError>,
 {
-    let ProxyRequest { http, ctx } = req;
     // An Upgrade's connection is taken over by its first answer: never twice.
-    if !policy.may_retry(http.method()) || ctx.upgrade.is_some() {
-        let outcome = try_once(&mut inner, ProxyRequest { http, ctx }, &policy, &cluster, 1).await;
+    if !policy.may_retry(req.http().method()) || req.is_upgrade() {
+        let outcome = try_once(&mut inner, req, &policy, &*cluster, 1).await;
         return with_attempts(outcome, 1);
     }
-    let (parts, body) = http.into_parts();
+    let body = std::mem::replace(
+        req.http_mut().body_mut(),
+        RequestBody::Buffered(BufferedBody::default()),
+    );
     let body = match buffer(body, policy.max_body_bytes).await? {
         Buffered::Whole(body) => body,
         Buffered::TooLarge(body) => {
-            let http = Request::from_parts(parts, body);
-            let outcome =
-                try_once(&mut inner, ProxyRequest { http, ctx }, &policy, &cluster, 1).await;
+            *req.http_mut().body_mut() = body;
+            let outcome = try_once(&mut inner, req, &policy, &*cluster, 1).await;
             return with_attempts(outcome, 1);
         }
     };
-    let (request, mut replay) = first_try(inner, (parts, body), ctx, (policy, cluster));
+    let (request, mut replay) = first_try(inner, req, body, (policy, cluster));
     let outcome = try_once(
         &mut replay.inner,
         request,
         &replay.policy,
-        &replay.cluster,
+        &*replay.cluster,
         1,
     )
     .await;
-    match decide(&replay.policy, &replay.cluster, 1, outcome) {
+    match decide(&replay.policy, &*replay.cluster, 1, outcome) {
         Decision::Done(result) => result,
         Decision::Retry(slot) => retry_after(replay, slot).await,
     }
@@ -417,12 +428,13 @@ where
 /// Retries after the first try failed and a retry slot was taken: backoff,
 /// the next try (avoiding the endpoints tried before), and so on while the
 /// policy, the budget and `max_retries` allow.
-async fn retry_after<S>(
-    mut replay: Replay<S>,
-    slot: RetryGuard,
+async fn retry_after<S, R>(
+    mut replay: Replay<S, R>,
+    slot: <R::Destination as RetryDestination>::RetrySlot,
 ) -> Result<ProxyResponse, ProxyError>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    R: RetryTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError>,
 {
     let mut tried: Vec<_> = replay.first.picked.get().cloned().into_iter().collect();
     let (policy, cluster) = (replay.policy.clone(), replay.cluster.clone());
@@ -436,14 +448,14 @@ where
         });
         tokio::time::sleep(wait).await;
         attempt += 1;
-        let (request, log) = attempt_of(&replay.parts, &replay.body, &replay.ctx, tried.clone());
-        let outcome = try_once(&mut replay.inner, request, &policy, &cluster, attempt).await;
+        let (request, log) = attempt_of(&replay.original, &replay.body, tried.clone());
+        let outcome = try_once(&mut replay.inner, request, &policy, &*cluster, attempt).await;
         if let Some(endpoint) = log.picked.get() {
             tried.push(endpoint.clone());
         }
         // This request's previous retry is over: its slot is free first.
         drop(_retry_slot);
-        match decide(&policy, &cluster, attempt, outcome) {
+        match decide(&policy, &*cluster, attempt, outcome) {
             Decision::Done(result) => return result,
             Decision::Retry(slot) => _retry_slot = slot,
         }
@@ -451,15 +463,15 @@ where
 }
 
 /// One try under the per-try timeout, if the policy has one.
-async fn try_once<S>(
+async fn try_once<S, R>(
     inner: &mut S,
-    req: ProxyRequest,
+    req: R,
     policy: &RetryPolicy,
-    cluster: &Cluster,
+    cluster: &impl RetryDestination,
     attempt: u32,
 ) -> Result<ProxyResponse, ProxyError>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError>,
 {
     let Some(limit) = policy.per_try_timeout else {
         return inner.call(req).await;
@@ -471,10 +483,13 @@ where
 }
 
 /// The error of try `attempt` cut short by the per-try timeout (counted).
-fn per_try_timed_out(policy: &RetryPolicy, cluster: &Cluster, attempt: u32) -> ProxyError {
+fn per_try_timed_out(
+    policy: &RetryPolicy,
+    cluster: &impl RetryDestination,
+    attempt: u32,
+) -> ProxyError {
     cluster
-        .shared
-        .retry
+        .retry_state()
         .per_try_timeouts
         .fetch_add(1, Ordering::Relaxed);
     let limit = policy.per_try_timeout.unwrap_or_default();
@@ -482,17 +497,18 @@ fn per_try_timed_out(policy: &RetryPolicy, cluster: &Cluster, attempt: u32) -> P
         ErrorKind::Timeout,
         format!(
             "no response from {} within the per-try timeout {limit:?} (try {attempt} of {})",
-            cluster.name, policy.max_attempts
+            cluster.name(),
+            policy.max_attempts
         ),
     )
 }
 
 /// Marks an answer that was not retried because `max_retries` retries
 /// were already in flight.
-fn overflowed(mut response: ProxyResponse) -> ProxyResponse {
+fn overflowed<D: RetryDestination>(mut response: ProxyResponse) -> ProxyResponse {
     response
         .headers_mut()
-        .insert(OVERFLOW_HEADER, HeaderValue::from_static("retries"));
+        .insert(D::OVERFLOW_HEADER, HeaderValue::from_static("retries"));
     response
 }
 
@@ -534,49 +550,20 @@ fn attempts_value(attempts: u32) -> HeaderValue {
     }
 }
 
-/// Try number N of a request: a copy of its head and body, a context for
-/// the try, and the log `balance` fills in (avoiding `excluded`).
+/// Try number N of a request: made from the original with a copy of its
+/// body, carrying the log `balance` fills in (avoiding `excluded`).
 #[inline(always)]
-fn attempt_of(
-    parts: &http::request::Parts,
+fn attempt_of<R: RetryTarget>(
+    original: &R,
     body: &BufferedBody,
-    ctx: &RequestCtx,
-    excluded: Vec<Arc<Endpoint>>,
-) -> (ProxyRequest, Arc<Attempt>) {
+    excluded: Vec<R::Endpoint>,
+) -> (R, Arc<Attempt<R::Endpoint>>) {
     let log = Arc::new(Attempt {
         excluded,
         picked: OnceLock::new(),
     });
-    let mut attempt_ctx = ctx_for_attempt(ctx);
-    attempt_ctx.attempt = Some(log.clone());
-    let request = ProxyRequest {
-        http: request_for_attempt(parts, body.clone()),
-        ctx: attempt_ctx,
-    };
+    let request = original.next_try(body.clone(), log.clone());
     (request, log)
-}
-
-/// What a try needs of the request's context; the per-try parts (endpoint,
-/// guards) start empty.
-fn ctx_for_attempt(ctx: &RequestCtx) -> RequestCtx {
-    let mut attempt = RequestCtx::new(ctx.direction, ctx.client_addr, ctx.client_ip.clone());
-    attempt.table = ctx.table.clone();
-    attempt.route = ctx.route.clone();
-    attempt.cluster = ctx.cluster.clone();
-    attempt.timeout = ctx.timeout;
-    attempt.peer_identity = ctx.peer_identity.clone();
-    attempt.access_log = ctx.access_log.clone();
-    attempt
-}
-
-fn request_for_attempt(parts: &http::request::Parts, body: BufferedBody) -> Request<RequestBody> {
-    let mut request = Request::new(RequestBody::Buffered(body));
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    *request.extensions_mut() = parts.extensions.clone();
-    request
 }
 
 enum Buffered {
@@ -654,8 +641,11 @@ mod tests {
     use crate::body::ProxyBody;
     use crate::model::Direction;
     use crate::proxy::balance::BalanceLayer;
+    use crate::retry::policy;
+    use crate::table::Cluster;
     use crate::table::cluster::tests::endpoint;
     use crate::table::cluster::{ClusterSettings, Health};
+    use crate::table::request::{ProxyRequest, RequestCtx};
     use crate::upstream::EndpointAddr;
     use weft_proto::config::v1 as pb;
 
