@@ -14,7 +14,7 @@
 
 mod layer;
 
-pub use layer::{Authorize, AuthorizeLayer};
+pub use layer::{Authorize, AuthorizeLayer, AuthzTarget};
 
 use std::sync::Arc;
 

@@ -18,13 +18,14 @@
 //! guards, a retry's [`Attempt`], the upgrade's [`BridgeSettings`]) is a
 //! small type defined here, not in the layer that sets it.
 
+mod authz;
 mod in_flight;
 
 pub use in_flight::{ClusterGuard, InFlightGuard};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
@@ -32,7 +33,7 @@ use tower::Service;
 
 use crate::body::RequestBody;
 use crate::shutdown::DrainToken;
-use crate::table::{Cluster, Endpoint, Route, RoutingTable, VirtualHost};
+use crate::table::{Cluster, Endpoint, InboundPolicy, Route, RoutingTable, VirtualHost};
 
 pub use crate::model::{BoxFuture, Direction, Exchange, PeerIdentity, ProxyResponse, REQUEST_ID};
 
@@ -97,6 +98,22 @@ impl RequestCtx {
             peer_identity: None,
             attempt: None,
             access_log: None,
+        }
+    }
+}
+
+/// The policy of a request without a snapshot (a layer tested alone):
+/// none, as before the first policy arrives.
+static NO_POLICY: LazyLock<InboundPolicy> = LazyLock::new(InboundPolicy::default);
+
+impl RequestCtx {
+    /// The inbound policy this request is judged by: the one of the table
+    /// `proxy::inbound_snapshot` loaded for it.
+    #[inline]
+    pub fn inbound_policy(&self) -> &InboundPolicy {
+        match &self.table {
+            Some(table) => &table.inbound,
+            None => &NO_POLICY,
         }
     }
 }
