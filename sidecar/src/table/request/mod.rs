@@ -18,6 +18,7 @@
 //! guards, a retry's [`Attempt`], the upgrade's [`BridgeSettings`]) is a
 //! small type defined here, not in the layer that sets it.
 
+mod authn;
 mod authz;
 mod in_flight;
 
