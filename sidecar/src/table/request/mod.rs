@@ -21,6 +21,7 @@
 mod authn;
 mod authz;
 mod in_flight;
+mod ratelimit;
 
 pub use in_flight::{ClusterGuard, InFlightGuard};
 
