@@ -98,7 +98,8 @@ impl VirtualHost {
 
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
+    /// Shared, so that a span or log line keeps it without a copy.
+    pub name: Arc<str>,
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub request_headers: HeaderMutation,

@@ -218,7 +218,7 @@ fn route(
         return None;
     }
     Some(Route {
-        name: r.name.clone(),
+        name: r.name.as_str().into(),
         matcher: RouteMatch {
             path: path_match,
             headers,
