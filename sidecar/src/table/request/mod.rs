@@ -22,6 +22,7 @@ mod authn;
 mod authz;
 mod in_flight;
 mod ratelimit;
+mod tcp;
 mod trace;
 
 pub use in_flight::{ClusterGuard, InFlightGuard};
