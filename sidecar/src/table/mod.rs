@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod inbound;
 pub mod matcher;
 pub mod request;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
