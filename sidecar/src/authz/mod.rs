@@ -21,8 +21,8 @@ use std::sync::Arc;
 use http::Method;
 use weft_proto::config::v1 as pb;
 
+use crate::matcher::{HeaderMatch, PathMatch, header_matches, methods};
 use crate::nack::Errors;
-use crate::table::matcher::{HeaderMatch, PathMatch, header_matches, methods};
 
 /// The compiled policy of one service; immutable, shared.
 #[derive(Debug)]

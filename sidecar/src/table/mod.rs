@@ -13,7 +13,6 @@
 
 pub mod cluster;
 pub mod inbound;
-pub mod matcher;
 pub mod request;
 pub mod tcp;
 
@@ -23,10 +22,10 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+pub use crate::matcher::RouteMatch;
 pub use crate::upstream::EndpointAddr;
 pub use cluster::{Cluster, ClusterSettings, Endpoint, EndpointStats, LbPolicy};
 pub use inbound::InboundPolicy;
-pub use matcher::RouteMatch;
 
 #[derive(Debug, Default)]
 pub struct RoutingTable {
