@@ -8,9 +8,10 @@
 //! the caller's verified identity decides (its L7 permissions in order, if
 //! it has any), else the default.
 //!
-//! The caller is who the mTLS handshake proved (`RequestCtx.peer_identity`);
-//! a caller without one (plaintext in PERMISSIVE mode) matches only `*`
-//! intentions. Headers a caller sends never say who it is.
+//! The caller is who the mTLS handshake proved (the request's
+//! `peer_identity`, [`crate::model::Exchange`]); a caller without one
+//! (plaintext in PERMISSIVE mode) matches only `*` intentions. Headers a
+//! caller sends never say who it is.
 
 mod layer;
 

@@ -10,7 +10,8 @@
 //!
 //! Features below the table never name [`ProxyRequest`]: their layers are
 //! generic over a trait of their own (built on [`crate::model::Exchange`]),
-//! which this module implements. The parts every layer shares (direction,
+//! which this module implements, one file per feature (`authn.rs`,
+//! `authz.rs`, `ratelimit.rs`, `tcp.rs`, `trace.rs`). The parts every layer shares (direction,
 //! peer identity, the response and future types) live in `crate::model`,
 //! at the bottom, and are re-exported here.
 //!
