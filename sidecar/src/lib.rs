@@ -12,6 +12,8 @@
 //! * `xds_status` — the config stream's status, which admin and metrics read.
 //! * `backoff` — exponential backoff with jitter, for every reconnect loop.
 //! * `nack` — the collector of a resource's config errors (a NACK's text).
+//! * `matcher` — compiled path, header and method matchers, shared by the
+//!   routes and the intentions.
 //! * `upstream` — pooled connections to endpoints, DNS.
 //! * `admin` — /ready, /live, /config_dump, /clusters.
 //! * `app_health` — whether the local app accepts connections (`/ready`).
@@ -45,6 +47,7 @@ pub mod call_report;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod matcher;
 pub mod metrics;
 pub mod model;
 pub mod mtls_mode;

@@ -15,17 +15,30 @@
 //! request waiting for a key refetch is boxed.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::{Either, Ready, ready};
+use http::Request;
 use tower::{Layer, Service};
 
 use super::authenticator::{Admission, Authenticator, Pending, RequestHead, strip_claim_headers};
 use super::error::AuthnError;
+use crate::body::RequestBody;
 use crate::error::ProxyError;
-use crate::model::ProxyResponse;
-use crate::table::request::ProxyRequest;
+use crate::model::{Exchange, ProxyResponse};
+
+/// What JWT authentication reads of a request beyond [`Exchange`]: the
+/// JWT policy it is judged by (`None`: the service has none).
+pub trait AuthnTarget: Exchange {
+    /// The policy and the HTTP request, borrowed apart: admitting a request
+    /// rewrites its headers while the policy is in hand.
+    fn authenticator_and_http(
+        &mut self,
+    ) -> (Option<&Arc<Authenticator>>, &mut Request<RequestBody>);
+}
 
 /// Checks each request's credentials against the JWT policy of its
 /// inbound snapshot.
@@ -46,21 +59,27 @@ pub struct JwtAuthn<S> {
 
 pub type WaitForKeys = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyError>> + Send>>;
 
-fn denied(authenticator: &Authenticator, error: AuthnError, req: &ProxyRequest) -> ProxyError {
+fn denied(
+    authenticator: &Authenticator,
+    error: AuthnError,
+    client: SocketAddr,
+    req: &Request<RequestBody>,
+) -> ProxyError {
     // Debug: a scanner sending junk tokens must not flood the log; the
     // caller gets the reason in the response.
     tracing::debug!(
-        client = %req.ctx.client_addr,
-        path = req.http.uri().path(),
+        client = %client,
+        path = req.uri().path(),
         error = %error,
         "request denied by the JWT policy"
     );
     error.into_proxy_error(authenticator.service())
 }
 
-impl<S> Service<ProxyRequest> for JwtAuthn<S>
+impl<S, R> Service<R> for JwtAuthn<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    R: AuthnTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = ProxyResponse;
@@ -71,20 +90,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, mut req: R) -> Self::Future {
+        let client = req.client_addr();
         // A borrow of the snapshot's policy: no reference count traffic,
         // except for a request that has to wait for keys.
-        let Some(authenticator) = req.ctx.inbound_policy().authn.as_ref() else {
-            strip_claim_headers(req.http.headers_mut(), &[]);
+        let (authenticator, http) = req.authenticator_and_http();
+        let Some(authenticator) = authenticator else {
+            strip_claim_headers(http.headers_mut(), &[]);
             return Either::Left(Either::Left(self.inner.call(req)));
         };
-        match authenticator.check(RequestHead::of(&req.http)) {
+        match authenticator.check(RequestHead::of(http)) {
             Ok(admission) => {
-                authenticator.admit(admission, &mut req.http);
+                authenticator.admit(admission, http);
                 Either::Left(Either::Left(self.inner.call(req)))
             }
             Err(Pending::Denied(error)) => {
-                let error = denied(authenticator, error, &req);
+                let error = denied(authenticator, error, client, http);
                 Either::Left(Either::Right(ready(Err(error))))
             }
             Err(Pending::NeedsKeys(remote, first_error)) => {
@@ -95,7 +116,7 @@ where
                 let authenticator = authenticator.clone();
                 Either::Right(Box::pin(async move {
                     let verdict: Result<Admission, AuthnError> = if remote.refetch().await {
-                        match authenticator.check(RequestHead::of(&req.http)) {
+                        match authenticator.check(RequestHead::of(req.http())) {
                             Ok(admission) => Ok(admission),
                             Err(Pending::Denied(e) | Pending::NeedsKeys(_, e)) => Err(e),
                         }
@@ -104,10 +125,10 @@ where
                     };
                     match verdict {
                         Ok(admission) => {
-                            authenticator.admit(admission, &mut req.http);
+                            authenticator.admit(admission, req.http_mut());
                             inner.call(req).await
                         }
-                        Err(error) => Err(denied(&authenticator, error, &req)),
+                        Err(error) => Err(denied(&authenticator, error, client, req.http())),
                     }
                 }))
             }

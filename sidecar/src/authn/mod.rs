@@ -39,4 +39,4 @@ pub use authenticator::{Admission, Authenticator, RequestHead};
 pub use claims::VerifiedClaims;
 pub use config::AuthnConfig;
 pub use error::{AuthnError, AuthnErrorKind, ConfigError, ConfigErrors};
-pub use layer::{JwtAuthn, JwtAuthnLayer};
+pub use layer::{AuthnTarget, JwtAuthn, JwtAuthnLayer};

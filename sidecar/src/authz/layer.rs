@@ -1,16 +1,23 @@
 //! The tower layer: a denied request fails here (403 `denied`, answered by
 //! `error_response`) and never reaches the app; an allowed one goes on
 //! untouched. The intentions are those of the request's inbound snapshot
-//! (`proxy::inbound_snapshot`), read without a load of their own.
+//! (`proxy::inbound_snapshot`), read without a load of their own: the
+//! request hands them over through [`AuthzTarget`].
 
 use std::task::{Context, Poll};
 
 use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
+use super::AuthzPolicy;
 use crate::error::{ErrorKind, ProxyError};
-use crate::model::ProxyResponse;
-use crate::table::request::ProxyRequest;
+use crate::model::{Exchange, ProxyResponse};
+
+/// What authorizing reads of a request beyond [`Exchange`]: the intentions
+/// it is judged by.
+pub trait AuthzTarget: Exchange {
+    fn authz_policy(&self) -> &AuthzPolicy;
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AuthorizeLayer;
@@ -27,9 +34,10 @@ pub struct Authorize<S> {
     inner: S,
 }
 
-impl<S> Service<ProxyRequest> for Authorize<S>
+impl<S, R> Service<R> for Authorize<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    R: AuthzTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
@@ -39,16 +47,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ProxyRequest) -> Self::Future {
-        let source = req.ctx.peer_identity.as_ref().map(|p| p.id.service());
-        match req.ctx.inbound_policy().authz.decide(source, &req.http) {
+    fn call(&mut self, req: R) -> Self::Future {
+        let source = req.peer_identity().map(|p| p.id.service());
+        match req.authz_policy().decide(source, req.http()) {
             Ok(()) => Either::Left(self.inner.call(req)),
             Err(denial) => {
                 tracing::info!(
                     caller = source.unwrap_or("-"),
-                    client = %req.ctx.client_addr,
-                    method = %req.http.method(),
-                    path = req.http.uri().path(),
+                    client = %req.client_addr(),
+                    method = %req.http().method(),
+                    path = req.http().uri().path(),
                     rule = %denial.origin,
                     "request denied"
                 );

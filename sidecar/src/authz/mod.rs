@@ -8,21 +8,22 @@
 //! the caller's verified identity decides (its L7 permissions in order, if
 //! it has any), else the default.
 //!
-//! The caller is who the mTLS handshake proved (`RequestCtx.peer_identity`);
-//! a caller without one (plaintext in PERMISSIVE mode) matches only `*`
-//! intentions. Headers a caller sends never say who it is.
+//! The caller is who the mTLS handshake proved (the request's
+//! `peer_identity`, [`crate::model::Exchange`]); a caller without one
+//! (plaintext in PERMISSIVE mode) matches only `*` intentions. Headers a
+//! caller sends never say who it is.
 
 mod layer;
 
-pub use layer::{Authorize, AuthorizeLayer};
+pub use layer::{Authorize, AuthorizeLayer, AuthzTarget};
 
 use std::sync::Arc;
 
 use http::Method;
 use weft_proto::config::v1 as pb;
 
+use crate::matcher::{HeaderMatch, PathMatch, header_matches, methods};
 use crate::nack::Errors;
-use crate::table::matcher::{HeaderMatch, PathMatch, header_matches, methods};
 
 /// The compiled policy of one service; immutable, shared.
 #[derive(Debug)]

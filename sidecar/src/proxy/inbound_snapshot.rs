@@ -1,19 +1,20 @@
 //! Inbound: loads the routing table once per request, at the top of the
 //! stack, and hands it down in the request's context. Every layer below
 //! that judges the request (opaque TCP tunnels, JWT, intentions, rate
-//! limits, the app's protocol) reads the service's [`InboundPolicy`] from
-//! that one snapshot, so a policy swapped in meanwhile applies to the
-//! next request whole, never in part. One atomic load and one reference
-//! count per request; no lock.
+//! limits, the app's protocol) reads the service's
+//! [`InboundPolicy`](crate::table::InboundPolicy) from that one snapshot
+//! (`RequestCtx::inbound_policy`), so a policy swapped in meanwhile applies
+//! to the next request whole, never in part. One atomic load and one
+//! reference count per request; no lock.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use tower::{Layer, Service};
 
-use crate::table::request::{ProxyRequest, RequestCtx};
-use crate::table::{InboundPolicy, RoutingTable};
+use crate::table::RoutingTable;
+use crate::table::request::ProxyRequest;
 
 #[derive(Clone)]
 pub struct InboundSnapshotLayer {
@@ -54,19 +55,5 @@ impl<S: Service<ProxyRequest>> Service<ProxyRequest> for InboundSnapshot<S> {
     fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
         req.ctx.table = Some(self.table.load_full());
         self.inner.call(req)
-    }
-}
-
-/// The policy of a request without a snapshot (a layer tested alone):
-/// none, as before the first policy arrives.
-static NO_POLICY: LazyLock<InboundPolicy> = LazyLock::new(InboundPolicy::default);
-
-impl RequestCtx {
-    /// The inbound policy this request is judged by: its snapshot's.
-    pub fn inbound_policy(&self) -> &InboundPolicy {
-        match &self.table {
-            Some(table) => &table.inbound,
-            None => &NO_POLICY,
-        }
     }
 }

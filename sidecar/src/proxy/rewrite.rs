@@ -184,7 +184,7 @@ mod tests {
         use http::{HeaderName, HeaderValue};
 
         use crate::table::{
-            Destination, HeaderMutation, Route, RouteAction, VirtualHost, matcher::RouteMatch,
+            Destination, HeaderMutation, Route, RouteAction, RouteMatch, VirtualHost,
         };
         let route = crate::table::request::RouteRef {
             vhost: Arc::new(VirtualHost {

@@ -13,11 +13,11 @@ use http::header;
 use tower::{Layer, Service};
 
 use crate::access_log::{self, Record};
-use crate::request_body::Side;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::requests::{cause_of, method_index};
 use crate::metrics::unrouted::UNROUTED;
 use crate::model::{Answer, ProxyResponse};
+use crate::request_body::Side;
 use crate::table::RoutingTable;
 use crate::table::request::{ProxyRequest, RouteRef};
 

@@ -177,7 +177,7 @@ mod tests {
         let vhost = Arc::new(VirtualHost {
             name: "svc/svc".into(),
             routes: vec![Route {
-                name: String::new(),
+                name: "".into(),
                 matcher: RouteMatch::any(),
                 action: RouteAction {
                     destination: Destination::Weighted(

@@ -27,7 +27,7 @@ pub struct RequestFacts<'a> {
     /// own (outbound); `None` for a caller without a mesh identity.
     pub source: Option<&'a str>,
     pub headers: &'a HeaderMap,
-    /// As formatted once per connection (`RequestCtx::client_ip`).
+    /// As formatted once per connection (`Exchange::client_ip`).
     pub client_ip: &'a str,
 }
 

@@ -5,6 +5,9 @@
 //! its typed refusal (429, or the fail-closed status: `headers.rs`), which
 //! `error_response` answers; it never reaches the layers below, the
 //! upstream or the app. A request with no limits costs one load.
+//!
+//! The layers read the request through [`RateLimitTarget`]: its limits,
+//! the route it took and who sent it.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -15,54 +18,65 @@ use tower::{Layer, Service};
 
 use super::{RateLimiter, RequestFacts};
 use crate::error::ProxyError;
-use crate::model::{BoxFuture, ProxyResponse};
-use crate::table::request::ProxyRequest;
+use crate::model::{BoxFuture, Exchange, ProxyResponse};
+
+/// What rate limiting reads of a request beyond [`Exchange`].
+pub trait RateLimitTarget: Exchange {
+    /// Outbound: the limits of the cluster `split` chose, if it has any.
+    fn cluster_rate_limits(&self) -> Option<&Arc<RateLimiter>>;
+    /// Inbound: the service's own limits, from the request's inbound
+    /// snapshot.
+    fn inbound_rate_limits(&self) -> Option<&Arc<RateLimiter>>;
+    /// The route the request took: its name (empty when it has none) and
+    /// its position in its virtual host.
+    fn route_name_and_index(&self) -> Option<(&str, usize)>;
+}
 
 /// The route's name for the `route` key (its position in its table when
 /// it has none); only worked out when a limit keys on it.
-fn route_name(req: &ProxyRequest, limiter: &RateLimiter) -> Option<Cow<'static, str>> {
+fn route_name(req: &impl RateLimitTarget, limiter: &RateLimiter) -> Option<Cow<'static, str>> {
     if !limiter.keys_on_route() {
         return None;
     }
-    req.ctx.route.as_ref().map(|r| {
-        let route = r.route();
-        if route.name.is_empty() {
-            Cow::Owned(r.index.to_string())
+    req.route_name_and_index().map(|(name, index)| {
+        if name.is_empty() {
+            Cow::Owned(index.to_string())
         } else {
-            Cow::Owned(route.name.clone())
+            Cow::Owned(name.to_owned())
         }
     })
 }
 
 /// The caller's service for the `source` key: this sidecar's own
 /// (outbound), else the verified peer's (inbound).
-fn source_of<'a>(req: &'a ProxyRequest, own: Option<&'a str>) -> Option<&'a str> {
-    own.or_else(|| req.ctx.peer_identity.as_ref().map(|p| p.id.service()))
+fn source_of<'a>(req: &'a impl Exchange, own: Option<&'a str>) -> Option<&'a str> {
+    own.or_else(|| req.peer_identity().map(|p| p.id.service()))
 }
 
 fn facts<'a>(
-    req: &'a ProxyRequest,
+    req: &'a impl Exchange,
     route: Option<&'a str>,
     source: Option<&'a str>,
 ) -> RequestFacts<'a> {
     RequestFacts {
         route,
         source,
-        headers: req.http.headers(),
-        client_ip: req.ctx.client_ip.to_str().unwrap_or_default(),
+        headers: req.http().headers(),
+        client_ip: req.client_ip().to_str().unwrap_or_default(),
     }
 }
 
 /// Local limits only: decided here and now, then `inner` is called
 /// directly (no boxed future, no await on the request path).
-fn locally_limited_call<S>(
+fn locally_limited_call<S, R>(
     limiter: &RateLimiter,
     source: Option<&str>,
     inner: &mut S,
-    req: ProxyRequest,
+    req: R,
 ) -> Either<S::Future, BoxFuture>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    R: RateLimitTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError>,
 {
     let route = route_name(&req, limiter);
     let decision = limiter.check_local(&facts(&req, route.as_deref(), source_of(&req, source)));
@@ -77,14 +91,16 @@ where
 
 /// With a global limit: runs `limiter` (which may wait for Redis) on
 /// `req`, then `inner` if every limit allows it.
-fn limited_call<S>(
+fn limited_call<S, R>(
     limiter: Arc<RateLimiter>,
     source: Option<Arc<str>>,
     inner: &mut S,
-    req: ProxyRequest,
+    req: R,
 ) -> BoxFuture
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    // Sync: the request is borrowed across the wait for Redis.
+    R: RateLimitTarget + Sync,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     // The clone that was polled ready goes into the future (tower's rule).
@@ -110,7 +126,10 @@ where
 pub trait LimitSource: Clone {
     /// The limits for `req` and, when the side knows it regardless of the
     /// request, the `source` key's value.
-    fn limits_for(&self, req: &ProxyRequest) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)>;
+    fn limits_for(
+        &self,
+        req: &impl RateLimitTarget,
+    ) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)>;
 }
 
 /// Outbound: the destination's limits (`Cluster.rate_limits`, on the
@@ -121,8 +140,11 @@ pub struct Outbound {
 }
 
 impl LimitSource for Outbound {
-    fn limits_for(&self, req: &ProxyRequest) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)> {
-        let limiter = req.ctx.cluster.as_ref()?.settings.rate_limits.clone()?;
+    fn limits_for(
+        &self,
+        req: &impl RateLimitTarget,
+    ) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)> {
+        let limiter = req.cluster_rate_limits()?.clone();
         Some((limiter, Some(self.service.clone())))
     }
 }
@@ -134,8 +156,11 @@ impl LimitSource for Outbound {
 pub struct Inbound;
 
 impl LimitSource for Inbound {
-    fn limits_for(&self, req: &ProxyRequest) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)> {
-        let limiter = req.ctx.inbound_policy().rate_limits.as_ref()?;
+    fn limits_for(
+        &self,
+        req: &impl RateLimitTarget,
+    ) -> Option<(Arc<RateLimiter>, Option<Arc<str>>)> {
+        let limiter = req.inbound_rate_limits()?;
         Some((limiter.clone(), None))
     }
 }
@@ -181,9 +206,10 @@ pub struct RateLimit<S, L> {
     inner: S,
 }
 
-impl<S, L> Service<ProxyRequest> for RateLimit<S, L>
+impl<S, L, R> Service<R> for RateLimit<S, L>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    R: RateLimitTarget + Sync,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,
     L: LimitSource,
 {
@@ -195,7 +221,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, req: R) -> Self::Future {
         match self.source.limits_for(&req) {
             None => Either::Left(self.inner.call(req)),
             Some((limiter, source)) if limiter.is_local_only() => {

@@ -30,7 +30,7 @@ use http::{HeaderValue, StatusCode};
 use weft_proto::config::v1 as pb;
 
 pub use key::{KeyKind, RequestFacts};
-pub use layer::{InboundRateLimitLayer, OutboundRateLimitLayer};
+pub use layer::{InboundRateLimitLayer, OutboundRateLimitLayer, RateLimitTarget};
 
 use bucket::{BucketRate, KeyedBuckets, Take};
 use redis::{RedisBackend, WindowDecision};

@@ -16,9 +16,9 @@
 
 pub mod cluster;
 pub mod inbound;
-pub mod matcher;
 pub mod metrics;
 pub mod request;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,10 +26,10 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+pub use crate::matcher::RouteMatch;
 pub use crate::upstream::EndpointAddr;
 pub use cluster::{Cluster, ClusterSettings, Endpoint, EndpointStats, LbPolicy};
 pub use inbound::InboundPolicy;
-pub use matcher::RouteMatch;
 
 #[derive(Debug, Default)]
 pub struct RoutingTable {
@@ -102,7 +102,8 @@ impl VirtualHost {
 
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
+    /// Shared, so that a span or log line keeps it without a copy.
+    pub name: Arc<str>,
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub request_headers: HeaderMutation,

@@ -16,6 +16,10 @@
 //! stream with the app's socket. The log line `tcp tunnel opened` names the
 //! caller and the sidecar's local address of the app connection (what the
 //! app sees as its client, e.g. in Redis's `CLIENT LIST`).
+//!
+//! The layer reads the request through [`TunnelTarget`]: whether the
+//! service takes tunnels and the L4 decision, both from the request's
+//! inbound snapshot.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,9 +36,24 @@ use super::copy;
 use super::{Counters, TcpStats};
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
-use crate::model::{BoxFuture, ProxyResponse};
-use crate::table::request::ProxyRequest;
+use crate::model::{BoxFuture, Exchange, ProxyResponse};
 use crate::upstream::Connector;
+
+/// What accepting a tunnel reads of a request beyond [`Exchange`]: the
+/// service's policy for opaque TCP, as its inbound snapshot has it.
+pub trait TunnelTarget: Exchange {
+    /// The service speaks opaque TCP (`protocol: tcp`), so it takes
+    /// tunnels.
+    fn takes_tunnels(&self) -> bool;
+    /// The L4 decision on a tunnel from the service `caller`.
+    fn decide_tunnel(&self, caller: &str) -> Result<(), TunnelDenial>;
+}
+
+/// Why a tunnel was denied: which rule, for the caller and the log.
+pub struct TunnelDenial {
+    pub origin: Arc<str>,
+    pub reason: String,
+}
 
 /// What accepting tunnels needs; one per sidecar.
 pub struct Tunnels {
@@ -82,9 +101,10 @@ fn is_tunnel<B>(req: &http::Request<B>) -> bool {
     req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none()
 }
 
-impl<S> Service<ProxyRequest> for Tunnel<S>
+impl<S, R> Service<R> for Tunnel<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    R: TunnelTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
@@ -94,8 +114,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ProxyRequest) -> Self::Future {
-        if is_tunnel(&req.http) {
+    fn call(&mut self, req: R) -> Self::Future {
+        if is_tunnel(req.http()) {
             Either::Right(Box::pin(self.tunnels.clone().accept(req)))
         } else {
             Either::Left(self.inner.call(req))
@@ -104,9 +124,12 @@ where
 }
 
 impl Tunnels {
-    async fn accept(self: Arc<Self>, mut req: ProxyRequest) -> Result<ProxyResponse, ProxyError> {
-        let client = req.ctx.client_addr;
-        let Some(peer) = req.ctx.peer_identity.clone() else {
+    async fn accept(
+        self: Arc<Self>,
+        mut req: impl TunnelTarget,
+    ) -> Result<ProxyResponse, ProxyError> {
+        let client = req.client_addr();
+        let Some(peer) = req.peer_identity().cloned() else {
             return Err(ProxyError::new(
                 ErrorKind::Denied,
                 "opaque TCP needs a verified mesh identity, and this CONNECT arrived without mTLS",
@@ -118,9 +141,9 @@ impl Tunnels {
             counters.failed.fetch_add(1, Ordering::Relaxed);
             ProxyError::new(kind, reason)
         };
-        // The intentions of the request's inbound snapshot.
-        let policy = &req.ctx.inbound_policy().authz;
-        if !policy.opaque_tcp {
+        // Both the protocol and the intentions are those of the request's
+        // inbound snapshot.
+        if !req.takes_tunnels() {
             return Err(refuse(
                 ErrorKind::Unsupported,
                 format!(
@@ -129,20 +152,20 @@ impl Tunnels {
                 ),
             ));
         }
-        if req.http.version() != Version::HTTP_2 {
+        if req.http().version() != Version::HTTP_2 {
             return Err(refuse(
                 ErrorKind::BadRequest,
                 "a tunnel is an HTTP/2 CONNECT stream".into(),
             ));
         }
-        let asked = req.http.uri().authority().map(|a| a.host()).unwrap_or("");
+        let asked = req.http().uri().authority().map(|a| a.host()).unwrap_or("");
         if asked != &*self.service {
             return Err(refuse(
                 ErrorKind::BadRequest,
                 format!("this sidecar serves {}, not {asked:?}", self.service),
             ));
         }
-        if let Err(denial) = policy.decide_tcp(Some(caller)) {
+        if let Err(denial) = req.decide_tunnel(caller) {
             counters.denied.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 caller,
@@ -158,7 +181,7 @@ impl Tunnels {
                 format!("cannot connect to the app: {e}"),
             )
         })?;
-        let upgrade = hyper::upgrade::on(&mut req.http);
+        let upgrade = hyper::upgrade::on(req.http_mut());
         let tunnels = self.clone();
         let caller: Arc<str> = caller.into();
         tokio::spawn(async move {

@@ -13,13 +13,15 @@
 //! healthy endpoint, the limit of open connections, connect failure, a
 //! refusal) is closed right after the accept: the app sees the close. Each
 //! is counted and logged with the reason.
+//!
+//! The endpoint comes from the routing table through [`Destinations`],
+//! which the table implements (`table/tcp.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt as _, Empty, Limited};
@@ -33,18 +35,36 @@ use super::Counters;
 use super::copy::{self, End};
 use crate::error::peer_refusal_code;
 use crate::shutdown::{DrainToken, accept};
-use crate::table::cluster::Protocol;
-use crate::table::request::{ClusterGuard, InFlightGuard};
-use crate::table::{Endpoint, RoutingTable};
-use crate::upstream::{Connector, Dns, TunnelClient};
+use crate::upstream::{Connector, Dns, EndpointAddr, TunnelClient};
 
 /// How much of a refusal's body is kept for the log.
 const REASON_LIMIT: usize = 1024;
 
+/// Where the app's connections go, as the routing table knows it.
+pub trait Destinations: Send + Sync + 'static {
+    type Endpoint: TcpEndpoint;
+    /// An endpoint of `service`'s cluster for a new connection, counted as
+    /// open (against the cluster's limit, and in flight on the endpoint)
+    /// until it drops, with the cluster's connect timeout; or why there is
+    /// none.
+    fn pick(&self, service: &str) -> Result<(Self::Endpoint, Duration), String>;
+}
+
+/// A picked endpoint, as a connection to it needs it.
+pub trait TcpEndpoint: Send + Sync + 'static {
+    fn addr(&self) -> &EndpointAddr;
+    /// Behind a sidecar: reached by a tunnel on its mTLS connection.
+    fn meshed(&self) -> bool;
+    /// The client of that connection, when this sidecar has mesh mTLS.
+    fn tunnel(&self) -> Option<&TunnelClient>;
+    /// Counts a connection that failed against the endpoint.
+    fn count_failure(&self);
+}
+
 /// One `--tcp-upstream`: the destination and what its connections need.
-pub struct Upstream {
+pub struct Upstream<D> {
     pub service: Arc<str>,
-    pub table: Arc<ArcSwap<RoutingTable>>,
+    pub table: Arc<D>,
     pub dns: Dns,
     /// A tunnel or connection with no byte either way for this long is closed.
     pub idle_timeout: Duration,
@@ -53,9 +73,9 @@ pub struct Upstream {
 
 /// Accepts the app's connections until `shutdown` turns true; each holds a
 /// drain token until it has closed.
-pub async fn serve(
+pub async fn serve<D: Destinations>(
     listener: TcpListener,
-    upstream: Arc<Upstream>,
+    upstream: Arc<Upstream<D>>,
     mut shutdown: watch::Receiver<bool>,
     drain: DrainToken,
 ) {
@@ -86,12 +106,11 @@ impl Refusal {
     }
 }
 
-/// The far side of an app's connection, with what counts it as open.
-struct Opened {
+/// The far side of an app's connection, with the endpoint (which counts
+/// it as open).
+struct Opened<E> {
     stream: Far,
-    endpoint: Arc<Endpoint>,
-    _cluster_slot: ClusterGuard,
-    _in_flight: InFlightGuard,
+    endpoint: E,
 }
 
 enum Far {
@@ -99,7 +118,7 @@ enum Far {
     Direct(TcpStream),
 }
 
-impl Upstream {
+impl<D: Destinations> Upstream<D> {
     async fn proxy(&self, mut app: TcpStream, client: SocketAddr) {
         let opened = match self.open().await {
             Ok(opened) => opened,
@@ -122,7 +141,7 @@ impl Upstream {
             }
         };
         let _active = self.counters.open();
-        let endpoint = opened.endpoint.addr.to_string();
+        let endpoint = opened.endpoint.addr().to_string();
         tracing::debug!(upstream = %self.service, %client, %endpoint, "tcp connection opened");
         let bridged = match opened.stream {
             Far::Tunnel(mut tunnel) => copy::bridge(&mut app, &mut tunnel, self.idle_timeout).await,
@@ -130,11 +149,7 @@ impl Upstream {
         };
         self.counters.record(&bridged);
         if let End::Failed(_) = bridged.end {
-            opened
-                .endpoint
-                .stats
-                .failures
-                .fetch_add(1, Ordering::Relaxed);
+            opened.endpoint.count_failure();
         }
         tracing::debug!(
             upstream = %self.service,
@@ -148,63 +163,32 @@ impl Upstream {
     }
 
     /// Picks an endpoint and opens the far side.
-    async fn open(&self) -> Result<Opened, Refusal> {
-        let table = self.table.load_full();
+    async fn open(&self) -> Result<Opened<D::Endpoint>, Refusal> {
         let service = &*self.service;
-        let cluster = table.cluster(service).ok_or_else(|| {
-            Refusal::failed(format!(
-                "no cluster {service} from the agent yet (is the service registered?)"
-            ))
-        })?;
-        if cluster.settings.protocol != Protocol::Tcp {
-            return Err(Refusal::failed(format!(
-                "{service} is not an opaque TCP service: set \"protocol\": \"tcp\" in weft/destinations/{service}"
-            )));
-        }
-        let slot = ClusterGuard::admit(&cluster.shared, cluster.settings.max_requests).ok_or_else(
-            || {
-                Refusal::failed(format!(
-                    "{} connections to {service} are open, its connection_pool.max_requests",
-                    cluster.settings.max_requests
-                ))
-            },
-        )?;
-        let endpoint = cluster.pick().cloned().ok_or_else(|| {
-            Refusal::failed(format!(
-                "{service} has no healthy endpoint ({} known, none HEALTHY or UNKNOWN)",
-                cluster.endpoints.len()
-            ))
-        })?;
-        let in_flight = InFlightGuard::enter(&endpoint);
-        let connect_timeout = cluster.settings.pool.connect_timeout;
-        let far = if endpoint.meshed {
-            let tunnel = endpoint.client.tunnel.as_ref().ok_or_else(|| {
+        let (endpoint, connect_timeout) = self.table.pick(service).map_err(Refusal::failed)?;
+        let far = if endpoint.meshed() {
+            let tunnel = endpoint.tunnel().ok_or_else(|| {
                 Refusal::failed(format!(
                     "{} is a meshed endpoint of {service}: opaque TCP to it needs mesh mTLS \
                      (an --identity-token on this sidecar and a CA on the agent)",
-                    endpoint.addr
+                    endpoint.addr()
                 ))
             })?;
-            open_tunnel(tunnel, service, &endpoint, connect_timeout)
+            open_tunnel(tunnel, service, endpoint.addr(), connect_timeout)
                 .await
                 .map(Far::Tunnel)
         } else {
-            Connector::new(endpoint.addr.clone(), connect_timeout, self.dns.clone())
+            Connector::new(endpoint.addr().clone(), connect_timeout, self.dns.clone())
                 .connect()
                 .await
                 .map(Far::Direct)
                 .map_err(|e| Refusal::failed(e.to_string()))
         };
         match far {
-            Ok(stream) => Ok(Opened {
-                stream,
-                endpoint,
-                _cluster_slot: slot,
-                _in_flight: in_flight,
-            }),
+            Ok(stream) => Ok(Opened { stream, endpoint }),
             Err(refusal) => {
                 if !refusal.denied {
-                    endpoint.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    endpoint.count_failure();
                 }
                 Err(refusal)
             }
@@ -216,7 +200,7 @@ impl Upstream {
 async fn open_tunnel(
     client: &TunnelClient,
     service: &str,
-    endpoint: &Endpoint,
+    endpoint: &EndpointAddr,
     connect_timeout: Duration,
 ) -> Result<TokioIo<hyper::upgrade::Upgraded>, Refusal> {
     let request = Uri::builder()
@@ -239,14 +223,14 @@ async fn open_tunnel(
         .map_err(|_| {
             Refusal::failed(format!(
                 "the tunnel to {} was not opened within {:?}",
-                endpoint.addr,
+                endpoint,
                 2 * connect_timeout
             ))
         })?
         .map_err(|e| {
             Refusal::failed(format!(
                 "cannot open a tunnel to {}: {}",
-                endpoint.addr,
+                endpoint,
                 error_chain(&e)
             ))
         })?;
@@ -254,13 +238,13 @@ async fn open_tunnel(
         StatusCode::OK => hyper::upgrade::on(answer)
             .await
             .map(TokioIo::new)
-            .map_err(|e| Refusal::failed(format!("the tunnel to {} broke: {e}", endpoint.addr))),
+            .map_err(|e| Refusal::failed(format!("the tunnel to {} broke: {e}", endpoint))),
         status => {
             let denied = status == StatusCode::FORBIDDEN;
             let reason = refusal_reason(answer).await;
             Err(Refusal {
                 denied,
-                reason: format!("{} refused the tunnel ({status}): {reason}", endpoint.addr),
+                reason: format!("{} refused the tunnel ({status}): {reason}", endpoint),
             })
         }
     }

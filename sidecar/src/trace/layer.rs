@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,8 +24,16 @@ use super::Tracer;
 use super::context::{self, Current, TRACESTATE};
 use super::span::{Cause, SpanKind, SpanRecord};
 use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
-use crate::model::ProxyResponse;
-use crate::table::request::ProxyRequest;
+use crate::model::{Exchange, ProxyResponse};
+
+/// What tracing reads of a request beyond [`Exchange`]: the names a CLIENT
+/// span carries. Shared names, so a sampled span keeps them without a copy.
+pub trait TraceTarget: Exchange {
+    /// The name of the route the request took (empty when it has none).
+    fn route_name(&self) -> Option<&Arc<str>>;
+    /// The name of the cluster `split` chose.
+    fn cluster_name(&self) -> Option<&Arc<str>>;
+}
 
 #[derive(Clone)]
 pub struct TraceLayer {
@@ -70,9 +79,10 @@ pub struct Trace<S> {
     inner: S,
 }
 
-impl<S> Service<ProxyRequest> for Trace<S>
+impl<S, R> Service<R> for Trace<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    R: TraceTarget,
+    S: Service<R, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
@@ -82,9 +92,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, mut req: R) -> Self::Future {
         // A plain CONNECT is an opaque tunnel, not an HTTP exchange.
-        let span = if req.http.method() == Method::CONNECT {
+        let span = if req.http().method() == Method::CONNECT {
             None
         } else {
             self.start(&mut req)
@@ -98,8 +108,8 @@ where
 
 impl<S> Trace<S> {
     /// Propagates the context; returns the span to record, if sampled.
-    fn start(&self, req: &mut ProxyRequest) -> Option<SpanStart> {
-        let headers = req.http.headers_mut();
+    fn start(&self, req: &mut impl TraceTarget) -> Option<SpanStart> {
+        let headers = req.http_mut().headers_mut();
         let context::Extracted {
             parent,
             b3: style,
@@ -162,8 +172,7 @@ impl<S> Trace<S> {
         let tracestate = (tracestate && w3c_parent)
             .then(|| headers.get(TRACESTATE).cloned())
             .flatten();
-        let http = &req.http;
-        let ctx = &req.ctx;
+        let http = req.http();
         let server = self.kind == SpanKind::Server;
         Some(SpanStart {
             tracer: self.tracer.clone(),
@@ -178,10 +187,18 @@ impl<S> Trace<S> {
                 version: http.version(),
                 host: http.headers().get(http::header::HOST).cloned(),
                 request_id: http.headers().get(crate::model::REQUEST_ID).cloned(),
-                client_ip: server.then(|| ctx.client_addr.ip()),
-                peer: ctx.peer_identity.clone(),
-                route: if server { None } else { ctx.route.clone() },
-                cluster: if server { None } else { ctx.cluster.clone() },
+                client_ip: server.then(|| req.client_addr().ip()),
+                peer: req.peer_identity().cloned(),
+                route: if server {
+                    None
+                } else {
+                    req.route_name().cloned()
+                },
+                cluster: if server {
+                    None
+                } else {
+                    req.cluster_name().cloned()
+                },
                 start_unix_nanos: unix_nanos(SystemTime::now()),
                 end_unix_nanos: 0,
                 status: 0,
@@ -271,7 +288,7 @@ mod tests {
     use super::*;
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
     use crate::model::Direction;
-    use crate::table::request::RequestCtx;
+    use crate::table::request::{ProxyRequest, RequestCtx};
 
     /// What the layer below received.
     type Seen = Arc<Mutex<Option<HeaderMap>>>;

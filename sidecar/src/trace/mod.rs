@@ -32,7 +32,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use layer::TraceLayer;
+pub use layer::{TraceLayer, TraceTarget};
 pub use settings::TraceSettings;
 
 use export::{ExportCounters, SpanQueue};

@@ -204,8 +204,8 @@ fn encode_span(s: &SpanRecord, out: &mut Vec<u8>) {
         attr_str(out, "http.route", route.as_bytes());
     }
     if let Some(cluster) = &s.cluster {
-        attr_str(out, "peer.service", cluster.name.as_bytes());
-        attr_str(out, "weft.destination.cluster", cluster.name.as_bytes());
+        attr_str(out, "peer.service", cluster.as_bytes());
+        attr_str(out, "weft.destination.cluster", cluster.as_bytes());
     }
     attr_int(out, "http.response.status_code", i64::from(s.status));
     if let Some(tries) = s.attempts.filter(|n| *n > 1) {

@@ -1,6 +1,6 @@
 //! A finished span as the request path leaves it: ids, times, and cheap
 //! clones of what describes the request (reference-counted URI, header
-//! values, route, cluster, peer identity). Turning it into attributes and
+//! values, route and cluster names, peer identity). Turning it into attributes and
 //! protobuf is the export task's work (`otlp.rs`), off the request path.
 
 use std::net::IpAddr;
@@ -10,8 +10,6 @@ use http::{HeaderValue, Method, Uri, Version};
 
 use crate::error::ErrorKind;
 use crate::model::PeerIdentity;
-use crate::table::Cluster;
-use crate::table::request::RouteRef;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
@@ -53,9 +51,10 @@ pub struct SpanRecord {
     pub client_ip: Option<IpAddr>,
     /// Inbound with mTLS: the caller's verified identity.
     pub peer: Option<PeerIdentity>,
-    /// Outbound: the route and destination `split` chose.
-    pub route: Option<RouteRef>,
-    pub cluster: Option<Arc<Cluster>>,
+    /// Outbound: the names of the route and destination cluster `split`
+    /// chose (a route's may be empty).
+    pub route: Option<Arc<str>>,
+    pub cluster: Option<Arc<str>>,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
     pub status: u16,
@@ -83,10 +82,7 @@ impl SpanRecord {
     }
 
     pub fn route_name(&self) -> Option<&str> {
-        self.route
-            .as_ref()
-            .map(|r| r.route().name.as_str())
-            .filter(|name| !name.is_empty())
+        self.route.as_deref().filter(|name| !name.is_empty())
     }
 
     pub fn protocol_version(&self) -> Option<&'static str> {

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use http::HeaderValue;
 use weft_proto::config::v1 as pb;
 
-use crate::nack::Errors;
-use crate::table::cluster::{ClusterShared, Health, Protocol};
-use crate::table::matcher::{
+use crate::matcher::{
     PathMatch, QueryMatch, RouteMatch, header_matches, header_name, methods, string_match,
 };
+use crate::nack::Errors;
+use crate::table::cluster::{ClusterShared, Health, Protocol};
 use crate::table::{
     Cluster, ClusterSettings, Destination, Endpoint, EndpointAddr, HeaderMutation, LbPolicy,
     PrefixRewrite, Route, RouteAction, RoutingTable, VirtualHost, WeightedClusters,
@@ -217,7 +217,7 @@ fn route(
         return None;
     }
     Some(Route {
-        name: r.name.clone(),
+        name: r.name.as_str().into(),
         matcher: RouteMatch {
             path: path_match,
             headers,

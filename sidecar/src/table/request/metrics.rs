@@ -28,6 +28,6 @@ impl MetricsTarget for ProxyRequest {
 
     #[inline]
     fn route_name(&self) -> Option<&str> {
-        self.ctx.route.as_ref().map(|r| r.route().name.as_str())
+        self.ctx.route.as_ref().map(|r| &*r.route().name)
     }
 }

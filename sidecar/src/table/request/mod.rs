@@ -10,7 +10,8 @@
 //!
 //! Features below the table never name [`ProxyRequest`]: their layers are
 //! generic over a trait of their own (built on [`crate::model::Exchange`]),
-//! which this module implements. The parts every layer shares (direction,
+//! which this module implements, one file per feature (`authn.rs`,
+//! `authz.rs`, `ratelimit.rs`, `tcp.rs`, `trace.rs`). The parts every layer shares (direction,
 //! peer identity, the response and future types) live in `crate::model`,
 //! at the bottom, and are re-exported here.
 //!
@@ -20,16 +21,21 @@
 //! a feature below (`crate::retry`, generic over the endpoint type), named
 //! here with the table's endpoint.
 
+mod authn;
+mod authz;
 mod breaker;
 mod in_flight;
 mod metrics;
+mod ratelimit;
 mod retry;
+mod tcp;
+mod trace;
 
 pub use in_flight::{ClusterGuard, InFlightGuard};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
@@ -37,7 +43,7 @@ use tower::Service;
 
 use crate::body::RequestBody;
 use crate::shutdown::DrainToken;
-use crate::table::{Cluster, Endpoint, Route, RoutingTable, VirtualHost};
+use crate::table::{Cluster, Endpoint, InboundPolicy, Route, RoutingTable, VirtualHost};
 
 pub use crate::model::{BoxFuture, Direction, Exchange, PeerIdentity, ProxyResponse, REQUEST_ID};
 
@@ -102,6 +108,22 @@ impl RequestCtx {
             peer_identity: None,
             attempt: None,
             access_log: None,
+        }
+    }
+}
+
+/// The policy of a request without a snapshot (a layer tested alone):
+/// none, as before the first policy arrives.
+static NO_POLICY: LazyLock<InboundPolicy> = LazyLock::new(InboundPolicy::default);
+
+impl RequestCtx {
+    /// The inbound policy this request is judged by: the one of the table
+    /// `proxy::inbound_snapshot` loaded for it.
+    #[inline]
+    pub fn inbound_policy(&self) -> &InboundPolicy {
+        match &self.table {
+            Some(table) => &table.inbound,
+            None => &NO_POLICY,
         }
     }
 }

@@ -1,6 +1,8 @@
-//! Compiled request matchers. Regexes are compiled once, when a route table
-//! is accepted, and anchored so that they must match the whole value (as
-//! Envoy's `safe_regex` does): `/users/[0-9]+` does not match `/users/1/x`.
+//! Compiled request matchers, for the routing table's routes and the
+//! intentions' permissions (`authz`), so they sit below both. Regexes are
+//! compiled once, when a route table or policy is accepted, and anchored
+//! so that they must match the whole value (as Envoy's `safe_regex` does):
+//! `/users/[0-9]+` does not match `/users/1/x`.
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;

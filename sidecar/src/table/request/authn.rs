@@ -1,0 +1,19 @@
+//! What the JWT authentication layer reads of a request: the JWT policy of
+//! its inbound snapshot.
+
+use std::sync::Arc;
+
+use http::Request;
+
+use super::ProxyRequest;
+use crate::authn::{Authenticator, AuthnTarget};
+use crate::body::RequestBody;
+
+impl AuthnTarget for ProxyRequest {
+    #[inline]
+    fn authenticator_and_http(
+        &mut self,
+    ) -> (Option<&Arc<Authenticator>>, &mut Request<RequestBody>) {
+        (self.ctx.inbound_policy().authn.as_ref(), &mut self.http)
+    }
+}
