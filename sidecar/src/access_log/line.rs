@@ -46,12 +46,8 @@ pub fn write(entry: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
         "destination",
         entry.destination.as_deref().map(str::as_bytes),
     );
-    let route = entry.route.as_ref().map(|r| r.route().name.as_bytes());
-    field(out, "route", route);
-    let endpoint = entry
-        .endpoint
-        .as_ref()
-        .map(|e| e.authority.as_str().as_bytes());
+    field(out, "route", entry.route.as_deref().map(str::as_bytes));
+    let endpoint = entry.endpoint.as_ref().map(|e| e.as_str().as_bytes());
     field(out, "endpoint", endpoint);
     field(out, "method", Some(entry.method.as_str().as_bytes()));
     field(out, "path", Some(entry.uri.path().as_bytes()));

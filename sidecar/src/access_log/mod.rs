@@ -21,17 +21,14 @@ mod writer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwapOption;
+use http::uri::Authority;
 use http::{HeaderValue, Method, Uri};
 
-use crate::model::{Answer, Direction};
+use crate::model::{Answer, Direction, Exchange};
 use crate::request_body::{BodySizeSink, Side};
-use crate::table::Endpoint;
-use crate::table::cluster::ClusterShared;
-use crate::table::request::{ProxyRequest, RouteRef};
 
 /// Where lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,8 +97,10 @@ pub struct Entry {
     pub source_identity: Option<Arc<weft_certs::SpiffeId>>,
     pub client: SocketAddr,
     pub destination: Option<Arc<str>>,
-    pub route: Option<RouteRef>,
-    pub endpoint: Option<Arc<Endpoint>>,
+    /// The route's name.
+    pub route: Option<Arc<str>>,
+    /// The endpoint's address, as sent upstream.
+    pub endpoint: Option<Authority>,
     pub status: u16,
     pub cause: Option<&'static str>,
     pub attempts: Option<u32>,
@@ -118,43 +117,46 @@ pub struct Record {
     entry: Option<Entry>,
     started: Instant,
     outcome: OnceLock<Answer>,
-    /// Set by `forward` for each try: the last one's is logged.
-    pub endpoint: ArcSwapOption<Endpoint>,
-    /// The destination's stats, for the body meters that hold this record
-    /// instead of them (`None` before a destination is known).
-    stats: Option<Arc<ClusterShared>>,
+    /// Set by `forward` for each try: the last one's is logged. A lock
+    /// no one else takes: only this request's tries set it, one after
+    /// another.
+    endpoint: Mutex<Option<Authority>>,
+    /// The destination's size histograms, for the body meters that hold
+    /// this record instead of them (`None` before a destination is known).
+    sizes: Option<Arc<dyn BodySizeSink>>,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
 }
 
 impl Record {
-    /// The request's facts, as it enters the metrics layer: outbound, the
-    /// destination's name (inbound: this service); the stats it counts in.
-    /// Both `None` for a request refused before it had a destination.
+    /// The request's facts, as it enters the metrics layer: its route's
+    /// name; outbound, the destination's name (inbound: this service); the
+    /// size histograms it counts in. `None` for a request refused before it
+    /// had a route or a destination.
     pub fn new(
         log: &AccessLog,
-        req: &ProxyRequest,
+        req: &impl Exchange,
+        route: Option<Arc<str>>,
         destination: Option<Arc<str>>,
-        stats: Option<Arc<ClusterShared>>,
+        sizes: Option<Arc<dyn BodySizeSink>>,
     ) -> Self {
-        let ctx = &req.ctx;
-        let destination = match ctx.direction {
+        let destination = match req.direction() {
             Direction::Inbound => Some(log.service.clone()),
             Direction::Outbound => destination,
         };
+        let http = req.http();
         Self {
             entry: Some(Entry {
                 time: SystemTime::now(),
-                direction: ctx.direction,
-                method: req.http.method().clone(),
-                uri: req.http.uri().clone(),
-                request_id: req.http.headers().get(crate::model::REQUEST_ID).cloned(),
-                trace_id: crate::traceparent::TraceContext::of(req.http.headers())
-                    .map(|t| t.trace_id),
-                source_identity: ctx.peer_identity.as_ref().map(|p| p.id.clone()),
-                client: ctx.client_addr,
+                direction: req.direction(),
+                method: http.method().clone(),
+                uri: http.uri().clone(),
+                request_id: http.headers().get(crate::model::REQUEST_ID).cloned(),
+                trace_id: crate::traceparent::TraceContext::of(http.headers()).map(|t| t.trace_id),
+                source_identity: req.peer_identity().map(|p| p.id.clone()),
+                client: req.client_addr(),
                 destination,
-                route: ctx.route.clone(),
+                route,
                 endpoint: None,
                 status: 0,
                 cause: None,
@@ -166,8 +168,8 @@ impl Record {
             }),
             started: Instant::now(),
             outcome: OnceLock::new(),
-            endpoint: ArcSwapOption::empty(),
-            stats,
+            endpoint: Mutex::new(None),
+            sizes,
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
         }
@@ -178,8 +180,10 @@ impl Record {
         let _ = self.outcome.set(outcome);
     }
 
-    pub fn stats(&self) -> Option<&Arc<ClusterShared>> {
-        self.stats.as_ref()
+    /// Where this try went (`forward`, for each try).
+    pub fn sent_to(&self, endpoint: &Authority) {
+        let mut slot = self.endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(endpoint.clone());
     }
 
     pub fn add_bytes(&self, side: Side, bytes: u64) {
@@ -196,8 +200,8 @@ impl Record {
 impl BodySizeSink for Record {
     fn record(&self, side: Side, bytes: u64) {
         self.add_bytes(side, bytes);
-        if let Some(stats) = &self.stats {
-            stats.record(side, bytes);
+        if let Some(sizes) = &self.sizes {
+            sizes.record(side, bytes);
         }
     }
 }
@@ -221,7 +225,11 @@ impl Drop for Record {
         entry.attempts = outcome.attempts;
         entry.response_head = outcome.response_head;
         entry.duration = self.started.elapsed();
-        entry.endpoint = self.endpoint.swap(None);
+        entry.endpoint = self
+            .endpoint
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         entry.bytes_received = *self.bytes_received.get_mut();
         entry.bytes_sent = *self.bytes_sent.get_mut();
         match log.queue.try_send(entry) {

@@ -14,9 +14,9 @@
 //!
 //! The layer is generic over the request: it reads what it needs through
 //! [`MetricsTarget`] (implemented by the table's request,
-//! `table/request/metrics.rs`), which also makes the stats' [`Sink`], so
-//! that choosing the destination's stats and starting the access-log
-//! record happen where the destination is known.
+//! `table/request/metrics.rs`), which also makes the request's
+//! [`MetricsSink`], so that choosing the destination's stats and starting
+//! the access-log record happen where the destination is known.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,19 +28,22 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::requests::{CAUSES, cause_index, cause_of, method_index};
-use super::sizes::{Side, Sink, SizeMeter};
+use super::sink::MetricsSink;
 use crate::body::{ProxyBodyKind, RequestBody};
 use crate::error::{ATTEMPTS_HEADER, ProxyError, peer_refusal_code};
 use crate::model::{Answer, Exchange, ProxyResponse};
+use crate::request_body::Side;
 use crate::traceparent::TraceContext;
 
 /// What the metrics layer needs of a request.
 pub trait MetricsTarget: Exchange {
+    type Sink: MetricsSink;
+
     /// Where the request counts: `fixed` (inbound: the local app's stats),
     /// else the stats of the destination `split` chose; with the access
     /// log on, through the request's new record, which the request keeps
     /// for the layers below. `None`: no destination, nothing to count in.
-    fn metrics_sink(&mut self, fixed: Option<&Sink>) -> Option<Sink>;
+    fn metrics_sink(&mut self, fixed: Option<&Self::Sink>) -> Option<Self::Sink>;
 
     /// The name of the request's route, once routed.
     fn route_name(&self) -> Option<&str>;
@@ -48,19 +51,21 @@ pub trait MetricsTarget: Exchange {
 
 /// Whose stats a request counts in.
 #[derive(Clone)]
-enum StatsOf {
+enum StatsOf<K> {
     /// The cluster in the request's context (outbound, after `split`).
     Destination,
     /// Always these (inbound: the local app's).
-    Fixed(Sink),
+    Fixed(K),
 }
 
+/// Counts requests into sinks of type `K` (the request's
+/// [`MetricsTarget::Sink`]).
 #[derive(Clone)]
-pub struct RequestMetricsLayer {
-    of: StatsOf,
+pub struct RequestMetricsLayer<K> {
+    of: StatsOf<K>,
 }
 
-impl RequestMetricsLayer {
+impl<K> RequestMetricsLayer<K> {
     /// Outbound: counts in the destination cluster's stats.
     pub fn outbound() -> Self {
         Self {
@@ -68,16 +73,16 @@ impl RequestMetricsLayer {
         }
     }
 
-    /// Inbound: counts in `app`'s stats (a [`Sink::Stats`]), whatever the
-    /// request becomes (denials included).
-    pub fn inbound(app: Sink) -> Self {
+    /// Inbound: counts in `app`'s stats, whatever the request becomes
+    /// (denials included).
+    pub fn inbound(app: K) -> Self {
         Self {
             of: StatsOf::Fixed(app),
         }
     }
 }
 
-impl StatsOf {
+impl<K> StatsOf<K> {
     /// Whether the answers from below come from across the network (a
     /// peer sidecar, or a plain endpoint), rather than from the local app.
     fn answers_from_peers(&self) -> bool {
@@ -85,8 +90,8 @@ impl StatsOf {
     }
 }
 
-impl<S> Layer<S> for RequestMetricsLayer {
-    type Service = RequestMetrics<S>;
+impl<S, K: Clone> Layer<S> for RequestMetricsLayer<K> {
+    type Service = RequestMetrics<S, K>;
     fn layer(&self, inner: S) -> Self::Service {
         RequestMetrics {
             of: self.of.clone(),
@@ -96,16 +101,16 @@ impl<S> Layer<S> for RequestMetricsLayer {
 }
 
 #[derive(Clone)]
-pub struct RequestMetrics<S> {
-    of: StatsOf,
+pub struct RequestMetrics<S, K> {
+    of: StatsOf<K>,
     inner: S,
 }
 
 /// What the answer is counted against: the destination's stats (through
 /// the access-log record when there is one) and, for a routed request,
 /// its route's slot there. Small: every request's future holds one.
-struct Observed {
-    sink: Sink,
+struct Observed<K> {
+    sink: K,
     /// The trace id of a sampled request (0: none), as two words: an
     /// exemplar should lead to a recorded trace.
     trace: [u64; 2],
@@ -118,14 +123,15 @@ struct Observed {
 /// `route_slot` of a request counted by no route.
 const NO_ROUTE_SLOT: u8 = u8::MAX;
 
-impl<S, R> Service<R> for RequestMetrics<S>
+impl<S, R, K> Service<R> for RequestMetrics<S, K>
 where
-    R: MetricsTarget,
+    R: MetricsTarget<Sink = K>,
+    K: MetricsSink,
     S: Service<R, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
-    type Future = Counted<S::Future>;
+    type Future = Counted<S::Future, K>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -138,9 +144,9 @@ where
         };
         let observed = req.metrics_sink(fixed).map(|sink| {
             let route_slot = sink
-                .stats()
+                .requests()
                 .zip(req.route_name())
-                .and_then(|(stats, name)| stats.requests.routes.slot(name))
+                .and_then(|(requests, name)| requests.routes.slot(name))
                 .and_then(|slot| u8::try_from(slot).ok())
                 .unwrap_or(NO_ROUTE_SLOT);
             let trace = TraceContext::of(req.http().headers())
@@ -165,17 +171,17 @@ where
 }
 
 /// A body still to come gets a meter; an empty one counts at once.
-fn meter_request(req: &mut impl Exchange, sink: &Sink) {
+fn meter_request(req: &mut impl Exchange, sink: &impl MetricsSink) {
     match req.http_mut().body_mut() {
         RequestBody::Streaming(body) if !body.is_end_stream() => {
-            body.set_meter(SizeMeter::new(Side::Request, sink.clone()));
+            body.set_meter(sink.meter(Side::Request));
         }
         _ => sink.record(Side::Request, 0),
     }
 }
 
 /// The response body's meter; a body known in full counts at once.
-fn meter_response(response: &mut ProxyResponse, sink: &Sink) {
+fn meter_response(response: &mut ProxyResponse, sink: &impl MetricsSink) {
     let body = response.body_mut();
     let whole = match &body.kind {
         _ if body.is_end_stream() => Some(0),
@@ -184,7 +190,7 @@ fn meter_response(response: &mut ProxyResponse, sink: &Sink) {
     };
     match whole {
         Some(bytes) => sink.record(Side::Response, bytes),
-        None => body.set_meter(SizeMeter::new(Side::Response, sink.clone())),
+        None => body.set_meter(sink.meter(Side::Response)),
     }
 }
 
@@ -195,17 +201,18 @@ fn second(now: Instant) -> u64 {
 }
 
 pin_project_lite::pin_project! {
-    pub struct Counted<F> {
+    pub struct Counted<F, K> {
         #[pin]
         inner: F,
-        observed: Option<Observed>,
+        observed: Option<Observed<K>>,
         start: Instant,
     }
 }
 
-impl<F> Future for Counted<F>
+impl<F, K> Future for Counted<F, K>
 where
     F: Future<Output = Result<ProxyResponse, ProxyError>>,
+    K: MetricsSink,
 {
     type Output = F::Output;
 
@@ -235,10 +242,9 @@ where
                     (error.kind.status(), Some(cause_of(error.kind)))
                 }
             };
-            let Some(stats) = observed.sink.stats() else {
+            let Some(requests) = observed.sink.requests() else {
                 return Poll::Ready(result);
             };
-            let requests = &stats.requests;
             let [hi, lo] = observed.trace;
             let trace = (u128::from(hi) << 64 | u128::from(lo), hi | lo != 0);
             let (trace, second) = match trace {
@@ -254,14 +260,12 @@ where
             if let Some(cause) = cause {
                 requests.record_refusal(cause, status);
             }
-            if let Sink::Logged(log) = &observed.sink {
-                log.answered(Answer {
-                    status: status.as_u16(),
-                    cause: cause.map(|c| CAUSES[c]),
-                    attempts: attempts(&result),
-                    response_head: elapsed,
-                });
-            }
+            observed.sink.answered(|| Answer {
+                status: status.as_u16(),
+                cause: cause.map(|c| CAUSES[c]),
+                attempts: attempts(&result),
+                response_head: elapsed,
+            });
         }
         Poll::Ready(result)
     }
@@ -293,6 +297,7 @@ mod tests {
     use crate::error::{AuthnErrorKind, ERROR_HEADER, ErrorKind};
     use crate::model::Direction;
     use crate::table::Cluster;
+    use crate::table::request::metrics::ClusterSink as Sink;
     use crate::table::request::{ProxyRequest, RequestCtx};
 
     /// A response from below (the app's, or an upstream's) saying

@@ -19,7 +19,7 @@ pub mod layer;
 pub mod malformed;
 pub mod process;
 pub mod requests;
-pub mod sizes;
+pub mod sink;
 pub mod unrouted;
 
 use prometheus_client::registry::Registry;

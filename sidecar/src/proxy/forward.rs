@@ -293,7 +293,7 @@ impl Service<ProxyRequest> for Forward {
                 ));
             };
             if let Some(record) = &ctx.access_log {
-                record.endpoint.store(Some(endpoint.clone()));
+                record.sent_to(&endpoint.authority);
             }
             if cluster.settings.protocol == Protocol::Tcp {
                 return Err(ProxyError::new(

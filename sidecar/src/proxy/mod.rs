@@ -114,7 +114,7 @@ pub fn inbound(
         .layer(crate::trace::TraceLayer::inbound(tracer))
         // Every request to the app counts, the refused ones included.
         .layer(crate::metrics::RequestMetricsLayer::inbound(
-            crate::metrics::sizes::Sink::Stats(app.http1.shared.clone()),
+            crate::table::request::metrics::ClusterSink::Stats(app.http1.shared.clone()),
         ))
         .layer(crate::tcp::inbound::TunnelLayer::new(tunnels))
         // A peer's WebSocket arrives as an extended CONNECT: rebuilt into

@@ -129,7 +129,7 @@ pub(crate) fn refused(req: &ProxyRequest, error: &ProxyError) {
     UNROUTED.count(method_index(req.http.method()), status);
     UNROUTED.record_refusal(cause_of(error.kind), status);
     if let Some(log) = access_log::installed() {
-        let record = Arc::new(Record::new(log, req, None, None));
+        let record = Arc::new(Record::new(log, req, None, None, None));
         record.add_bytes(Side::Response, error.reason.len() as u64 + 1);
         record.answered(Answer {
             status: status.as_u16(),

@@ -8,22 +8,81 @@ use std::sync::Arc;
 use super::ProxyRequest;
 use crate::access_log::{self, Record};
 use crate::metrics::layer::MetricsTarget;
-use crate::metrics::sizes::Sink;
+use crate::metrics::requests::RequestStats;
+use crate::metrics::sink::MetricsSink;
+use crate::model::Answer;
+use crate::request_body::{BodySizeSink, Side, SizeMeter};
+use crate::table::cluster::ClusterShared;
+
+/// Where a request counts: its destination's stats, and with the access
+/// log on, its record too (which adds the bytes to the line and passes
+/// them on to the same stats).
+#[derive(Clone)]
+pub enum ClusterSink {
+    Stats(Arc<ClusterShared>),
+    Logged(Arc<Record>, Arc<ClusterShared>),
+}
+
+impl ClusterSink {
+    fn shared(&self) -> &Arc<ClusterShared> {
+        match self {
+            Self::Stats(stats) | Self::Logged(_, stats) => stats,
+        }
+    }
+}
+
+impl MetricsSink for ClusterSink {
+    #[inline]
+    fn requests(&self) -> Option<&RequestStats> {
+        Some(&self.shared().requests)
+    }
+
+    #[inline]
+    fn meter(&self, side: Side) -> SizeMeter {
+        // The meter holds the sink's own `Arc`, unsized in place: no
+        // allocation.
+        match self {
+            Self::Stats(stats) => SizeMeter::new(side, stats.clone() as Arc<dyn BodySizeSink>),
+            Self::Logged(record, _) => {
+                SizeMeter::new(side, record.clone() as Arc<dyn BodySizeSink>)
+            }
+        }
+    }
+
+    #[inline]
+    fn record(&self, side: Side, bytes: u64) {
+        match self {
+            Self::Stats(stats) => stats.record(side, bytes),
+            Self::Logged(record, _) => record.record(side, bytes),
+        }
+    }
+
+    #[inline]
+    fn answered(&self, answer: impl FnOnce() -> Answer) {
+        if let Self::Logged(record, _) = self {
+            record.answered(answer());
+        }
+    }
+}
 
 impl MetricsTarget for ProxyRequest {
+    type Sink = ClusterSink;
+
     #[inline]
-    fn metrics_sink(&mut self, fixed: Option<&Sink>) -> Option<Sink> {
+    fn metrics_sink(&mut self, fixed: Option<&ClusterSink>) -> Option<ClusterSink> {
         let stats = match fixed {
-            Some(app) => app.stats()?.clone(),
+            Some(app) => app.shared().clone(),
             None => self.ctx.cluster.as_ref()?.shared.clone(),
         };
         let Some(log) = access_log::installed() else {
-            return Some(Sink::Stats(stats));
+            return Some(ClusterSink::Stats(stats));
         };
         let name = self.ctx.cluster.as_ref().map(|c| c.name.clone());
-        let record = Arc::new(Record::new(log, self, name, Some(stats)));
+        let route = self.ctx.route.as_ref().map(|r| r.route().name.clone());
+        let sizes: Arc<dyn BodySizeSink> = stats.clone();
+        let record = Arc::new(Record::new(log, self, route, name, Some(sizes)));
         self.ctx.access_log = Some(record.clone());
-        Some(Sink::Logged(record))
+        Some(ClusterSink::Logged(record, stats))
     }
 
     #[inline]

@@ -25,7 +25,7 @@ mod authn;
 mod authz;
 mod breaker;
 mod in_flight;
-mod metrics;
+pub mod metrics;
 mod ratelimit;
 mod retry;
 mod tcp;
