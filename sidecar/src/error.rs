@@ -282,7 +282,7 @@ pub struct ProxyError {
     pub attempts: Option<u32>,
     /// Edits of the response's headers made last, after every other
     /// header: a route's response header mutations on a refusal that
-    /// answers for the route (`proxy::rewrite`, rate limits).
+    /// answers for the route (`outbound::rewrite`, rate limits).
     pub header_edits: Option<HeaderEdits>,
 }
 

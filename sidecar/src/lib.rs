@@ -1,35 +1,46 @@
 //! weft-sidecar: the Weft data plane beside every service.
 //!
-//! * `error` — the data path's error type and its kinds, below every feature.
-//! * `shutdown` — the shutdown signal, accepting until it, draining.
-//! * `config` — start-up settings (flags, env, YAML).
-//! * `server` — the HTTP server both listeners share.
-//! * `proxy` — the two stacks' assembly and their core layers, one per file.
-//! * `table` — the compiled, immutable routing table, and the request
-//!   model every layer passes on (`table::request`: `ProxyRequest`,
-//!   `RequestCtx`, `Direction`), which points into it.
-//! * `xds` — the ADS client that builds the table from the agent's resources.
-//! * `xds_status` — the config stream's status, which admin and metrics read.
-//! * `backoff` — exponential backoff with jitter, for every reconnect loop.
-//! * `nack` — the collector of a resource's config errors (a NACK's text).
-//! * `matcher` — compiled path, header and method matchers, shared by the
-//!   routes and the intentions.
-//! * `upstream` — pooled connections to endpoints, DNS.
-//! * `admin` — /ready, /live, /config_dump, /clusters.
-//! * `app_health` — whether the local app accepts connections (`/ready`).
-//! * `call_report` — outbound call counts sent to the agent's service map.
-//! * `authn` — JWT authentication of inbound requests (a tower layer).
-//! * `authz` — intentions: which services may call this one (a tower layer).
-//! * `mtls_mode` — STRICT or PERMISSIVE inbound, from the policy.
-//! * `ratelimit` — local token buckets and global Redis windows, outbound
-//!   (a destination's limits) and inbound (the service's own).
-//! * `tcp` — opaque TCP: `--tcp-upstream` listeners, CONNECT tunnels over
-//!   mTLS, the inbound side that accepts them.
-//! * `tls_failures` — failed mTLS handshakes, counted by the server and the
-//!   upstream connector, encoded by metrics.
-//! * `trace` — trace context propagation (W3C, B3), spans, OTLP export.
-//! * `traceparent` — the W3C header's parser, below every layer that reads a
-//!   trace id.
+//! From the bottom up (`sidecar/tests/module_graph.rs` keeps it so: no
+//! import cycle, and no feature imports another or anything above it):
+//!
+//! * Shared plumbing, importing nothing above it:
+//!   * `error` — the data path's error type and its kinds.
+//!   * `model` — what every layer shares of a request: direction, peer
+//!     identity, the response and future types, the `Exchange` trait.
+//!   * `request_body`, `body` — the request body with its byte meter; the
+//!     response body (and a gRPC answer's, which reports how it ended).
+//!   * `upstream` — pooled connections to endpoints, the HTTP/1 client,
+//!     mesh TLS, DNS.
+//!   * `matcher` — compiled path, header and method matchers, shared by
+//!     the routes and the intentions.
+//!   * `shutdown`, `backoff`, `nack`, `traceparent`, `xds_status`,
+//!     `tls_failures`, `mtls_mode` — drain and accept, reconnect backoff,
+//!     a NACK's text, the W3C trace header, the config stream's status,
+//!     failed handshakes, STRICT or PERMISSIVE.
+//! * Features, one folder each (config, compile step, layer, metrics hooks,
+//!   tests), none importing another:
+//!   * `authn` — JWT authentication of inbound requests.
+//!   * `authz` — intentions: which services may call this one.
+//!   * `ratelimit` — local token buckets and global Redis windows.
+//!   * `retry` — retry policies, budgets and the retry layer.
+//!   * `breaker` — circuit breaker, concurrency thresholds, outlier
+//!     ejection.
+//!   * `trace` — trace context propagation (W3C, B3), spans, OTLP export.
+//!   * `metrics`, `access_log` — request metrics and `/metrics`; the
+//!     JSON-lines access log.
+//!   * `tcp` — opaque TCP: `--tcp-upstream` listeners, CONNECT tunnels over
+//!     mTLS, the inbound side that accepts them.
+//! * Assembly:
+//!   * `table` — the compiled, immutable routing table holding the
+//!     features' compiled state, and the request that points into it
+//!     (`table::request`), which implements each feature's trait.
+//!   * `proxy` — the layers both stacks share; `outbound`, `inbound` — the
+//!     two stacks, top to bottom, with the layers only they have.
+//!   * `xds` — the ADS client that builds the table from the agent's
+//!     resources.
+//!   * `server` — the HTTP server both listeners share; `config` —
+//!     start-up settings; `identity` — the key, leaf and trust bundle;
+//!     `admin`, `app_health`, `call_report`.
 //!
 //! Embedders and tests call [`start`], which binds every listener and
 //! returns a [`Running`] sidecar with its addresses and a [`ShutdownHandle`].
@@ -47,11 +58,13 @@ pub mod call_report;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod inbound;
 pub mod matcher;
 pub mod metrics;
 pub mod model;
 pub mod mtls_mode;
 mod nack;
+pub mod outbound;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request_body;
@@ -162,8 +175,11 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpLis
 }
 
 /// The one-endpoint cluster of the local app, as one view per protocol
-/// (`proxy/static_target.rs` chooses per request).
-fn app_cluster(settings: &Settings, dns: &Dns) -> anyhow::Result<proxy::static_target::AppTarget> {
+/// (`inbound/static_target.rs` chooses per request).
+fn app_cluster(
+    settings: &Settings,
+    dns: &Dns,
+) -> anyhow::Result<inbound::static_target::AppTarget> {
     let cluster_settings = ClusterSettings {
         request_timeout: settings.proxy.app_request_timeout,
         max_requests: settings.proxy.app_max_requests,
@@ -207,7 +223,7 @@ fn app_cluster(settings: &Settings, dns: &Dns) -> anyhow::Result<proxy::static_t
             shared.clone(),
         ))
     };
-    Ok(proxy::static_target::AppTarget {
+    Ok(inbound::static_target::AppTarget {
         http1: view(Protocol::Http1),
         http2: view(Protocol::Http2),
     })
@@ -267,7 +283,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let app = app_cluster(&settings, &dns)?;
     listeners.push(tokio::spawn(server::serve(
         inbound,
-        proxy::inbound(app.clone(), table.clone(), tunnels, tracer.clone()),
+        inbound::stack(app.clone(), table.clone(), tunnels, tracer.clone()),
         Direction::Inbound,
         inbound_transport,
         server_settings.clone(),
@@ -334,7 +350,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             outbound_addr = Some(outbound.local_addr()?);
             listeners.push(tokio::spawn(server::serve(
                 outbound,
-                proxy::outbound(
+                outbound::stack(
                     table.clone(),
                     demand.clone(),
                     &settings.service,

@@ -120,7 +120,7 @@ impl<S: HttpStack> hyper::service::Service<Request<Incoming>> for ConnService<S>
         if may_upgrade(&req) {
             ctx.bridge = Some(self.bridge.clone());
         }
-        // Stacks are always ready (see proxy/mod.rs), so no poll_ready.
+        // Stacks are always ready (see crate::proxy), so no poll_ready.
         tower::Service::call(
             &mut self.stack.clone(),
             ProxyRequest {

@@ -41,8 +41,8 @@ use weft_sidecar::authn::{
 };
 use weft_sidecar::body::ProxyBody;
 use weft_sidecar::error::ProxyError;
+use weft_sidecar::inbound::snapshot::InboundSnapshotLayer;
 use weft_sidecar::proxy::error_response::ErrorResponseLayer;
-use weft_sidecar::proxy::inbound_snapshot::InboundSnapshotLayer;
 use weft_sidecar::table::request::{Direction, ProxyRequest, RequestCtx};
 use weft_sidecar::table::{InboundPolicy, RoutingTable};
 

@@ -7,7 +7,7 @@
 //! An admitted one continues with forged claim headers removed, claim
 //! headers set from the verified token, and `Arc<VerifiedClaims>` in its
 //! extensions. The policy is the one in the request's inbound snapshot
-//! (`proxy::inbound_snapshot`: the same version the intentions and rate
+//! (`inbound::snapshot`: the same version the intentions and rate
 //! limits below judge it by); with no JWT policy, requests pass and only
 //! `x-weft-jwt-*` headers are removed.
 //!

@@ -1,7 +1,7 @@
 //! The tower layer: a denied request fails here (403 `denied`, answered by
 //! `error_response`) and never reaches the app; an allowed one goes on
 //! untouched. The intentions are those of the request's inbound snapshot
-//! (`proxy::inbound_snapshot`), read without a load of their own: the
+//! (`inbound::snapshot`), read without a load of their own: the
 //! request hands them over through [`AuthzTarget`].
 
 use std::task::{Context, Poll};

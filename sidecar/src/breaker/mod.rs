@@ -3,7 +3,7 @@
 //!
 //! - [`thresholds`]: concurrency limits over which a request fails fast with
 //!   503 `overflow` and `x-weft-overflow: <which>` (the `requests` one is
-//!   `proxy::concurrency`; `retries` is a guard the retry layer takes);
+//!   `breaker::concurrency`; `retries` is a guard the retry layer takes);
 //! - [`circuit`]: the closed / open / half-open breaker of a cluster;
 //! - [`ejection`]: per-endpoint outlier ejection, read by the balancer;
 //! - [`outcome`]: what a finished request counts as;

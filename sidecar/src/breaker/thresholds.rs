@@ -1,6 +1,6 @@
 //! Concurrency thresholds and the `x-weft-overflow` header that says which
 //! one a refused request hit. `requests` is enforced by
-//! `proxy::concurrency`; `retries` by the retry layer, through
+//! `breaker::concurrency`; `retries` by the retry layer, through
 //! [`RetryCounter::try_retry`] (a cluster's, which the table holds);
 //! `pending` (and the connection cap it guards) by the connection pools,
 //! through `upstream::connection_limit`.

@@ -3,7 +3,7 @@
 //! to a cluster the table does not have yet. They never reach the metrics
 //! layer (it sits below `split`, where the destination's stats are), so
 //! `route` and `split` count them here as they refuse
-//! (`proxy::route::refused`): under the destination `""` with their cause.
+//! (`outbound::route::refused`): under the destination `""` with their cause.
 //! Nothing here runs for a routed request.
 
 use std::sync::LazyLock;

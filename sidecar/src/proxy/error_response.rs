@@ -108,7 +108,7 @@ where
     type Future = Map<S::Future, Respond>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Inner layers are always ready (see proxy/mod.rs).
+        // Inner layers are always ready (see crate::proxy).
         match self.inner.poll_ready(cx) {
             Poll::Ready(_) => Poll::Ready(Ok(())),
             Poll::Pending => Poll::Pending,

@@ -48,7 +48,7 @@ use crate::upstream::Upgraded;
 /// The HTTP version the app's request had before the sidecar-to-sidecar
 /// hop carried it as HTTP/2. Set by `forward` toward a Weft sidecar (ALPN
 /// `weft-mesh/h2`); the receiving sidecar chooses its app's protocol from
-/// its own configuration and removes it (see `proxy/static_target.rs`).
+/// its own configuration and removes it (see `inbound/static_target.rs`).
 /// Kept because an extended CONNECT carrying an Upgrade is told apart by it
 /// (here), and because sidecars older than that rule still read it. It is
 /// declared here, with the other `x-weft-orig-*` headers of the hop, so

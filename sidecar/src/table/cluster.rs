@@ -114,7 +114,7 @@ pub struct ClusterShared {
     /// Requests by method and status class, and their latency (`/metrics`).
     pub requests: crate::metrics::requests::RequestStats,
     /// The coarse second of the last request routed here (0: none yet),
-    /// written by `split` (`crate::proxy::on_demand::OnDemand::touch`): the
+    /// written by `split` (`crate::outbound::on_demand::OnDemand::touch`): the
     /// xDS client drops an on-demand cluster idle for too long.
     pub last_used: AtomicU32,
     /// The inbound cluster's: whether the app accepts connections (`/ready`).

@@ -24,7 +24,7 @@ pub struct InboundPolicy {
     pub rate_limits: Option<Arc<RateLimiter>>,
     /// Read by the inbound listener once per accepted connection.
     pub mtls: MtlsMode,
-    /// What to speak to the app (`proxy/static_target.rs`).
+    /// What to speak to the app (`inbound/static_target.rs`).
     pub app_protocol: Protocol,
 }
 

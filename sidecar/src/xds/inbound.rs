@@ -21,7 +21,7 @@ pub(crate) struct CompiledInbound {
     pub mtls: MtlsMode,
     /// `None`: the policy sets no rate limits.
     pub rate_limits: Option<RateLimiter>,
-    /// What to speak to the app (`proxy/static_target.rs`).
+    /// What to speak to the app (`inbound/static_target.rs`).
     pub app_protocol: Protocol,
 }
 

@@ -25,9 +25,9 @@ use crate::table::{ClusterSettings, InboundPolicy, RoutingTable};
 use crate::upstream::Dns;
 use compile::{CompiledRoutes, EndpointSpec};
 // On-demand discovery lives with the request path that waits on it
-// (`proxy::on_demand`), so the stacks do not import the xDS client; the
+// (`outbound::on_demand`), so the stacks do not import the xDS client; the
 // client drives it from here.
-pub use crate::proxy::on_demand::{self, OnDemand};
+pub use crate::outbound::on_demand::{self, OnDemand};
 // The stream's status is a bottom module: admin and metrics read it without
 // importing the client.
 pub use crate::xds_status::{Accepted, HeldCluster, Status, TypeState, XdsState};

@@ -1067,9 +1067,9 @@ fn a_request_never_sees_parts_of_two_inbound_policies() {
     use tower::{Layer as _, Service as _};
 
     use crate::body::{BufferedBody, RequestBody};
+    use crate::inbound::snapshot::InboundSnapshotLayer;
     use crate::model::Direction;
     use crate::mtls_mode::MtlsMode;
-    use crate::proxy::inbound_snapshot::InboundSnapshotLayer;
     use crate::table::cluster::Protocol;
     use crate::table::request::{ProxyRequest, RequestCtx};
 

@@ -60,7 +60,7 @@ pub struct RequestCtx {
     /// The client IP, formatted once per connection for `x-forwarded-for`.
     pub client_ip: HeaderValue,
     /// The table this request is served from, kept to the end: set by
-    /// `route` (outbound) or `inbound_snapshot` (inbound, for its
+    /// `route` (outbound) or `inbound::snapshot` (inbound, for its
     /// `InboundPolicy`).
     pub table: Option<Arc<RoutingTable>>,
     /// Set by `route`.
@@ -118,7 +118,7 @@ static NO_POLICY: LazyLock<InboundPolicy> = LazyLock::new(InboundPolicy::default
 
 impl RequestCtx {
     /// The inbound policy this request is judged by: the one of the table
-    /// `proxy::inbound_snapshot` loaded for it.
+    /// `inbound::snapshot` loaded for it.
     #[inline]
     pub fn inbound_policy(&self) -> &InboundPolicy {
         match &self.table {

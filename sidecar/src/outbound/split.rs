@@ -2,7 +2,7 @@
 //! request's deadline (the route's timeout, else the cluster's).
 //!
 //! A cluster the table does not hold yet is discovered on demand
-//! (`proxy::on_demand`): the request waits, bounded, until the xDS
+//! (`outbound::on_demand`): the request waits, bounded, until the xDS
 //! client has it, then goes on. A held cluster costs one map lookup and
 //! [`OnDemand::touch`] (no lock, no allocation).
 
