@@ -23,8 +23,9 @@
 //!   * `authz` — intentions: which services may call this one.
 //!   * `ratelimit` — local token buckets and global Redis windows.
 //!   * `retry` — retry policies, budgets and the retry layer.
-//!   * `breaker` — circuit breaker, concurrency thresholds, outlier
-//!     ejection.
+//!   * `breaker` — circuit breaker, concurrency thresholds.
+//!   * `ejection` — outlier ejection of failing endpoints, read by the
+//!     balancer (`proxy::balance`).
 //!   * `trace` — trace context propagation (W3C, B3), spans, OTLP export.
 //!   * `metrics`, `access_log` — request metrics and `/metrics`; the
 //!     JSON-lines access log.
@@ -56,6 +57,7 @@ pub mod body;
 pub mod breaker;
 pub mod call_report;
 pub mod config;
+pub mod ejection;
 pub mod error;
 pub mod identity;
 pub mod inbound;

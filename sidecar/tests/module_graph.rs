@@ -307,6 +307,7 @@ const FEATURES: &[&str] = &[
     "authn",
     "authz",
     "breaker",
+    "ejection",
     "metrics",
     "ratelimit",
     "retry",

@@ -1,12 +1,14 @@
-//! Cluster fields 12-14 (breaker.proto) into the breaker's settings
+//! Cluster fields 12-13 (breaker.proto) into the breaker's settings
 //! ([`Compiled`], which the xDS compile puts into the cluster's settings):
 //! 0 or unset means the documented default, as elsewhere in cluster.proto.
+//! Field 14, `outlier_detection`, is outlier ejection's
+//! (`crate::ejection::compile`).
 
 use std::time::Duration;
 
 use weft_proto::config::v1 as pb;
 
-use super::{BreakerSettings, FailureOn, OutlierSettings, Thresholds};
+use super::{BreakerSettings, FailureOn, Thresholds};
 use crate::nack::Errors;
 
 /// A cluster's breaker sections, compiled.
@@ -14,7 +16,6 @@ use crate::nack::Errors;
 pub(crate) struct Compiled {
     pub thresholds: Thresholds,
     pub breaker: Option<BreakerSettings>,
-    pub outlier: Option<OutlierSettings>,
 }
 
 pub(crate) fn compile(c: &pb::Cluster, errs: &mut Errors) -> Compiled {
@@ -27,15 +28,9 @@ pub(crate) fn compile(c: &pb::Cluster, errs: &mut Errors) -> Compiled {
         None => Thresholds::default(),
     };
     let breaker = c.breaker.as_ref().map(|b| breaker(b, errs));
-    let outlier = match &c.outlier_detection {
-        Some(o) => outlier(o, errs),
-        // No section: unreachable endpoints are still ejected at once.
-        None => Some(OutlierSettings::unreachable_default()),
-    };
     Compiled {
         thresholds,
         breaker,
-        outlier,
     }
 }
 
@@ -131,43 +126,6 @@ fn breaker(b: &pb::Breaker, errs: &mut Errors) -> BreakerSettings {
     }
 }
 
-/// A section's settings; `None` when it turns every count off (explicitly
-/// `consecutive_unreachable: 0`): no ejection at all.
-fn outlier(o: &pb::OutlierDetection, errs: &mut Errors) -> Option<OutlierSettings> {
-    let d = OutlierSettings::default();
-    if o.max_ejection_percent > 100 {
-        errs.at(
-            "outlier_detection.max_ejection_percent",
-            format!("{} is over 100", o.max_ejection_percent),
-        );
-    }
-    let consecutive_unreachable = o
-        .consecutive_unreachable
-        .unwrap_or(d.consecutive_unreachable);
-    if o.consecutive_5xx == 0 && o.consecutive_gateway_errors == 0 && consecutive_unreachable == 0 {
-        return None;
-    }
-    Some(OutlierSettings {
-        consecutive_5xx: o.consecutive_5xx,
-        consecutive_gateway_errors: o.consecutive_gateway_errors,
-        consecutive_unreachable,
-        base_ejection_time: duration_or(
-            o.base_ejection_time.as_ref(),
-            d.base_ejection_time,
-            "outlier_detection.base_ejection_time",
-            errs,
-        ),
-        max_ejection_time: duration_or(
-            o.max_ejection_time.as_ref(),
-            d.max_ejection_time,
-            "outlier_detection.max_ejection_time",
-            errs,
-        ),
-        max_ejection_percent: o.max_ejection_percent.min(100),
-        backoff: super::settings::EjectionBackoff::Linear,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,20 +144,10 @@ mod tests {
     fn absent_means_off_and_zeros_mean_defaults() {
         let s = compiled(pb::Cluster::default()).unwrap();
         assert!(s.breaker.is_none());
-        assert_eq!(
-            s.outlier,
-            Some(OutlierSettings::unreachable_default()),
-            "no section: unreachable endpoints are ejected at once"
-        );
         assert_eq!(s.thresholds.max_retries, None);
         let s = compiled(pb::Cluster {
             breaker: Some(pb::Breaker {
                 consecutive_failures: 3,
-                ..Default::default()
-            }),
-            outlier_detection: Some(pb::OutlierDetection {
-                consecutive_5xx: 2,
-                max_ejection_percent: 50,
                 ..Default::default()
             }),
             circuit_breakers: Some(pb::CircuitBreakerThresholds {
@@ -214,9 +162,6 @@ mod tests {
         assert_eq!(b.consecutive_failures, 3);
         assert_eq!(b.open_interval, BreakerSettings::default().open_interval);
         assert_eq!(b.failure_on, FailureOn::default());
-        let o = s.outlier.unwrap();
-        assert_eq!(o.base_ejection_time, Duration::from_secs(30));
-        assert_eq!(o.consecutive_unreachable, 1, "unset: at once");
         assert_eq!(s.thresholds.max_retries, Some(4));
         assert_eq!(s.thresholds.max_connections, None, "0 is no cap");
         assert_eq!(
@@ -224,31 +169,6 @@ mod tests {
             Some(0),
             "0 is none may wait"
         );
-    }
-
-    #[test]
-    fn an_outlier_section_with_every_count_zero_turns_ejection_off() {
-        let off = pb::OutlierDetection {
-            consecutive_5xx: 0,
-            consecutive_unreachable: Some(0),
-            ..Default::default()
-        };
-        let s = compiled(pb::Cluster {
-            outlier_detection: Some(off),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(s.outlier, None);
-        let unreachable_only = pb::OutlierDetection {
-            consecutive_unreachable: None,
-            ..off
-        };
-        let s = compiled(pb::Cluster {
-            outlier_detection: Some(unreachable_only),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(s.outlier.unwrap().consecutive_unreachable, 1);
     }
 
     #[test]
@@ -260,10 +180,6 @@ mod tests {
                 grpc_statuses: vec![17],
                 ..Default::default()
             }),
-            outlier_detection: Some(pb::OutlierDetection {
-                max_ejection_percent: 101,
-                ..Default::default()
-            }),
             ..Default::default()
         })
         .unwrap_err();
@@ -273,7 +189,6 @@ mod tests {
             "breaker.failure_on[0]:",
             "breaker.failure_on[1]:",
             "breaker.grpc_statuses[0]:",
-            "outlier_detection.max_ejection_percent:",
         ] {
             assert!(joined.contains(field), "{field} missing in {joined}");
         }

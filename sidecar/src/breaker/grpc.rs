@@ -51,35 +51,6 @@ pub fn read_head(response: &ProxyResponse) -> Head {
     })
 }
 
-/// The HTTP status a gRPC status stands for where only HTTP statuses are
-/// understood (outlier ejection's 5xx and gateway errors). The mapping of
-/// Google's API design guide, the one Envoy applies for outlier detection
-/// (`Grpc::Utility::grpcToHttpStatus`): only UNKNOWN, INTERNAL, DATA_LOSS
-/// (500), UNIMPLEMENTED (501), UNAVAILABLE (503), DEADLINE_EXCEEDED (504)
-/// and unknown codes (500) are server errors; the rest are the caller's.
-pub fn as_http_status(code: u32) -> u16 {
-    match code {
-        0 => 200,  // OK
-        1 => 499,  // CANCELLED: the client closed the request
-        2 => 500,  // UNKNOWN
-        3 => 400,  // INVALID_ARGUMENT
-        4 => 504,  // DEADLINE_EXCEEDED
-        5 => 404,  // NOT_FOUND
-        6 => 409,  // ALREADY_EXISTS
-        7 => 403,  // PERMISSION_DENIED
-        8 => 429,  // RESOURCE_EXHAUSTED
-        9 => 400,  // FAILED_PRECONDITION
-        10 => 409, // ABORTED
-        11 => 400, // OUT_OF_RANGE
-        12 => 501, // UNIMPLEMENTED
-        13 => 500, // INTERNAL
-        14 => 503, // UNAVAILABLE
-        15 => 500, // DATA_LOSS
-        16 => 401, // UNAUTHENTICATED
-        _ => 500,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,24 +124,5 @@ mod tests {
         )));
         assert!(!awaits_trailers(&answer(503, "application/grpc", None)));
         assert!(!awaits_trailers(&answer(200, "application/json", None)));
-    }
-
-    #[test]
-    fn server_side_grpc_statuses_are_5xx_and_unavailable_a_gateway_error() {
-        let grpc = |code| Outcome::Response {
-            status: 200,
-            grpc: Some(code),
-        };
-        for code in [2, 4, 12, 13, 14, 15, 99] {
-            assert!(grpc(code).is_5xx(), "{code}");
-        }
-        for code in [0, 1, 3, 5, 6, 7, 8, 9, 10, 11, 16] {
-            assert!(
-                !grpc(code).is_5xx() && !grpc(code).is_gateway_error(),
-                "{code}"
-            );
-        }
-        assert!(grpc(14).is_gateway_error() && grpc(4).is_gateway_error());
-        assert!(!grpc(13).is_gateway_error());
     }
 }

@@ -14,7 +14,7 @@ use super::{FailureOn, grpc};
 
 // The enum is declared with the gRPC answer's body, below the breaker,
 // because that body reports it; what an outcome counts as is the
-// breaker's, here.
+// breaker's, here (and outlier ejection's, `crate::ejection::outcome`).
 pub use crate::body::grpc::Outcome;
 
 impl Outcome {
@@ -47,35 +47,6 @@ impl Outcome {
     /// failures it was not told to count are neither).
     pub fn is_success(self) -> bool {
         matches!(self, Self::Response { .. })
-    }
-
-    /// The HTTP status outlier ejection judges: a gRPC status stands for
-    /// the HTTP status it maps to (as Envoy's outlier detection sees it).
-    fn outlier_status(status: u16, grpc: Option<u32>) -> u16 {
-        grpc.map_or(status, grpc::as_http_status)
-    }
-
-    /// 5xx or nothing at all from the endpoint (outlier `consecutive_5xx`);
-    /// gRPC UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
-    /// UNAVAILABLE and DATA_LOSS count as 5xx.
-    pub fn is_5xx(self) -> bool {
-        match self {
-            Self::Response { status, grpc } => Self::outlier_status(status, grpc) >= 500,
-            Self::ConnectFailure | Self::Reset => true,
-            Self::Timeout | Self::Neutral => false,
-        }
-    }
-
-    /// 502/503/504 or nothing at all (outlier `consecutive_gateway_errors`);
-    /// gRPC UNAVAILABLE (503) and DEADLINE_EXCEEDED (504) count too.
-    pub fn is_gateway_error(self) -> bool {
-        match self {
-            Self::Response { status, grpc } => {
-                matches!(Self::outlier_status(status, grpc), 502..=504)
-            }
-            Self::ConnectFailure | Self::Reset => true,
-            Self::Timeout | Self::Neutral => false,
-        }
     }
 }
 
@@ -188,13 +159,5 @@ mod tests {
         };
         assert!(unavailable.is_failure(&gateway_only));
         assert!(unavailable.is_success());
-    }
-
-    #[test]
-    fn outlier_kinds() {
-        assert!(status(500).is_5xx() && !status(500).is_gateway_error());
-        assert!(status(503).is_gateway_error());
-        assert!(Outcome::Reset.is_gateway_error() && Outcome::ConnectFailure.is_5xx());
-        assert!(!Outcome::Timeout.is_5xx());
     }
 }

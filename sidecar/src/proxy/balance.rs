@@ -8,6 +8,14 @@
 //! in-flight count still ends with the head). A retry
 //! (`retry.rs`) avoids the endpoints its request already tried while
 //! another one serves.
+//!
+//! What makes an outlier, and whether the cluster's share allows one more
+//! out, is `crate::ejection`'s; this layer holds the cluster and endpoint
+//! that decision needs. It stays here rather than becoming an ejection
+//! layer over a target trait: it is the pick itself (`Cluster::pick`
+//! skips ejected endpoints), and it is told how a request ended through
+//! the breaker's `Observer`, which a feature other than the breaker may
+//! not import.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,8 +27,8 @@ use tower::{Layer, Service};
 use tokio::time::Instant;
 
 use crate::breaker::Outcome;
-use crate::breaker::ejection::Verdict;
 use crate::breaker::outcome::{Observed, Observer};
+use crate::ejection::Verdict;
 use crate::error::{ErrorKind, ProxyError};
 use crate::model::ProxyResponse;
 use crate::table::request::InFlightGuard;
@@ -186,7 +194,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::breaker::OutlierSettings;
+    use crate::ejection::OutlierSettings;
     use crate::table::cluster::{Health, test_endpoint};
     use crate::table::{ClusterSettings, LbPolicy};
     use std::sync::atomic::Ordering;

@@ -783,7 +783,7 @@ mod tests {
         cluster_with(
             ports,
             ClusterSettings {
-                outlier: Some(crate::breaker::OutlierSettings::unreachable_default()),
+                outlier: Some(crate::ejection::OutlierSettings::unreachable_default()),
                 ..ClusterSettings::default()
             },
         )

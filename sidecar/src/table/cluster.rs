@@ -60,7 +60,7 @@ pub struct ClusterSettings {
     /// The closed/open/half-open breaker; `None` = none.
     pub breaker: Option<crate::breaker::BreakerSettings>,
     /// Per-endpoint outlier ejection; `None` = none.
-    pub outlier: Option<crate::breaker::OutlierSettings>,
+    pub outlier: Option<crate::ejection::OutlierSettings>,
     /// The destination's rate limits, with their buckets (kept across
     /// updates that leave a limit alone); `None`: no limits.
     pub rate_limits: Option<Arc<crate::ratelimit::RateLimiter>>,
@@ -103,9 +103,9 @@ pub struct ClusterShared {
     /// The breaker's state: open stays open across unrelated updates.
     pub breaker: crate::breaker::circuit::BreakerState,
     /// Serialises ejection decisions (the max_ejection_percent check).
-    pub ejection_lock: crate::breaker::ejection::EjectionLock,
+    pub ejection_lock: crate::ejection::EjectionLock,
     /// When an endpoint last answered unreachable (the built-in retry).
-    pub unreachable_seen: crate::breaker::ejection::UnreachableSeen,
+    pub unreachable_seen: crate::ejection::UnreachableSeen,
     /// Retry budget and counters.
     pub retry: RetryState,
     /// Connections open to the cluster, under `max_connections`; shared
@@ -138,7 +138,7 @@ pub struct EndpointStats {
     pub requests: AtomicU64,
     pub failures: AtomicU64,
     /// Outlier ejection state: kept while the address stays in the set.
-    pub outlier: crate::breaker::ejection::EjectionState,
+    pub outlier: crate::ejection::EjectionState,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

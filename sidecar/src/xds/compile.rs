@@ -357,7 +357,7 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
     let breaker = crate::breaker::compile::compile(c, &mut errs);
     s.thresholds = breaker.thresholds;
     s.breaker = breaker.breaker;
-    s.outlier = breaker.outlier;
+    s.outlier = crate::ejection::compile::compile(c, &mut errs);
     if let Some(limits) = &c.rate_limits {
         match crate::ratelimit::RateLimiter::compile(limits, &format!("out:{}", c.name)) {
             Ok(limiter) => s.rate_limits = Some(Arc::new(limiter)),
@@ -742,7 +742,7 @@ mod tests {
             ClusterSettings {
                 // A destination's endpoints that cannot be reached are
                 // ejected even without a document saying so.
-                outlier: Some(crate::breaker::OutlierSettings::unreachable_default()),
+                outlier: Some(crate::ejection::OutlierSettings::unreachable_default()),
                 ..ClusterSettings::default()
             }
         );

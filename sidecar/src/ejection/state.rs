@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::settings::EjectionBackoff;
-use super::{Outcome, OutlierSettings, millis, millis_since};
+use super::settings::{EjectionBackoff, OutlierSettings};
+use super::{millis, millis_since};
+use crate::body::grpc::Outcome;
 
 #[derive(Debug)]
 pub struct EjectionState {
