@@ -4,8 +4,6 @@
 //! Field 14, `outlier_detection`, is outlier ejection's
 //! (`crate::ejection::compile`).
 
-use std::time::Duration;
-
 use weft_proto::config::v1 as pb;
 
 use super::{BreakerSettings, FailureOn, Thresholds};
@@ -31,23 +29,6 @@ pub(crate) fn compile(c: &pb::Cluster, errs: &mut Errors) -> Compiled {
     Compiled {
         thresholds,
         breaker,
-    }
-}
-
-/// A set duration, or `default` when unset or zero.
-fn duration_or(
-    d: Option<&prost_types::Duration>,
-    default: Duration,
-    path: &str,
-    errs: &mut Errors,
-) -> Duration {
-    match d.map(weft_rules::duration::from_proto) {
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Err(e)) => {
-            errs.at(path, e);
-            default
-        }
-        _ => default,
     }
 }
 
@@ -107,19 +88,17 @@ fn breaker(b: &pb::Breaker, errs: &mut Errors) -> BreakerSettings {
     BreakerSettings {
         consecutive_failures,
         failure_ratio,
-        window: duration_or(b.window.as_ref(), d.window, "breaker.window", errs),
+        window: errs.duration_or(b.window.as_ref(), d.window, "breaker.window"),
         min_requests: nonzero_or(b.min_requests, d.min_requests),
-        open_interval: duration_or(
+        open_interval: errs.duration_or(
             b.open_interval.as_ref(),
             d.open_interval,
             "breaker.open_interval",
-            errs,
         ),
-        max_open_interval: duration_or(
+        max_open_interval: errs.duration_or(
             b.max_open_interval.as_ref(),
             d.max_open_interval,
             "breaker.max_open_interval",
-            errs,
         ),
         half_open_probes: nonzero_or(b.half_open_probes, d.half_open_probes),
         failure_on,

@@ -3,8 +3,6 @@
 //! settings: 0 or unset means the documented default, as elsewhere in
 //! cluster.proto.
 
-use std::time::Duration;
-
 use weft_proto::config::v1 as pb;
 
 use super::settings::{EjectionBackoff, OutlierSettings};
@@ -16,23 +14,6 @@ pub(crate) fn compile(c: &pb::Cluster, errs: &mut Errors) -> Option<OutlierSetti
         Some(o) => outlier(o, errs),
         // No section: unreachable endpoints are still ejected at once.
         None => Some(OutlierSettings::unreachable_default()),
-    }
-}
-
-/// A set duration, or `default` when unset or zero.
-fn duration_or(
-    d: Option<&prost_types::Duration>,
-    default: Duration,
-    path: &str,
-    errs: &mut Errors,
-) -> Duration {
-    match d.map(weft_rules::duration::from_proto) {
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Err(e)) => {
-            errs.at(path, e);
-            default
-        }
-        _ => default,
     }
 }
 
@@ -56,17 +37,15 @@ fn outlier(o: &pb::OutlierDetection, errs: &mut Errors) -> Option<OutlierSetting
         consecutive_5xx: o.consecutive_5xx,
         consecutive_gateway_errors: o.consecutive_gateway_errors,
         consecutive_unreachable,
-        base_ejection_time: duration_or(
+        base_ejection_time: errs.duration_or(
             o.base_ejection_time.as_ref(),
             d.base_ejection_time,
             "outlier_detection.base_ejection_time",
-            errs,
         ),
-        max_ejection_time: duration_or(
+        max_ejection_time: errs.duration_or(
             o.max_ejection_time.as_ref(),
             d.max_ejection_time,
             "outlier_detection.max_ejection_time",
-            errs,
         ),
         max_ejection_percent: o.max_ejection_percent.min(100),
         backoff: EjectionBackoff::Linear,
@@ -75,6 +54,8 @@ fn outlier(o: &pb::OutlierDetection, errs: &mut Errors) -> Option<OutlierSetting
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn compiled(c: pb::Cluster) -> Result<Option<OutlierSettings>, Vec<String>> {
