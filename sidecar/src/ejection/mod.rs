@@ -3,7 +3,7 @@
 //! leaves the balancer for a while.
 //!
 //! - [`settings`]: the compiled `outlier_detection` of a cluster, and the
-//!   built-in default that ejects unreachable endpoints; [`compile`] makes
+//!   built-in default that ejects unreachable endpoints; `compile` makes
 //!   them from the Cluster;
 //! - [`state`]: an endpoint's ejection state, the cluster's ejection lock,
 //!   [`UnreachableSeen`] (read by the retry layer) and the [`Verdict`] on
