@@ -13,6 +13,7 @@
 //!     mesh TLS, DNS.
 //!   * `matcher` — compiled path, header and method matchers, shared by
 //!     the routes and the intentions.
+//!   * `clock` — whole milliseconds in the breaker's and ejection's atomics.
 //!   * `shutdown`, `backoff`, `nack`, `traceparent`, `xds_status`,
 //!     `tls_failures`, `mtls_mode` — drain and accept, reconnect backoff,
 //!     a NACK's text, the W3C trace header, the config stream's status,
@@ -56,6 +57,7 @@ pub mod backoff;
 pub mod body;
 pub mod breaker;
 pub mod call_report;
+pub mod clock;
 pub mod config;
 pub mod ejection;
 pub mod error;

@@ -30,16 +30,4 @@ pub use layer::{Breaker, BreakerDestination, BreakerLayer, BreakerTarget, Watch}
 pub use outcome::Outcome;
 pub use settings::{BreakerSettings, FailureOn, Thresholds};
 
-use std::time::Duration;
-
-use tokio::time::Instant;
-
-/// Milliseconds since `epoch`, plus one: 0 means "never" in the atomics
-/// that store these, and differences stay exact.
-fn millis_since(epoch: Instant, now: Instant) -> u64 {
-    u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX - 1) + 1
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+use crate::clock::{millis, millis_since};

@@ -26,19 +26,4 @@ pub mod state;
 pub use settings::{EjectionBackoff, OutlierSettings};
 pub use state::{EjectionLock, EjectionState, UnreachableSeen, Verdict};
 
-use std::time::Duration;
-
-use tokio::time::Instant;
-
-// The same clock arithmetic as the breaker's (`crate::breaker`), kept
-// here so that neither feature imports the other.
-
-/// Milliseconds since `epoch`, plus one: 0 means "never" in the atomics
-/// that store these, and differences stay exact.
-fn millis_since(epoch: Instant, now: Instant) -> u64 {
-    u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX - 1) + 1
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+use crate::clock::{millis, millis_since};
