@@ -43,8 +43,8 @@
 //!   * `xds` — the ADS client that builds the table from the agent's
 //!     resources.
 //!   * `server` — the HTTP server both listeners share; `config` —
-//!     start-up settings; `identity` — the key, leaf and trust bundle (in the store `mtls` reads);
-//!     `admin`, `app_health`, `call_report`.
+//!     start-up settings; `identity` — the key, leaf and trust bundle, in
+//!     the store `mtls` reads; `admin`, `app_health`, `call_report`.
 //!
 //! Embedders and tests call [`start`], which binds every listener and
 //! returns a [`Running`] sidecar with its addresses and a [`ShutdownHandle`].
