@@ -31,3 +31,6 @@ pub mod server;
 pub use client::{Dial, MeshStream, MeshTls, Negotiated, PeerProtocol, TlsConnector};
 pub use mode::MtlsMode;
 pub use server::{Accepted, MtlsAcceptor};
+
+#[cfg(test)]
+mod tests;
