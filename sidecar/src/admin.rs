@@ -19,9 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_proto::type_url;
 
+use crate::mtls::Negotiated;
 use crate::shutdown::DrainToken;
 use crate::table::{Cluster, RoutingTable};
-use crate::upstream::Negotiated;
 use crate::xds::{XdsState, dump};
 
 #[derive(Clone)]

@@ -9,15 +9,19 @@
 //!     identity, the response and future types, the `Exchange` trait.
 //!   * `request_body`, `body` — the request body with its byte meter; the
 //!     response body (and a gRPC answer's, which reports how it ended).
+//!   * `mtls` — mutual TLS between sidecars, both sides of the handshake:
+//!     the STRICT/PERMISSIVE mode, the inbound acceptor (which yields the
+//!     caller's identity), the outbound connector and what a peer
+//!     negotiated by ALPN, failed-handshake counts. Where the certificates
+//!     come from is `identity`'s work; `mtls` reads them from the store.
 //!   * `upstream` — pooled connections to endpoints, the HTTP/1 client,
-//!     mesh TLS, DNS.
+//!     DNS; its mesh clients run `mtls`'s connector over its TCP one.
 //!   * `matcher` — compiled path, header and method matchers, shared by
 //!     the routes and the intentions.
 //!   * `clock` — whole milliseconds in the breaker's and ejection's atomics.
-//!   * `shutdown`, `backoff`, `nack`, `traceparent`, `xds_status`,
-//!     `tls_failures`, `mtls_mode` — drain and accept, reconnect backoff,
-//!     a NACK's text, the W3C trace header, the config stream's status,
-//!     failed handshakes, STRICT or PERMISSIVE.
+//!   * `shutdown`, `backoff`, `nack`, `traceparent`, `xds_status` — drain
+//!     and accept, reconnect backoff, a NACK's text, the W3C trace header,
+//!     the config stream's status.
 //! * Features, one folder each (config, compile step, layer, metrics hooks,
 //!   tests), none importing another:
 //!   * `authn` — JWT authentication of inbound requests.
@@ -41,8 +45,8 @@
 //!   * `xds` — the ADS client that builds the table from the agent's
 //!     resources.
 //!   * `server` — the HTTP server both listeners share; `config` —
-//!     start-up settings; `identity` — the key, leaf and trust bundle;
-//!     `admin`, `app_health`, `call_report`.
+//!     start-up settings; `identity` — the key, leaf and trust bundle, in
+//!     the store `mtls` reads; `admin`, `app_health`, `call_report`.
 //!
 //! Embedders and tests call [`start`], which binds every listener and
 //! returns a [`Running`] sidecar with its addresses and a [`ShutdownHandle`].
@@ -66,7 +70,7 @@ pub mod inbound;
 pub mod matcher;
 pub mod metrics;
 pub mod model;
-pub mod mtls_mode;
+pub mod mtls;
 mod nack;
 pub mod outbound;
 pub mod proxy;
@@ -77,7 +81,6 @@ pub mod server;
 pub mod shutdown;
 pub mod table;
 pub mod tcp;
-pub mod tls_failures;
 pub mod trace;
 pub mod traceparent;
 pub mod upstream;

@@ -7,6 +7,10 @@
 //! (HTTP/1 after the current response, HTTP/2 with GOAWAY);
 //! [`Drain`](crate::shutdown::Drain) waits
 //! for the last one.
+//!
+//! An mTLS listener hands each accepted connection to
+//! [`crate::mtls::MtlsAcceptor`] for the handshake (and PERMISSIVE's
+//! plaintext) and serves what it lets in, with the caller's identity.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,11 +32,10 @@ use weft_runtime::AcceptErrors;
 
 use crate::body::RequestBody;
 use crate::model::{Direction, PeerIdentity, ProxyResponse};
-use crate::mtls_mode::MtlsMode;
+use crate::mtls::{Accepted, MtlsAcceptor};
 use crate::shutdown::{DrainToken, accept, shutdown_signal};
 use crate::table::RoutingTable;
 use crate::table::request::{BridgeSettings, HttpStack, ProxyRequest, RequestCtx};
-use crate::tls_failures::{Direction as TlsDirection, HANDSHAKE_FAILURES};
 
 /// Wakes the connection task for the shutdown signal and records that it
 /// was this signal that woke it.
@@ -65,13 +68,11 @@ pub struct ServerSettings {
 pub enum Transport {
     /// Plaintext HTTP (the app's outbound listener; inbound without mTLS).
     Plain,
-    /// Mesh mTLS: the client must present a leaf from the mesh's CA
-    /// (HTTP/2 or HTTP/1.1 by ALPN). In PERMISSIVE `mode` plaintext gets in
-    /// too, told apart by the first byte, for services joining the mesh;
-    /// the mode is read once per accepted connection, so the policy can
-    /// change it at any time without touching open connections.
+    /// Mesh mTLS ([`crate::mtls::server`]), in PERMISSIVE mode plaintext
+    /// too; the mode is read once per accepted connection, so the policy
+    /// can change it at any time without touching open connections.
     Mtls {
-        acceptor: tokio_rustls::TlsAcceptor,
+        acceptor: MtlsAcceptor,
         /// The mode is the table's inbound policy's (`table.inbound.mtls`).
         policy: Arc<ArcSwap<RoutingTable>>,
     },
@@ -82,9 +83,8 @@ impl Transport {
         store: &Arc<weft_certs::IdentityStore>,
         policy: Arc<ArcSwap<RoutingTable>>,
     ) -> Self {
-        let config = weft_certs::tls::server_config(store, weft_certs::tls::MESH_ALPN);
         Self::Mtls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            acceptor: MtlsAcceptor::new(store),
             policy,
         }
     }
@@ -186,62 +186,29 @@ pub async fn serve<S: HttpStack>(
             }
             Transport::Mtls { acceptor, policy } => {
                 let acceptor = acceptor.clone();
-                let permissive = policy.load().inbound.mtls == MtlsMode::Permissive;
+                let mode = policy.load().inbound.mtls;
                 // The handshake shares the request head's deadline, so a
                 // silent client cannot hold a connection open either way.
                 let deadline = settings.header_read_timeout;
                 tokio::spawn(async move {
-                    let handshake = accept_mtls(stream, acceptor, permissive, svc);
-                    match tokio::time::timeout(deadline, handshake).await {
-                        Ok(Ok(Accepted::Tls(tls, svc))) => {
-                            serve_connection(tls, svc, builder, shutdown, token).await
+                    match acceptor.accept(stream, mode, deadline, addr).await {
+                        Some(Accepted::Tls { stream, peer }) => {
+                            let svc = ConnService {
+                                peer: peer.map(PeerIdentity::new),
+                                ..svc
+                            };
+                            serve_connection(stream, svc, builder, shutdown, token).await
                         }
-                        Ok(Ok(Accepted::Plain(tcp, svc))) => {
+                        Some(Accepted::Plain(tcp)) => {
                             serve_connection(tcp, svc, builder, shutdown, token).await
                         }
-                        Ok(Err(e)) => {
-                            let rejection = weft_certs::PeerRejection::from_io_error(&e);
-                            HANDSHAKE_FAILURES.failed(TlsDirection::Inbound, rejection.as_ref());
-                            let why = rejection
-                                .map(|r| r.to_string())
-                                .unwrap_or_else(|| e.to_string());
-                            tracing::info!(client = %addr, reason = %why, "mTLS handshake refused");
-                        }
-                        Err(_) => {
-                            HANDSHAKE_FAILURES.timed_out(TlsDirection::Inbound);
-                            tracing::debug!(client = %addr, "mTLS handshake timed out");
-                        }
+                        // Counted and logged by the acceptor.
+                        None => {}
                     }
                 });
             }
         }
     }
-}
-
-enum Accepted<S> {
-    /// Boxed: a TLS session is large, and the plaintext case should not pay
-    /// for it.
-    Tls(
-        Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
-        ConnService<S>,
-    ),
-    Plain(tokio::net::TcpStream, ConnService<S>),
-}
-
-async fn accept_mtls<S>(
-    stream: tokio::net::TcpStream,
-    acceptor: tokio_rustls::TlsAcceptor,
-    permissive: bool,
-    mut svc: ConnService<S>,
-) -> std::io::Result<Accepted<S>> {
-    if permissive && !weft_certs::tls::sniff_tls(&stream).await? {
-        return Ok(Accepted::Plain(stream, svc));
-    }
-    let tls = acceptor.accept(stream).await?;
-    // The verifier refused any leaf without a SPIFFE ID, so a completed
-    // handshake always has one.
-    svc.peer = weft_certs::tls::peer_identity(tls.get_ref().1).map(PeerIdentity::new);
-    Ok(Accepted::Tls(Box::new(tls), svc))
 }
 
 /// Serves one connection until it closes; once `shutdown` turns true it is

@@ -301,7 +301,7 @@ fn no_two_sidecar_modules_depend_on_each_other() {
 /// One folder per feature, each with its config, compile step, layer and
 /// metrics hooks. A feature reads the request through a trait of its own,
 /// which the table's request implements, so it needs nothing above the
-/// shared plumbing (`model`, the bodies, `upstream`, `error`, ...).
+/// shared plumbing (`model`, the bodies, `upstream`, `mtls`, `error`, ...).
 const FEATURES: &[&str] = &[
     "access_log",
     "authn",

@@ -105,8 +105,8 @@ impl Collector for SidecarCollector {
                 "mTLS handshakes that failed, by direction and reason.",
             ),
             "reason",
-            &crate::tls_failures::REASONS,
-            crate::tls_failures::HANDSHAKE_FAILURES.counts(),
+            &crate::mtls::failures::REASONS,
+            crate::mtls::failures::HANDSHAKE_FAILURES.counts(),
         )?;
         super::malformed::MALFORMED_REQUESTS.encode(&mut encoder)?;
         for family in &self.features {

@@ -12,7 +12,7 @@
 //! as HTTP/2 leaves as HTTP/2 and HTTP/1.1 stays HTTP/1.1. What a peer
 //! selected is learnt once per endpoint (one handshake before its first
 //! request, whose connection that request uses) and remembered
-//! (`upstream::PeerProtocol`). HTTP/1.1 goes out in origin form with the
+//! (`mtls::PeerProtocol`). HTTP/1.1 goes out in origin form with the
 //! Host header as sent (or rewritten) over the endpoint's keep-alive pool;
 //! HTTP/2 carries the logical authority as `:authority`.
 //!
@@ -44,8 +44,9 @@ use crate::table::{Endpoint, cluster::Protocol};
 
 /// See [`UNREACHED_HEADER`].
 const UNREACHED: http::HeaderName = http::HeaderName::from_static(UNREACHED_HEADER);
+use crate::mtls::Negotiated;
 use crate::upstream::connection_limit::PendingOverflow;
-use crate::upstream::{ConnectError, H1Error, MeshClients, Negotiated};
+use crate::upstream::{ConnectError, H1Error, MeshClients};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Forward;

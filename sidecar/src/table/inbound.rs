@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::authn::Authenticator;
 use crate::authz::AuthzPolicy;
-use crate::mtls_mode::MtlsMode;
+use crate::mtls::MtlsMode;
 use crate::ratelimit::RateLimiter;
 use crate::table::cluster::Protocol;
 

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use super::Dns;
 use super::EndpointAddr;
 use super::connection_limit::{ConnectionLimit, ConnectionSlot, PendingOverflow};
+use crate::mtls::Dial;
 
 #[derive(Clone)]
 pub struct Connector {
@@ -178,6 +179,25 @@ impl tower::Service<Uri> for Connector {
     fn call(&mut self, _dst: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { this.open().await.map(TokioIo::new) })
+    }
+}
+
+/// The mesh's TLS runs over this connector's connections, under the
+/// cluster's cap.
+impl Dial for Connector {
+    type Io = UpstreamTcp;
+    type Error = ConnectError;
+
+    fn open(&self) -> impl Future<Output = Result<UpstreamTcp, ConnectError>> + Send {
+        Connector::open(self)
+    }
+
+    fn timeout(&self) -> Duration {
+        Connector::timeout(self)
+    }
+
+    fn error(&self, source: io::Error) -> ConnectError {
+        Connector::error(self, source)
     }
 }
 

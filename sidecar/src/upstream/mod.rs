@@ -7,14 +7,14 @@
 //! client, which multiplexes requests on one connection, with the request
 //! URI carrying the *logical* authority (sent as `:authority`). Clients are
 //! carried over between table swaps while their settings do not change, so
-//! pooled connections survive config updates.
+//! pooled connections survive config updates. A meshed endpoint's clients
+//! run `crate::mtls`'s [`TlsConnector`] over the endpoint's [`Connector`].
 
 mod address;
 pub mod connection_limit;
 mod connector;
 mod dns;
 mod http1;
-mod mesh_tls;
 
 pub use address::EndpointAddr;
 
@@ -28,8 +28,8 @@ pub use connection_limit::ConnectionLimit;
 pub use connector::{ConnectError, Connector, UpstreamTcp};
 pub use dns::Dns;
 pub use http1::{H1Error, H1Pool, ProtocolError, ResponseBody, Upgraded};
-pub use mesh_tls::{MeshStream, MeshTls, Negotiated, PeerProtocol, TlsConnector};
 
+use crate::mtls::{MeshTls, PeerProtocol, TlsConnector};
 use crate::request_body::RequestBody;
 
 /// Connection settings of one cluster (from `Cluster.connect_timeout` and
@@ -57,11 +57,13 @@ impl Default for PoolSettings {
 }
 
 pub type HttpClient = Client<Connector, RequestBody>;
-pub type MeshClient = Client<TlsConnector, RequestBody>;
+/// mTLS over the endpoint's own TCP connector.
+pub type MeshConnector = TlsConnector<Connector>;
+pub type MeshClient = Client<MeshConnector, RequestBody>;
 /// Opens opaque TCP tunnels (HTTP/2 CONNECT streams, `crate::tcp`) to a
 /// peer sidecar over mTLS. Its own client because a CONNECT carries no
 /// request body, which the HTTP client's body type (the app's) cannot say.
-pub type TunnelClient = Client<TlsConnector, http_body_util::Empty<bytes::Bytes>>;
+pub type TunnelClient = Client<MeshConnector, http_body_util::Empty<bytes::Bytes>>;
 
 /// The pooled HTTP/1.1 and HTTP/2 clients of one endpoint. Cheap to clone.
 #[derive(Clone)]
@@ -140,7 +142,7 @@ pub struct MeshClients {
     /// that selected `weft-mesh/h2`, should the peer have changed).
     pub by_alpn: MeshClient,
     /// Learns what the peer negotiates before its first request.
-    pub connector: TlsConnector,
+    pub connector: MeshConnector,
 }
 
 fn alpn_client(settings: &PoolSettings) -> hyper_util::client::legacy::Builder {

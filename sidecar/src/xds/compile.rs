@@ -16,13 +16,14 @@ use weft_proto::config::v1 as pb;
 use crate::matcher::{
     PathMatch, QueryMatch, RouteMatch, header_matches, header_name, methods, string_match,
 };
+use crate::mtls::MeshTls;
 use crate::nack::Errors;
 use crate::table::cluster::{ClusterShared, Health, Protocol};
 use crate::table::{
     Cluster, ClusterSettings, Destination, Endpoint, EndpointAddr, HeaderMutation, LbPolicy,
     PrefixRewrite, Route, RouteAction, RoutingTable, VirtualHost, WeightedClusters,
 };
-use crate::upstream::{ConnectionLimit, Dns, MeshTls, PoolSettings, UpstreamClient};
+use crate::upstream::{ConnectionLimit, Dns, PoolSettings, UpstreamClient};
 use weft_certs::IdentityStore;
 
 /// A route table, compiled.

@@ -8,7 +8,7 @@ use weft_proto::config::v1 as pb;
 
 use crate::authn::{Authenticator, AuthnConfig, ConfigErrors};
 use crate::authz::AuthzPolicy;
-use crate::mtls_mode::MtlsMode;
+use crate::mtls::MtlsMode;
 use crate::ratelimit::RateLimiter;
 use crate::table::cluster::Protocol;
 use crate::upstream::Dns;

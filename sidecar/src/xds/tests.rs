@@ -197,7 +197,7 @@ fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
     let req = http::Request::get("/").body(()).unwrap();
     assert_eq!(
         table.load().inbound.mtls,
-        crate::mtls_mode::MtlsMode::Strict,
+        crate::mtls::MtlsMode::Strict,
         "strict before any policy"
     );
     assert!(
@@ -210,10 +210,7 @@ fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
     good.mtls_mode = pb::MtlsMode::Permissive.into();
     let out = core.handle(response(POLICY, "p1", "1", &[good]));
     assert!(out[0].error_detail.is_none(), "{:?}", out[0].error_detail);
-    assert_eq!(
-        table.load().inbound.mtls,
-        crate::mtls_mode::MtlsMode::Permissive
-    );
+    assert_eq!(table.load().inbound.mtls, crate::mtls::MtlsMode::Permissive);
     assert_eq!(
         table
             .load()
@@ -263,7 +260,7 @@ fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
     );
     assert_eq!(
         table.load().inbound.mtls,
-        crate::mtls_mode::MtlsMode::Permissive,
+        crate::mtls::MtlsMode::Permissive,
         "old mode"
     );
 
@@ -294,10 +291,7 @@ fn intentions_jwt_and_mtls_mode_are_swapped_in_together_or_not_at_all() {
     ));
     assert!(out[0].error_detail.is_none());
     assert!(table.load().inbound.authn.clone().is_none());
-    assert_eq!(
-        table.load().inbound.mtls,
-        crate::mtls_mode::MtlsMode::Strict
-    );
+    assert_eq!(table.load().inbound.mtls, crate::mtls::MtlsMode::Strict);
     assert!(
         table
             .load()
@@ -1069,7 +1063,7 @@ fn a_request_never_sees_parts_of_two_inbound_policies() {
     use crate::body::{BufferedBody, RequestBody};
     use crate::inbound::snapshot::InboundSnapshotLayer;
     use crate::model::Direction;
-    use crate::mtls_mode::MtlsMode;
+    use crate::mtls::MtlsMode;
     use crate::table::cluster::Protocol;
     use crate::table::request::{ProxyRequest, RequestCtx};
 

@@ -7,6 +7,10 @@
 //! bytes to its app; an L4 proxy that selects nothing) is spoken to as
 //! `proxy/forward.rs` says, from what [`PeerProtocol`] remembers of it.
 //!
+//! The TLS runs over a plain connection [`Dial`]ed by the caller's own
+//! connector (`upstream`'s, which holds the cluster's connection cap and
+//! DNS), so this side knows nothing of pools and endpoints.
+//!
 //! The client config is built once per destination identity: it verifies
 //! that the peer's leaf chains to the current trust bundle and names the
 //! destination service, and presents this sidecar's current leaf. Both are
@@ -30,8 +34,24 @@ use tokio_rustls::client::TlsStream;
 use weft_certs::tls::{ALPN_H2, ALPN_HTTP1, ALPN_WEFT_H2, MESH_ALPN, client_config};
 use weft_certs::{IdentityStore, PeerRejection, SpiffeId};
 
-use super::{ConnectError, Connector, UpstreamTcp};
-use crate::tls_failures::{Direction as TlsDirection, HANDSHAKE_FAILURES};
+use super::failures::{Direction as TlsDirection, HANDSHAKE_FAILURES};
+
+/// The plain connection under the TLS, opened by the caller's connector:
+/// `upstream::Connector` (each endpoint's, with its connect timeout and
+/// the cluster's connection cap) implements it.
+pub trait Dial: Clone + Send + Sync + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Opens the plain connection.
+    fn open(&self) -> impl Future<Output = Result<Self::Io, Self::Error>> + Send;
+
+    /// The connect timeout, which also bounds the handshake.
+    fn timeout(&self) -> Duration;
+
+    /// The connector's error for a failed handshake on its connection.
+    fn error(&self, source: io::Error) -> Self::Error;
+}
 
 /// How to reach the meshed endpoints of one cluster: the identity their
 /// sidecars must present, and the TLS config that checks it.
@@ -126,8 +146,7 @@ impl Negotiated {
 /// so a peer that changes kind (a Consul proxy replaced by a Weft sidecar
 /// at the same address) is learned from its next new connection. Reading
 /// it is one relaxed atomic load.
-#[derive(Default)]
-pub struct PeerProtocol {
+pub struct PeerProtocol<I> {
     negotiated: AtomicU8,
     /// Serialises the first handshake ([`TlsConnector::learn`]), so a
     /// burst of first requests probes once; never taken once known.
@@ -136,7 +155,7 @@ pub struct PeerProtocol {
     /// of either client (the request that learnt about the peer is about
     /// to ask for one), so learning costs no extra handshake. Locked only
     /// when a new connection is made, never per request.
-    parked: std::sync::Mutex<Option<(MeshStream, Instant)>>,
+    parked: std::sync::Mutex<Option<(MeshStream<I>, Instant)>>,
 }
 
 /// A parked connection older than this is closed instead of used: the peer
@@ -144,7 +163,18 @@ pub struct PeerProtocol {
 /// waits `--header-read-timeout` for the first request).
 const PARKED_FOR_AT_MOST: Duration = Duration::from_secs(1);
 
-impl PeerProtocol {
+/// Not derived: a derive would ask `I: Default` of the connection.
+impl<I> Default for PeerProtocol<I> {
+    fn default() -> Self {
+        Self {
+            negotiated: AtomicU8::default(),
+            probe: tokio::sync::Mutex::default(),
+            parked: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl<I> PeerProtocol<I> {
     pub fn get(&self) -> Option<Negotiated> {
         Negotiated::decode(self.negotiated.load(Ordering::Relaxed))
     }
@@ -154,13 +184,13 @@ impl PeerProtocol {
             .store(negotiated.encode(), Ordering::Relaxed);
     }
 
-    fn park(&self, stream: MeshStream) {
+    fn park(&self, stream: MeshStream<I>) {
         let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
         *parked = Some((stream, Instant::now()));
     }
 
     /// The parked connection, if it is still fresh.
-    fn take_parked(&self) -> Option<MeshStream> {
+    fn take_parked(&self) -> Option<MeshStream<I>> {
         let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
         parked
             .take()
@@ -169,7 +199,7 @@ impl PeerProtocol {
     }
 }
 
-impl std::fmt::Debug for PeerProtocol {
+impl<I> std::fmt::Debug for PeerProtocol<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerProtocol")
             .field("negotiated", &self.get())
@@ -178,19 +208,30 @@ impl std::fmt::Debug for PeerProtocol {
 }
 
 /// Dials an endpoint and completes the mTLS handshake.
-#[derive(Clone)]
-pub struct TlsConnector {
-    tcp: Connector,
+pub struct TlsConnector<C: Dial> {
+    tcp: C,
     tls: MeshTls,
-    peer: Arc<PeerProtocol>,
+    peer: Arc<PeerProtocol<C::Io>>,
     /// For the HTTP/2-only client: a peer that selects `http/1.1` cannot
     /// take HTTP/2 with prior knowledge, so its connection is refused
     /// (after noting what it selected, for the next request).
     h2_only: bool,
 }
 
-impl TlsConnector {
-    pub fn new(tcp: Connector, tls: MeshTls, peer: Arc<PeerProtocol>, h2_only: bool) -> Self {
+/// Not derived: a derive would ask `C::Io: Clone` of the connection.
+impl<C: Dial> Clone for TlsConnector<C> {
+    fn clone(&self) -> Self {
+        Self {
+            tcp: self.tcp.clone(),
+            tls: self.tls.clone(),
+            peer: self.peer.clone(),
+            h2_only: self.h2_only,
+        }
+    }
+}
+
+impl<C: Dial> TlsConnector<C> {
+    pub fn new(tcp: C, tls: MeshTls, peer: Arc<PeerProtocol<C::Io>>, h2_only: bool) -> Self {
         Self {
             tcp,
             tls,
@@ -206,7 +247,7 @@ impl TlsConnector {
 
     /// What the peer negotiates: remembered, else learnt from one
     /// handshake, whose connection the next connect takes.
-    pub async fn learn(&self) -> Result<Negotiated, ConnectError> {
+    pub async fn learn(&self) -> Result<Negotiated, C::Error> {
         if let Some(known) = self.peer.get() {
             return Ok(known);
         }
@@ -220,7 +261,7 @@ impl TlsConnector {
         Ok(negotiated)
     }
 
-    async fn handshake(&self) -> Result<MeshStream, ConnectError> {
+    async fn handshake(&self) -> Result<MeshStream<C::Io>, C::Error> {
         let tcp = self.tcp.open().await?;
         let connector = tokio_rustls::TlsConnector::from(self.tls.config.clone());
         let name = ServerName::try_from(SNI).expect("a valid DNS name");
@@ -261,12 +302,12 @@ impl TlsConnector {
 /// rustls needs a name to send.
 const SNI: &str = "mesh.weft";
 
-impl tower::Service<Uri> for TlsConnector {
-    type Response = TokioIo<MeshStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+impl<C: Dial> tower::Service<Uri> for TlsConnector<C> {
+    type Response = TokioIo<MeshStream<C::Io>>;
+    type Error = C::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, C::Error>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), C::Error>> {
         Poll::Ready(Ok(()))
     }
 
@@ -292,12 +333,12 @@ impl tower::Service<Uri> for TlsConnector {
 }
 
 /// An established mTLS connection to a mesh peer.
-pub struct MeshStream {
-    stream: TlsStream<UpstreamTcp>,
+pub struct MeshStream<I> {
+    stream: TlsStream<I>,
     negotiated: Negotiated,
 }
 
-impl Connection for MeshStream {
+impl<I> Connection for MeshStream<I> {
     fn connected(&self) -> Connected {
         // The HTTP/2-only client multiplexes whatever this says; the other
         // one speaks HTTP/2 only to a Weft peer (it is used for one that
@@ -310,7 +351,7 @@ impl Connection for MeshStream {
     }
 }
 
-impl AsyncRead for MeshStream {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for MeshStream<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -320,7 +361,7 @@ impl AsyncRead for MeshStream {
     }
 }
 
-impl AsyncWrite for MeshStream {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MeshStream<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -364,7 +405,7 @@ mod tests {
 
     #[test]
     fn what_a_peer_selected_is_remembered_until_its_next_handshake_says_otherwise() {
-        let peer = PeerProtocol::default();
+        let peer = PeerProtocol::<tokio::net::TcpStream>::default();
         assert_eq!(peer.get(), None);
         for negotiated in [
             Negotiated::WeftH2,

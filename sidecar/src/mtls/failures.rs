@@ -3,9 +3,9 @@
 //! Process-wide atomics, as handshakes happen outside any request's
 //! context; encoded at scrape time.
 //!
-//! A bottom module, not part of `metrics`: the TLS server and the upstream
-//! connector count into it, and metrics only encodes it, so the connector
-//! does not import metrics.
+//! Here, not in `metrics`: both sides of the handshake ([`super::server`],
+//! [`super::client`]) count into it, and metrics only encodes it, so the
+//! handshake code does not import a feature.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
