@@ -129,7 +129,8 @@ pub(crate) fn refused(req: &ProxyRequest, error: &ProxyError) {
     UNROUTED.count(method_index(req.http.method()), status);
     UNROUTED.record_refusal(cause_of(error.kind), status);
     if let Some(log) = access_log::installed() {
-        let record = Arc::new(Record::new(log, req, None, None, None));
+        let route = req.ctx.route.as_ref().map(|r| r.route().name.clone());
+        let record = Arc::new(Record::new(log, req, route, None, None));
         record.add_bytes(Side::Response, error.reason.len() as u64 + 1);
         record.answered(Answer {
             status: status.as_u16(),
