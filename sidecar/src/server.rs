@@ -35,7 +35,7 @@ use crate::model::{Direction, PeerIdentity, ProxyResponse};
 use crate::mtls::{Accepted, MtlsAcceptor};
 use crate::shutdown::{DrainToken, accept, shutdown_signal};
 use crate::table::RoutingTable;
-use crate::table::request::{BridgeSettings, HttpStack, ProxyRequest, RequestCtx};
+use crate::table::request::{BridgeSettings, HttpStack, ProxyRequest, Received, RequestCtx};
 
 /// Wakes the connection task for the shutdown signal and records that it
 /// was this signal that woke it.
@@ -126,6 +126,7 @@ impl<S: HttpStack> hyper::service::Service<Request<Incoming>> for ConnService<S>
             ProxyRequest {
                 http: req.map(RequestBody::from),
                 ctx,
+                target: Received,
             },
         )
     }

@@ -43,7 +43,7 @@ use weft_sidecar::body::ProxyBody;
 use weft_sidecar::error::ProxyError;
 use weft_sidecar::inbound::snapshot::InboundSnapshotLayer;
 use weft_sidecar::proxy::error_response::ErrorResponseLayer;
-use weft_sidecar::table::request::{Direction, ProxyRequest, RequestCtx};
+use weft_sidecar::table::request::{Direction, ProxyRequest, Received, RequestCtx, Snapshot};
 use weft_sidecar::table::{InboundPolicy, RoutingTable};
 
 const ISSUER: &str = "https://idp.test";
@@ -742,7 +742,7 @@ impl Inbound {
 
 /// The app: 200 with the headers it received (one `name: value` per line)
 /// and the subject of the claims the layer attached.
-fn echo(req: &ProxyRequest) -> Response<ProxyBody> {
+fn echo(req: &ProxyRequest<Snapshot>) -> Response<ProxyBody> {
     let mut body = String::new();
     for (name, value) in req.http.headers() {
         body.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
@@ -774,7 +774,7 @@ async fn inbound(table: Arc<ArcSwap<RoutingTable>>) -> Inbound {
     let addr = listener.local_addr().unwrap();
     let app_calls = Arc::new(AtomicUsize::new(0));
     let calls = app_calls.clone();
-    let app = tower::service_fn(move |req: ProxyRequest| {
+    let app = tower::service_fn(move |req: ProxyRequest<Snapshot>| {
         calls.fetch_add(1, Ordering::SeqCst);
         let resp = echo(&req);
         async move { Ok::<_, ProxyError>(resp) }
@@ -805,6 +805,7 @@ async fn inbound(table: Arc<ArcSwap<RoutingTable>>) -> Inbound {
                             .call(ProxyRequest {
                                 http: req.map(Into::into),
                                 ctx,
+                                target: Received,
                             })
                             .await
                     }

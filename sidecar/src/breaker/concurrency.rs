@@ -8,17 +8,16 @@ use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use super::thresholds::Overflow;
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::ProxyError;
 use crate::model::{Exchange, ProxyResponse};
 
 /// What the concurrency limit needs of a request. Implemented by the
 /// proxy's request (`crate::table::request`).
 pub trait ConcurrencyTarget: Exchange {
     /// Takes one of the destination's `max_requests` slots, held by the
-    /// request until it ends. `None` without a destination; when every
-    /// slot is taken (counted as an overflow), the destination's name and
-    /// its `max_requests`.
-    fn take_request_slot(&mut self) -> Option<Result<(), RequestsFull<'_>>>;
+    /// request until it ends; when every slot is taken (counted as an
+    /// overflow), the destination's name and its `max_requests`.
+    fn take_request_slot(&mut self) -> Result<(), RequestsFull<'_>>;
 }
 
 /// A destination with `max_requests` requests in flight already.
@@ -57,13 +56,12 @@ where
 
     fn call(&mut self, mut req: R) -> Self::Future {
         let refusal = match req.take_request_slot() {
-            None => ProxyError::new(ErrorKind::Internal, "concurrency limit without a cluster"),
-            Some(Err(full)) => Overflow::Requests.error(
+            Err(full) => Overflow::Requests.error(
                 full.destination,
                 full.max_requests,
                 "connection_pool.max_requests",
             ),
-            Some(Ok(())) => return Either::Right(self.inner.call(req)),
+            Ok(()) => return Either::Right(self.inner.call(req)),
         };
         Either::Left(ready(Err(refusal)))
     }

@@ -29,8 +29,8 @@ pub trait BreakerTarget: Exchange {
     /// Where the request goes (a cluster), with its breaker.
     type Destination: BreakerDestination;
 
-    /// The request's destination, once chosen.
-    fn breaker_destination(&self) -> Option<&Arc<Self::Destination>>;
+    /// The request's destination.
+    fn breaker_destination(&self) -> &Arc<Self::Destination>;
     /// How long the request may wait for its response head: dropped at
     /// that deadline, it counts as a timeout.
     fn response_timeout(&self) -> Option<Duration>;
@@ -114,10 +114,8 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let Some((cluster, settings)) = req
-            .breaker_destination()
-            .and_then(|c| Some((c, c.breaker_settings()?)))
-        else {
+        let cluster = req.breaker_destination();
+        let Some(settings) = cluster.breaker_settings() else {
             return Either::Right(Observed::new(self.inner.call(req), None));
         };
         let now = Instant::now();
@@ -151,19 +149,19 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use http::{HeaderValue, Request, StatusCode, header};
+    use http::{HeaderValue, StatusCode, header};
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::body::{BufferedBody, ProxyBody, RequestBody};
+    use crate::body::ProxyBody;
     use crate::breaker::BreakerSettings;
-    use crate::model::Direction;
-    use crate::table::request::{ProxyRequest, RequestCtx};
+
+    use crate::table::request::{Concrete, ProxyRequest, RouteRef, for_tests};
     use crate::table::{Cluster, ClusterSettings};
 
     fn cluster() -> Arc<Cluster> {
@@ -184,26 +182,21 @@ mod tests {
         ))
     }
 
-    fn request(cluster: &Arc<Cluster>) -> ProxyRequest {
-        let mut ctx = RequestCtx::new(
-            Direction::Outbound,
-            SocketAddr::from(([127, 0, 0, 1], 1)),
-            HeaderValue::from_static("127.0.0.1"),
-        );
-        ctx.cluster = Some(cluster.clone());
-        let http = Request::new(RequestBody::Buffered(BufferedBody::default()));
-        ProxyRequest { http, ctx }
+    fn request(cluster: &Arc<Cluster>) -> Tried {
+        for_tests::concrete(cluster, for_tests::empty_http())
     }
+
+    type Tried = ProxyRequest<Concrete<RouteRef>>;
 
     /// An upstream that answers every call with a gRPC head (no
     /// `grpc-status`) and one message, then ends without trailers.
     fn grpc_upstream() -> impl Service<
-        ProxyRequest,
+        Tried,
         Response = ProxyResponse,
         Error = ProxyError,
         Future = Ready<Result<ProxyResponse, ProxyError>>,
     > + Clone {
-        tower::service_fn(|_: ProxyRequest| {
+        tower::service_fn(|_: Tried| {
             let mut response =
                 http::Response::new(ProxyBody::full(Bytes::from_static(b"\0\0\0\0\0")));
             response.headers_mut().insert(

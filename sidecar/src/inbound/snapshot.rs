@@ -3,7 +3,7 @@
 //! that judges the request (opaque TCP tunnels, JWT, intentions, rate
 //! limits, the app's protocol) reads the service's
 //! [`InboundPolicy`](crate::table::InboundPolicy) from that one snapshot
-//! (`RequestCtx::inbound_policy`), so a policy swapped in meanwhile applies
+//! (`Snapshot::inbound_policy`), so a policy swapped in meanwhile applies
 //! to the next request whole, never in part. One atomic load and one
 //! reference count per request; no lock.
 
@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use tower::{Layer, Service};
 
 use crate::table::RoutingTable;
-use crate::table::request::ProxyRequest;
+use crate::table::request::{ProxyRequest, Snapshot};
 
 #[derive(Clone)]
 pub struct InboundSnapshotLayer {
@@ -43,7 +43,7 @@ pub struct InboundSnapshot<S> {
     inner: S,
 }
 
-impl<S: Service<ProxyRequest>> Service<ProxyRequest> for InboundSnapshot<S> {
+impl<S: Service<ProxyRequest<Snapshot>>> Service<ProxyRequest> for InboundSnapshot<S> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
@@ -52,8 +52,8 @@ impl<S: Service<ProxyRequest>> Service<ProxyRequest> for InboundSnapshot<S> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
-        req.ctx.table = Some(self.table.load_full());
-        self.inner.call(req)
+    fn call(&mut self, req: ProxyRequest) -> Self::Future {
+        let table = self.table.load_full();
+        self.inner.call(req.to(Snapshot { table }))
     }
 }

@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 
 use crate::table::Cluster;
 use crate::table::cluster::Protocol;
-use crate::table::request::ProxyRequest;
+use crate::table::request::{Concrete, ProxyRequest, Snapshot};
 
 /// The local app as two views of one cluster (same endpoint, pools and
 /// counters), one per protocol, chosen per request without rebuilding
@@ -88,7 +88,7 @@ pub struct StaticTarget<S> {
     inner: S,
 }
 
-impl<S: Service<ProxyRequest>> Service<ProxyRequest> for StaticTarget<S> {
+impl<S: Service<ProxyRequest<Concrete>>> Service<ProxyRequest<Snapshot>> for StaticTarget<S> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
@@ -97,16 +97,20 @@ impl<S: Service<ProxyRequest>> Service<ProxyRequest> for StaticTarget<S> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, req: ProxyRequest<Snapshot>) -> Self::Future {
         // The protocol of the request's inbound snapshot's policy.
-        let protocol = req.ctx.inbound_policy().app_protocol;
+        let protocol = req.target.inbound_policy().app_protocol;
         let cluster = self
             .app
             .for_request(protocol, req.http.version(), req.http.headers())
             .clone();
-        req.ctx.timeout = cluster.settings.request_timeout;
-        req.ctx.cluster = Some(cluster);
-        self.inner.call(req)
+        let timeout = cluster.settings.request_timeout;
+        self.inner.call(req.map(|snapshot| Concrete {
+            table: snapshot.table,
+            route: (),
+            cluster,
+            timeout,
+        }))
     }
 }
 

@@ -293,12 +293,12 @@ mod tests {
     use tower::{Layer as _, Service as _};
 
     use super::*;
-    use crate::body::{BufferedBody, ProxyBody};
+    use crate::body::ProxyBody;
     use crate::error::{AuthnErrorKind, ERROR_HEADER, ErrorKind};
-    use crate::model::Direction;
+
     use crate::table::Cluster;
     use crate::table::request::metrics::ClusterSink as Sink;
-    use crate::table::request::{ProxyRequest, RequestCtx};
+    use crate::table::request::{ProxyRequest, Snapshot, for_tests};
 
     /// A response from below (the app's, or an upstream's) saying
     /// `x-weft-error: denied`.
@@ -311,20 +311,8 @@ mod tests {
         response
     }
 
-    fn request(direction: Direction, cluster: Option<Arc<Cluster>>) -> ProxyRequest {
-        let mut ctx = RequestCtx::new(
-            direction,
-            "127.0.0.1:1".parse().unwrap(),
-            HeaderValue::from_static("127.0.0.1"),
-        );
-        ctx.cluster = cluster;
-        ProxyRequest {
-            http: http::Request::new(RequestBody::Buffered(BufferedBody {
-                data: None,
-                trailers: None,
-            })),
-            ctx,
-        }
+    fn inbound_request() -> ProxyRequest<Snapshot> {
+        for_tests::snapshot(Arc::default(), for_tests::empty_http())
     }
 
     fn refusals(cluster: &Cluster) -> Vec<(&'static str, u64)> {
@@ -339,17 +327,16 @@ mod tests {
             vec![],
             Arc::default(),
         ));
-        let answers = |answer: fn() -> Result<ProxyResponse, ProxyError>| {
-            tower::service_fn(move |_req: ProxyRequest| async move { answer() })
-        };
+        fn answers<T>(
+            answer: fn() -> Result<ProxyResponse, ProxyError>,
+        ) -> impl Service<ProxyRequest<T>, Response = ProxyResponse, Error = ProxyError> {
+            tower::service_fn(move |_req: ProxyRequest<T>| async move { answer() })
+        }
 
         // Inbound, the app's answer is its own, whatever its headers say.
         let mut inbound = RequestMetricsLayer::inbound(Sink::Stats(cluster.shared.clone()))
             .layer(answers(|| Ok(says_denied())));
-        inbound
-            .call(request(Direction::Inbound, None))
-            .await
-            .unwrap();
+        inbound.call(inbound_request()).await.unwrap();
         assert_eq!(refusals(&cluster), vec![]);
 
         // This sidecar's own refusal counts by its kind and status.
@@ -361,14 +348,14 @@ mod tests {
                 ))
             }),
         );
-        let _ = refusing.call(request(Direction::Inbound, None)).await;
+        let _ = refusing.call(inbound_request()).await;
         assert_eq!(refusals(&cluster), vec![("jwt-expired", 1)]);
         assert_eq!(cluster.shared.requests.refusals_below_500(), 1);
 
         // Outbound, an upstream's answer may be a peer sidecar's refusal.
         let mut outbound = RequestMetricsLayer::outbound().layer(answers(|| Ok(says_denied())));
         outbound
-            .call(request(Direction::Outbound, Some(cluster.clone())))
+            .call(for_tests::concrete(&cluster, for_tests::empty_http()))
             .await
             .unwrap();
         assert_eq!(refusals(&cluster), vec![("denied", 1), ("jwt-expired", 1)]);

@@ -11,7 +11,7 @@ use tower::{Layer, Service};
 use crate::error::{ErrorKind, ProxyError};
 use crate::model::{BoxFuture, ProxyResponse};
 use crate::table::PrefixRewrite;
-use crate::table::request::ProxyRequest;
+use crate::table::request::{Concrete, ProxyRequest, RouteRef};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RewriteLayer;
@@ -62,14 +62,10 @@ fn set_uri(uri: &Uri, authority: Option<Authority>, pq: Option<PathAndQuery>) ->
     Uri::from_parts(parts).ok()
 }
 
-fn apply(req: &mut ProxyRequest) -> Result<bool, ProxyError> {
-    let Some(route) = &req.ctx.route else {
-        return Err(ProxyError::new(
-            ErrorKind::Internal,
-            "rewrite without a route",
-        ));
-    };
-    let route = route.route();
+/// Rewrites the request as its route says; whether the route also edits
+/// the response.
+fn apply(req: &mut ProxyRequest<Concrete<RouteRef>>) -> bool {
+    let route = req.target.route.route();
     let action = &route.action;
     let new_pq = match (&action.prefix_rewrite, req.http.uri().path_and_query()) {
         (Some(rw), Some(pq)) => rewrite_path(pq, rw),
@@ -90,12 +86,12 @@ fn apply(req: &mut ProxyRequest) -> Result<bool, ProxyError> {
     if !route.request_headers.is_empty() {
         route.request_headers.apply(req.http.headers_mut());
     }
-    Ok(!route.response_headers.is_empty())
+    !route.response_headers.is_empty()
 }
 
-impl<S> Service<ProxyRequest> for Rewrite<S>
+impl<S> Service<ProxyRequest<Concrete<RouteRef>>> for Rewrite<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S: Service<ProxyRequest<Concrete<RouteRef>>, Response = ProxyResponse, Error = ProxyError>,
     S::Future: Send + 'static,
 {
     type Response = ProxyResponse;
@@ -106,27 +102,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
-        match apply(&mut req) {
-            Ok(false) => Either::Left(self.inner.call(req)),
-            Ok(true) => {
-                // Only routes with response mutations pay for the box.
-                let route = req.ctx.route.clone();
-                let fut = self.inner.call(req);
-                Either::Right(Box::pin(async move {
-                    match fut.await {
-                        Ok(mut resp) => {
-                            if let Some(route) = route {
-                                route.route().response_headers.apply(resp.headers_mut());
-                            }
-                            Ok(resp)
-                        }
-                        Err(error) => Err(edit_rate_limit_refusal(error, route)),
-                    }
-                }))
-            }
-            Err(e) => Either::Right(Box::pin(async move { Err(e) })),
+    fn call(&mut self, mut req: ProxyRequest<Concrete<RouteRef>>) -> Self::Future {
+        if !apply(&mut req) {
+            return Either::Left(self.inner.call(req));
         }
+        // Only routes with response mutations pay for the box.
+        let route = req.target.route.clone();
+        let fut = self.inner.call(req);
+        Either::Right(Box::pin(async move {
+            match fut.await {
+                Ok(mut resp) => {
+                    route.route().response_headers.apply(resp.headers_mut());
+                    Ok(resp)
+                }
+                Err(error) => Err(edit_rate_limit_refusal(error, route)),
+            }
+        }))
     }
 }
 
@@ -135,15 +126,12 @@ where
 /// mutations, as the upstream's answers do (it always has, when the limit
 /// made its 429 itself). Failures further down (timeouts, an open breaker,
 /// an unreachable endpoint) are the sidecar's, and keep their own headers.
-fn edit_rate_limit_refusal(
-    mut error: ProxyError,
-    route: Option<crate::table::request::RouteRef>,
-) -> ProxyError {
+fn edit_rate_limit_refusal(mut error: ProxyError, route: RouteRef) -> ProxyError {
     let limited = matches!(
         error.kind,
         ErrorKind::RateLimited | ErrorKind::RateLimitUnavailable { .. }
     );
-    if let (true, Some(route)) = (limited, route) {
+    if limited {
         error.header_edits = Some(Box::new(move |headers| {
             route.route().response_headers.apply(headers)
         }));
@@ -216,11 +204,11 @@ mod tests {
             &HeaderValue::from_static("\"per-key\";q=1;w=1"),
             std::time::Duration::from_secs(1),
         );
-        let response = edit_rate_limit_refusal(limited, Some(route.clone())).to_response();
+        let response = edit_rate_limit_refusal(limited, route.clone()).to_response();
         assert_eq!(response.headers()["x-served-by"], "mesh");
         assert_eq!(response.headers()["x-weft-error"], "rate-limited");
         let timeout = ProxyError::new(ErrorKind::Timeout, "no answer");
-        let response = edit_rate_limit_refusal(timeout, Some(route)).to_response();
+        let response = edit_rate_limit_refusal(timeout, route).to_response();
         assert!(response.headers().get("x-served-by").is_none());
     }
 }

@@ -16,10 +16,11 @@ use crate::access_log::{self, Record};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::requests::{cause_of, method_index};
 use crate::metrics::unrouted::UNROUTED;
+use crate::model::Exchange;
 use crate::model::{Answer, ProxyResponse};
 use crate::request_body::Side;
 use crate::table::RoutingTable;
-use crate::table::request::{ProxyRequest, RouteRef};
+use crate::table::request::{ProxyRequest, RouteRef, Routed};
 
 #[derive(Clone)]
 pub struct RouteLayer {
@@ -95,7 +96,7 @@ fn select(table: &Arc<RoutingTable>, req: &ProxyRequest) -> Result<RouteRef, Pro
 
 impl<S> Service<ProxyRequest> for Route<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S: Service<ProxyRequest<Routed>, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
@@ -105,16 +106,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, req: ProxyRequest) -> Self::Future {
         let table = self.table.load_full();
         match select(&table, &req) {
             Ok(route) => {
-                req.ctx.route = Some(route);
-                req.ctx.table = Some(table);
-                Either::Right(self.inner.call(req))
+                let routed = Routed { table, route };
+                Either::Right(self.inner.call(req.to(routed)))
             }
             Err(e) => {
-                refused(&req, &e);
+                refused(&req, None, &e);
                 Either::Left(ready(Err(e)))
             }
         }
@@ -123,13 +123,13 @@ where
 
 /// `req` is answered with `error` before it has a destination: counted in
 /// [`UNROUTED`] and logged (a refusal is a failure, always logged).
-pub(crate) fn refused(req: &ProxyRequest, error: &ProxyError) {
+pub(crate) fn refused(req: &impl Exchange, route: Option<&RouteRef>, error: &ProxyError) {
     let status = error.kind.status();
     let code = error.kind.code();
-    UNROUTED.count(method_index(req.http.method()), status);
+    UNROUTED.count(method_index(req.http().method()), status);
     UNROUTED.record_refusal(cause_of(error.kind), status);
     if let Some(log) = access_log::installed() {
-        let route = req.ctx.route.as_ref().map(|r| r.route().name.clone());
+        let route = route.map(|r| r.route().name.clone());
         let record = Arc::new(Record::new(log, req, route, None, None));
         record.add_bytes(Side::Response, error.reason.len() as u64 + 1);
         record.answered(Answer {

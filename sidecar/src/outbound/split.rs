@@ -17,8 +17,8 @@ use tower::{Layer, Service};
 use super::on_demand::OnDemand;
 use crate::error::{ErrorKind, ProxyError};
 use crate::model::{BoxFuture, ProxyResponse};
-use crate::table::request::ProxyRequest;
-use crate::table::{Cluster, Destination};
+use crate::table::request::{Concrete, ProxyRequest, RouteRef, Routed};
+use crate::table::{Cluster, Destination, RoutingTable};
 
 #[derive(Clone, Debug, Default)]
 pub struct SplitLayer {
@@ -51,53 +51,48 @@ pub struct Split<S> {
     on_demand: Option<Arc<OnDemand>>,
 }
 
-/// What `choose` found.
-enum Chosen {
-    /// The cluster is in the request's table.
-    Held,
-    /// The table does not hold this cluster (yet).
-    Missing(Arc<str>),
-}
-
-fn choose(req: &mut ProxyRequest, on_demand: Option<&OnDemand>) -> Result<Chosen, ProxyError> {
-    let (Some(table), Some(route)) = (&req.ctx.table, &req.ctx.route) else {
-        return Err(ProxyError::new(
-            ErrorKind::Internal,
-            "split without a route",
-        ));
-    };
-    let name = match &route.route().action.destination {
+/// The cluster the route sends this request to, if the table holds it;
+/// else the name of the one it lacks (yet).
+fn choose(routed: &Routed, on_demand: Option<&OnDemand>) -> Result<Arc<Cluster>, Arc<str>> {
+    let name = match &routed.route.route().action.destination {
         Destination::Cluster(name) => name,
         Destination::Weighted(w) => w.pick(rand::rng().random_range(0..w.total)),
     };
-    let Some(cluster) = table.cluster(name) else {
-        return Ok(Chosen::Missing(name.clone()));
+    let Some(cluster) = routed.table.cluster(name) else {
+        return Err(name.clone());
     };
     if let Some(on_demand) = on_demand {
         on_demand.touch(&cluster.shared);
     }
-    let cluster = cluster.clone();
-    set_cluster(req, cluster);
-    Ok(Chosen::Held)
+    Ok(cluster.clone())
 }
 
-fn set_cluster(req: &mut ProxyRequest, cluster: Arc<Cluster>) {
-    let route_timeout = req
-        .ctx
-        .route
-        .as_ref()
-        .and_then(|r| r.route().action.timeout);
-    req.ctx.timeout = match route_timeout {
+/// The request sent to `cluster`, out of `table`, with its deadline: the
+/// route's (zero: none), else the cluster's.
+fn concrete(
+    route: RouteRef,
+    table: Arc<RoutingTable>,
+    cluster: Arc<Cluster>,
+) -> Concrete<RouteRef> {
+    let timeout = match route.route().action.timeout {
         Some(d) if d == Duration::ZERO => None,
         Some(d) => Some(d),
         None => cluster.settings.request_timeout,
     };
-    req.ctx.cluster = Some(cluster);
+    Concrete {
+        table,
+        route,
+        cluster,
+        timeout,
+    }
 }
 
-impl<S> Service<ProxyRequest> for Split<S>
+impl<S> Service<ProxyRequest<Routed>> for Split<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    S: Service<ProxyRequest<Concrete<RouteRef>>, Response = ProxyResponse, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = ProxyResponse;
@@ -108,49 +103,47 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
-        let refuse = |req: &ProxyRequest, e: ProxyError| {
-            super::route::refused(req, &e);
-            Either::Left(Either::Left(ready(Err(e))))
-        };
-        match choose(&mut req, self.on_demand.as_deref()) {
-            Ok(Chosen::Held) => Either::Left(Either::Right(self.inner.call(req))),
-            Ok(Chosen::Missing(name)) => {
-                let Some(on_demand) = self.on_demand.clone() else {
-                    let e = ProxyError::new(
-                        ErrorKind::NoHealthyEndpoint,
-                        format!("cluster {name} has no endpoints yet (no assignment received)"),
-                    );
-                    return refuse(&req, e);
-                };
-                // The slow path, once per destination (and per idle
-                // timeout): wait for the cluster, then go on with it.
-                let mut inner = self.inner.clone();
-                Either::Right(Box::pin(async move {
-                    match on_demand.fetch(&name).await {
-                        Ok(table) => {
-                            let Some(cluster) = table.cluster(&name).cloned() else {
-                                let e = ProxyError::new(
-                                    ErrorKind::Internal,
-                                    format!("cluster {name} arrived and is gone"),
-                                );
-                                super::route::refused(&req, &e);
-                                return Err(e);
-                            };
-                            on_demand.touch(&cluster.shared);
-                            set_cluster(&mut req, cluster);
-                            req.ctx.table = Some(table);
-                            inner.call(req).await
-                        }
-                        Err(e) => {
-                            super::route::refused(&req, &e);
-                            Err(e)
-                        }
-                    }
-                }))
+    fn call(&mut self, req: ProxyRequest<Routed>) -> Self::Future {
+        let name = match choose(&req.target, self.on_demand.as_deref()) {
+            Ok(cluster) => {
+                let req = req.map(|r| concrete(r.route, r.table, cluster));
+                return Either::Left(Either::Right(self.inner.call(req)));
             }
-            Err(e) => refuse(&req, e),
-        }
+            Err(name) => name,
+        };
+        let Some(on_demand) = self.on_demand.clone() else {
+            let e = ProxyError::new(
+                ErrorKind::NoHealthyEndpoint,
+                format!("cluster {name} has no endpoints yet (no assignment received)"),
+            );
+            super::route::refused(&req, Some(&req.target.route), &e);
+            return Either::Left(Either::Left(ready(Err(e))));
+        };
+        // The slow path, once per destination (and per idle timeout): wait
+        // for the cluster, then go on with it, from the table that has it.
+        let mut inner = self.inner.clone();
+        Either::Right(Box::pin(async move {
+            match on_demand.fetch(&name).await {
+                Ok(table) => {
+                    let Some(cluster) = table.cluster(&name).cloned() else {
+                        let e = ProxyError::new(
+                            ErrorKind::Internal,
+                            format!("cluster {name} arrived and is gone"),
+                        );
+                        super::route::refused(&req, Some(&req.target.route), &e);
+                        return Err(e);
+                    };
+                    on_demand.touch(&cluster.shared);
+                    inner
+                        .call(req.map(|r| concrete(r.route, table, cluster)))
+                        .await
+                }
+                Err(e) => {
+                    super::route::refused(&req, Some(&req.target.route), &e);
+                    Err(e)
+                }
+            }
+        }))
     }
 }
 
@@ -166,7 +159,7 @@ mod tests {
     use super::*;
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
     use crate::model::Direction;
-    use crate::table::request::{RequestCtx, RouteRef};
+    use crate::table::request::RequestCtx;
     use crate::table::{
         HeaderMutation, Route, RouteAction, RouteMatch, RoutingTable, VirtualHost, WeightedClusters,
     };
@@ -211,39 +204,41 @@ mod tests {
     }
 
     /// A request as `route` leaves it: the table and its one route.
-    fn request(table: &Arc<RoutingTable>) -> ProxyRequest {
-        let mut ctx = RequestCtx::new(
+    fn request(table: &Arc<RoutingTable>) -> ProxyRequest<Routed> {
+        let ctx = RequestCtx::new(
             Direction::Outbound,
             SocketAddr::from(([127, 0, 0, 1], 1)),
             HeaderValue::from_static("127.0.0.1"),
         );
-        ctx.route = Some(RouteRef {
+        let route = RouteRef {
             vhost: table.domains["svc"].clone(),
             index: 0,
-        });
-        ctx.table = Some(table.clone());
+        };
         ProxyRequest {
             http: Request::new(RequestBody::Buffered(BufferedBody::default())),
             ctx,
+            target: Routed {
+                table: table.clone(),
+                route,
+            },
         }
     }
 
     /// Answers with the chosen cluster's name in `x-cluster`.
     fn upstream() -> impl Service<
-        ProxyRequest,
+        ProxyRequest<Concrete<RouteRef>>,
         Response = ProxyResponse,
         Error = ProxyError,
         Future = Ready<Result<ProxyResponse, ProxyError>>,
     > + Clone
     + Send
     + 'static {
-        tower::service_fn(|req: ProxyRequest| {
-            let name = req.ctx.cluster.as_ref().map(|c| c.name.to_string());
+        tower::service_fn(|req: ProxyRequest<Concrete<RouteRef>>| {
+            let name = req.target.cluster.name.to_string();
             let mut response = http::Response::new(ProxyBody::empty());
-            response.headers_mut().insert(
-                "x-cluster",
-                HeaderValue::from_str(&name.unwrap_or_default()).expect("a name"),
-            );
+            response
+                .headers_mut()
+                .insert("x-cluster", HeaderValue::from_str(&name).expect("a name"));
             ready(Ok(response))
         })
     }

@@ -32,7 +32,7 @@ use crate::ejection::Verdict;
 use crate::error::{ErrorKind, ProxyError};
 use crate::model::ProxyResponse;
 use crate::table::request::InFlightGuard;
-use crate::table::request::ProxyRequest;
+use crate::table::request::{Concrete, ProxyRequest, ToEndpoint};
 use crate::table::{Cluster, Endpoint};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -142,9 +142,9 @@ pub fn pick_avoiding<'a>(
     cluster.pick()
 }
 
-impl<S> Service<ProxyRequest> for Balance<S>
+impl<S, R> Service<ProxyRequest<Concrete<R>>> for Balance<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S: Service<ProxyRequest<ToEndpoint<R>>, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
@@ -155,13 +155,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
-        let Some(cluster) = &req.ctx.cluster else {
-            return Either::Left(ready(Err(ProxyError::new(
-                ErrorKind::Internal,
-                "balance without a cluster",
-            ))));
-        };
+    fn call(&mut self, req: ProxyRequest<Concrete<R>>) -> Self::Future {
+        let cluster = &req.target.cluster;
         let picked = match &req.ctx.attempt {
             Some(attempt) => pick_avoiding(cluster, &attempt.excluded),
             None => cluster.pick(),
@@ -185,8 +180,12 @@ where
             // A try is balanced once; a second set could only repeat it.
             let _ = attempt.picked.set(endpoint.clone());
         }
-        req.ctx.endpoint_guard = Some(InFlightGuard::enter(&endpoint));
-        req.ctx.endpoint = Some(endpoint);
+        let guard = InFlightGuard::enter(&endpoint);
+        let req = req.map(|concrete| ToEndpoint {
+            concrete,
+            endpoint,
+            guard,
+        });
         Either::Right(Observed::new(self.inner.call(req), observed))
     }
 }

@@ -54,9 +54,9 @@ pub struct Conformance<S> {
     inner: S,
 }
 
-impl<S> Service<ProxyRequest> for Conformance<S>
+impl<S, T> Service<ProxyRequest<T>> for Conformance<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S: Service<ProxyRequest<T>, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
@@ -66,7 +66,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, req: ProxyRequest<T>) -> Self::Future {
         match check(&req.http) {
             Ok(()) => Either::Right(self.inner.call(req)),
             Err(violation) => {

@@ -99,9 +99,9 @@ fn respond(result: Result<ProxyResponse, ProxyError>) -> Result<ProxyResponse, I
     }))
 }
 
-impl<S> Service<ProxyRequest> for ErrorResponse<S>
+impl<S, T> Service<ProxyRequest<T>> for ErrorResponse<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S: Service<ProxyRequest<T>, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = Infallible;
@@ -115,7 +115,7 @@ where
         }
     }
 
-    fn call(&mut self, req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, req: ProxyRequest<T>) -> Self::Future {
         let respond = if is_grpc(&req.http) {
             respond_grpc as Respond
         } else {

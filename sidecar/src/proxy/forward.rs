@@ -39,7 +39,7 @@ use crate::body::{ProxyBody, ProxyBodyKind, RequestBody};
 use crate::breaker::thresholds::Overflow;
 use crate::error::{ErrorKind, ProxyError, UNREACHED_HEADER};
 use crate::model::{BoxFuture, Direction};
-use crate::table::request::ProxyRequest;
+use crate::table::request::{ProxyRequest, ToEndpoint};
 use crate::table::{Endpoint, cluster::Protocol};
 
 /// See [`UNREACHED_HEADER`].
@@ -274,7 +274,7 @@ fn classify_h1(e: H1Error, endpoint: &Endpoint) -> ProxyError {
     ProxyError::new(kind, reason).with_cause(e)
 }
 
-impl Service<ProxyRequest> for Forward {
+impl<R: Send + 'static> Service<ProxyRequest<ToEndpoint<R>>> for Forward {
     type Response = crate::model::ProxyResponse;
     type Error = ProxyError;
     type Future = BoxFuture;
@@ -283,16 +283,17 @@ impl Service<ProxyRequest> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, req: ProxyRequest<ToEndpoint<R>>) -> Self::Future {
         Box::pin(async move {
-            let ProxyRequest { mut http, mut ctx } = req;
-            let (Some(endpoint), Some(cluster)) = (ctx.endpoint.clone(), ctx.cluster.as_ref())
-            else {
-                return Err(ProxyError::new(
-                    ErrorKind::Internal,
-                    "forward without an endpoint",
-                ));
-            };
+            // `target` holds the endpoint's in-flight guard, and `ctx` the
+            // cluster's: both live until the response head is back.
+            let ProxyRequest {
+                mut http,
+                mut ctx,
+                target,
+            } = req;
+            let endpoint = target.endpoint.clone();
+            let cluster = &target.concrete.cluster;
             if let Some(record) = &ctx.access_log {
                 record.sent_to(&endpoint.authority);
             }
@@ -430,9 +431,11 @@ impl Service<ProxyRequest> for Forward {
                     ProxyBodyKind::Full(_) | ProxyBodyKind::Grpc(_) => {}
                 }
             }
-            // `ctx` (with the in-flight guards) is dropped here: the request
-            // counts as in flight until its response headers arrive.
+            // `ctx` and `target` (with the in-flight guards) are dropped
+            // here: the request counts as in flight until its response
+            // headers arrive.
             drop(ctx);
+            drop(target);
             Ok(resp)
         })
     }

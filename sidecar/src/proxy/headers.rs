@@ -167,9 +167,9 @@ fn on_response(result: Result<ProxyResponse, ProxyError>) -> Result<ProxyRespons
     })
 }
 
-impl<S> Service<ProxyRequest> for ProxyHeaders<S>
+impl<S, T> Service<ProxyRequest<T>> for ProxyHeaders<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S: Service<ProxyRequest<T>, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
@@ -179,7 +179,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, mut req: ProxyRequest<T>) -> Self::Future {
         let upgrading = is_upgrade_request(req.http.version(), req.http.headers());
         if upgrading {
             req.ctx.upgrade = Some(hyper::upgrade::on(&mut req.http));

@@ -14,10 +14,13 @@
 //!           -> timeout -> balance -> concurrency -> forward
 //! ```
 //!
-//! Every layer takes and passes on a `ProxyRequest` (`crate::table::request`):
-//! the HTTP request plus a `RequestCtx` that layers fill in for the ones
-//! below them (the routing table, the route, the cluster, the endpoint).
-//! The layers here name it; a feature's layer (authn, retry, breaker, ...)
+//! Every layer takes and passes on a `ProxyRequest<T>`
+//! (`crate::table::request`): the HTTP request, its context, and its
+//! target `T`, the type of what the layers above decided (the table and
+//! route, then the cluster, then the endpoint). A layer here that works at
+//! any stage is generic over `T`; one that needs a decision takes only
+//! that stage (`balance` a `Concrete`, `forward` a `ToEndpoint`). The
+//! layers here name the request; a feature's layer (authn, retry, breaker, ...)
 //! reads it through a trait of its own, so the features never import the
 //! table or the stacks. Layers below `error_response` fail with a
 //! [`ProxyError`](crate::error::ProxyError); `error_response` is the one

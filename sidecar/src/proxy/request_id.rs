@@ -37,7 +37,7 @@ pub fn generate() -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
 }
 
-impl<S: Service<ProxyRequest>> Service<ProxyRequest> for RequestId<S> {
+impl<S: Service<ProxyRequest<T>>, T> Service<ProxyRequest<T>> for RequestId<S> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
@@ -46,7 +46,7 @@ impl<S: Service<ProxyRequest>> Service<ProxyRequest> for RequestId<S> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, mut req: ProxyRequest<T>) -> Self::Future {
         if !req.http.headers().contains_key(REQUEST_ID) {
             req.http.headers_mut().insert(REQUEST_ID, generate());
         }

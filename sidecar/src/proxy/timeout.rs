@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 use crate::error::{ErrorKind, ProxyError};
 use crate::model::ProxyResponse;
 use crate::table::Cluster;
-use crate::table::request::ProxyRequest;
+use crate::table::request::{Concrete, ProxyRequest};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TimeoutLayer;
@@ -65,9 +65,9 @@ where
     }
 }
 
-impl<S> Service<ProxyRequest> for Timeout<S>
+impl<S, R> Service<ProxyRequest<Concrete<R>>> for Timeout<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S: Service<ProxyRequest<Concrete<R>>, Response = ProxyResponse, Error = ProxyError>,
     S::Future: Send + 'static,
 {
     type Response = ProxyResponse;
@@ -78,11 +78,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ProxyRequest) -> Self::Future {
-        let Some(limit) = req.ctx.timeout else {
+    fn call(&mut self, req: ProxyRequest<Concrete<R>>) -> Self::Future {
+        let Some(limit) = req.target.timeout else {
             return Either::Left(self.inner.call(req));
         };
-        let cluster = req.ctx.cluster.clone();
+        let cluster = Some(req.target.cluster.clone());
         let fut = self.inner.call(req);
         Either::Right(Deadline {
             inner: tokio::time::timeout(limit, fut),

@@ -153,9 +153,9 @@ pub struct CarriedUpgrade<S> {
 
 type OnResponse = fn(Result<ProxyResponse, ProxyError>) -> Result<ProxyResponse, ProxyError>;
 
-impl<S> Service<ProxyRequest> for CarriedUpgrade<S>
+impl<S, T> Service<ProxyRequest<T>> for CarriedUpgrade<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError>,
+    S: Service<ProxyRequest<T>, Response = ProxyResponse, Error = ProxyError>,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
@@ -168,7 +168,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+    fn call(&mut self, mut req: ProxyRequest<T>) -> Self::Future {
         if req.http.method() != Method::CONNECT {
             return Either::Left(self.inner.call(req));
         }

@@ -35,8 +35,8 @@ pub trait RetryTarget: Exchange + Sized {
     /// Where a try went (an endpoint), for the next tries to avoid.
     type Endpoint: Clone + Send + Sync + 'static;
 
-    /// The request's destination, once chosen.
-    fn destination(&self) -> Option<&Arc<Self::Destination>>;
+    /// The request's destination.
+    fn destination(&self) -> &Arc<Self::Destination>;
     /// The route's retry policy, which overrides the destination's.
     fn route_retry_policy(&self) -> Option<&Arc<RetryPolicy>>;
     /// Whether the request is an HTTP/1.1 Upgrade: its connection is
@@ -114,7 +114,7 @@ pub struct Retry<S> {
 /// The policy in force for a request: its route's, else its destination's.
 #[inline]
 fn policy_of<R: RetryTarget>(req: &R) -> Option<(Arc<RetryPolicy>, Arc<R::Destination>)> {
-    let cluster = req.destination()?;
+    let cluster = req.destination();
     let policy = req.route_retry_policy().or(cluster.retry_policy())?;
     Some((policy.clone(), cluster.clone()))
 }
@@ -203,7 +203,7 @@ pub const UNREACHED_RETRY_WINDOW: Duration = Duration::from_secs(60);
 fn unreached_once<R: RetryTarget>(
     req: &mut R,
 ) -> Option<(Arc<RetryPolicy>, Arc<R::Destination>, BufferedBody)> {
-    let cluster = req.destination()?;
+    let cluster = req.destination();
     if !cluster.ejects_unreachable()
         || !cluster.unreachable_seen_within(UNREACHED_RETRY_WINDOW)
         || cluster.serving_endpoints() < 2
@@ -630,7 +630,7 @@ async fn buffer(body: RequestBody, limit: usize) -> Result<Buffered, ProxyError>
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -639,13 +639,13 @@ mod tests {
 
     use super::*;
     use crate::body::ProxyBody;
-    use crate::model::Direction;
+
     use crate::proxy::balance::BalanceLayer;
     use crate::retry::policy;
     use crate::table::Cluster;
     use crate::table::cluster::tests::endpoint;
     use crate::table::cluster::{ClusterSettings, Health};
-    use crate::table::request::{ProxyRequest, RequestCtx};
+    use crate::table::request::{Concrete, ProxyRequest, RouteRef, ToEndpoint, for_tests};
     use crate::upstream::EndpointAddr;
     use weft_proto::config::v1 as pb;
 
@@ -687,21 +687,17 @@ mod tests {
         }
     }
 
-    fn request(cluster: &Arc<Cluster>, method: http::Method) -> ProxyRequest {
-        let mut ctx = RequestCtx::new(
-            Direction::Outbound,
-            SocketAddr::from(([127, 0, 0, 1], 1)),
-            HeaderValue::from_static("127.0.0.1"),
-        );
-        ctx.cluster = Some(cluster.clone());
-        let mut http = Request::new(RequestBody::Buffered(BufferedBody::default()));
+    type Tried = ProxyRequest<Concrete<RouteRef>>;
+
+    fn request(cluster: &Arc<Cluster>, method: http::Method) -> Tried {
+        let mut http = for_tests::empty_http();
         *http.method_mut() = method;
-        ProxyRequest { http, ctx }
+        for_tests::concrete(cluster, http)
     }
 
     /// What the test upstreams below are, behind `balance`.
     trait Upstream:
-        Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError, Future: Send + 'static>
+        Service<Tried, Response = ProxyResponse, Error = ProxyError, Future: Send + 'static>
         + Clone
         + Send
         + 'static
@@ -709,12 +705,8 @@ mod tests {
     }
 
     impl<S> Upstream for S where
-        S: Service<
-                ProxyRequest,
-                Response = ProxyResponse,
-                Error = ProxyError,
-                Future: Send + 'static,
-            > + Clone
+        S: Service<Tried, Response = ProxyResponse, Error = ProxyError, Future: Send + 'static>
+            + Clone
             + Send
             + 'static
     {
@@ -741,11 +733,11 @@ mod tests {
         tries: Arc<Mutex<Vec<u16>>>,
         answer: impl Fn(u16, &mut ProxyResponse) + Clone + Send + Sync + 'static,
     ) -> impl Upstream {
-        let upstream = tower::service_fn(move |req: ProxyRequest| {
+        let upstream = tower::service_fn(move |req: ProxyRequest<ToEndpoint<RouteRef>>| {
             let (tries, answer) = (tries.clone(), answer.clone());
             async move {
-                let port = match req.ctx.endpoint.as_ref().map(|e| &e.addr) {
-                    Some(EndpointAddr::Ip(addr)) => addr.port(),
+                let port = match &req.target.endpoint.addr {
+                    EndpointAddr::Ip(addr) => addr.port(),
                     _ => 0,
                 };
                 tries.lock().unwrap().push(port);

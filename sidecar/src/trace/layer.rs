@@ -282,13 +282,13 @@ where
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use http::{HeaderMap, HeaderValue, Request, Response};
+    use http::{HeaderMap, Request, Response};
     use tower::{Layer as _, Service as _};
 
     use super::*;
     use crate::body::{BufferedBody, ProxyBody, RequestBody};
-    use crate::model::Direction;
-    use crate::table::request::{ProxyRequest, RequestCtx};
+
+    use crate::table::request::{ProxyRequest, Snapshot, for_tests};
 
     /// What the layer below received.
     type Seen = Arc<Mutex<Option<HeaderMap>>>;
@@ -296,7 +296,7 @@ mod tests {
     async fn pass(layer: TraceLayer, headers: &[(&str, &str)]) -> HeaderMap {
         let seen: Seen = Default::default();
         let below = seen.clone();
-        let inner = tower::service_fn(move |req: ProxyRequest| {
+        let inner = tower::service_fn(move |req: ProxyRequest<Snapshot>| {
             *below.lock().unwrap() = Some(req.http.headers().clone());
             async { Ok::<_, ProxyError>(Response::new(ProxyBody::empty())) }
         });
@@ -310,13 +310,10 @@ mod tests {
                 trailers: None,
             }))
             .unwrap();
-        let ctx = RequestCtx::new(
-            Direction::Inbound,
-            "127.0.0.1:1".parse().unwrap(),
-            HeaderValue::from_static("127.0.0.1"),
-        );
         let mut service = layer.layer(inner);
-        let _ = service.call(ProxyRequest { http, ctx }).await;
+        let _ = service
+            .call(for_tests::snapshot(Arc::default(), http))
+            .await;
         seen.lock().unwrap().take().unwrap()
     }
 

@@ -1065,7 +1065,7 @@ fn a_request_never_sees_parts_of_two_inbound_policies() {
     use crate::model::Direction;
     use crate::mtls::MtlsMode;
     use crate::table::cluster::Protocol;
-    use crate::table::request::{ProxyRequest, RequestCtx};
+    use crate::table::request::{ProxyRequest, Received, RequestCtx, Snapshot};
 
     let mut a = policy("billing", pb::Action::Deny);
     a.jwt = Some(jwt_policy(JWT_JSON));
@@ -1081,8 +1081,8 @@ fn a_request_never_sees_parts_of_two_inbound_policies() {
             let (table, done, seen) = (table.clone(), &done, &seen);
             scope.spawn(move || {
                 // What a request judged below the snapshot layer saw.
-                let probe = tower::service_fn(|req: ProxyRequest| {
-                    let policy = req.ctx.inbound_policy();
+                let probe = tower::service_fn(|req: ProxyRequest<Snapshot>| {
+                    let policy = req.target.inbound_policy();
                     let head = http::Request::get("/").body(()).unwrap();
                     let parts = [
                         policy.authz.decide(Some("billing"), &head).is_err(),
@@ -1104,6 +1104,7 @@ fn a_request_never_sees_parts_of_two_inbound_policies() {
                             "127.0.0.1:1".parse().unwrap(),
                             HeaderValue::from_static("127.0.0.1"),
                         ),
+                        target: Received,
                     };
                     let Some(Ok(parts)) = stack.call(req).now_or_never() else {
                         unreachable!("the probe answers at once")

@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use http::Request;
 
-use super::ProxyRequest;
+use super::{ProxyRequest, Snapshot};
 use crate::authn::{Authenticator, AuthnTarget};
 use crate::body::RequestBody;
 
-impl AuthnTarget for ProxyRequest {
+impl AuthnTarget for ProxyRequest<Snapshot> {
     #[inline]
     fn authenticator_and_http(
         &mut self,
     ) -> (Option<&Arc<Authenticator>>, &mut Request<RequestBody>) {
-        (self.ctx.inbound_policy().authn.as_ref(), &mut self.http)
+        (self.target.inbound_policy().authn.as_ref(), &mut self.http)
     }
 }

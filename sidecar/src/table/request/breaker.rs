@@ -4,24 +4,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ClusterGuard, ProxyRequest};
+use super::{ClusterGuard, Concrete, ProxyRequest, ToEndpoint};
 use crate::breaker::circuit::BreakerState;
 use crate::breaker::{
     BreakerDestination, BreakerSettings, BreakerTarget, ConcurrencyTarget, RequestsFull,
 };
 use crate::table::Cluster;
 
-impl BreakerTarget for ProxyRequest {
+impl<R: Send + 'static> BreakerTarget for ProxyRequest<Concrete<R>> {
     type Destination = Cluster;
 
     #[inline]
-    fn breaker_destination(&self) -> Option<&Arc<Cluster>> {
-        self.ctx.cluster.as_ref()
+    fn breaker_destination(&self) -> &Arc<Cluster> {
+        &self.target.cluster
     }
 
     #[inline]
     fn response_timeout(&self) -> Option<Duration> {
-        self.ctx.timeout
+        self.target.timeout
     }
 }
 
@@ -42,20 +42,20 @@ impl BreakerDestination for Cluster {
     }
 }
 
-impl ConcurrencyTarget for ProxyRequest {
+impl<R: Send + 'static> ConcurrencyTarget for ProxyRequest<ToEndpoint<R>> {
     #[inline]
-    fn take_request_slot(&mut self) -> Option<Result<(), RequestsFull<'_>>> {
-        let cluster = self.ctx.cluster.as_ref()?;
+    fn take_request_slot(&mut self) -> Result<(), RequestsFull<'_>> {
+        let cluster = &self.target.concrete.cluster;
         let max = cluster.settings.max_requests;
         match ClusterGuard::admit(&cluster.shared, max) {
             Some(guard) => {
                 self.ctx.cluster_guard = Some(guard);
-                Some(Ok(()))
+                Ok(())
             }
-            None => Some(Err(RequestsFull {
+            None => Err(RequestsFull {
                 destination: &cluster.name,
                 max_requests: max,
-            })),
+            }),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::ProxyRequest;
+use super::{Concrete, ProxyRequest, RouteRef, Snapshot};
 use crate::access_log::{self, Record};
 use crate::metrics::layer::MetricsTarget;
 use crate::metrics::requests::RequestStats;
@@ -65,28 +65,54 @@ impl MetricsSink for ClusterSink {
     }
 }
 
-impl MetricsTarget for ProxyRequest {
+/// The request's sink: `stats`, and with the access log on, the
+/// request's new record, which stays in its context for the layers below.
+fn sink_of<T: Send + 'static>(
+    req: &mut ProxyRequest<T>,
+    stats: Arc<ClusterShared>,
+    route: Option<Arc<str>>,
+    destination: Option<Arc<str>>,
+) -> ClusterSink {
+    let Some(log) = access_log::installed() else {
+        return ClusterSink::Stats(stats);
+    };
+    let sizes: Arc<dyn BodySizeSink> = stats.clone();
+    let record = Arc::new(Record::new(log, req, route, destination, Some(sizes)));
+    req.ctx.access_log = Some(record.clone());
+    ClusterSink::Logged(record, stats)
+}
+
+/// Outbound: counted in the destination's stats, by route.
+impl MetricsTarget for ProxyRequest<Concrete<RouteRef>> {
     type Sink = ClusterSink;
 
     #[inline]
-    fn metrics_sink(&mut self, fixed: Option<&ClusterSink>) -> Option<ClusterSink> {
-        let stats = match fixed {
-            Some(app) => app.shared().clone(),
-            None => self.ctx.cluster.as_ref()?.shared.clone(),
-        };
-        let Some(log) = access_log::installed() else {
-            return Some(ClusterSink::Stats(stats));
-        };
-        let name = self.ctx.cluster.as_ref().map(|c| c.name.clone());
-        let route = self.ctx.route.as_ref().map(|r| r.route().name.clone());
-        let sizes: Arc<dyn BodySizeSink> = stats.clone();
-        let record = Arc::new(Record::new(log, self, route, name, Some(sizes)));
-        self.ctx.access_log = Some(record.clone());
-        Some(ClusterSink::Logged(record, stats))
+    fn metrics_sink(&mut self, _: Option<&ClusterSink>) -> Option<ClusterSink> {
+        let stats = self.target.cluster.shared.clone();
+        let route = Some(self.target.route.route().name.clone());
+        let destination = Some(self.target.cluster.name.clone());
+        Some(sink_of(self, stats, route, destination))
     }
 
     #[inline]
     fn route_name(&self) -> Option<&str> {
-        self.ctx.route.as_ref().map(|r| &*r.route().name)
+        Some(&self.target.route.route().name)
+    }
+}
+
+/// Inbound: counted in the local app's stats (`fixed`), whatever the
+/// request becomes.
+impl MetricsTarget for ProxyRequest<Snapshot> {
+    type Sink = ClusterSink;
+
+    #[inline]
+    fn metrics_sink(&mut self, fixed: Option<&ClusterSink>) -> Option<ClusterSink> {
+        let stats = fixed?.shared().clone();
+        Some(sink_of(self, stats, None, None))
+    }
+
+    #[inline]
+    fn route_name(&self) -> Option<&str> {
+        None
     }
 }

@@ -1,19 +1,33 @@
 //! The request as it travels down both stacks, with what each stage has
 //! decided about it.
 //!
-//! Every layer takes and passes on a [`ProxyRequest`], the HTTP request
-//! plus a [`RequestCtx`] that the layers above fill in for the ones below.
-//! What the stack decided (the table, the route's virtual host, the
-//! cluster, the endpoint) are table types: a request is served from one
-//! immutable table and points into it, so this module is a child of
-//! `table`, above the features whose compiled state the table holds.
+//! Every layer takes and passes on a [`ProxyRequest<T>`]: the HTTP
+//! request, a [`RequestCtx`] (the connection's facts and the few things a
+//! request may or may not have: an upgrade, a retry's attempt, an
+//! access-log record), and its target `T`, which says what the stages
+//! above decided, in linkerd's spirit (Logical, Concrete, Endpoint):
+//!
+//! ```text
+//! outbound: Received --route--> Routed --split--> Concrete<RouteRef> --balance--> ToEndpoint<RouteRef>
+//! inbound:  Received --snapshot--> Snapshot --static_target--> Concrete --balance--> ToEndpoint
+//! ```
+//!
+//! A layer that decides more changes the request's type, so a layer below
+//! it only takes requests that have the decision it needs (`forward`
+//! only a [`ToEndpoint`]): nothing checks at run time for a table, a
+//! cluster or an endpoint that is not there. These are table types: a
+//! request is served from one immutable table and points into it, so this
+//! module is a child of `table`, above the features whose compiled state
+//! the table holds.
 //!
 //! Features below the table never name [`ProxyRequest`]: their layers are
 //! generic over a trait of their own (built on [`crate::model::Exchange`]),
 //! which this module implements, one file per feature (`authn.rs`,
-//! `authz.rs`, `ratelimit.rs`, `tcp.rs`, `trace.rs`). The parts every layer shares (direction,
-//! peer identity, the response and future types) live in `crate::model`,
-//! at the bottom, and are re-exported here.
+//! `authz.rs`, `breaker.rs`, `metrics.rs`, `ratelimit.rs`, `retry.rs`,
+//! `tcp.rs`, `trace.rs`), for the stage where the stack places it. The
+//! parts every layer shares (direction, peer identity, the response and
+//! future types) live in `crate::model`, at the bottom, and are
+//! re-exported here.
 //!
 //! Per-request state a layer leaves for the ones below (the in-flight
 //! guards, the upgrade's [`BridgeSettings`]) is a small type defined here,
@@ -35,7 +49,7 @@ pub use in_flight::{ClusterGuard, InFlightGuard};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
@@ -47,10 +61,86 @@ use crate::table::{Cluster, Endpoint, InboundPolicy, Route, RoutingTable, Virtua
 
 pub use crate::model::{BoxFuture, Direction, Exchange, PeerIdentity, ProxyResponse, REQUEST_ID};
 
-/// The request as it travels down the stack.
-pub struct ProxyRequest {
+/// The request as it travels down the stack, with what the stages above
+/// have decided about it: its target `T`. Each stage that decides more
+/// turns the request into the next target type, so a layer below it takes
+/// only requests that have that decision (`forward` only a
+/// [`ToEndpoint`]), and nothing checks at run time for a part that is not
+/// there (the linkerd way: Logical, then Concrete, then Endpoint).
+pub struct ProxyRequest<T = Received> {
     pub http: Request<RequestBody>,
     pub ctx: RequestCtx,
+    pub target: T,
+}
+
+impl<T> ProxyRequest<T> {
+    /// The same request, having decided `target`.
+    #[inline]
+    pub fn to<U>(self, target: U) -> ProxyRequest<U> {
+        ProxyRequest {
+            http: self.http,
+            ctx: self.ctx,
+            target,
+        }
+    }
+
+    /// The same request, its target taken on to the next stage.
+    #[inline]
+    pub fn map<U>(self, next: impl FnOnce(T) -> U) -> ProxyRequest<U> {
+        ProxyRequest {
+            http: self.http,
+            ctx: self.ctx,
+            target: next(self.target),
+        }
+    }
+}
+
+/// Nothing decided yet: the request as the server hands it to a stack.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Received;
+
+/// Outbound, routed: served from one table (kept to the end) by one of
+/// its routes. Set by `route`.
+#[derive(Clone)]
+pub struct Routed {
+    pub table: Arc<RoutingTable>,
+    pub route: RouteRef,
+}
+
+/// Inbound: judged by one table's inbound policy, loaded once (kept to the
+/// end). Set by `inbound::snapshot`.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub table: Arc<RoutingTable>,
+}
+
+impl Snapshot {
+    /// The inbound policy a request is judged by.
+    #[inline]
+    pub fn inbound_policy(&self) -> &InboundPolicy {
+        &self.table.inbound
+    }
+}
+
+/// Sent to one destination: set by `split` (outbound, `R` the
+/// [`RouteRef`] that chose it) or `static_target` (inbound, the local app:
+/// no route, `R = ()`).
+#[derive(Clone)]
+pub struct Concrete<R = ()> {
+    pub table: Arc<RoutingTable>,
+    pub route: R,
+    pub cluster: Arc<Cluster>,
+    /// Response-header deadline (`None`: none).
+    pub timeout: Option<Duration>,
+}
+
+/// Sent to one endpoint of the destination: set by `balance`.
+pub struct ToEndpoint<R = ()> {
+    pub concrete: Concrete<R>,
+    pub endpoint: Arc<Endpoint>,
+    /// Released when the request finishes (it lives as long as the
+    /// request's context and target).
+    pub guard: InFlightGuard,
 }
 
 /// What the layers above learned about a request.
@@ -59,20 +149,8 @@ pub struct RequestCtx {
     pub client_addr: SocketAddr,
     /// The client IP, formatted once per connection for `x-forwarded-for`.
     pub client_ip: HeaderValue,
-    /// The table this request is served from, kept to the end: set by
-    /// `route` (outbound) or `inbound::snapshot` (inbound, for its
-    /// `InboundPolicy`).
-    pub table: Option<Arc<RoutingTable>>,
-    /// Set by `route`.
-    pub route: Option<RouteRef>,
-    /// Set by `split` (outbound) or `static_target` (inbound).
-    pub cluster: Option<Arc<Cluster>>,
-    /// Response-header deadline, set with the cluster.
-    pub timeout: Option<Duration>,
-    /// Set by `balance`.
-    pub endpoint: Option<Arc<Endpoint>>,
-    /// Released when the request finishes (it lives as long as the ctx).
-    pub endpoint_guard: Option<InFlightGuard>,
+    /// Set by `concurrency` (the cluster's `max_requests`), released when
+    /// the request finishes.
     pub cluster_guard: Option<ClusterGuard>,
     /// Set by `headers` for an HTTP/1.1 Upgrade (WebSocket) request.
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -96,12 +174,6 @@ impl RequestCtx {
             direction,
             client_addr,
             client_ip,
-            table: None,
-            route: None,
-            cluster: None,
-            timeout: None,
-            endpoint: None,
-            endpoint_guard: None,
             cluster_guard: None,
             upgrade: None,
             bridge: None,
@@ -112,23 +184,7 @@ impl RequestCtx {
     }
 }
 
-/// The policy of a request without a snapshot (a layer tested alone):
-/// none, as before the first policy arrives.
-static NO_POLICY: LazyLock<InboundPolicy> = LazyLock::new(InboundPolicy::default);
-
-impl RequestCtx {
-    /// The inbound policy this request is judged by: the one of the table
-    /// `inbound::snapshot` loaded for it.
-    #[inline]
-    pub fn inbound_policy(&self) -> &InboundPolicy {
-        match &self.table {
-            Some(table) => &table.inbound,
-            None => &NO_POLICY,
-        }
-    }
-}
-
-impl Exchange for ProxyRequest {
+impl<T: Send + 'static> Exchange for ProxyRequest<T> {
     #[inline]
     fn http(&self) -> &Request<RequestBody> {
         &self.http
@@ -216,5 +272,77 @@ impl Default for BridgeSettings {
             // The default of `--tcp-idle-timeout`.
             idle_timeout: Duration::from_secs(3600),
         }
+    }
+}
+
+/// Requests at each stage, for the layers' unit tests.
+#[cfg(test)]
+pub mod for_tests {
+    use super::*;
+    use crate::body::BufferedBody;
+    use crate::table::{Destination, HeaderMutation, RouteAction, RouteMatch};
+
+    /// The context of a request from 127.0.0.1:1.
+    pub fn ctx(direction: Direction) -> RequestCtx {
+        RequestCtx::new(
+            direction,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            HeaderValue::from_static("127.0.0.1"),
+        )
+    }
+
+    /// An empty GET of `/`.
+    pub fn empty_http() -> Request<RequestBody> {
+        Request::new(RequestBody::Buffered(BufferedBody::default()))
+    }
+
+    /// As the server hands it to a stack.
+    pub fn received(direction: Direction, http: Request<RequestBody>) -> ProxyRequest {
+        ProxyRequest {
+            http,
+            ctx: ctx(direction),
+            target: Received,
+        }
+    }
+
+    /// Inbound, judged by `table`'s policy.
+    pub fn snapshot(
+        table: Arc<RoutingTable>,
+        http: Request<RequestBody>,
+    ) -> ProxyRequest<Snapshot> {
+        received(Direction::Inbound, http).to(Snapshot { table })
+    }
+
+    /// Outbound, sent to `cluster` by the one route (`test`, matching
+    /// anything) of a table that holds only it.
+    pub fn concrete(
+        cluster: &Arc<Cluster>,
+        http: Request<RequestBody>,
+    ) -> ProxyRequest<Concrete<RouteRef>> {
+        let vhost = Arc::new(VirtualHost {
+            name: "test/test".into(),
+            routes: vec![Route {
+                name: "test".into(),
+                matcher: RouteMatch::any(),
+                action: RouteAction {
+                    destination: Destination::Cluster(cluster.name.clone()),
+                    prefix_rewrite: None,
+                    host_rewrite: None,
+                    timeout: None,
+                    retry: None,
+                },
+                request_headers: HeaderMutation::default(),
+                response_headers: HeaderMutation::default(),
+            }],
+        });
+        let mut table = RoutingTable::default();
+        table.clusters.insert(cluster.name.clone(), cluster.clone());
+        let timeout = cluster.settings.request_timeout;
+        received(Direction::Outbound, http).to(Concrete {
+            table: Arc::new(table),
+            route: RouteRef { vhost, index: 0 },
+            cluster: cluster.clone(),
+            timeout,
+        })
     }
 }

@@ -6,27 +6,24 @@ use std::time::Duration;
 
 use http::{HeaderName, Request};
 
-use super::{Attempt, ProxyRequest, RequestCtx};
+use super::{Attempt, Concrete, ProxyRequest, RequestCtx, RouteRef};
 use crate::body::{BufferedBody, RequestBody};
 use crate::breaker::thresholds::RetryGuard;
 use crate::retry::{RetryDestination, RetryPolicy, RetryState, RetryTarget};
 use crate::table::{Cluster, Endpoint};
 
-impl RetryTarget for ProxyRequest {
+impl RetryTarget for ProxyRequest<Concrete<RouteRef>> {
     type Destination = Cluster;
     type Endpoint = Arc<Endpoint>;
 
     #[inline]
-    fn destination(&self) -> Option<&Arc<Cluster>> {
-        self.ctx.cluster.as_ref()
+    fn destination(&self) -> &Arc<Cluster> {
+        &self.target.cluster
     }
 
     #[inline]
     fn route_retry_policy(&self) -> Option<&Arc<RetryPolicy>> {
-        self.ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.route().action.retry.as_ref())
+        self.target.route.route().action.retry.as_ref()
     }
 
     #[inline]
@@ -41,18 +38,15 @@ impl RetryTarget for ProxyRequest {
         ProxyRequest {
             http: request_for_attempt(&self.http, body),
             ctx,
+            target: self.target.clone(),
         }
     }
 }
 
-/// What a try needs of the request's context; the per-try parts (endpoint,
-/// guards) start empty.
+/// What a try needs of the request's context; the per-try parts (guards)
+/// start empty.
 fn ctx_for_attempt(ctx: &RequestCtx) -> RequestCtx {
     let mut attempt = RequestCtx::new(ctx.direction, ctx.client_addr, ctx.client_ip.clone());
-    attempt.table = ctx.table.clone();
-    attempt.route = ctx.route.clone();
-    attempt.cluster = ctx.cluster.clone();
-    attempt.timeout = ctx.timeout;
     attempt.peer_identity = ctx.peer_identity.clone();
     attempt.access_log = ctx.access_log.clone();
     attempt
