@@ -155,6 +155,51 @@ impl<'ast> Visit<'ast> for Uses {
         self.resolve(&segments);
         syn::visit::visit_path(self, path);
     }
+
+    /// A macro's body is tokens, not syntax: `crate::`, `super::` and
+    /// `self::` paths written inside one (`format!`, `pin_project!`,
+    /// `tokio::select!`) are picked out of the tokens.
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        self.paths_in_tokens(mac.tokens.clone());
+        syn::visit::visit_macro(self, mac);
+    }
+}
+
+impl Uses {
+    fn paths_in_tokens(&mut self, tokens: proc_macro2::TokenStream) {
+        use proc_macro2::TokenTree;
+        let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+        let is_path_sep = |i: usize| {
+            matches!((tokens.get(i), tokens.get(i + 1)),
+                (Some(TokenTree::Punct(a)), Some(TokenTree::Punct(b)))
+                    if a.as_char() == ':' && b.as_char() == ':')
+        };
+        let mut i = 0;
+        while i < tokens.len() {
+            match &tokens[i] {
+                TokenTree::Group(group) => self.paths_in_tokens(group.stream()),
+                TokenTree::Ident(first)
+                    if matches!(first.to_string().as_str(), "crate" | "super" | "self")
+                        && is_path_sep(i + 1) =>
+                {
+                    let mut segments = vec![first.to_string()];
+                    let mut j = i + 1;
+                    while is_path_sep(j) {
+                        let Some(TokenTree::Ident(next)) = tokens.get(j + 2) else {
+                            break;
+                        };
+                        segments.push(next.to_string());
+                        j += 3;
+                    }
+                    self.resolve(&segments);
+                    i = j;
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
 }
 
 /// A dependency between two sibling modules, with one place that makes it.
@@ -365,7 +410,7 @@ fn the_checker_finds_a_cycle_between_two_sibling_folders() {
         std::fs::create_dir_all(path.parent().expect("a parent")).expect("a directory");
         std::fs::write(path, text).expect("a file");
     };
-    write("lib.rs", "mod a; mod b; mod c;");
+    write("lib.rs", "mod a; mod b; mod c; mod d; mod e;");
     write("a/mod.rs", "mod inner; pub struct A;");
     write("a/inner.rs", "pub fn f() -> crate::b::B { todo!() }");
     write("b.rs", "use super::a::A; pub struct B(A);");
@@ -373,10 +418,24 @@ fn the_checker_finds_a_cycle_between_two_sibling_folders() {
         "c.rs",
         "use crate::a::A; #[cfg(test)] mod tests { use crate::c; }",
     );
+    write(
+        "d.rs",
+        "pub fn f() -> String { format!(\"{}\", crate::e::NAME) }",
+    );
+    write(
+        "e.rs",
+        "pub const NAME: &str = \"e\"; pub fn g() { let _ = crate::d::f(); }",
+    );
     let edges = sibling_edges(&dir);
-    let found = cycles(&edges);
+    let mut found = cycles(&edges);
+    found.sort();
     std::fs::remove_dir_all(&dir).expect("clean up");
-    let a = vec!["a".to_string()];
-    let b = vec!["b".to_string()];
-    assert_eq!(found, [vec![a, b]], "{}", describe(&found, &edges));
+    let [a, b, d, e] = ["a", "b", "d", "e"].map(|m| vec![m.to_string()]);
+    // d -> e is written only inside `format!`.
+    assert_eq!(
+        found,
+        [vec![a, b], vec![d, e]],
+        "{}",
+        describe(&found, &edges)
+    );
 }
