@@ -178,13 +178,14 @@ pub(crate) fn header_matches(
     headers
 }
 
-/// HTTP methods, upper-cased.
+/// HTTP methods, written in upper case as requests carry them
+/// (`weft_rules::method`).
 pub(crate) fn methods(list: &[String], path: &str, errs: &mut Errors) -> Vec<Method> {
     let mut methods = Vec::new();
-    for (i, meth) in list.iter().enumerate() {
-        match Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
-            Ok(mm) if !meth.is_empty() => methods.push(mm),
-            _ => errs.at(&format!("{path}[{i}]"), format!("invalid method {meth:?}")),
+    for (i, name) in list.iter().enumerate() {
+        match weft_rules::method::check(name) {
+            Ok(method) => methods.push(method),
+            Err(reason) => errs.at(&format!("{path}[{i}]"), reason),
         }
     }
     methods

@@ -325,7 +325,39 @@ fn refused_documents() -> Vec<Refused> {
             "routes[0].match.query.",
             "virtual_hosts[0].routes[0].match.query_parameters[0].name",
         ),
-        // ---- Destinations: breakers and rate limits.
+        // ---- Routes: methods, aliases and retries, where the schema also
+        // refuses the value and the rule's reason must win.
+        refused(
+            "routes/users",
+            route(json!({ "match": { "methods": ["G T"] } })),
+            "routes[0].match.methods[0]",
+            "virtual_hosts[0].routes[0].match.methods[0]",
+        ),
+        refused(
+            "routes/users",
+            json!({ "aliases": ["bad host!"], "routes": [ { "destination": "users" } ] }),
+            "aliases[0]",
+            "virtual_hosts[0].domains[2]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "retries": { "max_attempts": 11 } })),
+            "routes[0].retries.max_attempts",
+            "virtual_hosts[0].routes[0].action.retry_policy.max_attempts",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "retries": { "retriable_status_codes": [600] } })),
+            "routes[0].retries.retriable_status_codes[0]",
+            "virtual_hosts[0].routes[0].action.retry_policy.status_codes[0]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "retries": { "budget": { "ratio": 1.5 } } })),
+            "routes[0].retries.budget.ratio",
+            "virtual_hosts[0].routes[0].action.retry_policy.budget_ratio",
+        ),
+        // ---- Destinations: breakers, ejection, retries and rate limits.
         refused(
             "destinations/users",
             json!({ "breaker": { "consecutive_failures": 0 } }),
@@ -375,7 +407,85 @@ fn refused_documents() -> Vec<Refused> {
             "rate_limits.redis.timeout",
             "rate_limits.redis.timeout",
         ),
+        refused(
+            "destinations/users",
+            json!({ "retries": { "max_attempts": 0 } }),
+            "retries.max_attempts",
+            "retry_policy.max_attempts",
+        ),
+        refused(
+            "destinations/users",
+            json!({ "breaker": { "failure_ratio": 1.5 } }),
+            "breaker.failure_ratio",
+            "breaker.failure_ratio",
+        ),
+        refused(
+            "destinations/users",
+            json!({ "breaker": { "grpc_statuses": [17] } }),
+            "breaker.grpc_statuses[0]",
+            "breaker.grpc_statuses[0]",
+        ),
+        refused(
+            "destinations/users",
+            json!({ "outlier_detection": { "max_ejection_percent": 101 } }),
+            "outlier_detection.max_ejection_percent",
+            "outlier_detection.max_ejection_percent",
+        ),
+        refused(
+            "destinations/users",
+            limits(json!({ "local": { "requests": 0, "per": "1s" } }), None),
+            "rate_limits.limits[0].local.requests",
+            "rate_limits.limits[0].local.requests",
+        ),
+        refused(
+            "destinations/users",
+            limits(
+                json!({ "name": "bad name", "local": { "requests": 1, "per": "1s" } }),
+                None,
+            ),
+            "rate_limits.limits[0].name",
+            "rate_limits.limits[0].name",
+        ),
+        refused(
+            "destinations/users",
+            limits(
+                json!({ "global": { "requests": 10, "window": "1m" } }),
+                Some(json!({ "url": "http://127.0.0.1:6379" })),
+            ),
+            "rate_limits.redis.url",
+            "rate_limits.redis.url",
+        ),
+        refused(
+            "destinations/users",
+            limits(
+                json!({ "global": { "requests": 10, "window": "1m" } }),
+                Some(json!({ "url": "rediss://127.0.0.1:6379", "ca_pem": "junk" })),
+            ),
+            "rate_limits.redis.ca_pem",
+            "rate_limits.redis.ca_pem",
+        ),
         // ---- Policies: permissions and rate limits.
+        refused(
+            "policies/users",
+            json!({ "intentions": [ { "source": "", "action": "allow" } ] }),
+            "intentions[0].source",
+            "intentions[0].source",
+        ),
+        refused(
+            "policies/users",
+            permission(json!({ "methods": ["G T"] })),
+            "intentions[0].permissions[0].methods[0]",
+            "intentions[0].permissions[0].methods[0]",
+        ),
+        refused(
+            "policies/users",
+            limits(
+                json!({ "global": { "requests": 0, "window": "1m" } }),
+                Some(json!({ "url": REDIS })),
+            ),
+            "rate_limits.limits[0].global.requests",
+            "rate_limits.limits[0].global.requests",
+        ),
         refused(
             "policies/users",
             permission(json!({ "path_regex": "(" })),
@@ -426,6 +536,71 @@ fn refused_documents() -> Vec<Refused> {
             "rate_limits.limits[0].global.window",
         ),
         // ---- Policies: JWT.
+        refused(
+            "policies/users",
+            json!({ "jwt": { "providers": [] } }),
+            "jwt.providers",
+            "jwt.providers",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "audiences": [] }), json!([])),
+            "jwt.providers[0].audiences",
+            "jwt.providers[0].audiences",
+        ),
+        refused(
+            "policies/users",
+            jwt(json!({ "audiences": [""] }), json!([])),
+            "jwt.providers[0].audiences[0]",
+            "jwt.providers[0].audiences[0]",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "shared_secret": null, "jwks": { "uri": "ftp://idp.example/jwks" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.uri",
+            "jwt.providers[0].jwks.uri",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "shared_secret": null,
+                        "jwks": { "uri": "https://idp.example/jwks", "ca_file": "idp-ca.pem" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.ca_file",
+            "jwt.providers[0].jwks.ca_file",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({ "shared_secret": null,
+                        "jwks": { "uri": "https://idp.example/jwks", "ca_pem": "junk" } }),
+                json!([]),
+            ),
+            "jwt.providers[0].jwks.ca_pem",
+            "jwt.providers[0].jwks.ca_pem",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({}),
+                json!([ { "match": { "path_prefix": "/" }, "required_roles": ["a b"] } ]),
+            ),
+            "jwt.rules[0].required_roles[0]",
+            "jwt.rules[0].required_roles[0]",
+        ),
+        refused(
+            "policies/users",
+            jwt(
+                json!({}),
+                json!([ { "match": { "path_prefix": "/", "methods": ["G T"] } } ]),
+            ),
+            "jwt.rules[0].match.methods[0]",
+            "jwt.rules[0].match.methods[0]",
+        ),
         refused(
             "policies/users",
             jwt(json!({ "name": "  " }), json!([])),
@@ -674,6 +849,14 @@ async fn every_document_a_sidecar_would_refuse_the_agent_refuses_with_the_same_r
     let mut disagreements = Vec::new();
     for case in &cases {
         let agent = agent_verdict(case);
+        let key = DocumentKey::parse(case.key).expect("a document key");
+        if let Err(e) = documents::parse_unchecked(key.kind(), &case.document) {
+            disagreements.push(format!(
+                "TYPED-REFUSED {} {}: {e}",
+                case.field, case.document
+            ));
+            continue;
+        }
         let sidecar = sidecar_verdict(case);
         let said = || {
             format!(

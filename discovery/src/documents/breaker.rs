@@ -171,14 +171,26 @@ impl Breaker {
         ) {
             errors.push(FieldError::new(key, at("consecutive_failures"), reason));
         }
-        if let Some(Ratio(r)) = self.failure_ratio
-            && !(r > 0.0 && r <= 1.0)
-        {
-            errors.push(FieldError::new(
-                key,
-                at("failure_ratio"),
-                format!("{r} is not a ratio in (0, 1]"),
-            ));
+        if let Some(Ratio(r)) = self.failure_ratio {
+            let reason = match weft_rules::breaker::check_failure_ratio(r) {
+                Err(reason) => Some(reason),
+                // The protocol's 0 means "no ratio": a document says so by
+                // leaving the field out.
+                Ok(()) if r == 0.0 => Some("0 never opens the breaker: leave it out".into()),
+                Ok(()) => None,
+            };
+            if let Some(reason) = reason {
+                errors.push(FieldError::new(key, at("failure_ratio"), reason));
+            }
+        }
+        for (index, code) in self.grpc_statuses.iter().enumerate() {
+            if let Err(reason) = weft_rules::grpc::check_status(*code) {
+                errors.push(FieldError::new(
+                    key,
+                    format!("breaker.grpc_statuses[{index}]"),
+                    reason,
+                ));
+            }
         }
         for (field, d) in [
             ("window", self.window),
@@ -227,6 +239,11 @@ impl Breaker {
 impl OutlierDetection {
     pub(super) fn check(&self, key: &str, errors: &mut Vec<FieldError>) {
         let at = |f: &str| join("outlier_detection", f);
+        if let Err(reason) =
+            weft_rules::ejection::check_max_ejection_percent(self.max_ejection_percent)
+        {
+            errors.push(FieldError::new(key, at("max_ejection_percent"), reason));
+        }
         positive(
             key,
             at("base_ejection_time"),

@@ -8,7 +8,7 @@ use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
 use super::breaker::{Breaker, CircuitBreakers, OutlierDetection};
-use super::error::{FieldError, from_serde, join};
+use super::error::{FieldError, from_serde, join, with_rule_reasons};
 use super::rate_limit::{RateLimitsSection, Side};
 use super::retry::RetryDocument;
 use super::{DocumentKind, duration, schema};
@@ -149,12 +149,17 @@ fn default_idle_timeout() -> Duration {
 
 /// Schema, then typed parse, then semantic checks; every error at once.
 pub(super) fn parse(key: &str, value: &Value) -> Result<DestinationDocument, Vec<FieldError>> {
-    let errors = schema::validate(key, DocumentKind::Destination, value);
-    if !errors.is_empty() {
-        return Err(errors);
+    let schema_errors = schema::validate(key, DocumentKind::Destination, value);
+    let typed = serde_path_to_error::deserialize::<_, DestinationDocument>(value);
+    if !schema_errors.is_empty() {
+        // Where the typed model still reads the document, its rules speak
+        // for the fields they check (a sidecar's reasons).
+        let rules = typed
+            .map(|document| document.check(key))
+            .unwrap_or_default();
+        return Err(with_rule_reasons(schema_errors, rules));
     }
-    let document: DestinationDocument = serde_path_to_error::deserialize(value)
-        .map_err(|error| vec![from_serde(key, "", error)])?;
+    let document = typed.map_err(|error| vec![from_serde(key, "", error)])?;
     let errors = document.check(key);
     if errors.is_empty() {
         Ok(document)

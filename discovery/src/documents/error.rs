@@ -48,6 +48,30 @@ pub(crate) fn join(parent: &str, name: &str) -> String {
     }
 }
 
+/// The schema's errors and the rules' (`weft-rules`, the checks a sidecar
+/// applies) for one document, as one list. Where both refuse a field, the
+/// rule's reason replaces the schema's: it is the one a sidecar gives, so a
+/// problem reads the same whichever end finds it.
+pub(crate) fn with_rule_reasons(
+    mut errors: Vec<FieldError>,
+    rules: Vec<FieldError>,
+) -> Vec<FieldError> {
+    let schema_errors = errors.len();
+    let mut replaced = vec![false; schema_errors];
+    for rule in rules {
+        let same_field =
+            (0..schema_errors).find(|&i| !replaced[i] && errors[i].field == rule.field);
+        match same_field {
+            Some(i) => {
+                replaced[i] = true;
+                errors[i].reason = rule.reason;
+            }
+            None => errors.push(rule),
+        }
+    }
+    errors
+}
+
 /// Turns the typed-parse error of serde into a field error, keeping the path
 /// serde_path_to_error tracked (it prints paths as `routes[0].match`, the
 /// same form as ours).
@@ -74,6 +98,30 @@ pub(crate) fn from_serde(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rule_reason_replaces_the_schema_reason_for_its_field() {
+        let schema = vec![
+            FieldError::new("k", "a", "schema says a"),
+            FieldError::new("k", "b", "schema says b"),
+        ];
+        let rules = vec![
+            FieldError::new("k", "b", "rule says b"),
+            FieldError::new("k", "c", "rule says c"),
+        ];
+        let reasons: Vec<String> = with_rule_reasons(schema, rules)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "k: a: schema says a",
+                "k: b: rule says b",
+                "k: c: rule says c"
+            ]
+        );
+    }
 
     #[test]
     fn display_is_key_field_reason() {

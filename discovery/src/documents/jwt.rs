@@ -29,8 +29,25 @@ pub(super) fn check(key: &str, jwt: &Value) -> Vec<FieldError> {
         |field: String, reason: String| errors.push(FieldError::new(key, field, reason));
     let mut names = BTreeSet::new();
     let mut issuers = BTreeSet::new();
+    if let Some(Value::Array(providers)) = jwt.get("providers")
+        && let Err(reason) = jwt::check_providers_listed(providers.len())
+    {
+        error("jwt.providers".into(), reason);
+    }
     for (index, provider) in array(jwt, "providers").iter().enumerate() {
         let at = format!("jwt.providers[{index}]");
+        if let Some(Value::Array(audiences)) = provider.get("audiences") {
+            if let Err(reason) = jwt::check_audiences_listed(audiences.len()) {
+                error(join(&at, "audiences"), reason);
+            }
+            for (number, audience) in audiences.iter().enumerate() {
+                if let Some(audience) = audience.as_str()
+                    && let Err(reason) = jwt::check_audience(audience)
+                {
+                    error(format!("{at}.audiences[{number}]"), reason);
+                }
+            }
+        }
         if let Some(name) = text(provider, "name")
             && let Err(reason) = jwt::check_provider_name(name)
         {
@@ -124,8 +141,22 @@ pub(super) fn check(key: &str, jwt: &Value) -> Vec<FieldError> {
         {
             error(join(&at, "roles_claim"), reason);
         }
+        for (number, method) in array(matches, "methods").iter().enumerate() {
+            if let Some(method) = method.as_str()
+                && let Err(reason) = weft_rules::method::check(method)
+            {
+                error(format!("{at}.match.methods[{number}]"), reason);
+            }
+        }
         let public = rule.get("public").and_then(Value::as_bool) == Some(true);
         let roles = strings(rule, "required_roles");
+        for (number, role) in array(rule, "required_roles").iter().enumerate() {
+            if let Some(role) = role.as_str()
+                && let Err(reason) = jwt::check_role(role)
+            {
+                error(format!("{at}.required_roles[{number}]"), reason);
+            }
+        }
         if let Err(reason) = jwt::check_public_rule(public, &roles) {
             error(join(&at, "required_roles"), reason);
         }
@@ -145,6 +176,21 @@ fn jwks_errors(jwks: &Value) -> Vec<(&'static str, String)> {
         _ => return errors,
     };
     let inline = uri.is_none();
+    if let Some(uri) = uri
+        && let Err(reason) = jwt::check_jwks_uri(uri)
+    {
+        errors.push(("uri", reason));
+    }
+    if let Some(pem) = text(jwks, "ca_pem")
+        && let Err(reason) = weft_rules::pem::check_has_certificate(pem)
+    {
+        errors.push(("ca_pem", reason));
+    }
+    if let Some(path) = text(jwks, "ca_file")
+        && let Err(reason) = jwt::check_ca_file(std::path::Path::new(path))
+    {
+        errors.push(("ca_file", reason));
+    }
     if let Some(cache) = duration(jwks, "cache_duration")
         && let Err(reason) = jwt::check_cache_duration(cache, inline)
     {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
-use super::error::{FieldError, from_serde, join};
+use super::error::{FieldError, from_serde, join, with_rule_reasons};
 use super::rate_limit::{RateLimitsSection, Side};
 use super::{DocumentKind, PathMatch, StringMatch, schema};
 
@@ -219,31 +219,21 @@ impl TryFrom<PermissionWire> for Permission {
 /// Schema, then the checks the schema cannot express, then the typed
 /// parse; every error of the first two at once.
 pub(super) fn parse(key: &str, value: &Value) -> Result<PolicyDocument, Vec<FieldError>> {
-    let mut errors = schema::validate(key, DocumentKind::Policy, value);
-    for rule in semantic_errors(key, value) {
-        // Where the schema and a rule both refuse a field, the rule's reason
-        // is the one a sidecar gives (weft-rules): one message for one
-        // problem, whichever end finds it.
-        match errors.iter_mut().find(|known| known.field == rule.field) {
-            Some(known) => known.reason = rule.reason,
-            None => errors.push(rule),
-        }
+    let typed = serde_path_to_error::deserialize::<_, PolicyDocument>(value);
+    let mut rules = semantic_errors(key, value);
+    if let Ok(document) = &typed {
+        rules.extend(
+            document
+                .rate_limits
+                .iter()
+                .flat_map(|limits| limits.check(key, Side::Policy)),
+        );
     }
+    let errors = with_rule_reasons(schema::validate(key, DocumentKind::Policy, value), rules);
     if !errors.is_empty() {
         return Err(errors);
     }
-    let document: PolicyDocument = serde_path_to_error::deserialize(value)
-        .map_err(|error| vec![from_serde(key, "", error)])?;
-    let errors: Vec<FieldError> = document
-        .rate_limits
-        .iter()
-        .flat_map(|limits| limits.check(key, Side::Policy))
-        .collect();
-    if errors.is_empty() {
-        Ok(document)
-    } else {
-        Err(errors)
-    }
+    typed.map_err(|error| vec![from_serde(key, "", error)])
 }
 
 /// The defaults document: its schema, then the typed parse.
@@ -278,7 +268,9 @@ fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
     for (index, intention) in intentions.iter().enumerate() {
         let at = format!("intentions[{index}]");
         if let Some(source) = intention.get("source").and_then(Value::as_str) {
-            if let Some(first) = first_index_of.get(source) {
+            if let Err(reason) = weft_rules::name::check_intention_source(source) {
+                errors.push(FieldError::new(key, join(&at, "source"), reason));
+            } else if let Some(first) = first_index_of.get(source) {
                 errors.push(FieldError::new(
                     key,
                     join(&at, "source"),
@@ -295,6 +287,19 @@ fn semantic_errors(key: &str, document: &Value) -> Vec<FieldError> {
         };
         for (number, permission) in permissions.iter().enumerate() {
             let at = format!("{at}.permissions[{number}]");
+            if let Some(Value::Array(methods)) = permission.get("methods") {
+                for (index, method) in methods.iter().enumerate() {
+                    if let Some(method) = method.as_str()
+                        && let Err(reason) = weft_rules::method::check(method)
+                    {
+                        errors.push(FieldError::new(
+                            key,
+                            format!("{at}.methods[{index}]"),
+                            reason,
+                        ));
+                    }
+                }
+            }
             if let Some(pattern) = permission.get("path_regex").and_then(Value::as_str)
                 && let Err(reason) = weft_rules::regex::check(pattern)
             {
@@ -600,8 +605,12 @@ mod tests {
             ],
             "{errors:?}"
         );
-        assert!(errors[0].contains("\"get\" is not one of"), "{errors:?}");
-        assert!(errors[0].contains("upper case"), "{errors:?}");
+        // The sidecar's reason (weft_rules::method), not the schema's list.
+        assert!(
+            errors[0].ends_with("`get` is not an HTTP method in upper case, like GET"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("\"FETCH\" is not one of"), "{errors:?}");
     }
 
     #[test]
@@ -775,8 +784,8 @@ mod tests {
             "jwt.providers[0].clock_leway: unknown field (allowed here: ",
             "jwt.providers[1].from[1]: needs one of `header`, `cookie`, `query`",
             "jwt.providers[2]: needs one of `jwks`, `shared_secret`",
-            "jwt.providers[1].jwks.uri: \"ftp://idp/jwks\" is not an https:// or http:// URL",
-            "jwt.providers[1].jwks.ca_file: \"ca.pem\" is not an absolute path",
+            "jwt.providers[1].jwks.uri: `ftp://idp/jwks` is not an https:// or http:// URL",
+            "jwt.providers[1].jwks.ca_file: `ca.pem` is not an absolute path",
         ] {
             assert!(said.contains(reason), "missing {reason:?} in {said}");
         }

@@ -137,7 +137,9 @@ impl RateLimitsSection {
             let mut error = |field: &str, reason: String| {
                 errors.push(FieldError::new(key, join(&at, field), reason));
             };
-            if let Some(first) = first_of.insert(&limit.name, index) {
+            if let Err(reason) = weft_rules::rate_limit::check_limit_name(&limit.name) {
+                error("name", reason);
+            } else if let Some(first) = first_of.insert(&limit.name, index) {
                 first_of.insert(&limit.name, first);
                 error(
                     "name",
@@ -172,6 +174,9 @@ impl RateLimitsSection {
                 );
             }
             if let Some(local) = &limit.local {
+                if let Err(reason) = weft_rules::rate_limit::check_requests(local.requests) {
+                    error("local.requests", reason);
+                }
                 if let Err(reason) = weft_rules::duration::check_positive(local.per) {
                     error("local.per", reason);
                 }
@@ -180,6 +185,9 @@ impl RateLimitsSection {
                 }
             }
             if let Some(global) = &limit.global {
+                if let Err(reason) = weft_rules::rate_limit::check_requests(global.requests) {
+                    error("global.requests", reason);
+                }
                 if let Err(reason) = weft_rules::rate_limit::check_global_window(global.window) {
                     error("global.window", reason);
                 }
@@ -194,15 +202,18 @@ impl RateLimitsSection {
         }
         if let Some(redis) = &self.redis {
             let at = join(at, "redis");
-            if let Err(reason) = check_redis_url(&redis.url) {
+            if let Err(reason) = weft_rules::rate_limit::check_redis_url(&redis.url) {
                 errors.push(FieldError::new(key, join(&at, "url"), reason));
             }
-            if redis.ca_pem.is_some() && !redis.url.starts_with("rediss://") {
-                errors.push(FieldError::new(
-                    key,
-                    join(&at, "ca_pem"),
-                    "only with a rediss:// (TLS) url",
-                ));
+            if let Some(pem) = &redis.ca_pem {
+                let reason = if redis.url.starts_with("rediss://") {
+                    weft_rules::pem::check_has_certificate(pem).err()
+                } else {
+                    Some("only with a rediss:// (TLS) url".into())
+                };
+                if let Some(reason) = reason {
+                    errors.push(FieldError::new(key, join(&at, "ca_pem"), reason));
+                }
             }
             if let Err(reason) = weft_rules::rate_limit::check_redis_timeout(redis.timeout) {
                 errors.push(FieldError::new(key, join(&at, "timeout"), reason));
@@ -261,21 +272,6 @@ impl RateLimitsSection {
             }),
         }
     }
-}
-
-/// `redis://` or `rediss://`, then a host. The sidecar's Redis client
-/// parses the rest (port, password, database) when it connects.
-fn check_redis_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("rediss://"))
-        .ok_or_else(|| format!("`{url}` must start with redis:// (plain) or rediss:// (TLS)"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    if host.is_empty() || host.starts_with(':') {
-        return Err("names no host: write redis://HOST:PORT".into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -374,10 +370,16 @@ mod tests {
 
     #[test]
     fn redis_urls_and_timeouts_are_checked() {
-        assert!(check_redis_url("redis://127.0.0.1:6379").is_ok());
-        assert!(check_redis_url("rediss://:secret@cache.internal:6380/2").is_ok());
-        assert!(check_redis_url("http://cache:6379").is_err());
-        assert!(check_redis_url("redis://:6379").is_err());
+        for (url, ok) in [
+            ("redis://127.0.0.1:6379", true),
+            ("rediss://:secret@cache.internal:6380/2", true),
+            ("http://cache:6379", false),
+            ("redis://:6379", false),
+        ] {
+            let s = section(json!({ "redis": { "url": url }, "limits": [] }));
+            let errors = s.check("destinations/users", Side::Destination);
+            assert_eq!(errors.is_empty(), ok, "{url}: {errors:?}");
+        }
         let s = section(json!({ "redis": { "url": "redis://r", "timeout": "5s" }, "limits": [] }));
         let errors = s.check("destinations/users", Side::Destination);
         assert_eq!(errors[0].field, "rate_limits.redis.timeout");

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
-use super::error::{FieldError, from_serde, join};
+use super::error::{FieldError, from_serde, join, with_rule_reasons};
 use super::retry::RetryDocument;
 use super::{DocumentKind, duration, schema};
 
@@ -313,38 +313,43 @@ impl MatcherObject {
 
 /// Schema, then typed parse, then semantic checks; every error at once.
 pub(super) fn parse(key: &str, value: &Value) -> Result<RouteDocument, Vec<FieldError>> {
-    let mut errors = schema::validate(key, DocumentKind::Route, value);
-    if errors.is_empty() {
-        match serde_path_to_error::deserialize::<_, RouteDocument>(value) {
+    let schema_errors = schema::validate(key, DocumentKind::Route, value);
+    let typed = serde_path_to_error::deserialize::<_, RouteDocument>(value);
+    if schema_errors.is_empty() {
+        let errors = match typed {
             Ok(document) => {
-                errors = document.check(key);
+                let errors = document.check(key);
                 if errors.is_empty() {
                     return Ok(document);
                 }
+                errors
             }
-            Err(error) => errors.push(from_serde(key, "", error)),
-        }
+            Err(error) => vec![from_serde(key, "", error)],
+        };
         return Err(errors);
     }
-    // The schema found problems. Still check the meaning of every route it
-    // had nothing against, so that one pass reports every error.
-    if let Some(routes) = value.get("routes").and_then(Value::as_array) {
-        for (index, route) in routes.iter().enumerate() {
-            let field = format!("routes[{index}]");
-            if errors.iter().any(|error| is_within(&error.field, &field)) {
-                // Not typed: its regexes can still be checked where they are strings.
-                let found = regex_errors(key, &field, route);
-                let new: Vec<_> = found
-                    .into_iter()
-                    .filter(|error| !errors.iter().any(|known| known.field == error.field))
-                    .collect();
-                errors.extend(new);
-            } else if let Ok(route) = Route::deserialize(route) {
-                errors.extend(route.check(key, &field));
-            }
-        }
-    }
-    Err(errors)
+    // The schema found problems. Still apply the rules wherever the typed
+    // model reads the document, so that one pass reports every error, and
+    // a field both refuse gets the rule's reason (a sidecar's).
+    let rules = match typed {
+        Ok(document) => document.check(key),
+        Err(_) => value
+            .get("routes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .flat_map(|(index, route)| {
+                let field = format!("routes[{index}]");
+                match Route::deserialize(route) {
+                    Ok(route) => route.check(key, &field),
+                    // Not typed: its regexes can still be checked where they are strings.
+                    Err(_) => regex_errors(key, &field, route),
+                }
+            })
+            .collect(),
+    };
+    Err(with_rule_reasons(schema_errors, rules))
 }
 
 /// The regex checks of [`Route::check`] on an untyped route (one the schema
@@ -374,21 +379,24 @@ fn regex_errors(key: &str, field: &str, route: &Value) -> Vec<FieldError> {
     errors
 }
 
-/// Whether `field` is `parent` or lies inside it.
-fn is_within(field: &str, parent: &str) -> bool {
-    field
-        .strip_prefix(parent)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
-}
-
 impl RouteDocument {
     /// The checks the schema cannot express, for every route.
     fn check(&self, key: &str) -> Vec<FieldError> {
-        self.routes
+        let aliases = self
+            .aliases
             .iter()
             .enumerate()
-            .flat_map(|(index, route)| route.check(key, &format!("routes[{index}]")))
-            .collect()
+            .filter_map(|(index, alias)| {
+                weft_rules::name::check_domain(&alias.to_ascii_lowercase())
+                    .err()
+                    .map(|reason| FieldError::new(key, format!("aliases[{index}]"), reason))
+            });
+        let routes = self
+            .routes
+            .iter()
+            .enumerate()
+            .flat_map(|(index, route)| route.check(key, &format!("routes[{index}]")));
+        aliases.chain(routes).collect()
     }
 
     /// Every service this table routes to (for the reference check against the catalog).
@@ -503,6 +511,11 @@ impl Route {
                 && let Err(reason) = weft_rules::regex::check(pattern)
             {
                 error(join(&at, "regex"), reason);
+            }
+        }
+        for (index, method) in self.matches.methods.iter().enumerate() {
+            if let Err(reason) = weft_rules::method::check(method) {
+                error(format!("{matches}.methods[{index}]"), reason);
             }
         }
         for (name, matcher) in &self.matches.query {

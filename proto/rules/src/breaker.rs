@@ -10,6 +10,14 @@ pub fn check_can_open(consecutive_failures: u32, failure_ratio: Option<f64>) -> 
     Ok(())
 }
 
+/// The share of failed requests that opens the breaker: 0 to 1.
+pub fn check_failure_ratio(ratio: f64) -> Result<(), String> {
+    if !ratio.is_finite() || !(0.0..=1.0).contains(&ratio) {
+        return Err(format!("{ratio} is not a ratio between 0 and 1"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -20,5 +28,12 @@ mod tests {
         assert!(check_can_open(0, Some(0.0)).is_err());
         assert!(check_can_open(0, Some(0.5)).is_ok());
         assert!(check_can_open(5, None).is_ok());
+    }
+
+    #[test]
+    fn a_failure_ratio_is_between_0_and_1() {
+        assert!(check_failure_ratio(0.5).is_ok());
+        assert!(check_failure_ratio(1.5).is_err());
+        assert!(check_failure_ratio(f64::NAN).is_err());
     }
 }

@@ -186,6 +186,70 @@ pub fn check_min_refetch_interval(interval: std::time::Duration) -> Result<(), S
     Ok(())
 }
 
+/// A policy lists at least one provider.
+pub fn check_providers_listed(count: usize) -> Result<(), String> {
+    if count == 0 {
+        return Err("no provider: list at least one identity provider".into());
+    }
+    Ok(())
+}
+
+/// A provider lists the audiences it accepts.
+pub fn check_audiences_listed(count: usize) -> Result<(), String> {
+    if count == 0 {
+        return Err(
+            "empty: list the `aud` values this service accepts (usually its own name), \
+             so a token minted for another service is refused"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// One accepted audience: not empty.
+pub fn check_audience(audience: &str) -> Result<(), String> {
+    if audience.is_empty() {
+        return Err("empty audience".into());
+    }
+    Ok(())
+}
+
+/// A role a rule requires: one word (scope claims are split at spaces).
+pub fn check_role(role: &str) -> Result<(), String> {
+    if role.is_empty() || role.contains(char::is_whitespace) {
+        return Err(format!(
+            "`{role}` is not a role: roles are single words (scopes are split at spaces)"
+        ));
+    }
+    Ok(())
+}
+
+/// Where a JWKS is fetched from: an `https://` or `http://` URL with a host.
+pub fn check_jwks_uri(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("https" | "http")) {
+        return Err(format!("`{text}` is not an https:// or http:// URL"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` has no host"));
+    }
+    Ok(uri)
+}
+
+/// A CA file for a JWKS server: an absolute path (read by the sidecar, on
+/// its own host, from its own working directory).
+pub fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!(
+            "`{}` is not an absolute path: the sidecar's working directory is not yours",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// A provider's name: not blank.
 pub fn check_provider_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
@@ -248,6 +312,20 @@ pub fn duplicate_issuer(issuer: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn providers_audiences_roles_and_where_keys_come_from() {
+        assert!(check_providers_listed(0).is_err());
+        assert!(check_audiences_listed(0).is_err());
+        assert!(check_audience("").is_err());
+        assert!(check_role("admin").is_ok());
+        assert!(check_role("a b").is_err());
+        assert!(check_jwks_uri("https://idp.example/jwks").is_ok());
+        assert!(check_jwks_uri("ftp://idp.example/jwks").is_err());
+        assert!(check_jwks_uri("https:///jwks").is_err());
+        assert!(check_ca_file("/etc/weft/idp.pem".as_ref()).is_ok());
+        assert!(check_ca_file("idp.pem".as_ref()).is_err());
+    }
 
     #[test]
     fn secrets_are_base64_of_enough_bytes() {

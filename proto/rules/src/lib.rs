@@ -12,11 +12,15 @@
 
 pub mod breaker;
 pub mod duration;
+pub mod ejection;
+pub mod grpc;
 pub mod header;
 pub mod jwt;
 pub mod limits;
+pub mod method;
 pub mod name;
 pub mod path;
+pub mod pem;
 pub mod rate_limit;
 pub mod regex;
 pub mod retry;

@@ -27,6 +27,28 @@ pub fn check_authority(text: &str) -> Result<http::uri::Authority, String> {
         .map_err(|_| format!("`{text}` is not a valid host[:port]"))
 }
 
+/// A domain a route table serves (the host, without port, as a request
+/// names it): a host name or an IP literal, never empty and never holding a
+/// space or a `/` (which no Host header carries).
+pub fn check_domain(host: &str) -> Result<(), String> {
+    if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+        return Err(format!(
+            "`{host}` is not a domain: a host name as clients send it in Host, without scheme or path"
+        ));
+    }
+    Ok(())
+}
+
+/// The caller an intention is about: a service name, or `*` for any caller.
+/// Only emptiness is refused here: the agent's catalog may hold services
+/// with any name, and an intention about one must still reach the sidecar.
+pub fn check_intention_source(source: &str) -> Result<(), String> {
+    if source.is_empty() {
+        return Err("must not be empty: name the calling service, or `*` for any caller".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +60,16 @@ mod tests {
             check_authority("bad host").unwrap_err(),
             "`bad host` is not a valid host[:port]"
         );
+    }
+
+    #[test]
+    fn domains_and_intention_sources() {
+        assert!(check_domain("users.internal").is_ok());
+        assert!(check_domain("bad host").is_err());
+        assert!(check_domain("").is_err());
+        assert!(check_domain("a/b").is_err());
+        assert!(check_intention_source("*").is_ok());
+        assert!(check_intention_source("").is_err());
     }
 
     #[test]

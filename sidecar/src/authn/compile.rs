@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use http::Uri;
 use http::header::HeaderName;
-use http::{Method, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use super::config::{AuthnConfig, JwksConfig, ProviderConfig, RequiredClaim, RuleConfig};
@@ -63,11 +63,8 @@ pub(crate) fn compile(config: &AuthnConfig) -> Result<Compiled, ConfigErrors> {
     let mut errors = Errors(Vec::new());
     let mut sources: Vec<TokenSource> = Vec::new();
     let mut providers = Vec::with_capacity(config.providers.len());
-    if config.providers.is_empty() {
-        errors.add(
-            "providers",
-            "no provider: list at least one identity provider",
-        );
+    if let Err(reason) = weft_rules::jwt::check_providers_listed(config.providers.len()) {
+        errors.add("providers", reason);
     }
     let mut names = HashSet::new();
     let mut issuers = HashSet::new();
@@ -125,16 +122,12 @@ fn compile_provider(
     if let Err(reason) = weft_rules::jwt::check_issuer(&p.issuer) {
         errors.add(format!("{field}.issuer"), reason);
     }
-    if p.audiences.is_empty() {
-        errors.add(
-            format!("{field}.audiences"),
-            "empty: list the `aud` values this service accepts (usually its own name), \
-             so a token minted for another service is refused",
-        );
+    if let Err(reason) = weft_rules::jwt::check_audiences_listed(p.audiences.len()) {
+        errors.add(format!("{field}.audiences"), reason);
     }
     for (j, a) in p.audiences.iter().enumerate() {
-        if a.is_empty() {
-            errors.add(format!("{field}.audiences[{j}]"), "empty audience");
+        if let Err(reason) = weft_rules::jwt::check_audience(a) {
+            errors.add(format!("{field}.audiences[{j}]"), reason);
         }
     }
 
@@ -428,17 +421,13 @@ fn bare_host(uri: &Uri) -> &str {
 
 /// An `https://` or `http://` `host[:port]/path` URL and the address to dial.
 fn parse_jwks_uri(text: &str) -> Result<(Uri, EndpointAddr), String> {
-    let uri: Uri = text
-        .parse()
-        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-    let default_port = match uri.scheme_str() {
-        Some("https") => 443,
-        Some("http") => 80,
-        _ => return Err(format!("`{text}` is not an https:// or http:// URL")),
+    let uri = weft_rules::jwt::check_jwks_uri(text)?;
+    let default_port = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
     };
-    let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
-        return Err(format!("`{text}` has no host"));
-    };
+    let host = uri.host().unwrap_or_default();
     let port = uri.port_u16().unwrap_or(default_port);
     let bare = bare_host(&uri);
     let addr = match bare.parse::<std::net::IpAddr>() {
@@ -517,25 +506,17 @@ fn compile_rule(r: &RuleConfig, field: &str, errors: &mut Errors) -> Option<Rule
     };
     let mut methods = Vec::with_capacity(m.methods.len());
     for (j, name) in m.methods.iter().enumerate() {
-        match Method::from_bytes(name.as_bytes()) {
-            Ok(method) if name.bytes().all(|b| !b.is_ascii_lowercase()) => methods.push(method),
-            _ => errors.add(
-                format!("{field}.match.methods[{j}]"),
-                format!("`{name}` is not an upper-case HTTP method"),
-            ),
+        match weft_rules::method::check(name) {
+            Ok(method) => methods.push(method),
+            Err(reason) => errors.add(format!("{field}.match.methods[{j}]"), reason),
         }
     }
     if let Err(reason) = weft_rules::jwt::check_public_rule(r.public, &r.required_roles) {
         errors.add(format!("{field}.required_roles"), reason);
     }
     for (j, role) in r.required_roles.iter().enumerate() {
-        if role.is_empty() || role.contains(char::is_whitespace) {
-            errors.add(
-                format!("{field}.required_roles[{j}]"),
-                format!(
-                    "`{role}` is not a role: roles are single words (scopes are split at spaces)"
-                ),
-            );
+        if let Err(reason) = weft_rules::jwt::check_role(role) {
+            errors.add(format!("{field}.required_roles[{j}]"), reason);
         }
     }
     if let Some(claim) = &r.roles_claim
@@ -663,7 +644,7 @@ mod tests {
             ("providers[1].claim_headers.n", "not a valid header name"),
             ("rules[0].match", "both"),
             ("rules[1].match.path_prefix", "not a normalized path"),
-            ("rules[1].match.methods[0]", "upper-case"),
+            ("rules[1].match.methods[0]", "in upper case"),
             ("rules[2].required_roles", "public rule"),
             ("rules[2].required_roles[1]", "not a role"),
         ] {

@@ -36,18 +36,14 @@ impl CaSource {
     /// Every certificate of the inline PEM text `pem` (at least one, each
     /// usable as a trust anchor).
     pub fn from_pem(pem: &str) -> Result<Self, String> {
+        weft_rules::pem::check_has_certificate(pem)?;
         Self::parse(pem.as_bytes(), "`ca_pem`".to_owned())
     }
 
     /// Every certificate of the PEM file at `path` (absolute, at most 1 MiB),
     /// read now: a blocking read of a small file, once per policy.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        if !path.is_absolute() {
-            return Err(format!(
-                "`{}` is not an absolute path: the sidecar's working directory is not yours",
-                path.display()
-            ));
-        }
+        weft_rules::jwt::check_ca_file(path)?;
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .and_then(|f| f.take(MAX_CA_FILE_BYTES + 1).read_to_end(&mut bytes))

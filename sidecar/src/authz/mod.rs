@@ -198,11 +198,13 @@ pub fn compile(policy: &pb::InboundPolicy) -> Result<AuthzPolicy, Vec<String>> {
         let at = format!("intentions[{i}]");
         let source = match it.source.as_str() {
             "*" => None,
-            "" => {
-                errs.at(&format!("{at}.source"), "must not be empty");
-                None
-            }
-            name => Some(name.to_owned()),
+            name => match weft_rules::name::check_intention_source(name) {
+                Ok(()) => Some(name.to_owned()),
+                Err(reason) => {
+                    errs.at(&format!("{at}.source"), reason);
+                    None
+                }
+            },
         };
         let mut permissions = Vec::new();
         for (j, p) in it.permissions.iter().enumerate() {

@@ -38,11 +38,8 @@ fn nonzero_or(v: u32, default: u32) -> u32 {
 
 fn breaker(b: &pb::Breaker, errs: &mut Errors) -> BreakerSettings {
     let d = BreakerSettings::default();
-    if !(0.0..=1.0).contains(&b.failure_ratio) {
-        errs.at(
-            "breaker.failure_ratio",
-            format!("{} is not a ratio between 0 and 1", b.failure_ratio),
-        );
+    if let Err(reason) = weft_rules::breaker::check_failure_ratio(b.failure_ratio) {
+        errs.at("breaker.failure_ratio", reason);
     }
     let mut failure_on = if b.failure_on.is_empty() {
         FailureOn::default()
@@ -70,11 +67,8 @@ fn breaker(b: &pb::Breaker, errs: &mut Errors) -> BreakerSettings {
         }
     }
     for (i, g) in b.grpc_statuses.iter().enumerate() {
-        if *g > 16 {
-            errs.at(
-                &format!("breaker.grpc_statuses[{i}]"),
-                format!("{g} is not a gRPC status (0-16)"),
-            );
+        if let Err(reason) = weft_rules::grpc::check_status(*g) {
+            errs.at(&format!("breaker.grpc_statuses[{i}]"), reason);
         }
     }
     failure_on.grpc_statuses = b.grpc_statuses.clone();

@@ -21,11 +21,8 @@ pub(crate) fn compile(c: &pb::Cluster, errs: &mut Errors) -> Option<OutlierSetti
 /// `consecutive_unreachable: 0`): no ejection at all.
 fn outlier(o: &pb::OutlierDetection, errs: &mut Errors) -> Option<OutlierSettings> {
     let d = OutlierSettings::default();
-    if o.max_ejection_percent > 100 {
-        errs.at(
-            "outlier_detection.max_ejection_percent",
-            format!("{} is over 100", o.max_ejection_percent),
-        );
+    if let Err(reason) = weft_rules::ejection::check_max_ejection_percent(o.max_ejection_percent) {
+        errs.at("outlier_detection.max_ejection_percent", reason);
     }
     let consecutive_unreachable = o
         .consecutive_unreachable

@@ -166,13 +166,8 @@ impl RateLimiter {
         let mut limits = Vec::with_capacity(proto.limits.len());
         for (i, limit) in proto.limits.iter().enumerate() {
             let at = format!("rate_limits.limits[{i}]");
-            if limit.name.is_empty()
-                || !limit
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-            {
-                errors.push(format!("{at}.name: `{}` is not a usable name", limit.name));
+            if let Err(reason) = weft_rules::rate_limit::check_limit_name(&limit.name) {
+                errors.push(format!("{at}.name: {reason}"));
                 continue;
             }
             let key = match limit.key.as_ref().and_then(|k| k.kind.as_ref()) {
@@ -192,8 +187,19 @@ impl RateLimiter {
                     continue;
                 }
             };
+            let requests = match &limit.algorithm {
+                Some(PbAlgorithm::Local(local)) => Some(("local", local.requests)),
+                Some(PbAlgorithm::Global(global)) => Some(("global", global.requests)),
+                None => None,
+            };
+            if let Some((which, requests)) = requests
+                && let Err(reason) = weft_rules::rate_limit::check_requests(requests)
+            {
+                errors.push(format!("{at}.{which}.requests: {reason}"));
+                continue;
+            }
             let algorithm = match &limit.algorithm {
-                Some(PbAlgorithm::Local(local)) if local.requests > 0 => {
+                Some(PbAlgorithm::Local(local)) => {
                     match duration(local.per.as_ref(), &format!("{at}.local.per")) {
                         Ok(per) => {
                             let burst = if local.burst == 0 {
@@ -220,7 +226,7 @@ impl RateLimiter {
                         }
                     }
                 }
-                Some(PbAlgorithm::Global(global)) if global.requests > 0 => {
+                Some(PbAlgorithm::Global(global)) => {
                     let field = format!("{at}.global.window");
                     match duration(global.window.as_ref(), &field).and_then(|window| {
                         weft_rules::rate_limit::check_global_window(window)
@@ -238,10 +244,6 @@ impl RateLimiter {
                             continue;
                         }
                     }
-                }
-                Some(_) => {
-                    errors.push(format!("{at}: `requests` must be at least 1"));
-                    continue;
                 }
                 None => {
                     errors.push(format!("{at}: needs `local` or `global`"));
@@ -295,11 +297,17 @@ impl RateLimiter {
                         OnUnavailable::FailOpen
                     }
                 };
-                match timeout.and_then(|timeout| {
-                    let ca_pem = Some(settings.ca_pem.as_str()).filter(|pem| !pem.is_empty());
-                    RedisBackend::new(&settings.url, timeout, ca_pem)
-                        .map_err(|e| format!("rate_limits.redis.{e}"))
-                }) {
+                match timeout
+                    .and_then(|timeout| {
+                        weft_rules::rate_limit::check_redis_url(&settings.url)
+                            .map(|()| timeout)
+                            .map_err(|reason| format!("rate_limits.redis.url: {reason}"))
+                    })
+                    .and_then(|timeout| {
+                        let ca_pem = Some(settings.ca_pem.as_str()).filter(|pem| !pem.is_empty());
+                        RedisBackend::new(&settings.url, timeout, ca_pem)
+                            .map_err(|e| format!("rate_limits.redis.{e}"))
+                    }) {
                     Ok(backend) => Some(Arc::new(backend)),
                     Err(e) => {
                         errors.push(e);

@@ -191,6 +191,7 @@ impl RedisBackend {
 fn check_ca_pem(pem: &str) -> Result<(), String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
+    weft_rules::pem::check_has_certificate(pem).map_err(|reason| format!("ca_pem: {reason}"))?;
     let mut store = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         let cert = cert.map_err(|e| format!("ca_pem: not PEM certificates: {e}"))?;

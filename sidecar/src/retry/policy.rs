@@ -146,10 +146,10 @@ pub fn compile(p: &pb::RetryPolicy, at: &str) -> Result<RetryPolicy, Vec<String>
             Err(reason) => errors.push(format!("{at}.status_codes[{i}]: {reason}")),
         }
     }
-    if let Some(code) = p.grpc_statuses.iter().find(|c| **c > 16) {
-        errors.push(format!(
-            "{at}.grpc_statuses: {code} is not a gRPC status (0-16)"
-        ));
+    for (i, code) in p.grpc_statuses.iter().enumerate() {
+        if let Err(reason) = weft_rules::grpc::check_status(*code) {
+            errors.push(format!("{at}.grpc_statuses[{i}]: {reason}"));
+        }
     }
     let mut optional = |d: &Option<prost_types::Duration>, field: &str| match d {
         None => None,

@@ -255,11 +255,8 @@ pub fn compile_routes(rc: &pb::RouteConfiguration) -> Result<CompiledRoutes, Vec
         for (di, d) in vh.domains.iter().enumerate() {
             let lower = d.to_ascii_lowercase();
             let host = crate::table::strip_port(&lower).to_owned();
-            if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
-                errs.at(
-                    &format!("{vpath}.domains[{di}]"),
-                    format!("invalid domain {d:?}"),
-                );
+            if let Err(reason) = weft_rules::name::check_domain(&host) {
+                errs.at(&format!("{vpath}.domains[{di}]"), reason);
             } else if !seen.insert(host.clone()) {
                 errs.at(
                     &format!("{vpath}.domains[{di}]"),
