@@ -88,8 +88,8 @@ pub struct Settings {
     #[arg(long, env = "WEFT_KV_PREFIX", default_value = "weft/")]
     pub kv_prefix: String,
     /// Quiet time after a change before a new snapshot is built (a burst of
-    /// Consul updates becomes one push).
-    #[arg(long, env = "WEFT_DEBOUNCE", default_value = "20ms", value_parser = humantime::parse_duration)]
+    /// Consul updates becomes one push). Like `20ms`; a bare number is seconds.
+    #[arg(long, env = "WEFT_DEBOUNCE", default_value = "20ms", value_parser = weft_rules::duration::parse_setting)]
     pub debounce: Duration,
     /// Who signs the mesh's leaves: `weft` (this agent's CA, --ca-dir) or
     /// `consul` (Consul's Connect CA: sidecars ask Consul, and Clusters
@@ -283,19 +283,20 @@ fn consul_config(settings: &Settings, address: &str) -> Result<ConsulConfig, Con
     .with_max_connections(settings.consul_max_connections)
 }
 
-/// `--consul-resync`: a humantime duration of at least a second (a shorter
-/// one would re-read the whole catalog back to back).
+/// `--consul-resync`: a setting's duration (`5m`, or bare seconds) of at
+/// least a second (a shorter one would re-read the whole catalog back to
+/// back).
 fn parse_resync(text: &str) -> Result<Duration, String> {
-    let every = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    let every = weft_rules::duration::parse_setting(text)?;
     if every < Duration::from_secs(1) {
         return Err("a full resync re-reads every service; use at least 1s, e.g. 5m".into());
     }
     Ok(every)
 }
 
-/// `--leaf-ttl`: a humantime duration longer than zero.
+/// `--leaf-ttl`: a certificate lifetime (`24h`, `7d`) longer than zero.
 fn parse_leaf_ttl(text: &str) -> Result<Duration, String> {
-    let ttl = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    let ttl = weft_rules::duration::parse_lifetime(text)?;
     if ttl.is_zero() {
         return Err("a leaf must be valid for some time, e.g. 24h".into());
     }
@@ -441,5 +442,20 @@ mod tests {
         assert!(refused.contains("--consul-max-connections"), "{refused}");
         let resync = settings(&["--consul-resync", "10ms"]);
         assert!(resync.is_err(), "a resync under a second is refused");
+    }
+
+    #[test]
+    fn duration_flags_take_weft_durations_and_name_the_units_they_take() {
+        let leaf_ttl = settings(&["--leaf-ttl", "7d"]).map(|parsed| parsed.leaf_ttl);
+        assert_eq!(leaf_ttl.ok(), Some(Duration::from_secs(7 * 86_400)));
+        let debounce = settings(&["--debounce", "20"]).map(|parsed| parsed.debounce);
+        assert_eq!(debounce.ok(), Some(Duration::from_secs(20)), "bare seconds");
+        let resync = settings(&["--consul-resync", "90"]).map(|parsed| parsed.consul_resync);
+        assert_eq!(resync.ok(), Some(Duration::from_secs(90)), "bare seconds");
+        let refused = settings(&["--leaf-ttl", "30days"])
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("(ms, s, m, h, d)"), "{refused}");
     }
 }

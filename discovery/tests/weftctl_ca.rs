@@ -55,7 +55,7 @@ fn assert_wrote(text: &str, dir: &Path, names: &[&str]) {
 fn ca_init_writes_a_root_its_key_and_a_bundle_and_refuses_to_overwrite_them() {
     let dir = scratch_dir("init");
 
-    let (code, text) = ca_init("mesh.test", &dir, &["--ttl", "30days"]);
+    let (code, text) = ca_init("mesh.test", &dir, &["--ttl", "30d"]);
 
     assert_eq!(code, 0, "{text}");
     let every_file = [

@@ -72,22 +72,22 @@ struct Args {
     #[arg(long, env = "WEFT_CONSUL_BIN", default_value = "consul")]
     consul_bin: PathBuf,
     /// Give up when the agent is not ready (/readyz 200) this long after start.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = weft_rules::duration::parse_setting)]
     ready_timeout: Duration,
     /// Give up when not every stream holds a complete config this long
     /// after the streams start.
-    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = weft_rules::duration::parse_setting)]
     sync_timeout: Duration,
     /// How long one change may take to reach every expected stream.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = weft_rules::duration::parse_setting)]
     change_timeout: Duration,
     /// After the last expected stream has a change, how long to keep
     /// counting its bytes and the agent's CPU (stragglers, debounce).
-    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "300ms", value_parser = weft_rules::duration::parse_setting)]
     settle: Duration,
     /// The window over which the agent's steady CPU is measured, with
     /// every stream connected and nothing changing.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = weft_rules::duration::parse_setting)]
     quiet: Duration,
     /// Streams connecting at once (the rest queue).
     #[arg(long, default_value_t = 128)]

@@ -84,8 +84,9 @@ enum CaCommand {
         /// The directory to write (created if missing).
         #[arg(long)]
         out: PathBuf,
-        /// How long the root is valid (`3650days`, `10years`, `8760h`).
-        #[arg(long, default_value = "3650days", value_parser = humantime::parse_duration)]
+        /// How long the root is valid: a number and a unit (ms, s, m, h, d),
+        /// like `3650d` (ten years) or `8760h`; at most `36500d`.
+        #[arg(long, default_value = "3650d", value_parser = weft_rules::duration::parse_lifetime)]
         ttl: Duration,
         /// Replace a CA already in the directory. Sidecars that trust only
         /// the old root will refuse leaves of the new one: prefer `rotate`.
@@ -99,8 +100,8 @@ enum CaCommand {
         /// The CA directory (as written by `ca init`).
         #[arg(long)]
         dir: PathBuf,
-        /// How long the new root is valid.
-        #[arg(long, default_value = "3650days", value_parser = humantime::parse_duration)]
+        /// How long the new root is valid, like `3650d` (as `init --ttl`).
+        #[arg(long, default_value = "3650d", value_parser = weft_rules::duration::parse_lifetime)]
         ttl: Duration,
     },
 }

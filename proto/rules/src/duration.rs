@@ -1,36 +1,88 @@
 //! Durations: the one text form (`250ms`, `2s`, `1.5m`, `1h`) that
-//! documents, the sidecar's settings and its JWT policy write, and the one
-//! conversion from and to the protocol's `google.protobuf.Duration`.
+//! documents, the sidecar's settings and its JWT policy write, the same form
+//! with days (`3650d`) for certificate lifetimes on the agent's and
+//! weftctl's flags, and the one conversion from and to the protocol's
+//! `google.protobuf.Duration`.
 
 use std::time::Duration;
 
-const HINT: &str = "expected a number and a unit (ms, s, m, h), like \"250ms\", \"2s\" or \"1m\"";
+/// The units a text form accepts, and the hint its errors end with (which
+/// names exactly those units, so an operator sees what to write instead).
+struct Units {
+    nanos_per_unit: &'static [(&'static str, u128)],
+    hint: &'static str,
+}
+
+const NANOS_PER_SECOND: u128 = 1_000_000_000;
+
+/// Documents' units. Days are left out on purpose: the JSON Schema's
+/// `duration` pattern allows only these, and a document's timeout in days
+/// would be a typo.
+const DOCUMENT_UNITS: Units = Units {
+    nanos_per_unit: &[
+        ("ms", 1_000_000),
+        ("s", NANOS_PER_SECOND),
+        ("m", 60 * NANOS_PER_SECOND),
+        ("h", 3_600 * NANOS_PER_SECOND),
+    ],
+    hint: "expected a number and a unit (ms, s, m, h), like \"250ms\", \"2s\" or \"1m\"",
+};
+
+/// Lifetimes' units: a CA root lives for years, so days too.
+const LIFETIME_UNITS: Units = Units {
+    nanos_per_unit: &[
+        ("ms", 1_000_000),
+        ("s", NANOS_PER_SECOND),
+        ("m", 60 * NANOS_PER_SECOND),
+        ("h", 3_600 * NANOS_PER_SECOND),
+        ("d", 86_400 * NANOS_PER_SECOND),
+    ],
+    hint: "expected a number and a unit (ms, s, m, h, d), like \"24h\" or \"3650d\"",
+};
 
 /// Parses `<number>[.<fraction>]<unit>` with unit `ms`, `s`, `m` or `h`.
 /// Exact integer arithmetic (no float rounding: "0.1s" is exactly 100 ms);
 /// sub-nanosecond fractions are truncated. Zero is accepted here: whether 0
 /// makes sense is the caller's decision ([`check_positive`]).
 pub fn parse(text: &str) -> Result<Duration, String> {
+    parse_with(text, &DOCUMENT_UNITS)
+}
+
+/// A certificate's lifetime (`--leaf-ttl`, `weftctl ca init --ttl`):
+/// [`parse`]'s form with `d` (24 h) as well, like "3650d". No bare number:
+/// seconds would be a surprising unit for a lifetime. At most 100 years
+/// (36500d): longer is a typo, and far past any client's date handling.
+pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    let lifetime = parse_with(text, &LIFETIME_UNITS)?;
+    if lifetime > Duration::from_secs(86_400 * 36_500) {
+        return Err(format!("`{text}` is longer than 100 years (36500d)"));
+    }
+    Ok(lifetime)
+}
+
+fn parse_with(text: &str, units: &Units) -> Result<Duration, String> {
+    let hint = units.hint;
     let unit_start = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("`{text}` has no unit: {HINT}"))?;
+        .ok_or_else(|| format!("`{text}` has no unit: {hint}"))?;
     let (number, unit) = text.split_at(unit_start);
-    let unit_nanos: u128 = match unit {
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        "h" => 3_600_000_000_000,
-        _ => return Err(format!("`{text}` has an unknown unit `{unit}`: {HINT}")),
-    };
+    let unit_nanos = units
+        .nanos_per_unit
+        .iter()
+        .find(|(name, _)| *name == unit)
+        .map(|(_, nanos)| *nanos)
+        .ok_or_else(|| format!("`{text}` has an unknown unit `{unit}`: {hint}"))?;
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if whole.is_empty() || !digits_only(whole) || !digits_only(fraction) || number.ends_with('.') {
-        return Err(format!("`{text}` is not a number and a unit: {HINT}"));
+        return Err(format!("`{text}` is not a number and a unit: {hint}"));
     }
     let too_long = || format!("`{text}` is too long a duration");
     let whole: u128 = whole.parse().map_err(|_| too_long())?;
     let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(too_long)?;
-    // Fraction digits beyond 18 cannot add a nanosecond for any of our units.
+    // Fraction digits beyond 18 cannot add a nanosecond for any of our
+    // units (a day is under 10^14 ns), and 18 digits times a day's
+    // nanoseconds still fits a u128.
     let fraction = &fraction[..fraction.len().min(18)];
     if !fraction.is_empty() {
         let scale = 10u128.pow(fraction.len() as u32);
@@ -117,6 +169,36 @@ mod tests {
                 .unwrap_err()
                 .contains("too long")
         );
+    }
+
+    #[test]
+    fn documents_do_not_take_days() {
+        let error = parse("1d").unwrap_err();
+        assert!(error.contains("(ms, s, m, h)"), "{error}");
+        assert!(parse_setting("1d").is_err());
+    }
+
+    #[test]
+    fn lifetimes_take_days_but_no_bare_seconds_nor_spelled_out_units() {
+        for (text, seconds) in [
+            ("3650d", 3650 * 86_400),
+            ("24h", 24 * 3600),
+            ("1.5d", 36 * 3600),
+            ("90m", 90 * 60),
+            ("36500d", 36_500 * 86_400),
+        ] {
+            assert_eq!(
+                parse_lifetime(text),
+                Ok(Duration::from_secs(seconds)),
+                "{text}"
+            );
+        }
+        for text in ["30days", "10years", "1w", "", "5", "-1d", "1D", "d"] {
+            let error = parse_lifetime(text).unwrap_err();
+            assert!(error.contains("(ms, s, m, h, d)"), "{text}: {error}");
+        }
+        let error = parse_lifetime("36501d").unwrap_err();
+        assert!(error.contains("longer than 100 years"), "{error}");
     }
 
     #[test]
