@@ -12,6 +12,15 @@
 pub(crate) struct Errors(pub(crate) Vec<String>);
 
 impl Errors {
+    /// `value` when nothing was reported, else every report (the NACK).
+    pub(crate) fn into_result<T>(self, value: T) -> Result<T, Vec<String>> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.0)
+        }
+    }
+
     pub(crate) fn at(&mut self, path: &str, msg: impl std::fmt::Display) {
         self.0.push(format!("{path}: {msg}"));
     }

@@ -58,11 +58,7 @@ mod tests {
     fn compiled(c: pb::Cluster) -> Result<Option<OutlierSettings>, Vec<String>> {
         let mut errs = Errors(Vec::new());
         let s = compile(&c, &mut errs);
-        if errs.0.is_empty() {
-            Ok(s)
-        } else {
-            Err(errs.0)
-        }
+        errs.into_result(s)
     }
 
     #[test]

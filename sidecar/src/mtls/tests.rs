@@ -34,22 +34,8 @@ impl Dial for Loopback {
 
 /// web's identity store, with a leaf and bundle of a fresh CA.
 fn web() -> (Arc<weft_certs::IdentityStore>, SpiffeId) {
-    let trust_domain = "mesh.test";
-    let ca =
-        weft_certs::Ca::generate_root(&trust_domain.parse().unwrap(), Duration::from_secs(3600))
-            .unwrap();
-    let key = weft_certs::LeafKey::generate().unwrap();
-    let id = SpiffeId::service_identity(trust_domain, "default", "web").unwrap();
-    let chain = ca
-        .sign_csr(
-            key.csr_pem(&id).unwrap().as_bytes(),
-            &id,
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    let store = weft_certs::IdentityStore::new(&chain, &key.private_key_pem(), ca.bundle().clone())
-        .unwrap();
-    (store, id)
+    let web = weft_test_support::mesh_identity::MeshIdentity::mint("mesh.test", "web");
+    (web.store, web.id)
 }
 
 /// Accepts one connection on a fresh listener with `mode`.

@@ -285,11 +285,7 @@ pub fn compile_routes(rc: &pb::RouteConfiguration) -> Result<CompiledRoutes, Vec
             }),
         ));
     }
-    if errs.0.is_empty() {
-        Ok(CompiledRoutes { vhosts, clusters })
-    } else {
-        Err(errs.0)
-    }
+    errs.into_result(CompiledRoutes { vhosts, clusters })
 }
 
 /// Compiles a Cluster into settings; defaults are those of cluster.proto.
@@ -362,11 +358,7 @@ pub fn compile_cluster(c: &pb::Cluster) -> Result<ClusterSettings, Vec<String>> 
             Err(e) => errs.0.extend(e),
         }
     }
-    if errs.0.is_empty() {
-        Ok(s)
-    } else {
-        Err(errs.0)
-    }
+    errs.into_result(s)
 }
 
 fn valid_hostname(h: &str) -> bool {
@@ -443,11 +435,7 @@ pub fn compile_assignment(
             });
         }
     }
-    if errs.0.is_empty() {
-        Ok(out)
-    } else {
-        Err(errs.0)
-    }
+    errs.into_result(out)
 }
 
 /// An endpoint for the table, keeping the counters (and, when the pool

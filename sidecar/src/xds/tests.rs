@@ -345,23 +345,8 @@ fn undecodable_resources_are_nacked() {
 /// web's identity store (leaf and bundle of a fresh CA in `mesh.test`),
 /// and that CA.
 fn identity() -> (Arc<weft_certs::IdentityStore>, weft_certs::Ca) {
-    use std::time::Duration;
-    let trust_domain = "mesh.test";
-    let ca =
-        weft_certs::Ca::generate_root(&trust_domain.parse().unwrap(), Duration::from_secs(3600))
-            .unwrap();
-    let key = weft_certs::LeafKey::generate().unwrap();
-    let id = weft_certs::SpiffeId::service_identity(trust_domain, "default", "web").unwrap();
-    let chain = ca
-        .sign_csr(
-            key.csr_pem(&id).unwrap().as_bytes(),
-            &id,
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    let store = weft_certs::IdentityStore::new(&chain, &key.private_key_pem(), ca.bundle().clone())
-        .unwrap();
-    (store, ca)
+    let web = weft_test_support::mesh_identity::MeshIdentity::mint("mesh.test", "web");
+    (web.store, web.ca)
 }
 
 #[test]

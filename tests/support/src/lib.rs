@@ -12,6 +12,8 @@
 //!   builders for the resources it serves.
 //! - [`certs`]: private CAs and leaves minted per test, and the PEM files of
 //!   a Consul serving HTTPS.
+//! - [`mesh_identity`]: a service's mesh identity (root CA, SPIFFE leaf and
+//!   the identity store a sidecar serves mTLS from), minted by `weft-certs`.
 //! - [`process`] and [`ports`]: child processes logging to a file, killed on
 //!   drop; loopback ports free for TCP and UDP, never handed out twice.
 //! - [`temp_dir`]: a fresh directory removed on drop, for tests without a
@@ -20,7 +22,7 @@
 //! Used by `sidecar/tests`, `discovery/tests` and the end-to-end crate
 //! (`tests/`, whose harness re-exports these modules under
 //! `weft_e2e::harness`). It depends on neither `weft-sidecar` nor
-//! `weft-discovery`: they dev-depend on it, so a test that needs their typed
+//! `weft-discovery` (`weft-certs`, below both, is fine): they dev-depend on it, so a test that needs their typed
 //! clients wraps what is here (the e2e harness's `Consul`, the agent tests'
 //! `DevConsul`).
 //!
@@ -33,6 +35,7 @@ pub mod certs;
 pub mod consul;
 pub mod eventually;
 pub mod fake_ads;
+pub mod mesh_identity;
 pub mod ports;
 pub mod process;
 pub mod redis;
