@@ -67,6 +67,9 @@ pub enum ErrorKind {
     /// (HTTP to an opaque TCP service, an Upgrade request with a body over
     /// the mTLS HTTP/2 tunnel, a client's own extended CONNECT). 501.
     Unsupported,
+    /// A CORS preflight from an origin the policy does not allow, answered
+    /// at the proxy without any CORS header (`crate::cors`). 403.
+    CorsOriginRefused,
     /// A rate limit refused the request (with Retry-After and the
     /// RateLimit fields, made by `crate::ratelimit::headers`). 429.
     RateLimited,
@@ -203,7 +206,7 @@ impl ErrorKind {
             Self::UpstreamReset | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest | Self::MalformedRequest => StatusCode::BAD_REQUEST,
-            Self::Denied => StatusCode::FORBIDDEN,
+            Self::Denied | Self::CorsOriginRefused => StatusCode::FORBIDDEN,
             Self::Unsupported => StatusCode::NOT_IMPLEMENTED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::RateLimitUnavailable { status } => status,
@@ -227,6 +230,7 @@ impl ErrorKind {
             Self::BadRequest => "bad-request",
             Self::MalformedRequest => "malformed-request",
             Self::Denied => "denied",
+            Self::CorsOriginRefused => "cors-origin-refused",
             Self::Unsupported => "unsupported",
             Self::RateLimited => "rate-limited",
             Self::RateLimitUnavailable { .. } => "rate-limit-unavailable",
@@ -237,9 +241,11 @@ impl ErrorKind {
 
     pub fn source(self) -> ErrorSource {
         match self {
-            Self::BadRequest | Self::MalformedRequest | Self::Denied | Self::RateLimited => {
-                ErrorSource::Downstream
-            }
+            Self::BadRequest
+            | Self::MalformedRequest
+            | Self::Denied
+            | Self::CorsOriginRefused
+            | Self::RateLimited => ErrorSource::Downstream,
             // The keys' provider, or Redis: the sidecar's own dependencies.
             Self::Jwt(AuthnErrorKind::KeysUnavailable) | Self::RateLimitUnavailable { .. } => {
                 ErrorSource::Internal
@@ -397,6 +403,7 @@ mod tests {
             (ErrorKind::BadRequest, 400, "bad-request"),
             (ErrorKind::MalformedRequest, 400, "malformed-request"),
             (ErrorKind::Denied, 403, "denied"),
+            (ErrorKind::CorsOriginRefused, 403, "cors-origin-refused"),
             (ErrorKind::Unsupported, 501, "unsupported"),
             (ErrorKind::RateLimited, 429, "rate-limited"),
         ];

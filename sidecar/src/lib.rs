@@ -26,6 +26,8 @@
 //!   tests), none importing another:
 //!   * `authn` — JWT authentication of inbound requests.
 //!   * `authz` — intentions: which services may call this one.
+//!   * `cors` — cross-origin requests: preflights answered at the proxy,
+//!     the CORS headers of answers.
 //!   * `ratelimit` — local token buckets and global Redis windows.
 //!   * `retry` — retry policies, budgets and the retry layer.
 //!   * `breaker` — circuit breaker, concurrency thresholds.
@@ -63,6 +65,7 @@ pub mod breaker;
 pub mod call_report;
 pub mod clock;
 pub mod config;
+pub mod cors;
 pub mod ejection;
 pub mod error;
 pub mod identity;
@@ -400,7 +403,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 service: settings.service.as_str().into(),
             }),
             xds: xds_state.clone(),
-            features: vec![access_log::metrics::encode],
+            features: vec![access_log::metrics::encode, cors::metrics::encode],
         });
         if let Some(counters) = tracer.counters() {
             metrics.register(Box::new(trace::export::ExportCollector(counters)));

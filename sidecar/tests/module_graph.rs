@@ -53,7 +53,35 @@ fn source_modules(src: &Path) -> Vec<(PathBuf, ModulePath)> {
     }
     let mut out = Vec::new();
     walk(src, src, &mut out);
+    // A file declared `#[cfg(test)] mod tests;` is test-only code too,
+    // like an inline `#[cfg(test)] mod tests { ... }`: left out, with
+    // everything below it.
+    let test_only = test_only_files(&out);
+    out.retain(|(_, module)| !test_only.iter().any(|t| module.starts_with(t)));
     out
+}
+
+/// The modules declared `#[cfg(test)] mod name;` in their parent's file.
+fn test_only_files(modules: &[(PathBuf, ModulePath)]) -> BTreeSet<ModulePath> {
+    let mut test_only = BTreeSet::new();
+    for (path, module) in modules {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        let Ok(file) = syn::parse_file(&text) else {
+            continue;
+        };
+        for item in &file.items {
+            if let syn::Item::Mod(declared) = item
+                && declared.content.is_none()
+                && is_test_only(&declared.attrs)
+            {
+                let mut child = module.clone();
+                child.push(declared.ident.to_string());
+                test_only.insert(child);
+            }
+        }
+    }
+    test_only
 }
 
 fn is_test_only(attrs: &[syn::Attribute]) -> bool {
@@ -352,6 +380,7 @@ const FEATURES: &[&str] = &[
     "authn",
     "authz",
     "breaker",
+    "cors",
     "ejection",
     "metrics",
     "ratelimit",

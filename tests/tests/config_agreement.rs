@@ -357,6 +357,67 @@ fn refused_documents() -> Vec<Refused> {
             "routes[0].retries.budget.ratio",
             "virtual_hosts[0].routes[0].action.retry_policy.budget_ratio",
         ),
+        // ---- Routes and policies: CORS.
+        refused(
+            "routes/users",
+            route(json!({ "cors": { "allow_origins": ["https://app.example.com/"] } })),
+            "routes[0].cors.allow_origins[0]",
+            "virtual_hosts[0].routes[0].cors.allow_origins[0]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "cors": { "allow_origins": [ { "regex": "(" } ] } })),
+            "routes[0].cors.allow_origins[0].regex",
+            "virtual_hosts[0].routes[0].cors.allow_origins[0].regex",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "cors": { "allow_origins": [], "allow_credentials": true } })),
+            "routes[0].cors.allow_origins",
+            "virtual_hosts[0].routes[0].cors.allow_origins",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "cors": { "allow_origins": ["*"], "allow_credentials": true } })),
+            "routes[0].cors.allow_credentials",
+            "virtual_hosts[0].routes[0].cors.allow_credentials",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "cors": { "allow_origins": ["*"], "allow_methods": ["G T"] } })),
+            "routes[0].cors.allow_methods[0]",
+            "virtual_hosts[0].routes[0].cors.allow_methods[0]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "cors": { "allow_origins": ["*"], "allow_headers": ["bad name"] } })),
+            "routes[0].cors.allow_headers[0]",
+            "virtual_hosts[0].routes[0].cors.allow_headers[0]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "cors": { "allow_origins": ["*"], "expose_headers": ["x(y)"] } })),
+            "routes[0].cors.expose_headers[0]",
+            "virtual_hosts[0].routes[0].cors.expose_headers[0]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "cors": { "allow_origins": ["*"], "max_age": "48h" } })),
+            "routes[0].cors.max_age",
+            "virtual_hosts[0].routes[0].cors.max_age",
+        ),
+        refused(
+            "policies/users",
+            json!({ "cors": { "allow_origins": ["*"], "allow_credentials": true } }),
+            "cors.allow_credentials",
+            "cors.allow_credentials",
+        ),
+        refused(
+            "policies/users",
+            json!({ "cors": { "allow_origins": ["app.example.com"] } }),
+            "cors.allow_origins[0]",
+            "cors.allow_origins[0]",
+        ),
         // ---- Destinations: breakers, ejection, retries and rate limits.
         refused(
             "destinations/users",

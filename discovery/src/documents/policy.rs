@@ -86,6 +86,10 @@ pub struct PolicyDocument {
     /// Limits the service's sidecars enforce on requests to it.
     #[serde(default)]
     pub rate_limits: Option<RateLimitsSection>,
+    /// CORS for every request to the service. Boxed: most policies have
+    /// none, and it would double the size of every `Document`.
+    #[serde(default)]
+    pub cors: Option<Box<super::cors::CorsDocument>>,
 }
 
 /// The mesh-wide defaults (key `defaults`, the file `defaults.*` at the
@@ -228,6 +232,9 @@ pub(super) fn parse(key: &str, value: &Value) -> Result<PolicyDocument, Vec<Fiel
                 .iter()
                 .flat_map(|limits| limits.check(key, Side::Policy)),
         );
+        if let Some(cors) = &document.cors {
+            rules.extend(cors.check(key, "cors"));
+        }
     }
     let errors = with_rule_reasons(schema::validate(key, DocumentKind::Policy, value), rules);
     if !errors.is_empty() {

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
+use super::cors::CorsDocument;
 use super::error::{FieldError, from_serde, join, with_rule_reasons};
 use super::retry::RetryDocument;
 use super::{DocumentKind, duration, schema};
@@ -43,6 +44,8 @@ pub struct Route {
     pub retries: Option<RetryDocument>,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
+    /// CORS for this route's requests. Default: none.
+    pub cors: Option<CorsDocument>,
 }
 
 /// Where a route sends its requests.
@@ -161,6 +164,8 @@ struct RouteWire {
     request_headers: HeaderMutation,
     #[serde(default)]
     response_headers: HeaderMutation,
+    #[serde(default)]
+    cors: Option<CorsDocument>,
 }
 
 impl TryFrom<RouteWire> for Route {
@@ -186,6 +191,7 @@ impl TryFrom<RouteWire> for Route {
             retries: wire.retries,
             request_headers: wire.request_headers,
             response_headers: wire.response_headers,
+            cors: wire.cors,
         })
     }
 }
@@ -545,6 +551,11 @@ impl Route {
                 error(e.field, e.reason);
             }
         }
+        if let Some(cors) = &self.cors {
+            for e in cors.check(key, &join(field, "cors")) {
+                error(e.field, e.reason);
+            }
+        }
         if let Some(host) = &self.host_rewrite
             && let Err(reason) = weft_rules::name::check_authority(host)
         {
@@ -632,6 +643,7 @@ impl Route {
             }),
             request_headers: header_mutation(&self.request_headers),
             response_headers: header_mutation(&self.response_headers),
+            cors: self.cors.as_ref().map(CorsDocument::to_proto),
         }
     }
 }

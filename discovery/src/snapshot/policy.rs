@@ -133,6 +133,9 @@ pub fn inbound_policy(
         upstreams: Vec::new(),
         // Set by the snapshot builder from the destination document.
         app_protocol: 0,
+        cors: document
+            .and_then(|document| document.cors.as_ref())
+            .map(|cors| cors.to_proto()),
     }
 }
 

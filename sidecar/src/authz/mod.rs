@@ -275,6 +275,7 @@ mod tests {
             rate_limits: None,
             upstreams: Vec::new(),
             app_protocol: 0,
+            cors: None,
         })
         .unwrap()
     }
@@ -420,6 +421,7 @@ mod tests {
             rate_limits: None,
             upstreams: Vec::new(),
             app_protocol: 0,
+            cors: None,
         };
         let errors = compile(&bad).unwrap_err().join("\n");
         for want in [

@@ -59,6 +59,9 @@ pub fn stack(
         .layer(upgrade::UpgradeLayer)
         .layer(request_id::RequestIdLayer)
         .layer(headers::ProxyHeadersLayer)
+        // A browser's preflight carries no credentials: answered here,
+        // before JWT would refuse it (as Envoy runs cors before jwt_authn).
+        .layer(crate::cors::CorsLayer::inbound())
         // Before anything reaches the app: who the end user is (JWT), then
         // who may call (intentions).
         .layer(crate::authn::JwtAuthnLayer)

@@ -24,7 +24,7 @@ pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// (JWT authentication and rate limits included), the same as their
 /// `x-weft-error` values; anything else (a peer's code this sidecar does
 /// not know) `other`.
-pub const CAUSES: [&str; 30] = [
+pub const CAUSES: [&str; 31] = [
     "no-route",
     "no-healthy-endpoint",
     "connect-failed",
@@ -54,6 +54,7 @@ pub const CAUSES: [&str; 30] = [
     "path-not-normalized",
     "discovery-timeout",
     "malformed-request",
+    "cors-origin-refused",
     "other",
 ];
 

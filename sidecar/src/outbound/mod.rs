@@ -33,6 +33,9 @@ pub fn stack(
         .layer(request_id::RequestIdLayer)
         .layer(headers::ProxyHeadersLayer)
         .layer(route::RouteLayer::new(table))
+        // The route's CORS: a preflight is answered here, before a
+        // destination is chosen or discovered for it.
+        .layer(crate::cors::CorsLayer::outbound())
         // A destination not held yet is discovered here, on its first call.
         .layer(split::SplitLayer::on_demand(on_demand))
         // The CLIENT span knows its route and destination from here; the

@@ -195,6 +195,7 @@ mod tests {
                         )],
                         ..HeaderMutation::default()
                     },
+                    cors: None,
                 }],
             }),
             index: 0,

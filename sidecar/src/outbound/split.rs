@@ -184,6 +184,7 @@ mod tests {
                 },
                 request_headers: HeaderMutation::default(),
                 response_headers: HeaderMutation::default(),
+                cors: None,
             }],
         });
         let mut t = RoutingTable::default();

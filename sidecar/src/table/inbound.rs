@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::authn::Authenticator;
 use crate::authz::AuthzPolicy;
+use crate::cors::CorsPolicy;
 use crate::mtls::MtlsMode;
 use crate::ratelimit::RateLimiter;
 use crate::table::cluster::Protocol;
@@ -26,6 +27,8 @@ pub struct InboundPolicy {
     pub mtls: MtlsMode,
     /// What to speak to the app (`inbound/static_target.rs`).
     pub app_protocol: Protocol,
+    /// `None`: no CORS for the service (`crate::cors`).
+    pub cors: Option<Arc<CorsPolicy>>,
 }
 
 impl Default for InboundPolicy {
@@ -38,6 +41,7 @@ impl Default for InboundPolicy {
             rate_limits: None,
             mtls: MtlsMode::Strict,
             app_protocol: Protocol::Auto,
+            cors: None,
         }
     }
 }
@@ -50,6 +54,7 @@ impl fmt::Debug for InboundPolicy {
             .field("rate_limits", &self.rate_limits.is_some())
             .field("mtls", &self.mtls)
             .field("app_protocol", &self.app_protocol)
+            .field("cors", &self.cors.is_some())
             .finish()
     }
 }

@@ -108,6 +108,8 @@ pub struct Route {
     pub action: RouteAction,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
+    /// `None`: no CORS on this route (`crate::cors`).
+    pub cors: Option<Arc<crate::cors::CorsPolicy>>,
 }
 
 #[derive(Debug)]

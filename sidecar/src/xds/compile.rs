@@ -214,6 +214,11 @@ fn route(
         &format!("{path}.response_headers"),
         errs,
     );
+    let cors = r
+        .cors
+        .as_ref()
+        .and_then(|cors| crate::cors::compile(cors, &format!("{path}.cors"), errs))
+        .map(Arc::new);
     if errs.0.len() > before {
         return None;
     }
@@ -234,6 +239,7 @@ fn route(
         },
         request_headers,
         response_headers,
+        cors,
     })
 }
 
@@ -599,6 +605,7 @@ mod tests {
             }),
             request_headers: None,
             response_headers: None,
+            cors: None,
         }
     }
 

@@ -23,6 +23,8 @@ pub(crate) struct CompiledInbound {
     pub rate_limits: Option<RateLimiter>,
     /// What to speak to the app (`inbound/static_target.rs`).
     pub app_protocol: Protocol,
+    /// `None`: the policy sets no CORS.
+    pub cors: Option<crate::cors::CorsPolicy>,
 }
 
 impl Default for CompiledInbound {
@@ -35,6 +37,7 @@ impl Default for CompiledInbound {
             mtls: MtlsMode::Strict,
             rate_limits: None,
             app_protocol: Protocol::Auto,
+            cors: None,
         }
     }
 }
@@ -66,6 +69,12 @@ pub(crate) fn compile(
             .map_err(|e| errors.extend(e))
             .ok(),
     };
+    let cors = policy.cors.as_ref().and_then(|cors| {
+        let mut errs = crate::nack::Errors(Vec::new());
+        let compiled = crate::cors::compile(cors, "cors", &mut errs);
+        errors.extend(errs.0);
+        compiled
+    });
     let jwt = policy.jwt.as_ref().and_then(|jwt| {
         AuthnConfig::from_proto(jwt)
             .and_then(|config| config.validate().map(|()| config))
@@ -97,6 +106,7 @@ pub(crate) fn compile(
         mtls,
         rate_limits,
         app_protocol,
+        cors,
     })
 }
 

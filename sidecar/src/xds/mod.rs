@@ -430,6 +430,7 @@ impl Core {
                 .map(|new| RateLimiter::carry_over(Arc::new(new), previous.rate_limits.as_deref())),
             mtls: compiled.mtls,
             app_protocol: compiled.app_protocol,
+            cors: compiled.cors.map(Arc::new),
         };
         // Only this task stores tables, so none can come in between the
         // load above and this store and be lost.

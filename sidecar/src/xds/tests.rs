@@ -62,6 +62,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
         rate_limits: None,
         upstreams: Vec::new(),
         app_protocol: 0,
+        cors: None,
     }
 }
 

@@ -222,6 +222,7 @@ pub fn route(prefix: &str, cluster: &str) -> pb::Route {
         }),
         request_headers: None,
         response_headers: None,
+        cors: None,
     }
 }
 

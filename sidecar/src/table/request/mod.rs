@@ -38,6 +38,7 @@
 mod authn;
 mod authz;
 mod breaker;
+mod cors;
 mod in_flight;
 pub mod metrics;
 mod ratelimit;
@@ -333,6 +334,7 @@ pub mod for_tests {
                 },
                 request_headers: HeaderMutation::default(),
                 response_headers: HeaderMutation::default(),
+                cors: None,
             }],
         });
         let mut table = RoutingTable::default();

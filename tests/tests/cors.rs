@@ -1,0 +1,156 @@
+//! CORS as a browser meets it: a page served from one origin calls `users`
+//! through a sidecar at another origin, in headless Chromium. The route's
+//! CORS policy allows the page's origin (with credentials); a page from
+//! any other origin is blocked by the browser itself; the preflights are
+//! answered by the sidecar and never reach the app.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, ensure};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use weft_e2e::harness::browser;
+use weft_e2e::harness::mesh::SETUP_TIMEOUT;
+use weft_e2e::{Mesh, eventually, run};
+
+/// The page: two cross-origin calls of the kind that need a preflight (a
+/// PUT with a custom header, with credentials), each outcome written into
+/// the DOM for the test to read. `fetch` rejects when the browser blocks
+/// the answer.
+fn page(api: &str) -> String {
+    format!(
+        r#"<!doctype html><title>cors</title><pre id="out">running</pre><script>
+async function call() {{
+  try {{
+    const answer = await fetch("{api}/cors-check", {{
+      method: "PUT", credentials: "include",
+      headers: {{ "x-api-key": "k-1", "content-type": "application/json" }},
+      body: "{{}}" }});
+    const echo = await answer.json();
+    return "status=" + answer.status + " service=" + echo.service +
+      " served-by=" + answer.headers.get("x-served-by");
+  }} catch (error) {{
+    return "blocked: " + error.name;
+  }}
+}}
+call().then(outcome => {{ document.getElementById("out").textContent = outcome; }});
+</script>"#
+    )
+}
+
+/// Serves `html` at every path, until the test ends.
+async fn serve_page(html: String) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let html = Bytes::from(html);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let html = html.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request| {
+                    let html = html.clone();
+                    async move {
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "text/html; charset=utf-8")
+                                .body(Full::new(html))
+                                .expect("a page"),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// What the page wrote after its scripts ran.
+async fn outcome(url: &str, profile: &std::path::Path) -> anyhow::Result<String> {
+    let dom = browser::dump_dom(url, profile).await?;
+    let start = dom.find("<pre id=\"out\">").context("no output element")? + 14;
+    let end = dom[start..].find("</pre>").context("no end of output")? + start;
+    Ok(dom[start..end].to_string())
+}
+
+#[test]
+fn a_browser_reads_answers_only_from_the_allowed_origin_and_preflights_never_reach_the_app() {
+    run(|ctx| async move {
+        browser::chromium_binary()?;
+        let mesh = Mesh::start(&ctx).await?;
+        let (users, client) = mesh.users_and_client().await?;
+        let api = format!("http://127.0.0.1:{}", client.sidecar.outbound.port());
+        let page_server = serve_page(page(&api)).await?;
+        // The same page from two origins: `localhost` is allowed,
+        // `127.0.0.1` (another origin: the host differs) is not.
+        let allowed_page = format!("http://localhost:{}/", page_server.port());
+        let refused_page = format!("http://127.0.0.1:{}/", page_server.port());
+        let allowed_origin = allowed_page.trim_end_matches('/').to_string();
+
+        // The browser names the sidecar by IP: an alias routes it to users.
+        mesh.put_document(
+            "routes/users",
+            &json!({ "aliases": ["127.0.0.1"], "routes": [ { "destination": "users",
+                "response_headers": { "set": { "x-served-by": "mesh" } },
+                "cors": { "allow_origins": [allowed_origin],
+                          "allow_methods": ["GET", "PUT"],
+                          "allow_headers": ["x-api-key", "content-type"],
+                          "expose_headers": ["x-served-by"],
+                          "max_age": "10m", "allow_credentials": true } } ] }),
+        )
+        .await?;
+        // Ready when the sidecar answers a preflight itself.
+        let preflight = || {
+            http::Request::builder()
+                .method("OPTIONS")
+                .uri(format!("{api}/cors-check"))
+                .header("origin", &allowed_origin)
+                .header("access-control-request-method", "PUT")
+                .body(Full::new(Bytes::new()))
+                .expect("a preflight")
+        };
+        eventually(SETUP_TIMEOUT, "the sidecar answers preflights", || async {
+            let reply = mesh.http.send(preflight()).await?;
+            ensure!(reply.status == 204, "preflight answered {}", reply.status);
+            Ok(())
+        })
+        .await?;
+        let before = users.app.requests_seen(&mesh.http).await?;
+
+        let profile = ctx.log_dir.join("chromium-profile");
+        let allowed = outcome(&allowed_page, &profile).await?;
+        ensure!(
+            // `x-served-by` is readable only because the policy exposes it.
+            allowed == "status=200 service=users served-by=mesh",
+            "the allowed origin's page saw: {allowed}"
+        );
+        let refused = outcome(&refused_page, &profile).await?;
+        ensure!(
+            refused == "blocked: TypeError",
+            "the refused origin's page saw: {refused}"
+        );
+
+        // The app saw the allowed page's PUT only: no preflight (the
+        // browser sent two, one per page), no call from the refused page.
+        let seen = users.app.requests_seen(&mesh.http).await? - before;
+        ensure!(seen == 1, "the app saw {seen} requests, not the one PUT");
+        let metrics = mesh
+            .http
+            .get(&format!("http://{}/metrics", client.sidecar.admin))
+            .await?
+            .text();
+        for line in [
+            "weft_cors_origins_total{direction=\"outbound\",origin=\"valid\"}",
+            "weft_cors_origins_total{direction=\"outbound\",origin=\"invalid\"}",
+        ] {
+            ensure!(metrics.contains(line), "no {line} in /metrics:\n{metrics}");
+        }
+        Ok(())
+    });
+}
