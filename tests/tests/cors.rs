@@ -71,6 +71,14 @@ async fn serve_page(html: String) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// A header of `reply`, as text.
+fn header<'r>(reply: &'r weft_e2e::Reply, name: &str) -> Option<&'r str> {
+    reply
+        .headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+}
+
 /// What the page wrote after its scripts ran.
 async fn outcome(url: &str, profile: &std::path::Path) -> anyhow::Result<String> {
     let dom = browser::dump_dom(url, profile).await?;
@@ -151,6 +159,91 @@ fn a_browser_reads_answers_only_from_the_allowed_origin_and_preflights_never_rea
         ] {
             ensure!(metrics.contains(line), "no {line} in /metrics:\n{metrics}");
         }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_services_own_cors_policy_answers_preflights_on_its_sidecar_before_jwt() {
+    run(|ctx| async move {
+        let mesh = Mesh::start(&ctx).await?;
+        let (users, client) = mesh.users_and_client().await?;
+        // The service's default, with a JWT policy that would refuse any
+        // request without a token: a preflight carries none.
+        mesh.put_document(
+            "policies/users",
+            &json!({ "cors": { "allow_origins": ["https://app.example.com"],
+                               "allow_methods": ["DELETE"] },
+                     "jwt": { "providers": [ { "name": "ci", "issuer": "ci",
+                              "audiences": ["users"], "shared_secret": "a".repeat(44) } ] } }),
+        )
+        .await?;
+        let preflight = |origin: &'static str| {
+            http::Request::builder()
+                .method("OPTIONS")
+                .uri(format!("http://{}/items/1", client.sidecar.outbound))
+                .header("host", "users")
+                .header("origin", origin)
+                .header("access-control-request-method", "DELETE")
+                .body(Full::new(Bytes::new()))
+                .expect("a preflight")
+        };
+        // Ready when users' sidecar answers a preflight itself (until the
+        // policy arrives, the app answers them).
+        eventually(
+            SETUP_TIMEOUT,
+            "users' sidecar answers preflights",
+            || async {
+                let reply = mesh.http.send(preflight("https://app.example.com")).await?;
+                ensure!(reply.status == 204, "preflight answered {}", reply.status);
+                Ok(())
+            },
+        )
+        .await?;
+        let before = users.app.requests_seen(&mesh.http).await?;
+        let allowed = mesh.http.send(preflight("https://app.example.com")).await?;
+        ensure!(
+            allowed.status == 204
+                && header(&allowed, "access-control-allow-origin")
+                    == Some("https://app.example.com")
+                && header(&allowed, "access-control-allow-methods") == Some("DELETE"),
+            "the preflight's answer: {:?}",
+            allowed.headers
+        );
+        let refused = mesh
+            .http
+            .send(preflight("https://elsewhere.example"))
+            .await?;
+        ensure!(
+            refused.status == 403
+                && refused.weft_error() == Some("cors-origin-refused")
+                && header(&refused, "access-control-allow-origin").is_none(),
+            "a refused origin's preflight: {} {:?}",
+            refused.status,
+            refused.headers
+        );
+        // An actual request still needs its token: CORS let only the
+        // preflight past JWT.
+        let call = mesh
+            .http
+            .send(
+                http::Request::builder()
+                    .method("DELETE")
+                    .uri(format!("http://{}/items/1", client.sidecar.outbound))
+                    .header("host", "users")
+                    .header("origin", "https://app.example.com")
+                    .body(Full::new(Bytes::new()))?,
+            )
+            .await?;
+        ensure!(
+            call.status == 401
+                && header(&call, "access-control-allow-origin") == Some("https://app.example.com"),
+            "a call without a token: {} {:?}",
+            call.status,
+            call.headers
+        );
+        let seen = users.app.requests_seen(&mesh.http).await? - before;
+        ensure!(seen == 0, "the app saw {seen} requests");
         Ok(())
     });
 }
