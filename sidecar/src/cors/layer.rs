@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
+use futures_util::future::{Either, ready};
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
@@ -20,7 +20,7 @@ use super::metrics::{INBOUND, OUTBOUND, OriginCounts};
 use super::policy::CorsPolicy;
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
-use crate::model::{Exchange, ProxyResponse};
+use crate::model::{BoxFuture, Exchange, ProxyResponse};
 
 /// What CORS reads of a request beyond [`Exchange`]: the policy that
 /// applies to it (its route's, or its service's), if any.
@@ -61,24 +61,28 @@ pub struct CorsService<S> {
     counts: &'static OriginCounts,
 }
 
-type Answered = Ready<Result<ProxyResponse, ProxyError>>;
-
 impl<S, R> Service<R> for CorsService<S>
 where
     R: CorsTarget,
     S: Service<R, Response = ProxyResponse, Error = ProxyError>,
+    S::Future: Send + 'static,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
-    type Future = Either<S::Future, Either<Decorated<S::Future>, Answered>>;
+    /// A request no policy judges goes on in the inner future itself, so
+    /// an unconfigured route pays one `None` check and no larger future;
+    /// a judged one is boxed with its verdict.
+    type Future = Either<S::Future, BoxFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let (Some(policy), Some(origin)) = (req.cors_policy(), req.http().headers().get(ORIGIN))
-        else {
+        let Some(policy) = req.cors_policy() else {
+            return Either::Left(self.inner.call(req));
+        };
+        let Some(origin) = req.http().headers().get(ORIGIN) else {
             return Either::Left(self.inner.call(req));
         };
         let allowed = policy.allows(origin);
@@ -89,9 +93,9 @@ where
             allowed,
         };
         if is_preflight(req.http()) {
-            return Either::Right(Either::Right(ready(verdict.preflight())));
+            return Either::Right(Box::pin(ready(verdict.preflight())));
         }
-        Either::Right(Either::Left(Decorated {
+        Either::Right(Box::pin(Decorated {
             inner: self.inner.call(req),
             verdict: Some(verdict),
         }))
