@@ -118,9 +118,25 @@ impl RouteMatch {
     pub fn matches<B>(&self, req: &http::Request<B>) -> bool {
         let uri = req.uri();
         self.path.matches(uri.path())
-            && (self.methods.is_empty() || self.methods.contains(req.method()))
+            && (self.methods.is_empty() || self.matches_method(req))
             && self.headers.iter().all(|h| h.matches(req.headers()))
             && self.query.iter().all(|q| q.matches(uri.query()))
+    }
+
+    /// The request's method is one of the route's; a CORS preflight
+    /// (`OPTIONS` with `Origin`, asking for a method) counts as the method
+    /// it asks about, so that a `PUT`-only route gets, and can answer
+    /// (`crate::cors`), the preflights of its own calls.
+    fn matches_method<B>(&self, req: &http::Request<B>) -> bool {
+        if self.methods.contains(req.method()) {
+            return true;
+        }
+        let headers = req.headers();
+        req.method() == Method::OPTIONS
+            && headers.contains_key(http::header::ORIGIN)
+            && headers
+                .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+                .is_some_and(|asked| self.methods.iter().any(|m| m.as_str() == asked))
     }
 }
 
@@ -258,6 +274,24 @@ mod tests {
         m.methods = vec![Method::POST];
         assert!(m.matches(&req("POST", "/", &[])));
         assert!(!m.matches(&req("GET", "/", &[])));
+        // A browser's preflight for a POST goes where the POST would.
+        let preflight = |asked| {
+            req(
+                "OPTIONS",
+                "/",
+                &[
+                    ("origin", "https://app.example"),
+                    ("access-control-request-method", asked),
+                ],
+            )
+        };
+        assert!(m.matches(&preflight("POST")));
+        assert!(!m.matches(&preflight("DELETE")));
+        assert!(!m.matches(&req(
+            "OPTIONS",
+            "/",
+            &[("access-control-request-method", "POST")]
+        )));
 
         let mut q = RouteMatch::any();
         q.query = vec![QueryMatch {

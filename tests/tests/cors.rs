@@ -104,7 +104,10 @@ fn a_browser_reads_answers_only_from_the_allowed_origin_and_preflights_never_rea
         // The browser names the sidecar by IP: an alias routes it to users.
         mesh.put_document(
             "routes/users",
+            // The route takes PUTs only: their preflights (OPTIONS asking
+            // about a PUT) go to it too, and its policy answers them.
             &json!({ "aliases": ["127.0.0.1"], "routes": [ { "destination": "users",
+                "match": { "methods": ["PUT"] },
                 "response_headers": { "set": { "x-served-by": "mesh" } },
                 "cors": { "allow_origins": [allowed_origin],
                           "allow_methods": ["GET", "PUT"],
