@@ -198,7 +198,7 @@ pin_project_lite::pin_project! {
     /// The inner service's answer, decorated when it arrives. A refusal
     /// made below (a 503, a 429) gets the headers too, so the page can
     /// read why.
-    pub struct Decorated<F> {
+    struct Decorated<F> {
         #[pin]
         inner: F,
         verdict: Option<Verdict>,
