@@ -11,8 +11,10 @@
 #    rate_limits.rs) and the test-support crate's own tests
 #    (tests/support/tests/launchers.rs) run a real redis-server; installed
 #    with apt-get (sudo when not root) if missing.
-# 3. Chromium: the service map test (tests/tests/service_map.rs) loads the
-#    agent's /ui page in headless Chromium; installed with apt-get like Redis.
+# 3. Chromium: the service map and CORS tests (tests/tests/service_map.rs,
+#    cors.rs) run headless Chromium; installed with apt-get like Redis.
+#    promtool: the alert rules' unit tests (tests/tests/deploy_observability.rs);
+#    Debian's prometheus package, installed the same way.
 # 4. `cargo build --workspace --bins`: the end-to-end tests run the real
 #    weft-discovery, weft-sidecar and weft-testapp binaries.
 # 5. `cargo test --workspace`, every test even after a failure.
@@ -60,6 +62,18 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
   }
 fi
 say "chromium: ${WEFT_CHROMIUM_BIN:-$(command -v chromium || command -v chromium-browser)}"
+
+if ! command -v promtool >/dev/null 2>&1 && [[ -z "${WEFT_PROMTOOL_BIN:-}" ]]; then
+  say "installing prometheus (apt-get) for promtool, which tests the alert rules"
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  mkdir -p target
+  { $sudo apt-get update && $sudo apt-get install -y prometheus; } >target/prometheus-install.log 2>&1 || {
+    tail -n 20 target/prometheus-install.log >&2
+    say "could not install prometheus; install it (sudo apt-get install -y prometheus) or set WEFT_PROMTOOL_BIN"
+    exit 1
+  }
+fi
+say "promtool: ${WEFT_PROMTOOL_BIN:-$(command -v promtool)}"
 
 threads=${WEFT_TEST_THREADS:-2}
 measurements=target/e2e-logs/measurements.tsv

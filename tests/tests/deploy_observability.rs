@@ -137,3 +137,58 @@ fn prometheus_scrapes_every_weft_admin_port_and_sidecars_export_spans_to_jaeger(
     }
     report("the compose observability wiring", problems);
 }
+
+/// promtool from Debian's `prometheus` package (`WEFT_PROMTOOL_BIN`, else
+/// `promtool` on PATH); missing, the test fails saying how to install it.
+fn promtool() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("WEFT_PROMTOOL_BIN") {
+        return path.into();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("promtool"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "PROMTOOL IS MISSING: the alert rules are tested with `promtool test rules`.\n\
+                 Install it with `sudo apt-get install -y prometheus` (deploy/local/test.sh does) \
+                 or set WEFT_PROMTOOL_BIN=/path/to/promtool."
+            )
+        })
+}
+
+/// The alert rules the compose Prometheus loads are valid, and each fires
+/// (and stays quiet) as its unit tests say: proxy down, error ratio, p99
+/// latency, a failing upstream.
+#[test]
+fn the_alert_rules_pass_promtools_checks_and_their_unit_tests() {
+    let dir = deploy().join("observability");
+    let config: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(dir.join("prometheus.yml")).expect("prometheus.yml"),
+    )
+    .expect("prometheus.yml is YAML");
+    let rule_files: Vec<&str> = seq_at(&config, &["rule_files"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(rule_files, ["alerts.yml"], "prometheus.yml's rule_files");
+    let promtool = promtool();
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let output = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|error| panic!("running {}: {error}", promtool.display()));
+        assert!(
+            output.status.success(),
+            "promtool {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
