@@ -13,7 +13,8 @@
 #    with apt-get (sudo when not root) if missing.
 # 3. Chromium: the service map and CORS tests (tests/tests/service_map.rs,
 #    cors.rs) run headless Chromium; installed with apt-get like Redis.
-#    promtool: the alert rules' unit tests (tests/tests/deploy_observability.rs);
+#    Prometheus: the dashboard runs its queries on a real one (dashboard.rs),
+#    and promtool tests the alert rules (deploy_observability.rs);
 #    Debian's prometheus package, installed the same way.
 # 4. `cargo build --workspace --bins`: the end-to-end tests run the real
 #    weft-discovery, weft-sidecar and weft-testapp binaries.
@@ -64,7 +65,7 @@ fi
 say "chromium: ${WEFT_CHROMIUM_BIN:-$(command -v chromium || command -v chromium-browser)}"
 
 if ! command -v promtool >/dev/null 2>&1 && [[ -z "${WEFT_PROMTOOL_BIN:-}" ]]; then
-  say "installing prometheus (apt-get) for promtool, which tests the alert rules"
+  say "installing prometheus (apt-get): the dashboard and alert tests run prometheus and promtool"
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   mkdir -p target
   { $sudo apt-get update && $sudo apt-get install -y prometheus; } >target/prometheus-install.log 2>&1 || {

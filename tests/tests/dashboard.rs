@@ -13,7 +13,7 @@ use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use weft_e2e::harness::metrics::MetricsPage;
 use weft_e2e::harness::otlp::OtlpReceiver;
-use weft_e2e::{Call, Mesh, run};
+use weft_e2e::{Call, Mesh, eventually, run};
 
 /// Labels Prometheus adds (`job`, `instance`, the scrape config's
 /// `service`) or that belong to histograms (`le`): not on Weft's pages.
@@ -383,3 +383,209 @@ fn grafana_provisioning_names_every_datasource_the_dashboard_uses() -> anyhow::R
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
 }
+
+/// Debian's `prometheus` (`WEFT_PROMETHEUS_BIN`, else on PATH); missing, the
+/// test fails saying how to install it.
+fn prometheus_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WEFT_PROMETHEUS_BIN") {
+        return Ok(path.into());
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("prometheus"))
+        .find(|candidate| candidate.is_file())
+        .context(
+            "PROMETHEUS IS MISSING: the dashboard's queries run on a real Prometheus.\n\
+             Install it with `sudo apt-get install -y prometheus` (deploy/local/test.sh does) \
+             or set WEFT_PROMETHEUS_BIN=/path/to/prometheus.",
+        )
+}
+
+/// `text` percent-encoded for a query string.
+fn query_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A dashboard expression as Grafana sends it with every service and
+/// destination selected. A variable's `label_values(selector, label)` is
+/// Grafana's, not PromQL: Prometheus answers it as the series of
+/// `selector`, grouped by `label`.
+fn as_grafana_sends_it(expr: &str) -> String {
+    let expr = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$service", ".*")
+        .replace("$destination", ".*");
+    match expr
+        .strip_prefix("label_values(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|inner| inner.rsplit_once(','))
+    {
+        Some((selector, label)) => format!("count by ({}) ({selector})", label.trim()),
+        None => expr,
+    }
+}
+
+#[test]
+fn the_dashboards_queries_and_the_alert_rules_run_on_a_real_prometheus_scraping_a_mesh() {
+    run(|ctx| async move {
+        let prometheus = prometheus_binary()?;
+        let mesh = Mesh::start(&ctx).await?;
+        let (users, client) = mesh.users_and_client().await?;
+        let port = weft_e2e::harness::ports::free_port()?;
+        let api = format!("http://127.0.0.1:{port}");
+        let alerts = observability_dir().join("alerts.yml").canonicalize()?;
+        let agent = mesh.agent.admin_url();
+        let agent = agent.trim_start_matches("http://");
+        // The compose demo's scrape config, pointed at this mesh, every second.
+        let config = format!(
+            "global: {{scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s}}\n\
+             rule_files: [{alerts:?}]\n\
+             scrape_configs:\n\
+             - job_name: weft-sidecars\n  static_configs:\n\
+             \x20 - targets: [\"{}\"]\n    labels: {{service: client}}\n\
+             \x20 - targets: [\"{}\"]\n    labels: {{service: users}}\n\
+             - job_name: weft-discovery\n  static_configs:\n\
+             \x20 - targets: [\"{agent}\"]\n    labels: {{service: weft-discovery}}\n",
+            client.sidecar.admin, users.sidecar.admin,
+        );
+        let config_path = ctx.log_dir.join("prometheus.yml");
+        std::fs::write(&config_path, config)?;
+        let _prometheus = weft_e2e::harness::process::Process::spawn(
+            "prometheus",
+            &prometheus,
+            &[
+                format!("--config.file={}", config_path.display()),
+                format!(
+                    "--storage.tsdb.path={}",
+                    ctx.log_dir.join("prometheus-data").display()
+                ),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+            ],
+            &ctx.log_dir,
+        )?;
+        let query = |expr: String| {
+            let http = &mesh.http;
+            let url = format!("{api}/api/v1/query?query={}", query_encoded(&expr));
+            async move {
+                let reply = http.get(&url).await?;
+                let answer = reply.json()?;
+                ensure!(answer["status"] == "success", "{expr}: {}", reply.text());
+                Ok::<_, anyhow::Error>(
+                    answer["data"]["result"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+            }
+        };
+        // Every target scraped, then traffic, then its rate visible.
+        eventually(
+            SCRAPE_TIMEOUT,
+            "Prometheus scrapes both sidecars and the agent",
+            || async {
+                let up = query("up == 1".into()).await?;
+                ensure!(up.len() == 3, "{} of 3 targets up", up.len());
+                Ok(())
+            },
+        )
+        .await?;
+        eventually(SCRAPE_TIMEOUT, "the traffic shows in a rate", || async {
+            for path in ["/", "/status/503"] {
+                mesh.http
+                    .call(client.sidecar.outbound, Call::get("users", path))
+                    .await?;
+            }
+            let rate = query(
+                "sum(rate(weft_requests_total{direction=\"outbound\", destination=\"users\"}[1m])) > 0"
+                    .into(),
+            )
+            .await?;
+            ensure!(!rate.is_empty(), "no rate yet");
+            Ok(())
+        })
+        .await?;
+
+        let dashboard = dashboard();
+        let mut problems = Vec::new();
+        let mut with_data = 0;
+        let expressions = expressions(&dashboard);
+        for (origin, expr) in &expressions {
+            match query(as_grafana_sends_it(expr)).await {
+                Ok(result) if !result.is_empty() => with_data += 1,
+                Ok(_) => {}
+                Err(error) => problems.push(format!("{origin}: {error:#}")),
+            }
+        }
+        ensure!(
+            problems.is_empty(),
+            "Prometheus refused the dashboard's queries:\n  {}",
+            problems.join("\n  ")
+        );
+        // Not vacuous: most panels draw something from this small mesh.
+        ensure!(
+            with_data >= expressions.len() / 2,
+            "only {with_data} of {} queries returned data",
+            expressions.len()
+        );
+
+        // The alert rules loaded, and evaluate without error.
+        let rules = mesh
+            .http
+            .get(&format!("{api}/api/v1/rules"))
+            .await?
+            .json()?;
+        let loaded: Vec<(String, String)> = rules["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+            .map(|rule| {
+                (
+                    rule["name"].as_str().unwrap_or("?").to_owned(),
+                    rule["health"].as_str().unwrap_or("?").to_owned(),
+                )
+            })
+            .collect();
+        let names: BTreeSet<&str> = loaded.iter().map(|(name, _)| name.as_str()).collect();
+        ensure!(
+            names
+                == BTreeSet::from([
+                    "WeftHighErrorRatio",
+                    "WeftHighLatencyP99",
+                    "WeftProxyDown",
+                    "WeftUpstreamFailing"
+                ]),
+            "rules loaded: {loaded:?}"
+        );
+        eventually(SCRAPE_TIMEOUT, "every rule evaluated healthy", || async {
+            let rules = mesh
+                .http
+                .get(&format!("{api}/api/v1/rules"))
+                .await?
+                .json()?;
+            let unhealthy: Vec<String> = rules["data"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+                .filter(|rule| rule["health"] != "ok")
+                .map(|rule| format!("{} {} {}", rule["name"], rule["health"], rule["lastError"]))
+                .collect();
+            ensure!(unhealthy.is_empty(), "{unhealthy:?}");
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    });
+}
+
+/// How long Prometheus gets to start, scrape and evaluate (1 s intervals).
+const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
