@@ -131,13 +131,22 @@ impl RouteMatch {
         if self.methods.contains(req.method()) {
             return true;
         }
-        let headers = req.headers();
-        req.method() == Method::OPTIONS
-            && headers.contains_key(http::header::ORIGIN)
-            && headers
+        is_cors_preflight(req)
+            && req
+                .headers()
                 .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
                 .is_some_and(|asked| self.methods.iter().any(|m| m.as_str() == asked))
     }
+}
+
+/// A CORS preflight: `OPTIONS` with `Origin`, asking whether a method may
+/// be used. The browser's question, never the app's business; read by
+/// route matching and by `crate::cors`.
+pub fn is_cors_preflight<B>(req: &http::Request<B>) -> bool {
+    let headers = req.headers();
+    req.method() == Method::OPTIONS
+        && headers.contains_key(http::header::ORIGIN)
+        && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 // Compiling matchers from the protocol lives beside the types it builds:

@@ -10,16 +10,17 @@ use std::task::{Context, Poll};
 use futures_util::future::{Either, ready};
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_METHOD, HeaderMap, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, HeaderMap,
+    ORIGIN, VARY,
 };
-use http::{HeaderValue, Method, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use tower::{Layer, Service};
 
 use super::metrics::{INBOUND, OUTBOUND, OriginCounts};
 use super::policy::CorsPolicy;
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
+use crate::matcher::is_cors_preflight;
 use crate::model::{BoxFuture, Exchange, ProxyResponse};
 
 /// What CORS reads of a request beyond [`Exchange`]: the policy that
@@ -92,7 +93,7 @@ where
             origin: origin.clone(),
             allowed,
         };
-        if is_preflight(req.http()) {
+        if is_cors_preflight(req.http()) {
             return Either::Right(Box::pin(ready(verdict.preflight())));
         }
         Either::Right(Box::pin(Decorated {
@@ -100,12 +101,6 @@ where
             verdict: Some(verdict),
         }))
     }
-}
-
-/// `OPTIONS` asking whether a method may be used: the browser's question,
-/// never the app's business.
-fn is_preflight<B>(req: &http::Request<B>) -> bool {
-    req.method() == Method::OPTIONS && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// The policy's judgement of one request's origin.
