@@ -39,40 +39,34 @@ WEFT_CONSUL_BIN=$(bash deploy/local/install-consul.sh) || {
 export WEFT_CONSUL_BIN
 say "consul: $WEFT_CONSUL_BIN ($("$WEFT_CONSUL_BIN" version | head -n1))"
 
-if ! command -v redis-server >/dev/null 2>&1 && [[ -z "${WEFT_REDIS_BIN:-}" ]]; then
-  say "installing redis-server (apt-get) for the opaque TCP and rate limit tests"
-  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+# apt_install PACKAGE VARIABLE WHY: installs Debian's PACKAGE (sudo when not
+# root), logging to target/PACKAGE-install.log; on failure says how to
+# install it by hand or where to point VARIABLE instead, and stops.
+apt_install() {
+  local package=$1 variable=$2 why=$3 sudo=""
+  say "installing $package (apt-get): $why"
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
   mkdir -p target
-  { $sudo apt-get update && $sudo apt-get install -y redis-server; } >target/redis-install.log 2>&1 || {
-    tail -n 20 target/redis-install.log >&2
-    say "could not install redis-server; install it (sudo apt-get install -y redis-server) or set WEFT_REDIS_BIN"
+  { $sudo apt-get update && $sudo apt-get install -y "$package"; } >"target/$package-install.log" 2>&1 || {
+    tail -n 20 "target/$package-install.log" >&2
+    say "could not install $package; install it (sudo apt-get install -y $package) or set $variable"
     exit 1
   }
+}
+
+if ! command -v redis-server >/dev/null 2>&1 && [[ -z "${WEFT_REDIS_BIN:-}" ]]; then
+  apt_install redis-server WEFT_REDIS_BIN "the opaque TCP and rate limit tests run it"
 fi
 say "redis: $(command -v redis-server || echo "$WEFT_REDIS_BIN") ($("${WEFT_REDIS_BIN:-redis-server}" --version | head -n1))"
 
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
   && [[ -z "${WEFT_CHROMIUM_BIN:-}" ]]; then
-  say "installing chromium (apt-get) for the service map test"
-  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
-  mkdir -p target
-  { $sudo apt-get update && $sudo apt-get install -y chromium; } >target/chromium-install.log 2>&1 || {
-    tail -n 20 target/chromium-install.log >&2
-    say "could not install chromium; install it (sudo apt-get install -y chromium) or set WEFT_CHROMIUM_BIN"
-    exit 1
-  }
+  apt_install chromium WEFT_CHROMIUM_BIN "the service map and CORS tests run it headless"
 fi
 say "chromium: ${WEFT_CHROMIUM_BIN:-$(command -v chromium || command -v chromium-browser)}"
 
 if ! command -v promtool >/dev/null 2>&1 && [[ -z "${WEFT_PROMTOOL_BIN:-}" ]]; then
-  say "installing prometheus (apt-get): the dashboard and alert tests run prometheus and promtool"
-  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
-  mkdir -p target
-  { $sudo apt-get update && $sudo apt-get install -y prometheus; } >target/prometheus-install.log 2>&1 || {
-    tail -n 20 target/prometheus-install.log >&2
-    say "could not install prometheus; install it (sudo apt-get install -y prometheus) or set WEFT_PROMTOOL_BIN"
-    exit 1
-  }
+  apt_install prometheus WEFT_PROMTOOL_BIN "the dashboard and alert tests run prometheus and promtool"
 fi
 say "promtool: ${WEFT_PROMTOOL_BIN:-$(command -v promtool)}"
 

@@ -384,24 +384,6 @@ fn grafana_provisioning_names_every_datasource_the_dashboard_uses() -> anyhow::R
     Ok(())
 }
 
-/// Debian's `prometheus` (`WEFT_PROMETHEUS_BIN`, else on PATH); missing, the
-/// test fails saying how to install it.
-fn prometheus_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("WEFT_PROMETHEUS_BIN") {
-        return Ok(path.into());
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("prometheus"))
-        .find(|candidate| candidate.is_file())
-        .context(
-            "PROMETHEUS IS MISSING: the dashboard's queries run on a real Prometheus.\n\
-             Install it with `sudo apt-get install -y prometheus` (deploy/local/test.sh does) \
-             or set WEFT_PROMETHEUS_BIN=/path/to/prometheus.",
-        )
-}
-
 /// `text` percent-encoded for a query string.
 fn query_encoded(text: &str) -> String {
     text.bytes()
@@ -436,7 +418,12 @@ fn as_grafana_sends_it(expr: &str) -> String {
 #[test]
 fn the_dashboards_queries_and_the_alert_rules_run_on_a_real_prometheus_scraping_a_mesh() {
     run(|ctx| async move {
-        let prometheus = prometheus_binary()?;
+        let prometheus = weft_e2e::harness::binaries::system_tool(
+            &["prometheus"],
+            "WEFT_PROMETHEUS_BIN",
+            "prometheus",
+            "the dashboard's queries run on a real Prometheus",
+        )?;
         let mesh = Mesh::start(&ctx).await?;
         let (users, client) = mesh.users_and_client().await?;
         let port = weft_e2e::harness::ports::free_port()?;

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use serde_yaml::Value;
+use weft_e2e::harness::binaries::system_tool;
 use weft_e2e::harness::deploy::{
     Binary, Container, compose, compose_containers, compose_services, deploy, relative, report,
     seq_at, str_at, url_in,
@@ -138,26 +139,6 @@ fn prometheus_scrapes_every_weft_admin_port_and_sidecars_export_spans_to_jaeger(
     report("the compose observability wiring", problems);
 }
 
-/// promtool from Debian's `prometheus` package (`WEFT_PROMTOOL_BIN`, else
-/// `promtool` on PATH); missing, the test fails saying how to install it.
-fn promtool() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("WEFT_PROMTOOL_BIN") {
-        return path.into();
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("promtool"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "PROMTOOL IS MISSING: the alert rules are tested with `promtool test rules`.\n\
-                 Install it with `sudo apt-get install -y prometheus` (deploy/local/test.sh does) \
-                 or set WEFT_PROMTOOL_BIN=/path/to/promtool."
-            )
-        })
-}
-
 /// The alert rules the compose Prometheus loads are valid, and each fires
 /// (and stays quiet) as its unit tests say: proxy down, error ratio, p99
 /// latency, a failing upstream.
@@ -173,7 +154,13 @@ fn the_alert_rules_pass_promtools_checks_and_their_unit_tests() {
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(rule_files, ["alerts.yml"], "prometheus.yml's rule_files");
-    let promtool = promtool();
+    let promtool = system_tool(
+        &["promtool"],
+        "WEFT_PROMTOOL_BIN",
+        "prometheus",
+        "the alert rules are tested with `promtool test rules`",
+    )
+    .unwrap_or_else(|error| panic!("{error:#}"));
     for args in [
         ["check", "rules", "alerts.yml"],
         ["test", "rules", "alerts.test.yml"],

@@ -87,3 +87,47 @@ fn newest_modification(dir: &Path) -> Option<SystemTime> {
     }
     newest
 }
+
+/// A system tool the tests run (Chromium, Prometheus, promtool): the file
+/// `variable` names, else the first of `names` on PATH. Missing, the error
+/// says what it is for (`purpose`) and how to install it (Debian's
+/// `package`, which deploy/local/test.sh installs).
+pub fn system_tool(
+    names: &[&str],
+    variable: &str,
+    package: &str,
+    purpose: &str,
+) -> anyhow::Result<PathBuf> {
+    let install = format!("install it with `sudo apt-get install -y {package}`");
+    if let Some(path) = std::env::var_os(variable) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "{variable}={} is not a file. Unset it, or {install}",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| {
+            format!(
+                "{} IS MISSING: {purpose}.\n{} (deploy/local/test.sh does), or set {variable}=/path/to/{}.",
+                names[0].to_uppercase(),
+                capitalized(&install),
+                names[0]
+            )
+        })
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}

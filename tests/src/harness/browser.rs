@@ -17,26 +17,12 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where Chromium is: `WEFT_CHROMIUM_BIN`, else `chromium` (Debian) or
 /// `chromium-browser` on PATH. Missing, the error says how to install it.
 pub fn chromium_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("WEFT_CHROMIUM_BIN") {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            bail!(
-                "WEFT_CHROMIUM_BIN={} is not a file. Unset it, or install Chromium with `apt-get install -y chromium`",
-                path.display()
-            );
-        }
-        return Ok(path);
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .flat_map(|dir| [dir.join("chromium"), dir.join("chromium-browser")])
-        .find(|candidate| candidate.is_file())
-        .context(
-            "CHROMIUM IS MISSING: the service map test loads the agent's page in headless Chromium.\n\
-             Install it with `sudo apt-get install -y chromium` (deploy/local/test.sh does) \
-             or set WEFT_CHROMIUM_BIN=/path/to/chromium.",
-        )
+    super::binaries::system_tool(
+        &["chromium", "chromium-browser"],
+        "WEFT_CHROMIUM_BIN",
+        "chromium",
+        "the service map and CORS tests load pages in headless Chromium",
+    )
 }
 
 /// The page at `url` after its scripts ran, serialized (`--dump-dom`).
