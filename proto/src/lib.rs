@@ -72,6 +72,7 @@ pub mod type_url {
     pub const ROUTE_CONFIGURATION: &str = "type.googleapis.com/weft.config.v1.RouteConfiguration";
     pub const TRUST_BUNDLE: &str = "type.googleapis.com/weft.config.v1.TrustBundle";
     pub const INBOUND_POLICY: &str = "type.googleapis.com/weft.config.v1.InboundPolicy";
+    pub const GATEWAY: &str = "type.googleapis.com/weft.config.v1.Gateway";
 
     /// The types the agent serves, in subscription order.
     /// INBOUND_POLICY is subscribed by name: the sidecar's own service.
@@ -79,12 +80,14 @@ pub mod type_url {
     /// and only by sidecars whose certificate comes from the agent: the
     /// bundle also arrives with each certificate, but a root rotation
     /// reaches them over ADS at once.
-    pub const ALL: [&str; 5] = [
+    /// GATEWAY is subscribed by name, and only by gateways: their own.
+    pub const ALL: [&str; 6] = [
         ROUTE_CONFIGURATION,
         CLUSTER,
         CLUSTER_LOAD_ASSIGNMENT,
         INBOUND_POLICY,
         TRUST_BUNDLE,
+        GATEWAY,
     ];
 
     /// The short name used in logs and /status ("Cluster").
@@ -98,7 +101,7 @@ mod tests {
     use prost::Name;
 
     use super::config::v1::{
-        Cluster, ClusterLoadAssignment, InboundPolicy, RouteConfiguration, TrustBundle,
+        Cluster, ClusterLoadAssignment, Gateway, InboundPolicy, RouteConfiguration, TrustBundle,
     };
     use super::type_url;
 
@@ -115,5 +118,6 @@ mod tests {
         );
         assert_eq!(TrustBundle::type_url(), type_url::TRUST_BUNDLE);
         assert_eq!(InboundPolicy::type_url(), type_url::INBOUND_POLICY);
+        assert_eq!(Gateway::type_url(), type_url::GATEWAY);
     }
 }

@@ -14,6 +14,7 @@ pub mod breaker;
 pub mod cors;
 pub mod duration;
 pub mod ejection;
+pub mod gateway;
 pub mod grpc;
 pub mod header;
 pub mod jwt;
