@@ -198,6 +198,15 @@ impl Default for ProxySettings {
     }
 }
 
+/// What the process is: a sidecar beside an app, or an edge gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Sidecar,
+    /// `weft-gateway`: `--service` names the gateway; no `--inbound`,
+    /// `--app` or `--outbound`.
+    Gateway,
+}
+
 impl Settings {
     /// Static-mode settings (no agent) for tests and embedders.
     pub fn static_proxy(inbound: SocketAddr, app: SocketAddr) -> Self {
@@ -226,6 +235,11 @@ impl Settings {
 
     /// Reads flags, environment and the optional YAML file.
     pub fn load() -> Result<Self, ConfigError> {
+        Self::load_for(Role::Sidecar)
+    }
+
+    /// [`Settings::load`] for a sidecar or a gateway.
+    pub fn load_for(role: Role) -> Result<Self, ConfigError> {
         let flags = Flags::parse();
         let env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| {
@@ -234,11 +248,20 @@ impl Settings {
                     || FIELDS.iter().any(|f| f.fallback_env == Some(k.as_str()))
             })
             .collect();
-        Self::from_sources(flags, &env)
+        Self::from_sources_for(role, flags, &env)
     }
 
     /// Merges the three sources (flag > env > file) and validates the result.
     pub fn from_sources(flags: Flags, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_sources_for(Role::Sidecar, flags, env)
+    }
+
+    /// [`Settings::from_sources`] for a sidecar or a gateway.
+    pub fn from_sources_for(
+        role: Role,
+        flags: Flags,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let mut errors = Vec::new();
         // The config file's own path can come from a flag or the env only.
         let config_path = flags
@@ -343,9 +366,27 @@ impl Settings {
             _ => IdentitySource::Weft,
         };
 
-        r.require("inbound", inbound.is_some());
-        r.require("app", app.is_some());
-        if !static_mode {
+        if role == Role::Gateway {
+            // A gateway has no app: its listeners come from the agent.
+            for key in ["inbound", "app", "outbound", "tcp_upstream"] {
+                if r.raw(key).is_some() {
+                    let f = field_of(key);
+                    r.errors.push(format!(
+                        "{} / {}: a gateway has no app; its listeners come from the KV document `gateways/<service>`",
+                        f.flag, f.env
+                    ));
+                }
+            }
+            r.require("discovery", discovery.is_some());
+            r.require("service", service.is_some());
+            r.require("admin", admin.is_some());
+        } else {
+            r.require("inbound", inbound.is_some());
+            r.require("app", app.is_some());
+        }
+        if role == Role::Gateway {
+            // Checked above.
+        } else if !static_mode {
             r.require("service", service.is_some());
             r.require("outbound", outbound.is_some());
             r.require("admin", admin.is_some());
@@ -378,6 +419,12 @@ impl Settings {
         if !r.errors.is_empty() {
             return Err(ConfigError { errors: r.errors });
         }
+        // A gateway binds neither.
+        let unused = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (inbound, app) = match role {
+            Role::Gateway => (Some(unused), Some(unused)),
+            Role::Sidecar => (inbound, app),
+        };
         let (Some(inbound), Some(app)) = (inbound, app) else {
             // Both were required just above; unreachable in practice.
             return Err(ConfigError {

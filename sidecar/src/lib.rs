@@ -68,6 +68,7 @@ pub mod config;
 pub mod cors;
 pub mod ejection;
 pub mod error;
+pub mod gateway;
 pub mod identity;
 pub mod inbound;
 pub mod matcher;
@@ -76,6 +77,7 @@ pub mod model;
 pub mod mtls;
 mod nack;
 pub mod outbound;
+pub mod process;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request_body;
@@ -100,7 +102,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::Settings;
+pub use config::{Role, Settings};
 
 use crate::model::Direction;
 use crate::server::{ServerSettings, Transport};

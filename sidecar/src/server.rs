@@ -76,6 +76,10 @@ pub enum Transport {
         /// The mode is the table's inbound policy's (`table.inbound.mtls`).
         policy: Arc<ArcSwap<RoutingTable>>,
     },
+    /// TLS from outside clients (a gateway's HTTPS listener): the
+    /// certificate is chosen by SNI, HTTP/2 or HTTP/1.1 by ALPN, and no
+    /// client certificate is asked for.
+    Edge { acceptor: tokio_rustls::TlsAcceptor },
 }
 
 impl Transport {
@@ -205,6 +209,22 @@ pub async fn serve<S: HttpStack>(
                         }
                         // Counted and logged by the acceptor.
                         None => {}
+                    }
+                });
+            }
+            Transport::Edge { acceptor } => {
+                let accept = acceptor.accept(stream);
+                // The handshake shares the request head's deadline.
+                let deadline = settings.header_read_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(deadline, accept).await {
+                        Ok(Ok(tls)) => serve_connection(tls, svc, builder, shutdown, token).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %addr, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %addr, "TLS handshake timed out")
+                        }
                     }
                 });
             }

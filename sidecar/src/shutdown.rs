@@ -54,9 +54,26 @@ impl Default for Drain {
     }
 }
 
+/// Makes tokens while the drain has not begun, without holding it off
+/// itself: for listeners started later (a gateway's, as its config says).
+#[derive(Clone)]
+pub struct LateTokens(mpsc::WeakSender<Infallible>);
+
+impl LateTokens {
+    /// `None` once the drain is waiting for the last connections: too late
+    /// to start a listener.
+    pub fn token(&self) -> Option<DrainToken> {
+        self.0.upgrade().map(DrainToken)
+    }
+}
+
 impl Drain {
     pub fn token(&self) -> DrainToken {
         DrainToken(self.tx.clone())
+    }
+
+    pub fn late_tokens(&self) -> LateTokens {
+        LateTokens(self.tx.downgrade())
     }
 
     /// Waits until every token is dropped.

@@ -4,6 +4,8 @@
 //! table, once per request, and the route), `split` (the weighted
 //! destination, discovered `on_demand` when the table does not hold it
 //! yet) and `rewrite`. The ones both stacks share are in `crate::proxy`.
+//! A gateway's listeners run the same layers from `route` down
+//! ([`routed`]).
 
 pub mod on_demand;
 pub mod rewrite;
@@ -17,7 +19,7 @@ use tower::ServiceBuilder;
 
 use crate::proxy::{balance, conformance, error_response, forward, headers, request_id, timeout};
 use crate::table::RoutingTable;
-use crate::table::request::HttpStack;
+use crate::table::request::{HttpStack, RoutedStack};
 
 /// The outbound stack: the app's calls, routed by the xDS table.
 pub fn stack(
@@ -32,6 +34,18 @@ pub fn stack(
         .layer(conformance::ConformanceLayer)
         .layer(request_id::RequestIdLayer)
         .layer(headers::ProxyHeadersLayer)
+        .service(routed(table, on_demand, service, tracer))
+}
+
+/// From the route down: what the app's calls and a gateway's listeners
+/// (`crate::gateway::stack`) share.
+pub fn routed(
+    table: Arc<ArcSwap<RoutingTable>>,
+    on_demand: Arc<on_demand::OnDemand>,
+    service: &str,
+    tracer: crate::trace::Tracer,
+) -> impl RoutedStack + use<> {
+    ServiceBuilder::new()
         .layer(route::RouteLayer::new(table))
         // The route's CORS: a preflight is answered here, before a
         // destination is chosen or discovered for it.

@@ -84,7 +84,16 @@ pub struct Core {
     /// `weft-agent-features` header says so); otherwise each response is
     /// the whole set (state of the world).
     incremental: bool,
+    /// A gateway's use of its `Gateway` resource (`None` for a sidecar,
+    /// which never subscribes to one).
+    gateway: Option<GatewaySink>,
 }
+
+/// What a gateway does with its `Gateway` resource (`None`: the agent has
+/// no document for it): compile it whole and put it to use, or say why not
+/// (a NACK; the listeners keep the last good one). The xDS client does not
+/// know what a gateway compiles it into.
+pub type GatewaySink = Box<dyn FnMut(Option<&pb::Gateway>) -> Result<(), Vec<String>> + Send>;
 
 fn canonical(t: &str) -> Option<&'static str> {
     type_url::ALL.into_iter().find(|u| *u == t)
@@ -116,7 +125,16 @@ impl Core {
             bundle_trust_domain: None,
             held: BTreeMap::new(),
             incremental: false,
+            gateway: None,
         }
+    }
+
+    /// Makes this client a gateway's: it subscribes to the `Gateway`
+    /// resource of its own name (the node's service) and hands each
+    /// version to `sink`; it is ready only once one was accepted.
+    pub fn with_gateway(mut self, sink: GatewaySink) -> Self {
+        self.gateway = Some(sink);
+        self
     }
 
     /// Clusters to hold from the start and never drop (`--upstreams`; the
@@ -173,6 +191,7 @@ impl Core {
             type_url::TRUST_BUNDLE => self.bundle_trust_domain.iter().cloned().collect(),
             type_url::ROUTE_CONFIGURATION => Vec::new(), // wildcard: every route table
             type_url::INBOUND_POLICY => vec![self.node.service.clone()], // our own
+            type_url::GATEWAY => vec![self.node.service.clone()], // our own
             _ => self.clusters_wanted.iter().cloned().collect(),
         }
     }
@@ -201,6 +220,7 @@ impl Core {
             .filter(|t| match *t {
                 type_url::ROUTE_CONFIGURATION | type_url::INBOUND_POLICY => true,
                 type_url::TRUST_BUNDLE => self.bundle_trust_domain.is_some(),
+                type_url::GATEWAY => self.gateway.is_some(),
                 _ => know_clusters,
             })
             .enumerate()
@@ -238,6 +258,7 @@ impl Core {
                 type_url::CLUSTER => self.accept_clusters(&whole),
                 type_url::INBOUND_POLICY => self.accept_policy(&whole),
                 type_url::TRUST_BUNDLE => self.accept_trust_bundle(&whole),
+                type_url::GATEWAY => self.accept_gateway(&whole),
                 _ => self.accept_assignments(&whole),
             };
             if result.is_ok() {
@@ -272,8 +293,9 @@ impl Core {
                 // policy may preload others.
                 let resubscribe = self.update_wanted();
                 // The bundle lives in the identity store, read at handshake
-                // time: the routing table does not change.
-                if t != type_url::TRUST_BUNDLE {
+                // time, and the gateway's listeners in their own state: the
+                // routing table does not change.
+                if t != type_url::TRUST_BUNDLE && t != type_url::GATEWAY {
                     self.rebuild();
                 }
                 let mut out = vec![self.request(t, nonce, None)];
@@ -468,6 +490,30 @@ impl Core {
             .map_err(|e| vec![format!("TrustBundle {trust_domain}: {e}")])?;
         tracing::info!(%trust_domain, roots, "trust bundle updated; new handshakes verify peers against it");
         self.accepted.trust_bundle = Some(ours);
+        Ok(false)
+    }
+
+    /// Our gateway's listeners, handed whole to the gateway. Resources
+    /// for other names (there should be none) are ignored.
+    fn accept_gateway(&mut self, resp: &DiscoveryResponse) -> Result<bool, Vec<String>> {
+        let mut errors = Vec::new();
+        let msgs: Vec<pb::Gateway> = Self::decode(resp, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let ours = msgs.into_iter().find(|m| m.name == self.node.service);
+        let Some(sink) = self.gateway.as_mut() else {
+            return Err(vec!["Gateway: this sidecar is no gateway".into()]);
+        };
+        sink(ours.as_ref()).map_err(|errs| {
+            errs.into_iter()
+                .map(|e| format!("Gateway {}: {e}", self.node.service))
+                .collect::<Vec<_>>()
+        })?;
+        if !self.ready && self.waiting_for().is_empty() {
+            self.ready = true;
+            tracing::info!("first complete config received; ready");
+        }
         Ok(false)
     }
 
@@ -680,6 +726,9 @@ impl Core {
         let no_cluster = missing(&|n| self.clusters.contains_key(n));
         let no_cla = missing(&|n| self.assignments.contains_key(n));
         let mut parts = Vec::new();
+        if self.gateway.is_some() && !self.types[type_url::GATEWAY].accepted {
+            parts.push("Gateway".to_owned());
+        }
         if !self.types[type_url::INBOUND_POLICY].accepted {
             parts.push("InboundPolicy".to_owned());
         }

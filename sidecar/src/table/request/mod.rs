@@ -57,6 +57,7 @@ use http::{HeaderValue, Request};
 use tower::Service;
 
 use crate::body::RequestBody;
+use crate::error::ProxyError;
 use crate::shutdown::DrainToken;
 use crate::table::{Cluster, Endpoint, InboundPolicy, Route, RoutingTable, VirtualHost};
 
@@ -242,6 +243,26 @@ pub trait HttpStack:
 
 impl<S> HttpStack for S where
     S: Service<ProxyRequest, Response = ProxyResponse, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Trait alias for a stack from its route on, below the layers that turn
+/// errors into responses.
+pub trait RoutedStack:
+    Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> RoutedStack for S where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError, Future: Send + 'static>
         + Clone
         + Send
         + Sync
