@@ -237,6 +237,7 @@ pub fn config_dump(state: &AdminState) -> Value {
         "ClusterLoadAssignment": ty(type_url::CLUSTER_LOAD_ASSIGNMENT, s.accepted.assignments.values().map(dump::assignment).collect()),
         "InboundPolicy": ty(type_url::INBOUND_POLICY, s.accepted.policy.iter().map(dump::inbound_policy).collect()),
         "TrustBundle": ty(type_url::TRUST_BUNDLE, s.accepted.trust_bundle.iter().map(|b| json!({"trust_domain": b.trust_domain, "roots_pem": b.roots_pem})).collect()),
+        "Gateway": ty(type_url::GATEWAY, s.accepted.gateway.iter().map(dump::gateway).collect()),
     })
 }
 

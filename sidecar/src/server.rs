@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
@@ -93,6 +93,21 @@ impl Transport {
         }
     }
 }
+
+/// TLS handshakes with outside clients ([`Transport::Edge`]), process-wide
+/// (`gateway::metrics` encodes them).
+#[derive(Debug, Default)]
+pub struct EdgeHandshakes {
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub timed_out: AtomicU64,
+}
+
+pub static EDGE_HANDSHAKES: EdgeHandshakes = EdgeHandshakes {
+    completed: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+    timed_out: AtomicU64::new(0),
+};
 
 /// Adapts a tower stack to hyper for one connection.
 struct ConnService<S> {
@@ -217,12 +232,18 @@ pub async fn serve<S: HttpStack>(
                 // The handshake shares the request head's deadline.
                 let deadline = settings.header_read_timeout;
                 tokio::spawn(async move {
+                    let counts = &EDGE_HANDSHAKES;
                     match tokio::time::timeout(deadline, accept).await {
-                        Ok(Ok(tls)) => serve_connection(tls, svc, builder, shutdown, token).await,
+                        Ok(Ok(tls)) => {
+                            counts.completed.fetch_add(1, Ordering::Relaxed);
+                            serve_connection(tls, svc, builder, shutdown, token).await
+                        }
                         Ok(Err(e)) => {
+                            counts.failed.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(client = %addr, error = %e, "TLS handshake failed")
                         }
                         Err(_) => {
+                            counts.timed_out.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(client = %addr, "TLS handshake timed out")
                         }
                     }

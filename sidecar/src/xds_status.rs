@@ -36,6 +36,8 @@ pub struct Accepted {
     pub policy: Option<pb::InboundPolicy>,
     /// The trust bundle last accepted over ADS.
     pub trust_bundle: Option<pb::TrustBundle>,
+    /// A gateway's listeners.
+    pub gateway: Option<pb::Gateway>,
 }
 
 /// What /ready, /config_dump read. Updated by the client on every change;

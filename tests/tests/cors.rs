@@ -4,72 +4,13 @@
 //! any other origin is blocked by the browser itself; the preflights are
 //! answered by the sidecar and never reach the app.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use weft_e2e::harness::browser;
 use weft_e2e::harness::mesh::SETUP_TIMEOUT;
 use weft_e2e::{Mesh, eventually, run};
-
-/// The page: two cross-origin calls of the kind that need a preflight (a
-/// PUT with a custom header, with credentials), each outcome written into
-/// the DOM for the test to read. `fetch` rejects when the browser blocks
-/// the answer.
-fn page(api: &str) -> String {
-    format!(
-        r#"<!doctype html><title>cors</title><pre id="out">running</pre><script>
-async function call() {{
-  try {{
-    const answer = await fetch("{api}/cors-check", {{
-      method: "PUT", credentials: "include",
-      headers: {{ "x-api-key": "k-1", "content-type": "application/json" }},
-      body: "{{}}" }});
-    const echo = await answer.json();
-    return "status=" + answer.status + " service=" + echo.service +
-      " served-by=" + answer.headers.get("x-served-by");
-  }} catch (error) {{
-    return "blocked: " + error.name;
-  }}
-}}
-call().then(outcome => {{ document.getElementById("out").textContent = outcome; }});
-</script>"#
-    )
-}
-
-/// Serves `html` at every path, until the test ends.
-async fn serve_page(html: String) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let html = Bytes::from(html);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let html = html.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_request| {
-                    let html = html.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            http::Response::builder()
-                                .header("content-type", "text/html; charset=utf-8")
-                                .body(Full::new(html))
-                                .expect("a page"),
-                        )
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
 
 /// A header of `reply`, as text.
 fn header<'r>(reply: &'r weft_e2e::Reply, name: &str) -> Option<&'r str> {
@@ -79,14 +20,6 @@ fn header<'r>(reply: &'r weft_e2e::Reply, name: &str) -> Option<&'r str> {
         .and_then(|value| value.to_str().ok())
 }
 
-/// What the page wrote after its scripts ran.
-async fn outcome(url: &str, profile: &std::path::Path) -> anyhow::Result<String> {
-    let dom = browser::dump_dom(url, profile).await?;
-    let start = dom.find("<pre id=\"out\">").context("no output element")? + 14;
-    let end = dom[start..].find("</pre>").context("no end of output")? + start;
-    Ok(dom[start..end].to_string())
-}
-
 #[test]
 fn a_browser_reads_answers_only_from_the_allowed_origin_and_preflights_never_reach_the_app() {
     run(|ctx| async move {
@@ -94,7 +27,8 @@ fn a_browser_reads_answers_only_from_the_allowed_origin_and_preflights_never_rea
         let mesh = Mesh::start(&ctx).await?;
         let (users, client) = mesh.users_and_client().await?;
         let api = format!("http://127.0.0.1:{}", client.sidecar.outbound.port());
-        let page_server = serve_page(page(&api)).await?;
+        let page_server =
+            browser::serve_page(browser::cross_origin_probe(&format!("{api}/cors-check"))).await?;
         // The same page from two origins: `localhost` is allowed,
         // `127.0.0.1` (another origin: the host differs) is not.
         let allowed_page = format!("http://localhost:{}/", page_server.port());
@@ -135,13 +69,13 @@ fn a_browser_reads_answers_only_from_the_allowed_origin_and_preflights_never_rea
         let before = users.app.requests_seen(&mesh.http).await?;
 
         let profile = ctx.log_dir.join("chromium-profile");
-        let allowed = outcome(&allowed_page, &profile).await?;
+        let allowed = browser::probe_outcome(&allowed_page, &profile, &[]).await?;
         ensure!(
             // `x-served-by` is readable only because the policy exposes it.
             allowed == "status=200 service=users served-by=mesh",
             "the allowed origin's page saw: {allowed}"
         );
-        let refused = outcome(&refused_page, &profile).await?;
+        let refused = browser::probe_outcome(&refused_page, &profile, &[]).await?;
         ensure!(
             refused == "blocked: TypeError",
             "the refused origin's page saw: {refused}"

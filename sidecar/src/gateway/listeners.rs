@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 
 use super::certificates::{CertificateSet, ServedCertificate, SniCertificates};
 use super::compile::{CertificateFiles, CompiledGateway, CompiledListener, FileStamp, read_files};
+use super::metrics::CERTIFICATE_RELOADS;
 use super::policy::{ListenerPolicy, SharedListenerPolicy};
 use crate::model::Direction;
 use crate::server::{self, ServerSettings, Transport};
@@ -298,13 +300,19 @@ fn reread_changed(
         }
         entry.stamp = stamp;
         match read_files(&entry.chain, &entry.private_key) {
-            Ok(certificate) => changed.push((entry.index, certificate)),
-            Err(e) => tracing::warn!(
+            Ok(certificate) => {
+                CERTIFICATE_RELOADS.applied.fetch_add(1, Ordering::Relaxed);
+                changed.push((entry.index, certificate))
+            }
+            Err(e) => {
+                CERTIFICATE_RELOADS.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
                 %listener,
                 chain = %entry.chain.display(),
                 error = %e,
                 "changed certificate files cannot be served; keeping the current certificate"
-            ),
+                )
+            }
         }
     }
     changed

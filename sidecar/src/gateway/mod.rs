@@ -20,12 +20,14 @@
 //!   resource changes; certificate files read again when they change.
 //! * `policy`, `forwarded`, `hosts` — what a listener's layers read, and
 //!   the layers.
+//! * `metrics` — handshakes with outside clients, certificate reloads.
 
 pub mod certificates;
 pub mod compile;
 pub mod forwarded;
 pub mod hosts;
 pub mod listeners;
+pub mod metrics;
 pub mod policy;
 
 use std::net::SocketAddr;
@@ -43,7 +45,7 @@ use crate::table::request::HttpStack;
 use crate::table::{Cluster, ClusterSettings, RoutingTable};
 use crate::upstream::Dns;
 use crate::xds::XdsState;
-use crate::{Running, Settings, ShutdownHandle, access_log, admin, metrics, outbound, trace, xds};
+use crate::{Running, Settings, ShutdownHandle, access_log, admin, outbound, trace, xds};
 use listeners::{GatewayListeners, ListenerContext};
 use policy::SharedListenerPolicy;
 
@@ -182,14 +184,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     ));
     let admin = crate::bind(admin_addr, "the admin endpoints", "--admin").await?;
     let admin_addr = admin.local_addr()?;
-    let mut metrics = metrics::Metrics::new(metrics::collector::SidecarCollector {
+    let mut metrics = crate::metrics::Metrics::new(crate::metrics::collector::SidecarCollector {
         source: Arc::new(crate::table::metrics::TableMetrics {
             table: table.clone(),
             inbound: no_app.clone(),
             service: settings.service.as_str().into(),
         }),
         xds: Some(state.clone()),
-        features: vec![access_log::metrics::encode, crate::cors::metrics::encode],
+        features: vec![
+            access_log::metrics::encode,
+            crate::cors::metrics::encode,
+            self::metrics::encode,
+        ],
     });
     if let Some(counters) = tracer.counters() {
         metrics.register(Box::new(trace::export::ExportCollector(counters)));

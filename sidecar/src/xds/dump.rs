@@ -190,6 +190,44 @@ fn action(a: i32) -> &'static str {
         .unwrap_or("INVALID")
 }
 
+/// A gateway's listeners; a certificate by its source and chain, never
+/// its private key.
+pub fn gateway(g: &pb::Gateway) -> Value {
+    use pb::tls_certificate::Source;
+    let listeners: Vec<Value> = g
+        .listeners
+        .iter()
+        .map(|l| {
+            let certificates: Vec<Value> = l
+                .certificates
+                .iter()
+                .map(|c| match &c.source {
+                    Some(Source::Files(files)) => json!({
+                        "name": c.name,
+                        "chain_file": files.chain_path,
+                        "private_key_file": files.private_key_path,
+                    }),
+                    Some(Source::Pem(pem)) => json!({
+                        "name": c.name,
+                        "chain_pem": pem.chain_pem,
+                        "private_key_pem": "[redacted]",
+                    }),
+                    None => json!({ "name": c.name }),
+                })
+                .collect();
+            json!({
+                "name": l.name,
+                "address": l.address,
+                "port": l.port,
+                "protocol": l.protocol().as_str_name(),
+                "hosts": l.hosts,
+                "certificates": certificates,
+            })
+        })
+        .collect();
+    json!({ "name": g.name, "trusted_hops": g.trusted_hops, "listeners": listeners })
+}
+
 pub fn inbound_policy(p: &pb::InboundPolicy) -> Value {
     let permission = |perm: &pb::Permission| {
         use pb::permission::Path;

@@ -510,6 +510,7 @@ impl Core {
                 .map(|e| format!("Gateway {}: {e}", self.node.service))
                 .collect::<Vec<_>>()
         })?;
+        self.accepted.gateway = ours;
         if !self.ready && self.waiting_for().is_empty() {
             self.ready = true;
             tracing::info!("first complete config received; ready");

@@ -27,8 +27,79 @@ pub fn chromium_binary() -> anyhow::Result<PathBuf> {
 
 /// The page at `url` after its scripts ran, serialized (`--dump-dom`).
 pub async fn dump_dom(url: &str, profile: &Path) -> anyhow::Result<String> {
-    let output = chromium(&["--dump-dom".to_owned(), url.to_owned()], profile).await?;
+    dump_dom_with(url, profile, &[]).await
+}
+
+/// [`dump_dom`] with more Chromium flags (`--host-resolver-rules=...`).
+pub async fn dump_dom_with(url: &str, profile: &Path, flags: &[String]) -> anyhow::Result<String> {
+    let args = [flags, &["--dump-dom".to_owned(), url.to_owned()]].concat();
+    let output = chromium(&args, profile).await?;
     Ok(String::from_utf8_lossy(&output).into_owned())
+}
+
+/// A page that makes one cross-origin call of the kind that needs a
+/// preflight (a PUT with a custom header, with credentials) to `url`, and
+/// writes the outcome into its DOM: `status=... service=... served-by=...`
+/// from the app's echo, or `blocked: TypeError` when the browser blocks the
+/// answer (`fetch` rejects).
+pub fn cross_origin_probe(url: &str) -> String {
+    format!(
+        r#"<!doctype html><title>cors</title><pre id="out">running</pre><script>
+async function call() {{
+  try {{
+    const answer = await fetch("{url}", {{
+      method: "PUT", credentials: "include",
+      headers: {{ "x-api-key": "k-1", "content-type": "application/json" }},
+      body: "{{}}" }});
+    const echo = await answer.json();
+    return "status=" + answer.status + " service=" + echo.service +
+      " served-by=" + answer.headers.get("x-served-by");
+  }} catch (error) {{
+    return "blocked: " + error.name;
+  }}
+}}
+call().then(outcome => {{ document.getElementById("out").textContent = outcome; }});
+</script>"#
+    )
+}
+
+/// What a [`cross_origin_probe`] page at `url` wrote after its script ran.
+pub async fn probe_outcome(url: &str, profile: &Path, flags: &[String]) -> anyhow::Result<String> {
+    let dom = dump_dom_with(url, profile, flags).await?;
+    let start = dom.find("<pre id=\"out\">").context("no output element")? + 14;
+    let end = dom[start..].find("</pre>").context("no end of output")? + start;
+    Ok(dom[start..end].to_string())
+}
+
+/// Serves `html` at every path on a loopback port, until the test ends.
+pub async fn serve_page(html: String) -> anyhow::Result<std::net::SocketAddr> {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let html = bytes::Bytes::from(html);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let html = html.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let html = html.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "text/html; charset=utf-8")
+                                .body(Full::new(html))
+                                .expect("a page"),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
 }
 
 /// A `width`x`height` PNG screenshot of the page at `url` after its

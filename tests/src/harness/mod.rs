@@ -15,6 +15,7 @@ pub mod consul;
 pub mod consul_proxy;
 pub mod deploy;
 pub mod fixtures;
+pub mod gateway;
 pub mod grpc;
 pub mod h2_frames;
 pub mod http;
