@@ -44,10 +44,13 @@ struct Cli {
 enum Command {
     /// Check documents offline against the KV schema and Weft's semantic rules.
     ///
-    /// Each file's key comes from its path below a `routes/`, `destinations/`
-    /// or `policies/` folder (`cfg/routes/users.yaml` is `routes/users`).
-    /// Directories are walked; files outside those folders are skipped.
-    /// Prints every error as key, field and reason; exits 1 if there is any.
+    /// Each file's key comes from its path below a `routes/`, `destinations/`,
+    /// `policies/`, `gateways/` or `certificates/` folder
+    /// (`cfg/routes/users.yaml` is `routes/users`). Directories are walked;
+    /// files outside those folders are skipped. A gateway's `kv`
+    /// certificates must be among the validated files, and good, as the
+    /// agent requires. Prints every error as key, field and reason; exits 1
+    /// if there is any.
     Validate {
         /// Files or directories (`.json`, `.yaml`, `.yml`).
         #[arg(required = true)]
@@ -155,7 +158,7 @@ fn validate(paths: &[PathBuf], services: Option<&[String]>) -> anyhow::Result<Ex
                     FieldError::new(
                         path.display().to_string(),
                         documents::KEY_FIELD,
-                        "cannot tell which document this is: put it under a routes/, destinations/ or policies/ folder (or name it defaults), with a .json, .yaml or .yml extension",
+                        "cannot tell which document this is: put it under a routes/, destinations/, policies/, gateways/ or certificates/ folder (or name it defaults), with a .json, .yaml or .yml extension",
                     ),
                 )),
             }
@@ -164,6 +167,10 @@ fn validate(paths: &[PathBuf], services: Option<&[String]>) -> anyhow::Result<Ex
     found.sort_by(|a, b| a.key.cmp(&b.key).then(a.path.cmp(&b.path)));
 
     let mut parsed = Vec::new();
+    // Each gateway's `kv` certificates, and the certificate documents seen
+    // with their verdicts: checked once all are parsed, as the agent does.
+    let mut certificate_references = Vec::new();
+    let mut certificates: BTreeMap<String, bool> = BTreeMap::new();
     for document in &found {
         let bytes = match std::fs::read(&document.path) {
             Ok(bytes) => bytes,
@@ -183,10 +190,27 @@ fn validate(paths: &[PathBuf], services: Option<&[String]>) -> anyhow::Result<Ex
             origin: document.path.display().to_string(),
             yaml: document.path.extension().is_some_and(|ext| ext != "json"),
         };
-        match documents::parse_document(&raw) {
+        let references = documents::certificate_references(&raw);
+        if !references.is_empty() {
+            certificate_references.push((document, references));
+        }
+        let verdict = documents::parse_document(&raw);
+        if let Some(name) = document.key.strip_prefix("certificates/") {
+            certificates.insert(name.to_string(), verdict.is_ok());
+        }
+        match verdict {
             Ok(parsed_document) => parsed.push((document, parsed_document)),
             Err(errors) => problems.extend(errors.into_iter().map(|e| (document.path.clone(), e))),
         }
+    }
+    for (document, references) in &certificate_references {
+        let status = |name: &str| match certificates.get(name) {
+            Some(true) => documents::CertificateStatus::Good,
+            Some(false) => documents::CertificateStatus::Refused,
+            None => documents::CertificateStatus::Missing,
+        };
+        let errors = documents::validate_certificate_references(&document.key, references, &status);
+        problems.extend(errors.into_iter().map(|e| (document.path.clone(), e)));
     }
 
     if let Some(services) = services {
@@ -258,7 +282,7 @@ fn walk(dir: &Path, found: &mut Vec<FoundDocument>) -> anyhow::Result<()> {
 }
 
 /// `anything/routes/users.yaml` -> `routes/users`: the path below the last
-/// `routes`, `destinations` or `policies` folder, without extension, and
+/// `routes`, `destinations`, `policies`, `gateways` or `certificates` folder, without extension, and
 /// `defaults.*` outside them -> `defaults`. None
 /// for files that are not documents (other extensions, hidden files, files
 /// outside those folders).

@@ -1,7 +1,9 @@
 //! The KV configuration documents: keys, schema, typed parse, validation and
-//! translation to the protocol's resources. Four kinds: route tables
+//! translation to the protocol's resources. Six kinds: route tables
 //! (`routes/<host>`), traffic policies (`destinations/<service>`), inbound
-//! policies (`policies/<service>`) and the mesh-wide `defaults`.
+//! policies (`policies/<service>`), the mesh-wide `defaults`, edge gateways
+//! (`gateways/<name>`) and the TLS certificates they serve
+//! (`certificates/<name>`).
 //!
 //! A document goes through three checks, and every error of every check is
 //! reported at once (an operator fixes a document in one round trip):
@@ -13,15 +15,19 @@
 //!    policy names each source once.
 //!
 //! References to other services need the catalog, so they are checked apart,
-//! by [`validate_references`], which the snapshot builder calls.
+//! by [`validate_references`], which the snapshot builder calls; so are a
+//! gateway's references to certificate documents
+//! ([`validate_certificate_references`]), which need the other documents.
 //!
 //! The field-by-field reference is `docs/KV-SCHEMA.md`.
 
 mod breaker;
+mod certificate;
 mod cors;
 mod destination;
 mod duration;
 mod error;
+mod gateway;
 pub mod jwt;
 mod policy;
 mod rate_limit;
@@ -37,10 +43,14 @@ use serde_json::Value;
 use crate::model::RawDocument;
 
 pub use breaker::{Breaker, CircuitBreakers, Failure, OutlierDetection, Ratio};
+pub use certificate::CertificateDocument;
 pub use destination::{
     ConnectionPoolSettings, DestinationDocument, LoadBalancer, Protocol, default_cluster,
 };
 pub use error::FieldError;
+pub use gateway::{
+    CertificateFiles, CertificateSource, GatewayDocument, KvCertificate, Listener, ListenerProtocol,
+};
 pub use policy::{
     ANY_SERVICE, Action, DefaultsDocument, IntentionRule, MtlsMode, Permission, PolicyDocument,
     PolicyIntention,
@@ -73,6 +83,10 @@ pub enum DocumentKey {
     Policy { service: String },
     /// `defaults`: the mesh-wide defaults.
     Defaults,
+    /// `gateways/<name>`: the listeners of the edge gateway `<name>`.
+    Gateway { name: String },
+    /// `certificates/<name>`: a TLS certificate gateways may serve.
+    Certificate { name: String },
 }
 
 /// The kinds of documents, by their key's folder (or, for the defaults,
@@ -83,10 +97,13 @@ pub enum DocumentKind {
     Destination,
     Policy,
     Defaults,
+    Gateway,
+    Certificate,
 }
 
 impl DocumentKind {
-    /// The key folder: `routes`, `destinations`, `policies`; for the one
+    /// The key folder: `routes`, `destinations`, `policies`, `gateways`,
+    /// `certificates`; for the one
     /// defaults document, its whole key `defaults` (a file at the root of
     /// the config dir, not a folder).
     pub fn folder(self) -> &'static str {
@@ -95,6 +112,8 @@ impl DocumentKind {
             DocumentKind::Destination => "destinations",
             DocumentKind::Policy => "policies",
             DocumentKind::Defaults => DEFAULTS_KEY,
+            DocumentKind::Gateway => "gateways",
+            DocumentKind::Certificate => "certificates",
         }
     }
 
@@ -105,14 +124,16 @@ impl DocumentKind {
             "routes" => Some(DocumentKind::Route),
             "destinations" => Some(DocumentKind::Destination),
             "policies" => Some(DocumentKind::Policy),
+            "gateways" => Some(DocumentKind::Gateway),
+            "certificates" => Some(DocumentKind::Certificate),
             _ => None,
         }
     }
 }
 
 impl DocumentKey {
-    /// Parses `routes/<host>`, `destinations/<service>`, `policies/<service>`
-    /// or `defaults`. The name is one path segment of letters, digits, `.`,
+    /// Parses `routes/<host>`, `destinations/<service>`, `policies/<service>`,
+    /// `gateways/<name>`, `certificates/<name>` or `defaults`. The name is one path segment of letters, digits, `.`,
     /// `_` and `-` (a service or host name); anything else is an error naming
     /// the key.
     pub fn parse(key: &str) -> Result<Self, FieldError> {
@@ -122,12 +143,12 @@ impl DocumentKey {
         }
         let Some((folder, name)) = key.split_once('/') else {
             return Err(error(
-                "not a document key: expected routes/<host>, destinations/<service>, policies/<service> or defaults".into(),
+                "not a document key: expected routes/<host>, destinations/<service>, policies/<service>, gateways/<name>, certificates/<name> or defaults".into(),
             ));
         };
         let Some(kind) = DocumentKind::from_folder(folder) else {
             return Err(error(format!(
-                "unknown document folder `{folder}`: expected routes, destinations or policies"
+                "unknown document folder `{folder}`: expected routes, destinations, policies, gateways or certificates"
             )));
         };
         if name.is_empty() {
@@ -138,6 +159,7 @@ impl DocumentKey {
                 "`{name}` is not a valid {} name: `{bad}` is not allowed (use letters, digits, `.`, `_`, `-`)",
                 match kind {
                     DocumentKind::Route => "host",
+                    DocumentKind::Certificate => "certificate",
                     _ => "service",
                 }
             )));
@@ -148,6 +170,8 @@ impl DocumentKey {
             DocumentKind::Destination => DocumentKey::Destination { service: name },
             DocumentKind::Policy => DocumentKey::Policy { service: name },
             DocumentKind::Defaults => DocumentKey::Defaults,
+            DocumentKind::Gateway => DocumentKey::Gateway { name },
+            DocumentKind::Certificate => DocumentKey::Certificate { name },
         })
     }
 
@@ -157,15 +181,18 @@ impl DocumentKey {
             DocumentKey::Destination { .. } => DocumentKind::Destination,
             DocumentKey::Policy { .. } => DocumentKind::Policy,
             DocumentKey::Defaults => DocumentKind::Defaults,
+            DocumentKey::Gateway { .. } => DocumentKind::Gateway,
+            DocumentKey::Certificate { .. } => DocumentKind::Certificate,
         }
     }
 
-    /// The host or service the key names (empty for `defaults`, which
-    /// names the whole mesh).
+    /// The host, service, gateway or certificate the key names (empty for
+    /// `defaults`, which names the whole mesh).
     pub fn name(&self) -> &str {
         match self {
             DocumentKey::Route { host } => host,
             DocumentKey::Destination { service } | DocumentKey::Policy { service } => service,
+            DocumentKey::Gateway { name } | DocumentKey::Certificate { name } => name,
             DocumentKey::Defaults => "",
         }
     }
@@ -189,6 +216,8 @@ pub enum Document {
     Destination(Box<DestinationDocument>),
     Policy(PolicyDocument),
     Defaults(DefaultsDocument),
+    Gateway(GatewayDocument),
+    Certificate(CertificateDocument),
 }
 
 /// Parses and validates one document: key, syntax, schema and semantic
@@ -214,6 +243,8 @@ pub fn parse_value(
         }
         DocumentKind::Policy => policy::parse(key, value).map(Document::Policy),
         DocumentKind::Defaults => policy::parse_defaults(key, value).map(Document::Defaults),
+        DocumentKind::Gateway => gateway::parse(key, value).map(Document::Gateway),
+        DocumentKind::Certificate => certificate::parse(key, value).map(Document::Certificate),
     }
 }
 
@@ -234,6 +265,12 @@ pub fn parse_unchecked(kind: DocumentKind, value: &Value) -> Result<Document, St
         }
         DocumentKind::Defaults => {
             Document::Defaults(DefaultsDocument::deserialize(value).map_err(typed)?)
+        }
+        DocumentKind::Gateway => {
+            Document::Gateway(GatewayDocument::deserialize(value).map_err(typed)?)
+        }
+        DocumentKind::Certificate => {
+            Document::Certificate(CertificateDocument::deserialize(value).map_err(typed)?)
         }
     })
 }
@@ -278,8 +315,71 @@ pub fn validate_references(
         // A destination or policy document names only its own service, which
         // may legitimately come before the service is registered; a policy's
         // sources may name callers that do not exist yet (as in Consul).
-        Document::Destination(_) | Document::Policy(_) | Document::Defaults(_) => Vec::new(),
+        // A gateway names no service (its hosts' route tables do); its
+        // certificate documents are checked by
+        // [`validate_certificate_references`].
+        Document::Destination(_)
+        | Document::Policy(_)
+        | Document::Defaults(_)
+        | Document::Gateway(_)
+        | Document::Certificate(_) => Vec::new(),
     }
+}
+
+/// What a `certificates/<name>` document a gateway names is, for
+/// [`validate_certificate_references`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateStatus {
+    /// Its latest version is good: the gateway serves it.
+    Good,
+    /// Its latest version was refused: the gateway is refused too, rather
+    /// than serve an older certificate than the operator wrote.
+    Refused,
+    /// No such document.
+    Missing,
+}
+
+/// The `certificates/<name>` documents a document names, each with the
+/// field naming it (`listeners[0].certificates[1].kv`): none but for a
+/// gateway document. Read from the document as it is, valid or not, so
+/// that a refusal lists a missing certificate with its other errors.
+pub fn certificate_references(raw: &RawDocument) -> Vec<(String, String)> {
+    if !matches!(
+        DocumentKey::parse(&raw.key),
+        Ok(DocumentKey::Gateway { .. })
+    ) {
+        return Vec::new();
+    }
+    match decode(&raw.key, &raw.value, raw.yaml) {
+        Ok(value) => gateway::certificate_references(&value),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Checks that every certificate document a gateway names (`references`,
+/// from [`certificate_references`]) exists and is good: `status` answers
+/// for a name. Returns one error per other reference, with its field.
+pub fn validate_certificate_references(
+    key: &str,
+    references: &[(String, String)],
+    status: &dyn Fn(&str) -> CertificateStatus,
+) -> Vec<FieldError> {
+    let folder = DocumentKind::Certificate.folder();
+    references
+        .iter()
+        .filter_map(|(field, name)| {
+            let reason = match status(name) {
+                CertificateStatus::Good => return None,
+                CertificateStatus::Refused => format!(
+                    "{folder}/{name} was refused (see its own errors): fix it, or name another certificate"
+                ),
+                CertificateStatus::Missing => format!(
+                    "no {folder}/{name} document: write it (`chain_pem`, `private_key_pem`), or name another certificate"
+                ),
+            };
+            Some(FieldError::new(key, field.clone(), reason))
+        })
+        .collect()
 }
 
 #[cfg(test)]

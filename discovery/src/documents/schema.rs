@@ -31,6 +31,8 @@ struct Compiled {
     destination: Validator,
     policy: Validator,
     defaults: Validator,
+    gateway: Validator,
+    certificate: Validator,
 }
 
 /// Compiled once. A failure is a bug in the embedded schema (a unit test
@@ -58,6 +60,8 @@ fn compile() -> Result<Compiled, String> {
         destination: validator("destination_document")?,
         policy: validator("policy_document")?,
         defaults: validator("defaults_document")?,
+        gateway: validator("gateway_document")?,
+        certificate: validator("certificate_document")?,
         schema,
     })
 }
@@ -88,6 +92,8 @@ pub fn validate(key: &str, kind: DocumentKind, value: &Value) -> Vec<FieldError>
         DocumentKind::Destination => &compiled.destination,
         DocumentKind::Policy => &compiled.policy,
         DocumentKind::Defaults => &compiled.defaults,
+        DocumentKind::Gateway => &compiled.gateway,
+        DocumentKind::Certificate => &compiled.certificate,
     };
     let mut errors: Vec<FieldError> = validator
         .iter_errors(value)
@@ -276,6 +282,8 @@ fn resolve<'s>(schema: &'s Value, kind: DocumentKind, keyword_path: &str) -> Opt
         DocumentKind::Destination => "destination_document",
         DocumentKind::Policy => "policy_document",
         DocumentKind::Defaults => "defaults_document",
+        DocumentKind::Gateway => "gateway_document",
+        DocumentKind::Certificate => "certificate_document",
     };
     // The validator's root is `{"$ref": "#/$defs/<definition>", ...}`.
     let mut current = schema.get("$defs")?.get(definition)?;

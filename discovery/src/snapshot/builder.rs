@@ -1,7 +1,9 @@
 //! Builds a [`Snapshot`] from the mesh state: validates documents (keeping
 //! the last good version of each), adds the default route of every service
 //! without a route document, turns catalog endpoints into assignments, and
-//! merges policy documents and Consul's intentions into inbound policies.
+//! merges policy documents and Consul's intentions into inbound policies,
+//! and serves each gateway document as a `Gateway` with its certificate
+//! documents inlined.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -12,7 +14,10 @@ use weft_proto::config::v1::{self as config, ClusterLoadAssignment, endpoint};
 use weft_proto::type_url;
 
 use super::{Assembly, Changes, Resource, Snapshot, policy};
-use crate::documents::{self, ANY_SERVICE, Document, DocumentKey, FieldError, PolicyDocument};
+use crate::documents::{
+    self, ANY_SERVICE, CertificateStatus, Document, DocumentKey, DocumentKind, FieldError,
+    PolicyDocument,
+};
 use crate::identity::ServiceIdentities;
 use crate::model::{Endpoint, Health, MeshState};
 
@@ -30,6 +35,10 @@ pub struct RejectedDocument {
 struct Evaluated {
     value: Bytes,
     verdict: Result<(), RejectedDocument>,
+    /// The certificate documents it names (a gateway's `kv`), each with the
+    /// bytes of its good version when this one was judged (None: missing or
+    /// refused). A change of any is a reason to judge it again.
+    certificates: Vec<(String, Option<Bytes>)>,
 }
 
 /// Keeps what must outlive one build: the last good version of every
@@ -39,6 +48,11 @@ struct Evaluated {
 pub struct SnapshotBuilder {
     last_good: BTreeMap<String, (Bytes, Document)>,
     evaluated: BTreeMap<String, Evaluated>,
+    /// The last good version of each gateway document, by gateway name,
+    /// with its certificate documents inlined as they were when it was
+    /// judged: a certificate document deleted or refused later refuses
+    /// the gateway's document, and this keeps serving.
+    gateways: BTreeMap<String, config::Gateway>,
     /// How service identities are named when the mesh has mTLS: every
     /// Cluster then names the SPIFFE ID its destination must present.
     identities: Option<ServiceIdentities>,
@@ -200,6 +214,9 @@ impl SnapshotBuilder {
                 .unwrap_or_default();
             snapshot.insert(type_url::INBOUND_POLICY, service.to_string(), &inbound);
         }
+        for (name, gateway) in &self.gateways {
+            snapshot.insert(type_url::GATEWAY, name.clone(), gateway);
+        }
         if let Some(roots) = &state.trust_roots {
             let bundle = config::TrustBundle {
                 trust_domain: roots.trust_domain.clone(),
@@ -245,6 +262,11 @@ impl SnapshotBuilder {
             .retain(|key, _| state.documents.contains_key(key));
         self.evaluated
             .retain(|key, _| state.documents.contains_key(key));
+        self.gateways.retain(|name, _| {
+            state
+                .documents
+                .contains_key(&format!("{}/{name}", DocumentKind::Gateway.folder()))
+        });
 
         // Destinations a route may name: catalog services and destination
         // documents (a route may be written before its service registers, if
@@ -262,27 +284,70 @@ impl SnapshotBuilder {
             .collect();
 
         let mut newly_rejected = Vec::new();
-        for (key, raw) in &state.documents {
+        // Gateways last: their verdict depends on this build's verdicts of
+        // the certificate documents they name.
+        let is_gateway = |key: &str| {
+            matches!(
+                DocumentKey::parse(key).map(|key| key.kind()),
+                Ok(DocumentKind::Gateway)
+            )
+        };
+        let in_order = state
+            .documents
+            .iter()
+            .filter(|(key, _)| !is_gateway(key))
+            .chain(state.documents.iter().filter(|(key, _)| is_gateway(key)));
+        for (key, raw) in in_order {
             if let Some(evaluated) = self.evaluated.get(key) {
+                let same = evaluated.value == raw.value
+                    && evaluated
+                        .certificates
+                        .iter()
+                        .all(|(name, seen)| self.good_certificate(name) == seen.as_ref());
                 // Judged already; a good document stays good when services
                 // come and go (a vanished destination then answers 503).
-                if evaluated.value == raw.value && evaluated.verdict.is_ok() {
+                if same && evaluated.verdict.is_ok() {
                     continue;
                 }
                 // A rejected one is judged again: its destination may have appeared.
-                if evaluated.value == raw.value && !depends_on_catalog(key) {
+                if same && !depends_on_catalog(key) {
                     continue;
                 }
             }
-            let verdict = documents::parse_document(raw).and_then(|document| {
-                let errors =
-                    documents::validate_references(key, &document, &|name| known.contains(name));
-                if errors.is_empty() {
-                    Ok(document)
-                } else {
+            let references = documents::certificate_references(raw);
+            let status = |name: &str| match self.good_certificate(name) {
+                Some(_) => CertificateStatus::Good,
+                None if state.documents.contains_key(&certificate_key(name)) => {
+                    CertificateStatus::Refused
+                }
+                None => CertificateStatus::Missing,
+            };
+            let certificate_errors =
+                documents::validate_certificate_references(key, &references, &status);
+            let verdict = match documents::parse_document(raw) {
+                Ok(document) => {
+                    let mut errors = documents::validate_references(key, &document, &|name| {
+                        known.contains(name)
+                    });
+                    errors.extend(certificate_errors);
+                    if errors.is_empty() {
+                        Ok(document)
+                    } else {
+                        Err(errors)
+                    }
+                }
+                Err(mut errors) => {
+                    errors.extend(certificate_errors);
                     Err(errors)
                 }
-            });
+            };
+            let certificates: Vec<(String, Option<Bytes>)> = references
+                .into_iter()
+                .map(|(_, name)| {
+                    let seen = self.good_certificate(&name).cloned();
+                    (name, seen)
+                })
+                .collect();
             // The errors this same version got last time, if any: a
             // rejection is logged and counted once per version, not per build.
             let previous_errors = self
@@ -293,6 +358,12 @@ impl SnapshotBuilder {
                 .map(|rejected| rejected.errors.clone());
             let verdict = match verdict {
                 Ok(document) => {
+                    if let (Ok(DocumentKey::Gateway { name }), Document::Gateway(gateway)) =
+                        (DocumentKey::parse(key), &document)
+                    {
+                        let resolved = self.resolve_gateway(&name, gateway);
+                        self.gateways.insert(name, resolved);
+                    }
                     self.last_good
                         .insert(key.clone(), (raw.value.clone(), document));
                     Ok(())
@@ -319,15 +390,47 @@ impl SnapshotBuilder {
                 Evaluated {
                     value: raw.value.clone(),
                     verdict,
+                    certificates,
                 },
             );
         }
         newly_rejected
     }
+
+    /// The bytes of the certificate document `name` if its latest version
+    /// is good (as judged in this build: certificates are judged before the
+    /// gateways that name them).
+    fn good_certificate(&self, name: &str) -> Option<&Bytes> {
+        self.evaluated
+            .get(&certificate_key(name))
+            .filter(|evaluated| evaluated.verdict.is_ok())
+            .map(|evaluated| &evaluated.value)
+    }
+
+    /// The `Gateway` of a good gateway document, with the good certificate
+    /// documents it names inlined.
+    fn resolve_gateway(&self, name: &str, gateway: &documents::GatewayDocument) -> config::Gateway {
+        let certificates = gateway
+            .certificate_names()
+            .into_iter()
+            .filter_map(
+                |certificate| match self.last_good.get(&certificate_key(certificate)) {
+                    Some((_, Document::Certificate(document))) => Some((certificate, document)),
+                    _ => None,
+                },
+            )
+            .collect();
+        gateway.to_gateway(name, &certificates)
+    }
 }
 
-/// Whether judging a rejected document again could change its verdict: only
-/// route documents depend on anything but their own bytes.
+fn certificate_key(name: &str) -> String {
+    format!("{}/{name}", DocumentKind::Certificate.folder())
+}
+
+/// Whether judging a rejected document again could change its verdict when
+/// the catalog changes: only route documents depend on it. (A gateway
+/// depends on certificate documents, which `Evaluated::certificates` tracks.)
 fn depends_on_catalog(key: &str) -> bool {
     key.starts_with("routes/")
 }

@@ -170,8 +170,8 @@ impl FileSource {
     }
 }
 
-/// Reads every document under `routes/`, `destinations/` and `policies/`,
-/// and the `defaults` document at the root. A file that exists but cannot
+/// Reads every document under `routes/`, `destinations/`, `policies/`,
+/// `gateways/` and `certificates/`, and the `defaults` document at the root. A file that exists but cannot
 /// be read keeps its `previous` content.
 fn read_documents(
     dir: &Path,
@@ -182,6 +182,8 @@ fn read_documents(
         DocumentKind::Route,
         DocumentKind::Destination,
         DocumentKind::Policy,
+        DocumentKind::Gateway,
+        DocumentKind::Certificate,
     ] {
         let folder = dir.join(kind.folder());
         if folder.is_dir() {

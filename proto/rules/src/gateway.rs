@@ -122,6 +122,11 @@ pub fn parse_certificate(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey,
     Ok(certified)
 }
 
+/// Two listeners of one gateway with the same name.
+pub fn duplicate_listener_name(name: &str) -> String {
+    format!("a second listener named `{name}`: each listener's name is unique in its gateway")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
