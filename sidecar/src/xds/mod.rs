@@ -818,7 +818,11 @@ fn resource_name(t: &str, any: &weft_proto::Any) -> Result<String, String> {
         type_url::CLUSTER => decoded::<pb::Cluster>(any)?.name,
         type_url::INBOUND_POLICY => decoded::<pb::InboundPolicy>(any)?.service,
         type_url::TRUST_BUNDLE => decoded::<pb::TrustBundle>(any)?.trust_domain,
-        _ => decoded::<pb::ClusterLoadAssignment>(any)?.cluster_name,
+        type_url::GATEWAY => decoded::<pb::Gateway>(any)?.name,
+        type_url::CLUSTER_LOAD_ASSIGNMENT => {
+            decoded::<pb::ClusterLoadAssignment>(any)?.cluster_name
+        }
+        other => return Err(format!("no name is known for type {other}")),
     })
 }
 
