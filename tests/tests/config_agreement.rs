@@ -150,6 +150,28 @@ fn route(route: Value) -> Value {
     json!({ "routes": [one] })
 }
 
+/// A gateway of one plaintext listener `plain` on port 8080 for
+/// `api.example.com`, plus `listener`'s members.
+fn gateway(listener: Value) -> Value {
+    let mut one = json!({ "name": "plain", "port": 8080, "hosts": ["api.example.com"] });
+    for (name, value) in listener.as_object().expect("an object") {
+        one[name] = value.clone();
+    }
+    json!({ "listeners": [one] })
+}
+
+/// A private key, PEM.
+fn key_pem() -> String {
+    rcgen::KeyPair::generate().expect("a key").serialize_pem()
+}
+
+/// A certificate document whose key is not its leaf's.
+fn certificate_mismatched() -> Value {
+    let leaf = rcgen::generate_simple_self_signed(vec!["api.example.com".to_owned()])
+        .expect("a certificate");
+    json!({ "chain_pem": leaf.cert.pem(), "private_key_pem": key_pem() })
+}
+
 /// A policy whose one intention lets `web` in with `permission`.
 fn permission(permission: Value) -> Value {
     let mut rule = json!({ "action": "allow" });
@@ -864,6 +886,99 @@ fn refused_documents() -> Vec<Refused> {
             "jwt.providers[1].issuer",
             "jwt.providers[1].issuer",
         ),
+        // ---- Gateways: listeners, hosts, certificates, trusted hops.
+        refused(
+            "gateways/edge",
+            gateway(json!({ "port": 0 })),
+            "listeners[0].port",
+            "listeners[0].port",
+        ),
+        refused(
+            "gateways/edge",
+            gateway(json!({ "address": "localhost" })),
+            "listeners[0].address",
+            "listeners[0].address",
+        ),
+        refused(
+            "gateways/edge",
+            gateway(json!({ "name": "public listener" })),
+            "listeners[0].name",
+            "listeners[0].name",
+        ),
+        refused(
+            "gateways/edge",
+            gateway(json!({ "hosts": [] })),
+            "listeners[0].hosts",
+            "listeners[0].hosts",
+        ),
+        refused(
+            "gateways/edge",
+            gateway(json!({ "hosts": ["API.example.com"] })),
+            "listeners[0].hosts[0]",
+            "listeners[0].hosts[0]",
+        ),
+        refused(
+            "gateways/edge",
+            gateway(json!({ "hosts": ["api.example.com:443"] })),
+            "listeners[0].hosts[0]",
+            "listeners[0].hosts[0]",
+        ),
+        refused(
+            "gateways/edge",
+            gateway(json!({ "protocol": "https" })),
+            "listeners[0].certificates",
+            "listeners[0].certificates",
+        ),
+        refused(
+            "gateways/edge",
+            gateway(json!({ "certificates": [
+                { "chain_file": "/etc/weft/api.crt", "private_key_file": "/etc/weft/api.key" } ] })),
+            "listeners[0].certificates",
+            "listeners[0].certificates",
+        ),
+        refused(
+            "gateways/edge",
+            gateway(json!({ "protocol": "https", "certificates": [
+                { "chain_file": "api.crt", "private_key_file": "/etc/weft/api.key" } ] })),
+            "listeners[0].certificates[0].chain_file",
+            "listeners[0].certificates[0]",
+        ),
+        refused(
+            "gateways/edge",
+            json!({ "trusted_hops": 11, "listeners": [
+                { "name": "plain", "port": 8080, "hosts": ["api.example.com"] } ] }),
+            "trusted_hops",
+            "trusted_hops",
+        ),
+        refused(
+            "gateways/edge",
+            json!({ "listeners": [
+                { "name": "plain", "port": 8080, "hosts": ["api.example.com"] },
+                { "name": "plain", "port": 8081, "hosts": ["api.example.com"] } ] }),
+            "listeners[1].name",
+            "listeners[1].name",
+        ),
+        refused(
+            "gateways/edge",
+            json!({ "listeners": [
+                { "name": "a", "port": 8080, "hosts": ["api.example.com"] },
+                { "name": "b", "address": "0.0.0.0", "port": 8080, "hosts": ["api.example.com"] } ] }),
+            "listeners[1].port",
+            "listeners[1].port",
+        ),
+        // ---- Certificates: served inline by a gateway's listener.
+        refused(
+            "certificates/api",
+            certificate_mismatched(),
+            "private_key_pem",
+            "listeners[0].certificates[0]",
+        ),
+        refused(
+            "certificates/api",
+            json!({ "chain_pem": "no PEM here", "private_key_pem": key_pem() }),
+            "chain_pem",
+            "listeners[0].certificates[0]",
+        ),
     ]
 }
 
@@ -897,6 +1012,29 @@ fn sidecar_verdict(case: &Refused) -> Vec<String> {
         }
         Document::Policy(policy) => {
             xds::check_inbound_policy(&inbound_policy(name, Some(policy), None, &[]))
+        }
+        Document::Gateway(gateway) => {
+            weft_sidecar::gateway::compile::compile(&gateway.to_gateway(name, &Default::default()))
+                .map(drop)
+        }
+        // What a gateway makes of it: one HTTPS listener serving it.
+        Document::Certificate(certificate) => {
+            weft_sidecar::gateway::compile::compile(&pb::Gateway {
+                name: "edge".into(),
+                listeners: vec![pb::GatewayListener {
+                    name: "public".into(),
+                    port: 8443,
+                    protocol: pb::gateway_listener::Protocol::Https as i32,
+                    hosts: vec![name.into()],
+                    certificates: vec![pb::TlsCertificate {
+                        name: format!("certificates/{name}"),
+                        source: Some(pb::tls_certificate::Source::Pem(certificate.to_pem())),
+                    }],
+                    ..Default::default()
+                }],
+                trusted_hops: 0,
+            })
+            .map(drop)
         }
         Document::Defaults(_) => panic!("no defaults rows: the defaults have no rule of their own"),
     };

@@ -88,16 +88,17 @@ pub fn compile(gateway: &pb::Gateway) -> Result<CompiledGateway, Vec<String>> {
         if let Err(e) = rules::check_listener_name(&listener.name) {
             fail("name", e);
         } else if !names.insert(listener.name.as_str()) {
-            fail("name", format!("`{}` names two listeners", listener.name));
+            fail("name", rules::duplicate_listener_name(&listener.name));
         }
-        let port = rules::check_port(listener.port)
-            .map_err(|e| fail("port", e))
-            .ok();
         let ip = rules::check_bind_address(&listener.address)
             .map_err(|e| fail("address", e))
             .ok();
-        if let Some(port) = port
-            && !addresses.insert((listener.address.clone(), port))
+        let port = rules::check_port(listener.port)
+            .map_err(|e| fail("port", e))
+            .ok();
+        // "" and "0.0.0.0" are one address: compared as parsed.
+        if let (Some(ip), Some(port)) = (ip, port)
+            && !addresses.insert((ip, port))
         {
             fail("port", rules::duplicate_listener(&listener.address, port));
         }
