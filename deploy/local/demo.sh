@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A local Weft mesh in one command: Consul (dev agent), weft-discovery, and
 # demo services (web, users, users-v2, orders, orders-v2), each an app with its
-# own weft-sidecar, registered in Consul the Consul Connect way. Writes example
-# routes into Consul KV, sends traffic through the sidecars, prints what
+# own weft-sidecar, registered in Consul the Consul Connect way, and the edge
+# gateway `edge` on https://127.0.0.1:8443. Writes example routes into Consul
+# KV, sends traffic through the sidecars and the gateway, prints what
 # happened and where to look, then keeps running until Ctrl-C.
 #
 #   ./deploy/local/demo.sh          # runs until Ctrl-C
@@ -14,6 +15,9 @@ once=false; [[ "${1:-}" == "--once" ]] && once=true
 
 need() { command -v "$1" >/dev/null || { echo "demo: $1 is required: $2" >&2; exit 1; }; }
 need cargo "install Rust (https://rustup.rs) — Weft builds with cargo 1.88 or newer"
+if ! command -v openssl >/dev/null; then
+  { apt-get update && apt-get install -y openssl; } >/dev/null 2>&1 || need openssl "apt-get install -y openssl"
+fi
 if ! command -v curl >/dev/null; then
   { apt-get update && apt-get install -y curl; } >/dev/null 2>&1 || need curl "apt-get install -y curl"
 fi
@@ -56,7 +60,7 @@ export CONSUL_HTTP_ADDR="http://127.0.0.1:$CONSUL_HTTP"
 # mutual TLS with SPIFFE identities.
 "$bin/weftctl" ca init --trust-domain demo.weft --out "$demo/ca" --force >/dev/null
 declare -A tokens
-for name in web users users-v2 orders orders-v2; do
+for name in web users users-v2 orders orders-v2 edge; do
   tokens[$name]=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 done
 { echo "{"; first=true
@@ -121,10 +125,36 @@ echo "== registered web, users, users-v2, orders, orders-v2 in Consul, each with
 "$consul" kv put weft/routes/orders @deploy/local/demo/routes-orders.json >/dev/null
 echo "== wrote weft/routes/users and weft/routes/orders into Consul KV"
 
+# The edge gateway: its certificate (self-signed here; in production the
+# files a certificate manager renews, or a certificates/<name> KV document),
+# its listener and the public host's routes, all in KV.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj "/CN=api.example.com" -addext "subjectAltName=DNS:api.example.com,DNS:localhost" \
+  -keyout "$demo/edge.key" -out "$demo/edge.crt" 2>/dev/null
+cat >"$demo/gateway-edge.json" <<JSON
+{ "listeners": [
+    { "name": "public", "address": "127.0.0.1", "port": 8443, "protocol": "https",
+      "hosts": ["api.example.com", "localhost", "127.0.0.1"],
+      "certificates": [ { "chain_file": "$demo/edge.crt", "private_key_file": "$demo/edge.key" } ] } ] }
+JSON
+"$consul" kv put weft/routes/api.example.com @deploy/local/demo/routes-api.example.com.json >/dev/null
+"$consul" kv put weft/gateways/edge @"$demo/gateway-edge.json" >/dev/null
+WEFT_IDENTITY_TOKEN="${tokens[edge]}" \
+"$bin/weft-gateway" --service edge --instance edge-1 --discovery http://127.0.0.1:18010 \
+  --admin 127.0.0.1:18709 >"$demo/gateway-edge.log" 2>&1 &
+pids+=($!)
+cat >"$demo/register-edge.json" <<JSON
+{ "service": { "name": "edge", "id": "edge-1", "address": "127.0.0.1", "port": 8443,
+    "check": { "name": "gateway ready", "http": "http://127.0.0.1:18709/ready", "interval": "1s" } } }
+JSON
+"$consul" services register "$demo/register-edge.json" >/dev/null
+echo "== started the edge gateway (https://127.0.0.1:8443; wrote weft/gateways/edge and weft/routes/api.example.com)"
+
 for line in "${services[@]}"; do
   read -r name _ _ _ admin <<<"$line"
   wait_http "http://127.0.0.1:$admin/ready" "sidecar of $name"
 done
+wait_http "http://127.0.0.1:18709/ready" "the edge gateway"
 
 echo "== waiting for Consul's first health checks to pass (they run every second)"
 for _ in $(seq 1 100); do
@@ -179,6 +209,24 @@ if [[ -n "${trace_sink:-}" && -n "$traces" ]]; then
     problems+=("the chain's 4 spans did not reach the trace sink: $tree")
   fi
 fi
+echo
+echo "== through the edge gateway (https://127.0.0.1:8443, its certificate self-signed: curl -k)"
+edge=https://127.0.0.1:8443
+echo "-- GET $edge/api/v1/users/42 (TLS, then mTLS into the mesh as edge):"
+answer=$(curl -sSk "$edge/api/v1/users/42"); echo "$answer"
+[[ "$answer" == *'"path":"/42"'* && "$answer" == *'"x-weft-peer-identity":"spiffe://demo.weft/ns/default/svc/edge"'* ]] \
+  || problems+=("the gateway did not carry /api/v1/users/42 to users as edge")
+echo "-- HTTP/2, negotiated by ALPN:"
+answer=$(curl -sSk --http2 -o /dev/null -w '%{http_version}' "$edge/api/v1/orders/"); echo "HTTP/$answer"
+[[ "$answer" == 2 ]] || problems+=("the gateway did not speak HTTP/2")
+echo "-- a CORS preflight from https://app.example.com, answered by the gateway itself:"
+answer=$(curl -sSk -D - -o /dev/null -X OPTIONS -H 'Origin: https://app.example.com' \
+  -H 'Access-Control-Request-Method: PUT' "$edge/api/v1/users/42" | grep -i -E '^(HTTP|access-control-allow-origin)'); echo "$answer"
+[[ "$answer" == *"204"*"https://app.example.com"* ]] || problems+=("the gateway did not answer the CORS preflight")
+echo "-- a mesh service by its own name is no host of the gateway:"
+answer=$(curl -sSk -D - -o /dev/null -H 'Host: users' "$edge/" | grep -i -E '^(HTTP|x-weft-error)'); echo "$answer"
+[[ "$answer" == *"404"*"no-route"* ]] || problems+=("the gateway routed Host: users")
+echo
 echo "-- a host the mesh does not know:"
 answer=$(curl -sS -D - -o /dev/null -H 'Host: nowhere' "$web_out/" | grep -i -E '^(HTTP|x-weft-error)'); echo "$answer"
 [[ "$answer" == *"404"*"no-route"* ]] || problems+=("an unknown host did not get 404 no-route")
@@ -191,6 +239,7 @@ cat <<TXT
   service map:          http://127.0.0.1:18011/ui  (services, sidecars, live calls between services)
   web sidecar:          curl -s http://127.0.0.1:18701/clusters | jq ; curl -s http://127.0.0.1:18701/config_dump | jq
   web's identity:       curl -s http://127.0.0.1:18701/identity | jq
+  the edge gateway:     curl -k https://127.0.0.1:8443/api/v1/users/7 ; curl -s http://127.0.0.1:18709/config_dump | jq .Gateway
   call through the mesh: curl -H 'Host: users' $web_out/api/v1/users/7
   change a route:       $consul kv put weft/routes/orders '{"routes":[{"match":{"path_prefix":"/"},"destination":"orders-v2"}]}'
   a trace:              curl -s ${trace_sink:-http://127.0.0.1:18316}/traces/<trace id>   (the id: 2nd field of the traceparent the apps echo)
