@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
+use weft_e2e::harness::gateway::plain_edge;
 use weft_e2e::harness::metrics::MetricsPage;
 use weft_e2e::harness::otlp::OtlpReceiver;
 use weft_e2e::{Call, Mesh, eventually, run};
@@ -27,22 +28,34 @@ fn observability_dir() -> PathBuf {
         .join("observability")
 }
 
-fn dashboard() -> Value {
-    let path = observability_dir().join("grafana/dashboards/weft-mesh.json");
+/// The dashboards Grafana is provisioned with: the mesh's and the edge
+/// gateway's.
+const DASHBOARDS: [&str; 2] = ["weft-mesh.json", "weft-gateway.json"];
+
+fn dashboard(name: &str) -> Value {
+    let path = observability_dir().join("grafana/dashboards").join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
     serde_json::from_str(&text)
         .unwrap_or_else(|error| panic!("{} is not JSON: {error}", path.display()))
 }
 
-/// Every PromQL expression of the dashboard: (where, expression).
-fn expressions(dashboard: &Value) -> Vec<(String, String)> {
+/// Every PromQL expression of every dashboard: (where, expression).
+fn all_expressions() -> Vec<(String, String)> {
+    DASHBOARDS
+        .iter()
+        .flat_map(|name| expressions(name, &dashboard(name)))
+        .collect()
+}
+
+/// Every PromQL expression of one dashboard: (where, expression).
+fn expressions(name: &str, dashboard: &Value) -> Vec<(String, String)> {
     let mut found = Vec::new();
     for panel in dashboard["panels"].as_array().into_iter().flatten() {
         let title = panel["title"].as_str().unwrap_or("?");
         for target in panel["targets"].as_array().into_iter().flatten() {
             if let Some(expr) = target["expr"].as_str() {
-                found.push((format!("panel {title:?}"), expr.to_owned()));
+                found.push((format!("{name} panel {title:?}"), expr.to_owned()));
             }
         }
     }
@@ -52,8 +65,8 @@ fn expressions(dashboard: &Value) -> Vec<(String, String)> {
         .flatten()
     {
         if let Some(query) = variable["query"]["query"].as_str() {
-            let name = variable["name"].as_str().unwrap_or("?");
-            found.push((format!("variable ${name}"), query.to_owned()));
+            let variable = variable["name"].as_str().unwrap_or("?");
+            found.push((format!("{name} variable ${variable}"), query.to_owned()));
         }
     }
     found
@@ -233,17 +246,21 @@ fn every_series_the_dashboard_queries_is_served_by_a_running_sidecar_or_agent() 
                 access_log.display().to_string(),
             ])
             .await?;
+        let (gateway, edge) = plain_edge(&mesh).await?;
         // Traffic, so that the per-destination series have samples whose
         // labels can be checked.
         for path in ["/", "/status/503"] {
             mesh.http
                 .call(client.sidecar.outbound, Call::get("users", path))
                 .await?;
+            mesh.http
+                .call(edge, Call::get("api.example.com", path))
+                .await?;
         }
         let sidecar = client.sidecar.metrics().await?;
         let agent = mesh.agent.metrics().await?;
-        let dashboard = dashboard();
-        let expressions = expressions(&dashboard);
+        let gateway = MetricsPage::parse(&gateway.metrics().await?)?;
+        let expressions = all_expressions();
         ensure!(
             expressions.len() >= 20,
             "only {} expressions in the dashboard",
@@ -252,7 +269,12 @@ fn every_series_the_dashboard_queries_is_served_by_a_running_sidecar_or_agent() 
         let mut problems = Vec::new();
         let mut checked = 0;
         for (origin, expr) in &expressions {
-            problems.extend(check(origin, expr, &[&sidecar, &agent], &mut checked));
+            problems.extend(check(
+                origin,
+                expr,
+                &[&sidecar, &agent, &gateway],
+                &mut checked,
+            ));
         }
         ensure!(
             problems.is_empty(),
@@ -299,45 +321,53 @@ fn grafana_provisioning_names_every_datasource_the_dashboard_uses() -> anyhow::R
         "exemplars of the Prometheus datasource do not link to Jaeger"
     );
 
-    let dashboard = dashboard();
     let mut problems = Vec::new();
-    let mut ids = BTreeSet::new();
     let mut exemplar_panels = 0;
-    for panel in dashboard["panels"].as_array().into_iter().flatten() {
-        let title = panel["title"].as_str().unwrap_or("?");
-        if let Some(id) = panel["id"].as_u64()
-            && !ids.insert(id)
+    let mut dashboard_uids = BTreeSet::new();
+    for name in DASHBOARDS {
+        let dashboard = dashboard(name);
+        if let Some(uid) = dashboard["uid"].as_str()
+            && !dashboard_uids.insert(uid.to_owned())
         {
-            problems.push(format!("panel {title:?}: id {id} used twice"));
+            problems.push(format!("{name}: dashboard uid {uid:?} used twice"));
         }
-        let mut used = vec![&panel["datasource"]];
-        used.extend(
-            panel["targets"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| &t["datasource"]),
-        );
-        for ds in used {
-            if let Some(uid) = ds["uid"].as_str()
-                && !uids.contains(uid)
+        let mut ids = BTreeSet::new();
+        for panel in dashboard["panels"].as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or("?");
+            if let Some(id) = panel["id"].as_u64()
+                && !ids.insert(id)
             {
-                problems.push(format!(
-                    "panel {title:?}: datasource {uid:?} is not provisioned"
-                ));
+                problems.push(format!("panel {title:?}: id {id} used twice"));
             }
-        }
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            if target["exemplar"] == Value::Bool(true) {
-                exemplar_panels += 1;
-                if !target["expr"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("_bucket")
+            let mut used = vec![&panel["datasource"]];
+            used.extend(
+                panel["targets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| &t["datasource"]),
+            );
+            for ds in used {
+                if let Some(uid) = ds["uid"].as_str()
+                    && !uids.contains(uid)
                 {
                     problems.push(format!(
-                        "panel {title:?}: exemplars on a query that is not a histogram"
+                        "panel {title:?}: datasource {uid:?} is not provisioned"
                     ));
+                }
+            }
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                if target["exemplar"] == Value::Bool(true) {
+                    exemplar_panels += 1;
+                    if !target["expr"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("_bucket")
+                    {
+                        problems.push(format!(
+                            "panel {title:?}: exemplars on a query that is not a histogram"
+                        ));
+                    }
                 }
             }
         }
@@ -426,6 +456,7 @@ fn the_dashboards_queries_and_the_alert_rules_run_on_a_real_prometheus_scraping_
         )?;
         let mesh = Mesh::start(&ctx).await?;
         let (users, client) = mesh.users_and_client().await?;
+        let (gateway, edge) = plain_edge(&mesh).await?;
         let port = weft_e2e::harness::ports::free_port()?;
         let api = format!("http://127.0.0.1:{port}");
         let alerts = observability_dir().join("alerts.yml").canonicalize()?;
@@ -440,8 +471,10 @@ fn the_dashboards_queries_and_the_alert_rules_run_on_a_real_prometheus_scraping_
              \x20 - targets: [\"{}\"]\n    labels: {{service: client}}\n\
              \x20 - targets: [\"{}\"]\n    labels: {{service: users}}\n\
              - job_name: weft-discovery\n  static_configs:\n\
-             \x20 - targets: [\"{agent}\"]\n    labels: {{service: weft-discovery}}\n",
-            client.sidecar.admin, users.sidecar.admin,
+             \x20 - targets: [\"{agent}\"]\n    labels: {{service: weft-discovery}}\n\
+             - job_name: weft-gateways\n  static_configs:\n\
+             \x20 - targets: [\"{}\"]\n    labels: {{service: edge}}\n",
+            client.sidecar.admin, users.sidecar.admin, gateway.admin,
         );
         let config_path = ctx.log_dir.join("prometheus.yml");
         std::fs::write(&config_path, config)?;
@@ -476,10 +509,10 @@ fn the_dashboards_queries_and_the_alert_rules_run_on_a_real_prometheus_scraping_
         // Every target scraped, then traffic, then its rate visible.
         eventually(
             SCRAPE_TIMEOUT,
-            "Prometheus scrapes both sidecars and the agent",
+            "Prometheus scrapes both sidecars, the gateway and the agent",
             || async {
                 let up = query("up == 1".into()).await?;
-                ensure!(up.len() == 3, "{} of 3 targets up", up.len());
+                ensure!(up.len() == 4, "{} of 4 targets up", up.len());
                 Ok(())
             },
         )
@@ -488,6 +521,9 @@ fn the_dashboards_queries_and_the_alert_rules_run_on_a_real_prometheus_scraping_
             for path in ["/", "/status/503"] {
                 mesh.http
                     .call(client.sidecar.outbound, Call::get("users", path))
+                    .await?;
+                mesh.http
+                    .call(edge, Call::get("api.example.com", path))
                     .await?;
             }
             let rate = query(
@@ -500,10 +536,9 @@ fn the_dashboards_queries_and_the_alert_rules_run_on_a_real_prometheus_scraping_
         })
         .await?;
 
-        let dashboard = dashboard();
         let mut problems = Vec::new();
         let mut with_data = 0;
-        let expressions = expressions(&dashboard);
+        let expressions = all_expressions();
         for (origin, expr) in &expressions {
             match query(as_grafana_sends_it(expr)).await {
                 Ok(result) if !result.is_empty() => with_data += 1,
@@ -545,6 +580,8 @@ fn the_dashboards_queries_and_the_alert_rules_run_on_a_real_prometheus_scraping_
         ensure!(
             names
                 == BTreeSet::from([
+                    "WeftGatewayCertificateRefused",
+                    "WeftGatewayTlsHandshakesFailing",
                     "WeftHighErrorRatio",
                     "WeftHighLatencyP99",
                     "WeftProxyDown",

@@ -82,3 +82,24 @@ impl Gateway {
         Ok(std::fs::read_to_string(self.process.log_path())?)
     }
 }
+
+/// Gateway `edge` with one plaintext listener for `api.example.com`,
+/// whose routes send everything to `users` (no mesh CA: the gateway calls
+/// plaintext). Returns it with its listener's address; send requests
+/// there with `Host: api.example.com`.
+pub async fn plain_edge(mesh: &super::mesh::Mesh) -> anyhow::Result<(Gateway, SocketAddr)> {
+    let listener = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    mesh.put_document(
+        "routes/api.example.com",
+        &serde_json::json!({ "routes": [ { "match": { "path_prefix": "/" }, "destination": "users" } ] }),
+    )
+    .await?;
+    mesh.put_document(
+        "gateways/edge",
+        &serde_json::json!({ "listeners": [ { "name": "plain", "address": "127.0.0.1",
+            "port": listener.port(), "hosts": ["api.example.com"] } ] }),
+    )
+    .await?;
+    let gateway = Gateway::start(&mesh.log_dir, "edge", &mesh.agent.discovery_url(), &[]).await?;
+    Ok((gateway, listener))
+}
