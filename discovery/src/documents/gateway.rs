@@ -82,20 +82,40 @@ pub struct KvCertificate {
 
 /// Schema, then typed parse, then the gateway rules; every error at once.
 pub(super) fn parse(key: &str, value: &Value) -> Result<GatewayDocument, Vec<FieldError>> {
+    let name_errors = check_name(key);
     let schema_errors = schema::validate(key, DocumentKind::Gateway, value);
     let typed = serde_path_to_error::deserialize::<_, GatewayDocument>(value);
     if !schema_errors.is_empty() {
         let rules = typed
             .map(|document| document.check(key))
             .unwrap_or_default();
-        return Err(with_rule_reasons(schema_errors, rules));
+        let mut errors = name_errors;
+        errors.extend(with_rule_reasons(schema_errors, rules));
+        return Err(errors);
     }
     let document = typed.map_err(|error| vec![from_serde(key, "", error)])?;
-    let errors = document.check(key);
+    let mut errors = name_errors;
+    errors.extend(document.check(key));
     if errors.is_empty() {
         Ok(document)
     } else {
         Err(errors)
+    }
+}
+
+/// The `<name>` of `gateways/<name>` is the gateway's service name: the
+/// one it registers in the catalog and asks the agent's CA a certificate
+/// for, so it must be one the CA signs (a key naming no gateway could
+/// never serve).
+fn check_name(key: &str) -> Vec<FieldError> {
+    let name = key.rsplit_once('/').map_or(key, |(_, name)| name);
+    match crate::identity::service_name::check_service_name(name) {
+        Ok(()) => Vec::new(),
+        Err(reason) => vec![FieldError::new(
+            key,
+            super::KEY_FIELD,
+            format!("a gateway's name is its service name and identity: {reason}"),
+        )],
     }
 }
 
@@ -359,6 +379,22 @@ mod tests {
                 refusal(document.clone()),
                 (field.to_string(), reason),
                 "{document}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_gateways_name_must_be_one_it_can_get_a_certificate_for() {
+        let long = format!("gateways/{}", "g".repeat(65));
+        for key in ["gateways/..", long.as_str()] {
+            let errors = parse(key, &one_listener(json!({}))).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].field, crate::documents::KEY_FIELD);
+            assert!(
+                errors[0]
+                    .reason
+                    .starts_with("a gateway's name is its service name and identity: "),
+                "{errors:?}"
             );
         }
     }
