@@ -274,6 +274,14 @@ async fn only_a_gateway_subscribing_by_its_name_gets_its_gateway_and_an_unknown_
         nothing.resources.is_empty(),
         "a gateway without a document is answered, with nothing to serve"
     );
+
+    let mut everything = Sidecar::connect(&agent).await;
+    everything.subscribe(type_url::GATEWAY, &[]).await;
+    let nothing = everything.next().await;
+    assert!(
+        nothing.resources.is_empty(),
+        "gateways (and their certificates' keys) are served by name only, never to a wildcard"
+    );
 }
 
 #[tokio::test]

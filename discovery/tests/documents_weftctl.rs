@@ -70,7 +70,10 @@ fn weftctl_validate_without_services_does_not_check_references() {
     let (code, text) = weftctl(&["validate", file.to_str().expect("a UTF-8 path")]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("references to services not checked"), "{text}");
+    assert!(
+        text.contains("references to services not checked"),
+        "{text}"
+    );
 }
 
 #[test]
