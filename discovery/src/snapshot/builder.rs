@@ -287,10 +287,9 @@ impl SnapshotBuilder {
         // Gateways last: their verdict depends on this build's verdicts of
         // the certificate documents they name.
         let is_gateway = |key: &str| {
-            matches!(
-                DocumentKey::parse(key).map(|key| key.kind()),
-                Ok(DocumentKind::Gateway)
-            )
+            key.split_once('/').is_some_and(|(folder, _)| {
+                DocumentKind::from_folder(folder) == Some(DocumentKind::Gateway)
+            })
         };
         let in_order = state
             .documents
