@@ -16,7 +16,7 @@ use weft_discovery::metrics::Metrics;
 use weft_discovery::model::{Endpoint, RawDocument};
 use weft_discovery::snapshot::{self, DebounceConfig};
 use weft_discovery::store::MeshStore;
-use weft_proto::config::v1::{Cluster, ClusterLoadAssignment, RouteConfiguration};
+use weft_proto::config::v1::{Cluster, ClusterLoadAssignment, Gateway, RouteConfiguration};
 use weft_proto::discovery::v1::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use weft_proto::discovery::v1::{DiscoveryRequest, DiscoveryResponse, ErrorDetail, Node};
 use weft_proto::type_url;
@@ -239,6 +239,48 @@ async fn wildcard_routes_then_named_clusters_and_endpoints() {
     assert!(
         assignments[0].endpoints.is_empty(),
         "an unknown name is answered with no endpoints, so the sidecar can complete its config"
+    );
+}
+
+#[tokio::test]
+async fn only_a_gateway_subscribing_by_its_name_gets_its_gateway_and_an_unknown_name_gets_none() {
+    let agent = start_agent().await;
+    seed(&agent.store);
+    let mut sidecar = Sidecar::connect(&agent).await;
+    sidecar.subscribe(type_url::ROUTE_CONFIGURATION, &[]).await;
+    let routes = sidecar.next().await;
+    sidecar.ack(&routes, &[]).await;
+
+    agent.store.set_documents(BTreeMap::from([document(
+        "gateways/edge",
+        r#"{ "listeners": [ { "name": "public", "port": 8080, "hosts": ["api.example.com"] } ] }"#,
+    )]));
+    sidecar.expect_silence().await;
+
+    let mut gateway = Sidecar::connect(&agent).await;
+    gateway.subscribe(type_url::GATEWAY, &["edge"]).await;
+    let served = gateway.next().await;
+    assert_eq!(served.type_url, type_url::GATEWAY);
+    let gateways: Vec<Gateway> = decode(&served);
+    assert_eq!(gateways.len(), 1);
+    assert_eq!(gateways[0].name, "edge");
+    assert_eq!(gateways[0].listeners[0].hosts, ["api.example.com"]);
+
+    let mut unknown = Sidecar::connect(&agent).await;
+    unknown.subscribe(type_url::GATEWAY, &["other"]).await;
+    let nothing = unknown.next().await;
+    assert_eq!(nothing.type_url, type_url::GATEWAY);
+    assert!(
+        nothing.resources.is_empty(),
+        "a gateway without a document is answered, with nothing to serve"
+    );
+
+    let mut everything = Sidecar::connect(&agent).await;
+    everything.subscribe(type_url::GATEWAY, &[]).await;
+    let nothing = everything.next().await;
+    assert!(
+        nothing.resources.is_empty(),
+        "gateways (and their certificates' keys) are served by name only, never to a wildcard"
     );
 }
 

@@ -70,7 +70,56 @@ fn weftctl_validate_without_services_does_not_check_references() {
     let (code, text) = weftctl(&["validate", file.to_str().expect("a UTF-8 path")]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("references not checked"), "{text}");
+    assert!(
+        text.contains("references to services not checked"),
+        "{text}"
+    );
+}
+
+#[test]
+fn weftctl_validate_checks_a_gateways_kv_certificates_among_the_validated_files() {
+    let dir = std::env::temp_dir().join(format!("weft-weftctl-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("gateways")).expect("create a test dir");
+    std::fs::create_dir_all(dir.join("certificates")).expect("create a test dir");
+    let certified = rcgen::generate_simple_self_signed(vec!["api.example.com".into()])
+        .expect("a test certificate");
+    let api = serde_json::json!({
+        "chain_pem": certified.cert.pem(),
+        "private_key_pem": certified.signing_key.serialize_pem(),
+    });
+    std::fs::write(dir.join("certificates/api.json"), api.to_string()).expect("write");
+    std::fs::write(
+        dir.join("gateways/edge.json"),
+        r#"{ "listeners": [ { "name": "public", "port": 8443, "protocol": "https",
+             "hosts": ["api.example.com"], "certificates": [ { "kv": "api" } ] } ] }"#,
+    )
+    .expect("write");
+    let path = dir.to_str().expect("a UTF-8 path").to_string();
+    let (code, text) = weftctl(&["validate", &path]);
+    assert_eq!(code, 0, "{text}");
+
+    std::fs::write(
+        dir.join("certificates/bad.json"),
+        r#"{ "chain_pem": "junk", "private_key_pem": "junk" }"#,
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("gateways/edge.json"),
+        r#"{ "listeners": [ { "name": "public", "port": 8443, "protocol": "https",
+             "hosts": ["api.example.com"], "certificates": [ { "kv": "api" }, { "kv": "bad" }, { "kv": "ghost" } ] } ] }"#,
+    )
+    .expect("write");
+    let (code, text) = weftctl(&["validate", &path]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 1, "{text}");
+    for line in [
+        "certificates/bad: chain_pem: the chain holds no certificate",
+        "gateways/edge: listeners[0].certificates[1].kv: certificates/bad was refused",
+        "gateways/edge: listeners[0].certificates[2].kv: no certificates/ghost document",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("junk"), "no PEM is quoted: {text}");
 }
 
 #[test]
@@ -81,7 +130,9 @@ fn weftctl_validate_refuses_a_file_it_cannot_key() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(code, 1, "{text}");
     assert!(
-        text.contains("put it under a routes/, destinations/ or policies/ folder"),
+        text.contains(
+            "put it under a routes/, destinations/, policies/, gateways/ or certificates/ folder"
+        ),
         "{text}"
     );
 }

@@ -72,6 +72,8 @@ async fn loads_documents_and_endpoints_at_start() {
     dir.write("routes/users.json", USERS_ROUTES);
     dir.write("destinations/orders.yaml", "load_balancer: round_robin\n");
     dir.write("policies/users.yml", "{}\n");
+    dir.write("gateways/edge.json", "{}\n");
+    dir.write("certificates/api.yaml", "{}\n");
     dir.write("routes/README.md", "not a document");
 
     let store = start(&dir).await;
@@ -80,7 +82,13 @@ async fn loads_documents_and_endpoints_at_start() {
     let keys: Vec<_> = state.documents.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        ["destinations/orders", "policies/users", "routes/users"]
+        [
+            "certificates/api",
+            "destinations/orders",
+            "gateways/edge",
+            "policies/users",
+            "routes/users"
+        ]
     );
     let routes = &state.documents["routes/users"];
     assert!(!routes.yaml);

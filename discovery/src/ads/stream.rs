@@ -208,6 +208,12 @@ impl SidecarStream {
                         })
                         .unwrap_or(names),
                 ),
+                // A Gateway carries the private keys of its `kv`
+                // certificates: it goes to a stream that names it, never
+                // to one asking for every gateway's.
+                Subscription::Wildcard if type_url == type_url::GATEWAY => {
+                    Subscription::Names(Default::default())
+                }
                 wildcard => wildcard,
             })
         };

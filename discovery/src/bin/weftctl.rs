@@ -251,7 +251,7 @@ fn validate(paths: &[PathBuf], services: Option<&[String]>) -> anyhow::Result<Ex
         if services.is_some() {
             ""
         } else {
-            "; references not checked (pass --services to check them)"
+            "; references to services not checked (pass --services to check them)"
         }
     );
     if problems.is_empty() {

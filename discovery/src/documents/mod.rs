@@ -518,6 +518,55 @@ mod tests {
     }
 
     #[test]
+    fn gateways_and_certificates_are_keyed_by_name() {
+        assert_eq!(
+            DocumentKey::parse("gateways/edge").unwrap(),
+            DocumentKey::Gateway {
+                name: "edge".into()
+            }
+        );
+        assert_eq!(
+            DocumentKey::parse("certificates/api-example-com")
+                .unwrap()
+                .to_string(),
+            "certificates/api-example-com"
+        );
+        let error = DocumentKey::parse("gateways/edge gateway").unwrap_err();
+        assert!(error.reason.contains("not a valid service name"), "{error}");
+    }
+
+    #[test]
+    fn a_gateway_naming_a_missing_or_refused_certificate_document_is_refused_on_that_field() {
+        let gateway = raw(
+            "gateways/edge",
+            r#"{ "listeners": [ { "name": "public", "port": 8443, "protocol": "https",
+                "hosts": ["api.example.com"], "certificates": [ { "kv": "api" }, { "kv": "old" }, { "kv": "ghost" } ] } ] }"#,
+        );
+        let references = certificate_references(&gateway);
+        let status = |name: &str| match name {
+            "api" => CertificateStatus::Good,
+            "old" => CertificateStatus::Refused,
+            _ => CertificateStatus::Missing,
+        };
+        let errors: Vec<String> =
+            validate_certificate_references("gateways/edge", &references, &status)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        assert_eq!(
+            errors,
+            [
+                "gateways/edge: listeners[0].certificates[1].kv: certificates/old was refused (see its own errors): fix it, or name another certificate",
+                "gateways/edge: listeners[0].certificates[2].kv: no certificates/ghost document: write it (`chain_pem`, `private_key_pem`), or name another certificate",
+            ]
+        );
+        assert!(
+            certificate_references(&raw("routes/edge", r#"{ "routes": [] }"#)).is_empty(),
+            "only gateways name certificates"
+        );
+    }
+
+    #[test]
     fn defaults_is_a_key_of_its_own() {
         assert_eq!(
             DocumentKey::parse("defaults").unwrap(),

@@ -287,10 +287,9 @@ impl SnapshotBuilder {
         // Gateways last: their verdict depends on this build's verdicts of
         // the certificate documents they name.
         let is_gateway = |key: &str| {
-            matches!(
-                DocumentKey::parse(key).map(|key| key.kind()),
-                Ok(DocumentKind::Gateway)
-            )
+            key.split_once('/').is_some_and(|(folder, _)| {
+                DocumentKind::from_folder(folder) == Some(DocumentKind::Gateway)
+            })
         };
         let in_order = state
             .documents
@@ -781,6 +780,192 @@ mod tests {
         let users = &policies(&second)["users"];
         assert_eq!(users.default_action(), config::Action::Deny);
         assert_eq!(sources(users), [("web", "kv:weft/policies/users")]);
+    }
+
+    /// A self-signed certificate document for `host`, and its chain.
+    fn certificate_document(host: &str) -> (String, String) {
+        let certified = rcgen::generate_simple_self_signed(vec![host.into()])
+            .unwrap_or_else(|error| panic!("{error}"));
+        let chain = certified.cert.pem();
+        let document = serde_json::json!({
+            "chain_pem": chain,
+            "private_key_pem": certified.signing_key.serialize_pem(),
+        });
+        (document.to_string(), chain)
+    }
+
+    /// `gateways/edge`: one https listener serving `certificates/api`.
+    const EDGE: &str = r#"{ "listeners": [ { "name": "public", "port": 8443, "protocol": "https",
+        "hosts": ["api.example.com"], "certificates": [ { "kv": "api" } ] } ] }"#;
+
+    /// What a gateway subscribing to `name` gets.
+    fn gateways(snapshot: &Snapshot, name: &str) -> Vec<config::Gateway> {
+        snapshot
+            .select(type_url::GATEWAY, &Subscription::names([name.to_string()]))
+            .resources
+            .iter()
+            .map(|any| config::Gateway::decode(any.value.as_ref()).unwrap_or_default())
+            .collect()
+    }
+
+    /// The chain `gateways/edge` serves on its first listener, first certificate.
+    fn served_chain(snapshot: &Snapshot) -> Option<String> {
+        let gateway = gateways(snapshot, "edge").pop()?;
+        match gateway.listeners[0].certificates[0].source.clone()? {
+            config::tls_certificate::Source::Pem(pem) => Some(pem.chain_pem),
+            config::tls_certificate::Source::Files(_) => None,
+        }
+    }
+
+    fn rejections(rejected: &[RejectedDocument]) -> Vec<(&str, &str, &str)> {
+        rejected
+            .iter()
+            .flat_map(|r| {
+                r.errors
+                    .iter()
+                    .map(|e| (r.key.as_str(), e.field.as_str(), r.serving))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gateway_document_is_served_to_its_gateway_with_its_kv_certificate_inlined() {
+        let mut state = MeshState::default();
+        let (api, chain) = certificate_document("api.example.com");
+        state
+            .documents
+            .insert("certificates/api".into(), raw("certificates/api", &api));
+        state
+            .documents
+            .insert("gateways/edge".into(), raw("gateways/edge", EDGE));
+        let (snapshot, rejected) = SnapshotBuilder::new().build(&state);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let served = gateways(&snapshot, "edge");
+        assert_eq!(served.len(), 1);
+        assert_eq!(served[0].name, "edge");
+        assert_eq!(served[0].listeners[0].port, 8443);
+        assert_eq!(
+            served[0].listeners[0].certificates[0].name,
+            "certificates/api"
+        );
+        assert_eq!(served_chain(&snapshot), Some(chain));
+        assert!(
+            gateways(&snapshot, "other").is_empty(),
+            "a gateway without a document gets an empty answer, not an error"
+        );
+        assert_eq!(
+            snapshot
+                .resources(type_url::GATEWAY)
+                .map(|known| known.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["edge".to_string()]),
+            "a certificate document is no resource of its own"
+        );
+
+        state.documents.remove("gateways/edge");
+        let (snapshot, _) = SnapshotBuilder::new().build(&state);
+        assert!(
+            gateways(&snapshot, "edge").is_empty(),
+            "deleted: not served"
+        );
+    }
+
+    #[test]
+    fn a_missing_kv_certificate_refuses_the_gateway_and_its_last_good_version_keeps_serving() {
+        let mut builder = SnapshotBuilder::new();
+        let mut state = MeshState::default();
+        state
+            .documents
+            .insert("gateways/edge".into(), raw("gateways/edge", EDGE));
+        let (snapshot, rejected) = builder.build(&state);
+        assert_eq!(
+            rejections(&rejected),
+            [("gateways/edge", "listeners[0].certificates[0].kv", "none")]
+        );
+        assert!(
+            rejected[0].errors[0]
+                .reason
+                .starts_with("no certificates/api document"),
+            "{rejected:?}"
+        );
+        assert!(gateways(&snapshot, "edge").is_empty());
+
+        // The certificate appears: the unchanged gateway document is judged again.
+        let (api, chain) = certificate_document("api.example.com");
+        state
+            .documents
+            .insert("certificates/api".into(), raw("certificates/api", &api));
+        let (snapshot, rejected) = builder.build(&state);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert!(snapshot.rejected.is_empty(), "{:?}", snapshot.rejected);
+        assert_eq!(served_chain(&snapshot), Some(chain.clone()));
+
+        // It disappears: the gateway is refused, and keeps serving it.
+        state.documents.remove("certificates/api");
+        let (snapshot, rejected) = builder.build(&state);
+        assert_eq!(
+            rejections(&rejected),
+            [(
+                "gateways/edge",
+                "listeners[0].certificates[0].kv",
+                "last good version"
+            )]
+        );
+        assert_eq!(served_chain(&snapshot), Some(chain));
+        let (_, rejected) = builder.build(&state);
+        assert!(rejected.is_empty(), "a rejection is reported once");
+    }
+
+    #[test]
+    fn a_changed_certificate_document_rebuilds_the_gateways_naming_it() {
+        let mut builder = SnapshotBuilder::new();
+        let mut state = MeshState::default();
+        let (first, first_chain) = certificate_document("api.example.com");
+        state
+            .documents
+            .insert("certificates/api".into(), raw("certificates/api", &first));
+        state
+            .documents
+            .insert("gateways/edge".into(), raw("gateways/edge", EDGE));
+        let (before, _) = builder.build(&state);
+        assert_eq!(served_chain(&before), Some(first_chain.clone()));
+
+        let (second, second_chain) = certificate_document("api.example.com");
+        state
+            .documents
+            .insert("certificates/api".into(), raw("certificates/api", &second));
+        let (after, rejected) = builder.build(&state);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(served_chain(&after), Some(second_chain.clone()));
+        assert_eq!(
+            after
+                .touched_since(type_url::GATEWAY, before.generation())
+                .map(|names| names.into_iter().collect::<Vec<_>>()),
+            Some(vec!["edge"]),
+            "the gateway's subscribers get the new version"
+        );
+
+        // A refused version of the certificate refuses the gateway too: the
+        // certificate served stays the last good one.
+        state.documents.insert(
+            "certificates/api".into(),
+            raw(
+                "certificates/api",
+                r#"{ "chain_pem": "junk", "private_key_pem": "junk" }"#,
+            ),
+        );
+        let (refused, rejected) = builder.build(&state);
+        assert_eq!(
+            rejections(&rejected),
+            [
+                ("certificates/api", "chain_pem", "last good version"),
+                (
+                    "gateways/edge",
+                    "listeners[0].certificates[0].kv",
+                    "last good version"
+                ),
+            ]
+        );
+        assert_eq!(served_chain(&refused), Some(second_chain));
     }
 
     #[test]
