@@ -16,6 +16,12 @@ use weft_e2e::harness::metrics::MetricsPage;
 use weft_e2e::harness::otlp::OtlpReceiver;
 use weft_e2e::{Call, Mesh, eventually, run};
 
+/// A call through the gateway from a page of the origin its CORS policy
+/// allows (`plain_edge`), so CORS judges it.
+fn from_allowed_origin(path: &str) -> Call<'_> {
+    Call::get("api.example.com", path).headers(&[("origin", "https://app.example.com")])
+}
+
 /// Labels Prometheus adds (`job`, `instance`, the scrape config's
 /// `service`) or that belong to histograms (`le`): not on Weft's pages.
 const SCRAPE_LABELS: &[&str] = &["job", "instance", "service", "le"];
@@ -253,9 +259,7 @@ fn every_series_the_dashboard_queries_is_served_by_a_running_sidecar_or_agent() 
             mesh.http
                 .call(client.sidecar.outbound, Call::get("users", path))
                 .await?;
-            mesh.http
-                .call(edge, Call::get("api.example.com", path))
-                .await?;
+            mesh.http.call(edge, from_allowed_origin(path)).await?;
         }
         let sidecar = client.sidecar.metrics().await?;
         let agent = mesh.agent.metrics().await?;
@@ -523,7 +527,7 @@ fn the_dashboards_queries_and_the_alert_rules_run_on_a_real_prometheus_scraping_
                     .call(client.sidecar.outbound, Call::get("users", path))
                     .await?;
                 mesh.http
-                    .call(edge, Call::get("api.example.com", path))
+                    .call(edge, from_allowed_origin(path))
                     .await?;
             }
             let rate = query(

@@ -297,6 +297,9 @@ impl Core {
                 // routing table does not change.
                 if t != type_url::TRUST_BUNDLE && t != type_url::GATEWAY {
                     self.rebuild();
+                } else {
+                    // Accepted just now: it may have been the last type missing.
+                    self.check_ready();
                 }
                 let mut out = vec![self.request(t, nonce, None)];
                 if resubscribe {
@@ -511,10 +514,6 @@ impl Core {
                 .collect::<Vec<_>>()
         })?;
         self.accepted.gateway = ours;
-        if !self.ready && self.waiting_for().is_empty() {
-            self.ready = true;
-            tracing::info!("first complete config received; ready");
-        }
         Ok(false)
     }
 
@@ -703,6 +702,11 @@ impl Core {
         if let Some(demand) = &self.demand {
             demand.resolve(&table);
         }
+        self.check_ready();
+    }
+
+    /// Ready from the first time nothing is missing.
+    fn check_ready(&mut self) {
         if !self.ready && self.waiting_for().is_empty() {
             self.ready = true;
             tracing::info!("first complete config received; ready");
@@ -727,7 +731,9 @@ impl Core {
         let no_cluster = missing(&|n| self.clusters.contains_key(n));
         let no_cla = missing(&|n| self.assignments.contains_key(n));
         let mut parts = Vec::new();
-        if self.gateway.is_some() && !self.types[type_url::GATEWAY].accepted {
+        // A gateway without its document has no listener: nothing to be
+        // ready for.
+        if self.gateway.is_some() && self.accepted.gateway.is_none() {
             parts.push("Gateway".to_owned());
         }
         if !self.types[type_url::INBOUND_POLICY].accepted {

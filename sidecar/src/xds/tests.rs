@@ -1130,3 +1130,84 @@ fn a_request_never_sees_parts_of_two_inbound_policies() {
         "the readers saw both policies (A {a_seen}, B {b_seen} times)"
     );
 }
+
+/// A gateway's core: `web` is its name; each `Gateway` it accepts is
+/// recorded (by listener names) in `seen`.
+fn gateway_core() -> (Core, Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
+    let (core, _) = core();
+    let seen: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Arc::default();
+    let record = seen.clone();
+    let core = core.with_gateway(Box::new(move |gateway: Option<&pb::Gateway>| {
+        let listeners: Vec<String> = gateway
+            .map(|g| g.listeners.iter().map(|l| l.name.clone()).collect())
+            .unwrap_or_default();
+        if listeners.iter().any(|name| name == "refused") {
+            return Err(vec!["listeners[0].port: cannot bind".into()]);
+        }
+        record.lock().unwrap().push(listeners);
+        Ok(())
+    }));
+    (core, seen)
+}
+
+fn gateway(listener: &str) -> pb::Gateway {
+    pb::Gateway {
+        name: "web".into(),
+        listeners: vec![pb::GatewayListener {
+            name: listener.into(),
+            ..Default::default()
+        }],
+        trusted_hops: 0,
+    }
+}
+
+#[test]
+fn a_gateway_subscribes_to_its_own_gateway_and_is_ready_only_with_it_whatever_arrives_last() {
+    use weft_proto::type_url::GATEWAY;
+    for gateway_first in [true, false] {
+        let (mut core, seen) = gateway_core();
+        let opening = core.initial_requests();
+        let asked: Vec<_> = opening
+            .iter()
+            .filter(|r| r.type_url == GATEWAY)
+            .map(|r| r.resource_names.clone())
+            .collect();
+        assert_eq!(asked, [vec!["web".to_string()]]);
+        let gateway_response = response(GATEWAY, "g1", "n1", &[gateway("public")]);
+        let rest = [
+            response(ROUTES, "r1", "n2", &[routes("users", None)]),
+            response(POLICY, "p1", "n3", &[policy("web", pb::Action::Allow)]),
+        ];
+        if gateway_first {
+            core.handle(gateway_response.clone());
+            assert!(!core.is_ready());
+        }
+        for r in rest {
+            core.handle(r);
+        }
+        assert_eq!(core.is_ready(), gateway_first);
+        if !gateway_first {
+            assert_eq!(core.waiting_for(), "Gateway");
+            core.handle(gateway_response);
+        }
+        assert!(core.is_ready(), "gateway first: {gateway_first}");
+        assert_eq!(*seen.lock().unwrap(), [vec!["public".to_string()]]);
+    }
+}
+
+#[test]
+fn a_gateway_the_gateway_cannot_apply_is_nacked_and_the_last_good_one_stays() {
+    use weft_proto::type_url::GATEWAY;
+    let (mut core, seen) = gateway_core();
+    core.handle(response(GATEWAY, "g1", "n1", &[gateway("public")]));
+    let answer = core.handle(response(GATEWAY, "g2", "n2", &[gateway("refused")]));
+    let nack = answer[0].error_detail.as_ref().expect("a NACK");
+    assert!(
+        nack.message
+            .contains("Gateway web: listeners[0].port: cannot bind"),
+        "{}",
+        nack.message
+    );
+    assert_eq!(answer[0].version_info, "g1");
+    assert_eq!(*seen.lock().unwrap(), [vec!["public".to_string()]]);
+}

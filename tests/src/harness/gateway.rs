@@ -85,13 +85,14 @@ impl Gateway {
 
 /// Gateway `edge` with one plaintext listener for `api.example.com`,
 /// whose routes send everything to `users` (no mesh CA: the gateway calls
-/// plaintext). Returns it with its listener's address; send requests
+/// plaintext), with a CORS policy for the origin `https://app.example.com`. Returns it with its listener's address; send requests
 /// there with `Host: api.example.com`.
 pub async fn plain_edge(mesh: &super::mesh::Mesh) -> anyhow::Result<(Gateway, SocketAddr)> {
     let listener = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     mesh.put_document(
         "routes/api.example.com",
-        &serde_json::json!({ "routes": [ { "match": { "path_prefix": "/" }, "destination": "users" } ] }),
+        &serde_json::json!({ "routes": [ { "match": { "path_prefix": "/" }, "destination": "users",
+            "cors": { "allow_origins": ["https://app.example.com"] } } ] }),
     )
     .await?;
     mesh.put_document(
