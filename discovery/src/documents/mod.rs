@@ -18,6 +18,7 @@
 //! The field-by-field reference is `docs/KV-SCHEMA.md`.
 
 mod breaker;
+mod compression;
 mod cors;
 mod destination;
 mod duration;
