@@ -17,7 +17,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_compression::Level;
 use async_compression::tokio::bufread::{
@@ -71,8 +72,13 @@ pub(super) fn compressed(
     ProxyBodyKind::Transformed(StreamBody::new(output).boxed_unsync()).into()
 }
 
-/// The caller's `body`, sent with `Content-Encoding: encoding`, decoded.
-pub(super) fn decoded(body: RequestBody, encoding: Encoding) -> RequestBody {
+/// The caller's `body`, sent with `Content-Encoding: encoding`, decoded;
+/// `malformed` is set when the decoder refuses it.
+pub(super) fn decoded(
+    body: RequestBody,
+    encoding: Encoding,
+    malformed: Arc<AtomicBool>,
+) -> RequestBody {
     let input = body
         .into_data_stream()
         .map(|chunk| chunk.map_err(io::Error::other));
@@ -85,6 +91,7 @@ pub(super) fn decoded(body: RequestBody, encoding: Encoding) -> RequestBody {
     let output = ReaderStream::with_capacity(decoder, CHUNK)
         .map_ok(Frame::data)
         .map_err(move |error| {
+            malformed.store(true, Ordering::Relaxed);
             format!(
                 "the request body is not valid {}: {error}",
                 encoding.as_str()

@@ -3,6 +3,7 @@
 //! the answer when it qualifies.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::future::Either;
@@ -16,7 +17,7 @@ use super::metrics::{Counts, INBOUND, OUTBOUND, Skip};
 use super::negotiate::choose;
 use super::policy::CompressionPolicy;
 use crate::body::{BufferedBody, RequestBody};
-use crate::error::ProxyError;
+use crate::error::{ErrorKind, ProxyError};
 use crate::model::{BoxFuture, Exchange, ProxyResponse};
 
 /// What compression reads of a request beyond [`Exchange`]: the policy
@@ -80,15 +81,31 @@ where
             return Either::Left(self.inner.call(req));
         };
         let policy = policy.clone();
-        if policy.decompress_requests {
-            decode_request(req.http_mut(), self.counts);
-        }
+        let decoding = policy
+            .decompress_requests
+            .then(|| decode_request(req.http_mut(), self.counts))
+            .flatten();
         let head = req.http().method() == Method::HEAD;
         let accepted = choose(req.http().headers(), &policy.encodings);
         let counts = self.counts;
         let answer = self.inner.call(req);
         Either::Right(Box::pin(async move {
-            let response = answer.await?;
+            let response = match answer.await {
+                Ok(response) => response,
+                // However the upstream's client reported it (an HTTP/2
+                // stream reset, a failed write), a body the decoder refused
+                // is the caller's mistake: 400.
+                Err(error) => match decoding {
+                    Some((encoding, malformed)) if malformed.load(Ordering::Relaxed) => {
+                        return Err(ProxyError::new(
+                            ErrorKind::BadRequest,
+                            format!("the request body is not valid {}", encoding.as_str()),
+                        )
+                        .with_cause(error));
+                    }
+                    _ => return Err(error),
+                },
+            };
             Ok(respond(&policy, head, accepted, response, counts))
         }))
     }
@@ -97,8 +114,12 @@ where
 /// A request body sent with one coding the proxy speaks, decoded as it
 /// streams: the app sees it plain, without the headers that described the
 /// encoded bytes. Any other coding (or a chain of them) goes on as sent.
-fn decode_request(http: &mut Request<RequestBody>, counts: &'static Counts) {
-    let Some(encoding) = http
+/// The coding, and the flag the decoder sets if it refuses the body.
+fn decode_request(
+    http: &mut Request<RequestBody>,
+    counts: &'static Counts,
+) -> Option<(Encoding, Arc<AtomicBool>)> {
+    let encoding = http
         .headers()
         .get(CONTENT_ENCODING)
         .and_then(|coding| coding.to_str().ok())
@@ -106,10 +127,7 @@ fn decode_request(http: &mut Request<RequestBody>, counts: &'static Counts) {
             let coding = coding.trim().to_ascii_lowercase();
             let coding = if coding == "x-gzip" { "gzip" } else { &coding };
             check_encoding(coding).ok()
-        })
-    else {
-        return;
-    };
+        })?;
     counts.decoded(encoding);
     let headers = http.headers_mut();
     headers.remove(CONTENT_ENCODING);
@@ -118,7 +136,9 @@ fn decode_request(http: &mut Request<RequestBody>, counts: &'static Counts) {
         http.body_mut(),
         RequestBody::Buffered(BufferedBody::default()),
     );
-    *http.body_mut() = decoded(body, encoding);
+    let malformed = Arc::new(AtomicBool::new(false));
+    *http.body_mut() = decoded(body, encoding, malformed.clone());
+    Some((encoding, malformed))
 }
 
 /// The answer, compressed with `accepted` when it qualifies; counted
