@@ -269,3 +269,67 @@ fn answers_are_compressed_as_the_client_accepts_and_small_or_encoded_ones_are_un
         Ok(())
     });
 }
+
+#[test]
+fn a_services_own_policy_compresses_its_answers_on_its_sidecar() {
+    run(|ctx| async move {
+        let mesh = Mesh::start(&ctx).await?;
+        let app_port = start_app().await?;
+        let (users_sidecar, _registration) =
+            mesh.sidecar_for("users", "users-1", app_port, &[]).await?;
+        let client = mesh.client().await?;
+        // The service's default, gzip only: the client's route has none,
+        // so what arrives encoded was encoded by users' own sidecar.
+        mesh.put_document(
+            "policies/users",
+            &json!({ "compression": { "encodings": ["gzip"], "gzip_level": 9 } }),
+        )
+        .await?;
+        let outbound = client.sidecar.outbound;
+        let get = |accept: &str| {
+            Request::builder()
+                .uri(format!("http://{outbound}/big"))
+                .header("host", "users")
+                .header("accept-encoding", accept)
+                .body(Full::new(Bytes::new()))
+                .expect("a request")
+        };
+        eventually(SETUP_TIMEOUT, "users' sidecar compresses", || async {
+            let reply = mesh.http.send(get("gzip")).await?;
+            ensure!(
+                header(&reply, "content-encoding") == Some("gzip"),
+                "{} {:?}",
+                reply.status,
+                reply.headers
+            );
+            ensure!(
+                decode("gzip", &reply.body)? == big_json(),
+                "the decoded body differs"
+            );
+            Ok(())
+        })
+        .await?;
+        // Only the policy's encodings: a client asking for br gets the
+        // document as it is.
+        let reply = mesh.http.send(get("br, zstd")).await?;
+        ensure!(
+            header(&reply, "content-encoding").is_none()
+                && reply.body == big_json()
+                && header(&reply, "vary") == Some("Origin, Accept-Encoding"),
+            "br, zstd: {:?}",
+            reply.headers
+        );
+        let metrics = mesh
+            .http
+            .get(&format!("http://{}/metrics", users_sidecar.admin))
+            .await?
+            .text();
+        for line in [
+            "weft_compression_responses_total{direction=\"inbound\",encoding=\"gzip\"}",
+            "weft_compression_skipped_total{direction=\"inbound\",reason=\"not-accepted\"}",
+        ] {
+            ensure!(metrics.contains(line), "no {line} in /metrics:\n{metrics}");
+        }
+        Ok(())
+    });
+}
