@@ -385,42 +385,85 @@ async fn a_strong_etag_is_weakened_and_vary_is_merged() {
     assert_eq!(header(&response, "vary"), Some("*"));
 }
 
+/// A decoder fed as bytes arrive, for the streaming test: what it has
+/// decoded so far.
+enum Streaming {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+}
+
+impl Streaming {
+    fn new(encoding: Encoding) -> Self {
+        match encoding {
+            Encoding::Gzip => Self::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            Encoding::Br => Self::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
+            Encoding::Zstd => Self::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap()),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) -> &[u8] {
+        match self {
+            Self::Gzip(d) => {
+                d.write_all(data).unwrap();
+                d.flush().unwrap();
+                d.get_ref()
+            }
+            Self::Br(d) => {
+                d.write_all(data).unwrap();
+                d.flush().unwrap();
+                d.get_ref()
+            }
+            Self::Zstd(d) => {
+                d.write_all(data).unwrap();
+                d.flush().unwrap();
+                d.get_ref()
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_body_whose_chunks_arrive_slowly_is_compressed_as_it_streams() {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let stream =
-        futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |data| {
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(data))
-        });
-    let upstream: ProxyBody =
-        ProxyBodyKind::Transformed(StreamBody::new(stream).boxed_unsync()).into();
-    let mut body = compressed(upstream, Encoding::Gzip, 6, &OUTBOUND);
-    let first = "event: the first line of a long answer\n".repeat(8);
-    tx.send(Bytes::from(first.clone())).await.unwrap();
-    // The upstream has not ended: the first chunk still reaches the client.
-    let mut sent = Vec::new();
-    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
-    while decoder.get_ref().len() < first.len() {
-        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
-            .await
-            .expect("the first chunk was held back until the end")
-            .expect("a frame")
-            .unwrap();
-        let data = frame.into_data().unwrap();
-        sent.extend_from_slice(&data);
-        decoder.write_all(&data).unwrap();
-        decoder.flush().unwrap();
+    for encoding in [Encoding::Gzip, Encoding::Br, Encoding::Zstd] {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream =
+            futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |data| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(data))
+            });
+        let upstream: ProxyBody =
+            ProxyBodyKind::Transformed(StreamBody::new(stream).boxed_unsync()).into();
+        let mut body = compressed(upstream, encoding, 6, &OUTBOUND);
+        let first = "event: the first line of a long answer\n".repeat(8);
+        tx.send(Bytes::from(first.clone())).await.unwrap();
+        // The upstream has not ended: the first chunk still reaches the
+        // client, whole, as soon as the encoder has it.
+        let mut sent = Vec::new();
+        let mut decoder = Streaming::new(encoding);
+        let mut decoded = 0;
+        while decoded < first.len() {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("{encoding:?}: the first chunk was held back"))
+                .expect("a frame")
+                .unwrap();
+            let data = frame.into_data().unwrap();
+            sent.extend_from_slice(&data);
+            let so_far = decoder.feed(&data);
+            assert!(first.as_bytes().starts_with(so_far), "{encoding:?}");
+            decoded = so_far.len();
+        }
+        tx.send(Bytes::from_static(b"the end\n")).await.unwrap();
+        drop(tx);
+        while let Some(frame) = body.frame().await {
+            sent.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(
+            decode(encoding.as_str(), &sent),
+            format!("{first}the end\n").as_bytes(),
+            "{encoding:?}"
+        );
     }
-    assert_eq!(decoder.get_ref().as_slice(), first.as_bytes());
-    tx.send(Bytes::from_static(b"the end\n")).await.unwrap();
-    drop(tx);
-    while let Some(frame) = body.frame().await {
-        sent.extend_from_slice(&frame.unwrap().into_data().unwrap());
-    }
-    assert_eq!(
-        decode("gzip", &sent),
-        format!("{first}the end\n").as_bytes()
-    );
 }
 
 #[tokio::test]
