@@ -28,6 +28,8 @@
 //!   * `authz` — intentions: which services may call this one.
 //!   * `cors` — cross-origin requests: preflights answered at the proxy,
 //!     the CORS headers of answers.
+//!   * `compression` — gzip, brotli and zstd responses chosen from
+//!     Accept-Encoding, and the decoding of compressed request bodies.
 //!   * `ratelimit` — local token buckets and global Redis windows.
 //!   * `retry` — retry policies, budgets and the retry layer.
 //!   * `breaker` — circuit breaker, concurrency thresholds.
@@ -64,6 +66,7 @@ pub mod body;
 pub mod breaker;
 pub mod call_report;
 pub mod clock;
+pub mod compression;
 pub mod config;
 pub mod cors;
 pub mod ejection;
@@ -405,7 +408,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 service: settings.service.as_str().into(),
             }),
             xds: xds_state.clone(),
-            features: vec![access_log::metrics::encode, cors::metrics::encode],
+            features: vec![
+                access_log::metrics::encode,
+                cors::metrics::encode,
+                compression::metrics::encode,
+            ],
         });
         if let Some(counters) = tracer.counters() {
             metrics.register(Box::new(trace::export::ExportCollector(counters)));

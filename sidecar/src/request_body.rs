@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// Which body a byte count is about (the access log's record counts
@@ -145,6 +146,23 @@ pub enum RequestBody {
     /// larger than `Incoming` and the streaming path moves no more bytes
     /// than before.
     Prefixed(Box<PrefixedBody>),
+    /// The caller's body rewritten as it streams by a policy layer (the
+    /// compression layer's decoder). Never retried, like `Prefixed`.
+    Transformed(TransformedBody),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// See [`RequestBody::Transformed`]. A request is shared between threads
+/// by reference (`Sync`), which a decoder's state need not be: the mutex
+/// makes it so, and costs nothing, since the body is only ever polled
+/// through `&mut` ([`std::sync::Mutex::get_mut`] takes no lock).
+pub struct TransformedBody(std::sync::Mutex<UnsyncBoxBody<Bytes, BoxError>>);
+
+impl TransformedBody {
+    pub fn new(body: UnsyncBoxBody<Bytes, BoxError>) -> Self {
+        Self(std::sync::Mutex::new(body))
+    }
 }
 
 /// A request body held in memory: its data and any trailers. Cloning shares
@@ -172,14 +190,15 @@ impl From<Incoming> for RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    /// The caller's (hyper's) error, or a transforming layer's.
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Self::Streaming(body) => Pin::new(body).poll_frame(cx),
+            Self::Streaming(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Self::Buffered(body) => Poll::Ready(
                 match body.data.take().filter(|d| !d.is_empty()) {
                     Some(data) => Some(Frame::data(data)),
@@ -189,7 +208,11 @@ impl Body for RequestBody {
             ),
             Self::Prefixed(body) => match body.head.take() {
                 Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                None => Pin::new(&mut body.rest).poll_frame(cx),
+                None => Pin::new(&mut body.rest).poll_frame(cx).map_err(Into::into),
+            },
+            Self::Transformed(body) => match body.0.get_mut() {
+                Ok(body) => Pin::new(body).poll_frame(cx),
+                Err(_) => Poll::Ready(Some(Err("a request body's decoder panicked".into()))),
             },
         }
     }
@@ -201,6 +224,8 @@ impl Body for RequestBody {
                 body.data.as_ref().is_none_or(Bytes::is_empty) && body.trailers.is_none()
             }
             Self::Prefixed(body) => body.head.is_none() && body.rest.is_end_stream(),
+            // Not known without polling (see `TransformedBody`).
+            Self::Transformed(_) => false,
         }
     }
 
@@ -224,6 +249,7 @@ impl Body for RequestBody {
                 }
                 hint
             }
+            Self::Transformed(_) => SizeHint::default(),
         }
     }
 }

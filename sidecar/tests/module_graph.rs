@@ -380,6 +380,7 @@ const FEATURES: &[&str] = &[
     "authn",
     "authz",
     "breaker",
+    "compression",
     "cors",
     "ejection",
     "metrics",

@@ -440,6 +440,61 @@ fn refused_documents() -> Vec<Refused> {
             "cors.allow_origins[0]",
             "cors.allow_origins[0]",
         ),
+        // ---- Compression: encodings, bounds and media types.
+        refused(
+            "routes/users",
+            route(json!({ "compression": { "encodings": ["gzip", "br", "gzip"] } })),
+            "routes[0].compression.encodings[2]",
+            "virtual_hosts[0].routes[0].compression.encodings[2]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "compression": { "encodings": ["deflate"] } })),
+            "routes[0].compression.encodings[0]",
+            "virtual_hosts[0].routes[0].compression.encodings[0]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "compression": { "min_length": 2_000_000_000u64 } })),
+            "routes[0].compression.min_length",
+            "virtual_hosts[0].routes[0].compression.min_length",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "compression": { "content_types": ["text/html; charset=utf-8"] } })),
+            "routes[0].compression.content_types[0]",
+            "virtual_hosts[0].routes[0].compression.content_types[0]",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "compression": { "gzip_level": 0 } })),
+            "routes[0].compression.gzip_level",
+            "virtual_hosts[0].routes[0].compression.gzip_level",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "compression": { "brotli_quality": 12 } })),
+            "routes[0].compression.brotli_quality",
+            "virtual_hosts[0].routes[0].compression.brotli_quality",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "compression": { "zstd_level": 20 } })),
+            "routes[0].compression.zstd_level",
+            "virtual_hosts[0].routes[0].compression.zstd_level",
+        ),
+        refused(
+            "policies/users",
+            json!({ "compression": { "content_types": ["Text/*"] } }),
+            "compression.content_types[0]",
+            "compression.content_types[0]",
+        ),
+        refused(
+            "policies/users",
+            json!({ "compression": { "zstd_level": 0 } }),
+            "compression.zstd_level",
+            "compression.zstd_level",
+        ),
         // ---- Destinations: breakers, ejection, retries and rate limits.
         refused(
             "destinations/users",

@@ -23,6 +23,7 @@
 
 mod breaker;
 mod certificate;
+mod compression;
 mod cors;
 mod destination;
 mod duration;

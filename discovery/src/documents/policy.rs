@@ -90,6 +90,9 @@ pub struct PolicyDocument {
     /// none, and it would double the size of every `Document`.
     #[serde(default)]
     pub cors: Option<Box<super::cors::CorsDocument>>,
+    /// Compression of the service's responses. Boxed, like `cors`.
+    #[serde(default)]
+    pub compression: Option<Box<super::compression::CompressionDocument>>,
 }
 
 /// The mesh-wide defaults (key `defaults`, the file `defaults.*` at the
@@ -234,6 +237,9 @@ pub(super) fn parse(key: &str, value: &Value) -> Result<PolicyDocument, Vec<Fiel
         );
         if let Some(cors) = &document.cors {
             rules.extend(cors.check(key, "cors"));
+        }
+        if let Some(compression) = &document.compression {
+            rules.extend(compression.check(key, "compression"));
         }
     }
     let errors = with_rule_reasons(schema::validate(key, DocumentKind::Policy, value), rules);

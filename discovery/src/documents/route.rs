@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
+use super::compression::CompressionDocument;
 use super::cors::CorsDocument;
 use super::error::{FieldError, from_serde, join, with_rule_reasons};
 use super::retry::RetryDocument;
@@ -46,6 +47,8 @@ pub struct Route {
     pub response_headers: HeaderMutation,
     /// CORS for this route's requests. Default: none.
     pub cors: Option<CorsDocument>,
+    /// Compression of this route's responses. Default: none.
+    pub compression: Option<CompressionDocument>,
 }
 
 /// Where a route sends its requests.
@@ -166,6 +169,8 @@ struct RouteWire {
     response_headers: HeaderMutation,
     #[serde(default)]
     cors: Option<CorsDocument>,
+    #[serde(default)]
+    compression: Option<CompressionDocument>,
 }
 
 impl TryFrom<RouteWire> for Route {
@@ -192,6 +197,7 @@ impl TryFrom<RouteWire> for Route {
             request_headers: wire.request_headers,
             response_headers: wire.response_headers,
             cors: wire.cors,
+            compression: wire.compression,
         })
     }
 }
@@ -556,6 +562,11 @@ impl Route {
                 error(e.field, e.reason);
             }
         }
+        if let Some(compression) = &self.compression {
+            for e in compression.check(key, &join(field, "compression")) {
+                error(e.field, e.reason);
+            }
+        }
         if let Some(host) = &self.host_rewrite
             && let Err(reason) = weft_rules::name::check_authority(host)
         {
@@ -644,6 +655,7 @@ impl Route {
             request_headers: header_mutation(&self.request_headers),
             response_headers: header_mutation(&self.response_headers),
             cors: self.cors.as_ref().map(CorsDocument::to_proto),
+            compression: self.compression.as_ref().map(CompressionDocument::to_proto),
         }
     }
 }

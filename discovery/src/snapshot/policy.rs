@@ -136,6 +136,9 @@ pub fn inbound_policy(
         cors: document
             .and_then(|document| document.cors.as_ref())
             .map(|cors| cors.to_proto()),
+        compression: document
+            .and_then(|document| document.compression.as_ref())
+            .map(|compression| compression.to_proto()),
     }
 }
 

@@ -276,6 +276,7 @@ mod tests {
             upstreams: Vec::new(),
             app_protocol: 0,
             cors: None,
+            compression: None,
         })
         .unwrap()
     }
@@ -422,6 +423,7 @@ mod tests {
             upstreams: Vec::new(),
             app_protocol: 0,
             cors: None,
+            compression: None,
         };
         let errors = compile(&bad).unwrap_err().join("\n");
         for want in [

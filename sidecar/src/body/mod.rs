@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use self::grpc::GrpcOutcomeBody;
@@ -24,7 +25,9 @@ use crate::upstream::ResponseBody;
 
 // The data path's two bodies under one name for the layers above; the
 // request body is declared below `upstream`, which sends it.
-pub use crate::request_body::{BufferedBody, PrefixedBody, ReceivedBody, RequestBody};
+pub use crate::request_body::{
+    BufferedBody, PrefixedBody, ReceivedBody, RequestBody, TransformedBody,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -43,6 +46,10 @@ pub enum ProxyBodyKind {
     /// untouched while the breaker and outlier ejection wait for its
     /// trailers (boxed: rare, and it keeps this enum small).
     Grpc(Box<GrpcOutcomeBody>),
+    /// The upstream's body rewritten as it streams by a policy layer (the
+    /// compression layer's encoder): boxed, since such a layer already
+    /// allocates its per-response state.
+    Transformed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
 impl ProxyBody {
@@ -80,6 +87,7 @@ impl Body for ProxyBodyKind {
             Self::Http1(body) => Pin::new(body).poll_frame(cx),
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Self::Grpc(body) => Pin::new(body.as_mut()).poll_frame(cx),
+            Self::Transformed(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -89,6 +97,7 @@ impl Body for ProxyBodyKind {
             Self::Http1(body) => body.is_end_stream(),
             Self::Full(data) => data.is_none(),
             Self::Grpc(body) => body.is_end_stream(),
+            Self::Transformed(body) => body.is_end_stream(),
         }
     }
 
@@ -99,6 +108,7 @@ impl Body for ProxyBodyKind {
             Self::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             Self::Full(None) => SizeHint::with_exact(0),
             Self::Grpc(body) => body.size_hint(),
+            Self::Transformed(body) => body.size_hint(),
         }
     }
 }

@@ -62,6 +62,8 @@ pub fn stack(
         // A browser's preflight carries no credentials: answered here,
         // before JWT would refuse it (as Envoy runs cors before jwt_authn).
         .layer(crate::cors::CorsLayer::inbound())
+        // The service's compression: its answers encoded as they stream.
+        .layer(crate::compression::CompressionLayer::inbound())
         // Before anything reaches the app: who the end user is (JWT), then
         // who may call (intentions).
         .layer(crate::authn::JwtAuthnLayer)

@@ -50,6 +50,9 @@ pub fn routed(
         // The route's CORS: a preflight is answered here, before a
         // destination is chosen or discovered for it.
         .layer(crate::cors::CorsLayer::outbound())
+        // The route's compression: the answer is encoded as it streams
+        // back, whichever destination and retry made it.
+        .layer(crate::compression::CompressionLayer::outbound())
         // A destination not held yet is discovered here, on its first call.
         .layer(split::SplitLayer::on_demand(on_demand))
         // The CLIENT span knows its route and destination from here; the

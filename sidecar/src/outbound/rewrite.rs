@@ -196,6 +196,7 @@ mod tests {
                         ..HeaderMutation::default()
                     },
                     cors: None,
+                    compression: None,
                 }],
             }),
             index: 0,

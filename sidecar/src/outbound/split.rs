@@ -185,6 +185,7 @@ mod tests {
                 request_headers: HeaderMutation::default(),
                 response_headers: HeaderMutation::default(),
                 cors: None,
+                compression: None,
             }],
         });
         let mut t = RoutingTable::default();

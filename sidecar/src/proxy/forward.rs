@@ -428,7 +428,9 @@ impl<R: Send + 'static> Service<ProxyRequest<ToEndpoint<R>>> for Forward {
                         let upstream = hyper::upgrade::on(&mut resp);
                         tokio::spawn(upgrade::bridge_streams(downstream, upstream, settings));
                     }
-                    ProxyBodyKind::Full(_) | ProxyBodyKind::Grpc(_) => {}
+                    ProxyBodyKind::Full(_)
+                    | ProxyBodyKind::Grpc(_)
+                    | ProxyBodyKind::Transformed(_) => {}
                 }
             }
             // `ctx` and `target` (with the in-flight guards) are dropped

@@ -223,7 +223,7 @@ fn take_whole_body(http: &mut Request<RequestBody>) -> Option<BufferedBody> {
     let whole = match http.body() {
         RequestBody::Buffered(_) => true,
         RequestBody::Streaming(body) => hyper::body::Body::is_end_stream(body),
-        RequestBody::Prefixed(_) => false,
+        RequestBody::Prefixed(_) | RequestBody::Transformed(_) => false,
     };
     if !whole {
         return None;
@@ -579,7 +579,10 @@ async fn buffer(body: RequestBody, limit: usize) -> Result<Buffered, ProxyError>
         RequestBody::Streaming(body) => body,
         // Already in memory: as replayable as it gets.
         RequestBody::Buffered(body) => return Ok(Buffered::Whole(body)),
-        prefixed @ RequestBody::Prefixed(_) => return Ok(Buffered::TooLarge(prefixed)),
+        // Streams that cannot be read again: one try.
+        prefixed @ (RequestBody::Prefixed(_) | RequestBody::Transformed(_)) => {
+            return Ok(Buffered::TooLarge(prefixed));
+        }
     };
     if hyper::body::Body::is_end_stream(&body) {
         return Ok(Buffered::Whole(BufferedBody::default()));

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::authn::Authenticator;
 use crate::authz::AuthzPolicy;
+use crate::compression::CompressionPolicy;
 use crate::cors::CorsPolicy;
 use crate::mtls::MtlsMode;
 use crate::ratelimit::RateLimiter;
@@ -29,6 +30,8 @@ pub struct InboundPolicy {
     pub app_protocol: Protocol,
     /// `None`: no CORS for the service (`crate::cors`).
     pub cors: Option<Arc<CorsPolicy>>,
+    /// `None`: no compression for the service (`crate::compression`).
+    pub compression: Option<Arc<CompressionPolicy>>,
 }
 
 impl Default for InboundPolicy {
@@ -42,6 +45,7 @@ impl Default for InboundPolicy {
             mtls: MtlsMode::Strict,
             app_protocol: Protocol::Auto,
             cors: None,
+            compression: None,
         }
     }
 }
@@ -55,6 +59,7 @@ impl fmt::Debug for InboundPolicy {
             .field("mtls", &self.mtls)
             .field("app_protocol", &self.app_protocol)
             .field("cors", &self.cors.is_some())
+            .field("compression", &self.compression.is_some())
             .finish()
     }
 }

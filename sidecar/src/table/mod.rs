@@ -110,6 +110,8 @@ pub struct Route {
     pub response_headers: HeaderMutation,
     /// `None`: no CORS on this route (`crate::cors`).
     pub cors: Option<Arc<crate::cors::CorsPolicy>>,
+    /// `None`: no compression on this route (`crate::compression`).
+    pub compression: Option<Arc<crate::compression::CompressionPolicy>>,
 }
 
 #[derive(Debug)]

@@ -219,6 +219,11 @@ fn route(
         .as_ref()
         .and_then(|cors| crate::cors::compile(cors, &format!("{path}.cors"), errs))
         .map(Arc::new);
+    let compression = r
+        .compression
+        .as_ref()
+        .and_then(|c| crate::compression::compile(c, &format!("{path}.compression"), errs))
+        .map(Arc::new);
     if errs.0.len() > before {
         return None;
     }
@@ -240,6 +245,7 @@ fn route(
         request_headers,
         response_headers,
         cors,
+        compression,
     })
 }
 
@@ -606,6 +612,7 @@ mod tests {
             request_headers: None,
             response_headers: None,
             cors: None,
+            compression: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub(crate) struct CompiledInbound {
     pub app_protocol: Protocol,
     /// `None`: the policy sets no CORS.
     pub cors: Option<crate::cors::CorsPolicy>,
+    /// `None`: the policy sets no compression.
+    pub compression: Option<crate::compression::CompressionPolicy>,
 }
 
 impl Default for CompiledInbound {
@@ -38,6 +40,7 @@ impl Default for CompiledInbound {
             rate_limits: None,
             app_protocol: Protocol::Auto,
             cors: None,
+            compression: None,
         }
     }
 }
@@ -75,6 +78,12 @@ pub(crate) fn compile(
         errors.extend(errs.0);
         compiled
     });
+    let compression = policy.compression.as_ref().and_then(|compression| {
+        let mut errs = crate::nack::Errors(Vec::new());
+        let compiled = crate::compression::compile(compression, "compression", &mut errs);
+        errors.extend(errs.0);
+        compiled
+    });
     let jwt = policy.jwt.as_ref().and_then(|jwt| {
         AuthnConfig::from_proto(jwt)
             .and_then(|config| config.validate().map(|()| config))
@@ -107,6 +116,7 @@ pub(crate) fn compile(
         rate_limits,
         app_protocol,
         cors,
+        compression,
     })
 }
 

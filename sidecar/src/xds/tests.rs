@@ -63,6 +63,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
         upstreams: Vec::new(),
         app_protocol: 0,
         cors: None,
+        compression: None,
     }
 }
 

@@ -223,6 +223,7 @@ pub fn route(prefix: &str, cluster: &str) -> pb::Route {
         request_headers: None,
         response_headers: None,
         cors: None,
+        compression: None,
     }
 }
 

@@ -38,6 +38,7 @@
 mod authn;
 mod authz;
 mod breaker;
+mod compression;
 mod cors;
 mod in_flight;
 pub mod metrics;
@@ -356,6 +357,7 @@ pub mod for_tests {
                 request_headers: HeaderMutation::default(),
                 response_headers: HeaderMutation::default(),
                 cors: None,
+                compression: None,
             }],
         });
         let mut table = RoutingTable::default();

@@ -60,7 +60,7 @@ pub enum H1Error {
     /// The upstream's response is not valid HTTP/1.1.
     Protocol(ProtocolError),
     /// The downstream's request body failed (the client went away).
-    RequestBody(hyper::Error),
+    RequestBody(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl std::fmt::Display for H1Error {
@@ -82,7 +82,7 @@ impl std::error::Error for H1Error {
             Self::Connect(e) | Self::Pending(e) => Some(e),
             Self::Closed(e) | Self::Write(e) | Self::Read(e) => Some(e),
             Self::Protocol(e) => Some(e),
-            Self::RequestBody(e) => Some(e),
+            Self::RequestBody(e) => Some(e.as_ref()),
         }
     }
 }
