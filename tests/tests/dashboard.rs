@@ -530,12 +530,14 @@ fn the_dashboards_queries_and_the_alert_rules_run_on_a_real_prometheus_scraping_
                     .call(edge, from_allowed_origin(path))
                     .await?;
             }
-            let rate = query(
-                "sum(rate(weft_requests_total{direction=\"outbound\", destination=\"users\"}[1m])) > 0"
-                    .into(),
-            )
-            .await?;
-            ensure!(!rate.is_empty(), "no rate yet");
+            // Both the client's and the gateway's: each is its own target.
+            for service in ["client", "edge"] {
+                let rate = query(format!(
+                    "sum(rate(weft_requests_total{{service=\"{service}\", direction=\"outbound\", destination=\"users\"}}[1m])) > 0"
+                ))
+                .await?;
+                ensure!(!rate.is_empty(), "no rate of {service}'s calls yet");
+            }
             Ok(())
         })
         .await?;
