@@ -223,6 +223,13 @@ echo "-- a CORS preflight from https://app.example.com, answered by the gateway 
 answer=$(curl -sSk -D - -o /dev/null -X OPTIONS -H 'Origin: https://app.example.com' \
   -H 'Access-Control-Request-Method: PUT' "$edge/api/v1/users/42" | grep -i -E '^(HTTP|access-control-allow-origin)'); echo "$answer"
 [[ "$answer" == *"204"*"https://app.example.com"* ]] || problems+=("the gateway did not answer the CORS preflight")
+echo "-- gzip at the edge: a 6 KB answer (the app echoes the body it got), as sent and as received:"
+body=$(head -c 6000 /dev/zero | tr '\0' 'x')
+answer=$(curl -sSk -D - -o "$demo/gzipped.out" -H 'Accept-Encoding: gzip' -H 'Content-Type: text/plain' --data "$body" \
+  "$edge/api/v1/users/echo" | grep -i -E '^(content-encoding|vary)'); echo "$answer"
+echo "$(wc -c <"$demo/gzipped.out") bytes on the wire, $(gzip -dc <"$demo/gzipped.out" | wc -c) decoded"
+[[ "$answer" == *"gzip"* ]] && gzip -dc <"$demo/gzipped.out" | grep -q "$body" \
+  || problems+=("the gateway did not gzip a large answer")
 echo "-- a mesh service by its own name is no host of the gateway:"
 answer=$(curl -sSk -D - -o /dev/null -H 'Host: users' "$edge/" | grep -i -E '^(HTTP|x-weft-error)'); echo "$answer"
 [[ "$answer" == *"404"*"no-route"* ]] || problems+=("the gateway routed Host: users")
