@@ -8,14 +8,17 @@ Targets, interleaved in every repetition (weft, nginx, haproxy, weft, ...):
            a real weft-discovery agent (file backend): `gateways/bench-gw`
            (one https listener, the certificate read from files) and
            `routes/bench.example.com` sending `/` to the unmeshed service
-           `bench-upstream`
+           `bench-upstream`, spoken to in HTTP/1.1 (its destination
+           document says `"protocol": "http1"`, as nginx and HAProxy do)
   nginx    one worker, `listen ... ssl http2`, proxy_pass with keep-alive
   haproxy  nbthread 1, `bind ... ssl crt <pem> alpn h2,http/1.1`
 All three serve the same ECDSA P-256 leaf for bench.example.com, negotiate
-TLS 1.3 with X25519 (checked before measuring, with `openssl s_client`),
-offer h2 and http/1.1 by ALPN, add x-forwarded-for/-proto/-host as an edge
-proxy does (the gateway always does), and proxy to the same upstream: nginx
-with one worker answering 200 with a 100-byte body. Session settings are
+TLS 1.3, TLS_AES_128_GCM_SHA256 and X25519 (the clients offer only those,
+through an OpenSSL config of their own; nginx and HAProxy are pinned to
+them too; checked before measuring with `openssl s_client`, and in every
+h2load run), offer h2 and http/1.1 by ALPN, add x-forwarded-for/-proto/-host
+as an edge proxy does (the gateway always does), and proxy to the same
+upstream: nginx with one worker answering 200 with a 100-byte body. Session settings are
 each server's defaults (each issues TLS 1.3 tickets; the clients never use
 them).
 
@@ -33,12 +36,13 @@ Measurements, per target and repetition:
 Each run is preceded by a 2 s warm-up against the same target. The report
 gives medians and min-max over the repetitions; raw outputs stay in --out.
 
-Usage: python3 bench/gateway_tls.py [--reps 3] [--seconds 10] [--clients 3] [--out DIR] [--no-build]
+Usage: python3 bench/gateway_tls.py [--reps 3] [--seconds 10] [--clients 3] [--out DIR]
+                                    [--targets weft,nginx,haproxy] [--no-build]
 Needs: nginx, haproxy, wrk, h2load, openssl
        (apt-get install -y nginx haproxy wrk nghttp2-client openssl).
 Binaries come from $CARGO_TARGET_DIR/release (default target/release).
 """
-import argparse, json, os, re, shutil, ssl, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, contextlib, io, json, os, re, shutil, ssl, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mesh import BODY, LUA, REPO, cpu_seconds, start, stop_all, wait_http, wait_port  # noqa: E402
@@ -47,6 +51,23 @@ PORTS = dict(upstream=19680, agent=19610, agent_admin=19611, gateway_admin=19620
              weft=19643, nginx=19644, haproxy=19645)
 HOST = "bench.example.com"
 SERVER_CPU, CLIENT_CPU = 1, 0
+# One TLS 1.3 suite for every pair. The clients disagree by default (h2load
+# prefers AES-128, wrk and openssl AES-256) and so do the servers (rustls
+# follows the client's order, HAProxy its own), so the servers are pinned
+# to it where they can be, and every client offers only it (CLIENT_ENV).
+CIPHER = "TLS_AES_128_GCM_SHA256"
+CLIENT_ENV = dict(os.environ)
+
+
+def pin_clients(out):
+    """An OpenSSL config for the load generators (all OpenSSL clients): TLS
+    1.3, CIPHER and X25519 only, as their system default."""
+    path = os.path.join(out, "client-openssl.cnf")
+    with open(path, "w") as f:
+        f.write("openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n[ssl_sect]\n"
+                "system_default = system_default_sect\n[system_default_sect]\n"
+                f"MinProtocol = TLSv1.3\nCiphersuites = {CIPHER}\nGroups = X25519\n")
+    CLIENT_ENV["OPENSSL_CONF"] = path
 TARGETS = ("weft", "nginx", "haproxy")
 
 
@@ -134,7 +155,7 @@ http {{ access_log off;
     listen 127.0.0.1:{PORTS['nginx']} ssl http2 backlog=4096;
     server_name {HOST};
     ssl_certificate {chain}; ssl_certificate_key {key};
-    ssl_protocols TLSv1.3; ssl_ecdh_curve X25519;
+    ssl_protocols TLSv1.3; ssl_ecdh_curve X25519; ssl_conf_command Ciphersuites {CIPHER};
     location / {{
       proxy_pass http://up;
       proxy_http_version 1.1;          # required for upstream keep-alive
@@ -166,7 +187,7 @@ defaults
     timeout server 60s
     timeout http-keep-alive 300s
 frontend fe
-    bind 127.0.0.1:{PORTS['haproxy']} ssl crt {pem} alpn h2,http/1.1 ssl-min-ver TLSv1.3 curves X25519
+    bind 127.0.0.1:{PORTS['haproxy']} ssl crt {pem} alpn h2,http/1.1 ssl-min-ver TLSv1.3 curves X25519 ciphersuites {CIPHER}
     # what the gateway adds to every request (trusted_hops 0)
     http-request set-header X-Forwarded-For %[src]
     http-request set-header X-Forwarded-Proto https
@@ -186,6 +207,12 @@ def write_mesh_config(out, chain, key):
         os.makedirs(os.path.join(cfg, sub), exist_ok=True)
     with open(os.path.join(cfg, "endpoints.yaml"), "w") as f:
         f.write(f"services:\n  bench-upstream:\n    - {{ address: 127.0.0.1, port: {PORTS['upstream']}, meshed: false }}\n")
+    # HTTP/1.1 to the upstream, as nginx and HAProxy speak to it: with the
+    # default `auto` the gateway would forward an outside client's HTTP/2
+    # as h2c, which the upstream does not speak (502 upstream-reset).
+    os.makedirs(os.path.join(cfg, "destinations"), exist_ok=True)
+    with open(os.path.join(cfg, "destinations", "bench-upstream.json"), "w") as f:
+        json.dump({"protocol": "http1"}, f)
     with open(os.path.join(cfg, "routes", f"{HOST}.json"), "w") as f:
         json.dump({"routes": [{"match": {"path_prefix": "/"}, "destination": "bench-upstream"}]}, f)
     with open(os.path.join(cfg, "gateways", "bench-gw.json"), "w") as f:
@@ -199,19 +226,14 @@ def tls_parameters(port):
     """Protocol, cipher suite and key exchange group a default OpenSSL client
     negotiates with the server on `port` (as wrk, h2load and s_time would)."""
     text = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-brief"], input="",
-                          capture_output=True, text=True, timeout=10).stderr
+                          capture_output=True, text=True, timeout=10, env=CLIENT_ENV).stderr
     get = lambda label: (re.search(rf"^{label}: (.+)$", text, re.M) or [None, "?"])[1].strip()
     return {"protocol": get("Protocol version"), "cipher": get("Ciphersuite"),
             "group": get("(?:Server Temp Key|Peer Temp Key|Negotiated TLS1.3 group)")}
 
 
-def check_target(name, port):
-    """The target must answer 200 with the upstream's body over TLS, by
-    HTTP/1.1 and by HTTP/2, with TLS 1.3 and X25519: otherwise the figures
-    would not compare like with like."""
-    params = tls_parameters(port)
-    if params["protocol"] != "TLSv1.3" or not params["group"].startswith("X25519"):
-        sys.exit(f"{name} negotiated {params}, not TLS 1.3 with X25519")
+def get_over_tls(port):
+    """GET / over TLS (HTTP/1.1, SNI and Host HOST); returns the raw reply."""
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     with socket.create_connection(("127.0.0.1", port), 5) as raw, ctx.wrap_socket(raw, server_hostname=HOST) as s:
@@ -219,11 +241,22 @@ def check_target(name, port):
         reply = b""
         while chunk := s.recv(65536):
             reply += chunk
+    return reply
+
+
+def check_target(name, port):
+    """The target must answer 200 with the upstream's body over TLS, by
+    HTTP/1.1 and by HTTP/2, with TLS 1.3 and X25519: otherwise the figures
+    would not compare like with like."""
+    params = tls_parameters(port)
+    if params["protocol"] != "TLSv1.3" or params["cipher"] != CIPHER or not params["group"].startswith("X25519"):
+        sys.exit(f"{name} negotiated {params}, not TLS 1.3, {CIPHER} and X25519")
+    reply = get_over_tls(port)
     head, _, body = reply.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200") or len(body) != 100:
         sys.exit(f"{name} did not answer GET / over TLS with 200 and the upstream's 100 bytes:\n{reply[:500]!r}")
-    h2 = subprocess.run(["h2load", "-n", "20", "-c", "1", "-H", f":authority: {HOST}", f"https://127.0.0.1:{port}/"],
-                        capture_output=True, text=True, timeout=30).stdout
+    h2 = subprocess.run(["h2load", "-n", "20", "-c", "1", "--tls13-ciphers", CIPHER, "-H", f":authority: {HOST}",
+                         f"https://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=30, env=CLIENT_ENV).stdout
     if "20 2xx" not in h2 or "Application protocol: h2" not in h2:
         sys.exit(f"{name} did not answer 20 GETs over HTTP/2 with 2xx:\n{h2}")
     return params
@@ -235,7 +268,7 @@ def wrk(url, seconds, out):
         f.write(LUA)
     argv = ["taskset", "-c", str(CLIENT_CPU), "wrk", "-t1", "-c50", f"-d{seconds}s", "--timeout", "5s",
             "-H", f"Host: {HOST}", "-s", out + ".lua", url]
-    text = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(argv, capture_output=True, text=True, check=True, env=CLIENT_ENV).stdout
     open(out, "w").write(text)
     line = next((l for l in text.splitlines() if l.startswith("WRK ")), None)
     if not line:
@@ -246,10 +279,12 @@ def wrk(url, seconds, out):
 
 
 def h2load(port, seconds, out):
-    argv = ["taskset", "-c", str(CLIENT_CPU), "h2load", "-t1", "-c50", "-m10", "-D", str(seconds),
+    argv = ["taskset", "-c", str(CLIENT_CPU), "h2load", "-t1", "-c50", "-m10", "-D", str(seconds), "--tls13-ciphers", CIPHER,
             "-H", f":authority: {HOST}", f"https://127.0.0.1:{port}/"]
-    text = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    text = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, env=CLIENT_ENV).stdout
     open(out, "w").write(text)
+    if f"Cipher: {CIPHER}" not in text:
+        sys.exit(f"h2load negotiated another suite than {CIPHER} (see {out})")
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, "
                      r"(\d+) timeout", text)
     codes = re.search(r"status codes: (\d+) 2xx", text)
@@ -265,8 +300,8 @@ def h2load(port, seconds, out):
 def s_time(port, seconds, clients, out):
     """`clients` openssl s_time loops on the client CPU; returns handshakes made."""
     argv = ["taskset", "-c", str(CLIENT_CPU), "openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
-            "-tls1_3", "-time", str(seconds)]
-    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            "-tls1_3", "-ciphersuites", CIPHER, "-time", str(seconds)]
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=CLIENT_ENV)
             for _ in range(clients)]
     total = 0
     for i, p in enumerate(runs):
@@ -279,10 +314,15 @@ def s_time(port, seconds, clients, out):
     return total
 
 
+RESULTS = ("completed", "failed", "timed_out")
+
+
 def gateway_handshakes(port):
+    """The gateway's own handshake counters, by result."""
     page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    line = 'weft_gateway_tls_handshakes_total{result="completed"}'
-    return sum(float(l.rsplit(" ", 1)[1]) for l in page.splitlines() if l.startswith(line))
+    line = 'weft_gateway_tls_handshakes_total{{result="{}"}}'
+    return {r: sum(float(l.rsplit(" ", 1)[1]) for l in page.splitlines() if l.startswith(line.format(r)))
+            for r in RESULTS}
 
 
 def start_gateway(out, rel, chain, key):
@@ -295,7 +335,20 @@ def start_gateway(out, rel, chain, key):
                      "--discovery", f"http://127.0.0.1:{PORTS['agent']}",
                      "--admin", f"127.0.0.1:{PORTS['gateway_admin']}"],
                     os.path.join(out, "gateway.log"), cpu=SERVER_CPU)
-    wait_http(f"http://127.0.0.1:{PORTS['gateway_admin']}/ready", "weft-gateway")
+    # Ready = its listener serves the route. Not /ready: when the Gateway
+    # resource is the last type to arrive (as from the file backend), /ready
+    # stays 503 until the first request makes the table rebuild (the
+    # readiness check in accept_gateway runs before the type is marked
+    # accepted), though the listener already serves.
+    wait_port(PORTS["weft"], timeout=30)
+    deadline, reply = time.time() + 30, b""
+    while not reply.startswith(b"HTTP/1.1 200") and time.time() < deadline:
+        try:
+            reply = get_over_tls(PORTS["weft"])
+        except OSError:
+            time.sleep(0.1)
+    if not reply.startswith(b"HTTP/1.1 200"):
+        sys.exit(f"weft-gateway did not route GET / to the upstream within 30 s:\n{reply[:500]!r}")
     return gateway
 
 
@@ -324,6 +377,7 @@ def main():
     os.makedirs(out, exist_ok=True)
     try:
         chain, key, pem = certificate(out)
+        pin_clients(out)
 
         up_dir, up_conf = write_upstream(out)
         start([tools["nginx"], "-p", up_dir, "-c", up_conf, "-e", os.path.join(up_dir, "error.log")],
@@ -347,7 +401,7 @@ def main():
             print(f"{name}: {p['protocol']}, {p['cipher']}, {p['group']}", file=sys.stderr)
 
         rows = {name: {"h1": [], "h2": [], "hs": []} for name in targets}
-        counted = {"s_time": 0, "gateway": 0.0}
+        counted = {"s_time": 0, **{r: 0.0 for r in RESULTS}}
         for rep in range(a.reps):
             for name in targets:
                 port, pid = PORTS[name], servers[name]
@@ -368,18 +422,24 @@ def main():
                 rows[name]["h2"].append(r)
 
                 s_time(port, 2, a.clients, os.path.join(out, f"warm-hs-{name}-{rep}"))
-                before = gateway_handshakes(PORTS["gateway_admin"]) if name == "weft" else 0
+                before = gateway_handshakes(PORTS["gateway_admin"]) if name == "weft" else {}
                 r = measured(lambda: {"conns": s_time(port, a.seconds, a.clients, os.path.join(out, f"hs-{name}-{rep}"))})
                 if name == "weft":
                     counted["s_time"] += r["conns"]
-                    counted["gateway"] += gateway_handshakes(PORTS["gateway_admin"]) - before
+                    after = gateway_handshakes(PORTS["gateway_admin"])
+                    for result in RESULTS:
+                        counted[result] += after[result] - before[result]
                 rows[name]["hs"].append(r)
 
                 h1, h2, hs = rows[name]["h1"][-1], rows[name]["h2"][-1], rows[name]["hs"][-1]
                 print(f"rep {rep} {name}: h1 {h1['rps']:,.0f} req/s, h2 {h2['rps']:,.0f} req/s, "
                       f"{hs['conns'] / hs['cpu']:,.0f} handshakes per CPU second ({hs['conns'] / hs['wall']:,.0f}/s wall, "
                       f"server CPU {100 * hs['cpu'] / hs['wall']:.0f} %)", file=sys.stderr)
-        report(rows, params, counted, a)
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            report(rows, params, counted, a)
+        print(text.getvalue(), end="")
+        open(os.path.join(out, "report.md"), "w").write(text.getvalue())
         failed = {name: sum(x["errors"] for kind in ("h1", "h2") for x in r[kind]) for name, r in rows.items()}
         if any(failed.values()):
             sys.exit(f"requests failed during the benchmark ({failed}): the figures above are not valid; logs in {out}")
@@ -422,8 +482,14 @@ def report(rows, params, counted, a):
         print(f"| {name} | {cell([x['conns'] / x['cpu'] for x in xs])} | {cell([x['conns'] / x['wall'] for x in xs])} | "
               f"{busy:.0f} % | {vs(name, 'hs', lambda x: x['conns'] / x['cpu'])} |")
     if "weft" in rows:
-        print(f"\nThe gateway counted {counted['gateway']:,.0f} completed handshakes "
-              f"(weft_gateway_tls_handshakes_total) for the {counted['s_time']:,} the clients made.")
+        # s_time hangs up as soon as its handshake is done, without reading
+        # the session tickets the server sends after it: the gateway counts
+        # a handshake whose last writes met the closed socket as failed.
+        print(f"\nThe clients made {counted['s_time']:,} handshakes with the gateway; it counted "
+              f"{sum(counted[r] for r in RESULTS):,.0f} (weft_gateway_tls_handshakes_total: " +
+              ", ".join(f"{counted[r]:,.0f} {r}" for r in RESULTS) +
+              "; s_time closes right after its handshake, before reading the session tickets, "
+              "and such a handshake may count as failed).")
 
 
 if __name__ == "__main__":
