@@ -99,15 +99,32 @@ impl Transport {
 #[derive(Debug, Default)]
 pub struct EdgeHandshakes {
     pub completed: AtomicU64,
+    /// Refused by TLS itself: an alert, no shared version or cipher, not
+    /// TLS at all.
     pub failed: AtomicU64,
+    /// The client hung up before the handshake finished, or as it
+    /// finished (`openssl s_time` and TCP health checks do, without
+    /// reading the session tickets): its business, not a TLS problem.
+    pub closed: AtomicU64,
     pub timed_out: AtomicU64,
 }
 
 pub static EDGE_HANDSHAKES: EdgeHandshakes = EdgeHandshakes {
     completed: AtomicU64::new(0),
     failed: AtomicU64::new(0),
+    closed: AtomicU64::new(0),
     timed_out: AtomicU64::new(0),
 };
+
+/// An I/O error that says the peer closed or reset the connection, as
+/// opposed to TLS refusing it (rustls's errors come as `InvalidData`).
+fn client_went_away(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
+}
 
 /// Adapts a tower stack to hyper for one connection.
 struct ConnService<S> {
@@ -237,6 +254,10 @@ pub async fn serve<S: HttpStack>(
                         Ok(Ok(tls)) => {
                             counts.completed.fetch_add(1, Ordering::Relaxed);
                             serve_connection(tls, svc, builder, shutdown, token).await
+                        }
+                        Ok(Err(e)) if client_went_away(&e) => {
+                            counts.closed.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(client = %addr, error = %e, "client closed during the TLS handshake")
                         }
                         Ok(Err(e)) => {
                             counts.failed.fetch_add(1, Ordering::Relaxed);

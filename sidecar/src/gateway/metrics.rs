@@ -29,14 +29,15 @@ pub fn encode(encoder: &mut DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
     let mut metric = encoder.encode_descriptor(
         "weft_gateway_tls_handshakes",
         "TLS handshakes with outside clients: completed, failed (no shared \
-         version or cipher, a client that does not trust the certificate...) \
-         or timed out.",
+         version or cipher, a client that does not trust the certificate...), \
+         closed by the client before the end, or timed out.",
         None,
         MetricType::Counter,
     )?;
     for (result, count) in [
         ("completed", &EDGE_HANDSHAKES.completed),
         ("failed", &EDGE_HANDSHAKES.failed),
+        ("closed", &EDGE_HANDSHAKES.closed),
         ("timed_out", &EDGE_HANDSHAKES.timed_out),
     ] {
         ConstCounter::new(count.load(relaxed))
