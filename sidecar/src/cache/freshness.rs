@@ -174,11 +174,19 @@ mod tests {
 
     const OK: StatusCode = StatusCode::OK;
 
+    /// A row: the response's headers, the policy's default_ttl, the
+    /// lifetime expected in seconds (`None`: not stored).
+    type Row = (
+        &'static [(&'static str, &'static str)],
+        Duration,
+        Option<u64>,
+    );
+
     #[test]
     fn freshness_comes_from_s_maxage_then_max_age_then_expires_then_the_default() {
         let none = HeaderMap::new();
         let ttl = Duration::from_secs(7);
-        let table: [(&[(&str, &str)], Duration, Option<u64>); 7] = [
+        let table: [Row; 7] = [
             (&[("cache-control", "max-age=60")], Duration::ZERO, Some(60)),
             (
                 &[("cache-control", "max-age=60, s-maxage=5")],
