@@ -30,6 +30,7 @@
 //!     the CORS headers of answers.
 //!   * `compression` — gzip, brotli and zstd responses chosen from
 //!     Accept-Encoding, and the decoding of compressed request bodies.
+//!   * `cache` — the response cache (RFC 9111) of a route or a service.
 //!   * `ratelimit` — local token buckets and global Redis windows.
 //!   * `retry` — retry policies, budgets and the retry layer.
 //!   * `breaker` — circuit breaker, concurrency thresholds.
@@ -64,6 +65,7 @@ pub mod authz;
 pub mod backoff;
 pub mod body;
 pub mod breaker;
+pub mod cache;
 pub mod call_report;
 pub mod clock;
 pub mod compression;
@@ -412,6 +414,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 access_log::metrics::encode,
                 cors::metrics::encode,
                 compression::metrics::encode,
+                cache::metrics::encode,
             ],
         });
         if let Some(counters) = tracer.counters() {

@@ -380,6 +380,7 @@ const FEATURES: &[&str] = &[
     "authn",
     "authz",
     "breaker",
+    "cache",
     "compression",
     "cors",
     "ejection",

@@ -495,6 +495,37 @@ fn refused_documents() -> Vec<Refused> {
             "compression.zstd_level",
             "compression.zstd_level",
         ),
+        // ---- Cache: bounds, the freshness default and the methods.
+        refused(
+            "routes/users",
+            route(json!({ "cache": { "max_entries": 0 } })),
+            "routes[0].cache.max_entries",
+            "virtual_hosts[0].routes[0].cache.max_entries",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "cache": { "max_bytes": "1MiB", "max_body_bytes": "2MiB" } })),
+            "routes[0].cache.max_body_bytes",
+            "virtual_hosts[0].routes[0].cache.max_body_bytes",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "cache": { "default_ttl": "48h" } })),
+            "routes[0].cache.default_ttl",
+            "virtual_hosts[0].routes[0].cache.default_ttl",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "cache": { "methods": ["GET", "POST"] } })),
+            "routes[0].cache.methods[1]",
+            "virtual_hosts[0].routes[0].cache.methods[1]",
+        ),
+        refused(
+            "policies/users",
+            json!({ "cache": { "max_bytes": 100 } }),
+            "cache.max_bytes",
+            "cache.max_bytes",
+        ),
         // ---- Destinations: breakers, ejection, retries and rate limits.
         refused(
             "destinations/users",

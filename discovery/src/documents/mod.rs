@@ -22,6 +22,7 @@
 //! The field-by-field reference is `docs/KV-SCHEMA.md`.
 
 mod breaker;
+mod cache;
 mod certificate;
 mod compression;
 mod cors;

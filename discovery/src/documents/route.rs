@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use weft_proto::config::v1 as proto;
 
+use super::cache::CacheDocument;
 use super::compression::CompressionDocument;
 use super::cors::CorsDocument;
 use super::error::{FieldError, from_serde, join, with_rule_reasons};
@@ -49,6 +50,8 @@ pub struct Route {
     pub cors: Option<CorsDocument>,
     /// Compression of this route's responses. Default: none.
     pub compression: Option<CompressionDocument>,
+    /// The response cache of this route. Default: none.
+    pub cache: Option<CacheDocument>,
 }
 
 /// Where a route sends its requests.
@@ -171,6 +174,8 @@ struct RouteWire {
     cors: Option<CorsDocument>,
     #[serde(default)]
     compression: Option<CompressionDocument>,
+    #[serde(default)]
+    cache: Option<CacheDocument>,
 }
 
 impl TryFrom<RouteWire> for Route {
@@ -198,6 +203,7 @@ impl TryFrom<RouteWire> for Route {
             response_headers: wire.response_headers,
             cors: wire.cors,
             compression: wire.compression,
+            cache: wire.cache,
         })
     }
 }
@@ -567,6 +573,11 @@ impl Route {
                 error(e.field, e.reason);
             }
         }
+        if let Some(cache) = &self.cache {
+            for e in cache.check(key, &join(field, "cache")) {
+                error(e.field, e.reason);
+            }
+        }
         if let Some(host) = &self.host_rewrite
             && let Err(reason) = weft_rules::name::check_authority(host)
         {
@@ -656,6 +667,7 @@ impl Route {
             response_headers: header_mutation(&self.response_headers),
             cors: self.cors.as_ref().map(CorsDocument::to_proto),
             compression: self.compression.as_ref().map(CompressionDocument::to_proto),
+            cache: self.cache.as_ref().map(CacheDocument::to_proto),
         }
     }
 }

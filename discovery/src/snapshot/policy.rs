@@ -139,6 +139,9 @@ pub fn inbound_policy(
         compression: document
             .and_then(|document| document.compression.as_ref())
             .map(|compression| compression.to_proto()),
+        cache: document
+            .and_then(|document| document.cache.as_ref())
+            .map(|cache| cache.to_proto()),
     }
 }
 

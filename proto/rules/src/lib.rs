@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod breaker;
+pub mod cache;
 pub mod compression;
 pub mod cors;
 pub mod duration;

@@ -68,6 +68,9 @@ pub fn stack(
         // who may call (intentions).
         .layer(crate::authn::JwtAuthnLayer)
         .layer(crate::authz::AuthorizeLayer)
+        // The service's cache: only a caller JWT and intentions admitted is
+        // answered from it; a hit never reaches the app nor its limits.
+        .layer(crate::cache::CacheLayer::inbound())
         // Protect me: only allowed callers count against the limits.
         .layer(crate::ratelimit::InboundRateLimitLayer::inbound())
         .layer(static_target::StaticTargetLayer::new(app))

@@ -53,6 +53,9 @@ pub fn routed(
         // The route's compression: the answer is encoded as it streams
         // back, whichever destination and retry made it.
         .layer(crate::compression::CompressionLayer::outbound())
+        // The route's cache, inside compression: it stores answers as the
+        // upstream sent them, and a hit is compressed like a miss.
+        .layer(crate::cache::CacheLayer::outbound())
         // A destination not held yet is discovered here, on its first call.
         .layer(split::SplitLayer::on_demand(on_demand))
         // The CLIENT span knows its route and destination from here; the

@@ -197,6 +197,7 @@ mod tests {
                     },
                     cors: None,
                     compression: None,
+                    cache: None,
                 }],
             }),
             index: 0,

@@ -186,6 +186,7 @@ mod tests {
                 response_headers: HeaderMutation::default(),
                 cors: None,
                 compression: None,
+                cache: None,
             }],
         });
         let mut t = RoutingTable::default();

@@ -32,6 +32,8 @@ pub struct InboundPolicy {
     pub cors: Option<Arc<CorsPolicy>>,
     /// `None`: no compression for the service (`crate::compression`).
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// `None`: no response cache for the service (`crate::cache`).
+    pub cache: Option<Arc<crate::cache::CachePolicy>>,
 }
 
 impl Default for InboundPolicy {
@@ -46,6 +48,7 @@ impl Default for InboundPolicy {
             app_protocol: Protocol::Auto,
             cors: None,
             compression: None,
+            cache: None,
         }
     }
 }
@@ -60,6 +63,7 @@ impl fmt::Debug for InboundPolicy {
             .field("app_protocol", &self.app_protocol)
             .field("cors", &self.cors.is_some())
             .field("compression", &self.compression.is_some())
+            .field("cache", &self.cache.is_some())
             .finish()
     }
 }

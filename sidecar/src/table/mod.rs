@@ -112,6 +112,8 @@ pub struct Route {
     pub cors: Option<Arc<crate::cors::CorsPolicy>>,
     /// `None`: no compression on this route (`crate::compression`).
     pub compression: Option<Arc<crate::compression::CompressionPolicy>>,
+    /// `None`: no response cache on this route (`crate::cache`).
+    pub cache: Option<Arc<crate::cache::CachePolicy>>,
 }
 
 #[derive(Debug)]

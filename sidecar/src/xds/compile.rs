@@ -224,6 +224,11 @@ fn route(
         .as_ref()
         .and_then(|c| crate::compression::compile(c, &format!("{path}.compression"), errs))
         .map(Arc::new);
+    let cache = r
+        .cache
+        .as_ref()
+        .and_then(|c| crate::cache::compile(c, &format!("{path}.cache"), errs))
+        .map(Arc::new);
     if errs.0.len() > before {
         return None;
     }
@@ -246,6 +251,7 @@ fn route(
         response_headers,
         cors,
         compression,
+        cache,
     })
 }
 
@@ -613,6 +619,7 @@ mod tests {
             response_headers: None,
             cors: None,
             compression: None,
+            cache: None,
         }
     }
 

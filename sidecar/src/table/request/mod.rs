@@ -38,6 +38,7 @@
 mod authn;
 mod authz;
 mod breaker;
+mod cache;
 mod compression;
 mod cors;
 mod in_flight;
@@ -358,6 +359,7 @@ pub mod for_tests {
                 response_headers: HeaderMutation::default(),
                 cors: None,
                 compression: None,
+                cache: None,
             }],
         });
         let mut table = RoutingTable::default();
