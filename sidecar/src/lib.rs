@@ -30,6 +30,8 @@
 //!     the CORS headers of answers.
 //!   * `compression` — gzip, brotli and zstd responses chosen from
 //!     Accept-Encoding, and the decoding of compressed request bodies.
+//!   * `validation` — JSON Schemas for request bodies, query parameters
+//!     and headers; refusals as problem documents.
 //!   * `ratelimit` — local token buckets and global Redis windows.
 //!   * `retry` — retry policies, budgets and the retry layer.
 //!   * `breaker` — circuit breaker, concurrency thresholds.
@@ -92,6 +94,7 @@ pub mod tcp;
 pub mod trace;
 pub mod traceparent;
 pub mod upstream;
+pub mod validation;
 pub mod xds;
 pub mod xds_status;
 
@@ -412,6 +415,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 access_log::metrics::encode,
                 cors::metrics::encode,
                 compression::metrics::encode,
+                validation::metrics::encode,
             ],
         });
         if let Some(counters) = tracer.counters() {

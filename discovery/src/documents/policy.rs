@@ -93,6 +93,9 @@ pub struct PolicyDocument {
     /// Compression of the service's responses. Boxed, like `cors`.
     #[serde(default)]
     pub compression: Option<Box<super::compression::CompressionDocument>>,
+    /// Validation of the service's requests. Boxed, like `cors`.
+    #[serde(default)]
+    pub validation: Option<Box<super::validation::ValidationDocument>>,
 }
 
 /// The mesh-wide defaults (key `defaults`, the file `defaults.*` at the
@@ -240,6 +243,9 @@ pub(super) fn parse(key: &str, value: &Value) -> Result<PolicyDocument, Vec<Fiel
         }
         if let Some(compression) = &document.compression {
             rules.extend(compression.check(key, "compression"));
+        }
+        if let Some(validation) = &document.validation {
+            rules.extend(validation.check(key, "validation"));
         }
     }
     let errors = with_rule_reasons(schema::validate(key, DocumentKind::Policy, value), rules);

@@ -12,6 +12,7 @@ use super::compression::CompressionDocument;
 use super::cors::CorsDocument;
 use super::error::{FieldError, from_serde, join, with_rule_reasons};
 use super::retry::RetryDocument;
+use super::validation::ValidationDocument;
 use super::{DocumentKind, duration, schema};
 
 /// The route table for requests addressed to one host.
@@ -49,6 +50,8 @@ pub struct Route {
     pub cors: Option<CorsDocument>,
     /// Compression of this route's responses. Default: none.
     pub compression: Option<CompressionDocument>,
+    /// Request validation for this route. Default: none.
+    pub validation: Option<ValidationDocument>,
 }
 
 /// Where a route sends its requests.
@@ -171,6 +174,8 @@ struct RouteWire {
     cors: Option<CorsDocument>,
     #[serde(default)]
     compression: Option<CompressionDocument>,
+    #[serde(default)]
+    validation: Option<ValidationDocument>,
 }
 
 impl TryFrom<RouteWire> for Route {
@@ -198,6 +203,7 @@ impl TryFrom<RouteWire> for Route {
             response_headers: wire.response_headers,
             cors: wire.cors,
             compression: wire.compression,
+            validation: wire.validation,
         })
     }
 }
@@ -567,6 +573,11 @@ impl Route {
                 error(e.field, e.reason);
             }
         }
+        if let Some(validation) = &self.validation {
+            for e in validation.check(key, &join(field, "validation")) {
+                error(e.field, e.reason);
+            }
+        }
         if let Some(host) = &self.host_rewrite
             && let Err(reason) = weft_rules::name::check_authority(host)
         {
@@ -656,6 +667,7 @@ impl Route {
             response_headers: header_mutation(&self.response_headers),
             cors: self.cors.as_ref().map(CorsDocument::to_proto),
             compression: self.compression.as_ref().map(CompressionDocument::to_proto),
+            validation: self.validation.as_ref().map(ValidationDocument::to_proto),
         }
     }
 }

@@ -139,6 +139,9 @@ pub fn inbound_policy(
         compression: document
             .and_then(|document| document.compression.as_ref())
             .map(|compression| compression.to_proto()),
+        validation: document
+            .and_then(|document| document.validation.as_ref())
+            .map(|validation| validation.to_proto()),
     }
 }
 

@@ -277,6 +277,7 @@ mod tests {
             app_protocol: 0,
             cors: None,
             compression: None,
+            validation: None,
         })
         .unwrap()
     }
@@ -424,6 +425,7 @@ mod tests {
             app_protocol: 0,
             cors: None,
             compression: None,
+            validation: None,
         };
         let errors = compile(&bad).unwrap_err().join("\n");
         for want in [

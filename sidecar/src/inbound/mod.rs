@@ -70,6 +70,9 @@ pub fn stack(
         .layer(crate::authz::AuthorizeLayer)
         // Protect me: only allowed callers count against the limits.
         .layer(crate::ratelimit::InboundRateLimitLayer::inbound())
+        // The service's validation, after the limits so that a flood of
+        // invalid requests is limited before its bodies are read.
+        .layer(crate::validation::ValidationLayer::inbound())
         .layer(static_target::StaticTargetLayer::new(app))
         .layer(timeout::TimeoutLayer)
         .layer(balance::BalanceLayer)

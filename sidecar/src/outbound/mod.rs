@@ -53,6 +53,8 @@ pub fn routed(
         // The route's compression: the answer is encoded as it streams
         // back, whichever destination and retry made it.
         .layer(crate::compression::CompressionLayer::outbound())
+        // The route's validation: an invalid request needs no destination.
+        .layer(crate::validation::ValidationLayer::outbound())
         // A destination not held yet is discovered here, on its first call.
         .layer(split::SplitLayer::on_demand(on_demand))
         // The CLIENT span knows its route and destination from here; the

@@ -197,6 +197,7 @@ mod tests {
                     },
                     cors: None,
                     compression: None,
+                    validation: None,
                 }],
             }),
             index: 0,

@@ -186,6 +186,7 @@ mod tests {
                 response_headers: HeaderMutation::default(),
                 cors: None,
                 compression: None,
+                validation: None,
             }],
         });
         let mut t = RoutingTable::default();

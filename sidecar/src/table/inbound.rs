@@ -15,6 +15,7 @@ use crate::compression::CompressionPolicy;
 use crate::cors::CorsPolicy;
 use crate::mtls::MtlsMode;
 use crate::ratelimit::RateLimiter;
+use crate::validation::ValidationPolicy;
 use crate::table::cluster::Protocol;
 
 /// One compiled, immutable inbound policy.
@@ -32,6 +33,8 @@ pub struct InboundPolicy {
     pub cors: Option<Arc<CorsPolicy>>,
     /// `None`: no compression for the service (`crate::compression`).
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// `None`: no validation for the service (`crate::validation`).
+    pub validation: Option<Arc<ValidationPolicy>>,
 }
 
 impl Default for InboundPolicy {
@@ -46,6 +49,7 @@ impl Default for InboundPolicy {
             app_protocol: Protocol::Auto,
             cors: None,
             compression: None,
+            validation: None,
         }
     }
 }
@@ -60,6 +64,7 @@ impl fmt::Debug for InboundPolicy {
             .field("app_protocol", &self.app_protocol)
             .field("cors", &self.cors.is_some())
             .field("compression", &self.compression.is_some())
+            .field("validation", &self.validation.is_some())
             .finish()
     }
 }

@@ -112,6 +112,8 @@ pub struct Route {
     pub cors: Option<Arc<crate::cors::CorsPolicy>>,
     /// `None`: no compression on this route (`crate::compression`).
     pub compression: Option<Arc<crate::compression::CompressionPolicy>>,
+    /// `None`: no validation on this route (`crate::validation`).
+    pub validation: Option<Arc<crate::validation::ValidationPolicy>>,
 }
 
 #[derive(Debug)]

@@ -224,6 +224,11 @@ fn route(
         .as_ref()
         .and_then(|c| crate::compression::compile(c, &format!("{path}.compression"), errs))
         .map(Arc::new);
+    let validation = r
+        .validation
+        .as_ref()
+        .and_then(|v| crate::validation::compile(v, &format!("{path}.validation"), errs))
+        .map(Arc::new);
     if errs.0.len() > before {
         return None;
     }
@@ -246,6 +251,7 @@ fn route(
         response_headers,
         cors,
         compression,
+        validation,
     })
 }
 
@@ -613,6 +619,7 @@ mod tests {
             response_headers: None,
             cors: None,
             compression: None,
+            validation: None,
         }
     }
 

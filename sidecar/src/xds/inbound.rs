@@ -27,6 +27,8 @@ pub(crate) struct CompiledInbound {
     pub cors: Option<crate::cors::CorsPolicy>,
     /// `None`: the policy sets no compression.
     pub compression: Option<crate::compression::CompressionPolicy>,
+    /// `None`: the policy sets no validation.
+    pub validation: Option<crate::validation::ValidationPolicy>,
 }
 
 impl Default for CompiledInbound {
@@ -41,6 +43,7 @@ impl Default for CompiledInbound {
             app_protocol: Protocol::Auto,
             cors: None,
             compression: None,
+            validation: None,
         }
     }
 }
@@ -84,6 +87,12 @@ pub(crate) fn compile(
         errors.extend(errs.0);
         compiled
     });
+    let validation = policy.validation.as_ref().and_then(|validation| {
+        let mut errs = crate::nack::Errors(Vec::new());
+        let compiled = crate::validation::compile(validation, "validation", &mut errs);
+        errors.extend(errs.0);
+        compiled
+    });
     let jwt = policy.jwt.as_ref().and_then(|jwt| {
         AuthnConfig::from_proto(jwt)
             .and_then(|config| config.validate().map(|()| config))
@@ -117,6 +126,7 @@ pub(crate) fn compile(
         app_protocol,
         cors,
         compression,
+        validation,
     })
 }
 

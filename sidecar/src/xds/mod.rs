@@ -457,6 +457,7 @@ impl Core {
             app_protocol: compiled.app_protocol,
             cors: compiled.cors.map(Arc::new),
             compression: compiled.compression.map(Arc::new),
+            validation: compiled.validation.map(Arc::new),
         };
         // Only this task stores tables, so none can come in between the
         // load above and this store and be lost.

@@ -64,6 +64,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
         app_protocol: 0,
         cors: None,
         compression: None,
+        validation: None,
     }
 }
 

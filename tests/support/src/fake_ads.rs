@@ -224,6 +224,7 @@ pub fn route(prefix: &str, cluster: &str) -> pb::Route {
         response_headers: None,
         cors: None,
         compression: None,
+        validation: None,
     }
 }
 

@@ -46,6 +46,7 @@ mod ratelimit;
 mod retry;
 mod tcp;
 mod trace;
+mod validation;
 
 pub use in_flight::{ClusterGuard, InFlightGuard};
 
@@ -358,6 +359,7 @@ pub mod for_tests {
                 response_headers: HeaderMutation::default(),
                 cors: None,
                 compression: None,
+                validation: None,
             }],
         });
         let mut table = RoutingTable::default();
