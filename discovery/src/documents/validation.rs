@@ -66,12 +66,8 @@ impl ValidationDocument {
     }
 
     pub fn to_proto(&self) -> proto::ValidationPolicy {
-        let text = |schema: &Option<Value>| {
-            schema
-                .as_ref()
-                .map(Value::to_string)
-                .unwrap_or_default()
-        };
+        let text =
+            |schema: &Option<Value>| schema.as_ref().map(Value::to_string).unwrap_or_default();
         proto::ValidationPolicy {
             body_schema: text(&self.body),
             query_schema: text(&self.query),

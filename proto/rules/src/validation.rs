@@ -37,8 +37,7 @@ pub fn compile_schema(schema: &Value) -> Result<Validator, String> {
 
 /// A schema sent as JSON text (the protocol's form), parsed and compiled.
 pub fn compile_schema_text(text: &str) -> Result<Validator, String> {
-    let schema: Value =
-        serde_json::from_str(text).map_err(|error| format!("not JSON: {error}"))?;
+    let schema: Value = serde_json::from_str(text).map_err(|error| format!("not JSON: {error}"))?;
     compile_schema(&schema)
 }
 
@@ -119,7 +118,11 @@ mod tests {
         assert!(check_header_schema(&good).is_ok());
         assert_eq!(header_names(&good), ["x-tenant", "x-request-id"]);
         let upper = json!({"required": ["X-Tenant"]});
-        assert!(check_header_schema(&upper).unwrap_err().contains("X-Tenant"));
+        assert!(
+            check_header_schema(&upper)
+                .unwrap_err()
+                .contains("X-Tenant")
+        );
         let invalid = json!({"properties": {"a b": {}}});
         assert!(check_header_schema(&invalid).unwrap_err().contains("a b"));
     }

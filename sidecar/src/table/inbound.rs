@@ -15,8 +15,8 @@ use crate::compression::CompressionPolicy;
 use crate::cors::CorsPolicy;
 use crate::mtls::MtlsMode;
 use crate::ratelimit::RateLimiter;
-use crate::validation::ValidationPolicy;
 use crate::table::cluster::Protocol;
+use crate::validation::ValidationPolicy;
 
 /// One compiled, immutable inbound policy.
 pub struct InboundPolicy {

@@ -170,7 +170,12 @@ fn fields(document: &Value) -> Vec<(String, String)> {
 }
 
 /// A request of the table and the fields its answer must name.
-type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a [(&'a str, &'a str)]);
+type Case<'a> = (
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    &'a str,
+    &'a [(&'a str, &'a str)],
+);
 
 #[tokio::test]
 async fn every_failing_field_is_named_and_the_app_never_sees_the_request() {
@@ -265,7 +270,11 @@ async fn bodies_too_large_not_json_or_of_another_type_are_refused() {
             buffered(&" ".repeat(300)),
             StatusCode::PAYLOAD_TOO_LARGE,
         ),
-        ("application/json", buffered("{nope"), StatusCode::BAD_REQUEST),
+        (
+            "application/json",
+            buffered("{nope"),
+            StatusCode::BAD_REQUEST,
+        ),
         (
             "text/plain",
             buffered(GOOD),
