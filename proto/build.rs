@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weft/config/v1/cors.proto",
         "proto/weft/config/v1/compression.proto",
         "proto/weft/config/v1/cache.proto",
+        "proto/weft/config/v1/validation.proto",
         "proto/weft/config/v1/gateway.proto",
         "proto/weft/identity/v1/identity.proto",
         "proto/weft/telemetry/v1/calls.proto",

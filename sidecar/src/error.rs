@@ -18,6 +18,7 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 /// The response header that names the cause of a proxy-generated error.
@@ -70,6 +71,10 @@ pub enum ErrorKind {
     /// A CORS preflight from an origin the policy does not allow, answered
     /// at the proxy without any CORS header (`crate::cors`). 403.
     CorsOriginRefused,
+    /// The request broke its validation policy (`crate::validation`): 400
+    /// with every failing field, 413 for a body over the bound, 415 for a
+    /// body that is not JSON's media type; a problem document either way.
+    ValidationFailed { status: StatusCode },
     /// A rate limit refused the request (with Retry-After and the
     /// RateLimit fields, made by `crate::ratelimit::headers`). 429.
     RateLimited,
@@ -210,6 +215,7 @@ impl ErrorKind {
             Self::Unsupported => StatusCode::NOT_IMPLEMENTED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::RateLimitUnavailable { status } => status,
+            Self::ValidationFailed { status } => status,
             Self::Jwt(kind) => kind.status(),
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -231,6 +237,7 @@ impl ErrorKind {
             Self::MalformedRequest => "malformed-request",
             Self::Denied => "denied",
             Self::CorsOriginRefused => "cors-origin-refused",
+            Self::ValidationFailed { .. } => "validation-failed",
             Self::Unsupported => "unsupported",
             Self::RateLimited => "rate-limited",
             Self::RateLimitUnavailable { .. } => "rate-limit-unavailable",
@@ -245,6 +252,7 @@ impl ErrorKind {
             | Self::MalformedRequest
             | Self::Denied
             | Self::CorsOriginRefused
+            | Self::ValidationFailed { .. }
             | Self::RateLimited => ErrorSource::Downstream,
             // The keys' provider, or Redis: the sidecar's own dependencies.
             Self::Jwt(AuthnErrorKind::KeysUnavailable) | Self::RateLimitUnavailable { .. } => {
@@ -290,6 +298,10 @@ pub struct ProxyError {
     /// header: a route's response header mutations on a refusal that
     /// answers for the route (`outbound::rewrite`, rate limits).
     pub header_edits: Option<HeaderEdits>,
+    /// A body sent instead of the one-line reason, with its content type
+    /// (validation's problem documents). Boxed: almost every refusal has
+    /// none, and the error travels in every `Result` of the data plane.
+    pub body: Option<Box<(HeaderValue, Bytes)>>,
 }
 
 /// Changes to the headers of a refusal's response (see
@@ -327,7 +339,14 @@ impl ProxyError {
             headers: Vec::new(),
             attempts: None,
             header_edits: None,
+            body: None,
         }
+    }
+
+    /// Answers with `body` of `content_type` instead of the reason line.
+    pub fn with_body(mut self, content_type: HeaderValue, body: Bytes) -> Self {
+        self.body = Some(Box::new((content_type, body)));
+        self
     }
 
     pub fn with_header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
@@ -404,6 +423,13 @@ mod tests {
             (ErrorKind::MalformedRequest, 400, "malformed-request"),
             (ErrorKind::Denied, 403, "denied"),
             (ErrorKind::CorsOriginRefused, 403, "cors-origin-refused"),
+            (
+                ErrorKind::ValidationFailed {
+                    status: StatusCode::BAD_REQUEST,
+                },
+                400,
+                "validation-failed",
+            ),
             (ErrorKind::Unsupported, 501, "unsupported"),
             (ErrorKind::RateLimited, 429, "rate-limited"),
         ];

@@ -31,6 +31,8 @@
 //!   * `compression` — gzip, brotli and zstd responses chosen from
 //!     Accept-Encoding, and the decoding of compressed request bodies.
 //!   * `cache` — the response cache (RFC 9111) of a route or a service.
+//!   * `validation` — JSON Schemas for request bodies, query parameters
+//!     and headers; refusals as problem documents.
 //!   * `ratelimit` — local token buckets and global Redis windows.
 //!   * `retry` — retry policies, budgets and the retry layer.
 //!   * `breaker` — circuit breaker, concurrency thresholds.
@@ -94,6 +96,7 @@ pub mod tcp;
 pub mod trace;
 pub mod traceparent;
 pub mod upstream;
+pub mod validation;
 pub mod xds;
 pub mod xds_status;
 
@@ -415,6 +418,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 cors::metrics::encode,
                 compression::metrics::encode,
                 cache::metrics::encode,
+                validation::metrics::encode,
             ],
         });
         if let Some(counters) = tracer.counters() {

@@ -389,6 +389,7 @@ const FEATURES: &[&str] = &[
     "retry",
     "tcp",
     "trace",
+    "validation",
 ];
 
 /// What assembles the features: the compiled table (which holds their

@@ -526,6 +526,37 @@ fn refused_documents() -> Vec<Refused> {
             "cache.max_bytes",
             "cache.max_bytes",
         ),
+        // ---- Validation: schemas that do not compile, bounds, header names.
+        refused(
+            "routes/users",
+            route(json!({ "validation": { "body": { "type": "objekt" } } })),
+            "routes[0].validation.body",
+            "virtual_hosts[0].routes[0].validation.body_schema",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "validation": { "query": { "minLength": -1 } } })),
+            "routes[0].validation.query",
+            "virtual_hosts[0].routes[0].validation.query_schema",
+        ),
+        refused(
+            "routes/users",
+            route(json!({ "validation": { "max_body_bytes": 0 } })),
+            "routes[0].validation.max_body_bytes",
+            "virtual_hosts[0].routes[0].validation.max_body_bytes",
+        ),
+        refused(
+            "policies/users",
+            json!({ "validation": { "headers": { "required": ["X-Tenant"] } } }),
+            "validation.headers",
+            "validation.header_schema",
+        ),
+        refused(
+            "policies/users",
+            json!({ "validation": { "max_body_bytes": 17_000_000 } }),
+            "validation.max_body_bytes",
+            "validation.max_body_bytes",
+        ),
         // ---- Destinations: breakers, ejection, retries and rate limits.
         refused(
             "destinations/users",

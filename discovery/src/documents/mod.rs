@@ -36,6 +36,7 @@ mod rate_limit;
 mod retry;
 mod route;
 pub mod schema;
+mod validation;
 
 use std::fmt;
 

@@ -96,6 +96,9 @@ pub struct PolicyDocument {
     /// The service's response cache. Boxed, like `cors`.
     #[serde(default)]
     pub cache: Option<Box<super::cache::CacheDocument>>,
+    /// Validation of the service's requests. Boxed, like `cors`.
+    #[serde(default)]
+    pub validation: Option<Box<super::validation::ValidationDocument>>,
 }
 
 /// The mesh-wide defaults (key `defaults`, the file `defaults.*` at the
@@ -246,6 +249,9 @@ pub(super) fn parse(key: &str, value: &Value) -> Result<PolicyDocument, Vec<Fiel
         }
         if let Some(cache) = &document.cache {
             rules.extend(cache.check(key, "cache"));
+        }
+        if let Some(validation) = &document.validation {
+            rules.extend(validation.check(key, "validation"));
         }
     }
     let errors = with_rule_reasons(schema::validate(key, DocumentKind::Policy, value), rules);

@@ -13,6 +13,7 @@ use super::compression::CompressionDocument;
 use super::cors::CorsDocument;
 use super::error::{FieldError, from_serde, join, with_rule_reasons};
 use super::retry::RetryDocument;
+use super::validation::ValidationDocument;
 use super::{DocumentKind, duration, schema};
 
 /// The route table for requests addressed to one host.
@@ -52,6 +53,8 @@ pub struct Route {
     pub compression: Option<CompressionDocument>,
     /// The response cache of this route. Default: none.
     pub cache: Option<CacheDocument>,
+    /// Request validation for this route. Default: none.
+    pub validation: Option<ValidationDocument>,
 }
 
 /// Where a route sends its requests.
@@ -176,6 +179,7 @@ struct RouteWire {
     compression: Option<CompressionDocument>,
     #[serde(default)]
     cache: Option<CacheDocument>,
+    validation: Option<ValidationDocument>,
 }
 
 impl TryFrom<RouteWire> for Route {
@@ -204,6 +208,7 @@ impl TryFrom<RouteWire> for Route {
             cors: wire.cors,
             compression: wire.compression,
             cache: wire.cache,
+            validation: wire.validation,
         })
     }
 }
@@ -578,6 +583,11 @@ impl Route {
                 error(e.field, e.reason);
             }
         }
+        if let Some(validation) = &self.validation {
+            for e in validation.check(key, &join(field, "validation")) {
+                error(e.field, e.reason);
+            }
+        }
         if let Some(host) = &self.host_rewrite
             && let Err(reason) = weft_rules::name::check_authority(host)
         {
@@ -668,6 +678,7 @@ impl Route {
             cors: self.cors.as_ref().map(CorsDocument::to_proto),
             compression: self.compression.as_ref().map(CompressionDocument::to_proto),
             cache: self.cache.as_ref().map(CacheDocument::to_proto),
+            validation: self.validation.as_ref().map(ValidationDocument::to_proto),
         }
     }
 }

@@ -142,6 +142,9 @@ pub fn inbound_policy(
         cache: document
             .and_then(|document| document.cache.as_ref())
             .map(|cache| cache.to_proto()),
+        validation: document
+            .and_then(|document| document.validation.as_ref())
+            .map(|validation| validation.to_proto()),
     }
 }
 

@@ -29,3 +29,4 @@ pub mod rate_limit;
 pub mod regex;
 pub mod retry;
 pub mod split;
+pub mod validation;

@@ -278,6 +278,7 @@ mod tests {
             cors: None,
             compression: None,
             cache: None,
+            validation: None,
         })
         .unwrap()
     }
@@ -426,6 +427,7 @@ mod tests {
             cors: None,
             compression: None,
             cache: None,
+            validation: None,
         };
         let errors = compile(&bad).unwrap_err().join("\n");
         for want in [

@@ -68,11 +68,16 @@ pub fn stack(
         // who may call (intentions).
         .layer(crate::authn::JwtAuthnLayer)
         .layer(crate::authz::AuthorizeLayer)
-        // The service's cache: only a caller JWT and intentions admitted is
-        // answered from it; a hit never reaches the app nor its limits.
-        .layer(crate::cache::CacheLayer::inbound())
-        // Protect me: only allowed callers count against the limits.
+        // Protect me: only allowed callers count against the limits (a
+        // cache hit too, as Kong's rate limiting runs before its cache).
         .layer(crate::ratelimit::InboundRateLimitLayer::inbound())
+        // The service's validation, after the limits so that a flood of
+        // invalid requests is limited before its bodies are read.
+        .layer(crate::validation::ValidationLayer::inbound())
+        // The service's cache: only a request JWT, intentions, the limits
+        // and validation admitted is answered from it; a hit never
+        // reaches the app.
+        .layer(crate::cache::CacheLayer::inbound())
         .layer(static_target::StaticTargetLayer::new(app))
         .layer(timeout::TimeoutLayer)
         .layer(balance::BalanceLayer)

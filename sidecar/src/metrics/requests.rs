@@ -24,7 +24,7 @@ pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// (JWT authentication and rate limits included), the same as their
 /// `x-weft-error` values; anything else (a peer's code this sidecar does
 /// not know) `other`.
-pub const CAUSES: [&str; 31] = [
+pub const CAUSES: [&str; 32] = [
     "no-route",
     "no-healthy-endpoint",
     "connect-failed",
@@ -55,6 +55,7 @@ pub const CAUSES: [&str; 31] = [
     "discovery-timeout",
     "malformed-request",
     "cors-origin-refused",
+    "validation-failed",
     "other",
 ];
 

@@ -53,6 +53,9 @@ pub fn routed(
         // The route's compression: the answer is encoded as it streams
         // back, whichever destination and retry made it.
         .layer(crate::compression::CompressionLayer::outbound())
+        // The route's validation: an invalid request needs no destination,
+        // and is never answered from the cache.
+        .layer(crate::validation::ValidationLayer::outbound())
         // The route's cache, inside compression: it stores answers as the
         // upstream sent them, and a hit is compressed like a miss.
         .layer(crate::cache::CacheLayer::outbound())

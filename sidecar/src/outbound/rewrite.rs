@@ -198,6 +198,7 @@ mod tests {
                     cors: None,
                     compression: None,
                     cache: None,
+                    validation: None,
                 }],
             }),
             index: 0,

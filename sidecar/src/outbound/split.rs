@@ -187,6 +187,7 @@ mod tests {
                 cors: None,
                 compression: None,
                 cache: None,
+                validation: None,
             }],
         });
         let mut t = RoutingTable::default();

@@ -32,6 +32,13 @@ impl ProxyError {
     /// body, the error's own headers, and its kind as [`OwnRefusal`].
     pub fn to_response(&self) -> Response<ProxyBody> {
         let mut response = plain_refusal(self.kind.status(), self.kind.code(), &self.reason);
+        if let Some(body) = &self.body {
+            let (content_type, bytes) = body.as_ref();
+            *response.body_mut() = ProxyBody::full(bytes.clone());
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type.clone());
+        }
         for (name, value) in &self.headers {
             response.headers_mut().append(name.clone(), value.clone());
         }

@@ -16,6 +16,7 @@ use crate::cors::CorsPolicy;
 use crate::mtls::MtlsMode;
 use crate::ratelimit::RateLimiter;
 use crate::table::cluster::Protocol;
+use crate::validation::ValidationPolicy;
 
 /// One compiled, immutable inbound policy.
 pub struct InboundPolicy {
@@ -34,6 +35,8 @@ pub struct InboundPolicy {
     pub compression: Option<Arc<CompressionPolicy>>,
     /// `None`: no response cache for the service (`crate::cache`).
     pub cache: Option<Arc<crate::cache::CachePolicy>>,
+    /// `None`: no validation for the service (`crate::validation`).
+    pub validation: Option<Arc<ValidationPolicy>>,
 }
 
 impl Default for InboundPolicy {
@@ -49,6 +52,7 @@ impl Default for InboundPolicy {
             cors: None,
             compression: None,
             cache: None,
+            validation: None,
         }
     }
 }
@@ -64,6 +68,7 @@ impl fmt::Debug for InboundPolicy {
             .field("cors", &self.cors.is_some())
             .field("compression", &self.compression.is_some())
             .field("cache", &self.cache.is_some())
+            .field("validation", &self.validation.is_some())
             .finish()
     }
 }

@@ -114,6 +114,8 @@ pub struct Route {
     pub compression: Option<Arc<crate::compression::CompressionPolicy>>,
     /// `None`: no response cache on this route (`crate::cache`).
     pub cache: Option<Arc<crate::cache::CachePolicy>>,
+    /// `None`: no validation on this route (`crate::validation`).
+    pub validation: Option<Arc<crate::validation::ValidationPolicy>>,
 }
 
 #[derive(Debug)]

@@ -229,6 +229,11 @@ fn route(
         .as_ref()
         .and_then(|c| crate::cache::compile(c, &format!("{path}.cache"), errs))
         .map(Arc::new);
+    let validation = r
+        .validation
+        .as_ref()
+        .and_then(|v| crate::validation::compile(v, &format!("{path}.validation"), errs))
+        .map(Arc::new);
     if errs.0.len() > before {
         return None;
     }
@@ -252,6 +257,7 @@ fn route(
         cors,
         compression,
         cache,
+        validation,
     })
 }
 
@@ -620,6 +626,7 @@ mod tests {
             cors: None,
             compression: None,
             cache: None,
+            validation: None,
         }
     }
 

@@ -29,6 +29,8 @@ pub(crate) struct CompiledInbound {
     pub compression: Option<crate::compression::CompressionPolicy>,
     /// `None`: the policy sets no response cache.
     pub cache: Option<crate::cache::CachePolicy>,
+    /// `None`: the policy sets no validation.
+    pub validation: Option<crate::validation::ValidationPolicy>,
 }
 
 impl Default for CompiledInbound {
@@ -44,6 +46,7 @@ impl Default for CompiledInbound {
             cors: None,
             compression: None,
             cache: None,
+            validation: None,
         }
     }
 }
@@ -93,6 +96,12 @@ pub(crate) fn compile(
         errors.extend(errs.0);
         compiled
     });
+    let validation = policy.validation.as_ref().and_then(|validation| {
+        let mut errs = crate::nack::Errors(Vec::new());
+        let compiled = crate::validation::compile(validation, "validation", &mut errs);
+        errors.extend(errs.0);
+        compiled
+    });
     let jwt = policy.jwt.as_ref().and_then(|jwt| {
         AuthnConfig::from_proto(jwt)
             .and_then(|config| config.validate().map(|()| config))
@@ -127,6 +136,7 @@ pub(crate) fn compile(
         cors,
         compression,
         cache,
+        validation,
     })
 }
 

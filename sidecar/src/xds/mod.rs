@@ -458,6 +458,7 @@ impl Core {
             cors: compiled.cors.map(Arc::new),
             compression: compiled.compression.map(Arc::new),
             cache: compiled.cache.map(Arc::new),
+            validation: compiled.validation.map(Arc::new),
         };
         // Only this task stores tables, so none can come in between the
         // load above and this store and be lost.

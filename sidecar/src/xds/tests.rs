@@ -65,6 +65,7 @@ fn policy(intention_source: &str, action: pb::Action) -> pb::InboundPolicy {
         cors: None,
         compression: None,
         cache: None,
+        validation: None,
     }
 }
 

@@ -225,6 +225,7 @@ pub fn route(prefix: &str, cluster: &str) -> pb::Route {
         cors: None,
         compression: None,
         cache: None,
+        validation: None,
     }
 }
 

@@ -47,6 +47,7 @@ mod ratelimit;
 mod retry;
 mod tcp;
 mod trace;
+mod validation;
 
 pub use in_flight::{ClusterGuard, InFlightGuard};
 
@@ -360,6 +361,7 @@ pub mod for_tests {
                 cors: None,
                 compression: None,
                 cache: None,
+                validation: None,
             }],
         });
         let mut table = RoutingTable::default();
