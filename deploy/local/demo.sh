@@ -230,6 +230,14 @@ answer=$(curl -sSk -D - -o "$demo/gzipped.out" -H 'Accept-Encoding: gzip' -H 'Co
 echo "$(wc -c <"$demo/gzipped.out") bytes on the wire, $(gzip -dc <"$demo/gzipped.out" | wc -c) decoded"
 [[ "$answer" == *"gzip"* ]] && gzip -dc <"$demo/gzipped.out" | grep -q "$body" \
   || problems+=("the gateway did not gzip a large answer")
+echo "-- the response cache: the same GET twice (the route keeps answers 30 s):"
+curl -sSk -o /dev/null "$edge/api/v1/orders/list" >/dev/null
+answer=$(curl -sSk -D - -o /dev/null "$edge/api/v1/orders/list" | grep -i -E '^(x-cache|age):'); echo "$answer"
+[[ "$answer" == *"HIT"* ]] || problems+=("the gateway did not answer the second GET from its cache")
+echo "-- request validation: a new user without an email, and with a name that is not a string:"
+answer=$(curl -sSk -w '\n%{http_code}' -H 'Content-Type: application/json' --data '{"name": 7}' "$edge/api/v1/users/"); echo "$answer"
+[[ "$answer" == *"400"* && "$answer" == *"/name"* && "$answer" == *"email"* ]] \
+  || problems+=("the gateway did not refuse an invalid body with each field named")
 echo "-- a mesh service by its own name is no host of the gateway:"
 answer=$(curl -sSk -D - -o /dev/null -H 'Host: users' "$edge/" | grep -i -E '^(HTTP|x-weft-error)'); echo "$answer"
 [[ "$answer" == *"404"*"no-route"* ]] || problems+=("the gateway routed Host: users")
