@@ -15,7 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 use weft_e2e::harness::mesh::SETUP_TIMEOUT;
-use weft_e2e::{Mesh, Reply, eventually, run};
+use weft_e2e::{Mesh, eventually, run};
 
 /// Requests the app saw, by path.
 static SEEN: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Default::default);
@@ -47,38 +47,11 @@ async fn app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible
     Ok(response)
 }
 
-/// Serves [`app`] on a free loopback port, for the test's life.
-async fn start_app() -> anyhow::Result<u16> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, hyper::service::service_fn(app))
-                    .await;
-            });
-        }
-    });
-    Ok(port)
-}
-
-fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
-    reply
-        .headers
-        .get(name)
-        .and_then(|value| value.to_str().ok())
-}
-
 #[test]
 fn fresh_answers_are_served_from_the_cache_and_concurrent_misses_make_one_request() {
     run(|ctx| async move {
         let mesh = Mesh::start(&ctx).await?;
-        let app_port = start_app().await?;
+        let app_port = weft_e2e::harness::app::serve_in_test(app).await?;
         let (_users_sidecar, _registration) =
             mesh.sidecar_for("users", "users-1", app_port, &[]).await?;
         let client = mesh.client().await?;
@@ -101,7 +74,7 @@ fn fresh_answers_are_served_from_the_cache_and_concurrent_misses_make_one_reques
         eventually(SETUP_TIMEOUT, "the route caches", || async {
             let reply = mesh.http.send(get("/ready", &[])).await?;
             ensure!(
-                header(&reply, "x-cache").is_some(),
+                reply.header("x-cache").is_some(),
                 "{} {:?}",
                 reply.status,
                 reply.headers
@@ -113,14 +86,14 @@ fn fresh_answers_are_served_from_the_cache_and_concurrent_misses_make_one_reques
         // A miss, then a hit with its Age, the app asked once.
         let first = mesh.http.send(get("/fresh", &[])).await?;
         ensure!(
-            header(&first, "x-cache") == Some("MISS"),
+            first.header("x-cache") == Some("MISS"),
             "{:?}",
             first.headers
         );
         let second = mesh.http.send(get("/fresh", &[])).await?;
         ensure!(
-            header(&second, "x-cache") == Some("HIT")
-                && header(&second, "age").is_some()
+            second.header("x-cache") == Some("HIT")
+                && second.header("age").is_some()
                 && second.body == "the answer to /fresh",
             "{:?}",
             second.headers
@@ -137,7 +110,7 @@ fn fresh_answers_are_served_from_the_cache_and_concurrent_misses_make_one_reques
             .send(get("/fresh", &[("if-none-match", "W/\"v1\"")]))
             .await?;
         ensure!(
-            revalidated.status == 304 && header(&revalidated, "x-cache") == Some("HIT"),
+            revalidated.status == 304 && revalidated.header("x-cache") == Some("HIT"),
             "{} {:?}",
             revalidated.status,
             revalidated.headers
@@ -148,7 +121,7 @@ fn fresh_answers_are_served_from_the_cache_and_concurrent_misses_make_one_reques
         for _ in 0..2 {
             let reply = mesh.http.send(get("/no-store", &[])).await?;
             ensure!(
-                header(&reply, "x-cache") == Some("MISS"),
+                reply.header("x-cache") == Some("MISS"),
                 "{:?}",
                 reply.headers
             );
@@ -158,15 +131,11 @@ fn fresh_answers_are_served_from_the_cache_and_concurrent_misses_make_one_reques
         // max-age expires.
         mesh.http.send(get("/short", &[])).await?;
         let held = mesh.http.send(get("/short", &[])).await?;
-        ensure!(
-            header(&held, "x-cache") == Some("HIT"),
-            "{:?}",
-            held.headers
-        );
+        ensure!(held.header("x-cache") == Some("HIT"), "{:?}", held.headers);
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let expired = mesh.http.send(get("/short", &[])).await?;
         ensure!(
-            header(&expired, "x-cache") == Some("MISS"),
+            expired.header("x-cache") == Some("MISS"),
             "{:?}",
             expired.headers
         );

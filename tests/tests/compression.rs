@@ -15,7 +15,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use serde_json::json;
 use weft_e2e::harness::mesh::SETUP_TIMEOUT;
-use weft_e2e::{Mesh, Reply, eventually, run};
+use weft_e2e::{Mesh, eventually, run};
 
 /// A JSON document of about 20 KB, like an API's list answer.
 fn big_json() -> Bytes {
@@ -97,38 +97,11 @@ async fn app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible
     Ok(response.expect("a response"))
 }
 
-/// Serves [`app`] on a free loopback port, for the test's life.
-async fn start_app() -> anyhow::Result<u16> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, hyper::service::service_fn(app))
-                    .await;
-            });
-        }
-    });
-    Ok(port)
-}
-
-fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
-    reply
-        .headers
-        .get(name)
-        .and_then(|value| value.to_str().ok())
-}
-
 #[test]
 fn answers_are_compressed_as_the_client_accepts_and_small_or_encoded_ones_are_untouched() {
     run(|ctx| async move {
         let mesh = Mesh::start(&ctx).await?;
-        let app_port = start_app().await?;
+        let app_port = weft_e2e::harness::app::serve_in_test(app).await?;
         let (_users_sidecar, _registration) =
             mesh.sidecar_for("users", "users-1", app_port, &[]).await?;
         let client = mesh.client().await?;
@@ -152,7 +125,7 @@ fn answers_are_compressed_as_the_client_accepts_and_small_or_encoded_ones_are_un
         eventually(SETUP_TIMEOUT, "the route compresses", || async {
             let reply = mesh.http.send(get("/big", Some("gzip"))).await?;
             ensure!(
-                header(&reply, "content-encoding") == Some("gzip"),
+                reply.header("content-encoding") == Some("gzip"),
                 "{} {:?}",
                 reply.status,
                 reply.headers
@@ -174,14 +147,14 @@ fn answers_are_compressed_as_the_client_accepts_and_small_or_encoded_ones_are_un
             let reply = mesh.http.send(get("/big", Some(accept))).await?;
             ensure!(reply.status == 200, "{accept}: {}", reply.status);
             ensure!(
-                header(&reply, "content-encoding") == Some(want),
+                reply.header("content-encoding") == Some(want),
                 "{accept}: {:?}",
                 reply.headers
             );
             ensure!(
-                header(&reply, "content-length").is_none()
-                    && header(&reply, "vary") == Some("Origin, Accept-Encoding")
-                    && header(&reply, "etag") == Some("W/\"v1\""),
+                reply.header("content-length").is_none()
+                    && reply.header("vary") == Some("Origin, Accept-Encoding")
+                    && reply.header("etag") == Some("W/\"v1\""),
                 "{accept}: the headers {:?}",
                 reply.headers
             );
@@ -199,10 +172,10 @@ fn answers_are_compressed_as_the_client_accepts_and_small_or_encoded_ones_are_un
         // Vary so a cache keeps both forms apart.
         let plain = mesh.http.send(get("/big", None)).await?;
         ensure!(
-            header(&plain, "content-encoding").is_none()
+            plain.header("content-encoding").is_none()
                 && plain.body == big_json()
-                && header(&plain, "vary") == Some("Origin, Accept-Encoding")
-                && header(&plain, "etag") == Some("\"v1\""),
+                && plain.header("vary") == Some("Origin, Accept-Encoding")
+                && plain.header("etag") == Some("\"v1\""),
             "plain: {:?}",
             plain.headers
         );
@@ -212,16 +185,15 @@ fn answers_are_compressed_as_the_client_accepts_and_small_or_encoded_ones_are_un
             .send(get("/small", Some("gzip, br, zstd")))
             .await?;
         ensure!(
-            header(&small, "content-encoding").is_none()
+            small.header("content-encoding").is_none()
                 && small.body == SMALL_JSON.as_bytes()
-                && header(&small, "content-length") == Some("11"),
+                && small.header("content-length") == Some("11"),
             "small: {:?}",
             small.headers
         );
         let encoded = mesh.http.send(get("/encoded", Some("br, zstd"))).await?;
         ensure!(
-            header(&encoded, "content-encoding") == Some("gzip")
-                && encoded.body == gzip(&big_json()),
+            encoded.header("content-encoding") == Some("gzip") && encoded.body == gzip(&big_json()),
             "encoded: {:?}",
             encoded.headers
         );
@@ -274,7 +246,7 @@ fn answers_are_compressed_as_the_client_accepts_and_small_or_encoded_ones_are_un
 fn a_services_own_policy_compresses_its_answers_on_its_sidecar() {
     run(|ctx| async move {
         let mesh = Mesh::start(&ctx).await?;
-        let app_port = start_app().await?;
+        let app_port = weft_e2e::harness::app::serve_in_test(app).await?;
         let (users_sidecar, _registration) =
             mesh.sidecar_for("users", "users-1", app_port, &[]).await?;
         let client = mesh.client().await?;
@@ -297,7 +269,7 @@ fn a_services_own_policy_compresses_its_answers_on_its_sidecar() {
         eventually(SETUP_TIMEOUT, "users' sidecar compresses", || async {
             let reply = mesh.http.send(get("gzip")).await?;
             ensure!(
-                header(&reply, "content-encoding") == Some("gzip"),
+                reply.header("content-encoding") == Some("gzip"),
                 "{} {:?}",
                 reply.status,
                 reply.headers
@@ -313,9 +285,9 @@ fn a_services_own_policy_compresses_its_answers_on_its_sidecar() {
         // document as it is.
         let reply = mesh.http.send(get("br, zstd")).await?;
         ensure!(
-            header(&reply, "content-encoding").is_none()
+            reply.header("content-encoding").is_none()
                 && reply.body == big_json()
-                && header(&reply, "vary") == Some("Origin, Accept-Encoding"),
+                && reply.header("vary") == Some("Origin, Accept-Encoding"),
             "br, zstd: {:?}",
             reply.headers
         );

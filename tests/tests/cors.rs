@@ -13,12 +13,6 @@ use weft_e2e::harness::mesh::SETUP_TIMEOUT;
 use weft_e2e::{Mesh, eventually, run};
 
 /// A header of `reply`, as text.
-fn header<'r>(reply: &'r weft_e2e::Reply, name: &str) -> Option<&'r str> {
-    reply
-        .headers
-        .get(name)
-        .and_then(|value| value.to_str().ok())
-}
 
 #[test]
 fn a_browser_reads_answers_only_from_the_allowed_origin_and_preflights_never_reach_the_app() {
@@ -141,9 +135,8 @@ fn a_services_own_cors_policy_answers_preflights_on_its_sidecar_before_jwt() {
         let allowed = mesh.http.send(preflight("https://app.example.com")).await?;
         ensure!(
             allowed.status == 204
-                && header(&allowed, "access-control-allow-origin")
-                    == Some("https://app.example.com")
-                && header(&allowed, "access-control-allow-methods") == Some("DELETE"),
+                && allowed.header("access-control-allow-origin") == Some("https://app.example.com")
+                && allowed.header("access-control-allow-methods") == Some("DELETE"),
             "the preflight's answer: {:?}",
             allowed.headers
         );
@@ -154,7 +147,7 @@ fn a_services_own_cors_policy_answers_preflights_on_its_sidecar_before_jwt() {
         ensure!(
             refused.status == 403
                 && refused.weft_error() == Some("cors-origin-refused")
-                && header(&refused, "access-control-allow-origin").is_none(),
+                && refused.header("access-control-allow-origin").is_none(),
             "a refused origin's preflight: {} {:?}",
             refused.status,
             refused.headers
@@ -174,7 +167,7 @@ fn a_services_own_cors_policy_answers_preflights_on_its_sidecar_before_jwt() {
             .await?;
         ensure!(
             call.status == 401
-                && header(&call, "access-control-allow-origin") == Some("https://app.example.com"),
+                && call.header("access-control-allow-origin") == Some("https://app.example.com"),
             "a call without a token: {} {:?}",
             call.status,
             call.headers

@@ -32,26 +32,6 @@ async fn app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible
     Ok(Response::new(Full::new(body)))
 }
 
-/// Serves [`app`] on a free loopback port, for the test's life.
-async fn start_app() -> anyhow::Result<u16> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, hyper::service::service_fn(app))
-                    .await;
-            });
-        }
-    });
-    Ok(port)
-}
-
 /// A request of the table and what its answer must say.
 type Case<'a> = (
     &'a str,
@@ -68,7 +48,7 @@ const GOOD: &str = r#"{"name":"ada","age":36}"#;
 fn invalid_requests_get_a_problem_document_naming_each_field_and_never_reach_the_app() {
     run(|ctx| async move {
         let mesh = Mesh::start(&ctx).await?;
-        let app_port = start_app().await?;
+        let app_port = weft_e2e::harness::app::serve_in_test(app).await?;
         let (_users_sidecar, _registration) =
             mesh.sidecar_for("users", "users-1", app_port, &[]).await?;
         let client = mesh.client().await?;

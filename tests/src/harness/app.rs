@@ -207,3 +207,33 @@ impl App {
         Ok(())
     }
 }
+
+/// An app written in the test itself, when it must set headers or count
+/// requests as no `weft-testapp` flag can: serves `handler` over HTTP/1.1
+/// on a free loopback port until the test ends, and returns the port (to
+/// register and mesh like any instance, e.g. `Mesh::sidecar_for`).
+pub async fn serve_in_test<F, Fut>(handler: F) -> anyhow::Result<u16>
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<
+            Output = Result<
+                http::Response<http_body_util::Full<bytes::Bytes>>,
+                std::convert::Infallible,
+            >,
+        > + Send
+        + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, hyper::service::service_fn(handler))
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}

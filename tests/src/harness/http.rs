@@ -163,6 +163,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A header of the answer, as text (`None`: absent or not text).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
     /// The cause a sidecar names on an error it produced.
     pub fn weft_error(&self) -> Option<&str> {
         self.headers
