@@ -142,14 +142,23 @@ pub(super) struct Failure {
 }
 
 /// Every error `schema` finds in `instance`, each at its field: a JSON
-/// pointer in a body; in the query's or headers' object, the name of the
+/// pointer in a body (a missing or unexpected property's own); in the
+/// query's or headers' object, the name of the
 /// parameter or header (a missing required one is named by its error's
 /// own property, since its path is the object itself).
 fn check(schema: &Validator, instance: &Value, place: &'static str, out: &mut Vec<Failure>) {
     for error in schema.iter_errors(instance) {
         let pointer = error.instance_path.to_string();
         let field = if place == "body" {
-            pointer
+            // A missing or unexpected property is named by its own pointer,
+            // not its object's: `/email`, not `` (the document itself).
+            match missing_property(&error).or_else(|| unexpected_property(&error)) {
+                Some(property) => format!(
+                    "{pointer}/{}",
+                    property.replace('~', "~0").replace('/', "~1")
+                ),
+                None => pointer,
+            }
         } else {
             let name = pointer.trim_start_matches('/');
             let name = name.split('/').next().unwrap_or("");
@@ -172,6 +181,19 @@ fn missing_property(error: &jsonschema::ValidationError<'_>) -> Option<String> {
     match &error.kind {
         jsonschema::error::ValidationErrorKind::Required { property } => {
             property.as_str().map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+/// The one property an `additionalProperties: false` error is about (with
+/// several, the object itself is named).
+fn unexpected_property(error: &jsonschema::ValidationError<'_>) -> Option<String> {
+    match &error.kind {
+        jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected }
+            if unexpected.len() == 1 =>
+        {
+            unexpected.first().cloned()
         }
         _ => None,
     }
